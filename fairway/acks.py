@@ -1,0 +1,52 @@
+"""Which acknowledgements may be sent on one AMQP channel.
+
+Delivery tags on a channel grow by one per delivery. ``basic.ack(multiple=True)``
+acknowledges *every* unacknowledged tag up to the one named, so it is only safe when
+all of them are settled (written, confirmed, or already nacked). Work finishes out of
+order (parallel writers, registry look-ups, DRR interleaving), so this tracker keeps
+the tags in arrival order and answers with one ``multiple`` ack for the longest
+settled prefix; settled tags behind an unsettled one wait for it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+
+class AckWatermark:
+    """Outstanding delivery tags of one channel and the safe ack watermark."""
+
+    def __init__(self) -> None:
+        self._outstanding: deque[int] = deque()
+        self._settled: set[int] = set()
+
+    def track(self, tag: int) -> None:
+        """Record a new delivery (tags must arrive in increasing order)."""
+        if self._outstanding and tag <= self._outstanding[-1]:
+            raise ValueError(f"delivery tag {tag} arrived after {self._outstanding[-1]}")
+        self._outstanding.append(tag)
+
+    def settle(self, tags: Iterable[int]) -> int | None:
+        """Mark ``tags`` settled; return the tag to ack with ``multiple=True``, if any.
+
+        The returned tag covers exactly the settled prefix: every outstanding tag up
+        to it is settled, and none after it is covered.
+        """
+        self._settled.update(tags)
+        outstanding, settled = self._outstanding, self._settled
+        upto = None
+        while outstanding and outstanding[0] in settled:
+            upto = outstanding.popleft()
+            settled.discard(upto)
+        return upto
+
+    def reset(self) -> None:
+        """Forget everything: the channel closed and the broker requeued its deliveries."""
+        self._outstanding.clear()
+        self._settled.clear()
+
+    @property
+    def outstanding(self) -> int:
+        """Deliveries not yet covered by an ack."""
+        return len(self._outstanding)

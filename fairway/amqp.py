@@ -1,0 +1,168 @@
+"""Run loop for asynchronous pika services: connect, declare, reconnect, stop.
+
+Modelled on kombu's ``ConsumerMixin.run()``: a stop flag, reconnects with capped
+exponential backoff on connection errors, and hooks for subclasses. One pika
+``IOLoop`` lives across reconnects, so callbacks handed in from worker threads with
+``add_callback_threadsafe`` are never lost on a dead loop.
+
+Invariant: nothing here blocks the I/O loop except the topology declaration, which
+runs over a short blocking connection *between* asynchronous connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.adapters.select_connection import IOLoop
+from pika.exceptions import AMQPError
+
+from fairway import topology
+from fairway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def parameters(settings: Settings, name: str) -> pika.URLParameters:
+    """Connection parameters from ``settings.amqp_url`` with a client name and heartbeat."""
+    params = pika.URLParameters(settings.amqp_url)
+    params.client_properties = {"connection_name": name, "product": "fairway"}
+    if "heartbeat" not in settings.amqp_url:
+        params.heartbeat = 30
+    params.connection_attempts = 1
+    params.blocked_connection_timeout = 300
+    return params
+
+
+def declare_topology(settings: Settings) -> None:
+    """Declare the shared topology over a short-lived blocking connection."""
+    connection = pika.BlockingConnection(parameters(settings, "fairway-declare"))
+    try:
+        topology.declare(connection.channel(), settings)
+    finally:
+        connection.close()
+
+
+class Backoff:
+    """Capped exponential backoff: 0.5 s, 1 s, 2 s ... ``cap``; reset on success."""
+
+    def __init__(self, base: float = 0.5, cap: float = 10.0) -> None:
+        self.base, self.cap, self._n = base, cap, 0
+
+    def next(self) -> float:
+        """The next delay."""
+        delay = min(self.cap, self.base * 2**self._n)
+        self._n += 1
+        return delay
+
+    def reset(self) -> None:
+        """Back to the first delay."""
+        self._n = 0
+
+
+class AmqpService:
+    """Base class of the relay and the scheduler.
+
+    Subclasses implement :meth:`on_connected` (open channels, start consuming),
+    :meth:`on_connection_lost` (forget per-connection state) and :meth:`begin_stop`
+    (drain, then call :meth:`close`).
+    """
+
+    name = "fairway"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ioloop = IOLoop()
+        self.connection: pika.SelectConnection | None = None
+        self.stopping = False
+        self._backoff = Backoff()
+
+    # -- lifecycle -------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> None:
+        """Serve until :meth:`stop` (or SIGTERM/SIGINT) and a clean drain."""
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self.ioloop.add_callback_threadsafe(self._connect)
+        self.ioloop.start()
+        log.info("stopped", extra={"service": self.name})
+
+    def stop(self) -> None:
+        """Ask the service to drain and exit; safe from signal handlers and threads."""
+        self.ioloop.add_callback_threadsafe(self._stop_in_loop)
+
+    def call_soon(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` on the I/O loop (from any thread)."""
+        self.ioloop.add_callback_threadsafe(callback)
+
+    def close(self) -> None:
+        """Close the connection (if open) and end :meth:`run`."""
+        self.stopping = True
+        if self.connection is not None and self.connection.is_open:
+            self.connection.close()
+        else:
+            self.ioloop.stop()
+
+    # -- hooks -----------------------------------------------------------------
+    def on_connected(self, connection: pika.SelectConnection) -> None:
+        """The connection is open: set up channels and consumers."""
+        raise NotImplementedError
+
+    def on_connection_lost(self) -> None:
+        """The connection is gone: the broker requeues every unacked delivery."""
+
+    def begin_stop(self) -> None:
+        """Drain and then call :meth:`close`; the default closes at once."""
+        self.close()
+
+    # -- internals -------------------------------------------------------------
+    def _stop_in_loop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping", extra={"service": self.name})
+        if self.connection is not None and self.connection.is_open:
+            self.begin_stop()
+        else:
+            self.ioloop.stop()
+
+    def _connect(self) -> None:
+        if self.stopping:
+            self.ioloop.stop()
+            return
+        try:
+            declare_topology(self.settings)
+        except (AMQPError, OSError) as exc:
+            self._retry(f"topology declaration failed: {exc!r}")
+            return
+        self.connection = pika.SelectConnection(
+            parameters(self.settings, self.name),
+            on_open_callback=self._on_open,
+            on_open_error_callback=lambda _c, exc: self._retry(f"connect failed: {exc!r}"),
+            on_close_callback=self._on_closed,
+            custom_ioloop=self.ioloop,
+        )
+
+    def _retry(self, why: str) -> None:
+        if self.stopping:
+            self.ioloop.stop()
+            return
+        delay = self._backoff.next()
+        log.warning("reconnecting", extra={"service": self.name, "why": why, "in_s": delay})
+        self.ioloop.call_later(delay, self._connect)
+
+    def _on_open(self, connection: pika.SelectConnection) -> None:
+        self._backoff.reset()
+        log.info("connected", extra={"service": self.name})
+        self.on_connected(connection)
+
+    def _on_closed(self, _connection: pika.SelectConnection, reason: Exception) -> None:
+        self.on_connection_lost()
+        self.connection = None
+        if self.stopping:
+            self.ioloop.stop()
+        else:
+            self._retry(f"connection closed: {reason!r}")

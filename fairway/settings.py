@@ -1,0 +1,80 @@
+"""Settings read from environment variables, each with a sane default.
+
+Every limit the pipeline enforces is one variable here, so an operator can see
+and change all of them in one place (the README's configuration table lists them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "FAIRWAY_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide configuration; build it with :meth:`from_env`."""
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    mongo_url: str = "mongodb://127.0.0.1:27017/fairway"
+
+    # Queue bounds (messages). Overflow is refused at publish time and counted.
+    ingest_max_length: int = 1_000_000
+    tenant_max_backlog: int = 1_000_000
+    rejected_max_length: int = 100_000
+    queue_type: str = "classic"  # "quorum" on a RabbitMQ cluster
+
+    # Message contract.
+    max_message_bytes: int = 65_536
+    max_values: int = 64
+    max_string_value: int = 256
+    max_message_id: int = 128
+    max_clock_skew_s: float = 300.0
+    max_reading_age_s: float = 7 * 24 * 3600.0
+    rejected_body_bytes: int = 1024
+
+    # Relay.
+    relay_prefetch: int = 2000
+    relay_confirm_window: int = 2000
+    device_rate: float = 1000.0
+    device_burst: float = 2000.0
+    device_cache_ttl_s: float = 30.0
+    device_cache_size: int = 100_000
+
+    # Scheduler.
+    scheduler_prefetch: int = 200
+    batch_size: int = 500
+    batch_linger_ms: float = 20.0
+    drr_quantum: int = 50
+    writers: int = 2
+    tenant_refresh_s: float = 5.0
+    db_backoff_max_s: float = 5.0
+
+    # Observability (0 disables the metrics HTTP server).
+    metrics_port: int = 0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``FAIRWAY_<FIELD>`` variables (upper case), then apply ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from exc
+        values.update(overrides)
+        return cls(**values)
+
+    def environ(self) -> dict[str, str]:
+        """These settings as ``FAIRWAY_*`` variables, to hand to a child process."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}

@@ -1,0 +1,114 @@
+"""The AMQP topology: every exchange, queue and argument, declared in one place.
+
+Names are part of the contract (see docs/architecture.md). Declarations are
+idempotent; every process runs :func:`declare` on start and after each reconnect,
+over a short-lived blocking channel, before its asynchronous consumer opens.
+
+Bounded queues use ``reject-publish`` overflow: a publisher with confirms gets a
+``basic.nack`` when a queue is full, so the relay can refuse the message with a
+reason (``tenant_backlog_full``) instead of the broker dropping it silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fairway.settings import Settings
+
+TELEMETRY = "telemetry"
+INGEST = "ingest"
+TENANTS = "tenants"
+REJECTED = "rejected"
+EVENTS = "events"
+TENANT_QUEUE_PREFIX = "tenant."
+
+# Header names on messages in ``rejected``.
+REASON_HEADER = "x-fairway-reason"
+DETAIL_HEADER = "x-fairway-detail"
+DEVICE_HEADER = "x-fairway-device"
+TENANT_HEADER = "x-fairway-tenant"
+ROUTING_KEY_HEADER = "x-fairway-routing-key"
+SIZE_HEADER = "x-fairway-original-size"
+
+
+class Channel(Protocol):
+    """The part of ``pika.adapters.blocking_connection.BlockingChannel`` used here."""
+
+    def exchange_declare(self, exchange: str, exchange_type: str = ..., **kw: Any) -> Any: ...
+    def queue_declare(self, queue: str, **kw: Any) -> Any: ...
+    def queue_bind(self, queue: str, exchange: str, routing_key: str | None = ...) -> Any: ...
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A durable, bounded queue and the bindings that feed it."""
+
+    name: str
+    max_length: int
+    bindings: tuple[tuple[str, str], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    queue_type: str = "classic"
+
+    def arguments(self) -> dict[str, Any]:
+        """The ``x-`` arguments, identical on every declaration."""
+        args: dict[str, Any] = {
+            "x-max-length": self.max_length,
+            "x-overflow": "reject-publish",
+            "x-queue-type": self.queue_type,
+        }
+        args.update(self.extra)
+        return args
+
+    def declare(self, channel: Channel) -> None:
+        """Declare the queue and its bindings."""
+        channel.queue_declare(queue=self.name, durable=True, arguments=self.arguments())
+        for exchange, key in self.bindings:
+            channel.queue_bind(queue=self.name, exchange=exchange, routing_key=key)
+
+
+EXCHANGES: tuple[tuple[str, str], ...] = (
+    (TELEMETRY, "topic"),
+    (TENANTS, "direct"),
+    (REJECTED, "topic"),
+    (EVENTS, "topic"),
+)
+
+
+def tenant_queue_name(tenant: str) -> str:
+    """``tenant.<id>``."""
+    return TENANT_QUEUE_PREFIX + tenant
+
+
+def tenant_queue(tenant: str, max_backlog: int, queue_type: str = "classic") -> QueueSpec:
+    """The per-tenant backlog queue; what it dead-letters goes to ``rejected``."""
+    return QueueSpec(
+        name=tenant_queue_name(tenant),
+        max_length=max_backlog,
+        bindings=((TENANTS, tenant),),
+        extra={
+            "x-dead-letter-exchange": REJECTED,
+            "x-dead-letter-routing-key": f"dead_letter.{tenant}",
+        },
+        queue_type=queue_type,
+    )
+
+
+def shared_queues(
+    ingest_max_length: int, rejected_max_length: int, queue_type: str = "classic"
+) -> tuple[QueueSpec, ...]:
+    """``ingest`` (fed by ``telemetry``) and ``rejected`` (fed by ``rejected``)."""
+    return (
+        QueueSpec(INGEST, ingest_max_length, ((TELEMETRY, "#"),), queue_type=queue_type),
+        QueueSpec(REJECTED, rejected_max_length, ((REJECTED, "#"),), queue_type=queue_type),
+    )
+
+
+def declare(channel: Channel, settings: Settings) -> None:
+    """Declare every exchange and shared queue (not the per-tenant queues)."""
+    for name, kind in EXCHANGES:
+        channel.exchange_declare(exchange=name, exchange_type=kind, durable=True)
+    for spec in shared_queues(
+        settings.ingest_max_length, settings.rejected_max_length, settings.queue_type
+    ):
+        spec.declare(channel)
