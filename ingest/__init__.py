@@ -1,0 +1,1 @@
+"""The auth/relay consumer and the device simulator."""

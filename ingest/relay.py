@@ -1,0 +1,327 @@
+"""The auth/relay consumer: validate each telemetry message and shard it by tenant.
+
+What happens to every delivery from ``ingest``:
+
+* refused by the contract or the registry -> published to ``rejected`` with
+  ``x-fairway-reason``; the original is acked after that publish is confirmed.
+* accepted -> published to ``tenants`` (routing key = tenant id, ``mandatory``);
+  the original is acked after that publish is confirmed.
+* the tenant queue is full (``basic.nack``) or missing (``basic.return``) -> published
+  to ``rejected`` as ``tenant_backlog_full`` / ``unroutable``, then acked.
+* ``rejected`` itself is full -> counted in ``fairway_relay_rejected_dropped_total``
+  and logged, then acked: a hostile flood must not stall ingestion.
+* the relay dies anywhere in between -> the original was not acked, so the broker
+  redelivers it; a second copy in a tenant queue is a duplicate the scheduler's
+  idempotent write absorbs.
+
+Confirms stream: every delivery has at most one unconfirmed republish, so the confirm
+window equals the prefetch. Acks use :class:`fairway.acks.AckWatermark`, because
+registry look-ups let deliveries finish out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+from pymongo.database import Database
+
+from fairway import metrics, topology
+from fairway.acks import AckWatermark
+from fairway.amqp import AmqpService
+from fairway.contract import Reading, parse_reading, tenant_message
+from fairway.ids import is_valid_id
+from fairway.reasons import Reason, Rejection
+from fairway.settings import Settings
+from fairway.store import Device
+from ingest.ratelimit import DeviceRateLimiter
+from ingest.registry import DeviceRegistry
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Pending:
+    """A republish awaiting its confirm, and what to do if it is refused."""
+
+    delivery_tag: int
+    routing_key: str
+    body: bytes
+    device: str | None
+    tenant: str | None
+    reason: Reason | None  # None: a reading published to its tenant queue
+
+
+class Relay(AmqpService):
+    """Consume ``ingest``; republish to ``tenants`` or ``rejected``; ack after confirm."""
+
+    name = "fairway-relay"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        super().__init__(settings)
+        self.registry = DeviceRegistry(
+            db,
+            ttl_s=settings.device_cache_ttl_s,
+            max_size=settings.device_cache_size,
+            call_soon=self.call_soon,
+            call_later=self.ioloop.call_later,
+        )
+        self.rate = DeviceRateLimiter(
+            settings.device_rate, settings.device_burst, settings.device_cache_size
+        )
+        self._channel: Channel | None = None
+        self._consumer_tag: str | None = None
+        self._pending: OrderedDict[int, Pending] = OrderedDict()
+        self._returned: set[int] = set()
+        self._seq = 0
+        self._acks = AckWatermark()
+        self._drain_deadline = 0.0
+
+    # -- set-up ------------------------------------------------------------------
+    def on_connected(self, connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._set_qos(channel))
+
+    def _set_qos(self, channel: Channel) -> None:
+        channel.basic_qos(
+            prefetch_count=self.settings.relay_prefetch, callback=lambda _f: self._consume(channel)
+        )
+
+    def _consume(self, channel: Channel) -> None:
+        self._consumer_tag = channel.basic_consume(topology.INGEST, self._on_message)
+        log.info("consuming", extra={"queue": topology.INGEST})
+
+    def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
+        if self.connection is not None and self.connection.is_open and not self.stopping:
+            log.warning("channel closed; reconnecting", extra={"why": repr(reason)})
+            self.connection.close()
+
+    def on_connection_lost(self) -> None:
+        # Every unacked delivery goes back to ``ingest``; forget what was in flight.
+        self._channel = None
+        self._consumer_tag = None
+        self._pending.clear()
+        self._returned.clear()
+        self._seq = 0
+        self._acks.reset()
+        metrics.RELAY_UNCONFIRMED.set(0)
+
+    # -- the hot path --------------------------------------------------------------
+    def _on_message(
+        self, channel: Channel, method: Basic.Deliver, props: BasicProperties, body: bytes
+    ) -> None:
+        tag, routing_key = method.delivery_tag, method.routing_key
+        self._acks.track(tag)
+        now = time.time()
+        try:
+            reading = parse_reading(
+                routing_key,
+                body,
+                self.settings,
+                message_id=props.message_id,
+                user_id=props.user_id,
+                now=now,
+            )
+        except Rejection as refusal:
+            self._refuse(tag, routing_key, body, refusal, device=_device_of(routing_key))
+            return
+        parked = not self.registry.lookup(
+            reading.device,
+            lambda device: self._admit(channel, tag, routing_key, body, reading, device, now),
+        )
+        if parked:
+            metrics.RELAY_PARKED.set(self.registry.parked)
+
+    def _admit(
+        self,
+        channel: Channel,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        reading: Reading,
+        device: Device | None,
+        received: float,
+    ) -> None:
+        if channel is not self._channel:
+            return  # the delivery belonged to a closed channel; the broker redelivers it
+        try:
+            tenant = _check_device(reading.device, device)
+            if not self.rate.allow(reading.device, received):
+                raise Rejection(
+                    Reason.RATE_LIMITED,
+                    f"device {reading.device!r} exceeds {self.settings.device_rate:g} msg/s",
+                )
+        except Rejection as refusal:
+            self._refuse(tag, routing_key, body, refusal, device=reading.device)
+            return
+        self._publish(
+            topology.TENANTS,
+            tenant,
+            tenant_message(tenant, reading, received),
+            Pending(tag, routing_key, body, reading.device, tenant, None),
+        )
+
+    def _refuse(
+        self,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        refusal: Rejection,
+        *,
+        device: str | None,
+        tenant: str | None = None,
+    ) -> None:
+        headers: dict[str, Any] = {
+            topology.REASON_HEADER: refusal.reason.value,
+            topology.DETAIL_HEADER: refusal.detail,
+            topology.ROUTING_KEY_HEADER: routing_key[:255],
+        }
+        if device:
+            headers[topology.DEVICE_HEADER] = device
+        if tenant:
+            headers[topology.TENANT_HEADER] = tenant
+        if len(body) > self.settings.max_message_bytes:
+            headers[topology.SIZE_HEADER] = len(body)
+            body = body[: self.settings.rejected_body_bytes]
+        self._publish(
+            topology.REJECTED,
+            f"{refusal.reason.value}.{device or '_'}",
+            body,
+            Pending(tag, routing_key, body, device, tenant, refusal.reason),
+            headers=headers,
+        )
+
+    def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        pending: Pending,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            return  # connection lost: the original is unacked and will be redelivered
+        self._seq += 1
+        self._pending[self._seq] = pending
+        channel.basic_publish(
+            exchange,
+            routing_key,
+            body,
+            BasicProperties(
+                delivery_mode=2,
+                content_type="application/json",
+                correlation_id=str(self._seq),
+                headers=headers,
+            ),
+            mandatory=True,
+        )
+
+    # -- confirms ----------------------------------------------------------------
+    def _on_return(
+        self, _channel: Channel, _method: Basic.Return, props: BasicProperties, _body: bytes
+    ) -> None:
+        # A return always precedes the confirm of the same publish.
+        if props.correlation_id and props.correlation_id.isdigit():
+            self._returned.add(int(props.correlation_id))
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, Basic.Ack)
+        last = method.delivery_tag
+        pending = self._pending
+        settled: list[int] = []
+        if method.multiple:
+            # Refusals re-published below get new, higher sequence numbers: the loop
+            # ends before reaching them.
+            while pending and next(iter(pending)) <= last:
+                seq, item = pending.popitem(last=False)
+                self._confirmed(seq, item, acked, settled)
+        elif (item := pending.pop(last, None)) is not None:
+            self._confirmed(last, item, acked, settled)
+        metrics.RELAY_UNCONFIRMED.set(len(pending))
+        upto = self._acks.settle(settled)
+        if upto is not None and self._channel is not None and self._channel.is_open:
+            self._channel.basic_ack(upto, multiple=True)
+
+    def _confirmed(self, seq: int, item: Pending, acked: bool, settled: list[int]) -> None:
+        returned = seq in self._returned
+        if returned:
+            self._returned.discard(seq)
+        if acked and not returned:
+            if item.reason is None:
+                metrics.RELAY_ACCEPTED.labels(item.tenant).inc()
+            else:
+                metrics.RELAY_REJECTED.labels(item.reason.value).inc()
+            settled.append(item.delivery_tag)
+        elif item.reason is None:
+            # The tenant queue refused it: full (nack) or missing (return).
+            refusal = (
+                Rejection(Reason.UNROUTABLE, f"tenant {item.tenant!r} has no queue")
+                if returned
+                else Rejection(
+                    Reason.TENANT_BACKLOG_FULL, f"tenant {item.tenant!r} backlog is full"
+                )
+            )
+            self._refuse(
+                item.delivery_tag,
+                item.routing_key,
+                item.body,
+                refusal,
+                device=item.device,
+                tenant=item.tenant,
+            )
+        else:
+            metrics.RELAY_REJECTED_DROPPED.labels(item.reason.value).inc()
+            log.error(
+                "rejected queue refused a message; dropped after counting",
+                extra={"reason": item.reason.value, "device": item.device},
+            )
+            settled.append(item.delivery_tag)
+
+    # -- stopping ----------------------------------------------------------------
+    def begin_stop(self) -> None:
+        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        channel = self._channel
+        if channel is not None and channel.is_open and self._consumer_tag:
+            channel.basic_cancel(self._consumer_tag, callback=lambda _f: self._maybe_finish_drain())
+        else:
+            self.close()
+
+    def _maybe_finish_drain(self) -> None:
+        if (not self._pending and not self.registry.parked) or (
+            time.monotonic() > self._drain_deadline
+        ):
+            self.registry.close()
+            self.close()
+        else:
+            self.ioloop.call_later(0.05, self._maybe_finish_drain)
+
+
+def _device_of(routing_key: str) -> str | None:
+    device = routing_key.partition(".")[0]
+    return device if is_valid_id(device) else None
+
+
+def _check_device(device_id: str, device: Device | None) -> str:
+    """The device's tenant, or the registry's reason to refuse it."""
+    if device is None:
+        raise Rejection(Reason.UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
+    if not device.tenant_known:
+        raise Rejection(Reason.UNKNOWN_TENANT, f"tenant {device.tenant!r} does not exist")
+    if not device.enabled:
+        raise Rejection(Reason.DEVICE_DISABLED, f"device {device_id!r} is disabled")
+    return device.tenant
