@@ -1,0 +1,1 @@
+"""The fair scheduler: deficit round robin over tenant queues into MongoDB."""

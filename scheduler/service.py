@@ -1,0 +1,281 @@
+"""The fair scheduler: tenant queues -> DRR -> write batches -> ack what is durable.
+
+* One channel per tenant queue, each with a small prefetch, so the broker keeps the
+  backlog and delivery tags of one channel belong to one tenant. Local buffers are
+  therefore bounded by ``tenants x scheduler_prefetch``.
+* Deliveries go into a :class:`~scheduler.drr.DeficitRoundRobin`; a batch is taken in
+  DRR order when it is full or its oldest message has waited ``batch_linger_ms``,
+  and only while fewer than ``writers`` batches are being written.
+* Writers run on threads (the pika I/O loop never waits for MongoDB) and hand the
+  outcome back with ``add_callback_threadsafe``. Stored and duplicate messages are
+  settled; the ack is one ``multiple`` ack per channel over the settled prefix
+  (:class:`~fairway.acks.AckWatermark`). Documents the database refuses for good are
+  nacked without requeue and dead-letter to ``rejected``.
+* Database down: the writer retries the batch with capped backoff; nothing is acked,
+  buffers fill to the prefetch and the broker stops delivering (backpressure).
+* New tenants are found by polling the tenant list every ``tenant_refresh_s``.
+* SIGTERM: cancel consumers, flush every buffered message, ack, close. Anything not
+  written by the drain deadline stays unacked and the broker requeues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.channel import Channel
+from pika.spec import Basic
+
+from fairway import metrics, topology
+from fairway.acks import AckWatermark
+from fairway.amqp import AmqpService, Backoff
+from fairway.settings import Settings
+from fairway.store import Tenant
+from scheduler.drr import DeficitRoundRobin
+from scheduler.sink import Sink, WriteOutcome
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 15.0
+GAUGE_INTERVAL_S = 1.0
+
+
+@dataclass(eq=False)
+class TenantConsumer:
+    """One tenant queue's channel and the acks owed on it."""
+
+    tenant: str
+    channel: Channel | None = None
+    consumer_tag: str | None = None
+    acks: AckWatermark = field(default_factory=AckWatermark)
+
+    @property
+    def live(self) -> bool:
+        """True while acks may be sent on this channel."""
+        return self.channel is not None and self.channel.is_open
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A buffered message and where its ack goes."""
+
+    consumer: TenantConsumer
+    tag: int
+    body: bytes
+
+
+class Scheduler(AmqpService):
+    """Consume every tenant queue and write fairly into a :class:`Sink`."""
+
+    name = "fairway-scheduler"
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        list_tenants: Callable[[], list[Tenant]],
+    ) -> None:
+        super().__init__(settings)
+        self.sink = sink
+        self.list_tenants = list_tenants
+        self.drr: DeficitRoundRobin[Delivery] = DeficitRoundRobin(settings.drr_quantum)
+        self.consumers: dict[str, TenantConsumer] = {}
+        self.known: dict[str, Tenant] = {}
+        self.inflight = 0
+        self._writers = ThreadPoolExecutor(settings.writers, thread_name_prefix="writer")
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="tenants")
+        self._linger_s = settings.batch_linger_ms / 1000.0
+        self._oldest: float | None = None  # when the oldest buffered message arrived
+        self._linger_timer: Any = None
+        self._drain_deadline = float("inf")
+        self._stop_event = threading.Event()
+        self._timers_started = False
+
+    # -- tenants and channels ------------------------------------------------------
+    def on_connected(self, connection: pika.SelectConnection) -> None:
+        self._refresh_tenants()
+        if not self._timers_started:
+            self._timers_started = True
+            self.ioloop.call_later(GAUGE_INTERVAL_S, self._tick_gauges)
+
+    def _refresh_tenants(self) -> None:
+        if self.stopping or self.connection is None:
+            return
+        future = self._io.submit(self.list_tenants)
+        future.add_done_callback(lambda f: self.call_soon(lambda: self._tenants_listed(f)))
+
+    def _tenants_listed(self, future: Any) -> None:
+        try:
+            tenants: list[Tenant] = future.result()
+        except Exception as exc:  # database down: keep serving the tenants we know
+            log.warning("tenant refresh failed", extra={"error": repr(exc)})
+            tenants = list(self.known.values())
+        for tenant in tenants:
+            self.known[tenant.id] = tenant
+            self.drr.set_weight(tenant.id, tenant.weight)
+            if tenant.id not in self.consumers and self.connection is not None:
+                self._open(tenant)
+        self.ioloop.call_later(self.settings.tenant_refresh_s, self._refresh_tenants)
+
+    def _open(self, tenant: Tenant) -> None:
+        consumer = self.consumers[tenant.id] = TenantConsumer(tenant.id)
+        spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings.queue_type)
+
+        def on_open(channel: Channel) -> None:
+            consumer.channel = channel
+            channel.add_on_close_callback(lambda _c, why: self._closed(consumer, why))
+            channel.basic_qos(prefetch_count=self.settings.scheduler_prefetch, callback=on_qos)
+
+        def on_qos(_frame: Any) -> None:
+            consumer.channel.queue_declare(  # type: ignore[union-attr]
+                spec.name, durable=True, arguments=spec.arguments(), callback=on_declared
+            )
+
+        def on_declared(_frame: Any) -> None:
+            if self.stopping:
+                return
+            consumer.consumer_tag = consumer.channel.basic_consume(  # type: ignore[union-attr]
+                spec.name, lambda ch, m, p, b: self._on_message(consumer, m, b)
+            )
+
+        assert self.connection is not None
+        self.connection.channel(on_open_callback=on_open)
+
+    def _closed(self, consumer: TenantConsumer, why: Exception) -> None:
+        # The broker requeues this channel's unacked deliveries: drop our copies.
+        if self.consumers.get(consumer.tenant) is consumer:
+            del self.consumers[consumer.tenant]
+        self.drr.drop(consumer.tenant)
+        consumer.acks.reset()
+        if not self.stopping and self.connection is not None and self.connection.is_open:
+            log.warning(
+                "tenant channel closed", extra={"tenant": consumer.tenant, "why": repr(why)}
+            )
+
+    def on_connection_lost(self) -> None:
+        for consumer in list(self.consumers.values()):
+            self._closed(consumer, ConnectionError("connection lost"))
+        self._oldest = None
+
+    # -- the hot path --------------------------------------------------------------
+    def _on_message(self, consumer: TenantConsumer, method: Basic.Deliver, body: bytes) -> None:
+        consumer.acks.track(method.delivery_tag)
+        self.drr.push(consumer.tenant, Delivery(consumer, method.delivery_tag, body))
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand batches to free writers: full ones at once, partial ones after linger."""
+        drr, size = self.drr, self.settings.batch_size
+        while self.inflight < self.settings.writers and len(drr):
+            if len(drr) < size and not self.stopping:
+                waited = time.monotonic() - (self._oldest or 0.0)
+                if waited < self._linger_s:
+                    if self._linger_timer is None:
+                        self._linger_timer = self.ioloop.call_later(
+                            self._linger_s - waited, self._linger_expired
+                        )
+                    return
+            batch = drr.take(size)
+            self._oldest = time.monotonic() if len(drr) else None
+            self.inflight += 1
+            metrics.SCHED_INFLIGHT_BATCHES.set(self.inflight)
+            metrics.SCHED_BATCH_SIZE.observe(len(batch))
+            self._writers.submit(self._write, batch)
+
+    def _linger_expired(self) -> None:
+        self._linger_timer = None
+        self._dispatch()
+
+    # -- writer threads ----------------------------------------------------------
+    def _write(self, batch: list[tuple[str, Delivery]]) -> None:
+        bodies = [d.body for _, d in batch]
+        backoff = Backoff(base=0.1, cap=self.settings.db_backoff_max_s)
+        outcome: WriteOutcome | None = None
+        while outcome is None:
+            started = time.perf_counter()
+            try:
+                outcome = self.sink.write(bodies)
+            except Exception as exc:  # outcome unknown: retry the whole batch
+                metrics.SCHED_DB_UP.set(0)
+                if self.stopping and time.monotonic() > self._drain_deadline:
+                    break  # leave it unacked; the broker requeues it
+                delay = backoff.next()
+                log.warning("write failed", extra={"error": repr(exc), "retry_s": delay})
+                self._stop_event.wait(delay)
+                continue
+            metrics.SCHED_DB_UP.set(1)
+            metrics.SCHED_WRITE_SECONDS.observe(time.perf_counter() - started)
+        self.call_soon(lambda: self._written(batch, outcome))
+
+    def _written(self, batch: list[tuple[str, Delivery]], outcome: WriteOutcome | None) -> None:
+        self.inflight -= 1
+        metrics.SCHED_INFLIGHT_BATCHES.set(self.inflight)
+        if outcome is not None:
+            self._settle(batch, outcome)
+        self._dispatch()
+
+    def _settle(self, batch: list[tuple[str, Delivery]], outcome: WriteOutcome) -> None:
+        refused = set(outcome.refused)
+        duplicates = set(outcome.duplicates)
+        settled: dict[TenantConsumer, list[int]] = defaultdict(list)
+        stored: dict[str, int] = defaultdict(int)
+        for i, (tenant, delivery) in enumerate(batch):
+            consumer = delivery.consumer
+            if not consumer.live:
+                continue  # channel gone: the broker redelivers, the write is a duplicate
+            if i in refused:
+                consumer.channel.basic_nack(delivery.tag, requeue=False)  # type: ignore[union-attr]
+                metrics.SCHED_DEAD_LETTERED.labels(tenant).inc()
+            elif i in duplicates:
+                metrics.SCHED_DUPLICATES.labels(tenant).inc()
+            else:
+                stored[tenant] += 1
+            settled[consumer].append(delivery.tag)
+        for tenant, count in stored.items():
+            metrics.SCHED_STORED.labels(tenant).inc(count)
+        for consumer, tags in settled.items():
+            upto = consumer.acks.settle(tags)
+            if upto is not None:
+                consumer.channel.basic_ack(upto, multiple=True)  # type: ignore[union-attr]
+
+    # -- gauges ------------------------------------------------------------------
+    def _tick_gauges(self) -> None:
+        for tenant, consumer in self.consumers.items():
+            metrics.SCHED_BUFFERED.labels(tenant).set(self.drr.backlog(tenant))
+            if consumer.live:
+                consumer.channel.queue_declare(  # type: ignore[union-attr]
+                    topology.tenant_queue_name(tenant),
+                    passive=True,
+                    callback=lambda f, t=tenant: metrics.SCHED_BACKLOG.labels(t).set(
+                        f.method.message_count
+                    ),
+                )
+        if not self.stopping:
+            self.ioloop.call_later(GAUGE_INTERVAL_S, self._tick_gauges)
+
+    # -- stopping ----------------------------------------------------------------
+    def begin_stop(self) -> None:
+        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        for consumer in self.consumers.values():
+            if consumer.live and consumer.consumer_tag:
+                consumer.channel.basic_cancel(consumer.consumer_tag)  # type: ignore[union-attr]
+        self._finish_drain()
+
+    def _finish_drain(self) -> None:
+        self._dispatch()  # stopping: partial batches go at once
+        if (not len(self.drr) and not self.inflight) or time.monotonic() > self._drain_deadline:
+            self._stop_event.set()
+            self._writers.shutdown(wait=False, cancel_futures=True)
+            self._io.shutdown(wait=False, cancel_futures=True)
+            self.close()
+        else:
+            self.ioloop.call_later(0.02, self._finish_drain)
