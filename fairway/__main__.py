@@ -1,0 +1,5 @@
+"""``python -m fairway`` is the ``fairway`` command."""
+
+from fairway.cli import main
+
+main()

@@ -1,0 +1,238 @@
+"""The ``fairway`` command: administration and every long-running process."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import click
+import orjson
+import pika
+
+from fairway import log, metrics, store, topology
+from fairway.amqp import declare_topology, parameters
+from fairway.ids import check_id
+from fairway.settings import Settings
+
+
+def _emit(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Fairway: fair, exactly-once-in-effect IoT telemetry ingestion."""
+    settings = Settings.from_env()
+    log.setup(settings.log_level)
+    ctx.obj = settings
+
+
+# -- provisioning ------------------------------------------------------------------
+def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlog: int) -> None:
+    """Declare the tenant's queue, then record the tenant (schedulers pick it up)."""
+    check_id("tenant", tenant_id)
+    connection = pika.BlockingConnection(parameters(settings, "fairway-cli"))
+    try:
+        channel = connection.channel()
+        topology.declare(channel, settings)
+        topology.tenant_queue(tenant_id, max_backlog, settings.queue_type).declare(channel)
+    finally:
+        connection.close()
+    db = store.connect(settings)
+    store.ensure_indexes(db)
+    store.create_tenant(db, tenant_id, weight, max_backlog)
+
+
+@main.group()
+def tenant() -> None:
+    """Provision and list tenants."""
+
+
+@tenant.command("create")
+@click.argument("tenant_id")
+@click.option("--weight", default=1, show_default=True, help="DRR weight (share of writes).")
+@click.option("--max-backlog", default=None, type=int, help="Bound of the tenant queue.")
+@click.pass_obj
+def tenant_create(settings: Settings, tenant_id: str, weight: int, max_backlog: int | None) -> None:
+    """Create TENANT_ID with its queue ``tenant.<id>``."""
+    try:
+        provision_tenant(settings, tenant_id, weight, max_backlog or settings.tenant_max_backlog)
+    except (ValueError, store.AlreadyExists) as exc:
+        _fail(str(exc))
+    _emit({"tenant": tenant_id, "weight": weight, "queue": topology.tenant_queue_name(tenant_id)})
+
+
+@tenant.command("list")
+@click.pass_obj
+def tenant_list(settings: Settings) -> None:
+    """List tenants as JSON."""
+    _emit([asdict(t) for t in store.list_tenants(store.connect(settings))])
+
+
+@tenant.command("set-weight")
+@click.argument("tenant_id")
+@click.argument("weight", type=int)
+@click.pass_obj
+def tenant_set_weight(settings: Settings, tenant_id: str, weight: int) -> None:
+    """Change a tenant's DRR weight (schedulers apply it within their refresh period)."""
+    try:
+        if not store.set_tenant_weight(store.connect(settings), tenant_id, weight):
+            _fail(f"unknown tenant {tenant_id!r}")
+    except ValueError as exc:
+        _fail(str(exc))
+    _emit({"tenant": tenant_id, "weight": weight})
+
+
+@main.group()
+def device() -> None:
+    """Register, list, enable and disable devices."""
+
+
+@device.command("register")
+@click.argument("tenant_id")
+@click.argument("device_id")
+@click.pass_obj
+def device_register(settings: Settings, tenant_id: str, device_id: str) -> None:
+    """Register DEVICE_ID under TENANT_ID; prints its credentials once."""
+    try:
+        _emit(store.register_device(store.connect(settings), tenant_id, device_id))
+    except (ValueError, LookupError, store.AlreadyExists) as exc:
+        _fail(str(exc).strip("'\""))
+
+
+@device.command("list")
+@click.option("--tenant", "tenant_id", default=None, help="Only this tenant's devices.")
+@click.pass_obj
+def device_list(settings: Settings, tenant_id: str | None) -> None:
+    """List devices as JSON."""
+    _emit([asdict(d) for d in store.list_devices(store.connect(settings), tenant_id)])
+
+
+@device.command("disable")
+@click.argument("device_id")
+@click.pass_obj
+def device_disable(settings: Settings, device_id: str) -> None:
+    """Disable DEVICE_ID: relays refuse its messages within the registry cache TTL."""
+    if not store.set_device_enabled(store.connect(settings), device_id, False):
+        _fail(f"unknown device {device_id!r}")
+    _emit({"device": device_id, "enabled": False})
+
+
+@device.command("enable")
+@click.argument("device_id")
+@click.pass_obj
+def device_enable(settings: Settings, device_id: str) -> None:
+    """Enable DEVICE_ID again."""
+    if not store.set_device_enabled(store.connect(settings), device_id, True):
+        _fail(f"unknown device {device_id!r}")
+    _emit({"device": device_id, "enabled": True})
+
+
+@main.command("declare")
+@click.pass_obj
+def declare(settings: Settings) -> None:
+    """Declare the shared AMQP topology and the database indexes."""
+    declare_topology(settings)
+    store.ensure_indexes(store.connect(settings))
+    _emit({"declared": [name for name, _ in topology.EXCHANGES]})
+
+
+# -- processes ---------------------------------------------------------------------
+@main.command("relay")
+@click.pass_obj
+def relay(settings: Settings) -> None:
+    """Run an auth/relay consumer on ``ingest`` until SIGTERM."""
+    from ingest.relay import Relay
+
+    metrics.serve(settings.metrics_port)
+    Relay(settings, store.connect(settings)).run()
+
+
+@main.command("scheduler")
+@click.option("--sink", type=click.Choice(["mongo", "null"]), default="mongo", show_default=True)
+@click.pass_obj
+def scheduler(settings: Settings, sink: str) -> None:
+    """Run the fair scheduler over every tenant queue until SIGTERM."""
+    from scheduler.service import Scheduler
+    from scheduler.sink import MongoSink, NullSink
+
+    metrics.serve(settings.metrics_port)
+    db = store.connect(settings)
+    store.ensure_indexes(db)
+    Scheduler(
+        settings, MongoSink(db) if sink == "mongo" else NullSink(), lambda: store.list_tenants(db)
+    ).run()
+
+
+@main.command("simulate")
+@click.option("--tenants", default=3, show_default=True)
+@click.option("--devices", default=5, show_default=True, help="Devices per tenant.")
+@click.option("--rate", default=500.0, show_default=True, help="Messages per second in total.")
+@click.option("--noisy", multiple=True, help="TENANT:FACTOR, e.g. sim01:100.")
+@click.option("--duration", default=10.0, show_default=True, help="Seconds to publish.")
+@click.option(
+    "--provision/--no-provision",
+    default=True,
+    show_default=True,
+    help="Create missing simulated tenants and devices first.",
+)
+@click.pass_obj
+def simulate(
+    settings: Settings,
+    tenants: int,
+    devices: int,
+    rate: float,
+    noisy: tuple[str, ...],
+    duration: float,
+    provision: bool,
+) -> None:
+    """Publish simulated readings with confirms; print a JSON summary."""
+    from ingest import simulator
+
+    noisy_factors: dict[str, float] = {}
+    for item in noisy:
+        name, _, factor = item.partition(":")
+        try:
+            noisy_factors[name] = float(factor)
+        except ValueError:
+            _fail(f"--noisy takes TENANT:FACTOR, not {item!r}")
+    by_tenant = {t: simulator.device_ids(t, devices) for t in simulator.tenant_ids(tenants)}
+    if provision:
+        ensure_simulated(settings, by_tenant)
+    summary = simulator.Simulator(
+        settings,
+        simulator.weighted_devices(by_tenant, noisy_factors),
+        rate=rate,
+        duration=duration,
+    ).run()
+    click.echo(simulator.summary_json(summary))
+
+
+def ensure_simulated(settings: Settings, by_tenant: dict[str, list[str]]) -> None:
+    """Provision the simulated tenants and devices that do not exist yet."""
+    db = store.connect(settings)
+    existing = {t.id for t in store.list_tenants(db)}
+    for tenant_id, device_ids in by_tenant.items():
+        if tenant_id not in existing:
+            provision_tenant(settings, tenant_id, 1, settings.tenant_max_backlog)
+        known = {d.id for d in store.list_devices(db, tenant_id)}
+        for device_id in device_ids:
+            if device_id not in known:
+                store.register_device(db, tenant_id, device_id)
+
+
+@main.command("demo")
+@click.option("--duration", default=10.0, show_default=True)
+@click.pass_obj
+def demo(settings: Settings, duration: float) -> None:
+    """Start a relay and a scheduler, simulate devices, and show readings landing."""
+    from fairway.demo import run_demo
+
+    run_demo(settings, duration)
