@@ -103,7 +103,7 @@ class Simulator:
         self._started = 0.0
         self._last_report = 0.0
         self._done_publishing = False
-        self._run_id = f"{int(time.time() * 1000):x}"
+        self.run_id = f"{int(time.time() * 1000):x}"
         self._watermark = 0  # every publish up to here is confirmed
         self._singles: set[int] = set()  # confirmed one by one above the watermark
 
@@ -156,7 +156,7 @@ class Simulator:
                 self.summary.sent += 1
                 body = reading(wall, self.summary.sent)
                 device = next(self.devices)
-                props.message_id = f"{self._run_id}-{self.summary.sent}"
+                props.message_id = f"{self.run_id}-{self.summary.sent}"
                 self._channel.basic_publish(
                     topology.TELEMETRY, f"{device}.{self.stream}", body, props
                 )
