@@ -101,15 +101,27 @@ class Scheduler(AmqpService):
     # -- tenants and channels ------------------------------------------------------
     def on_connected(self, connection: pika.SelectConnection) -> None:
         self._refresh_tenants()
-        if not self._timers_started:
+        if not self._timers_started:  # one timer chain each for the process's lifetime
             self._timers_started = True
             self.ioloop.call_later(GAUGE_INTERVAL_S, self._tick_gauges)
+            self.ioloop.call_later(self.settings.tenant_refresh_s, self._refresh_periodically)
+
+    def _refresh_periodically(self) -> None:
+        if self.stopping:
+            return
+        self._refresh_tenants()
+        self.ioloop.call_later(self.settings.tenant_refresh_s, self._refresh_periodically)
 
     def _refresh_tenants(self) -> None:
-        if self.stopping or self.connection is None:
+        """List tenants off the I/O loop; open channels for new ones, update weights."""
+        if self.stopping or not self._connected:
             return
         future = self._io.submit(self.list_tenants)
         future.add_done_callback(lambda f: self.call_soon(lambda: self._tenants_listed(f)))
+
+    @property
+    def _connected(self) -> bool:
+        return self.connection is not None and self.connection.is_open
 
     def _tenants_listed(self, future: Any) -> None:
         try:
@@ -120,9 +132,8 @@ class Scheduler(AmqpService):
         for tenant in tenants:
             self.known[tenant.id] = tenant
             self.drr.set_weight(tenant.id, tenant.weight)
-            if tenant.id not in self.consumers and self.connection is not None:
+            if tenant.id not in self.consumers and self._connected and not self.stopping:
                 self._open(tenant)
-        self.ioloop.call_later(self.settings.tenant_refresh_s, self._refresh_tenants)
 
     def _open(self, tenant: Tenant) -> None:
         consumer = self.consumers[tenant.id] = TenantConsumer(tenant.id)
