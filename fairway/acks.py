@@ -20,11 +20,13 @@ class AckWatermark:
     def __init__(self) -> None:
         self._outstanding: deque[int] = deque()
         self._settled: set[int] = set()
+        self._last = 0  # highest tag tracked since the channel opened
 
     def track(self, tag: int) -> None:
         """Record a new delivery (tags must arrive in increasing order)."""
-        if self._outstanding and tag <= self._outstanding[-1]:
-            raise ValueError(f"delivery tag {tag} arrived after {self._outstanding[-1]}")
+        if tag <= self._last:
+            raise ValueError(f"delivery tag {tag} arrived after {self._last}")
+        self._last = tag
         self._outstanding.append(tag)
 
     def settle(self, tags: Iterable[int]) -> int | None:
@@ -45,6 +47,7 @@ class AckWatermark:
         """Forget everything: the channel closed and the broker requeued its deliveries."""
         self._outstanding.clear()
         self._settled.clear()
+        self._last = 0
 
     @property
     def outstanding(self) -> int:

@@ -54,7 +54,7 @@ class Backoff:
 
     def next(self) -> float:
         """The next delay."""
-        delay = min(self.cap, self.base * 2**self._n)
+        delay = min(self.cap, self.base * 2 ** min(self._n, 32))  # no float overflow
         self._n += 1
         return delay
 

@@ -8,7 +8,8 @@ A device publishes to the ``telemetry`` exchange with routing key
 * ``ts``: device timestamp, epoch seconds (int or float) or an RFC 3339 string with
   an offset (``2026-11-24T02:30:00Z``).
 * ``values``: flat object, 1..``max_values`` keys; each value a finite number, a
-  boolean or a string of at most ``max_string_value`` characters.
+  boolean or a string of at most ``max_string_value`` characters. Integers outside
+  the signed 64-bit range are stored as doubles (JSON numbers are doubles).
 * ``id`` (optional): the device's message id.
 
 The message id is, in order of preference: the AMQP ``message_id`` property, the
@@ -34,6 +35,7 @@ from fairway.ids import is_valid_id
 from fairway.reasons import Reason, Rejection
 from fairway.settings import Settings
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _VALUE_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 _INT64 = 2**63
@@ -69,13 +71,14 @@ def parse_ts(raw: object) -> float:
     if isinstance(raw, int | float):
         ts = float(raw)
     elif isinstance(raw, str) and len(raw) <= 64:
+        if _RFC3339.fullmatch(raw) is None:
+            raise Rejection(
+                Reason.SCHEMA, f"'ts' {raw!r} is not an RFC 3339 time with a UTC offset"
+            )
         try:
-            parsed = datetime.fromisoformat(raw)
+            ts = datetime.fromisoformat(raw.upper()).timestamp()
         except ValueError:
-            raise Rejection(Reason.SCHEMA, f"'ts' {raw!r} is not an RFC 3339 time") from None
-        if parsed.tzinfo is None:
-            raise Rejection(Reason.SCHEMA, f"'ts' {raw!r} has no UTC offset")
-        ts = parsed.timestamp()
+            raise Rejection(Reason.SCHEMA, f"'ts' {raw!r} is not a valid date and time") from None
     else:
         raise Rejection(Reason.SCHEMA, "'ts' must be epoch seconds or an RFC 3339 string")
     if not math.isfinite(ts) or ts < 0 or ts > 32503680000:  # year 3000
@@ -98,7 +101,9 @@ def check_values(raw: object, settings: Settings) -> dict[str, Any]:
             continue
         if isinstance(value, int):
             if not -_INT64 <= value < _INT64:
-                raise Rejection(Reason.SCHEMA, f"value {key!r} does not fit in 64 bits")
+                # JSON numbers are doubles; orjson already turns integers beyond 64
+                # bits into floats, so do the same for the unsigned 64-bit range.
+                raw[key] = float(value)
         elif isinstance(value, float):
             if not math.isfinite(value):
                 raise Rejection(Reason.SCHEMA, f"value {key!r} is not finite")

@@ -182,7 +182,9 @@ class Simulator:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tag = method.delivery_tag
-        if method.multiple:
+        if method.multiple and tag <= self._watermark:
+            count = 0  # stale: already counted
+        elif method.multiple:
             # every publish in (watermark, tag] not already confirmed singly
             singles = {t for t in self._singles if t <= tag}
             count = tag - self._watermark - len(singles)
