@@ -1,0 +1,187 @@
+"""Unit tests for the simulator's publisher-confirm accounting and device mix."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from pika.spec import Basic
+
+from fairway.settings import Settings
+from ingest.simulator import Simulator, device_ids, tenant_ids, weighted_devices
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    s = Simulator(Settings(), iter(()), rate=1.0, progress=False)
+    try:
+        yield s
+    finally:
+        s.ioloop.close()
+
+
+def ack(tag: int, multiple: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(method=Basic.Ack(delivery_tag=tag, multiple=multiple))
+
+
+def nack(tag: int, multiple: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(method=Basic.Nack(delivery_tag=tag, multiple=multiple))
+
+
+def counts(sim: Simulator) -> tuple[int, int]:
+    return sim.summary.confirmed, sim.summary.nacked
+
+
+def test_single_acks(sim: Simulator) -> None:
+    for tag in (1, 2, 3):
+        sim._on_confirm(ack(tag))
+    assert counts(sim) == (3, 0)
+
+
+def test_multiple_ack_counts_the_range(sim: Simulator) -> None:
+    sim._on_confirm(ack(5, multiple=True))
+    assert counts(sim) == (5, 0)
+    sim._on_confirm(ack(8, multiple=True))
+    assert counts(sim) == (8, 0)
+
+
+def test_singles_then_multiple_not_double_counted(sim: Simulator) -> None:
+    sim._on_confirm(ack(2))
+    sim._on_confirm(ack(4))
+    assert counts(sim) == (2, 0)
+    sim._on_confirm(ack(5, multiple=True))  # covers 1, 3, 5
+    assert counts(sim) == (5, 0)
+
+
+def test_single_above_multiple_counted_once(sim: Simulator) -> None:
+    sim._on_confirm(ack(6))
+    sim._on_confirm(ack(3, multiple=True))  # 1..3
+    assert counts(sim) == (4, 0)
+    sim._on_confirm(ack(7, multiple=True))  # 4, 5, 7 (6 already)
+    assert counts(sim) == (7, 0)
+
+
+def test_nacks_counted_separately(sim: Simulator) -> None:
+    sim._on_confirm(nack(2))
+    sim._on_confirm(ack(3, multiple=True))  # 1, 3
+    sim._on_confirm(nack(6, multiple=True))  # 4, 5, 6
+    sim._on_confirm(ack(7))
+    assert counts(sim) == (3, 4)
+
+
+def test_duplicate_single_confirm_counts_nothing(sim: Simulator) -> None:
+    sim._on_confirm(ack(2))
+    sim._on_confirm(ack(2))
+    sim._on_confirm(ack(4, multiple=True))
+    sim._on_confirm(ack(3))  # already covered by the multiple
+    assert counts(sim) == (4, 0)
+
+
+def test_stale_multiple_confirm_counts_nothing(sim: Simulator) -> None:
+    # the single branch already ignores confirms at or below the watermark; a multiple
+    # one at or below it must not subtract from the totals either
+    sim._on_confirm(ack(5, multiple=True))
+    sim._on_confirm(ack(3, multiple=True))
+    assert counts(sim) == (5, 0)
+    sim._on_confirm(ack(5, multiple=True))
+    assert counts(sim) == (5, 0)
+
+
+def test_unconfirmed_tracks_sent_minus_settled(sim: Simulator) -> None:
+    sim.summary.sent = 10
+    sim._on_confirm(ack(3, multiple=True))
+    sim._on_confirm(nack(5))
+    assert sim._unconfirmed == 6
+    sim._on_confirm(ack(10, multiple=True))
+    assert sim._unconfirmed == 0
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_broker_confirms_count_each_publish_once(seed: int) -> None:
+    rng = random.Random(seed)
+    sim = Simulator(Settings(), iter(()), rate=1.0, progress=False)
+    try:
+        published = 0
+        unconfirmed: list[int] = []  # kept sorted
+        confirmed = nacked = 0
+        for _ in range(400):
+            if rng.random() < 0.4 or not unconfirmed:
+                n = rng.randint(1, 6)
+                unconfirmed.extend(range(published + 1, published + n + 1))
+                published += n
+                continue
+            positive = rng.random() < 0.8
+            if rng.random() < 0.5:
+                # a single confirm for any unconfirmed publish
+                tag = rng.choice(unconfirmed)
+                unconfirmed.remove(tag)
+                covered = 1
+                frame = ack(tag) if positive else nack(tag)
+            else:
+                # broker semantics: multiple covers every unconfirmed tag <= tag, and
+                # names an unconfirmed tag
+                tag = rng.choice(unconfirmed)
+                covered = sum(1 for t in unconfirmed if t <= tag)
+                unconfirmed = [t for t in unconfirmed if t > tag]
+                frame = ack(tag, True) if positive else nack(tag, True)
+            if positive:
+                confirmed += covered
+            else:
+                nacked += covered
+            sim._on_confirm(frame)
+            assert counts(sim) == (confirmed, nacked)
+        if unconfirmed:
+            sim._on_confirm(ack(unconfirmed[-1], multiple=True))
+            confirmed += len(unconfirmed)
+        assert counts(sim) == (confirmed, nacked)
+        assert confirmed + nacked == published
+    finally:
+        sim.ioloop.close()
+
+
+# -- device mix ------------------------------------------------------------------------
+
+
+def test_ids() -> None:
+    assert tenant_ids(3) == ["sim01", "sim02", "sim03"]
+    assert device_ids("sim02", 2) == ["sim02-d0001", "sim02-d0002"]
+
+
+def take(it: Iterator[str], n: int) -> list[str]:
+    return [next(it) for _ in range(n)]
+
+
+def test_weighted_devices_noisy_factor() -> None:
+    by_tenant = {t: device_ids(t, 3) for t in tenant_ids(3)}
+    noisy = {"sim02": 4.0}
+    pool_size = 3 + 3 * 4 + 3
+    first = take(weighted_devices(by_tenant, noisy), pool_size)
+    c = Counter(first)
+    for t, devices in by_tenant.items():
+        for d in devices:
+            assert c[d] == (4 if t == "sim02" else 1)
+    per_tenant = Counter(d.split("-")[0] for d in first)
+    assert per_tenant == {"sim01": 3, "sim02": 12, "sim03": 3}
+
+
+def test_weighted_devices_cycles_the_same_pool() -> None:
+    by_tenant = {t: device_ids(t, 2) for t in tenant_ids(2)}
+    seq = take(weighted_devices(by_tenant, {"sim01": 3.0}), 8 * 3)
+    assert seq[:8] == seq[8:16] == seq[16:24]
+
+
+def test_weighted_devices_deterministic() -> None:
+    by_tenant = {t: device_ids(t, 5) for t in tenant_ids(4)}
+    a = take(weighted_devices(by_tenant, {"sim03": 2.0}), 100)
+    b = take(weighted_devices(by_tenant, {"sim03": 2.0}), 100)
+    assert a == b
+
+
+@pytest.mark.parametrize(("factor", "copies"), [(0.2, 1), (0.0, 1), (1.4, 1), (1.6, 2), (3.0, 3)])
+def test_weighted_devices_factor_rounding(factor: float, copies: int) -> None:
+    by_tenant = {"sim01": ["sim01-d0001"], "sim02": ["sim02-d0001"]}
+    pool = take(weighted_devices(by_tenant, {"sim01": factor}), 1 + copies)
+    assert Counter(pool) == {"sim01-d0001": copies, "sim02-d0001": 1}
