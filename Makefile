@@ -1,0 +1,45 @@
+# Fairway developer entry points. `make test` is the documented test command (and what CI runs).
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+SERVICES := scripts/services.sh
+SERVICES_DIR := $(or $(FAIRWAY_SERVICES_DIR),.services)
+PYTEST_ARGS ?=
+
+# Defaults only; scripts/services.sh treats any other address as an external server it must not manage.
+export FAIRWAY_AMQP_URL ?= amqp://guest:guest@127.0.0.1:$(or $(FAIRWAY_RABBITMQ_PORT),5672)/%2F
+export FAIRWAY_MONGO_URL ?= mongodb://127.0.0.1:$(or $(FAIRWAY_MONGO_PORT),27017)/fairway
+
+.PHONY: venv services test lint demo bench down clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+services:
+	$(SERVICES) up
+
+test: venv services
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv services
+	$(VENV)/bin/fairway demo
+
+bench: venv services
+	$(VENV)/bin/python -m benchmarks.run
+
+down:
+	$(SERVICES) down
+
+clean: down
+	rm -rf $(SERVICES_DIR) $(VENV)

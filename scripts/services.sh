@@ -1,0 +1,688 @@
+#!/usr/bin/env bash
+# Local services for Fairway development and CI: RabbitMQ and a MongoDB-compatible DB.
+#
+# Usage: scripts/services.sh up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo
+#
+# All state (data, logs, pid files, built binaries) lives under .services/
+# (override with FAIRWAY_SERVICES_DIR). Every subcommand is idempotent.
+#
+# Other knobs (defaults in brackets): FAIRWAY_RABBITMQ_NODE [fairway@localhost],
+# FAIRWAY_RABBITMQ_PORT [5672], FAIRWAY_RABBITMQ_MGMT_PORT [15672], FAIRWAY_RABBITMQ_MQTT_PORT [1883],
+# FAIRWAY_RABBITMQ_PROMETHEUS_PORT [15692], FAIRWAY_MONGO_PORT [27017],
+# FAIRWAY_RABBITMQ_TIMEOUT [120 s], FAIRWAY_MONGO_TIMEOUT [30 s].
+# If FAIRWAY_AMQP_URL / FAIRWAY_MONGO_URL point anywhere other than 127.0.0.1 on those ports,
+# that server is used as-is and nothing is started or stopped for it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SERVICES_DIR="${FAIRWAY_SERVICES_DIR:-$ROOT/.services}"
+mkdir -p "$SERVICES_DIR"
+SERVICES_DIR="$(cd "$SERVICES_DIR" && pwd)"
+RUN_DIR="$SERVICES_DIR/run"
+LOG_DIR="$SERVICES_DIR/logs"
+BIN_DIR="$SERVICES_DIR/bin"
+
+RABBIT_NODE="${FAIRWAY_RABBITMQ_NODE:-fairway@localhost}"
+RABBIT_DIR="$SERVICES_DIR/rabbitmq"
+RABBIT_PID_FILE="$RUN_DIR/rabbitmq.pid"
+RABBIT_LAUNCHER_PID_FILE="$RUN_DIR/rabbitmq-launcher.pid"
+RABBIT_TIMEOUT="${FAIRWAY_RABBITMQ_TIMEOUT:-120}"
+RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus"
+AMQP_PORT="${FAIRWAY_RABBITMQ_PORT:-5672}"
+MGMT_PORT="${FAIRWAY_RABBITMQ_MGMT_PORT:-15672}"
+MQTT_PORT="${FAIRWAY_RABBITMQ_MQTT_PORT:-1883}"
+PROM_PORT="${FAIRWAY_RABBITMQ_PROMETHEUS_PORT:-15692}"
+AMQP_URL="${FAIRWAY_AMQP_URL:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2F}"
+
+MONGO_PORT="${FAIRWAY_MONGO_PORT:-27017}"
+MONGO_URL="${FAIRWAY_MONGO_URL:-mongodb://127.0.0.1:$MONGO_PORT}"
+MONGO_PID_FILE="$RUN_DIR/mongo.pid"
+MONGO_TIMEOUT="${FAIRWAY_MONGO_TIMEOUT:-30}"
+FERRETDB_VERSION=v1.24.2
+FERRETDB_MODULE=github.com/FerretDB/FerretDB
+FERRETDB_BIN="$BIN_DIR/ferretdb"
+
+mkdir -p "$RUN_DIR" "$LOG_DIR" "$BIN_DIR"
+# rabbitmqctl and the node authenticate with ~/.erlang.cookie, so HOME must be set and stable.
+if [[ -z "${HOME:-}" ]]; then
+    HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
+fi
+export HOME
+
+# ---------------------------------------------------------------- helpers
+
+log() { printf 'services: %s\n' "$*"; }
+warn() { printf 'services: WARNING: %s\n' "$*" >&2; }
+die() {
+    printf 'services: ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# Prints the pid stored in a pid file, or nothing.
+read_pid() {
+    local pid=""
+    [[ -s "$1" ]] && pid="$(tr -dc '0-9' <"$1")"
+    echo "$pid"
+}
+
+# True if the process exists and is not a zombie (PID 1 here may not reap orphans).
+pid_alive() {
+    local pid="${1:-}" state
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+    [[ "$state" != Z ]]
+}
+
+tcp_open() { timeout 2 bash -c ">/dev/tcp/$1/$2" 2>/dev/null; }
+
+# Sends the AMQP 0-9-1 protocol header; a broker answers with a Connection.Start method frame.
+amqp_answers() {
+    local host="$1" port="$2"
+    command -v python3 >/dev/null || {
+        tcp_open "$host" "$port"
+        return
+    }
+    timeout 5 python3 - "$host" "$port" 2>/dev/null <<'EOF'
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.sendall(b"AMQP\x00\x00\x09\x01")
+sys.exit(0 if s.recv(1) == b"\x01" else 1)
+EOF
+}
+
+# "host port" of the first host in a URL like scheme://[user:pass@]host[:port][,...][/path][?query].
+url_host_port() {
+    local url="$1" default_port="$2" rest host
+    rest="${url#*://}"
+    rest="${rest%%/*}"
+    rest="${rest%%\?*}"
+    rest="${rest##*@}"
+    rest="${rest%%,*}"
+    if [[ "$rest" == \[* ]]; then # [ipv6]:port
+        host="${rest%%]*}"
+        host="${host#[}"
+        rest="${rest#*]}"
+    else
+        host="${rest%%:*}"
+    fi
+    if [[ "$rest" == *:* ]]; then
+        echo "$host ${rest##*:}"
+    else
+        echo "$host $default_port"
+    fi
+}
+
+is_local_default() {
+    local url="$1" port="$2" host p
+    read -r host p <<<"$(url_host_port "$url" "$port")"
+    [[ "$url" != mongodb+srv://* && ("$host" == 127.0.0.1 || "$host" == localhost) && "$p" == "$port" ]]
+}
+
+GIVE_UP=100
+
+# wait_until TIMEOUT_S CHECK...: retries CHECK until it succeeds (returns 0) or the time is up
+# (returns 1); a CHECK that returns $GIVE_UP ends the wait at once with that status.
+wait_until() {
+    local timeout="$1" rc
+    shift
+    local deadline=$((SECONDS + timeout))
+    while true; do
+        rc=0
+        "$@" || rc=$?
+        ((rc == 0 || rc == GIVE_UP)) && return "$rc"
+        ((SECONDS < deadline)) || return 1
+        sleep 0.5
+    done
+}
+
+# Starts a daemon in its own session, detached from our stdio and lock; it writes its own pid file.
+spawn() {
+    local pid_file="$1" log_file="$2"
+    shift 2
+    rm -f "$pid_file"
+    printf '\n=== %s: %s\n' "$(date '+%F %T')" "$*" >>"$log_file"
+    # All of our fds are redirected: a daemon holding the caller's stdout would make
+    # `make test | tee` or a CI runner wait forever for EOF.
+    (
+        cd "$SERVICES_DIR"
+        # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell, which becomes the daemon
+        exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pid_file" "$@"
+    ) </dev/null >>"$log_file" 2>&1 9>&- &
+    local _
+    for _ in {1..50}; do
+        [[ -s "$pid_file" ]] && return 0
+        sleep 0.1
+    done
+    die "could not launch $1 (see $log_file)"
+}
+
+# terminate PID NAME GRACE_S: SIGTERM, wait, then SIGKILL.
+terminate() {
+    local pid="$1" name="$2" grace="$3" i
+    pid_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    warn "$name (pid $pid) still running after ${grace}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    die "$name (pid $pid) survived SIGKILL"
+}
+
+show_log_tail() {
+    [[ -f "$1" ]] || return 0
+    printf -- '--- last 30 lines of %s\n' "$1" >&2
+    tail -n 30 "$1" >&2
+}
+
+as_root() {
+    if [[ "$(id -u)" == 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        return 126
+    fi
+}
+
+take_lock() {
+    command -v flock >/dev/null || return 0
+    exec 9>"$RUN_DIR/lock"
+    flock -w 900 9 || die "another services.sh holds $RUN_DIR/lock for >900s"
+}
+
+# ---------------------------------------------------------------- RabbitMQ
+
+rabbit_is_external() { ! is_local_default "$AMQP_URL" "$AMQP_PORT"; }
+
+# Debian's /usr/sbin wrappers re-run the tools as user "rabbitmq" via su, which drops our
+# environment and uses another cookie; the real scripts live in /usr/lib/rabbitmq/bin.
+rabbit_sbin() {
+    if [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
+        echo /usr/lib/rabbitmq/bin
+    elif command -v rabbitmq-server >/dev/null; then
+        dirname "$(command -v rabbitmq-server)"
+    else
+        return 1
+    fi
+}
+
+rabbitmqctl() (
+    rabbit_env
+    exec timeout 90 "$(rabbit_sbin)/rabbitmqctl" -n "$RABBIT_NODE" "$@"
+)
+
+install_rabbitmq() {
+    rabbit_sbin >/dev/null && return 0
+    log "rabbitmq-server is not installed; installing it with apt-get (one-time)"
+    local apt_log="$LOG_DIR/apt-rabbitmq.log"
+    if ! command -v apt-get >/dev/null; then
+        die "rabbitmq-server (>= 3.10, with Erlang) is required; install it and re-run"
+    fi
+    as_root true 2>/dev/null || die "rabbitmq-server is not installed and we are not root (no passwordless sudo). Run: sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server"
+    # Debian starts a packaged service on install unless policy-rc.d says no (exit 101).
+    # A system broker on 5672 would lack our plugins and config, so forbid it for the
+    # duration of the install, and stop it if it was started anyway.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [[ ! -e "$policy" ]]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy" && added_policy=1
+    fi
+    local rc=0
+    { as_root timeout 900 apt-get update -q &&
+        as_root env DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -q rabbitmq-server; } >>"$apt_log" 2>&1 || rc=$?
+    ((added_policy)) && as_root rm -f "$policy"
+    if ((rc != 0)); then
+        show_log_tail "$apt_log"
+        die "apt-get install rabbitmq-server failed (log: $apt_log)"
+    fi
+    if command -v service >/dev/null && service rabbitmq-server status >/dev/null 2>&1; then
+        log "stopping the system rabbitmq-server that the package started"
+        as_root service rabbitmq-server stop >>"$apt_log" 2>&1 || true
+    fi
+    rabbit_sbin >/dev/null || die "rabbitmq-server still not found after apt-get install"
+}
+
+rabbit_env() {
+    export RABBITMQ_NODENAME="$RABBIT_NODE"
+    export RABBITMQ_MNESIA_BASE="$RABBIT_DIR/mnesia"
+    export RABBITMQ_LOG_BASE="$LOG_DIR"
+    export RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins"
+    export RABBITMQ_CONFIG_FILE="$RABBIT_DIR/rabbitmq.conf"
+    export RABBITMQ_PID_FILE="$RABBIT_PID_FILE"
+    # Keep the system-wide /etc/rabbitmq files out of our node.
+    export RABBITMQ_CONF_ENV_FILE="$RABBIT_DIR/rabbitmq-env.conf"
+    export RABBITMQ_ADVANCED_CONFIG_FILE="$RABBIT_DIR/advanced.config"
+    # The distribution port only follows the AMQP port when that is set via env, which we don't.
+    export RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000))
+    export ERL_CRASH_DUMP="$RABBIT_DIR/erl_crash.dump"
+    # Erlang distribution and epmd default to all interfaces; keep them local.
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export ERL_EPMD_ADDRESS=127.0.0.1
+}
+
+write_rabbit_config() {
+    mkdir -p "$RABBIT_DIR/mnesia"
+    : >"$RABBITMQ_CONF_ENV_FILE"
+    echo "[$RABBIT_PLUGINS]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+    cat >"$RABBITMQ_CONFIG_FILE" <<EOF
+# Generated by scripts/services.sh; edits are overwritten on start.
+listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $MGMT_PORT
+mqtt.listeners.tcp.default = 127.0.0.1:$MQTT_PORT
+prometheus.tcp.ip = 127.0.0.1
+prometheus.tcp.port = $PROM_PORT
+max_message_size = 16777216
+vm_memory_high_watermark.relative = 0.4
+disk_free_limit.absolute = 1GB
+log.console = false
+log.file.level = info
+EOF
+}
+
+ensure_erlang_cookie() {
+    local cookie="$HOME/.erlang.cookie"
+    [[ -s "$cookie" ]] && return 0
+    # Created up front so the server and the first rabbitmqctl call cannot race to create different ones.
+    local letters=ABCDEFGHIJKLMNOPQRSTUVWXYZ byte value=""
+    for byte in $(od -An -N20 -tu1 /dev/urandom); do
+        value+="${letters:byte%26:1}"
+    done
+    (umask 077 && printf '%s' "$value" >"$cookie")
+    chmod 400 "$cookie"
+}
+
+rabbit_pid() { read_pid "$RABBIT_PID_FILE"; }
+
+# Our node is "up" as long as either the Erlang VM or its launcher script is alive.
+rabbit_ours_alive() {
+    pid_alive "$(rabbit_pid)" || pid_alive "$(read_pid "$RABBIT_LAUNCHER_PID_FILE")"
+}
+
+rabbit_boot_check() {
+    rabbit_ours_alive || return "$GIVE_UP"
+    rabbitmqctl -q await_startup --timeout 10 >/dev/null 2>&1 || return 1
+    tcp_open 127.0.0.1 "$AMQP_PORT"
+}
+
+wait_rabbit_ready() {
+    local rc=0
+    wait_until "$RABBIT_TIMEOUT" rabbit_boot_check || rc=$?
+    ((rc == 0)) && return 0
+    show_log_tail "$LOG_DIR/rabbitmq-server.out"
+    show_log_tail "$LOG_DIR/$RABBIT_NODE.log"
+    if ((rc == GIVE_UP)); then
+        die "RabbitMQ node $RABBIT_NODE exited during startup (logs above, in $LOG_DIR)"
+    fi
+    die "RabbitMQ node $RABBIT_NODE not ready after ${RABBIT_TIMEOUT}s (logs above; raise FAIRWAY_RABBITMQ_TIMEOUT if the machine is slow)"
+}
+
+start_rabbitmq() {
+    if rabbit_is_external; then
+        log "RabbitMQ: using external broker from FAIRWAY_AMQP_URL (not managed here)"
+        local host port
+        read -r host port <<<"$(url_host_port "$AMQP_URL" "$AMQP_PORT")"
+        wait_until 30 amqp_answers "$host" "$port" || die "no AMQP broker answering at $host:$port (FAIRWAY_AMQP_URL)"
+        return 0
+    fi
+    if rabbit_ours_alive; then
+        wait_rabbit_ready
+        log "RabbitMQ: node $RABBIT_NODE already running (pid $(rabbit_pid))"
+        return 0
+    fi
+    if tcp_open 127.0.0.1 "$AMQP_PORT"; then
+        amqp_answers 127.0.0.1 "$AMQP_PORT" ||
+            die "port $AMQP_PORT is in use by something that does not speak AMQP; free it and retry"
+        log "RabbitMQ: port $AMQP_PORT already answers AMQP from a broker not started by this script; using it"
+        return 0
+    fi
+    install_rabbitmq
+    rabbit_env
+    write_rabbit_config
+    ensure_erlang_cookie
+    log "RabbitMQ: starting node $RABBIT_NODE (first start takes ~10-20 s)"
+    spawn "$RABBIT_LAUNCHER_PID_FILE" "$LOG_DIR/rabbitmq-server.out" "$(rabbit_sbin)/rabbitmq-server"
+    wait_rabbit_ready
+    log "RabbitMQ: ready (pid $(rabbit_pid))"
+}
+
+stop_rabbitmq() {
+    if rabbit_is_external; then
+        log "RabbitMQ: external broker (FAIRWAY_AMQP_URL) is not managed here; leaving it alone"
+        return 0
+    fi
+    local pid launcher
+    pid="$(rabbit_pid)"
+    launcher="$(read_pid "$RABBIT_LAUNCHER_PID_FILE")"
+    if ! rabbit_ours_alive; then
+        if tcp_open 127.0.0.1 "$AMQP_PORT"; then
+            log "RabbitMQ: port $AMQP_PORT is served by a broker not started by this script; leaving it alone" \
+                "(if it is a leftover of ours: $(rabbit_sbin || echo /usr/lib/rabbitmq/bin)/rabbitmqctl -n $RABBIT_NODE shutdown)"
+        else
+            log "RabbitMQ: not running"
+        fi
+        rm -f "$RABBIT_PID_FILE" "$RABBIT_LAUNCHER_PID_FILE"
+        return 0
+    fi
+    log "RabbitMQ: stopping node $RABBIT_NODE"
+    rabbitmqctl shutdown >/dev/null 2>&1 || warn "rabbitmqctl shutdown failed; terminating the process"
+    terminate "$pid" "RabbitMQ" 20
+    terminate "$launcher" "RabbitMQ launcher" 5
+    rm -f "$RABBIT_PID_FILE" "$RABBIT_LAUNCHER_PID_FILE"
+    log "RabbitMQ: stopped"
+}
+
+status_rabbitmq() {
+    local urls="$AMQP_URL  mgmt http://127.0.0.1:$MGMT_PORT/  mqtt 127.0.0.1:$MQTT_PORT"
+    if rabbit_is_external; then
+        local host port
+        read -r host port <<<"$(url_host_port "$AMQP_URL" "$AMQP_PORT")"
+        if amqp_answers "$host" "$port"; then
+            echo "rabbitmq: running (external)  $AMQP_URL"
+            return 0
+        fi
+        echo "rabbitmq: stopped (external, not answering)  $AMQP_URL"
+        return 1
+    fi
+    if rabbit_ours_alive; then
+        if tcp_open 127.0.0.1 "$AMQP_PORT"; then
+            echo "rabbitmq: running  pid $(rabbit_pid)  node $RABBIT_NODE  $urls"
+            return 0
+        fi
+        echo "rabbitmq: starting (pid $(rabbit_pid), AMQP port not open yet)  node $RABBIT_NODE"
+        return 1
+    fi
+    if amqp_answers 127.0.0.1 "$AMQP_PORT"; then
+        echo "rabbitmq: running (not started by this script)  $AMQP_URL"
+        return 0
+    fi
+    echo "rabbitmq: stopped"
+    return 1
+}
+
+# ---------------------------------------------------------------- MongoDB-compatible DB
+
+# external: FAIRWAY_MONGO_URL points elsewhere; mongod: a real MongoDB is installed; else FerretDB.
+mongo_mode() {
+    if ! is_local_default "$MONGO_URL" "$MONGO_PORT"; then
+        echo external
+    elif command -v mongod >/dev/null; then
+        echo mongod
+    else
+        echo ferretdb
+    fi
+}
+
+PYMONGO_PYTHON=""
+find_pymongo_python() {
+    local py
+    for py in "$ROOT/.venv/bin/python" python3; do
+        if command -v "$py" >/dev/null && "$py" -c 'import pymongo' 2>/dev/null; then
+            PYMONGO_PYTHON="$py"
+            return 0
+        fi
+    done
+    PYMONGO_PYTHON=none
+}
+
+# A real "ping" round-trip when pymongo is importable, otherwise just a TCP connect.
+mongo_ping() {
+    local host port
+    read -r host port <<<"$(url_host_port "$MONGO_URL" "$MONGO_PORT")"
+    [[ -n "$PYMONGO_PYTHON" ]] || find_pymongo_python
+    if [[ "$PYMONGO_PYTHON" == none ]]; then
+        tcp_open "$host" "$port"
+        return
+    fi
+    [[ "$MONGO_URL" == mongodb+srv://* ]] || tcp_open "$host" "$port" || return 1
+    timeout 10 "$PYMONGO_PYTHON" - "$MONGO_URL" >/dev/null 2>&1 <<'EOF'
+import sys, pymongo
+client = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
+client.admin.command("ping")
+EOF
+}
+
+mongo_pid() { read_pid "$MONGO_PID_FILE"; }
+
+mongo_boot_check() {
+    pid_alive "$(mongo_pid)" || return "$GIVE_UP"
+    mongo_ping || return 1
+}
+
+go_version_ok() {
+    local v="${1#go}" major minor
+    major="${v%%.*}"
+    minor="${v#*.}"
+    minor="${minor%%[!0-9]*}"
+    [[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] || return 1
+    ((major > 1 || (major == 1 && minor >= 24)))
+}
+
+# Go >= 1.24 is needed for `go get -tool`; CI may not have /usr/local/go/bin on PATH.
+find_go() {
+    local go version
+    for go in "$(command -v go || true)" /usr/local/go/bin/go "$HOME/sdk/go/bin/go" /usr/lib/go-*/bin/go; do
+        [[ -n "$go" && -x "$go" ]] || continue
+        version="$("$go" env GOVERSION 2>/dev/null)" || continue
+        if go_version_ok "$version"; then
+            echo "$go"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ferretdb_build_steps() {
+    local go="$1" work="$2" src
+    export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
+    mkdir -p "$work/tool" || return
+    cd "$work/tool" || return
+    [[ -f go.mod ]] || timeout 120 "$go" mod init fairway-ferretdb-build || return
+    # `go install ...@v1.24.2` fails here (the proxy answers 403 for the module's version list);
+    # pinning it as a tool dependency fetches the exact version without that lookup.
+    timeout 900 "$go" get -tool "$FERRETDB_MODULE/cmd/ferretdb@$FERRETDB_VERSION" || return
+    src="$(timeout 120 "$go" list -m -f '{{.Dir}}' "$FERRETDB_MODULE")" || return
+    # A binary whose main module is FerretDB panics at startup unless build/version/version.txt
+    # holds the version, and the module zip lacks that generated file: build from a patched copy.
+    rm -rf "$work/src" && cp -r "$src" "$work/src" && chmod -R u+w "$work/src" || return
+    echo "$FERRETDB_VERSION" >"$work/src/build/version/version.txt" || return
+    cd "$work/src" || return
+    timeout 1800 "$go" build -trimpath -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb
+}
+
+build_ferretdb() {
+    [[ -x "$FERRETDB_BIN" ]] && return 0
+    local go build_log="$LOG_DIR/ferretdb-build.log"
+    go="$(find_go)" || die "FerretDB $FERRETDB_VERSION must be built from source and needs Go >= 1.24 (none found on PATH or in /usr/local/go). Install Go >= 1.24 from https://go.dev/dl/ into /usr/local/go (or install MongoDB so that mongod is on PATH, or set FAIRWAY_MONGO_URL), then re-run."
+    log "FerretDB: building $FERRETDB_VERSION with $("$go" env GOVERSION) (one-time, ~1-3 min; log: $build_log)"
+    if ! (ferretdb_build_steps "$go" "$SERVICES_DIR/build/ferretdb") >>"$build_log" 2>&1; then
+        show_log_tail "$build_log"
+        die "FerretDB build failed (full log: $build_log)"
+    fi
+    mv -f "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
+    log "FerretDB: built $FERRETDB_BIN ($("$FERRETDB_BIN" --version | head -n 1))"
+}
+
+launch_ferretdb() {
+    build_ferretdb
+    local data="$SERVICES_DIR/ferretdb/data" state="$SERVICES_DIR/ferretdb/state"
+    mkdir -p "$data" "$state"
+    log "MongoDB: starting FerretDB $FERRETDB_VERSION (SQLite backend) on 127.0.0.1:$MONGO_PORT"
+    spawn "$MONGO_PID_FILE" "$LOG_DIR/ferretdb.log" "$FERRETDB_BIN" \
+        --handler=sqlite --sqlite-url="file:$data/" --state-dir="$state" \
+        --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr=- --telemetry=disable
+}
+
+launch_mongod() {
+    local data="$SERVICES_DIR/mongod/data"
+    mkdir -p "$data"
+    log "MongoDB: starting mongod on 127.0.0.1:$MONGO_PORT"
+    rm -f "$MONGO_PID_FILE"
+    timeout 120 mongod --dbpath "$data" --bind_ip 127.0.0.1 --port "$MONGO_PORT" --fork \
+        --logpath "$LOG_DIR/mongod.log" --logappend --pidfilepath "$MONGO_PID_FILE" \
+        </dev/null >/dev/null 9>&- || {
+        show_log_tail "$LOG_DIR/mongod.log"
+        die "mongod failed to start (log: $LOG_DIR/mongod.log)"
+    }
+}
+
+mongo_log() {
+    if [[ "$(mongo_mode)" == mongod ]]; then echo "$LOG_DIR/mongod.log"; else echo "$LOG_DIR/ferretdb.log"; fi
+}
+
+start_mongo() {
+    local mode
+    mode="$(mongo_mode)"
+    if [[ "$mode" == external ]]; then
+        log "MongoDB: using external database from FAIRWAY_MONGO_URL (not managed here)"
+        wait_until "$MONGO_TIMEOUT" mongo_ping || die "database at FAIRWAY_MONGO_URL=$MONGO_URL is not reachable"
+        return 0
+    fi
+    local state=ready
+    if pid_alive "$(mongo_pid)"; then
+        state="already running"
+    elif tcp_open 127.0.0.1 "$MONGO_PORT"; then
+        log "MongoDB: port $MONGO_PORT is already served by a process not started by this script; using it"
+        wait_until "$MONGO_TIMEOUT" mongo_ping || die "port $MONGO_PORT is open but does not answer a MongoDB ping"
+        return 0
+    else
+        "launch_$mode"
+    fi
+    local rc=0
+    wait_until "$MONGO_TIMEOUT" mongo_boot_check || rc=$?
+    if ((rc != 0)); then
+        show_log_tail "$(mongo_log)"
+        ((rc == GIVE_UP)) && die "$mode exited during startup (log: $(mongo_log))"
+        die "$mode not answering on 127.0.0.1:$MONGO_PORT after ${MONGO_TIMEOUT}s (log: $(mongo_log))"
+    fi
+    log "MongoDB: $mode $state at $MONGO_URL (pid $(mongo_pid))"
+}
+
+stop_mongo() {
+    local mode pid
+    mode="$(mongo_mode)"
+    if [[ "$mode" == external ]]; then
+        log "MongoDB: external database (FAIRWAY_MONGO_URL) is not managed here; leaving it alone"
+        return 0
+    fi
+    pid="$(mongo_pid)"
+    if ! pid_alive "$pid"; then
+        if tcp_open 127.0.0.1 "$MONGO_PORT"; then
+            log "MongoDB: port $MONGO_PORT is served by a process not started by this script; leaving it alone"
+        else
+            log "MongoDB: not running"
+        fi
+        rm -f "$MONGO_PID_FILE"
+        return 0
+    fi
+    log "MongoDB: stopping $mode (pid $pid)"
+    # Open client connections can delay a graceful exit; tests rely on this being quick.
+    terminate "$pid" "$mode" 10
+    rm -f "$MONGO_PID_FILE"
+    local _
+    for _ in {1..50}; do
+        tcp_open 127.0.0.1 "$MONGO_PORT" || break
+        sleep 0.1
+    done
+    log "MongoDB: stopped"
+}
+
+status_mongo() {
+    local mode pid
+    mode="$(mongo_mode)"
+    pid="$(mongo_pid)"
+    if [[ "$mode" == external ]]; then
+        if mongo_ping; then
+            echo "mongo: running (external)  $MONGO_URL"
+            return 0
+        fi
+        echo "mongo: stopped (external, not answering)  $MONGO_URL"
+        return 1
+    fi
+    if pid_alive "$pid"; then
+        if mongo_ping; then
+            echo "mongo: running  pid $pid  $mode  $MONGO_URL"
+            return 0
+        fi
+        echo "mongo: starting (pid $pid, not answering yet)  $mode  $MONGO_URL"
+        return 1
+    fi
+    if mongo_ping; then
+        echo "mongo: running (not started by this script)  $MONGO_URL"
+        return 0
+    fi
+    echo "mongo: stopped"
+    return 1
+}
+
+# ---------------------------------------------------------------- commands
+
+status_all() {
+    local rc=0
+    status_rabbitmq || rc=3
+    status_mongo || rc=3
+    return "$rc"
+}
+
+require_managed_mongo() {
+    local mode
+    mode="$(mongo_mode)"
+    [[ "$mode" != external ]] || die "FAIRWAY_MONGO_URL=$MONGO_URL is external; $1 only works on the local database"
+    pid_alive "$(mongo_pid)" || ! tcp_open 127.0.0.1 "$MONGO_PORT" ||
+        die "port $MONGO_PORT is served by a process not started by this script; $1 cannot control it"
+}
+
+usage() {
+    echo "usage: $0 up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo" >&2
+    exit 2
+}
+
+main() {
+    [[ $# -eq 1 ]] || usage
+    case "$1" in
+    status)
+        status_all || exit 3
+        ;;
+    up)
+        take_lock
+        start_rabbitmq
+        start_mongo
+        status_all || exit 3
+        ;;
+    down)
+        take_lock
+        stop_rabbitmq
+        stop_mongo
+        ;;
+    start-rabbitmq)
+        take_lock
+        start_rabbitmq
+        ;;
+    stop-rabbitmq)
+        take_lock
+        stop_rabbitmq
+        ;;
+    restart-rabbitmq)
+        take_lock
+        stop_rabbitmq
+        start_rabbitmq
+        ;;
+    start-mongo)
+        take_lock
+        start_mongo
+        ;;
+    stop-mongo)
+        take_lock
+        require_managed_mongo stop-mongo
+        stop_mongo
+        ;;
+    *) usage ;;
+    esac
+}
+
+main "$@"
