@@ -81,11 +81,13 @@ class AmqpService:
         self._backoff = Backoff()
 
     # -- lifecycle -------------------------------------------------------------
-    def run(self, install_signals: bool = True) -> None:
-        """Serve until :meth:`stop` (or SIGTERM/SIGINT) and a clean drain."""
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT start a drain instead of killing the process."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` (or a signal, see above) and a clean drain."""
         self.ioloop.add_callback_threadsafe(self._connect)
         self.ioloop.start()
         log.info("stopped", extra={"service": self.name})

@@ -11,7 +11,7 @@ import orjson
 import pika
 
 from fairway import log, metrics, store, topology
-from fairway.amqp import declare_topology, parameters
+from fairway.amqp import AmqpService, declare_topology, parameters
 from fairway.ids import check_id
 from fairway.settings import Settings
 
@@ -151,8 +151,7 @@ def relay(settings: Settings) -> None:
     """Run an auth/relay consumer on ``ingest`` until SIGTERM."""
     from ingest.relay import Relay
 
-    metrics.serve(settings.metrics_port)
-    Relay(settings, store.connect(settings)).run()
+    _serve(Relay(settings, store.connect(settings)), settings)
 
 
 @main.command("scheduler")
@@ -163,12 +162,19 @@ def scheduler(settings: Settings, sink: str) -> None:
     from scheduler.service import Scheduler
     from scheduler.sink import MongoSink, NullSink
 
-    metrics.serve(settings.metrics_port)
     db = store.connect(settings)
     store.ensure_indexes(db)
-    Scheduler(
+    service = Scheduler(
         settings, MongoSink(db) if sink == "mongo" else NullSink(), lambda: store.list_tenants(db)
-    ).run()
+    )
+    _serve(service, settings)
+
+
+def _serve(service: AmqpService, settings: Settings) -> None:
+    """Signals first, then metrics: once metrics answer, SIGTERM means a clean drain."""
+    service.install_signal_handlers()
+    metrics.serve(settings.metrics_port)
+    service.run()
 
 
 @main.command("simulate")

@@ -146,7 +146,17 @@ class Pipeline:
         proc = processes.start([role, *args], settings, self.workdir / f"{role}.log")
         self.procs[role] = proc
         self.metrics_ports[role] = port
+        wait_for(lambda: self._answers(port) or proc.poll() is not None, 30, f"{role} to start")
+        assert proc.poll() is None, f"{role} exited with {proc.returncode} at start"
         return proc
+
+    @staticmethod
+    def _answers(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def stop(self, role: str) -> int:
         """SIGTERM and wait; return the exit code."""
