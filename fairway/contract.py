@@ -36,7 +36,9 @@ from fairway.reasons import Reason, Rejection
 from fairway.settings import Settings
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
-_VALUE_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# No '.' (FerretDB refuses it in field names) and no '$' (operators): only names both
+# MongoDB and FerretDB store as plain fields.
+_VALUE_KEY = re.compile(r"[A-Za-z0-9_:-]{1,64}")
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 _INT64 = 2**63
 _TOP_LEVEL = frozenset({"ts", "values", "id"})
@@ -95,7 +97,7 @@ def check_values(raw: object, settings: Settings) -> dict[str, Any]:
             Reason.SCHEMA, f"'values' has {len(raw)} keys; at most {settings.max_values}"
         )
     for key, value in raw.items():
-        if _VALUE_KEY.fullmatch(key) is None or key.startswith("$"):
+        if _VALUE_KEY.fullmatch(key) is None:
             raise Rejection(Reason.SCHEMA, f"value name {key[:80]!r} is not allowed")
         if isinstance(value, bool):
             continue

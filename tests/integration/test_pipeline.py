@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fairway import store, topology
+from fairway.contract import Reading, tenant_message
 from tests.harness import Pipeline, management, reading, wait_for
 
 pytestmark = pytest.mark.integration
@@ -261,3 +262,33 @@ def test_hostile_mix_leaves_every_consumer_running(pipeline: Pipeline) -> None:
     assert pipeline.alive("relay") and pipeline.alive("scheduler")
     assert pipeline.stop("relay") == 0
     assert pipeline.stop("scheduler") == 0
+
+
+def test_messages_the_database_refuses_are_dead_lettered_not_stuck(pipeline: Pipeline) -> None:
+    """A tenant-queue message that can never be stored must not wedge its queue."""
+    pipeline.tenant("acme")
+    pipeline.device("acme", "dev-1")
+    pipeline.start("relay")
+    pipeline.start("scheduler")
+    refused_by_db = Reading("dev-1", "env", "dotted", time.time(), {"a.b": 1})  # FerretDB: no '.'
+    with pipeline.channel() as channel:
+        channel.confirm_delivery()
+        for body in (tenant_message("acme", refused_by_db, time.time()), b"not relay output"):
+            channel.basic_publish(topology.TENANTS, "acme", body)
+    pipeline.publish([("dev-1.env", reading(), {"message_id": "fine"})])
+
+    pipeline.wait_stored(1, tenant="acme")
+    dead = pipeline.rejected(2)
+    assert len(dead) == 2
+    for headers, _body in dead:
+        assert headers["x-death"][0]["queue"] == topology.tenant_queue_name("acme")
+        assert headers["x-death"][0]["reason"] == "rejected"
+    wait_for(
+        lambda: (
+            pipeline.metric("scheduler", "fairway_scheduler_dead_lettered_total", tenant="acme")
+            == 2
+        ),
+        10,
+        "dead letters to be counted",
+    )
+    assert pipeline.alive("scheduler")

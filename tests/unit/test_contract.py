@@ -244,14 +244,14 @@ def test_string_at_limit_accepted() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["$where", "$", "a b", "", "k" * 65, "a/b", "ключ", "a\nb", "a$b"],
+    ["$where", "$", "a b", "", "k" * 65, "a/b", "ключ", "a\nb", "a$b", "a.b", "."],
 )
 def test_value_name_not_allowed(key: str) -> None:
     exc = refused(body(values={key: 1}), Reason.SCHEMA)
     assert "value name" in exc.detail
 
 
-@pytest.mark.parametrize("key", ["temp", "T_1", "a.b", "x:y", "a-b", "k" * 64, "0"])
+@pytest.mark.parametrize("key", ["temp", "T_1", "x:y", "a-b", "k" * 64, "0"])
 def test_value_name_allowed(key: str) -> None:
     assert parse(body(values={key: 1})).values == {key: 1}
 
