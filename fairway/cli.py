@@ -177,6 +177,18 @@ def _serve(service: AmqpService, settings: Settings) -> None:
     service.run()
 
 
+@main.command("web")
+@click.option("--threads", default=8, show_default=True)
+@click.pass_obj
+def web_server(settings: Settings, threads: int) -> None:
+    """Serve the web app (and the broker's auth endpoints) with waitress."""
+    import waitress
+
+    from web import create_app
+
+    waitress.serve(create_app(), host=settings.web_host, port=settings.web_port, threads=threads)
+
+
 @main.command("simulate")
 @click.option("--tenants", default=3, show_default=True)
 @click.option("--devices", default=5, show_default=True, help="Devices per tenant.")

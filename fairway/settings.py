@@ -52,6 +52,11 @@ class Settings:
     tenant_refresh_s: float = 5.0
     db_backoff_max_s: float = 5.0
 
+    # Web app. The broker-auth endpoints answer only these networks (the broker's).
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    broker_auth_networks: str = "127.0.0.1/32,::1/128"
+
     # Observability (0 disables the metrics HTTP server).
     metrics_port: int = 0
     log_level: str = "INFO"

@@ -1,0 +1,113 @@
+"""RabbitMQ's HTTP auth backend, answered from the device registry.
+
+RabbitMQ (``rabbitmq_auth_backend_http`` behind ``rabbitmq_auth_backend_cache``,
+after the internal backend that holds Fairway's own service accounts) POSTs here for
+every device login and permission check. A device:
+
+* logs in with its id and its current password (argon2 hash in ``devices``), and only
+  while enabled;
+* may use only the vhost of ``FAIRWAY_AMQP_URL``;
+* may only *write* to the ``telemetry`` exchange;
+* may only publish routing keys ``<its id>.<stream>`` (MQTT topics ``<id>/<stream>``
+  arrive here already translated to ``<id>.<stream>``).
+
+Only callers in ``FAIRWAY_BROKER_AUTH_NETWORKS`` (the broker) are answered; anyone
+else gets 403, so these endpoints cannot be used to guess device passwords.
+
+Everything else is denied. Answers are ``allow`` or ``deny`` with HTTP 200, as the
+plugin expects; every decision is counted by check and outcome.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+
+from flask import Blueprint, abort, current_app, request
+from prometheus_client import Counter
+
+from fairway import store, topology
+from fairway.contract import split_routing_key
+from fairway.reasons import Rejection
+from web.database import get_db
+
+bp = Blueprint("broker_auth", __name__, url_prefix="/broker")
+
+DECISIONS = Counter(
+    "fairway_broker_auth_decisions_total",
+    "Answers to RabbitMQ's HTTP auth backend",
+    ["check", "decision"],
+)
+
+
+@bp.before_request
+def only_the_broker() -> None:
+    """Refuse callers outside ``FAIRWAY_BROKER_AUTH_NETWORKS``: no password guessing here."""
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    networks = [ipaddress.ip_network(n.strip()) for n in settings.broker_auth_networks.split(",")]
+    try:
+        caller = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        abort(403)
+    if not any(caller in network for network in networks):
+        DECISIONS.labels("caller", "deny").inc()
+        abort(403)
+
+
+def _answer(check: str, allowed: bool) -> str:
+    decision = "allow" if allowed else "deny"
+    DECISIONS.labels(check, decision).inc()
+    return decision
+
+
+def _enabled_device(device_id: str) -> store.Device | None:
+    device = store.find_devices(get_db(), [device_id])[device_id]
+    return device if device is not None and device.enabled and device.tenant_known else None
+
+
+def _fairway_vhost() -> str:
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    path = urllib.parse.urlsplit(settings.amqp_url).path.lstrip("/")
+    return urllib.parse.unquote(path) or "/"
+
+
+@bp.post("/user")
+def user() -> str:
+    """Authenticate a device by id and password."""
+    form = request.form
+    ok = store.verify_device_password(get_db(), form.get("username", ""), form.get("password", ""))
+    return _answer("user", ok)
+
+
+@bp.post("/vhost")
+def vhost() -> str:
+    """A device may open only Fairway's vhost."""
+    form = request.form
+    ok = form.get("vhost") == _fairway_vhost() and _enabled_device(form.get("username", ""))
+    return _answer("vhost", bool(ok))
+
+
+@bp.post("/resource")
+def resource() -> str:
+    """A device may only write to the ``telemetry`` exchange."""
+    form = request.form
+    ok = (
+        form.get("resource") == "exchange"
+        and form.get("name") == topology.TELEMETRY
+        and form.get("permission") == "write"
+        and form.get("vhost") == _fairway_vhost()
+    )
+    return _answer("resource", ok)
+
+
+@bp.post("/topic")
+def topic() -> str:
+    """A device may only publish routing keys ``<its id>.<stream>``."""
+    form = request.form
+    if form.get("name") != topology.TELEMETRY or form.get("permission") != "write":
+        return _answer("topic", False)
+    try:
+        device, _stream = split_routing_key(form.get("routing_key", ""))
+    except Rejection:
+        return _answer("topic", False)
+    return _answer("topic", device == form.get("username"))

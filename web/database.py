@@ -1,0 +1,20 @@
+"""MongoDB for the web app: one client per app, the database on ``g`` per request."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g
+from pymongo.database import Database
+
+from fairway import store
+
+
+def init_app(app: Flask) -> None:
+    """Open the app's client (pymongo pools connections and is thread-safe)."""
+    app.extensions["fairway_db"] = store.connect(app.config["FAIRWAY_SETTINGS"])
+
+
+def get_db() -> Database:
+    """This request's database handle."""
+    if "db" not in g:
+        g.db = current_app.extensions["fairway_db"]
+    return g.db
