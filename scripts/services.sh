@@ -27,7 +27,9 @@ RABBIT_DIR="$SERVICES_DIR/rabbitmq"
 RABBIT_PID_FILE="$RUN_DIR/rabbitmq.pid"
 RABBIT_LAUNCHER_PID_FILE="$RUN_DIR/rabbitmq-launcher.pid"
 RABBIT_TIMEOUT="${FAIRWAY_RABBITMQ_TIMEOUT:-120}"
-RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus"
+RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_auth_backend_http,rabbitmq_auth_backend_cache"
+# Devices authenticate against the web app (fairway web); Fairway's own accounts are internal.
+WEB_AUTH_URL="${FAIRWAY_BROKER_AUTH_URL:-http://127.0.0.1:${FAIRWAY_WEB_PORT:-8080}/broker}"
 AMQP_PORT="${FAIRWAY_RABBITMQ_PORT:-5672}"
 MGMT_PORT="${FAIRWAY_RABBITMQ_MGMT_PORT:-15672}"
 MQTT_PORT="${FAIRWAY_RABBITMQ_MQTT_PORT:-1883}"
@@ -282,6 +284,20 @@ vm_memory_high_watermark.relative = 0.4
 disk_free_limit.absolute = 1GB
 log.console = false
 log.file.level = info
+# Internal users first (service accounts, guest on loopback), then devices through the
+# web app, cached so a burst of connections costs one HTTP call per device a minute.
+auth_backends.1 = internal
+auth_backends.2 = cache
+auth_cache.cached_backend = http
+auth_cache.cache_ttl = 60000
+auth_http.http_method = post
+auth_http.user_path = $WEB_AUTH_URL/user
+auth_http.vhost_path = $WEB_AUTH_URL/vhost
+auth_http.resource_path = $WEB_AUTH_URL/resource
+auth_http.topic_path = $WEB_AUTH_URL/topic
+# MQTT devices publish topic <device>/<stream>: it lands in telemetry as <device>.<stream>.
+mqtt.exchange = telemetry
+mqtt.allow_anonymous = false
 EOF
 }
 

@@ -80,9 +80,8 @@ class Pipeline:
         amqp = urllib.parse.urlsplit(base.amqp_url)
         mongo = urllib.parse.urlsplit(base.mongo_url)
         self.settings = Settings.from_env(
-            {},
+            base.environ(),
             **{
-                **{k: getattr(base, k) for k in ("log_level",)},
                 "amqp_url": urllib.parse.urlunsplit(amqp._replace(path="/" + self.name)),
                 "mongo_url": urllib.parse.urlunsplit(mongo._replace(path="/" + self.name)),
                 "tenant_refresh_s": 0.5,
@@ -146,7 +145,8 @@ class Pipeline:
         proc = processes.start([role, *args], settings, self.workdir / f"{role}.log")
         self.procs[role] = proc
         self.metrics_ports[role] = port
-        wait_for(lambda: self._answers(port) or proc.poll() is not None, 30, f"{role} to start")
+        ready = settings.web_port if role == "web" else port
+        wait_for(lambda: self._answers(ready) or proc.poll() is not None, 30, f"{role} to start")
         assert proc.poll() is None, f"{role} exited with {proc.returncode} at start"
         return proc
 
