@@ -7,9 +7,9 @@ in one run:
 
 * **DRR**: one queue per tenant, ``python -m fairway scheduler`` as configured.
 * **FIFO**: the same scheduler and sink, but one tenant queue ``tenant.fifo`` into
-  which every tenant's messages are routed (bodies keep their real tenant). Its
-  prefetch is 10 x ``scheduler_prefetch``, the same in-flight budget as ten tenant
-  queues, so FIFO is not starved of batch material.
+  which every tenant's messages are routed (bodies keep their real tenant). As the
+  one backlogged queue it is granted the whole ``scheduler_buffer``, the budget DRR
+  shares among its backlogged tenants, so FIFO is not starved of batch material.
 
 Measured:
 
@@ -75,9 +75,9 @@ def body(tenant: str, device: str, mid: str, now: float) -> bytes:
 @contextmanager
 def pipeline(prefix: str, tenants: dict[str, int], fifo: bool, **settings: Any) -> Iterator[Env]:
     """Fresh vhost + database with the tenants (or the single FIFO tenant) provisioned."""
-    base = Settings.from_env()
-    overrides = {"scheduler_prefetch": base.scheduler_prefetch * len(tenants)} if fifo else {}
-    overrides.update(settings)
+    # No override for FIFO: its one backlogged queue is granted the whole buffer budget,
+    # the same budget DRR shares among its backlogged tenants.
+    overrides = dict(settings)
     queues = {FIFO: 1} if fifo else tenants
     with common.bench_env(prefix, **overrides) as env:
         with env.channel() as ch:
@@ -456,7 +456,7 @@ def shares_phase(
         a, b = int(sum(s0.values())), int(sum(s1.values()))
         counts = Counter(sequence[a:b])
         served = {t: counts.get(t, 0) for t in tenants}
-        backlogged = b < len(sequence) - env.settings.scheduler_prefetch
+        backlogged = b < len(sequence) - env.settings.scheduler_buffer
     else:
         served = {t: int(s1.get(t, 0) - s0.get(t, 0)) for t in tenants}
         backlogged = all(ready1[queue_of[t]] > 0 for t in tenants)
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
             "share_window_s": args.window,
             "warmup_s": args.warmup,
             "poll_ms": args.poll_ms,
-            "fifo_prefetch": Settings.from_env().scheduler_prefetch * len(ALL),
+            "buffer_budget": Settings.from_env().scheduler_buffer,
         },
         calibration=cal,
     )

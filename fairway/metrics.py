@@ -43,6 +43,9 @@ SCHED_BUFFERED = Gauge(
 SCHED_BACKLOG = Gauge(
     "fairway_scheduler_backlog", "Messages waiting in the tenant queue at the broker", ["tenant"]
 )
+SCHED_PREFETCH = Gauge(
+    "fairway_scheduler_prefetch", "Prefetch granted to the tenant's channel", ["tenant"]
+)
 SCHED_INFLIGHT_BATCHES = Gauge(
     "fairway_scheduler_inflight_batches", "Batches handed to writers and not yet written"
 )

@@ -44,7 +44,8 @@ class Settings:
     device_cache_size: int = 100_000
 
     # Scheduler.
-    scheduler_prefetch: int = 200
+    scheduler_prefetch: int = 100  # per tenant channel when not backlogged
+    scheduler_buffer: int = 3000  # shared by weight among backlogged tenants
     batch_size: int = 500
     batch_linger_ms: float = 20.0
     drr_quantum: int = 50

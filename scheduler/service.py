@@ -1,8 +1,10 @@
 """The fair scheduler: tenant queues -> DRR -> write batches -> ack what is durable.
 
-* One channel per tenant queue, each with a small prefetch, so the broker keeps the
-  backlog and delivery tags of one channel belong to one tenant. Local buffers are
-  therefore bounded by ``tenants x scheduler_prefetch``.
+* One channel per tenant queue, so the broker keeps the backlog and the delivery tags
+  of one channel belong to one tenant. Each channel's prefetch is its tenant's share
+  of one buffer budget, re-shared by weight among backlogged tenants every second
+  (:mod:`scheduler.prefetch`); local buffers stay bounded by
+  ``scheduler_buffer + tenants x scheduler_prefetch``.
 * Deliveries go into a :class:`~scheduler.drr.DeficitRoundRobin`; a batch is taken in
   DRR order when it is full or its oldest message has waited ``batch_linger_ms``,
   and only while fewer than ``writers`` batches are being written.
@@ -39,6 +41,7 @@ from fairway.amqp import AmqpService, Backoff
 from fairway.settings import Settings
 from fairway.store import Tenant
 from scheduler.drr import DeficitRoundRobin
+from scheduler.prefetch import prefetch_shares, worth_changing
 from scheduler.sink import Sink, WriteOutcome
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,11 @@ class TenantConsumer:
     """One tenant queue's channel and the acks owed on it."""
 
     tenant: str
+    prefetch: int
     channel: Channel | None = None
     consumer_tag: str | None = None
     acks: AckWatermark = field(default_factory=AckWatermark)
+    ready: int = 0  # messages waiting at the broker, as of the last tick
 
     @property
     def live(self) -> bool:
@@ -136,13 +141,17 @@ class Scheduler(AmqpService):
                 self._open(tenant)
 
     def _open(self, tenant: Tenant) -> None:
-        consumer = self.consumers[tenant.id] = TenantConsumer(tenant.id)
+        consumer = self.consumers[tenant.id] = TenantConsumer(
+            tenant.id, self.settings.scheduler_prefetch
+        )
         spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings.queue_type)
 
         def on_open(channel: Channel) -> None:
             consumer.channel = channel
             channel.add_on_close_callback(lambda _c, why: self._closed(consumer, why))
-            channel.basic_qos(prefetch_count=self.settings.scheduler_prefetch, callback=on_qos)
+            # Channel-wide (global) prefetch: unlike a per-consumer one it can be changed
+            # while consuming, which the budget sharing below relies on.
+            channel.basic_qos(prefetch_count=consumer.prefetch, global_qos=True, callback=on_qos)
 
         def on_qos(_frame: Any) -> None:
             consumer.channel.queue_declare(  # type: ignore[union-attr]
@@ -260,18 +269,42 @@ class Scheduler(AmqpService):
 
     # -- gauges ------------------------------------------------------------------
     def _tick_gauges(self) -> None:
+        """Once a second: gauges, broker backlogs, and the prefetch budget."""
         for tenant, consumer in self.consumers.items():
             metrics.SCHED_BUFFERED.labels(tenant).set(self.drr.backlog(tenant))
+            metrics.SCHED_PREFETCH.labels(tenant).set(consumer.prefetch)
             if consumer.live:
                 consumer.channel.queue_declare(  # type: ignore[union-attr]
                     topology.tenant_queue_name(tenant),
                     passive=True,
-                    callback=lambda f, t=tenant: metrics.SCHED_BACKLOG.labels(t).set(
-                        f.method.message_count
-                    ),
+                    callback=lambda f, c=consumer: self._backlog_seen(c, f.method.message_count),
                 )
+        self._share_prefetch()
         if not self.stopping:
             self.ioloop.call_later(GAUGE_INTERVAL_S, self._tick_gauges)
+
+    def _backlog_seen(self, consumer: TenantConsumer, ready: int) -> None:
+        consumer.ready = ready
+        metrics.SCHED_BACKLOG.labels(consumer.tenant).set(ready)
+
+    def _share_prefetch(self) -> None:
+        """Give backlogged tenants their weighted share of the buffer budget."""
+        weights = {t: (self.known[t].weight if t in self.known else 1) for t in self.consumers}
+        backlogged = {
+            t: weights[t]
+            for t, c in self.consumers.items()
+            if c.ready > 0 or self.drr.backlog(t) >= c.prefetch
+        }
+        shares = prefetch_shares(
+            weights, backlogged, self.settings.scheduler_buffer, self.settings.scheduler_prefetch
+        )
+        for tenant, consumer in self.consumers.items():
+            wanted = shares[tenant]
+            if consumer.live and worth_changing(consumer.prefetch, wanted):
+                consumer.prefetch = wanted
+                consumer.channel.basic_qos(  # type: ignore[union-attr]
+                    prefetch_count=wanted, global_qos=True
+                )
 
     # -- stopping ----------------------------------------------------------------
     def begin_stop(self) -> None:
