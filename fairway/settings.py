@@ -46,7 +46,7 @@ class Settings:
     # Scheduler.
     scheduler_prefetch: int = 100  # per tenant channel when not backlogged
     scheduler_buffer: int = 3000  # shared by weight among backlogged tenants
-    batch_size: int = 500
+    batch_size: int = 200
     batch_linger_ms: float = 20.0
     drr_quantum: int = 50
     writers: int = 2
