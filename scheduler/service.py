@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 15.0
 GAUGE_INTERVAL_S = 1.0
+FIRST_TICK_S = 0.2  # soon after connecting, so backlogged tenants get their share early
 
 
 @dataclass(eq=False)
@@ -102,13 +103,14 @@ class Scheduler(AmqpService):
         self._drain_deadline = float("inf")
         self._stop_event = threading.Event()
         self._timers_started = False
+        self._depths_due = 0  # passive declares of this tick not yet answered
 
     # -- tenants and channels ------------------------------------------------------
     def on_connected(self, connection: pika.SelectConnection) -> None:
         self._refresh_tenants()
         if not self._timers_started:  # one timer chain each for the process's lifetime
             self._timers_started = True
-            self.ioloop.call_later(GAUGE_INTERVAL_S, self._tick_gauges)
+            self.ioloop.call_later(FIRST_TICK_S, self._tick_gauges)
             self.ioloop.call_later(self.settings.tenant_refresh_s, self._refresh_periodically)
 
     def _refresh_periodically(self) -> None:
@@ -269,23 +271,27 @@ class Scheduler(AmqpService):
 
     # -- gauges ------------------------------------------------------------------
     def _tick_gauges(self) -> None:
-        """Once a second: gauges, broker backlogs, and the prefetch budget."""
+        """Once a second: gauges, then broker backlogs, then the prefetch budget."""
+        live = [c for c in self.consumers.values() if c.live]
+        self._depths_due = len(live)
         for tenant, consumer in self.consumers.items():
             metrics.SCHED_BUFFERED.labels(tenant).set(self.drr.backlog(tenant))
             metrics.SCHED_PREFETCH.labels(tenant).set(consumer.prefetch)
-            if consumer.live:
-                consumer.channel.queue_declare(  # type: ignore[union-attr]
-                    topology.tenant_queue_name(tenant),
-                    passive=True,
-                    callback=lambda f, c=consumer: self._backlog_seen(c, f.method.message_count),
-                )
-        self._share_prefetch()
+        for consumer in live:
+            consumer.channel.queue_declare(  # type: ignore[union-attr]
+                topology.tenant_queue_name(consumer.tenant),
+                passive=True,
+                callback=lambda f, c=consumer: self._backlog_seen(c, f.method.message_count),
+            )
         if not self.stopping:
             self.ioloop.call_later(GAUGE_INTERVAL_S, self._tick_gauges)
 
     def _backlog_seen(self, consumer: TenantConsumer, ready: int) -> None:
         consumer.ready = ready
         metrics.SCHED_BACKLOG.labels(consumer.tenant).set(ready)
+        self._depths_due -= 1
+        if self._depths_due == 0:  # every depth of this tick is in: share on fresh data
+            self._share_prefetch()
 
     def _share_prefetch(self) -> None:
         """Give backlogged tenants their weighted share of the buffer budget."""
