@@ -115,14 +115,18 @@ def device_list(settings: Settings, tenant_id: str | None) -> None:
     _emit([asdict(d) for d in store.list_devices(store.connect(settings), tenant_id)])
 
 
+def _set_enabled(settings: Settings, device_id: str, enabled: bool) -> None:
+    if not store.set_device_enabled(store.connect(settings), device_id, enabled):
+        _fail(f"unknown device {device_id!r}")
+    _emit({"device": device_id, "enabled": enabled})
+
+
 @device.command("disable")
 @click.argument("device_id")
 @click.pass_obj
 def device_disable(settings: Settings, device_id: str) -> None:
     """Disable DEVICE_ID: relays refuse its messages within the registry cache TTL."""
-    if not store.set_device_enabled(store.connect(settings), device_id, False):
-        _fail(f"unknown device {device_id!r}")
-    _emit({"device": device_id, "enabled": False})
+    _set_enabled(settings, device_id, False)
 
 
 @device.command("enable")
@@ -130,9 +134,7 @@ def device_disable(settings: Settings, device_id: str) -> None:
 @click.pass_obj
 def device_enable(settings: Settings, device_id: str) -> None:
     """Enable DEVICE_ID again."""
-    if not store.set_device_enabled(store.connect(settings), device_id, True):
-        _fail(f"unknown device {device_id!r}")
-    _emit({"device": device_id, "enabled": True})
+    _set_enabled(settings, device_id, True)
 
 
 @main.command("declare")

@@ -1,0 +1,44 @@
+"""A small client of RabbitMQ's management HTTP API (vhosts and their permissions)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+import urllib.request
+from typing import Any
+
+DEFAULT_URL = "http://guest:guest@127.0.0.1:15672"
+
+
+def call(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """``METHOD /api/<path>`` with the credentials in ``base_url``; the decoded JSON answer."""
+    parts = urllib.parse.urlsplit(base_url)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"{parts.scheme}://{parts.hostname}:{parts.port}/api/{path}", method=method, data=data
+    )
+    request.add_header("content-type", "application/json")
+    user, password = (urllib.parse.unquote(x or "") for x in (parts.username, parts.password))
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("authorization", "Basic " + token)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+def create_vhost(base_url: str, vhost: str, user: str = "guest") -> None:
+    """Create ``vhost`` and give ``user`` full rights on it (idempotent)."""
+    quoted = urllib.parse.quote(vhost, safe="")
+    call(base_url, "PUT", f"vhosts/{quoted}")
+    call(
+        base_url,
+        "PUT",
+        f"permissions/{quoted}/{urllib.parse.quote(user, safe='')}",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    )
+
+
+def delete_vhost(base_url: str, vhost: str) -> None:
+    """Delete ``vhost`` and everything in it."""
+    call(base_url, "DELETE", f"vhosts/{urllib.parse.quote(vhost, safe='')}")
