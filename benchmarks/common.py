@@ -14,12 +14,10 @@ leave nothing behind. Broker and database locations come from the environment:
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +36,9 @@ import pika
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from fairway import management as rabbitmq_api
 from fairway import processes, store, topology
+from fairway.processes import free_port, wait_for
 from fairway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,16 +160,7 @@ def r(value: float, digits: int = 1) -> float:
 # -- RabbitMQ management API ---------------------------------------------------------
 def management(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """Call the RabbitMQ management HTTP API (``path`` below ``/api/``)."""
-    parts = urllib.parse.urlsplit(MGMT_URL)
-    url = f"{parts.scheme}://{parts.hostname}:{parts.port}/api/{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, method=method, data=data)
-    request.add_header("content-type", "application/json")
-    token = f"{parts.username}:{parts.password}".encode()
-    request.add_header("authorization", "Basic " + base64.b64encode(token).decode())
-    with urllib.request.urlopen(request, timeout=30) as response:
-        raw = response.read()
-    return json.loads(raw) if raw else None
+    return rabbitmq_api.call(MGMT_URL, method, path, body)
 
 
 def unique(prefix: str) -> str:
@@ -182,16 +173,13 @@ def temp_vhost(prefix: str) -> Iterator[str]:
     """A fresh vhost on which guest has every right; yields its AMQP URL; deleted after."""
     name = unique(prefix)
     quoted = urllib.parse.quote(name, safe="")
-    management("PUT", f"vhosts/{quoted}", {})
+    rabbitmq_api.create_vhost(MGMT_URL, name)
     try:
-        management(
-            "PUT", f"permissions/{quoted}/guest", {"configure": ".*", "write": ".*", "read": ".*"}
-        )
         parts = urllib.parse.urlsplit(AMQP_BASE)
         yield urllib.parse.urlunsplit(parts._replace(path="/" + quoted))
     finally:
         with suppress(Exception):
-            management("DELETE", f"vhosts/{quoted}")
+            rabbitmq_api.delete_vhost(MGMT_URL, name)
 
 
 @contextmanager
@@ -317,13 +305,6 @@ def publish_all(
 
 
 # -- processes -----------------------------------------------------------------------
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def proc_status(pid: int) -> dict[str, int]:
     """``VmRSS`` and ``VmHWM`` (peak RSS) of a process, in kB."""
     out: dict[str, int] = {}
@@ -445,11 +426,4 @@ def poll_until(
     predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = ""
 ) -> Any:
     """Call ``predicate`` until truthy; raise TimeoutError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, what, interval)

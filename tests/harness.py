@@ -7,8 +7,6 @@ never see each other's messages. Relay and scheduler run as real child processes
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import socket
 import subprocess
@@ -16,7 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -25,46 +23,20 @@ import orjson
 import pika
 from pymongo.database import Database
 
+from fairway import management as rabbitmq_api
 from fairway import processes, store, topology
 from fairway.cli import provision_tenant
+from fairway.processes import free_port, wait_for
 from fairway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.sh"
-MGMT_URL = os.environ.get("FAIRWAY_RABBITMQ_MGMT_URL", "http://guest:guest@127.0.0.1:15672")
+MGMT_URL = os.environ.get("FAIRWAY_RABBITMQ_MGMT_URL", rabbitmq_api.DEFAULT_URL)
 
 
 def management(method: str, path: str, body: dict | None = None) -> Any:
-    """Call the RabbitMQ management HTTP API."""
-    parts = urllib.parse.urlsplit(MGMT_URL)
-    url = f"{parts.scheme}://{parts.hostname}:{parts.port}/api/{path}"
-    data = json.dumps(body).encode() if body else None
-    request = urllib.request.Request(url, method=method, data=data)
-    request.add_header("content-type", "application/json")
-    token = f"{parts.username}:{parts.password}".encode()
-    request.add_header("authorization", "Basic " + base64.b64encode(token).decode())
-    with urllib.request.urlopen(request, timeout=10) as response:
-        data = response.read()
-    return json.loads(data) if data else None
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll ``predicate`` until truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """Call the RabbitMQ management HTTP API (``path`` below ``/api/``)."""
+    return rabbitmq_api.call(MGMT_URL, method, path, body)
 
 
 def services(command: str) -> None:
@@ -97,12 +69,7 @@ class Pipeline:
     # -- lifecycle ---------------------------------------------------------------
     def create(self) -> Pipeline:
         """Create the vhost (guest gets full rights) and declare the topology."""
-        management("PUT", f"vhosts/{self.name}")
-        management(
-            "PUT",
-            f"permissions/{self.name}/guest",
-            {"configure": ".*", "write": ".*", "read": ".*"},
-        )
+        rabbitmq_api.create_vhost(MGMT_URL, self.name)
         with self.channel() as channel:
             topology.declare(channel, self.settings)
         store.ensure_indexes(self.db)
@@ -113,7 +80,7 @@ class Pipeline:
         for name in list(self.procs):
             self.stop(name)
         with suppress(Exception):
-            management("DELETE", f"vhosts/{self.name}")
+            rabbitmq_api.delete_vhost(MGMT_URL, self.name)
         if self._db is not None:
             self._db.client.drop_database(self.name)
             self._db.client.close()
