@@ -138,6 +138,12 @@ class Relay(AmqpService):
         except Rejection as refusal:
             self._refuse(tag, routing_key, body, refusal, device=_device_of(routing_key))
             return
+        except Exception as exc:
+            # A validator bug must not become a poison message that crash-loops relays.
+            log.exception("validation failed unexpectedly", extra={"routing_key": routing_key})
+            refusal = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
+            self._refuse(tag, routing_key, body, refusal, device=_device_of(routing_key))
+            return
         parked = not self.registry.lookup(
             reading.device,
             lambda device: self._admit(channel, tag, routing_key, body, reading, device, now),

@@ -1,0 +1,39 @@
+"""A validator bug refuses the message instead of crashing the relay's I/O loop."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from fairway.reasons import Reason
+from fairway.settings import Settings
+from ingest import relay as relay_module
+from ingest.relay import Relay
+
+
+def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(relay_module, "parse_reading", broken)
+    relay = Relay(Settings(), db=None)  # type: ignore[arg-type]
+    published: list[tuple[str, str, Any]] = []
+    monkeypatch.setattr(
+        relay,
+        "_publish",
+        lambda exchange, key, body, pending, headers=None: published.append(
+            (exchange, key, pending)
+        ),
+    )
+    method = SimpleNamespace(delivery_tag=1, routing_key="dev-1.env")
+    props = SimpleNamespace(message_id=None, user_id=None)
+    relay._on_message(None, method, props, b"{}")  # type: ignore[arg-type]
+
+    [(exchange, key, pending)] = published
+    assert exchange == "rejected"
+    assert key == "schema.dev-1"
+    assert pending.reason is Reason.SCHEMA
+    assert pending.delivery_tag == 1
+    relay.registry.close()
