@@ -171,11 +171,14 @@ class Scheduler(AmqpService):
         self.connection.channel(on_open_callback=on_open)
 
     def _closed(self, consumer: TenantConsumer, why: Exception) -> None:
-        # The broker requeues this channel's unacked deliveries: drop our copies.
-        if self.consumers.get(consumer.tenant) is consumer:
-            del self.consumers[consumer.tenant]
-        self.drr.drop(consumer.tenant)
+        # The broker requeues this channel's unacked deliveries: drop our copies. The
+        # DRR buffers by tenant, so only the tenant's current consumer may drop them; a
+        # late close of an older channel must not discard its successor's deliveries.
         consumer.acks.reset()
+        if self.consumers.get(consumer.tenant) is not consumer:
+            return
+        del self.consumers[consumer.tenant]
+        self.drr.drop(consumer.tenant)
         if not self.stopping and self.connection is not None and self.connection.is_open:
             log.warning(
                 "tenant channel closed", extra={"tenant": consumer.tenant, "why": repr(why)}
