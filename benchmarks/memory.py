@@ -22,7 +22,8 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import Env, FairwayProcess, r, say
-from fairway import store, topology
+from fairway import topology
+from fairway.cli import provision_tenant
 from fairway.contract import Reading, tenant_message
 
 NAME = "memory"
@@ -32,11 +33,8 @@ TENANTS = [f"mem{i}" for i in range(10)]
 
 def provision(env: Env) -> None:
     """Tenants and their queues."""
-    with env.channel() as ch:
-        for tenant in TENANTS:
-            topology.tenant_queue(tenant, env.settings.tenant_max_backlog).declare(ch)
     for tenant in TENANTS:
-        store.create_tenant(env.db, tenant, 1, env.settings.tenant_max_backlog)
+        provision_tenant(env.settings, tenant, 1, env.settings.tenant_max_backlog)
 
 
 def queue_names() -> list[str]:

@@ -33,6 +33,7 @@ import pika
 from benchmarks import common
 from benchmarks.common import Env, r, say
 from fairway import store, topology
+from fairway.cli import provision_tenant
 from fairway.contract import parse_reading, tenant_message
 from fairway.reasons import Rejection
 from fairway.settings import Settings
@@ -49,11 +50,8 @@ def device_ids() -> list[str]:
 
 def provision(env: Env) -> None:
     """Tenants, their queues, and the registered devices."""
-    with env.channel() as ch:
-        for tenant in TENANTS:
-            topology.tenant_queue(tenant, env.settings.tenant_max_backlog).declare(ch)
     for tenant in TENANTS:
-        store.create_tenant(env.db, tenant, 1, env.settings.tenant_max_backlog)
+        provision_tenant(env.settings, tenant, 1, env.settings.tenant_max_backlog)
     for device in device_ids():
         store.register_device(env.db, device.split("-")[0], device)
 
