@@ -57,6 +57,38 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     broker_auth_networks: str = "127.0.0.1/32,::1/128"
+    # Signs sessions, CSRF tokens and push tokens. Required: web and gateway refuse to
+    # start without it (make demo/test export a development key).
+    secret_key: str = ""
+    session_lifetime_s: float = 8 * 3600.0
+    api_token_ttl_s: float = 30 * 24 * 3600.0
+    login_max_failures: int = 5  # per user name and per client address ...
+    login_window_s: float = 300.0  # ... within this window, then 429 until it passes
+    api_page_max: int = 1000  # largest page of any list endpoint
+
+    # Live notifications: push gateway (Twisted, Server-Sent Events).
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8081
+    gateway_public_url: str = ""  # what browsers connect to; default http://host:port
+    push_token_ttl_s: float = 60.0
+    session_queue_max_length: int = 1000  # per browser session; oldest dropped beyond
+    session_queue_message_ttl_ms: int = 60_000
+    gateway_prefetch: int = 100
+    gateway_client_buffer_bytes: int = 1_000_000  # a client this far behind is dropped
+    gateway_heartbeat_s: float = 15.0
+    events_enabled: bool = True  # scheduler publishes coalesced telemetry events
+
+    # Monitor (device status, alert rules) and rejections archiver.
+    monitor_prefetch: int = 500
+    rejections_per_device: int = 1000  # archived rejections kept per device
+
+    # Celery jobs.
+    celery_broker_url: str = ""  # default: FAIRWAY_AMQP_URL
+    report_soft_time_limit_s: float = 300.0
+    report_time_limit_s: float = 330.0
+    report_max_readings: int = 5_000_000
+    retention_interval_s: float = 3600.0
+    default_retention_days: int = 30
 
     # Observability (0 disables the metrics HTTP server).
     metrics_port: int = 0
@@ -73,7 +105,7 @@ class Settings:
                 continue
             kind = type(field.default)
             try:
-                values[field.name] = kind(raw)
+                values[field.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(
                     f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
@@ -81,6 +113,25 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    def require_secret(self) -> str:
+        """The signing key, or a clear error for processes that cannot run without one."""
+        if len(self.secret_key) < 16:
+            raise RuntimeError(
+                "FAIRWAY_SECRET_KEY must be set (at least 16 characters) to sign sessions "
+                "and push tokens; generate one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'"
+            )
+        return self.secret_key
+
     def environ(self) -> dict[str, str]:
         """These settings as ``FAIRWAY_*`` variables, to hand to a child process."""
         return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

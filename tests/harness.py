@@ -58,6 +58,7 @@ class Pipeline:
                 "mongo_url": urllib.parse.urlunsplit(mongo._replace(path="/" + self.name)),
                 "tenant_refresh_s": 0.5,
                 "device_cache_ttl_s": 1.0,
+                "secret_key": base.secret_key or "fairway-test-secret-key-0123456789",
                 **overrides,
             },
         )
@@ -112,7 +113,7 @@ class Pipeline:
         proc = processes.start([role, *args], settings, self.workdir / f"{role}.log")
         self.procs[role] = proc
         self.metrics_ports[role] = port
-        ready = settings.web_port if role == "web" else port
+        ready = {"web": settings.web_port, "gateway": settings.gateway_port}.get(role, port)
         wait_for(lambda: self._answers(ready) or proc.poll() is not None, 30, f"{role} to start")
         assert proc.poll() is None, f"{role} exited with {proc.returncode} at start"
         return proc
