@@ -191,6 +191,33 @@ def web_server(settings: Settings, threads: int) -> None:
     waitress.serve(create_app(), host=settings.web_host, port=settings.web_port, threads=threads)
 
 
+@main.command("gateway")
+@click.pass_obj
+def gateway(settings: Settings) -> None:
+    """Serve live notifications to browsers (Twisted, Server-Sent Events)."""
+    from web.gateway import run
+
+    run(settings)
+
+
+@main.command("monitor")
+@click.pass_obj
+def monitor(settings: Settings) -> None:
+    """Track device online status and evaluate alert rules; publish status/alert events."""
+    from fairway.monitor import run
+
+    run(settings)
+
+
+@main.command("archiver")
+@click.pass_obj
+def archiver(settings: Settings) -> None:
+    """Keep rejected messages queryable per device (``rejected`` -> ``rejections``)."""
+    from fairway.archiver import run
+
+    run(settings)
+
+
 @main.command("simulate")
 @click.option("--tenants", default=3, show_default=True)
 @click.option("--devices", default=5, show_default=True, help="Devices per tenant.")
