@@ -7,16 +7,20 @@ from typing import Any
 from flask import Flask
 
 from fairway.settings import Settings
-from web import broker_auth, database, health
+from web import auth, broker_auth, database, errors, health
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; settings come from ``FAIRWAY_*`` variables unless ``test_config`` says."""
     app = Flask(__name__)
-    app.config.from_mapping(FAIRWAY_SETTINGS=Settings.from_env())
+    if test_config is None or "FAIRWAY_SETTINGS" not in test_config:
+        app.config["FAIRWAY_SETTINGS"] = Settings.from_env()
     if test_config:
         app.config.update(test_config)
     database.init_app(app)
+    errors.init_app(app)
+    auth.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(broker_auth.bp)
+    app.register_blueprint(auth.bp)
     return app

@@ -1,0 +1,225 @@
+"""Who is calling: session login, API tokens, CSRF, login throttling, tenant scoping.
+
+A request is authenticated by either a signed session cookie (browsers, after
+``POST /api/login`` or the login page) or an ``Authorization: Bearer`` API token
+(scripts). State-changing requests made with the session cookie must carry the
+CSRF token (``X-CSRF-Token`` header or ``csrf_token`` form field); token requests
+need none, since a browser never attaches them by itself. The user is re-read on
+every request, so disabling a user or changing a role applies at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Blueprint, Flask, current_app, g, request, session
+from flask_wtf.csrf import CSRFProtect, generate_csrf
+from prometheus_client import Counter
+
+from fairway import accounts
+from fairway.accounts import User
+from fairway.store import TENANTS
+from web.database import get_db
+from web.errors import ApiError
+
+bp = Blueprint("auth", __name__, url_prefix="/api")
+csrf = CSRFProtect()
+
+LOGINS = Counter("fairway_web_logins_total", "Login attempts by outcome", ["outcome"])
+
+F = TypeVar("F", bound=Callable[..., Any])
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def init_app(app: Flask) -> None:
+    """Signed sessions, CSRF checked by :func:`load_caller` (not on every view)."""
+    settings = app.config["FAIRWAY_SETTINGS"]
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = settings.require_secret()
+    app.config.update(
+        WTF_CSRF_CHECK_DEFAULT=False,
+        WTF_CSRF_TIME_LIMIT=int(settings.session_lifetime_s),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.session_lifetime_s),
+    )
+    csrf.init_app(app)
+    app.before_request(load_caller)
+
+
+def load_caller() -> None:
+    """Put the caller (or None) on ``g.user``; enforce CSRF for cookie sessions."""
+    g.user = None
+    g.auth = None
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        user = accounts.user_for_token(get_db(), header[7:].strip())
+        if user is None:
+            raise ApiError(401, "invalid_token", "the API token is unknown, expired or revoked")
+        g.user, g.auth = user, "token"
+        return
+    user_id = session.get("user")
+    if user_id is None:
+        return
+    user = accounts.get_user(get_db(), user_id)
+    if user is None or not user.enabled:
+        session.clear()
+        return
+    g.user, g.auth = user, "session"
+    if request.method in UNSAFE and request.blueprint != "broker_auth":
+        csrf.protect()
+
+
+def current_user() -> User:
+    """The authenticated caller (use inside :func:`login_required` views)."""
+    user = g.get("user")
+    if user is None:
+        raise ApiError(401, "login_required", "log in or send an API token")
+    return user
+
+
+def login_required(view: F) -> F:
+    """401 unless the request is authenticated."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        current_user()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def roles_required(*roles: str) -> Callable[[F], F]:
+    """403 unless the caller has one of ``roles``."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if current_user().role not in roles:
+                raise ApiError(403, "forbidden", f"this needs the role {' or '.join(roles)}")
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def tenant_scope(requested: str | None = None) -> str | None:
+    """The tenant the caller may act on: operators any (None = all), others their own.
+
+    Asking for another tenant answers 404, so tenant names do not leak.
+    """
+    user = current_user()
+    if user.is_operator:
+        if requested is not None and get_db()[TENANTS].count_documents({"_id": requested}) == 0:
+            raise ApiError(404, "not_found", f"no tenant {requested!r}")
+        return requested
+    if requested is not None and requested != user.tenant:
+        raise ApiError(404, "not_found", f"no tenant {requested!r}")
+    return user.tenant
+
+
+def check_tenant(tenant: str) -> None:
+    """404 unless the caller may see ``tenant`` (an object's owning tenant)."""
+    user = current_user()
+    if not user.is_operator and tenant != user.tenant:
+        raise ApiError(404, "not_found", "not found")
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or 400."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "send a JSON object with content-type application/json")
+    return body
+
+
+def log_in(user_id: str, password: str) -> User:
+    """Check credentials with throttling; start a fresh session. Raises ApiError."""
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    db = get_db()
+    keys = [f"user:{user_id}", f"addr:{request.remote_addr}"]
+    wait = accounts.login_blocked_for(
+        db, keys, settings.login_max_failures, settings.login_window_s
+    )
+    if wait > 0:
+        LOGINS.labels("throttled").inc()
+        raise ApiError(429, "too_many_attempts", f"too many failed logins; retry in {wait:.0f} s")
+    user = accounts.authenticate(db, user_id, password)
+    if user is None:
+        accounts.record_login_failure(db, keys, settings.login_window_s)
+        LOGINS.labels("failed").inc()
+        raise ApiError(401, "bad_credentials", "unknown user or wrong password")
+    accounts.clear_login_failures(db, keys[:1])
+    session.clear()  # a fresh session on login: no fixation
+    session["user"] = user.id
+    session.permanent = True
+    g.user, g.auth = user, "session"
+    LOGINS.labels("ok").inc()
+    return user
+
+
+@bp.post("/login")
+def login() -> dict[str, Any]:
+    """``{"user", "password"}`` -> session cookie and the caller's profile."""
+    body = json_body()
+    user_id, password = body.get("user"), body.get("password")
+    if not isinstance(user_id, str) or not isinstance(password, str):
+        raise ApiError(400, "bad_request", "user and password are required strings")
+    return profile(log_in(user_id, password))
+
+
+@bp.post("/logout")
+def logout() -> dict[str, str]:
+    """End the session."""
+    session.clear()
+    return {"status": "logged out"}
+
+
+@bp.get("/me")
+@login_required
+def me() -> dict[str, Any]:
+    """The caller's profile and this session's CSRF token."""
+    return profile(current_user())
+
+
+def profile(user: User) -> dict[str, Any]:
+    """What a client needs to know about the caller."""
+    doc = accounts.user_document(get_db(), user.id) or {}
+    return {
+        "user": user.id,
+        "tenant": user.tenant,
+        "role": user.role,
+        "subscriptions": doc.get("subscriptions", []),
+        "csrf_token": generate_csrf() if g.get("auth") == "session" else None,
+    }
+
+
+@bp.post("/tokens")
+@login_required
+def create_token() -> tuple[dict[str, Any], int]:
+    """A new API token for the caller, shown once (``{"name", "ttl_s"}`` optional)."""
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    body = request.get_json(silent=True) or {}
+    ttl = body.get("ttl_s", settings.api_token_ttl_s)
+    if not isinstance(ttl, int | float) or not 0 < ttl <= settings.api_token_ttl_s:
+        raise ApiError(400, "bad_parameter", f"ttl_s must be in (0, {settings.api_token_ttl_s:g}]")
+    name = str(body.get("name", ""))
+    token = accounts.create_api_token(get_db(), current_user().id, float(ttl), name)
+    return {"token": token, "ttl_s": ttl, "name": name}, 201
+
+
+@bp.get("/push-token")
+@login_required
+def push_token() -> dict[str, str]:
+    """A short-lived token for the push gateway and the URL to open with it."""
+    from fairway import pushtoken
+
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    user = current_user()
+    url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    token = pushtoken.issue(settings.require_secret(), user.id, user.tenant)
+    return {"token": token, "url": url.rstrip("/")}
