@@ -15,7 +15,7 @@ export FAIRWAY_MONGO_URL ?= mongodb://127.0.0.1:$(or $(FAIRWAY_MONGO_PORT),27017
 export FAIRWAY_SECRET_KEY ?= fairway-development-key-not-for-production
 export FAIRWAY_RABBITMQ_MGMT_URL ?= http://guest:guest@127.0.0.1:$(or $(FAIRWAY_RABBITMQ_MGMT_PORT),15672)
 
-.PHONY: venv services test lint demo bench down clean
+.PHONY: venv services browser test lint demo bench down clean
 
 venv: $(VENV)/.installed
 
@@ -29,7 +29,10 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 services:
 	$(SERVICES) up
 
-test: venv services
+browser:
+	scripts/browser.sh
+
+test: venv services browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv

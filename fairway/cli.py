@@ -137,6 +137,46 @@ def device_enable(settings: Settings, device_id: str) -> None:
     _set_enabled(settings, device_id, True)
 
 
+@main.group()
+def user() -> None:
+    """Create and list users of the web app."""
+
+
+@user.command("create")
+@click.argument("user_id")
+@click.option(
+    "--role",
+    type=click.Choice(["operator", "admin", "viewer"]),
+    default="viewer",
+    show_default=True,
+)
+@click.option("--tenant", "tenant_id", default=None, help="Required unless --role operator.")
+@click.password_option(envvar="FAIRWAY_NEW_USER_PASSWORD", help="Prompted when not given.")
+@click.pass_obj
+def user_create(
+    settings: Settings, user_id: str, role: str, tenant_id: str | None, password: str
+) -> None:
+    """Create USER_ID (its live-notification exchange is bound on first sync)."""
+    from fairway import accounts
+
+    try:
+        created = accounts.create_user(store.connect(settings), user_id, password, role, tenant_id)
+    except (ValueError, LookupError, store.AlreadyExists) as exc:
+        _fail(str(exc).strip("'\""))
+    _emit({"user": created.id, "role": created.role, "tenant": created.tenant})
+
+
+@user.command("list")
+@click.option("--tenant", "tenant_id", default=None)
+@click.pass_obj
+def user_list(settings: Settings, tenant_id: str | None) -> None:
+    """List users as JSON (no password hashes)."""
+    from fairway import accounts
+
+    docs = accounts.list_users(store.connect(settings), tenant_id)
+    _emit([{"user": d["_id"], "role": d["role"], "tenant": d.get("tenant")} for d in docs])
+
+
 @main.command("declare")
 @click.pass_obj
 def declare(settings: Settings) -> None:

@@ -13,12 +13,25 @@ DEFAULT_URL = "http://guest:guest@127.0.0.1:15672"
 
 def call(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """``METHOD /api/<path>`` with the credentials in ``base_url``; the decoded JSON answer."""
+    return call_with_headers(base_url, method, path, {}, body)
+
+
+def call_with_headers(
+    base_url: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, Any] | None = None,
+) -> Any:
+    """:func:`call` with extra request headers (e.g. ``X-Reason`` on a connection close)."""
     parts = urllib.parse.urlsplit(base_url)
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
         f"{parts.scheme}://{parts.hostname}:{parts.port}/api/{path}", method=method, data=data
     )
     request.add_header("content-type", "application/json")
+    for name, value in headers.items():
+        request.add_header(name, value)
     user, password = (urllib.parse.unquote(x or "") for x in (parts.username, parts.password))
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     request.add_header("authorization", "Basic " + token)
@@ -42,3 +55,15 @@ def create_vhost(base_url: str, vhost: str, user: str = "guest") -> None:
 def delete_vhost(base_url: str, vhost: str) -> None:
     """Delete ``vhost`` and everything in it."""
     call(base_url, "DELETE", f"vhosts/{urllib.parse.quote(vhost, safe='')}")
+
+
+def close_connections(base_url: str, vhost: str, user: str, reason: str) -> int:
+    """Close every connection ``user`` has open on ``vhost``; return how many."""
+    closed = 0
+    quoted = urllib.parse.quote(vhost, safe="")
+    for conn in call(base_url, "GET", f"vhosts/{quoted}/connections") or []:
+        if conn.get("user") in (user, f"{vhost}:{user}"):
+            name = urllib.parse.quote(conn["name"], safe="")
+            call_with_headers(base_url, "DELETE", f"connections/{name}", {"X-Reason": reason})
+            closed += 1
+    return closed

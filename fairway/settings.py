@@ -7,6 +7,7 @@ and change all of them in one place (the README's configuration table lists them
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -65,6 +66,8 @@ class Settings:
     login_max_failures: int = 5  # per user name and per client address ...
     login_window_s: float = 300.0  # ... within this window, then 429 until it passes
     api_page_max: int = 1000  # largest page of any list endpoint
+    # Used to close a disabled device's open connections at once.
+    rabbitmq_mgmt_url: str = "http://guest:guest@127.0.0.1:15672"
 
     # Live notifications: push gateway (Twisted, Server-Sent Events).
     gateway_host: str = "127.0.0.1"
@@ -76,11 +79,22 @@ class Settings:
     gateway_prefetch: int = 100
     gateway_client_buffer_bytes: int = 1_000_000  # a client this far behind is dropped
     gateway_heartbeat_s: float = 15.0
+    gateway_max_sessions: int = 2000  # one AMQP channel each; RabbitMQ allows 2047
+    # Origins allowed to open streams (CORS), comma-separated; default the web app's.
+    gateway_allowed_origins: str = ""
     events_enabled: bool = True  # scheduler publishes coalesced telemetry events
 
     # Monitor (device status, alert rules) and rejections archiver.
     monitor_prefetch: int = 500
     rejections_per_device: int = 1000  # archived rejections kept per device
+    # RabbitMQ's amq.rabbitmq.event lives in one vhost (event_exchange.vhost, default /).
+    event_exchange_vhost: str = "/"
+    monitor_queue_max_length: int = 100_000  # each monitor queue; oldest dropped beyond
+    monitor_reconcile_s: float = 60.0  # re-check open connections with the management API
+    rules_cache_ttl_s: float = 5.0  # alert rule changes apply within this time
+    archiver_batch_size: int = 500  # rejections per insert (and the archiver's prefetch)
+    archiver_linger_ms: float = 200.0  # longest wait to fill an insert
+    archiver_trim_interval_s: float = 30.0  # how often rejections beyond the cap are trimmed
 
     # Celery jobs.
     celery_broker_url: str = ""  # default: FAIRWAY_AMQP_URL
@@ -89,6 +103,9 @@ class Settings:
     report_max_readings: int = 5_000_000
     retention_interval_s: float = 3600.0
     default_retention_days: int = 30
+    report_max_buckets: int = 1000  # time buckets in one report (bounds the result size)
+    job_queue_max_length: int = 10_000  # per Celery queue; a job beyond it answers 503
+    job_ttl_s: float = 7 * 24 * 3600.0  # results, job records and export files kept this long
 
     # Observability (0 disables the metrics HTTP server).
     metrics_port: int = 0
@@ -112,6 +129,12 @@ class Settings:
                 ) from exc
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def vhost(self) -> str:
+        """The RabbitMQ virtual host named by ``amqp_url`` (``/`` when none)."""
+        path = urllib.parse.urlsplit(self.amqp_url).path.lstrip("/")
+        return urllib.parse.unquote(path) or "/"
 
     def require_secret(self) -> str:
         """The signing key, or a clear error for processes that cannot run without one."""

@@ -136,6 +136,20 @@ def verify_device_password(db: Database, device_id: str, password: str) -> bool:
         return False
 
 
+def rotate_device_password(db: Database, device_id: str) -> str | None:
+    """Give the device a new password (returned once); None if the device is unknown."""
+    password = secrets.token_urlsafe(24)
+    result = db[DEVICES].update_one(
+        {"_id": device_id}, {"$set": {"password_hash": _hasher.hash(password)}}
+    )
+    return password if result.matched_count == 1 else None
+
+
+def device_document(db: Database, device_id: str) -> dict[str, Any] | None:
+    """The device's registry entry without its password hash."""
+    return db[DEVICES].find_one({"_id": device_id}, {"password_hash": 0})
+
+
 def set_device_enabled(db: Database, device_id: str, enabled: bool) -> bool:
     """Enable or disable a device; relays notice within the registry cache TTL."""
     result = db[DEVICES].update_one({"_id": device_id}, {"$set": {"enabled": enabled}})

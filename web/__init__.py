@@ -7,7 +7,18 @@ from typing import Any
 from flask import Flask
 
 from fairway.settings import Settings
-from web import auth, broker_auth, database, errors, health
+from web import (
+    api_devices,
+    api_tenants,
+    api_users,
+    auth,
+    broker,
+    broker_auth,
+    database,
+    errors,
+    health,
+    pages,
+)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -18,9 +29,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     database.init_app(app)
+    broker.init_app(app)
     errors.init_app(app)
     auth.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(broker_auth.bp)
     app.register_blueprint(auth.bp)
+    app.register_blueprint(api_tenants.bp)
+    app.register_blueprint(api_devices.bp)
+    app.register_blueprint(api_users.bp)
+    app.register_blueprint(pages.bp)
     return app

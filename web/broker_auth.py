@@ -21,7 +21,6 @@ plugin expects; every decision is counted by check and outcome.
 from __future__ import annotations
 
 import ipaddress
-import urllib.parse
 
 from flask import Blueprint, abort, current_app, request
 from prometheus_client import Counter
@@ -66,9 +65,7 @@ def _enabled_device(device_id: str) -> store.Device | None:
 
 
 def _fairway_vhost() -> str:
-    settings = current_app.config["FAIRWAY_SETTINGS"]
-    path = urllib.parse.urlsplit(settings.amqp_url).path.lstrip("/")
-    return urllib.parse.unquote(path) or "/"
+    return current_app.config["FAIRWAY_SETTINGS"].vhost
 
 
 @bp.post("/user")

@@ -1,0 +1,85 @@
+"""``/api/tenants``: operators provision tenants; everyone else sees their own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+
+from fairway import accounts, store
+from fairway.cli import provision_tenant
+from web.auth import json_body, login_required, roles_required, tenant_scope
+from web.database import get_db
+from web.errors import ApiError
+
+bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
+
+
+def _tenant_json(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "tenant": doc["_id"],
+        "weight": doc["weight"],
+        "max_backlog": doc["max_backlog"],
+        "retention_days": doc.get("retention_days"),
+    }
+
+
+@bp.get("")
+@login_required
+def list_tenants() -> dict[str, Any]:
+    """Tenants the caller may see."""
+    scope = tenant_scope(None)
+    query = {} if scope is None else {"_id": scope}
+    docs = get_db()[store.TENANTS].find(query).sort("_id", 1)
+    return {"tenants": [_tenant_json(doc) for doc in docs]}
+
+
+@bp.post("")
+@roles_required(accounts.OPERATOR)
+def create_tenant() -> tuple[dict[str, Any], int]:
+    """Provision a tenant (queue first, then record): ``{"tenant", "weight", "max_backlog"}``."""
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    body = json_body()
+    tenant_id = body.get("tenant")
+    weight = body.get("weight", 1)
+    backlog = body.get("max_backlog", settings.tenant_max_backlog)
+    if not (isinstance(tenant_id, str) and isinstance(weight, int) and isinstance(backlog, int)):
+        raise ApiError(400, "bad_parameter", "tenant (string), weight and max_backlog (integers)")
+    try:
+        provision_tenant(settings, tenant_id, weight, backlog)
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    except store.AlreadyExists as exc:
+        raise ApiError(409, "exists", str(exc)) from None
+    return _tenant_json(get_db()[store.TENANTS].find_one({"_id": tenant_id})), 201
+
+
+@bp.get("/<tenant_id>")
+@login_required
+def get_tenant(tenant_id: str) -> dict[str, Any]:
+    """One tenant."""
+    tenant_scope(tenant_id)
+    doc = get_db()[store.TENANTS].find_one({"_id": tenant_id})
+    if doc is None:
+        raise ApiError(404, "not_found", f"no tenant {tenant_id!r}")
+    return _tenant_json(doc)
+
+
+@bp.patch("/<tenant_id>")
+@roles_required(accounts.OPERATOR)
+def update_tenant(tenant_id: str) -> dict[str, Any]:
+    """Change ``weight`` (DRR share) or ``retention_days`` (readings kept)."""
+    body = json_body()
+    changes: dict[str, int] = {}
+    for name in ("weight", "retention_days"):
+        if name in body:
+            value = body[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ApiError(400, "bad_parameter", f"{name} must be an integer >= 1")
+            changes[name] = value
+    if not changes:
+        raise ApiError(400, "bad_parameter", "send weight and/or retention_days")
+    db = get_db()
+    if db[store.TENANTS].update_one({"_id": tenant_id}, {"$set": changes}).matched_count == 0:
+        raise ApiError(404, "not_found", f"no tenant {tenant_id!r}")
+    return _tenant_json(db[store.TENANTS].find_one({"_id": tenant_id}))

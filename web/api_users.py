@@ -1,0 +1,144 @@
+"""``/api/users`` and ``/api/subscriptions``: people, roles and what they follow live.
+
+Admins manage their tenant's users (admins and viewers); operators manage everyone.
+Every change that affects what a user may see re-syncs their ``user.<id>``
+exchange bindings before answering, so a revoked permission stops the feed at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, request
+
+from fairway import accounts, store
+from web.api_devices import visible_device
+from web.auth import current_user, json_body, login_required, roles_required, tenant_scope
+from web.database import get_db
+from web.errors import ApiError
+from web.params import iso
+from web.permissions import sync_bindings
+
+bp = Blueprint("users", __name__, url_prefix="/api")
+MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
+
+
+def _user_json(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "user": doc["_id"],
+        "tenant": doc.get("tenant"),
+        "role": doc["role"],
+        "enabled": bool(doc.get("enabled", True)),
+        "subscriptions": doc.get("subscriptions", []),
+        "created": iso(doc.get("created")),
+    }
+
+
+def _managed_user(user_id: str) -> dict[str, Any]:
+    """A user the caller may manage, else 404 (other tenants) or 403 (operators)."""
+    doc = accounts.user_document(get_db(), user_id)
+    caller = current_user()
+    if doc is None or not (caller.is_operator or doc.get("tenant") == caller.tenant):
+        raise ApiError(404, "not_found", f"no user {user_id!r}")
+    if doc["role"] == accounts.OPERATOR and not caller.is_operator:
+        raise ApiError(403, "forbidden", "only operators manage operators")
+    return doc
+
+
+@bp.get("/users")
+@roles_required(*MANAGERS)
+def list_users() -> dict[str, Any]:
+    """Users of the caller's tenant (operators: all, or ``?tenant=``)."""
+    scope = tenant_scope(request.args.get("tenant"))
+    return {"users": [_user_json(d) for d in accounts.list_users(get_db(), scope)]}
+
+
+@bp.post("/users")
+@roles_required(*MANAGERS)
+def create_user() -> tuple[dict[str, Any], int]:
+    """``{"user", "password", "role", "tenant"?}``; admins create admins and viewers."""
+    body = json_body()
+    role = body.get("role", accounts.VIEWER)
+    caller = current_user()
+    if role == accounts.OPERATOR and not caller.is_operator:
+        raise ApiError(403, "forbidden", "only operators create operators")
+    tenant = None if role == accounts.OPERATOR else tenant_scope(body.get("tenant"))
+    user_id, password = body.get("user"), body.get("password")
+    if not isinstance(user_id, str) or not isinstance(password, str):
+        raise ApiError(400, "bad_parameter", "user and password are required strings")
+    db = get_db()
+    try:
+        accounts.create_user(db, user_id, password, role, tenant)
+    except (ValueError, LookupError) as exc:
+        raise ApiError(400, "bad_parameter", str(exc).strip("'\"")) from None
+    except store.AlreadyExists as exc:
+        raise ApiError(409, "exists", str(exc)) from None
+    sync_bindings(db, user_id)
+    return _user_json(accounts.user_document(db, user_id) or {}), 201
+
+
+@bp.patch("/users/<user_id>")
+@roles_required(*MANAGERS)
+def update_user(user_id: str) -> dict[str, Any]:
+    """Change ``role`` or ``enabled``; disabling revokes tokens and live feeds at once."""
+    doc = _managed_user(user_id)
+    body = json_body()
+    changes: dict[str, Any] = {}
+    if "role" in body:
+        role = body["role"]
+        if role == accounts.OPERATOR and not current_user().is_operator:
+            raise ApiError(403, "forbidden", "only operators create operators")
+        try:
+            accounts.check_role(role, doc.get("tenant"))
+        except ValueError as exc:
+            raise ApiError(400, "bad_parameter", str(exc)) from None
+        changes["role"] = role
+    if "enabled" in body:
+        if not isinstance(body["enabled"], bool):
+            raise ApiError(400, "bad_parameter", "enabled must be true or false")
+        changes["enabled"] = body["enabled"]
+    if not changes:
+        raise ApiError(400, "bad_parameter", "send role and/or enabled")
+    db = get_db()
+    accounts.update_user(db, user_id, **changes)
+    if changes.get("enabled") is False:
+        accounts.revoke_api_tokens(db, user_id)
+    sync_bindings(db, user_id)
+    return _user_json(accounts.user_document(db, user_id) or {})
+
+
+@bp.get("/subscriptions")
+@login_required
+def list_subscriptions() -> dict[str, Any]:
+    """Devices the caller follows live."""
+    doc = accounts.user_document(get_db(), current_user().id) or {}
+    return {"subscriptions": doc.get("subscriptions", []), "bindings": doc.get("bindings", [])}
+
+
+def _set_subscription(device_id: str, follow: bool) -> dict[str, Any]:
+    visible_device(device_id)
+    db = get_db()
+    user = current_user()
+    doc = accounts.user_document(db, user.id) or {}
+    subscriptions = set(doc.get("subscriptions", []))
+    subscriptions = subscriptions | {device_id} if follow else subscriptions - {device_id}
+    limit = current_app.config["FAIRWAY_SETTINGS"].api_page_max
+    if len(subscriptions) > limit:
+        raise ApiError(400, "too_many_subscriptions", f"at most {limit} devices can be followed")
+    accounts.update_user(db, user.id, subscriptions=sorted(subscriptions))
+    bindings = sync_bindings(db, user.id)
+    return {"subscriptions": sorted(subscriptions), "bindings": bindings}
+
+
+@bp.put("/subscriptions/<device_id>")
+@login_required
+def subscribe(device_id: str) -> dict[str, Any]:
+    """Follow a device of the caller's tenant live (one bind per event kind)."""
+    return _set_subscription(device_id, True)
+
+
+@bp.delete("/subscriptions/<device_id>")
+@login_required
+def unsubscribe(device_id: str) -> dict[str, Any]:
+    """Stop following a device."""
+    return _set_subscription(device_id, False)
