@@ -18,6 +18,11 @@
 * New tenants are found by polling the tenant list every ``tenant_refresh_s``.
 * SIGTERM: cancel consumers, flush every buffered message, ack, close. Anything not
   written by the drain deadline stays unacked and the broker requeues it.
+* Events (``events_enabled``): a writer coalesces its written batch into at most one
+  ``telemetry.<tenant>.<device>`` event per device (:func:`fairway.events.coalesce`);
+  the I/O loop publishes them *after* the batch's acks, on a separate connection, so
+  a blocked or failing publisher can neither lose nor delay an ack. Best-effort:
+  events are transient and dropped (counted) while the publisher is down.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic
 
-from fairway import metrics, topology
+from fairway import events, metrics, topology
 from fairway.acks import AckWatermark
-from fairway.amqp import AmqpService, Backoff
+from fairway.amqp import AmqpService, Backoff, parameters
 from fairway.settings import Settings
 from fairway.store import Tenant
 from scheduler.drr import DeficitRoundRobin
@@ -104,9 +109,16 @@ class Scheduler(AmqpService):
         self._stop_event = threading.Event()
         self._timers_started = False
         self._depths_due = 0  # passive declares of this tick not yet answered
+        self._events = (
+            events.EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
+            if settings.events_enabled
+            else None
+        )
 
     # -- tenants and channels ------------------------------------------------------
     def on_connected(self, connection: pika.SelectConnection) -> None:
+        if self._events is not None:
+            self._events.start()  # once; it reconnects on its own
         self._refresh_tenants()
         if not self._timers_started:  # one timer chain each for the process's lifetime
             self._timers_started = True
@@ -239,14 +251,50 @@ class Scheduler(AmqpService):
                 continue
             metrics.SCHED_DB_UP.set(1)
             metrics.SCHED_WRITE_SECONDS.observe(time.perf_counter() - started)
-        self.call_soon(lambda: self._written(batch, outcome))
+        telemetry = self._coalesce(bodies, outcome)
+        self.call_soon(lambda: self._written(batch, outcome, telemetry))
 
-    def _written(self, batch: list[tuple[str, Delivery]], outcome: WriteOutcome | None) -> None:
+    def _coalesce(
+        self, bodies: list[bytes], outcome: WriteOutcome | None
+    ) -> list[tuple[str, dict]]:
+        """The batch's telemetry events (writer thread); never raises."""
+        if self._events is None or outcome is None:
+            return []
+        refused = set(outcome.refused)
+        # Duplicates are included: the first write's event may have died with a crash.
+        durable = [b for i, b in enumerate(bodies) if i not in refused]
+        try:
+            return events.coalesce(durable)
+        except Exception:
+            log.exception("coalescing events failed; the batch is stored, its events dropped")
+            events.SCHED_EVENTS_DROPPED.inc(len(durable))
+            return []
+
+    def _written(
+        self,
+        batch: list[tuple[str, Delivery]],
+        outcome: WriteOutcome | None,
+        telemetry: list[tuple[str, dict]],
+    ) -> None:
         self.inflight -= 1
         metrics.SCHED_INFLIGHT_BATCHES.set(self.inflight)
         if outcome is not None:
             self._settle(batch, outcome)
         self._dispatch()
+        if telemetry:
+            self._publish_events(telemetry)
+
+    def _publish_events(self, telemetry: list[tuple[str, dict]]) -> None:
+        """Publish after the acks went out; a failure here costs events, never acks."""
+        assert self._events is not None
+        try:
+            published, dropped = self._events.publish_all(telemetry)
+        except Exception as exc:
+            log.warning("publishing events failed", extra={"error": repr(exc)})
+            published, dropped = 0, len(telemetry)
+        events.SCHED_EVENTS.inc(published)
+        if dropped:
+            events.SCHED_EVENTS_DROPPED.inc(dropped)
 
     def _settle(self, batch: list[tuple[str, Delivery]], outcome: WriteOutcome) -> None:
         refused = set(outcome.refused)
@@ -329,6 +377,8 @@ class Scheduler(AmqpService):
             self._stop_event.set()
             self._writers.shutdown(wait=False, cancel_futures=True)
             self._io.shutdown(wait=False, cancel_futures=True)
+            if self._events is not None:
+                self._events.close()
             self.close()
         else:
             self.ioloop.call_later(0.02, self._finish_drain)

@@ -1,0 +1,234 @@
+"""Live events on the ``events`` exchange: coalescing written batches, publishing.
+
+* :func:`coalesce` (pure) turns one written batch of tenant-queue bodies into at most
+  one ``telemetry.<tenant>.<device>`` event per device: the latest reading (by device
+  time) and, per numeric metric, the batch's count, min and max, so alert rules still
+  see a spike that coalescing hides.
+* :class:`EventPublisher` publishes events over its *own* connection on the caller's
+  I/O loop. RabbitMQ blocks a connection that publishes during a resource alarm and
+  then stops reading its socket, acks included; a consumer that published on its
+  consuming connection would see its acks stall. Events are transient and published
+  without confirms: a live notification is best-effort, the reading itself is durable.
+  While the publisher is down or blocked, events are dropped and counted, never queued
+  without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pika
+from pika.adapters.select_connection import IOLoop
+from pika.channel import Channel
+from prometheus_client import Counter
+
+from fairway import topology
+from fairway.amqp import Backoff
+
+log = logging.getLogger(__name__)
+
+SCHED_EVENTS = Counter(
+    "fairway_scheduler_events_total", "Coalesced telemetry events published by the scheduler"
+)
+SCHED_EVENTS_DROPPED = Counter(
+    "fairway_scheduler_events_dropped_total",
+    "Telemetry events not published (publisher connection down or blocked, or a bad batch)",
+)
+
+JSON = "application/json"
+TRANSIENT = 1
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def is_number(value: object) -> bool:
+    """True for ints and floats, not booleans (a flag has no min or max)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def telemetry_key(tenant: str, device: str) -> str:
+    """``telemetry.<tenant>.<device>``."""
+    return f"telemetry.{tenant}.{device}"
+
+
+def coalesce(bodies: Iterable[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    """At most one telemetry event per (tenant, device) of a written batch.
+
+    ``bodies`` are tenant-queue messages (relay output). The event carries the latest
+    reading (greatest device time; the later one in the batch on a tie), how many
+    readings it stands for, and per numeric metric the min and max over all of them.
+    """
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    order: list[tuple[str, str]] = []
+    for body in bodies:
+        msg = orjson.loads(body)
+        key = (msg["tenant"], msg["device"])
+        values = msg["values"]
+        event = latest.get(key)
+        if event is None:
+            event = latest[key] = {
+                "kind": "telemetry",
+                "tenant": key[0],
+                "device": key[1],
+                "stream": msg["stream"],
+                "_ts": msg["ts"],
+                "values": values,
+                "count": 0,
+                "min": {},
+                "max": {},
+            }
+            order.append(key)
+        elif msg["ts"] >= event["_ts"]:
+            event.update(stream=msg["stream"], _ts=msg["ts"], values=values)
+        event["count"] += 1
+        low, high = event["min"], event["max"]
+        for metric, value in values.items():
+            if not is_number(value):
+                continue
+            if metric not in low or value < low[metric]:
+                low[metric] = value
+            if metric not in high or value > high[metric]:
+                high[metric] = value
+    out = []
+    for key in order:
+        event = latest[key]
+        ts = event.pop("_ts")
+        event["ts"] = iso(ts)
+        out.append((telemetry_key(*key), event))
+    return out
+
+
+def event_properties() -> pika.BasicProperties:
+    """Transient JSON message properties of every event."""
+    return pika.BasicProperties(content_type=JSON, delivery_mode=TRANSIENT)
+
+
+class SideConnection:
+    """A second connection on an existing pika I/O loop, re-opened with backoff.
+
+    ``on_channel`` is called with a fresh channel after every (re)connect. Used for
+    publishing events and, by the monitor, for the event exchange's vhost.
+    """
+
+    def __init__(
+        self,
+        params: pika.URLParameters,
+        ioloop: IOLoop,
+        on_channel: Callable[[Channel], None] | None = None,
+    ) -> None:
+        self.params = params
+        self.ioloop = ioloop
+        self.on_channel = on_channel
+        self.connection: pika.SelectConnection | None = None
+        self.channel: Channel | None = None
+        self.blocked = False
+        self._backoff = Backoff()
+        self._started = False
+        self._closing = False
+
+    @property
+    def name(self) -> str:
+        """The connection name the broker shows."""
+        return str((self.params.client_properties or {}).get("connection_name", "fairway"))
+
+    def start(self) -> None:
+        """Connect (once; later calls do nothing). Call on the I/O loop."""
+        if not self._started:
+            self._started = True
+            self._connect()
+
+    def close(self) -> None:
+        """Close for good."""
+        self._closing = True
+        if self.connection is not None and self.connection.is_open:
+            self.connection.close()
+
+    @property
+    def ready(self) -> bool:
+        """True while the channel is open and the broker has not blocked us."""
+        return self.channel is not None and self.channel.is_open and not self.blocked
+
+    def _connect(self) -> None:
+        if self._closing:
+            return
+        self.connection = pika.SelectConnection(
+            self.params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=lambda _c, exc: self._retry(f"connect failed: {exc!r}"),
+            on_close_callback=lambda _c, why: self._on_closed(why),
+            custom_ioloop=self.ioloop,
+        )
+
+    def _retry(self, why: str) -> None:
+        self.connection = None
+        if self._closing:
+            return
+        delay = self._backoff.next()
+        log.warning("reconnecting", extra={"service": self.name, "why": why, "in_s": delay})
+        self.ioloop.call_later(delay, self._connect)
+
+    def _on_open(self, connection: pika.SelectConnection) -> None:
+        self._backoff.reset()
+        self.blocked = False
+        connection.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
+        connection.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
+        self._open_channel()
+
+    def _set_blocked(self, blocked: bool) -> None:
+        self.blocked = blocked
+        log.warning(
+            "connection blocked" if blocked else "connection unblocked",
+            extra={"service": self.name},
+        )
+
+    def _open_channel(self) -> None:
+        if self.connection is not None and self.connection.is_open and not self._closing:
+            self.connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        if self.on_channel is not None:
+            self.on_channel(channel)
+
+    def _on_channel_closed(self, channel: Channel, why: Exception) -> None:
+        if channel is self.channel:
+            self.channel = None
+        if self.connection is not None and self.connection.is_open and not self._closing:
+            log.warning("channel closed", extra={"service": self.name, "why": repr(why)})
+            self.ioloop.call_later(self._backoff.next(), self._open_channel)
+
+    def _on_closed(self, why: Exception) -> None:
+        self.channel = None
+        self._retry(f"connection closed: {why!r}")
+
+
+class EventPublisher(SideConnection):
+    """Publishes JSON events to ``events``, best-effort, on its own connection."""
+
+    def publish(self, routing_key: str, event: dict[str, Any]) -> bool:
+        """Publish one event now; False (nothing sent) while down or blocked."""
+        if not self.ready:
+            return False
+        assert self.channel is not None
+        self.channel.basic_publish(
+            topology.EVENTS, routing_key, orjson.dumps(event), event_properties()
+        )
+        return True
+
+    def publish_all(self, events: Iterable[tuple[str, dict[str, Any]]]) -> tuple[int, int]:
+        """Publish each ``(routing key, event)``; return (published, dropped)."""
+        published = dropped = 0
+        for routing_key, event in events:
+            if self.publish(routing_key, event):
+                published += 1
+            else:
+                dropped += 1
+        return published, dropped

@@ -1,0 +1,518 @@
+"""``fairway monitor``: device online status and alert rules, as events.
+
+Two feeds, each handled in order on its own worker thread (the pika I/O loop never
+waits for MongoDB or HTTP):
+
+* **Status.** RabbitMQ's ``amq.rabbitmq.event`` exchange exists in one vhost only
+  (``event_exchange.vhost``, default ``/``: ``FAIRWAY_EVENT_EXCHANGE_VHOST``), so the
+  monitor opens a second connection there with an exclusive, bounded queue bound to
+  ``connection.created`` and ``connection.closed``. A ``created`` event names the
+  vhost and user: connections to other vhosts, and users that are not registered
+  devices (Fairway's own services), are ignored. A ``closed`` event names only the
+  connection, so open connections are tracked by (node, name) and counted per
+  device: a device is online while it has at least one. Changes go to the device
+  document (``online``, ``last_seen``) and out as ``status.<tenant>.<device>``.
+  Events are lost while the monitor is down, so on every (re)connect, and every
+  ``monitor_reconcile_s``, the open connections are read from the management API and
+  reconciled (:class:`ConnectionTracker`); the API lags by a few seconds, hence a
+  grace period before a connection it does not list is considered closed.
+* **Alerts.** A durable queue ``monitor.telemetry`` (bounded; the oldest event goes
+  first when full) bound to ``events`` ``telemetry.#``. Each event is evaluated
+  against the tenant's enabled rules (:mod:`fairway.alerts`, cached
+  ``rules_cache_ttl_s``); each transition is saved in ``alert_state`` and then
+  published as ``alert.<tenant>.<device>``; then the event is acked. A crash after
+  the save and before the publish loses that alert event (the state is right, the
+  push is missing); a crash before the save re-evaluates the redelivered event.
+
+Events go out on a separate publishing connection (:class:`fairway.events.EventPublisher`),
+transient and best-effort. Run one monitor per Fairway vhost: alert state is kept in
+memory and written through, and two monitors would evaluate the same devices twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pika
+from cachetools import TTLCache
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+from prometheus_client import Counter, Gauge
+from pymongo.database import Database
+
+from fairway import alerts, management, metrics, store, topology
+from fairway.amqp import AmqpService, Backoff, parameters
+from fairway.events import EventPublisher, SideConnection
+from fairway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENT_EXCHANGE = "amq.rabbitmq.event"
+CREATED, CLOSED = "connection.created", "connection.closed"
+TELEMETRY_QUEUE = "monitor.telemetry"
+LISTING_GRACE_S = 30.0  # the management API lists a new connection within ~5 s
+RECENTLY_CLOSED_S = 120.0
+MAX_RECENTLY_CLOSED = 100_000
+REGISTRY_TTL_S = 60.0
+DRAIN_TIMEOUT_S = 10.0
+BACKLOG_INTERVAL_S = 5.0
+
+STATUS_EVENTS = Counter(
+    "fairway_monitor_status_events_total", "Device status changes published", ["online"]
+)
+ALERT_EVENTS = Counter(
+    "fairway_monitor_alert_events_total", "Alert transitions published", ["state"]
+)
+EVALUATED = Counter("fairway_monitor_telemetry_events_total", "Telemetry events evaluated")
+DROPPED = Counter(
+    "fairway_monitor_events_dropped_total",
+    "Status or alert events not published (publisher down or blocked)",
+)
+IGNORED = Counter(
+    "fairway_monitor_ignored_connections_total",
+    "Connections to this vhost by users that are not registered devices",
+)
+ONLINE = Gauge("fairway_monitor_devices_online", "Devices with at least one open connection")
+PENDING = Gauge(
+    "fairway_monitor_pending",
+    "Deliveries received and not yet handled (bounded by prefetch)",
+    ["feed"],
+)
+BACKLOG = Gauge("fairway_monitor_backlog", "Telemetry events waiting in monitor.telemetry")
+
+
+# -- connection tracking (pure) ----------------------------------------------------
+@dataclass
+class ConnectionTracker:
+    """Open connections per device, from events and management-API snapshots."""
+
+    conns: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+    by_device: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    closed_at: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def opened(self, key: tuple[str, str], device: str, now: float) -> bool:
+        """Record an open connection; True if the device just came online."""
+        if key in self.conns:
+            return False
+        self.conns[key] = (device, now)
+        names = self.by_device.setdefault(device, set())
+        names.add(key)
+        return len(names) == 1
+
+    def closed(self, key: tuple[str, str], now: float) -> str | None:
+        """Record a closed connection; the device if it just went offline."""
+        if len(self.closed_at) >= MAX_RECENTLY_CLOSED:
+            self._forget_closed(now)
+        self.closed_at[key] = now
+        entry = self.conns.pop(key, None)
+        if entry is None:
+            return None
+        device = entry[0]
+        names = self.by_device.get(device, set())
+        names.discard(key)
+        if names:
+            return None
+        self.by_device.pop(device, None)
+        return device
+
+    def reconcile(
+        self, listed: dict[tuple[str, str], str], now: float, grace_s: float = LISTING_GRACE_S
+    ) -> tuple[set[str], set[str]]:
+        """Apply a snapshot of open device connections; (came online, went offline).
+
+        A listed connection closed recently is stale in the listing; one we know that
+        the listing lacks is closed only once it is older than ``grace_s``.
+        """
+        self._forget_closed(now)
+        online, offline = set(), set()
+        for key, device in listed.items():
+            if key not in self.closed_at and self.opened(key, device, now):
+                online.add(device)
+        for key, (_device, since) in list(self.conns.items()):
+            if key not in listed and now - since >= grace_s:
+                gone = self.closed(key, now)
+                if gone is not None:
+                    offline.add(gone)
+        return online - offline, offline - online
+
+    def _forget_closed(self, now: float) -> None:
+        # Closed events name no vhost: every vhost's closures pass through here.
+        fresh = {k: t for k, t in self.closed_at.items() if now - t < RECENTLY_CLOSED_S}
+        if len(fresh) >= MAX_RECENTLY_CLOSED:  # a storm of closures: keep the newest half
+            fresh = dict(sorted(fresh.items(), key=lambda kv: kv[1])[MAX_RECENTLY_CLOSED // 2 :])
+        self.closed_at = fresh
+
+    @property
+    def online(self) -> set[str]:
+        """Devices with at least one open connection."""
+        return set(self.by_device)
+
+
+def device_of(user: str, vhost: str) -> str:
+    """The device id of a connection's user (MQTT may log in as ``<vhost>:<device>``)."""
+    prefix = vhost + ":"
+    return user[len(prefix) :] if user.startswith(prefix) else user
+
+
+def _header(headers: dict[str, Any], name: str) -> str | None:
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _event_time(headers: dict[str, Any]) -> datetime:
+    ms = headers.get("timestamp_in_ms")
+    if isinstance(ms, int):
+        return datetime.fromtimestamp(ms / 1000.0, UTC)
+    return datetime.now(UTC)
+
+
+def status_event(tenant: str, device: str, online: bool, at: datetime) -> dict[str, Any]:
+    """The ``status.<tenant>.<device>`` body."""
+    return {
+        "kind": "status",
+        "tenant": tenant,
+        "device": device,
+        "online": online,
+        "at": at.isoformat(timespec="milliseconds"),
+    }
+
+
+# -- the process ----------------------------------------------------------------
+class Monitor(AmqpService):
+    """Consume connection events and telemetry events; publish status and alerts."""
+
+    name = "fairway-monitor"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        super().__init__(settings)
+        self.db = db
+        self.vhost = settings.vhost
+        self.tracker = ConnectionTracker()
+        self.rules = alerts.RuleCache(db, settings.rules_cache_ttl_s)
+        self.engine: alerts.AlertEngine | None = None  # loaded on the alerts thread
+        self._registry: TTLCache[str, str | None] = TTLCache(
+            settings.device_cache_size, REGISTRY_TTL_S
+        )
+        self._status_pool = ThreadPoolExecutor(1, thread_name_prefix="status")
+        self._alerts_pool = ThreadPoolExecutor(1, thread_name_prefix="alerts")
+        self._pending = {"status": 0, "alerts": 0}
+        self._stop_event = threading.Event()
+        self._first_snapshot = True
+        self._started = False
+        self._channel: Channel | None = None
+        self._consumer_tag: str | None = None
+        self._drain_deadline = float("inf")
+        self.publisher = EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
+        feed_params = parameters(settings, f"{self.name}-status")
+        feed_params.virtual_host = settings.event_exchange_vhost
+        self.feed = SideConnection(feed_params, self.ioloop, self._on_feed_channel)
+        self._feed_tag: str | None = None
+
+    # -- set-up ------------------------------------------------------------------
+    def on_connected(self, connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+        if not self._started:
+            self._started = True
+            self.publisher.start()
+            self.feed.start()
+            self.ioloop.call_later(self.settings.monitor_reconcile_s, self._reconcile_periodically)
+            self.ioloop.call_later(1.0, self._tick_backlog)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        args = {
+            "x-max-length": self.settings.monitor_queue_max_length,
+            "x-overflow": "drop-head",
+            "x-queue-type": self.settings.queue_type,
+        }
+
+        def declared(_frame: Any) -> None:
+            channel.queue_bind(TELEMETRY_QUEUE, topology.EVENTS, "telemetry.#", callback=bound)
+
+        def bound(_frame: Any) -> None:
+            channel.basic_qos(prefetch_count=self.settings.monitor_prefetch, callback=consume)
+
+        def consume(_frame: Any) -> None:
+            if not self.stopping:
+                self._consumer_tag = channel.basic_consume(TELEMETRY_QUEUE, self._on_telemetry)
+
+        channel.queue_declare(TELEMETRY_QUEUE, durable=True, arguments=args, callback=declared)
+
+    def _on_channel_closed(self, _channel: Channel, why: Exception) -> None:
+        if self.connection is not None and self.connection.is_open and not self.stopping:
+            log.warning("channel closed; reconnecting", extra={"why": repr(why)})
+            self.connection.close()
+
+    def on_connection_lost(self) -> None:
+        self._channel = None
+        self._consumer_tag = None
+
+    def _on_feed_channel(self, channel: Channel) -> None:
+        """A (new) channel in the event exchange's vhost: queue, bind, snapshot, consume."""
+        args = {"x-max-length": self.settings.monitor_queue_max_length, "x-overflow": "drop-head"}
+
+        def declared(frame: Any) -> None:
+            queue = frame.method.queue
+            channel.queue_bind(
+                queue,
+                EVENT_EXCHANGE,
+                CREATED,
+                callback=lambda _f: channel.queue_bind(
+                    queue, EVENT_EXCHANGE, CLOSED, callback=lambda _f: bound(queue)
+                ),
+            )
+
+        def bound(queue: str) -> None:
+            # Events queue up from here on; the snapshot is taken after this point and
+            # handled first on the (single, ordered) status thread.
+            self._submit("status", self._reconcile, channel, None)
+            channel.basic_qos(
+                prefetch_count=self.settings.monitor_prefetch,
+                callback=lambda _f: self._consume_feed(channel, queue),
+            )
+
+        channel.queue_declare(
+            "", exclusive=True, auto_delete=True, arguments=args, callback=declared
+        )
+
+    def _consume_feed(self, channel: Channel, queue: str) -> None:
+        if not self.stopping:
+            self._feed_tag = channel.basic_consume(queue, self._on_connection_event)
+
+    # -- dispatching to the worker threads -----------------------------------------
+    def _submit(
+        self,
+        feed: str,
+        work: Callable[[], Any] | Callable[..., Any],
+        channel: Channel | None,
+        tag: int | None,
+        *args: Any,
+    ) -> None:
+        pool = self._status_pool if feed == "status" else self._alerts_pool
+        self._pending[feed] += 1
+        PENDING.labels(feed).set(self._pending[feed])
+        future = pool.submit(work, *args)
+        future.add_done_callback(
+            lambda f: self.call_soon(lambda: self._done(feed, f, channel, tag))
+        )
+
+    def _done(self, feed: str, future: Future, channel: Channel | None, tag: int | None) -> None:
+        self._pending[feed] -= 1
+        PENDING.labels(feed).set(self._pending[feed])
+        try:
+            events = future.result()
+        except Exception as exc:  # only while stopping (see _retrying); never ack then
+            log.warning("handling failed", extra={"feed": feed, "error": repr(exc)})
+            return
+        for routing_key, event in events or ():
+            if self.publisher.publish(routing_key, event):
+                if event["kind"] == "status":
+                    STATUS_EVENTS.labels(str(event["online"]).lower()).inc()
+                else:
+                    ALERT_EVENTS.labels(event["state"]).inc()
+            else:
+                DROPPED.inc()
+        if tag is not None and channel is not None and channel.is_open:
+            # One ordered worker per feed: every earlier delivery is already handled.
+            channel.basic_ack(tag, multiple=True)
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run ``call`` until it succeeds (database down: capped backoff)."""
+        backoff = Backoff(base=0.1, cap=self.settings.db_backoff_max_s)
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if self.stopping and time.monotonic() > self._drain_deadline:
+                    raise
+                delay = backoff.next()
+                log.warning(f"{what} failed", extra={"error": repr(exc), "retry_s": delay})
+                self._stop_event.wait(delay)
+
+    # -- status feed (status thread) -------------------------------------------------
+    def _on_connection_event(
+        self, channel: Channel, method: Basic.Deliver, props: BasicProperties, _body: bytes
+    ) -> None:
+        headers = props.headers or {}
+        self._submit(
+            "status",
+            self._connection_event,
+            channel,
+            method.delivery_tag,
+            method.routing_key,
+            headers,
+        )
+
+    def _connection_event(
+        self, kind: str, headers: dict[str, Any]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        key = (_header(headers, "node") or "", _header(headers, "name") or "")
+        at = _event_time(headers)
+        now = time.monotonic()
+        if kind == CREATED:
+            if _header(headers, "vhost") != self.vhost:
+                return []
+            device = device_of(_header(headers, "user") or "", self.vhost)
+            tenant = self._tenant_of(device)
+            if tenant is None:
+                IGNORED.inc()
+                return []
+            came_online = self.tracker.opened(key, device, now)
+            return self._status_changed(device, tenant, True, at, only_seen=not came_online)
+        if kind == CLOSED:
+            went = self.tracker.closed(key, now)
+            if went is None:
+                return []
+            tenant = self._tenant_of(went)
+            return self._status_changed(went, tenant, False, at) if tenant else []
+        return []
+
+    def _status_changed(
+        self, device: str, tenant: str, online: bool, at: datetime, only_seen: bool = False
+    ) -> list[tuple[str, dict[str, Any]]]:
+        ONLINE.set(len(self.tracker.online))
+        change = {"last_seen": at} if only_seen else {"online": online, "last_seen": at}
+        self._retrying(
+            "device status update",
+            lambda: self.db[store.DEVICES].update_one({"_id": device}, {"$set": change}),
+        )
+        if only_seen:
+            return []
+        return [(f"status.{tenant}.{device}", status_event(tenant, device, online, at))]
+
+    def _tenant_of(self, device: str) -> str | None:
+        """The device's tenant, None if it is not a registered device (cached)."""
+        if not device:
+            return None
+        if device in self._registry:
+            return self._registry[device]
+        found = self._retrying("device lookup", lambda: store.find_devices(self.db, [device])).get(
+            device
+        )
+        tenant = found.tenant if found is not None else None
+        self._registry[device] = tenant
+        return tenant
+
+    def _reconcile_periodically(self) -> None:
+        if self.stopping:
+            return
+        if self.feed.ready:
+            self._submit("status", self._reconcile, None, None)
+        self.ioloop.call_later(self.settings.monitor_reconcile_s, self._reconcile_periodically)
+
+    def _reconcile(self) -> list[tuple[str, dict[str, Any]]]:
+        """Compare with the management API's open connections (status thread)."""
+        try:
+            listing = management.call(
+                self.settings.rabbitmq_mgmt_url,
+                "GET",
+                f"vhosts/{urllib.parse.quote(self.vhost, safe='')}/connections"
+                "?columns=name,node,user",
+            )
+        except Exception as exc:
+            log.warning(
+                "management API unavailable; status not reconciled", extra={"error": repr(exc)}
+            )
+            return []
+        listed: dict[tuple[str, str], str] = {}
+        for conn in listing or []:
+            device = device_of(conn.get("user") or "", self.vhost)
+            if self._tenant_of(device) is not None:
+                listed[(conn.get("node") or "", conn.get("name") or "")] = device
+        online, offline = self.tracker.reconcile(listed, time.monotonic())
+        if self._first_snapshot:
+            # Devices the database still shows online from before this process.
+            self._first_snapshot = False
+            stale = self._retrying(
+                "device status read",
+                lambda: [
+                    d["_id"] for d in self.db[store.DEVICES].find({"online": True}, {"_id": 1})
+                ],
+            )
+            offline |= set(stale) - self.tracker.online
+        now = datetime.now(UTC)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for device, is_online in [(d, True) for d in online] + [(d, False) for d in offline]:
+            tenant = self._tenant_of(device)
+            if tenant is not None:
+                out += self._status_changed(device, tenant, is_online, now)
+        ONLINE.set(len(self.tracker.online))
+        return out
+
+    # -- alerts feed (alerts thread) ---------------------------------------------------
+    def _on_telemetry(
+        self, channel: Channel, method: Basic.Deliver, _props: BasicProperties, body: bytes
+    ) -> None:
+        self._submit("alerts", self._evaluate, channel, method.delivery_tag, body)
+
+    def _evaluate(self, body: bytes) -> list[tuple[str, dict[str, Any]]]:
+        if self.engine is None:
+            self.engine = alerts.AlertEngine(
+                self._retrying("alert state read", lambda: alerts.load_firing(self.db))
+            )
+        try:
+            event = orjson.loads(body)
+            tenant, device = event["tenant"], event["device"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignoring a malformed telemetry event", extra={"body": body[:200]})
+            return []
+        EVALUATED.inc()
+        fired = self.engine.on_event(self.rules.rules(tenant), event)
+        for alert in fired:
+            self._retrying("alert state write", lambda a=alert: alerts.save_state(self.db, a))
+        return [(alerts.alert_key(tenant, device), alert) for alert in fired]
+
+    # -- gauges and stopping -----------------------------------------------------------
+    def _tick_backlog(self) -> None:
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            channel.queue_declare(
+                TELEMETRY_QUEUE,
+                passive=True,
+                callback=lambda f: BACKLOG.set(f.method.message_count),
+            )
+        if not self.stopping:
+            self.ioloop.call_later(BACKLOG_INTERVAL_S, self._tick_backlog)
+
+    def begin_stop(self) -> None:
+        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        if self._channel is not None and self._channel.is_open and self._consumer_tag:
+            self._channel.basic_cancel(self._consumer_tag)
+        feed = self.feed.channel
+        if feed is not None and feed.is_open and self._feed_tag:
+            feed.basic_cancel(self._feed_tag)
+        self._finish_drain()
+
+    def _finish_drain(self) -> None:
+        idle = not any(self._pending.values())
+        if idle or time.monotonic() > self._drain_deadline:
+            self._stop_event.set()
+            self._status_pool.shutdown(wait=False, cancel_futures=True)
+            self._alerts_pool.shutdown(wait=False, cancel_futures=True)
+            self.publisher.close()
+            self.feed.close()
+            self.close()
+        else:
+            self.ioloop.call_later(0.02, self._finish_drain)
+
+
+def run(settings: Settings) -> None:
+    """``fairway monitor``: serve until SIGTERM, then drain."""
+    db = store.connect(settings)
+    store.ensure_indexes(db)
+    service = Monitor(settings, db)
+    service.install_signal_handlers()
+    metrics.serve(settings.metrics_port)
+    service.run()
