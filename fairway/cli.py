@@ -151,19 +151,36 @@ def user() -> None:
     show_default=True,
 )
 @click.option("--tenant", "tenant_id", default=None, help="Required unless --role operator.")
+@click.option("--if-missing", is_flag=True, help="Succeed without change if the user exists.")
 @click.password_option(envvar="FAIRWAY_NEW_USER_PASSWORD", help="Prompted when not given.")
 @click.pass_obj
 def user_create(
-    settings: Settings, user_id: str, role: str, tenant_id: str | None, password: str
+    settings: Settings,
+    user_id: str,
+    role: str,
+    tenant_id: str | None,
+    if_missing: bool,
+    password: str,
 ) -> None:
-    """Create USER_ID (its live-notification exchange is bound on first sync)."""
-    from fairway import accounts
+    """Create USER_ID and bind its live-notification exchange."""
+    from fairway import accounts, permissions
 
+    db = store.connect(settings)
     try:
-        created = accounts.create_user(store.connect(settings), user_id, password, role, tenant_id)
-    except (ValueError, LookupError, store.AlreadyExists) as exc:
+        created = accounts.create_user(db, user_id, password, role, tenant_id)
+    except store.AlreadyExists as exc:
+        if not if_missing:
+            _fail(str(exc))
+        _emit({"user": user_id, "created": False})
+        return
+    except (ValueError, LookupError) as exc:
         _fail(str(exc).strip("'\""))
-    _emit({"user": created.id, "role": created.role, "tenant": created.tenant})
+    connection = pika.BlockingConnection(parameters(settings, "fairway-cli"))
+    try:
+        permissions.sync_bindings(db, connection.channel(), user_id)
+    finally:
+        connection.close()
+    _emit({"user": created.id, "role": created.role, "tenant": created.tenant, "created": True})
 
 
 @user.command("list")
@@ -317,9 +334,15 @@ def ensure_simulated(settings: Settings, by_tenant: dict[str, list[str]]) -> Non
 
 @main.command("demo")
 @click.option("--duration", default=10.0, show_default=True)
+@click.option("--serve", is_flag=True, help="Run every process and the dashboard until Ctrl-C.")
+@click.option("--password", envvar="FAIRWAY_DEMO_PASSWORD", default="fairway-demo-password")
+@click.option("--rate", default=20.0, show_default=True, help="Readings per second (--serve).")
 @click.pass_obj
-def demo(settings: Settings, duration: float) -> None:
+def demo(settings: Settings, duration: float, serve: bool, password: str, rate: float) -> None:
     """Start a relay and a scheduler, simulate devices, and show readings landing."""
-    from fairway.demo import run_demo
+    from fairway.demo import run_demo, serve_demo
 
-    run_demo(settings, duration)
+    if serve:
+        serve_demo(settings, password, rate)
+    else:
+        run_demo(settings, duration)

@@ -51,5 +51,38 @@ def run_demo(settings: Settings, duration: float) -> None:
         click.echo(f"  {doc['_id']}  {doc['ts']:%H:%M:%S.%f}  {doc['values']}")
 
 
+SERVED_ROLES = ("relay", "scheduler", "monitor", "archiver", "gateway", "web")
+DEMO_USERS = (("demo-admin", "admin", "sim01"), ("demo-viewer", "viewer", "sim01"))
+
+
+def serve_demo(settings: Settings, password: str, rate: float) -> None:
+    """Run every process and a gentle simulator until Ctrl-C; print where to log in."""
+    from fairway import accounts
+
+    by_tenant = {t: simulator.device_ids(t, 5) for t in simulator.tenant_ids(3)}
+    ensure_simulated(settings, by_tenant)
+    db = store.connect(settings)
+    for user_id, role, tenant in DEMO_USERS:
+        if accounts.get_user(db, user_id) is None:
+            accounts.create_user(db, user_id, password, role, tenant)
+    logs = Path(".services/logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    children = [processes.start([r], settings, logs / f"demo-{r}.log") for r in SERVED_ROLES]
+    simulate = ["simulate", "--no-provision", "--rate", str(rate), "--duration", "86400"]
+    children.append(processes.start(simulate, settings, logs / "demo-simulate.log"))
+    url = f"http://{settings.web_host}:{settings.web_port}/"
+    click.echo(f"dashboard: {url}  (users demo-admin and demo-viewer, password {password!r})")
+    click.echo(f"process logs: {logs}/demo-*.log; Ctrl-C stops everything", err=True)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+        click.echo("a demo process exited; see its log", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in reversed(children):
+            processes.stop(child)
+
+
 def _counts(db, by_tenant: dict[str, list[str]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return {t: db[store.TELEMETRY].count_documents({"tenant": t}) for t in by_tenant}

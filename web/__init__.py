@@ -9,6 +9,7 @@ from flask import Flask
 from fairway.settings import Settings
 from web import (
     api_devices,
+    api_rules,
     api_tenants,
     api_users,
     auth,
@@ -38,5 +39,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_tenants.bp)
     app.register_blueprint(api_devices.bp)
     app.register_blueprint(api_users.bp)
+    app.register_blueprint(api_rules.bp)
     app.register_blueprint(pages.bp)
     return app

@@ -11,13 +11,13 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from fairway import accounts, store
+from fairway import accounts, permissions, store
 from web.api_devices import visible_device
 from web.auth import current_user, json_body, login_required, roles_required, tenant_scope
+from web.broker import get_channel
 from web.database import get_db
 from web.errors import ApiError
 from web.params import iso
-from web.permissions import sync_bindings
 
 bp = Blueprint("users", __name__, url_prefix="/api")
 MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
@@ -73,7 +73,7 @@ def create_user() -> tuple[dict[str, Any], int]:
         raise ApiError(400, "bad_parameter", str(exc).strip("'\"")) from None
     except store.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
-    sync_bindings(db, user_id)
+    permissions.sync_bindings(db, get_channel(), user_id)
     return _user_json(accounts.user_document(db, user_id) or {}), 201
 
 
@@ -103,7 +103,7 @@ def update_user(user_id: str) -> dict[str, Any]:
     accounts.update_user(db, user_id, **changes)
     if changes.get("enabled") is False:
         accounts.revoke_api_tokens(db, user_id)
-    sync_bindings(db, user_id)
+    permissions.sync_bindings(db, get_channel(), user_id)
     return _user_json(accounts.user_document(db, user_id) or {})
 
 
@@ -126,7 +126,7 @@ def _set_subscription(device_id: str, follow: bool) -> dict[str, Any]:
     if len(subscriptions) > limit:
         raise ApiError(400, "too_many_subscriptions", f"at most {limit} devices can be followed")
     accounts.update_user(db, user.id, subscriptions=sorted(subscriptions))
-    bindings = sync_bindings(db, user.id)
+    bindings = permissions.sync_bindings(db, get_channel(), user.id)
     return {"subscriptions": sorted(subscriptions), "bindings": bindings}
 
 

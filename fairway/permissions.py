@@ -13,17 +13,15 @@ from __future__ import annotations
 from pymongo.database import Database
 
 from fairway import accounts, notify
-from web.broker import get_channel
 
 
-def sync_bindings(db: Database, user_id: str) -> list[str]:
+def sync_bindings(db: Database, channel: notify.Channel, user_id: str) -> list[str]:
     """Bind/unbind ``user.<id>`` to match the stored user; return the keys now bound."""
     doc = db[accounts.USERS].find_one({"_id": user_id})
     if doc is None:
         raise LookupError(f"unknown user {user_id!r}")
     bound = set(doc.get("bindings", []))
     maybe = bound | set(doc.get("bindings_pending", []))
-    channel = get_channel()
     if not doc.get("enabled", True):
         notify.remove_user(channel, user_id)
         _record(db, user_id, set(), set())

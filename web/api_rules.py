@@ -1,0 +1,74 @@
+"""``/api/rules``: threshold alert rules of a tenant (admins write, everyone reads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+
+from fairway import accounts, alerts
+from web.api_devices import visible_device
+from web.auth import json_body, login_required, roles_required, tenant_scope
+from web.database import get_db
+from web.errors import ApiError
+from web.params import iso
+
+bp = Blueprint("rules", __name__, url_prefix="/api/rules")
+
+
+def _rule_json(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in doc.items() if k != "_id"}
+    out["rule"] = doc["_id"]
+    out["created"] = iso(doc.get("created"))
+    return out
+
+
+@bp.get("")
+@login_required
+def list_rules() -> dict[str, Any]:
+    """The tenant's rules (operators: ``?tenant=``)."""
+    tenant = tenant_scope(request.args.get("tenant"))
+    if tenant is None:
+        raise ApiError(400, "bad_parameter", "operators must name the tenant")
+    return {"rules": [_rule_json(r) for r in alerts.list_rules(get_db(), tenant)]}
+
+
+@bp.post("")
+@roles_required(accounts.OPERATOR, accounts.ADMIN)
+def create_rule() -> tuple[dict[str, Any], int]:
+    """``{"metric", "op", "threshold", "hysteresis"?, "device"?, "tenant"?}``."""
+    body = json_body()
+    tenant = tenant_scope(body.get("tenant"))
+    device = body.get("device")
+    if device is not None:
+        doc = visible_device(str(device))
+        tenant = tenant or doc["tenant"]
+        if doc["tenant"] != tenant:
+            raise ApiError(404, "not_found", f"no device {device!r}")
+    if tenant is None:
+        raise ApiError(400, "bad_parameter", "operators must name the tenant or a device")
+    try:
+        rule = alerts.create_rule(
+            get_db(),
+            tenant,
+            device,
+            body.get("metric"),
+            body.get("op"),
+            body.get("threshold"),
+            body.get("hysteresis", 0.0),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    return _rule_json(rule), 201
+
+
+@bp.delete("/<rule_id>")
+@roles_required(accounts.OPERATOR, accounts.ADMIN)
+def delete_rule(rule_id: str) -> dict[str, str]:
+    """Delete a rule of the caller's tenant."""
+    db = get_db()
+    doc = db[alerts.RULES].find_one({"_id": rule_id}, {"tenant": 1})
+    tenant = tenant_scope(doc["tenant"] if doc else None) if doc else None
+    if doc is None or tenant is None or not alerts.delete_rule(db, tenant, rule_id):
+        raise ApiError(404, "not_found", f"no rule {rule_id!r}")
+    return {"deleted": rule_id}

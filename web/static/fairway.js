@@ -1,0 +1,278 @@
+/* Fairway pages: JSON API calls with the CSRF token, and the live feed over SSE. */
+(function () {
+  "use strict";
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const $ = (sel) => document.querySelector(sel);
+
+  async function api(method, path, body) {
+    const response = await fetch(path, {
+      method,
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const data = response.status === 204 ? {} : await response.json();
+    if (!response.ok) throw new Error(data.message || response.statusText);
+    return data;
+  }
+
+  function cell(row, text, cls) {
+    const td = row.insertCell();
+    td.textContent = text === null || text === undefined ? "–" : String(text);
+    if (cls) td.className = cls;
+    return td;
+  }
+
+  function formatValues(values) {
+    return Object.entries(values || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+  }
+
+  /* The live feed: a short-lived token from the web app, then EventSource on the
+     gateway. On any error the page fetches a new token and reconnects by itself. */
+  function live(onEvent) {
+    const badge = $("#live");
+    let source = null;
+    let delay = 500;
+    async function connect() {
+      try {
+        const { token, url } = await api("GET", "/api/push-token");
+        source = new EventSource(`${url}/events?token=${encodeURIComponent(token)}`);
+        const handle = (message) => {
+          try { onEvent(JSON.parse(message.data)); } catch (e) { console.error(e); }
+        };
+        source.onmessage = handle;
+        for (const kind of ["telemetry", "status", "alert", "job"]) source.addEventListener(kind, handle);
+        source.onopen = () => { delay = 500; if (badge) badge.className = "live on"; };
+        source.onerror = () => {
+          if (badge) badge.className = "live off";
+          source.close();
+          setTimeout(connect, delay);
+          delay = Math.min(delay * 2, 10000);
+        };
+      } catch (e) {
+        if (badge) badge.className = "live off";
+        setTimeout(connect, delay);
+        delay = Math.min(delay * 2, 10000);
+      }
+    }
+    connect();
+  }
+
+  async function dashboard() {
+    const body = $("#devices tbody");
+    const rows = {};
+    const { devices } = await api("GET", "/api/devices");
+    for (const d of devices) {
+      const row = body.insertRow();
+      row.id = `device-${d.device}`;
+      const link = document.createElement("a");
+      link.href = `/devices/${encodeURIComponent(d.device)}`;
+      link.textContent = d.device;
+      row.insertCell().appendChild(link);
+      cell(row, d.tenant);
+      cell(row, d.online ? "online" : "offline", d.online ? "online" : "offline");
+      cell(row, d.last_seen);
+      cell(row, "", "values");
+      rows[d.device] = row;
+      api("GET", `/api/devices/${encodeURIComponent(d.device)}/telemetry?limit=1`).then((h) => {
+        if (h.readings.length) row.cells[4].textContent = formatValues(h.readings[0].values);
+      });
+    }
+    live((event) => {
+      const row = rows[event.device];
+      if (!row) return;
+      if (event.kind === "telemetry") row.cells[4].textContent = formatValues(event.values);
+      if (event.kind === "status") {
+        row.cells[2].textContent = event.online ? "online" : "offline";
+        row.cells[2].className = event.online ? "online" : "offline";
+        row.cells[3].textContent = event.at;
+      }
+    });
+  }
+
+  async function devicePage(device) {
+    const base = `/api/devices/${encodeURIComponent(device)}`;
+    const info = await api("GET", base);
+    const state = $("#state");
+    state.textContent = info.online ? "online" : "offline";
+    state.className = `pill ${info.online ? "online" : "offline"}`;
+    const me = await api("GET", "/api/me");
+    const follow = $("#follow");
+    if (me.role === "viewer") {
+      const following = () => me.subscriptions.includes(device);
+      const label = () => { follow.textContent = following() ? "Stop following" : "Follow live"; };
+      label();
+      follow.hidden = false;
+      follow.onclick = async () => {
+        const r = await api(following() ? "DELETE" : "PUT", `/api/subscriptions/${encodeURIComponent(device)}`);
+        me.subscriptions = r.subscriptions;
+        label();
+      };
+    }
+    const history = await api("GET", `${base}/telemetry?limit=200`);
+    const readings = history.readings.slice().reverse();
+    const metrics = [...new Set(readings.flatMap((r) => Object.keys(r.values)
+      .filter((k) => typeof r.values[k] === "number")))];
+    const data = [readings.map((r) => Date.parse(r.ts) / 1000)];
+    for (const m of metrics) data.push(readings.map((r) => r.values[m] ?? null));
+    const chartBox = $("#chart");
+    const palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
+    let chart = null;
+    function draw() {
+      if (chart) chart.destroy();
+      chart = new uPlot({
+        width: chartBox.clientWidth || 800, height: 320,
+        series: [{}, ...metrics.map((m, i) => ({ label: m, stroke: palette[i % palette.length] }))],
+        axes: [{}, {}],
+      }, data, chartBox);
+      chartBox.dataset.points = String(data[0].length);
+    }
+    draw();
+    const table = $("#history tbody");
+    function addRow(r, atTop) {
+      const row = table.insertRow(atTop ? 0 : -1);
+      cell(row, r.ts); cell(row, r.stream); cell(row, formatValues(r.values));
+    }
+    history.readings.forEach((r) => addRow(r, false));
+    let cursor = history.next_cursor;
+    const more = $("#more");
+    more.hidden = !cursor;
+    more.onclick = async () => {
+      const page = await api("GET", `${base}/telemetry?limit=200&cursor=${encodeURIComponent(cursor)}`);
+      page.readings.forEach((r) => addRow(r, false));
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+    };
+    if (readings.length) $("#latest").textContent = formatValues(readings[readings.length - 1].values);
+    live((event) => {
+      if (event.device !== device) return;
+      if (event.kind === "status") {
+        state.textContent = event.online ? "online" : "offline";
+        state.className = `pill ${event.online ? "online" : "offline"}`;
+      }
+      if (event.kind !== "telemetry") return;
+      $("#latest").textContent = formatValues(event.values);
+      addRow({ ts: event.ts, stream: event.stream, values: event.values }, true);
+      let grew = false;
+      for (const [k, v] of Object.entries(event.values)) {
+        if (typeof v === "number" && !metrics.includes(k)) {
+          metrics.push(k); data.push(data[0].map(() => null)); grew = true;
+        }
+      }
+      data[0].push(Date.parse(event.ts) / 1000);
+      metrics.forEach((m, i) => data[i + 1].push(event.values[m] ?? null));
+      if (grew) draw(); else { chart.setData(data); chartBox.dataset.points = String(data[0].length); }
+    });
+  }
+
+  async function alertsPage(tenant) {
+    const feed = $("#feed");
+    const table = $("#rules tbody");
+    const query = tenant ? "" : `?tenant=${encodeURIComponent(prompt("Tenant?") || "")}`;
+    async function loadRules() {
+      table.innerHTML = "";
+      const { rules } = await api("GET", `/api/rules${query}`);
+      for (const r of rules) {
+        const row = table.insertRow();
+        cell(row, r.device || "all devices");
+        cell(row, `${r.metric} ${r.op} ${r.threshold}`);
+        cell(row, r.hysteresis);
+        const del = document.createElement("button");
+        del.textContent = "Delete";
+        del.onclick = async () => { await api("DELETE", `/api/rules/${r.rule}`); loadRules(); };
+        row.insertCell().appendChild(del);
+      }
+    }
+    loadRules().catch((e) => { feed.textContent = e.message; });
+    const form = $("#new-rule");
+    if (form) form.onsubmit = async (e) => {
+      e.preventDefault();
+      const f = new FormData(form);
+      const body = { metric: f.get("metric"), op: f.get("op"), threshold: Number(f.get("threshold")),
+                     hysteresis: Number(f.get("hysteresis") || 0) };
+      if (f.get("device")) body.device = f.get("device");
+      if (f.get("tenant")) body.tenant = f.get("tenant");
+      const error = $("#rule-error");
+      try { await api("POST", "/api/rules", body); error.hidden = true; form.reset(); loadRules(); }
+      catch (err) { error.textContent = err.message; error.hidden = false; }
+    };
+    live((event) => {
+      if (event.kind !== "alert") return;
+      if (feed.querySelector(".muted")) feed.innerHTML = "";
+      const li = document.createElement("li");
+      li.className = event.state;
+      li.textContent = `${event.at} ${event.device}: ${event.metric} ${event.op} ${event.threshold}` +
+        ` (value ${event.value}) ${event.state}`;
+      feed.prepend(li);
+    });
+  }
+
+  async function rejectionsPage() {
+    const select = $("#device");
+    const { devices } = await api("GET", "/api/devices");
+    for (const d of devices) select.add(new Option(d.device, d.device));
+    const body = $("#rejections tbody");
+    async function show() {
+      body.innerHTML = "";
+      if (!select.value) return;
+      const { rejections } = await api("GET", `/api/devices/${encodeURIComponent(select.value)}/rejections?limit=200`);
+      for (const r of rejections) {
+        const row = body.insertRow();
+        cell(row, r.at); cell(row, r.reason); cell(row, r.detail); cell(row, r.routing_key);
+      }
+    }
+    $("#pick").onsubmit = (e) => { e.preventDefault(); show(); };
+    show();
+  }
+
+  async function reportsPage() {
+    const select = $("#report-device");
+    const { devices } = await api("GET", "/api/devices");
+    for (const d of devices) select.add(new Option(d.device, d.device));
+    const body = $("#jobs tbody");
+    const rows = {};
+    function showJob(job, kind) {
+      let row = rows[job.job];
+      if (!row) {
+        row = body.insertRow(0);
+        for (let i = 0; i < 5; i++) row.insertCell();
+        rows[job.job] = row;
+        row.cells[0].textContent = job.job;
+        row.cells[1].textContent = kind || job.kind || "";
+      }
+      row.cells[2].textContent = job.state || "";
+      const p = job.progress;
+      row.cells[3].textContent = p && p.total ? `${Math.round((100 * p.done) / p.total)} %` : "";
+      if (job.state === "SUCCESS") {
+        row.cells[4].innerHTML = "";
+        const a = document.createElement("a");
+        a.href = job.download || job.url || `/api/jobs/${job.job}`;
+        a.textContent = job.download ? "download" : "result";
+        row.cells[4].appendChild(a);
+      } else if (job.error) {
+        row.cells[4].textContent = job.error;
+      }
+    }
+    async function poll(id, kind) {
+      const job = await api("GET", `/api/jobs/${id}`);
+      showJob({ ...job, job: id }, kind);
+      if (!["SUCCESS", "FAILURE", "REVOKED"].includes(job.state)) setTimeout(() => poll(id, kind), 1000);
+    }
+    $("#new-report").onsubmit = async (e) => {
+      e.preventDefault();
+      const f = new FormData(e.target);
+      const body = { from: new Date(f.get("from")).toISOString(), to: new Date(f.get("to")).toISOString(),
+                     bucket: Number(f.get("bucket")) };
+      if (f.get("device")) body.device = f.get("device");
+      const error = $("#report-error");
+      try {
+        const job = await api("POST", `/api/${f.get("kind")}`, body);
+        error.hidden = true;
+        poll(job.job, f.get("kind"));
+      } catch (err) { error.textContent = err.message; error.hidden = false; }
+    };
+    live((event) => { if (event.kind === "job") poll(event.job); });
+  }
+
+  window.Fairway = { api, live, dashboard, devicePage, alertsPage, rejectionsPage, reportsPage };
+})();
