@@ -1,0 +1,199 @@
+"""docker-compose.yml checked by compose-go, the loader of `docker compose` itself.
+
+This machine has the Docker client but no Compose plugin, so `deploy/compose-check` (a
+few lines of Go around github.com/compose-spec/compose-go/v2) is built from the Go module
+proxy and does what `docker compose config` does: schema, interpolation, references,
+dependency cycles, profiles. It prints the resolved project, which the tests inspect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.tools import ROOT, run
+
+CHECKER_SRC = ROOT / "deploy" / "compose-check"
+INFRA = {"rabbitmq", "mongodb"}
+ONE_SHOT = {"declare", "bootstrap"}
+
+
+def _go() -> str:
+    found = shutil.which("go") or next(
+        (
+            p
+            for p in ("/usr/local/go/bin/go", os.path.expanduser("~/sdk/go/bin/go"))
+            if Path(p).exists()
+        ),
+        None,
+    )
+    assert found, "Go is needed to build deploy/compose-check (scripts/services.sh needs it too)"
+    return found
+
+
+@pytest.fixture(scope="module")
+def compose_check(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    binary = tmp_path_factory.mktemp("bin") / "compose-check"
+    result = run(
+        [_go(), "build", "-o", str(binary), "."],
+        cwd=CHECKER_SRC,
+        timeout=600,
+        GOFLAGS="-buildvcs=false -mod=mod",
+        GOTOOLCHAIN="local",
+        CGO_ENABLED="0",
+    )
+    assert result.returncode == 0, result.stderr
+    return binary
+
+
+def _filled_env(tmp_path: Path) -> Path:
+    """.env.example with every empty secret given a value, as an operator would."""
+    text = (ROOT / ".env.example").read_text()
+    filled = re.sub(r"^(FAIRWAY_\w+)=$", r"\1=Test_value-0123456789", text, flags=re.M)
+    path = tmp_path / "test.env"
+    path.write_text(filled)
+    return path
+
+
+def _load(compose_check: Path, env_file: Path, *profiles: str) -> dict[str, Any]:
+    args = [str(compose_check), "-env-file", str(env_file)]
+    for profile in profiles:
+        args += ["-profile", profile]
+    result = run([*args, str(ROOT / "docker-compose.yml")], cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def project(compose_check: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _load(compose_check, _filled_env(tmp_path_factory.mktemp("env")), "demo")
+
+
+def test_the_checker_refuses_an_invalid_file(compose_check: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yml"
+    broken.write_text(
+        "services:\n  a:\n    image: x\n    depends_on:\n      b:\n"
+        "        condition: service_healthy\n"
+    )
+    result = run([str(compose_check), str(broken)], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "undefined service" in result.stderr
+
+
+def test_missing_secrets_stop_compose(compose_check: Path) -> None:
+    result = run(
+        [
+            str(compose_check),
+            "-env-file",
+            str(ROOT / ".env.example"),
+            str(ROOT / "docker-compose.yml"),
+        ],
+        cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert "FAIRWAY_SECRET_KEY" in result.stderr
+
+
+def test_every_process_of_the_system_is_there(project: dict[str, Any]) -> None:
+    commands = {name: " ".join(s.get("command") or []) for name, s in project["services"].items()}
+    for expected in (
+        "fairway web",
+        "fairway gateway",
+        "fairway relay",
+        "fairway scheduler",
+        "fairway monitor",
+        "fairway archiver",
+        "fairway declare",
+        "fairway simulate",
+        "celery -A tasks worker -Q cpu",
+        "celery -A tasks worker -Q maintenance",
+        "celery -A tasks beat",
+    ):
+        assert any(c.startswith(expected) for c in commands.values()), expected
+    assert project["services"]["relay"]["deploy"]["replicas"] == 2
+    assert project["services"]["rabbitmq"]["image"].startswith("rabbitmq:")
+    assert project["services"]["mongodb"]["image"].startswith("mongo:")
+
+
+def test_start_order_follows_health(project: dict[str, Any]) -> None:
+    services = project["services"]
+    assert {n: d["condition"] for n, d in services["declare"]["depends_on"].items()} == {
+        "rabbitmq": "service_healthy",
+        "mongodb": "service_healthy",
+    }
+    for name, service in services.items():
+        if name in INFRA or name == "declare":
+            continue
+        assert service["depends_on"]["declare"]["condition"] == "service_completed_successfully", (
+            name
+        )
+        for dependency, spec in service["depends_on"].items():
+            if dependency != "declare":
+                assert spec["condition"] == "service_healthy", (name, dependency)
+                assert "healthcheck" in services[dependency], dependency
+
+
+def test_long_running_services_have_healthchecks_and_restart(project: dict[str, Any]) -> None:
+    for name, service in project["services"].items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        if name not in {"beat", "simulator"}:  # nothing waits on these two
+            assert service["healthcheck"]["test"], name
+
+
+def test_simulator_only_in_the_demo_profile(compose_check: Path, tmp_path: Path) -> None:
+    without = _load(compose_check, _filled_env(tmp_path))
+    assert "simulator" not in without["services"]
+
+
+def test_state_lives_in_named_volumes(project: dict[str, Any]) -> None:
+    assert {"rabbitmq-data", "mongodb-data", "beat-data"} <= set(project["volumes"])
+    mounts = {
+        (name, v["target"]): v["type"]
+        for name, s in project["services"].items()
+        for v in s.get("volumes", [])
+    }
+    assert mounts[("rabbitmq", "/var/lib/rabbitmq")] == "volume"
+    assert mounts[("mongodb", "/data/db")] == "volume"
+
+
+def test_rabbitmq_definitions_hold_the_service_accounts(project: dict[str, Any]) -> None:
+    definitions = json.loads(project["configs"]["rabbitmq-definitions"]["content"])
+    users = {u["name"]: u for u in definitions["users"]}
+    assert set(users) == {"fairway", "fairway-web", "admin"}
+    assert all(u["password"] == "Test_value-0123456789" for u in users.values())
+    assert {(p["user"], p["vhost"]) for p in definitions["permissions"]} == {
+        (name, "fairway") for name in users
+    }
+    for config in ("rabbitmq-conf", "rabbitmq-plugins"):
+        assert Path(project["configs"][config]["file"]).is_file()
+
+
+def _conf(text: str) -> dict[str, str]:
+    pairs = (
+        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
+    )
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_rabbitmq_configuration_mirrors_the_local_node() -> None:
+    compose = _conf((ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text())
+    script = (ROOT / "scripts/services.sh").read_text()
+    heredoc = script.split('cat >"$RABBITMQ_CONFIG_FILE" <<EOF', 1)[1].split("\nEOF", 1)[0]
+    local = _conf(heredoc)
+    same = [k for k in local if k.startswith(("auth_", "mqtt.exchange", "mqtt.allow_anonymous"))]
+    assert len(same) >= 10
+    for key in same:
+        expected = local[key].replace("$WEB_AUTH_URL", "http://web:8080/broker")
+        assert compose.get(key) == expected, key
+    plugins = re.search(r'RABBIT_PLUGINS="([^"]+)"', script).group(1).split(",")  # type: ignore[union-attr]
+    enabled = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text().strip().strip("[].").split(",")
+    assert sorted(enabled) == sorted(plugins)
