@@ -21,7 +21,15 @@ from typing import Any
 
 from benchmarks.common import OUT, ROOT
 
-BENCHMARKS = ["many_queues", "relay", "noisy_neighbor", "end_to_end", "memory"]
+BENCHMARKS = [
+    "many_queues",
+    "relay",
+    "noisy_neighbor",
+    "end_to_end",
+    "memory",
+    "notify_fanout",
+    "report_offload",
+]
 
 
 def _get(d: Any, *path: str, default: Any = None) -> Any:
@@ -119,12 +127,48 @@ def _rows_memory(d: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _rows_notify(d: dict) -> list[tuple[str, str, str]]:
+    lat, sub = d["latency"], d["subscription_changes"]
+    sessions = d["workload"]["sessions"]
+    return [
+        (f"event -> SSE, {sessions} sessions", f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} ms", ""),
+        ("subscription changes, per-queue rebind", f"{sub['per_queue_rate_per_s']:,.0f}/s", "1.00"),
+        (
+            "subscription changes, e2e binding",
+            f"{sub['e2e_rate_per_s']:,.0f}/s",
+            f"{d['ratios'].get('e2e/per_queue')}",
+        ),
+    ]
+
+
+def _rows_report_offload(d: dict) -> list[tuple[str, str, str]]:
+    lat, n = d["latency"], d["workload"]["readings"]
+    rate = d["single_report"]["readings_per_s"]
+    idle = f"p50 {lat['idle']['p50_ms']} / p99 {lat['idle']['p99_ms']} ms"
+    return [
+        (f"one report, {n:,} readings", f"{rate:,.0f} readings/s", ""),
+        ("GET /api/me idle", idle, "1.00"),
+        (
+            "GET /api/me, 10 reports on workers",
+            f"p50 {lat['offloaded']['p50_ms']} / p99 {lat['offloaded']['p99_ms']} ms",
+            f"{d['ratios'].get('offloaded_p99/idle_p99')}",
+        ),
+        (
+            "GET /api/me, 10 reports in requests",
+            f"p50 {lat['inline']['p50_ms']} / p99 {lat['inline']['p99_ms']} ms",
+            f"{d['ratios'].get('inline_p99/idle_p99')}",
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "many_queues": _rows_many_queues,
     "relay": _rows_relay,
     "noisy_neighbor": _rows_noisy,
     "end_to_end": _rows_e2e,
     "memory": _rows_memory,
+    "notify_fanout": _rows_notify,
+    "report_offload": _rows_report_offload,
 }
 
 

@@ -1,0 +1,585 @@
+"""The push gateway: live events to browsers as Server-Sent Events (``fairway gateway``).
+
+Twisted web server on ``FAIRWAY_GATEWAY_HOST:PORT``:
+
+* ``GET /events?token=<push token>``: one stream per browser tab. The token (signed by
+  the web app, :mod:`fairway.pushtoken`) names the user; the gateway opens an AMQP
+  channel for the session, declares the session queue (exclusive, auto-delete,
+  bounded with ``drop-head``, short TTL; :func:`fairway.notify.session_queue`), binds it
+  to ``user.<id>`` and forwards every delivery as an SSE event named by its kind
+  (``telemetry``, ``status``, ``alert``, ``job``). The first event, ``ready``, says the
+  queue is bound. Nothing is replayed: a reconnecting ``EventSource`` gets a new queue.
+* ``GET /healthz`` (the process answers) and ``GET /readyz`` (503 until connected).
+
+Answers: 401 for a missing, bad or expired token; 403 when ``user.<id>`` does not exist
+(unknown or disabled user, see :func:`fairway.notify.remove_user`); 503 while the
+broker is unreachable or ``FAIRWAY_GATEWAY_MAX_SESSIONS`` streams are open.
+
+Memory stays bounded per session: a channel prefetch of ``FAIRWAY_GATEWAY_PREFETCH``
+deliveries, and, when the client's socket stops draining, at most
+``FAIRWAY_GATEWAY_CLIENT_BUFFER_BYTES`` held for it; past that the client is
+disconnected and counted. Behind the prefetch, the broker keeps at most
+``FAIRWAY_SESSION_QUEUE_MAX_LENGTH`` events per session and drops the oldest.
+
+When the broker connection drops, every stream is closed (browsers reconnect by
+themselves) and the gateway reconnects with capped backoff. SIGTERM closes streams and
+deletes their queues before exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource as rlimit
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pika
+from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
+from pika.exceptions import ChannelClosed
+from prometheus_client import Counter, Gauge
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import STDLibLogObserver, globalLogBeginner
+from twisted.web import resource, server
+from zope.interface import implementer
+
+from fairway import metrics, notify, pushtoken
+from fairway.amqp import Backoff, parameters
+from fairway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SESSIONS = Gauge("fairway_gateway_sessions", "Open event streams")
+DELIVERED = Counter("fairway_gateway_delivered_total", "Events written to browser streams")
+SLOW_DISCONNECTS = Counter(
+    "fairway_gateway_slow_disconnects_total",
+    "Streams dropped because the client fell FAIRWAY_GATEWAY_CLIENT_BUFFER_BYTES behind",
+)
+AUTH_FAILURES = Counter(
+    "fairway_gateway_auth_failures_total",
+    "Stream requests refused for their push token",
+    ["reason"],  # missing, invalid, expired
+)
+REFUSED = Counter(
+    "fairway_gateway_refused_total",
+    "Stream requests with a valid token that were refused",
+    ["reason"],  # no_exchange, unavailable, full
+)
+BUFFERED_BYTES = Gauge(
+    "fairway_gateway_buffered_bytes", "Bytes held for clients whose sockets are not draining"
+)
+REVOKED = Counter(
+    "fairway_gateway_revoked_total", "Streams closed because their user's exchange was deleted"
+)
+AMQP_UP = Gauge("fairway_gateway_amqp_up", "1 while connected to RabbitMQ")
+
+HEARTBEAT = b": heartbeat\n\n"
+RETRY_MS = 2000  # how long EventSource waits before reconnecting
+NOT_FOUND = 404
+KINDS = {k: k.encode() for k in ("telemetry", "status", "alert", "job")}
+
+
+def sse_event(kind: bytes, body: bytes) -> bytes:
+    """One SSE event; a body with line breaks becomes several ``data:`` lines."""
+    lines = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return b"event: " + kind + b"\n" + b"".join(b"data: " + x + b"\n" for x in lines) + b"\n"
+
+
+def event_kind(routing_key: str) -> bytes:
+    """``telemetry.acme.boiler-7`` -> ``telemetry`` (``message`` for an unknown kind)."""
+    return KINDS.get(routing_key.partition(".")[0], b"message")
+
+
+def _json_error(request: server.Request, status: int, code: str, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return orjson.dumps({"error": code, "message": message})
+
+
+@implementer(IPushProducer)
+class Session:
+    """One browser stream and its AMQP channel and queue.
+
+    The session is the HTTP request's push producer: Twisted pauses it when the socket's
+    send buffer is full, and events then wait in a bounded local buffer.
+    """
+
+    def __init__(self, gateway: Gateway, request: server.Request, user: str) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.user = user
+        self.queue = notify.session_queue(gateway.settings, user)
+        self.channel: TwistedChannel | None = None
+        self.closed = False
+        self.client_left = False
+        self.streaming = False
+        self.paused = False
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self._unacked_tag = 0
+
+    # -- setup -------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def open(self, connection: TwistedProtocolConnection) -> Any:
+        """Channel, queue, binding, consumer; then start the stream."""
+        try:
+            self.channel = yield connection.channel()
+            if self.closed:  # the client left while the channel opened
+                self._release_channel()
+                return
+            # Check first: a failed bind would leave the exclusive queue behind.
+            yield self.channel.exchange_declare(exchange=self.queue.exchange, passive=True)
+            yield self.channel.basic_qos(prefetch_count=self.gateway.settings.gateway_prefetch)
+            yield self.channel.queue_declare(**self.queue.declare_kwargs())
+            yield self.channel.queue_bind(
+                queue=self.queue.name, exchange=self.queue.exchange, routing_key=""
+            )
+            consumer, _tag = yield self.channel.basic_consume(queue=self.queue.name)
+        except ChannelClosed as exc:
+            self._refuse_setup(exc)
+            return
+        except Exception as exc:
+            log.warning("session setup failed", extra={"user": self.user, "why": repr(exc)})
+            self._refuse_setup(exc)
+            return
+        if self.closed:
+            self._release_channel()
+            return
+        self.channel.on_closed.addBoth(self._on_channel_closed)
+        self._start_stream()
+        self._consume(consumer)
+
+    def _refuse_setup(self, exc: Exception) -> None:
+        self.gateway.forget(self)
+        if self.closed:
+            self._release_channel()
+            return
+        self.closed = True
+        if isinstance(exc, ChannelClosed) and exc.reply_code == NOT_FOUND:
+            REFUSED.labels("no_exchange").inc()
+            log.info("session refused: no user exchange", extra={"user": self.user})
+            body = _json_error(
+                self.request, 403, "forbidden", "this user has no live notifications"
+            )
+        else:
+            REFUSED.labels("unavailable").inc()
+            self._release_channel()
+            body = _json_error(
+                self.request, 503, "unavailable", "notifications are unavailable, retry"
+            )
+        self.request.write(body)
+        self.request.finish()
+
+    def _start_stream(self) -> None:
+        request = self.request
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")  # no proxy buffering
+        request.registerProducer(self, True)
+        self.streaming = True
+        ready = orjson.dumps({"session": self.queue.name, "user": self.user})
+        request.write(b"retry: %d\n\n" % RETRY_MS + sse_event(b"ready", ready))
+        SESSIONS.inc()
+        log.info("session open", extra={"user": self.user, "queue": self.queue.name})
+
+    # -- delivery ------------------------------------------------------------------
+    def _consume(self, consumer: Any) -> None:
+        """Take deliveries from pika's queue without recursion: drain, ack once, re-arm."""
+
+        def on_message(message: Any) -> None:
+            self._deliver(message)
+            while consumer.pending and not self.closed:
+                self._deliver(consumer.pending.pop(0))
+            self._ack()
+            if not self.closed:
+                consumer.get().addCallbacks(on_message, on_cancelled)
+
+        def on_cancelled(failure: Any) -> None:
+            if not self.closed:
+                log.info("consumer cancelled", extra={"user": self.user, "why": str(failure.value)})
+                self.close()
+
+        consumer.get().addCallbacks(on_message, on_cancelled)
+
+    def _deliver(self, message: Any) -> None:
+        if self.closed:
+            return
+        self._unacked_tag = message.method.delivery_tag
+        self.send(sse_event(event_kind(message.method.routing_key), message.body))
+        DELIVERED.inc()
+
+    def _ack(self) -> None:
+        # The events are now in our bounded buffer or the socket's: settle them in one go.
+        if self._unacked_tag and self.channel is not None and self.channel.is_open:
+            self.channel.basic_ack(self._unacked_tag, multiple=True)
+        self._unacked_tag = 0
+
+    def send(self, data: bytes) -> None:
+        """Write to the client, or hold while its socket is full (bounded: then drop it)."""
+        if self.closed or not self.streaming:
+            return
+        if not self.paused and not self.pending:
+            self.request.write(data)
+            return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        BUFFERED_BYTES.inc(len(data))
+        if self.pending_bytes > self.gateway.settings.gateway_client_buffer_bytes:
+            SLOW_DISCONNECTS.inc()
+            log.warning(
+                "slow client disconnected",
+                extra={
+                    "user": self.user,
+                    "queue": self.queue.name,
+                    "behind_bytes": self.pending_bytes,
+                },
+            )
+            self.close(abort=True)
+
+    # IPushProducer
+    def pauseProducing(self) -> None:
+        """The client's socket is full: hold events in the local buffer."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The socket drained: write what was held, until it fills again."""
+        self.paused = False
+        while self.pending and not self.paused and not self.closed:
+            data = self.pending.popleft()
+            self.pending_bytes -= len(data)
+            BUFFERED_BYTES.dec(len(data))
+            self.request.write(data)
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self.client_left = True
+        self.close(finished=True)
+
+    # -- teardown ------------------------------------------------------------------
+    def client_gone(self, _result: Any) -> None:
+        """The browser disconnected (or the response finished)."""
+        self.client_left = True
+        self.close(finished=True)
+
+    def close(self, finished: bool = False, abort: bool = False) -> None:
+        """End the stream (unless the client already did) and delete the session queue."""
+        if self.closed:
+            return
+        self.closed = True
+        self.gateway.forget(self)
+        BUFFERED_BYTES.dec(self.pending_bytes)
+        self.pending.clear()
+        self.pending_bytes = 0
+        if self.streaming:
+            SESSIONS.dec()
+            log.info("session closed", extra={"user": self.user, "queue": self.queue.name})
+        self._release_channel()
+        if finished or self.client_left:
+            return
+        if self.streaming:
+            self.request.unregisterProducer()
+        if abort:
+            self.request.transport.abortConnection()
+            return
+        if not self.streaming:  # still setting up: the broker went away
+            REFUSED.labels("unavailable").inc()
+            self.request.write(
+                _json_error(
+                    self.request, 503, "unavailable", "notifications are unavailable, retry"
+                )
+            )
+        self.request.finish()
+
+    def _release_channel(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is None or not channel.is_open:
+            return
+        if self.streaming:
+            # Closing the channel cancels the consumer; the auto-delete queue goes with it.
+            channel.close()
+        else:
+            # Set-up failed part way: the queue may exist without ever having had a
+            # consumer, which auto-delete would not remove.
+            channel.queue_delete(queue=self.queue.name).addBoth(lambda _: _close_quietly(channel))
+
+    def _on_channel_closed(self, _reason: Any) -> None:
+        self.channel = None
+        if not self.closed:
+            self.close()
+
+
+def _close_quietly(channel: TwistedChannel) -> None:
+    if channel.is_open:
+        channel.close()
+
+
+class Gateway:
+    """The broker connection (with reconnects) and the open sessions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secret = settings.require_secret()
+        self.connection: TwistedProtocolConnection | None = None
+        self.sessions: set[Session] = set()
+        self.stopping = False
+        self.allowed_origins = _allowed_origins(settings)
+        self._backoff = Backoff()
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._checking = False
+
+    # -- broker connection ---------------------------------------------------------
+    def start(self) -> None:
+        """Connect to RabbitMQ and start the heartbeat."""
+        self._heartbeat.start(self.settings.gateway_heartbeat_s, now=False)
+        self._connect()
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is open."""
+        return self.connection is not None and self.connection.is_open
+
+    def _connect(self) -> None:
+        if self.stopping:
+            return
+        params = parameters(self.settings, "fairway-gateway")
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, params.host, params.port, timeout=10)
+        protocol = TwistedProtocolConnection(params)
+        d = endpoints.connectProtocol(endpoint, protocol)
+        d.addCallback(lambda _p: protocol.ready)
+        d.addCallbacks(lambda _: self._on_open(protocol), self._on_connect_failed)
+
+    def _on_open(self, protocol: TwistedProtocolConnection) -> None:
+        self.connection = protocol
+        self._backoff.reset()
+        AMQP_UP.set(1)
+        log.info("connected to RabbitMQ")
+        protocol.closed.addBoth(self._on_closed)
+
+    def _on_connect_failed(self, failure: Any) -> None:
+        self._retry(f"connect failed: {failure.value!r}")
+
+    def _on_closed(self, reason: Any) -> None:
+        self.connection = None
+        AMQP_UP.set(0)
+        # Browsers reconnect by themselves and get fresh queues once we are back.
+        for session in list(self.sessions):
+            session.close()
+        if not self.stopping:
+            self._retry(f"connection closed: {reason!r}")
+
+    def _retry(self, why: str) -> None:
+        if self.stopping:
+            return
+        delay = self._backoff.next()
+        log.warning("reconnecting", extra={"why": why, "in_s": delay})
+        reactor.callLater(delay, self._connect)
+
+    # -- sessions --------------------------------------------------------------------
+    def open_session(self, request: server.Request, user: str) -> bytes | int:
+        """Start a stream for ``user``, or answer 503 (no broker, too many streams)."""
+        if not self.connected or self.stopping:
+            REFUSED.labels("unavailable").inc()
+            return _json_error(request, 503, "unavailable", "notifications are unavailable, retry")
+        if len(self.sessions) >= self.settings.gateway_max_sessions:
+            REFUSED.labels("full").inc()
+            return _json_error(request, 503, "full", "too many live streams, retry later")
+        session = Session(self, request, user)
+        self.sessions.add(session)
+        request.notifyFinish().addBoth(session.client_gone)
+        session.open(self.connection)
+        return server.NOT_DONE_YET
+
+    def forget(self, session: Session) -> None:
+        """The session ended."""
+        self.sessions.discard(session)
+
+    def _beat(self) -> None:
+        for session in list(self.sessions):
+            session.send(HEARTBEAT)
+        self._close_revoked()
+
+    @defer.inlineCallbacks
+    def _close_revoked(self) -> Any:
+        """Close the streams of users whose ``user.<id>`` is gone (:func:`notify.remove_user`).
+
+        Their feed stopped when the exchange was deleted; closing the stream too makes the
+        browser reconnect, and the web app then refuses a disabled user a new token.
+        """
+        if self._checking or not self.connected:
+            return
+        self._checking = True
+        channel = None
+        try:
+            for user in sorted({s.user for s in self.sessions if s.streaming}):
+                if not self.connected:
+                    break
+                if channel is None or not channel.is_open:
+                    channel = yield self.connection.channel()
+                try:
+                    yield channel.exchange_declare(
+                        exchange=notify.user_exchange(user), passive=True
+                    )
+                except ChannelClosed as exc:
+                    channel = None
+                    if exc.reply_code != NOT_FOUND:
+                        raise
+                    for session in [s for s in self.sessions if s.user == user]:
+                        REVOKED.inc()
+                        session.close()
+                    log.info("streams of a removed user closed", extra={"user": user})
+        except Exception as exc:
+            log.warning("revocation check failed", extra={"why": repr(exc)})
+        finally:
+            self._checking = False
+            if channel is not None and channel.is_open:
+                channel.close()
+
+    # -- shutdown --------------------------------------------------------------------
+    def shutdown(self) -> defer.Deferred[Any]:
+        """Close every stream, delete their queues, close the connection (SIGTERM)."""
+        self.stopping = True
+        log.info("stopping", extra={"sessions": len(self.sessions)})
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        for session in list(self.sessions):
+            session.close()
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            return defer.succeed(None)
+        # Queue deletes were sent on the session channels; the connection close is
+        # queued behind them on the same socket.
+        done = connection.close() or defer.succeed(None)
+        return _with_timeout(done, 10.0)
+
+
+def _with_timeout(d: defer.Deferred[Any], seconds: float) -> defer.Deferred[Any]:
+    d.addTimeout(seconds, reactor, onTimeoutCancel=lambda *_: None)
+    return d
+
+
+def _allowed_origins(settings: Settings) -> set[str]:
+    configured = [o.strip().rstrip("/") for o in settings.gateway_allowed_origins.split(",")]
+    origins = {o for o in configured if o}
+    if not origins:
+        origins = {f"http://{settings.web_host}:{settings.web_port}"}
+        if settings.web_host in ("127.0.0.1", "::1", "localhost"):
+            origins |= {
+                f"http://localhost:{settings.web_port}",
+                f"http://127.0.0.1:{settings.web_port}",
+            }
+    return origins
+
+
+# -- HTTP resources ------------------------------------------------------------------
+class Events(resource.Resource):
+    """``/events?token=...``: the SSE stream."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_GET(self, request: server.Request) -> bytes | int:
+        """Authenticate, then hand the request to a new session."""
+        self._cors(request)
+        raw = (request.args.get(b"token") or [b""])[0]
+        if not raw:
+            AUTH_FAILURES.labels("missing").inc()
+            return _json_error(request, 401, "unauthorized", "a push token is required")
+        try:
+            claims = pushtoken.verify(
+                self.gateway.secret,
+                raw.decode("ascii", "replace"),
+                self.gateway.settings.push_token_ttl_s,
+            )
+            notify.user_exchange(claims["user"])  # a valid id, or ValueError
+        except pushtoken.InvalidToken as exc:
+            AUTH_FAILURES.labels("expired" if exc.expired else "invalid").inc()
+            return _json_error(request, 401, "unauthorized", str(exc))
+        except ValueError:
+            AUTH_FAILURES.labels("invalid").inc()
+            return _json_error(request, 401, "unauthorized", "bad token payload")
+        return self.gateway.open_session(request, claims["user"])
+
+    def render_OPTIONS(self, request: server.Request) -> bytes:
+        """CORS pre-flight (EventSource sends none, but a fetch-based client may)."""
+        self._cors(request)
+        request.setHeader(b"access-control-allow-methods", b"GET")
+        request.setResponseCode(204)
+        return b""
+
+    def _cors(self, request: server.Request) -> None:
+        origin = (request.getHeader(b"origin") or b"").decode("latin-1").rstrip("/")
+        if origin and (
+            "*" in self.gateway.allowed_origins or origin in self.gateway.allowed_origins
+        ):
+            request.setHeader(b"access-control-allow-origin", origin.encode())
+            request.setHeader(b"vary", b"Origin")
+
+
+class Health(resource.Resource):
+    """``/healthz``: the process answers; ``/readyz``: and the broker is connected."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway, ready: bool) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.ready = ready
+
+    def render_GET(self, request: server.Request) -> bytes:
+        """JSON status."""
+        request.setHeader(b"content-type", b"application/json")
+        body = {
+            "status": "ok",
+            "amqp": self.gateway.connected,
+            "sessions": len(self.gateway.sessions),
+        }
+        if self.ready and not self.gateway.connected:
+            body["status"] = "unavailable"
+            request.setResponseCode(503)
+        return orjson.dumps(body)
+
+
+def site(gateway: Gateway) -> server.Site:
+    """The gateway's HTTP site."""
+    root = resource.Resource()
+    root.putChild(b"events", Events(gateway))
+    root.putChild(b"healthz", Health(gateway, ready=False))
+    root.putChild(b"readyz", Health(gateway, ready=True))
+    return server.Site(root, timeout=60)
+
+
+def _raise_file_limit(sessions: int) -> None:
+    """One socket per session: lift the soft descriptor limit as far as the hard one allows."""
+    soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
+    wanted = sessions + 256
+    if soft != rlimit.RLIM_INFINITY and soft < wanted:
+        new_soft = wanted if hard == rlimit.RLIM_INFINITY else min(wanted, hard)
+        rlimit.setrlimit(rlimit.RLIMIT_NOFILE, (new_soft, hard))
+        if new_soft < wanted:
+            log.warning("file descriptor limit below max sessions", extra={"limit": new_soft})
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM: metrics, the broker connection, the HTTP listener."""
+    if urlsplit(settings.amqp_url).scheme == "amqps":
+        raise RuntimeError("the push gateway does not speak amqps yet; use amqp://")
+    pika.URLParameters(settings.amqp_url)  # fail early on a malformed URL
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)
+    logging.getLogger("twisted").setLevel(logging.WARNING)  # no access log lines
+    _raise_file_limit(settings.gateway_max_sessions)
+    gateway = Gateway(settings)
+    metrics.serve(settings.metrics_port)
+    endpoint = endpoints.TCP4ServerEndpoint(
+        reactor, settings.gateway_port, interface=settings.gateway_host
+    )
+    endpoint.listen(site(gateway))
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.shutdown)
+    gateway.start()
+    log.info("listening", extra={"host": settings.gateway_host, "port": settings.gateway_port})
+    reactor.run()
+    log.info("stopped")
