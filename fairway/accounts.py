@@ -8,6 +8,7 @@ tokens are random and stored only as a SHA-256 digest, with an expiry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -33,8 +34,16 @@ MIN_PASSWORD = 10
 TOKEN_PREFIX = "fwt_"
 
 _hasher = PasswordHasher()
-# Verified against when the user is unknown, so both answers take the same time.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user is unknown, so both answers take the same time.
+
+    Computed on first use: importing this module (the gateway does, via ``web``) should
+    not cost an argon2 hash.
+    """
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +124,7 @@ def authenticate(db: Database, user_id: str, password: str) -> User | None:
     """The enabled user whose password this is, else None (same cost either way)."""
     doc = db[USERS].find_one({"_id": user_id}) if isinstance(user_id, str) else None
     try:
-        _hasher.verify(doc["password_hash"] if doc else _DUMMY_HASH, password)
+        _hasher.verify(doc["password_hash"] if doc else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if doc is None or not doc.get("enabled", True):

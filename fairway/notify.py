@@ -74,10 +74,39 @@ def binding_keys(
 
 
 def declare_user(channel: Channel, user_id: str) -> str:
-    """Declare ``user.<id>`` (durable fanout, idempotent); return its name."""
+    """Declare ``user.<id>`` (transient fanout, idempotent); return its name.
+
+    Transient on purpose: a user's bindings are derived state (the permissions live in
+    MongoDB), and a durable binding is written to the broker's disk store before it is
+    confirmed, which made a subscription change 2-4 times slower (docs/benchmarks.md,
+    notify_fanout). A broker restart drops the exchange, and every session with it;
+    the web app re-creates it, bindings and all, when a browser next asks for a push
+    token (:func:`exchange_exists`), which reconnecting browsers do first.
+    """
     name = user_exchange(user_id)
-    channel.exchange_declare(exchange=name, exchange_type="fanout", durable=True)
+    channel.exchange_declare(exchange=name, exchange_type="fanout", durable=False)
     return name
+
+
+def exchange_exists(connection: Any, user_id: str) -> bool:
+    """Whether ``user.<id>`` exists, by a passive declare on a throwaway channel.
+
+    ``connection`` is a pika ``BlockingConnection``: a failed passive declare closes
+    its channel, so it gets one of its own.
+    """
+    from pika.exceptions import ChannelClosedByBroker
+
+    channel = connection.channel()
+    try:
+        channel.exchange_declare(exchange=user_exchange(user_id), passive=True)
+        return True
+    except ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise
+    finally:
+        if channel.is_open:
+            channel.close()
 
 
 def sync_user(channel: Channel, user_id: str, current: set[str], desired: set[str]) -> None:

@@ -216,15 +216,21 @@ def create_token() -> tuple[dict[str, Any], int]:
 @login_required
 def push_token() -> dict[str, str]:
     """A short-lived token for the push gateway and the URL to open with it."""
-    from fairway import permissions, pushtoken
+    from fairway import notify, permissions, pushtoken
     from web.broker import get_channel
 
     settings = current_app.config["FAIRWAY_SETTINGS"]
     user = current_user()
-    doc = accounts.user_document(get_db(), user.id) or {}
-    if not doc.get("bindings") or doc.get("bindings_pending"):
-        # Never synced (created from the CLI) or interrupted: the gateway needs the exchange.
-        permissions.sync_bindings(get_db(), get_channel(), user.id)
+    db = get_db()
+    doc = accounts.user_document(db, user.id) or {}
+    channel = get_channel()
+    if not notify.exchange_exists(channel.connection, user.id):
+        # Never synced (created from the CLI) or dropped by a broker restart (user
+        # exchanges are transient): nothing is bound, whatever the record says.
+        accounts.update_user(db, user.id, bindings=[])
+        permissions.sync_bindings(db, channel, user.id)
+    elif doc.get("bindings_pending"):
+        permissions.sync_bindings(db, channel, user.id)  # finish an interrupted change
     url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     token = pushtoken.issue(settings.require_secret(), user.id, user.tenant)
     return {"token": token, "url": url.rstrip("/")}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from fairway import accounts, notify, store
+from fairway import accounts, notify, pushtoken, store
 from tests.harness import Pipeline, management
 from web import create_app
 
@@ -273,3 +273,21 @@ def test_a_sync_interrupted_by_a_crash_is_repaired(
         "alert.a.a1",
         "status.a.a1",
     }
+
+
+def test_push_token_recreates_a_users_exchange_after_a_broker_restart(
+    pipeline: Pipeline, world: dict[str, Any]
+) -> None:
+    """User exchanges are transient: asking for a push token brings them back, bound."""
+    api = world["api"]["view_a"]
+    assert api("PUT", "/api/subscriptions/a1").status_code == 200
+    expected = {"job.a.view_a", "telemetry.a.a1", "alert.a.a1", "status.a.a1"}
+    assert _bound_keys(pipeline, "view_a") == expected
+    with pipeline.channel() as channel:  # what a broker restart does to it
+        channel.exchange_delete("user.view_a")
+    assert _bound_keys(pipeline, "view_a") is None
+    answer = api("GET", "/api/push-token").get_json()
+    assert _bound_keys(pipeline, "view_a") == expected
+    claims = pushtoken.verify(pipeline.settings.secret_key, answer["token"], 60)
+    assert claims == {"user": "view_a", "tenant": "a"}
+    assert answer["url"] == f"http://127.0.0.1:{pipeline.settings.gateway_port}"

@@ -84,7 +84,7 @@ def test_sync_user_binds_new_keys_and_unbinds_gone_ones() -> None:
         channel, "vic", {"job.acme.vic", "telemetry.acme.d1"}, {"job.acme.vic", "telemetry.acme.d2"}
     )  # type: ignore[arg-type]
     assert channel.calls == [
-        ("exchange_declare", {"exchange": "user.vic", "exchange_type": "fanout", "durable": True}),
+        ("exchange_declare", {"exchange": "user.vic", "exchange_type": "fanout", "durable": False}),
         (
             "exchange_bind",
             {"destination": "user.vic", "source": "events", "routing_key": "telemetry.acme.d2"},
