@@ -1,29 +1,38 @@
-"""The Fairway web app: Flask app factory, blueprints, extensions."""
+"""The Fairway web app: Flask app factory, blueprints, extensions.
+
+Blueprints are imported inside :func:`create_app`, so importing a module of this
+package (the push gateway is ``web.gateway``) does not load Flask's whole app.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any
 
 from fairway.settings import Settings
-from web import (
-    api_devices,
-    api_rules,
-    api_tenants,
-    api_users,
-    auth,
-    broker,
-    broker_auth,
-    database,
-    errors,
-    health,
-    pages,
-)
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; settings come from ``FAIRWAY_*`` variables unless ``test_config`` says."""
+    from flask import Flask
+
+    from web import (
+        api_devices,
+        api_rules,
+        api_tenants,
+        api_users,
+        auth,
+        broker,
+        broker_auth,
+        database,
+        errors,
+        health,
+        jobs,
+        pages,
+    )
+
     app = Flask(__name__)
     if test_config is None or "FAIRWAY_SETTINGS" not in test_config:
         app.config["FAIRWAY_SETTINGS"] = Settings.from_env()
@@ -33,12 +42,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     broker.init_app(app)
     errors.init_app(app)
     auth.init_app(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(broker_auth.bp)
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(api_tenants.bp)
-    app.register_blueprint(api_devices.bp)
-    app.register_blueprint(api_users.bp)
-    app.register_blueprint(api_rules.bp)
-    app.register_blueprint(pages.bp)
+    for blueprint in (
+        health.bp,
+        broker_auth.bp,
+        auth.bp,
+        api_tenants.bp,
+        api_devices.bp,
+        api_users.bp,
+        api_rules.bp,
+        jobs.bp,
+        pages.bp,
+    ):
+        app.register_blueprint(blueprint)
     return app

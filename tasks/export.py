@@ -1,0 +1,112 @@
+"""CSV exports of readings, stored in GridFS (bucket ``exports``) for download.
+
+One file per job, with the job id as the file's ``_id``: a task that runs again
+(redelivered after a worker crash) finds either a complete file (GridFS writes the
+file document last) and keeps it, or leftover chunks of a partial upload, which it
+deletes before writing afresh. So each job has at most one file, whatever happens.
+
+The CSV is in long form, one row per value: ``ts,device,stream,metric,value``. Rows
+come in storage order (sorting would need an index FerretDB 1.24 cannot use for reads).
+Tested on FerretDB 1.24, where GridFS works with its ordinary indexes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import gridfs
+from pymongo.database import Database
+
+from tasks.params import ExportParams, iso
+from tasks.report import Progress, Throttle, count_readings, reading_query, stream_readings
+
+BUCKET = "exports"
+COLUMNS = ("ts", "device", "stream", "metric", "value")
+FLUSH_BYTES = 256 * 1024  # CSV text buffered before it is written to GridFS
+
+
+def bucket(db: Database) -> gridfs.GridFSBucket:
+    """The GridFS bucket holding export files."""
+    return gridfs.GridFSBucket(db, bucket_name=BUCKET)
+
+
+def file_info(db: Database, job_id: str) -> dict[str, Any] | None:
+    """The export's GridFS file document, or None if it is not (completely) written."""
+    return db[f"{BUCKET}.files"].find_one({"_id": job_id})
+
+
+def open_file(db: Database, job_id: str) -> gridfs.GridOut:
+    """A readable stream of the export (raises ``gridfs.NoFile`` if absent)."""
+    return bucket(db).open_download_stream(job_id)
+
+
+def delete_file(db: Database, job_id: str) -> None:
+    """Remove the export file and any chunks of a partial upload."""
+    db[f"{BUCKET}.files"].delete_one({"_id": job_id})
+    db[f"{BUCKET}.chunks"].delete_many({"files_id": job_id})
+
+
+def csv_rows(doc: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """One reading as CSV rows, one per value (``ts`` in epoch milliseconds)."""
+    ts = iso(int(doc["ts"]) / 1000)
+    for metric, value in (doc.get("values") or {}).items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"  # as in the JSON the device sent
+        yield ts, doc["device"], doc["stream"], metric, value
+
+
+def _summary(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "file": info["filename"],
+        "bytes": info["length"],
+        "rows": info.get("rows", 0),
+        "readings": info.get("readings", 0),
+    }
+
+
+def export_csv(
+    db: Database,
+    job_id: str,
+    tenant: str,
+    params: ExportParams,
+    max_readings: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Write the job's CSV file (once) and return its size, row and reading counts."""
+    done = file_info(db, job_id)
+    if done is not None:  # completed by an earlier run of this job
+        return _summary(done)
+    delete_file(db, job_id)  # chunks of an interrupted run
+    query = reading_query(tenant, params.device, params.start, params.end)
+    throttle = Throttle(progress, count_readings(db, query, max_readings))
+    throttle(0, force=True)
+    upload = bucket(db).open_upload_stream_with_id(
+        job_id, f"{job_id}.csv", metadata={"tenant": tenant, "content_type": "text/csv"}
+    )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    readings = rows = 0
+    try:
+        for doc in stream_readings(db, query, ("ts", "device", "stream", "values")):
+            readings += 1
+            for row in csv_rows(doc):
+                writer.writerow(row)
+                rows += 1
+            if buffer.tell() >= FLUSH_BYTES:
+                upload.write(buffer.getvalue().encode())
+                buffer.seek(0)
+                buffer.truncate()
+                throttle(readings)
+        upload.write(buffer.getvalue().encode())
+        # GridFS writes the file document on close: only then is the export visible.
+        upload.rows, upload.readings = rows, readings  # extra fields of the file document
+        upload.close()
+    except BaseException:
+        upload.abort()  # deletes the chunks written so far
+        raise
+    throttle(readings, force=True)
+    return _summary(file_info(db, job_id) or {})

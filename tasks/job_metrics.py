@@ -1,0 +1,31 @@
+"""Prometheus metrics of the Celery workers (served by the worker's main process).
+
+The pool processes run the tasks; the main process sees every job start and end
+(``tasks.celery_app.MeteredRequest``), so the counters live there and one
+``FAIRWAY_METRICS_PORT`` per worker serves them. Labels are bounded by the task names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+STARTED = Counter("fairway_jobs_started_total", "Jobs a pool process took", ["task"])
+REDELIVERED = Counter(
+    "fairway_jobs_redelivered_total",
+    "Jobs taken again after a worker crash or lost connection (acks_late)",
+    ["task"],
+)
+FINISHED = Counter(
+    "fairway_jobs_finished_total",
+    "Jobs ended, by outcome (success, failure, time_limit)",
+    ["task", "outcome"],
+)
+SECONDS = Histogram(
+    "fairway_job_seconds",
+    "Run time of one job",
+    ["task"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+EVENTS_FAILED = Counter(
+    "fairway_job_events_failed_total", "job.* events that could not be published"
+)

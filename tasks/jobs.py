@@ -1,0 +1,99 @@
+"""The tasks: a report, a CSV export (queue ``cpu``) and retention (queue ``maintenance``).
+
+Each runs in the Flask app context (database through ``web.database.get_db``),
+reports ``PROGRESS`` with ``{"done", "total"}`` and, for user jobs, publishes
+``job.<tenant>.<user>`` when it ends (:class:`tasks.celery_app.JobTask`).
+Every task is idempotent: a redelivery after a crash computes the same report,
+keeps or rewrites the one export file, and deletes what retention had left.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from flask import current_app
+
+from fairway.settings import Settings
+from tasks import export, retention
+from tasks.celery_app import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, JobTask
+from tasks.errors import JobFailed
+from tasks.params import ExportParams, ReportParams
+from tasks.report import TooManyReadings, build_report
+from web.database import get_db
+
+
+def _settings() -> Settings:
+    return current_app.config["FAIRWAY_SETTINGS"]
+
+
+def _too_slow(kind: str, settings: Settings) -> JobFailed:
+    return JobFailed(
+        f"the {kind} ran past its time limit of {settings.report_soft_time_limit_s:g} s "
+        "(FAIRWAY_REPORT_SOFT_TIME_LIMIT_S) and was stopped; choose a shorter range or "
+        "one device"
+    )
+
+
+class ReportTask(JobTask):
+    """Base of the report task."""
+
+    kind = "report"
+
+
+class ExportTask(JobTask):
+    """Base of the export task."""
+
+    kind = "export"
+
+
+@shared_task(bind=True, base=ReportTask, name=REPORT_TASK)
+def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Statistics per metric and time bucket over a tenant's (or a device's) readings."""
+    settings = _settings()
+    try:
+        return build_report(
+            get_db(), tenant, ReportParams(**params), settings.report_max_readings, self.progress
+        )
+    except SoftTimeLimitExceeded:
+        raise _too_slow("report", settings) from None
+    except TooManyReadings as exc:
+        raise JobFailed(str(exc)) from None
+
+
+@shared_task(bind=True, base=ExportTask, name=EXPORT_TASK)
+def export_readings(
+    self: JobTask, tenant: str, user: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the readings as CSV to GridFS; the API streams it from there."""
+    settings = _settings()
+    job_id = self.request.id
+    try:
+        result = export.export_csv(
+            get_db(),
+            job_id,
+            tenant,
+            ExportParams(**params),
+            settings.report_max_readings,
+            self.progress,
+        )
+    except SoftTimeLimitExceeded:
+        raise _too_slow("export", settings) from None
+    except TooManyReadings as exc:
+        raise JobFailed(str(exc)) from None
+    return {**result, "download": f"/api/jobs/{job_id}/download"}
+
+
+@shared_task(bind=True, base=JobTask, name=RETENTION_TASK)
+def apply_retention(self: JobTask) -> dict[str, Any]:
+    """Delete readings past each tenant's retention, and expired jobs with their files."""
+    settings = _settings()
+    return retention.apply_retention(
+        get_db(),
+        settings.default_retention_days,
+        settings.job_ttl_s,
+        datetime.now(UTC),
+        self.progress,
+    )

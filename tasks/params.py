@@ -1,0 +1,100 @@
+"""Job parameters: parsed and checked once, by the API (400 on bad input) and the task.
+
+Times are RFC 3339 strings with an offset or epoch seconds (as in the message
+contract); they travel to the worker as epoch seconds, so the task message is
+plain JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fairway.contract import parse_ts
+from fairway.ids import is_valid_id
+from fairway.reasons import Rejection
+from fairway.settings import Settings
+
+DEFAULT_Z = 3.0
+MIN_Z, MAX_Z = 1.0, 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReportParams:
+    """A report over ``[start, end)`` for one device (or every device when None)."""
+
+    device: str | None
+    start: float
+    end: float
+    bucket_s: int
+    z: float = DEFAULT_Z
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for the task message and the job record."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportParams:
+    """A CSV export of the readings in ``[start, end)``."""
+
+    device: str | None
+    start: float
+    end: float
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for the task message and the job record."""
+        return asdict(self)
+
+
+def iso(epoch_s: float) -> str:
+    """Epoch seconds as an ISO 8601 UTC string."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _time(body: dict[str, Any], key: str) -> float:
+    if key not in body:
+        raise ValueError(f"'{key}' is required: an RFC 3339 time with an offset or epoch seconds")
+    try:
+        return parse_ts(body[key])
+    except Rejection as exc:
+        raise ValueError(str(exc.detail).replace("'ts'", f"'{key}'")) from None
+
+
+def _range(body: dict[str, Any]) -> tuple[str | None, float, float]:
+    device = body.get("device")
+    if device is not None and not is_valid_id(device):
+        raise ValueError("'device' must be a device id, or absent for every device of the tenant")
+    start, end = _time(body, "from"), _time(body, "to")
+    if end <= start:
+        raise ValueError("'to' must be later than 'from'")
+    return device, start, end
+
+
+def parse_report(body: dict[str, Any], settings: Settings) -> ReportParams:
+    """Check a report request (``device``?, ``from``, ``to``, ``bucket``, ``z``?)."""
+    device, start, end = _range(body)
+    bucket = body.get("bucket")
+    if isinstance(bucket, bool) or not isinstance(bucket, int | float) or bucket != int(bucket):
+        raise ValueError("'bucket' is required: a whole number of seconds")
+    bucket = int(bucket)
+    if bucket < 1:
+        raise ValueError("'bucket' must be at least 1 second")
+    buckets = math.ceil((end - start) / bucket)
+    if buckets > settings.report_max_buckets:
+        raise ValueError(
+            f"the range holds {buckets} buckets of {bucket} s; at most "
+            f"{settings.report_max_buckets}: use a larger bucket or a shorter range"
+        )
+    z = body.get("z", DEFAULT_Z)
+    if isinstance(z, bool) or not isinstance(z, int | float) or not MIN_Z <= z <= MAX_Z:
+        raise ValueError(f"'z' (outlier threshold) must be a number in [{MIN_Z:g}, {MAX_Z:g}]")
+    return ReportParams(device, start, end, bucket, float(z))
+
+
+def parse_export(body: dict[str, Any]) -> ExportParams:
+    """Check an export request (``device``?, ``from``, ``to``)."""
+    device, start, end = _range(body)
+    return ExportParams(device, start, end)

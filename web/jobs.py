@@ -1,0 +1,259 @@
+"""``/api/reports``, ``/api/exports``, ``/api/jobs``: heavy work goes to Celery workers.
+
+A request only checks its parameters, records the job (tenant, user, kind,
+parameters) and sends the task: it answers ``202 Accepted`` with the job's URL at
+once. The worker stores progress and the result in MongoDB and publishes
+``job.<tenant>.<user>`` when it ends; ``GET /api/jobs/<id>`` shows state, progress
+and result, ``GET /api/jobs/<id>/download`` streams an export's CSV. Jobs are
+visible to their tenant's users (operators see all); anyone else gets 404.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from amqp.exceptions import MessageNacked
+from billiard.exceptions import TimeLimitExceeded
+from celery import Celery
+from flask import Blueprint, Response, current_app, request, stream_with_context
+from prometheus_client import Counter
+
+from fairway import store
+from fairway.settings import Settings
+from tasks import export, records
+from tasks.celery_app import EXPORT_TASK, REPORT_TASK, make_celery
+from tasks.errors import JobFailed
+from tasks.params import iso, parse_export, parse_report
+from web.auth import check_tenant, current_user, json_body, login_required, tenant_scope
+from web.database import get_db
+from web.errors import ApiError
+from web.params import iso as iso_datetime
+from web.params import limit_param
+
+bp = Blueprint("jobs", __name__, url_prefix="/api")
+log = logging.getLogger(__name__)
+
+SUBMITTED = Counter("fairway_jobs_submitted_total", "Jobs accepted by the API", ["kind"])
+REFUSED = Counter(
+    "fairway_jobs_refused_total",
+    "Jobs the API could not queue (queue_full, broker_unavailable)",
+    ["reason"],
+)
+DOWNLOAD_CHUNK = 256 * 1024
+_celery_lock = threading.Lock()
+
+
+def get_celery() -> Celery:
+    """The Celery app this Flask app sends tasks with (one per Flask app)."""
+    app = current_app
+    celery = app.extensions.get("fairway_celery")
+    if celery is None:
+        with _celery_lock:
+            celery = app.extensions.get("fairway_celery")
+            if celery is None:
+                celery = make_celery(app.config["FAIRWAY_SETTINGS"])
+                records.ensure_indexes(get_db())
+                app.extensions["fairway_celery"] = celery
+    return celery
+
+
+def _settings() -> Settings:
+    return current_app.config["FAIRWAY_SETTINGS"]
+
+
+def _job_tenant(body: dict[str, Any]) -> str:
+    tenant = body.get("tenant")
+    if tenant is not None and not isinstance(tenant, str):
+        raise ApiError(400, "bad_parameter", "'tenant' must be a tenant id")
+    scope = tenant_scope(tenant)
+    if scope is None:
+        raise ApiError(400, "bad_parameter", "operators must name the 'tenant' of the job")
+    return scope
+
+
+def _check_device(tenant: str, device: str | None) -> None:
+    if device is None:
+        return
+    doc = store.device_document(get_db(), device)
+    if doc is None or doc["tenant"] != tenant:
+        raise ApiError(404, "not_found", f"no device {device!r}")
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    for _ in range(10):  # a chain, bounded in case it loops
+        if exc is None:
+            return False
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _submit(kind: str, task: str, tenant: str, params: dict[str, Any]) -> tuple[dict, int, dict]:
+    """Record the job, send its task, answer 202 (or 503 if it cannot be queued)."""
+    db = get_db()
+    user = current_user()
+    job_id = str(uuid.uuid4())
+    records.create_job(db, job_id, tenant, user.id, kind, params)
+    try:
+        get_celery().send_task(
+            task, kwargs={"tenant": tenant, "user": user.id, "params": params}, task_id=job_id
+        )
+    except Exception as exc:  # kombu re-raises a nack (queue full) as a connection error
+        records.delete_job(db, job_id)
+        if _caused_by(exc, MessageNacked):
+            REFUSED.labels("queue_full").inc()
+            raise ApiError(
+                503, "queue_full", "too many jobs are waiting; try again later"
+            ) from None
+        REFUSED.labels("broker_unavailable").inc()
+        log.warning("job not queued", extra={"job": job_id, "error": repr(exc)})
+        raise ApiError(503, "broker_unavailable", "jobs cannot be queued right now") from None
+    SUBMITTED.labels(kind).inc()
+    url = f"/api/jobs/{job_id}"
+    return {"job": job_id, "url": url}, 202, {"Location": url}
+
+
+@bp.post("/reports")
+@login_required
+def create_report() -> tuple[dict, int, dict]:
+    """Queue a report: ``{"device"?, "from", "to", "bucket", "z"?, "tenant"?}``."""
+    body = json_body()
+    tenant = _job_tenant(body)
+    try:
+        params = parse_report(body, _settings())
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    _check_device(tenant, params.device)
+    return _submit(records.REPORT, REPORT_TASK, tenant, params.to_json())
+
+
+@bp.post("/exports")
+@login_required
+def create_export() -> tuple[dict, int, dict]:
+    """Queue a CSV export: ``{"device"?, "from", "to", "tenant"?}``."""
+    body = json_body()
+    tenant = _job_tenant(body)
+    try:
+        params = parse_export(body)
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    _check_device(tenant, params.device)
+    return _submit(records.EXPORT, EXPORT_TASK, tenant, params.to_json())
+
+
+def visible_job(job_id: str) -> dict[str, Any]:
+    """The job record if the caller may see it, else 404."""
+    job = records.get_job(get_db(), job_id) if len(job_id) <= 64 else None
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    try:
+        check_tenant(job["tenant"])
+    except ApiError:
+        raise ApiError(404, "not_found", f"no job {job_id!r}") from None
+    return job
+
+
+def failure_message(exc: Any) -> str:
+    """Why a job failed, for the user."""
+    if isinstance(exc, JobFailed):
+        return str(exc)
+    if isinstance(exc, TimeLimitExceeded):
+        limit = _settings().report_time_limit_s
+        return f"the job ran past its hard time limit of {limit:g} s and was stopped"
+    return f"the job failed ({type(exc).__name__}); try again or ask an operator"
+
+
+def _params_json(params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    for key, name in (("start", "from"), ("end", "to")):
+        if key in out:
+            out[name] = iso(out.pop(key))
+    return out
+
+
+def job_json(job: dict[str, Any]) -> dict[str, Any]:
+    """The job's record, state, progress and result."""
+    result = get_celery().AsyncResult(job["_id"])
+    state, info = result.state, result.info
+    out: dict[str, Any] = {
+        "job": job["_id"],
+        "kind": job["kind"],
+        "tenant": job["tenant"],
+        "user": job["user"],
+        "params": _params_json(job.get("params", {})),
+        "created": iso_datetime(job.get("created")),
+        "state": state,
+        "progress": None,
+        "result": None,
+        "error": None,
+        "url": f"/api/jobs/{job['_id']}",
+    }
+    if state == "PROGRESS" and isinstance(info, dict):
+        out["progress"] = {"done": info.get("done"), "total": info.get("total")}
+    elif state == "SUCCESS":
+        out["result"] = info
+    elif state == "FAILURE":
+        out["error"] = failure_message(info)
+    return out
+
+
+@bp.get("/jobs")
+@login_required
+def list_jobs() -> dict[str, Any]:
+    """The latest jobs of the caller's tenant (``?tenant=`` for operators), newest first."""
+    scope = tenant_scope(request.args.get("tenant"))
+    jobs = records.list_jobs(get_db(), scope, limit_param(20))
+    return {
+        "jobs": [
+            {
+                "job": j["_id"],
+                "kind": j["kind"],
+                "tenant": j["tenant"],
+                "user": j["user"],
+                "created": iso_datetime(j.get("created")),
+                "url": f"/api/jobs/{j['_id']}",
+            }
+            for j in jobs
+        ]
+    }
+
+
+@bp.get("/jobs/<job_id>")
+@login_required
+def show_job(job_id: str) -> dict[str, Any]:
+    """State (``PENDING``, ``STARTED``, ``PROGRESS``, ``SUCCESS``, ``FAILURE``, ``RETRY``),
+    progress ``{"done", "total"}``, and the result or the reason it failed."""
+    return job_json(visible_job(job_id))
+
+
+@bp.get("/jobs/<job_id>/download")
+@login_required
+def download(job_id: str) -> Response:
+    """Stream a finished export's CSV."""
+    job = visible_job(job_id)
+    if job["kind"] != records.EXPORT:
+        raise ApiError(404, "not_found", "only exports have a download")
+    db = get_db()
+    if export.file_info(db, job_id) is None:
+        state = get_celery().AsyncResult(job_id).state
+        raise ApiError(409, "not_ready", f"the export is not ready (state {state})")
+    source = export.open_file(db, job_id)
+
+    def chunks() -> Iterator[bytes]:
+        with source:
+            while chunk := source.read(DOWNLOAD_CHUNK):
+                yield chunk
+
+    return Response(
+        stream_with_context(chunks()),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="export-{job_id}.csv"',
+            "Content-Length": str(source.length),
+        },
+    )
