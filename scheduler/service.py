@@ -3,8 +3,11 @@
 * One channel per tenant queue, so the broker keeps the backlog and the delivery tags
   of one channel belong to one tenant. Each channel's prefetch is its tenant's share
   of one buffer budget, re-shared by weight among backlogged tenants every second
-  (:mod:`scheduler.prefetch`); local buffers stay bounded by
-  ``scheduler_buffer + tenants x scheduler_prefetch``.
+  (:mod:`scheduler.prefetch`). The prefetch is per consumer, which classic and quorum
+  queues both accept; a change recycles the tenant's consumer on its channel
+  (:mod:`scheduler.tenant_channel`). Local buffers stay bounded by
+  ``scheduler_buffer + tenants x scheduler_prefetch`` between re-shares, and by twice
+  that while consumers are being recycled.
 * Deliveries go into a :class:`~scheduler.drr.DeficitRoundRobin`; a batch is taken in
   DRR order when it is full or its oldest message has waited ``batch_linger_ms``,
   and only while fewer than ``writers`` batches are being written.
@@ -33,7 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -41,36 +44,19 @@ from pika.channel import Channel
 from pika.spec import Basic
 
 from fairway import events, metrics, topology
-from fairway.acks import AckWatermark
 from fairway.amqp import AmqpService, Backoff, parameters
 from fairway.settings import Settings
 from fairway.store import Tenant
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
 from scheduler.sink import Sink, WriteOutcome
+from scheduler.tenant_channel import TenantConsumer
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 15.0
 GAUGE_INTERVAL_S = 1.0
 FIRST_TICK_S = 0.2  # soon after connecting, so backlogged tenants get their share early
-
-
-@dataclass(eq=False)
-class TenantConsumer:
-    """One tenant queue's channel and the acks owed on it."""
-
-    tenant: str
-    prefetch: int
-    channel: Channel | None = None
-    consumer_tag: str | None = None
-    acks: AckWatermark = field(default_factory=AckWatermark)
-    ready: int = 0  # messages waiting at the broker, as of the last tick
-
-    @property
-    def live(self) -> bool:
-        """True while acks may be sent on this channel."""
-        return self.channel is not None and self.channel.is_open
 
 
 @dataclass(slots=True)
@@ -80,6 +66,7 @@ class Delivery:
     consumer: TenantConsumer
     tag: int
     body: bytes
+    source: str  # the consumer tag it came from (current or retiring consumer)
 
 
 class Scheduler(AmqpService):
@@ -155,17 +142,19 @@ class Scheduler(AmqpService):
                 self._open(tenant)
 
     def _open(self, tenant: Tenant) -> None:
-        consumer = self.consumers[tenant.id] = TenantConsumer(
-            tenant.id, self.settings.scheduler_prefetch
-        )
         spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings.queue_type)
+        consumer = self.consumers[tenant.id] = TenantConsumer(
+            tenant.id,
+            self.settings.scheduler_prefetch,
+            queue=spec.name,
+            on_message=lambda _ch, method, _props, body: self._on_message(consumer, method, body),
+        )
 
         def on_open(channel: Channel) -> None:
             consumer.channel = channel
             channel.add_on_close_callback(lambda _c, why: self._closed(consumer, why))
-            # Channel-wide (global) prefetch: unlike a per-consumer one it can be changed
-            # while consuming, which the budget sharing below relies on.
-            channel.basic_qos(prefetch_count=consumer.prefetch, global_qos=True, callback=on_qos)
+            # Per-consumer prefetch: quorum queues refuse a channel-wide (global) one.
+            channel.basic_qos(prefetch_count=consumer.prefetch, global_qos=False, callback=on_qos)
 
         def on_qos(_frame: Any) -> None:
             consumer.channel.queue_declare(  # type: ignore[union-attr]
@@ -175,9 +164,7 @@ class Scheduler(AmqpService):
         def on_declared(_frame: Any) -> None:
             if self.stopping:
                 return
-            consumer.consumer_tag = consumer.channel.basic_consume(  # type: ignore[union-attr]
-                spec.name, lambda ch, m, p, b: self._on_message(consumer, m, b)
-            )
+            consumer.consume()
 
         assert self.connection is not None
         self.connection.channel(on_open_callback=on_open)
@@ -186,7 +173,7 @@ class Scheduler(AmqpService):
         # The broker requeues this channel's unacked deliveries: drop our copies. The
         # DRR buffers by tenant, so only the tenant's current consumer may drop them; a
         # late close of an older channel must not discard its successor's deliveries.
-        consumer.acks.reset()
+        consumer.reset()
         if self.consumers.get(consumer.tenant) is not consumer:
             return
         del self.consumers[consumer.tenant]
@@ -203,8 +190,10 @@ class Scheduler(AmqpService):
 
     # -- the hot path --------------------------------------------------------------
     def _on_message(self, consumer: TenantConsumer, method: Basic.Deliver, body: bytes) -> None:
-        consumer.acks.track(method.delivery_tag)
-        self.drr.push(consumer.tenant, Delivery(consumer, method.delivery_tag, body))
+        consumer.delivered(method.delivery_tag, method.consumer_tag)
+        self.drr.push(
+            consumer.tenant, Delivery(consumer, method.delivery_tag, body, method.consumer_tag)
+        )
         if self._oldest is None:
             self._oldest = time.monotonic()
         self._dispatch()
@@ -299,7 +288,7 @@ class Scheduler(AmqpService):
     def _settle(self, batch: list[tuple[str, Delivery]], outcome: WriteOutcome) -> None:
         refused = set(outcome.refused)
         duplicates = set(outcome.duplicates)
-        settled: dict[TenantConsumer, list[int]] = defaultdict(list)
+        settled: dict[TenantConsumer, list[tuple[int, str]]] = defaultdict(list)
         stored: dict[str, int] = defaultdict(int)
         for i, (tenant, delivery) in enumerate(batch):
             consumer = delivery.consumer
@@ -312,13 +301,11 @@ class Scheduler(AmqpService):
                 metrics.SCHED_DUPLICATES.labels(tenant).inc()
             else:
                 stored[tenant] += 1
-            settled[consumer].append(delivery.tag)
+            settled[consumer].append((delivery.tag, delivery.source))
         for tenant, count in stored.items():
             metrics.SCHED_STORED.labels(tenant).inc(count)
         for consumer, tags in settled.items():
-            upto = consumer.acks.settle(tags)
-            if upto is not None:
-                consumer.channel.basic_ack(upto, multiple=True)  # type: ignore[union-attr]
+            consumer.settle(tags)  # one multiple ack over the settled prefix
 
     # -- gauges ------------------------------------------------------------------
     def _tick_gauges(self) -> None:
@@ -357,18 +344,15 @@ class Scheduler(AmqpService):
         )
         for tenant, consumer in self.consumers.items():
             wanted = shares[tenant]
-            if consumer.live and worth_changing(consumer.prefetch, wanted):
-                consumer.prefetch = wanted
-                consumer.channel.basic_qos(  # type: ignore[union-attr]
-                    prefetch_count=wanted, global_qos=True
-                )
+            # Declined while the tenant's previous recycle is under way: the next tick retries.
+            if worth_changing(consumer.prefetch, wanted) and consumer.change_prefetch(wanted):
+                metrics.SCHED_PREFETCH.labels(tenant).set(wanted)
 
     # -- stopping ----------------------------------------------------------------
     def begin_stop(self) -> None:
         self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
         for consumer in self.consumers.values():
-            if consumer.live and consumer.consumer_tag:
-                consumer.channel.basic_cancel(consumer.consumer_tag)  # type: ignore[union-attr]
+            consumer.stop()
         self._finish_drain()
 
     def _finish_drain(self) -> None:

@@ -1,0 +1,181 @@
+"""One tenant queue's channel: its consumer, its prefetch and the acks owed on it.
+
+The prefetch is per consumer (``basic.qos`` with ``global=False``), the only kind a
+quorum queue accepts and the only kind RabbitMQ 4 keeps. It binds consumers started
+*after* the ``basic.qos``, so changing a tenant's share *recycles* its consumer on
+the same channel: ``basic.qos(new)``, cancel the current consumer, start a new one.
+
+* Deliveries the cancelled ("retiring") consumer already received stay unacked on
+  the channel and are written and acked as usual: delivery tags are per channel, so
+  one :class:`~fairway.acks.AckWatermark` covers both consumers, and the DRR buffer
+  is keyed by tenant, not by consumer.
+* Deliveries still on the wire when the cancel is sent reach the tenant like any
+  other (:func:`cancel_keeping_deliveries`); pika alone would requeue them.
+* At most one consumer retires at a time: a tenant is not recycled again until its
+  retiring consumer is cancelled at the broker and holds nothing, so a tenant never
+  holds more than two consumers' prefetch.
+* Growing starts the new consumer at once (a tenant that starts flooding gets its
+  share within the tick). Shrinking starts it only once the retiring consumer holds
+  no more than ``old - new``, so a shrinking tenant never holds more than its old
+  prefetch. Either way the tenant keeps messages buffered across the switch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import prometheus_client
+from pika.channel import Channel
+
+from fairway.acks import AckWatermark
+
+log = logging.getLogger(__name__)
+
+PREFETCH_CHANGES = prometheus_client.Counter(
+    "fairway_scheduler_prefetch_changes_total",
+    "Consumers recycled to change a tenant channel's prefetch",
+    ["tenant"],
+)
+
+OnMessage = Callable[[Channel, Any, Any, bytes], None]
+
+
+def cancel_keeping_deliveries(
+    channel: Channel, consumer_tag: str, on_cancel_ok: Callable[[Any], None]
+) -> None:
+    """``basic.cancel`` whose in-flight deliveries still reach the consumer's callback.
+
+    pika rejects with requeue every delivery that arrives for a consumer it is
+    cancelling. Here those deliveries are the tenant's next messages: a requeue
+    would reorder them and, on a quorum queue, count against the delivery limit.
+    pika keeps the callback until ``basic.cancel-ok``, after which the broker sends
+    nothing more for the tag, so un-marking the tag is all it takes.
+    """
+    channel.basic_cancel(consumer_tag, callback=on_cancel_ok)
+    cancelled = getattr(channel, "_cancelled", None)  # pika 1.x internals, checked
+    if isinstance(cancelled, set):
+        cancelled.discard(consumer_tag)
+    else:  # a pika without it: in-flight deliveries are requeued, nothing is lost
+        log.warning("pika internals changed; in-flight deliveries of a recycled consumer requeue")
+
+
+@dataclass(eq=False)
+class TenantConsumer:
+    """One tenant queue's channel, its (at most two) consumers and the acks owed on it."""
+
+    tenant: str
+    prefetch: int  # granted to the current (or next) consumer
+    queue: str = ""
+    channel: Channel | None = None
+    on_message: OnMessage | None = None
+    consumer_tag: str | None = None  # the consumer receiving new deliveries
+    retiring: str | None = None  # cancelled consumer whose deliveries are not all settled
+    acks: AckWatermark = field(default_factory=AckWatermark)
+    ready: int = 0  # messages waiting at the broker, as of the last tick
+    held: Counter[str] = field(default_factory=Counter)  # unsettled deliveries per consumer
+    _cancel_pending: bool = False  # basic.cancel-ok of the retiring consumer not yet seen
+    _start_at: int | None = None  # start the next consumer once retiring holds <= this
+    _stopped: bool = False
+
+    @property
+    def live(self) -> bool:
+        """True while acks may be sent on this channel."""
+        return self.channel is not None and self.channel.is_open
+
+    @property
+    def retiring_held(self) -> int:
+        """Deliveries of the retiring consumer not yet settled."""
+        return self.held[self.retiring] if self.retiring is not None else 0
+
+    # -- consumers -------------------------------------------------------------------
+    def consume(self) -> None:
+        """Start a consumer under the prefetch last set with ``basic.qos``."""
+        assert self.channel is not None and self.on_message is not None
+        self._start_at = None
+        self.consumer_tag = self.channel.basic_consume(self.queue, self.on_message)
+
+    def change_prefetch(self, wanted: int) -> bool:
+        """Recycle the consumer under prefetch ``wanted``; False when not possible now.
+
+        Not possible while the channel is down or stopping, before the first consumer
+        started, or while an earlier recycle has not finished (the next tick retries).
+        """
+        if (
+            not self.live
+            or self._stopped
+            or self.consumer_tag is None
+            or self.retiring is not None
+            or wanted == self.prefetch
+        ):
+            return False
+        assert self.channel is not None
+        old, self.prefetch = self.prefetch, wanted
+        self.channel.basic_qos(prefetch_count=wanted, global_qos=False)
+        self.retiring, self.consumer_tag = self.consumer_tag, None
+        self._cancel_pending = True
+        cancel_keeping_deliveries(self.channel, self.retiring, self._cancel_ok)
+        PREFETCH_CHANGES.labels(self.tenant).inc()
+        if wanted > old:
+            self.consume()  # the broker handles it after the cancel: never two at once
+        else:
+            self._start_at = old - wanted
+            self._progress()
+        return True
+
+    def _cancel_ok(self, frame: Any) -> None:
+        # pika fires every pending cancel-ok callback on the first cancel-ok of the
+        # channel, so check which consumer this one is about.
+        if frame.method.consumer_tag == self.retiring:
+            self._cancel_pending = False
+            self._progress()
+
+    def _progress(self) -> None:
+        """Start the next consumer, or forget the retiring one, when it is time."""
+        if self.retiring is None or self._cancel_pending or not self.live:
+            return
+        held = self.held[self.retiring]
+        if self._start_at is not None and held <= self._start_at and not self._stopped:
+            self.consume()
+        if held == 0 and self._start_at is None:
+            del self.held[self.retiring]
+            self.retiring = None
+
+    def stop(self) -> None:
+        """Stop consuming (drain): cancel the current consumer, start no other.
+
+        Deliveries already on the wire are buffered and written by the drain like
+        the others (or requeued with the channel if the drain deadline passes).
+        """
+        self._stopped = True
+        self._start_at = None
+        if self.live and self.consumer_tag is not None:
+            assert self.channel is not None
+            cancel_keeping_deliveries(self.channel, self.consumer_tag, lambda _frame: None)
+
+    # -- deliveries and acks -----------------------------------------------------------
+    def delivered(self, delivery_tag: int, consumer_tag: str) -> None:
+        """Record a delivery (from the current or the retiring consumer)."""
+        self.acks.track(delivery_tag)
+        self.held[consumer_tag] += 1
+
+    def settle(self, tags: Iterable[tuple[int, str]]) -> None:
+        """Settle (delivery tag, consumer tag) pairs; ack the settled prefix."""
+        delivery_tags = []
+        for delivery_tag, consumer_tag in tags:
+            delivery_tags.append(delivery_tag)
+            self.held[consumer_tag] -= 1
+        upto = self.acks.settle(delivery_tags)
+        if upto is not None:
+            self.channel.basic_ack(upto, multiple=True)  # type: ignore[union-attr]
+        self._progress()
+
+    def reset(self) -> None:
+        """The channel closed: the broker requeued every unacked delivery."""
+        self.acks.reset()
+        self.held.clear()
+        self.consumer_tag = self.retiring = self._start_at = None
+        self._cancel_pending = False
