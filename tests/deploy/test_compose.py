@@ -86,18 +86,35 @@ def test_the_checker_refuses_an_invalid_file(compose_check: Path, tmp_path: Path
     assert "undefined service" in result.stderr
 
 
-def test_missing_secrets_stop_compose(compose_check: Path) -> None:
+SECRETS = re.compile(r"^(FAIRWAY_\w*(?:SECRET_KEY|PASSWORD))=\s*$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("missing", SECRETS.findall((ROOT / ".env.example").read_text()))
+def test_missing_secrets_stop_compose(compose_check: Path, tmp_path: Path, missing: str) -> None:
+    """Every secret left empty in .env.example is required: compose refuses to start."""
+    example = (ROOT / ".env.example").read_text()
+    filled = SECRETS.sub(
+        lambda m: m.group(0) if m.group(1) == missing else f"{m.group(1)}=x-{m.group(1)}", example
+    )
+    env_file = tmp_path / ".env"
+    env_file.write_text(filled)
     result = run(
-        [
-            str(compose_check),
-            "-env-file",
-            str(ROOT / ".env.example"),
-            str(ROOT / "docker-compose.yml"),
-        ],
+        [str(compose_check), "-env-file", str(env_file), str(ROOT / "docker-compose.yml")],
         cwd=ROOT,
     )
     assert result.returncode != 0
-    assert "FAIRWAY_SECRET_KEY" in result.stderr
+    assert f"required variable {missing} is missing a value" in result.stderr
+
+
+def test_the_example_with_secrets_filled_in_is_valid(compose_check: Path, tmp_path: Path) -> None:
+    example = (ROOT / ".env.example").read_text()
+    env_file = tmp_path / ".env"
+    env_file.write_text(SECRETS.sub(lambda m: f"{m.group(1)}=x-{m.group(1)}", example))
+    result = run(
+        [str(compose_check), "-env-file", str(env_file), str(ROOT / "docker-compose.yml")],
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_every_process_of_the_system_is_there(project: dict[str, Any]) -> None:
