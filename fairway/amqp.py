@@ -86,6 +86,18 @@ class AmqpService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
 
+    def serve(self, metrics_port: int) -> None:
+        """Run as a process: signals first, then metrics, then the loop.
+
+        Once the metrics endpoint answers (what tests and orchestrators wait for),
+        a SIGTERM already means a clean drain.
+        """
+        from fairway import metrics
+
+        self.install_signal_handlers()
+        metrics.serve(metrics_port)
+        self.run()
+
     def run(self) -> None:
         """Serve until :meth:`stop` (or a signal, see above) and a clean drain."""
         self.ioloop.add_callback_threadsafe(self._connect)

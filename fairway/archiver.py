@@ -38,7 +38,7 @@ from pymongo import DESCENDING
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway import metrics, store, topology
+from fairway import store, topology
 from fairway.acks import AckWatermark
 from fairway.amqp import AmqpService, Backoff
 from fairway.reasons import Reason
@@ -401,7 +401,4 @@ def run(settings: Settings) -> None:
     """``fairway archiver``: serve until SIGTERM, then drain."""
     db = store.connect(settings)
     store.ensure_indexes(db)
-    service = Archiver(settings, db)
-    service.install_signal_handlers()
-    metrics.serve(settings.metrics_port)
-    service.run()
+    Archiver(settings, db).serve(settings.metrics_port)

@@ -10,8 +10,8 @@ import click
 import orjson
 import pika
 
-from fairway import log, metrics, store, topology
-from fairway.amqp import AmqpService, declare_topology, parameters
+from fairway import log, store, topology
+from fairway.amqp import declare_topology, parameters
 from fairway.ids import check_id
 from fairway.settings import Settings
 
@@ -210,7 +210,7 @@ def relay(settings: Settings) -> None:
     """Run an auth/relay consumer on ``ingest`` until SIGTERM."""
     from ingest.relay import Relay
 
-    _serve(Relay(settings, store.connect(settings)), settings)
+    Relay(settings, store.connect(settings)).serve(settings.metrics_port)
 
 
 @main.command("scheduler")
@@ -226,14 +226,7 @@ def scheduler(settings: Settings, sink: str) -> None:
     service = Scheduler(
         settings, MongoSink(db) if sink == "mongo" else NullSink(), lambda: store.list_tenants(db)
     )
-    _serve(service, settings)
-
-
-def _serve(service: AmqpService, settings: Settings) -> None:
-    """Signals first, then metrics: once metrics answer, SIGTERM means a clean drain."""
-    service.install_signal_handlers()
-    metrics.serve(settings.metrics_port)
-    service.run()
+    service.serve(settings.metrics_port)
 
 
 @main.command("web")

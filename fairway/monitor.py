@@ -49,7 +49,7 @@ from pika.spec import Basic, BasicProperties
 from prometheus_client import Counter, Gauge
 from pymongo.database import Database
 
-from fairway import alerts, management, metrics, store, topology
+from fairway import alerts, management, store, topology
 from fairway.amqp import AmqpService, Backoff, parameters
 from fairway.events import EventPublisher, SideConnection
 from fairway.settings import Settings
@@ -512,7 +512,4 @@ def run(settings: Settings) -> None:
     """``fairway monitor``: serve until SIGTERM, then drain."""
     db = store.connect(settings)
     store.ensure_indexes(db)
-    service = Monitor(settings, db)
-    service.install_signal_handlers()
-    metrics.serve(settings.metrics_port)
-    service.run()
+    Monitor(settings, db).serve(settings.metrics_port)

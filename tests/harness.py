@@ -34,6 +34,18 @@ SERVICES = ROOT / "scripts" / "services.sh"
 MGMT_URL = os.environ.get("FAIRWAY_RABBITMQ_MGMT_URL", rabbitmq_api.DEFAULT_URL)
 
 
+def scrape_metric(port: int, name: str, **labels: str) -> float:
+    """A sample from the Prometheus endpoint on ``port`` (0 if absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    key = f"{name}{{{want}}}" if want else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def management(method: str, path: str, body: dict | None = None) -> Any:
     """Call the RabbitMQ management HTTP API (``path`` below ``/api/``)."""
     return rabbitmq_api.call(MGMT_URL, method, path, body)
@@ -140,15 +152,7 @@ class Pipeline:
 
     def metric(self, role: str, name: str, **labels: str) -> float:
         """Current value of a Prometheus sample of a running process (0 if absent)."""
-        url = f"http://127.0.0.1:{self.metrics_ports[role]}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        key = f"{name}{{{want}}}" if want else name
-        for line in text.splitlines():
-            if line.startswith(key + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return scrape_metric(self.metrics_ports[role], name, **labels)
 
     # -- provisioning and traffic --------------------------------------------------
     def tenant(self, tenant_id: str, weight: int = 1, max_backlog: int | None = None) -> None:

@@ -30,7 +30,7 @@ from fairway.store import TELEMETRY, TENANTS
 from tasks import export, records, retention, worker
 from tasks.celery_app import EXPORT_TASK, REPORT_TASK, make_celery
 from tasks.errors import JobFailed
-from tests.harness import Pipeline
+from tests.harness import Pipeline, scrape_metric
 
 pytestmark = pytest.mark.integration
 
@@ -116,17 +116,7 @@ def running_worker(p: Pipeline, name: str = "worker", **overrides: Any) -> Itera
 
 def worker_metric(proc: subprocess.Popen[bytes], name: str, **labels: str) -> float:
     """A sample from the worker main process's Prometheus endpoint (0 if absent)."""
-    import urllib.request
-
-    url = f"http://127.0.0.1:{proc.metrics_port}/metrics"  # type: ignore[attr-defined]
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    key = f"{name}{{{want}}}" if want else name
-    for line in text.splitlines():
-        if line.startswith(key + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return scrape_metric(proc.metrics_port, name, **labels)  # type: ignore[attr-defined]
 
 
 def send(app: Celery, task: str, tenant: str, user: str, params: dict[str, Any]) -> str:
