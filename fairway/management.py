@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -57,13 +59,32 @@ def delete_vhost(base_url: str, vhost: str) -> None:
     call(base_url, "DELETE", f"vhosts/{urllib.parse.quote(vhost, safe='')}")
 
 
-def close_connections(base_url: str, vhost: str, user: str, reason: str) -> int:
-    """Close every connection ``user`` has open on ``vhost``; return how many."""
+def close_connections(
+    base_url: str, vhost: str, user: str, reason: str, wait_s: float = 8.0
+) -> int:
+    """Close every connection ``user`` has open on ``vhost``; return how many.
+
+    The registry listing (``disable_stats``) shows a connection at once, but closing
+    goes through the statistics database, which learns of a connection only at its
+    next emission (every 5 s): a connection younger than that answers 404 and is
+    retried for up to ``wait_s``.
+    """
+    names = [
+        conn["name"]
+        for conn in call(base_url, "GET", "connections?disable_stats=true") or []
+        if conn.get("vhost") == vhost and conn.get("user") in (user, f"{vhost}:{user}")
+    ]
+    deadline = time.monotonic() + wait_s
     closed = 0
-    quoted = urllib.parse.quote(vhost, safe="")
-    for conn in call(base_url, "GET", f"vhosts/{quoted}/connections") or []:
-        if conn.get("user") in (user, f"{vhost}:{user}"):
-            name = urllib.parse.quote(conn["name"], safe="")
-            call_with_headers(base_url, "DELETE", f"connections/{name}", {"X-Reason": reason})
-            closed += 1
+    for name in names:
+        path = f"connections/{urllib.parse.quote(name, safe='')}"
+        while True:
+            try:
+                call_with_headers(base_url, "DELETE", path, {"X-Reason": reason})
+                closed += 1
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404 or time.monotonic() > deadline:
+                    break  # gone already, or never seen by the statistics database
+                time.sleep(0.5)
     return closed

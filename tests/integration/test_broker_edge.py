@@ -94,3 +94,35 @@ def test_an_mqtt_device_publishes_a_reading_that_is_stored(edge: Pipeline) -> No
         client.loop_stop()
         client.disconnect()
     edge.wait_stored(1, device="mqtt-1", stream="env")
+
+
+def test_disabling_a_device_closes_its_open_connection(edge: Pipeline) -> None:
+    """The broker caches logins; the API closes the device's live connection at once."""
+    from fairway import accounts
+    from web import create_app
+
+    creds = edge.device("acme", "dev-live")
+    accounts.create_user(edge.db, "boss", "boss password 123", accounts.ADMIN, "acme")
+    token = accounts.create_api_token(edge.db, "boss", 60)
+    api = create_app({"FAIRWAY_SETTINGS": edge.settings, "TESTING": True}).test_client()
+    with edge.channel("dev-live", creds["password"]) as channel:
+        channel.basic_publish("telemetry", "dev-live.env", orjson.dumps(reading()))
+        edge.wait_stored(1, device="dev-live")
+        answer = api.post(
+            "/api/devices/dev-live/disable", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200 and answer.get_json()["connections_closed"] == 1
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            for _ in range(50):  # the close reaches this client within a round trip or two
+                channel.connection.process_data_events(time_limit=0.1)
+                channel.basic_publish("telemetry", "dev-live.env", orjson.dumps(reading()))
+    # The broker's auth cache may still admit a new login for up to its TTL (60 s);
+    # what such a connection publishes is refused by the relay, with its reason.
+    time.sleep(edge.settings.device_cache_ttl_s + 0.2)
+    try:
+        edge.publish([("dev-live.env", reading(), {})], "dev-live", creds["password"])
+    except REFUSED_AT_LOGIN:
+        return  # the cache entry had already expired: refused at the door
+    (headers, _body), *_ = edge.rejected(1)
+    assert headers["x-fairway-reason"] == "device_disabled"
+    assert edge.stored(device="dev-live") == 1
