@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,7 @@ def _filled_env(tmp_path: Path) -> Path:
 
 
 def _load(compose_check: Path, env_file: Path, *profiles: str) -> dict[str, Any]:
-    args = [str(compose_check), "-env-file", str(env_file)]
-    for profile in profiles:
-        args += ["-profile", profile]
-    result = run([*args, str(ROOT / "docker-compose.yml")], cwd=ROOT)
+    result = check(compose_check, env_file, *profiles)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -86,6 +84,27 @@ def test_the_checker_refuses_an_invalid_file(compose_check: Path, tmp_path: Path
     assert "undefined service" in result.stderr
 
 
+def check(compose_check: Path, env_file: Path, *profiles: str) -> subprocess.CompletedProcess[str]:
+    """Validate the compose file with ``env_file`` only: no ``FAIRWAY_*`` from this process.
+
+    ``make test`` exports development values (``FAIRWAY_SECRET_KEY`` among them), which
+    compose would otherwise take in place of the empty ones in the file.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRWAY_")}
+    args = [str(compose_check), "-env-file", str(env_file)]
+    for profile in profiles:
+        args += ["-profile", profile]
+    return subprocess.run(
+        [*args, str(ROOT / "docker-compose.yml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 SECRETS = re.compile(r"^(FAIRWAY_\w*(?:SECRET_KEY|PASSWORD))=\s*$", re.MULTILINE)
 
 
@@ -98,23 +117,9 @@ def test_missing_secrets_stop_compose(compose_check: Path, tmp_path: Path, missi
     )
     env_file = tmp_path / ".env"
     env_file.write_text(filled)
-    result = run(
-        [str(compose_check), "-env-file", str(env_file), str(ROOT / "docker-compose.yml")],
-        cwd=ROOT,
-    )
+    result = check(compose_check, env_file)
     assert result.returncode != 0
     assert f"required variable {missing} is missing a value" in result.stderr
-
-
-def test_the_example_with_secrets_filled_in_is_valid(compose_check: Path, tmp_path: Path) -> None:
-    example = (ROOT / ".env.example").read_text()
-    env_file = tmp_path / ".env"
-    env_file.write_text(SECRETS.sub(lambda m: f"{m.group(1)}=x-{m.group(1)}", example))
-    result = run(
-        [str(compose_check), "-env-file", str(env_file), str(ROOT / "docker-compose.yml")],
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_every_process_of_the_system_is_there(project: dict[str, Any]) -> None:
