@@ -198,16 +198,22 @@ def login_blocked_for(db: Database, keys: list[str], max_failures: int, window_s
 
 
 def record_login_failure(db: Database, keys: list[str], window_s: float) -> None:
-    """Count a failed login against each key in a fixed window."""
+    """Count a failed login against each key in a fixed window.
+
+    ``$inc`` inside the current window is atomic, so concurrent failures from several
+    web processes all count; only the reset of an expired window can race, and that
+    loses at most the failures of that one instant.
+    """
     now = datetime.now(UTC)
+    window_open = now - timedelta(seconds=window_s)
     for key in keys:
-        doc = db[LOGIN_FAILURES].find_one({"_id": key})
-        if doc is None or doc["window_start"] + timedelta(seconds=window_s) <= now:
-            db[LOGIN_FAILURES].replace_one(
-                {"_id": key}, {"count": 1, "window_start": now}, upsert=True
+        counted = db[LOGIN_FAILURES].update_one(
+            {"_id": key, "window_start": {"$gt": window_open}}, {"$inc": {"count": 1}}
+        )
+        if counted.matched_count == 0:
+            db[LOGIN_FAILURES].update_one(
+                {"_id": key}, {"$set": {"count": 1, "window_start": now}}, upsert=True
             )
-        else:
-            db[LOGIN_FAILURES].update_one({"_id": key}, {"$inc": {"count": 1}})
 
 
 def clear_login_failures(db: Database, keys: list[str]) -> None:

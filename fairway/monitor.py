@@ -73,6 +73,9 @@ ALERT_EVENTS = Counter(
     "fairway_monitor_alert_events_total", "Alert transitions published", ["state"]
 )
 EVALUATED = Counter("fairway_monitor_telemetry_events_total", "Telemetry events evaluated")
+MALFORMED = Counter(
+    "fairway_monitor_malformed_events_total", "Telemetry events skipped: not a scheduler event"
+)
 DROPPED = Counter(
     "fairway_monitor_events_dropped_total",
     "Status or alert events not published (publisher down or blocked)",
@@ -466,10 +469,18 @@ class Monitor(AmqpService):
             event = orjson.loads(body)
             tenant, device = event["tenant"], event["device"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
+            MALFORMED.inc()
             log.warning("ignoring a malformed telemetry event", extra={"body": body[:200]})
             return []
         EVALUATED.inc()
-        fired = self.engine.on_event(self.rules.rules(tenant), event)
+        try:
+            fired = self.engine.on_event(self.rules.rules(tenant), event)
+        except (KeyError, TypeError, ValueError) as exc:
+            # Valid JSON of the wrong shape (not from a scheduler): skip it, counted,
+            # and let the next delivery's multiple ack cover it.
+            MALFORMED.inc()
+            log.warning("ignoring a malformed telemetry event", extra={"error": repr(exc)})
+            return []
         for alert in fired:
             self._retrying("alert state write", lambda a=alert: alerts.save_state(self.db, a))
         return [(alerts.alert_key(tenant, device), alert) for alert in fired]

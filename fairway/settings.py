@@ -66,6 +66,10 @@ class Settings:
     login_max_failures: int = 5  # per user name and per client address ...
     login_window_s: float = 300.0  # ... within this window, then 429 until it passes
     api_page_max: int = 1000  # largest page of any list endpoint
+    # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
+    # are trusted that many hops deep, so throttling sees the client's address.
+    proxy_hops: int = 0
+    cookie_secure: bool = False  # session cookie only over HTTPS (true behind TLS)
     # Used to close a disabled device's open connections at once.
     rabbitmq_mgmt_url: str = "http://guest:guest@127.0.0.1:15672"
 

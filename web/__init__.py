@@ -38,6 +38,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config["FAIRWAY_SETTINGS"] = Settings.from_env()
     if test_config:
         app.config.update(test_config)
+    settings = app.config["FAIRWAY_SETTINGS"]
+    if settings.proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     database.init_app(app)
     broker.init_app(app)
     errors.init_app(app)

@@ -34,10 +34,10 @@ def _device_json(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def visible_device(device_id: str) -> dict[str, Any]:
-    """The device document if the caller may see it, else 404."""
+def visible_device(device_id: str, tenant: str | None = None) -> dict[str, Any]:
+    """The device document if the caller may see it (and it is ``tenant``'s), else 404."""
     doc = store.device_document(get_db(), device_id)
-    if doc is None:
+    if doc is None or (tenant is not None and doc["tenant"] != tenant):
         raise ApiError(404, "not_found", f"no device {device_id!r}")
     try:
         check_tenant(doc["tenant"])

@@ -41,10 +41,7 @@ def create_rule() -> tuple[dict[str, Any], int]:
     tenant = tenant_scope(body.get("tenant"))
     device = body.get("device")
     if device is not None:
-        doc = visible_device(str(device))
-        tenant = tenant or doc["tenant"]
-        if doc["tenant"] != tenant:
-            raise ApiError(404, "not_found", f"no device {device!r}")
+        tenant = visible_device(str(device), tenant)["tenant"]
     if tenant is None:
         raise ApiError(400, "bad_parameter", "operators must name the tenant or a device")
     try:

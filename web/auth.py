@@ -44,6 +44,7 @@ def init_app(app: Flask) -> None:
         WTF_CSRF_TIME_LIMIT=int(settings.session_lifetime_s),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.session_lifetime_s),
     )
     csrf.init_app(app)
@@ -202,6 +203,9 @@ def profile(user: User) -> dict[str, Any]:
 @login_required
 def create_token() -> tuple[dict[str, Any], int]:
     """A new API token for the caller, shown once (``{"name", "ttl_s"}`` optional)."""
+    if g.auth != "session":
+        # Otherwise a leaked token could keep minting successors and never expire.
+        raise ApiError(403, "session_required", "create API tokens from a logged-in session")
     settings = current_app.config["FAIRWAY_SETTINGS"]
     body = request.get_json(silent=True) or {}
     ttl = body.get("ttl_s", settings.api_token_ttl_s)

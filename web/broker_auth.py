@@ -45,12 +45,18 @@ def only_the_broker() -> None:
     settings = current_app.config["FAIRWAY_SETTINGS"]
     networks = [ipaddress.ip_network(n.strip()) for n in settings.broker_auth_networks.split(",")]
     try:
-        caller = ipaddress.ip_address(request.remote_addr or "")
+        caller = ipaddress.ip_address(peer_address())
     except ValueError:
         abort(403)
     if not any(caller in network for network in networks):
         DECISIONS.labels("caller", "deny").inc()
         abort(403)
+
+
+def peer_address() -> str:
+    """The TCP peer, never an X-Forwarded-For value (ProxyFix keeps the original)."""
+    original = request.environ.get("werkzeug.proxy_fix.orig", {})
+    return original.get("REMOTE_ADDR") or request.remote_addr or ""
 
 
 def _answer(check: str, allowed: bool) -> str:

@@ -22,12 +22,12 @@ from celery import Celery
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from prometheus_client import Counter
 
-from fairway import store
 from fairway.settings import Settings
 from tasks import export, records
 from tasks.celery_app import EXPORT_TASK, REPORT_TASK, make_celery
 from tasks.errors import JobFailed
 from tasks.params import iso, parse_export, parse_report
+from web.api_devices import visible_device
 from web.auth import check_tenant, current_user, json_body, login_required, tenant_scope
 from web.database import get_db
 from web.errors import ApiError
@@ -76,11 +76,8 @@ def _job_tenant(body: dict[str, Any]) -> str:
 
 
 def _check_device(tenant: str, device: str | None) -> None:
-    if device is None:
-        return
-    doc = store.device_document(get_db(), device)
-    if doc is None or doc["tenant"] != tenant:
-        raise ApiError(404, "not_found", f"no device {device!r}")
+    if device is not None:
+        visible_device(device, tenant)
 
 
 def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:

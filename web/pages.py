@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -38,9 +39,26 @@ def login() -> str | Response | tuple[str, int]:
         log_in(user_id, request.form.get("password", ""))
     except ApiError as exc:
         return render_template("login.html", error=exc.message, user=user_id), exc.status
-    target = request.form.get("next", "")
-    # Only local paths: no open redirect through ?next=.
-    return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+    return redirect(local_path(request.form.get("next", "")))
+
+
+def local_path(target: str) -> str:
+    """``target`` if it is a path on this site, else ``/``: no open redirect via ``next``.
+
+    Browsers read ``/\\host`` as ``//host`` and drop tabs and newlines, so anything with
+    a backslash or a control character is refused along with schemes and hosts.
+    """
+    parts = urllib.parse.urlsplit(target)
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+        or parts.scheme
+        or parts.netloc
+    ):
+        return "/"
+    return target
 
 
 @bp.get("/favicon.ico")

@@ -21,6 +21,8 @@ def parse_time(name: str, raw: str) -> datetime:
     """ISO 8601 or Unix seconds as aware UTC; 400 naming ``name`` otherwise."""
     try:
         return datetime.fromtimestamp(float(raw), UTC)
+    except (OverflowError, OSError):
+        raise ApiError(400, "bad_parameter", f"{name} {raw!r} is out of range") from None
     except ValueError:
         pass
     try:

@@ -202,7 +202,8 @@ def test_history_pages_by_cursor_and_filters(world: dict[str, Any]) -> None:
     )
     values = [r["values"]["v"] for r in window.get_json()["readings"]]
     assert values == [11, 9, 7, 5]
-    for bad in ("limit=0", "limit=x", "from=yesterday", "from=2026-02-01&to=2026-01-01"):
+    bad_queries = ("limit=0", "limit=x", "from=yesterday", "from=1e20", "from=inf")
+    for bad in (*bad_queries, "from=2026-02-01&to=2026-01-01"):
         response = api("GET", f"/api/devices/a1/telemetry?{bad}")
         assert response.status_code == 400 and response.get_json()["error"] == "bad_parameter"
 
@@ -291,3 +292,50 @@ def test_push_token_recreates_a_users_exchange_after_a_broker_restart(
     claims = pushtoken.verify(pipeline.settings.secret_key, answer["token"], 60)
     assert claims == {"user": "view_a", "tenant": "a"}
     assert answer["url"] == f"http://127.0.0.1:{pipeline.settings.gateway_port}"
+
+
+def test_api_tokens_are_minted_only_from_a_session(world: dict[str, Any]) -> None:
+    """A leaked token must not be able to renew itself past its expiry."""
+    refused = world["api"]["adm_a"]("POST", "/api/tokens", {})
+    assert refused.status_code == 403 and refused.get_json()["error"] == "session_required"
+    client = world["app"].test_client()
+    csrf = client.post("/api/login", json={"user": "adm_a", "password": PASSWORD}).get_json()
+    made = client.post(
+        "/api/tokens", json={"ttl_s": 60}, headers={"X-CSRF-Token": csrf["csrf_token"]}
+    )
+    assert made.status_code == 201 and made.get_json()["token"].startswith("fwt_")
+
+
+def test_login_page_never_redirects_off_site(world: dict[str, Any]) -> None:
+    for target, landing in (("/devices/a1", "/devices/a1"), ("/\\evil.example", "/")):
+        client = world["app"].test_client()
+        page = client.get(f"/login?next={target}").get_data(as_text=True)
+        csrf = page.split('name="csrf_token" value="')[1].split('"')[0]
+        form = {"csrf_token": csrf, "user": "adm_a", "password": PASSWORD, "next": target}
+        answer = client.post("/login", data=form)
+        assert answer.status_code == 302 and answer.headers["Location"] == landing
+
+
+@pytest.mark.settings(proxy_hops=1, login_max_failures=2)
+def test_behind_a_proxy_throttling_keys_on_the_client(
+    pipeline: Pipeline, world: dict[str, Any]
+) -> None:
+    """With FAIRWAY_PROXY_HOPS=1 one client's failures do not lock out the others."""
+    client = world["app"].test_client()
+    proxy = {"REMOTE_ADDR": "10.0.0.5"}
+
+    def login(user: str, password: str, client_addr: str) -> int:
+        headers = {"X-Forwarded-For": client_addr}
+        body = {"user": user, "password": password}
+        return client.post("/api/login", json=body, headers=headers, environ_base=proxy).status_code
+
+    assert [login("op", "wrong password", "203.0.113.7") for _ in range(3)] == [401, 401, 429]
+    assert login("adm_a", PASSWORD, "198.51.100.9") == 200  # another client, same proxy
+    # The broker-auth allowlist checks the TCP peer, never a forwarded address.
+    forged = client.post(
+        "/broker/user",
+        data={"username": "a1", "password": "x"},
+        headers={"X-Forwarded-For": "127.0.0.1"},
+        environ_base=proxy,
+    )
+    assert forged.status_code == 403
