@@ -105,6 +105,10 @@ class Settings:
     report_soft_time_limit_s: float = 300.0
     report_time_limit_s: float = 330.0
     report_max_readings: int = 5_000_000
+    # Fraction of wall time a report or export keeps the database reading (1 = flat
+    # out). Below 1 the job pauses between batches; FerretDB reads lazily, batch by
+    # batch, so the pause frees the database for the web app (docs/benchmarks.md).
+    report_db_share: float = 0.5
     retention_interval_s: float = 3600.0
     default_retention_days: int = 30
     report_max_buckets: int = 1000  # time buckets in one report (bounds the result size)

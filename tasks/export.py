@@ -74,6 +74,7 @@ def export_csv(
     params: ExportParams,
     max_readings: int,
     progress: Progress,
+    db_share: float = 1.0,
 ) -> dict[str, Any]:
     """Write the job's CSV file (once) and return its size, row and reading counts."""
     done = file_info(db, job_id)
@@ -91,7 +92,8 @@ def export_csv(
     writer.writerow(COLUMNS)
     readings = rows = 0
     try:
-        for doc in stream_readings(db, query, ("ts", "device", "stream", "values")):
+        fields = ("ts", "device", "stream", "values")
+        for doc in stream_readings(db, query, fields, db_share):
             readings += 1
             for row in csv_rows(doc):
                 writer.writerow(row)

@@ -55,7 +55,12 @@ def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dic
     settings = _settings()
     try:
         return build_report(
-            get_db(), tenant, ReportParams(**params), settings.report_max_readings, self.progress
+            get_db(),
+            tenant,
+            ReportParams(**params),
+            settings.report_max_readings,
+            self.progress,
+            settings.report_db_share,
         )
     except SoftTimeLimitExceeded:
         raise _too_slow("report", settings) from None
@@ -78,6 +83,7 @@ def export_readings(
             ExportParams(**params),
             settings.report_max_readings,
             self.progress,
+            settings.report_db_share,
         )
     except SoftTimeLimitExceeded:
         raise _too_slow("export", settings) from None

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 import pytest
 
 from fairway.settings import Settings
 from tasks.params import ExportParams, ReportParams, parse_export, parse_report
-from tasks.report import OUTLIERS_LISTED, ReportBuilder, percentile
+from tasks.report import OUTLIERS_LISTED, ReportBuilder, paced, percentile
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -143,3 +145,22 @@ def test_times_are_epoch_seconds_on_the_wire() -> None:
         "bucket_s": 60,
         "z": 3.0,
     }
+
+
+def test_paced_reading_keeps_its_share_of_the_time() -> None:
+    """After each batch the stream sleeps busy * (1 - share) / share."""
+    pauses: list[float] = []
+
+    def slow_items() -> Iterator[int]:
+        for i in range(10):
+            time.sleep(0.01)  # "reading" one item
+            yield i
+
+    out = list(paced(slow_items(), 0.25, 5, sleep=pauses.append))
+    assert out == list(range(10))
+    assert len(pauses) == 2  # one per full batch of 5
+    for pause in pauses:  # 5 items of >= 10 ms busy each: pause >= 3 x busy
+        assert pause >= 3 * 0.05 * 0.9
+    assert list(paced(iter(range(3)), 1.0, 1, sleep=pauses.append)) == [0, 1, 2]
+    with pytest.raises(ValueError):
+        list(paced(iter(range(3)), 0.0, 1))
