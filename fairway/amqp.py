@@ -125,6 +125,18 @@ class AmqpService:
         """The connection is open: set up channels and consumers."""
         raise NotImplementedError
 
+    def reconnect_on_channel_close(self, _channel: Any, why: Exception) -> None:
+        """A consuming channel closed under us: reconnect, which declares and consumes anew.
+
+        Register with ``channel.add_on_close_callback``; unacked deliveries of the closed
+        channel are requeued by the broker.
+        """
+        if self.connection is not None and self.connection.is_open and not self.stopping:
+            log.warning(
+                "channel closed; reconnecting", extra={"service": self.name, "why": repr(why)}
+            )
+            self.connection.close()
+
     def on_connection_lost(self) -> None:
         """The connection is gone: the broker requeues every unacked delivery."""
 

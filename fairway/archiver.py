@@ -218,7 +218,7 @@ class Archiver(AmqpService):
 
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
-        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_close_callback(self.reconnect_on_channel_close)
         channel.basic_qos(
             prefetch_count=2 * self.settings.archiver_batch_size,
             callback=lambda _f: self._consume(channel),
@@ -227,11 +227,6 @@ class Archiver(AmqpService):
     def _consume(self, channel: Channel) -> None:
         self._consumer_tag = channel.basic_consume(topology.REJECTED, self._on_message)
         log.info("consuming", extra={"queue": topology.REJECTED})
-
-    def _on_channel_closed(self, _channel: Channel, why: Exception) -> None:
-        if self.connection is not None and self.connection.is_open and not self.stopping:
-            log.warning("channel closed; reconnecting", extra={"why": repr(why)})
-            self.connection.close()
 
     def on_connection_lost(self) -> None:
         # Unacked deliveries go back to ``rejected``; what is being written may be

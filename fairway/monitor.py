@@ -234,7 +234,7 @@ class Monitor(AmqpService):
 
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
-        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_close_callback(self.reconnect_on_channel_close)
         args = {
             "x-max-length": self.settings.monitor_queue_max_length,
             "x-overflow": "drop-head",
@@ -252,11 +252,6 @@ class Monitor(AmqpService):
                 self._consumer_tag = channel.basic_consume(TELEMETRY_QUEUE, self._on_telemetry)
 
         channel.queue_declare(TELEMETRY_QUEUE, durable=True, arguments=args, callback=declared)
-
-    def _on_channel_closed(self, _channel: Channel, why: Exception) -> None:
-        if self.connection is not None and self.connection.is_open and not self.stopping:
-            log.warning("channel closed; reconnecting", extra={"why": repr(why)})
-            self.connection.close()
 
     def on_connection_lost(self) -> None:
         self._channel = None

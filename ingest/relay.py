@@ -91,7 +91,7 @@ class Relay(AmqpService):
 
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
-        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_close_callback(self.reconnect_on_channel_close)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._set_qos(channel))
 
@@ -103,11 +103,6 @@ class Relay(AmqpService):
     def _consume(self, channel: Channel) -> None:
         self._consumer_tag = channel.basic_consume(topology.INGEST, self._on_message)
         log.info("consuming", extra={"queue": topology.INGEST})
-
-    def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
-        if self.connection is not None and self.connection.is_open and not self.stopping:
-            log.warning("channel closed; reconnecting", extra={"why": repr(reason)})
-            self.connection.close()
 
     def on_connection_lost(self) -> None:
         # Every unacked delivery goes back to ``ingest``; forget what was in flight.
