@@ -36,10 +36,12 @@ import pika
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from fairway import management as rabbitmq_api
-from fairway import processes, store, topology
-from fairway.processes import free_port, wait_for
-from fairway.settings import Settings
+from fairway.amqp import management as rabbitmq_api
+from fairway.devtools import processes
+from fairway.devtools.processes import free_port, wait_for
+from fairway.kernel import topology
+from fairway.kernel.settings import Settings
+from fairway.storage import mongo
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -213,7 +215,7 @@ class Env:
     def db(self) -> Database:
         """The run's database (one client, opened on first use)."""
         if self._db is None:
-            self._db = store.connect(self.settings)
+            self._db = mongo.connect(self.settings)
         return self._db
 
     def with_(self, **overrides: Any) -> Settings:
@@ -239,7 +241,7 @@ def bench_env(prefix: str, **overrides: Any) -> Iterator[Env]:
         try:
             with env.channel() as ch:
                 topology.declare(ch, env.settings)
-            store.ensure_indexes(env.db)
+            mongo.ensure_indexes(env.db)
             yield env
         finally:
             if env._db is not None:

@@ -6,7 +6,7 @@ One run, two measurements on fresh databases:
   straight into FerretDB in batches of ``batch_size`` from one process (one thread,
   and, for reference, ``writers`` threads like the scheduler's writer pool), into a
   ``telemetry`` collection with the same indexes.
-* ``pipeline``: :class:`ingest.simulator.Simulator` (in this process, streamed
+* ``pipeline``: :class:`fairway.devtools.simulator.Simulator` (in this process, streamed
   confirms) offers ``--rate`` msg/s from 10 tenants x 5 registered devices for
   ``--duration`` seconds; one ``python -m fairway relay`` and one
   ``python -m fairway scheduler`` (MongoDB sink) run as children. Sustained
@@ -27,10 +27,11 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import Env, r, ratio, say
-from fairway import store, topology
-from fairway.contract import Reading, tenant_message, to_document
-from fairway.settings import Settings
-from ingest import simulator
+from fairway.devtools import simulator
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, tenant_message, to_document
+from fairway.kernel.settings import Settings
+from fairway.storage import mongo, registry
 
 NAME = "end_to_end"
 STORED = "fairway_scheduler_stored_total"
@@ -45,9 +46,9 @@ def provision(env: Env) -> dict[str, list[str]]:
         for tenant in TENANTS:
             topology.tenant_queue(tenant, env.settings.tenant_max_backlog).declare(ch)
     for tenant, devices in by_tenant.items():
-        store.create_tenant(env.db, tenant, 1, env.settings.tenant_max_backlog)
+        registry.create_tenant(env.db, tenant, 1, env.settings.tenant_max_backlog)
         for device in devices:
-            store.register_device(env.db, tenant, device)
+            registry.register_device(env.db, tenant, device)
     return by_tenant
 
 
@@ -68,7 +69,7 @@ def ceiling(count: int, batch: int, threads: int) -> dict[str, Any]:
     docs = sample_documents(count)
     batches = [docs[i : i + batch] for i in range(0, len(docs), batch)]
     with common.bench_env("bench-e2e-ceiling") as env:
-        coll = env.db[store.TELEMETRY]
+        coll = env.db[mongo.TELEMETRY]
         started = time.perf_counter()
         if threads == 1:
             for b in batches:
@@ -142,7 +143,7 @@ def pipeline(args: Any) -> dict[str, Any]:
             stored_total = sched.metric_sum(STORED)
             relay_rss = relay.status().get("VmHWM", 0) / 1024
             sched_rss = sched.status().get("VmHWM", 0) / 1024
-        documents = env.db[store.TELEMETRY].count_documents({})
+        documents = env.db[mongo.TELEMETRY].count_documents({})
         with env.channel() as ch:
             rejected = ch.queue_declare(topology.REJECTED, passive=True).method.message_count
     window = [(t, n) for t, n in samples if t - t0 >= args.warmup]

@@ -12,7 +12,7 @@ contenders:
     a channel per tenant queue, DRR, batches, ack after the "write").
 (c) ``scheduler_mongo``: the same with the MongoDB sink.
 
-Bodies are the relay's tenant-queue format (:func:`fairway.contract.tenant_message`),
+Bodies are the relay's tenant-queue format (:func:`fairway.kernel.contract.tenant_message`),
 141 bytes. For (a) and (b) the queues are filled through the fanout (every queue
 gets the same 500 bodies). The MongoDB sink derives ``_id`` from the body, so
 through the fanout 99.5 % of its writes would be duplicate-key no-ops; for (c) each
@@ -42,8 +42,9 @@ from pika.adapters.select_connection import IOLoop
 
 from benchmarks import common
 from benchmarks.common import Env, r, say
-from fairway import store, topology
-from fairway.contract import Reading, tenant_message
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, tenant_message
+from fairway.storage import mongo, registry
 
 NAME = "many_queues"
 FANOUT = "bench.fanout"
@@ -163,7 +164,7 @@ def provision(env: Env, tenants: list[str]) -> None:
             spec.declare(ch)
             ch.queue_bind(spec.name, FANOUT, "")
     for tenant in tenants:
-        store.create_tenant(env.db, tenant, 1, max_backlog)
+        registry.create_tenant(env.db, tenant, 1, max_backlog)
 
 
 def queue_names(tenants: list[str]) -> list[str]:
@@ -286,7 +287,7 @@ def run_scheduler(
 
 def mongo_stored(env: Env) -> int:
     """Documents in ``telemetry`` (a full scan on FerretDB: only at the end)."""
-    return env.db[store.TELEMETRY].count_documents({})
+    return env.db[mongo.TELEMETRY].count_documents({})
 
 
 def one_round(args: Any, order: list[str]) -> dict[str, dict[str, Any]]:

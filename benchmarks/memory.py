@@ -22,9 +22,9 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import Env, FairwayProcess, r, say
-from fairway import topology
-from fairway.cli import provision_tenant
-from fairway.contract import Reading, tenant_message
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, tenant_message
+from fairway.provision import provision_tenant
 
 NAME = "memory"
 STORED = "fairway_scheduler_stored_total"

@@ -49,9 +49,10 @@ import pika
 
 from benchmarks import common
 from benchmarks.common import Env, FairwayProcess, percentile, r, ratio, say
-from fairway import store, topology
-from fairway.contract import Reading, tenant_message
-from fairway.settings import Settings
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, tenant_message
+from fairway.kernel.settings import Settings
+from fairway.storage import registry
 
 NAME = "noisy_neighbor"
 NOISY = "nn0"
@@ -84,7 +85,7 @@ def pipeline(prefix: str, tenants: dict[str, int], fifo: bool, **settings: Any) 
             for tenant in queues:
                 topology.tenant_queue(tenant, env.settings.tenant_max_backlog).declare(ch)
         for tenant, weight in queues.items():
-            store.create_tenant(env.db, tenant, weight, env.settings.tenant_max_backlog)
+            registry.create_tenant(env.db, tenant, weight, env.settings.tenant_max_backlog)
         yield env
 
 

@@ -14,7 +14,7 @@ At scale 1: 100 users (viewers of their own tenant, each following device ``d0``
 3. **Subscription changes**, side by side in rounds (alternating order):
    ``e2e``: one ``exchange.bind``/``exchange.unbind`` of ``telemetry.<t>.d1`` on
    ``user.<id>`` per change, whatever the number of sessions (what
-   :func:`fairway.notify.sync_user` does); ``per_queue``: the same change made by
+   :func:`fairway.domain.notify.sync_user` does); ``per_queue``: the same change made by
    binding every one of the user's 10 session queues straight to ``events``
    (10 ``queue.bind``/``queue.unbind``). The per-queue contender binds 10 look-alike
    queues per user declared on its own connection (session queues are exclusive to
@@ -43,8 +43,9 @@ import pika
 
 from benchmarks import common
 from benchmarks.common import r, say
-from fairway import notify, pushtoken, topology
-from fairway.processes import free_port
+from fairway.devtools.processes import free_port
+from fairway.domain import notify, pushtoken
+from fairway.kernel import topology
 
 NAME = "notify_fanout"
 SESSIONS_PER_USER = 10

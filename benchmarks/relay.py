@@ -12,8 +12,8 @@ registered devices of 10 tenants; then, in one run, refilled between contenders:
   publish, unsafe: a broker crash loses messages). An upper bound for pika.
 
 Both minimal relays do the same validation and republish as the real one:
-:func:`fairway.contract.parse_reading`, a device -> tenant lookup (in a dict loaded
-once), :func:`fairway.contract.tenant_message`, publish to ``tenants``; prefetch is
+:func:`fairway.kernel.contract.parse_reading`, a device -> tenant lookup (in a dict loaded
+once), :func:`fairway.kernel.contract.tenant_message`, publish to ``tenants``; prefetch is
 the relay's (``relay_prefetch``). All contenders are timed from outside the same
 way: from the first message leaving ``ingest`` (its ready count drops) to the tenant
 queues holding all N (passive ``queue.declare`` polls, interpolated).
@@ -32,11 +32,12 @@ import pika
 
 from benchmarks import common
 from benchmarks.common import Env, r, say
-from fairway import store, topology
-from fairway.cli import provision_tenant
-from fairway.contract import parse_reading, tenant_message
-from fairway.reasons import Rejection
-from fairway.settings import Settings
+from fairway.kernel import topology
+from fairway.kernel.contract import parse_reading, tenant_message
+from fairway.kernel.reasons import Rejection
+from fairway.kernel.settings import Settings
+from fairway.provision import provision_tenant
+from fairway.storage import mongo, registry
 
 NAME = "relay"
 TENANTS = [f"rl{i:02d}" for i in range(10)]
@@ -53,7 +54,7 @@ def provision(env: Env) -> None:
     for tenant in TENANTS:
         provision_tenant(env.settings, tenant, 1, env.settings.tenant_max_backlog)
     for device in device_ids():
-        store.register_device(env.db, device.split("-")[0], device)
+        registry.register_device(env.db, device.split("-")[0], device)
 
 
 def fill_ingest(env: Env, count: int, run: int) -> float:
@@ -165,7 +166,7 @@ def _result(count: int, t: dict[str, float], **extra: Any) -> dict[str, Any]:
 def minimal_relay(mode: str, amqp_url: str, mongo_url: str, count: int) -> dict[str, Any]:
     """Validate + republish ``count`` messages, one blocking publish at a time."""
     settings = Settings.from_env(amqp_url=amqp_url, mongo_url=mongo_url)
-    tenant_of = {d.id: d.tenant for d in store.list_devices(store.connect(settings))}
+    tenant_of = {d.id: d.tenant for d in registry.list_devices(mongo.connect(settings))}
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = connection.channel()
     if mode == "sync_confirm":

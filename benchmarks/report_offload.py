@@ -42,10 +42,10 @@ from benchmarks.common import (
     say,
     scaled,
 )
-from fairway import accounts, store
-from fairway.contract import reading_id
-from fairway.processes import free_port
-from fairway.settings import Settings
+from fairway.devtools.processes import free_port
+from fairway.kernel.contract import reading_id
+from fairway.kernel.settings import Settings
+from fairway.storage import accounts, mongo, registry
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 TENANT, USER, PASSWORD = "bench", "bench-admin", "benchmark-password"
@@ -60,7 +60,7 @@ def serve(port: int) -> None:
     import waitress
     from flask import request
 
-    from tasks.params import parse_report
+    from fairway.domain.job_params import parse_report
     from tasks.report import build_report
     from web import create_app, jobs
     from web.database import get_db
@@ -150,10 +150,10 @@ def insert_readings(db: Any, count: int) -> float:
             }
         )
         if len(batch) == 10_000:
-            db[store.TELEMETRY].insert_many(batch, ordered=False)
+            db[mongo.TELEMETRY].insert_many(batch, ordered=False)
             batch = []
     if batch:
-        db[store.TELEMETRY].insert_many(batch, ordered=False)
+        db[mongo.TELEMETRY].insert_many(batch, ordered=False)
     return count / (time.monotonic() - began)
 
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.serve)
         return 0
 
-    from tasks import worker
+    from fairway.devtools import celery_workers as worker
 
     readings = scaled(1_000_000, args.scale, minimum=10_000)
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             report_time_limit_s=3700.0,
         )
         db = env.db
-        store.create_tenant(db, TENANT, 1, 1000)
+        registry.create_tenant(db, TENANT, 1, 1000)
         accounts.create_user(db, USER, PASSWORD, "admin", TENANT)
         token = accounts.create_api_token(db, USER, 86400)
         build = db.command("buildInfo")

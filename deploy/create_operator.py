@@ -2,7 +2,7 @@
 """Create the first operator account if it does not exist yet (docker compose, Ansible).
 
 Reads ``FAIRWAY_OPERATOR_USER`` and ``FAIRWAY_OPERATOR_PASSWORD`` (plus the usual
-``FAIRWAY_*`` settings), creates the user through :mod:`fairway.accounts` and binds
+``FAIRWAY_*`` settings), creates the user through :mod:`fairway.storage.accounts` and binds
 their notification exchange the way the web API does. Prints one JSON line:
 ``{"user": ..., "created": true|false}``, then the dashboard URL when
 ``FAIRWAY_DASHBOARD_URL`` is set. An existing user is left exactly as it is.
@@ -14,27 +14,17 @@ import json
 import os
 import sys
 
-import pika
-
-from fairway import accounts, permissions, store
-from fairway.amqp import parameters
-from fairway.settings import Settings
+from fairway.kernel.settings import Settings
+from fairway.provision import create_user
+from fairway.storage import accounts, mongo
 
 
 def ensure_operator(user_id: str, password: str) -> bool:
     """Create operator ``user_id`` unless it exists; True if it was created."""
     settings = Settings.from_env()
-    db = store.connect(settings)
-    try:
-        accounts.create_user(db, user_id, password, accounts.OPERATOR, None)
-    except store.AlreadyExists:
-        return False
-    connection = pika.BlockingConnection(parameters(settings, "fairway-bootstrap"))
-    try:
-        permissions.sync_bindings(db, connection.channel(), user_id)
-    finally:
-        connection.close()
-    return True
+    db = mongo.connect(settings)
+    user = create_user(settings, db, user_id, password, accounts.OPERATOR, None, if_missing=True)
+    return user is not None
 
 
 def main() -> int:

@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 import orjson
-import pika
 
-from fairway import log, store, topology
-from fairway.amqp import declare_topology, parameters
-from fairway.ids import check_id
-from fairway.settings import Settings
+from fairway.amqp.connection import declare_topology
+from fairway.kernel import log, topology
+from fairway.kernel.settings import Settings
+from fairway.provision import create_user, ensure_devices, provision_tenant
+from fairway.storage import mongo, registry
 
 
 def _emit(value: Any) -> None:
@@ -34,22 +34,6 @@ def main(ctx: click.Context) -> None:
     ctx.obj = settings
 
 
-# -- provisioning ------------------------------------------------------------------
-def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlog: int) -> None:
-    """Declare the tenant's queue, then record the tenant (schedulers pick it up)."""
-    check_id("tenant", tenant_id)
-    connection = pika.BlockingConnection(parameters(settings, "fairway-cli"))
-    try:
-        channel = connection.channel()
-        topology.declare(channel, settings)
-        topology.tenant_queue(tenant_id, max_backlog, settings.queue_type).declare(channel)
-    finally:
-        connection.close()
-    db = store.connect(settings)
-    store.ensure_indexes(db)
-    store.create_tenant(db, tenant_id, weight, max_backlog)
-
-
 @main.group()
 def tenant() -> None:
     """Provision and list tenants."""
@@ -64,7 +48,7 @@ def tenant_create(settings: Settings, tenant_id: str, weight: int, max_backlog: 
     """Create TENANT_ID with its queue ``tenant.<id>``."""
     try:
         provision_tenant(settings, tenant_id, weight, max_backlog or settings.tenant_max_backlog)
-    except (ValueError, store.AlreadyExists) as exc:
+    except (ValueError, mongo.AlreadyExists) as exc:
         _fail(str(exc))
     _emit({"tenant": tenant_id, "weight": weight, "queue": topology.tenant_queue_name(tenant_id)})
 
@@ -73,7 +57,7 @@ def tenant_create(settings: Settings, tenant_id: str, weight: int, max_backlog: 
 @click.pass_obj
 def tenant_list(settings: Settings) -> None:
     """List tenants as JSON."""
-    _emit([asdict(t) for t in store.list_tenants(store.connect(settings))])
+    _emit([asdict(t) for t in registry.list_tenants(mongo.connect(settings))])
 
 
 @tenant.command("set-weight")
@@ -83,7 +67,7 @@ def tenant_list(settings: Settings) -> None:
 def tenant_set_weight(settings: Settings, tenant_id: str, weight: int) -> None:
     """Change a tenant's DRR weight (schedulers apply it within their refresh period)."""
     try:
-        if not store.set_tenant_weight(store.connect(settings), tenant_id, weight):
+        if not registry.set_tenant_weight(mongo.connect(settings), tenant_id, weight):
             _fail(f"unknown tenant {tenant_id!r}")
     except ValueError as exc:
         _fail(str(exc))
@@ -102,8 +86,8 @@ def device() -> None:
 def device_register(settings: Settings, tenant_id: str, device_id: str) -> None:
     """Register DEVICE_ID under TENANT_ID; prints its credentials once."""
     try:
-        _emit(store.register_device(store.connect(settings), tenant_id, device_id))
-    except (ValueError, LookupError, store.AlreadyExists) as exc:
+        _emit(registry.register_device(mongo.connect(settings), tenant_id, device_id))
+    except (ValueError, LookupError, mongo.AlreadyExists) as exc:
         _fail(str(exc).strip("'\""))
 
 
@@ -112,11 +96,11 @@ def device_register(settings: Settings, tenant_id: str, device_id: str) -> None:
 @click.pass_obj
 def device_list(settings: Settings, tenant_id: str | None) -> None:
     """List devices as JSON."""
-    _emit([asdict(d) for d in store.list_devices(store.connect(settings), tenant_id)])
+    _emit([asdict(d) for d in registry.list_devices(mongo.connect(settings), tenant_id)])
 
 
 def _set_enabled(settings: Settings, device_id: str, enabled: bool) -> None:
-    if not store.set_device_enabled(store.connect(settings), device_id, enabled):
+    if not registry.set_device_enabled(mongo.connect(settings), device_id, enabled):
         _fail(f"unknown device {device_id!r}")
     _emit({"device": device_id, "enabled": enabled})
 
@@ -163,23 +147,14 @@ def user_create(
     password: str,
 ) -> None:
     """Create USER_ID and bind its live-notification exchange."""
-    from fairway import accounts, permissions
-
-    db = store.connect(settings)
+    db = mongo.connect(settings)
     try:
-        created = accounts.create_user(db, user_id, password, role, tenant_id)
-    except store.AlreadyExists as exc:
-        if not if_missing:
-            _fail(str(exc))
+        created = create_user(settings, db, user_id, password, role, tenant_id, if_missing)
+    except (mongo.AlreadyExists, ValueError, LookupError) as exc:
+        _fail(str(exc).strip("'\""))
+    if created is None:
         _emit({"user": user_id, "created": False})
         return
-    except (ValueError, LookupError) as exc:
-        _fail(str(exc).strip("'\""))
-    connection = pika.BlockingConnection(parameters(settings, "fairway-cli"))
-    try:
-        permissions.sync_bindings(db, connection.channel(), user_id)
-    finally:
-        connection.close()
     _emit({"user": created.id, "role": created.role, "tenant": created.tenant, "created": True})
 
 
@@ -188,9 +163,9 @@ def user_create(
 @click.pass_obj
 def user_list(settings: Settings, tenant_id: str | None) -> None:
     """List users as JSON (no password hashes)."""
-    from fairway import accounts
+    from fairway.storage import accounts
 
-    docs = accounts.list_users(store.connect(settings), tenant_id)
+    docs = accounts.list_users(mongo.connect(settings), tenant_id)
     _emit([{"user": d["_id"], "role": d["role"], "tenant": d.get("tenant")} for d in docs])
 
 
@@ -199,7 +174,7 @@ def user_list(settings: Settings, tenant_id: str | None) -> None:
 def declare(settings: Settings) -> None:
     """Declare the shared AMQP topology and the database indexes."""
     declare_topology(settings)
-    store.ensure_indexes(store.connect(settings))
+    mongo.ensure_indexes(mongo.connect(settings))
     _emit({"declared": [name for name, _ in topology.EXCHANGES]})
 
 
@@ -210,7 +185,7 @@ def relay(settings: Settings) -> None:
     """Run an auth/relay consumer on ``ingest`` until SIGTERM."""
     from ingest.relay import Relay
 
-    Relay(settings, store.connect(settings)).serve(settings.metrics_port)
+    Relay(settings, mongo.connect(settings)).serve(settings.metrics_port)
 
 
 @main.command("scheduler")
@@ -221,10 +196,12 @@ def scheduler(settings: Settings, sink: str) -> None:
     from scheduler.service import Scheduler
     from scheduler.sink import MongoSink, NullSink
 
-    db = store.connect(settings)
-    store.ensure_indexes(db)
+    db = mongo.connect(settings)
+    mongo.ensure_indexes(db)
     service = Scheduler(
-        settings, MongoSink(db) if sink == "mongo" else NullSink(), lambda: store.list_tenants(db)
+        settings,
+        MongoSink(db) if sink == "mongo" else NullSink(),
+        lambda: registry.list_tenants(db),
     )
     service.serve(settings.metrics_port)
 
@@ -245,7 +222,7 @@ def web_server(settings: Settings, threads: int) -> None:
 @click.pass_obj
 def gateway(settings: Settings) -> None:
     """Serve live notifications to browsers (Twisted, Server-Sent Events)."""
-    from web.gateway import run
+    from gateway.service import run
 
     run(settings)
 
@@ -254,7 +231,7 @@ def gateway(settings: Settings) -> None:
 @click.pass_obj
 def monitor(settings: Settings) -> None:
     """Track device online status and evaluate alert rules; publish status/alert events."""
-    from fairway.monitor import run
+    from monitor.service import run
 
     run(settings)
 
@@ -263,7 +240,7 @@ def monitor(settings: Settings) -> None:
 @click.pass_obj
 def archiver(settings: Settings) -> None:
     """Keep rejected messages queryable per device (``rejected`` -> ``rejections``)."""
-    from fairway.archiver import run
+    from archiver.service import run
 
     run(settings)
 
@@ -291,7 +268,7 @@ def simulate(
     provision: bool,
 ) -> None:
     """Publish simulated readings with confirms; print a JSON summary."""
-    from ingest import simulator
+    from fairway.devtools import simulator
 
     noisy_factors: dict[str, float] = {}
     for item in noisy:
@@ -302,7 +279,7 @@ def simulate(
             _fail(f"--noisy takes TENANT:FACTOR, not {item!r}")
     by_tenant = {t: simulator.device_ids(t, devices) for t in simulator.tenant_ids(tenants)}
     if provision:
-        ensure_simulated(settings, by_tenant)
+        ensure_devices(settings, by_tenant)
     summary = simulator.Simulator(
         settings,
         simulator.weighted_devices(by_tenant, noisy_factors),
@@ -310,19 +287,6 @@ def simulate(
         duration=duration,
     ).run()
     click.echo(simulator.summary_json(summary))
-
-
-def ensure_simulated(settings: Settings, by_tenant: dict[str, list[str]]) -> None:
-    """Provision the simulated tenants and devices that do not exist yet."""
-    db = store.connect(settings)
-    existing = {t.id for t in store.list_tenants(db)}
-    for tenant_id, device_ids in by_tenant.items():
-        if tenant_id not in existing:
-            provision_tenant(settings, tenant_id, 1, settings.tenant_max_backlog)
-        known = {d.id for d in store.list_devices(db, tenant_id)}
-        for device_id in device_ids:
-            if device_id not in known:
-                store.register_device(db, tenant_id, device_id)
 
 
 @main.command("demo")
@@ -333,7 +297,7 @@ def ensure_simulated(settings: Settings, by_tenant: dict[str, list[str]]) -> Non
 @click.pass_obj
 def demo(settings: Settings, duration: float, serve: bool, password: str, rate: float) -> None:
     """Start a relay and a scheduler, simulate devices, and show readings landing."""
-    from fairway.demo import run_demo, serve_demo
+    from fairway.devtools.demo import run_demo, serve_demo
 
     if serve:
         serve_demo(settings, password, rate)

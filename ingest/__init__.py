@@ -1,1 +1,2 @@
-"""The auth/relay consumer and the device simulator."""
+"""The auth/relay consumer: contract checks, the device registry, rate limits, and
+sharding accepted readings into tenant queues."""

@@ -17,8 +17,8 @@ from typing import Any
 from cachetools import TTLCache
 from pymongo.database import Database
 
-from fairway.amqp import Backoff
-from fairway.store import Device, find_devices
+from fairway.amqp.backoff import Backoff
+from fairway.storage.registry import Device, find_devices
 
 log = logging.getLogger(__name__)
 _MISSING = object()

@@ -15,7 +15,7 @@ What happens to every delivery from ``ingest``:
   idempotent write absorbs.
 
 Confirms stream: every delivery has at most one unconfirmed republish, so the confirm
-window equals the prefetch. Acks use :class:`fairway.acks.AckWatermark`, because
+window equals the prefetch. Acks use :class:`fairway.kernel.acks.AckWatermark`, because
 registry look-ups let deliveries finish out of order.
 """
 
@@ -32,14 +32,15 @@ from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 from pymongo.database import Database
 
-from fairway import metrics, topology
-from fairway.acks import AckWatermark
-from fairway.amqp import AmqpService
-from fairway.contract import Reading, parse_reading, tenant_message
-from fairway.ids import is_valid_id
-from fairway.reasons import Reason, Rejection
-from fairway.settings import Settings
-from fairway.store import Device
+from fairway.amqp.service import AmqpService
+from fairway.kernel import topology
+from fairway.kernel.acks import AckWatermark
+from fairway.kernel.contract import Reading, parse_reading, tenant_message
+from fairway.kernel.ids import is_valid_id
+from fairway.kernel.reasons import Reason, Rejection
+from fairway.kernel.settings import Settings
+from fairway.storage.registry import Device
+from ingest import metrics
 from ingest.ratelimit import DeviceRateLimiter
 from ingest.registry import DeviceRegistry
 

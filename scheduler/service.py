@@ -14,7 +14,7 @@
 * Writers run on threads (the pika I/O loop never waits for MongoDB) and hand the
   outcome back with ``add_callback_threadsafe``. Stored and duplicate messages are
   settled; the ack is one ``multiple`` ack per channel over the settled prefix
-  (:class:`~fairway.acks.AckWatermark`). Documents the database refuses for good are
+  (:class:`~fairway.kernel.acks.AckWatermark`). Documents the database refuses for good are
   nacked without requeue and dead-letter to ``rejected``.
 * Database down: the writer retries the batch with capped backoff; nothing is acked,
   buffers fill to the prefetch and the broker stops delivering (backpressure).
@@ -22,7 +22,7 @@
 * SIGTERM: cancel consumers, flush every buffered message, ack, close. Anything not
   written by the drain deadline stays unacked and the broker requeues it.
 * Events (``events_enabled``): a writer coalesces its written batch into at most one
-  ``telemetry.<tenant>.<device>`` event per device (:func:`fairway.events.coalesce`);
+  ``telemetry.<tenant>.<device>`` event per device (:func:`fairway.domain.coalesce.coalesce`);
   the I/O loop publishes them *after* the batch's acks, on a separate connection, so
   a blocked or failing publisher can neither lose nor delay an ack. Best-effort:
   events are transient and dropped (counted) while the publisher is down.
@@ -43,10 +43,15 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic
 
-from fairway import events, metrics, topology
-from fairway.amqp import AmqpService, Backoff, parameters
-from fairway.settings import Settings
-from fairway.store import Tenant
+from fairway.amqp import side
+from fairway.amqp.backoff import Backoff
+from fairway.amqp.connection import parameters
+from fairway.amqp.service import AmqpService
+from fairway.domain import coalesce
+from fairway.kernel import topology
+from fairway.kernel.settings import Settings
+from fairway.storage.registry import Tenant
+from scheduler import metrics
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
 from scheduler.sink import Sink, WriteOutcome
@@ -97,7 +102,7 @@ class Scheduler(AmqpService):
         self._timers_started = False
         self._depths_due = 0  # passive declares of this tick not yet answered
         self._events = (
-            events.EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
+            side.EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
             if settings.events_enabled
             else None
         )
@@ -253,10 +258,10 @@ class Scheduler(AmqpService):
         # Duplicates are included: the first write's event may have died with a crash.
         durable = [b for i, b in enumerate(bodies) if i not in refused]
         try:
-            return events.coalesce(durable)
+            return coalesce.coalesce(durable)
         except Exception:
             log.exception("coalescing events failed; the batch is stored, its events dropped")
-            events.SCHED_EVENTS_DROPPED.inc(len(durable))
+            metrics.SCHED_EVENTS_DROPPED.inc(len(durable))
             return []
 
     def _written(
@@ -281,9 +286,9 @@ class Scheduler(AmqpService):
         except Exception as exc:
             log.warning("publishing events failed", extra={"error": repr(exc)})
             published, dropped = 0, len(telemetry)
-        events.SCHED_EVENTS.inc(published)
+        metrics.SCHED_EVENTS.inc(published)
         if dropped:
-            events.SCHED_EVENTS_DROPPED.inc(dropped)
+            metrics.SCHED_EVENTS_DROPPED.inc(dropped)
 
     def _settle(self, batch: list[tuple[str, Delivery]], outcome: WriteOutcome) -> None:
         refused = set(outcome.refused)

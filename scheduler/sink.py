@@ -16,8 +16,9 @@ from typing import Protocol
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway import metrics, store
-from fairway.contract import to_document
+from fairway.kernel.contract import to_document
+from fairway.storage import mongo
+from scheduler import metrics
 
 # Non-duplicate per-document errors are retried this many times before the message
 # is refused (dead-lettered to ``rejected``), so one bad document cannot wedge a queue.
@@ -53,7 +54,7 @@ class MongoSink:
     """``insert_many(ordered=False)`` into ``telemetry``; duplicates are no-ops."""
 
     def __init__(self, db: Database) -> None:
-        self._collection = db[store.TELEMETRY]
+        self._collection = db[mongo.TELEMETRY]
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert the batch; classify duplicates and documents refused for good."""
@@ -92,7 +93,7 @@ class MongoSink:
                 code = errors.get(pos)
                 if code is None:
                     stored.append(doc)
-                elif code == store.DUPLICATE_KEY:
+                elif code == mongo.DUPLICATE_KEY:
                     outcome.duplicates.append(i)
                 else:
                     failed.append((i, doc))

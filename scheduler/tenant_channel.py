@@ -7,7 +7,7 @@ the same channel: ``basic.qos(new)``, cancel the current consumer, start a new o
 
 * Deliveries the cancelled ("retiring") consumer already received stay unacked on
   the channel and are written and acked as usual: delivery tags are per channel, so
-  one :class:`~fairway.acks.AckWatermark` covers both consumers, and the DRR buffer
+  one :class:`~fairway.kernel.acks.AckWatermark` covers both consumers, and the DRR buffer
   is keyed by tenant, not by consumer.
 * Deliveries still on the wire when the cancel is sent reach the tenant like any
   other (:func:`cancel_keeping_deliveries`); pika alone would requeue them.
@@ -31,7 +31,7 @@ from typing import Any
 import prometheus_client
 from pika.channel import Channel
 
-from fairway.acks import AckWatermark
+from fairway.kernel.acks import AckWatermark
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
     # importing a submodule (as the web app does) creates no app from the environment.
     if name == "app":
         if "app" not in _apps:
-            from fairway.settings import Settings
+            from fairway.kernel.settings import Settings
             from tasks.celery_app import make_celery
 
             _apps["app"] = make_celery(Settings.from_env())

@@ -20,7 +20,7 @@ from typing import Any
 import gridfs
 from pymongo.database import Database
 
-from tasks.params import ExportParams, iso
+from fairway.domain.job_params import ExportParams, iso
 from tasks.report import Progress, Throttle, count_readings, reading_query, stream_readings
 
 BUCKET = "exports"

@@ -1,6 +1,6 @@
 """The tasks: a report, a CSV export (queue ``cpu``) and retention (queue ``maintenance``).
 
-Each runs in the Flask app context (database through ``web.database.get_db``),
+Each gets its settings and database from :class:`tasks.base.JobTask`,
 reports ``PROGRESS`` with ``{"done", "total"}`` and, for user jobs, publishes
 ``job.<tenant>.<user>`` when it ends (:class:`tasks.celery_app.JobTask`).
 Every task is idempotent: a redelivery after a crash computes the same report,
@@ -14,19 +14,12 @@ from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from flask import current_app
 
-from fairway.settings import Settings
+from fairway.domain.job_params import ExportParams, JobFailed, ReportParams
+from fairway.kernel.settings import Settings
 from tasks import export, retention
-from tasks.celery_app import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, JobTask
-from tasks.errors import JobFailed
-from tasks.params import ExportParams, ReportParams
+from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, JobTask
 from tasks.report import TooManyReadings, build_report
-from web.database import get_db
-
-
-def _settings() -> Settings:
-    return current_app.config["FAIRWAY_SETTINGS"]
 
 
 def _too_slow(kind: str, settings: Settings) -> JobFailed:
@@ -52,10 +45,10 @@ class ExportTask(JobTask):
 @shared_task(bind=True, base=ReportTask, name=REPORT_TASK)
 def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dict[str, Any]:
     """Statistics per metric and time bucket over a tenant's (or a device's) readings."""
-    settings = _settings()
+    settings = self.settings
     try:
         return build_report(
-            get_db(),
+            self.db,
             tenant,
             ReportParams(**params),
             settings.report_max_readings,
@@ -73,11 +66,11 @@ def export_readings(
     self: JobTask, tenant: str, user: str, params: dict[str, Any]
 ) -> dict[str, Any]:
     """Write the readings as CSV to GridFS; the API streams it from there."""
-    settings = _settings()
+    settings = self.settings
     job_id = self.request.id
     try:
         result = export.export_csv(
-            get_db(),
+            self.db,
             job_id,
             tenant,
             ExportParams(**params),
@@ -95,9 +88,9 @@ def export_readings(
 @shared_task(bind=True, base=JobTask, name=RETENTION_TASK)
 def apply_retention(self: JobTask) -> dict[str, Any]:
     """Delete readings past each tenant's retention, and expired jobs with their files."""
-    settings = _settings()
+    settings = self.settings
     return retention.apply_retention(
-        get_db(),
+        self.db,
         settings.default_retention_days,
         settings.job_ttl_s,
         datetime.now(UTC),

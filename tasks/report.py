@@ -27,8 +27,8 @@ from typing import Any
 from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo.database import Database
 
-from fairway.store import TELEMETRY
-from tasks.params import ReportParams, iso
+from fairway.domain.job_params import ReportParams, iso
+from fairway.storage.mongo import TELEMETRY
 
 OUTLIERS_LISTED = 5  # per metric and bucket: the most extreme readings, with device and time
 PROGRESS_EVERY_S = 0.5  # least time between two progress updates

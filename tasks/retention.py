@@ -22,8 +22,9 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
-from fairway.store import TELEMETRY, TENANTS
-from tasks import export, records
+from fairway.storage import job_records
+from fairway.storage.mongo import TELEMETRY, TENANTS
+from tasks import export
 
 Progress = Callable[[int, int], None]
 MAX_SPLITS = 40  # halvings of a time range: far below a millisecond of a century
@@ -87,10 +88,10 @@ def apply_retention(
         cutoff = now - timedelta(days=retention_days(doc, default_days))
         deleted[doc["_id"]] = delete_older(db, doc["_id"], cutoff)
     progress(len(tenants), len(tenants))
-    expired = records.expired_jobs(db, now - timedelta(seconds=job_ttl_s))
+    expired = job_records.expired_jobs(db, now - timedelta(seconds=job_ttl_s))
     for job_id in expired:
         export.delete_file(db, job_id)
-    records.delete_jobs(db, expired)
+    job_records.delete_jobs(db, expired)
     return {
         "at": now.astimezone(UTC).isoformat(),
         "readings_deleted": deleted,

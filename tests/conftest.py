@@ -15,7 +15,7 @@ import pika
 import pytest
 from pymongo import MongoClient
 
-from fairway.settings import Settings
+from fairway.kernel.settings import Settings
 from tests.harness import Pipeline, management
 
 HINT = "start the local services with `scripts/services.sh up` (or run `make test`)"

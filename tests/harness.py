@@ -23,11 +23,13 @@ import orjson
 import pika
 from pymongo.database import Database
 
-from fairway import management as rabbitmq_api
-from fairway import processes, store, topology
-from fairway.cli import provision_tenant
-from fairway.processes import free_port, wait_for
-from fairway.settings import Settings
+from fairway.amqp import management as rabbitmq_api
+from fairway.devtools import processes
+from fairway.devtools.processes import free_port, wait_for
+from fairway.kernel import topology
+from fairway.kernel.settings import Settings
+from fairway.provision import provision_tenant
+from fairway.storage import mongo, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.sh"
@@ -85,7 +87,7 @@ class Pipeline:
         rabbitmq_api.create_vhost(MGMT_URL, self.name)
         with self.channel() as channel:
             topology.declare(channel, self.settings)
-        store.ensure_indexes(self.db)
+        mongo.ensure_indexes(self.db)
         return self
 
     def destroy(self) -> None:
@@ -102,7 +104,7 @@ class Pipeline:
     def db(self) -> Database:
         """This pipeline's database."""
         if self._db is None:
-            self._db = store.connect(self.settings)
+            self._db = mongo.connect(self.settings)
         return self._db
 
     @contextmanager
@@ -163,7 +165,7 @@ class Pipeline:
 
     def device(self, tenant_id: str, device_id: str) -> dict[str, str]:
         """Register a device; returns its credentials."""
-        return store.register_device(self.db, tenant_id, device_id)
+        return registry.register_device(self.db, tenant_id, device_id)
 
     def publish(
         self,
@@ -201,7 +203,7 @@ class Pipeline:
 
     def stored(self, **query: Any) -> int:
         """Number of telemetry documents matching ``query``."""
-        return self.db[store.TELEMETRY].count_documents(query)
+        return self.db[mongo.TELEMETRY].count_documents(query)
 
     def wait_stored(self, count: int, timeout: float = 60.0, **query: Any) -> None:
         """Wait until exactly ``count`` matching documents are stored (fail if more)."""

@@ -1,38 +1,35 @@
 """The Fairway web app: Flask app factory, blueprints, extensions.
 
-Blueprints are imported inside :func:`create_app`, so importing a module of this
-package (the push gateway is ``web.gateway``) does not load Flask's whole app.
+``create_app(test_config=None)`` builds the app: settings, the database and broker
+extensions (``init_app``), JSON errors, authentication and one blueprint per concern.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fairway.settings import Settings
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-if TYPE_CHECKING:
-    from flask import Flask
+from fairway.kernel.settings import Settings
+from web import (
+    api_devices,
+    api_rules,
+    api_tenants,
+    api_users,
+    auth,
+    broker,
+    broker_auth,
+    database,
+    errors,
+    health,
+    jobs,
+    pages,
+)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; settings come from ``FAIRWAY_*`` variables unless ``test_config`` says."""
-    from flask import Flask
-
-    from web import (
-        api_devices,
-        api_rules,
-        api_tenants,
-        api_users,
-        auth,
-        broker,
-        broker_auth,
-        database,
-        errors,
-        health,
-        jobs,
-        pages,
-    )
-
     app = Flask(__name__)
     if test_config is None or "FAIRWAY_SETTINGS" not in test_config:
         app.config["FAIRWAY_SETTINGS"] = Settings.from_env()
@@ -40,8 +37,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     settings = app.config["FAIRWAY_SETTINGS"]
     if settings.proxy_hops:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     database.init_app(app)

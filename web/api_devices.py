@@ -12,8 +12,16 @@ from typing import Any
 from flask import Blueprint, current_app, request
 from pymongo import DESCENDING
 
-from fairway import accounts, management, store
-from web.auth import check_tenant, json_body, login_required, roles_required, tenant_scope
+from fairway.amqp import management
+from fairway.storage import accounts, mongo, registry
+from fairway.storage.rejections import list_rejections
+from web.auth import (
+    json_body,
+    login_required,
+    roles_required,
+    tenant_scope,
+    visible_device,
+)
 from web.database import get_db
 from web.errors import ApiError
 from web.params import iso, limit_param, parse_time, time_param
@@ -34,25 +42,13 @@ def _device_json(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def visible_device(device_id: str, tenant: str | None = None) -> dict[str, Any]:
-    """The device document if the caller may see it (and it is ``tenant``'s), else 404."""
-    doc = store.device_document(get_db(), device_id)
-    if doc is None or (tenant is not None and doc["tenant"] != tenant):
-        raise ApiError(404, "not_found", f"no device {device_id!r}")
-    try:
-        check_tenant(doc["tenant"])
-    except ApiError:
-        raise ApiError(404, "not_found", f"no device {device_id!r}") from None
-    return doc
-
-
 @bp.get("")
 @login_required
 def list_devices() -> dict[str, Any]:
     """Devices of the caller's tenant (``?tenant=`` for operators)."""
     scope = tenant_scope(request.args.get("tenant"))
     query = {} if scope is None else {"tenant": scope}
-    docs = get_db()[store.DEVICES].find(query, {"password_hash": 0}).sort("_id", 1)
+    docs = get_db()[mongo.DEVICES].find(query, {"password_hash": 0}).sort("_id", 1)
     return {"devices": [_device_json(doc) for doc in docs]}
 
 
@@ -68,10 +64,10 @@ def register_device() -> tuple[dict[str, Any], int]:
     if not isinstance(device_id, str):
         raise ApiError(400, "bad_parameter", "device must be a string id")
     try:
-        credentials = store.register_device(get_db(), tenant, device_id)
+        credentials = registry.register_device(get_db(), tenant, device_id)
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
-    except store.AlreadyExists as exc:
+    except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
     return credentials, 201
 
@@ -100,7 +96,7 @@ def _close_connections(device_id: str, why: str) -> int:
 def disable_device(device_id: str) -> dict[str, Any]:
     """Disable: new logins refused, open connections closed, relays refuse its messages."""
     visible_device(device_id)
-    store.set_device_enabled(get_db(), device_id, False)
+    registry.set_device_enabled(get_db(), device_id, False)
     closed = _close_connections(device_id, "device disabled")
     return {**_device_json(visible_device(device_id)), "connections_closed": closed}
 
@@ -110,7 +106,7 @@ def disable_device(device_id: str) -> dict[str, Any]:
 def enable_device(device_id: str) -> dict[str, Any]:
     """Enable again."""
     visible_device(device_id)
-    store.set_device_enabled(get_db(), device_id, True)
+    registry.set_device_enabled(get_db(), device_id, True)
     return _device_json(visible_device(device_id))
 
 
@@ -119,7 +115,7 @@ def enable_device(device_id: str) -> dict[str, Any]:
 def rotate_credentials(device_id: str) -> dict[str, Any]:
     """A new password, shown once; connections with the old one are closed."""
     doc = visible_device(device_id)
-    password = store.rotate_device_password(get_db(), device_id)
+    password = registry.rotate_device_password(get_db(), device_id)
     closed = _close_connections(device_id, "credentials rotated")
     return {
         "device": device_id,
@@ -148,7 +144,7 @@ def history(device_id: str) -> dict[str, Any]:
         query = {"$and": [query, _after_cursor(cursor)]}
     limit = limit_param()
     docs = list(
-        get_db()[store.TELEMETRY]
+        get_db()[mongo.TELEMETRY]
         .find(query, {"tenant": 0})
         .sort([("ts", DESCENDING), ("_id", DESCENDING)])
         .limit(limit)
@@ -184,8 +180,6 @@ def _after_cursor(cursor: str) -> dict[str, Any]:
 @login_required
 def rejections(device_id: str) -> dict[str, Any]:
     """The device's refused messages, newest first, with stable reason codes."""
-    from fairway.archiver import list_rejections
-
     doc = visible_device(device_id)
     before = time_param("before")
     items = list_rejections(get_db(), doc["tenant"], device_id, limit_param(), before)

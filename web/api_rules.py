@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from fairway import accounts, alerts
-from web.api_devices import visible_device
-from web.auth import json_body, login_required, roles_required, tenant_scope
+from fairway.domain import alerts
+from fairway.storage import accounts, rules
+from web.auth import json_body, login_required, roles_required, tenant_scope, visible_device
 from web.database import get_db
 from web.errors import ApiError
 from web.params import iso
@@ -30,7 +30,7 @@ def list_rules() -> dict[str, Any]:
     tenant = tenant_scope(request.args.get("tenant"))
     if tenant is None:
         raise ApiError(400, "bad_parameter", "operators must name the tenant")
-    return {"rules": [_rule_json(r) for r in alerts.list_rules(get_db(), tenant)]}
+    return {"rules": [_rule_json(r) for r in rules.list_rules(get_db(), tenant)]}
 
 
 @bp.post("")
@@ -64,8 +64,8 @@ def create_rule() -> tuple[dict[str, Any], int]:
 def delete_rule(rule_id: str) -> dict[str, str]:
     """Delete a rule of the caller's tenant."""
     db = get_db()
-    doc = db[alerts.RULES].find_one({"_id": rule_id}, {"tenant": 1})
+    doc = db[rules.RULES].find_one({"_id": rule_id}, {"tenant": 1})
     tenant = tenant_scope(doc["tenant"] if doc else None) if doc else None
-    if doc is None or tenant is None or not alerts.delete_rule(db, tenant, rule_id):
+    if doc is None or tenant is None or not rules.delete_rule(db, tenant, rule_id):
         raise ApiError(404, "not_found", f"no rule {rule_id!r}")
     return {"deleted": rule_id}

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
-from fairway import accounts, store
-from fairway.cli import provision_tenant
+from fairway.provision import provision_tenant
+from fairway.storage import accounts, mongo, registry
 from web.auth import json_body, login_required, roles_required, tenant_scope
 from web.database import get_db
 from web.errors import ApiError
@@ -29,9 +29,7 @@ def _tenant_json(doc: dict[str, Any]) -> dict[str, Any]:
 def list_tenants() -> dict[str, Any]:
     """Tenants the caller may see."""
     scope = tenant_scope(None)
-    query = {} if scope is None else {"_id": scope}
-    docs = get_db()[store.TENANTS].find(query).sort("_id", 1)
-    return {"tenants": [_tenant_json(doc) for doc in docs]}
+    return {"tenants": [_tenant_json(doc) for doc in registry.tenant_documents(get_db(), scope)]}
 
 
 @bp.post("")
@@ -49,9 +47,9 @@ def create_tenant() -> tuple[dict[str, Any], int]:
         provision_tenant(settings, tenant_id, weight, backlog)
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
-    except store.AlreadyExists as exc:
+    except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
-    return _tenant_json(get_db()[store.TENANTS].find_one({"_id": tenant_id})), 201
+    return _tenant_json(registry.tenant_document(get_db(), tenant_id) or {}), 201
 
 
 @bp.get("/<tenant_id>")
@@ -59,7 +57,7 @@ def create_tenant() -> tuple[dict[str, Any], int]:
 def get_tenant(tenant_id: str) -> dict[str, Any]:
     """One tenant."""
     tenant_scope(tenant_id)
-    doc = get_db()[store.TENANTS].find_one({"_id": tenant_id})
+    doc = registry.tenant_document(get_db(), tenant_id)
     if doc is None:
         raise ApiError(404, "not_found", f"no tenant {tenant_id!r}")
     return _tenant_json(doc)
@@ -79,7 +77,7 @@ def update_tenant(tenant_id: str) -> dict[str, Any]:
             changes[name] = value
     if not changes:
         raise ApiError(400, "bad_parameter", "send weight and/or retention_days")
-    db = get_db()
-    if db[store.TENANTS].update_one({"_id": tenant_id}, {"$set": changes}).matched_count == 0:
+    updated = registry.update_tenant(get_db(), tenant_id, changes)
+    if updated is None:
         raise ApiError(404, "not_found", f"no tenant {tenant_id!r}")
-    return _tenant_json(db[store.TENANTS].find_one({"_id": tenant_id}))
+    return _tenant_json(updated)

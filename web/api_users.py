@@ -11,9 +11,16 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from fairway import accounts, permissions, store
-from web.api_devices import visible_device
-from web.auth import current_user, json_body, login_required, roles_required, tenant_scope
+from fairway.domain import permissions
+from fairway.storage import accounts, mongo
+from web.auth import (
+    current_user,
+    json_body,
+    login_required,
+    roles_required,
+    tenant_scope,
+    visible_device,
+)
 from web.broker import get_channel
 from web.database import get_db
 from web.errors import ApiError
@@ -71,7 +78,7 @@ def create_user() -> tuple[dict[str, Any], int]:
         accounts.create_user(db, user_id, password, role, tenant)
     except (ValueError, LookupError) as exc:
         raise ApiError(400, "bad_parameter", str(exc).strip("'\"")) from None
-    except store.AlreadyExists as exc:
+    except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
     permissions.sync_bindings(db, get_channel(), user_id)
     return _user_json(accounts.user_document(db, user_id) or {}), 201

@@ -19,9 +19,11 @@ from flask import Blueprint, Flask, current_app, g, request, session
 from flask_wtf.csrf import CSRFProtect, generate_csrf
 from prometheus_client import Counter
 
-from fairway import accounts
-from fairway.accounts import User
-from fairway.store import TENANTS
+from fairway.domain import notify, permissions, pushtoken
+from fairway.storage import accounts, registry
+from fairway.storage.accounts import User
+from fairway.storage.mongo import TENANTS
+from web.broker import get_channel
 from web.database import get_db
 from web.errors import ApiError
 
@@ -130,6 +132,18 @@ def check_tenant(tenant: str) -> None:
         raise ApiError(404, "not_found", "not found")
 
 
+def visible_device(device_id: str, tenant: str | None = None) -> dict[str, Any]:
+    """The device document if the caller may see it (and it is ``tenant``'s), else 404."""
+    doc = registry.device_document(get_db(), device_id)
+    if doc is None or (tenant is not None and doc["tenant"] != tenant):
+        raise ApiError(404, "not_found", f"no device {device_id!r}")
+    try:
+        check_tenant(doc["tenant"])
+    except ApiError:
+        raise ApiError(404, "not_found", f"no device {device_id!r}") from None
+    return doc
+
+
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or 400."""
     body = request.get_json(silent=True)
@@ -220,9 +234,6 @@ def create_token() -> tuple[dict[str, Any], int]:
 @login_required
 def push_token() -> dict[str, str]:
     """A short-lived token for the push gateway and the URL to open with it."""
-    from fairway import notify, permissions, pushtoken
-    from web.broker import get_channel
-
     settings = current_app.config["FAIRWAY_SETTINGS"]
     user = current_user()
     db = get_db()

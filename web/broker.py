@@ -11,7 +11,7 @@ import pika
 from flask import Flask, current_app, g
 from pika.adapters.blocking_connection import BlockingChannel
 
-from fairway.amqp import parameters
+from fairway.amqp.connection import parameters
 
 
 def init_app(app: Flask) -> None:

@@ -25,9 +25,10 @@ import ipaddress
 from flask import Blueprint, abort, current_app, request
 from prometheus_client import Counter
 
-from fairway import store, topology
-from fairway.contract import split_routing_key
-from fairway.reasons import Rejection
+from fairway.kernel import topology
+from fairway.kernel.contract import split_routing_key
+from fairway.kernel.reasons import Rejection
+from fairway.storage import registry
 from web.database import get_db
 
 bp = Blueprint("broker_auth", __name__, url_prefix="/broker")
@@ -65,8 +66,8 @@ def _answer(check: str, allowed: bool) -> str:
     return decision
 
 
-def _enabled_device(device_id: str) -> store.Device | None:
-    device = store.find_devices(get_db(), [device_id])[device_id]
+def _enabled_device(device_id: str) -> registry.Device | None:
+    device = registry.find_devices(get_db(), [device_id])[device_id]
     return device if device is not None and device.enabled and device.tenant_known else None
 
 
@@ -78,7 +79,9 @@ def _fairway_vhost() -> str:
 def user() -> str:
     """Authenticate a device by id and password."""
     form = request.form
-    ok = store.verify_device_password(get_db(), form.get("username", ""), form.get("password", ""))
+    ok = registry.verify_device_password(
+        get_db(), form.get("username", ""), form.get("password", "")
+    )
     return _answer("user", ok)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Flask, current_app, g
 from pymongo.database import Database
 
-from fairway import store
+from fairway.storage import mongo
 
 
 def init_app(app: Flask) -> None:
     """Open the app's client (pymongo pools connections and is thread-safe)."""
-    app.extensions["fairway_db"] = store.connect(app.config["FAIRWAY_SETTINGS"])
+    app.extensions["fairway_db"] = mongo.connect(app.config["FAIRWAY_SETTINGS"])
 
 
 def get_db() -> Database:

@@ -22,13 +22,20 @@ from celery import Celery
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from prometheus_client import Counter
 
-from fairway.settings import Settings
-from tasks import export, records
-from tasks.celery_app import EXPORT_TASK, REPORT_TASK, make_celery
-from tasks.errors import JobFailed
-from tasks.params import iso, parse_export, parse_report
-from web.api_devices import visible_device
-from web.auth import check_tenant, current_user, json_body, login_required, tenant_scope
+from fairway.domain.job_params import JobFailed, iso, parse_export, parse_report
+from fairway.kernel.settings import Settings
+from fairway.storage import job_records
+from tasks import export
+from tasks.base import EXPORT_TASK, REPORT_TASK
+from tasks.celery_app import make_celery
+from web.auth import (
+    check_tenant,
+    current_user,
+    json_body,
+    login_required,
+    tenant_scope,
+    visible_device,
+)
 from web.database import get_db
 from web.errors import ApiError
 from web.params import iso as iso_datetime
@@ -56,7 +63,7 @@ def get_celery() -> Celery:
             celery = app.extensions.get("fairway_celery")
             if celery is None:
                 celery = make_celery(app.config["FAIRWAY_SETTINGS"])
-                records.ensure_indexes(get_db())
+                job_records.ensure_indexes(get_db())
                 app.extensions["fairway_celery"] = celery
     return celery
 
@@ -95,13 +102,13 @@ def _submit(kind: str, task: str, tenant: str, params: dict[str, Any]) -> tuple[
     db = get_db()
     user = current_user()
     job_id = str(uuid.uuid4())
-    records.create_job(db, job_id, tenant, user.id, kind, params)
+    job_records.create_job(db, job_id, tenant, user.id, kind, params)
     try:
         get_celery().send_task(
             task, kwargs={"tenant": tenant, "user": user.id, "params": params}, task_id=job_id
         )
     except Exception as exc:  # kombu re-raises a nack (queue full) as a connection error
-        records.delete_job(db, job_id)
+        job_records.delete_job(db, job_id)
         if _caused_by(exc, MessageNacked):
             REFUSED.labels("queue_full").inc()
             raise ApiError(
@@ -126,7 +133,7 @@ def create_report() -> tuple[dict, int, dict]:
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     _check_device(tenant, params.device)
-    return _submit(records.REPORT, REPORT_TASK, tenant, params.to_json())
+    return _submit(job_records.REPORT, REPORT_TASK, tenant, params.to_json())
 
 
 @bp.post("/exports")
@@ -140,12 +147,12 @@ def create_export() -> tuple[dict, int, dict]:
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     _check_device(tenant, params.device)
-    return _submit(records.EXPORT, EXPORT_TASK, tenant, params.to_json())
+    return _submit(job_records.EXPORT, EXPORT_TASK, tenant, params.to_json())
 
 
 def visible_job(job_id: str) -> dict[str, Any]:
     """The job record if the caller may see it, else 404."""
-    job = records.get_job(get_db(), job_id) if len(job_id) <= 64 else None
+    job = job_records.get_job(get_db(), job_id) if len(job_id) <= 64 else None
     if job is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     try:
@@ -204,7 +211,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
 def list_jobs() -> dict[str, Any]:
     """The latest jobs of the caller's tenant (``?tenant=`` for operators), newest first."""
     scope = tenant_scope(request.args.get("tenant"))
-    jobs = records.list_jobs(get_db(), scope, limit_param(20))
+    jobs = job_records.list_jobs(get_db(), scope, limit_param(20))
     return {
         "jobs": [
             {
@@ -233,7 +240,7 @@ def show_job(job_id: str) -> dict[str, Any]:
 def download(job_id: str) -> Response:
     """Stream a finished export's CSV."""
     job = visible_job(job_id)
-    if job["kind"] != records.EXPORT:
+    if job["kind"] != job_records.EXPORT:
         raise ApiError(404, "not_found", "only exports have a download")
     db = get_db()
     if export.file_info(db, job_id) is None:

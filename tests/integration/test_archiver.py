@@ -8,15 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pymongo import monitoring
 
-from fairway import store, topology
-from fairway.archiver import list_rejections, trim
+from fairway.kernel import topology
+from fairway.storage import mongo
+from fairway.storage.rejections import list_rejections, trim
 from tests.harness import Pipeline, reading, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def archived(pipeline: Pipeline, **query: object) -> int:
-    return pipeline.db[store.REJECTIONS].count_documents(query)
+    return pipeline.db[mongo.REJECTIONS].count_documents(query)
 
 
 @pytest.mark.settings(max_message_bytes=2048, rejected_body_bytes=64)
@@ -36,7 +37,7 @@ def test_refused_messages_are_archived_with_reason_codes_then_acked(pipeline: Pi
     )
     wait_for(lambda: archived(pipeline) == 5, 60, "5 archived rejections")
     wait_for(lambda: pipeline.depth(topology.REJECTED) == 0, 30, "rejected to be acked empty")
-    docs = {d["reason"]: d for d in pipeline.db[store.REJECTIONS].find()}
+    docs = {d["reason"]: d for d in pipeline.db[mongo.REJECTIONS].find()}
     assert set(docs) == {
         "malformed_json",
         "unknown_device",
@@ -79,13 +80,13 @@ def test_each_device_keeps_only_its_newest_rejections(pipeline: Pipeline) -> Non
     pipeline.publish([("dev-2.env", f"bad {i}".encode(), {}) for i in range(3)])
     wait_for(lambda: archived(pipeline, device="dev-2") == 3, 60, "dev-2's rejections")
     wait_for(lambda: archived(pipeline, device="dev-1") == 5, 60, "dev-1 trimmed to 5")
-    kept = {d["body"] for d in pipeline.db[store.REJECTIONS].find({"device": "dev-1"})}
+    kept = {d["body"] for d in pipeline.db[mongo.REJECTIONS].find({"device": "dev-1"})}
     assert kept == {f"bad {i}" for i in range(7, 12)}
     assert pipeline.metric("archiver", "fairway_archiver_trimmed_total") == 7
     # Later rejections keep the cap: the oldest go.
     pipeline.publish([("dev-1.env", b"bad 12", {})])
     wait_for(
-        lambda: "bad 12" in {d["body"] for d in pipeline.db[store.REJECTIONS].find()},
+        lambda: "bad 12" in {d["body"] for d in pipeline.db[mongo.REJECTIONS].find()},
         60,
         "the 13th rejection",
     )
@@ -123,8 +124,8 @@ def test_trim_reads_the_collection_a_fixed_number_of_times_whatever_the_devices(
     reads: dict[int, list[str]] = {}
     try:
         for devices in (3, 30):
-            db[store.REJECTIONS].delete_many({})
-            db[store.REJECTIONS].insert_many(
+            db[mongo.REJECTIONS].delete_many({})
+            db[mongo.REJECTIONS].insert_many(
                 [
                     {"device": f"d{d}", "at": now + timedelta(seconds=i), "n": i}
                     for d in range(devices)
@@ -134,14 +135,14 @@ def test_trim_reads_the_collection_a_fixed_number_of_times_whatever_the_devices(
             counter.commands.clear()
             assert trim(db, None, keep=5) == devices * 3
             reads[devices] = [c for c in counter.commands if c in ("find", "aggregate")]
-            assert sorted(db[store.REJECTIONS].distinct("n")) == [3, 4, 5, 6, 7]
-            assert db[store.REJECTIONS].count_documents({}) == devices * 5
+            assert sorted(db[mongo.REJECTIONS].distinct("n")) == [3, 4, 5, 6, 7]
+            assert db[mongo.REJECTIONS].count_documents({}) == devices * 5
     finally:
         client.close()
     assert reads[3] == reads[30] == ["aggregate", "find"]
     # Over the cap, a device is trimmed below it (so not on every pass); at the cap, not.
     db = pipeline.db
     assert trim(db, None, keep=5, down_to=3) == 0
-    db[store.REJECTIONS].insert_one({"device": "d0", "at": now + timedelta(seconds=99)})
+    db[mongo.REJECTIONS].insert_one({"device": "d0", "at": now + timedelta(seconds=99)})
     assert trim(db, None, keep=5, down_to=3) == 3
-    assert db[store.REJECTIONS].count_documents({"device": "d0"}) == 3
+    assert db[mongo.REJECTIONS].count_documents({"device": "d0"}) == 3

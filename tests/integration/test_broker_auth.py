@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
-from fairway import store
+from fairway.storage import registry
 from tests.harness import Pipeline
 from web import create_app
 
@@ -38,7 +38,7 @@ def test_a_device_logs_in_only_with_its_current_password(
     assert ask(client, "user", username="dev-2", password=password) == "deny"
     assert ask(client, "user", username="ghost", password=password) == "deny"
     assert ask(client, "user", username="dev-1") == "deny"
-    store.set_device_enabled(pipeline.db, "dev-1", False)
+    registry.set_device_enabled(pipeline.db, "dev-1", False)
     assert ask(client, "user", username="dev-1", password=password) == "deny"
 
 
@@ -48,7 +48,7 @@ def test_a_device_may_open_only_fairways_vhost(
     assert ask(client, "vhost", username="dev-1", vhost=pipeline.name, ip="127.0.0.1") == "allow"
     assert ask(client, "vhost", username="dev-1", vhost="/", ip="127.0.0.1") == "deny"
     assert ask(client, "vhost", username="ghost", vhost=pipeline.name, ip="127.0.0.1") == "deny"
-    store.set_device_enabled(pipeline.db, "dev-1", False)
+    registry.set_device_enabled(pipeline.db, "dev-1", False)
     assert ask(client, "vhost", username="dev-1", vhost=pipeline.name, ip="127.0.0.1") == "deny"
 
 

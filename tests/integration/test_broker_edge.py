@@ -20,7 +20,7 @@ from pika.exceptions import (
     ProbableAuthenticationError,
 )
 
-from fairway import store
+from fairway.storage import registry
 from tests.harness import Pipeline, reading
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def test_a_wrong_password_is_refused_by_the_broker(edge: Pipeline) -> None:
 
 def test_a_disabled_device_is_refused_by_the_broker(edge: Pipeline) -> None:
     creds = edge.device("acme", "dev-off")
-    store.set_device_enabled(edge.db, "dev-off", False)
+    registry.set_device_enabled(edge.db, "dev-off", False)
     with pytest.raises(REFUSED_AT_LOGIN), edge.channel("dev-off", creds["password"]):
         pass
 
@@ -98,7 +98,7 @@ def test_an_mqtt_device_publishes_a_reading_that_is_stored(edge: Pipeline) -> No
 
 def test_disabling_a_device_closes_its_open_connection(edge: Pipeline) -> None:
     """The broker caches logins; the API closes the device's live connection at once."""
-    from fairway import accounts
+    from fairway.storage import accounts
     from web import create_app
 
     creds = edge.device("acme", "dev-live")

@@ -15,8 +15,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from fairway import accounts
-from fairway.processes import free_port
+from fairway.devtools.processes import free_port
+from fairway.storage import accounts
 from tests.harness import ROOT, Pipeline, reading
 
 ARTIFACTS = ROOT / "test-artifacts"

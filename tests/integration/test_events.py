@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fairway import topology
+from fairway.kernel import topology
 from tests.harness import Pipeline, reading, wait_for
 
 pytestmark = pytest.mark.integration

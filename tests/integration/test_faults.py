@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from fairway import store, topology
-from ingest.simulator import Simulator, Summary, device_ids, tenant_ids, weighted_devices
+from fairway.devtools.simulator import Simulator, Summary, device_ids, tenant_ids, weighted_devices
+from fairway.kernel import topology
+from fairway.storage import mongo
 from tests.harness import Pipeline, management, services, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -66,7 +67,7 @@ def _assert_exactly_once(pipeline: Pipeline, publishers: list[Publisher]) -> Non
         assert publisher.summary.confirmed == publisher.summary.sent
         expected |= publisher.expected_ids()
     pipeline.wait_stored(len(expected), timeout=300)
-    stored = {d["msg_id"] for d in pipeline.db[store.TELEMETRY].find({}, {"msg_id": 1})}
+    stored = {d["msg_id"] for d in pipeline.db[mongo.TELEMETRY].find({}, {"msg_id": 1})}
     assert stored == expected
     assert pipeline.depth(topology.REJECTED) == 0
 

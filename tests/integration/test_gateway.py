@@ -16,8 +16,9 @@ import pika
 import pytest
 from itsdangerous import TimestampSigner
 
-from fairway import notify, pushtoken, topology
-from fairway.processes import free_port
+from fairway.devtools.processes import free_port
+from fairway.domain import notify, pushtoken
+from fairway.kernel import topology
 from tests.harness import Pipeline, management, wait_for
 
 pytestmark = pytest.mark.integration

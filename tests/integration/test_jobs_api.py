@@ -12,9 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from fairway import accounts, store
-from fairway.processes import wait_for
-from tasks import records
+from fairway.devtools.processes import wait_for
+from fairway.storage import accounts, job_records, registry
 from tests.harness import Pipeline
 from tests.integration.test_tasks import START, insert_readings, running_worker
 from web import create_app
@@ -30,8 +29,8 @@ def app(pipeline: Pipeline) -> Iterator[Flask]:
     """The web app on the pipeline, with two tenants, their devices and users."""
     db = pipeline.db
     for tenant in ("acme", "other"):
-        store.create_tenant(db, tenant, 1, 1000)
-        store.register_device(db, tenant, f"{tenant}-1")
+        registry.create_tenant(db, tenant, 1, 1000)
+        registry.register_device(db, tenant, f"{tenant}-1")
     for user, role, tenant in (
         ("alice", "admin", "acme"),
         ("victor", "viewer", "acme"),
@@ -173,7 +172,7 @@ def test_bad_parameters_answer_400_with_a_clear_message(
     answer = app.test_client().post(path, json=body, headers=token(pipeline, "alice"))
     assert answer.status_code == 400
     assert message in answer.get_json()["message"]
-    assert pipeline.db[records.JOBS].count_documents({}) == 0
+    assert pipeline.db[job_records.JOBS].count_documents({}) == 0
 
 
 def test_operator_must_name_a_tenant_and_callers_must_log_in(
@@ -206,5 +205,5 @@ def test_a_full_job_queue_answers_503(pipeline: Pipeline, app: Flask) -> None:
     assert client.post("/api/reports", json=REPORT, headers=alice).status_code == 202
     answer = client.post("/api/reports", json=REPORT, headers=alice)
     assert answer.status_code == 503 and answer.get_json()["error"] == "queue_full"
-    assert pipeline.db[records.JOBS].count_documents({}) == 1  # the refused job is not kept
+    assert pipeline.db[job_records.JOBS].count_documents({}) == 1  # the refused job is not kept
     assert pipeline.depth("cpu") == 1

@@ -7,7 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from fairway import alerts, store
+from fairway.domain import alerts
+from fairway.storage import mongo, registry, rules
 from tests.harness import Pipeline, management, reading, wait_for
 from tests.integration.test_events import listen
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def device_doc(pipeline: Pipeline, device: str) -> dict:
-    return store.device_document(pipeline.db, device) or {}
+    return registry.device_document(pipeline.db, device) or {}
 
 
 def listed_connections(pipeline: Pipeline, user: str) -> int:
@@ -30,9 +31,9 @@ def test_devices_go_online_and_offline_with_their_connections(pipeline: Pipeline
     pipeline.tenant("acme")
     one = pipeline.device("acme", "dev-1")
     pipeline.device("acme", "dev-2")
-    store.set_device_enabled(pipeline.db, "dev-2", True)
+    registry.set_device_enabled(pipeline.db, "dev-2", True)
     # Left online by a previous monitor run: the first snapshot corrects it.
-    pipeline.db[store.DEVICES].update_one({"_id": "dev-2"}, {"$set": {"online": True}})
+    pipeline.db[mongo.DEVICES].update_one({"_id": "dev-2"}, {"$set": {"online": True}})
     pipeline.start("web")  # the broker asks it about device logins
     with listen(pipeline, "status.#") as fetch:
         pipeline.start("monitor")
@@ -128,7 +129,7 @@ def test_a_rule_fires_once_and_clears_once_with_hysteresis_across_a_restart(
         for value in (20.0, 35.0):
             send("dev-1", temp=value)
         wait_for(lambda: fetch(), 10, "the alert to fire")
-        state = pipeline.db[alerts.ALERT_STATE].find_one({"_id": f"{rule['_id']}:dev-1"})
+        state = pipeline.db[rules.ALERT_STATE].find_one({"_id": f"{rule['_id']}:dev-1"})
         assert state["firing"] is True
         assert pipeline.stop("monitor") == 0
         pipeline.start("monitor")  # must not re-fire, and must still know it is firing
@@ -183,9 +184,9 @@ def test_rule_store_validates_and_scopes_by_tenant(pipeline: Pipeline) -> None:
             alerts.create_rule(db, *args)  # type: ignore[arg-type]
     r1 = alerts.create_rule(db, "acme", "dev-1", "temp", ">=", 1, 0.5)
     r2 = alerts.create_rule(db, "globex", None, "temp", "<", 3, 0)
-    assert [r["_id"] for r in alerts.list_rules(db, "acme")] == [r1["_id"]]
-    assert {r["_id"] for r in alerts.list_rules(db, None)} == {r1["_id"], r2["_id"]}
+    assert [r["_id"] for r in rules.list_rules(db, "acme")] == [r1["_id"]]
+    assert {r["_id"] for r in rules.list_rules(db, None)} == {r1["_id"], r2["_id"]}
     assert r1["enabled"] is True and r1["threshold"] == 1.0 and len(r1["_id"]) == 32
-    assert alerts.delete_rule(db, "globex", r1["_id"]) is False  # not globex's
-    assert alerts.delete_rule(db, "acme", r1["_id"]) is True
-    assert alerts.list_rules(db, "acme") == []
+    assert rules.delete_rule(db, "globex", r1["_id"]) is False  # not globex's
+    assert rules.delete_rule(db, "acme", r1["_id"]) is True
+    assert rules.list_rules(db, "acme") == []

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from fairway import store, topology
-from fairway.contract import Reading, tenant_message
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, tenant_message
+from fairway.storage import mongo, registry
 from tests.harness import Pipeline, management, reading, wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ def test_reading_is_stored_field_by_field(pipeline: Pipeline) -> None:
     pipeline.publish([("dev-1.env", body, {"message_id": "m-1"})])
     pipeline.wait_stored(1)
 
-    doc = pipeline.db[store.TELEMETRY].find_one()
+    doc = pipeline.db[mongo.TELEMETRY].find_one()
     received = doc.pop("received")
     assert doc == {
         "_id": "acme:dev-1:m-1",
@@ -70,7 +71,7 @@ def test_message_id_falls_back_to_body_id_then_stream_and_ts(pipeline: Pipeline)
         ]
     )
     pipeline.wait_stored(2)
-    ids = sorted(d["_id"] for d in pipeline.db[store.TELEMETRY].find({}, {"_id": 1}))
+    ids = sorted(d["_id"] for d in pipeline.db[mongo.TELEMETRY].find({}, {"_id": 1}))
     assert ids == sorted(["acme:dev-1:body-7", f"acme:dev-1:power@{round(now_ts * 1000)}"])
 
 
@@ -89,13 +90,13 @@ class Case:
 
 
 def _disable(p: Pipeline) -> None:
-    store.set_device_enabled(p.db, "dev-1", False)
+    registry.set_device_enabled(p.db, "dev-1", False)
 
 
 def _drop_tenant(p: Pipeline) -> None:
     p.tenant("gone")
     p.device("gone", "orphan")
-    p.db[store.TENANTS].delete_one({"_id": "gone"})
+    p.db[mongo.TENANTS].delete_one({"_id": "gone"})
 
 
 def _device_user(p: Pipeline) -> None:

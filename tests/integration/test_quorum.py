@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from fairway import topology
-from fairway.contract import Reading, tenant_message
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, tenant_message
 from tests.harness import Pipeline, management, reading, wait_for
 from tests.integration import test_faults as faults
 from tests.integration import test_pipeline as classic

@@ -23,13 +23,16 @@ import pytest
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 
-from fairway import topology
-from fairway.contract import reading_id
-from fairway.processes import free_port, wait_for
-from fairway.store import TELEMETRY, TENANTS
-from tasks import export, records, retention, worker
-from tasks.celery_app import EXPORT_TASK, REPORT_TASK, make_celery
-from tasks.errors import JobFailed
+from fairway.devtools import celery_workers as worker
+from fairway.devtools.processes import free_port, wait_for
+from fairway.domain.job_params import JobFailed
+from fairway.kernel import topology
+from fairway.kernel.contract import reading_id
+from fairway.storage import job_records
+from fairway.storage.mongo import TELEMETRY, TENANTS
+from tasks import export, retention
+from tasks.base import EXPORT_TASK, REPORT_TASK
+from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
 
 pytestmark = pytest.mark.integration
@@ -326,9 +329,11 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
     # A tenant-less reading (tenant deleted) is not this task's business.
     insert_readings(db, "gone", "x", [now - timedelta(days=100)], [{"v": 1}])
     # An expired job and its export file go; a recent one stays.
-    old = records.create_job(db, "old-job", "long", "alice", "export", {})
-    db[records.JOBS].update_one({"_id": "old-job"}, {"$set": {"created": now - timedelta(days=2)}})
-    records.create_job(db, "new-job", "long", "alice", "export", {})
+    old = job_records.create_job(db, "old-job", "long", "alice", "export", {})
+    db[job_records.JOBS].update_one(
+        {"_id": "old-job"}, {"$set": {"created": now - timedelta(days=2)}}
+    )
+    job_records.create_job(db, "new-job", "long", "alice", "export", {})
     for job_id in (old["_id"], "new-job"):
         with export.bucket(db).open_upload_stream_with_id(job_id, f"{job_id}.csv") as f:
             f.write(b"ts,device\n")
@@ -345,7 +350,7 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
             wait_for(
                 lambda: (
                     all(remaining(t) == v for t, v in expected.items())
-                    and records.get_job(db, "old-job") is None
+                    and job_records.get_job(db, "old-job") is None
                 ),
                 90,
                 "retention to run from the beat schedule",
@@ -354,7 +359,7 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
         finally:
             worker.stop(beat)
     assert remaining("gone") == [1]
-    assert records.get_job(db, "new-job") is not None
+    assert job_records.get_job(db, "new-job") is not None
     assert export.file_info(db, "old-job") is None
     assert db[f"{export.BUCKET}.chunks"].count_documents({"files_id": "old-job"}) == 0
     assert export.file_info(db, "new-job") is not None

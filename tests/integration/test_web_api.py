@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from fairway import accounts, notify, pushtoken, store
+from fairway.domain import notify, pushtoken
+from fairway.storage import accounts, mongo, registry
 from tests.harness import Pipeline, management
 from web import create_app
 
@@ -117,10 +118,10 @@ def test_passwords_are_hashed_and_credentials_shown_once(world: dict[str, Any]) 
     created = world["api"]["adm_a"]("POST", "/api/devices", {"device": "a3"}).get_json()
     assert len(created["password"]) >= 24
     assert "password" not in world["api"]["adm_a"]("GET", "/api/devices/a3").get_json()
-    assert store.verify_device_password(world["db"], "a3", created["password"])
+    assert registry.verify_device_password(world["db"], "a3", created["password"])
     rotated = world["api"]["adm_a"]("POST", "/api/devices/a3/rotate").get_json()
-    assert not store.verify_device_password(world["db"], "a3", created["password"])
-    assert store.verify_device_password(world["db"], "a3", rotated["password"])
+    assert not registry.verify_device_password(world["db"], "a3", created["password"])
+    assert registry.verify_device_password(world["db"], "a3", rotated["password"])
 
 
 def test_session_login_needs_csrf_for_changes(world: dict[str, Any]) -> None:
@@ -186,7 +187,7 @@ def test_history_pages_by_cursor_and_filters(world: dict[str, Any]) -> None:
         }
         for i in range(25)
     ]
-    db[store.TELEMETRY].insert_many(docs)
+    db[mongo.TELEMETRY].insert_many(docs)
     api = world["api"]["view_a"]
     seen: list[int] = []
     url = "/api/devices/a1/telemetry?limit=10"

@@ -1,4 +1,4 @@
-"""Unit tests for ``fairway.acks.AckWatermark``."""
+"""Unit tests for ``fairway.kernel.acks.AckWatermark``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from fairway.acks import AckWatermark
+from fairway.kernel.acks import AckWatermark
 
 
 def tracked(*tags: int) -> AckWatermark:

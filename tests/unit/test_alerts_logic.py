@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fairway.alerts import AlertEngine, Rule, RuleCache, evaluate_event, step, transitions
+from fairway.domain.alerts import AlertEngine, Rule, RuleCache, evaluate_event, step, transitions
 
 OPS = (">", ">=", "<", "<=")
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-from fairway import topology
-from fairway.archiver import rejection_document
+from archiver.service import rejection_document
+from fairway.kernel import topology
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fairway.amqp import Backoff
+from fairway.amqp.backoff import Backoff
 
 
 def test_default_sequence_doubles_then_caps() -> None:

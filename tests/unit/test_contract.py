@@ -1,4 +1,4 @@
-"""Unit tests for the telemetry message contract in ``fairway.contract``."""
+"""Unit tests for the telemetry message contract in ``fairway.kernel.contract``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from fairway.contract import Reading, parse_reading, reading_id, tenant_message, to_document
-from fairway.reasons import Reason, Rejection
-from fairway.settings import Settings
+from fairway.kernel.contract import Reading, parse_reading, reading_id, tenant_message, to_document
+from fairway.kernel.reasons import Reason, Rejection
+from fairway.kernel.settings import Settings
 
 SETTINGS = Settings()
 TS = 1795487400  # 2026-11-24T02:30:00Z

@@ -6,7 +6,7 @@ import random
 
 import orjson
 
-from fairway.events import coalesce, iso
+from fairway.domain.coalesce import coalesce, iso
 
 
 def body(tenant: str, device: str, ts: float, stream: str = "env", **values: object) -> bytes:

@@ -1,9 +1,9 @@
-"""Unit tests for the push gateway's SSE framing (``web.gateway``)."""
+"""Unit tests for the push gateway's SSE framing (``gateway.service``)."""
 
 from __future__ import annotations
 
-from fairway.settings import Settings
-from web.gateway import _allowed_origins, event_kind, sse_event
+from fairway.kernel.settings import Settings
+from gateway.service import _allowed_origins, event_kind, sse_event
 
 
 def test_event_is_named_and_terminated() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for ``fairway.ids``."""
+"""Unit tests for ``fairway.kernel.ids``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fairway.ids import check_id, is_valid_id
+from fairway.kernel.ids import check_id, is_valid_id
 
 VALID = ["a", "0", "acme", "dev-1", "dev_1", "9lives", "a-", "a_", "a" * 64, "x0-_y"]
 INVALID: list[Any] = [

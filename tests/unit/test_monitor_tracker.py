@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fairway.monitor import ConnectionTracker, device_of
+from monitor.service import ConnectionTracker, device_of
 
 A, B, C = ("n", "a"), ("n", "b"), ("n", "c")
 

@@ -1,4 +1,4 @@
-"""Unit tests for ``fairway.notify``: binding keys per role, names, the session queue spec."""
+"""Unit tests for ``fairway.domain.notify``: binding keys per role, names, session queues."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from fairway import notify
-from fairway.settings import Settings
+from fairway.domain import notify
+from fairway.kernel.settings import Settings
 
 
 def test_operator_sees_every_tenant_and_only_its_own_jobs() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for ``fairway.pushtoken``: round trip, expiry, tampering, wrong key."""
+"""Unit tests for ``fairway.domain.pushtoken``: round trip, expiry, tampering, wrong key."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
-from fairway import pushtoken
+from fairway.domain import pushtoken
 
 KEY = "a-test-secret-key-0123456789"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from fairway.reasons import Reason
-from fairway.settings import Settings
+from fairway.kernel.reasons import Reason
+from fairway.kernel.settings import Settings
 from ingest import relay as relay_module
 from ingest.relay import Relay
 

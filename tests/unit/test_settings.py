@@ -1,4 +1,4 @@
-"""Unit tests for ``fairway.settings``."""
+"""Unit tests for ``fairway.kernel.settings``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from fairway.settings import ENV_PREFIX, Settings
+from fairway.kernel.settings import ENV_PREFIX, Settings
 
 
 def test_empty_env_gives_defaults() -> None:

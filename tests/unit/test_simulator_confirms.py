@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from pika.spec import Basic
 
-from fairway.settings import Settings
-from ingest.simulator import Simulator, device_ids, tenant_ids, weighted_devices
+from fairway.devtools.simulator import Simulator, device_ids, tenant_ids, weighted_devices
+from fairway.kernel.settings import Settings
 
 
 @pytest.fixture

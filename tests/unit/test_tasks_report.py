@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fairway.settings import Settings
-from tasks.params import ExportParams, ReportParams, parse_export, parse_report
+from fairway.domain.job_params import ExportParams, ReportParams, parse_export, parse_report
+from fairway.kernel.settings import Settings
 from tasks.report import OUTLIERS_LISTED, ReportBuilder, paced, percentile
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from fairway import processes, store
-from fairway.cli import ensure_simulated
-from fairway.settings import Settings
-from ingest import simulator
+from fairway.devtools import processes, simulator
+from fairway.kernel.settings import Settings
+from fairway.provision import create_user, ensure_devices
+from fairway.storage import mongo
 
 
 def run_demo(settings: Settings, duration: float) -> None:
     """Relay + scheduler + 3 tenants x 5 devices (one noisy), then show what landed."""
     by_tenant = {t: simulator.device_ids(t, 5) for t in simulator.tenant_ids(3)}
-    ensure_simulated(settings, by_tenant)
-    db = store.connect(settings)
+    ensure_devices(settings, by_tenant)
+    db = mongo.connect(settings)
     before = _counts(db, by_tenant)
     logs = Path(".services/logs")
     logs.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def run_demo(settings: Settings, duration: float) -> None:
     after = _counts(db, by_tenant)
     for tenant, count in after.items():
         click.echo(f"{tenant}: {count - before[tenant]} new readings stored ({count} in all)")
-    latest = db[store.TELEMETRY].find({}, {"_id": 1, "ts": 1, "values": 1}).sort("ts", -1).limit(3)
+    latest = db[mongo.TELEMETRY].find({}, {"_id": 1, "ts": 1, "values": 1}).sort("ts", -1).limit(3)
     for doc in latest:
         click.echo(f"  {doc['_id']}  {doc['ts']:%H:%M:%S.%f}  {doc['values']}")
 
@@ -57,14 +57,11 @@ DEMO_USERS = (("demo-admin", "admin", "sim01"), ("demo-viewer", "viewer", "sim01
 
 def serve_demo(settings: Settings, password: str, rate: float) -> None:
     """Run every process and a gentle simulator until Ctrl-C; print where to log in."""
-    from fairway import accounts
-
     by_tenant = {t: simulator.device_ids(t, 5) for t in simulator.tenant_ids(3)}
-    ensure_simulated(settings, by_tenant)
-    db = store.connect(settings)
+    ensure_devices(settings, by_tenant)
+    db = mongo.connect(settings)
     for user_id, role, tenant in DEMO_USERS:
-        if accounts.get_user(db, user_id) is None:
-            accounts.create_user(db, user_id, password, role, tenant)
+        create_user(settings, db, user_id, password, role, tenant, if_missing=True)
     logs = Path(".services/logs")
     logs.mkdir(parents=True, exist_ok=True)
     children = [processes.start([r], settings, logs / f"demo-{r}.log") for r in SERVED_ROLES]
@@ -85,4 +82,4 @@ def serve_demo(settings: Settings, password: str, rate: float) -> None:
 
 
 def _counts(db, by_tenant: dict[str, list[str]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    return {t: db[store.TELEMETRY].count_documents({"tenant": t}) for t in by_tenant}
+    return {t: db[mongo.TELEMETRY].count_documents({"tenant": t}) for t in by_tenant}

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,21 +33,22 @@ import pika
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 from prometheus_client import Counter, Gauge, Histogram
-from pymongo import DESCENDING
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway import store, topology
-from fairway.acks import AckWatermark
-from fairway.amqp import AmqpService, Backoff
-from fairway.reasons import Reason
-from fairway.settings import Settings
+from fairway.amqp.backoff import Backoff
+from fairway.amqp.service import AmqpService
+from fairway.kernel import topology
+from fairway.kernel.acks import AckWatermark
+from fairway.kernel.reasons import Reason
+from fairway.kernel.settings import Settings
+from fairway.storage import mongo, registry
+from fairway.storage.rejections import trim
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER = "dead_letter"
 DRAIN_TIMEOUT_S = 10.0
-OR_CHUNK = 200  # devices per trimming delete
 MAX_ATTEMPTS = 3  # of a batch the database refuses documents of
 _REASONS = {r.value for r in Reason} | {DEAD_LETTER}
 
@@ -110,7 +110,7 @@ def _only_duplicates(exc: BulkWriteError) -> bool:
     details = exc.details or {}
     errors = details.get("writeErrors", ())
     return not details.get("writeConcernErrors") and all(
-        e.get("code") == store.DUPLICATE_KEY for e in errors
+        e.get("code") == mongo.DUPLICATE_KEY for e in errors
     )
 
 
@@ -118,74 +118,6 @@ def _text(value: object) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
-
-
-def trim(
-    db: Database, devices: set[str | None] | None, keep: int, down_to: int | None = None
-) -> int:
-    """Devices (of ``devices``; None: all) with more than ``keep`` rejections keep
-    only their ``down_to`` (default ``keep``) newest.
-
-    Trimming below the cap means a device is trimmed once per ``keep - down_to`` new
-    rejections rather than on every pass.
-
-    FerretDB 1.24 reads without indexes: every query is a collection scan, so a
-    query (or a delete) per device would make trimming quadratic. This takes three
-    scans whatever the number of devices: a ``$group`` to count, one read of the
-    over-full devices' times, and one delete whose ``$or`` gives each of them its
-    cut-off time (``at`` is unique per archiver, see :meth:`Archiver._next_at`).
-    Returns how many documents were deleted.
-    """
-    low = max(1, keep if down_to is None else min(down_to, keep))
-    collection = db[store.REJECTIONS]
-    match = {} if devices is None else {"device": {"$in": sorted(devices, key=str)}}
-    counts = collection.aggregate(
-        [{"$match": match}, {"$group": {"_id": "$device", "n": {"$sum": 1}}}]
-    )
-    over = [c["_id"] for c in counts if c["n"] > keep]
-    if not over:
-        return 0
-    times: dict[Any, list[datetime]] = defaultdict(list)
-    for doc in collection.find({"device": {"$in": over}}, {"device": 1, "at": 1, "_id": 0}):
-        times[doc.get("device")].append(doc["at"])
-    cutoffs = []
-    for device, ats in times.items():
-        if len(ats) > keep:
-            ats.sort(reverse=True)
-            cutoffs.append({"device": device, "at": {"$lt": ats[low - 1]}})
-    deleted = 0
-    for start in range(0, len(cutoffs), OR_CHUNK):
-        clauses = cutoffs[start : start + OR_CHUNK]
-        deleted += collection.delete_many({"$or": clauses}).deleted_count
-    return deleted
-
-
-def list_rejections(
-    db: Database,
-    tenant: str | None,
-    device: str | None = None,
-    limit: int = 100,
-    before: datetime | None = None,
-) -> list[dict[str, Any]]:
-    """Newest first: the tenant's (every tenant's for None) archived rejections.
-
-    ``device`` narrows to one device; ``before`` pages back (``at`` strictly earlier).
-    ``_id`` comes back as a string.
-    """
-    query: dict[str, Any] = {}
-    if tenant is not None:
-        query["tenant"] = tenant
-    if device is not None:
-        query["device"] = device
-    if before is not None:
-        query["at"] = {"$lt": before}
-    docs = (
-        db[store.REJECTIONS]
-        .find(query)
-        .sort([("at", DESCENDING), ("_id", DESCENDING)])
-        .limit(max(1, int(limit)))
-    )
-    return [{**doc, "_id": str(doc["_id"])} for doc in docs]
 
 
 class Archiver(AmqpService):
@@ -293,7 +225,7 @@ class Archiver(AmqpService):
                 self._fill_tenants(docs)
                 # insert_many gives each document an ObjectId once: a retry after an
                 # unknown outcome re-sends the same ids, so nothing is archived twice.
-                self.db[store.REJECTIONS].insert_many(docs, ordered=False)
+                self.db[mongo.REJECTIONS].insert_many(docs, ordered=False)
                 written = True
             except BulkWriteError as exc:
                 written = _only_duplicates(exc)
@@ -332,7 +264,7 @@ class Archiver(AmqpService):
         unknown = sorted({d["device"] for d in docs if d["tenant"] is None and d["device"]})
         if not unknown:
             return
-        found = store.find_devices(self.db, unknown)
+        found = registry.find_devices(self.db, unknown)
         for doc in docs:
             device = found.get(doc["device"]) if doc["tenant"] is None else None
             if device is not None:
@@ -394,6 +326,6 @@ class Archiver(AmqpService):
 
 def run(settings: Settings) -> None:
     """``fairway archiver``: serve until SIGTERM, then drain."""
-    db = store.connect(settings)
-    store.ensure_indexes(db)
+    db = mongo.connect(settings)
+    mongo.ensure_indexes(db)
     Archiver(settings, db).serve(settings.metrics_port)

@@ -38,7 +38,8 @@ def verify(secret_key: str, token: str, max_age_s: float) -> dict[str, Any]:
     if not isinstance(token, str) or not token:
         raise InvalidToken("no token")
     try:
-        payload = _serializer(secret_key).loads(token, max_age=max_age_s)
+        # Ages are whole seconds, so ``age > max_age_s`` is ``age > floor(max_age_s)``.
+        payload = _serializer(secret_key).loads(token, max_age=int(max_age_s))
     except SignatureExpired:
         raise InvalidToken("token expired", expired=True) from None
     except BadSignature:

@@ -17,92 +17,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pika
 from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
-from prometheus_client import Counter
 
-from fairway import topology
-from fairway.amqp import Backoff
+from fairway.amqp.backoff import Backoff
+from fairway.kernel import topology
 
 log = logging.getLogger(__name__)
 
-SCHED_EVENTS = Counter(
-    "fairway_scheduler_events_total", "Coalesced telemetry events published by the scheduler"
-)
-SCHED_EVENTS_DROPPED = Counter(
-    "fairway_scheduler_events_dropped_total",
-    "Telemetry events not published (publisher connection down or blocked, or a bad batch)",
-)
 
 JSON = "application/json"
 TRANSIENT = 1
-
-
-def iso(ts: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-
-
-def is_number(value: object) -> bool:
-    """True for ints and floats, not booleans (a flag has no min or max)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def telemetry_key(tenant: str, device: str) -> str:
-    """``telemetry.<tenant>.<device>``."""
-    return f"telemetry.{tenant}.{device}"
-
-
-def coalesce(bodies: Iterable[bytes]) -> list[tuple[str, dict[str, Any]]]:
-    """At most one telemetry event per (tenant, device) of a written batch.
-
-    ``bodies`` are tenant-queue messages (relay output). The event carries the latest
-    reading (greatest device time; the later one in the batch on a tie), how many
-    readings it stands for, and per numeric metric the min and max over all of them.
-    """
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    order: list[tuple[str, str]] = []
-    for body in bodies:
-        msg = orjson.loads(body)
-        key = (msg["tenant"], msg["device"])
-        values = msg["values"]
-        event = latest.get(key)
-        if event is None:
-            event = latest[key] = {
-                "kind": "telemetry",
-                "tenant": key[0],
-                "device": key[1],
-                "stream": msg["stream"],
-                "_ts": msg["ts"],
-                "values": values,
-                "count": 0,
-                "min": {},
-                "max": {},
-            }
-            order.append(key)
-        elif msg["ts"] >= event["_ts"]:
-            event.update(stream=msg["stream"], _ts=msg["ts"], values=values)
-        event["count"] += 1
-        low, high = event["min"], event["max"]
-        for metric, value in values.items():
-            if not is_number(value):
-                continue
-            if metric not in low or value < low[metric]:
-                low[metric] = value
-            if metric not in high or value > high[metric]:
-                high[metric] = value
-    out = []
-    for key in order:
-        event = latest[key]
-        ts = event.pop("_ts")
-        event["ts"] = iso(ts)
-        out.append((telemetry_key(*key), event))
-    return out
 
 
 def event_properties() -> pika.BasicProperties:

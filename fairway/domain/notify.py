@@ -9,7 +9,7 @@ stops every session's feed at once.
 
 Routing keys on ``events``: ``telemetry|status|alert.<tenant>.<device>`` and
 ``job.<tenant>.<user>``. Tenant, device and user ids are validated
-(:mod:`fairway.ids`), so none can smuggle a ``.``, ``*`` or ``#`` into a binding key.
+(:mod:`fairway.kernel.ids`), so none can smuggle a ``.``, ``*`` or ``#`` into a binding key.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fairway.ids import check_id
-from fairway.settings import Settings
-from fairway.topology import EVENTS
+from pika.exceptions import ChannelClosedByBroker
+
+from fairway.kernel.ids import check_id
+from fairway.kernel.settings import Settings
+from fairway.kernel.topology import EVENTS
 
 USER_EXCHANGE_PREFIX = "user."
 SESSION_QUEUE_PREFIX = "session."
@@ -94,8 +96,6 @@ def exchange_exists(connection: Any, user_id: str) -> bool:
     ``connection`` is a pika ``BlockingConnection``: a failed passive declare closes
     its channel, so it gets one of its own.
     """
-    from pika.exceptions import ChannelClosedByBroker
-
     channel = connection.channel()
     try:
         channel.exchange_declare(exchange=user_exchange(user_id), passive=True)
@@ -113,7 +113,7 @@ def sync_user(channel: Channel, user_id: str, current: set[str], desired: set[st
     """Declare ``user.<id>``, bind the keys in ``desired`` not in ``current``, unbind the rest.
 
     ``current`` is what the caller recorded as bound; ``events`` must exist (it is part
-    of :func:`fairway.topology.declare`). Binding and unbinding are idempotent at the
+    of :func:`fairway.kernel.topology.declare`). Binding and unbinding are idempotent at the
     broker, so a superset in ``current`` is harmless.
     """
     name = declare_user(channel, user_id)

@@ -1,4 +1,4 @@
-"""Job parameters: parsed and checked once, by the API (400 on bad input) and the task.
+"""Jobs: parameters parsed and checked once, by the API (400 on bad input) and the task.
 
 Times are RFC 3339 strings with an offset or epoch seconds (as in the message
 contract); they travel to the worker as epoch seconds, so the task message is
@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fairway.contract import parse_ts
-from fairway.ids import is_valid_id
-from fairway.reasons import Rejection
-from fairway.settings import Settings
+from fairway.kernel.contract import parse_ts
+from fairway.kernel.ids import is_valid_id
+from fairway.kernel.reasons import Rejection
+from fairway.kernel.settings import Settings
 
 DEFAULT_Z = 3.0
 MIN_Z, MAX_Z = 1.0, 10.0
@@ -98,3 +98,7 @@ def parse_export(body: dict[str, Any]) -> ExportParams:
     """Check an export request (``device``?, ``from``, ``to``)."""
     device, start, end = _range(body)
     return ExportParams(device, start, end)
+
+
+class JobFailed(Exception):
+    """A job ended without a result; the message says why and what to change."""

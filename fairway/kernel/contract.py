@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
-from fairway.ids import is_valid_id
-from fairway.reasons import Reason, Rejection
-from fairway.settings import Settings
+from fairway.kernel.ids import is_valid_id
+from fairway.kernel.reasons import Reason, Rejection
+from fairway.kernel.settings import Settings
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 # No '.' (FerretDB refuses it in field names) and no '$' (operators): only names both

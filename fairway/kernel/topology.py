@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fairway.settings import Settings
+from fairway.kernel.settings import Settings
 
 TELEMETRY = "telemetry"
 INGEST = "ingest"

@@ -1,7 +1,6 @@
-"""MongoDB access: tenants, the device registry, telemetry and rejections.
+"""The registry: tenants and their scheduling parameters, devices and their credentials.
 
-Only features that both MongoDB (6+) and FerretDB 1.24 support are used here.
-Connections are passed in (a :class:`pymongo.database.Database`), never global.
+Device passwords are stored as argon2 hashes. Connections are passed in.
 """
 
 from __future__ import annotations
@@ -12,19 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from argon2 import PasswordHasher
-from pymongo import ASCENDING, DESCENDING, MongoClient
+from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from fairway.ids import check_id
-from fairway.settings import Settings
+from fairway.kernel.ids import check_id
+from fairway.storage.mongo import DEVICES, TENANTS, AlreadyExists
 
-TENANTS = "tenants"
-DEVICES = "devices"
-TELEMETRY = "telemetry"
-REJECTIONS = "rejections"
-
-DUPLICATE_KEY = 11000
 _hasher = PasswordHasher()
 
 
@@ -45,27 +38,6 @@ class Device:
     tenant: str
     enabled: bool
     tenant_known: bool = True
-
-
-class AlreadyExists(Exception):
-    """The tenant or device id is taken."""
-
-
-def connect(settings: Settings, **client_options: Any) -> Database:
-    """Open a client for ``settings.mongo_url`` and return its database (default ``fairway``)."""
-    client: MongoClient = MongoClient(
-        settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5000, **client_options
-    )
-    return client.get_default_database(default="fairway")
-
-
-def ensure_indexes(db: Database) -> None:
-    """Create the indexes the pipeline and the API query by (idempotent)."""
-    db[TELEMETRY].create_index(
-        [("tenant", ASCENDING), ("device", ASCENDING), ("ts", DESCENDING)], name="tenant_device_ts"
-    )
-    db[DEVICES].create_index([("tenant", ASCENDING)], name="tenant")
-    db[REJECTIONS].create_index([("device", ASCENDING), ("at", DESCENDING)], name="device_at")
 
 
 def create_tenant(db: Database, tenant_id: str, weight: int, max_backlog: int) -> Tenant:
@@ -94,6 +66,24 @@ def set_tenant_weight(db: Database, tenant_id: str, weight: int) -> bool:
     return (
         db[TENANTS].update_one({"_id": tenant_id}, {"$set": {"weight": weight}}).matched_count == 1
     )
+
+
+def tenant_document(db: Database, tenant_id: str) -> dict[str, Any] | None:
+    """The tenant's stored document."""
+    return db[TENANTS].find_one({"_id": tenant_id})
+
+
+def tenant_documents(db: Database, tenant_id: str | None = None) -> list[dict[str, Any]]:
+    """Every tenant's document (or only ``tenant_id``'s), sorted by id."""
+    query = {} if tenant_id is None else {"_id": tenant_id}
+    return list(db[TENANTS].find(query).sort("_id", ASCENDING))
+
+
+def update_tenant(db: Database, tenant_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """Set ``changes`` on the tenant; its new document, or None if there is no such tenant."""
+    if db[TENANTS].update_one({"_id": tenant_id}, {"$set": changes}).matched_count == 0:
+        return None
+    return tenant_document(db, tenant_id)
 
 
 def list_tenants(db: Database) -> list[Tenant]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pika
 
-from fairway.amqp import parameters
-from fairway.processes import wait_for
-from fairway.settings import Settings
-from tasks.celery_app import CPU, MAINTENANCE
+from fairway.amqp.connection import blocking_channel
+from fairway.devtools.processes import wait_for
+from fairway.kernel.settings import Settings
+from tasks.base import CPU, MAINTENANCE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,14 +71,11 @@ def start_beat(settings: Settings, log_path: Path, schedule_path: Path) -> subpr
 
 def consumers(settings: Settings, queue: str) -> int:
     """Consumers of a job queue (0 while it does not exist)."""
-    connection = pika.BlockingConnection(parameters(settings, "fairway-worker-probe"))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if connection.is_open:
-            connection.close()
+    with blocking_channel(settings, "fairway-worker-probe") as channel:
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.consumer_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:

@@ -3,16 +3,16 @@
 Twisted web server on ``FAIRWAY_GATEWAY_HOST:PORT``:
 
 * ``GET /events?token=<push token>``: one stream per browser tab. The token (signed by
-  the web app, :mod:`fairway.pushtoken`) names the user; the gateway opens an AMQP
+  the web app, :mod:`fairway.domain.pushtoken`) names the user; the gateway opens an AMQP
   channel for the session, declares the session queue (exclusive, auto-delete,
-  bounded with ``drop-head``, short TTL; :func:`fairway.notify.session_queue`), binds it
+  bounded with ``drop-head``, short TTL; :func:`fairway.domain.notify.session_queue`), binds it
   to ``user.<id>`` and forwards every delivery as an SSE event named by its kind
   (``telemetry``, ``status``, ``alert``, ``job``). The first event, ``ready``, says the
   queue is bound. Nothing is replayed: a reconnecting ``EventSource`` gets a new queue.
 * ``GET /healthz`` (the process answers) and ``GET /readyz`` (503 until connected).
 
 Answers: 401 for a missing, bad or expired token; 403 when ``user.<id>`` does not exist
-(unknown or disabled user, see :func:`fairway.notify.remove_user`); 503 while the
+(unknown or disabled user, see :func:`fairway.domain.notify.remove_user`); 503 while the
 broker is unreachable or ``FAIRWAY_GATEWAY_MAX_SESSIONS`` streams are open.
 
 Memory stays bounded per session: a channel prefetch of ``FAIRWAY_GATEWAY_PREFETCH``
@@ -45,9 +45,11 @@ from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from fairway import metrics, notify, pushtoken
-from fairway.amqp import Backoff, parameters
-from fairway.settings import Settings
+from fairway.amqp.backoff import Backoff
+from fairway.amqp.connection import parameters
+from fairway.domain import notify, pushtoken
+from fairway.kernel import metrics
+from fairway.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 

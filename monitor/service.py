@@ -18,13 +18,13 @@ waits for MongoDB or HTTP):
   grace period before a connection it does not list is considered closed.
 * **Alerts.** A durable queue ``monitor.telemetry`` (bounded; the oldest event goes
   first when full) bound to ``events`` ``telemetry.#``. Each event is evaluated
-  against the tenant's enabled rules (:mod:`fairway.alerts`, cached
+  against the tenant's enabled rules (:mod:`fairway.domain.alerts`, cached
   ``rules_cache_ttl_s``); each transition is saved in ``alert_state`` and then
   published as ``alert.<tenant>.<device>``; then the event is acked. A crash after
   the save and before the publish loses that alert event (the state is right, the
   push is missing); a crash before the save re-evaluates the redelivered event.
 
-Events go out on a separate publishing connection (:class:`fairway.events.EventPublisher`),
+Events go out on a separate publishing connection (:class:`fairway.amqp.side.EventPublisher`),
 transient and best-effort. Run one monitor per Fairway vhost: alert state is kept in
 memory and written through, and two monitors would evaluate the same devices twice.
 """
@@ -49,10 +49,15 @@ from pika.spec import Basic, BasicProperties
 from prometheus_client import Counter, Gauge
 from pymongo.database import Database
 
-from fairway import alerts, management, store, topology
-from fairway.amqp import AmqpService, Backoff, parameters
-from fairway.events import EventPublisher, SideConnection
-from fairway.settings import Settings
+from fairway.amqp import management
+from fairway.amqp.backoff import Backoff
+from fairway.amqp.connection import parameters
+from fairway.amqp.service import AmqpService
+from fairway.amqp.side import EventPublisher, SideConnection
+from fairway.domain import alerts
+from fairway.kernel import topology
+from fairway.kernel.settings import Settings
+from fairway.storage import mongo, registry, rules
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +389,7 @@ class Monitor(AmqpService):
         change = {"last_seen": at} if only_seen else {"online": online, "last_seen": at}
         self._retrying(
             "device status update",
-            lambda: self.db[store.DEVICES].update_one({"_id": device}, {"$set": change}),
+            lambda: self.db[mongo.DEVICES].update_one({"_id": device}, {"$set": change}),
         )
         if only_seen:
             return []
@@ -396,9 +401,9 @@ class Monitor(AmqpService):
             return None
         if device in self._registry:
             return self._registry[device]
-        found = self._retrying("device lookup", lambda: store.find_devices(self.db, [device])).get(
-            device
-        )
+        found = self._retrying(
+            "device lookup", lambda: registry.find_devices(self.db, [device])
+        ).get(device)
         tenant = found.tenant if found is not None else None
         self._registry[device] = tenant
         return tenant
@@ -436,7 +441,7 @@ class Monitor(AmqpService):
             stale = self._retrying(
                 "device status read",
                 lambda: [
-                    d["_id"] for d in self.db[store.DEVICES].find({"online": True}, {"_id": 1})
+                    d["_id"] for d in self.db[mongo.DEVICES].find({"online": True}, {"_id": 1})
                 ],
             )
             offline |= set(stale) - self.tracker.online
@@ -458,7 +463,7 @@ class Monitor(AmqpService):
     def _evaluate(self, body: bytes) -> list[tuple[str, dict[str, Any]]]:
         if self.engine is None:
             self.engine = alerts.AlertEngine(
-                self._retrying("alert state read", lambda: alerts.load_firing(self.db))
+                self._retrying("alert state read", lambda: rules.load_firing(self.db))
             )
         try:
             event = orjson.loads(body)
@@ -477,7 +482,7 @@ class Monitor(AmqpService):
             log.warning("ignoring a malformed telemetry event", extra={"error": repr(exc)})
             return []
         for alert in fired:
-            self._retrying("alert state write", lambda a=alert: alerts.save_state(self.db, a))
+            self._retrying("alert state write", lambda a=alert: rules.save_state(self.db, a))
         return [(alerts.alert_key(tenant, device), alert) for alert in fired]
 
     # -- gauges and stopping -----------------------------------------------------------
@@ -516,6 +521,6 @@ class Monitor(AmqpService):
 
 def run(settings: Settings) -> None:
     """``fairway monitor``: serve until SIGTERM, then drain."""
-    db = store.connect(settings)
-    store.ensure_indexes(db)
+    db = mongo.connect(settings)
+    mongo.ensure_indexes(db)
     Monitor(settings, db).serve(settings.metrics_port)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fairway.settings import Settings
+from fairway.kernel.settings import Settings
 
 
 def start(
@@ -55,9 +55,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
-) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll ``predicate`` until truthy and return its value; TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

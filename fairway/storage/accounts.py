@@ -21,8 +21,8 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from fairway.ids import check_id
-from fairway.store import TENANTS, AlreadyExists
+from fairway.kernel.ids import check_id
+from fairway.storage.mongo import TENANTS, AlreadyExists
 
 USERS = "users"
 API_TOKENS = "api_tokens"

@@ -1,7 +1,7 @@
 """Keep each user's ``user.<id>`` exchange bindings equal to their permissions.
 
 The bindings a user should have follow from role, tenant and subscriptions
-(:func:`fairway.notify.binding_keys`). The user document records ``bindings`` (known
+(:func:`fairway.domain.notify.binding_keys`). The user document records ``bindings`` (known
 bound) and, while a change is under way, ``bindings_pending`` (possibly bound). A
 crash between the broker change and the final write therefore leaves a record from
 which the next sync binds everything that might be missing and unbinds everything
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pymongo.database import Database
 
-from fairway import accounts, notify
+from fairway.domain import notify
+from fairway.storage import accounts
 
 
 def sync_bindings(db: Database, channel: notify.Channel, user_id: str) -> list[str]:

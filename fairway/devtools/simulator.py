@@ -23,9 +23,9 @@ import pika
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic, BasicProperties
 
-from fairway import topology
-from fairway.amqp import parameters
-from fairway.settings import Settings
+from fairway.amqp.connection import parameters
+from fairway.kernel import topology
+from fairway.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 TICK_S = 0.01

@@ -1,4 +1,4 @@
-"""Alert rules: the ``rules`` store, evaluation with hysteresis, and firing state.
+"""Alert rules: checking them, evaluation with hysteresis, and the rule cache.
 
 A rule compares one metric of a tenant's devices (or of one device) with a
 threshold. It *fires* when the comparison becomes true and *clears* only once the
@@ -33,16 +33,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING
 from pymongo.database import Database
 
-from fairway.events import is_number
-from fairway.ids import check_id, is_valid_id
+from fairway.domain.coalesce import is_number
+from fairway.kernel.ids import check_id, is_valid_id
+from fairway.storage import registry
+from fairway.storage import rules as rule_store
 
 log = logging.getLogger(__name__)
 
-RULES = "rules"
-ALERT_STATE = "alert_state"
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -180,22 +179,26 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-# -- the rule store ----------------------------------------------------------------
+# -- creating rules ----------------------------------------------------------------
 def create_rule(
     db: Database,
     tenant: str,
     device: str | None,
-    metric: str,
-    op: str,
-    threshold: float,
-    hysteresis: float,
+    metric: object,
+    op: object,
+    threshold: object,
+    hysteresis: object,
 ) -> dict[str, Any]:
-    """Store an enabled rule and return its document; ValueError on bad input."""
+    """Store an enabled rule and return its document; ValueError on bad input.
+
+    ``metric``, ``op``, ``threshold`` and ``hysteresis`` are checked here, so they may
+    come straight from a request body.
+    """
     check_id("tenant", tenant)
     if device is not None:
         if not isinstance(device, str) or not is_valid_id(device):
             raise ValueError(f"device {device!r} is not a valid device id")
-        owner = db["devices"].find_one({"_id": device}, {"tenant": 1})
+        owner = registry.device_document(db, device)
         if owner is None or owner.get("tenant") != tenant:
             raise ValueError(f"device {device!r} is not a device of tenant {tenant!r}")
     if not isinstance(metric, str) or _METRIC.fullmatch(metric) is None:
@@ -217,7 +220,7 @@ def create_rule(
         "enabled": True,
         "created": datetime.now(UTC),
     }
-    db[RULES].insert_one(doc)
+    rule_store.insert_rule(db, doc)
     return doc
 
 
@@ -225,46 +228,6 @@ def _finite(name: str, value: object) -> float:
     if not is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
         raise ValueError(f"{name} must be a finite number")
     return float(value)  # type: ignore[arg-type]
-
-
-def list_rules(db: Database, tenant: str | None) -> list[dict[str, Any]]:
-    """The tenant's rules (every tenant's for None), oldest first."""
-    query = {} if tenant is None else {"tenant": tenant}
-    return list(db[RULES].find(query).sort([("created", ASCENDING), ("_id", ASCENDING)]))
-
-
-def delete_rule(db: Database, tenant: str | None, rule_id: str) -> bool:
-    """Delete a rule of ``tenant`` (any tenant's for None) and its firing state."""
-    query: dict[str, Any] = {"_id": rule_id}
-    if tenant is not None:
-        query["tenant"] = tenant
-    deleted = db[RULES].delete_one(query).deleted_count == 1
-    if deleted:
-        db[ALERT_STATE].delete_many({"rule": rule_id})
-    return deleted
-
-
-def load_firing(db: Database) -> set[tuple[str, str]]:
-    """Every (rule id, device) whose alert is firing."""
-    return {(d["rule"], d["device"]) for d in db[ALERT_STATE].find({"firing": True})}
-
-
-def save_state(db: Database, alert: dict[str, Any]) -> None:
-    """Persist one transition (an alert event body) into ``alert_state``."""
-    db[ALERT_STATE].update_one(
-        {"_id": f"{alert['rule']}:{alert['device']}"},
-        {
-            "$set": {
-                "rule": alert["rule"],
-                "tenant": alert["tenant"],
-                "device": alert["device"],
-                "firing": alert["state"] == "firing",
-                "value": alert["value"],
-                "at": alert["at"],
-            }
-        },
-        upsert=True,
-    )
 
 
 class RuleCache:
@@ -287,7 +250,7 @@ class RuleCache:
 
     def _reload(self) -> None:
         try:
-            docs = list(self._db[RULES].find({"enabled": True}))
+            docs = rule_store.enabled_rules(self._db)
         except Exception as exc:
             log.warning("rules could not be read; using the last ones", extra={"error": repr(exc)})
             self._loaded_at = self._clock()  # try again after the TTL, not on every event

@@ -20,47 +20,12 @@ import pika
 from pika.adapters.select_connection import IOLoop
 from pika.exceptions import AMQPError
 
-from fairway import topology
-from fairway.settings import Settings
+from fairway.amqp.backoff import Backoff
+from fairway.amqp.connection import declare_topology, parameters
+from fairway.kernel import metrics
+from fairway.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def parameters(settings: Settings, name: str) -> pika.URLParameters:
-    """Connection parameters from ``settings.amqp_url`` with a client name and heartbeat."""
-    params = pika.URLParameters(settings.amqp_url)
-    params.client_properties = {"connection_name": name, "product": "fairway"}
-    if "heartbeat" not in settings.amqp_url:
-        params.heartbeat = 30
-    params.connection_attempts = 1
-    params.blocked_connection_timeout = 300
-    return params
-
-
-def declare_topology(settings: Settings) -> None:
-    """Declare the shared topology over a short-lived blocking connection."""
-    connection = pika.BlockingConnection(parameters(settings, "fairway-declare"))
-    try:
-        topology.declare(connection.channel(), settings)
-    finally:
-        connection.close()
-
-
-class Backoff:
-    """Capped exponential backoff: 0.5 s, 1 s, 2 s ... ``cap``; reset on success."""
-
-    def __init__(self, base: float = 0.5, cap: float = 10.0) -> None:
-        self.base, self.cap, self._n = base, cap, 0
-
-    def next(self) -> float:
-        """The next delay."""
-        delay = min(self.cap, self.base * 2 ** min(self._n, 32))  # no float overflow
-        self._n += 1
-        return delay
-
-    def reset(self) -> None:
-        """Back to the first delay."""
-        self._n = 0
 
 
 class AmqpService:
@@ -92,8 +57,6 @@ class AmqpService:
         Once the metrics endpoint answers (what tests and orchestrators wait for),
         a SIGTERM already means a clean drain.
         """
-        from fairway import metrics
-
         self.install_signal_handlers()
         metrics.serve(metrics_port)
         self.run()

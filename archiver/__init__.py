@@ -1,0 +1,1 @@
+"""``fairway archiver``: keeps rejected messages queryable per device."""

@@ -1,0 +1,71 @@
+"""Coalescing a written batch into telemetry events (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def is_number(value: object) -> bool:
+    """True for ints and floats, not booleans (a flag has no min or max)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def telemetry_key(tenant: str, device: str) -> str:
+    """``telemetry.<tenant>.<device>``."""
+    return f"telemetry.{tenant}.{device}"
+
+
+def coalesce(bodies: Iterable[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    """At most one telemetry event per (tenant, device) of a written batch.
+
+    ``bodies`` are tenant-queue messages (relay output). The event carries the latest
+    reading (greatest device time; the later one in the batch on a tie), how many
+    readings it stands for, and per numeric metric the min and max over all of them.
+    """
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    order: list[tuple[str, str]] = []
+    for body in bodies:
+        msg = orjson.loads(body)
+        key = (msg["tenant"], msg["device"])
+        values = msg["values"]
+        event = latest.get(key)
+        if event is None:
+            event = latest[key] = {
+                "kind": "telemetry",
+                "tenant": key[0],
+                "device": key[1],
+                "stream": msg["stream"],
+                "_ts": msg["ts"],
+                "values": values,
+                "count": 0,
+                "min": {},
+                "max": {},
+            }
+            order.append(key)
+        elif msg["ts"] >= event["_ts"]:
+            event.update(stream=msg["stream"], _ts=msg["ts"], values=values)
+        event["count"] += 1
+        low, high = event["min"], event["max"]
+        for metric, value in values.items():
+            if not is_number(value):
+                continue
+            if metric not in low or value < low[metric]:
+                low[metric] = value
+            if metric not in high or value > high[metric]:
+                high[metric] = value
+    out = []
+    for key in order:
+        event = latest[key]
+        ts = event.pop("_ts")
+        event["ts"] = iso(ts)
+        out.append((telemetry_key(*key), event))
+    return out

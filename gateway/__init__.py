@@ -1,0 +1,1 @@
+"""``fairway gateway``: the push gateway (Twisted, Server-Sent Events) for live notifications."""

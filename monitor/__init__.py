@@ -1,0 +1,1 @@
+"""``fairway monitor``: device online state from the broker's connection events, and alert rules."""
