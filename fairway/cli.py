@@ -13,7 +13,7 @@ from fairway.amqp.connection import declare_topology
 from fairway.kernel import log, topology
 from fairway.kernel.settings import Settings
 from fairway.provision import create_user, ensure_devices, provision_tenant
-from fairway.storage import mongo, registry
+from fairway.storage import accounts, mongo, registry
 
 
 def _emit(value: Any) -> None:
@@ -130,8 +130,8 @@ def user() -> None:
 @click.argument("user_id")
 @click.option(
     "--role",
-    type=click.Choice(["operator", "admin", "viewer"]),
-    default="viewer",
+    type=click.Choice(accounts.ROLES),
+    default=accounts.VIEWER,
     show_default=True,
 )
 @click.option("--tenant", "tenant_id", default=None, help="Required unless --role operator.")
@@ -163,8 +163,6 @@ def user_create(
 @click.pass_obj
 def user_list(settings: Settings, tenant_id: str | None) -> None:
     """List users as JSON (no password hashes)."""
-    from fairway.storage import accounts
-
     docs = accounts.list_users(mongo.connect(settings), tenant_id)
     _emit([{"user": d["_id"], "role": d["role"], "tenant": d.get("tenant")} for d in docs])
 

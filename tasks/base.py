@@ -49,11 +49,9 @@ logger = logging.getLogger("fairway.jobs")
 
 def queues(settings: Settings) -> tuple[Queue, ...]:
     """The ``cpu`` and ``maintenance`` queues, bounded like every Fairway queue."""
-    arguments = {
-        "x-max-length": settings.job_queue_max_length,
-        "x-overflow": "reject-publish",
-        "x-queue-type": settings.queue_type,
-    }
+    arguments = topology.queue_arguments(
+        settings.job_queue_max_length, queue_type=settings.queue_type
+    )
     return tuple(
         Queue(name, JOBS_EXCHANGE, routing_key=name, durable=True, queue_arguments=arguments)
         for name in (CPU, MAINTENANCE)

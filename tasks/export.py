@@ -20,7 +20,8 @@ from typing import Any
 import gridfs
 from pymongo.database import Database
 
-from fairway.domain.job_params import ExportParams, iso
+from fairway.domain.job_params import ExportParams
+from fairway.kernel.times import iso_z
 from tasks.report import Progress, Throttle, count_readings, reading_query, stream_readings
 
 BUCKET = "exports"
@@ -51,7 +52,7 @@ def delete_file(db: Database, job_id: str) -> None:
 
 def csv_rows(doc: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     """One reading as CSV rows, one per value (``ts`` in epoch milliseconds)."""
-    ts = iso(int(doc["ts"]) / 1000)
+    ts = iso_z(int(doc["ts"]) / 1000)
     for metric, value in (doc.get("values") or {}).items():
         if isinstance(value, bool):
             value = "true" if value else "false"  # as in the JSON the device sent

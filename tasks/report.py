@@ -27,7 +27,8 @@ from typing import Any
 from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo.database import Database
 
-from fairway.domain.job_params import ReportParams, iso
+from fairway.domain.job_params import ReportParams
+from fairway.kernel.times import iso_z
 from fairway.storage.mongo import TELEMETRY
 
 OUTLIERS_LISTED = 5  # per metric and bucket: the most extreme readings, with device and time
@@ -83,7 +84,7 @@ class BucketStats:
                     outliers.append(
                         {
                             "device": devices[device],
-                            "ts": iso(ts_ms / 1000),
+                            "ts": iso_z(ts_ms / 1000),
                             "value": value,
                             "z": score,
                         }
@@ -155,7 +156,7 @@ class ReportBuilder:
             for index in sorted(self.stats[metric]):
                 start = p.start + index * p.bucket_s
                 summary = self.stats[metric][index].summary(p.z, self.devices)
-                buckets.append({"start": iso(start), **summary})
+                buckets.append({"start": iso_z(start), **summary})
             total = sum(b["count"] for b in buckets)
             metrics[metric] = {
                 "count": total,
@@ -167,8 +168,8 @@ class ReportBuilder:
         return {
             "tenant": tenant,
             "device": p.device,
-            "from": iso(p.start),
-            "to": iso(p.end),
+            "from": iso_z(p.start),
+            "to": iso_z(p.end),
             "bucket_s": p.bucket_s,
             "z": p.z,
             "readings": self.readings,

@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, request
 from pymongo import DESCENDING
 
 from fairway.amqp import management
+from fairway.kernel.times import iso_z
 from fairway.storage import accounts, mongo, registry
 from fairway.storage.rejections import list_rejections
 from web.auth import (
@@ -24,7 +25,7 @@ from web.auth import (
 )
 from web.database import get_db
 from web.errors import ApiError
-from web.params import iso, limit_param, parse_time, time_param
+from web.params import limit_param, parse_time, time_param
 
 bp = Blueprint("devices", __name__, url_prefix="/api/devices")
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def _device_json(doc: dict[str, Any]) -> dict[str, Any]:
         "tenant": doc["tenant"],
         "enabled": bool(doc.get("enabled", False)),
         "online": bool(doc.get("online", False)),
-        "last_seen": iso(doc.get("last_seen")),
-        "created": iso(doc.get("created")),
+        "last_seen": iso_z(doc.get("last_seen")),
+        "created": iso_z(doc.get("created")),
     }
 
 
@@ -153,8 +154,8 @@ def history(device_id: str) -> dict[str, Any]:
         {
             "id": d["msg_id"],
             "stream": d["stream"],
-            "ts": iso(d["ts"]),
-            "received": iso(d.get("received")),
+            "ts": iso_z(d["ts"]),
+            "received": iso_z(d.get("received")),
             "values": d["values"],
         }
         for d in docs
@@ -163,7 +164,7 @@ def history(device_id: str) -> dict[str, Any]:
     return {
         "device": device_id,
         "readings": readings,
-        "next_cursor": f"{iso(last['ts'])}|{last['_id']}" if last else None,
+        "next_cursor": f"{iso_z(last['ts'])}|{last['_id']}" if last else None,
     }
 
 
@@ -188,5 +189,5 @@ def rejections(device_id: str) -> dict[str, Any]:
 
 def _rejection_json(doc: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in doc.items() if k not in ("_id",)}
-    out["at"] = iso(doc.get("at"))
+    out["at"] = iso_z(doc.get("at"))
     return out

@@ -7,11 +7,11 @@ from typing import Any
 from flask import Blueprint, request
 
 from fairway.domain import alerts
+from fairway.kernel.times import iso_z
 from fairway.storage import accounts, rules
 from web.auth import json_body, login_required, roles_required, tenant_scope, visible_device
 from web.database import get_db
 from web.errors import ApiError
-from web.params import iso
 
 bp = Blueprint("rules", __name__, url_prefix="/api/rules")
 
@@ -19,7 +19,7 @@ bp = Blueprint("rules", __name__, url_prefix="/api/rules")
 def _rule_json(doc: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in doc.items() if k != "_id"}
     out["rule"] = doc["_id"]
-    out["created"] = iso(doc.get("created"))
+    out["created"] = iso_z(doc.get("created"))
     return out
 
 

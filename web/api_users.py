@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from fairway.domain import permissions
+from fairway.kernel.times import iso_z
 from fairway.storage import accounts, mongo
 from web.auth import (
     current_user,
@@ -24,7 +25,6 @@ from web.auth import (
 from web.broker import get_channel
 from web.database import get_db
 from web.errors import ApiError
-from web.params import iso
 
 bp = Blueprint("users", __name__, url_prefix="/api")
 MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
@@ -37,7 +37,7 @@ def _user_json(doc: dict[str, Any]) -> dict[str, Any]:
         "role": doc["role"],
         "enabled": bool(doc.get("enabled", True)),
         "subscriptions": doc.get("subscriptions", []),
-        "created": iso(doc.get("created")),
+        "created": iso_z(doc.get("created")),
     }
 
 

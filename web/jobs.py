@@ -22,8 +22,9 @@ from celery import Celery
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from prometheus_client import Counter
 
-from fairway.domain.job_params import JobFailed, iso, parse_export, parse_report
+from fairway.domain.job_params import JobFailed, parse_export, parse_report
 from fairway.kernel.settings import Settings
+from fairway.kernel.times import iso_z
 from fairway.storage import job_records
 from tasks import export
 from tasks.base import EXPORT_TASK, REPORT_TASK
@@ -38,7 +39,6 @@ from web.auth import (
 )
 from web.database import get_db
 from web.errors import ApiError
-from web.params import iso as iso_datetime
 from web.params import limit_param
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")
@@ -176,7 +176,7 @@ def _params_json(params: dict[str, Any]) -> dict[str, Any]:
     out = dict(params)
     for key, name in (("start", "from"), ("end", "to")):
         if key in out:
-            out[name] = iso(out.pop(key))
+            out[name] = iso_z(out.pop(key))
     return out
 
 
@@ -190,7 +190,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
         "tenant": job["tenant"],
         "user": job["user"],
         "params": _params_json(job.get("params", {})),
-        "created": iso_datetime(job.get("created")),
+        "created": iso_z(job.get("created")),
         "state": state,
         "progress": None,
         "result": None,
@@ -219,7 +219,7 @@ def list_jobs() -> dict[str, Any]:
                 "kind": j["kind"],
                 "tenant": j["tenant"],
                 "user": j["user"],
-                "created": iso_datetime(j.get("created")),
+                "created": iso_z(j.get("created")),
                 "url": f"/api/jobs/{j['_id']}",
             }
             for j in jobs

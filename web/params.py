@@ -45,12 +45,3 @@ def limit_param(default: int = 100) -> int:
     if not 1 <= limit <= most:
         raise ApiError(400, "bad_parameter", f"limit must be an integer from 1 to {most}")
     return limit
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 with ``Z``, or None."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

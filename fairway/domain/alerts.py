@@ -37,6 +37,7 @@ from pymongo.database import Database
 
 from fairway.domain.coalesce import is_number
 from fairway.kernel.ids import check_id, is_valid_id
+from fairway.kernel.times import iso_ms
 from fairway.storage import registry
 from fairway.storage import rules as rule_store
 
@@ -176,7 +177,7 @@ class AlertEngine:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return iso_ms(datetime.now(UTC))
 
 
 # -- creating rules ----------------------------------------------------------------

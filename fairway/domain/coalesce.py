@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-
-def iso(ts: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+from fairway.kernel.times import iso_ms
 
 
 def is_number(value: object) -> bool:
@@ -66,6 +62,6 @@ def coalesce(bodies: Iterable[bytes]) -> list[tuple[str, dict[str, Any]]]:
     for key in order:
         event = latest[key]
         ts = event.pop("_ts")
-        event["ts"] = iso(ts)
+        event["ts"] = iso_ms(ts)
         out.append((telemetry_key(*key), event))
     return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from fairway.kernel.contract import parse_ts
@@ -47,11 +46,6 @@ class ExportParams:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for the task message and the job record."""
         return asdict(self)
-
-
-def iso(epoch_s: float) -> str:
-    """Epoch seconds as an ISO 8601 UTC string."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _time(body: dict[str, Any], key: str) -> float:

@@ -23,14 +23,13 @@ from pika.exceptions import ChannelClosedByBroker
 
 from fairway.kernel.ids import check_id
 from fairway.kernel.settings import Settings
-from fairway.kernel.topology import EVENTS
+from fairway.kernel.topology import EVENTS, queue_arguments
+from fairway.storage.accounts import ADMIN, OPERATOR, VIEWER
 
 USER_EXCHANGE_PREFIX = "user."
 SESSION_QUEUE_PREFIX = "session."
 DEVICE_KINDS = ("telemetry", "alert", "status")
 JOB = "job"
-
-OPERATOR, ADMIN, VIEWER = "operator", "admin", "viewer"
 
 
 class Channel(Protocol):
@@ -143,11 +142,9 @@ class SessionQueue:
 
     def arguments(self) -> dict[str, Any]:
         """Bounded; ``drop-head`` so a live feed that falls behind keeps the newest events."""
-        return {
-            "x-max-length": self.max_length,
-            "x-overflow": "drop-head",
-            "x-message-ttl": self.message_ttl_ms,
-        }
+        return queue_arguments(
+            self.max_length, "drop-head", **{"x-message-ttl": self.message_ttl_ms}
+        )
 
     def declare_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``queue_declare`` (blocking or Twisted channel alike)."""
@@ -158,11 +155,6 @@ class SessionQueue:
             "auto_delete": True,
             "arguments": self.arguments(),
         }
-
-    def declare(self, channel: Channel) -> None:
-        """Declare the queue and bind it to ``user.<id>`` (over a blocking channel)."""
-        channel.queue_declare(**self.declare_kwargs())
-        channel.queue_bind(queue=self.name, exchange=self.exchange, routing_key="")
 
 
 def session_queue(settings: Settings, user_id: str) -> SessionQueue:

@@ -40,6 +40,22 @@ class Channel(Protocol):
     def queue_bind(self, queue: str, exchange: str, routing_key: str | None = ...) -> Any: ...
 
 
+def queue_arguments(
+    max_length: int, overflow: str = "reject-publish", queue_type: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The ``x-`` arguments of a bounded queue; every Fairway queue is declared with these.
+
+    ``overflow`` is ``reject-publish`` (publishers are told) or ``drop-head`` (live
+    feeds keep the newest); ``queue_type`` None leaves the broker's default (classic),
+    as exclusive queues require. ``extra`` are further ``x-`` arguments, by their names.
+    """
+    args: dict[str, Any] = {"x-max-length": max_length, "x-overflow": overflow}
+    if queue_type is not None:
+        args["x-queue-type"] = queue_type
+    args.update(extra)
+    return args
+
+
 @dataclass(frozen=True)
 class QueueSpec:
     """A durable, bounded queue and the bindings that feed it."""
@@ -52,13 +68,7 @@ class QueueSpec:
 
     def arguments(self) -> dict[str, Any]:
         """The ``x-`` arguments, identical on every declaration."""
-        args: dict[str, Any] = {
-            "x-max-length": self.max_length,
-            "x-overflow": "reject-publish",
-            "x-queue-type": self.queue_type,
-        }
-        args.update(self.extra)
-        return args
+        return queue_arguments(self.max_length, queue_type=self.queue_type, **self.extra)
 
     def declare(self, channel: Channel) -> None:
         """Declare the queue and its bindings."""

@@ -6,7 +6,8 @@ import random
 
 import orjson
 
-from fairway.domain.coalesce import coalesce, iso
+from fairway.domain.coalesce import coalesce
+from fairway.kernel.times import iso_ms
 
 
 def body(tenant: str, device: str, ts: float, stream: str = "env", **values: object) -> bytes:
@@ -37,7 +38,7 @@ def test_one_event_per_device_with_latest_values_and_min_max() -> None:
         "tenant": "acme",
         "device": "d1",
         "stream": "power",
-        "ts": iso(102.0),
+        "ts": iso_ms(102.0),
         "values": {"temp": 25.0, "ok": False, "state": "hot"},
         "count": 3,
         # Booleans and strings have no min or max; metrics absent from the latest
