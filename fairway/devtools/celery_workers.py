@@ -22,7 +22,8 @@ from fairway.devtools.processes import wait_for
 from fairway.kernel.settings import Settings
 from tasks.base import CPU, MAINTENANCE
 
-ROOT = Path(__file__).resolve().parent.parent
+# The source tree: `python -m celery -A tasks` run from there imports this tree's `tasks`.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start(
