@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from click.testing import CliRunner
 
+from fairway.cli import main
 from fairway.kernel.settings import (
     ENV_PREFIX,
     SECTIONS,
@@ -320,3 +322,14 @@ def test_table_lists_every_variable_by_section() -> None:
     for v in variables():
         assert f"| `{v.name}` |" in text
     assert text.index("**broker and queues**") < text.index("`FAIRWAY_AMQP_URL`")
+
+
+def test_cli_refuses_bad_settings_with_exit_code_2() -> None:
+    env = {"FAIRWAY_BATCH_SIZE": "abc", "FAIRWAY_WRITERS": "0"}
+    result = CliRunner().invoke(main, ["tenant", "list"], env=env)
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: 2 settings are invalid:\n"
+        "  FAIRWAY_BATCH_SIZE='abc' is not a valid int\n"
+        "  FAIRWAY_WRITERS='0' must be >= 1\n"
+    )
