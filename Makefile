@@ -1,4 +1,5 @@
-# Fairway developer entry points. `make test` is the documented test command (and what CI runs).
+# Fairway developer entry points. `make test` is the documented test command; CI runs
+# `make lint` and then `make test` (.ci/run).
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
@@ -35,8 +36,12 @@ browser:
 test: venv services browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Style, types and the import direction (contracts in pyproject.toml); CI runs it before the tests.
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 demo: venv services
 	$(VENV)/bin/fairway demo

@@ -11,7 +11,7 @@ import orjson
 
 from fairway.amqp.connection import declare_topology
 from fairway.kernel import log, topology
-from fairway.kernel.settings import Settings
+from fairway.kernel.settings import Settings, SettingsError
 from fairway.provision import create_user, ensure_devices, provision_tenant
 from fairway.storage import accounts, mongo, registry
 
@@ -29,7 +29,12 @@ def _fail(message: str) -> None:
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Fairway: fair, exactly-once-in-effect IoT telemetry ingestion."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        # A configuration mistake is a usage error: the message, no traceback, exit 2.
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(2)
     log.setup(settings.log_level)
     ctx.obj = settings
 

@@ -1,141 +1,368 @@
 """Settings read from environment variables, each with a sane default.
 
 Every limit the pipeline enforces is one variable here, so an operator can see
-and change all of them in one place (the README's configuration table lists them).
+and change all of them in one place. Each setting is declared once, in the section
+of its concern, with its type, its default and the rule its value must follow
+(bounds, choices, URL schemes): validation at start, the error messages, the
+README's configuration table (checked against this file by
+``tests/unit/test_readme_settings.py``) and ``python -m fairway.kernel.settings``
+all read that declaration.
+
+A bad value is a :class:`SettingsError` naming every bad variable at once; the
+CLI and ``celery -A tasks`` turn it into a usage error (exit code 2).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+import re
 import urllib.parse
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 ENV_PREFIX = "FAIRWAY_"
+
+QueueType = Literal["classic", "quorum"]
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; ``problems`` maps each variable to its sentence."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        lines = list(self.problems.values())
+        if len(lines) == 1:
+            message = lines[0]
+        else:
+            message = f"{len(lines)} settings are invalid:\n" + "\n".join(f"  {s}" for s in lines)
+        super().__init__(message)
+
+
+# -- rules: what a value must be ------------------------------------------------------
+class Rule(Protocol):
+    """A constraint on one setting's (already typed) value."""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` breaks the rule (``"must be >= 1"``), or None if it is fine."""
+
+    def describe(self) -> str:
+        """The rule in a few words, for tables and docs."""
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A number within ``[low, high]``; ``low_open`` excludes ``low`` itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {self.describe()}"
+        if self.high is not None and value > self.high:
+            return f"must be {self.describe()}"
+        return None
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.high is None:
+            return low
+        high = f"<= {_number(self.high)}"
+        if not self.low_open and self.low is not None:
+            return f"between {_number(self.low)} and {_number(self.high)}"
+        return f"{low} and {high}" if low else high
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of ``choices`` (compared without case when ``ignore_case``)."""
+
+    choices: tuple[str, ...]
+    ignore_case: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        allowed = {c.upper() for c in self.choices} if self.ignore_case else set(self.choices)
+        if (value.upper() if self.ignore_case else value) in allowed:
+            return None
+        return f"must be {self.describe()}"
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+
+@dataclass(frozen=True)
+class Url:
+    """A URL with one of ``schemes`` and a host; ``optional`` allows the empty string."""
+
+    schemes: tuple[str, ...]
+    optional: bool = False
+    check_port: bool = True  # off for MongoDB, whose URLs may list several hosts
+
+    def problem(self, value: Any) -> str | None:
+        if value == "" and self.optional:
+            return None
+        try:
+            parts = urllib.parse.urlsplit(value)
+            if self.check_port:
+                _ = parts.port  # raises on a port that is not a number in range
+        except ValueError as exc:
+            return f"is not a valid URL ({exc})"
+        if parts.scheme not in self.schemes or not parts.netloc:
+            return f"must be {self.describe()}"
+        return None
+
+    def describe(self) -> str:
+        schemes = " or ".join(f"{s}://" for s in self.schemes)
+        return f"a URL starting {schemes}" + (" (or empty)" if self.optional else "")
+
+
+@dataclass(frozen=True)
+class Networks:
+    """Comma-separated IP networks (``127.0.0.1/32,::1/128``), at least one."""
+
+    def problem(self, value: Any) -> str | None:
+        entries = [n.strip() for n in value.split(",")]
+        try:
+            for entry in entries:
+                ipaddress.ip_network(entry)  # as web/broker_auth.py parses them
+        except ValueError as exc:
+            return f"must be {self.describe()} ({exc})"
+        return None
+
+    def describe(self) -> str:
+        return "comma-separated IP networks"
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Comma-separated web origins (``https://host[:port]``) or ``*``; empty means default."""
+
+    def problem(self, value: Any) -> str | None:
+        for entry in (o.strip().rstrip("/") for o in value.split(",")):
+            if not entry or entry == "*":
+                continue
+            parts = urllib.parse.urlsplit(entry)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                return f"must be {self.describe()} ({entry!r} is not an origin)"
+        return None
+
+    def describe(self) -> str:
+        return "comma-separated origins like https://host:port, or *"
+
+
+@dataclass(frozen=True)
+class NonEmpty:
+    """Any string but the empty one."""
+
+    def problem(self, value: Any) -> str | None:
+        return "must not be empty" if not value.strip() else None
+
+    def describe(self) -> str:
+        return "not empty"
+
+
+AT_LEAST_1 = Bound(low=1)
+AT_LEAST_0 = Bound(low=0)
+POSITIVE = Bound(low=0, low_open=True)  # durations and rates where 0 would spin or stall
+PORT = Bound(low=0, high=65535)
+SHARE = Bound(low=0, high=1, low_open=True)
+LOG_LEVELS = OneOf(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), ignore_case=True)
+
+# -- sections -------------------------------------------------------------------------
+BROKER = "broker and queues"
+CONTRACT = "message contract"
+RELAY = "relay"
+SCHEDULER = "scheduler"
+WEB = "web"
+GATEWAY = "gateway"
+MONITOR = "monitor"
+ARCHIVER = "archiver"
+JOBS = "jobs"
+OBSERVABILITY = "logging and metrics"
+SECTIONS = (
+    BROKER,
+    CONTRACT,
+    RELAY,
+    SCHEDULER,
+    WEB,
+    GATEWAY,
+    MONITOR,
+    ARCHIVER,
+    JOBS,
+    OBSERVABILITY,
+)
+
+
+def setting(default: T, section: str, rule: Rule | None = None) -> T:
+    """Declare a setting: its default, its section and the rule its value must follow."""
+    found: T = field(default=default, metadata={"section": section, "rule": rule})
+    return found
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Process-wide configuration; build it with :meth:`from_env`."""
+    """Process-wide configuration; build it with :meth:`from_env` (it validates itself)."""
 
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    mongo_url: str = "mongodb://127.0.0.1:27017/fairway"
+    # -- broker and queues (bounds in messages; overflow refused at publish and counted)
+    amqp_url: str = setting("amqp://guest:guest@127.0.0.1:5672/%2F", BROKER, Url(("amqp", "amqps")))
+    # Used to close a disabled device's open connections at once, and by the monitor.
+    rabbitmq_mgmt_url: str = setting(
+        "http://guest:guest@127.0.0.1:15672", BROKER, Url(("http", "https"))
+    )
+    ingest_max_length: int = setting(1_000_000, BROKER, AT_LEAST_1)
+    tenant_max_backlog: int = setting(1_000_000, BROKER, AT_LEAST_1)
+    rejected_max_length: int = setting(100_000, BROKER, AT_LEAST_1)
+    # "quorum" on a RabbitMQ cluster. (Ruff cannot tell the alias is immutable.)
+    queue_type: QueueType = setting("classic", BROKER, OneOf(get_args(QueueType)))  # noqa: RUF009
+    mongo_url: str = setting(
+        "mongodb://127.0.0.1:27017/fairway",
+        BROKER,
+        Url(("mongodb", "mongodb+srv"), check_port=False),
+    )
 
-    # Queue bounds (messages). Overflow is refused at publish time and counted.
-    ingest_max_length: int = 1_000_000
-    tenant_max_backlog: int = 1_000_000
-    rejected_max_length: int = 100_000
-    queue_type: str = "classic"  # "quorum" on a RabbitMQ cluster
+    # -- message contract
+    max_message_bytes: int = setting(65_536, CONTRACT, AT_LEAST_1)
+    max_values: int = setting(64, CONTRACT, AT_LEAST_1)
+    max_string_value: int = setting(256, CONTRACT, AT_LEAST_0)  # 0: no strings but ""
+    max_message_id: int = setting(128, CONTRACT, AT_LEAST_1)
+    max_clock_skew_s: float = setting(300.0, CONTRACT, AT_LEAST_0)  # 0: no future ts
+    max_reading_age_s: float = setting(7 * 24 * 3600.0, CONTRACT, POSITIVE)
+    rejected_body_bytes: int = setting(1024, CONTRACT, AT_LEAST_0)  # 0: keep no body
 
-    # Message contract.
-    max_message_bytes: int = 65_536
-    max_values: int = 64
-    max_string_value: int = 256
-    max_message_id: int = 128
-    max_clock_skew_s: float = 300.0
-    max_reading_age_s: float = 7 * 24 * 3600.0
-    rejected_body_bytes: int = 1024
+    # -- relay (a prefetch of 0 would mean "unlimited" to RabbitMQ, hence >= 1)
+    relay_prefetch: int = setting(2000, RELAY, AT_LEAST_1)
+    device_rate: float = setting(1000.0, RELAY, POSITIVE)
+    device_burst: float = setting(2000.0, RELAY, Bound(low=1))  # a message takes one token
+    device_cache_ttl_s: float = setting(30.0, RELAY, AT_LEAST_0)  # 0: no caching
+    device_cache_size: int = setting(100_000, RELAY, AT_LEAST_1)
 
-    # Relay.
-    relay_prefetch: int = 2000
-    relay_confirm_window: int = 2000
-    device_rate: float = 1000.0
-    device_burst: float = 2000.0
-    device_cache_ttl_s: float = 30.0
-    device_cache_size: int = 100_000
+    # -- scheduler
+    scheduler_prefetch: int = setting(100, SCHEDULER, AT_LEAST_1)  # per tenant, no backlog
+    scheduler_buffer: int = setting(3000, SCHEDULER, AT_LEAST_1)  # shared by weight if backlog
+    batch_size: int = setting(200, SCHEDULER, AT_LEAST_1)
+    batch_linger_ms: float = setting(20.0, SCHEDULER, AT_LEAST_0)  # 0: write at once
+    drr_quantum: int = setting(50, SCHEDULER, AT_LEAST_1)
+    writers: int = setting(2, SCHEDULER, AT_LEAST_1)
+    tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
+    db_backoff_max_s: float = setting(5.0, SCHEDULER, POSITIVE)  # also monitor, archiver
 
-    # Scheduler.
-    scheduler_prefetch: int = 100  # per tenant channel when not backlogged
-    scheduler_buffer: int = 3000  # shared by weight among backlogged tenants
-    batch_size: int = 200
-    batch_linger_ms: float = 20.0
-    drr_quantum: int = 50
-    writers: int = 2
-    tenant_refresh_s: float = 5.0
-    db_backoff_max_s: float = 5.0
-
-    # Web app. The broker-auth endpoints answer only these networks (the broker's).
-    web_host: str = "127.0.0.1"
-    web_port: int = 8080
-    broker_auth_networks: str = "127.0.0.1/32,::1/128"
+    # -- web app. The broker-auth endpoints answer only these networks (the broker's).
+    web_host: str = setting("127.0.0.1", WEB, NonEmpty())
+    web_port: int = setting(8080, WEB, PORT)
+    broker_auth_networks: str = setting("127.0.0.1/32,::1/128", WEB, Networks())
     # Signs sessions, CSRF tokens and push tokens. Required: web and gateway refuse to
-    # start without it (make demo/test export a development key).
-    secret_key: str = ""
-    session_lifetime_s: float = 8 * 3600.0
-    api_token_ttl_s: float = 30 * 24 * 3600.0
-    login_max_failures: int = 5  # per user name and per client address ...
-    login_window_s: float = 300.0  # ... within this window, then 429 until it passes
-    api_page_max: int = 1000  # largest page of any list endpoint
+    # start without it (require_secret; make demo/test export a development key).
+    secret_key: str = setting("", WEB)
+    session_lifetime_s: float = setting(8 * 3600.0, WEB, POSITIVE)
+    api_token_ttl_s: float = setting(30 * 24 * 3600.0, WEB, POSITIVE)
+    login_max_failures: int = setting(5, WEB, AT_LEAST_1)  # per user name and address ...
+    login_window_s: float = setting(300.0, WEB, POSITIVE)  # ... within this, then 429
+    api_page_max: int = setting(1000, WEB, AT_LEAST_1)  # largest page of any list endpoint
     # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
     # are trusted that many hops deep, so throttling sees the client's address.
-    proxy_hops: int = 0
-    cookie_secure: bool = False  # session cookie only over HTTPS (true behind TLS)
-    # Used to close a disabled device's open connections at once.
-    rabbitmq_mgmt_url: str = "http://guest:guest@127.0.0.1:15672"
+    proxy_hops: int = setting(0, WEB, AT_LEAST_0)
+    cookie_secure: bool = setting(False, WEB)  # session cookie only over HTTPS (behind TLS)
 
-    # Live notifications: push gateway (Twisted, Server-Sent Events).
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8081
-    gateway_public_url: str = ""  # what browsers connect to; default http://host:port
-    push_token_ttl_s: float = 60.0
-    session_queue_max_length: int = 1000  # per browser session; oldest dropped beyond
-    session_queue_message_ttl_ms: int = 60_000
-    gateway_prefetch: int = 100
-    gateway_client_buffer_bytes: int = 1_000_000  # a client this far behind is dropped
-    gateway_heartbeat_s: float = 15.0
-    gateway_max_sessions: int = 2000  # one AMQP channel each; RabbitMQ allows 2047
-    # Origins allowed to open streams (CORS), comma-separated; default the web app's.
-    gateway_allowed_origins: str = ""
-    events_enabled: bool = True  # scheduler publishes coalesced telemetry events
+    # -- gateway: live notifications (Twisted, Server-Sent Events)
+    gateway_host: str = setting("127.0.0.1", GATEWAY, NonEmpty())
+    gateway_port: int = setting(8081, GATEWAY, PORT)
+    # What browsers connect to; empty: http://host:port.
+    gateway_public_url: str = setting("", GATEWAY, Url(("http", "https"), optional=True))
+    push_token_ttl_s: float = setting(60.0, GATEWAY, POSITIVE)
+    session_queue_max_length: int = setting(1000, GATEWAY, AT_LEAST_1)  # oldest dropped
+    session_queue_message_ttl_ms: int = setting(60_000, GATEWAY, AT_LEAST_1)
+    gateway_prefetch: int = setting(100, GATEWAY, AT_LEAST_1)
+    gateway_client_buffer_bytes: int = setting(1_000_000, GATEWAY, AT_LEAST_1)  # then dropped
+    gateway_heartbeat_s: float = setting(15.0, GATEWAY, POSITIVE)
+    gateway_max_sessions: int = setting(2000, GATEWAY, AT_LEAST_1)  # RabbitMQ: 2047 channels
+    # Origins allowed to open streams (CORS), comma-separated; empty: the web app's.
+    gateway_allowed_origins: str = setting("", GATEWAY, Origins())
+    events_enabled: bool = setting(True, GATEWAY)  # scheduler publishes telemetry events
 
-    # Monitor (device status, alert rules) and rejections archiver.
-    monitor_prefetch: int = 500
-    rejections_per_device: int = 1000  # archived rejections kept per device
+    # -- monitor (device status, alert rules)
+    monitor_prefetch: int = setting(500, MONITOR, AT_LEAST_1)
     # RabbitMQ's amq.rabbitmq.event lives in one vhost (event_exchange.vhost, default /).
-    event_exchange_vhost: str = "/"
-    monitor_queue_max_length: int = 100_000  # each monitor queue; oldest dropped beyond
-    monitor_reconcile_s: float = 60.0  # re-check open connections with the management API
-    rules_cache_ttl_s: float = 5.0  # alert rule changes apply within this time
-    archiver_batch_size: int = 500  # rejections per insert (and the archiver's prefetch)
-    archiver_linger_ms: float = 200.0  # longest wait to fill an insert
-    archiver_trim_interval_s: float = 30.0  # how often rejections beyond the cap are trimmed
+    event_exchange_vhost: str = setting("/", MONITOR, NonEmpty())
+    monitor_queue_max_length: int = setting(100_000, MONITOR, AT_LEAST_1)  # oldest dropped
+    monitor_reconcile_s: float = setting(60.0, MONITOR, POSITIVE)  # re-check connections
+    rules_cache_ttl_s: float = setting(5.0, MONITOR, AT_LEAST_0)  # rule changes apply within
 
-    # Celery jobs.
-    celery_broker_url: str = ""  # default: FAIRWAY_AMQP_URL
-    report_soft_time_limit_s: float = 300.0
-    report_time_limit_s: float = 330.0
-    report_max_readings: int = 5_000_000
+    # -- archiver (rejected messages, queryable per device)
+    rejections_per_device: int = setting(1000, ARCHIVER, AT_LEAST_1)  # kept per device
+    archiver_batch_size: int = setting(500, ARCHIVER, AT_LEAST_1)  # per insert; prefetch 2x
+    archiver_linger_ms: float = setting(200.0, ARCHIVER, AT_LEAST_0)  # longest wait to fill
+    archiver_trim_interval_s: float = setting(30.0, ARCHIVER, POSITIVE)
+
+    # -- jobs (Celery)
+    # Empty: FAIRWAY_AMQP_URL. The job queues use AMQP features (max length, queue type).
+    celery_broker_url: str = setting("", JOBS, Url(("amqp", "amqps", "pyamqp"), optional=True))
+    # Time limits: 0 means no limit (tasks/celery_app.py passes `or None`).
+    report_soft_time_limit_s: float = setting(300.0, JOBS, AT_LEAST_0)
+    report_time_limit_s: float = setting(330.0, JOBS, AT_LEAST_0)
+    report_max_readings: int = setting(5_000_000, JOBS, AT_LEAST_1)
     # Fraction of wall time a report or export keeps the database reading (1 = flat
     # out). Below 1 the job pauses between batches; FerretDB reads lazily, batch by
     # batch, so the pause frees the database for the web app (docs/benchmarks.md).
-    report_db_share: float = 0.5
-    retention_interval_s: float = 3600.0
-    default_retention_days: int = 30
-    report_max_buckets: int = 1000  # time buckets in one report (bounds the result size)
-    job_queue_max_length: int = 10_000  # per Celery queue; a job beyond it answers 503
-    job_ttl_s: float = 7 * 24 * 3600.0  # results, job records and export files kept this long
+    report_db_share: float = setting(0.5, JOBS, SHARE)
+    retention_interval_s: float = setting(3600.0, JOBS, POSITIVE)
+    default_retention_days: int = setting(30, JOBS, AT_LEAST_1)  # 0 would delete everything
+    report_max_buckets: int = setting(1000, JOBS, AT_LEAST_1)  # bounds a report's size
+    job_queue_max_length: int = setting(10_000, JOBS, AT_LEAST_1)  # per queue; then 503
+    job_ttl_s: float = setting(7 * 24 * 3600.0, JOBS, POSITIVE)  # results, records, files
 
-    # Observability (0 disables the metrics HTTP server).
-    metrics_port: int = 0
-    log_level: str = "INFO"
+    # -- logging and metrics (metrics port 0: no metrics HTTP server)
+    metrics_port: int = setting(0, OBSERVABILITY, PORT)
+    log_level: str = setting("INFO", OBSERVABILITY, LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        problems = _problems({f.name: getattr(self, f.name) for f in fields(self)}, {})
+        if problems:
+            raise SettingsError(problems)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read ``FAIRWAY_<FIELD>`` variables (upper case), then apply ``overrides``."""
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``FAIRWAY_<FIELD>`` variables (upper case), apply ``overrides``, validate.
+
+        Raises :class:`SettingsError` naming every variable that does not parse or
+        breaks its rule, and ``TypeError`` for an override that is not a setting.
+        """
+        source: Mapping[str, str] = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = env.get(ENV_PREFIX + field.name.upper())
+        raw_values: dict[str, str] = {}
+        problems: dict[str, str] = {}
+        for f in fields(cls):
+            name = variable(f.name)
+            raw = source.get(name)
             if raw is None or raw == "":
                 continue
-            kind = type(field.default)
+            kind = _kind(f.name)
             try:
-                values[field.name] = _parse_bool(raw) if kind is bool else kind(raw)
-            except ValueError as exc:
-                raise ValueError(
-                    f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
-                ) from exc
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+            except ValueError:
+                hint = " (true/false, yes/no, on/off, 1/0)" if kind is bool else ""
+                problems[name] = f"{name}={raw!r} is not a valid {kind.__name__}{hint}"
+                continue
+            raw_values[f.name] = raw
+        for key in overrides:  # an override replaces what the environment said
+            raw_values.pop(key, None)
+            problems.pop(variable(key), None)
         values.update(overrides)
+        problems.update(_problems(values, raw_values))
+        if problems:
+            order = [variable(f.name) for f in fields(cls)]
+            raise SettingsError({name: problems[name] for name in order if name in problems})
         return cls(**values)
 
     @property
@@ -156,7 +383,95 @@ class Settings:
 
     def environ(self) -> dict[str, str]:
         """These settings as ``FAIRWAY_*`` variables, to hand to a child process."""
-        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        return {variable(f.name): str(getattr(self, f.name)) for f in fields(self)}
+
+
+# -- reading and checking -------------------------------------------------------------
+@dataclass(frozen=True)
+class Variable:
+    """One setting as an operator sees it: variable name, default, section and rule."""
+
+    name: str
+    attribute: str
+    default: Any
+    section: str
+    rule: str
+
+
+def variable(attribute: str) -> str:
+    """The environment variable of a setting: ``batch_size`` -> ``FAIRWAY_BATCH_SIZE``."""
+    return ENV_PREFIX + attribute.upper()
+
+
+def variables() -> list[Variable]:
+    """Every setting in declaration order (grouped by section)."""
+    found = []
+    for f in fields(Settings):
+        rule: Rule | None = f.metadata["rule"]
+        described = rule.describe() if rule is not None else "any " + _kind(f.name).__name__
+        found.append(
+            Variable(variable(f.name), f.name, f.default, f.metadata["section"], described)
+        )
+    return found
+
+
+def table() -> str:
+    """A Markdown table of every variable with its default and rule, by section."""
+    lines = ["| variable | default | allowed |", "| --- | --- | --- |"]
+    for section in SECTIONS:
+        lines.append(f"| **{section}** | | |")
+        for v in variables():
+            if v.section == section:
+                lines.append(f"| `{v.name}` | `{v.default}` | {v.rule} |")
+    return "\n".join(lines)
+
+
+_KINDS: dict[str, type] = {
+    f.name: type(f.default)
+    for f in fields(Settings)  # every setting has a default
+}
+
+
+def _kind(attribute: str) -> type:
+    return _KINDS[attribute]
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+_PASSWORD = re.compile(r"(//[^:/@]*):[^@/]*@")
+
+
+def _shown(value: Any) -> str:
+    # Values are echoed into logs: never a URL's password.
+    return repr(_PASSWORD.sub(r"\1:***@", value)) if isinstance(value, str) else repr(value)
+
+
+def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[str, str]:
+    """Each variable in ``values`` whose value is of the wrong type or breaks its rule.
+
+    ``raw_values`` holds the strings read from the environment, shown in the message
+    instead of the parsed value so the operator sees what they wrote.
+    """
+    problems: dict[str, str] = {}
+    for f in fields(Settings):
+        if f.name not in values:
+            continue
+        name, value, kind = variable(f.name), values[f.name], _kind(f.name)
+        shown = _shown(raw_values.get(f.name, value))
+        if not _is_kind(value, kind):
+            problems[name] = f"{name}={shown} is not a valid {kind.__name__}"
+            continue
+        rule: Rule | None = f.metadata["rule"]
+        why = rule.problem(value) if rule is not None else None
+        if why is not None:
+            problems[name] = f"{name}={shown} {why}"
+    return problems
 
 
 def _parse_bool(raw: str) -> bool:
@@ -166,3 +481,7 @@ def _parse_bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+if __name__ == "__main__":
+    print(table())
