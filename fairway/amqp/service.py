@@ -295,13 +295,19 @@ class AmqpService:
 
     def _poll_drain(self) -> None:
         if self.drained() or time.monotonic() > self.drain_deadline:
-            self.stop_event.set()
-            self.after_drain()
-            for side in self._sides:
-                side.close()
+            self._release()
             self.close()
         else:
             self.ioloop.call_later(DRAIN_POLL_S, self._poll_drain)
+
+    def _release(self) -> None:
+        """End retries, worker threads and side connections (once, when stopping)."""
+        if self.stop_event.is_set():
+            return
+        self.stop_event.set()
+        self.after_drain()
+        for side in self._sides:
+            side.close()
 
     # -- internals -------------------------------------------------------------
     def _stop_in_loop(self) -> None:
@@ -311,7 +317,8 @@ class AmqpService:
         log.info("stopping", extra={"service": self.name})
         if self.connection is not None and self.connection.is_open:
             self.begin_stop()
-        else:
+        else:  # nothing can be acked without a connection: nothing to drain
+            self._release()
             self.ioloop.stop()
 
     def _connect(self) -> None:
