@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pika
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
-from prometheus_client import Counter, Gauge, Histogram
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway.amqp.backoff import Backoff
-from fairway.amqp.service import AmqpService
+from archiver.metrics import ARCHIVED, BUFFERED, DB_UP, FAILED, TRIM_SECONDS, TRIMMED
+from fairway.amqp.service import AmqpService, Consumer, DrainExpired
 from fairway.kernel import topology
 from fairway.kernel.acks import AckWatermark
 from fairway.kernel.reasons import Reason
@@ -48,27 +45,8 @@ from fairway.storage.rejections import trim
 log = logging.getLogger(__name__)
 
 DEAD_LETTER = "dead_letter"
-DRAIN_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 3  # of a batch the database refuses documents of
 _REASONS = {r.value for r in Reason} | {DEAD_LETTER}
-
-ARCHIVED = Counter(
-    "fairway_archiver_archived_total", "Rejected messages stored in rejections", ["reason"]
-)
-TRIMMED = Counter(
-    "fairway_archiver_trimmed_total", "Archived rejections deleted beyond the per-device cap"
-)
-FAILED = Counter(
-    "fairway_archiver_failed_total",
-    "Rejected messages the database refused 3 times (logged, then acked)",
-)
-BUFFERED = Gauge("fairway_archiver_buffered", "Rejected messages received and not yet written")
-TRIM_SECONDS = Histogram(
-    "fairway_archiver_trim_seconds",
-    "Time of one trim pass",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
-DB_UP = Gauge("fairway_archiver_db_up", "1 when the last insert succeeded")
 
 
 def rejection_document(
@@ -128,46 +106,32 @@ class Archiver(AmqpService):
     def __init__(self, settings: Settings, db: Database) -> None:
         super().__init__(settings)
         self.db = db
-        self._channel: Channel | None = None
-        self._consumer_tag: str | None = None
+        self._rejected = Consumer(
+            topology.REJECTED, 2 * settings.archiver_batch_size, self._on_message
+        )
         self._acks = AckWatermark()
         self._buffer: list[tuple[int, dict[str, Any]]] = []
-        self._writing = False
+        self._writing = 0  # messages of the batch the writer has, 0: writer idle
         self._linger_timer: Any = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="archive")
-        self._stop_event = threading.Event()
         self._touched: set[str | None] | None = None  # None: trim every device next time
-        self._trim_started = False
-        self._drain_deadline = float("inf")
         self._last_at = datetime.min.replace(tzinfo=UTC)
+        BUFFERED.set_function(lambda: len(self._buffer) + self._writing)
+        self.every(settings.archiver_trim_interval_s, self._trim_soon, first=1.0)
 
     # -- consuming -----------------------------------------------------------------
-    def on_connected(self, connection: pika.SelectConnection) -> None:
-        connection.channel(on_open_callback=self._on_channel_open)
-        if not self._trim_started:
-            self._trim_started = True
-            self.ioloop.call_later(1.0, self._trim_periodically)
+    def consumers(self) -> list[Consumer]:
+        return [self._rejected]
 
-    def _on_channel_open(self, channel: Channel) -> None:
-        self._channel = channel
-        channel.add_on_close_callback(self.reconnect_on_channel_close)
-        channel.basic_qos(
-            prefetch_count=2 * self.settings.archiver_batch_size,
-            callback=lambda _f: self._consume(channel),
-        )
-
-    def _consume(self, channel: Channel) -> None:
-        self._consumer_tag = channel.basic_consume(topology.REJECTED, self._on_message)
-        log.info("consuming", extra={"queue": topology.REJECTED})
+    @property
+    def _channel(self) -> Channel | None:
+        return self._rejected.channel
 
     def on_connection_lost(self) -> None:
         # Unacked deliveries go back to ``rejected``; what is being written may be
         # archived twice (see the module doc).
-        self._channel = None
-        self._consumer_tag = None
         self._buffer.clear()
         self._acks.reset()
-        BUFFERED.set(0)
 
     def _on_message(
         self, channel: Channel, method: Basic.Deliver, props: BasicProperties, body: bytes
@@ -181,7 +145,6 @@ class Archiver(AmqpService):
             self._next_at(),
         )
         self._buffer.append((method.delivery_tag, doc))
-        BUFFERED.set(len(self._buffer))
         self._flush(force=False)
 
     def _next_at(self) -> datetime:
@@ -206,7 +169,7 @@ class Archiver(AmqpService):
                 )
             return
         batch, self._buffer = self._buffer, []
-        self._writing = True
+        self._writing = len(batch)
         channel = self._channel
         self._writer.submit(self._write, channel, batch)
 
@@ -217,47 +180,37 @@ class Archiver(AmqpService):
     # -- writer thread -------------------------------------------------------------
     def _write(self, channel: Channel | None, batch: list[tuple[int, dict[str, Any]]]) -> None:
         docs = [doc for _, doc in batch]
-        backoff = Backoff(base=0.1, cap=self.settings.db_backoff_max_s)
-        written: bool | None = False
         refusals = 0
-        while not written:
+
+        def insert() -> None:
+            nonlocal refusals
+            self._fill_tenants(docs)
             try:
-                self._fill_tenants(docs)
                 # insert_many gives each document an ObjectId once: a retry after an
                 # unknown outcome re-sends the same ids, so nothing is archived twice.
                 self.db[mongo.REJECTIONS].insert_many(docs, ordered=False)
-                written = True
             except BulkWriteError as exc:
-                written = _only_duplicates(exc)
-                refusals += not written
-                if refusals >= MAX_ATTEMPTS:
-                    # Refused documents must not wedge the queue: count, log, ack.
-                    FAILED.inc(len(exc.details.get("writeErrors", ())))
-                    log.error("rejections refused by the database", extra={"error": repr(exc)})
-                    written = True
-                elif not written:
-                    written = self._wait_to_retry(exc, backoff)
-            except Exception as exc:
-                written = self._wait_to_retry(exc, backoff)
-            if written is None:
-                break  # drain deadline passed: unacked, the broker redelivers
+                if _only_duplicates(exc):
+                    return
+                refusals += 1
+                if refusals < MAX_ATTEMPTS:
+                    raise
+                # Refused documents must not wedge the queue: count, log, ack.
+                FAILED.inc(len(exc.details.get("writeErrors", ())))
+                log.error("rejections refused by the database", extra={"error": repr(exc)})
+
+        try:
+            self.retrying("archive write", insert, on_error=lambda _exc: DB_UP.set(0))
+            written = True
+        except DrainExpired:
+            written = False  # unacked: the broker redelivers
         if written:
             DB_UP.set(1)
             for doc in docs:
                 ARCHIVED.labels(doc["reason"] if doc["reason"] in _REASONS else "other").inc()
             if self._touched is not None:
                 self._touched.update(doc["device"] for doc in docs)
-        self.call_soon(lambda: self._written(channel, batch, bool(written)))
-
-    def _wait_to_retry(self, exc: Exception, backoff: Backoff) -> bool | None:
-        """Pause before retrying a failed insert; None if the drain deadline passed."""
-        DB_UP.set(0)
-        if self.stopping and time.monotonic() > self._drain_deadline:
-            return None
-        delay = backoff.next()
-        log.warning("archive write failed", extra={"error": repr(exc), "retry_s": delay})
-        self._stop_event.wait(delay)
-        return False
+        self.call_soon(lambda: self._written(channel, batch, written))
 
     def _fill_tenants(self, docs: list[dict[str, Any]]) -> None:
         """The tenant of documents that only name a device, from the registry."""
@@ -273,8 +226,7 @@ class Archiver(AmqpService):
     def _written(
         self, channel: Channel | None, batch: list[tuple[int, dict[str, Any]]], written: bool
     ) -> None:
-        self._writing = False
-        BUFFERED.set(len(self._buffer))
+        self._writing = 0
         if written and channel is self._channel and channel is not None and channel.is_open:
             upto = self._acks.settle(tag for tag, _ in batch)
             if upto is not None:
@@ -282,11 +234,8 @@ class Archiver(AmqpService):
         self._flush(force=self.stopping)
 
     # -- trimming ------------------------------------------------------------------
-    def _trim_periodically(self) -> None:
-        if self.stopping:
-            return
+    def _trim_soon(self) -> None:
         self._writer.submit(self._trim)
-        self.ioloop.call_later(self.settings.archiver_trim_interval_s, self._trim_periodically)
 
     def _trim(self) -> None:
         """Writer thread (never concurrent with an insert): trim the devices touched."""
@@ -307,21 +256,12 @@ class Archiver(AmqpService):
             log.info("trimmed rejections", extra={"deleted": deleted})
 
     # -- stopping ------------------------------------------------------------------
-    def begin_stop(self) -> None:
-        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        channel = self._channel
-        if channel is not None and channel.is_open and self._consumer_tag:
-            channel.basic_cancel(self._consumer_tag)
-        self._finish_drain()
-
-    def _finish_drain(self) -> None:
+    def drained(self) -> bool:
         self._flush(force=True)
-        if (not self._buffer and not self._writing) or time.monotonic() > self._drain_deadline:
-            self._stop_event.set()
-            self._writer.shutdown(wait=False, cancel_futures=True)
-            self.close()
-        else:
-            self.ioloop.call_later(0.02, self._finish_drain)
+        return not self._buffer and not self._writing
+
+    def after_drain(self) -> None:
+        self._writer.shutdown(wait=False, cancel_futures=True)
 
 
 def run(settings: Settings) -> None:

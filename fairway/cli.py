@@ -181,14 +181,14 @@ def declare(settings: Settings) -> None:
     _emit({"declared": [name for name, _ in topology.EXCHANGES]})
 
 
-# -- processes ---------------------------------------------------------------------
+# -- processes: each module's ``run(settings)`` serves until SIGTERM, then drains ----
 @main.command("relay")
 @click.pass_obj
 def relay(settings: Settings) -> None:
     """Run an auth/relay consumer on ``ingest`` until SIGTERM."""
-    from ingest.relay import Relay
+    from ingest.relay import run
 
-    Relay(settings, mongo.connect(settings)).serve(settings.metrics_port)
+    run(settings)
 
 
 @main.command("scheduler")
@@ -196,17 +196,9 @@ def relay(settings: Settings) -> None:
 @click.pass_obj
 def scheduler(settings: Settings, sink: str) -> None:
     """Run the fair scheduler over every tenant queue until SIGTERM."""
-    from scheduler.service import Scheduler
-    from scheduler.sink import MongoSink, NullSink
+    from scheduler.service import run
 
-    db = mongo.connect(settings)
-    mongo.ensure_indexes(db)
-    service = Scheduler(
-        settings,
-        MongoSink(db) if sink == "mongo" else NullSink(),
-        lambda: registry.list_tenants(db),
-    )
-    service.serve(settings.metrics_port)
+    run(settings, sink=sink)
 
 
 @main.command("web")

@@ -31,51 +31,38 @@ from __future__ import annotations
 import logging
 import resource as rlimit
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import orjson
 import pika
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from pika.exceptions import ChannelClosed
-from prometheus_client import Counter, Gauge
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import STDLibLogObserver, globalLogBeginner
+from twisted.logger import ILogObserver, STDLibLogObserver, globalLogBeginner
 from twisted.web import resource, server
+from twisted.web.resource import IResource
 from zope.interface import implementer
 
-from fairway.amqp.backoff import Backoff
+from fairway.amqp.backoff import Reconnect
 from fairway.amqp.connection import parameters
 from fairway.domain import notify, pushtoken
 from fairway.kernel import metrics
 from fairway.kernel.settings import Settings
+from gateway.metrics import (
+    AMQP_UP,
+    AUTH_FAILURES,
+    BUFFERED_BYTES,
+    DELIVERED,
+    REFUSED,
+    REVOKED,
+    SESSIONS,
+    SLOW_DISCONNECTS,
+)
 
 log = logging.getLogger(__name__)
-
-SESSIONS = Gauge("fairway_gateway_sessions", "Open event streams")
-DELIVERED = Counter("fairway_gateway_delivered_total", "Events written to browser streams")
-SLOW_DISCONNECTS = Counter(
-    "fairway_gateway_slow_disconnects_total",
-    "Streams dropped because the client fell FAIRWAY_GATEWAY_CLIENT_BUFFER_BYTES behind",
-)
-AUTH_FAILURES = Counter(
-    "fairway_gateway_auth_failures_total",
-    "Stream requests refused for their push token",
-    ["reason"],  # missing, invalid, expired
-)
-REFUSED = Counter(
-    "fairway_gateway_refused_total",
-    "Stream requests with a valid token that were refused",
-    ["reason"],  # no_exchange, unavailable, full
-)
-BUFFERED_BYTES = Gauge(
-    "fairway_gateway_buffered_bytes", "Bytes held for clients whose sockets are not draining"
-)
-REVOKED = Counter(
-    "fairway_gateway_revoked_total", "Streams closed because their user's exchange was deleted"
-)
-AMQP_UP = Gauge("fairway_gateway_amqp_up", "1 while connected to RabbitMQ")
 
 HEARTBEAT = b": heartbeat\n\n"
 RETRY_MS = 2000  # how long EventSource waits before reconnecting
@@ -183,7 +170,6 @@ class Session:
         self.streaming = True
         ready = orjson.dumps({"session": self.queue.name, "user": self.user})
         request.write(b"retry: %d\n\n" % RETRY_MS + sse_event(b"ready", ready))
-        SESSIONS.inc()
         log.info("session open", extra={"user": self.user, "queue": self.queue.name})
 
     # -- delivery ------------------------------------------------------------------
@@ -227,7 +213,6 @@ class Session:
             return
         self.pending.append(data)
         self.pending_bytes += len(data)
-        BUFFERED_BYTES.inc(len(data))
         if self.pending_bytes > self.gateway.settings.gateway_client_buffer_bytes:
             SLOW_DISCONNECTS.inc()
             log.warning(
@@ -251,7 +236,6 @@ class Session:
         while self.pending and not self.paused and not self.closed:
             data = self.pending.popleft()
             self.pending_bytes -= len(data)
-            BUFFERED_BYTES.dec(len(data))
             self.request.write(data)
 
     def stopProducing(self) -> None:
@@ -271,11 +255,9 @@ class Session:
             return
         self.closed = True
         self.gateway.forget(self)
-        BUFFERED_BYTES.dec(self.pending_bytes)
         self.pending.clear()
         self.pending_bytes = 0
         if self.streaming:
-            SESSIONS.dec()
             log.info("session closed", extra={"user": self.user, "queue": self.queue.name})
         self._release_channel()
         if finished or self.client_left:
@@ -283,7 +265,9 @@ class Session:
         if self.streaming:
             self.request.unregisterProducer()
         if abort:
-            self.request.transport.abortConnection()
+            transport = self.request.transport
+            if transport is not None:
+                transport.abortConnection()
             return
         if not self.streaming:  # still setting up: the broker went away
             REFUSED.labels("unavailable").inc()
@@ -327,9 +311,13 @@ class Gateway:
         self.sessions: set[Session] = set()
         self.stopping = False
         self.allowed_origins = _allowed_origins(settings)
-        self._backoff = Backoff()
+        self._reconnect = Reconnect("fairway-gateway", _reactor.callLater, self._connect)
         self._heartbeat = task.LoopingCall(self._beat)
         self._checking = False
+        # The sessions set is copied in one step: the metrics thread reads it.
+        SESSIONS.set_function(lambda: sum(1 for s in list(self.sessions) if s.streaming))
+        BUFFERED_BYTES.set_function(lambda: sum(s.pending_bytes for s in list(self.sessions)))
+        AMQP_UP.set_function(lambda: int(self.connected))
 
     # -- broker connection ---------------------------------------------------------
     def start(self) -> None:
@@ -354,8 +342,7 @@ class Gateway:
 
     def _on_open(self, protocol: TwistedProtocolConnection) -> None:
         self.connection = protocol
-        self._backoff.reset()
-        AMQP_UP.set(1)
+        self._reconnect.succeeded()
         log.info("connected to RabbitMQ")
         protocol.closed.addBoth(self._on_closed)
 
@@ -364,7 +351,6 @@ class Gateway:
 
     def _on_closed(self, reason: Any) -> None:
         self.connection = None
-        AMQP_UP.set(0)
         # Browsers reconnect by themselves and get fresh queues once we are back.
         for session in list(self.sessions):
             session.close()
@@ -372,11 +358,8 @@ class Gateway:
             self._retry(f"connection closed: {reason!r}")
 
     def _retry(self, why: str) -> None:
-        if self.stopping:
-            return
-        delay = self._backoff.next()
-        log.warning("reconnecting", extra={"why": why, "in_s": delay})
-        reactor.callLater(delay, self._connect)
+        if not self.stopping:
+            self._reconnect.schedule(why)
 
     # -- sessions --------------------------------------------------------------------
     def open_session(self, request: server.Request, user: str) -> bytes | int:
@@ -415,10 +398,11 @@ class Gateway:
         channel = None
         try:
             for user in sorted({s.user for s in self.sessions if s.streaming}):
-                if not self.connected:
+                connection = self.connection
+                if connection is None or not connection.is_open:
                     break
                 if channel is None or not channel.is_open:
-                    channel = yield self.connection.channel()
+                    channel = yield connection.channel()
                 try:
                     yield channel.exchange_declare(
                         exchange=notify.user_exchange(user), passive=True
@@ -438,6 +422,27 @@ class Gateway:
             if channel is not None and channel.is_open:
                 channel.close()
 
+    # -- process ---------------------------------------------------------------------
+    def serve(self, metrics_port: int) -> None:
+        """Run as a process: logging, metrics, the HTTP listener, the reactor."""
+        observer = cast(ILogObserver, STDLibLogObserver(name="twisted"))
+        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+        logging.getLogger("twisted").setLevel(logging.WARNING)  # no access log lines
+        _raise_file_limit(self.settings.gateway_max_sessions)
+        metrics.serve(metrics_port)
+        endpoint = endpoints.TCP4ServerEndpoint(
+            reactor, self.settings.gateway_port, interface=self.settings.gateway_host
+        )
+        endpoint.listen(site(self))
+        _reactor.addSystemEventTrigger("before", "shutdown", self.shutdown)
+        self.start()
+        log.info(
+            "listening",
+            extra={"host": self.settings.gateway_host, "port": self.settings.gateway_port},
+        )
+        _reactor.run()
+        log.info("stopped")
+
     # -- shutdown --------------------------------------------------------------------
     def shutdown(self) -> defer.Deferred[Any]:
         """Close every stream, delete their queues, close the connection (SIGTERM)."""
@@ -454,6 +459,25 @@ class Gateway:
         # queued behind them on the same socket.
         done = connection.close() or defer.succeed(None)
         return _with_timeout(done, 10.0)
+
+
+class _Reactor(Protocol):
+    """What the gateway asks of Twisted's reactor.
+
+    Twisted types the reactor through zope interfaces, whose methods mypy reads
+    without ``self`` unless the mypy-zope plugin runs; this says what they are.
+    """
+
+    def callLater(self, delay: float, callable: Callable[[], Any]) -> Any: ...
+
+    def addSystemEventTrigger(
+        self, phase: str, event_type: str, callable: Callable[[], Any]
+    ) -> Any: ...
+
+    def run(self) -> None: ...
+
+
+_reactor = cast(_Reactor, reactor)
 
 
 def _with_timeout(d: defer.Deferred[Any], seconds: float) -> defer.Deferred[Any]:
@@ -549,9 +573,10 @@ class Health(resource.Resource):
 def site(gateway: Gateway) -> server.Site:
     """The gateway's HTTP site."""
     root = resource.Resource()
-    root.putChild(b"events", Events(gateway))
-    root.putChild(b"healthz", Health(gateway, ready=False))
-    root.putChild(b"readyz", Health(gateway, ready=True))
+    # Resources implement IResource through zope's @implementer, which mypy cannot see.
+    root.putChild(b"events", cast(IResource, Events(gateway)))
+    root.putChild(b"healthz", cast(IResource, Health(gateway, ready=False)))
+    root.putChild(b"readyz", cast(IResource, Health(gateway, ready=True)))
     return server.Site(root, timeout=60)
 
 
@@ -567,21 +592,8 @@ def _raise_file_limit(sessions: int) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGTERM: metrics, the broker connection, the HTTP listener."""
+    """``fairway gateway``: serve until SIGTERM, then close every stream."""
     if urlsplit(settings.amqp_url).scheme == "amqps":
         raise RuntimeError("the push gateway does not speak amqps yet; use amqp://")
     pika.URLParameters(settings.amqp_url)  # fail early on a malformed URL
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)
-    logging.getLogger("twisted").setLevel(logging.WARNING)  # no access log lines
-    _raise_file_limit(settings.gateway_max_sessions)
-    gateway = Gateway(settings)
-    metrics.serve(settings.metrics_port)
-    endpoint = endpoints.TCP4ServerEndpoint(
-        reactor, settings.gateway_port, interface=settings.gateway_host
-    )
-    endpoint.listen(site(gateway))
-    reactor.addSystemEventTrigger("before", "shutdown", gateway.shutdown)
-    gateway.start()
-    log.info("listening", extra={"host": settings.gateway_host, "port": settings.gateway_port})
-    reactor.run()
-    log.info("stopped")
+    Gateway(settings).serve(settings.metrics_port)

@@ -59,7 +59,8 @@ class DeviceRegistry:
     @property
     def parked(self) -> int:
         """Callers waiting for an answer."""
-        return sum(len(v) for v in self._waiting.values())
+        # list() copies in one step: the metrics thread reads this while the loop parks.
+        return sum(len(v) for v in list(self._waiting.values()))
 
     def close(self) -> None:
         """Stop the worker thread."""

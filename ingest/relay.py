@@ -24,29 +24,28 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pika
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 from pymongo.database import Database
 
-from fairway.amqp.service import AmqpService
+from fairway.amqp.service import AmqpService, Consumer
 from fairway.kernel import topology
 from fairway.kernel.acks import AckWatermark
 from fairway.kernel.contract import Reading, parse_reading, tenant_message
 from fairway.kernel.ids import is_valid_id
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
+from fairway.storage import mongo
 from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.ratelimit import DeviceRateLimiter
 from ingest.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
-
-DRAIN_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -78,42 +77,37 @@ class Relay(AmqpService):
         self.rate = DeviceRateLimiter(
             settings.device_rate, settings.device_burst, settings.device_cache_size
         )
-        self._channel: Channel | None = None
-        self._consumer_tag: str | None = None
+        self._ingest = Consumer(
+            topology.INGEST,
+            settings.relay_prefetch,
+            self._on_message,
+            prepare=self._confirm_mode,
+        )
         self._pending: OrderedDict[int, Pending] = OrderedDict()
         self._returned: set[int] = set()
         self._seq = 0
         self._acks = AckWatermark()
-        self._drain_deadline = 0.0
+        metrics.RELAY_UNCONFIRMED.set_function(lambda: len(self._pending))
+        metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
 
     # -- set-up ------------------------------------------------------------------
-    def on_connected(self, connection: pika.SelectConnection) -> None:
-        connection.channel(on_open_callback=self._on_channel_open)
+    def consumers(self) -> list[Consumer]:
+        return [self._ingest]
 
-    def _on_channel_open(self, channel: Channel) -> None:
-        self._channel = channel
-        channel.add_on_close_callback(self.reconnect_on_channel_close)
+    def _confirm_mode(self, channel: Channel, then: Callable[[], None]) -> None:
         channel.add_on_return_callback(self._on_return)
-        channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._set_qos(channel))
+        channel.confirm_delivery(self._on_confirm, callback=lambda _f: then())
 
-    def _set_qos(self, channel: Channel) -> None:
-        channel.basic_qos(
-            prefetch_count=self.settings.relay_prefetch, callback=lambda _f: self._consume(channel)
-        )
-
-    def _consume(self, channel: Channel) -> None:
-        self._consumer_tag = channel.basic_consume(topology.INGEST, self._on_message)
-        log.info("consuming", extra={"queue": topology.INGEST})
+    @property
+    def _channel(self) -> Channel | None:
+        return self._ingest.channel
 
     def on_connection_lost(self) -> None:
         # Every unacked delivery goes back to ``ingest``; forget what was in flight.
-        self._channel = None
-        self._consumer_tag = None
         self._pending.clear()
         self._returned.clear()
         self._seq = 0
         self._acks.reset()
-        metrics.RELAY_UNCONFIRMED.set(0)
 
     # -- the hot path --------------------------------------------------------------
     def _on_message(
@@ -137,15 +131,13 @@ class Relay(AmqpService):
         except Exception as exc:
             # A validator bug must not become a poison message that crash-loops relays.
             log.exception("validation failed unexpectedly", extra={"routing_key": routing_key})
-            refusal = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
-            self._refuse(tag, routing_key, body, refusal, device=_device_of(routing_key))
+            bug = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
+            self._refuse(tag, routing_key, body, bug, device=_device_of(routing_key))
             return
-        parked = not self.registry.lookup(
+        self.registry.lookup(
             reading.device,
             lambda device: self._admit(channel, tag, routing_key, body, reading, device, now),
         )
-        if parked:
-            metrics.RELAY_PARKED.set(self.registry.parked)
 
     def _admit(
         self,
@@ -252,9 +244,8 @@ class Relay(AmqpService):
             while pending and next(iter(pending)) <= last:
                 seq, item = pending.popitem(last=False)
                 self._confirmed(seq, item, acked, settled)
-        elif (item := pending.pop(last, None)) is not None:
-            self._confirmed(last, item, acked, settled)
-        metrics.RELAY_UNCONFIRMED.set(len(pending))
+        elif last in pending:
+            self._confirmed(last, pending.pop(last), acked, settled)
         upto = self._acks.settle(settled)
         if upto is not None and self._channel is not None and self._channel.is_open:
             self._channel.basic_ack(upto, multiple=True)
@@ -295,22 +286,16 @@ class Relay(AmqpService):
             settled.append(item.delivery_tag)
 
     # -- stopping ----------------------------------------------------------------
-    def begin_stop(self) -> None:
-        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        channel = self._channel
-        if channel is not None and channel.is_open and self._consumer_tag:
-            channel.basic_cancel(self._consumer_tag, callback=lambda _f: self._maybe_finish_drain())
-        else:
-            self.close()
+    def drained(self) -> bool:
+        return not self._pending and not self.registry.parked
 
-    def _maybe_finish_drain(self) -> None:
-        if (not self._pending and not self.registry.parked) or (
-            time.monotonic() > self._drain_deadline
-        ):
-            self.registry.close()
-            self.close()
-        else:
-            self.ioloop.call_later(0.05, self._maybe_finish_drain)
+    def after_drain(self) -> None:
+        self.registry.close()
+
+
+def run(settings: Settings) -> None:
+    """``fairway relay``: serve until SIGTERM, then drain."""
+    Relay(settings, mongo.connect(settings)).serve(settings.metrics_port)
 
 
 def _device_of(routing_key: str) -> str | None:

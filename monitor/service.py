@@ -32,32 +32,40 @@ memory and written through, and two monitors would evaluate the same devices twi
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
-import pika
 from cachetools import TTLCache
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
-from prometheus_client import Counter, Gauge
 from pymongo.database import Database
 
 from fairway.amqp import management
-from fairway.amqp.backoff import Backoff
 from fairway.amqp.connection import parameters
-from fairway.amqp.service import AmqpService
+from fairway.amqp.service import AmqpService, Consumer
 from fairway.amqp.side import EventPublisher, SideConnection
 from fairway.domain import alerts
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry, rules
+from monitor.metrics import (
+    ALERT_EVENTS,
+    BACKLOG,
+    DROPPED,
+    EVALUATED,
+    IGNORED,
+    MALFORMED,
+    ONLINE,
+    PENDING,
+    STATUS_EVENTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,34 +76,7 @@ LISTING_GRACE_S = 30.0  # the management API lists a new connection within ~5 s
 RECENTLY_CLOSED_S = 120.0
 MAX_RECENTLY_CLOSED = 100_000
 REGISTRY_TTL_S = 60.0
-DRAIN_TIMEOUT_S = 10.0
 BACKLOG_INTERVAL_S = 5.0
-
-STATUS_EVENTS = Counter(
-    "fairway_monitor_status_events_total", "Device status changes published", ["online"]
-)
-ALERT_EVENTS = Counter(
-    "fairway_monitor_alert_events_total", "Alert transitions published", ["state"]
-)
-EVALUATED = Counter("fairway_monitor_telemetry_events_total", "Telemetry events evaluated")
-MALFORMED = Counter(
-    "fairway_monitor_malformed_events_total", "Telemetry events skipped: not a scheduler event"
-)
-DROPPED = Counter(
-    "fairway_monitor_events_dropped_total",
-    "Status or alert events not published (publisher down or blocked)",
-)
-IGNORED = Counter(
-    "fairway_monitor_ignored_connections_total",
-    "Connections to this vhost by users that are not registered devices",
-)
-ONLINE = Gauge("fairway_monitor_devices_online", "Devices with at least one open connection")
-PENDING = Gauge(
-    "fairway_monitor_pending",
-    "Deliveries received and not yet handled (bounded by prefetch)",
-    ["feed"],
-)
-BACKLOG = Gauge("fairway_monitor_backlog", "Telemetry events waiting in monitor.telemetry")
 
 
 # -- connection tracking (pure) ----------------------------------------------------
@@ -215,31 +196,34 @@ class Monitor(AmqpService):
         self._status_pool = ThreadPoolExecutor(1, thread_name_prefix="status")
         self._alerts_pool = ThreadPoolExecutor(1, thread_name_prefix="alerts")
         self._pending = {"status": 0, "alerts": 0}
-        self._stop_event = threading.Event()
+        for feed in self._pending:
+            PENDING.labels(feed).set_function(partial(self._pending.__getitem__, feed))
+        ONLINE.set_function(lambda: len(self.tracker.by_device))
         self._first_snapshot = True
-        self._started = False
-        self._channel: Channel | None = None
-        self._consumer_tag: str | None = None
-        self._drain_deadline = float("inf")
+        self._telemetry = Consumer(
+            TELEMETRY_QUEUE,
+            settings.monitor_prefetch,
+            self._on_telemetry,
+            prepare=self._declare_telemetry,
+        )
         self.publisher = EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
+        self.add_side_connection(self.publisher)
         feed_params = parameters(settings, f"{self.name}-status")
         feed_params.virtual_host = settings.event_exchange_vhost
         self.feed = SideConnection(feed_params, self.ioloop, self._on_feed_channel)
-        self._feed_tag: str | None = None
+        self.add_side_connection(self.feed)
+        # The status feed's queue is server-named: ``prepare`` fills it in.
+        self._feed = Consumer(
+            "", settings.monitor_prefetch, self._on_connection_event, prepare=self._declare_feed
+        )
+        self.every(settings.monitor_reconcile_s, self._reconcile_soon)
+        self.every(BACKLOG_INTERVAL_S, self._tick_backlog, first=1.0)
 
     # -- set-up ------------------------------------------------------------------
-    def on_connected(self, connection: pika.SelectConnection) -> None:
-        connection.channel(on_open_callback=self._on_channel_open)
-        if not self._started:
-            self._started = True
-            self.publisher.start()
-            self.feed.start()
-            self.ioloop.call_later(self.settings.monitor_reconcile_s, self._reconcile_periodically)
-            self.ioloop.call_later(1.0, self._tick_backlog)
+    def consumers(self) -> list[Consumer]:
+        return [self._telemetry]
 
-    def _on_channel_open(self, channel: Channel) -> None:
-        self._channel = channel
-        channel.add_on_close_callback(self.reconnect_on_channel_close)
+    def _declare_telemetry(self, channel: Channel, then: Callable[[], None]) -> None:
         args = {
             "x-max-length": self.settings.monitor_queue_max_length,
             "x-overflow": "drop-head",
@@ -247,52 +231,39 @@ class Monitor(AmqpService):
         }
 
         def declared(_frame: Any) -> None:
-            channel.queue_bind(TELEMETRY_QUEUE, topology.EVENTS, "telemetry.#", callback=bound)
-
-        def bound(_frame: Any) -> None:
-            channel.basic_qos(prefetch_count=self.settings.monitor_prefetch, callback=consume)
-
-        def consume(_frame: Any) -> None:
-            if not self.stopping:
-                self._consumer_tag = channel.basic_consume(TELEMETRY_QUEUE, self._on_telemetry)
+            channel.queue_bind(
+                TELEMETRY_QUEUE, topology.EVENTS, "telemetry.#", callback=lambda _f: then()
+            )
 
         channel.queue_declare(TELEMETRY_QUEUE, durable=True, arguments=args, callback=declared)
 
-    def on_connection_lost(self) -> None:
-        self._channel = None
-        self._consumer_tag = None
-
     def _on_feed_channel(self, channel: Channel) -> None:
         """A (new) channel in the event exchange's vhost: queue, bind, snapshot, consume."""
+        self.consume_on(channel, self._feed)
+
+    def _declare_feed(self, channel: Channel, then: Callable[[], None]) -> None:
         args = {"x-max-length": self.settings.monitor_queue_max_length, "x-overflow": "drop-head"}
 
         def declared(frame: Any) -> None:
-            queue = frame.method.queue
+            queue = self._feed.queue = frame.method.queue
             channel.queue_bind(
                 queue,
                 EVENT_EXCHANGE,
                 CREATED,
                 callback=lambda _f: channel.queue_bind(
-                    queue, EVENT_EXCHANGE, CLOSED, callback=lambda _f: bound(queue)
+                    queue, EVENT_EXCHANGE, CLOSED, callback=lambda _f: bound()
                 ),
             )
 
-        def bound(queue: str) -> None:
+        def bound() -> None:
             # Events queue up from here on; the snapshot is taken after this point and
             # handled first on the (single, ordered) status thread.
             self._submit("status", self._reconcile, channel, None)
-            channel.basic_qos(
-                prefetch_count=self.settings.monitor_prefetch,
-                callback=lambda _f: self._consume_feed(channel, queue),
-            )
+            then()
 
         channel.queue_declare(
             "", exclusive=True, auto_delete=True, arguments=args, callback=declared
         )
-
-    def _consume_feed(self, channel: Channel, queue: str) -> None:
-        if not self.stopping:
-            self._feed_tag = channel.basic_consume(queue, self._on_connection_event)
 
     # -- dispatching to the worker threads -----------------------------------------
     def _submit(
@@ -305,7 +276,6 @@ class Monitor(AmqpService):
     ) -> None:
         pool = self._status_pool if feed == "status" else self._alerts_pool
         self._pending[feed] += 1
-        PENDING.labels(feed).set(self._pending[feed])
         future = pool.submit(work, *args)
         future.add_done_callback(
             lambda f: self.call_soon(lambda: self._done(feed, f, channel, tag))
@@ -313,10 +283,9 @@ class Monitor(AmqpService):
 
     def _done(self, feed: str, future: Future, channel: Channel | None, tag: int | None) -> None:
         self._pending[feed] -= 1
-        PENDING.labels(feed).set(self._pending[feed])
         try:
             events = future.result()
-        except Exception as exc:  # only while stopping (see _retrying); never ack then
+        except Exception as exc:  # only once the drain is over (see retrying); never ack then
             log.warning("handling failed", extra={"feed": feed, "error": repr(exc)})
             return
         for routing_key, event in events or ():
@@ -330,19 +299,6 @@ class Monitor(AmqpService):
         if tag is not None and channel is not None and channel.is_open:
             # One ordered worker per feed: every earlier delivery is already handled.
             channel.basic_ack(tag, multiple=True)
-
-    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
-        """Run ``call`` until it succeeds (database down: capped backoff)."""
-        backoff = Backoff(base=0.1, cap=self.settings.db_backoff_max_s)
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                if self.stopping and time.monotonic() > self._drain_deadline:
-                    raise
-                delay = backoff.next()
-                log.warning(f"{what} failed", extra={"error": repr(exc), "retry_s": delay})
-                self._stop_event.wait(delay)
 
     # -- status feed (status thread) -------------------------------------------------
     def _on_connection_event(
@@ -385,9 +341,8 @@ class Monitor(AmqpService):
     def _status_changed(
         self, device: str, tenant: str, online: bool, at: datetime, only_seen: bool = False
     ) -> list[tuple[str, dict[str, Any]]]:
-        ONLINE.set(len(self.tracker.online))
         change = {"last_seen": at} if only_seen else {"online": online, "last_seen": at}
-        self._retrying(
+        self.retrying(
             "device status update",
             lambda: self.db[mongo.DEVICES].update_one({"_id": device}, {"$set": change}),
         )
@@ -401,19 +356,16 @@ class Monitor(AmqpService):
             return None
         if device in self._registry:
             return self._registry[device]
-        found = self._retrying(
+        found = self.retrying(
             "device lookup", lambda: registry.find_devices(self.db, [device])
         ).get(device)
         tenant = found.tenant if found is not None else None
         self._registry[device] = tenant
         return tenant
 
-    def _reconcile_periodically(self) -> None:
-        if self.stopping:
-            return
+    def _reconcile_soon(self) -> None:
         if self.feed.ready:
             self._submit("status", self._reconcile, None, None)
-        self.ioloop.call_later(self.settings.monitor_reconcile_s, self._reconcile_periodically)
 
     def _reconcile(self) -> list[tuple[str, dict[str, Any]]]:
         """Compare with the management API's open connections (status thread)."""
@@ -438,7 +390,7 @@ class Monitor(AmqpService):
         if self._first_snapshot:
             # Devices the database still shows online from before this process.
             self._first_snapshot = False
-            stale = self._retrying(
+            stale = self.retrying(
                 "device status read",
                 lambda: [
                     d["_id"] for d in self.db[mongo.DEVICES].find({"online": True}, {"_id": 1})
@@ -451,7 +403,6 @@ class Monitor(AmqpService):
             tenant = self._tenant_of(device)
             if tenant is not None:
                 out += self._status_changed(device, tenant, is_online, now)
-        ONLINE.set(len(self.tracker.online))
         return out
 
     # -- alerts feed (alerts thread) ---------------------------------------------------
@@ -463,7 +414,7 @@ class Monitor(AmqpService):
     def _evaluate(self, body: bytes) -> list[tuple[str, dict[str, Any]]]:
         if self.engine is None:
             self.engine = alerts.AlertEngine(
-                self._retrying("alert state read", lambda: rules.load_firing(self.db))
+                self.retrying("alert state read", lambda: rules.load_firing(self.db))
             )
         try:
             event = orjson.loads(body)
@@ -482,41 +433,25 @@ class Monitor(AmqpService):
             log.warning("ignoring a malformed telemetry event", extra={"error": repr(exc)})
             return []
         for alert in fired:
-            self._retrying("alert state write", lambda a=alert: rules.save_state(self.db, a))
+            self.retrying("alert state write", partial(rules.save_state, self.db, alert))
         return [(alerts.alert_key(tenant, device), alert) for alert in fired]
 
     # -- gauges and stopping -----------------------------------------------------------
     def _tick_backlog(self) -> None:
-        channel = self._channel
+        channel = self._telemetry.channel
         if channel is not None and channel.is_open:
             channel.queue_declare(
                 TELEMETRY_QUEUE,
                 passive=True,
                 callback=lambda f: BACKLOG.set(f.method.message_count),
             )
-        if not self.stopping:
-            self.ioloop.call_later(BACKLOG_INTERVAL_S, self._tick_backlog)
 
-    def begin_stop(self) -> None:
-        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        if self._channel is not None and self._channel.is_open and self._consumer_tag:
-            self._channel.basic_cancel(self._consumer_tag)
-        feed = self.feed.channel
-        if feed is not None and feed.is_open and self._feed_tag:
-            feed.basic_cancel(self._feed_tag)
-        self._finish_drain()
+    def drained(self) -> bool:
+        return not any(self._pending.values())
 
-    def _finish_drain(self) -> None:
-        idle = not any(self._pending.values())
-        if idle or time.monotonic() > self._drain_deadline:
-            self._stop_event.set()
-            self._status_pool.shutdown(wait=False, cancel_futures=True)
-            self._alerts_pool.shutdown(wait=False, cancel_futures=True)
-            self.publisher.close()
-            self.feed.close()
-            self.close()
-        else:
-            self.ioloop.call_later(0.02, self._finish_drain)
+    def after_drain(self) -> None:
+        self._status_pool.shutdown(wait=False, cancel_futures=True)
+        self._alerts_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run(settings: Settings) -> None:

@@ -47,6 +47,13 @@ SCHED_PREFETCH = Gauge(
 )
 
 
+PREFETCH_CHANGES = Counter(
+    "fairway_scheduler_prefetch_changes_total",
+    "Consumers recycled to change a tenant channel's prefetch",
+    ["tenant"],
+)
+
+
 SCHED_INFLIGHT_BATCHES = Gauge(
     "fairway_scheduler_inflight_batches", "Batches handed to writers and not yet written"
 )

@@ -31,12 +31,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pika
@@ -44,22 +44,21 @@ from pika.channel import Channel
 from pika.spec import Basic
 
 from fairway.amqp import side
-from fairway.amqp.backoff import Backoff
 from fairway.amqp.connection import parameters
-from fairway.amqp.service import AmqpService
+from fairway.amqp.service import AmqpService, Consumer, DrainExpired
 from fairway.domain import coalesce
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
+from fairway.storage import mongo, registry
 from fairway.storage.registry import Tenant
 from scheduler import metrics
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
-from scheduler.sink import Sink, WriteOutcome
+from scheduler.sink import MongoSink, NullSink, Sink, WriteOutcome
 from scheduler.tenant_channel import TenantConsumer
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT_S = 15.0
 GAUGE_INTERVAL_S = 1.0
 FIRST_TICK_S = 0.2  # soon after connecting, so backlogged tenants get their share early
 
@@ -78,6 +77,7 @@ class Scheduler(AmqpService):
     """Consume every tenant queue and write fairly into a :class:`Sink`."""
 
     name = "fairway-scheduler"
+    drain_timeout_s = 15.0
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class Scheduler(AmqpService):
         self.sink = sink
         self.list_tenants = list_tenants
         self.drr: DeficitRoundRobin[Delivery] = DeficitRoundRobin(settings.drr_quantum)
-        self.consumers: dict[str, TenantConsumer] = {}
+        self.tenant_channels: dict[str, TenantConsumer] = {}
         self.known: dict[str, Tenant] = {}
         self.inflight = 0
         self._writers = ThreadPoolExecutor(settings.writers, thread_name_prefix="writer")
@@ -97,31 +97,21 @@ class Scheduler(AmqpService):
         self._linger_s = settings.batch_linger_ms / 1000.0
         self._oldest: float | None = None  # when the oldest buffered message arrived
         self._linger_timer: Any = None
-        self._drain_deadline = float("inf")
-        self._stop_event = threading.Event()
-        self._timers_started = False
         self._depths_due = 0  # passive declares of this tick not yet answered
         self._events = (
             side.EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
             if settings.events_enabled
             else None
         )
+        if self._events is not None:
+            self.add_side_connection(self._events)  # it reconnects on its own
+        metrics.SCHED_INFLIGHT_BATCHES.set_function(lambda: self.inflight)
+        self.every(GAUGE_INTERVAL_S, self._tick_gauges, first=FIRST_TICK_S)
+        self.every(settings.tenant_refresh_s, self._refresh_tenants)
 
     # -- tenants and channels ------------------------------------------------------
     def on_connected(self, connection: pika.SelectConnection) -> None:
-        if self._events is not None:
-            self._events.start()  # once; it reconnects on its own
         self._refresh_tenants()
-        if not self._timers_started:  # one timer chain each for the process's lifetime
-            self._timers_started = True
-            self.ioloop.call_later(FIRST_TICK_S, self._tick_gauges)
-            self.ioloop.call_later(self.settings.tenant_refresh_s, self._refresh_periodically)
-
-    def _refresh_periodically(self) -> None:
-        if self.stopping:
-            return
-        self._refresh_tenants()
-        self.ioloop.call_later(self.settings.tenant_refresh_s, self._refresh_periodically)
 
     def _refresh_tenants(self) -> None:
         """List tenants off the I/O loop; open channels for new ones, update weights."""
@@ -143,45 +133,53 @@ class Scheduler(AmqpService):
         for tenant in tenants:
             self.known[tenant.id] = tenant
             self.drr.set_weight(tenant.id, tenant.weight)
-            if tenant.id not in self.consumers and self._connected and not self.stopping:
+            if tenant.id not in self.tenant_channels and self._connected and not self.stopping:
                 self._open(tenant)
 
     def _open(self, tenant: Tenant) -> None:
+        """One channel for the tenant's queue: declare it, then a recyclable consumer."""
         spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings.queue_type)
-        consumer = self.consumers[tenant.id] = TenantConsumer(
-            tenant.id,
-            self.settings.scheduler_prefetch,
-            queue=spec.name,
-            on_message=lambda _ch, method, _props, body: self._on_message(consumer, method, body),
+
+        def on_message(_channel: Channel, method: Basic.Deliver, _props: Any, body: bytes) -> None:
+            self._on_message(consumer, method, body)
+
+        consumer = self.tenant_channels[tenant.id] = TenantConsumer(
+            tenant.id, self.settings.scheduler_prefetch, queue=spec.name, on_message=on_message
         )
 
-        def on_open(channel: Channel) -> None:
+        def declare(channel: Channel, then: Callable[[], None]) -> None:
             consumer.channel = channel
-            channel.add_on_close_callback(lambda _c, why: self._closed(consumer, why))
-            # Per-consumer prefetch: quorum queues refuse a channel-wide (global) one.
-            channel.basic_qos(prefetch_count=consumer.prefetch, global_qos=False, callback=on_qos)
-
-        def on_qos(_frame: Any) -> None:
-            consumer.channel.queue_declare(  # type: ignore[union-attr]
-                spec.name, durable=True, arguments=spec.arguments(), callback=on_declared
+            channel.queue_declare(
+                spec.name, durable=True, arguments=spec.arguments(), callback=lambda _f: then()
             )
 
-        def on_declared(_frame: Any) -> None:
-            if self.stopping:
-                return
-            consumer.consume()
+        self.open_consumer(
+            Consumer(
+                spec.name,
+                consumer.prefetch,
+                on_message,
+                prepare=declare,
+                start=consumer.consume,
+                cancel=consumer.stop,
+                on_close=lambda _channel, why: self._closed(consumer, why),
+            )
+        )
+        metrics.SCHED_BUFFERED.labels(tenant.id).set_function(partial(self.drr.backlog, tenant.id))
+        metrics.SCHED_PREFETCH.labels(tenant.id).set_function(partial(self._prefetch, tenant.id))
 
-        assert self.connection is not None
-        self.connection.channel(on_open_callback=on_open)
+    def _prefetch(self, tenant: str) -> int:
+        """The prefetch granted to ``tenant`` (the floor while its channel is re-opened)."""
+        consumer = self.tenant_channels.get(tenant)
+        return consumer.prefetch if consumer is not None else self.settings.scheduler_prefetch
 
     def _closed(self, consumer: TenantConsumer, why: Exception) -> None:
         # The broker requeues this channel's unacked deliveries: drop our copies. The
         # DRR buffers by tenant, so only the tenant's current consumer may drop them; a
         # late close of an older channel must not discard its successor's deliveries.
         consumer.reset()
-        if self.consumers.get(consumer.tenant) is not consumer:
+        if self.tenant_channels.get(consumer.tenant) is not consumer:
             return
-        del self.consumers[consumer.tenant]
+        del self.tenant_channels[consumer.tenant]
         self.drr.drop(consumer.tenant)
         if not self.stopping and self.connection is not None and self.connection.is_open:
             log.warning(
@@ -189,7 +187,7 @@ class Scheduler(AmqpService):
             )
 
     def on_connection_lost(self) -> None:
-        for consumer in list(self.consumers.values()):
+        for consumer in list(self.tenant_channels.values()):
             self._closed(consumer, ConnectionError("connection lost"))
         self._oldest = None
 
@@ -218,7 +216,6 @@ class Scheduler(AmqpService):
             batch = drr.take(size)
             self._oldest = time.monotonic() if len(drr) else None
             self.inflight += 1
-            metrics.SCHED_INFLIGHT_BATCHES.set(self.inflight)
             metrics.SCHED_BATCH_SIZE.observe(len(batch))
             self._writers.submit(self._write, batch)
 
@@ -229,22 +226,19 @@ class Scheduler(AmqpService):
     # -- writer threads ----------------------------------------------------------
     def _write(self, batch: list[tuple[str, Delivery]]) -> None:
         bodies = [d.body for _, d in batch]
-        backoff = Backoff(base=0.1, cap=self.settings.db_backoff_max_s)
-        outcome: WriteOutcome | None = None
-        while outcome is None:
+
+        def write() -> WriteOutcome:
             started = time.perf_counter()
-            try:
-                outcome = self.sink.write(bodies)
-            except Exception as exc:  # outcome unknown: retry the whole batch
-                metrics.SCHED_DB_UP.set(0)
-                if self.stopping and time.monotonic() > self._drain_deadline:
-                    break  # leave it unacked; the broker requeues it
-                delay = backoff.next()
-                log.warning("write failed", extra={"error": repr(exc), "retry_s": delay})
-                self._stop_event.wait(delay)
-                continue
-            metrics.SCHED_DB_UP.set(1)
+            outcome = self.sink.write(bodies)  # raises: outcome unknown, retry the batch
             metrics.SCHED_WRITE_SECONDS.observe(time.perf_counter() - started)
+            return outcome
+
+        outcome: WriteOutcome | None
+        try:
+            outcome = self.retrying("write", write, on_error=lambda _e: metrics.SCHED_DB_UP.set(0))
+            metrics.SCHED_DB_UP.set(1)
+        except DrainExpired:
+            outcome = None  # leave it unacked; the broker requeues it
         telemetry = self._coalesce(bodies, outcome)
         self.call_soon(lambda: self._written(batch, outcome, telemetry))
 
@@ -271,7 +265,6 @@ class Scheduler(AmqpService):
         telemetry: list[tuple[str, dict]],
     ) -> None:
         self.inflight -= 1
-        metrics.SCHED_INFLIGHT_BATCHES.set(self.inflight)
         if outcome is not None:
             self._settle(batch, outcome)
         self._dispatch()
@@ -297,10 +290,11 @@ class Scheduler(AmqpService):
         stored: dict[str, int] = defaultdict(int)
         for i, (tenant, delivery) in enumerate(batch):
             consumer = delivery.consumer
-            if not consumer.live:
+            channel = consumer.channel
+            if channel is None or not channel.is_open:
                 continue  # channel gone: the broker redelivers, the write is a duplicate
             if i in refused:
-                consumer.channel.basic_nack(delivery.tag, requeue=False)  # type: ignore[union-attr]
+                channel.basic_nack(delivery.tag, requeue=False)
                 metrics.SCHED_DEAD_LETTERED.labels(tenant).inc()
             elif i in duplicates:
                 metrics.SCHED_DUPLICATES.labels(tenant).inc()
@@ -315,19 +309,19 @@ class Scheduler(AmqpService):
     # -- gauges ------------------------------------------------------------------
     def _tick_gauges(self) -> None:
         """Once a second: gauges, then broker backlogs, then the prefetch budget."""
-        live = [c for c in self.consumers.values() if c.live]
+        live = [
+            (c, c.channel) for c in self.tenant_channels.values() if c.channel and c.channel.is_open
+        ]
         self._depths_due = len(live)
-        for tenant, consumer in self.consumers.items():
-            metrics.SCHED_BUFFERED.labels(tenant).set(self.drr.backlog(tenant))
-            metrics.SCHED_PREFETCH.labels(tenant).set(consumer.prefetch)
-        for consumer in live:
-            consumer.channel.queue_declare(  # type: ignore[union-attr]
+        for consumer, channel in live:
+            channel.queue_declare(
                 topology.tenant_queue_name(consumer.tenant),
                 passive=True,
-                callback=lambda f, c=consumer: self._backlog_seen(c, f.method.message_count),
+                callback=partial(self._depth_answered, consumer),
             )
-        if not self.stopping:
-            self.ioloop.call_later(GAUGE_INTERVAL_S, self._tick_gauges)
+
+    def _depth_answered(self, consumer: TenantConsumer, frame: Any) -> None:
+        self._backlog_seen(consumer, frame.method.message_count)
 
     def _backlog_seen(self, consumer: TenantConsumer, ready: int) -> None:
         consumer.ready = ready
@@ -338,36 +332,40 @@ class Scheduler(AmqpService):
 
     def _share_prefetch(self) -> None:
         """Give backlogged tenants their weighted share of the buffer budget."""
-        weights = {t: (self.known[t].weight if t in self.known else 1) for t in self.consumers}
+        weights = {
+            t: (self.known[t].weight if t in self.known else 1) for t in self.tenant_channels
+        }
         backlogged = {
             t: weights[t]
-            for t, c in self.consumers.items()
+            for t, c in self.tenant_channels.items()
             if c.ready > 0 or self.drr.backlog(t) >= c.prefetch
         }
         shares = prefetch_shares(
             weights, backlogged, self.settings.scheduler_buffer, self.settings.scheduler_prefetch
         )
-        for tenant, consumer in self.consumers.items():
+        for tenant, consumer in self.tenant_channels.items():
             wanted = shares[tenant]
             # Declined while the tenant's previous recycle is under way: the next tick retries.
-            if worth_changing(consumer.prefetch, wanted) and consumer.change_prefetch(wanted):
-                metrics.SCHED_PREFETCH.labels(tenant).set(wanted)
+            if worth_changing(consumer.prefetch, wanted):
+                consumer.change_prefetch(wanted)
 
     # -- stopping ----------------------------------------------------------------
-    def begin_stop(self) -> None:
-        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        for consumer in self.consumers.values():
-            consumer.stop()
-        self._finish_drain()
-
-    def _finish_drain(self) -> None:
+    def drained(self) -> bool:
         self._dispatch()  # stopping: partial batches go at once
-        if (not len(self.drr) and not self.inflight) or time.monotonic() > self._drain_deadline:
-            self._stop_event.set()
-            self._writers.shutdown(wait=False, cancel_futures=True)
-            self._io.shutdown(wait=False, cancel_futures=True)
-            if self._events is not None:
-                self._events.close()
-            self.close()
-        else:
-            self.ioloop.call_later(0.02, self._finish_drain)
+        return not len(self.drr) and not self.inflight
+
+    def after_drain(self) -> None:
+        self._writers.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+
+def run(settings: Settings, sink: str = "mongo") -> None:
+    """``fairway scheduler``: serve until SIGTERM, then drain (``sink="null"`` stores nothing)."""
+    db = mongo.connect(settings)
+    mongo.ensure_indexes(db)
+    service = Scheduler(
+        settings,
+        MongoSink(db) if sink == "mongo" else NullSink(),
+        lambda: registry.list_tenants(db),
+    )
+    service.serve(settings.metrics_port)

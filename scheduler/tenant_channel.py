@@ -28,18 +28,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import prometheus_client
 from pika.channel import Channel
 
 from fairway.kernel.acks import AckWatermark
+from scheduler.metrics import PREFETCH_CHANGES
 
 log = logging.getLogger(__name__)
-
-PREFETCH_CHANGES = prometheus_client.Counter(
-    "fairway_scheduler_prefetch_changes_total",
-    "Consumers recycled to change a tenant channel's prefetch",
-    ["tenant"],
-)
 
 OnMessage = Callable[[Channel, Any, Any, bytes], None]
 
@@ -85,11 +79,6 @@ class TenantConsumer:
     def live(self) -> bool:
         """True while acks may be sent on this channel."""
         return self.channel is not None and self.channel.is_open
-
-    @property
-    def retiring_held(self) -> int:
-        """Deliveries of the retiring consumer not yet settled."""
-        return self.held[self.retiring] if self.retiring is not None else 0
 
     # -- consumers -------------------------------------------------------------------
     def consume(self) -> None:
@@ -169,8 +158,8 @@ class TenantConsumer:
             delivery_tags.append(delivery_tag)
             self.held[consumer_tag] -= 1
         upto = self.acks.settle(delivery_tags)
-        if upto is not None:
-            self.channel.basic_ack(upto, multiple=True)  # type: ignore[union-attr]
+        if upto is not None and self.channel is not None:
+            self.channel.basic_ack(upto, multiple=True)
         self._progress()
 
     def reset(self) -> None:

@@ -24,7 +24,7 @@ import pika
 from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 
-from fairway.amqp.backoff import Backoff
+from fairway.amqp.backoff import Reconnect
 from fairway.kernel import topology
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def event_properties() -> pika.BasicProperties:
 class SideConnection:
     """A second connection on an existing pika I/O loop, re-opened with backoff.
 
+    Reconnects follow the shared policy (:class:`fairway.amqp.backoff.Reconnect`).
     ``on_channel`` is called with a fresh channel after every (re)connect. Used for
     publishing events and, by the monitor, for the event exchange's vhost.
     """
@@ -58,7 +59,7 @@ class SideConnection:
         self.connection: pika.SelectConnection | None = None
         self.channel: Channel | None = None
         self.blocked = False
-        self._backoff = Backoff()
+        self._reconnect = Reconnect(self.name, ioloop.call_later, self._connect)
         self._started = False
         self._closing = False
 
@@ -97,14 +98,11 @@ class SideConnection:
 
     def _retry(self, why: str) -> None:
         self.connection = None
-        if self._closing:
-            return
-        delay = self._backoff.next()
-        log.warning("reconnecting", extra={"service": self.name, "why": why, "in_s": delay})
-        self.ioloop.call_later(delay, self._connect)
+        if not self._closing:
+            self._reconnect.schedule(why)
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
-        self._backoff.reset()
+        self._reconnect.succeeded()
         self.blocked = False
         connection.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
         connection.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
@@ -131,8 +129,7 @@ class SideConnection:
         if channel is self.channel:
             self.channel = None
         if self.connection is not None and self.connection.is_open and not self._closing:
-            log.warning("channel closed", extra={"service": self.name, "why": repr(why)})
-            self.ioloop.call_later(self._backoff.next(), self._open_channel)
+            self._reconnect.schedule(f"channel closed: {why!r}", then=self._open_channel)
 
     def _on_closed(self, why: Exception) -> None:
         self.channel = None

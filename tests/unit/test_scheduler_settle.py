@@ -1,0 +1,220 @@
+"""The scheduler's settling (scheduler/service.py) on stub channels and a fake collection.
+
+A written batch settles its deliveries per tenant channel: the settled prefix is acked
+with one ``multiple`` ack through the channel's AckWatermark; documents the database
+refuses three times are nacked without requeue (dead-lettered); a database error
+retries the whole batch and acks nothing until it is written.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from pymongo.errors import AutoReconnect, BulkWriteError
+
+from fairway.kernel.contract import Reading, reading_id, tenant_message
+from fairway.kernel.settings import Settings
+from fairway.storage import mongo
+from fairway.storage.registry import Tenant
+from scheduler.service import Delivery, Scheduler
+from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, MongoSink, NullSink, Sink
+from scheduler.tenant_channel import TenantConsumer
+
+REFUSED_CODE = 121  # document validation failure: not a duplicate
+
+
+class StubChannel:
+    def __init__(self) -> None:
+        self.is_open = True
+        self.acks: list[tuple[int, bool]] = []
+        self.nacks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.acks.append((delivery_tag, multiple))
+
+    def basic_nack(self, delivery_tag: int, requeue: bool = True) -> None:
+        self.nacks.append((delivery_tag, requeue))
+
+
+class FakeCollection:
+    """``insert_many(ordered=False)`` that refuses or finds duplicates by ``_id``."""
+
+    def __init__(self, refuse: set[str] = frozenset(), duplicate: set[str] = frozenset()) -> None:
+        self.refuse, self.duplicate = set(refuse), set(duplicate)
+        self.attempts: dict[str, int] = {}
+        self.stored: list[str] = []
+
+    def insert_many(self, docs: list[dict[str, Any]], ordered: bool = True) -> None:
+        assert not ordered
+        errors = []
+        for i, doc in enumerate(docs):
+            self.attempts[doc["_id"]] = self.attempts.get(doc["_id"], 0) + 1
+            if doc["_id"] in self.refuse:
+                errors.append({"index": i, "code": REFUSED_CODE})
+            elif doc["_id"] in self.duplicate:
+                errors.append({"index": i, "code": mongo.DUPLICATE_KEY})
+            else:
+                self.stored.append(doc["_id"])
+        if errors:
+            raise BulkWriteError({"writeErrors": errors, "writeConcernErrors": []})
+
+
+def body(tenant: str, tag: int) -> bytes:
+    reading = Reading("dev-1", "env", f"m{tag}", time.time(), {"t": tag})
+    return tenant_message(tenant, reading, time.time())
+
+
+def doc_id(tenant: str, tag: int) -> str:
+    return reading_id(tenant, "dev-1", f"m{tag}")
+
+
+def scheduler_with(sink: Sink) -> Scheduler:
+    scheduler = Scheduler(Settings(), sink, list_tenants=list)
+    scheduler.call_soon = lambda callback: callback()  # type: ignore[method-assign]
+    scheduler.stop_event.wait = lambda _delay=None: False  # type: ignore[method-assign]
+    return scheduler
+
+
+def tenant_channel(tenant: str) -> tuple[TenantConsumer, StubChannel]:
+    channel = StubChannel()
+    consumer = TenantConsumer(tenant, 100, queue=f"tenant.{tenant}", channel=channel)
+    return consumer, channel
+
+
+def received(consumer: TenantConsumer, *tags: int) -> list[tuple[str, Delivery]]:
+    """Deliveries as the consumer got them, in a batch."""
+    batch = []
+    for tag in tags:
+        consumer.delivered(tag, "c1")
+        batch.append((consumer.tenant, Delivery(consumer, tag, body(consumer.tenant, tag), "c1")))
+    return batch
+
+
+def write(scheduler: Scheduler, batch: list[tuple[str, Delivery]]) -> None:
+    """One writer's round trip, synchronously: write, then settle on the loop."""
+    scheduler.inflight += 1
+    scheduler._write(batch)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def stopped() -> Any:
+    made: list[Scheduler] = []
+    yield made
+    for scheduler in made:
+        scheduler.after_drain()
+
+
+def test_a_written_batch_is_acked_once_per_tenant_channel(stopped: list[Scheduler]) -> None:
+    scheduler = scheduler_with(NullSink())
+    stopped.append(scheduler)
+    acme, acme_channel = tenant_channel("acme")
+    beta, beta_channel = tenant_channel("beta")
+    batch = received(acme, 1, 2, 3) + received(beta, 1, 2)
+    before = sample("fairway_scheduler_stored_total", tenant="acme")
+    write(scheduler, batch)
+    assert acme_channel.acks == [(3, True)]
+    assert beta_channel.acks == [(2, True)]
+    assert sample("fairway_scheduler_stored_total", tenant="acme") - before == 3
+    assert scheduler.inflight == 0
+
+
+def test_only_the_written_prefix_is_acked(stopped: list[Scheduler]) -> None:
+    scheduler = scheduler_with(NullSink())
+    stopped.append(scheduler)
+    acme, channel = tenant_channel("acme")
+    first, second, third = received(acme, 1, 2, 3)
+    write(scheduler, [first, third])  # parallel writers finish out of order
+    assert channel.acks == [(1, True)]
+    write(scheduler, [second])
+    assert channel.acks == [(1, True), (3, True)]
+
+
+def test_a_document_refused_three_times_is_dead_lettered(stopped: list[Scheduler]) -> None:
+    collection = FakeCollection(refuse={doc_id("acme", 2)}, duplicate={doc_id("acme", 3)})
+    scheduler = scheduler_with(MongoSink({mongo.TELEMETRY: collection}))  # type: ignore[arg-type]
+    stopped.append(scheduler)
+    acme, channel = tenant_channel("acme")
+    dead_before = sample("fairway_scheduler_dead_lettered_total", tenant="acme")
+    dup_before = sample("fairway_scheduler_duplicates_total", tenant="acme")
+    write(scheduler, received(acme, 1, 2, 3))
+    assert collection.attempts[doc_id("acme", 2)] == MAX_DOCUMENT_ATTEMPTS == 3
+    assert channel.nacks == [(2, False)]  # without requeue: to the dead-letter exchange
+    assert channel.acks == [(3, True)]  # stored, refused and duplicate are all settled
+    assert sample("fairway_scheduler_dead_lettered_total", tenant="acme") - dead_before == 1
+    assert sample("fairway_scheduler_duplicates_total", tenant="acme") - dup_before == 1
+
+
+class FlakySink:
+    """The database is down for the first ``failures`` writes."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def write(self, bodies: list[bytes]) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise AutoReconnect("connection refused")
+        return NullSink().write(bodies)
+
+
+def test_a_database_error_retries_the_batch_and_acks_after_the_write(
+    stopped: list[Scheduler],
+) -> None:
+    sink = FlakySink(failures=2)
+    scheduler = scheduler_with(sink)
+    stopped.append(scheduler)
+    acme, channel = tenant_channel("acme")
+    write(scheduler, received(acme, 1, 2))
+    assert sink.calls == 3
+    assert channel.acks == [(2, True)] and channel.nacks == []
+    assert sample("fairway_scheduler_db_up") == 1
+
+
+def test_a_batch_still_failing_when_the_drain_ends_stays_unacked(
+    stopped: list[Scheduler],
+) -> None:
+    scheduler = scheduler_with(FlakySink(failures=10**9))
+    stopped.append(scheduler)
+    scheduler.stopping = True
+    scheduler.stop_event.set()
+    acme, channel = tenant_channel("acme")
+    write(scheduler, received(acme, 1))
+    assert channel.acks == [] and channel.nacks == []  # the broker requeues it
+    assert scheduler.inflight == 0
+    assert sample("fairway_scheduler_db_up") == 0
+
+
+def test_deliveries_of_a_closed_channel_are_not_settled(stopped: list[Scheduler]) -> None:
+    scheduler = scheduler_with(NullSink())
+    stopped.append(scheduler)
+    acme, channel = tenant_channel("acme")
+    batch = received(acme, 1)
+    channel.is_open = False
+    write(scheduler, batch)
+    assert channel.acks == []
+
+
+def test_buffered_and_prefetch_gauges_read_the_scheduler(stopped: list[Scheduler]) -> None:
+    scheduler = scheduler_with(NullSink())
+    stopped.append(scheduler)
+    assert sample("fairway_scheduler_inflight_batches") == 0
+    scheduler.inflight = 2
+    assert sample("fairway_scheduler_inflight_batches") == 2
+    scheduler.connection = SimpleNamespace(channel=lambda on_open_callback: None)  # type: ignore[assignment]
+    scheduler._open(Tenant("gauged", weight=1, max_backlog=1000))
+    consumer = scheduler.tenant_channels["gauged"]
+    for tag in (1, 2, 3):
+        scheduler.drr.push("gauged", Delivery(consumer, tag, b"{}", "c1"))
+    assert sample("fairway_scheduler_buffered", tenant="gauged") == 3
+    consumer.prefetch = 450
+    assert sample("fairway_scheduler_prefetch", tenant="gauged") == 450
+    del scheduler.tenant_channels["gauged"]  # channel closed: the floor until re-opened
+    assert sample("fairway_scheduler_prefetch", tenant="gauged") == Settings().scheduler_prefetch
