@@ -43,6 +43,7 @@ import pika
 
 from benchmarks import common
 from benchmarks.common import r, say
+from fairway.amqp.connection import blocking_channel
 from fairway.devtools.processes import free_port
 from fairway.domain import notify, pushtoken
 from fairway.kernel import topology
@@ -161,22 +162,19 @@ async def open_sessions(port: int, users: list[tuple[str, str]], sink: Sink) -> 
 
 def publish_steady(settings: Any, users: list[tuple[str, str]], rate: float, n: int) -> float:
     """Publish ``n`` telemetry events for random users' ``d0`` at ``rate``/s; return seconds."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    ch = connection.channel()
     props = pika.BasicProperties(content_type="application/json")
     rng = random.Random(7)
-    t0 = time.perf_counter()
-    for i in range(n):
-        due = t0 + i / rate
-        while (delay := due - time.perf_counter()) > 0:
-            time.sleep(delay)
-        _user, tenant = rng.choice(users)
-        body = {"kind": "telemetry", "tenant": tenant, "device": "d0", "seq": i}
-        body["sent"] = time.time()
-        ch.basic_publish(topology.EVENTS, f"telemetry.{tenant}.d0", orjson.dumps(body), props)
-    elapsed = time.perf_counter() - t0
-    connection.close()
-    return elapsed
+    with blocking_channel(settings, "bench-notify-publisher") as ch:
+        t0 = time.perf_counter()
+        for i in range(n):
+            due = t0 + i / rate
+            while (delay := due - time.perf_counter()) > 0:
+                time.sleep(delay)  # paces the publishes: the rate is the workload
+            _user, tenant = rng.choice(users)
+            body = {"kind": "telemetry", "tenant": tenant, "device": "d0", "seq": i}
+            body["sent"] = time.time()
+            ch.basic_publish(topology.EVENTS, f"telemetry.{tenant}.d0", orjson.dumps(body), props)
+        return time.perf_counter() - t0
 
 
 def change_rate_e2e(
@@ -262,7 +260,7 @@ async def run(args: Any) -> dict[str, Any]:
         with env.channel() as ch:
             create_users(ch, users)
         with common.fairway_process(["gateway"], settings, f"{NAME}-gateway") as gw:
-            gw.wait_metrics()
+            gw.wait_ready()
             common.poll_until(
                 lambda: gateway_metric(gw.metrics_port, "fairway_gateway_amqp_up") == 1, 30
             )
@@ -291,7 +289,7 @@ async def run(args: Any) -> dict[str, Any]:
 
             # -- subscription changes -------------------------------------------------
             rounds = []
-            with common.channel(settings) as ch:
+            with env.channel() as ch:
                 queues = look_alike_queues(ch, settings, users)
                 durable = durable_user_exchanges(ch, users)
                 for i in range(args.rounds):
