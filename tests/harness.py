@@ -340,7 +340,7 @@ class Pipeline:
     def rejected(self, expect: int, timeout: float = 30.0) -> list[tuple[dict, bytes]]:
         """Wait until ``rejected`` holds ``expect`` messages; return (headers, body) of each."""
         wait_for(lambda: self.depth(topology.REJECTED) >= expect, timeout, f"{expect} rejected")
-        out = []
+        out: list[tuple[dict, bytes]] = []
         with self.channel() as channel:
             while True:
                 method, props, body = channel.basic_get(topology.REJECTED, auto_ack=True)

@@ -106,14 +106,20 @@ def _assert_exactly_once(pipeline: Pipeline, publishers: list[Publisher]) -> Non
     assert pipeline.depth(topology.REJECTED) == 0
 
 
-@BOTH
-def test_kill_9_scheduler_and_relay_at_random_points(pipeline: Pipeline, queue_type: str) -> None:
-    run = KILL_RUNS[queue_type]
+def _start_run(pipeline: Pipeline, run: Run) -> tuple[dict[str, list[str]], Publisher]:
+    """Provision ``run``'s devices, start relay and scheduler, publish on a thread."""
     by_tenant = _provision(pipeline, run.tenants, run.devices)
     pipeline.start("relay")
     pipeline.start("scheduler")
     publisher = Publisher(pipeline, by_tenant, run.messages, rate=run.rate)
     publisher.start()
+    return by_tenant, publisher
+
+
+@BOTH
+def test_kill_9_scheduler_and_relay_at_random_points(pipeline: Pipeline, queue_type: str) -> None:
+    run = KILL_RUNS[queue_type]
+    _by_tenant, publisher = _start_run(pipeline, run)
     rng = random.Random(run.seed)
     for role in run.roles:
         time.sleep(rng.uniform(*run.up_s))  # a random point of the run: time must pass
@@ -183,11 +189,7 @@ def test_sigterm_mid_run_drains_so_the_restart_sees_no_duplicates(
     pipeline: Pipeline, queue_type: str
 ) -> None:
     run = DRAIN_RUNS[queue_type]
-    by_tenant = _provision(pipeline, run.tenants, run.devices)
-    pipeline.start("relay")
-    pipeline.start("scheduler")
-    publisher = Publisher(pipeline, by_tenant, run.messages, rate=run.rate)
-    publisher.start()
+    by_tenant, publisher = _start_run(pipeline, run)
     for _ in range(2):
         wait_for(lambda: _mid_run(pipeline, publisher), 30, "the scheduler to be mid-run")
         for role in run.roles:
