@@ -33,7 +33,6 @@ import random
 import resource
 import statistics
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -232,17 +231,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gateway_metric(port: int, name: str) -> float:
-    """One sample of the gateway's metrics."""
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{port}/metrics?name[]={name}", timeout=10
-    ) as rsp:
-        for line in rsp.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
-
-
 async def run(args: Any) -> dict[str, Any]:
     """All phases against one gateway; the result JSON."""
     n_users = common.scaled(100, args.scale, 2)
@@ -261,9 +249,7 @@ async def run(args: Any) -> dict[str, Any]:
             create_users(ch, users)
         with common.fairway_process(["gateway"], settings, f"{NAME}-gateway") as gw:
             gw.wait_ready()
-            common.poll_until(
-                lambda: gateway_metric(gw.metrics_port, "fairway_gateway_amqp_up") == 1, 30
-            )
+            common.poll_until(lambda: gw.metric("fairway_gateway_amqp_up") == 1, 30)
             rss_idle = gw.status()
             sink = Sink()
             clients, open_times, open_s = await open_sessions(settings.gateway_port, users, sink)
@@ -331,8 +317,8 @@ async def run(args: Any) -> dict[str, Any]:
             while sink.by_device[key] < SESSIONS_PER_USER and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             check_sessions = sink.by_device[key]
-            slow = gateway_metric(gw.metrics_port, "fairway_gateway_slow_disconnects_total")
-            delivered = gateway_metric(gw.metrics_port, "fairway_gateway_delivered_total")
+            slow = gw.metric("fairway_gateway_slow_disconnects_total")
+            delivered = gw.metric("fairway_gateway_delivered_total")
             for c in clients:
                 c.close()
             load_after = os.getloadavg()
