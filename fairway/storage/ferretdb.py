@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from pymongo.database import Database
@@ -109,19 +110,20 @@ def ensure_gin_indexes(
         for collection, collection_fields in fields.items():
             table = tables.get(collection)
             if table is None:
-                log.warning("no PostgreSQL table for %s.%s; GIN indexes skipped", db.name, collection)
+                log.warning(
+                    "no PostgreSQL table for %s.%s; GIN indexes skipped", db.name, collection
+                )
                 continue
             target = f"{quote(db.name)}.{quote(table)}"
             for field in collection_fields:
                 name = index_name(table, field)
                 literal = field.replace("'", "''")
-                try:
+                # Another process may create it between the check and the insert.
+                with suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
                     connection.execute(
                         f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {target} "
                         f"USING gin ((_jsonb->'{literal}'))"
                     )
-                except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-                    pass  # another process created it between the check and the insert
                 names.append(name)
             connection.execute(f"ANALYZE {target}")
     return names
