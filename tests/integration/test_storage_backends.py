@@ -46,8 +46,9 @@ def backend_of(db: Database) -> str:
 
 
 def _pings(url: str) -> bool:
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
     try:
-        with MongoClient(url, serverSelectionTimeoutMS=500) as client:
+        with client:
             client.admin.command("ping")
         return True
     except Exception:
