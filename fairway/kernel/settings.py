@@ -257,6 +257,8 @@ class Settings:
     writers: int = setting(2, SCHEDULER, AT_LEAST_1)
     tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
     db_backoff_max_s: float = setting(5.0, SCHEDULER, POSITIVE)  # also monitor, archiver
+    # device_state (latest values) is written at most this often per device; 0: every batch
+    device_state_flush_s: float = setting(2.0, SCHEDULER, AT_LEAST_0)
 
     # -- web app. The broker-auth endpoints answer only these networks (the broker's).
     web_host: str = setting("127.0.0.1", WEB, NonEmpty())
