@@ -105,7 +105,8 @@ def page_history(
         cursor_top = query.cursor.ts - (_JUST_BEFORE if not query.cursor.id else timedelta())
         upper = min(upper, cursor_top)
     lowest = floor_hour(first_ts if query.start is None else max(first_ts, query.start))
-    hour, docs, probes = floor_hour(upper), [], 0
+    hour, probes = floor_hour(upper), 0
+    docs: list[dict[str, Any]] = []
     while hour >= lowest:
         if probes == max_probes:
             return HistoryPage(docs, Cursor(hour + HOUR, ""), probes)
