@@ -24,14 +24,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from fairway.kernel.contract import to_document
-from fairway.storage import device_state, mongo
+from fairway.storage import device_state, mongo, rollups
 from fairway.storage.device_state import DeviceDelta
 from fairway.storage.telemetry import floor_hour
 from scheduler import metrics
@@ -80,6 +80,7 @@ class MongoSink:
     def __init__(self, db: Database, device_state_flush_s: float = 2.0) -> None:
         self._collection = db[mongo.TELEMETRY]
         self._state = DeviceStateWriter(db, device_state_flush_s)
+        self._rollup_marks = RollupMarker(db)
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert the batch; classify duplicates and documents refused for good."""
@@ -99,7 +100,9 @@ class MongoSink:
             if attempt == MAX_DOCUMENT_ATTEMPTS:
                 outcome.refused.extend(i for i, _ in docs)
         outcome.stored = len(stored)
-        self._state.record(stored + [by_index[i] for i in outcome.duplicates])
+        written = stored + [by_index[i] for i in outcome.duplicates]
+        self._rollup_marks.mark(written)  # raises: not acked, the batch is retried
+        self._state.record(written)
         _observe_lag(stored)
         return outcome
 
@@ -249,3 +252,34 @@ class DeviceStateWriter:
                 self._known[device] = (first, last)
                 if len(self._known) > MAX_KNOWN_DEVICES:
                     self._known.popitem(last=False)
+
+
+class RollupMarker:
+    """Marks the device-hours a batch wrote as pending rollup, before the batch is acked.
+
+    An open hour is marked once per process (remembered here); a closed hour (late data,
+    redeliveries) every time, since its rollup may already have been computed.
+    """
+
+    def __init__(self, db: Database, remember: int = MAX_KNOWN_DEVICES) -> None:
+        self._db, self._remember = db, remember
+        self._lock = threading.Lock()
+        self._marked: OrderedDict[tuple[str, str, datetime], None] = OrderedDict()
+
+    def mark(self, docs: list[dict]) -> None:
+        """Write the marks the readings ``docs`` (already stored) need; raise on error."""
+        hours = {(d["tenant"], d["device"], floor_hour(d["ts"])) for d in docs}
+        # "Open" is judged after the insert: a reading stored before its hour ended is
+        # visible to a rollup computed after the hour ended plus the grace.
+        now = datetime.fromtimestamp(time.time(), UTC)
+        with self._lock:
+            needed = [h for h in hours if h[2] + rollups.HOUR <= now or h not in self._marked]
+        if not needed:
+            return
+        rollups.mark_pending(self._db, sorted(needed))
+        with self._lock:
+            for key in needed:
+                if key[2] + rollups.HOUR > now:
+                    self._marked[key] = None
+            while len(self._marked) > self._remember:
+                self._marked.popitem(last=False)

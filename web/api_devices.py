@@ -7,13 +7,14 @@ another tenant answers 404, exactly like a device that does not exist.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, request
 
 from fairway.amqp import management
 from fairway.kernel.times import iso_z
-from fairway.storage import accounts, device_state, mongo, registry, telemetry
+from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
 from web.auth import (
     json_body,
@@ -182,6 +183,47 @@ def _cursor(raw: str) -> telemetry.Cursor:
     if not bar:
         raise ApiError(400, "bad_parameter", "cursor is the next_cursor of the previous page")
     return telemetry.Cursor(parse_time("cursor", raw_ts), last_id)
+
+
+# Charts over more than a day read hourly rollups; at most this many days of them.
+SERIES_RAW_SPAN = timedelta(days=1)
+SERIES_MAX_SPAN = timedelta(days=400)
+
+
+@bp.get("/<device_id>/series")
+@login_required
+def series(device_id: str) -> dict[str, Any]:
+    """One metric over ``from``..``to``: raw readings up to a day, hourly rollups beyond."""
+    doc = visible_device(device_id)
+    metric = request.args.get("metric")
+    if not metric:
+        raise ApiError(400, "bad_parameter", "metric names the value to chart")
+    stream = request.args.get("stream") or None
+    end = time_param("to")
+    if end is None:
+        state = device_state.get(get_db(), device_id) or {}
+        end = state.get("last_ts") or datetime.now(UTC)
+    start = time_param("from") or end - SERIES_RAW_SPAN
+    if start > end:
+        raise ApiError(400, "bad_parameter", "from must not be after to")
+    if end - start > SERIES_MAX_SPAN:
+        raise ApiError(400, "bad_parameter", f"at most {SERIES_MAX_SPAN.days} days per chart")
+    answer: dict[str, Any] = {"device": device_id, "metric": metric, "stream": stream}
+    if end - start <= SERIES_RAW_SPAN:
+        raw = telemetry.raw_series(get_db(), doc["tenant"], device_id, metric, start, end, stream)
+        return {**answer, "resolution": "raw", "points": [[iso_z(t), v] for t, v in raw]}
+    hours = rollups.hourly_series(get_db(), doc["tenant"], device_id, metric, start, end, stream)
+    points = [
+        {
+            "t": iso_z(p["hour"]),
+            "n": p["n"],
+            "min": p["min"],
+            "max": p["max"],
+            "mean": p["sum"] / p["n"],
+        }
+        for p in hours
+    ]
+    return {**answer, "resolution": "hour", "points": points}
 
 
 @bp.get("/<device_id>/rejections")

@@ -319,6 +319,8 @@ class Settings:
     # batch, so the pause frees the database for the web app (docs/benchmarks.md).
     report_db_share: float = setting(0.5, JOBS, SHARE)
     retention_interval_s: float = setting(3600.0, JOBS, POSITIVE)
+    # a closed hour is rolled up this long after it ends (clock skew + the longest write)
+    rollup_grace_s: float = setting(120.0, JOBS, AT_LEAST_0)
     default_retention_days: int = setting(30, JOBS, AT_LEAST_1)  # 0 would delete everything
     report_max_buckets: int = setting(1000, JOBS, AT_LEAST_1)  # bounds a report's size
     job_queue_max_length: int = setting(10_000, JOBS, AT_LEAST_1)  # per queue; then 503

@@ -137,3 +137,28 @@ def read_history(
         return list(collection.find(filt, {"tenant": 0, "hk": 0}))
 
     return page_history(query, fetch_hour, state.get("first_ts"), state.get("last_ts"), max_probes)
+
+
+def raw_series(
+    db: Database,
+    tenant: str,
+    device: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    stream: str | None = None,
+) -> list[tuple[datetime, float]]:
+    """``(ts, value)`` of one numeric metric, oldest first, read hour by hour by ``hk``."""
+    points: list[tuple[datetime, float]] = []
+    hour = floor_hour(start)
+    while hour <= end:
+        filt: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
+        if stream is not None:
+            filt["stream"] = stream
+        for doc in db[mongo.TELEMETRY].find(filt, {"ts": 1, "values": 1}):
+            value = doc["values"].get(metric)
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if numeric and start <= doc["ts"] <= end:
+                points.append((doc["ts"], value))
+        hour += HOUR
+    return sorted(points)

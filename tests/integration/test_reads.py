@@ -15,8 +15,9 @@ from flask.testing import FlaskClient
 
 from fairway.kernel.contract import Reading, tenant_message, to_document
 from fairway.kernel.times import iso_z
-from fairway.storage import accounts, device_state, mongo
+from fairway.storage import accounts, device_state, mongo, rollups
 from fairway.storage.telemetry import MAX_HOUR_PROBES
+from tasks import rollup
 from tests.harness import Pipeline, wait_for
 from web import create_app
 
@@ -184,3 +185,115 @@ def test_device_state_equals_a_fold_of_the_stored_readings(pipeline: Pipeline, a
     assert listed["d1"]["latest"] == one["latest"] and set(listed) == {"d1", "d2", "d3"}
     history = api("/api/devices/d1/telemetry?limit=100")["readings"]
     assert len(history) == pipeline.stored(device="d1")
+
+
+def expected_rollups(db: Any, closed_before: datetime) -> dict[str, dict[str, Any]]:
+    """An independent computation from the raw readings of every closed hour."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(acc: dict[str, Any], metric: str, value: float) -> None:
+        m = acc.setdefault(metric, {"n": 0, "min": value, "max": value, "sum": 0})
+        m["n"] += 1
+        m["min"], m["max"] = min(m["min"], value), max(m["max"], value)
+        m["sum"] += value
+
+    for doc in db[mongo.TELEMETRY].find():
+        hour = doc["ts"].replace(minute=0, second=0, microsecond=0)
+        if hour >= closed_before:
+            continue
+        key = f"{doc['tenant']}:{doc['device']}:{doc['stream']}:{hour:%Y%m%d%H}"
+        roll = out.setdefault(key, {"n": 0, "metrics": {}, "minutes": {}})
+        roll["n"] += 1
+        for metric, value in doc["values"].items():
+            if type(value) in (int, float):
+                add(roll["metrics"], metric, value)
+                add(roll["minutes"].setdefault(f"{doc['ts'].minute:02d}", {}), metric, value)
+    return out
+
+
+def actual_rollups(db: Any) -> dict[str, dict[str, Any]]:
+    return {
+        r["_id"]: {k: r[k] for k in ("n", "metrics", "minutes")} for r in db[rollups.ROLLUPS].find()
+    }
+
+
+def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
+    pipeline: Pipeline, api: Any
+) -> None:
+    pipeline.device("a", "d2")
+    pipeline.start("relay")
+    pipeline.start("scheduler")
+    if 3600 - time.time() % 3600 < 60:  # the open hour must stay open during the test
+        time.sleep(3600 - time.time() % 3600 + 1)
+    now = time.time()
+    current = now // 3600 * 3600
+    messages, n = [], 0
+    for hours_back in (3, 2, 1, 0):  # three closed hours and the open one
+        for offset in (0.0, 59.999, 1800.25, 3599.999):
+            ts = current - 3600 * hours_back + offset
+            if ts > now + 60:
+                continue
+            for device in ("d1", "d2"):
+                env = {"temp": n * 0.5, "ok": n % 2 == 0, "label": "x", "count": n}
+                for stream, values in (("env", env), ("power", {"watts": n * 2.25})):
+                    body = {"ts": ts, "values": values}
+                    messages.append((f"{device}.{stream}", body, {"message_id": f"m{n}"}))
+                    n += 1
+    pipeline.publish(messages)
+    pipeline.wait_stored(len(messages))
+    opened = datetime.fromtimestamp(current, UTC)
+    marks = {m["_id"] for m in pipeline.db[rollups.ROLLUP_PENDING].find()}
+    hours = [opened - timedelta(hours=h) for h in range(4)]
+    assert marks == {f"a:{d}:{h:%Y%m%d%H}" for d in ("d1", "d2") for h in hours}
+
+    result = rollup.roll_closed_hours(pipeline.db, grace_s=0)
+    assert result == {"computed": 6, "kept": 0}
+    left = {m["_id"] for m in pipeline.db[rollups.ROLLUP_PENDING].find()}
+    assert left == {f"a:{d}:{opened:%Y%m%d%H}" for d in ("d1", "d2")}  # the open hour waits
+    assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, opened)
+
+    # Redelivered readings and late data in a closed hour: marked again, recomputed, exact.
+    late_ts = current - 2 * 3600 + 10.5
+    late = [("d1.env", {"ts": late_ts, "values": {"temp": 99.5}}, {"message_id": "late"})]
+    pipeline.publish(messages[: len(messages) // 2] + late)
+    pipeline.wait_stored(len(messages) + 1)
+    wait_for(
+        lambda: (
+            pipeline.metric("scheduler", "fairway_scheduler_duplicates_total", tenant="a")
+            >= len(messages) // 2
+        ),
+        30,
+        "duplicates",
+    )
+    rollup.roll_closed_hours(pipeline.db, grace_s=0)
+    assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, opened)
+
+    # The chart: raw readings up to a day, hourly rollups beyond, the same figures.
+    first = opened - timedelta(hours=3)
+    raw = api(f"/api/devices/d1/series?metric=temp&from={iso_z(first)}&to={iso_z(opened)}")
+    stored = sorted(
+        (d["ts"], d["values"]["temp"])
+        for d in pipeline.db[mongo.TELEMETRY].find({"device": "d1", "stream": "env"})
+        if first <= d["ts"] <= opened
+    )
+    assert raw["resolution"] == "raw"
+    assert raw["points"] == [[iso_z(t), v] for t, v in stored]
+    month = api(
+        f"/api/devices/d1/series?metric=temp&stream=env&from={iso_z(opened - timedelta(days=30))}"
+        f"&to={iso_z(opened - timedelta(seconds=1))}"
+    )
+    expected = expected_rollups(pipeline.db, opened)
+    want = []
+    for h in (3, 2, 1):
+        hour = opened - timedelta(hours=h)
+        m = expected[f"a:d1:env:{hour:%Y%m%d%H}"]["metrics"]["temp"]
+        want.append(
+            {
+                "t": iso_z(hour),
+                "n": m["n"],
+                "min": m["min"],
+                "max": m["max"],
+                "mean": m["sum"] / m["n"],
+            }
+        )
+    assert month["resolution"] == "hour" and month["points"] == want
