@@ -297,3 +297,34 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
             }
         )
     assert month["resolution"] == "hour" and month["points"] == want
+
+
+@pytest.mark.settings(device_state_flush_s=0.5)
+def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
+    pipeline: Pipeline, api: Any
+) -> None:
+    devices = [f"k{i}" for i in range(5)]
+    for device in devices:
+        pipeline.device("a", device)
+    pipeline.start("relay")
+    current = time.time() // 3600 * 3600
+    messages = []
+    for i in range(3000):  # three closed hours, oldest first
+        ts = current - 3 * 3600 + i * 3.5 + 0.25
+        body = {"ts": ts, "values": {"temp": (i % 50) * 0.5}}
+        messages.append((f"{devices[i % 5]}.env", body, {"message_id": f"m{i}"}))
+    pipeline.publish(messages)
+    wait_for(lambda: pipeline.depth("tenant.a") >= len(messages), 60, "relayed")
+    for _ in range(2):  # kill -9 twice mid-run; unacked batches come back as duplicates
+        stored = pipeline.stored()
+        pipeline.start("scheduler", batch_size=50)
+        wait_for(lambda s=stored: pipeline.stored() >= s + 400, 60, "progress")
+        pipeline.kill("scheduler")
+    pipeline.start("scheduler", batch_size=50)
+    pipeline.wait_stored(len(messages), timeout=120)
+    wait_for(lambda: actual_state(pipeline.db) == expected_state(pipeline.db), 15, "state")
+    rollup.roll_closed_hours(pipeline.db, grace_s=0)
+    opened = datetime.fromtimestamp(current, UTC)
+    expected = expected_rollups(pipeline.db, opened)
+    assert sum(r["n"] for r in expected.values()) == len(messages)
+    assert actual_rollups(pipeline.db) == expected
