@@ -155,6 +155,10 @@ class DeviceStateWriter:
     def __init__(self, db: Database, flush_s: float) -> None:
         self._db, self._flush_s = db, flush_s
         self._lock = threading.Lock()
+        # FerretDB 1.24 applies an update as read, modify, write back the whole document,
+        # not atomically: two concurrent updates of one device can lose one of them
+        # (seen: last_ts moving back). So this process sends one device_state write at a time.
+        self._write_lock = threading.Lock()
         self._pending: dict[str, DeviceDelta] = {}
         self._known: OrderedDict[str, tuple[datetime, datetime]] = OrderedDict()
         self._stop = threading.Event()
@@ -186,7 +190,8 @@ class DeviceStateWriter:
             metrics.DEVICE_STATE_PENDING.set(len(self._pending))
         if now:
             try:
-                device_state.apply(self._db, now)
+                with self._write_lock:
+                    device_state.apply(self._db, now)
             except Exception:
                 # The batch is retried (not acked), but the merged deltas of batches
                 # acked earlier must not be lost with it.
@@ -198,6 +203,10 @@ class DeviceStateWriter:
 
     def flush(self) -> None:
         """Write every pending delta now; on failure keep them for the next flush."""
+        with self._write_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, {}
             metrics.DEVICE_STATE_PENDING.set(0)
