@@ -78,3 +78,17 @@ SCHED_LAG_SECONDS = Histogram(
 
 
 SCHED_DB_UP = Gauge("fairway_scheduler_db_up", "1 when the last database write succeeded")
+
+
+DEVICE_STATE_PENDING = Gauge(
+    "fairway_scheduler_device_state_pending",
+    "Devices whose device_state update waits for the next throttled flush",
+)
+
+
+DEVICE_STATE_WRITES = Counter(
+    "fairway_scheduler_device_state_writes_total",
+    "device_state updates sent, by why: throttled flush, hour (before the ack: a device's"
+    " first or last hour moved), overflow (pending table full), failed (retried later)",
+    ["why"],
+)

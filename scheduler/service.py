@@ -365,7 +365,7 @@ def run(settings: Settings, sink: str = "mongo") -> None:
     mongo.ensure_indexes(db)
     service = Scheduler(
         settings,
-        MongoSink(db) if sink == "mongo" else NullSink(),
+        MongoSink(db, settings.device_state_flush_s) if sink == "mongo" else NullSink(),
         lambda: registry.list_tenants(db),
     )
     service.serve(settings.metrics_port)

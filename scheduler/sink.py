@@ -5,24 +5,48 @@ stored, a duplicate, or refused for good) or raises: an exception means *nothing
 is known to be durable, and the scheduler retries the whole batch after a backoff.
 Retrying is safe because writes are idempotent (``_id`` from tenant, device and
 message id).
+
+The MongoDB sink also maintains ``device_state`` (first/last reading, latest values per
+stream) from what it wrote, stored readings and duplicates alike. The update is an
+order-independent fold (:mod:`fairway.storage.device_state`), throttled: a device's
+pending delta is flushed by the sink's own thread at most every
+``FAIRWAY_DEVICE_STATE_FLUSH_S``. Only when a batch moves a device's first or last
+*hour* beyond what this process has already written, the update is written before the
+batch is acked, so the hour range history walks never misses an acked reading, even
+after a kill -9.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from fairway.kernel.contract import to_document
-from fairway.storage import mongo
+from fairway.storage import device_state, mongo, rollups
+from fairway.storage.device_state import DeviceDelta
+from fairway.storage.telemetry import floor_hour
 from scheduler import metrics
+
+log = logging.getLogger(__name__)
 
 # Non-duplicate per-document errors are retried this many times before the message
 # is refused (dead-lettered to ``rejected``), so one bad document cannot wedge a queue.
 MAX_DOCUMENT_ATTEMPTS = 3
+# Devices with a pending device_state delta; beyond this a device's delta is written
+# at once (before the ack), so memory stays bounded whatever the fleet size.
+MAX_PENDING_DEVICES = 10_000
+# Devices whose written hour range this process remembers (least recently used dropped:
+# a forgotten device is just written at once again on its next batch).
+MAX_KNOWN_DEVICES = 100_000
 
 
 @dataclass
@@ -53,8 +77,10 @@ class NullSink:
 class MongoSink:
     """``insert_many(ordered=False)`` into ``telemetry``; duplicates are no-ops."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, device_state_flush_s: float = 2.0) -> None:
         self._collection = db[mongo.TELEMETRY]
+        self._state = DeviceStateWriter(db, device_state_flush_s)
+        self._rollup_marks = RollupMarker(db)
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert the batch; classify duplicates and documents refused for good."""
@@ -65,6 +91,7 @@ class MongoSink:
                 docs.append((i, to_document(body)))
             except (ValueError, KeyError, TypeError, OverflowError):
                 outcome.refused.append(i)  # not the relay's output: never storable
+        by_index = dict(docs)
         stored: list[dict] = []
         for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
             docs = self._insert(docs, outcome, stored)
@@ -73,8 +100,15 @@ class MongoSink:
             if attempt == MAX_DOCUMENT_ATTEMPTS:
                 outcome.refused.extend(i for i, _ in docs)
         outcome.stored = len(stored)
+        written = stored + [by_index[i] for i in outcome.duplicates]
+        self._rollup_marks.mark(written)  # raises: not acked, the batch is retried
+        self._state.record(written)
         _observe_lag(stored)
         return outcome
+
+    def close(self) -> None:
+        """Stop the device-state flusher after a last flush."""
+        self._state.close()
 
     def _insert(
         self, docs: list[tuple[int, dict]], outcome: WriteOutcome, stored: list[dict]
@@ -107,3 +141,154 @@ def _observe_lag(docs: list[dict]) -> None:
     now = time.time()
     for doc in docs:
         metrics.SCHED_LAG_SECONDS.labels(doc["tenant"]).observe(now - doc["received"].timestamp())
+
+
+class DeviceStateWriter:
+    """Pending ``device_state`` deltas per device, flushed by a thread it owns.
+
+    ``record`` runs on writer threads before the batch is acked: it writes at once the
+    deltas that extend a device's hour range beyond what this process wrote (and those
+    that do not fit in the pending table) and leaves the rest to the flusher, which
+    writes each dirty device at most every ``flush_s`` (0: every delta at once).
+    """
+
+    def __init__(self, db: Database, flush_s: float) -> None:
+        self._db, self._flush_s = db, flush_s
+        self._lock = threading.Lock()
+        # FerretDB 1.24 applies an update as read, modify, write back the whole document,
+        # not atomically: two concurrent updates of one device can lose one of them
+        # (seen: last_ts moving back). So this process sends one device_state write at a time.
+        self._write_lock = threading.Lock()
+        self._pending: dict[str, DeviceDelta] = {}
+        self._known: OrderedDict[str, tuple[datetime, datetime]] = OrderedDict()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if flush_s > 0:
+            self._thread = threading.Thread(
+                target=self._run, name="device-state-flusher", daemon=True
+            )
+            self._thread.start()
+            atexit.register(self.close)
+
+    def record(self, docs: list[dict]) -> None:
+        """Take the deltas of written readings; raise if an immediate write failed."""
+        now: dict[str, DeviceDelta] = {}
+        overflow = 0
+        with self._lock:
+            for device, delta in device_state.fold(docs).items():
+                pending = self._pending.pop(device, None)
+                if pending is not None:
+                    pending.merge(delta)
+                    delta = pending
+                if self._flush_s <= 0 or self._extends_hours(device, delta):
+                    now[device] = delta
+                elif len(self._pending) >= MAX_PENDING_DEVICES:
+                    now[device] = delta
+                    overflow += 1
+                else:
+                    self._pending[device] = delta
+            metrics.DEVICE_STATE_PENDING.set(len(self._pending))
+        if now:
+            try:
+                with self._write_lock:
+                    device_state.apply(self._db, now)
+            except Exception:
+                # The batch is retried (not acked), but the merged deltas of batches
+                # acked earlier must not be lost with it.
+                self._keep(now)
+                raise
+            self._remember(now)
+            metrics.DEVICE_STATE_WRITES.labels("hour").inc(len(now) - overflow)
+            metrics.DEVICE_STATE_WRITES.labels("overflow").inc(overflow)
+
+    def flush(self) -> None:
+        """Write every pending delta now; on failure keep them for the next flush."""
+        with self._write_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, {}
+            metrics.DEVICE_STATE_PENDING.set(0)
+        if not batch:
+            return
+        try:
+            device_state.apply(self._db, batch)
+        except Exception:
+            log.warning("device_state flush of %d devices failed", len(batch), exc_info=True)
+            self._keep(batch)
+            return
+        self._remember(batch)
+        metrics.DEVICE_STATE_WRITES.labels("throttled").inc(len(batch))
+
+    def close(self) -> None:
+        """Stop the flusher thread and write what is pending (idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._flush_s + 5)
+        self.flush()
+
+    def _keep(self, deltas: dict[str, DeviceDelta]) -> None:
+        """Put deltas whose write failed back into the pending table (for the next flush)."""
+        metrics.DEVICE_STATE_WRITES.labels("failed").inc(len(deltas))
+        with self._lock:
+            for device, delta in deltas.items():
+                newer = self._pending.get(device)
+                if newer is not None:
+                    delta.merge(newer)
+                self._pending[device] = delta
+            metrics.DEVICE_STATE_PENDING.set(len(self._pending))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_s):
+            self.flush()
+
+    def _extends_hours(self, device: str, delta: DeviceDelta) -> bool:
+        known = self._known.get(device)
+        if known is None:
+            return True
+        self._known.move_to_end(device)
+        first, last = known
+        return floor_hour(delta.first_ts) < first or floor_hour(delta.last_ts) > last
+
+    def _remember(self, written: dict[str, DeviceDelta]) -> None:
+        with self._lock:
+            for device, delta in written.items():
+                first, last = floor_hour(delta.first_ts), floor_hour(delta.last_ts)
+                known = self._known.pop(device, None)
+                if known is not None:
+                    first, last = min(first, known[0]), max(last, known[1])
+                self._known[device] = (first, last)
+                if len(self._known) > MAX_KNOWN_DEVICES:
+                    self._known.popitem(last=False)
+
+
+class RollupMarker:
+    """Marks the device-hours a batch wrote as pending rollup, before the batch is acked.
+
+    An open hour is marked once per process (remembered here); a closed hour (late data,
+    redeliveries) every time, since its rollup may already have been computed.
+    """
+
+    def __init__(self, db: Database, remember: int = MAX_KNOWN_DEVICES) -> None:
+        self._db, self._remember = db, remember
+        self._lock = threading.Lock()
+        self._marked: OrderedDict[tuple[str, str, datetime], None] = OrderedDict()
+
+    def mark(self, docs: list[dict]) -> None:
+        """Write the marks the readings ``docs`` (already stored) need; raise on error."""
+        hours = {(d["tenant"], d["device"], floor_hour(d["ts"])) for d in docs}
+        # "Open" is judged after the insert: a reading stored before its hour ended is
+        # visible to a rollup computed after the hour ended plus the grace.
+        now = datetime.fromtimestamp(time.time(), UTC)
+        with self._lock:
+            needed = [h for h in hours if h[2] + rollups.HOUR <= now or h not in self._marked]
+        if not needed:
+            return
+        rollups.mark_pending(self._db, sorted(needed))
+        with self._lock:
+            for key in needed:
+                if key[2] + rollups.HOUR > now:
+                    self._marked[key] = None
+            while len(self._marked) > self._remember:
+                self._marked.popitem(last=False)

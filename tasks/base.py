@@ -28,12 +28,14 @@ CPU, MAINTENANCE = "cpu", "maintenance"
 
 
 REPORT_TASK, EXPORT_TASK, RETENTION_TASK = "fairway.report", "fairway.export", "fairway.retention"
+ROLLUP_TASK = "fairway.rollup"
 
 
 ROUTES = {
     REPORT_TASK: {"queue": CPU},
     EXPORT_TASK: {"queue": CPU},
     RETENTION_TASK: {"queue": MAINTENANCE},
+    ROLLUP_TASK: {"queue": MAINTENANCE},
     "celery.backend_cleanup": {"queue": MAINTENANCE},
 }
 

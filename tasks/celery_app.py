@@ -21,7 +21,7 @@ from celery import Celery, signals
 import tasks.jobs  # noqa: F401  (registers the shared tasks)
 from fairway.kernel import log, metrics
 from fairway.kernel.settings import Settings
-from tasks.base import CPU, JOBS_EXCHANGE, RETENTION_TASK, ROUTES, queues
+from tasks.base import CPU, JOBS_EXCHANGE, RETENTION_TASK, ROLLUP_TASK, ROUTES, queues
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -65,6 +65,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "retention": {"task": RETENTION_TASK, "schedule": settings.retention_interval_s},
+            "rollup": {"task": ROLLUP_TASK, "schedule": 60.0},
         },
         timezone="UTC",
         enable_utc=True,

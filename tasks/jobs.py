@@ -19,8 +19,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from fairway.domain.job_params import ExportParams, JobFailed, ReportParams
 from fairway.kernel.settings import Settings
-from tasks import export, retention
-from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, JobTask
+from tasks import export, retention, rollup
+from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, ROLLUP_TASK, JobTask
 from tasks.report import TooManyReadings, build_report
 
 
@@ -97,3 +97,9 @@ def apply_retention(self: JobTask) -> dict[str, Any]:
         datetime.now(UTC),
         self.progress,
     )
+
+
+@shared_task(bind=True, base=JobTask, name=ROLLUP_TASK)
+def roll_up(self: JobTask) -> dict[str, int]:
+    """Recompute the rollups of closed hours the scheduler marked pending."""
+    return rollup.roll_closed_hours(self.db, self.settings.rollup_grace_s)

@@ -7,14 +7,14 @@ another tenant answers 404, exactly like a device that does not exist.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, request
-from pymongo import DESCENDING
 
 from fairway.amqp import management
 from fairway.kernel.times import iso_z
-from fairway.storage import accounts, mongo, registry
+from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
 from web.auth import (
     json_body,
@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
 
 
-def _device_json(doc: dict[str, Any]) -> dict[str, Any]:
+def _device_json(doc: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
+    """A registry entry with its maintained state (``device_state``; never a telemetry scan)."""
+    state = state or {}
+    latest = state.get("latest") or {}
     return {
         "device": doc["_id"],
         "tenant": doc["tenant"],
@@ -40,7 +43,17 @@ def _device_json(doc: dict[str, Any]) -> dict[str, Any]:
         "online": bool(doc.get("online", False)),
         "last_seen": iso_z(doc.get("last_seen")),
         "created": iso_z(doc.get("created")),
+        "last_reading": iso_z(state.get("last_ts")),
+        "latest": {
+            stream: {"ts": iso_z(entry["ts"]), "id": entry["id"], "values": entry["values"]}
+            for stream, entry in sorted(latest.items())
+        },
     }
+
+
+def _one_device(device_id: str) -> dict[str, Any]:
+    """The visible device (404 otherwise) with its state."""
+    return _device_json(visible_device(device_id), device_state.get(get_db(), device_id))
 
 
 @bp.get("")
@@ -50,7 +63,8 @@ def list_devices() -> dict[str, Any]:
     scope = tenant_scope(request.args.get("tenant"))
     query = {} if scope is None else {"tenant": scope}
     docs = get_db()[mongo.DEVICES].find(query, {"password_hash": 0}).sort("_id", 1)
-    return {"devices": [_device_json(doc) for doc in docs]}
+    states = device_state.of_tenant(get_db(), scope)
+    return {"devices": [_device_json(doc, states.get(doc["_id"])) for doc in docs]}
 
 
 @bp.post("")
@@ -77,7 +91,7 @@ def register_device() -> tuple[dict[str, Any], int]:
 @login_required
 def get_device(device_id: str) -> dict[str, Any]:
     """One device and its state."""
-    return _device_json(visible_device(device_id))
+    return _one_device(device_id)
 
 
 def _close_connections(device_id: str, why: str) -> int:
@@ -99,7 +113,7 @@ def disable_device(device_id: str) -> dict[str, Any]:
     visible_device(device_id)
     registry.set_device_enabled(get_db(), device_id, False)
     closed = _close_connections(device_id, "device disabled")
-    return {**_device_json(visible_device(device_id)), "connections_closed": closed}
+    return {**_one_device(device_id), "connections_closed": closed}
 
 
 @bp.post("/<device_id>/enable")
@@ -108,7 +122,7 @@ def enable_device(device_id: str) -> dict[str, Any]:
     """Enable again."""
     visible_device(device_id)
     registry.set_device_enabled(get_db(), device_id, True)
-    return _device_json(visible_device(device_id))
+    return _one_device(device_id)
 
 
 @bp.post("/<device_id>/rotate")
@@ -132,49 +146,84 @@ def rotate_credentials(device_id: str) -> dict[str, Any]:
 def history(device_id: str) -> dict[str, Any]:
     """Readings newest first: ``from``, ``to``, ``stream``, ``limit``, ``cursor`` (next page)."""
     doc = visible_device(device_id)
-    query: dict[str, Any] = {"tenant": doc["tenant"], "device": device_id}
     start, end = time_param("from"), time_param("to")
     if start and end and start > end:
         raise ApiError(400, "bad_parameter", "from must not be after to")
-    span = {k: v for k, v in (("$gte", start), ("$lte", end)) if v is not None}
-    if span:
-        query["ts"] = span
-    if stream := request.args.get("stream"):
-        query["stream"] = stream
-    if cursor := request.args.get("cursor"):
-        query = {"$and": [query, _after_cursor(cursor)]}
-    limit = limit_param()
-    docs = list(
-        get_db()[mongo.TELEMETRY]
-        .find(query, {"tenant": 0})
-        .sort([("ts", DESCENDING), ("_id", DESCENDING)])
-        .limit(limit)
+    raw_cursor = request.args.get("cursor")
+    query = telemetry.HistoryQuery(
+        tenant=doc["tenant"],
+        device=device_id,
+        limit=limit_param(),
+        stream=request.args.get("stream") or None,
+        start=start,
+        end=end,
+        cursor=_cursor(raw_cursor) if raw_cursor else None,
     )
-    readings = [
-        {
-            "id": d["msg_id"],
-            "stream": d["stream"],
-            "ts": iso_z(d["ts"]),
-            "received": iso_z(d.get("received")),
-            "values": d["values"],
-        }
-        for d in docs
-    ]
-    last = docs[-1] if len(docs) == limit else None
+    page = telemetry.read_history(get_db(), query)
     return {
         "device": device_id,
-        "readings": readings,
-        "next_cursor": f"{iso_z(last['ts'])}|{last['_id']}" if last else None,
+        "readings": [_reading_json(d) for d in page.docs],
+        "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
     }
 
 
-def _after_cursor(cursor: str) -> dict[str, Any]:
-    """Readings strictly after ``<ts>|<_id>`` in (ts, _id) descending order."""
-    raw_ts, _, last_id = cursor.partition("|")
-    ts = parse_time("cursor", raw_ts)
-    if not last_id:
+def _reading_json(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": doc["msg_id"],
+        "stream": doc["stream"],
+        "ts": iso_z(doc["ts"]),
+        "received": iso_z(doc.get("received")),
+        "values": doc["values"],
+    }
+
+
+def _cursor(raw: str) -> telemetry.Cursor:
+    """``<ts>|<_id>`` from a previous page (an empty ``_id``: everything before ``ts``)."""
+    raw_ts, bar, last_id = raw.partition("|")
+    if not bar:
         raise ApiError(400, "bad_parameter", "cursor is the next_cursor of the previous page")
-    return {"$or": [{"ts": {"$lt": ts}}, {"ts": ts, "_id": {"$lt": last_id}}]}
+    return telemetry.Cursor(parse_time("cursor", raw_ts), last_id)
+
+
+# Charts over more than a day read hourly rollups; at most this many days of them.
+SERIES_RAW_SPAN = timedelta(days=1)
+SERIES_MAX_SPAN = timedelta(days=400)
+
+
+@bp.get("/<device_id>/series")
+@login_required
+def series(device_id: str) -> dict[str, Any]:
+    """One metric over ``from``..``to``: raw readings up to a day, hourly rollups beyond."""
+    doc = visible_device(device_id)
+    metric = request.args.get("metric")
+    if not metric:
+        raise ApiError(400, "bad_parameter", "metric names the value to chart")
+    stream = request.args.get("stream") or None
+    end = time_param("to")
+    if end is None:
+        state = device_state.get(get_db(), device_id) or {}
+        end = state.get("last_ts") or datetime.now(UTC)
+    start = time_param("from") or end - SERIES_RAW_SPAN
+    if start > end:
+        raise ApiError(400, "bad_parameter", "from must not be after to")
+    if end - start > SERIES_MAX_SPAN:
+        raise ApiError(400, "bad_parameter", f"at most {SERIES_MAX_SPAN.days} days per chart")
+    answer: dict[str, Any] = {"device": device_id, "metric": metric, "stream": stream}
+    if end - start <= SERIES_RAW_SPAN:
+        raw = telemetry.raw_series(get_db(), doc["tenant"], device_id, metric, start, end, stream)
+        return {**answer, "resolution": "raw", "points": [[iso_z(t), v] for t, v in raw]}
+    hours = rollups.hourly_series(get_db(), doc["tenant"], device_id, metric, start, end, stream)
+    points = [
+        {
+            "t": iso_z(p["hour"]),
+            "n": p["n"],
+            "min": p["min"],
+            "max": p["max"],
+            "mean": p["sum"] / p["n"],
+        }
+        for p in hours
+    ]
+    return {**answer, "resolution": "hour", "points": points}
 
 
 @bp.get("/<device_id>/rejections")

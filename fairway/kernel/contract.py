@@ -204,6 +204,15 @@ def reading_id(tenant: str, device: str, message_id: str) -> str:
     return f"{tenant}:{device}:{message_id}"
 
 
+def hour_key(tenant: str, device: str, ts: datetime) -> str:
+    """The stored reading's hour key ``<tenant>:<device>:<YYYYMMDDHH>`` (UTC hour of ``ts``).
+
+    History and rollups read a device's readings one hour at a time by this key: an
+    equality, which FerretDB pushes down to its backend and MongoDB serves by index.
+    """
+    return f"{tenant}:{device}:{ts.astimezone(UTC):%Y%m%d%H}"
+
+
 def tenant_message(tenant: str, reading: Reading, received: float) -> bytes:
     """The body the relay publishes to ``tenant.<id>``: the reading, normalised."""
     return orjson.dumps(
@@ -222,13 +231,15 @@ def tenant_message(tenant: str, reading: Reading, received: float) -> bytes:
 def to_document(body: bytes) -> dict[str, Any]:
     """MongoDB document for one tenant-queue message (relay output, trusted)."""
     msg = orjson.loads(body)
+    ts = datetime.fromtimestamp(msg["ts"], UTC)
     return {
         "_id": reading_id(msg["tenant"], msg["device"], msg["id"]),
+        "hk": hour_key(msg["tenant"], msg["device"], ts),
         "tenant": msg["tenant"],
         "device": msg["device"],
         "stream": msg["stream"],
         "msg_id": msg["id"],
-        "ts": datetime.fromtimestamp(msg["ts"], UTC),
+        "ts": ts,
         "received": datetime.fromtimestamp(msg["received"], UTC),
         "values": msg["values"],
     }

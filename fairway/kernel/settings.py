@@ -260,6 +260,8 @@ class Settings:
     writers: int = setting(2, SCHEDULER, AT_LEAST_1)
     tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
     db_backoff_max_s: float = setting(5.0, SCHEDULER, POSITIVE)  # also monitor, archiver
+    # device_state (latest values) is written at most this often per device; 0: every batch
+    device_state_flush_s: float = setting(2.0, SCHEDULER, AT_LEAST_0)
 
     # -- web app. The broker-auth endpoints answer only these networks (the broker's).
     web_host: str = setting("127.0.0.1", WEB, NonEmpty())
@@ -320,6 +322,8 @@ class Settings:
     # batch, so the pause frees the database for the web app (docs/benchmarks.md).
     report_db_share: float = setting(0.5, JOBS, SHARE)
     retention_interval_s: float = setting(3600.0, JOBS, POSITIVE)
+    # a closed hour is rolled up this long after it ends (clock skew + the longest write)
+    rollup_grace_s: float = setting(120.0, JOBS, AT_LEAST_0)
     default_retention_days: int = setting(30, JOBS, AT_LEAST_1)  # 0 would delete everything
     report_max_buckets: int = setting(1000, JOBS, AT_LEAST_1)  # bounds a report's size
     job_queue_max_length: int = setting(10_000, JOBS, AT_LEAST_1)  # per queue; then 503

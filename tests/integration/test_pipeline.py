@@ -35,6 +35,7 @@ def test_reading_is_stored_field_by_field(pipeline: Pipeline, queue_type: str) -
     received = doc.pop("received")
     assert doc == {
         "_id": "acme:dev-1:m-1",
+        "hk": f"acme:dev-1:{datetime.fromtimestamp(ts, UTC):%Y%m%d%H}",
         "tenant": "acme",
         "device": "dev-1",
         "stream": "env",

@@ -12,7 +12,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from fairway.domain import notify, pushtoken
-from fairway.storage import accounts, mongo, registry
+from fairway.kernel.contract import hour_key
+from fairway.storage import accounts, device_state, mongo, registry
 from tests.harness import Pipeline, management
 from web import create_app
 
@@ -177,6 +178,7 @@ def test_history_pages_by_cursor_and_filters(world: dict[str, Any]) -> None:
     docs = [
         {
             "_id": f"a:a1:m{i:03d}",
+            "hk": hour_key("a", "a1", start),
             "tenant": "a",
             "device": "a1",
             "stream": "env" if i % 2 else "power",
@@ -188,6 +190,7 @@ def test_history_pages_by_cursor_and_filters(world: dict[str, Any]) -> None:
         for i in range(25)
     ]
     db[mongo.TELEMETRY].insert_many(docs)
+    device_state.apply(db, device_state.fold(docs))  # what the scheduler's sink maintains
     api = world["api"]["view_a"]
     seen: list[int] = []
     url = "/api/devices/a1/telemetry?limit=10"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
 
-from fairway.kernel.contract import Reading, parse_reading, reading_id, tenant_message, to_document
+from fairway.kernel.contract import (
+    Reading,
+    hour_key,
+    parse_reading,
+    reading_id,
+    tenant_message,
+    to_document,
+)
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
 
@@ -467,6 +474,7 @@ def test_tenant_message_round_trip() -> None:
     doc = to_document(msg)
     assert set(doc) == {
         "_id",
+        "hk",
         "tenant",
         "device",
         "stream",
@@ -487,6 +495,7 @@ def test_tenant_message_round_trip() -> None:
     assert doc["received"].utcoffset().total_seconds() == 0
     assert doc["values"] == {"temp": 21.5, "ok": True, "n": 3, "s": "x"}
     assert doc["values"]["ok"] is True
+    assert doc["hk"] == "acme:dev-1:2026112402"
 
 
 def test_parse_then_document_end_to_end() -> None:
@@ -495,3 +504,19 @@ def test_parse_then_document_end_to_end() -> None:
     assert doc["_id"] == "t1:dev-1:abc"
     assert doc["ts"] == datetime(2026, 11, 24, 2, 30, tzinfo=UTC)
     assert doc["received"] == datetime(2026, 11, 24, 2, 30, 2, tzinfo=UTC)
+
+
+def test_hour_key_is_the_utc_hour_of_ts_edges_included() -> None:
+    edge = datetime(2026, 11, 24, 3, 0, 0, tzinfo=UTC)
+    assert hour_key("acme", "d", edge) == "acme:d:2026112403"
+    assert hour_key("acme", "d", edge - timedelta(microseconds=1000)) == "acme:d:2026112402"
+    plus_two = timezone(timedelta(hours=2))
+    assert (
+        hour_key("acme", "d", datetime(2026, 11, 24, 5, 0, tzinfo=plus_two)) == "acme:d:2026112403"
+    )
+    reading = Reading(
+        device="d", stream="env", message_id="m", ts=edge.timestamp(), values={"v": 1}
+    )
+    assert (
+        to_document(tenant_message("acme", reading, edge.timestamp()))["hk"] == "acme:d:2026112403"
+    )

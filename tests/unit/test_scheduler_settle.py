@@ -19,7 +19,9 @@ from pymongo.errors import AutoReconnect, BulkWriteError
 from fairway.kernel.contract import Reading, reading_id, tenant_message
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
+from fairway.storage.device_state import DEVICE_STATE
 from fairway.storage.registry import Tenant
+from fairway.storage.rollups import ROLLUP_PENDING
 from scheduler.service import Delivery, Scheduler
 from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, MongoSink, NullSink, Sink
 from scheduler.tenant_channel import TenantConsumer
@@ -61,6 +63,9 @@ class FakeCollection:
                 self.stored.append(doc["_id"])
         if errors:
             raise BulkWriteError({"writeErrors": errors, "writeConcernErrors": []})
+
+    def bulk_write(self, ops: list[Any], ordered: bool = True) -> None:
+        """The sink's device_state and rollup_pending updates: accepted, not checked here."""
 
 
 def body(tenant: str, tag: int) -> bytes:
@@ -139,7 +144,11 @@ def test_only_the_written_prefix_is_acked(stopped: list[Scheduler]) -> None:
 
 def test_a_document_refused_three_times_is_dead_lettered(stopped: list[Scheduler]) -> None:
     collection = FakeCollection(refuse={doc_id("acme", 2)}, duplicate={doc_id("acme", 3)})
-    scheduler = scheduler_with(MongoSink({mongo.TELEMETRY: collection}))  # type: ignore[arg-type]
+    scheduler = scheduler_with(
+        MongoSink(
+            {mongo.TELEMETRY: collection, DEVICE_STATE: collection, ROLLUP_PENDING: collection}
+        )
+    )  # type: ignore[arg-type]
     stopped.append(scheduler)
     acme, channel = tenant_channel("acme")
     dead_before = sample("fairway_scheduler_dead_lettered_total", tenant="acme")

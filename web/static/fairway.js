@@ -58,6 +58,15 @@
     connect();
   }
 
+  // The newest of a device's per-stream latest values (device_state), or null.
+  function newestLatest(latest) {
+    let best = null;
+    for (const entry of Object.values(latest || {})) {
+      if (!best || Date.parse(entry.ts) > Date.parse(best.ts)) best = entry;
+    }
+    return best;
+  }
+
   async function dashboard() {
     const body = $("#devices tbody");
     const rows = {};
@@ -72,16 +81,18 @@
       cell(row, d.tenant);
       cell(row, d.online ? "online" : "offline", d.online ? "online" : "offline");
       cell(row, d.last_seen);
-      cell(row, "", "values");
+      const newest = newestLatest(d.latest);
+      cell(row, newest ? formatValues(newest.values) : "", "values");
+      cell(row, d.last_reading || "");
       rows[d.device] = row;
-      api("GET", `/api/devices/${encodeURIComponent(d.device)}/telemetry?limit=1`).then((h) => {
-        if (h.readings.length) row.cells[4].textContent = formatValues(h.readings[0].values);
-      });
     }
     live((event) => {
       const row = rows[event.device];
       if (!row) return;
-      if (event.kind === "telemetry") row.cells[4].textContent = formatValues(event.values);
+      if (event.kind === "telemetry") {
+        row.cells[4].textContent = formatValues(event.values);
+        row.cells[5].textContent = event.ts;
+      }
       if (event.kind === "status") {
         row.cells[2].textContent = event.online ? "online" : "offline";
         row.cells[2].className = event.online ? "online" : "offline";
@@ -143,7 +154,15 @@
       cursor = page.next_cursor;
       more.hidden = !cursor;
     };
-    if (readings.length) $("#latest").textContent = formatValues(readings[readings.length - 1].values);
+    const newest = newestLatest(info.latest);
+    if (newest) $("#latest").textContent = formatValues(newest.values);
+    $("#last-reading").textContent = info.last_reading || "–";
+    const streams = $("#streams tbody");
+    for (const [stream, entry] of Object.entries(info.latest || {})) {
+      const row = streams.insertRow();
+      row.id = `stream-${stream}`;
+      cell(row, stream); cell(row, entry.ts); cell(row, formatValues(entry.values));
+    }
     live((event) => {
       if (event.device !== device) return;
       if (event.kind === "status") {
@@ -152,6 +171,15 @@
       }
       if (event.kind !== "telemetry") return;
       $("#latest").textContent = formatValues(event.values);
+      $("#last-reading").textContent = event.ts;
+      let streamRow = document.getElementById(`stream-${event.stream}`);
+      if (!streamRow) {
+        streamRow = streams.insertRow();
+        streamRow.id = `stream-${event.stream}`;
+        cell(streamRow, event.stream); cell(streamRow, ""); cell(streamRow, "");
+      }
+      streamRow.cells[1].textContent = event.ts;
+      streamRow.cells[2].textContent = formatValues(event.values);
       addRow({ ts: event.ts, stream: event.stream, values: event.values }, true);
       let grew = false;
       for (const [k, v] of Object.entries(event.values)) {

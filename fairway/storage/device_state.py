@@ -1,0 +1,97 @@
+"""``device_state``: one document per device, derived from the readings the scheduler wrote.
+
+``{_id: <device>, tenant, first_ts, last_ts, latest: {<stream>: {ts, id, values}}}``.
+Every field only moves one way (``$min first_ts``, ``$max last_ts``, ``$max`` of each
+stream's latest ``{ts, id, values}``, which BSON compares by ``ts`` first, then the
+message id), so applying the same readings twice, late or out of order, changes nothing:
+the state always equals the fold of every reading applied so far. Reads are by ``_id`` or
+by ``tenant`` (equalities; never a scan of ``telemetry``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.database import Database
+
+DEVICE_STATE = "device_state"
+
+# FerretDB 1.24 on PostgreSQL hangs on an update command of ~50 statements (each holds a
+# pool connection until the command ends): never send more than this many per bulk_write.
+MAX_UPDATES_PER_BULK = 25
+
+
+@dataclass(slots=True)
+class DeviceDelta:
+    """What a set of readings says about one device; merged, it is their fold."""
+
+    tenant: str
+    first_ts: datetime
+    last_ts: datetime
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def merge(self, other: DeviceDelta) -> None:
+        """Fold ``other`` into this delta (same order-independent rules as the update)."""
+        self.first_ts = min(self.first_ts, other.first_ts)
+        self.last_ts = max(self.last_ts, other.last_ts)
+        for stream, entry in other.latest.items():
+            mine = self.latest.get(stream)
+            if mine is None or _rank(entry) > _rank(mine):
+                self.latest[stream] = entry
+
+
+def _rank(entry: dict[str, Any]) -> tuple[datetime, str]:
+    return entry["ts"], entry["id"]
+
+
+def latest_entry(doc: dict[str, Any]) -> dict[str, Any]:
+    """A reading's ``latest.<stream>`` value; key order matters (BSON compares in order)."""
+    return {"ts": doc["ts"], "id": doc["msg_id"], "values": doc["values"]}
+
+
+def fold(docs: Iterable[dict[str, Any]]) -> dict[str, DeviceDelta]:
+    """Per device, the delta of these stored-reading documents."""
+    deltas: dict[str, DeviceDelta] = {}
+    for doc in docs:
+        delta = DeviceDelta(doc["tenant"], doc["ts"], doc["ts"], {doc["stream"]: latest_entry(doc)})
+        known = deltas.get(doc["device"])
+        if known is None:
+            deltas[doc["device"]] = delta
+        else:
+            known.merge(delta)
+    return deltas
+
+
+def update_of(device: str, delta: DeviceDelta) -> UpdateOne:
+    """The idempotent upsert that folds ``delta`` into the device's state."""
+    newest: dict[str, Any] = {"last_ts": delta.last_ts}
+    newest.update({f"latest.{stream}": entry for stream, entry in delta.latest.items()})
+    return UpdateOne(
+        {"_id": device},
+        {"$set": {"tenant": delta.tenant}, "$min": {"first_ts": delta.first_ts}, "$max": newest},
+        upsert=True,
+    )
+
+
+def apply(db: Database, deltas: dict[str, DeviceDelta]) -> None:
+    """Fold ``deltas`` into ``device_state``, at most 25 updates per command; raise on error."""
+    ops = [update_of(device, delta) for device, delta in deltas.items()]
+    for start in range(0, len(ops), MAX_UPDATES_PER_BULK):
+        # Ordered: FerretDB stops at the first failing statement anyway, and these
+        # upserts never fail one by one; a raised error means "apply again later".
+        db[DEVICE_STATE].bulk_write(ops[start : start + MAX_UPDATES_PER_BULK], ordered=True)
+
+
+def get(db: Database, device: str) -> dict[str, Any] | None:
+    """The device's state, or None if nothing was written for it yet."""
+    return db[DEVICE_STATE].find_one({"_id": device})
+
+
+def of_tenant(db: Database, tenant: str | None) -> dict[str, dict[str, Any]]:
+    """State of every device of ``tenant`` (None: all tenants), by device id."""
+    query = {} if tenant is None else {"tenant": tenant}
+    return {doc["_id"]: doc for doc in db[DEVICE_STATE].find(query)}
