@@ -18,7 +18,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-DEVICE_STATE = "device_state"
+from fairway.storage.mongo import DEVICE_STATE
 
 # FerretDB 1.24 on PostgreSQL hangs on an update command of ~50 statements (each holds a
 # pool connection until the command ends): never send more than this many per bulk_write.

@@ -30,6 +30,7 @@ DEVICE_STATE = "device_state"
 
 
 ROLLUPS = "rollups"
+ROLLUP_PENDING = "rollup_pending"
 
 
 # Top-level fields queried by equality, per collection. On FerretDB with PostgreSQL these
@@ -39,6 +40,7 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     DEVICES: ("_id", "tenant"),
     DEVICE_STATE: ("_id", "tenant"),
     ROLLUPS: ("_id", "dk", "tk"),
+    ROLLUP_PENDING: ("_id",),
     TENANTS: ("_id",),
     REJECTIONS: ("device",),
 }

@@ -22,9 +22,8 @@ from pymongo.database import Database
 from fairway.kernel.contract import hour_key
 from fairway.storage import mongo
 from fairway.storage.device_state import MAX_UPDATES_PER_BULK
+from fairway.storage.mongo import ROLLUP_PENDING, ROLLUPS
 
-ROLLUPS = "rollups"
-ROLLUP_PENDING = "rollup_pending"
 HOUR = timedelta(hours=1)
 
 

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from fairway.kernel.contract import Reading, tenant_message, to_document
 from fairway.kernel.times import iso_z
-from fairway.storage import accounts, device_state, mongo, rollups
+from fairway.storage import accounts, device_state, mongo
 from fairway.storage.telemetry import MAX_HOUR_PROBES, floor_hour
 from tasks import rollup
 from tests.harness import Pipeline, wait_for
@@ -133,7 +133,7 @@ def expected_state(db: Any) -> dict[str, dict[str, Any]]:
 def actual_state(db: Any) -> dict[str, dict[str, Any]]:
     return {
         d["_id"]: {k: d[k] for k in ("first_ts", "last_ts", "latest")}
-        for d in db[device_state.DEVICE_STATE].find()
+        for d in db[mongo.DEVICE_STATE].find()
     }
 
 
@@ -169,7 +169,7 @@ def test_device_state_equals_a_fold_of_the_stored_readings(pipeline: Pipeline, a
     time.sleep(1.5)  # past a flush
     assert actual_state(pipeline.db) == expected_state(pipeline.db)
     # ... and the state is rebuilt from them when it was lost.
-    pipeline.db[device_state.DEVICE_STATE].delete_many({})
+    pipeline.db[mongo.DEVICE_STATE].delete_many({})
     pipeline.publish(messages)
     wait_for(lambda: actual_state(pipeline.db) == expected_state(pipeline.db), 15, "rebuilt")
 
@@ -213,7 +213,7 @@ def expected_rollups(db: Any, closed_before: datetime) -> dict[str, dict[str, An
 
 def actual_rollups(db: Any) -> dict[str, dict[str, Any]]:
     return {
-        r["_id"]: {k: r[k] for k in ("n", "metrics", "minutes")} for r in db[rollups.ROLLUPS].find()
+        r["_id"]: {k: r[k] for k in ("n", "metrics", "minutes")} for r in db[mongo.ROLLUPS].find()
     }
 
 
@@ -242,13 +242,13 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
     pipeline.publish(messages)
     pipeline.wait_stored(len(messages))
     opened = datetime.fromtimestamp(current, UTC)
-    marks = {m["_id"] for m in pipeline.db[rollups.ROLLUP_PENDING].find()}
+    marks = {m["_id"] for m in pipeline.db[mongo.ROLLUP_PENDING].find()}
     hours = [opened - timedelta(hours=h) for h in range(4)]
     assert marks == {f"a:{d}:{h:%Y%m%d%H}" for d in ("d1", "d2") for h in hours}
 
     result = rollup.roll_closed_hours(pipeline.db, grace_s=0)
     assert result == {"computed": 6, "kept": 0}
-    left = {m["_id"] for m in pipeline.db[rollups.ROLLUP_PENDING].find()}
+    left = {m["_id"] for m in pipeline.db[mongo.ROLLUP_PENDING].find()}
     assert left == {f"a:{d}:{opened:%Y%m%d%H}" for d in ("d1", "d2")}  # the open hour waits
     assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, opened)
 
