@@ -12,6 +12,10 @@ PYTEST_ARGS ?=
 # Defaults only; scripts/services.sh treats any other address as an external server it must not manage.
 export FAIRWAY_AMQP_URL ?= amqp://guest:guest@127.0.0.1:$(or $(FAIRWAY_RABBITMQ_PORT),5672)/%2F
 export FAIRWAY_MONGO_URL ?= mongodb://127.0.0.1:$(or $(FAIRWAY_MONGO_PORT),27017)/fairway
+# The PostgreSQL under the local FerretDB (scripts/services.sh), for its GIN indexes.
+ifneq ($(FAIRWAY_FERRETDB_BACKEND),sqlite)
+export FAIRWAY_POSTGRES_URL ?= postgres://postgres@127.0.0.1:$(or $(FAIRWAY_POSTGRES_PORT),5433)/ferretdb
+endif
 # Development only: production sets its own (see docs/deploy.md).
 export FAIRWAY_SECRET_KEY ?= fairway-development-key-not-for-production
 export FAIRWAY_RABBITMQ_MGMT_URL ?= http://guest:guest@127.0.0.1:$(or $(FAIRWAY_RABBITMQ_MGMT_PORT),15672)

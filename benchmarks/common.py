@@ -1,8 +1,10 @@
-"""Shared helpers of the benchmarks: isolated vhost and database, processes, statistics.
+"""Shared helpers of the benchmarks: output, statistics, queue filling.
 
-Every benchmark run gets a fresh RabbitMQ vhost (created and deleted through the
-management API) and a fresh database, so runs never see each other's messages and
-leave nothing behind. Broker and database locations come from the environment:
+Every benchmark run gets a fresh RabbitMQ vhost and a fresh database, so runs never
+see each other's messages and leave nothing behind: :func:`bench_env` is the tests'
+:class:`tests.harness.Pipeline`, and Fairway processes are the harness's
+:class:`tests.harness.FairwayProcess`. Broker and database locations come from the
+environment:
 
 * ``FAIRWAY_BENCH_AMQP_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``; the
   vhost path is replaced per run)
@@ -22,26 +24,17 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pika
-from pymongo import MongoClient
-from pymongo.database import Database
 
-from fairway.amqp import management as rabbitmq_api
-from fairway.devtools import processes
-from fairway.devtools.processes import free_port, wait_for
-from fairway.kernel import topology
+from fairway.devtools.processes import wait_for
 from fairway.kernel.settings import Settings
-from fairway.storage import mongo
+from tests.harness import Pipeline, running
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -159,109 +152,22 @@ def r(value: float, digits: int = 1) -> float:
     return round(value, digits)
 
 
-# -- RabbitMQ management API ---------------------------------------------------------
-def management(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """Call the RabbitMQ management HTTP API (``path`` below ``/api/``)."""
-    return rabbitmq_api.call(MGMT_URL, method, path, body)
-
-
-def unique(prefix: str) -> str:
-    """A fresh name: ``<prefix>-<time>-<random>`` (valid as vhost and database name)."""
-    return f"{prefix}-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+# -- the run's isolated vhost and database (the tests' harness) ------------------------
+BASE = Settings.from_env(amqp_url=AMQP_BASE, mongo_url=MONGO_BASE)
 
 
 @contextmanager
-def temp_vhost(prefix: str) -> Iterator[str]:
-    """A fresh vhost on which guest has every right; yields its AMQP URL; deleted after."""
-    name = unique(prefix)
-    quoted = urllib.parse.quote(name, safe="")
-    rabbitmq_api.create_vhost(MGMT_URL, name)
-    try:
-        parts = urllib.parse.urlsplit(AMQP_BASE)
-        yield urllib.parse.urlunsplit(parts._replace(path="/" + quoted))
-    finally:
-        with suppress(Exception):
-            rabbitmq_api.delete_vhost(MGMT_URL, name)
-
-
-@contextmanager
-def temp_db(prefix: str) -> Iterator[str]:
-    """A fresh database name; yields its MongoDB URL; dropped after."""
-    name = unique(prefix).replace("-", "_")
-    parts = urllib.parse.urlsplit(MONGO_BASE)
-    url = urllib.parse.urlunsplit(parts._replace(path="/" + name))
-    try:
-        yield url
-    finally:
-        client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=5000)
-        with suppress(Exception):
-            client.drop_database(name)
-        client.close()
-
-
-def settings_for(amqp_url: str, mongo_url: str, **overrides: Any) -> Settings:
-    """Fairway settings pointing at one benchmark vhost and database."""
-    return Settings.from_env(amqp_url=amqp_url, mongo_url=mongo_url, **overrides)
-
-
-@dataclass
-class Env:
-    """One benchmark's isolated vhost + database."""
-
-    settings: Settings
-    _db: Database | None = field(default=None, repr=False)
-
-    @property
-    def db(self) -> Database:
-        """The run's database (one client, opened on first use)."""
-        if self._db is None:
-            self._db = mongo.connect(self.settings)
-        return self._db
-
-    def with_(self, **overrides: Any) -> Settings:
-        """These settings with some fields changed."""
-        return Settings.from_env({}, **{**_fields(self.settings), **overrides})
-
-    @contextmanager
-    def channel(self) -> Iterator[Any]:
-        """A blocking channel on this vhost."""
-        with channel(self.settings) as ch:
-            yield ch
-
-
-def _fields(settings: Settings) -> dict[str, Any]:
-    return {k: getattr(settings, k) for k in settings.__dataclass_fields__}
-
-
-@contextmanager
-def bench_env(prefix: str, **overrides: Any) -> Iterator[Env]:
+def bench_env(prefix: str, **overrides: Any) -> Iterator[Pipeline]:
     """Fresh vhost and database, Fairway's shared topology declared, indexes created."""
-    with temp_vhost(prefix) as amqp_url, temp_db(prefix) as mongo_url:
-        env = Env(settings_for(amqp_url, mongo_url, **overrides))
-        try:
-            with env.channel() as ch:
-                topology.declare(ch, env.settings)
-            mongo.ensure_indexes(env.db)
-            yield env
-        finally:
-            if env._db is not None:
-                env._db.client.close()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    # Heartbeat-free channels: benchmark helpers may sit idle while something else runs.
+    with Pipeline(
+        BASE, LOGS, prefix=prefix, mgmt_url=MGMT_URL, channel_heartbeat=0, **overrides
+    ) as env:
+        yield env
 
 
 # -- AMQP helpers --------------------------------------------------------------------
-@contextmanager
-def channel(settings: Settings) -> Iterator[Any]:
-    """A blocking channel on ``settings.amqp_url``."""
-    params = pika.URLParameters(settings.amqp_url)
-    params.heartbeat = 0  # benchmark helpers may sit idle while something else runs
-    connection = pika.BlockingConnection(params)
-    try:
-        yield connection.channel()
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
 def queue_counts(ch: Any, names: Iterable[str]) -> dict[str, int]:
     """Ready messages per queue (passive declare; unacked deliveries are not counted)."""
     return {n: ch.queue_declare(n, passive=True).method.message_count for n in names}
@@ -307,109 +213,12 @@ def publish_all(
 
 
 # -- processes -----------------------------------------------------------------------
-def proc_status(pid: int) -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` (peak RSS) of a process, in kB."""
-    out: dict[str, int] = {}
-    with suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    return out
-
-
-def parse_metrics(text: str) -> dict[str, dict[str, float]]:
-    """Prometheus text format -> {metric name: {label string: value}}."""
-    out: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        name, brace, labels = key.partition("{")
-        out.setdefault(name, {})[brace and labels.rstrip("}")] = float(value)
-    return out
-
-
-def label_values(samples: dict[str, dict[str, float]], name: str, label: str) -> dict[str, float]:
-    """{value of ``label``: sample} for one metric."""
-    out: dict[str, float] = {}
-    for labels, value in samples.get(name, {}).items():
-        for part in labels.split(","):
-            k, _, v = part.partition("=")
-            if k == label:
-                out[v.strip('"')] = value
-    return out
-
-
-@dataclass
-class FairwayProcess:
-    """A running ``python -m fairway ...`` child and its metrics endpoint."""
-
-    proc: subprocess.Popen[bytes]
-    metrics_port: int
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        """The child's pid."""
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        """True while it runs."""
-        return self.proc.poll() is None
-
-    def metrics(self, *names: str) -> dict[str, dict[str, float]]:
-        """Scrape its Prometheus endpoint (only ``names`` if given: much cheaper)."""
-        query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics{query}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return parse_metrics(response.read().decode())
-
-    def metric_sum(self, name: str) -> float:
-        """Sum of one metric over all its label sets."""
-        return sum(self.metrics(name).get(name, {}).values())
-
-    def metric_by(self, name: str, label: str) -> dict[str, float]:
-        """{label value: sample} of one metric."""
-        return label_values(self.metrics(name), name, label)
-
-    def wait_metrics(self, timeout: float = 30.0) -> None:
-        """Wait until the endpoint answers (the process has started)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.alive():
-                raise RuntimeError(f"process exited early; see {self.log_path}")
-            try:
-                self.metrics()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def status(self) -> dict[str, int]:
-        """VmRSS / VmHWM in kB."""
-        return proc_status(self.pid)
-
-    def stop(self) -> int:
-        """SIGTERM, wait for the drain (SIGKILL after 30 s)."""
-        return processes.stop(self.proc)
-
-
-@contextmanager
-def fairway_process(command: list[str], settings: Settings, label: str) -> Iterator[FairwayProcess]:
-    """Run ``python -m fairway <command>`` with a metrics port; log to ``out/logs/<label>.log``."""
+def fairway_process(command: list[str], settings: Settings, label: str) -> Any:
+    """``python -m fairway <command>`` for a ``with`` block, logging to ``out/logs/<label>.log``."""
     LOGS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     log_path = LOGS / f"{label}.log"
     log_path.unlink(missing_ok=True)
-    child_settings = Settings.from_env({}, **{**_fields(settings), "metrics_port": port})
-    proc = processes.start(command, child_settings, log_path)
-    fp = FairwayProcess(proc, port, log_path)
-    try:
-        yield fp
-    finally:
-        fp.stop()
+    return running(command, settings, log_path)
 
 
 def python_module(module: str, args: list[str], label: str) -> subprocess.Popen[bytes]:

@@ -26,12 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import Env, r, ratio, say
+from benchmarks.common import r, ratio, say
 from fairway.devtools import simulator
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message, to_document
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
+from tests.harness import Pipeline
 
 NAME = "end_to_end"
 STORED = "fairway_scheduler_stored_total"
@@ -39,7 +40,7 @@ TENANTS = simulator.tenant_ids(10)
 DEVICES_PER_TENANT = 5
 
 
-def provision(env: Env) -> dict[str, list[str]]:
+def provision(env: Pipeline) -> dict[str, list[str]]:
     """Tenants with their queues, and registered devices."""
     by_tenant = {t: simulator.device_ids(t, DEVICES_PER_TENANT) for t in TENANTS}
     with env.channel() as ch:
@@ -102,8 +103,8 @@ def pipeline(args: Any) -> dict[str, Any]:
             ) as sched,
             common.fairway_process(["relay"], env.settings, f"{NAME}-relay") as relay,
         ):
-            sched.wait_metrics()
-            relay.wait_metrics()
+            sched.wait_ready()
+            relay.wait_ready()
             samples: list[tuple[float, float]] = []
             stop = threading.Event()
 

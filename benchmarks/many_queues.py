@@ -41,10 +41,11 @@ import pika
 from pika.adapters.select_connection import IOLoop
 
 from benchmarks import common
-from benchmarks.common import Env, r, say
+from benchmarks.common import r, say
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
 from fairway.storage import mongo, registry
+from tests.harness import Pipeline
 
 NAME = "many_queues"
 FANOUT = "bench.fanout"
@@ -154,7 +155,7 @@ class SeedConsumer:
 
 
 # -- set-up and filling ------------------------------------------------------------------
-def provision(env: Env, tenants: list[str]) -> None:
+def provision(env: Pipeline, tenants: list[str]) -> None:
     """Tenant docs for the scheduler; tenant queues (its exact arguments) bound to the fanout."""
     max_backlog = env.settings.tenant_max_backlog
     with env.channel() as ch:
@@ -172,7 +173,7 @@ def queue_names(tenants: list[str]) -> list[str]:
     return [topology.tenant_queue_name(t) for t in tenants]
 
 
-def fill(env: Env, tenants: list[str], per_queue: int, via: str) -> float:
+def fill(env: Pipeline, tenants: list[str], per_queue: int, via: str) -> float:
     """Fill every queue with ``per_queue`` messages; return seconds taken."""
     started = time.perf_counter()
     now = time.time()
@@ -188,14 +189,14 @@ def fill(env: Env, tenants: list[str], per_queue: int, via: str) -> float:
     return time.perf_counter() - started
 
 
-def leftover(env: Env, tenants: list[str]) -> int:
+def leftover(env: Pipeline, tenants: list[str]) -> int:
     """Ready messages left in all queues."""
     with env.channel() as ch:
         return sum(common.queue_counts(ch, queue_names(tenants)).values())
 
 
 # -- contenders --------------------------------------------------------------------------
-def run_seed(env: Env, tenants: list[str], per_queue: int, args: Any) -> dict[str, Any]:
+def run_seed(env: Pipeline, tenants: list[str], per_queue: int, args: Any) -> dict[str, Any]:
     """(a) the seed design's consumer in a child process."""
     child = common.python_module(
         "benchmarks.many_queues",
@@ -231,7 +232,7 @@ def run_seed(env: Env, tenants: list[str], per_queue: int, args: Any) -> dict[st
 
 
 def run_scheduler(
-    env: Env, tenants: list[str], per_queue: int, sink: str, label: str, timeout: float
+    env: Pipeline, tenants: list[str], per_queue: int, sink: str, label: str, timeout: float
 ) -> dict[str, Any]:
     """(b)/(c) ``python -m fairway scheduler --sink <sink>``, timed from outside."""
     expected = len(tenants) * per_queue
@@ -253,7 +254,7 @@ def run_scheduler(
             if first - spawned > timeout:
                 raise TimeoutError("scheduler never consumed")
             time.sleep(0.001)
-        proc.wait_metrics()
+        proc.wait_ready()
         # Last message settled: poll the stored counter, interpolate the crossing.
         prev_t, prev_n = first, 0.0
         polls = 0
@@ -285,7 +286,7 @@ def run_scheduler(
     return result
 
 
-def mongo_stored(env: Env) -> int:
+def mongo_stored(env: Pipeline) -> int:
     """Documents in ``telemetry`` (a full scan on FerretDB: only at the end)."""
     return env.db[mongo.TELEMETRY].count_documents({})
 

@@ -21,17 +21,18 @@ import time
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import Env, FairwayProcess, r, say
+from benchmarks.common import r, say
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
 from fairway.provision import provision_tenant
+from tests.harness import FairwayProcess, Pipeline
 
 NAME = "memory"
 STORED = "fairway_scheduler_stored_total"
 TENANTS = [f"mem{i}" for i in range(10)]
 
 
-def provision(env: Env) -> None:
+def provision(env: Pipeline) -> None:
     """Tenants and their queues."""
     for tenant in TENANTS:
         provision_tenant(env.settings, tenant, 1, env.settings.tenant_max_backlog)
@@ -42,7 +43,7 @@ def queue_names() -> list[str]:
     return [topology.tenant_queue_name(t) for t in TENANTS]
 
 
-def top_up(env: Env, per_queue: int, tag: str) -> tuple[int, float]:
+def top_up(env: Pipeline, per_queue: int, tag: str) -> tuple[int, float]:
     """Fill every queue up to ``per_queue`` ready messages; return (published, seconds)."""
     started = time.perf_counter()
     now = time.time()
@@ -84,10 +85,10 @@ def watch_rss(proc: FairwayProcess, until: Any, interval: float = 0.1) -> dict[s
     }
 
 
-def run_phase(env: Env, sink: str, label: str, until: Any) -> dict[str, Any]:
+def run_phase(env: Pipeline, sink: str, label: str, until: Any) -> dict[str, Any]:
     """Start the scheduler, watch its memory until ``until(proc, t0)``, stop it."""
     with common.fairway_process(["scheduler", "--sink", sink], env.settings, label) as proc:
-        proc.wait_metrics()
+        proc.wait_ready()
         t0 = time.monotonic()
         stored: list[float] = [0.0]
         stop = threading.Event()

@@ -48,11 +48,12 @@ from typing import Any
 import pika
 
 from benchmarks import common
-from benchmarks.common import Env, FairwayProcess, percentile, r, ratio, say
+from benchmarks.common import percentile, r, ratio, say
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
 from fairway.kernel.settings import Settings
 from fairway.storage import registry
+from tests.harness import FairwayProcess, Pipeline, label_values
 
 NAME = "noisy_neighbor"
 NOISY = "nn0"
@@ -74,7 +75,9 @@ def body(tenant: str, device: str, mid: str, now: float) -> bytes:
 
 # -- environments ------------------------------------------------------------------------
 @contextmanager
-def pipeline(prefix: str, tenants: dict[str, int], fifo: bool, **settings: Any) -> Iterator[Env]:
+def pipeline(
+    prefix: str, tenants: dict[str, int], fifo: bool, **settings: Any
+) -> Iterator[Pipeline]:
     """Fresh vhost + database with the tenants (or the single FIFO tenant) provisioned."""
     # No override for FIFO: its one backlogged queue is granted the whole buffer budget,
     # the same budget DRR shares among its backlogged tenants.
@@ -94,7 +97,7 @@ def route(tenant: str, fifo: bool) -> str:
     return FIFO if fifo else tenant
 
 
-def fill(env: Env, sequence: list[str], fifo: bool, tag: str, wait: bool = True) -> float:
+def fill(env: Pipeline, sequence: list[str], fifo: bool, tag: str, wait: bool = True) -> float:
     """Publish one message per entry of ``sequence`` (a tenant id), in that order."""
     started = time.perf_counter()
     now = time.time()
@@ -133,10 +136,10 @@ def noisy_arrivals(total: int, noisy_factor: int = 100) -> list[str]:
 
 
 @contextmanager
-def scheduler(env: Env, label: str) -> Iterator[FairwayProcess]:
+def scheduler(env: Pipeline, label: str) -> Iterator[FairwayProcess]:
     """The scheduler with the MongoDB sink, metrics endpoint up."""
     with common.fairway_process(["scheduler", "--sink", "mongo"], env.settings, label) as proc:
-        proc.wait_metrics()
+        proc.wait_ready()
         yield proc
 
 
@@ -166,7 +169,7 @@ def calibrate(per_tenant: int) -> dict[str, Any]:
 
 # -- 2. latency ------------------------------------------------------------------------------
 def load(
-    env: Env,
+    env: Pipeline,
     proc: FairwayProcess,
     *,
     fifo: bool,
@@ -322,7 +325,7 @@ def summarize(latencies: list[float]) -> dict[str, Any]:
 
 
 def sample_timeline(
-    env: Env,
+    env: Pipeline,
     proc: FairwayProcess,
     fifo: bool,
     stop: threading.Event,
@@ -335,8 +338,8 @@ def sample_timeline(
         with env.channel() as ch:
             while not stop.wait(1.0):
                 m = proc.metrics(LAG_COUNT, "fairway_scheduler_buffered")
-                stored = common.label_values(m, LAG_COUNT, "tenant")  # by document tenant
-                buffered = common.label_values(m, "fairway_scheduler_buffered", "tenant")
+                stored = label_values(m, LAG_COUNT, "tenant")  # by document tenant
+                buffered = label_values(m, "fairway_scheduler_buffered", "tenant")
                 ready = common.queue_counts(ch, names)
                 timeline.append(
                     {

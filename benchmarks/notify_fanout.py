@@ -33,7 +33,6 @@ import random
 import resource
 import statistics
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import pika
 
 from benchmarks import common
 from benchmarks.common import r, say
+from fairway.amqp.connection import blocking_channel
 from fairway.devtools.processes import free_port
 from fairway.domain import notify, pushtoken
 from fairway.kernel import topology
@@ -161,22 +161,19 @@ async def open_sessions(port: int, users: list[tuple[str, str]], sink: Sink) -> 
 
 def publish_steady(settings: Any, users: list[tuple[str, str]], rate: float, n: int) -> float:
     """Publish ``n`` telemetry events for random users' ``d0`` at ``rate``/s; return seconds."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    ch = connection.channel()
     props = pika.BasicProperties(content_type="application/json")
     rng = random.Random(7)
-    t0 = time.perf_counter()
-    for i in range(n):
-        due = t0 + i / rate
-        while (delay := due - time.perf_counter()) > 0:
-            time.sleep(delay)
-        _user, tenant = rng.choice(users)
-        body = {"kind": "telemetry", "tenant": tenant, "device": "d0", "seq": i}
-        body["sent"] = time.time()
-        ch.basic_publish(topology.EVENTS, f"telemetry.{tenant}.d0", orjson.dumps(body), props)
-    elapsed = time.perf_counter() - t0
-    connection.close()
-    return elapsed
+    with blocking_channel(settings, "bench-notify-publisher") as ch:
+        t0 = time.perf_counter()
+        for i in range(n):
+            due = t0 + i / rate
+            while (delay := due - time.perf_counter()) > 0:
+                time.sleep(delay)  # paces the publishes: the rate is the workload
+            _user, tenant = rng.choice(users)
+            body = {"kind": "telemetry", "tenant": tenant, "device": "d0", "seq": i}
+            body["sent"] = time.time()
+            ch.basic_publish(topology.EVENTS, f"telemetry.{tenant}.d0", orjson.dumps(body), props)
+        return time.perf_counter() - t0
 
 
 def change_rate_e2e(
@@ -234,17 +231,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gateway_metric(port: int, name: str) -> float:
-    """One sample of the gateway's metrics."""
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{port}/metrics?name[]={name}", timeout=10
-    ) as rsp:
-        for line in rsp.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
-
-
 async def run(args: Any) -> dict[str, Any]:
     """All phases against one gateway; the result JSON."""
     n_users = common.scaled(100, args.scale, 2)
@@ -262,10 +248,8 @@ async def run(args: Any) -> dict[str, Any]:
         with env.channel() as ch:
             create_users(ch, users)
         with common.fairway_process(["gateway"], settings, f"{NAME}-gateway") as gw:
-            gw.wait_metrics()
-            common.poll_until(
-                lambda: gateway_metric(gw.metrics_port, "fairway_gateway_amqp_up") == 1, 30
-            )
+            gw.wait_ready()
+            common.poll_until(lambda: gw.metric("fairway_gateway_amqp_up") == 1, 30)
             rss_idle = gw.status()
             sink = Sink()
             clients, open_times, open_s = await open_sessions(settings.gateway_port, users, sink)
@@ -291,7 +275,7 @@ async def run(args: Any) -> dict[str, Any]:
 
             # -- subscription changes -------------------------------------------------
             rounds = []
-            with common.channel(settings) as ch:
+            with env.channel() as ch:
                 queues = look_alike_queues(ch, settings, users)
                 durable = durable_user_exchanges(ch, users)
                 for i in range(args.rounds):
@@ -333,8 +317,8 @@ async def run(args: Any) -> dict[str, Any]:
             while sink.by_device[key] < SESSIONS_PER_USER and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             check_sessions = sink.by_device[key]
-            slow = gateway_metric(gw.metrics_port, "fairway_gateway_slow_disconnects_total")
-            delivered = gateway_metric(gw.metrics_port, "fairway_gateway_delivered_total")
+            slow = gw.metric("fairway_gateway_slow_disconnects_total")
+            delivered = gw.metric("fairway_gateway_delivered_total")
             for c in clients:
                 c.close()
             load_after = os.getloadavg()

@@ -31,13 +31,14 @@ import orjson
 import pika
 
 from benchmarks import common
-from benchmarks.common import Env, r, say
+from benchmarks.common import r, say
 from fairway.kernel import topology
 from fairway.kernel.contract import parse_reading, tenant_message
 from fairway.kernel.reasons import Rejection
 from fairway.kernel.settings import Settings
 from fairway.provision import provision_tenant
 from fairway.storage import mongo, registry
+from tests.harness import Pipeline
 
 NAME = "relay"
 TENANTS = [f"rl{i:02d}" for i in range(10)]
@@ -49,7 +50,7 @@ def device_ids() -> list[str]:
     return [f"{t}-d{j:02d}" for t in TENANTS for j in range(DEVICES_PER_TENANT)]
 
 
-def provision(env: Env) -> None:
+def provision(env: Pipeline) -> None:
     """Tenants, their queues, and the registered devices."""
     for tenant in TENANTS:
         provision_tenant(env.settings, tenant, 1, env.settings.tenant_max_backlog)
@@ -57,7 +58,7 @@ def provision(env: Env) -> None:
         registry.register_device(env.db, device.split("-")[0], device)
 
 
-def fill_ingest(env: Env, count: int, run: int) -> float:
+def fill_ingest(env: Pipeline, count: int, run: int) -> float:
     """Publish ``count`` valid readings to ``telemetry``; return seconds."""
     started = time.perf_counter()
     devices = device_ids()
@@ -76,14 +77,14 @@ def fill_ingest(env: Env, count: int, run: int) -> float:
     return time.perf_counter() - started
 
 
-def purge_tenant_queues(env: Env) -> None:
+def purge_tenant_queues(env: Pipeline) -> None:
     """Empty the tenant queues between contenders."""
     with env.channel() as ch:
         for tenant in TENANTS:
             ch.queue_purge(topology.tenant_queue_name(tenant))
 
 
-def measure(env: Env, count: int, alive: Any, timeout: float) -> dict[str, float]:
+def measure(env: Pipeline, count: int, alive: Any, timeout: float) -> dict[str, float]:
     """Time ingest -> tenant queues from outside; ``alive()`` says the contender runs."""
     names = [topology.tenant_queue_name(t) for t in TENANTS]
     with env.channel() as ch:
@@ -115,7 +116,7 @@ def measure(env: Env, count: int, alive: Any, timeout: float) -> dict[str, float
     return {"first": first, "last": last, "startup_s": first - started, "rejected": rejected}
 
 
-def run_fairway(env: Env, count: int, timeout: float) -> dict[str, Any]:
+def run_fairway(env: Pipeline, count: int, timeout: float) -> dict[str, Any]:
     """One ``python -m fairway relay``."""
     with common.fairway_process(["relay"], env.settings, f"{NAME}-fairway_relay") as proc:
         t = measure(env, count, proc.alive, timeout)
@@ -123,7 +124,7 @@ def run_fairway(env: Env, count: int, timeout: float) -> dict[str, Any]:
     return _result(count, t, rss_mb=r(status.get("VmHWM", 0) / 1024))
 
 
-def run_minimal(env: Env, mode: str, count: int, timeout: float) -> dict[str, Any]:
+def run_minimal(env: Pipeline, mode: str, count: int, timeout: float) -> dict[str, Any]:
     """A minimal relay (``sync_confirm`` or ``unconfirmed``) in a child process."""
     child = common.python_module(
         "benchmarks.relay",

@@ -1,4 +1,9 @@
-"""The ``fairway`` command: administration and every long-running process."""
+"""The ``fairway`` command: administration and every long-running process.
+
+Each process command imports its process's module inside the command, so an
+administration command does not load Flask, Twisted or Celery; every process is
+started the same way, by its module's ``run(settings)``.
+"""
 
 from __future__ import annotations
 
@@ -206,11 +211,9 @@ def scheduler(settings: Settings, sink: str) -> None:
 @click.pass_obj
 def web_server(settings: Settings, threads: int) -> None:
     """Serve the web app (and the broker's auth endpoints) with waitress."""
-    import waitress
+    from web.server import run
 
-    from web import create_app
-
-    waitress.serve(create_app(), host=settings.web_host, port=settings.web_port, threads=threads)
+    run(settings, threads)
 
 
 @main.command("gateway")

@@ -224,11 +224,9 @@ class Monitor(AmqpService):
         return [self._telemetry]
 
     def _declare_telemetry(self, channel: Channel, then: Callable[[], None]) -> None:
-        args = {
-            "x-max-length": self.settings.monitor_queue_max_length,
-            "x-overflow": "drop-head",
-            "x-queue-type": self.settings.queue_type,
-        }
+        args = topology.queue_arguments(
+            self.settings.monitor_queue_max_length, "drop-head", self.settings.queue_type
+        )
 
         def declared(_frame: Any) -> None:
             channel.queue_bind(
@@ -242,7 +240,8 @@ class Monitor(AmqpService):
         self.consume_on(channel, self._feed)
 
     def _declare_feed(self, channel: Channel, then: Callable[[], None]) -> None:
-        args = {"x-max-length": self.settings.monitor_queue_max_length, "x-overflow": "drop-head"}
+        # Exclusive queues cannot be quorum queues: the broker's default type.
+        args = topology.queue_arguments(self.settings.monitor_queue_max_length, "drop-head")
 
         def declared(frame: Any) -> None:
             queue = self._feed.queue = frame.method.queue

@@ -6,10 +6,15 @@
 # All state (data, logs, pid files, built binaries) lives under .services/
 # (override with FAIRWAY_SERVICES_DIR). Every subcommand is idempotent.
 #
+# The MongoDB-compatible database is FerretDB on a private PostgreSQL cluster
+# (FAIRWAY_FERRETDB_BACKEND=postgresql, the default; Debian's postgresql is installed if missing)
+# or on SQLite files (FAIRWAY_FERRETDB_BACKEND=sqlite); a real mongod is used if installed.
+# start-mongo/stop-mongo start and stop FerretDB only; PostgreSQL stays up until `down`.
+#
 # Other knobs (defaults in brackets): FAIRWAY_RABBITMQ_NODE [fairway@localhost],
 # FAIRWAY_RABBITMQ_PORT [5672], FAIRWAY_RABBITMQ_MGMT_PORT [15672], FAIRWAY_RABBITMQ_MQTT_PORT [1883],
-# FAIRWAY_RABBITMQ_PROMETHEUS_PORT [15692], FAIRWAY_MONGO_PORT [27017],
-# FAIRWAY_RABBITMQ_TIMEOUT [120 s], FAIRWAY_MONGO_TIMEOUT [30 s].
+# FAIRWAY_RABBITMQ_PROMETHEUS_PORT [15692], FAIRWAY_MONGO_PORT [27017], FAIRWAY_POSTGRES_PORT [5433],
+# FAIRWAY_RABBITMQ_TIMEOUT [120 s], FAIRWAY_MONGO_TIMEOUT [30 s], FAIRWAY_POSTGRES_TIMEOUT [60 s].
 # If FAIRWAY_AMQP_URL / FAIRWAY_MONGO_URL point anywhere other than 127.0.0.1 on those ports,
 # that server is used as-is and nothing is started or stopped for it.
 set -euo pipefail
@@ -43,6 +48,16 @@ MONGO_TIMEOUT="${FAIRWAY_MONGO_TIMEOUT:-30}"
 FERRETDB_VERSION=v1.24.2
 FERRETDB_MODULE=github.com/FerretDB/FerretDB
 FERRETDB_BIN="$BIN_DIR/ferretdb"
+FERRETDB_BACKEND="${FAIRWAY_FERRETDB_BACKEND:-postgresql}"
+FERRETDB_BACKEND_FILE="$RUN_DIR/ferretdb.backend"
+
+PG_PORT="${FAIRWAY_POSTGRES_PORT:-5433}"
+PG_DIR="$SERVICES_DIR/postgres"
+PG_DATA="$PG_DIR/data"
+PG_LOG="$PG_DIR/postgres.log"
+PG_DB=ferretdb
+PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"
+PG_TIMEOUT="${FAIRWAY_POSTGRES_TIMEOUT:-60}"
 
 mkdir -p "$RUN_DIR" "$LOG_DIR" "$BIN_DIR"
 # rabbitmqctl and the node authenticate with ~/.erlang.cookie, so HOME must be set and stable.
@@ -421,6 +436,154 @@ status_rabbitmq() {
     return 1
 }
 
+# ---------------------------------------------------------------- PostgreSQL (FerretDB's backend)
+
+# The directory of initdb/pg_ctl/psql: Debian's newest /usr/lib/postgresql/<v>/bin, else PATH.
+pg_bin() {
+    local dir
+    dir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1)"
+    if [[ -n "$dir" && -x "$dir/pg_ctl" ]]; then
+        echo "$dir"
+    elif command -v pg_ctl >/dev/null; then
+        dirname "$(command -v pg_ctl)"
+    else
+        return 1
+    fi
+}
+
+install_postgresql() {
+    pg_bin >/dev/null && return 0
+    log "postgresql is not installed; installing it with apt-get (one-time)"
+    local apt_log="$LOG_DIR/apt-postgresql.log"
+    command -v apt-get >/dev/null || die "PostgreSQL (>= 13) is required for FerretDB; install it and re-run (or set FAIRWAY_FERRETDB_BACKEND=sqlite)"
+    as_root true 2>/dev/null || die "postgresql is not installed and we are not root (no passwordless sudo). Run: sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql"
+    # As for RabbitMQ: keep the package from starting its system cluster on 5432.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [[ ! -e "$policy" ]]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy" && added_policy=1
+    fi
+    local rc=0
+    {
+        apt-cache show postgresql >/dev/null 2>&1 || as_root timeout 900 apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -q postgresql ||
+            { as_root timeout 900 apt-get update -q &&
+                as_root env DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -q postgresql; }
+    } >>"$apt_log" 2>&1 || rc=$?
+    ((added_policy)) && as_root rm -f "$policy"
+    if ((rc != 0)); then
+        show_log_tail "$apt_log"
+        die "apt-get install postgresql failed (log: $apt_log)"
+    fi
+    pg_bin >/dev/null || die "pg_ctl still not found after apt-get install postgresql"
+}
+
+# PostgreSQL refuses to run as root: as root, run its tools as the package's "postgres" user.
+as_postgres() {
+    if [[ "$(id -u)" == 0 ]]; then
+        getent passwd postgres >/dev/null || die "running as root but there is no 'postgres' user to run PostgreSQL as"
+        if command -v runuser >/dev/null; then
+            runuser -u postgres -- "$@"
+        else
+            su postgres -s /bin/sh -c "$(printf '%q ' "$@")"
+        fi
+    else
+        "$@"
+    fi
+}
+
+psql_admin() {
+    "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tA "$@"
+}
+
+pg_pid() {
+    [[ -s "$PG_DATA/postmaster.pid" ]] || return 0
+    head -n 1 "$PG_DATA/postmaster.pid" | tr -dc '0-9'
+}
+
+pg_ours_alive() { pid_alive "$(pg_pid)"; }
+
+pg_ready() { psql_admin -c 'SELECT 1' >/dev/null 2>&1; }
+
+pg_boot_check() {
+    pg_ours_alive || return "$GIVE_UP"
+    pg_ready
+}
+
+# The database FerretDB stores into, planned so that its GIN expression indexes are used.
+pg_prepare_database() {
+    if [[ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]]; then
+        psql_admin -c "CREATE DATABASE $PG_DB" >/dev/null || die "could not create database $PG_DB"
+    fi
+    # FerretDB sends prepared statements (`_jsonb->$1 @> $2`); a generic plan cannot match an
+    # expression index, so every statement is planned with its values. Set before FerretDB
+    # connects: sessions read it when they start.
+    psql_admin -c "ALTER DATABASE $PG_DB SET plan_cache_mode = force_custom_plan" >/dev/null ||
+        die "could not set plan_cache_mode on $PG_DB"
+}
+
+start_postgres() {
+    if pg_ours_alive; then
+        wait_until "$PG_TIMEOUT" pg_boot_check || die "PostgreSQL (pid $(pg_pid)) not answering on 127.0.0.1:$PG_PORT (log: $PG_LOG)"
+        pg_prepare_database
+        log "PostgreSQL: already running (pid $(pg_pid)) on 127.0.0.1:$PG_PORT"
+        return 0
+    fi
+    tcp_open 127.0.0.1 "$PG_PORT" &&
+        die "port $PG_PORT is in use by a process not started by this script; free it or set FAIRWAY_POSTGRES_PORT"
+    install_postgresql
+    local bin
+    bin="$(pg_bin)"
+    mkdir -p "$PG_DIR"
+    [[ "$(id -u)" == 0 ]] && chown -R postgres:postgres "$PG_DIR"
+    as_postgres test -w "$PG_DIR" ||
+        die "the postgres user cannot write $PG_DIR (every parent directory must be searchable by it)"
+    if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
+        log "PostgreSQL: creating a cluster in $PG_DATA (one-time)"
+        as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+            >>"$LOG_DIR/postgres-initdb.log" 2>&1 || {
+            show_log_tail "$LOG_DIR/postgres-initdb.log"
+            die "initdb failed (log: $LOG_DIR/postgres-initdb.log)"
+        }
+    fi
+    log "PostgreSQL: starting $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
+    # TCP on loopback only, no Unix socket (its path would depend on how deep .services is).
+    as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$PG_TIMEOUT" \
+        -o "-p $PG_PORT -k '' -c listen_addresses=127.0.0.1" start </dev/null >/dev/null 9>&- || {
+        show_log_tail "$PG_LOG"
+        die "PostgreSQL failed to start (log: $PG_LOG)"
+    }
+    wait_until "$PG_TIMEOUT" pg_boot_check || {
+        show_log_tail "$PG_LOG"
+        die "PostgreSQL not answering on 127.0.0.1:$PG_PORT after ${PG_TIMEOUT}s (log: $PG_LOG)"
+    }
+    pg_prepare_database
+    log "PostgreSQL: ready (pid $(pg_pid)), database $PG_DB"
+}
+
+stop_postgres() {
+    if ! pg_ours_alive; then
+        [[ -d "$PG_DATA" ]] && log "PostgreSQL: not running"
+        return 0
+    fi
+    log "PostgreSQL: stopping (pid $(pg_pid))"
+    as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null ||
+        terminate "$(pg_pid)" PostgreSQL 10
+    log "PostgreSQL: stopped"
+}
+
+status_postgres() {
+    if pg_ours_alive && pg_ready; then
+        echo "postgres: running  pid $(pg_pid)  $PG_URL"
+        return 0
+    fi
+    if pg_ours_alive; then
+        echo "postgres: starting (pid $(pg_pid), not answering yet)  $PG_URL"
+    else
+        echo "postgres: stopped"
+    fi
+    return 1
+}
+
 # ---------------------------------------------------------------- MongoDB-compatible DB
 
 # external: FAIRWAY_MONGO_URL points elsewhere; mongod: a real MongoDB is installed; else FerretDB.
@@ -524,13 +687,26 @@ build_ferretdb() {
     log "FerretDB: built $FERRETDB_BIN ($("$FERRETDB_BIN" --version | head -n 1))"
 }
 
+# The backend the running FerretDB was started with (one started before backends existed: sqlite).
+running_backend() {
+    local backend=sqlite
+    [[ -s "$FERRETDB_BACKEND_FILE" ]] && backend="$(<"$FERRETDB_BACKEND_FILE")"
+    echo "$backend"
+}
+
 launch_ferretdb() {
     build_ferretdb
-    local data="$SERVICES_DIR/ferretdb/data" state="$SERVICES_DIR/ferretdb/state"
+    local data="$SERVICES_DIR/ferretdb/data" state="$SERVICES_DIR/ferretdb/state" backend_args
     mkdir -p "$data" "$state"
-    log "MongoDB: starting FerretDB $FERRETDB_VERSION (SQLite backend) on 127.0.0.1:$MONGO_PORT"
+    if [[ "$FERRETDB_BACKEND" == postgresql ]]; then
+        backend_args=(--handler=postgresql --postgresql-url="$PG_URL")
+    else
+        backend_args=(--handler=sqlite --sqlite-url="file:$data/")
+    fi
+    log "MongoDB: starting FerretDB $FERRETDB_VERSION ($FERRETDB_BACKEND backend) on 127.0.0.1:$MONGO_PORT"
+    echo "$FERRETDB_BACKEND" >"$FERRETDB_BACKEND_FILE"
     spawn "$MONGO_PID_FILE" "$LOG_DIR/ferretdb.log" "$FERRETDB_BIN" \
-        --handler=sqlite --sqlite-url="file:$data/" --state-dir="$state" \
+        "${backend_args[@]}" --state-dir="$state" \
         --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr=- --telemetry=disable
 }
 
@@ -560,6 +736,13 @@ start_mongo() {
         return 0
     fi
     local state=ready
+    if [[ "$mode" == ferretdb ]] && pid_alive "$(mongo_pid)" && [[ "$(running_backend)" != "$FERRETDB_BACKEND" ]]; then
+        log "MongoDB: FerretDB runs on $(running_backend) but FAIRWAY_FERRETDB_BACKEND=$FERRETDB_BACKEND; restarting it"
+        stop_mongo
+    fi
+    if [[ "$mode" == ferretdb && "$FERRETDB_BACKEND" == postgresql ]]; then
+        start_postgres # also when FerretDB runs: PostgreSQL may have been stopped under it
+    fi
     if pid_alive "$(mongo_pid)"; then
         state="already running"
     elif tcp_open 127.0.0.1 "$MONGO_PORT"; then
@@ -576,7 +759,9 @@ start_mongo() {
         ((rc == GIVE_UP)) && die "$mode exited during startup (log: $(mongo_log))"
         die "$mode not answering on 127.0.0.1:$MONGO_PORT after ${MONGO_TIMEOUT}s (log: $(mongo_log))"
     fi
-    log "MongoDB: $mode $state at $MONGO_URL (pid $(mongo_pid))"
+    local backend=""
+    [[ "$mode" == ferretdb ]] && backend=" on $(running_backend)"
+    log "MongoDB: $mode$backend $state at $MONGO_URL (pid $(mongo_pid))"
 }
 
 stop_mongo() {
@@ -620,12 +805,14 @@ status_mongo() {
         echo "mongo: stopped (external, not answering)  $MONGO_URL"
         return 1
     fi
+    local what="$mode"
+    [[ "$mode" == ferretdb ]] && what="ferretdb ($(running_backend) backend)"
     if pid_alive "$pid"; then
         if mongo_ping; then
-            echo "mongo: running  pid $pid  $mode  $MONGO_URL"
+            echo "mongo: running  pid $pid  $what  $MONGO_URL"
             return 0
         fi
-        echo "mongo: starting (pid $pid, not answering yet)  $mode  $MONGO_URL"
+        echo "mongo: starting (pid $pid, not answering yet)  $what  $MONGO_URL"
         return 1
     fi
     if mongo_ping; then
@@ -638,10 +825,18 @@ status_mongo() {
 
 # ---------------------------------------------------------------- commands
 
+# PostgreSQL matters when FerretDB is to run on it, or when ours is up anyway.
+postgres_in_use() {
+    [[ "$(mongo_mode)" == ferretdb && "$FERRETDB_BACKEND" == postgresql ]] || pg_ours_alive
+}
+
 status_all() {
     local rc=0
     status_rabbitmq || rc=3
     status_mongo || rc=3
+    if postgres_in_use; then
+        status_postgres || rc=3
+    fi
     return "$rc"
 }
 
@@ -660,6 +855,8 @@ usage() {
 
 main() {
     [[ $# -eq 1 ]] || usage
+    [[ "$FERRETDB_BACKEND" == postgresql || "$FERRETDB_BACKEND" == sqlite ]] ||
+        die "FAIRWAY_FERRETDB_BACKEND must be postgresql or sqlite, not '$FERRETDB_BACKEND'"
     case "$1" in
     status)
         status_all || exit 3
@@ -669,11 +866,16 @@ main() {
         start_rabbitmq
         start_mongo
         status_all || exit 3
+        if [[ "$(mongo_mode)" == ferretdb && "$(running_backend)" == postgresql ]]; then
+            # Fairway creates FerretDB's missing GIN indexes through this (fairway/storage/ferretdb.py).
+            log "for the GIN indexes: export FAIRWAY_POSTGRES_URL=$PG_URL"
+        fi
         ;;
     down)
         take_lock
         stop_rabbitmq
         stop_mongo
+        stop_postgres
         ;;
     start-rabbitmq)
         take_lock

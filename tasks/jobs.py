@@ -9,6 +9,8 @@ keeps or rewrites the one export file, and deletes what retention had left.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,12 +24,19 @@ from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, ROLLUP_TASK, Jo
 from tasks.report import TooManyReadings, build_report
 
 
-def _too_slow(kind: str, settings: Settings) -> JobFailed:
-    return JobFailed(
-        f"the {kind} ran past its time limit of {settings.report_soft_time_limit_s:g} s "
-        "(FAIRWAY_REPORT_SOFT_TIME_LIMIT_S) and was stopped; choose a shorter range or "
-        "one device"
-    )
+@contextmanager
+def _explained_failures(kind: str, settings: Settings) -> Iterator[None]:
+    """Turn a passed time limit or too large a range into a failure the user can act on."""
+    try:
+        yield
+    except SoftTimeLimitExceeded:
+        raise JobFailed(
+            f"the {kind} ran past its time limit of {settings.report_soft_time_limit_s:g} s "
+            "(FAIRWAY_REPORT_SOFT_TIME_LIMIT_S) and was stopped; choose a shorter range or "
+            "one device"
+        ) from None
+    except TooManyReadings as exc:
+        raise JobFailed(str(exc)) from None
 
 
 class ReportTask(JobTask):
@@ -46,7 +55,7 @@ class ExportTask(JobTask):
 def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dict[str, Any]:
     """Statistics per metric and time bucket over a tenant's (or a device's) readings."""
     settings = self.settings
-    try:
+    with _explained_failures("report", settings):
         return build_report(
             self.db,
             tenant,
@@ -55,10 +64,6 @@ def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dic
             self.progress,
             settings.report_db_share,
         )
-    except SoftTimeLimitExceeded:
-        raise _too_slow("report", settings) from None
-    except TooManyReadings as exc:
-        raise JobFailed(str(exc)) from None
 
 
 @shared_task(bind=True, base=ExportTask, name=EXPORT_TASK)
@@ -68,7 +73,7 @@ def export_readings(
     """Write the readings as CSV to GridFS; the API streams it from there."""
     settings = self.settings
     job_id = self.request.id
-    try:
+    with _explained_failures("export", settings):
         result = export.export_csv(
             self.db,
             job_id,
@@ -78,10 +83,6 @@ def export_readings(
             self.progress,
             settings.report_db_share,
         )
-    except SoftTimeLimitExceeded:
-        raise _too_slow("export", settings) from None
-    except TooManyReadings as exc:
-        raise JobFailed(str(exc)) from None
     return {**result, "download": f"/api/jobs/{job_id}/download"}
 
 

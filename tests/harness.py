@@ -1,8 +1,11 @@
-"""Test harness: an isolated Fairway pipeline on the real services.
+"""An isolated Fairway pipeline on the real services, shared by the tests and the benchmarks.
 
-Each :class:`Pipeline` gets its own RabbitMQ vhost and its own database, so tests
-never see each other's messages. Relay and scheduler run as real child processes
-(``python -m fairway relay|scheduler``), so tests can SIGTERM or SIGKILL them.
+Each :class:`Pipeline` gets its own RabbitMQ vhost and its own database, so runs
+never see each other's messages and leave nothing behind. Fairway processes run as
+real children (``python -m fairway relay|scheduler|...``, :class:`FairwayProcess`),
+so callers can scrape their metrics and SIGTERM or SIGKILL them.
+
+This module does not import pytest: ``benchmarks/`` uses it as it is.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import orjson
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 from pymongo.database import Database
 
 from fairway.amqp import management as rabbitmq_api
+from fairway.amqp.connection import blocking_channel
 from fairway.devtools import processes
 from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel import topology
@@ -36,18 +43,7 @@ SERVICES = ROOT / "scripts" / "services.sh"
 MGMT_URL = os.environ.get("FAIRWAY_RABBITMQ_MGMT_URL", rabbitmq_api.DEFAULT_URL)
 
 
-def scrape_metric(port: int, name: str, **labels: str) -> float:
-    """A sample from the Prometheus endpoint on ``port`` (0 if absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    key = f"{name}{{{want}}}" if want else name
-    for line in text.splitlines():
-        if line.startswith(key + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
+# -- the services ------------------------------------------------------------------------
 def management(method: str, path: str, body: dict | None = None) -> Any:
     """Call the RabbitMQ management HTTP API (``path`` below ``/api/``)."""
     return rabbitmq_api.call(MGMT_URL, method, path, body)
@@ -58,33 +54,181 @@ def services(command: str) -> None:
     subprocess.run([str(SERVICES), command], check=True, cwd=ROOT, timeout=300)
 
 
-class Pipeline:
-    """One isolated vhost + database, and the Fairway processes running on them."""
+# -- Prometheus metrics ------------------------------------------------------------------
+def parse_metrics(text: str) -> dict[str, dict[str, float]]:
+    """Prometheus text format -> {metric name: {label string: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        name, brace, labels = key.partition("{")
+        out.setdefault(name, {})[brace and labels.rstrip("}")] = float(value)
+    return out
 
-    def __init__(self, base: Settings, workdir: Path, **overrides: Any) -> None:
-        self.name = f"t-{uuid.uuid4().hex[:10]}"
-        amqp = urllib.parse.urlsplit(base.amqp_url)
-        mongo = urllib.parse.urlsplit(base.mongo_url)
+
+def _labels(text: str) -> dict[str, str]:
+    pairs = (part.partition("=") for part in text.split(",") if part)
+    return {k: v.strip('"') for k, _, v in pairs}
+
+
+def label_values(samples: dict[str, dict[str, float]], name: str, label: str) -> dict[str, float]:
+    """{value of ``label``: sample} for one metric."""
+    out: dict[str, float] = {}
+    for labels, value in samples.get(name, {}).items():
+        if label in (parsed := _labels(labels)):
+            out[parsed[label]] = value
+    return out
+
+
+def scrape(port: int, *names: str) -> dict[str, dict[str, float]]:
+    """The samples on the Prometheus endpoint on ``port`` (only ``names`` if given: cheaper)."""
+    query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=10) as r:
+        return parse_metrics(r.read().decode())
+
+
+def scrape_metric(port: int, name: str, **labels: str) -> float:
+    """One sample from the Prometheus endpoint on ``port`` (0 if absent)."""
+    for text, value in scrape(port, name).get(name, {}).items():
+        if _labels(text) == labels:
+            return value
+    return 0.0
+
+
+# -- processes ---------------------------------------------------------------------------
+def proc_status(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` (peak RSS) of a process, in kB."""
+    out: dict[str, int] = {}
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class FairwayProcess:
+    """A running ``python -m fairway ...`` child and its metrics endpoint."""
+
+    proc: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        """The child's pid."""
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """True while it runs."""
+        return self.proc.poll() is None
+
+    def wait_ready(self, port: int | None = None, timeout: float = 30.0) -> None:
+        """Wait until ``port`` (default: the metrics endpoint) answers; fail if it exits."""
+        port = port or self.metrics_port
+        wait_for(
+            lambda: _answers(port) or not self.alive(), timeout, f"{self.log_path.stem} to start"
+        )
+        if not self.alive():
+            raise RuntimeError(
+                f"{self.log_path.stem} exited with {self.proc.returncode} at start; "
+                f"see {self.log_path}"
+            )
+
+    def metrics(self, *names: str) -> dict[str, dict[str, float]]:
+        """Scrape its Prometheus endpoint (only ``names`` if given: much cheaper)."""
+        return scrape(self.metrics_port, *names)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample (0 if absent)."""
+        return scrape_metric(self.metrics_port, name, **labels)
+
+    def metric_sum(self, name: str) -> float:
+        """Sum of one metric over all its label sets."""
+        return sum(self.metrics(name).get(name, {}).values())
+
+    def metric_by(self, name: str, label: str) -> dict[str, float]:
+        """{label value: sample} of one metric."""
+        return label_values(self.metrics(name), name, label)
+
+    def status(self) -> dict[str, int]:
+        """VmRSS / VmHWM in kB."""
+        return proc_status(self.pid)
+
+    def stop(self) -> int:
+        """SIGTERM, wait for the drain (SIGKILL after 30 s); return the exit code."""
+        return processes.stop(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash at an arbitrary point."""
+        processes.kill(self.proc)
+
+
+def start_process(command: list[str], settings: Settings, log_path: Path) -> FairwayProcess:
+    """Start ``python -m fairway <command>`` with its own metrics port; do not wait."""
+    port = free_port()
+    child = Settings.from_env(settings.environ(), metrics_port=port)
+    return FairwayProcess(processes.start(command, child, log_path), port, log_path)
+
+
+@contextmanager
+def running(command: list[str], settings: Settings, log_path: Path) -> Iterator[FairwayProcess]:
+    """:func:`start_process` for the length of a ``with`` block; stopped after it."""
+    child = start_process(command, settings, log_path)
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+# -- the isolated pipeline ---------------------------------------------------------------
+def _replace_path(url: str, path: str) -> str:
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + path))
+
+
+class Pipeline:
+    """One isolated vhost + database, and the Fairway processes running on them.
+
+    ``channel_heartbeat`` applies to this object's own blocking channels only (0: none,
+    for callers that hold a channel idle while something else runs).
+    """
+
+    def __init__(
+        self,
+        base: Settings,
+        workdir: Path,
+        prefix: str = "t",
+        mgmt_url: str = MGMT_URL,
+        channel_heartbeat: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.name = f"{prefix}-{uuid.uuid4().hex[:10]}"
         self.settings = Settings.from_env(
             base.environ(),
-            **{
-                "amqp_url": urllib.parse.urlunsplit(amqp._replace(path="/" + self.name)),
-                "mongo_url": urllib.parse.urlunsplit(mongo._replace(path="/" + self.name)),
-                "tenant_refresh_s": 0.5,
-                "device_cache_ttl_s": 1.0,
-                "secret_key": base.secret_key or "fairway-test-secret-key-0123456789",
-                **overrides,
-            },
+            amqp_url=_replace_path(base.amqp_url, self.name),
+            mongo_url=_replace_path(base.mongo_url, self.name),
+            **overrides,
         )
         self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.metrics_ports: dict[str, int] = {}
+        self.mgmt_url = mgmt_url
+        self.channel_heartbeat = channel_heartbeat
+        self.procs: dict[str, FairwayProcess] = {}
         self._db: Database | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def create(self) -> Pipeline:
-        """Create the vhost (guest gets full rights) and declare the topology."""
-        rabbitmq_api.create_vhost(MGMT_URL, self.name)
+        """Create the vhost (guest gets full rights), declare the topology, index the db."""
+        rabbitmq_api.create_vhost(self.mgmt_url, self.name)
         with self.channel() as channel:
             topology.declare(channel, self.settings)
         mongo.ensure_indexes(self.db)
@@ -95,66 +239,74 @@ class Pipeline:
         for name in list(self.procs):
             self.stop(name)
         with suppress(Exception):
-            rabbitmq_api.delete_vhost(MGMT_URL, self.name)
+            rabbitmq_api.delete_vhost(self.mgmt_url, self.name)
         if self._db is not None:
             self._db.client.drop_database(self.name)
             self._db.client.close()
 
+    def __enter__(self) -> Pipeline:
+        return self.create()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.destroy()
+
+    def with_(self, **overrides: Any) -> Settings:
+        """This pipeline's settings with some fields changed."""
+        return Settings.from_env(self.settings.environ(), **overrides)
+
     @property
     def db(self) -> Database:
-        """This pipeline's database."""
+        """This pipeline's database (one client, opened on first use)."""
         if self._db is None:
             self._db = mongo.connect(self.settings)
         return self._db
 
     @contextmanager
-    def channel(self, username: str = "guest", password: str = "guest") -> Iterator[Any]:
+    def channel(
+        self, username: str = "guest", password: str = "guest"
+    ) -> Iterator[BlockingChannel]:
         """A blocking channel on this vhost (optionally as another broker user)."""
-        params = pika.URLParameters(self.settings.amqp_url)
-        params.credentials = pika.PlainCredentials(username, password)
-        connection = pika.BlockingConnection(params)
-        try:
-            yield connection.channel()
-        finally:
-            if connection.is_open:
-                connection.close()
+        parts = urllib.parse.urlsplit(self.settings.amqp_url)
+        user = urllib.parse.quote(username, safe="") + ":" + urllib.parse.quote(password, safe="")
+        query = parts.query
+        if self.channel_heartbeat is not None:
+            query = "&".join(filter(None, [query, f"heartbeat={self.channel_heartbeat}"]))
+        url = urllib.parse.urlunsplit(
+            parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}", query=query)
+        )
+        with blocking_channel(self.with_(amqp_url=url), f"harness-{username}") as channel:
+            yield channel
 
     # -- processes ---------------------------------------------------------------
-    def start(self, role: str, *args: str, **overrides: Any) -> subprocess.Popen[bytes]:
-        """Start ``fairway <role>`` (relay, scheduler) as a child process."""
-        port = free_port()
-        settings = Settings.from_env(self.settings.environ(), metrics_port=port, **overrides)
-        proc = processes.start([role, *args], settings, self.workdir / f"{role}.log")
-        self.procs[role] = proc
-        self.metrics_ports[role] = port
-        ready = {"web": settings.web_port, "gateway": settings.gateway_port}.get(role, port)
-        wait_for(lambda: self._answers(ready) or proc.poll() is not None, 30, f"{role} to start")
-        assert proc.poll() is None, f"{role} exited with {proc.returncode} at start"
-        return proc
-
-    @staticmethod
-    def _answers(port: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+    def start(self, role: str, *args: str, **overrides: Any) -> FairwayProcess:
+        """Start ``fairway <role>`` as a child process and wait until it answers."""
+        settings = self.with_(**overrides)
+        child = start_process([role, *args], settings, self.workdir / f"{role}.log")
+        self.procs[role] = child
+        ready = {"web": settings.web_port, "gateway": settings.gateway_port}.get(role)
+        child.wait_ready(ready)
+        return child
 
     def stop(self, role: str) -> int:
         """SIGTERM and wait; return the exit code."""
-        return processes.stop(self.procs.pop(role))
+        return self.procs.pop(role).stop()
 
     def kill(self, role: str) -> None:
         """SIGKILL: crash at an arbitrary point."""
-        processes.kill(self.procs.pop(role))
+        self.procs.pop(role).kill()
 
     def alive(self, role: str) -> bool:
         """True while the process runs."""
-        return self.procs[role].poll() is None
+        return self.procs[role].alive()
 
     def metric(self, role: str, name: str, **labels: str) -> float:
         """Current value of a Prometheus sample of a running process (0 if absent)."""
-        return scrape_metric(self.metrics_ports[role], name, **labels)
+        return self.procs[role].metric(name, **labels)
 
     # -- provisioning and traffic --------------------------------------------------
     def tenant(self, tenant_id: str, weight: int = 1, max_backlog: int | None = None) -> None:
@@ -188,7 +340,7 @@ class Pipeline:
     def rejected(self, expect: int, timeout: float = 30.0) -> list[tuple[dict, bytes]]:
         """Wait until ``rejected`` holds ``expect`` messages; return (headers, body) of each."""
         wait_for(lambda: self.depth(topology.REJECTED) >= expect, timeout, f"{expect} rejected")
-        out = []
+        out: list[tuple[dict, bytes]] = []
         with self.channel() as channel:
             while True:
                 method, props, body = channel.basic_get(topology.REJECTED, auto_ack=True)
@@ -200,6 +352,12 @@ class Pipeline:
         """Messages ready in ``queue`` (passive declare)."""
         with self.channel() as channel:
             return channel.queue_declare(queue, passive=True).method.message_count
+
+    def queue(self, name: str) -> dict[str, Any]:
+        """The management API's view of one of this vhost's queues (type, stats, ...)."""
+        vhost = urllib.parse.quote(self.name, safe="")
+        path = f"queues/{vhost}/{urllib.parse.quote(name, safe='')}"
+        return rabbitmq_api.call(self.mgmt_url, "GET", path)
 
     def stored(self, **query: Any) -> int:
         """Number of telemetry documents matching ``query``."""

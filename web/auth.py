@@ -135,12 +135,20 @@ def check_tenant(tenant: str) -> None:
 def visible_device(device_id: str, tenant: str | None = None) -> dict[str, Any]:
     """The device document if the caller may see it (and it is ``tenant``'s), else 404."""
     doc = registry.device_document(get_db(), device_id)
-    if doc is None or (tenant is not None and doc["tenant"] != tenant):
-        raise ApiError(404, "not_found", f"no device {device_id!r}")
+    if doc is not None and tenant is not None and doc["tenant"] != tenant:
+        doc = None
+    return visible_or_404(doc, "device", device_id)
+
+
+def visible_or_404(doc: dict[str, Any] | None, kind: str, ident: str) -> dict[str, Any]:
+    """``doc`` if it exists and the caller may see its tenant; else 404, the same for both,
+    so another tenant's ids cannot be told from missing ones."""
+    if doc is None:
+        raise ApiError(404, "not_found", f"no {kind} {ident!r}")
     try:
         check_tenant(doc["tenant"])
     except ApiError:
-        raise ApiError(404, "not_found", f"no device {device_id!r}") from None
+        raise ApiError(404, "not_found", f"no {kind} {ident!r}") from None
     return doc
 
 

@@ -30,12 +30,12 @@ from tasks import export
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
 from web.auth import (
-    check_tenant,
     current_user,
     json_body,
     login_required,
     tenant_scope,
     visible_device,
+    visible_or_404,
 )
 from web.database import get_db
 from web.errors import ApiError
@@ -153,13 +153,7 @@ def create_export() -> tuple[dict, int, dict]:
 def visible_job(job_id: str) -> dict[str, Any]:
     """The job record if the caller may see it, else 404."""
     job = job_records.get_job(get_db(), job_id) if len(job_id) <= 64 else None
-    if job is None:
-        raise ApiError(404, "not_found", f"no job {job_id!r}")
-    try:
-        check_tenant(job["tenant"])
-    except ApiError:
-        raise ApiError(404, "not_found", f"no job {job_id!r}") from None
-    return job
+    return visible_or_404(job, "job", job_id)
 
 
 def failure_message(exc: Any) -> str:

@@ -143,7 +143,7 @@ class SessionQueue:
     def arguments(self) -> dict[str, Any]:
         """Bounded; ``drop-head`` so a live feed that falls behind keeps the newest events."""
         return queue_arguments(
-            self.max_length, "drop-head", **{"x-message-ttl": self.message_ttl_ms}
+            self.max_length, "drop-head", extra={"x-message-ttl": self.message_ttl_ms}
         )
 
     def declare_kwargs(self) -> dict[str, Any]:

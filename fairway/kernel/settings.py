@@ -231,6 +231,9 @@ class Settings:
         BROKER,
         Url(("mongodb", "mongodb+srv"), check_port=False),
     )
+    # The PostgreSQL under FerretDB (scripts/services.sh's default): Fairway adds the GIN
+    # indexes FerretDB's pushdown needs there. Empty: none (MongoDB, FerretDB on SQLite).
+    postgres_url: str = setting("", BROKER, Url(("postgres", "postgresql"), optional=True))
 
     # -- message contract
     max_message_bytes: int = setting(65_536, CONTRACT, AT_LEAST_1)

@@ -41,18 +41,21 @@ class Channel(Protocol):
 
 
 def queue_arguments(
-    max_length: int, overflow: str = "reject-publish", queue_type: str | None = None, **extra: Any
+    max_length: int,
+    overflow: str = "reject-publish",
+    queue_type: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``x-`` arguments of a bounded queue; every Fairway queue is declared with these.
 
     ``overflow`` is ``reject-publish`` (publishers are told) or ``drop-head`` (live
     feeds keep the newest); ``queue_type`` None leaves the broker's default (classic),
-    as exclusive queues require. ``extra`` are further ``x-`` arguments, by their names.
+    as exclusive queues require. ``extra`` holds further ``x-`` arguments.
     """
     args: dict[str, Any] = {"x-max-length": max_length, "x-overflow": overflow}
     if queue_type is not None:
         args["x-queue-type"] = queue_type
-    args.update(extra)
+    args.update(extra or {})
     return args
 
 
@@ -68,7 +71,7 @@ class QueueSpec:
 
     def arguments(self) -> dict[str, Any]:
         """The ``x-`` arguments, identical on every declaration."""
-        return queue_arguments(self.max_length, queue_type=self.queue_type, **self.extra)
+        return queue_arguments(self.max_length, queue_type=self.queue_type, extra=self.extra)
 
     def declare(self, channel: Channel) -> None:
         """Declare the queue and its bindings."""

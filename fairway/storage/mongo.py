@@ -12,6 +12,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
 
 from fairway.kernel.settings import Settings
+from fairway.storage import ferretdb
 
 TENANTS = "tenants"
 
@@ -23,6 +24,24 @@ TELEMETRY = "telemetry"
 
 
 REJECTIONS = "rejections"
+
+
+DEVICE_STATE = "device_state"
+
+
+ROLLUPS = "rollups"
+
+
+# Top-level fields queried by equality, per collection. On FerretDB with PostgreSQL these
+# get GIN indexes (fairway/storage/ferretdb.py): the only indexes its pushdown can use.
+EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
+    TELEMETRY: ("_id", "tenant", "device", "hk"),
+    DEVICES: ("_id", "tenant"),
+    DEVICE_STATE: ("_id", "tenant"),
+    ROLLUPS: ("_id", "dk", "tk"),
+    TENANTS: ("_id",),
+    REJECTIONS: ("device",),
+}
 
 
 DUPLICATE_KEY = 11000
@@ -40,10 +59,18 @@ def connect(settings: Settings, **client_options: Any) -> Database:
     return client.get_default_database(default="fairway")
 
 
-def ensure_indexes(db: Database) -> None:
-    """Create the indexes the pipeline and the API query by (idempotent)."""
+def ensure_indexes(db: Database, postgres_url: str | None = None) -> None:
+    """Create the indexes the pipeline and the API query by (idempotent).
+
+    On FerretDB with PostgreSQL, also the GIN indexes of :data:`EQUALITY_FIELDS`, given
+    ``postgres_url`` (default: ``FAIRWAY_POSTGRES_URL``; empty: none).
+    """
     db[TELEMETRY].create_index(
         [("tenant", ASCENDING), ("device", ASCENDING), ("ts", DESCENDING)], name="tenant_device_ts"
     )
     db[DEVICES].create_index([("tenant", ASCENDING)], name="tenant")
     db[REJECTIONS].create_index([("device", ASCENDING), ("at", DESCENDING)], name="device_at")
+    if postgres_url is None:
+        # Callers hold only a Database; the URL belongs to the deployment, not to them.
+        postgres_url = Settings.from_env().postgres_url
+    ferretdb.ensure_gin_indexes(db, postgres_url, EQUALITY_FIELDS)

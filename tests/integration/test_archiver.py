@@ -13,8 +13,6 @@ from fairway.storage import mongo
 from fairway.storage.rejections import list_rejections, trim
 from tests.harness import Pipeline, reading, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 def archived(pipeline: Pipeline, **query: object) -> int:
     return pipeline.db[mongo.REJECTIONS].count_documents(query)

@@ -9,8 +9,6 @@ from fairway.storage import registry
 from tests.harness import Pipeline
 from web import create_app
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def client(pipeline: Pipeline) -> FlaskClient:

@@ -1,5 +1,6 @@
 """A real browser (Debian's headless Chromium, driven by Selenium) against every process:
-log in, open a device page, a device publishes, the chart and values update live."""
+a bad password is refused; log in, open a device page, a device publishes, the chart,
+latest value and history update live; the dashboard lists the tenant's devices."""
 
 from __future__ import annotations
 
@@ -53,14 +54,51 @@ def _points(chrome: webdriver.Chrome) -> int:
     return int(chrome.find_element(By.ID, "chart").get_attribute("data-points") or 0)
 
 
+def _text(chrome: webdriver.Chrome, css: str) -> str:
+    return chrome.find_element(By.CSS_SELECTOR, css).text
+
+
+def _chart_pixels(chrome: webdriver.Chrome) -> str:
+    """What the chart's canvas shows, as a data URL (changes when it is redrawn)."""
+    canvas = chrome.find_element(By.CSS_SELECTOR, "#chart canvas")
+    return str(chrome.execute_script("return arguments[0].toDataURL();", canvas))
+
+
+def _log_in(chrome: webdriver.Chrome, user: str, password: str) -> None:
+    chrome.find_element(By.NAME, "user").send_keys(user)
+    chrome.find_element(By.NAME, "password").send_keys(password)
+    chrome.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+
+
+def test_login_page_refuses_a_bad_password(pipeline: Pipeline, browser: webdriver.Chrome) -> None:
+    pipeline.settings = dataclasses.replace(pipeline.settings, web_port=free_port())
+    pipeline.tenant("acme")
+    accounts.create_user(pipeline.db, "ada", PASSWORD, accounts.ADMIN, "acme")
+    pipeline.start("web")
+    web = f"http://127.0.0.1:{pipeline.settings.web_port}"
+
+    browser.get(f"{web}/")
+    assert "/login" in browser.current_url  # pages need a session
+    _log_in(browser, "ada", PASSWORD + " but wrong")
+    wait = WebDriverWait(browser, 20, poll_frequency=0.02)
+    alert = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "p.error[role=alert]"))
+    assert alert[0].text == "unknown user or wrong password"
+    assert "/login" in browser.current_url
+    assert browser.find_element(By.NAME, "user").get_attribute("value") == "ada"
+    assert browser.find_element(By.NAME, "password").get_attribute("value") == ""
+    browser.get(f"{web}/devices/boiler-1")
+    assert "/login" in browser.current_url  # no session was granted
+
+
 def test_device_page_updates_live(pipeline: Pipeline, browser: webdriver.Chrome) -> None:
     pipeline.settings = dataclasses.replace(
         pipeline.settings, web_port=free_port(), gateway_port=free_port()
     )
     pipeline.tenant("acme")
     pipeline.device("acme", "boiler-1")
+    pipeline.device("acme", "boiler-2")
     accounts.create_user(pipeline.db, "ada", PASSWORD, accounts.ADMIN, "acme")
-    pipeline.publish([("boiler-1.env", reading(time.time() - 60, temp=20.0), {})])
+    pipeline.publish([("boiler-1.env", reading(time.time() - 60, temp=20.5), {})])
     for role in ("relay", "scheduler", "gateway", "web"):
         pipeline.start(role)
     pipeline.wait_stored(1)
@@ -68,22 +106,34 @@ def test_device_page_updates_live(pipeline: Pipeline, browser: webdriver.Chrome)
 
     browser.get(f"{web}/devices/boiler-1")
     assert "/login" in browser.current_url  # pages need a session
-    browser.find_element(By.NAME, "user").send_keys("ada")
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    _log_in(browser, "ada", PASSWORD)
     wait = WebDriverWait(browser, 20, poll_frequency=0.02)
     wait.until(lambda b: b.current_url.endswith("/devices/boiler-1"))
     wait.until(lambda b: _points(b) == 1)  # history drawn by the served chart library
     wait.until(lambda b: "on" in b.find_element(By.ID, "live").get_attribute("class").split())
+    assert _text(browser, "#device-id") == "boiler-1"
+    assert _text(browser, "#latest") == "temp=20.5"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+    assert [[td.text for td in row.find_elements(By.TAG_NAME, "td")][1:] for row in rows] == [
+        ["env", "temp=20.5"]
+    ]
+    canvas = browser.find_element(By.CSS_SELECTOR, "#chart canvas")
+    assert int(canvas.get_attribute("width")) > 100 and int(canvas.get_attribute("height")) > 100
+    assert "temp" in _text(browser, "#chart")  # the series' legend
 
     delays = []
     for value in (31.5, 32.5, 33.5):
-        before = _points(browser)
+        before, pixels = _points(browser), _chart_pixels(browser)
         sent = time.monotonic()
         pipeline.publish([("boiler-1.env", reading(temp=value), {})])
         wait.until(lambda b, v=value: f"temp={v}" in b.find_element(By.ID, "latest").text)
         wait.until(lambda b, n=before: _points(b) == n + 1)
         delays.append(time.monotonic() - sent)
+        assert _text(browser, "#latest") == f"temp={value}"
+        wait.until(lambda b, p=pixels: _chart_pixels(b) != p)  # the canvas was redrawn
+        rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+        assert len(rows) == before + 1
+        assert rows[0].find_elements(By.TAG_NAME, "td")[2].text == f"temp={value}"  # newest first
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "device-page.png"
     browser.save_screenshot(str(shot))
@@ -94,3 +144,17 @@ def test_device_page_updates_live(pipeline: Pipeline, browser: webdriver.Chrome)
     assert min(delays) <= 1.0, delays
     scripts = [s.get_attribute("src") for s in browser.find_elements(By.TAG_NAME, "script")]
     assert all(s.startswith(web) for s in scripts if s), scripts  # no CDN
+
+    # The dashboard: a row per device of the tenant, its last values updated live.
+    browser.get(f"{web}/")
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#devices tbody tr")) == 2)
+    wait.until(lambda b: _text(b, "#device-boiler-1 td:nth-child(5)") == "temp=33.5")
+    for device in ("boiler-1", "boiler-2"):
+        link = browser.find_element(By.CSS_SELECTOR, f"#device-{device} td:first-child a")
+        assert link.text == device
+        assert link.get_attribute("href") == f"{web}/devices/{device}"
+        assert _text(browser, f"#device-{device} td:nth-child(2)") == "acme"
+    assert _text(browser, "#device-boiler-2 td:nth-child(5)") == ""
+    wait.until(lambda b: "on" in b.find_element(By.ID, "live").get_attribute("class").split())
+    pipeline.publish([("boiler-2.env", reading(temp=7.5), {})])
+    wait.until(lambda b: _text(b, "#device-boiler-2 td:nth-child(5)") == "temp=7.5")

@@ -13,8 +13,6 @@ import pytest
 from fairway.kernel import topology
 from tests.harness import Pipeline, reading, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 @contextmanager
 def listen(pipeline: Pipeline, key: str) -> Iterator[Any]:

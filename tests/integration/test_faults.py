@@ -10,6 +10,7 @@ import os
 import random
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -17,11 +18,44 @@ from fairway.devtools.simulator import Simulator, Summary, device_ids, tenant_id
 from fairway.kernel import topology
 from fairway.storage import mongo
 from tests.harness import Pipeline, management, services, wait_for
+from tests.integration.queue_types import BOTH, CLASSIC, QUORUM
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = pytest.mark.faults
 
 MESSAGES = int(os.environ.get("FAIRWAY_TEST_FAULT_MESSAGES", "50000"))
 OUTAGE_S = float(os.environ.get("FAIRWAY_TEST_DB_OUTAGE_S", "30"))
+QUORUM_MESSAGES = int(os.environ.get("FAIRWAY_TEST_QUORUM_MESSAGES", "15000"))
+
+
+@dataclass(frozen=True)
+class Run:
+    """The shape of a crash or drain run on one queue type (quorum queues are slower)."""
+
+    messages: int
+    tenants: int
+    devices: int
+    rate: float
+    roles: tuple[str, ...]  # killed (or stopped) and restarted, in this order
+    seed: int = 0
+    up_s: tuple[float, float] = (0.0, 0.0)  # random time before each kill
+    down_s: tuple[float, float] = (0.0, 0.0)  # random time dead before the restart
+
+
+KILL_RUNS = {
+    CLASSIC: Run(
+        MESSAGES, 5, 10, 5000, ("scheduler", "relay", "scheduler", "relay"), 20261124,
+        (0.5, 2.0), (0.0, 1.0),
+    ),
+    QUORUM: Run(
+        QUORUM_MESSAGES, 4, 5, 4000, ("scheduler", "relay", "scheduler"), 20261125,
+        (0.5, 1.5), (0.0, 0.5),
+    ),
+}  # fmt: skip
+# Twice, SIGTERM then restart these roles (classic: both, so the relay drains too).
+DRAIN_RUNS = {
+    CLASSIC: Run(MESSAGES // 5, 5, 10, 5000, ("scheduler", "relay")),
+    QUORUM: Run(QUORUM_MESSAGES, 4, 5, 4000, ("scheduler",)),
+}
 
 
 def _provision(pipeline: Pipeline, tenants: int = 5, devices: int = 10) -> dict[str, list[str]]:
@@ -72,17 +106,25 @@ def _assert_exactly_once(pipeline: Pipeline, publishers: list[Publisher]) -> Non
     assert pipeline.depth(topology.REJECTED) == 0
 
 
-def test_kill_9_scheduler_and_relay_at_random_points(pipeline: Pipeline) -> None:
-    by_tenant = _provision(pipeline)
+def _start_run(pipeline: Pipeline, run: Run) -> tuple[dict[str, list[str]], Publisher]:
+    """Provision ``run``'s devices, start relay and scheduler, publish on a thread."""
+    by_tenant = _provision(pipeline, run.tenants, run.devices)
     pipeline.start("relay")
     pipeline.start("scheduler")
-    publisher = Publisher(pipeline, by_tenant, MESSAGES, rate=5000)
+    publisher = Publisher(pipeline, by_tenant, run.messages, rate=run.rate)
     publisher.start()
-    rng = random.Random(20261124)
-    for role in ("scheduler", "relay", "scheduler", "relay"):
-        time.sleep(rng.uniform(0.5, 2.0))
+    return by_tenant, publisher
+
+
+@BOTH
+def test_kill_9_scheduler_and_relay_at_random_points(pipeline: Pipeline, queue_type: str) -> None:
+    run = KILL_RUNS[queue_type]
+    _by_tenant, publisher = _start_run(pipeline, run)
+    rng = random.Random(run.seed)
+    for role in run.roles:
+        time.sleep(rng.uniform(*run.up_s))  # a random point of the run: time must pass
         pipeline.kill(role)
-        time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(rng.uniform(*run.down_s))
         pipeline.start(role)
     _assert_exactly_once(pipeline, [publisher])
     assert pipeline.stop("relay") == 0
@@ -104,7 +146,7 @@ def test_database_outage_means_no_acks_and_nothing_lost(pipeline: Pipeline) -> N
     pipeline.start("scheduler")
     publisher = Publisher(pipeline, by_tenant, MESSAGES // 5, rate=2000)
     publisher.start()
-    time.sleep(1.0)
+    wait_for(lambda: pipeline.stored() > 0, 30, "the first readings to be stored")
     services("stop-mongo")
     try:
         # Management statistics refresh every few seconds: compare two readings taken
@@ -134,18 +176,26 @@ def test_rabbitmq_restart_mid_run_every_process_reconnects(pipeline: Pipeline) -
     wait_for(lambda: pipeline.depth(topology.INGEST) == 0, 60, "ingest to drain")
 
 
-def test_sigterm_mid_run_drains_so_the_restart_sees_no_duplicates(pipeline: Pipeline) -> None:
-    by_tenant = _provision(pipeline)
-    pipeline.start("relay")
-    pipeline.start("scheduler")
-    publisher = Publisher(pipeline, by_tenant, MESSAGES // 5, rate=5000)
-    publisher.start()
+def _mid_run(pipeline: Pipeline, publisher: Publisher) -> bool:
+    """The scheduler has had its first gauge tick (so shares were re-shared) and is
+    writing, or there is nothing left to write."""
+    ticked = pipeline.metric("scheduler", "fairway_scheduler_prefetch", tenant="sim01") > 0
+    stored = pipeline.procs["scheduler"].metric_sum("fairway_scheduler_stored_total")
+    return ticked and (stored >= 500 or not publisher.is_alive())
+
+
+@BOTH
+def test_sigterm_mid_run_drains_so_the_restart_sees_no_duplicates(
+    pipeline: Pipeline, queue_type: str
+) -> None:
+    run = DRAIN_RUNS[queue_type]
+    by_tenant, publisher = _start_run(pipeline, run)
     for _ in range(2):
-        time.sleep(0.7)
-        assert pipeline.stop("scheduler") == 0  # SIGTERM: flush, ack, exit
-        assert pipeline.stop("relay") == 0
-        pipeline.start("relay")
-        pipeline.start("scheduler")
+        wait_for(lambda: _mid_run(pipeline, publisher), 30, "the scheduler to be mid-run")
+        for role in run.roles:
+            assert pipeline.stop(role) == 0  # SIGTERM: flush, ack, exit
+        for role in reversed(run.roles):
+            pipeline.start(role)
     _assert_exactly_once(pipeline, [publisher])
     # A clean drain acks everything it wrote, so nothing came back as a duplicate.
     assert pipeline.metric("scheduler", "fairway_scheduler_duplicates_total", tenant="sim01") == 0
@@ -156,3 +206,5 @@ def test_sigterm_mid_run_drains_so_the_restart_sees_no_duplicates(pipeline: Pipe
         )
         == 0
     )
+    assert pipeline.stop("relay") == 0
+    assert pipeline.stop("scheduler") == 0

@@ -21,8 +21,6 @@ from fairway.domain import notify, pushtoken
 from fairway.kernel import topology
 from tests.harness import Pipeline, management, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 # -- a minimal SSE client ------------------------------------------------------------
 class Stream:

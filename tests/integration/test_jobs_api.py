@@ -18,8 +18,6 @@ from tests.harness import Pipeline
 from tests.integration.test_tasks import START, insert_readings, running_worker
 from web import create_app
 
-pytestmark = pytest.mark.integration
-
 PASSWORD = "correct horse battery"
 T0 = START.timestamp()
 

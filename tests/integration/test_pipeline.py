@@ -16,11 +16,11 @@ from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
 from fairway.storage import mongo, registry
 from tests.harness import Pipeline, management, reading, wait_for
+from tests.integration.queue_types import BOTH, CLASSIC, QUORUM
 
-pytestmark = pytest.mark.integration
 
-
-def test_reading_is_stored_field_by_field(pipeline: Pipeline) -> None:
+@BOTH
+def test_reading_is_stored_field_by_field(pipeline: Pipeline, queue_type: str) -> None:
     pipeline.tenant("acme")
     pipeline.device("acme", "dev-1")
     pipeline.start("relay")
@@ -57,6 +57,8 @@ def test_reading_is_stored_field_by_field(pipeline: Pipeline) -> None:
     assert pipeline.stored() == 1
     assert pipeline.metric("scheduler", "fairway_scheduler_stored_total", tenant="acme") == 1
     assert pipeline.metric("relay", "fairway_relay_accepted_total", tenant="acme") == 2
+    for name in (topology.INGEST, topology.REJECTED, topology.tenant_queue_name("acme")):
+        assert pipeline.queue(name)["type"] == queue_type
 
 
 def test_message_id_falls_back_to_body_id_then_stream_and_ts(pipeline: Pipeline) -> None:
@@ -88,6 +90,7 @@ class Case:
     expected: int | None = None  # rejected count if not every message
     accepted: int = 0  # of the case's messages, those rightly accepted
     settings: dict[str, Any] = field(default_factory=dict)
+    quorum: bool = False  # also run on quorum queues
 
 
 def _disable(p: Pipeline) -> None:
@@ -118,7 +121,7 @@ def _queueless_tenant(p: Pipeline) -> None:
 
 CASES = [
     Case("too_large", [("dev-1.env", b'{"ts":1,"values":{"a":"' + b"x" * 70_000 + b'"}}', {})]),
-    Case("malformed_json", [("dev-1.env", b"\xff\xfe\x00garbage", {})]),
+    Case("malformed_json", [("dev-1.env", b"\xff\xfe\x00garbage", {})], quorum=True),
     Case("malformed_json", [("dev-1.env", b'{"ts": 1, "values": {"x": NaN}}', {})]),
     Case("schema", [("dev-1.env", {"ts": time.time(), "values": {"a": [1, 2]}}, {})]),
     Case("schema", [("dev-1.env", {"values": {"a": 1}}, {})]),
@@ -148,11 +151,24 @@ CASES = [
         expected=3,
         accepted=2,
     ),
-    Case("unroutable", [("noq-1.env", reading(), {})], setup=_queueless_tenant, scheduler=False),
+    Case(
+        "unroutable",
+        [("noq-1.env", reading(), {})],
+        setup=_queueless_tenant,
+        scheduler=False,
+        quorum=True,
+    ),
+]
+# Refused by the relay into a quorum ``rejected``; returned by the broker (no tenant queue).
+CASES_BY_QUEUE_TYPE = [
+    pytest.param(case, queue_type, id=f"{case.reason}-{queue_type}")
+    for case in CASES
+    for queue_type in (CLASSIC, QUORUM)
+    if queue_type == CLASSIC or case.quorum
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.reason)
+@pytest.mark.parametrize(("case", "queue_type"), CASES_BY_QUEUE_TYPE)
 def test_bad_input_lands_in_rejected_with_its_reason(pipeline: Pipeline, case: Case) -> None:
     pipeline.tenant("acme")
     pipeline.device("acme", "dev-1")
@@ -266,6 +282,7 @@ def test_hostile_mix_leaves_every_consumer_running(pipeline: Pipeline) -> None:
     assert pipeline.stop("scheduler") == 0
 
 
+@BOTH
 def test_messages_the_database_refuses_are_dead_lettered_not_stuck(pipeline: Pipeline) -> None:
     """A tenant-queue message that can never be stored must not wedge its queue."""
     pipeline.tenant("acme")

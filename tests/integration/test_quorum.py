@@ -1,72 +1,35 @@
 """The pipeline on quorum queues (``FAIRWAY_QUEUE_TYPE=quorum``), the cluster setting.
 
 Quorum queues refuse a channel-wide prefetch, so the scheduler changes a tenant's
-share by recycling its consumer (``scheduler/tenant_channel.py``). These tests run
-the key pipeline tests on quorum queues, check that shares are really re-shared as
-backlogs change (on both queue types: the recycling path is the only one), and that
-crashes and drains still store everything exactly once.
+share by recycling its consumer (``scheduler/tenant_channel.py``). These tests check
+what only quorum queues do (a soft ``x-max-length``) and that shares are really
+re-shared as backlogs change (on both queue types: the recycling path is the only one).
+The key pipeline, crash and drain tests run on both queue types in their own modules
+(``queue_types.BOTH``).
 """
 
 from __future__ import annotations
 
-import os
-import random
 import signal
 import time
-import urllib.parse
 import uuid
 
 import pytest
 
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
-from tests.harness import Pipeline, management, reading, wait_for
-from tests.integration import test_faults as faults
-from tests.integration import test_pipeline as classic
-
-pytestmark = pytest.mark.integration
+from tests.harness import Pipeline, reading, wait_for
+from tests.integration.queue_types import BOTH, CLASSIC
 
 QUORUM = pytest.mark.settings(queue_type="quorum")
-MESSAGES = int(os.environ.get("FAIRWAY_TEST_QUORUM_MESSAGES", "15000"))
-
-
-def _queue(pipeline: Pipeline, name: str) -> dict:
-    vhost = urllib.parse.quote(pipeline.name, safe="")
-    return management("GET", f"queues/{vhost}/{urllib.parse.quote(name, safe='')}")
 
 
 def _redelivered(pipeline: Pipeline, tenants: list[str]) -> int:
     """Deliveries the broker marked redelivered on the tenant queues (management stats)."""
     return sum(
-        _queue(pipeline, topology.tenant_queue_name(t)).get("message_stats", {}).get("redeliver", 0)
+        pipeline.queue(topology.tenant_queue_name(t)).get("message_stats", {}).get("redeliver", 0)
         for t in tenants
     )
-
-
-# -- the pipeline tests, on quorum queues ---------------------------------------------------
-@QUORUM
-def test_quorum_queues_store_a_reading_exactly_once(pipeline: Pipeline) -> None:
-    classic.test_reading_is_stored_field_by_field(pipeline)  # provisions tenant "acme"
-    for name in (topology.INGEST, topology.REJECTED, topology.tenant_queue_name("acme")):
-        assert _queue(pipeline, name)["type"] == "quorum"
-
-
-@QUORUM
-def test_quorum_refused_documents_are_dead_lettered(pipeline: Pipeline) -> None:
-    classic.test_messages_the_database_refuses_are_dead_lettered_not_stuck(pipeline)
-
-
-# Refused by the relay into a quorum ``rejected``; returned by the broker (no tenant queue).
-QUORUM_CASES = [
-    next(c for c in classic.CASES if c.reason == reason)
-    for reason in ("malformed_json", "unroutable")
-]
-
-
-@QUORUM
-@pytest.mark.parametrize("case", QUORUM_CASES, ids=lambda c: c.reason)
-def test_quorum_bad_input_lands_in_rejected(pipeline: Pipeline, case: classic.Case) -> None:
-    classic.test_bad_input_lands_in_rejected_with_its_reason(pipeline, case)
 
 
 @QUORUM
@@ -134,13 +97,8 @@ SHARE_SETTINGS = {
 }
 
 
-@pytest.mark.parametrize(
-    "queue_type",
-    [
-        pytest.param("quorum", marks=pytest.mark.settings(queue_type="quorum", **SHARE_SETTINGS)),
-        pytest.param("classic", marks=pytest.mark.settings(queue_type="classic", **SHARE_SETTINGS)),
-    ],
-)
+@BOTH
+@pytest.mark.settings(**SHARE_SETTINGS)
 def test_prefetch_is_reshared_by_weight_as_backlogs_change(
     pipeline: Pipeline, queue_type: str
 ) -> None:
@@ -162,7 +120,7 @@ def test_prefetch_is_reshared_by_weight_as_backlogs_change(
 
     # "heavy" floods while "light" still has a backlog (the scheduler is paused while
     # the queues fill, so the test does not depend on how fast it writes).
-    scheduler = pipeline.procs["scheduler"]
+    scheduler = pipeline.procs["scheduler"].proc
     scheduler.send_signal(signal.SIGSTOP)
     try:
         _fill(pipeline, "light", 10_000)
@@ -196,53 +154,11 @@ def test_prefetch_is_reshared_by_weight_as_backlogs_change(
         dups = pipeline.metric("scheduler", "fairway_scheduler_duplicates_total", tenant=tenant)
         assert dups == 0
     redelivered = _redelivered(pipeline, list(tenants))
-    if queue_type == "classic":
+    if queue_type == CLASSIC:
         # A recycle requeues nothing: deliveries on the wire reach the scheduler.
         assert redelivered == 0
     else:
         # RabbitMQ's quorum queue client returns what is still in flight inside the
         # broker at the cancel: redelivered once, never written twice (dups == 0).
         assert redelivered <= sum(changes.values()) * 1000
-    assert pipeline.stop("scheduler") == 0
-
-
-# -- crashes and drains ---------------------------------------------------------------------
-@QUORUM
-def test_quorum_kill_9_scheduler_mid_run_stores_everything_once(pipeline: Pipeline) -> None:
-    by_tenant = faults._provision(pipeline, tenants=4, devices=5)
-    pipeline.start("relay")
-    pipeline.start("scheduler")
-    publisher = faults.Publisher(pipeline, by_tenant, MESSAGES, rate=4000)
-    publisher.start()
-    rng = random.Random(20261125)
-    for role in ("scheduler", "relay", "scheduler"):
-        time.sleep(rng.uniform(0.5, 1.5))
-        pipeline.kill(role)
-        time.sleep(rng.uniform(0.0, 0.5))
-        pipeline.start(role)
-    faults._assert_exactly_once(pipeline, [publisher])
-    assert pipeline.stop("relay") == 0
-    assert pipeline.stop("scheduler") == 0
-
-
-@QUORUM
-def test_quorum_sigterm_drains_so_the_restart_sees_no_duplicates(pipeline: Pipeline) -> None:
-    by_tenant = faults._provision(pipeline, tenants=4, devices=5)
-    pipeline.start("relay")
-    pipeline.start("scheduler")
-    publisher = faults.Publisher(pipeline, by_tenant, MESSAGES, rate=4000)
-    publisher.start()
-    for _ in range(2):
-        time.sleep(1.0)  # past the first tick: shares were re-shared before the stop
-        assert pipeline.stop("scheduler") == 0
-        pipeline.start("scheduler")
-    faults._assert_exactly_once(pipeline, [publisher])
-    assert (
-        sum(
-            pipeline.metric("scheduler", "fairway_scheduler_duplicates_total", tenant=t)
-            for t in by_tenant
-        )
-        == 0
-    )
-    assert pipeline.stop("relay") == 0
     assert pipeline.stop("scheduler") == 0

@@ -35,8 +35,6 @@ from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
 
-pytestmark = pytest.mark.integration
-
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 

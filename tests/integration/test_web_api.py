@@ -146,7 +146,7 @@ def test_tokens_expire_and_die_with_their_user(world: dict[str, Any]) -> None:
     client = world["app"].test_client()
     me = {"Authorization": f"Bearer {short}"}
     assert client.get("/api/me", headers=me).status_code == 200
-    time.sleep(1.2)
+    time.sleep(1.2)  # past the token's 1 s lifetime
     expired = client.get("/api/me", headers=me)
     assert expired.status_code == 401 and expired.get_json()["error"] == "invalid_token"
     assert (
@@ -166,7 +166,7 @@ def test_login_is_throttled(world: dict[str, Any]) -> None:
         assert bad.status_code == 401 and bad.get_json()["error"] == "bad_credentials"
     blocked = client.post("/api/login", json={"user": "adm_a", "password": PASSWORD})
     assert blocked.status_code == 429 and blocked.get_json()["error"] == "too_many_attempts"
-    time.sleep(2.1)
+    time.sleep(2.1)  # past the 2 s throttling window
     assert (
         client.post("/api/login", json={"user": "adm_a", "password": PASSWORD}).status_code == 200
     )

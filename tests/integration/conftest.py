@@ -1,9 +1,12 @@
-"""Fixtures shared by the whole suite.
+"""Fixtures of the integration tests, and their ``integration`` mark.
 
 Integration tests need the real RabbitMQ and MongoDB-compatible services
 (``scripts/services.sh up``, done by ``make test``). A missing service is a test
 *failure* with instructions, never a skip: a green run must mean the pipeline was
 exercised for real.
+
+Every test below this folder is marked ``integration`` here, by its path; a test
+file does not mark itself.
 """
 
 from __future__ import annotations
@@ -11,14 +14,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
 from pymongo import MongoClient
 
+from fairway.amqp.connection import blocking_channel
 from fairway.kernel.settings import Settings
 from tests.harness import Pipeline, management
 
+HERE = Path(__file__).resolve().parent
 HINT = "start the local services with `scripts/services.sh up` (or run `make test`)"
+# Faster than production so tests need not wait: tenants picked up in 0.5 s, a device
+# change seen within 1 s.
+TEST_SETTINGS = {"tenant_refresh_s": 0.5, "device_cache_ttl_s": 1.0}
+TEST_SECRET_KEY = "fairway-test-secret-key-0123456789"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test below this folder ``integration``."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +42,8 @@ def base_settings() -> Settings:
     """Settings from the environment, checked against live services."""
     settings = Settings.from_env()
     try:
-        pika.BlockingConnection(pika.URLParameters(settings.amqp_url)).close()
+        with blocking_channel(settings, "fairway-tests-check"):
+            pass
         management("GET", "overview")
     except Exception as exc:
         pytest.fail(f"RabbitMQ is not reachable at {settings.amqp_url}: {exc!r}; {HINT}")
@@ -40,12 +57,27 @@ def base_settings() -> Settings:
 
 
 @pytest.fixture
+def queue_type() -> str | None:
+    """The queue type of a pipeline: as configured, unless a test is parametrised over
+    :data:`tests.integration.queue_types.BOTH`."""
+    return None
+
+
+@pytest.fixture
 def pipeline(
-    base_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+    base_settings: Settings,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    queue_type: str | None,
 ) -> Iterator[Pipeline]:
     """An isolated vhost + database; tune settings with ``@pytest.mark.settings(...)``."""
     marker = request.node.get_closest_marker("settings")
-    overrides = marker.kwargs if marker else {}
+    overrides = {
+        **TEST_SETTINGS,
+        "secret_key": base_settings.secret_key or TEST_SECRET_KEY,
+        **({"queue_type": queue_type} if queue_type else {}),
+        **(marker.kwargs if marker else {}),
+    }
     p = Pipeline(base_settings, tmp_path, **overrides).create()
     try:
         yield p

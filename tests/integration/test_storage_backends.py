@@ -1,0 +1,275 @@
+"""Storage on both FerretDB backends: PostgreSQL (the default) and SQLite.
+
+The services' database is FerretDB on PostgreSQL (``scripts/services.sh``), where
+``ensure_indexes`` adds GIN indexes and the server's own plan must show them in use.
+A second FerretDB on SQLite (same binary, private state in a temporary directory)
+is started for the session, and the storage round-trips run against both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from pymongo import DESCENDING, MongoClient
+from pymongo.database import Database
+
+from fairway.devtools.processes import free_port, wait_for
+from fairway.kernel.contract import to_document
+from fairway.kernel.settings import Settings
+from fairway.storage import ferretdb, mongo, registry
+from scheduler.sink import MongoSink
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def backend_of(db: Database) -> str:
+    """``ferretdb-postgresql``, ``ferretdb-sqlite`` or ``mongodb``."""
+    if "ferretdbVersion" not in db.client.admin.command("buildInfo"):
+        return "mongodb"
+    db["probe"].insert_one({"_id": "probe"})  # the plan needs a collection
+    on_postgres = ferretdb.is_ferretdb_postgresql(db, "probe")
+    db.drop_collection("probe")
+    return "ferretdb-postgresql" if on_postgres else "ferretdb-sqlite"
+
+
+def _pings(url: str) -> bool:
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
+    try:
+        with client:
+            client.admin.command("ping")
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private FerretDB on SQLite, from the binary scripts/services.sh built."""
+    services = Path(os.environ.get("FAIRWAY_SERVICES_DIR", ROOT / ".services"))
+    binary = services / "bin" / "ferretdb"
+    assert binary.exists(), f"{binary} is missing: run scripts/services.sh up (make test does)"
+    state = tmp_path_factory.mktemp("ferretdb-sqlite")
+    (state / "data").mkdir()
+    port = free_port()
+    with open(state / "ferretdb.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{state}/data/",
+                f"--state-dir={state}",
+                f"--listen-addr=127.0.0.1:{port}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"mongodb://127.0.0.1:{port}/"
+    try:
+        wait_for(lambda: _pings(url) or proc.poll() is not None, 30, "FerretDB on SQLite")
+        assert proc.poll() is None, (state / "ferretdb.log").read_text()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.fixture(params=["services", "sqlite"])
+def db(
+    request: pytest.FixtureRequest, base_settings: Settings, sqlite_url: str
+) -> Iterator[Database]:
+    """A fresh database on the services' server, then on the private SQLite FerretDB."""
+    url = base_settings.mongo_url if request.param == "services" else sqlite_url
+    client: MongoClient = MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=5000)
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    database = client[name]
+    if request.param == "sqlite":
+        assert backend_of(database) == "ferretdb-sqlite"
+    mongo.ensure_indexes(database, "" if request.param == "sqlite" else None)
+    try:
+        yield database
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+@pytest.fixture
+def pg_db(base_settings: Settings) -> Iterator[Database]:
+    """A fresh database on the services' FerretDB, which must run on PostgreSQL."""
+    client: MongoClient = MongoClient(base_settings.mongo_url, tz_aware=True)
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    database = client[name]
+    backend = backend_of(database)
+    if backend != "ferretdb-postgresql":
+        client.drop_database(name)
+        client.close()
+        pytest.skip(f"the services run {backend}, not FerretDB on PostgreSQL")
+    assert base_settings.postgres_url, (
+        "FerretDB runs on PostgreSQL but FAIRWAY_POSTGRES_URL is empty (make exports it; "
+        "scripts/services.sh up prints it)"
+    )
+    try:
+        yield database
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+def body(tenant: str, device: str, n: int, stream: str = "env") -> bytes:
+    """What the relay publishes for reading ``n`` (ten seconds apart)."""
+    ts = (T0 + timedelta(seconds=10 * n)).timestamp()
+    return orjson.dumps(
+        {
+            "tenant": tenant,
+            "device": device,
+            "stream": stream,
+            "id": f"m{n:05d}",
+            "ts": ts,
+            "received": ts + 0.5,
+            "values": {"temp": 20.0 + n % 7},
+        }
+    )
+
+
+def hour_key(tenant: str, device: str, n: int) -> str:
+    return f"{tenant}:{device}:{T0 + timedelta(seconds=10 * n):%Y%m%d%H}"
+
+
+# -- both backends ---------------------------------------------------------------------
+def test_insert_many_stores_once_and_reports_duplicates(db: Database) -> None:
+    sink = MongoSink(db)
+    first = sink.write([body("acme", "d1", n) for n in range(5)] + [body("acme", "d1", 1)])
+    assert (first.stored, first.duplicates, first.refused) == (5, [5], [])
+    again = sink.write([body("acme", "d1", 4), body("acme", "d1", 5), body("acme", "d1", 0)])
+    assert (again.stored, sorted(again.duplicates)) == (1, [0, 2])
+    ids = sorted(d["_id"] for d in db[mongo.TELEMETRY].find({}, {"_id": 1}))
+    assert ids == [f"acme:d1:m{n:05d}" for n in range(6)]
+
+
+def test_find_by_tenant_and_device_sorted_by_ts(db: Database) -> None:
+    order = [7, 2, 9, 0, 4, 1, 8, 3, 6, 5]
+    bodies = [
+        body(t, d, n) for n in order for t, d in (("acme", "d1"), ("acme", "d2"), ("zeta", "d1"))
+    ]
+    assert MongoSink(db).write(bodies).stored == 30
+    found = list(
+        db[mongo.TELEMETRY].find({"tenant": "acme", "device": "d1"}).sort("ts", DESCENDING).limit(4)
+    )
+    assert [d["msg_id"] for d in found] == ["m00009", "m00008", "m00007", "m00006"]
+    assert all(d["tenant"] == "acme" and d["device"] == "d1" for d in found)
+    span = {"$gte": T0 + timedelta(seconds=20), "$lt": T0 + timedelta(seconds=50)}
+    ranged = db[mongo.TELEMETRY].find({"tenant": "zeta", "device": "d1", "ts": span}).sort("ts", 1)
+    assert [d["msg_id"] for d in ranged] == ["m00002", "m00003", "m00004"]
+    assert found[0]["ts"] == T0 + timedelta(seconds=90)  # datetimes round-trip exactly
+
+
+def test_registry_round_trip(db: Database) -> None:
+    registry.create_tenant(db, "acme", weight=2, max_backlog=1000)
+    registry.create_tenant(db, "zeta", weight=1, max_backlog=1000)
+    creds = registry.register_device(db, "acme", "acme-1")
+    registry.register_device(db, "acme", "acme-2")
+    registry.register_device(db, "zeta", "zeta-1")
+    with pytest.raises(mongo.AlreadyExists):
+        registry.register_device(db, "zeta", "acme-1")
+    assert registry.verify_device_password(db, "acme-1", creds["password"])
+    assert not registry.verify_device_password(db, "acme-1", "wrong")
+    assert [d.id for d in registry.list_devices(db, "acme")] == ["acme-1", "acme-2"]
+    assert registry.set_device_enabled(db, "acme-1", False)
+    assert not registry.verify_device_password(db, "acme-1", creds["password"])
+    found = registry.find_devices(db, ["acme-1", "zeta-1", "nope"])
+    assert found["nope"] is None and found["zeta-1"] is not None
+    assert found["acme-1"] is not None and not found["acme-1"].enabled
+    assert [(t.id, t.weight) for t in registry.list_tenants(db)] == [("acme", 2), ("zeta", 1)]
+    doc = registry.device_document(db, "acme-2")
+    assert doc is not None and "password_hash" not in doc and doc["tenant"] == "acme"
+
+
+# -- PostgreSQL: the GIN indexes exist and serve the pushed-down filters ----------------
+def backing_tables(postgres_url: str, schema: str) -> dict[str, str]:
+    with psycopg.connect(postgres_url) as connection:
+        return ferretdb.backing_tables(connection, schema)
+
+
+def gin_indexes(postgres_url: str, schema: str) -> dict[str, str]:
+    """Index name -> definition of the GIN indexes in ``schema``."""
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (schema,)
+        ).fetchall()
+    return {name: definition for name, definition in rows if "USING gin" in definition}
+
+
+def test_ensure_indexes_creates_a_gin_index_per_equality_field(
+    pg_db: Database, base_settings: Settings
+) -> None:
+    mongo.ensure_indexes(pg_db, base_settings.postgres_url)
+    mongo.ensure_indexes(pg_db, base_settings.postgres_url)  # idempotent
+    tables = backing_tables(base_settings.postgres_url, pg_db.name)
+    indexes = gin_indexes(base_settings.postgres_url, pg_db.name)
+    for collection, fields in mongo.EQUALITY_FIELDS.items():
+        assert collection in tables, f"{collection} has no table: {tables}"
+        for field in fields:
+            name = ferretdb.index_name(tables[collection], field)
+            assert name in indexes, f"no GIN index on {collection}.{field}: {sorted(indexes)}"
+            assert f"(_jsonb -> '{field}'::text)" in indexes[name]
+    assert len(indexes) == sum(len(f) for f in mongo.EQUALITY_FIELDS.values())
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of a PostgreSQL JSON plan, depth first."""
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes.extend(plan_nodes(child))
+    return nodes
+
+
+def index_scans(db: Database, query: dict[str, Any], **options: Any) -> set[str]:
+    """Names of the indexes PostgreSQL's plan scans for a find (FerretDB's ``explain``)."""
+    explained = db.command("explain", {"find": mongo.TELEMETRY, "filter": query, **options})
+    assert explained["filterPushdown"] is True, explained
+    nodes = plan_nodes(explained["queryPlanner"]["Plan"])
+    scans = {n["Index Name"] for n in nodes if n["Node Type"] == "Bitmap Index Scan"}
+    assert scans, f"no index scan for {query}: {json.dumps(explained['queryPlanner'])[:2000]}"
+    return scans
+
+
+def test_history_and_hour_key_queries_use_gin_indexes(
+    pg_db: Database, base_settings: Settings
+) -> None:
+    mongo.ensure_indexes(pg_db, base_settings.postgres_url)  # before data, as in production
+    docs = []
+    for device in (f"d{j:02d}" for j in range(20)):
+        for tenant in ("acme", "zeta"):
+            for n in range(0, 1800, 10):  # 180 readings over five hours per device
+                docs.append(mongo_document(tenant, device, n))
+    pg_db[mongo.TELEMETRY].insert_many(docs, ordered=False)
+    mongo.ensure_indexes(pg_db, base_settings.postgres_url)  # ANALYZE with the data in
+    table = backing_tables(base_settings.postgres_url, pg_db.name)[mongo.TELEMETRY]
+
+    history = index_scans(pg_db, {"tenant": "acme", "device": "d07"}, sort={"ts": -1}, limit=50)
+    assert ferretdb.index_name(table, "device") in history
+    by_hour = index_scans(pg_db, {"hk": hour_key("acme", "d07", 1200)})
+    assert by_hour == {ferretdb.index_name(table, "hk")}
+    found = list(pg_db[mongo.TELEMETRY].find({"hk": hour_key("acme", "d07", 1200)}))
+    assert len(found) == 36 and {d["device"] for d in found} == {"d07"}
+
+
+def mongo_document(tenant: str, device: str, n: int) -> dict[str, Any]:
+    """A stored reading with its hour key, as the sink writes it."""
+    doc = to_document(body(tenant, device, n))
+    doc["hk"] = hour_key(tenant, device, n)
+    return doc
