@@ -29,6 +29,7 @@ BENCHMARKS = [
     "memory",
     "notify_fanout",
     "report_offload",
+    "reads",
 ]
 
 
@@ -161,6 +162,17 @@ def _rows_report_offload(d: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _rows_reads(d: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for query, by_size in d["p99_ms"].items():
+        largest = list(by_size)[-1]
+        base = d.get("baseline", {}).get("p99_ms", {}).get(query, {}).get(largest)
+        value = f"p99 {by_size[largest]} ms (baseline {base} ms)"
+        ratio = d.get("new_over_baseline_p99", {}).get(query, {}).get(largest)
+        rows.append((f"{query} at {int(largest):,} readings", value, f"{ratio}"))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "many_queues": _rows_many_queues,
     "relay": _rows_relay,
@@ -169,6 +181,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "memory": _rows_memory,
     "notify_fanout": _rows_notify,
     "report_offload": _rows_report_offload,
+    "reads": _rows_reads,
 }
 
 
