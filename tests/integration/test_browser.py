@@ -16,8 +16,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from fairway.devtools.processes import free_port
-from fairway.storage import accounts
+from fairway.devtools.processes import free_port, wait_for
+from fairway.storage import accounts, device_state
 from tests.harness import ROOT, Pipeline, reading
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -145,7 +145,20 @@ def test_device_page_updates_live(pipeline: Pipeline, browser: webdriver.Chrome)
     scripts = [s.get_attribute("src") for s in browser.find_elements(By.TAG_NAME, "script")]
     assert all(s.startswith(web) for s in scripts if s), scripts  # no CDN
 
-    # The dashboard: a row per device of the tenant, its last values updated live.
+    # The dashboard: a row per device of the tenant, its last values updated live. It
+    # loads them from device_state, which the scheduler writes at most every
+    # FAIRWAY_DEVICE_STATE_FLUSH_S: wait for that write rather than race it.
+    wait_for(
+        lambda: (
+            (device_state.get(pipeline.db, "boiler-1") or {})
+            .get("latest", {})
+            .get("env", {})
+            .get("values")
+            == {"temp": 33.5}
+        ),
+        10,
+        "device_state to hold the last reading",
+    )
     browser.get(f"{web}/")
     wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#devices tbody tr")) == 2)
     wait.until(lambda b: _text(b, "#device-boiler-1 td:nth-child(5)") == "temp=33.5")
