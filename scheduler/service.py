@@ -357,6 +357,7 @@ class Scheduler(AmqpService):
     def after_drain(self) -> None:
         self._writers.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=False, cancel_futures=True)
+        self.sink.close()  # the last device_state flush, while the database is still ours
 
 
 def run(settings: Settings, sink: str = "mongo") -> None:

@@ -65,6 +65,10 @@ class Sink(Protocol):
         """Write the batch; raise if the outcome is unknown (retry the batch)."""
         ...
 
+    def close(self) -> None:
+        """Write what the sink still holds (derived state) and stop its threads."""
+        ...
+
 
 class NullSink:
     """Stores nothing; measures the scheduler itself."""
@@ -72,6 +76,9 @@ class NullSink:
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Report every message as stored."""
         return WriteOutcome(stored=len(bodies))
+
+    def close(self) -> None:
+        """Nothing to write."""
 
 
 class MongoSink:

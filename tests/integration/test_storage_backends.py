@@ -151,7 +151,7 @@ def hour_key(tenant: str, device: str, n: int) -> str:
 
 # -- both backends ---------------------------------------------------------------------
 def test_insert_many_stores_once_and_reports_duplicates(db: Database) -> None:
-    sink = MongoSink(db)
+    sink = MongoSink(db, device_state_flush_s=0)  # no flusher thread: state written per batch
     first = sink.write([body("acme", "d1", n) for n in range(5)] + [body("acme", "d1", 1)])
     assert (first.stored, first.duplicates, first.refused) == (5, [5], [])
     again = sink.write([body("acme", "d1", 4), body("acme", "d1", 5), body("acme", "d1", 0)])
@@ -165,7 +165,7 @@ def test_find_by_tenant_and_device_sorted_by_ts(db: Database) -> None:
     bodies = [
         body(t, d, n) for n in order for t, d in (("acme", "d1"), ("acme", "d2"), ("zeta", "d1"))
     ]
-    assert MongoSink(db).write(bodies).stored == 30
+    assert MongoSink(db, device_state_flush_s=0).write(bodies).stored == 30
     found = list(
         db[mongo.TELEMETRY].find({"tenant": "acme", "device": "d1"}).sort("ts", DESCENDING).limit(4)
     )

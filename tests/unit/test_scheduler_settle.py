@@ -173,6 +173,9 @@ class FlakySink:
             raise AutoReconnect("connection refused")
         return NullSink().write(bodies)
 
+    def close(self) -> None:
+        pass
+
 
 def test_a_database_error_retries_the_batch_and_acks_after_the_write(
     stopped: list[Scheduler],
