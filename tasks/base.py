@@ -19,10 +19,10 @@ from kombu import Exchange, Queue
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect
 
+import tasks.job_metrics as job_metrics
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import job_records, mongo
-from tasks import job_metrics
 
 CPU, MAINTENANCE = "cpu", "maintenance"
 

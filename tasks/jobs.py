@@ -17,9 +17,11 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+import tasks.export as export
+import tasks.retention as retention
+import tasks.rollup as rollup
 from fairway.domain.job_params import ExportParams, JobFailed, ReportParams
 from fairway.kernel.settings import Settings
-from tasks import export, retention, rollup
 from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, ROLLUP_TASK, JobTask
 from tasks.report import TooManyReadings, build_report
 

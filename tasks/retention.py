@@ -22,9 +22,9 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
+import tasks.export as export
 from fairway.storage import job_records
 from fairway.storage.mongo import TELEMETRY, TENANTS
-from tasks import export
 
 Progress = Callable[[int, int], None]
 MAX_SPLITS = 40  # halvings of a time range: far below a millisecond of a century

@@ -22,11 +22,11 @@ from celery import Celery
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from prometheus_client import Counter
 
+import tasks.export as export
 from fairway.domain.job_params import JobFailed, parse_export, parse_report
 from fairway.kernel.settings import Settings
 from fairway.kernel.times import iso_z
 from fairway.storage import job_records
-from tasks import export
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
 from web.auth import (
