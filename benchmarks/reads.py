@@ -172,22 +172,25 @@ class Derived:
         if not keys:
             return
         started = time.perf_counter()
-        fresh: list[dict[str, Any]] = []
+        fresh: dict[str, list[dict[str, Any]]] = {rollups.ROLLUPS: [], rollups.ROLLUP_MINUTES: []}
         for key in keys:
-            rolls = rollups.fold_hour(*key, self.hours[key])
-            if key in self.provisional:  # written while open: replaced, as compute_hour does
-                for roll in rolls:
-                    db[rollups.ROLLUPS].replace_one({"_id": roll["_id"]}, roll, upsert=True)
-            else:
-                fresh += rolls
+            pairs = rollups.hour_documents(*key, rollups.fold_readings(self.hours[key]))
+            for hourly, minutes in pairs:
+                for name, doc in ((rollups.ROLLUPS, hourly), (rollups.ROLLUP_MINUTES, minutes)):
+                    if key in self.provisional:  # written while open: replaced, as compute_hour
+                        db[name].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+                    else:
+                        fresh[name].append(doc)
             if closed:
                 del self.hours[key]
                 self.provisional.discard(key)
             else:
                 self.provisional.add(key)
-        for start in range(0, len(fresh), BATCH):
-            db[rollups.ROLLUPS].insert_many(fresh[start : start + BATCH], ordered=False)
-        self.rollups_written += len(fresh)
+        for name, docs in fresh.items():
+            for start in range(0, len(docs), BATCH):
+                db[name].insert_many(docs[start : start + BATCH], ordered=False)
+        fresh_hours = fresh[rollups.ROLLUPS]
+        self.rollups_written += len(fresh_hours)
         self.seconds += time.perf_counter() - started
 
 
@@ -283,7 +286,7 @@ def new_queries(db: Database, now: datetime, rnd: random.Random) -> dict[str, Ca
     def month_chart() -> int:
         tenant, device = rnd.choice(devices)
         start = now - timedelta(days=30)
-        return len(rollups.hourly_series(db, tenant, device, CHART_METRIC, start, now))
+        return len(rollups.hourly_series(db, tenant, device, CHART_METRIC, start, now, now=now))
 
     def day_report() -> int:
         return len(day_rollups(db, rnd.choice(TENANTS), now - timedelta(days=1), now))

@@ -185,15 +185,27 @@ def _cursor(raw: str) -> telemetry.Cursor:
     return telemetry.Cursor(parse_time("cursor", raw_ts), last_id)
 
 
-# Charts over more than a day read hourly rollups; at most this many days of them.
-SERIES_RAW_SPAN = timedelta(days=1)
+# A chart's resolution follows its span, so a chart reads at most a few thousand points:
+# raw readings up to 3 hours, per-minute rollups up to 2 days, hourly rollups beyond.
+SERIES_RAW_SPAN = timedelta(hours=3)
+SERIES_MINUTE_SPAN = timedelta(days=2)
 SERIES_MAX_SPAN = timedelta(days=400)
+
+
+def _stats_json(at: datetime, s: dict[str, float]) -> dict[str, Any]:
+    return {
+        "t": iso_z(at),
+        "n": s["n"],
+        "min": s["min"],
+        "max": s["max"],
+        "mean": s["sum"] / s["n"],
+    }
 
 
 @bp.get("/<device_id>/series")
 @login_required
 def series(device_id: str) -> dict[str, Any]:
-    """One metric over ``from``..``to``: raw readings up to a day, hourly rollups beyond."""
+    """One metric over ``from``..``to``: raw readings, minute or hourly rollups by span."""
     doc = visible_device(device_id)
     metric = request.args.get("metric")
     if not metric:
@@ -209,21 +221,15 @@ def series(device_id: str) -> dict[str, Any]:
     if end - start > SERIES_MAX_SPAN:
         raise ApiError(400, "bad_parameter", f"at most {SERIES_MAX_SPAN.days} days per chart")
     answer: dict[str, Any] = {"device": device_id, "metric": metric, "stream": stream}
+    args = (get_db(), doc["tenant"], device_id, metric, start, end, stream)
     if end - start <= SERIES_RAW_SPAN:
-        raw = telemetry.raw_series(get_db(), doc["tenant"], device_id, metric, start, end, stream)
+        raw = telemetry.raw_series(*args)
         return {**answer, "resolution": "raw", "points": [[iso_z(t), v] for t, v in raw]}
-    hours = rollups.hourly_series(get_db(), doc["tenant"], device_id, metric, start, end, stream)
-    points = [
-        {
-            "t": iso_z(p["hour"]),
-            "n": p["n"],
-            "min": p["min"],
-            "max": p["max"],
-            "mean": p["sum"] / p["n"],
-        }
-        for p in hours
-    ]
-    return {**answer, "resolution": "hour", "points": points}
+    if end - start <= SERIES_MINUTE_SPAN:
+        minutes = rollups.minute_series(*args)
+        return {**answer, "resolution": "minute", "points": [_stats_json(*p) for p in minutes]}
+    hours = rollups.hourly_series(*args)
+    return {**answer, "resolution": "hour", "points": [_stats_json(*p) for p in hours]}
 
 
 @bp.get("/<device_id>/rejections")

@@ -30,6 +30,7 @@ DEVICE_STATE = "device_state"
 
 
 ROLLUPS = "rollups"
+ROLLUP_MINUTES = "rollup_minutes"
 ROLLUP_PENDING = "rollup_pending"
 
 
@@ -39,7 +40,8 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     TELEMETRY: ("_id", "tenant", "device", "hk"),
     DEVICES: ("_id", "tenant"),
     DEVICE_STATE: ("_id", "tenant"),
-    ROLLUPS: ("_id", "dk", "tk"),
+    ROLLUPS: ("_id", "dk", "mk", "tk"),
+    ROLLUP_MINUTES: ("_id", "dk"),
     ROLLUP_PENDING: ("_id",),
     TENANTS: ("_id",),
     REJECTIONS: ("device",),

@@ -1,5 +1,12 @@
-"""``rollups``: per (tenant, device, stream, hour) count/min/max/sum per metric, for the
-hour and each of its minutes, recomputed from the hour's raw readings (read by ``hk``).
+"""Rollups: per (tenant, device, stream, hour) count/min/max/sum per metric, recomputed
+from the hour's raw readings (read by ``hk``), in two collections:
+
+* ``rollups``: the hour's figures only (slim: a month chart reads 720 of them per
+  stream), with read keys ``dk`` (device-day), ``mk`` (device-month) and ``tk``
+  (tenant-day, for reports);
+* ``rollup_minutes``: the same hour's figures per minute, in columns
+  (``metrics.<m> = {m: [minute], n: [...], min: [...], max: [...], sum: [...]}``, the
+  layout FerretDB decodes fastest), with ``dk``; read only for charts of a day or less.
 
 Exact whatever the redeliveries: a rollup is never incremented, it is replaced by a
 fold of the readings stored for that hour, and readings are stored once (``_id``).
@@ -12,32 +19,53 @@ token did not change while it computed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from fairway.kernel.contract import hour_key
 from fairway.storage import mongo
 from fairway.storage.device_state import MAX_UPDATES_PER_BULK
-from fairway.storage.mongo import ROLLUP_PENDING, ROLLUPS
+from fairway.storage.mongo import ROLLUP_MINUTES, ROLLUP_PENDING, ROLLUPS
+from fairway.storage.telemetry import HOUR, floor_hour
 
-HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+# Hours this recent are folded from the raw readings when a chart finds no rollup for
+# them: the open hour, the grace after it and one run of the rollup task.
+LIVE_HOURS = 3
+# Up to this span a chart reads hourly rollups day by day (``dk``); beyond, month by
+# month (``mk``), which reads whole months but in one or two queries.
+DAY_READS_UP_TO = timedelta(days=10)
+
+Stats = dict[str, float]  # {n, min, max, sum}
 
 
 def day_key(tenant: str, device: str, day: datetime) -> str:
-    """``dk``: a device's rollups of one UTC day (a month chart: ~30 equality reads)."""
+    """``dk``: a device's rollups of one UTC day."""
     return f"{tenant}:{device}:{day.astimezone(UTC):%Y%m%d}"
 
 
+def month_key(tenant: str, device: str, day: datetime) -> str:
+    """``mk``: a device's hourly rollups of one UTC month (a month chart: 1-2 reads)."""
+    return f"{tenant}:{device}:{day.astimezone(UTC):%Y%m}"
+
+
 def tenant_day_key(tenant: str, day: datetime) -> str:
-    """``tk``: every rollup of a tenant for one UTC day (a one-day report)."""
+    """``tk``: every hourly rollup of a tenant for one UTC day (a one-day report)."""
     return f"{tenant}:{day.astimezone(UTC):%Y%m%d}"
 
 
-def _add(acc: dict[str, dict[str, float]], values: dict[str, Any]) -> None:
+def rollup_id(tenant: str, device: str, stream: str, hour: datetime) -> str:
+    """The ``_id`` shared by an hour's two rollup documents."""
+    return f"{tenant}:{device}:{stream}:{hour:%Y%m%d%H}"
+
+
+def _add(acc: dict[str, Stats], values: dict[str, Any]) -> None:
     for metric, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue  # strings and booleans have no min/max/sum
@@ -51,44 +79,89 @@ def _add(acc: dict[str, dict[str, float]], values: dict[str, Any]) -> None:
             m["sum"] += value
 
 
-def fold_hour(
-    tenant: str, device: str, hour: datetime, readings: Iterable[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The rollup documents (one per stream) of one device-hour from its raw readings."""
-    by_stream: dict[str, dict[str, Any]] = {}
+@dataclass(slots=True)
+class HourFold:
+    """One stream's readings of one device-hour, folded per hour and per minute."""
+
+    n: int = 0
+    metrics: dict[str, Stats] = field(default_factory=dict)
+    minutes: dict[int, dict[str, Stats]] = field(default_factory=dict)
+
+    def add(self, minute: int, values: dict[str, Any]) -> None:
+        """Fold in one reading of minute ``minute``."""
+        self.n += 1
+        _add(self.metrics, values)
+        _add(self.minutes.setdefault(minute, {}), values)
+
+    def minute_columns(self) -> dict[str, dict[str, list[float]]]:
+        """Per metric, the minutes that hold it and their figures, as columns."""
+        columns: dict[str, dict[str, list[float]]] = {}
+        for minute in sorted(self.minutes):
+            for metric, s in self.minutes[minute].items():
+                col = columns.setdefault(
+                    metric, {"m": [], "n": [], "min": [], "max": [], "sum": []}
+                )
+                col["m"].append(minute)
+                for k in ("n", "min", "max", "sum"):
+                    col[k].append(s[k])
+        return columns
+
+
+def fold_readings(readings: Iterable[dict[str, Any]]) -> dict[str, HourFold]:
+    """Raw readings of one device-hour folded per stream."""
+    by_stream: dict[str, HourFold] = {}
     for doc in readings:
-        stream = doc["stream"]
-        roll = by_stream.get(stream)
-        if roll is None:
-            roll = by_stream[stream] = {
-                "_id": f"{tenant}:{device}:{stream}:{hour:%Y%m%d%H}",
-                "tenant": tenant,
-                "device": device,
-                "stream": stream,
-                "hour": hour,
-                "dk": day_key(tenant, device, hour),
-                "tk": tenant_day_key(tenant, hour),
-                "n": 0,
-                "metrics": {},
-                "minutes": {},
-            }
-        roll["n"] += 1
-        _add(roll["metrics"], doc["values"])
-        _add(roll["minutes"].setdefault(f"{doc['ts'].minute:02d}", {}), doc["values"])
-    return list(by_stream.values())
+        fold = by_stream.get(doc["stream"])
+        if fold is None:
+            fold = by_stream[doc["stream"]] = HourFold()
+        fold.add(doc["ts"].minute, doc["values"])
+    return by_stream
+
+
+def hour_documents(
+    tenant: str, device: str, hour: datetime, folds: dict[str, HourFold]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Per stream, the ``rollups`` and the ``rollup_minutes`` document of one device-hour."""
+    docs = []
+    for stream, fold in sorted(folds.items()):
+        key = {
+            "_id": rollup_id(tenant, device, stream, hour),
+            "tenant": tenant,
+            "device": device,
+            "stream": stream,
+            "hour": hour,
+            "dk": day_key(tenant, device, hour),
+        }
+        hourly = {
+            **key,
+            "mk": month_key(tenant, device, hour),
+            "tk": tenant_day_key(tenant, hour),
+            "n": fold.n,
+            "metrics": fold.metrics,
+        }
+        docs.append((hourly, {**key, "n": fold.n, "metrics": fold.minute_columns()}))
+    return docs
+
+
+def _upsert_all(collection: Collection, docs: list[dict[str, Any]]) -> None:
+    ops = [
+        UpdateOne(
+            {"_id": d["_id"]}, {"$set": {k: v for k, v in d.items() if k != "_id"}}, upsert=True
+        )
+        for d in docs
+    ]
+    for start in range(0, len(ops), MAX_UPDATES_PER_BULK):
+        collection.bulk_write(ops[start : start + MAX_UPDATES_PER_BULK], ordered=True)
 
 
 def compute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
     """Recompute and store the rollups of one device-hour; the number of streams."""
     readings = db[mongo.TELEMETRY].find({"hk": hour_key(tenant, device, hour)})
-    rolls = fold_hour(tenant, device, hour, readings)
-    ops = [
-        UpdateOne({"_id": r.pop("_id")}, {"$set": r}, upsert=True)  # _id is immutable
-        for r in rolls
-    ]
-    for start in range(0, len(ops), MAX_UPDATES_PER_BULK):
-        db[ROLLUPS].bulk_write(ops[start : start + MAX_UPDATES_PER_BULK], ordered=True)
-    return len(rolls)
+    docs = hour_documents(tenant, device, hour, fold_readings(readings))
+    # Minutes first: a chart that finds the hourly document may read its minutes.
+    _upsert_all(db[ROLLUP_MINUTES], [m for _, m in docs])
+    _upsert_all(db[ROLLUPS], [h for h, _ in docs])
+    return len(docs)
 
 
 def mark_pending(db: Database, hours: Iterable[tuple[str, str, datetime]]) -> None:
@@ -122,19 +195,60 @@ def roll_pending(db: Database, now: datetime, grace: timedelta) -> dict[str, int
     return {"computed": computed, "kept": kept}
 
 
-def hours_of_device(
-    db: Database, tenant: str, device: str, start: datetime, end: datetime
-) -> list[dict[str, Any]]:
-    """A device's rollups with ``start <= hour <= end``, oldest first, read day by day."""
-    found: list[dict[str, Any]] = []
+def _days(start: datetime, end: datetime) -> Iterator[datetime]:
     day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     while day <= end:
-        found += db[ROLLUPS].find({"dk": day_key(tenant, device, day)})
-        day += timedelta(days=1)
-    return sorted(
-        (r for r in found if start <= r["hour"] + HOUR and r["hour"] <= end),
-        key=lambda r: (r["hour"], r["stream"]),
-    )
+        yield day
+        day += DAY
+
+
+def _months(start: datetime, end: datetime) -> Iterator[datetime]:
+    month = start.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    while month <= end:
+        yield month
+        month = (month + timedelta(days=32)).replace(day=1)
+
+
+def _read(
+    collection: Collection, keys: Iterable[dict[str, str]], stream: str | None
+) -> Iterator[dict[str, Any]]:
+    for key in keys:
+        yield from collection.find({**key, "stream": stream} if stream else key)
+
+
+def _live_folds(
+    db: Database,
+    tenant: str,
+    device: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    have: set[datetime],
+    stream: str | None,
+) -> dict[datetime, dict[str, HourFold]]:
+    """Recent hours without rollups yet (open, or in the grace), folded from raw readings."""
+    folds: dict[datetime, dict[str, HourFold]] = {}
+    hour = max(floor_hour(start), floor_hour(now) - (LIVE_HOURS - 1) * HOUR)
+    while hour <= min(end, now):
+        if hour not in have:
+            query: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
+            if stream:
+                query["stream"] = stream
+            readings = db[mongo.TELEMETRY].find(query, {"stream": 1, "ts": 1, "values": 1})
+            folds[hour] = fold_readings(readings)
+        hour += HOUR
+    return folds
+
+
+def _merge(into: dict[datetime, Stats], at: datetime, s: Stats) -> None:
+    point = into.get(at)
+    if point is None:
+        into[at] = {"n": s["n"], "min": s["min"], "max": s["max"], "sum": s["sum"]}
+    else:
+        point["n"] += s["n"]
+        point["min"] = min(point["min"], s["min"])
+        point["max"] = max(point["max"], s["max"])
+        point["sum"] += s["sum"]
 
 
 def hourly_series(
@@ -145,21 +259,70 @@ def hourly_series(
     start: datetime,
     end: datetime,
     stream: str | None = None,
-) -> list[dict[str, Any]]:
-    """Per hour ``{hour, n, min, max, sum}`` of one metric (streams merged unless named)."""
-    merged: dict[datetime, dict[str, Any]] = {}
-    for roll in hours_of_device(db, tenant, device, start, end):
-        if stream is not None and roll["stream"] != stream:
+    now: datetime | None = None,
+) -> list[tuple[datetime, Stats]]:
+    """Per hour ``(hour, {n, min, max, sum})`` of one metric, streams merged unless named.
+
+    Hours with ``start <= hour <= end`` (hour starts). Recent hours not rolled up yet are
+    folded from the raw readings (at most :data:`LIVE_HOURS`).
+    """
+    lo, hi = floor_hour(start), end
+    if end - start <= DAY_READS_UP_TO:
+        keys = ({"dk": day_key(tenant, device, d)} for d in _days(lo, hi))
+    else:
+        keys = ({"mk": month_key(tenant, device, m)} for m in _months(lo, hi))
+    merged: dict[datetime, Stats] = {}
+    have: set[datetime] = set()
+    for roll in _read(db[ROLLUPS], keys, stream):
+        if lo <= roll["hour"] <= hi:
+            have.add(roll["hour"])
+            s = roll["metrics"].get(metric)
+            if s is not None:
+                _merge(merged, roll["hour"], s)
+    now = now or datetime.now(UTC)
+    for hour, folds in _live_folds(db, tenant, device, lo, hi, now, have, stream).items():
+        for fold in folds.values():
+            if metric in fold.metrics:
+                _merge(merged, hour, fold.metrics[metric])
+    return sorted(merged.items())
+
+
+def minute_series(
+    db: Database,
+    tenant: str,
+    device: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    stream: str | None = None,
+    now: datetime | None = None,
+) -> list[tuple[datetime, Stats]]:
+    """Per minute ``(minute, {n, min, max, sum})`` of one metric, streams merged unless named.
+
+    Minutes with ``start <= minute start <= end``; recent hours not rolled up yet are
+    folded from the raw readings (at most :data:`LIVE_HOURS`).
+    """
+    lo = floor_hour(start)
+    merged: dict[datetime, Stats] = {}
+    have: set[datetime] = set()
+    keys = ({"dk": day_key(tenant, device, d)} for d in _days(lo, end))
+    for roll in _read(db[ROLLUP_MINUTES], keys, stream):
+        hour = roll["hour"]
+        if not lo <= hour <= end:
             continue
-        m = roll["metrics"].get(metric)
-        if m is None:
+        have.add(hour)
+        col = roll["metrics"].get(metric)
+        if col is None:
             continue
-        point = merged.get(roll["hour"])
-        if point is None:
-            merged[roll["hour"]] = {"hour": roll["hour"], **m}
-        else:
-            point["n"] += m["n"]
-            point["min"] = min(point["min"], m["min"])
-            point["max"] = max(point["max"], m["max"])
-            point["sum"] += m["sum"]
-    return [merged[h] for h in sorted(merged)]
+        for i, minute in enumerate(col["m"]):
+            at = hour + timedelta(minutes=minute)
+            s = {k: col[k][i] for k in ("n", "min", "max", "sum")}
+            _merge(merged, at, s)
+    now = now or datetime.now(UTC)
+    for hour, folds in _live_folds(db, tenant, device, lo, end, now, have, stream).items():
+        for fold in folds.values():
+            for minute, stats in fold.minutes.items():
+                if metric in stats:
+                    _merge(merged, hour + timedelta(minutes=minute), stats[metric])
+    start_minute = start.astimezone(UTC).replace(second=0, microsecond=0)
+    return sorted((t, s) for t, s in merged.items() if start_minute <= t <= end)

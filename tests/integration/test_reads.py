@@ -212,9 +212,19 @@ def expected_rollups(db: Any, closed_before: datetime) -> dict[str, dict[str, An
 
 
 def actual_rollups(db: Any) -> dict[str, dict[str, Any]]:
-    return {
-        r["_id"]: {k: r[k] for k in ("n", "metrics", "minutes")} for r in db[mongo.ROLLUPS].find()
-    }
+    """The stored hourly and per-minute documents, in the shape of :func:`expected_rollups`."""
+    minutes = {r["_id"]: r for r in db[mongo.ROLLUP_MINUTES].find()}
+    out = {}
+    for r in db[mongo.ROLLUPS].find():
+        per_minute: dict[str, dict[str, Any]] = {}
+        for metric, col in minutes[r["_id"]]["metrics"].items():
+            for i, minute in enumerate(col["m"]):
+                stats = {k: col[k][i] for k in ("n", "min", "max", "sum")}
+                per_minute.setdefault(f"{minute:02d}", {})[metric] = stats
+        assert minutes[r["_id"]]["n"] == r["n"]
+        out[r["_id"]] = {"n": r["n"], "metrics": r["metrics"], "minutes": per_minute}
+    assert set(minutes) == set(out)
+    return out
 
 
 def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
@@ -268,7 +278,7 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
     rollup.roll_closed_hours(pipeline.db, grace_s=0)
     assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, opened)
 
-    # The chart: raw readings up to a day, hourly rollups beyond, the same figures.
+    # The chart: raw readings up to 3 hours, minutes up to 2 days, hours beyond, same figures.
     first = opened - timedelta(hours=3)
     raw = api(f"/api/devices/d1/series?metric=temp&from={iso_z(first)}&to={iso_z(opened)}")
     stored = sorted(
@@ -297,6 +307,40 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
             }
         )
     assert month["resolution"] == "hour" and month["points"] == want
+    day = api(
+        f"/api/devices/d1/series?metric=temp&stream=env&from={iso_z(opened - timedelta(days=1))}"
+        f"&to={iso_z(opened - timedelta(seconds=1))}"
+    )
+    want = []
+    for h in (3, 2, 1):
+        hour = opened - timedelta(hours=h)
+        minutes = expected[f"a:d1:env:{hour:%Y%m%d%H}"]["minutes"]
+        for minute in sorted(minutes):
+            m = minutes[minute]["temp"]
+            at = hour + timedelta(minutes=int(minute))
+            want.append(
+                {
+                    "t": iso_z(at),
+                    "n": m["n"],
+                    "min": m["min"],
+                    "max": m["max"],
+                    "mean": m["sum"] / m["n"],
+                }
+            )
+    assert day["resolution"] == "minute" and day["points"] == want
+
+    # The open hour has no rollup yet: a chart up to now folds it from the raw readings.
+    everything = expected_rollups(pipeline.db, opened + timedelta(hours=1))
+    live = api(
+        f"/api/devices/d1/series?metric=temp&stream=env&from={iso_z(opened - timedelta(hours=5))}"
+        f"&to={iso_z(datetime.now(UTC) + timedelta(minutes=2))}"
+    )
+    assert live["resolution"] == "minute"
+    assert live["points"][: len(want)] == want
+    opened_minutes = everything[f"a:d1:env:{opened:%Y%m%d%H}"]["minutes"]
+    assert [p["t"] for p in live["points"][len(want) :]] == [
+        iso_z(opened + timedelta(minutes=int(m))) for m in sorted(opened_minutes)
+    ]
 
 
 @pytest.mark.settings(device_state_flush_s=0.5)
