@@ -45,7 +45,7 @@ def provision(env: Pipeline) -> dict[str, list[str]]:
     by_tenant = {t: simulator.device_ids(t, DEVICES_PER_TENANT) for t in TENANTS}
     with env.channel() as ch:
         for tenant in TENANTS:
-            topology.tenant_queue(tenant, env.settings.tenant_max_backlog).declare(ch)
+            topology.tenant_queue(tenant, env.settings.tenant_max_backlog, env.settings).declare(ch)
     for tenant, devices in by_tenant.items():
         registry.create_tenant(env.db, tenant, 1, env.settings.tenant_max_backlog)
         for device in devices:

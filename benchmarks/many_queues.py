@@ -161,7 +161,7 @@ def provision(env: Pipeline, tenants: list[str]) -> None:
     with env.channel() as ch:
         ch.exchange_declare(FANOUT, "fanout", durable=True)
         for tenant in tenants:
-            spec = topology.tenant_queue(tenant, max_backlog, env.settings.queue_type)
+            spec = topology.tenant_queue(tenant, max_backlog, env.settings)
             spec.declare(ch)
             ch.queue_bind(spec.name, FANOUT, "")
     for tenant in tenants:

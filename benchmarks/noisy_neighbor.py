@@ -86,7 +86,9 @@ def pipeline(
     with common.bench_env(prefix, **overrides) as env:
         with env.channel() as ch:
             for tenant in queues:
-                topology.tenant_queue(tenant, env.settings.tenant_max_backlog).declare(ch)
+                topology.tenant_queue(
+                    tenant, env.settings.tenant_max_backlog, env.settings
+                ).declare(ch)
         for tenant, weight in queues.items():
             registry.create_tenant(env.db, tenant, weight, env.settings.tenant_max_backlog)
         yield env

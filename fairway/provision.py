@@ -21,7 +21,7 @@ def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlo
     check_id("tenant", tenant_id)
     with blocking_channel(settings, "fairway-provision") as channel:
         topology.declare(channel, settings)
-        topology.tenant_queue(tenant_id, max_backlog, settings.queue_type).declare(channel)
+        topology.tenant_queue(tenant_id, max_backlog, settings).declare(channel)
     db = mongo.connect(settings)
     mongo.ensure_indexes(db)
     registry.create_tenant(db, tenant_id, weight, max_backlog)

@@ -23,6 +23,13 @@ RELAY_REJECTED_DROPPED = Counter(
 )
 
 
+RELAY_REJECTED_OVER_BUDGET = Counter(
+    "fairway_relay_rejected_over_budget_total",
+    "Refused messages beyond their device's or tenant's refusal budget (counted, acked, not kept)",
+    ["tenant", "reason"],
+)
+
+
 RELAY_UNCONFIRMED = Gauge(
     "fairway_relay_unconfirmed", "Republished messages awaiting the broker's confirm"
 )

@@ -8,6 +8,9 @@ What happens to every delivery from ``ingest``:
   the original is acked after that publish is confirmed.
 * the tenant queue is full (``basic.nack``) or missing (``basic.return``) -> published
   to ``rejected`` as ``tenant_backlog_full`` / ``unroutable``, then acked.
+* refused beyond the device's or the tenant's refusal budget -> counted in
+  ``fairway_relay_rejected_over_budget_total{tenant, reason}`` and acked, not kept:
+  one party's garbage cannot crowd everyone else's refusals out of ``rejected``.
 * ``rejected`` itself is full -> counted in ``fairway_relay_rejected_dropped_total``
   and logged, then acked: a hostile flood must not stall ingestion.
 * the relay dies anywhere in between -> the original was not acked, so the broker
@@ -42,7 +45,7 @@ from fairway.kernel.settings import Settings
 from fairway.storage import mongo
 from fairway.storage.registry import Device
 from ingest import metrics
-from ingest.ratelimit import DeviceRateLimiter
+from ingest.ratelimit import RateLimiter, RefusalBudget
 from ingest.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
@@ -74,8 +77,15 @@ class Relay(AmqpService):
             call_soon=self.call_soon,
             call_later=self.ioloop.call_later,
         )
-        self.rate = DeviceRateLimiter(
+        self.rate = RateLimiter(
             settings.device_rate, settings.device_burst, settings.device_cache_size
+        )
+        self.refusals = RefusalBudget(
+            settings.rejected_device_rate,
+            settings.rejected_device_burst,
+            settings.rejected_tenant_rate,
+            settings.rejected_tenant_burst,
+            settings.device_cache_size,
         )
         self._ingest = Consumer(
             topology.INGEST,
@@ -159,7 +169,8 @@ class Relay(AmqpService):
                     f"device {reading.device!r} exceeds {self.settings.device_rate:g} msg/s",
                 )
         except Rejection as refusal:
-            self._refuse(tag, routing_key, body, refusal, device=reading.device)
+            tenant_id = device.tenant if device is not None else None
+            self._refuse(tag, routing_key, body, refusal, device=reading.device, tenant=tenant_id)
             return
         self._publish(
             topology.TENANTS,
@@ -178,6 +189,11 @@ class Relay(AmqpService):
         device: str | None,
         tenant: str | None = None,
     ) -> None:
+        if not self.refusals.allow(device, tenant, time.monotonic()):
+            # Over the device's or tenant's budget: counted, acked, not kept.
+            metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
+            self._settle([tag])
+            return
         headers: dict[str, Any] = {
             topology.REASON_HEADER: refusal.reason.value,
             topology.DETAIL_HEADER: refusal.detail,
@@ -246,7 +262,11 @@ class Relay(AmqpService):
                 self._confirmed(seq, item, acked, settled)
         elif last in pending:
             self._confirmed(last, pending.pop(last), acked, settled)
-        upto = self._acks.settle(settled)
+        self._settle(settled)
+
+    def _settle(self, tags: list[int]) -> None:
+        """Ack whatever prefix of deliveries ``tags`` completes."""
+        upto = self._acks.settle(tags)
         if upto is not None and self._channel is not None and self._channel.is_open:
             self._channel.basic_ack(upto, multiple=True)
 

@@ -138,7 +138,7 @@ class Scheduler(AmqpService):
 
     def _open(self, tenant: Tenant) -> None:
         """One channel for the tenant's queue: declare it, then a recyclable consumer."""
-        spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings.queue_type)
+        spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings)
 
         def on_message(_channel: Channel, method: Basic.Deliver, _props: Any, body: bytes) -> None:
             self._on_message(consumer, method, body)

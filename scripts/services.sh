@@ -294,7 +294,9 @@ management.tcp.port = $MGMT_PORT
 mqtt.listeners.tcp.default = 127.0.0.1:$MQTT_PORT
 prometheus.tcp.ip = 127.0.0.1
 prometheus.tcp.port = $PROM_PORT
-max_message_size = 16777216
+# Twice the contract's 64 KiB (FAIRWAY_MAX_MESSAGE_BYTES): larger bodies are refused by the broker
+# itself (the channel is closed), so a junk flood cannot cost more than this per message.
+max_message_size = 131072
 vm_memory_high_watermark.relative = 0.4
 disk_free_limit.absolute = 1GB
 log.console = false

@@ -224,6 +224,11 @@ class Settings:
     ingest_max_length: int = setting(1_000_000, BROKER, AT_LEAST_1)
     tenant_max_backlog: int = setting(1_000_000, BROKER, AT_LEAST_1)
     rejected_max_length: int = setting(100_000, BROKER, AT_LEAST_1)
+    # Byte bounds too, so that maximum-size messages cannot fill the broker's memory or
+    # disk (whose alarms would block every publisher of every tenant) within the counts.
+    ingest_max_bytes: int = setting(1 << 30, BROKER, AT_LEAST_1)
+    tenant_max_backlog_bytes: int = setting(256 << 20, BROKER, AT_LEAST_1)
+    rejected_max_bytes: int = setting(64 << 20, BROKER, AT_LEAST_1)
     # "quorum" on a RabbitMQ cluster. (Ruff cannot tell the alias is immutable.)
     queue_type: QueueType = setting("classic", BROKER, OneOf(get_args(QueueType)))  # noqa: RUF009
     mongo_url: str = setting(
@@ -250,6 +255,13 @@ class Settings:
     device_burst: float = setting(2000.0, RELAY, Bound(low=1))  # a message takes one token
     device_cache_ttl_s: float = setting(30.0, RELAY, AT_LEAST_0)  # 0: no caching
     device_cache_size: int = setting(100_000, RELAY, AT_LEAST_1)
+    # Refusals published to `rejected` per device and per tenant (token buckets); beyond
+    # them a refusal is counted and acked but not kept, so one party cannot crowd out
+    # everyone else's rejections.
+    rejected_device_rate: float = setting(5.0, RELAY, POSITIVE)
+    rejected_device_burst: float = setting(100.0, RELAY, Bound(low=1))
+    rejected_tenant_rate: float = setting(50.0, RELAY, POSITIVE)
+    rejected_tenant_burst: float = setting(1000.0, RELAY, Bound(low=1))
 
     # -- scheduler
     scheduler_prefetch: int = setting(100, SCHEDULER, AT_LEAST_1)  # per tenant, no backlog

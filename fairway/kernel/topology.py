@@ -45,14 +45,18 @@ def queue_arguments(
     overflow: str = "reject-publish",
     queue_type: str | None = None,
     extra: dict[str, Any] | None = None,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """The ``x-`` arguments of a bounded queue; every Fairway queue is declared with these.
 
     ``overflow`` is ``reject-publish`` (publishers are told) or ``drop-head`` (live
     feeds keep the newest); ``queue_type`` None leaves the broker's default (classic),
-    as exclusive queues require. ``extra`` holds further ``x-`` arguments.
+    as exclusive queues require. ``max_bytes`` bounds the bodies' total size as well as
+    their number. ``extra`` holds further ``x-`` arguments.
     """
     args: dict[str, Any] = {"x-max-length": max_length, "x-overflow": overflow}
+    if max_bytes is not None:
+        args["x-max-length-bytes"] = max_bytes
     if queue_type is not None:
         args["x-queue-type"] = queue_type
     args.update(extra or {})
@@ -61,17 +65,20 @@ def queue_arguments(
 
 @dataclass(frozen=True)
 class QueueSpec:
-    """A durable, bounded queue and the bindings that feed it."""
+    """A durable queue bounded in messages and bytes, and the bindings that feed it."""
 
     name: str
     max_length: int
+    max_bytes: int
     bindings: tuple[tuple[str, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     queue_type: str = "classic"
 
     def arguments(self) -> dict[str, Any]:
         """The ``x-`` arguments, identical on every declaration."""
-        return queue_arguments(self.max_length, queue_type=self.queue_type, extra=self.extra)
+        return queue_arguments(
+            self.max_length, queue_type=self.queue_type, extra=self.extra, max_bytes=self.max_bytes
+        )
 
     def declare(self, channel: Channel) -> None:
         """Declare the queue and its bindings."""
@@ -93,27 +100,42 @@ def tenant_queue_name(tenant: str) -> str:
     return TENANT_QUEUE_PREFIX + tenant
 
 
-def tenant_queue(tenant: str, max_backlog: int, queue_type: str = "classic") -> QueueSpec:
-    """The per-tenant backlog queue; what it dead-letters goes to ``rejected``."""
+def tenant_queue(tenant: str, max_backlog: int, settings: Settings) -> QueueSpec:
+    """The per-tenant backlog queue; what it dead-letters goes to ``rejected``.
+
+    ``max_backlog`` is the tenant's own bound in messages; the byte bound and the queue
+    type come from ``settings``, so every process declares identical arguments.
+    """
     return QueueSpec(
         name=tenant_queue_name(tenant),
         max_length=max_backlog,
+        max_bytes=settings.tenant_max_backlog_bytes,
         bindings=((TENANTS, tenant),),
         extra={
             "x-dead-letter-exchange": REJECTED,
             "x-dead-letter-routing-key": f"dead_letter.{tenant}",
         },
-        queue_type=queue_type,
+        queue_type=settings.queue_type,
     )
 
 
-def shared_queues(
-    ingest_max_length: int, rejected_max_length: int, queue_type: str = "classic"
-) -> tuple[QueueSpec, ...]:
+def shared_queues(settings: Settings) -> tuple[QueueSpec, ...]:
     """``ingest`` (fed by ``telemetry``) and ``rejected`` (fed by ``rejected``)."""
     return (
-        QueueSpec(INGEST, ingest_max_length, ((TELEMETRY, "#"),), queue_type=queue_type),
-        QueueSpec(REJECTED, rejected_max_length, ((REJECTED, "#"),), queue_type=queue_type),
+        QueueSpec(
+            INGEST,
+            settings.ingest_max_length,
+            settings.ingest_max_bytes,
+            ((TELEMETRY, "#"),),
+            queue_type=settings.queue_type,
+        ),
+        QueueSpec(
+            REJECTED,
+            settings.rejected_max_length,
+            settings.rejected_max_bytes,
+            ((REJECTED, "#"),),
+            queue_type=settings.queue_type,
+        ),
     )
 
 
@@ -121,7 +143,5 @@ def declare(channel: Channel, settings: Settings) -> None:
     """Declare every exchange and shared queue (not the per-tenant queues)."""
     for name, kind in EXCHANGES:
         channel.exchange_declare(exchange=name, exchange_type=kind, durable=True)
-    for spec in shared_queues(
-        settings.ingest_max_length, settings.rejected_max_length, settings.queue_type
-    ):
+    for spec in shared_queues(settings):
         spec.declare(channel)

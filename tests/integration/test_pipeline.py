@@ -238,10 +238,13 @@ def _hostile_batch(i: int) -> list[tuple[str, Any, dict[str, Any]]]:
         ("", reading(), {}),
     ]
     if i % 20 == 0:
-        batch.append(("dev-1.env", b"{" * 10_000_000, {}))
+        # Over the contract, under the broker's own maximum (larger ones: test_isolation).
+        batch.append(("dev-1.env", b"{" * 100_000, {}))
     return batch
 
 
+# Every refusal is to be kept here: budgets far above the flood (test_isolation tests them).
+@pytest.mark.settings(rejected_device_burst=1e9, rejected_tenant_burst=1e9)
 def test_hostile_mix_leaves_every_consumer_running(pipeline: Pipeline) -> None:
     seconds = float(os.environ.get("FAIRWAY_TEST_HOSTILE_S", "60"))
     pipeline.tenant("acme")

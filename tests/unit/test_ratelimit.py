@@ -1,17 +1,17 @@
-"""Unit tests for ``ingest.ratelimit.DeviceRateLimiter`` over simulated time."""
+"""Unit tests for ``ingest.ratelimit.RateLimiter`` over simulated time."""
 
 from __future__ import annotations
 
-from ingest.ratelimit import DeviceRateLimiter
+from ingest.ratelimit import RateLimiter
 
 
 def test_burst_then_refusal() -> None:
-    rl = DeviceRateLimiter(rate=1.0, burst=3.0, max_devices=10)
+    rl = RateLimiter(rate=1.0, burst=3.0, max_keys=10)
     assert [rl.allow("d", 100.0) for _ in range(5)] == [True, True, True, False, False]
 
 
 def test_refill_over_time() -> None:
-    rl = DeviceRateLimiter(rate=2.0, burst=4.0, max_devices=10)
+    rl = RateLimiter(rate=2.0, burst=4.0, max_keys=10)
     assert all(rl.allow("d", 0.0) for _ in range(4))
     assert rl.allow("d", 0.0) is False
     assert rl.allow("d", 0.25) is False  # 0.5 tokens
@@ -22,7 +22,7 @@ def test_refill_over_time() -> None:
 
 
 def test_refusals_do_not_consume_tokens() -> None:
-    rl = DeviceRateLimiter(rate=1.0, burst=1.0, max_devices=10)
+    rl = RateLimiter(rate=1.0, burst=1.0, max_keys=10)
     assert rl.allow("d", 0.0) is True
     for t in (0.1, 0.2, 0.3, 0.4):
         assert rl.allow("d", t) is False
@@ -30,7 +30,7 @@ def test_refusals_do_not_consume_tokens() -> None:
 
 
 def test_sustained_rate() -> None:
-    rl = DeviceRateLimiter(rate=10.0, burst=5.0, max_devices=10)
+    rl = RateLimiter(rate=10.0, burst=5.0, max_keys=10)
     allowed = 0
     # offer 100 msg/s for 10 simulated seconds
     for i in range(1000):
@@ -40,13 +40,13 @@ def test_sustained_rate() -> None:
 
 
 def test_devices_are_independent() -> None:
-    rl = DeviceRateLimiter(rate=1.0, burst=2.0, max_devices=10)
+    rl = RateLimiter(rate=1.0, burst=2.0, max_keys=10)
     assert [rl.allow("a", 0.0) for _ in range(3)] == [True, True, False]
     assert [rl.allow("b", 0.0) for _ in range(3)] == [True, True, False]
 
 
 def test_lru_bound_evicts_least_recently_used() -> None:
-    rl = DeviceRateLimiter(rate=1.0, burst=1.0, max_devices=2)
+    rl = RateLimiter(rate=1.0, burst=1.0, max_keys=2)
     assert rl.allow("a", 0.0) is True
     assert rl.allow("b", 0.0) is True
     assert rl.allow("a", 0.0) is False  # a used most recently now
@@ -58,7 +58,7 @@ def test_lru_bound_evicts_least_recently_used() -> None:
 
 
 def test_bucket_count_never_exceeds_bound() -> None:
-    rl = DeviceRateLimiter(rate=1.0, burst=1.0, max_devices=50)
+    rl = RateLimiter(rate=1.0, burst=1.0, max_keys=50)
     for i in range(1000):
         assert rl.allow(f"dev{i}", float(i)) is True
         assert len(rl._buckets) <= 50

@@ -1,0 +1,132 @@
+"""Isolation at the broker: byte bounds, the broker's own size limit, refusal budgets.
+
+One device or tenant must not be able to fill a queue with a few huge messages, nor
+crowd everyone else's refusals out of ``rejected`` (issue 10, item 3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from fairway.kernel import topology
+from tests.harness import Pipeline, reading, wait_for
+
+BROKER_MAX_MESSAGE = 131072  # scripts/services.sh, deploy/, Ansible: max_message_size
+
+
+def _refused(pipeline: Pipeline, reason: str) -> float:
+    return pipeline.metric("relay", "fairway_relay_rejected_total", reason=reason)
+
+
+def _over_budget(pipeline: Pipeline, tenant: str, reason: str) -> float:
+    return pipeline.metric(
+        "relay", "fairway_relay_rejected_over_budget_total", tenant=tenant, reason=reason
+    )
+
+
+@pytest.mark.settings(rejected_device_rate=0.5, rejected_device_burst=20)
+def test_a_flooding_device_cannot_crowd_out_other_devices_refusals(pipeline: Pipeline) -> None:
+    pipeline.tenant("acme")
+    pipeline.device("acme", "noisy")
+    pipeline.device("acme", "quiet")
+    pipeline.start("relay")
+    pipeline.start("scheduler")
+    started = time.monotonic()
+    flood = [("noisy.env", b"not json", {}) for _ in range(300)]
+    pipeline.publish(flood + [("quiet.env", b"not json either", {}) for _ in range(5)])
+    pipeline.publish([("quiet.env", reading(), {"message_id": f"ok-{i}"}) for i in range(3)])
+    wait_for(
+        lambda: (
+            _refused(pipeline, "malformed_json") + _over_budget(pipeline, "", "malformed_json")
+            == 305
+        ),
+        30,
+        "every refusal counted",
+    )
+    elapsed = time.monotonic() - started
+    kept = pipeline.rejected(25)
+    devices = [h[topology.DEVICE_HEADER] for h, _ in kept]
+    assert devices.count("quiet") == 5  # every one of the quiet device's refusals is kept
+    assert 20 <= devices.count("noisy") <= 20 + 0.5 * elapsed + 1  # burst, then the rate
+    assert _over_budget(pipeline, "", "malformed_json") == 300 - devices.count("noisy")
+    pipeline.wait_stored(3, device="quiet")
+    assert pipeline.depth(topology.INGEST) == 0  # over-budget refusals are acked, not stuck
+    assert pipeline.alive("relay") and pipeline.alive("scheduler")
+
+
+@pytest.mark.settings(
+    rejected_device_burst=10_000, rejected_tenant_rate=0.5, rejected_tenant_burst=30
+)
+def test_a_tenant_over_its_refusal_budget_keeps_only_its_budget(pipeline: Pipeline) -> None:
+    pipeline.tenant("tiny", max_backlog=2)  # no scheduler: the queue stays full
+    pipeline.tenant("other", max_backlog=2)
+    for i in range(4):
+        pipeline.device("tiny", f"tiny-{i}")
+    pipeline.device("other", "other-1")
+    pipeline.start("relay")
+    started = time.monotonic()
+    pipeline.publish(
+        [(f"tiny-{i % 4}.env", reading(), {"message_id": f"t{i}"}) for i in range(202)]
+        + [("other-1.env", reading(), {"message_id": f"o{i}"}) for i in range(7)]
+    )
+    reason = "tenant_backlog_full"
+    wait_for(
+        lambda: _refused(pipeline, reason) + _over_budget(pipeline, "tiny", reason) == 205,
+        30,
+        "every refusal counted",
+    )
+    elapsed = time.monotonic() - started
+    kept = pipeline.rejected(35)
+    tenants = [h[topology.TENANT_HEADER] for h, _ in kept]
+    assert tenants.count("other") == 5  # another tenant's refusals are all kept
+    assert 30 <= tenants.count("tiny") <= 30 + 0.5 * elapsed + 1
+    assert _over_budget(pipeline, "tiny", reason) == 200 - tenants.count("tiny")
+    assert pipeline.depth(topology.INGEST) == 0
+
+
+@pytest.mark.settings(tenant_max_backlog_bytes=8_000)
+def test_tenant_queue_is_bounded_in_bytes(pipeline: Pipeline) -> None:
+    pipeline.tenant("acme")  # the message bound (1,000,000) is far away
+    pipeline.device("acme", "dev-1")
+    arguments = pipeline.queue(topology.tenant_queue_name("acme"))["arguments"]
+    assert arguments["x-max-length-bytes"] == 8_000
+    pipeline.start("relay")
+    big = {f"s{k}": "x" * 250 for k in range(4)}  # about 1 KiB per reading
+    pipeline.publish([("dev-1.env", reading(**big), {"message_id": f"m{i}"}) for i in range(30)])
+    wait_for(
+        lambda: (
+            pipeline.metric("relay", "fairway_relay_accepted_total", tenant="acme")
+            + _refused(pipeline, "tenant_backlog_full")
+            == 30
+        ),
+        30,
+        "every reading settled",
+    )
+    queued = pipeline.depth(topology.tenant_queue_name("acme"))
+    assert 1 <= queued <= 8  # what fits in 8,000 bytes; the rest was refused with its reason
+    assert _refused(pipeline, "tenant_backlog_full") == 30 - queued
+    for name in (topology.INGEST, topology.REJECTED):
+        assert "x-max-length-bytes" in pipeline.queue(name)["arguments"]
+
+
+def test_the_broker_refuses_a_body_over_its_maximum(pipeline: Pipeline) -> None:
+    pipeline.tenant("acme")
+    pipeline.device("acme", "dev-1")
+    pipeline.start("relay")
+    pipeline.start("scheduler")
+    with (
+        pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed,
+        pipeline.channel() as channel,
+    ):
+        channel.confirm_delivery()
+        channel.basic_publish(
+            topology.TELEMETRY, "dev-1.env", b"x" * (BROKER_MAX_MESSAGE + 1), pika.BasicProperties()
+        )
+    assert closed.value.reply_code == 406  # PRECONDITION_FAILED: the message never entered
+    assert pipeline.depth(topology.INGEST) == 0
+    pipeline.publish([("dev-1.env", reading(), {"message_id": "after"})])
+    pipeline.wait_stored(1, device="dev-1")
