@@ -180,10 +180,10 @@
       box.dataset.points = String(state.xs.length);
       box.dataset.gaps = String(gaps);
       const choice = current();
+      const what = state.resolution === "raw" ? "raw readings" : `per ${state.resolution}: mean, min–max band`;
+      const holes = gaps ? ` · ${gaps} gap${gaps > 1 ? "s" : ""}` : "";
       note.textContent = !choice ? "No numeric readings yet."
-        : state.xs.length ? `${state.resolution === "raw" ? "readings" : `per ${state.resolution}`}`
-          + `${gaps ? `, ${gaps} gap${gaps > 1 ? "s" : ""}` : ""}`
-          : `No readings of ${choice.metric} in the last ${state.range}.`;
+        : state.xs.length ? what + holes : `No readings of ${choice.metric} in the last ${state.range}.`;
     }
 
     function addLive(x, v) {
