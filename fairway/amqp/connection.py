@@ -54,15 +54,16 @@ def ca_certificates_pem(settings: Settings) -> list[bytes]:
 def kombu_ssl(url: str, settings: Settings) -> dict[str, Any] | bool:
     """Celery's ``broker_use_ssl`` for ``url``: False for plain AMQP, else verify as pika does.
 
-    kombu fills ``server_hostname`` (None here) with the URL's host, which turns on
-    py-amqp's host name check; without this dict ``amqps://`` would check the chain only.
+    ``server_hostname`` turns on py-amqp's host name check (without this dict
+    ``amqps://`` would check the chain only). It is the URL's host as written: kombu
+    would fill in its own, after rewriting ``localhost`` to ``127.0.0.1``.
     """
     if not uses_tls(url):
         return False
     return {
         "ca_certs": settings.amqp_ca_file or None,
         "cert_reqs": ssl.CERT_REQUIRED,
-        "server_hostname": None,
+        "server_hostname": urllib.parse.urlsplit(url).hostname,
         "tls_minimum_version": ssl.TLSVersion.TLSv1_2,
     }
 
