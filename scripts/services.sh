@@ -21,7 +21,8 @@
 # [8883], besides the plain listeners, with ca.pem, server.pem and server-key.pem from
 # FAIRWAY_RABBITMQ_TLS_DIR [$FAIRWAY_SERVICES_DIR/tls]. Files there are used as they are; missing
 # ones are generated with openssl (a private CA, ca-key.pem, and a server certificate for
-# localhost, 127.0.0.1 and ::1), so `tls-certs` and every start are idempotent. Clients trust
+# localhost, 127.0.0.1, ::1 and FAIRWAY_RABBITMQ_TLS_NAMES, e.g. DNS:broker.example.com,IP:192.0.2.10),
+# so `tls-certs` and every start are idempotent. Clients trust
 # the CA with FAIRWAY_AMQP_CA_FILE=<tls dir>/ca.pem. The node reads the files at start:
 # restart-rabbitmq after changing them or switching TLS on.
 # If FAIRWAY_AMQP_URL / FAIRWAY_MONGO_URL point anywhere other than 127.0.0.1 on those ports,
@@ -54,6 +55,7 @@ MQTTS_PORT="${FAIRWAY_RABBITMQ_MQTTS_PORT:-8883}"
 RABBIT_TLS="${FAIRWAY_RABBITMQ_TLS:-0}"
 [[ "$AMQP_URL" == amqps://* ]] && RABBIT_TLS=1
 TLS_DIR="${FAIRWAY_RABBITMQ_TLS_DIR:-$SERVICES_DIR/tls}"
+TLS_NAMES="DNS:localhost,IP:127.0.0.1,IP:::1${FAIRWAY_RABBITMQ_TLS_NAMES:+,$FAIRWAY_RABBITMQ_TLS_NAMES}"
 
 MONGO_PORT="${FAIRWAY_MONGO_PORT:-27017}"
 MONGO_URL="${FAIRWAY_MONGO_URL:-mongodb://127.0.0.1:$MONGO_PORT}"
@@ -268,9 +270,9 @@ ensure_tls_certs() {
     fi
     if [[ ! -s "$cert" || ! -s "$key" ]]; then
         [[ -s "$ca_key" ]] || die "$TLS_DIR lacks server.pem or server-key.pem, and has no ca-key.pem to issue them"
-        log "TLS: issuing a server certificate for localhost, 127.0.0.1 and ::1"
+        log "TLS: issuing a server certificate for $TLS_NAMES"
         local ext="$TLS_DIR/server.ext" csr="$TLS_DIR/server.csr"
-        printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" "basicConstraints=CA:FALSE" \
+        printf '%s\n' "subjectAltName=$TLS_NAMES" "basicConstraints=CA:FALSE" \
             "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" \
             "authorityKeyIdentifier=keyid" "subjectKeyIdentifier=hash" >"$ext"
         (umask 077 && tls_openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \

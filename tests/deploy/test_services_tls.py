@@ -68,6 +68,14 @@ def test_generated_certificates_verify_for_the_loopback_names(tmp_path: Path) ->
     assert (tls_dir / "ca-key.pem").stat().st_mode & 0o077 == 0
 
 
+def test_more_names_for_a_broker_reached_from_elsewhere(tmp_path: Path) -> None:
+    env = {"FAIRWAY_SERVICES_DIR": str(tmp_path), "FAIRWAY_RABBITMQ_TLS_NAMES": "DNS:broker.test"}
+    result = run([SCRIPT, "tls-certs"], timeout=60, **env)
+    assert result.returncode == 0, result.stderr
+    handshake(tmp_path / "tls", "broker.test")
+    handshake(tmp_path / "tls", "localhost")
+
+
 def test_a_second_run_changes_nothing(tmp_path: Path) -> None:
     tls_certs(tmp_path)
     tls_dir = tmp_path / "tls"
