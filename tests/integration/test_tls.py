@@ -9,7 +9,10 @@ holding the test's files), stopped at the end. On it:
   ``amqps://`` verifying the certificate, and readings published over AMQPS and
   MQTTS are stored;
 * a client trusting another CA is refused, and so is one that reaches the right node
-  under a name the certificate does not carry (``127.0.0.1``): the host name is checked.
+  under a name the certificate does not carry (``127.0.0.1``): the host name is checked;
+* the node asks a stand-in auth backend over HTTPS (``FAIRWAY_BROKER_AUTH_URL`` https,
+  ``FAIRWAY_BROKER_AUTH_CA_FILE``) and refuses device logins when that backend shows a
+  certificate from another CA or for another name.
 
 The shared services are not touched: the processes store into a private FerretDB on
 SQLite (the binary ``scripts/services.sh`` built), also stopped at the end.
@@ -24,12 +27,16 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
+import pika.exceptions
 import pytest
 import trustme
 from kombu.exceptions import OperationalError
@@ -46,6 +53,55 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST = "localhost"  # the only name in the test's server certificate
 
 
+DEVICE_SECRET = "device-secret-0123456789"
+
+
+class AuthBackend(ThreadingHTTPServer):
+    """A stand-in for the web app's /broker endpoints, over HTTPS with a swappable certificate.
+
+    Answers ``allow`` to a login with :data:`DEVICE_SECRET` (and to every vhost/resource
+    check), records each user it answered, and presents whatever ``context`` holds at
+    each new connection: the tests swap in certificates the broker must refuse.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.users: list[str] = []
+        super().__init__(("127.0.0.1", 0), _AuthHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return tls, address
+
+
+class _AuthHandler(BaseHTTPRequestHandler):
+    server: AuthBackend
+
+    def do_POST(self) -> None:
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        allowed = True
+        if self.path.endswith("/user"):
+            self.server.users.append(form["username"][0])
+            allowed = form.get("password", [""])[0] == DEVICE_SECRET
+        body = b"allow" if allowed else b"deny"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
 @dataclass
 class TlsNode:
     """The second node: its ports and the test's CA file (and a CA it does not use)."""
@@ -57,6 +113,9 @@ class TlsNode:
     mqtts_port: int
     ca_file: Path
     other_ca_file: Path
+    auth: AuthBackend
+    # Certificates for the auth backend: right, from another CA, for another name.
+    auth_contexts: dict[str, ssl.SSLContext]
 
     def url(self, host: str = HOST, vhost: str = "%2F") -> str:
         return f"amqps://guest:guest@{host}:{self.amqps_port}/{vhost}"
@@ -96,10 +155,20 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
     server.cert_chain_pems[0].write_to_path(str(tls_dir / "server.pem"))
     server.private_key_pem.write_to_path(str(tls_dir / "server-key.pem"))
     other = state / "other-ca.pem"
-    trustme.CA().cert_pem.write_to_path(str(other))
+    other_ca = trustme.CA()
+    other_ca.cert_pem.write_to_path(str(other))
+    contexts = {
+        "right": _server_context(ca.issue_cert(HOST)),
+        "other-ca": _server_context(other_ca.issue_cert(HOST)),
+        "other-name": _server_context(ca.issue_cert("elsewhere.test")),
+    }
+    auth = AuthBackend(contexts["right"])
+    threading.Thread(target=auth.serve_forever, daemon=True).start()
 
     base = _ports()
-    node = TlsNode(base, base + 1, base + 2, base + 4, base + 5, tls_dir / "ca.pem", other)
+    node = TlsNode(
+        base, base + 1, base + 2, base + 4, base + 5, tls_dir / "ca.pem", other, auth, contexts
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRWAY_")}
     env.update(
         FAIRWAY_SERVICES_DIR=str(state / "services"),
@@ -113,6 +182,8 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
         FAIRWAY_RABBITMQ_TLS="1",
         FAIRWAY_RABBITMQ_TLS_DIR=str(tls_dir),
         FAIRWAY_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{base}/%2F",
+        FAIRWAY_BROKER_AUTH_URL=f"https://{HOST}:{auth.server_address[1]}/broker",
+        FAIRWAY_BROKER_AUTH_CA_FILE=str(tls_dir / "ca.pem"),
     )
 
     def services(command: str) -> None:
@@ -134,6 +205,7 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
         yield node
     finally:
         services("stop-rabbitmq")
+        auth.shutdown()
 
 
 def _pings(url: str) -> bool:
@@ -322,3 +394,27 @@ def test_a_missing_ca_file_stops_a_process_at_start(tls_settings: Settings, tmp_
     )
     assert result.returncode == 2, result.stderr
     assert "FAIRWAY_AMQP_CA_FILE" in result.stderr
+
+
+def _device_login(settings: Settings, node: TlsNode, user: str) -> None:
+    url = f"amqps://{user}:{DEVICE_SECRET}@{HOST}:{node.amqps_port}/%2F"
+    with blocking_channel(Settings.from_env(settings.environ(), amqp_url=url), "device"):
+        pass
+
+
+def test_the_broker_asks_the_auth_backend_over_verified_https(
+    tls_node: TlsNode, tls_settings: Settings
+) -> None:
+    """Device logins go to the auth backend over HTTPS; a certificate from another CA or
+    for another name ends the call before any request, and the login is refused."""
+    auth = tls_node.auth
+    auth.context = tls_node.auth_contexts["right"]
+    _device_login(tls_settings, tls_node, "dev-https-1")
+    assert "dev-https-1" in auth.users
+    for case in ("other-ca", "other-name"):
+        auth.context = tls_node.auth_contexts[case]
+        user = f"dev-https-{case}"  # a fresh name: the broker caches answers per user
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            _device_login(tls_settings, tls_node, user)
+        assert user not in auth.users, case
+    auth.context = tls_node.auth_contexts["right"]
