@@ -163,6 +163,25 @@ class Origins:
 
 
 @dataclass(frozen=True)
+class ReadableFile:
+    """The path of a file this process can read; ``optional`` allows the empty string."""
+
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value == "" and self.optional:
+            return None
+        if not os.path.isfile(value):
+            return "must be an existing file"
+        if not os.access(value, os.R_OK):
+            return "must be a file this process can read"
+        return None
+
+    def describe(self) -> str:
+        return "the path of a readable file" + (" (or empty)" if self.optional else "")
+
+
+@dataclass(frozen=True)
 class NonEmpty:
     """Any string but the empty one."""
 
@@ -217,6 +236,9 @@ class Settings:
 
     # -- broker and queues (bounds in messages; overflow refused at publish and counted)
     amqp_url: str = setting("amqp://guest:guest@127.0.0.1:5672/%2F", BROKER, Url(("amqp", "amqps")))
+    # CA certificates (PEM) that an amqps:// broker's certificate must chain to; empty:
+    # the system's. With amqps the chain and the host name are always verified.
+    amqp_ca_file: str = setting("", BROKER, ReadableFile(optional=True))
     # Used to close a disabled device's open connections at once, and by the monitor.
     rabbitmq_mgmt_url: str = setting(
         "http://guest:guest@127.0.0.1:15672", BROKER, Url(("http", "https"))
