@@ -124,8 +124,14 @@ def fair_shares(needs: Sequence[int], budget: int, order: Sequence[int]) -> list
     left = budget
     by_need = sorted(range(len(needs)), key=needs.__getitem__)
     for pos, i in enumerate(by_need):
-        shares[i] = min(needs[i], left // (len(needs) - pos))
-        left -= shares[i]
+        level = left // (len(needs) - pos)
+        if needs[i] > level:  # this one and every larger need get the level
+            for j in by_need[pos:]:
+                shares[j] = level
+            left -= level * (len(needs) - pos)
+            break
+        shares[i] = needs[i]
+        left -= needs[i]
     for i in order:
         if left == 0:
             break
