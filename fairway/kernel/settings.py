@@ -359,6 +359,9 @@ class Settings:
     # a closed hour is rolled up this long after it ends (clock skew + the longest write)
     rollup_grace_s: float = setting(120.0, JOBS, AT_LEAST_0)
     default_retention_days: int = setting(30, JOBS, AT_LEAST_1)  # 0 would delete everything
+    # Device-hours one retention run deletes at most (a year's backlog spans several runs);
+    # in steady state a run needs about two per device with readings.
+    retention_max_hours: int = setting(20_000, JOBS, AT_LEAST_1)
     report_max_buckets: int = setting(1000, JOBS, AT_LEAST_1)  # bounds a report's size
     job_queue_max_length: int = setting(10_000, JOBS, AT_LEAST_1)  # per queue; then 503
     job_ttl_s: float = setting(7 * 24 * 3600.0, JOBS, POSITIVE)  # results, records, files

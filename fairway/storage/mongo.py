@@ -34,6 +34,9 @@ ROLLUP_MINUTES = "rollup_minutes"
 ROLLUP_PENDING = "rollup_pending"
 
 
+MIGRATIONS = "migrations"  # journals of one-time migrations (fairway migrate ...)
+
+
 # Top-level fields queried by equality, per collection. On FerretDB with PostgreSQL these
 # get GIN indexes (fairway/storage/ferretdb.py): the only indexes its pushdown can use.
 EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
