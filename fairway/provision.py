@@ -11,14 +11,14 @@ from pymongo.database import Database
 from fairway.amqp.connection import blocking_channel
 from fairway.domain import permissions
 from fairway.kernel import topology
-from fairway.kernel.ids import check_id
+from fairway.kernel.ids import check_new_id
 from fairway.kernel.settings import Settings
 from fairway.storage import accounts, mongo, registry
 
 
 def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlog: int) -> None:
     """Declare the tenant's queue, then record the tenant (schedulers pick it up)."""
-    check_id("tenant", tenant_id)
+    check_new_id("tenant", tenant_id)
     with blocking_channel(settings, "fairway-provision") as channel:
         topology.declare(channel, settings)
         topology.tenant_queue(tenant_id, max_backlog, settings.queue_type).declare(channel)

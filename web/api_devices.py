@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from fairway.amqp import management
+from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
@@ -24,7 +25,8 @@ from web.auth import (
     visible_device,
 )
 from web.database import get_db
-from web.errors import ApiError
+from web.errors import ApiError, bad_input
+from web.metrics import count_refusal
 from web.params import limit_param, parse_time, time_param
 
 bp = Blueprint("devices", __name__, url_prefix="/api/devices")
@@ -81,7 +83,7 @@ def register_device() -> tuple[dict[str, Any], int]:
     try:
         credentials = registry.register_device(get_db(), tenant, device_id)
     except ValueError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from None
+        raise bad_input(exc) from None
     except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
     return credentials, 201
@@ -97,6 +99,12 @@ def get_device(device_id: str) -> dict[str, Any]:
 def _close_connections(device_id: str, why: str) -> int:
     """Close the device's open broker connections so the change applies at once."""
     settings = current_app.config["FAIRWAY_SETTINGS"]
+    if is_reserved_id(device_id):
+        # A device registered under a service account's name before ids were reserved:
+        # closing "its" connections would cut every relay, scheduler and worker.
+        log.warning("not closing connections of reserved user name %s", device_id)
+        count_refusal(RESERVED_ID)
+        return 0
     try:
         return management.close_connections(
             settings.rabbitmq_mgmt_url, settings.vhost, device_id, why

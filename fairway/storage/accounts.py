@@ -21,7 +21,7 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from fairway.kernel.ids import check_id
+from fairway.kernel.ids import check_new_id
 from fairway.storage.mongo import TENANTS, AlreadyExists
 
 USERS = "users"
@@ -79,7 +79,7 @@ def create_user(
     db: Database, user_id: str, password: str, role: str, tenant: str | None = None
 ) -> User:
     """Create a user; raise ValueError on bad input, :class:`AlreadyExists` if taken."""
-    check_id("user", user_id)
+    check_new_id("user", user_id)
     check_role(role, tenant)
     if len(password) < MIN_PASSWORD:
         raise ValueError(f"password must be at least {MIN_PASSWORD} characters")

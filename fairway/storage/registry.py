@@ -15,7 +15,7 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from fairway.kernel.ids import check_id
+from fairway.kernel.ids import check_new_id
 from fairway.storage.mongo import DEVICES, TENANTS, AlreadyExists
 
 _hasher = PasswordHasher()
@@ -42,7 +42,7 @@ class Device:
 
 def create_tenant(db: Database, tenant_id: str, weight: int, max_backlog: int) -> Tenant:
     """Provision a tenant record; raise :class:`AlreadyExists` if the id is taken."""
-    check_id("tenant", tenant_id)
+    check_new_id("tenant", tenant_id)
     if weight < 1 or max_backlog < 1:
         raise ValueError("weight and max backlog must be at least 1")
     try:
@@ -96,7 +96,7 @@ def list_tenants(db: Database) -> list[Tenant]:
 
 def register_device(db: Database, tenant_id: str, device_id: str) -> dict[str, str]:
     """Register a device under a tenant and return its credentials (shown once)."""
-    check_id("device", device_id)
+    check_new_id("device", device_id)
     if db[TENANTS].count_documents({"_id": tenant_id}, limit=1) == 0:
         raise LookupError(f"unknown tenant {tenant_id!r}")
     password = secrets.token_urlsafe(24)
