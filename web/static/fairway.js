@@ -303,4 +303,11 @@
   }
 
   window.Fairway = { api, live, dashboard, devicePage, alertsPage, rejectionsPage, reportsPage };
+
+  // The page names its entry point in data attributes: no inline script, so the
+  // Content-Security-Policy can forbid them all.
+  const page = document.body.dataset.page;
+  if (page && typeof window.Fairway[page] === "function") {
+    window.Fairway[page](JSON.parse(document.body.dataset.pageArg || "null"));
+  }
 })();
