@@ -116,6 +116,9 @@ def tenant_scope(requested: str | None = None) -> str | None:
     Asking for another tenant answers 404, so tenant names do not leak.
     """
     user = current_user()
+    if requested is not None and not isinstance(requested, str):
+        # A dict here would reach MongoDB as a query operator and be stored as a tenant.
+        raise ApiError(400, "bad_parameter", "'tenant' must be a tenant id (a string)")
     if user.is_operator:
         if requested is not None and get_db()[TENANTS].count_documents({"_id": requested}) == 0:
             raise ApiError(404, "not_found", f"no tenant {requested!r}")
