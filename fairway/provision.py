@@ -37,7 +37,8 @@ def ensure_devices(settings: Settings, by_tenant: dict[str, list[str]]) -> None:
         known = {d.id for d in registry.list_devices(db, tenant_id)}
         for device_id in device_ids:
             if device_id not in known:
-                registry.register_device(db, tenant_id, device_id)
+                key = registry.device_hash_key(settings.device_hash_key, settings.secret_key)
+                registry.register_device(db, tenant_id, device_id, key)
 
 
 def create_user(

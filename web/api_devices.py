@@ -17,6 +17,7 @@ from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
+from web import broker_auth
 from web.auth import (
     json_body,
     login_required,
@@ -81,7 +82,8 @@ def register_device() -> tuple[dict[str, Any], int]:
     if not isinstance(device_id, str):
         raise ApiError(400, "bad_parameter", "device must be a string id")
     try:
-        credentials = registry.register_device(get_db(), tenant, device_id)
+        key = broker_auth.hash_key(current_app.config["FAIRWAY_SETTINGS"])
+        credentials = registry.register_device(get_db(), tenant, device_id, key)
     except ValueError as exc:
         raise bad_input(exc) from None
     except mongo.AlreadyExists as exc:
@@ -120,6 +122,7 @@ def disable_device(device_id: str) -> dict[str, Any]:
     """Disable: new logins refused, open connections closed, relays refuse its messages."""
     visible_device(device_id)
     registry.set_device_enabled(get_db(), device_id, False)
+    broker_auth.forget_device(device_id)
     closed = _close_connections(device_id, "device disabled")
     return {**_one_device(device_id), "connections_closed": closed}
 
@@ -130,6 +133,7 @@ def enable_device(device_id: str) -> dict[str, Any]:
     """Enable again."""
     visible_device(device_id)
     registry.set_device_enabled(get_db(), device_id, True)
+    broker_auth.forget_device(device_id)
     return _one_device(device_id)
 
 
@@ -138,7 +142,9 @@ def enable_device(device_id: str) -> dict[str, Any]:
 def rotate_credentials(device_id: str) -> dict[str, Any]:
     """A new password, shown once; connections with the old one are closed."""
     doc = visible_device(device_id)
-    password = registry.rotate_device_password(get_db(), device_id)
+    key = broker_auth.hash_key(current_app.config["FAIRWAY_SETTINGS"])
+    password = registry.rotate_device_password(get_db(), device_id, key)
+    broker_auth.forget_device(device_id)
     closed = _close_connections(device_id, "credentials rotated")
     return {
         "device": device_id,
