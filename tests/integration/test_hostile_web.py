@@ -257,3 +257,51 @@ def test_metrics_are_served_on_the_metrics_port_only(pipeline: Pipeline) -> None
     assert public.value.code == 404
     samples = scrape(web.metrics_port)
     assert any('reason="login_required"' in k for k in samples["fairway_web_refused_total"])
+
+
+# -- login throttling -----------------------------------------------------------------------
+@pytest.mark.settings(login_max_failures=3, login_delay_max_s=4.0)
+def test_parallel_guesses_cannot_all_pass_the_throttle(pipeline: Pipeline, app: Flask) -> None:
+    """Increment-then-check: of 12 guesses sent at once, only the 3 free ones are checked."""
+    import threading
+
+    statuses: list[int] = []
+    start = threading.Barrier(12)
+
+    def guess() -> None:
+        client = app.test_client()
+        start.wait()
+        body = {"user": "alice", "password": "wrong password"}
+        statuses.append(client.post("/api/login", json=body).status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [401] * 3 + [429] * 9
+
+
+@pytest.mark.settings(login_max_failures=2, login_delay_max_s=2.0, login_window_s=1.0)
+def test_login_delays_grow_are_capped_and_records_expire(pipeline: Pipeline, app: Flask) -> None:
+    import time
+
+    client = app.test_client()
+
+    def attempt(password: str = "wrong password") -> Any:
+        return client.post("/api/login", json={"user": "alice", "password": password})
+
+    assert [attempt().status_code for _ in range(2)] == [401, 401]
+    blocked = attempt(PASSWORD)  # after the free attempts: 1 s, even for the right one
+    assert "retry in 1 s" in refused(blocked, 429, "too_many_attempts")["message"]
+    time.sleep(1.1)
+    assert attempt().status_code == 401  # the third attempt: the next waits 2 s
+    assert "retry in 2 s" in attempt().get_json()["message"]
+    time.sleep(2.1)
+    assert attempt().status_code == 401  # capped at 2 s, not 4 s: a lockout never lasts
+    assert "retry in 2 s" in attempt().get_json()["message"]
+    record = pipeline.db[accounts.LOGIN_FAILURES].find_one({"_id": "user:alice"})
+    assert record["expires"] > record["until"]  # forgotten after the window: no forever
+    time.sleep(3.1)  # past the delay and the window: the record has expired
+    assert attempt(PASSWORD).status_code == 200
+    assert pipeline.db[accounts.LOGIN_FAILURES].find_one({"_id": "user:alice"}) is None
