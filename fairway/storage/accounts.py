@@ -266,21 +266,17 @@ def _sweep(db: Database, now: datetime) -> None:
 
 
 def login_failed(db: Database, keys: list[str], window_s: float) -> None:
-    """After a wrong password: the delay the attempt claimed runs from now, not from
-    before the (slow) password check."""
+    """After a wrong password: the delay the attempt claimed, and the window its record
+    is kept, run from now, not from before the (slow) password check."""
     now = datetime.now(UTC)
     with _throttle_lock:
-        for doc in db[LOGIN_FAILURES].find({"_id": {"$in": keys}, "until": {"$gt": now}}):
-            delay = float(doc.get("delay_s", 0.0))
-            db[LOGIN_FAILURES].update_one(
-                {"_id": doc["_id"], "until": doc["until"]},
-                {
-                    "$set": {
-                        "until": now + timedelta(seconds=delay),
-                        "expires": now + timedelta(seconds=window_s + delay),
-                    }
-                },
-            )
+        for doc in db[LOGIN_FAILURES].find({"_id": {"$in": keys}}):
+            until = doc.get("until")
+            delay = float(doc.get("delay_s", 0.0)) if until is not None and until > now else 0.0
+            changes = {"expires": now + timedelta(seconds=window_s + delay)}
+            if delay > 0:
+                changes["until"] = now + timedelta(seconds=delay)
+            db[LOGIN_FAILURES].update_one({"_id": doc["_id"], "n": doc["n"]}, {"$set": changes})
 
 
 def login_succeeded(db: Database, user_key: str, other_keys: list[str]) -> None:
