@@ -96,7 +96,8 @@ def device() -> None:
 def device_register(settings: Settings, tenant_id: str, device_id: str) -> None:
     """Register DEVICE_ID under TENANT_ID; prints its credentials once."""
     try:
-        _emit(registry.register_device(mongo.connect(settings), tenant_id, device_id))
+        key = registry.device_hash_key(settings.device_hash_key, settings.secret_key)
+        _emit(registry.register_device(mongo.connect(settings), tenant_id, device_id, key))
     except (ValueError, LookupError, mongo.AlreadyExists) as exc:
         _fail(str(exc).strip("'\""))
 

@@ -306,8 +306,25 @@ class Settings:
     secret_key: str = setting("", WEB)
     session_lifetime_s: float = setting(8 * 3600.0, WEB, POSITIVE)
     api_token_ttl_s: float = setting(30 * 24 * 3600.0, WEB, POSITIVE)
-    login_max_failures: int = setting(5, WEB, AT_LEAST_1)  # per user name and address ...
-    login_window_s: float = setting(300.0, WEB, POSITIVE)  # ... within this, then 429
+    # Login throttling per user name and per address: this many attempts are free, then
+    # each one waits twice as long as the one before (1 s, 2 s, 4 s ...) up to the cap;
+    # a record is forgotten this long after its last attempt.
+    login_max_failures: int = setting(5, WEB, AT_LEAST_1)
+    login_window_s: float = setting(300.0, WEB, POSITIVE)
+    login_delay_max_s: float = setting(60.0, WEB, Bound(low=1, high=3600))
+    # Request bodies beyond this answer 413 (Flask) or are cut off (waitress).
+    web_max_body_bytes: int = setting(1_048_576, WEB, Bound(low=1024))
+    # Device logins (RabbitMQ's HTTP auth backend): passwords are keyed hashes (HMAC-SHA256)
+    # under this key; empty: derived from FAIRWAY_SECRET_KEY. Changing it invalidates every
+    # device password hashed under the old one (see docs/security.md).
+    device_hash_key: str = setting("", WEB)
+    # Answers to device logins (both allow and deny) are remembered this long, this many.
+    device_auth_cache_ttl_s: float = setting(10.0, WEB, Bound(low=0, high=300))
+    device_auth_cache_size: int = setting(100_000, WEB, AT_LEAST_1)
+    # The broker-auth endpoints on their own port and thread pool (0: the web port and pool).
+    broker_auth_port: int = setting(0, WEB, PORT)
+    broker_auth_threads: int = setting(4, WEB, Bound(low=1, high=64))
+    max_rules_per_tenant: int = setting(1000, WEB, AT_LEAST_1)  # alert rules, then 409
     api_page_max: int = setting(1000, WEB, AT_LEAST_1)  # largest page of any list endpoint
     # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
     # are trusted that many hops deep, so throttling sees the client's address.
