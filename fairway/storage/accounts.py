@@ -271,8 +271,9 @@ def login_failed(db: Database, keys: list[str], window_s: float) -> None:
     now = datetime.now(UTC)
     with _throttle_lock:
         for doc in db[LOGIN_FAILURES].find({"_id": {"$in": keys}}):
-            until = doc.get("until")
-            delay = float(doc.get("delay_s", 0.0)) if until is not None and until > now else 0.0
+            # The delay this attempt claimed, even when the check outlasted it (a loaded
+            # machine): otherwise a slow check would cancel the delay it earned.
+            delay = float(doc.get("delay_s", 0.0))
             changes = {"expires": now + timedelta(seconds=window_s + delay)}
             if delay > 0:
                 changes["until"] = now + timedelta(seconds=delay)
