@@ -144,6 +144,7 @@ def test_times_are_epoch_seconds_on_the_wire() -> None:
         "end": START + 60,
         "bucket_s": 60,
         "z": 3.0,
+        "detail": "full",
     }
 
 
