@@ -34,7 +34,7 @@ from typing import Any
 from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo.database import Database
 
-from fairway.domain.job_params import FULL, SUMMARY, ReportParams, summary_step
+from fairway.domain.job_params import FULL, SUMMARY, JobFailed, ReportParams, summary_step
 from fairway.kernel.contract import hour_key
 from fairway.kernel.times import iso_z
 from fairway.storage import ranges
@@ -426,28 +426,26 @@ def build_summary(
     minute steps the range's partial first and last hours, from the readings by ``hk``.
     """
     step = summary_step(params.start, params.end, params.bucket_s)
-    if step is None:  # parse_report refuses it; a task message could still carry it
-        raise ValueError("this bucket and range cannot be summarised from rollups")
+    if step is None:  # parse_report refuses it (400); a task message could still carry it
+        raise JobFailed(
+            "a summary needs a bucket of whole hours (or minutes) and a range on whole hours "
+            "(or minutes); ask for 'detail': 'full'"
+        )
     builder = SummaryBuilder(params)
-    whole_minutes: dict[tuple[str, datetime], set[datetime]] = {}
-    partial: list[ranges.DeviceHour] = []
+    start, end = _utc(params.start), _utc(params.end)
+    whole_minutes: dict[tuple[str, datetime], set[datetime]] = {}  # (device, day): hours
+    partial: list[ranges.DeviceHour] = []  # minute steps: first/last hour partly in range
 
-    def current(roll: dict[str, Any]) -> None:
+    def current(roll: dict[str, Any]) -> None:  # an hourly rollup that holds the whole hour
         hour, device = roll["hour"], roll["device"]
         if step == 3600:
             builder.count(device, roll["n"])
             builder.add(hour, roll["metrics"])
-        elif plan_whole(hour):
+        elif start <= hour and hour + HOUR <= end:
             builder.count(device, roll["n"])
-            day = hour.replace(hour=0)
-            whole_minutes.setdefault((device, day), set()).add(hour)
+            whole_minutes.setdefault((device, hour.replace(hour=0)), set()).add(hour)
         else:
             partial.append((hour, device))
-
-    start, end = _utc(params.start), _utc(params.end)
-
-    def plan_whole(hour: datetime) -> bool:
-        return start <= hour and hour + HOUR <= end
 
     fields = ("metrics",) if step == 3600 else ()
     plan = ranges.plan_range(db, tenant, params.device, start, end, now, fields, current)
