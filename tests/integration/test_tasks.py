@@ -29,7 +29,7 @@ from fairway.domain.job_params import JobFailed
 from fairway.kernel import topology
 from fairway.kernel.contract import hour_key, reading_id
 from fairway.storage import device_state, job_records, rollups
-from fairway.storage.mongo import TELEMETRY, TENANTS
+from fairway.storage.mongo import ROLLUP_PENDING, TELEMETRY, TENANTS
 from fairway.storage.telemetry import floor_hour
 from tasks import export, retention, rollup
 from tasks.base import EXPORT_TASK, REPORT_TASK
@@ -308,9 +308,10 @@ def test_report_past_its_soft_time_limit_fails_and_says_so(pipeline: Pipeline) -
         job = send(app, REPORT_TASK, "acme", "alice", params)
         final, exc = wait_done(app, job)
         got = wait_for(lambda: events(), 30, "job event")
-        # The worker carries on: a small report still runs (FerretDB reads the whole
-        # collection for any query, so the big one goes first).
+        # The worker carries on: a small report still runs (the big one goes first, with
+        # its marks: the small one plans and reads only its own hour).
         pipeline.db[TELEMETRY].drop()
+        pipeline.db[ROLLUP_PENDING].drop()
         bulk_readings(pipeline.db, "acme", "dev1", 10)
         small = send(app, REPORT_TASK, "acme", "alice", params)
         assert wait_done(app, small)[0] == "SUCCESS"
@@ -332,6 +333,7 @@ def test_report_past_its_hard_time_limit_is_killed_not_redelivered(pipeline: Pip
         final, exc = wait_done(app, job)
         got = wait_for(lambda: events(), 30, "job event")
         pipeline.db[TELEMETRY].drop()
+        pipeline.db[ROLLUP_PENDING].drop()  # the small report reads only its own hour
         bulk_readings(pipeline.db, "acme", "dev1", 10)
         small = send(app, REPORT_TASK, "acme", "alice", params)
         assert wait_done(app, small)[0] == "SUCCESS"
