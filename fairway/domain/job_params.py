@@ -19,6 +19,19 @@ from fairway.kernel.settings import Settings
 DEFAULT_Z = 3.0
 MIN_Z, MAX_Z = 1.0, 10.0
 MAX_BUCKET_S = 366 * 24 * 3600  # a year (and a day): larger buckets say nothing more
+# A report's ``detail``: every statistic from the readings, or count/min/max/mean from rollups.
+FULL, SUMMARY = "full", "summary"
+SUMMARY_STEPS = (3600, 60)  # rollup resolutions: hourly (``rollups``), per minute
+
+
+def summary_step(start: float, end: float, bucket_s: int) -> int | None:
+    """The rollup resolution (3600 or 60 s) a summary of ``[start, end)`` in buckets of
+    ``bucket_s`` can be computed at, or None: the bucket must be a multiple of it and both
+    ends of the range on its boundaries (UTC)."""
+    for step in SUMMARY_STEPS:
+        if bucket_s % step == 0 and start % step == 0 and end % step == 0:
+            return step
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +43,7 @@ class ReportParams:
     end: float
     bucket_s: int
     z: float = DEFAULT_Z
+    detail: str = FULL
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for the task message and the job record."""
@@ -91,7 +105,7 @@ def _range(body: dict[str, Any]) -> tuple[str | None, float, float]:
 
 
 def parse_report(body: dict[str, Any], settings: Settings) -> ReportParams:
-    """Check a report request (``device``?, ``from``, ``to``, ``bucket``, ``z``?)."""
+    """Check a report request (``device``?, ``from``, ``to``, ``bucket``, ``z``?, ``detail``?)."""
     device, start, end = _range(body)
     if "bucket" not in body:
         raise ValueError("'bucket' is required: a whole number of seconds")
@@ -110,7 +124,20 @@ def parse_report(body: dict[str, Any], settings: Settings) -> ReportParams:
             f"{settings.report_max_buckets}: use a larger bucket or a shorter range"
         )
     z = _number(body, "z", MIN_Z, MAX_Z, DEFAULT_Z)
-    return ReportParams(device, start, end, bucket, z)
+    detail = body.get("detail", FULL)
+    if detail not in (FULL, SUMMARY):
+        raise ValueError(
+            "'detail' must be 'full' (every statistic, from the readings) or 'summary' "
+            "(count, min, max and mean, from the rollups)"
+        )
+    if detail == SUMMARY and summary_step(start, end, bucket) is None:
+        raise ValueError(
+            "'detail': 'summary' is computed from hourly or per-minute rollups: the 'bucket' "
+            "must be a multiple of 3600 s with 'from' and 'to' on whole UTC hours, or a "
+            "multiple of 60 s with 'from' and 'to' on whole minutes; use 'detail': 'full' "
+            "for other buckets and ranges"
+        )
+    return ReportParams(device, start, end, bucket, z, detail)
 
 
 def parse_export(body: dict[str, Any]) -> ExportParams:

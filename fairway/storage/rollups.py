@@ -19,7 +19,7 @@ token did not change while it computed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -262,6 +262,36 @@ def _read(
         yield from collection.find({**key, "stream": stream} if stream else key)
 
 
+def live_hours(
+    start: datetime, end: datetime, now: datetime, have: set[datetime]
+) -> list[datetime]:
+    """Hour starts in ``floor_hour(start)..min(end, now)`` recent enough to have no rollup
+    yet (the last :data:`LIVE_HOURS`), except those in ``have``."""
+    hours = []
+    hour = max(floor_hour(start), floor_hour(now) - (LIVE_HOURS - 1) * HOUR)
+    while hour <= min(end, now):
+        if hour not in have:
+            hours.append(hour)
+        hour += HOUR
+    return hours
+
+
+def fold_stored_hour(
+    db: Database,
+    tenant: str,
+    device: str,
+    hour: datetime,
+    stream: str | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, HourFold]:
+    """One device-hour's raw readings (read by ``hk``; those ``keep`` accepts) folded per stream."""
+    query: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
+    if stream:
+        query["stream"] = stream
+    readings = db[mongo.TELEMETRY].find(query, {"stream": 1, "ts": 1, "values": 1})
+    return fold_readings(readings if keep is None else filter(keep, readings))
+
+
 def _live_folds(
     db: Database,
     tenant: str,
@@ -273,17 +303,10 @@ def _live_folds(
     stream: str | None,
 ) -> dict[datetime, dict[str, HourFold]]:
     """Recent hours without rollups yet (open, or in the grace), folded from raw readings."""
-    folds: dict[datetime, dict[str, HourFold]] = {}
-    hour = max(floor_hour(start), floor_hour(now) - (LIVE_HOURS - 1) * HOUR)
-    while hour <= min(end, now):
-        if hour not in have:
-            query: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
-            if stream:
-                query["stream"] = stream
-            readings = db[mongo.TELEMETRY].find(query, {"stream": 1, "ts": 1, "values": 1})
-            folds[hour] = fold_readings(readings)
-        hour += HOUR
-    return folds
+    return {
+        hour: fold_stored_hour(db, tenant, device, hour, stream)
+        for hour in live_hours(start, end, now, have)
+    }
 
 
 def _merge(into: dict[datetime, Stats], at: datetime, s: Stats) -> None:

@@ -104,6 +104,18 @@ def test_report_job_is_visible_to_its_tenant_only(pipeline: Pipeline, app: Flask
         assert whole["state"] == "SUCCESS" and whole["result"]["readings"] == 360
         assert whole["tenant"] == "acme" and whole["user"] == "ops"
 
+        # The same figures without percentiles, from rollups (none yet: folded from raw).
+        answer = client.post("/api/reports", json={**REPORT, "detail": "summary"}, headers=alice)
+        assert answer.status_code == 202
+        summary = wait_job(client, answer.get_json()["url"], alice)
+        assert summary["state"] == "SUCCESS" and summary["params"]["detail"] == "summary"
+        assert summary["result"]["detail"] == "summary" and summary["result"]["readings"] == 360
+        brief = summary["result"]["metrics"]["t"]["buckets"]
+        assert [(b["count"], b["min"], b["max"]) for b in brief] == [
+            (b["count"], b["min"], b["max"]) for b in buckets
+        ]
+        assert "p95" not in brief[0]
+
     # Other tenants' devices and tenants do not exist for mallory.
     body = {**REPORT, "device": "acme-1"}
     assert client.post("/api/reports", json=body, headers=mallory).status_code == 404
@@ -160,6 +172,8 @@ def test_export_download_is_streamed_to_its_tenant_only(pipeline: Pipeline, app:
         ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "z": 99}, "'z'"),
         ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "device": 7}, "'device'"),
         ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "tenant": 3}, "'tenant'"),
+        ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "detail": 1}, "'detail'"),
+        ("/api/reports", {"from": T0, "to": T0 + 90, "bucket": 30, "detail": "summary"}, "60 s"),
         ("/api/exports", {"from": T0}, "'to' is required"),
         ("/api/exports", [1, 2], "JSON object"),
     ],

@@ -28,9 +28,10 @@ from fairway.devtools.processes import free_port, wait_for
 from fairway.domain.job_params import JobFailed
 from fairway.kernel import topology
 from fairway.kernel.contract import hour_key, reading_id
-from fairway.storage import device_state, job_records
-from fairway.storage.mongo import TELEMETRY, TENANTS
-from tasks import export, retention
+from fairway.storage import device_state, job_records, rollups
+from fairway.storage.mongo import ROLLUP_PENDING, TELEMETRY, TENANTS
+from fairway.storage.telemetry import floor_hour
+from tasks import export, retention, rollup
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
@@ -40,16 +41,25 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 # -- helpers (also used by test_jobs_api) ------------------------------------------------
 def insert_readings(
-    db: Any, tenant: str, device: str, times: list[datetime], values: list[dict[str, Any]]
+    db: Any,
+    tenant: str,
+    device: str,
+    times: list[datetime],
+    values: list[dict[str, Any]],
+    stream: str = "s",
+    prefix: str = "m",
 ) -> None:
-    """Store readings directly, as the scheduler would (``contract.to_document`` shape)."""
+    """Store readings directly, as the scheduler would (``contract.to_document`` shape),
+    with what its sink maintains: a ``rollup_pending`` mark per device-hour and
+    ``device_state``."""
     docs = [
         {
-            "_id": reading_id(tenant, device, f"m{i}"),
+            "_id": reading_id(tenant, device, f"{prefix}{i}"),
+            "hk": hour_key(tenant, device, ts),
             "tenant": tenant,
             "device": device,
-            "stream": "s",
-            "msg_id": f"m{i}",
+            "stream": stream,
+            "msg_id": f"{prefix}{i}",
             "ts": ts,
             "received": ts,
             "values": v,
@@ -58,6 +68,9 @@ def insert_readings(
     ]
     for i in range(0, len(docs), 5000):
         db[TELEMETRY].insert_many(docs[i : i + 5000], ordered=False)
+    rollups.mark_pending(db, {(tenant, device, floor_hour(ts)) for ts in times})
+    if docs:
+        device_state.apply(db, device_state.fold(docs))
 
 
 def store_readings(
@@ -217,6 +230,7 @@ def test_report_figures_equal_an_independent_computation(pipeline: Pipeline) -> 
 
 def test_progress_is_visible_while_a_report_runs(pipeline: Pipeline) -> None:
     bulk_readings(pipeline.db, "acme", "dev1", 30_000)
+    rollup.roll_closed_hours(pipeline.db, grace_s=0)  # the total comes from the rollups' n
     app = make_celery(pipeline.settings)
     params = {"device": "dev1", "start": START.timestamp(), "end": START.timestamp() + 30_000,
               "bucket_s": 3600, "z": 3.0}  # fmt: skip
@@ -294,9 +308,10 @@ def test_report_past_its_soft_time_limit_fails_and_says_so(pipeline: Pipeline) -
         job = send(app, REPORT_TASK, "acme", "alice", params)
         final, exc = wait_done(app, job)
         got = wait_for(lambda: events(), 30, "job event")
-        # The worker carries on: a small report still runs (FerretDB reads the whole
-        # collection for any query, so the big one goes first).
+        # The worker carries on: a small report still runs (the big one goes first, with
+        # its marks: the small one plans and reads only its own hour).
         pipeline.db[TELEMETRY].drop()
+        pipeline.db[ROLLUP_PENDING].drop()
         bulk_readings(pipeline.db, "acme", "dev1", 10)
         small = send(app, REPORT_TASK, "acme", "alice", params)
         assert wait_done(app, small)[0] == "SUCCESS"
@@ -318,6 +333,7 @@ def test_report_past_its_hard_time_limit_is_killed_not_redelivered(pipeline: Pip
         final, exc = wait_done(app, job)
         got = wait_for(lambda: events(), 30, "job event")
         pipeline.db[TELEMETRY].drop()
+        pipeline.db[ROLLUP_PENDING].drop()  # the small report reads only its own hour
         bulk_readings(pipeline.db, "acme", "dev1", 10)
         small = send(app, REPORT_TASK, "acme", "alice", params)
         assert wait_done(app, small)[0] == "SUCCESS"
