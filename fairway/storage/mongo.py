@@ -45,7 +45,7 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     DEVICE_STATE: ("_id", "tenant"),
     ROLLUPS: ("_id", "dk", "mk", "tk"),
     ROLLUP_MINUTES: ("_id", "dk"),
-    ROLLUP_PENDING: ("_id",),
+    ROLLUP_PENDING: ("_id", "tenant"),
     TENANTS: ("_id",),
     REJECTIONS: ("device",),
 }
