@@ -9,7 +9,13 @@ every device login and permission check. A device:
 * may use only the vhost of ``FAIRWAY_AMQP_URL``;
 * may only *write* to the ``telemetry`` exchange;
 * may only publish routing keys ``<its id>.<stream>`` (MQTT topics ``<id>/<stream>``
-  arrive here already translated to ``<id>.<stream>``).
+  arrive here already translated to ``<id>.<stream>``);
+* over MQTT, may only use the client id ``<its id>`` or ``<its id>.<suffix>``: RabbitMQ
+  (3.10) closes an MQTT connection when another one opens with the same client id on
+  the vhost, so without this rule any device could kick any other off, in a loop.
+  RabbitMQ sends the MQTT client id as ``client_id`` with the login; AMQP logins carry
+  none. The separator is ``.`` because ids cannot contain it: with ``-``, device ``a``
+  could claim ``a-b``, the id of device ``a-b``.
 
 Only callers in ``FAIRWAY_BROKER_AUTH_NETWORKS`` (the broker) are answered; anyone
 else gets 403, so these endpoints cannot be used to guess device passwords.
@@ -21,6 +27,7 @@ plugin expects; every decision is counted by check and outcome.
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from flask import Blueprint, abort, current_app, request
 from prometheus_client import Counter
@@ -32,11 +39,17 @@ from fairway.storage import registry
 from web.database import get_db
 
 bp = Blueprint("broker_auth", __name__, url_prefix="/broker")
+log = logging.getLogger(__name__)
 
 DECISIONS = Counter(
     "fairway_broker_auth_decisions_total",
     "Answers to RabbitMQ's HTTP auth backend",
     ["check", "decision"],
+)
+CLIENT_ID_REFUSED = Counter(
+    "fairway_broker_auth_client_id_refused_total",
+    "MQTT logins with the right password refused for their client id",
+    ["tenant", "reason"],  # client_id_mismatch
 )
 
 
@@ -77,12 +90,37 @@ def _fairway_vhost() -> str:
 
 @bp.post("/user")
 def user() -> str:
-    """Authenticate a device by id and password."""
+    """Authenticate a device by id and password (and, over MQTT, its client id)."""
     form = request.form
-    ok = registry.verify_device_password(
-        get_db(), form.get("username", ""), form.get("password", "")
-    )
+    username = form.get("username", "")
+    ok = registry.verify_device_password(get_db(), username, form.get("password", ""))
+    client_id = form.get("client_id")
+    if ok and client_id is not None and not client_id_allowed(username, client_id):
+        _refuse_client_id(username, client_id)
+        ok = False
     return _answer("user", ok)
+
+
+def client_id_allowed(device_id: str, client_id: str) -> bool:
+    """An MQTT client id a device may use: ``<its id>`` or ``<its id>.<suffix>``."""
+    return client_id == device_id or (
+        client_id.startswith(device_id + ".") and len(client_id) > len(device_id) + 1
+    )
+
+
+def _refuse_client_id(device_id: str, client_id: str) -> None:
+    device = registry.find_devices(get_db(), [device_id])[device_id]
+    tenant = device.tenant if device is not None else ""
+    CLIENT_ID_REFUSED.labels(tenant, "client_id_mismatch").inc()
+    log.warning(
+        "MQTT login refused: client id not the device's",
+        extra={
+            "reason": "client_id_mismatch",
+            "device": device_id,
+            "tenant": tenant,
+            "client_id": client_id[:100],
+        },
+    )
 
 
 @bp.post("/vhost")
