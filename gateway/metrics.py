@@ -19,7 +19,8 @@ SLOW_DISCONNECTS = Counter(
 AUTH_FAILURES = Counter(
     "fairway_gateway_auth_failures_total",
     "Stream requests refused for their push token",
-    # missing, invalid, expired (tenant ""), reused (the token's tenant; "" for operators)
+    # missing, invalid, expired (tenant ""); reused, predates_start (the token's tenant,
+    # "" for operators)
     ["reason", "tenant"],
 )
 

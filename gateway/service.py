@@ -331,6 +331,9 @@ class Gateway:
         self.per_user: Counter[str] = Counter()
         self.per_tenant: Counter[str] = Counter()
         self.used_tokens = pushtoken.UsedTokens(settings.gateway_used_tokens_max)
+        # Tokens signed before this process started may have been used by its previous
+        # run, whose record is gone: refused (browsers ask for a new token on any error).
+        self.started = int(time.time())
         self.stopping = False
         self.allowed_origins = _allowed_origins(settings)
         self._reconnect = Reconnect("fairway-gateway", _reactor.callLater, self._connect)
@@ -387,6 +390,15 @@ class Gateway:
     def claim_token(self, request: server.Request, claims: dict[str, Any]) -> bytes | None:
         """Mark the token's id used; an error body if it was used before (or no room)."""
         tenant = claims["tenant"] or ""
+        if claims["issued"] < self.started:
+            AUTH_FAILURES.labels("predates_start", tenant).inc()
+            return _json_error(
+                request,
+                401,
+                "token_reused",
+                "this push token was issued before the gateway started and may have been "
+                "used; ask the web app for a new one",
+            )
         found = self.used_tokens.claim(claims["jti"], claims["expires"], time.time())
         if found is pushtoken.Claim.REUSED:
             AUTH_FAILURES.labels("reused", tenant).inc()

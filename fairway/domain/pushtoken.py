@@ -43,8 +43,9 @@ def issue(secret_key: str, user_id: str, tenant: str | None) -> str:
 
 
 def verify(secret_key: str, token: str, max_age_s: float) -> dict[str, Any]:
-    """``{"user", "tenant", "jti", "expires"}`` of a valid token (``expires``: epoch
-    seconds after which :func:`verify` refuses it); raise :class:`InvalidToken` otherwise.
+    """``{"user", "tenant", "jti", "issued", "expires"}`` of a valid token (epoch seconds:
+    when it was signed, whole seconds, and after when :func:`verify` refuses it); raise
+    :class:`InvalidToken` otherwise.
 
     This checks signature, age and shape only; whether the token was used already is
     :class:`UsedTokens`' business.
@@ -75,6 +76,7 @@ def verify(secret_key: str, token: str, max_age_s: float) -> dict[str, Any]:
         "user": payload["user"],
         "tenant": payload["tenant"],
         "jti": payload["jti"],
+        "issued": signed_at.timestamp(),
         "expires": expires,
     }
 

@@ -455,6 +455,25 @@ def test_a_push_token_opens_one_stream(pipeline: Pipeline, gateway: Callable[...
         pass
 
 
+def test_a_token_signed_before_the_gateway_started_is_refused(
+    pipeline: Pipeline, gateway: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted gateway forgot which tokens its previous run saw: it refuses them all."""
+    user(pipeline, "ann", "admin", "acme")
+    now = int(time.time())
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: now - 2)
+    before_start = token(pipeline, "ann", "acme")  # still valid for 58 s
+    monkeypatch.undo()
+    port = gateway()
+    refused = Stream(port, before_start)
+    assert refused.status == 401 and refused.body()["error"] == "token_reused"
+    refused.close()
+    m = "fairway_gateway_auth_failures_total"
+    assert pipeline.metric("gateway", m, reason="predates_start", tenant="acme") == 1
+    with stream(port, token(pipeline, "ann", "acme")):
+        pass
+
+
 @pytest.mark.settings(gateway_used_tokens_max=2)
 def test_used_token_memory_is_bounded_and_fails_closed(
     pipeline: Pipeline, gateway: Callable[..., int]
