@@ -43,13 +43,29 @@ class Device:
         self.reason = rc
         self.answered.set()
 
-    def connect(self) -> bool:
-        """True if the broker accepted the connection."""
+    def connect(self, attempts: int = 1) -> bool:
+        """True if the broker accepted the connection (within ``attempts`` tries)."""
         self.client.connect("127.0.0.1", PORT)
-        self.client.loop_start()
-        assert self.answered.wait(15), "no CONNACK"
-        assert self.reason is not None
-        return not self.reason.is_failure
+        for attempt in range(attempts):
+            if attempt:
+                self.client.loop_stop()
+                self.answered.clear()
+                self.client.reconnect()
+            self.client.loop_start()
+            assert self.answered.wait(15), "no CONNACK"
+            assert self.reason is not None
+            if not self.reason.is_failure:
+                return True
+        return False
+
+    def connects(self) -> bool:
+        """For logins that must succeed: a second try, as a real device would make.
+
+        The broker's HTTP auth backend is one port for the whole machine (8080), and a
+        legitimate login was refused once in a full run while other test runs were
+        starting and stopping web apps there; the refusals under test are never retried.
+        """
+        return self.connect(attempts=2)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -88,7 +104,7 @@ def test_a_device_cannot_take_over_another_devices_client_id(edge: Pipeline) -> 
     a = edge.device("acme", "dev-a")
     b = edge.device("other", "dev-b")  # another tenant's device, valid credentials
     with device(edge, a, "dev-a") as victim:
-        assert victim.connect()
+        assert victim.connects()
         for stolen in ("dev-a", "dev-a.1"):
             with device(edge, b, stolen) as attacker:
                 assert not attacker.connect(), f"{stolen} was accepted for dev-b"
@@ -105,7 +121,7 @@ def test_a_device_cannot_take_over_another_devices_client_id(edge: Pipeline) -> 
 def test_a_device_connects_with_its_own_client_ids(edge: Pipeline, client_id: str) -> None:
     b = edge.device("other", "dev-b")
     with device(edge, b, client_id) as d:
-        assert d.connect()
+        assert d.connects()
 
 
 @pytest.mark.parametrize("client_id", ["dev-bx", "dev-b-2", "dev-b.", "x.dev-b", ""])
@@ -122,7 +138,7 @@ def test_prefix_devices_cannot_claim_each_others_ids(edge: Pipeline) -> None:
     short = edge.device("acme", "dev")
     long = edge.device("acme", "dev-2")
     with device(edge, long, "dev-2") as owner:
-        assert owner.connect()
+        assert owner.connects()
         with device(edge, short, "dev-2") as claimer:
             assert not claimer.connect()
         with device(edge, long, "dev") as reverse:
