@@ -30,6 +30,7 @@ BENCHMARKS = [
     "notify_fanout",
     "report_offload",
     "reads",
+    "isolation",
 ]
 
 
@@ -173,6 +174,15 @@ def _rows_reads(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _rows_isolation(d: dict) -> list[tuple[str, str, str]]:
+    base = d["unloaded"]["p99_ms"]
+    rows = [("quiet p99, unloaded", f"{base} ms", "1.00")]
+    for name, a in d["attacks"].items():
+        value = f"{a['quiet']['p99_ms']} ms, {a['quiet_errors']} errors"
+        rows.append((f"quiet p99 under {name}", value, f"{a['quiet_p99_ratio']}"))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "many_queues": _rows_many_queues,
     "relay": _rows_relay,
@@ -182,6 +192,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "notify_fanout": _rows_notify,
     "report_offload": _rows_report_offload,
     "reads": _rows_reads,
+    "isolation": _rows_isolation,
 }
 
 

@@ -18,7 +18,7 @@ from fairway.amqp.connection import declare_topology
 from fairway.kernel import log, topology
 from fairway.kernel.settings import Settings, SettingsError
 from fairway.provision import create_user, ensure_devices, provision_tenant
-from fairway.storage import accounts, mongo, registry
+from fairway.storage import accounts, backfill, mongo, registry
 
 
 def _emit(value: Any) -> None:
@@ -96,7 +96,8 @@ def device() -> None:
 def device_register(settings: Settings, tenant_id: str, device_id: str) -> None:
     """Register DEVICE_ID under TENANT_ID; prints its credentials once."""
     try:
-        _emit(registry.register_device(mongo.connect(settings), tenant_id, device_id))
+        key = registry.device_hash_key(settings.device_hash_key, settings.secret_key)
+        _emit(registry.register_device(mongo.connect(settings), tenant_id, device_id, key))
     except (ValueError, LookupError, mongo.AlreadyExists) as exc:
         _fail(str(exc).strip("'\""))
 
@@ -184,6 +185,31 @@ def declare(settings: Settings) -> None:
     declare_topology(settings)
     mongo.ensure_indexes(mongo.connect(settings))
     _emit({"declared": [name for name, _ in topology.EXCHANGES]})
+
+
+@main.group()
+def migrate() -> None:
+    """One-time data migrations (idempotent, resumable: rerun after an interruption)."""
+
+
+@migrate.command("backfill-hk")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_obj
+def migrate_backfill_hk(settings: Settings, batch_size: int) -> None:
+    """Give readings stored before hour keys existed their ``hk``.
+
+    Also folds them into device_state and marks their hours for rollup. One scan of
+    telemetry per pass; progress on stderr, a JSON summary on stdout.
+    """
+
+    def report(totals: dict[str, int]) -> None:
+        click.echo(
+            f"pass {totals['passes']}: {totals['readings']} readings keyed, "
+            f"{totals['hours']} device-hours marked for rollup",
+            err=True,
+        )
+
+    _emit(backfill.backfill_hour_keys(mongo.connect(settings), batch_size, report))
 
 
 # -- processes: each module's ``run(settings)`` serves until SIGTERM, then drains ----

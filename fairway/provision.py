@@ -11,14 +11,14 @@ from pymongo.database import Database
 from fairway.amqp.connection import blocking_channel
 from fairway.domain import permissions
 from fairway.kernel import topology
-from fairway.kernel.ids import check_id
+from fairway.kernel.ids import check_new_id
 from fairway.kernel.settings import Settings
 from fairway.storage import accounts, mongo, registry
 
 
 def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlog: int) -> None:
     """Declare the tenant's queue, then record the tenant (schedulers pick it up)."""
-    check_id("tenant", tenant_id)
+    check_new_id("tenant", tenant_id)
     with blocking_channel(settings, "fairway-provision") as channel:
         topology.declare(channel, settings)
         topology.tenant_queue(tenant_id, max_backlog, settings).declare(channel)
@@ -37,7 +37,8 @@ def ensure_devices(settings: Settings, by_tenant: dict[str, list[str]]) -> None:
         known = {d.id for d in registry.list_devices(db, tenant_id)}
         for device_id in device_ids:
             if device_id not in known:
-                registry.register_device(db, tenant_id, device_id)
+                key = registry.device_hash_key(settings.device_hash_key, settings.secret_key)
+                registry.register_device(db, tenant_id, device_id, key)
 
 
 def create_user(

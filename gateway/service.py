@@ -41,13 +41,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
-from urllib.parse import urlsplit
 
 import orjson
 import pika
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from pika.exceptions import ChannelClosed
 from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import ssl as tls
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import ILogObserver, STDLibLogObserver, globalLogBeginner
 from twisted.web import resource, server
@@ -55,7 +55,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from fairway.amqp.backoff import Reconnect
-from fairway.amqp.connection import parameters
+from fairway.amqp.connection import ca_certificates_pem, parameters, uses_tls
 from fairway.domain import notify, pushtoken
 from fairway.kernel import metrics
 from fairway.kernel.ids import check_id
@@ -359,7 +359,10 @@ class Gateway:
         if self.stopping:
             return
         params = parameters(self.settings, "fairway-gateway")
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, params.host, params.port, timeout=10)
+        endpoint: Any = endpoints.TCP4ClientEndpoint(reactor, params.host, params.port, timeout=10)
+        if uses_tls(self.settings.amqp_url):
+            # pika's Twisted protocol ignores ssl_options: TLS is the endpoint's.
+            endpoint = endpoints.wrapClientTLS(client_tls_options(self.settings), endpoint)
         protocol = TwistedProtocolConnection(params)
         d = endpoints.connectProtocol(endpoint, protocol)
         d.addCallback(lambda _p: protocol.ready)
@@ -683,9 +686,24 @@ def _raise_file_limit(sessions: int) -> None:
             log.warning("file descriptor limit below max sessions", extra={"limit": new_soft})
 
 
+def client_tls_options(settings: Settings) -> Any:
+    """Twisted's TLS options for an ``amqps://`` broker, verified as pika's connections are.
+
+    The chain must lead to ``FAIRWAY_AMQP_CA_FILE`` (the system's CAs when empty) and
+    the certificate must name the URL's host (service_identity does the check).
+    """
+    host = parameters(settings, "fairway-gateway").host
+    pems = ca_certificates_pem(settings)
+    if pems:
+        trust = tls.trustRootFromCertificates([tls.Certificate.loadPEM(p) for p in pems])
+    else:
+        trust = tls.platformTrust()
+    return tls.optionsForClientTLS(host, trustRoot=trust)
+
+
 def run(settings: Settings) -> None:
     """``fairway gateway``: serve until SIGTERM, then close every stream."""
-    if urlsplit(settings.amqp_url).scheme == "amqps":
-        raise RuntimeError("the push gateway does not speak amqps yet; use amqp://")
     pika.URLParameters(settings.amqp_url)  # fail early on a malformed URL
+    if uses_tls(settings.amqp_url):
+        client_tls_options(settings)  # and on an unusable CA file
     Gateway(settings).serve(settings.metrics_port)

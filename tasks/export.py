@@ -7,6 +7,10 @@ deletes before writing afresh. So each job has at most one file, whatever happen
 
 The CSV is in long form, one row per value: ``ts,device,stream,metric,value``. Rows
 come in storage order (sorting would need an index FerretDB 1.24 cannot use for reads).
+String cells that a spreadsheet would run as a formula (starting with ``=``, ``+``,
+``-``, ``@``, tab or carriage return) get a leading ``'`` (OWASP, CSV injection);
+numbers and booleans are written as they are. Rows end in CRLF, so a cell holding
+either line break is quoted and cannot forge a row.
 Tested on FerretDB 1.24, where GridFS works with its ordinary indexes.
 """
 
@@ -27,6 +31,7 @@ from tasks.report import Progress, Throttle, count_readings, reading_query, stre
 BUCKET = "exports"
 COLUMNS = ("ts", "device", "stream", "metric", "value")
 FLUSH_BYTES = 256 * 1024  # CSV text buffered before it is written to GridFS
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def bucket(db: Database) -> gridfs.GridFSBucket:
@@ -50,13 +55,21 @@ def delete_file(db: Database, job_id: str) -> None:
     db[f"{BUCKET}.chunks"].delete_many({"files_id": job_id})
 
 
+def safe_cell(value: Any) -> Any:
+    """A string a spreadsheet would take for a formula, prefixed with ``'``; else as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_rows(doc: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     """One reading as CSV rows, one per value (``ts`` in epoch milliseconds)."""
     ts = iso_z(int(doc["ts"]) / 1000)
+    device, stream = safe_cell(doc["device"]), safe_cell(doc["stream"])
     for metric, value in (doc.get("values") or {}).items():
         if isinstance(value, bool):
             value = "true" if value else "false"  # as in the JSON the device sent
-        yield ts, doc["device"], doc["stream"], metric, value
+        yield ts, device, stream, safe_cell(metric), safe_cell(value)
 
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +102,9 @@ def export_csv(
         job_id, f"{job_id}.csv", metadata={"tenant": tenant, "content_type": "text/csv"}
     )
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF (RFC 4180): Python 3.11 quotes a field only for the characters of the line
+    # terminator, so with "\n" alone a device's "\r" would start a forged row.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(COLUMNS)
     readings = rows = 0
     try:

@@ -98,6 +98,7 @@ def apply_retention(self: JobTask) -> dict[str, Any]:
         settings.job_ttl_s,
         datetime.now(UTC),
         self.progress,
+        settings.retention_max_hours,
     )
 
 

@@ -24,7 +24,7 @@ from web.auth import (
 )
 from web.broker import get_broker
 from web.database import get_db
-from web.errors import ApiError
+from web.errors import ApiError, bad_input
 
 bp = Blueprint("users", __name__, url_prefix="/api")
 MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
@@ -76,7 +76,9 @@ def create_user() -> tuple[dict[str, Any], int]:
     db = get_db()
     try:
         accounts.create_user(db, user_id, password, role, tenant)
-    except (ValueError, LookupError) as exc:
+    except ValueError as exc:
+        raise bad_input(exc) from None
+    except LookupError as exc:
         raise ApiError(400, "bad_parameter", str(exc).strip("'\"")) from None
     except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None

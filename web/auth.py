@@ -45,11 +45,6 @@ bp = Blueprint("auth", __name__, url_prefix="/api")
 csrf = CSRFProtect()
 
 LOGINS = Counter("fairway_web_logins_total", "Login attempts by outcome", ["outcome"])
-PUSH_TOKENS_REFUSED = Counter(
-    "fairway_web_push_tokens_refused_total",
-    "Push tokens not minted, by the caller's tenant",
-    ["tenant", "reason"],  # push_token_rate; tenant "" for operators
-)
 
 F = TypeVar("F", bound=Callable[..., Any])
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -157,6 +152,9 @@ def tenant_scope(requested: str | None = None) -> str | None:
     Asking for another tenant answers 404, so tenant names do not leak.
     """
     user = current_user()
+    if requested is not None and not isinstance(requested, str):
+        # A dict here would reach MongoDB as a query operator and be stored as a tenant.
+        raise ApiError(400, "bad_parameter", "'tenant' must be a tenant id (a string)")
     if user.is_operator:
         if requested is not None and get_db()[TENANTS].count_documents({"_id": requested}) == 0:
             raise ApiError(404, "not_found", f"no tenant {requested!r}")
@@ -206,18 +204,24 @@ def log_in(user_id: str, password: str) -> User:
     settings = current_app.config["FAIRWAY_SETTINGS"]
     db = get_db()
     keys = [f"user:{user_id}", f"addr:{request.remote_addr}"]
-    wait = accounts.login_blocked_for(
-        db, keys, settings.login_max_failures, settings.login_window_s
+    wait = accounts.claim_login_attempt(
+        db,
+        keys,
+        settings.login_max_failures,
+        settings.login_window_s,
+        settings.login_delay_max_s,
     )
     if wait > 0:
         LOGINS.labels("throttled").inc()
-        raise ApiError(429, "too_many_attempts", f"too many failed logins; retry in {wait:.0f} s")
+        raise ApiError(
+            429, "too_many_attempts", f"too many failed logins; retry in {math.ceil(wait)} s"
+        )
     user = accounts.authenticate(db, user_id, password)
     if user is None:
-        accounts.record_login_failure(db, keys, settings.login_window_s)
+        accounts.login_failed(db, keys, settings.login_window_s)
         LOGINS.labels("failed").inc()
         raise ApiError(401, "bad_credentials", "unknown user or wrong password")
-    accounts.clear_login_failures(db, keys[:1])
+    accounts.login_succeeded(db, keys[0], keys[1:])
     session.clear()  # a fresh session on login: no fixation
     session["user"] = user.id
     session.permanent = True
@@ -287,7 +291,6 @@ def push_token() -> dict[str, str]:
     user = current_user()
     throttle: PushThrottle = current_app.extensions["fairway_push_throttle"]
     if not throttle.allow(user.id):
-        PUSH_TOKENS_REFUSED.labels(user.tenant or "", "push_token_rate").inc()
         retry = max(1, math.ceil(1 / settings.push_token_rate))
 
         @after_this_request

@@ -163,6 +163,25 @@ class Origins:
 
 
 @dataclass(frozen=True)
+class ReadableFile:
+    """The path of a file this process can read; ``optional`` allows the empty string."""
+
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value == "" and self.optional:
+            return None
+        if not os.path.isfile(value):
+            return "must be an existing file"
+        if not os.access(value, os.R_OK):
+            return "must be a file this process can read"
+        return None
+
+    def describe(self) -> str:
+        return "the path of a readable file" + (" (or empty)" if self.optional else "")
+
+
+@dataclass(frozen=True)
 class NonEmpty:
     """Any string but the empty one."""
 
@@ -217,6 +236,9 @@ class Settings:
 
     # -- broker and queues (bounds in messages; overflow refused at publish and counted)
     amqp_url: str = setting("amqp://guest:guest@127.0.0.1:5672/%2F", BROKER, Url(("amqp", "amqps")))
+    # CA certificates (PEM) that an amqps:// broker's certificate must chain to; empty:
+    # the system's. With amqps the chain and the host name are always verified.
+    amqp_ca_file: str = setting("", BROKER, ReadableFile(optional=True))
     # Used to close a disabled device's open connections at once, and by the monitor.
     rabbitmq_mgmt_url: str = setting(
         "http://guest:guest@127.0.0.1:15672", BROKER, Url(("http", "https"))
@@ -284,8 +306,25 @@ class Settings:
     secret_key: str = setting("", WEB)
     session_lifetime_s: float = setting(8 * 3600.0, WEB, POSITIVE)
     api_token_ttl_s: float = setting(30 * 24 * 3600.0, WEB, POSITIVE)
-    login_max_failures: int = setting(5, WEB, AT_LEAST_1)  # per user name and address ...
-    login_window_s: float = setting(300.0, WEB, POSITIVE)  # ... within this, then 429
+    # Login throttling per user name and per address: this many attempts are free, then
+    # each one waits twice as long as the one before (1 s, 2 s, 4 s ...) up to the cap;
+    # a record is forgotten this long after its last attempt.
+    login_max_failures: int = setting(5, WEB, AT_LEAST_1)
+    login_window_s: float = setting(300.0, WEB, POSITIVE)
+    login_delay_max_s: float = setting(60.0, WEB, Bound(low=1, high=3600))
+    # Request bodies beyond this answer 413 (Flask) or are cut off (waitress).
+    web_max_body_bytes: int = setting(1_048_576, WEB, Bound(low=1024))
+    # Device logins (RabbitMQ's HTTP auth backend): passwords are keyed hashes (HMAC-SHA256)
+    # under this key; empty: derived from FAIRWAY_SECRET_KEY. Changing it invalidates every
+    # device password hashed under the old one (see docs/security.md).
+    device_hash_key: str = setting("", WEB)
+    # Answers to device logins (both allow and deny) are remembered this long, this many.
+    device_auth_cache_ttl_s: float = setting(10.0, WEB, Bound(low=0, high=300))
+    device_auth_cache_size: int = setting(100_000, WEB, AT_LEAST_1)
+    # The broker-auth endpoints on their own port and thread pool (0: the web port and pool).
+    broker_auth_port: int = setting(0, WEB, PORT)
+    broker_auth_threads: int = setting(4, WEB, Bound(low=1, high=64))
+    max_rules_per_tenant: int = setting(1000, WEB, AT_LEAST_1)  # alert rules, then 409
     api_page_max: int = setting(1000, WEB, AT_LEAST_1)  # largest page of any list endpoint
     # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
     # are trusted that many hops deep, so throttling sees the client's address.
@@ -345,6 +384,9 @@ class Settings:
     # a closed hour is rolled up this long after it ends (clock skew + the longest write)
     rollup_grace_s: float = setting(120.0, JOBS, AT_LEAST_0)
     default_retention_days: int = setting(30, JOBS, AT_LEAST_1)  # 0 would delete everything
+    # Device-hours one retention run deletes at most (a year's backlog spans several runs);
+    # in steady state a run needs about two per device with readings.
+    retention_max_hours: int = setting(20_000, JOBS, AT_LEAST_1)
     report_max_buckets: int = setting(1000, JOBS, AT_LEAST_1)  # bounds a report's size
     job_queue_max_length: int = setting(10_000, JOBS, AT_LEAST_1)  # per queue; then 503
     job_ttl_s: float = setting(7 * 24 * 3600.0, JOBS, POSITIVE)  # results, records, files

@@ -156,12 +156,58 @@ def _upsert_all(collection: Collection, docs: list[dict[str, Any]]) -> None:
 
 def compute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
     """Recompute and store the rollups of one device-hour; the number of streams."""
+    return len(_store_hour(db, tenant, device, hour))
+
+
+def _store_hour(db: Database, tenant: str, device: str, hour: datetime) -> list[str]:
     readings = db[mongo.TELEMETRY].find({"hk": hour_key(tenant, device, hour)})
     docs = hour_documents(tenant, device, hour, fold_readings(readings))
     # Minutes first: a chart that finds the hourly document may read its minutes.
     _upsert_all(db[ROLLUP_MINUTES], [m for _, m in docs])
     _upsert_all(db[ROLLUPS], [h for h, _ in docs])
-    return len(docs)
+    return [h["stream"] for h, _ in docs]
+
+
+def recompute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
+    """:func:`compute_hour` after some of the hour's readings were deleted (retention).
+
+    Also removes the hour's documents of streams with no reading left, which
+    :func:`compute_hour` (readings are otherwise never deleted) leaves alone.
+    """
+    streams = _store_hour(db, tenant, device, hour)
+    # dk is the equality FerretDB pushes down; hour and stream are filtered after it
+    # (at most 24 x streams documents read).
+    gone = {"dk": day_key(tenant, device, hour), "hour": hour, "stream": {"$nin": streams}}
+    db[ROLLUPS].delete_many(gone)
+    db[ROLLUP_MINUTES].delete_many(gone)
+    return len(streams)
+
+
+def delete_day_before(db: Database, tenant: str, device: str, day: datetime, end: datetime) -> int:
+    """Delete the device's rollups (both collections) of UTC ``day`` whose hour is < ``end``.
+
+    One ``dk`` equality per collection: reads at most the day's documents.
+    """
+    query = {"dk": day_key(tenant, device, day), "hour": {"$lt": end}}
+    # Hourly documents first: a chart that finds one may read its minutes.
+    deleted = db[ROLLUPS].delete_many(query).deleted_count
+    db[ROLLUP_MINUTES].delete_many(query)
+    return deleted
+
+
+def pending_marks(db: Database) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every ``rollup_pending`` mark, by (tenant, device). The collection holds only the
+    hours not rolled up yet (the open ones, late data), so reading it whole is small."""
+    marks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for mark in db[ROLLUP_PENDING].find({}, {"tenant": 1, "device": 1, "hour": 1, "token": 1}):
+        marks.setdefault((mark["tenant"], mark["device"]), []).append(mark)
+    return marks
+
+
+def unmark(db: Database, mark: dict[str, Any]) -> bool:
+    """Delete ``mark`` if nobody re-marked its hour since it was read (same token)."""
+    removed = db[ROLLUP_PENDING].delete_one({"_id": mark["_id"], "token": mark["token"]})
+    return removed.deleted_count == 1
 
 
 def mark_pending(db: Database, hours: Iterable[tuple[str, str, datetime]]) -> None:

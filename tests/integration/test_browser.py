@@ -1,10 +1,13 @@
 """A real browser (Debian's headless Chromium, driven by Selenium) against every process:
 a bad password is refused; log in, open a device page, a device publishes, the chart,
-latest value and history update live; the dashboard lists the tenant's devices."""
+latest value and history update live; the dashboard lists the tenant's devices; the
+chart's hour, day, week and month read raw readings, minute and hourly rollups, with
+gaps in the data drawn as gaps."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -17,7 +20,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fairway.devtools.processes import free_port, wait_for
-from fairway.storage import accounts, device_state
+from fairway.storage import accounts, device_state, mongo
+from tasks import rollup
 from tests.harness import ROOT, Pipeline, reading
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -52,6 +56,13 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 def _points(chrome: webdriver.Chrome) -> int:
     return int(chrome.find_element(By.ID, "chart").get_attribute("data-points") or 0)
+
+
+def _chart(chrome: webdriver.Chrome) -> dict[str, str]:
+    """The chart container's state: what it drew (range, resolution, points, gaps)."""
+    box = chrome.find_element(By.ID, "chart")
+    names = ("range", "resolution", "points", "gaps", "loading")
+    return {n: box.get_attribute(f"data-{n}") or "" for n in names}
 
 
 def _text(chrome: webdriver.Chrome, css: str) -> str:
@@ -171,3 +182,105 @@ def test_device_page_updates_live(pipeline: Pipeline, browser: webdriver.Chrome)
     wait.until(lambda b: "on" in b.find_element(By.ID, "live").get_attribute("class").split())
     pipeline.publish([("boiler-2.env", reading(temp=7.5), {})])
     wait.until(lambda b: _text(b, "#device-boiler-2 td:nth-child(5)") == "temp=7.5")
+
+
+def _chart_readings(now: float) -> list[float]:
+    """Timestamps with known holes, for every range of the chart.
+
+    Last hour: every 30 s from 55 to 35 minutes ago and from 20 to 1 minute ago (a
+    15-minute hole). Day: every 30 s from 10 to 8 hours ago. Week and month: three
+    readings in every fourth hour from 26 to 16 days ago and from 5 to 2 days ago (an
+    11-day hole)."""
+    minute, hour, day = 60, 3600, 86400
+    stamps = [now - s for s in range(55 * minute, 35 * minute - 1, -30)]
+    stamps += [now - s for s in range(20 * minute, minute - 1, -30)]
+    stamps += [now - s for s in range(10 * hour, 8 * hour, -30)]
+    for first, last in ((26 * day, 16 * day), (5 * day, 2 * day)):
+        for start in range(first, last, -4 * hour):
+            top = (now - start) // hour * hour
+            stamps += [top + 5 * minute, top + 25 * minute, top + 45 * minute]
+    return sorted(stamps)
+
+
+def _value(ts: float, i: int) -> float:
+    """A daily wave, with a spread of +-1.5 between neighbours (visible min-max bands)."""
+    return round(20 + 5 * math.sin(ts / 86400 * 2 * math.pi) + (i % 3 - 1) * 1.5, 2)
+
+
+@pytest.mark.settings(max_reading_age_s=40 * 86400)  # a month of backfilled readings
+def test_device_chart_ranges_and_gaps(pipeline: Pipeline, browser: webdriver.Chrome) -> None:
+    pipeline.settings = dataclasses.replace(
+        pipeline.settings, web_port=free_port(), gateway_port=free_port()
+    )
+    pipeline.tenant("acme")
+    pipeline.device("acme", "boiler-1")
+    accounts.create_user(pipeline.db, "ada", PASSWORD, accounts.ADMIN, "acme")
+    for role in ("relay", "scheduler", "gateway", "web"):
+        pipeline.start(role)
+    now = time.time()
+    stamps = _chart_readings(now)
+    pipeline.publish(
+        [
+            ("boiler-1.env", {"ts": ts, "values": {"temp": _value(ts, i)}, "id": f"r{i}"}, {})
+            for i, ts in enumerate(stamps)
+        ]
+    )
+    pipeline.wait_stored(len(stamps))
+    # The scheduler marks each hour it wrote after the insert: roll up once all are marked.
+    hours = len({ts // 3600 for ts in stamps})
+    wait_for(
+        lambda: pipeline.db[mongo.ROLLUP_PENDING].count_documents({}) >= hours,
+        30,
+        "every hour marked for its rollup",
+    )
+    rollup.roll_closed_hours(pipeline.db, grace_s=0)  # what the beat task does every minute
+    wait_for(lambda: device_state.get(pipeline.db, "boiler-1"), 10, "device_state")
+    web = f"http://127.0.0.1:{pipeline.settings.web_port}"
+
+    browser.get(f"{web}/devices/boiler-1")
+    _log_in(browser, "ada", PASSWORD)
+    wait = WebDriverWait(browser, 30, poll_frequency=0.05)
+    wait.until(lambda b: _chart(b)["resolution"] == "raw" and not _chart(b)["loading"])
+    hour = _chart(browser)
+    # The last hour: raw readings, the 15-minute hole drawn as one gap.
+    assert hour == {
+        "range": "hour",
+        "resolution": "raw",
+        "points": str(sum(ts >= now - 3600 for ts in stamps)),
+        "gaps": "1",
+        "loading": "",
+    }
+    assert browser.find_element(By.CSS_SELECTOR, "#ranges [aria-pressed=true]").text == "Hour"
+    assert "temp" in _text(browser, "#chart")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "device-chart-hour.png"))
+
+    # Longer ranges: per-minute rollups for the day, hourly for the week and the month
+    # (the recent hours folded from raw readings); points are buckets that hold readings.
+    buckets = {
+        "day": ("minute", {ts // 60 for ts in stamps if ts >= now - 86400}, 2),
+        "week": ("hour", {ts // 3600 for ts in stamps if ts >= now - 7 * 86400}, 1),
+        "month": ("hour", {ts // 3600 for ts in stamps}, 2),
+    }
+    for name, (resolution, expected, min_gaps) in buckets.items():
+        pixels = _chart_pixels(browser)
+        browser.find_element(By.CSS_SELECTOR, f"#ranges [data-range={name}]").click()
+        wait.until(lambda b, n=name: _chart(b)["range"] == n and not _chart(b)["loading"])
+        drawn = _chart(browser)
+        assert drawn["resolution"] == resolution, drawn
+        assert int(drawn["points"]) == len(expected), (name, drawn)
+        assert int(drawn["gaps"]) >= min_gaps, (name, drawn)
+        assert _chart_pixels(browser) != pixels  # the canvas was redrawn
+        legend = _text(browser, "#chart")
+        assert "temp mean" in legend and "min" in legend and "max" in legend  # the band
+        pressed = browser.find_element(By.CSS_SELECTOR, "#ranges [aria-pressed=true]")
+        assert pressed.get_attribute("data-range") == name
+        browser.save_screenshot(str(ARTIFACTS / f"device-chart-{name}.png"))
+
+    # Back to the hour: live readings are appended again.
+    browser.find_element(By.CSS_SELECTOR, "#ranges [data-range=hour]").click()
+    wait.until(lambda b: _chart(b)["range"] == "hour" and not _chart(b)["loading"])
+    wait.until(lambda b: "on" in b.find_element(By.ID, "live").get_attribute("class").split())
+    before = _points(browser)
+    pipeline.publish([("boiler-1.env", reading(temp=30.5), {})])
+    wait.until(lambda b: _points(b) == before + 1)

@@ -23,7 +23,7 @@ import pytest
 from tests.harness import Pipeline, reading, scrape_metric, wait_for
 
 PORT = int(os.environ.get("FAIRWAY_RABBITMQ_MQTT_PORT", "1883"))
-REFUSED = "fairway_broker_auth_client_id_refused_total"
+REFUSED = "fairway_broker_auth_refused_total"
 
 
 class Device:

@@ -37,7 +37,7 @@ def _client(pipeline: Pipeline, app: Flask, user: str, role: str, tenant: str | 
 
 def _refused(tenant: str) -> float:
     sample = REGISTRY.get_sample_value(
-        "fairway_web_push_tokens_refused_total", {"tenant": tenant, "reason": "push_token_rate"}
+        "fairway_web_refused_total", {"tenant": tenant, "reason": "push_token_rate"}
     )
     return sample or 0.0
 

@@ -27,8 +27,8 @@ from fairway.devtools import celery_workers as worker
 from fairway.devtools.processes import free_port, wait_for
 from fairway.domain.job_params import JobFailed
 from fairway.kernel import topology
-from fairway.kernel.contract import reading_id
-from fairway.storage import job_records
+from fairway.kernel.contract import hour_key, reading_id
+from fairway.storage import device_state, job_records
 from fairway.storage.mongo import TELEMETRY, TENANTS
 from tasks import export, retention
 from tasks.base import EXPORT_TASK, REPORT_TASK
@@ -58,6 +58,30 @@ def insert_readings(
     ]
     for i in range(0, len(docs), 5000):
         db[TELEMETRY].insert_many(docs[i : i + 5000], ordered=False)
+
+
+def store_readings(
+    db: Any, tenant: str, device: str, times: list[datetime], values: list[dict[str, Any]]
+) -> None:
+    """Like :func:`insert_readings`, with what the sink also maintains and retention reads:
+    the hour key ``hk`` and ``device_state``."""
+    docs = [
+        {
+            "_id": reading_id(tenant, device, f"m{i}"),
+            "hk": hour_key(tenant, device, ts),
+            "tenant": tenant,
+            "device": device,
+            "stream": "s",
+            "msg_id": f"m{i}",
+            "ts": ts,
+            "received": ts,
+            "values": v,
+        }
+        for i, (ts, v) in enumerate(zip(times, values, strict=True))
+    ]
+    for i in range(0, len(docs), 5000):
+        db[TELEMETRY].insert_many(docs[i : i + 5000], ordered=False)
+    device_state.apply(db, device_state.fold(docs))
 
 
 def bulk_readings(db: Any, tenant: str, device: str, count: int) -> None:
@@ -323,7 +347,7 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
         db[TENANTS].insert_one({"_id": tenant, "weight": 1, "max_backlog": 10,
                                 **({"retention_days": days} if days else {})})  # fmt: skip
         times = [now - timedelta(days=a) for a in ages_days]
-        insert_readings(db, tenant, f"{tenant}-dev", times, [{"v": a} for a in ages_days])
+        store_readings(db, tenant, f"{tenant}-dev", times, [{"v": a} for a in ages_days])
     # A tenant-less reading (tenant deleted) is not this task's business.
     insert_readings(db, "gone", "x", [now - timedelta(days=100)], [{"v": 1}])
     # An expired job and its export file go; a recent one stays.
@@ -364,14 +388,18 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
 
 
 def test_retention_deletes_more_than_one_database_statement_may(pipeline: Pipeline) -> None:
-    # FerretDB 1.24 refuses a delete matching more than 32,766 documents.
+    # FerretDB 1.24 (SQLite) refuses a delete matching more than 32,766 documents: here
+    # one device-hour holds 40,000 readings (one delete by hk, split on SQLite).
     db = pipeline.db
     n = 40_000
-    bulk_readings(db, "acme", "old", n)  # from 2026-01-01: older than 30 days here
+    times = [START + timedelta(milliseconds=90 * i) for i in range(n)]  # within one hour
+    store_readings(db, "acme", "old", times, [{"v": i} for i in range(n)])
     now = datetime.now(UTC)
     recent = [now - timedelta(hours=h) for h in (1, 2, 3)]
-    insert_readings(db, "acme", "new", recent, [{"v": 1}] * 3)
-    insert_readings(db, "other", "old2", [START], [{"v": 1}])
-    assert retention.delete_older(db, "acme", now - timedelta(days=30)) == n
+    store_readings(db, "acme", "new", recent, [{"v": 1}] * 3)
+    store_readings(db, "other", "old2", [START], [{"v": 1}])
+    db[TENANTS].insert_many([{"_id": "acme"}, {"_id": "other", "retention_days": 3650}])
+    result = retention.apply_retention(db, 30, 86400.0, now, lambda done, total: None, 1000)
+    assert result["readings_deleted"] == {"acme": n, "other": 0}
     assert db[TELEMETRY].count_documents({"tenant": "acme"}) == 3
     assert db[TELEMETRY].count_documents({"tenant": "other"}) == 1

@@ -101,6 +101,160 @@
     });
   }
 
+  /* The device chart: one metric at a time (stream and metric chosen in #metric; metrics
+     have their own units, so one axis and one min-max band stay readable), over the last
+     hour, day, week or month, read from GET /api/devices/<d>/series. The server picks
+     the resolution by span: raw readings for the hour, per-minute rollups for the day,
+     hourly rollups for the week and the month (recent hours folded from raw readings, so
+     every view reaches now). Rollups draw the mean as the line and min..max as a band. */
+  const RANGES = { hour: 3600, day: 86400, week: 7 * 86400, month: 30 * 86400 };
+  /* Live readings: the hour view appends each reading of the charted metric from the
+     SSE feed and slides its window. Longer views re-fetch instead of folding readings
+     into their last bucket here (the server's fold of rollups and recent raw readings
+     stays the one truth): at most once per REFRESH_S of the view, and only after a
+     reading of the charted metric arrived, so a silent device costs no requests. */
+  const REFRESH_S = { day: 60, week: 300, month: 300 };
+  const CHART = { line: "#2563eb", edge: "rgba(37, 99, 235, 0.35)", band: "rgba(37, 99, 235, 0.15)" };
+
+  function deviceChart(base, info, readings) {
+    const S = window.FairwaySeries;
+    const box = $("#chart");
+    const select = $("#metric");
+    const note = $("#chart-note");
+    const buttons = [...document.querySelectorAll("#ranges button[data-range]")];
+    const choices = [];
+    // Every numeric metric of every stream the page knows of: device_state's latest
+    // values, the history page, and later the live feed.
+    function offer(stream, values) {
+      for (const [metric, v] of Object.entries(values || {})) {
+        if (typeof v !== "number" || choices.some((c) => c.stream === stream && c.metric === metric)) continue;
+        choices.push({ stream, metric });
+        select.add(new Option(`${metric} · ${stream}`, String(choices.length - 1)));
+      }
+    }
+    for (const [stream, entry] of Object.entries(info.latest || {})) offer(stream, entry.values);
+    readings.forEach((r) => offer(r.stream, r.values));
+    const current = () => choices[Number(select.value)] || null;
+
+    const state = { range: "hour", resolution: null, xs: [], cols: [], from: 0, to: 0,
+                    request: 0, loading: false, pending: [], dirty: false, fetched: 0 };
+    let plot = null;
+    let shape = "";
+
+    function options() {
+      const choice = current();
+      const label = choice ? choice.metric : "no numeric readings";
+      const rollup = state.resolution === "minute" || state.resolution === "hour";
+      // A point between two gaps has no line to draw: mark it with a dot.
+      const points = { filter: (u, i, show) => {
+        if (show) return null;
+        const alone = S.isolated(u.data[i]);
+        return alone.length ? alone : null;
+      } };
+      const series = [{}, { label: rollup ? `${label} mean` : label, stroke: CHART.line, width: 2,
+                            spanGaps: false, points }];
+      const opts = { width: box.clientWidth || 800, height: 320, series, axes: [{}, {}],
+                     scales: { x: { time: true } } };
+      if (rollup) {
+        const edge = { stroke: CHART.edge, width: 1, spanGaps: false, points: { show: false } };
+        series.push({ ...edge, label: "min" }, { ...edge, label: "max" });
+        opts.bands = [{ series: [3, 2], fill: CHART.band }];
+      }
+      return opts;
+    }
+
+    function render() {
+      const { data, gaps } = S.withGaps(state.xs, state.cols, S.STEP[state.resolution] || 0);
+      const next = `${state.resolution}|${select.value}`;
+      if (!plot || next !== shape) {
+        if (plot) plot.destroy();
+        plot = new uPlot(options(), data, box);
+        shape = next;
+      } else {
+        plot.setData(data);
+      }
+      // The whole range, not only the span of the data: silence at either end shows.
+      plot.setScale("x", { min: state.from, max: state.to });
+      box.dataset.range = state.range;
+      box.dataset.resolution = state.resolution || "";
+      box.dataset.points = String(state.xs.length);
+      box.dataset.gaps = String(gaps);
+      const choice = current();
+      const what = state.resolution === "raw" ? "raw readings" : `per ${state.resolution}: mean, min–max band`;
+      const holes = gaps ? ` · ${gaps} gap${gaps > 1 ? "s" : ""}` : "";
+      note.textContent = !choice ? "No numeric readings yet."
+        : state.xs.length ? what + holes : `No readings of ${choice.metric} in the last ${state.range}.`;
+    }
+
+    function addLive(x, v) {
+      S.insertPoint(state.xs, state.cols, x, [v]);
+      state.to = Math.max(Date.now() / 1000, x);
+      state.from = state.to - RANGES.hour;
+      S.dropBefore(state.xs, state.cols, state.from);
+    }
+
+    async function load() {
+      const request = ++state.request;
+      const choice = current();
+      const to = Date.now() / 1000;
+      const from = to - RANGES[state.range];
+      state.loading = true;
+      state.pending = [];
+      box.dataset.loading = "true";
+      let answer = { resolution: null, points: [] };
+      if (choice) {
+        const q = new URLSearchParams({ metric: choice.metric, stream: choice.stream,
+                                        from: String(from), to: String(to) });
+        answer = await api("GET", `${base}/series?${q}`);
+      }
+      if (request !== state.request) return;  // a newer choice was made meanwhile
+      Object.assign(state, { from, to, resolution: answer.resolution, dirty: false,
+                             fetched: Date.now() / 1000, loading: false });
+      ({ xs: state.xs, columns: state.cols } = S.columns(answer));
+      if (!answer.resolution) state.cols = [[]];
+      // Readings that arrived while the request ran (insertPoint keeps each x once).
+      if (state.resolution === "raw") state.pending.forEach(([x, v]) => addLive(x, v));
+      delete box.dataset.loading;
+      render();
+    }
+
+    function choose() {
+      load().catch((e) => {
+        state.loading = false;
+        note.textContent = `Chart: ${e.message}`;
+        delete box.dataset.loading;
+      });
+    }
+    buttons.forEach((button) => button.addEventListener("click", () => {
+      state.range = button.dataset.range;
+      buttons.forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+      choose();
+    }));
+    select.addEventListener("change", choose);
+    setInterval(() => {
+      const due = state.fetched + (REFRESH_S[state.range] || 0) <= Date.now() / 1000;
+      if (state.range !== "hour" && state.dirty && !state.loading && due) choose();
+    }, 5000);
+    choose();
+
+    return {
+      live(event) {
+        const had = choices.length;
+        offer(event.stream, event.values);
+        if (!had && choices.length) { choose(); return; }  // the first numeric reading
+        const choice = current();
+        const v = choice && event.stream === choice.stream ? event.values[choice.metric] : undefined;
+        if (typeof v !== "number") return;
+        const x = Date.parse(event.ts) / 1000;
+        if (state.range !== "hour") { state.dirty = true; return; }
+        if (state.loading) { state.pending.push([x, v]); return; }
+        if (state.resolution !== "raw") return;
+        addLive(x, v);
+        render();
+      },
+    };
+  }
+
   async function devicePage(device) {
     const base = `/api/devices/${encodeURIComponent(device)}`;
     const info = await api("GET", base);
@@ -121,24 +275,7 @@
       };
     }
     const history = await api("GET", `${base}/telemetry?limit=200`);
-    const readings = history.readings.slice().reverse();
-    const metrics = [...new Set(readings.flatMap((r) => Object.keys(r.values)
-      .filter((k) => typeof r.values[k] === "number")))];
-    const data = [readings.map((r) => Date.parse(r.ts) / 1000)];
-    for (const m of metrics) data.push(readings.map((r) => r.values[m] ?? null));
-    const chartBox = $("#chart");
-    const palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
-    let chart = null;
-    function draw() {
-      if (chart) chart.destroy();
-      chart = new uPlot({
-        width: chartBox.clientWidth || 800, height: 320,
-        series: [{}, ...metrics.map((m, i) => ({ label: m, stroke: palette[i % palette.length] }))],
-        axes: [{}, {}],
-      }, data, chartBox);
-      chartBox.dataset.points = String(data[0].length);
-    }
-    draw();
+    const chart = deviceChart(base, info, history.readings);
     const table = $("#history tbody");
     function addRow(r, atTop) {
       const row = table.insertRow(atTop ? 0 : -1);
@@ -181,15 +318,7 @@
       streamRow.cells[1].textContent = event.ts;
       streamRow.cells[2].textContent = formatValues(event.values);
       addRow({ ts: event.ts, stream: event.stream, values: event.values }, true);
-      let grew = false;
-      for (const [k, v] of Object.entries(event.values)) {
-        if (typeof v === "number" && !metrics.includes(k)) {
-          metrics.push(k); data.push(data[0].map(() => null)); grew = true;
-        }
-      }
-      data[0].push(Date.parse(event.ts) / 1000);
-      metrics.forEach((m, i) => data[i + 1].push(event.values[m] ?? null));
-      if (grew) draw(); else { chart.setData(data); chartBox.dataset.points = String(data[0].length); }
+      chart.live(event);
     });
   }
 
@@ -303,4 +432,11 @@
   }
 
   window.Fairway = { api, live, dashboard, devicePage, alertsPage, rejectionsPage, reportsPage };
+
+  // The page names its entry point in data attributes: no inline script, so the
+  // Content-Security-Policy can forbid them all.
+  const page = document.body.dataset.page;
+  if (page && typeof window.Fairway[page] === "function") {
+    window.Fairway[page](JSON.parse(document.body.dataset.pageArg || "null"));
+  }
 })();
