@@ -9,7 +9,13 @@ every device login and permission check. A device:
 * may use only the vhost of ``FAIRWAY_AMQP_URL``;
 * may only *write* to the ``telemetry`` exchange;
 * may only publish routing keys ``<its id>.<stream>`` (MQTT topics ``<id>/<stream>``
-  arrive here already translated to ``<id>.<stream>``).
+  arrive here already translated to ``<id>.<stream>``);
+* over MQTT, may only use the client id ``<its id>`` or ``<its id>.<suffix>``: RabbitMQ
+  (3.10) closes an MQTT connection when another one opens with the same client id on
+  the vhost, so without this rule any device could kick any other off, in a loop.
+  RabbitMQ sends the MQTT client id as ``client_id`` with the login; AMQP logins carry
+  none. The separator is ``.`` because ids cannot contain it: with ``-``, device ``a``
+  could claim ``a-b``, the id of device ``a-b``.
 
 Only callers in ``FAIRWAY_BROKER_AUTH_NETWORKS`` (the broker) are answered; anyone
 else gets 403, so these endpoints cannot be used to guess device passwords.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import threading
 
 from cachetools import TTLCache
@@ -45,6 +52,8 @@ from fairway.storage import registry
 from web.database import get_db
 
 bp = Blueprint("broker_auth", __name__, url_prefix="/broker")
+log = logging.getLogger(__name__)
+CLIENT_ID_MISMATCH = "client_id_mismatch"
 
 DECISIONS = Counter(
     "fairway_broker_auth_decisions_total",
@@ -54,7 +63,7 @@ DECISIONS = Counter(
 LOGIN_REFUSED = Counter(
     "fairway_broker_auth_refused_total",
     "Device logins refused, by reason (reserved_id, unknown_device, device_disabled, "
-    "bad_password) and the device's tenant (empty when unknown)",
+    "bad_password, client_id_mismatch) and the device's tenant (empty when unknown)",
     ["reason", "tenant"],
 )
 
@@ -161,7 +170,7 @@ def _refuse_login(reason: str, tenant: str | None) -> str:
 
 @bp.post("/user")
 def user() -> str:
-    """Authenticate a device by id and password."""
+    """Authenticate a device by id and password (and, over MQTT, its client id)."""
     form = request.form
     device_id, password = form.get("username", ""), form.get("password", "")
     if is_reserved_id(device_id):
@@ -182,7 +191,27 @@ def user() -> str:
     if verdict.migrate and key is not None:
         registry.migrate_password_hash(get_db(), credential, password, key)
         cache.forget(device_id)
+    client_id = form.get("client_id")  # MQTT only (RabbitMQ 3.10 sends it with the login)
+    if client_id is not None and not client_id_allowed(device_id, client_id):
+        # Not cached as a refusal: that cache keys on the password, not the client id.
+        log.warning(
+            "MQTT login refused: client id not the device's",
+            extra={
+                "reason": CLIENT_ID_MISMATCH,
+                "device": device_id,
+                "tenant": credential.tenant,
+                "client_id": client_id[:100],
+            },
+        )
+        return _refuse_login(CLIENT_ID_MISMATCH, credential.tenant)
     return _answer("user", True)
+
+
+def client_id_allowed(device_id: str, client_id: str) -> bool:
+    """An MQTT client id a device may use: ``<its id>`` or ``<its id>.<suffix>``."""
+    return client_id == device_id or (
+        client_id.startswith(device_id + ".") and len(client_id) > len(device_id) + 1
+    )
 
 
 @bp.post("/vhost")

@@ -343,6 +343,14 @@ class Settings:
     gateway_client_buffer_bytes: int = setting(1_000_000, GATEWAY, AT_LEAST_1)  # then dropped
     gateway_heartbeat_s: float = setting(15.0, GATEWAY, POSITIVE)
     gateway_max_sessions: int = setting(2000, GATEWAY, AT_LEAST_1)  # RabbitMQ: 2047 channels
+    # Streams one user, and one tenant, may hold open on a gateway process; then 429.
+    gateway_max_sessions_per_user: int = setting(10, GATEWAY, AT_LEAST_1)
+    gateway_max_sessions_per_tenant: int = setting(500, GATEWAY, AT_LEAST_1)
+    # Push tokens are single-use: ids of used, unexpired tokens remembered (then 503).
+    gateway_used_tokens_max: int = setting(100_000, GATEWAY, AT_LEAST_1)
+    # Push tokens the web app mints per user (token bucket per web process); then 429.
+    push_token_rate: float = setting(0.5, GATEWAY, POSITIVE)  # per second
+    push_token_burst: float = setting(20.0, GATEWAY, Bound(low=1))
     # Origins allowed to open streams (CORS), comma-separated; empty: the web app's.
     gateway_allowed_origins: str = setting("", GATEWAY, Origins())
     events_enabled: bool = setting(True, GATEWAY)  # scheduler publishes telemetry events
