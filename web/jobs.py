@@ -29,6 +29,7 @@ from fairway.kernel.times import iso_z
 from fairway.storage import job_records
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
+from tasks.report import TooManySeries, check_series
 from web.auth import (
     current_user,
     json_body,
@@ -154,6 +155,10 @@ def create_report() -> tuple[dict, int, dict]:
     try:
         params = parse_report(body, _settings())
     except ValueError as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    try:
+        check_series(params, _settings().report_max_series)
+    except TooManySeries as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     _check_device(tenant, params.device)
     return _submit(job_records.REPORT, REPORT_TASK, tenant, params.to_json())
