@@ -146,7 +146,8 @@ class MeteredRequest(Request):
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> None:
         """The pool process failed the job, or died under it (then it is requeued)."""
-        if isinstance(exc_info.exception, WorkerLostError):
+        exc = exc_info.exception
+        if isinstance(getattr(exc, "exc", exc), WorkerLostError):  # maybe wrapped by billiard
             job_metrics.WORKER_LOST.labels(self.task.name).inc()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
@@ -192,7 +193,7 @@ class JobTask(Task):
         db = self.db
         try:
             lost = job_records.count_delivery(db, task_id)
-        except PyMongoError as exc:  # fail open: the task meets the same error and retries
+        except AutoReconnect as exc:  # fail open: the task meets the same error and retries
             logger.warning("delivery not counted", extra={"job": task_id, "error": repr(exc)})
             return
         limit = self.settings.jobs_max_attempts

@@ -19,7 +19,7 @@ reservation finds every slot busy, so a lost release never locks anyone out for 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import DESCENDING, ReturnDocument
@@ -33,6 +33,7 @@ REPORT, EXPORT = "report", "export"
 USER, TENANT = "user", "tenant"
 ENDED = ("SUCCESS", "FAILURE", "REVOKED")  # Celery states after which a job is finished
 WORKER_LOST = "worker_lost"
+SLOT_GRACE = timedelta(seconds=60)  # a slot may precede its job record by this much
 
 
 class QuotaExceeded(Exception):
@@ -98,21 +99,33 @@ def _slot_id(scope: str, owner: str, k: int) -> str:
     return f"{scope}/{owner}/{k}"
 
 
-def _ended(db: Database, job_ids: list[str], ttl_s: float) -> set[str]:
-    """Which of ``job_ids`` are finished: result stored, record gone or expired."""
+def _ended(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> set[str]:
+    """Which jobs holding the slots ``held`` have finished: their result is stored, their
+    record is older than ``ttl_s``, or it is gone (once the slot is older than
+    ``SLOT_GRACE_S``: a reservation precedes its record by moments)."""
+    job_ids = list({slot["job"] for slot in held.values()})
+    now = datetime.now(UTC)
     ended = {
         doc["_id"]
         for doc in db[TASKMETA].find(
             {"_id": {"$in": job_ids}, "status": {"$in": list(ENDED)}}, {"_id": 1}
         )
     }
-    cutoff = datetime.now(UTC).timestamp() - ttl_s
-    alive = {
-        doc["_id"]
+    created = {
+        doc["_id"]: _utc(doc["created"])
         for doc in db[JOBS].find({"_id": {"$in": job_ids}}, {"_id": 1, "created": 1})
-        if doc["created"].replace(tzinfo=UTC).timestamp() >= cutoff
     }
-    return ended | (set(job_ids) - alive)
+    expired = {job for job, at in created.items() if at < now - timedelta(seconds=ttl_s)}
+    gone = {
+        slot["job"]
+        for slot in held.values()
+        if slot["job"] not in created and _utc(slot["created"]) < now - SLOT_GRACE
+    }
+    return ended | expired | gone
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _take_slot(
@@ -121,14 +134,13 @@ def _take_slot(
     """Insert one free slot of ``owner`` for ``job_id``; its ``_id``, or None if all busy."""
     ids = [_slot_id(scope, owner, k) for k in range(limit)]
     for reclaim in (False, True):
-        held = {d["_id"]: d["job"] for d in db[SLOTS].find({"_id": {"$in": ids}})}
+        held = {d["_id"]: d for d in db[SLOTS].find({"_id": {"$in": ids}})}
         if reclaim and held:
             # No slot was free: give back those whose job has ended without a release.
-            stale = _ended(db, list(set(held.values())), ttl_s)
-            for slot, job in held.items():
-                if job in stale:
-                    db[SLOTS].delete_one({"_id": slot, "job": job})
-            held = {s: j for s, j in held.items() if j not in stale}
+            stale = _ended(db, held, ttl_s)
+            for job in stale:
+                release(db, job)  # every slot of the job: its user's and its tenant's
+            held = {slot: doc for slot, doc in held.items() if doc["job"] not in stale}
         for slot in ids:
             if slot in held:
                 continue
@@ -183,8 +195,7 @@ def count_delivery(db: Database, job_id: str) -> int | None:
     doc = db[JOBS].find_one_and_update(
         {"_id": job_id},
         {"$inc": {"deliveries": 1}},
-        projection={"deliveries": 1, "ends": 1},
-        return_document=ReturnDocument.AFTER,
+        return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.24 refuses it
     )
     if doc is None:
         return None
