@@ -216,6 +216,6 @@ def mark_failed(db: Database, job_id: str, reason: str, message: str) -> None:
 
 
 def ensure_indexes(db: Database) -> None:
-    """Index the tenant's job list and the slots by job (idempotent)."""
+    """Index the tenant's job list (idempotent). ``job_slots`` holds only unfinished
+    jobs' slots: small enough to scan, and no collection to create as a worker starts."""
     db[JOBS].create_index([("tenant", 1), ("created", DESCENDING)], name="tenant_created")
-    db[SLOTS].create_index([("job", 1)], name="job")
