@@ -102,7 +102,7 @@ def _slot_id(scope: str, owner: str, k: int) -> str:
 def _ended(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> set[str]:
     """Which jobs holding the slots ``held`` have finished: their result is stored, their
     record is older than ``ttl_s``, or it is gone (once the slot is older than
-    ``SLOT_GRACE_S``: a reservation precedes its record by moments)."""
+    ``SLOT_GRACE``: a reservation precedes its record by moments)."""
     job_ids = list({slot["job"] for slot in held.values()})
     now = datetime.now(UTC)
     ended = {

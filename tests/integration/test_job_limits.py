@@ -116,7 +116,7 @@ def test_quotas_refuse_429_beyond_them_spare_others_and_free_on_completion(
         for answer in accepted:
             assert wait_job(client, answer.get_json()["url"], alice)["state"] == "SUCCESS"
         wait_for(
-            lambda: job_records.unfinished(db, job_records.TENANT, "acme") == 1,
+            lambda: job_records.unfinished(db, job_records.USER, "alice") == 0,
             60,
             "alice's slots freed",
             interval=0.2,
