@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             web_port=port,
             report_soft_time_limit_s=3600.0,
             report_time_limit_s=3700.0,
+            # One user posts all REPORTS at once: this measures offloading, not quotas.
+            jobs_max_per_user=REPORTS,
         )
         db = env.db
         registry.create_tenant(db, TENANT, 1, 1000)

@@ -55,6 +55,25 @@ class TooManyReadings(ValueError):
     """The range holds more readings than one job may process."""
 
 
+class TooManySeries(ValueError):
+    """The report would hold more (metric, bucket) pairs than one job may keep."""
+
+    def __init__(self, limit: int, detail: str) -> None:
+        super().__init__(
+            f"the report would hold more than {limit} (metric, bucket) pairs "
+            f"(FAIRWAY_REPORT_MAX_SERIES): {detail}; choose a larger bucket, a shorter range "
+            "or one device"
+        )
+
+
+def check_series(params: ReportParams, limit: int) -> None:
+    """:class:`TooManySeries` if the range alone has more buckets than ``limit`` pairs
+    (every metric needs one pair per bucket); the metrics are counted while folding."""
+    buckets = math.ceil((params.end - params.start) / params.bucket_s)
+    if buckets > limit:
+        raise TooManySeries(limit, f"the range has {buckets} buckets for each metric")
+
+
 class BucketStats:
     """One metric's values in one time bucket."""
 
@@ -132,8 +151,10 @@ def is_number(value: object) -> bool:
 class ReportBuilder:
     """Folds readings, one at a time, into per-metric, per-bucket statistics."""
 
-    def __init__(self, params: ReportParams) -> None:
+    def __init__(self, params: ReportParams, max_series: int | None = None) -> None:
         self.params = params
+        self.max_series = max_series  # (metric, bucket) pairs; None: no bound
+        self.series = 0
         self.start_ms = round(params.start * 1000)
         self.bucket_ms = params.bucket_s * 1000
         self.stats: dict[str, dict[int, BucketStats]] = {}
@@ -157,8 +178,16 @@ class ReportBuilder:
                 per_bucket = self.stats[metric] = {}
             acc = per_bucket.get(bucket)
             if acc is None:
+                self._count_series()
                 acc = per_bucket[bucket] = BucketStats()
             acc.add(float(value), ts_ms, dev)
+
+    def _count_series(self) -> None:
+        self.series += 1
+        if self.max_series is not None and self.series > self.max_series:
+            raise TooManySeries(
+                self.max_series, f"{len(self.stats)} metrics in the readings so far"
+            )
 
     def result(self, tenant: str) -> dict[str, Any]:
         """The report as plain JSON; buckets without readings are left out."""
@@ -309,16 +338,19 @@ def build_report(
     progress: Progress,
     db_share: float = 1.0,
     now: datetime | None = None,
+    max_series: int | None = None,
 ) -> dict[str, Any]:
     """Compute a report, reporting progress as it goes: from the stored readings
     (``detail`` full), or from rollups (summary)."""
     now = now or datetime.now(UTC)
+    if max_series is not None:
+        check_series(params, max_series)
     if params.detail == SUMMARY:
         return build_summary(db, tenant, params, progress, now)
     plan = plan_job(db, tenant, params.device, params.start, params.end, now)
     check_limit(plan, max_readings)
     throttle = planned_progress(progress, plan)
-    builder = ReportBuilder(params)
+    builder = ReportBuilder(params, max_series)
     readings = read_planned(db, plan, ("device", "values"), db_share, throttle.hour_read)
     for n, doc in enumerate(readings, 1):
         builder.add(int(doc["ts"]), doc["device"], doc.get("values") or {})

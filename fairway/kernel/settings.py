@@ -389,6 +389,13 @@ class Settings:
     retention_max_hours: int = setting(20_000, JOBS, AT_LEAST_1)
     report_max_buckets: int = setting(1000, JOBS, AT_LEAST_1)  # bounds a report's size
     job_queue_max_length: int = setting(10_000, JOBS, AT_LEAST_1)  # per queue; then 503
+    # Unfinished (queued or running) jobs per user and per tenant; beyond: 429 job_quota.
+    jobs_max_per_user: int = setting(5, JOBS, AT_LEAST_1)
+    jobs_max_per_tenant: int = setting(50, JOBS, AT_LEAST_1)
+    # Deliveries of one job that may end with their worker process lost (killed, out of
+    # memory); the next delivery fails the job (worker_lost) without running it.
+    jobs_max_attempts: int = setting(3, JOBS, AT_LEAST_1)
+    report_max_series: int = setting(10_000, JOBS, AT_LEAST_1)  # (metric, bucket) pairs
     job_ttl_s: float = setting(7 * 24 * 3600.0, JOBS, POSITIVE)  # results, records, files
 
     # -- logging and metrics (metrics port 0: no metrics HTTP server)
