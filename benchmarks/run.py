@@ -30,6 +30,7 @@ BENCHMARKS = [
     "notify_fanout",
     "report_offload",
     "reads",
+    "write_cost",
 ]
 
 
@@ -173,6 +174,14 @@ def _rows_reads(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _rows_write_cost(d: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for shape, s in d["shapes"].items():
+        plain, kept = s["plain_cpu_us_per_reading"], s["maintained_cpu_us_per_reading"]
+        rows.append((f"CPU per reading, {shape}", f"{plain} -> {kept} us", f"{s['ratio']}"))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "many_queues": _rows_many_queues,
     "relay": _rows_relay,
@@ -182,6 +191,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "notify_fanout": _rows_notify,
     "report_offload": _rows_report_offload,
     "reads": _rows_reads,
+    "write_cost": _rows_write_cost,
 }
 
 
