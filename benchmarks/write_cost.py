@@ -1,6 +1,6 @@
 """Write cost per reading: plain ``insert_many`` against the sink's issue-12 maintenance.
 
-    python -m benchmarks.write_cost [--scale S] [--readings 60000] [--rounds 3]
+    python -m benchmarks.write_cost [--scale S] [--readings 30000] [--rounds 3]
                                     [--shapes fleet,demo]
 
 Issue 12's target: its maintenance raises the CPU per stored reading by no more than
@@ -23,14 +23,15 @@ Readings are relay output (``to_document`` input) in batches of the scheduler's
 contender), so the sink sees open hours as it would live. Shapes (devices, 2 streams
 each, every device in turn as in a steady fleet):
 
-* ``fleet``: 10 tenants x 500 devices: each device gets 12 readings per hour of the run,
-  the density of ``benchmarks/reads.py``'s queried devices (each stream every 10
-  minutes): the most rollup work per reading;
+* ``fleet``: 10 tenants x 250 devices: with the default 30,000 readings each device gets
+  12 readings in the run's hour, the density of ``benchmarks/reads.py``'s queried devices
+  (each stream every 10 minutes): the most rollup work per reading;
 * ``demo``: 3 tenants x 5 devices, ``fairway simulate``'s default fleet: thousands of
   readings per device-hour.
 
 CPU per reading = database + client: a private FerretDB (the services' binary) started
-here on its own PostgreSQL database of the services' PostgreSQL
+here (``$FAIRWAY_SERVICES_DIR/bin/ferretdb``, default ``.services``: from a worktree,
+point it at the main checkout's) on its own PostgreSQL database of the services' PostgreSQL
 (``FAIRWAY_POSTGRES_URL``'s server; created with ``plan_cache_mode =
 force_custom_plan`` as ``scripts/services.sh`` does, dropped at the end), so its CPU and
 its PostgreSQL backends' (``pg_stat_activity`` of that database, CPU from ``/proc``) are
@@ -74,7 +75,7 @@ NAME = "write_cost"
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STREAMS = ("env", "power")
-SHAPES = {"fleet": (10, 500), "demo": (3, 5)}  # tenants, devices per tenant
+SHAPES = {"fleet": (10, 250), "demo": (3, 5)}  # tenants, devices per tenant
 TARGET_RATIO = 1.2
 DEFAULTS = Settings.from_env()
 BATCH = DEFAULTS.batch_size
@@ -323,7 +324,7 @@ def run_shape(
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--readings", type=int, default=60_000, help="per contender and round")
+    p.add_argument("--readings", type=int, default=30_000, help="per contender and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"subset of {','.join(SHAPES)}")
     args = p.parse_args()
