@@ -83,7 +83,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -427,6 +427,19 @@ class ServerCpu:
         return total
 
 
+class PrivateCpu:
+    """CPU seconds of a private server (:func:`benchmarks.write_cost.private_server`): its
+    FerretDB and its own PostgreSQL database's backends, nobody else's."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.seen: dict[int, float] = {}  # last seen per process: exited ones keep theirs
+
+    def seconds(self) -> float:
+        self.seen.update(self.server.snapshot())
+        return sum(self.seen.values())
+
+
 # -- measuring -----------------------------------------------------------------------
 def newest(db: Database) -> datetime:
     """ "Now": the hot devices' last reading, from ``device_state`` (as the API's charts)."""
@@ -528,7 +541,8 @@ def measure_size(
     ``gin_url``: the PostgreSQL URL for Fairway's GIN indexes (empty: none); ``cpu_url``:
     the PostgreSQL whose processes count as server CPU (empty: FerretDB only).
     """
-    cpu = ServerCpu(db, cpu_url)
+    server = getattr(opts, "private_server", None)
+    cpu = PrivateCpu(server) if server is not None else ServerCpu(db, cpu_url)
     rate = wall = derived_s = 0.0
     per_1k: float | None = None
     if load_it:
@@ -754,15 +768,32 @@ def main() -> None:
         "--sqlite-new", action="store_true", help="also the new paths on SQLite (very long)"
     )
     p.add_argument("--no-gin", action="store_true", help="PostgreSQL without Fairway's GIN indexes")
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="a FerretDB of its own on its own PostgreSQL database (FAIRWAY_POSTGRES_URL's server)",
+    )
     args = p.parse_args()
+    with ExitStack() as stack:
+        run(args, stack)
+
+
+def run(args: argparse.Namespace, stack: ExitStack) -> None:
+    base_url = MONGO_BASE
+    postgres_url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
+    args.private_server = None
+    if args.private:
+        from benchmarks.write_cost import private_server
+
+        args.private_server = stack.enter_context(private_server(postgres_url))
+        base_url, postgres_url = args.private_server.mongo_url, args.private_server.private_url
     sizes = [int(s) for s in args.sizes.split(",")] + ([5_000_000] if args.with_5m else [])
     sizes = sorted({round(s * args.scale) for s in sizes})
-    postgres_url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
     gin_url = "" if args.no_gin else postgres_url
-    with fresh_db(MONGO_BASE) as db:
+    with fresh_db(base_url) as db:
         db[mongo.TELEMETRY].insert_one({"_id": "probe"})  # the backend shows in a plan
         name = backend_of(db)
-    say(f"{name} at {urllib.parse.urlsplit(MONGO_BASE).netloc}: sizes {sizes}")
+    say(f"{name} at {urllib.parse.urlsplit(base_url).netloc}: sizes {sizes}")
     if name == "ferretdb-postgresql" and not gin_url:
         name += "-no-gin"
     run_meta = meta(
@@ -773,7 +804,7 @@ def main() -> None:
         hot_devices=[d for _, d in hot_devices()],
         runs=args.runs,
         sqlite_runs=args.sqlite_runs,
-        backend=name,
+        backend=name + (" (private FerretDB, own PostgreSQL database)" if args.private else ""),
         layouts={
             "baseline": "today's queries on telemetry (one document per reading)",
             "new": "device_state, history by hk, rollups by mk/dk (charts) and tk (report)",
@@ -787,7 +818,7 @@ def main() -> None:
 
     backends: dict[str, Any] = {
         name: run_backend(
-            MONGO_BASE,
+            base_url,
             gin_url if name == "ferretdb-postgresql" else "",
             postgres_url if name.startswith("ferretdb-postgresql") else "",
             sizes,
@@ -800,7 +831,9 @@ def main() -> None:
         with sqlite_ferretdb() as url:
             say(f"ferretdb-sqlite (private): size {sizes[0]:,}, {args.sqlite_runs} runs per query")
             layouts = LAYOUTS if args.sqlite_new else ("baseline",)
-            opts = argparse.Namespace(**{**vars(args), "runs": args.sqlite_runs, "budget_s": 600})
+            opts = argparse.Namespace(
+                **{**vars(args), "runs": args.sqlite_runs, "budget_s": 600, "private_server": None}
+            )
             backends["ferretdb-sqlite"] = run_backend(url, "", "", sizes[:1], opts, layouts)
     emit(
         {
