@@ -526,6 +526,34 @@ def explains(db: Database) -> dict[str, dict[str, Any]]:
     }
 
 
+def gin_pending_pages(postgres_url: str, schema: str) -> int | None:
+    """Pages in the GIN indexes' pending lists (``pgstattuple``; None if unavailable)."""
+    import psycopg
+
+    with suppress(psycopg.Error), psycopg.connect(postgres_url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        row = c.execute(
+            "SELECT sum((pgstatginindex(format('%%I.%%I', schemaname, indexname)::regclass))"
+            ".pending_pages)"
+            " FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE '%%USING gin%%'",
+            (schema,),
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+    return None
+
+
+def vacuum(postgres_url: str, schema: str) -> None:
+    """``VACUUM (ANALYZE)`` every table of the database, as autovacuum eventually does:
+    it also moves the GIN indexes' pending lists into the indexes."""
+    import psycopg
+
+    from fairway.storage.ferretdb import backing_tables, quote
+
+    with psycopg.connect(postgres_url, autocommit=True) as c:
+        for table in backing_tables(c, schema).values():
+            c.execute(f"VACUUM (ANALYZE) {quote(schema)}.{quote(table)}")
+
+
 def measure_size(
     db: Database,
     gin_url: str,
@@ -569,9 +597,18 @@ def measure_size(
         "explain": explains(db),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
+    if gin_url:
+        at_size["gin_pending_pages"] = gin_pending_pages(gin_url, db.name)
     for layout in layouts:
         at_size[layout] = measure(
             db, cpu, layout, opts.runs, opts.budget_s, opts.slow_s, opts.slow_runs
+        )
+    if getattr(opts, "also_vacuumed", False) and gin_url and "new" in layouts:
+        say("VACUUM (ANALYZE), then the new paths again")
+        vacuum(gin_url, db.name)
+        at_size["gin_pending_pages_vacuumed"] = gin_pending_pages(gin_url, db.name)
+        at_size["new_vacuumed"] = measure(
+            db, cpu, "new", opts.runs, opts.budget_s, opts.slow_s, opts.slow_runs
         )
     at_size["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     if set(LAYOUTS) <= set(layouts):
@@ -768,6 +805,11 @@ def main() -> None:
         "--sqlite-new", action="store_true", help="also the new paths on SQLite (very long)"
     )
     p.add_argument("--no-gin", action="store_true", help="PostgreSQL without Fairway's GIN indexes")
+    p.add_argument(
+        "--also-vacuumed",
+        action="store_true",
+        help="after measuring, VACUUM the tables and measure the new paths again",
+    )
     p.add_argument(
         "--private",
         action="store_true",
