@@ -332,6 +332,16 @@ def main() -> None:
     postgres_url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
     if not postgres_url:
         raise SystemExit("FAIRWAY_POSTGRES_URL is needed (the private FerretDB's PostgreSQL)")
+    run_meta = meta(
+        NAME,
+        args.scale,
+        readings=count,
+        rounds=args.rounds,
+        batch=BATCH,
+        device_state_flush_s=FLUSH_S,
+        rollup_grace_s=GRACE_S,
+        backend="private FerretDB 1.24 on its own PostgreSQL database, GIN indexes",
+    )
     shapes: dict[str, Any] = {}
     with private_server(postgres_url) as server:
         client: MongoClient = MongoClient(server.mongo_url, tz_aware=True)
@@ -349,18 +359,11 @@ def main() -> None:
     }
     emit(
         {
-            "meta": meta(
-                NAME,
-                args.scale,
-                readings=count,
-                rounds=args.rounds,
-                batch=BATCH,
-                device_state_flush_s=FLUSH_S,
-                rollup_grace_s=GRACE_S,
-                backend="private FerretDB 1.24 on its own PostgreSQL database, GIN indexes",
-                pg_backends_vanished=vanished,
-                loadavg_at_end=[round(x, 2) for x in os.getloadavg()],
-            ),
+            "meta": {
+                **run_meta,
+                "pg_backends_vanished": vanished,
+                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            },
             "shapes": shapes,
             "write_cost": {
                 shape: {
