@@ -12,12 +12,12 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
+import web.broker_auth as broker_auth
 from fairway.amqp import management
 from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
-from web import broker_auth
 from web.auth import (
     json_body,
     login_required,
