@@ -13,7 +13,11 @@ process (its own interpreter and connection, as a real attacker would be):
 * ``over_rate``: one device sends valid readings far above its device rate
   (``rate_limited``);
 * ``backlog_flood``: ten devices of tenant ``hostile`` send valid readings faster than
-  the scheduler stores them, into a small tenant backlog (``tenant_backlog_full``).
+  the scheduler stores them, into a small tenant backlog (``tenant_backlog_full``);
+* ``login_flood``: a stranger tries AMQP logins with wrong passwords for existing device
+  ids from four threads (each asks ``fairway web``'s broker auth endpoints through
+  RabbitMQ); the quiet figure here is also the latency and success of quiet devices'
+  own first logins (``quiet_login``), each a new device so no cache answers it.
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
 database: a count on FerretDB is a scan): the quiet device's readings are stored in the
@@ -31,7 +35,9 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +60,7 @@ REFUSED = "fairway_relay_rejected_total"
 OVER_BUDGET = "fairway_relay_rejected_over_budget_total"
 DEVICE_RATE = 200.0  # per device: the over-rate attack sends far more
 HOSTILE_BACKLOG = 2_000  # messages in tenant.hostile
+LOGINS = 20  # quiet devices' first logins per phase
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,58 @@ def attacker(amqp_url: str, attack_name: str, seconds: float, sent: Any) -> None
     connection.process_data_events(0)
     sent.value = n
     connection.close()
+
+
+def login_attacker(amqp_url: str, seconds: float, sent: Any, threads: int = 4) -> None:
+    """Wrong-password logins as the hostile devices for ``seconds`` (a child process)."""
+    counts = [0] * threads
+
+    def hammer(slot: int) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            n = counts[slot] = counts[slot] + 1
+            device = HOSTILE_DEVICES[n % len(HOSTILE_DEVICES)]
+            url = _with_user(amqp_url, device, f"wrong-{slot}-{n}")
+            with suppress(pika.exceptions.AMQPError):  # refused, as it must be
+                pika.BlockingConnection(parameters(Settings(amqp_url=url), "attacker")).close()
+
+    workers = [threading.Thread(target=hammer, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    sent.value = sum(counts)
+
+
+def _with_user(amqp_url: str, username: str, password: str) -> str:
+    parts = urllib.parse.urlsplit(amqp_url)
+    user = urllib.parse.quote(username, safe="") + ":" + urllib.parse.quote(password, safe="")
+    return urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}")
+    )
+
+
+def quiet_logins(env: Pipeline, devices: list[dict[str, str]], seconds: float) -> dict[str, Any]:
+    """Each quiet device logs in once (spread over ``seconds``): latency and failures."""
+    latencies: list[float] = []
+    failures = 0
+    start = time.monotonic()
+    for i, creds in enumerate(devices):
+        time.sleep(max(0.0, start + i * seconds / len(devices) - time.monotonic()))
+        began = time.perf_counter()
+        try:
+            with env.channel(creds["username"], creds["password"]):
+                pass
+            latencies.append(time.perf_counter() - began)
+        except pika.exceptions.AMQPError:
+            failures += 1
+    ms = [x * 1000 for x in latencies]
+    return {
+        "logins": len(devices),
+        "p50_ms": r(percentile(ms, 50)),
+        "p99_ms": r(percentile(ms, 99)),
+        "failures": failures,
+    }
 
 
 def quiet_phase(
@@ -200,6 +259,38 @@ def run_attack(
     }
 
 
+def run_login_attack(
+    env: Pipeline,
+    web: FairwayProcess,
+    scheduler: FairwayProcess,
+    devices: list[dict[str, str]],
+    seconds: float,
+    quiet_rate: float,
+) -> dict[str, Any]:
+    """The login flood in a child process while quiet devices log in and publish."""
+    refused_metric = "fairway_broker_auth_refused_total"
+    before = web.metric_sum(refused_metric)
+    sent = multiprocessing.Value("q", 0)
+    child = multiprocessing.get_context("fork").Process(
+        target=login_attacker, args=(env.settings.amqp_url, seconds, sent), daemon=True
+    )
+    child.start()
+    box: dict[str, Any] = {}
+    logins = threading.Thread(
+        target=lambda: box.update(quiet_logins(env, devices, seconds)), daemon=True
+    )
+    logins.start()
+    quiet = quiet_phase(env, scheduler, seconds, quiet_rate, "login_flood-")
+    logins.join(seconds + 60)
+    child.join(60)
+    return {
+        "attacker_sent": sent.value,
+        "attacker_refused": int(web.metric_sum(refused_metric) - before),
+        "quiet": quiet,
+        "quiet_login": box,
+    }
+
+
 def _expected_refusals(name: str, sent: int) -> int:
     """How many of the attack's messages must end refused (the rest may be stored)."""
     if name == "over_rate":  # the device's burst and rate pass; the excess is refused
@@ -216,7 +307,7 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated attacks (default: all)")
     args = p.parse_args()
     seconds = max(5.0, args.seconds * args.scale)
-    names = [n for n in args.only.split(",") if n] or list(ATTACKS)
+    names = [n for n in args.only.split(",") if n] or [*ATTACKS, "login_flood"]
     result = common.meta(NAME, args.scale, seconds_per_phase=seconds, quiet_rate=args.quiet_rate)
     with common.bench_env("bench-iso", device_rate=DEVICE_RATE) as env:
         env.tenant(QUIET_TENANT)
@@ -224,15 +315,23 @@ def main() -> None:
         env.tenant(HOSTILE_TENANT, max_backlog=HOSTILE_BACKLOG)
         for device in HOSTILE_DEVICES:
             env.device(HOSTILE_TENANT, device)
+        logins = [env.device(QUIET_TENANT, f"quiet-login-{i}") for i in range(2 * LOGINS)]
+        web = env.start("web")  # RabbitMQ asks it about device logins
         relay = env.start("relay")
         scheduler = env.start("scheduler")
         say("unloaded")
         unloaded = quiet_phase(env, scheduler, seconds, args.quiet_rate, "base-")
-        say(f"  {unloaded}")
+        unloaded_login = quiet_logins(env, logins[:LOGINS], seconds)
+        say(f"  {unloaded}, logins {unloaded_login}")
         attacks: dict[str, Any] = {}
         for name in names:
             say(f"attack {name}")
-            outcome = run_attack(env, relay, scheduler, name, seconds, args.quiet_rate)
+            if name == "login_flood":
+                outcome = run_login_attack(
+                    env, web, scheduler, logins[LOGINS:], seconds, args.quiet_rate
+                )
+            else:
+                outcome = run_attack(env, relay, scheduler, name, seconds, args.quiet_rate)
             quiet = outcome["quiet"]
             attacks[name] = {
                 "quiet_p99_ratio": common.ratio(quiet["p99_ms"], unloaded["p99_ms"]),
@@ -241,8 +340,15 @@ def main() -> None:
                 "attacker_refused": outcome["attacker_refused"],
                 "quiet": quiet,
             }
+            if "quiet_login" in outcome:
+                login = outcome["quiet_login"]
+                attacks[name]["quiet_login_p99_ratio"] = common.ratio(
+                    login["p99_ms"], unloaded_login["p99_ms"]
+                )
+                attacks[name]["quiet_errors"] += login["failures"]
+                attacks[name]["quiet_login"] = login
             say(f"  {attacks[name]}")
-        alive = {"relay": relay.alive(), "scheduler": scheduler.alive()}
+        alive = {"relay": relay.alive(), "scheduler": scheduler.alive(), "web": web.alive()}
     targets: dict[str, Any] = {}
     for name, a in attacks.items():
         ratio = a["quiet_p99_ratio"]
@@ -258,8 +364,15 @@ def main() -> None:
             "value": a["attacker_refused"],
             "met": a["attacker_refused"] > 0,
         }
+    if "login_flood" in attacks:
+        ratio = attacks["login_flood"]["quiet_login_p99_ratio"]
+        targets["login_flood_quiet_login_p99_ratio<=2"] = {
+            "value": ratio,
+            "met": ratio is not None and ratio <= 2,
+        }
     targets["processes_alive"] = {"value": alive, "met": all(alive.values())}
-    common.emit({**result, "unloaded": unloaded, "attacks": attacks, "targets": targets})
+    unloaded_all = {**unloaded, "login": unloaded_login}
+    common.emit({**result, "unloaded": unloaded_all, "attacks": attacks, "targets": targets})
 
 
 if __name__ == "__main__":
