@@ -35,8 +35,8 @@ from fairway.devtools import processes
 from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
-from fairway.provision import provision_tenant
-from fairway.storage import mongo, registry
+from fairway.provision import provision_tenant, register_device
+from fairway.storage import mongo
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.sh"
@@ -316,8 +316,8 @@ class Pipeline:
         )
 
     def device(self, tenant_id: str, device_id: str) -> dict[str, str]:
-        """Register a device; returns its credentials."""
-        return registry.register_device(self.db, tenant_id, device_id)
+        """Register a device and bind it to ``ingest.<tenant>``; returns its credentials."""
+        return register_device(self.settings, self.db, tenant_id, device_id)
 
     def publish(
         self,

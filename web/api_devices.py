@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, request
 
 from fairway.amqp import management
 from fairway.kernel.times import iso_z
+from fairway.provision import register_device as provision_device
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
 from web.auth import (
@@ -79,7 +80,8 @@ def register_device() -> tuple[dict[str, Any], int]:
     if not isinstance(device_id, str):
         raise ApiError(400, "bad_parameter", "device must be a string id")
     try:
-        credentials = registry.register_device(get_db(), tenant, device_id)
+        settings = current_app.config["FAIRWAY_SETTINGS"]
+        credentials = provision_device(settings, get_db(), tenant, device_id)
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     except mongo.AlreadyExists as exc:
