@@ -255,7 +255,7 @@ class Settings:
 
     # -- relay (a prefetch of 0 would mean "unlimited" to RabbitMQ, hence >= 1)
     relay_prefetch: int = setting(2000, RELAY, AT_LEAST_1)  # the shared `ingest`
-    relay_tenant_prefetch: int = setting(200, RELAY, AT_LEAST_1)  # each `ingest.<tenant>`
+    relay_tenant_prefetch: int = setting(100, RELAY, AT_LEAST_1)  # each `ingest.<tenant>`
     device_rate: float = setting(1000.0, RELAY, POSITIVE)
     device_burst: float = setting(2000.0, RELAY, Bound(low=1))  # a message takes one token
     device_cache_ttl_s: float = setting(30.0, RELAY, AT_LEAST_0)  # 0: no caching
