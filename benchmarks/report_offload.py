@@ -2,7 +2,9 @@
 
     python -m benchmarks.report_offload [--scale S]
 
-1,000,000 readings (x scale) are inserted directly with ``insert_many``. The web
+1,000,000 readings (x scale) are inserted directly with ``insert_many``, with their hour
+key and a ``rollup_pending`` mark per device-hour (as the scheduler writes them; reports
+find device-hours from marks and rollups, never by a scan). The web
 app (``web.create_app()`` under waitress with ``fairway web``'s 8 threads) serves a
 cheap endpoint, ``GET /api/me``, sampled 20 times a second:
 
@@ -43,9 +45,9 @@ from benchmarks.common import (
     scaled,
 )
 from fairway.devtools.processes import free_port
-from fairway.kernel.contract import reading_id
+from fairway.kernel.contract import hour_key, reading_id
 from fairway.kernel.settings import Settings
-from fairway.storage import accounts, mongo, registry
+from fairway.storage import accounts, mongo, registry, rollups
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 TENANT, USER, PASSWORD = "bench", "bench-admin", "benchmark-password"
@@ -134,12 +136,15 @@ def insert_readings(db: Any, count: int) -> float:
     """``count`` readings over DEVICES devices, one a second; returns the insert rate."""
     began = time.monotonic()
     batch: list[dict[str, Any]] = []
+    hours: set[tuple[str, str, datetime]] = set()
     for i in range(count):
         device = f"dev{i % DEVICES}"
         ts = START + timedelta(seconds=i)
+        hours.add((TENANT, device, ts.replace(minute=0, second=0)))
         batch.append(
             {
                 "_id": reading_id(TENANT, device, f"m{i}"),
+                "hk": hour_key(TENANT, device, ts),
                 "tenant": TENANT,
                 "device": device,
                 "stream": "s",
@@ -154,6 +159,7 @@ def insert_readings(db: Any, count: int) -> float:
             batch = []
     if batch:
         db[mongo.TELEMETRY].insert_many(batch, ordered=False)
+    rollups.mark_pending(db, hours)
     return count / (time.monotonic() - began)
 
 
@@ -244,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             web_port=port,
             report_soft_time_limit_s=3600.0,
             report_time_limit_s=3700.0,
+            # One user posts all REPORTS at once: this measures offloading, not quotas.
+            jobs_max_per_user=REPORTS,
         )
         db = env.db
         registry.create_tenant(db, TENANT, 1, 1000)

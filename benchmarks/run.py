@@ -30,6 +30,7 @@ BENCHMARKS = [
     "notify_fanout",
     "report_offload",
     "reads",
+    "write_cost",
     "isolation",
 ]
 
@@ -174,6 +175,14 @@ def _rows_reads(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _rows_write_cost(d: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for shape, s in d["shapes"].items():
+        plain, kept = s["plain_cpu_us_per_reading"], s["maintained_cpu_us_per_reading"]
+        rows.append((f"CPU per reading, {shape}", f"{plain} -> {kept} us", f"{s['ratio']}"))
+    return rows
+
+
 def _rows_isolation(d: dict) -> list[tuple[str, str, str]]:
     base = d["unloaded"]["p99_ms"]
     rows = [("quiet p99, unloaded", f"{base} ms", "1.00")]
@@ -192,6 +201,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "notify_fanout": _rows_notify,
     "report_offload": _rows_report_offload,
     "reads": _rows_reads,
+    "write_cost": _rows_write_cost,
     "isolation": _rows_isolation,
 }
 

@@ -24,7 +24,7 @@ from fairway.provision import (
     provision_tenant,
     register_device,
 )
-from fairway.storage import accounts, mongo, registry
+from fairway.storage import accounts, backfill, mongo, registry
 
 
 def _emit(value: Any) -> None:
@@ -205,6 +205,31 @@ def declare(settings: Settings) -> None:
     mongo.ensure_indexes(db)
     bound = bind_every_device(settings, db)
     _emit({"declared": [name for name, _ in topology.EXCHANGES], "devices_bound": bound})
+
+
+@main.group()
+def migrate() -> None:
+    """One-time data migrations (idempotent, resumable: rerun after an interruption)."""
+
+
+@migrate.command("backfill-hk")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_obj
+def migrate_backfill_hk(settings: Settings, batch_size: int) -> None:
+    """Give readings stored before hour keys existed their ``hk``.
+
+    Also folds them into device_state and marks their hours for rollup. One scan of
+    telemetry per pass; progress on stderr, a JSON summary on stdout.
+    """
+
+    def report(totals: dict[str, int]) -> None:
+        click.echo(
+            f"pass {totals['passes']}: {totals['readings']} readings keyed, "
+            f"{totals['hours']} device-hours marked for rollup",
+            err=True,
+        )
+
+    _emit(backfill.backfill_hour_keys(mongo.connect(settings), batch_size, report))
 
 
 # -- processes: each module's ``run(settings)`` serves until SIGTERM, then drains ----

@@ -14,7 +14,7 @@ from pymongo.database import Database
 from fairway.amqp.connection import blocking_channel
 from fairway.domain import permissions
 from fairway.kernel import topology
-from fairway.kernel.ids import check_id
+from fairway.kernel.ids import check_new_id
 from fairway.kernel.settings import Settings
 from fairway.storage import accounts, mongo, registry
 
@@ -27,7 +27,7 @@ def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlo
     ``ingest.<tenant>`` (its devices' messages, before the relay) and ``tenant.<tenant>``
     (its accepted readings, before the scheduler).
     """
-    check_id("tenant", tenant_id)
+    check_new_id("tenant", tenant_id)
     with blocking_channel(settings, "fairway-provision") as channel:
         topology.declare(channel, settings)
         topology.tenant_ingest_queue(tenant_id, settings).declare(channel)
@@ -64,7 +64,8 @@ def register_device(
     registered and served: its messages take the shared ``ingest`` (through the alternate
     exchange) until ``fairway declare`` binds it.
     """
-    credentials = registry.register_device(db, tenant_id, device_id)
+    key = registry.device_hash_key(settings.device_hash_key, settings.secret_key)
+    credentials = registry.register_device(db, tenant_id, device_id, key)
     try:
         bind_devices(settings, [(tenant_id, device_id)])
     except Exception:
@@ -90,8 +91,9 @@ def ensure_devices(settings: Settings, by_tenant: dict[str, list[str]]) -> None:
             provision_tenant(settings, tenant_id, 1, settings.tenant_max_backlog)
         known = {d.id for d in registry.list_devices(db, tenant_id)}
         new = [d for d in device_ids if d not in known]
+        key = registry.device_hash_key(settings.device_hash_key, settings.secret_key)
         for device_id in new:
-            registry.register_device(db, tenant_id, device_id)
+            registry.register_device(db, tenant_id, device_id, key)
         bind_devices(settings, [(tenant_id, d) for d in new])
 
 

@@ -19,14 +19,18 @@ SLOW_DISCONNECTS = Counter(
 AUTH_FAILURES = Counter(
     "fairway_gateway_auth_failures_total",
     "Stream requests refused for their push token",
-    ["reason"],  # missing, invalid, expired
+    # missing, invalid, expired (tenant ""); reused, predates_start (the token's tenant,
+    # "" for operators)
+    ["reason", "tenant"],
 )
 
 
 REFUSED = Counter(
     "fairway_gateway_refused_total",
     "Stream requests with a valid token that were refused",
-    ["reason"],  # no_exchange, unavailable, full
+    # no_exchange, unavailable, full, user_session_limit, tenant_session_limit,
+    # token_memory_full; tenant of the token ("" for operators)
+    ["reason", "tenant"],
 )
 
 

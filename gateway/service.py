@@ -11,9 +11,16 @@ Twisted web server on ``FAIRWAY_GATEWAY_HOST:PORT``:
   queue is bound. Nothing is replayed: a reconnecting ``EventSource`` gets a new queue.
 * ``GET /healthz`` (the process answers) and ``GET /readyz`` (503 until connected).
 
-Answers: 401 for a missing, bad or expired token; 403 when ``user.<id>`` does not exist
-(unknown or disabled user, see :func:`fairway.domain.notify.remove_user`); 503 while the
-broker is unreachable or ``FAIRWAY_GATEWAY_MAX_SESSIONS`` streams are open.
+Answers (``{"error", "message"}``, each counted by reason and tenant): 401 for a missing,
+bad or expired token (``unauthorized``) and for a token used before (``token_reused``:
+push tokens are single-use, :class:`fairway.domain.pushtoken.UsedTokens`); 403 when
+``user.<id>`` does not exist (unknown or disabled user, see
+:func:`fairway.domain.notify.remove_user`); 429 when the user already holds
+``FAIRWAY_GATEWAY_MAX_SESSIONS_PER_USER`` streams (``user_session_limit``) or its tenant
+``FAIRWAY_GATEWAY_MAX_SESSIONS_PER_TENANT`` (``tenant_session_limit``); 503 while the
+broker is unreachable, ``FAIRWAY_GATEWAY_MAX_SESSIONS`` streams are open, or
+``FAIRWAY_GATEWAY_USED_TOKENS_MAX`` unexpired token ids are remembered. Every limit is
+per gateway process.
 
 Memory stays bounded per session: a channel prefetch of ``FAIRWAY_GATEWAY_PREFETCH``
 deliveries, and, when the client's socket stops draining, at most
@@ -30,16 +37,17 @@ from __future__ import annotations
 
 import logging
 import resource as rlimit
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
-from urllib.parse import urlsplit
 
 import orjson
 import pika
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from pika.exceptions import ChannelClosed
 from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import ssl as tls
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import ILogObserver, STDLibLogObserver, globalLogBeginner
 from twisted.web import resource, server
@@ -47,9 +55,10 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from fairway.amqp.backoff import Reconnect
-from fairway.amqp.connection import parameters
+from fairway.amqp.connection import ca_certificates_pem, parameters, uses_tls
 from fairway.domain import notify, pushtoken
 from fairway.kernel import metrics
+from fairway.kernel.ids import check_id
 from fairway.kernel.settings import Settings
 from gateway.metrics import (
     AMQP_UP,
@@ -95,10 +104,13 @@ class Session:
     send buffer is full, and events then wait in a bounded local buffer.
     """
 
-    def __init__(self, gateway: Gateway, request: server.Request, user: str) -> None:
+    def __init__(
+        self, gateway: Gateway, request: server.Request, user: str, tenant: str | None
+    ) -> None:
         self.gateway = gateway
         self.request = request
         self.user = user
+        self.tenant = tenant
         self.queue = notify.session_queue(gateway.settings, user)
         self.channel: TwistedChannel | None = None
         self.closed = False
@@ -147,13 +159,13 @@ class Session:
             return
         self.closed = True
         if isinstance(exc, ChannelClosed) and exc.reply_code == NOT_FOUND:
-            REFUSED.labels("no_exchange").inc()
+            REFUSED.labels("no_exchange", self.tenant or "").inc()
             log.info("session refused: no user exchange", extra={"user": self.user})
             body = _json_error(
                 self.request, 403, "forbidden", "this user has no live notifications"
             )
         else:
-            REFUSED.labels("unavailable").inc()
+            REFUSED.labels("unavailable", self.tenant or "").inc()
             self._release_channel()
             body = _json_error(
                 self.request, 503, "unavailable", "notifications are unavailable, retry"
@@ -270,7 +282,7 @@ class Session:
                 transport.abortConnection()
             return
         if not self.streaming:  # still setting up: the broker went away
-            REFUSED.labels("unavailable").inc()
+            REFUSED.labels("unavailable", self.tenant or "").inc()
             self.request.write(
                 _json_error(
                     self.request, 503, "unavailable", "notifications are unavailable, retry"
@@ -296,6 +308,12 @@ class Session:
             self.close()
 
 
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]  # bounded by the open sessions, not by every user ever seen
+
+
 def _close_quietly(channel: TwistedChannel) -> None:
     if channel.is_open:
         channel.close()
@@ -309,6 +327,13 @@ class Gateway:
         self.secret = settings.require_secret()
         self.connection: TwistedProtocolConnection | None = None
         self.sessions: set[Session] = set()
+        # Open (or opening) sessions per user and per tenant, for the caps.
+        self.per_user: Counter[str] = Counter()
+        self.per_tenant: Counter[str] = Counter()
+        self.used_tokens = pushtoken.UsedTokens(settings.gateway_used_tokens_max)
+        # Tokens signed before this process started may have been used by its previous
+        # run, whose record is gone: refused (browsers ask for a new token on any error).
+        self.started = int(time.time())
         self.stopping = False
         self.allowed_origins = _allowed_origins(settings)
         self._reconnect = Reconnect("fairway-gateway", _reactor.callLater, self._connect)
@@ -334,7 +359,10 @@ class Gateway:
         if self.stopping:
             return
         params = parameters(self.settings, "fairway-gateway")
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, params.host, params.port, timeout=10)
+        endpoint: Any = endpoints.TCP4ClientEndpoint(reactor, params.host, params.port, timeout=10)
+        if uses_tls(self.settings.amqp_url):
+            # pika's Twisted protocol ignores ssl_options: TLS is the endpoint's.
+            endpoint = endpoints.wrapClientTLS(client_tls_options(self.settings), endpoint)
         protocol = TwistedProtocolConnection(params)
         d = endpoints.connectProtocol(endpoint, protocol)
         d.addCallback(lambda _p: protocol.ready)
@@ -362,23 +390,85 @@ class Gateway:
             self._reconnect.schedule(why)
 
     # -- sessions --------------------------------------------------------------------
-    def open_session(self, request: server.Request, user: str) -> bytes | int:
-        """Start a stream for ``user``, or answer 503 (no broker, too many streams)."""
+    def claim_token(self, request: server.Request, claims: dict[str, Any]) -> bytes | None:
+        """Mark the token's id used; an error body if it was used before (or no room)."""
+        tenant = claims["tenant"] or ""
+        if claims["issued"] < self.started:
+            AUTH_FAILURES.labels("predates_start", tenant).inc()
+            return _json_error(
+                request,
+                401,
+                "token_reused",
+                "this push token was issued before the gateway started and may have been "
+                "used; ask the web app for a new one",
+            )
+        found = self.used_tokens.claim(claims["jti"], claims["expires"], time.time())
+        if found is pushtoken.Claim.REUSED:
+            AUTH_FAILURES.labels("reused", tenant).inc()
+            log.info("push token used twice", extra={"user": claims["user"]})
+            return _json_error(
+                request,
+                401,
+                "token_reused",
+                "this push token was used already; ask the web app for a new one",
+            )
+        if found is pushtoken.Claim.FULL:
+            REFUSED.labels("token_memory_full", tenant).inc()
+            log.warning("used push token memory full", extra={"entries": len(self.used_tokens)})
+            return _json_error(
+                request, 503, "token_memory_full", "too many new live streams, retry later"
+            )
+        return None
+
+    def open_session(self, request: server.Request, user: str, tenant: str | None) -> bytes | int:
+        """Start a stream for ``user``, or answer 429 (the user's or the tenant's cap) or
+        503 (no broker, too many streams)."""
+        label = tenant or ""
+        settings = self.settings
         if not self.connected or self.stopping:
-            REFUSED.labels("unavailable").inc()
+            REFUSED.labels("unavailable", label).inc()
             return _json_error(request, 503, "unavailable", "notifications are unavailable, retry")
-        if len(self.sessions) >= self.settings.gateway_max_sessions:
-            REFUSED.labels("full").inc()
+        if self.per_user[user] >= settings.gateway_max_sessions_per_user:
+            REFUSED.labels("user_session_limit", label).inc()
+            return _json_error(
+                request,
+                429,
+                "user_session_limit",
+                f"this user already has {settings.gateway_max_sessions_per_user} live streams "
+                "open; close one (a browser tab) first",
+            )
+        if (
+            tenant is not None
+            and self.per_tenant[tenant] >= settings.gateway_max_sessions_per_tenant
+        ):
+            REFUSED.labels("tenant_session_limit", label).inc()
+            return _json_error(
+                request,
+                429,
+                "tenant_session_limit",
+                f"this tenant already has {settings.gateway_max_sessions_per_tenant} live "
+                "streams open; retry later",
+            )
+        if len(self.sessions) >= settings.gateway_max_sessions:
+            REFUSED.labels("full", label).inc()
             return _json_error(request, 503, "full", "too many live streams, retry later")
-        session = Session(self, request, user)
+        session = Session(self, request, user, tenant)
         self.sessions.add(session)
+        self.per_user[user] += 1
+        if tenant is not None:
+            self.per_tenant[tenant] += 1
         request.notifyFinish().addBoth(session.client_gone)
         session.open(self.connection)
         return server.NOT_DONE_YET
 
     def forget(self, session: Session) -> None:
-        """The session ended."""
+        """The session ended (idempotent)."""
+        if session not in self.sessions:
+            return
         self.sessions.discard(session)
+        _decrement(self.per_user, session.user)
+        if session.tenant is not None:
+            _decrement(self.per_tenant, session.tenant)
 
     def _beat(self) -> None:
         for session in list(self.sessions):
@@ -513,7 +603,7 @@ class Events(resource.Resource):
         self._cors(request)
         raw = (request.args.get(b"token") or [b""])[0]
         if not raw:
-            AUTH_FAILURES.labels("missing").inc()
+            AUTH_FAILURES.labels("missing", "").inc()
             return _json_error(request, 401, "unauthorized", "a push token is required")
         try:
             claims = pushtoken.verify(
@@ -522,13 +612,18 @@ class Events(resource.Resource):
                 self.gateway.settings.push_token_ttl_s,
             )
             notify.user_exchange(claims["user"])  # a valid id, or ValueError
+            if claims["tenant"] is not None:
+                check_id("tenant", claims["tenant"])  # a metric label: a valid id only
         except pushtoken.InvalidToken as exc:
-            AUTH_FAILURES.labels("expired" if exc.expired else "invalid").inc()
+            AUTH_FAILURES.labels("expired" if exc.expired else "invalid", "").inc()
             return _json_error(request, 401, "unauthorized", str(exc))
         except ValueError:
-            AUTH_FAILURES.labels("invalid").inc()
+            AUTH_FAILURES.labels("invalid", "").inc()
             return _json_error(request, 401, "unauthorized", "bad token payload")
-        return self.gateway.open_session(request, claims["user"])
+        refused = self.gateway.claim_token(request, claims)
+        if refused is not None:
+            return refused
+        return self.gateway.open_session(request, claims["user"], claims["tenant"])
 
     def render_OPTIONS(self, request: server.Request) -> bytes:
         """CORS pre-flight (EventSource sends none, but a fetch-based client may)."""
@@ -591,9 +686,24 @@ def _raise_file_limit(sessions: int) -> None:
             log.warning("file descriptor limit below max sessions", extra={"limit": new_soft})
 
 
+def client_tls_options(settings: Settings) -> Any:
+    """Twisted's TLS options for an ``amqps://`` broker, verified as pika's connections are.
+
+    The chain must lead to ``FAIRWAY_AMQP_CA_FILE`` (the system's CAs when empty) and
+    the certificate must name the URL's host (service_identity does the check).
+    """
+    host = parameters(settings, "fairway-gateway").host
+    pems = ca_certificates_pem(settings)
+    if pems:
+        trust = tls.trustRootFromCertificates([tls.Certificate.loadPEM(p) for p in pems])
+    else:
+        trust = tls.platformTrust()
+    return tls.optionsForClientTLS(host, trustRoot=trust)
+
+
 def run(settings: Settings) -> None:
     """``fairway gateway``: serve until SIGTERM, then close every stream."""
-    if urlsplit(settings.amqp_url).scheme == "amqps":
-        raise RuntimeError("the push gateway does not speak amqps yet; use amqp://")
     pika.URLParameters(settings.amqp_url)  # fail early on a malformed URL
+    if uses_tls(settings.amqp_url):
+        client_tls_options(settings)  # and on an unusable CA file
     Gateway(settings).serve(settings.metrics_port)

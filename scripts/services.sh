@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local services for Fairway development and CI: RabbitMQ and a MongoDB-compatible DB.
 #
-# Usage: scripts/services.sh up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo
+# Usage: scripts/services.sh up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo|tls-certs
 #
 # All state (data, logs, pid files, built binaries) lives under .services/
 # (override with FAIRWAY_SERVICES_DIR). Every subcommand is idempotent.
@@ -15,6 +15,19 @@
 # FAIRWAY_RABBITMQ_PORT [5672], FAIRWAY_RABBITMQ_MGMT_PORT [15672], FAIRWAY_RABBITMQ_MQTT_PORT [1883],
 # FAIRWAY_RABBITMQ_PROMETHEUS_PORT [15692], FAIRWAY_MONGO_PORT [27017], FAIRWAY_POSTGRES_PORT [5433],
 # FAIRWAY_RABBITMQ_TIMEOUT [120 s], FAIRWAY_MONGO_TIMEOUT [30 s], FAIRWAY_POSTGRES_TIMEOUT [60 s].
+#
+# TLS (off by default; on with FAIRWAY_RABBITMQ_TLS=1, or when FAIRWAY_AMQP_URL is amqps://):
+# AMQPS on 127.0.0.1:FAIRWAY_RABBITMQ_AMQPS_PORT [5671] and MQTTS on FAIRWAY_RABBITMQ_MQTTS_PORT
+# [8883], besides the plain listeners, with ca.pem, server.pem and server-key.pem from
+# FAIRWAY_RABBITMQ_TLS_DIR [$FAIRWAY_SERVICES_DIR/tls]. Files there are used as they are; missing
+# ones are generated with openssl (a private CA, ca-key.pem, and a server certificate for
+# localhost, 127.0.0.1, ::1 and FAIRWAY_RABBITMQ_TLS_NAMES, e.g. DNS:broker.example.com,IP:192.0.2.10),
+# so `tls-certs` and every start are idempotent. Clients trust
+# the CA with FAIRWAY_AMQP_CA_FILE=<tls dir>/ca.pem. The node reads the files at start:
+# restart-rabbitmq after changing them or switching TLS on.
+# The broker calls the web app's auth endpoints at FAIRWAY_BROKER_AUTH_URL [http://127.0.0.1:8080/broker,
+# loopback HTTP]; for an https:// one, FAIRWAY_BROKER_AUTH_CA_FILE names the CA its certificate must
+# chain to, and the URL's host must be in it (advanced.config: 3.10's rabbitmq.conf has no keys for it).
 # If FAIRWAY_AMQP_URL / FAIRWAY_MONGO_URL point anywhere other than 127.0.0.1 on those ports,
 # that server is used as-is and nothing is started or stopped for it.
 set -euo pipefail
@@ -35,11 +48,19 @@ RABBIT_TIMEOUT="${FAIRWAY_RABBITMQ_TIMEOUT:-120}"
 RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_auth_backend_http,rabbitmq_auth_backend_cache"
 # Devices authenticate against the web app (fairway web); Fairway's own accounts are internal.
 WEB_AUTH_URL="${FAIRWAY_BROKER_AUTH_URL:-http://127.0.0.1:${FAIRWAY_WEB_PORT:-8080}/broker}"
+# For an https:// FAIRWAY_BROKER_AUTH_URL: the CA bundle its certificate must chain to.
+WEB_AUTH_CA="${FAIRWAY_BROKER_AUTH_CA_FILE:-}"
 AMQP_PORT="${FAIRWAY_RABBITMQ_PORT:-5672}"
 MGMT_PORT="${FAIRWAY_RABBITMQ_MGMT_PORT:-15672}"
 MQTT_PORT="${FAIRWAY_RABBITMQ_MQTT_PORT:-1883}"
 PROM_PORT="${FAIRWAY_RABBITMQ_PROMETHEUS_PORT:-15692}"
 AMQP_URL="${FAIRWAY_AMQP_URL:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2F}"
+AMQPS_PORT="${FAIRWAY_RABBITMQ_AMQPS_PORT:-5671}"
+MQTTS_PORT="${FAIRWAY_RABBITMQ_MQTTS_PORT:-8883}"
+RABBIT_TLS="${FAIRWAY_RABBITMQ_TLS:-0}"
+[[ "$AMQP_URL" == amqps://* ]] && RABBIT_TLS=1
+TLS_DIR="${FAIRWAY_RABBITMQ_TLS_DIR:-$SERVICES_DIR/tls}"
+TLS_NAMES="DNS:localhost,IP:127.0.0.1,IP:::1${FAIRWAY_RABBITMQ_TLS_NAMES:+,$FAIRWAY_RABBITMQ_TLS_NAMES}"
 
 MONGO_PORT="${FAIRWAY_MONGO_PORT:-27017}"
 MONGO_URL="${FAIRWAY_MONGO_URL:-mongodb://127.0.0.1:$MONGO_PORT}"
@@ -215,7 +236,57 @@ take_lock() {
 
 # ---------------------------------------------------------------- RabbitMQ
 
-rabbit_is_external() { ! is_local_default "$AMQP_URL" "$AMQP_PORT"; }
+# An amqps:// URL names the TLS listener of the same node.
+amqp_url_port() { if [[ "$AMQP_URL" == amqps://* ]]; then echo "$AMQPS_PORT"; else echo "$AMQP_PORT"; fi; }
+
+rabbit_is_external() { ! is_local_default "$AMQP_URL" "$(amqp_url_port)"; }
+
+rabbit_tls() { [[ "$RABBIT_TLS" == 1 || "$RABBIT_TLS" == true || "$RABBIT_TLS" == yes ]]; }
+
+# openssl with its output in the log; dies with the log's tail on failure.
+tls_openssl() {
+    local tls_log="$LOG_DIR/tls.log"
+    printf '\n=== %s: openssl %s\n' "$(date '+%F %T')" "$*" >>"$tls_log"
+    if ! openssl "$@" >>"$tls_log" 2>&1; then
+        show_log_tail "$tls_log"
+        die "openssl $1 failed (log: $tls_log)"
+    fi
+}
+
+# ca.pem, server.pem and server-key.pem in $TLS_DIR: kept if present, else generated
+# (a private CA, then a server certificate it signs for the loopback names).
+ensure_tls_certs() {
+    local ca="$TLS_DIR/ca.pem" ca_key="$TLS_DIR/ca-key.pem"
+    local cert="$TLS_DIR/server.pem" key="$TLS_DIR/server-key.pem"
+    if [[ -s "$ca" && -s "$cert" && -s "$key" ]]; then
+        return 0
+    fi
+    command -v openssl >/dev/null || die "openssl is needed to generate TLS certificates in $TLS_DIR (or put ca.pem, server.pem and server-key.pem there)"
+    mkdir -p "$TLS_DIR"
+    if [[ ! -s "$ca" ]]; then
+        if [[ -e "$cert" || -e "$key" ]]; then
+            die "$TLS_DIR has a server certificate or key but no ca.pem; add the CA that signed it"
+        fi
+        log "TLS: creating a private CA in $TLS_DIR"
+        (umask 077 && tls_openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -days 3650 -subj "/CN=Fairway local CA" -keyout "$ca_key" -out "$ca" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign")
+        chmod 644 "$ca"
+    fi
+    if [[ ! -s "$cert" || ! -s "$key" ]]; then
+        [[ -s "$ca_key" ]] || die "$TLS_DIR lacks server.pem or server-key.pem, and has no ca-key.pem to issue them"
+        log "TLS: issuing a server certificate for $TLS_NAMES"
+        local ext="$TLS_DIR/server.ext" csr="$TLS_DIR/server.csr"
+        printf '%s\n' "subjectAltName=$TLS_NAMES" "basicConstraints=CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" \
+            "authorityKeyIdentifier=keyid" "subjectKeyIdentifier=hash" >"$ext"
+        (umask 077 && tls_openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=localhost" -keyout "$key" -out "$csr")
+        tls_openssl x509 -req -in "$csr" -CA "$ca" -CAkey "$ca_key" -CAcreateserial \
+            -CAserial "$TLS_DIR/ca.srl" -days 825 -extfile "$ext" -out "$cert"
+        rm -f "$csr" "$ext"
+    fi
+}
 
 # Debian's /usr/sbin wrappers re-run the tools as user "rabbitmq" via su, which drops our
 # environment and uses another cookie; the real scripts live in /usr/lib/rabbitmq/bin.
@@ -286,6 +357,7 @@ write_rabbit_config() {
     mkdir -p "$RABBIT_DIR/mnesia"
     : >"$RABBITMQ_CONF_ENV_FILE"
     echo "[$RABBIT_PLUGINS]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+    write_rabbit_advanced_config
     cat >"$RABBITMQ_CONFIG_FILE" <<EOF
 # Generated by scripts/services.sh; edits are overwritten on start.
 listeners.tcp.default = 127.0.0.1:$AMQP_PORT
@@ -316,6 +388,42 @@ auth_http.topic_path = $WEB_AUTH_URL/topic
 mqtt.exchange = telemetry
 mqtt.allow_anonymous = false
 EOF
+    rabbit_tls || return 0
+    cat >>"$RABBITMQ_CONFIG_FILE" <<TLS
+# TLS (FAIRWAY_RABBITMQ_TLS): AMQPS and MQTTS with the certificate in $TLS_DIR. Clients are
+# not asked for certificates: they log in with a user name and password, over TLS.
+listeners.ssl.default = 127.0.0.1:$AMQPS_PORT
+mqtt.listeners.ssl.default = 127.0.0.1:$MQTTS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server-key.pem
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+TLS
+}
+
+# RabbitMQ 3.10 takes the auth backend's TLS options from advanced.config only.
+write_rabbit_advanced_config() {
+    if [[ -z "$WEB_AUTH_CA" ]]; then
+        [[ "$WEB_AUTH_URL" != https://* ]] || die "FAIRWAY_BROKER_AUTH_URL is https://; set FAIRWAY_BROKER_AUTH_CA_FILE to the CA of its certificate"
+        echo "[]." >"$RABBITMQ_ADVANCED_CONFIG_FILE"
+        return 0
+    fi
+    [[ "$WEB_AUTH_URL" == https://* ]] || die "FAIRWAY_BROKER_AUTH_CA_FILE is set but FAIRWAY_BROKER_AUTH_URL is not https://"
+    [[ -r "$WEB_AUTH_CA" ]] || die "FAIRWAY_BROKER_AUTH_CA_FILE=$WEB_AUTH_CA is not a readable file"
+    local host _port
+    read -r host _port <<<"$(url_host_port "$WEB_AUTH_URL" 443)"
+    cat >"$RABBITMQ_ADVANCED_CONFIG_FILE" <<ADVANCED
+%% Generated by scripts/services.sh: HTTPS to the auth backend, verified (chain and host name).
+[{rabbitmq_auth_backend_http, [{ssl_options, [
+    {cacertfile, "$(cd "$(dirname "$WEB_AUTH_CA")" && pwd)/$(basename "$WEB_AUTH_CA")"},
+    {verify, verify_peer},
+    {server_name_indication, "$host"},
+    {depth, 4}
+]}]}].
+ADVANCED
 }
 
 ensure_erlang_cookie() {
@@ -340,7 +448,10 @@ rabbit_ours_alive() {
 rabbit_boot_check() {
     rabbit_ours_alive || return "$GIVE_UP"
     rabbitmqctl -q await_startup --timeout 10 >/dev/null 2>&1 || return 1
-    tcp_open 127.0.0.1 "$AMQP_PORT"
+    tcp_open 127.0.0.1 "$AMQP_PORT" || return 1
+    if rabbit_tls; then
+        tcp_open 127.0.0.1 "$AMQPS_PORT" && tcp_open 127.0.0.1 "$MQTTS_PORT"
+    fi
 }
 
 wait_rabbit_ready() {
@@ -358,14 +469,18 @@ wait_rabbit_ready() {
 start_rabbitmq() {
     if rabbit_is_external; then
         log "RabbitMQ: using external broker from FAIRWAY_AMQP_URL (not managed here)"
-        local host port
-        read -r host port <<<"$(url_host_port "$AMQP_URL" "$AMQP_PORT")"
-        wait_until 30 amqp_answers "$host" "$port" || die "no AMQP broker answering at $host:$port (FAIRWAY_AMQP_URL)"
+        local host port answers=amqp_answers
+        read -r host port <<<"$(url_host_port "$AMQP_URL" "$(amqp_url_port)")"
+        [[ "$AMQP_URL" == amqps://* ]] && answers=tcp_open # TLS first: no plain AMQP header
+        wait_until 30 "$answers" "$host" "$port" || die "no AMQP broker answering at $host:$port (FAIRWAY_AMQP_URL)"
         return 0
     fi
     if rabbit_ours_alive; then
         wait_rabbit_ready
         log "RabbitMQ: node $RABBIT_NODE already running (pid $(rabbit_pid))"
+        if rabbit_tls && ! tcp_open 127.0.0.1 "$AMQPS_PORT"; then
+            warn "TLS is asked for but port $AMQPS_PORT is closed: the node started without it; run restart-rabbitmq"
+        fi
         return 0
     fi
     if tcp_open 127.0.0.1 "$AMQP_PORT"; then
@@ -376,12 +491,18 @@ start_rabbitmq() {
     fi
     install_rabbitmq
     rabbit_env
+    if rabbit_tls; then
+        ensure_tls_certs
+    fi
     write_rabbit_config
     ensure_erlang_cookie
     log "RabbitMQ: starting node $RABBIT_NODE (first start takes ~10-20 s)"
     spawn "$RABBIT_LAUNCHER_PID_FILE" "$LOG_DIR/rabbitmq-server.out" "$(rabbit_sbin)/rabbitmq-server"
     wait_rabbit_ready
     log "RabbitMQ: ready (pid $(rabbit_pid))"
+    if rabbit_tls; then
+        log "RabbitMQ: TLS on amqps://127.0.0.1:$AMQPS_PORT and mqtts 127.0.0.1:$MQTTS_PORT; clients: FAIRWAY_AMQP_CA_FILE=$TLS_DIR/ca.pem"
+    fi
 }
 
 stop_rabbitmq() {
@@ -412,10 +533,13 @@ stop_rabbitmq() {
 
 status_rabbitmq() {
     local urls="$AMQP_URL  mgmt http://127.0.0.1:$MGMT_PORT/  mqtt 127.0.0.1:$MQTT_PORT"
+    if rabbit_tls; then
+        urls+="  amqps 127.0.0.1:$AMQPS_PORT  mqtts 127.0.0.1:$MQTTS_PORT"
+    fi
     if rabbit_is_external; then
         local host port
-        read -r host port <<<"$(url_host_port "$AMQP_URL" "$AMQP_PORT")"
-        if amqp_answers "$host" "$port"; then
+        read -r host port <<<"$(url_host_port "$AMQP_URL" "$(amqp_url_port)")"
+        if tcp_open "$host" "$port"; then
             echo "rabbitmq: running (external)  $AMQP_URL"
             return 0
         fi
@@ -851,7 +975,7 @@ require_managed_mongo() {
 }
 
 usage() {
-    echo "usage: $0 up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo" >&2
+    echo "usage: $0 up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo|tls-certs" >&2
     exit 2
 }
 
@@ -900,6 +1024,11 @@ main() {
         take_lock
         require_managed_mongo stop-mongo
         stop_mongo
+        ;;
+    tls-certs)
+        take_lock
+        ensure_tls_certs
+        log "TLS: $TLS_DIR/ca.pem, server.pem, server-key.pem"
         ;;
     *) usage ;;
     esac

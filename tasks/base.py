@@ -2,7 +2,10 @@
 
 :class:`JobTask` gives each task its settings and a database handle of its own
 (one client per Celery app and process: pymongo is not fork-safe), reports progress
-and publishes ``job.<tenant>.<user>`` when a job ends.
+and publishes ``job.<tenant>.<user>`` when a job ends. For user jobs (those with a
+job record) it also counts deliveries, so a job whose deliveries keep killing their
+worker fails ``worker_lost`` instead of being redelivered forever
+(``FAIRWAY_JOBS_MAX_ATTEMPTS``), and frees the job's quota slots when it ends.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
 from celery.worker.request import Request
 from kombu import Exchange, Queue
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, PyMongoError
 
 import tasks.job_metrics as job_metrics
+from fairway.domain.job_params import JobFailed
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import job_records, mongo
@@ -137,6 +142,15 @@ class MeteredRequest(Request):
         job_metrics.SECONDS.labels(self.task.name).observe(runtime)
         super().on_success(failed__retval__runtime, **kwargs)
 
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        """The pool process failed the job, or died under it (then it is requeued)."""
+        exc = exc_info.exception
+        if isinstance(getattr(exc, "exc", exc), WorkerLostError):  # maybe wrapped by billiard
+            job_metrics.WORKER_LOST.labels(self.task.name).inc()
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
         """A time limit passed: soft (the task is told) or hard (its process is killed)."""
         if not soft:
@@ -170,9 +184,57 @@ class JobTask(Task):
         """Store ``PROGRESS`` with ``{"done", "total"}`` for the API to show."""
         self.update_state(state="PROGRESS", meta={"done": done, "total": total})
 
+    def before_start(self, task_id: str, args: Any, kwargs: dict[str, Any]) -> None:
+        """In the pool process, before the task runs: count this delivery of a user job,
+        and fail the job (``worker_lost``, acked, not run) if ``jobs_max_attempts``
+        earlier deliveries never came back, each having taken its worker process down."""
+        if not (kwargs.get("tenant") and kwargs.get("user")):
+            return  # maintenance tasks have no job record
+        db = self.db
+        try:
+            lost = job_records.count_delivery(db, task_id)
+        except AutoReconnect as exc:  # fail open: the task meets the same error and retries
+            logger.warning("delivery not counted", extra={"job": task_id, "error": repr(exc)})
+            return
+        limit = self.settings.jobs_max_attempts
+        if lost is None or lost < limit:
+            return
+        message = (
+            f"the job was stopped: its worker process died {lost} times while running it "
+            f"(killed or out of memory), the most allowed (FAIRWAY_JOBS_MAX_ATTEMPTS={limit}); "
+            "choose a shorter range or one device, or ask an operator"
+        )
+        logger.error("job failed after lost deliveries", extra={"job": task_id, "lost": lost})
+        job_records.mark_failed(db, task_id, job_records.WORKER_LOST, message)
+        raise JobFailed(message)
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """In the pool process, once the delivery returned (whatever its outcome)."""
+        if kwargs.get("tenant") and kwargs.get("user"):
+            try:
+                job_records.count_end(self.db, task_id)
+            except PyMongoError as exc:
+                logger.warning(
+                    "delivery end not counted", extra={"job": task_id, "error": repr(exc)}
+                )
+
     def _finished(self, task_id: str, kwargs: dict[str, Any], state: str) -> None:
         tenant, user = kwargs.get("tenant"), kwargs.get("user")
         if tenant and user:
+            try:  # the job has ended: its quota slots are free (a lost release is reclaimed)
+                job_records.release(self.db, task_id)
+            except PyMongoError as exc:
+                logger.warning(
+                    "quota slots not released", extra={"job": task_id, "error": repr(exc)}
+                )
             publish_job_event(self.app, job_event(tenant, user, task_id, self.kind, state))
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: dict[str, Any]) -> None:

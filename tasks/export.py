@@ -5,8 +5,15 @@ One file per job, with the job id as the file's ``_id``: a task that runs again
 file document last) and keeps it, or leftover chunks of a partial upload, which it
 deletes before writing afresh. So each job has at most one file, whatever happens.
 
-The CSV is in long form, one row per value: ``ts,device,stream,metric,value``. Rows
-come in storage order (sorting would need an index FerretDB 1.24 cannot use for reads).
+The CSV is in long form, one row per value: ``ts,device,stream,metric,value``. The
+range is planned and read like a report's (:func:`tasks.report.plan_job`, one ``hk``
+equality read per device-hour, no scan): rows come hour by hour, within an hour device
+by device, and within a device-hour in storage order (sorting would hold the hour in
+memory).
+String cells that a spreadsheet would run as a formula (starting with ``=``, ``+``,
+``-``, ``@``, tab or carriage return) get a leading ``'`` (OWASP, CSV injection);
+numbers and booleans are written as they are. Rows end in CRLF, so a cell holding
+either line break is quoted and cannot forge a row.
 Tested on FerretDB 1.24, where GridFS works with its ordinary indexes.
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import gridfs
@@ -22,11 +30,12 @@ from pymongo.database import Database
 
 from fairway.domain.job_params import ExportParams
 from fairway.kernel.times import iso_z
-from tasks.report import Progress, Throttle, count_readings, reading_query, stream_readings
+from tasks.report import Progress, check_limit, plan_job, planned_progress, read_planned
 
 BUCKET = "exports"
 COLUMNS = ("ts", "device", "stream", "metric", "value")
 FLUSH_BYTES = 256 * 1024  # CSV text buffered before it is written to GridFS
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def bucket(db: Database) -> gridfs.GridFSBucket:
@@ -50,13 +59,21 @@ def delete_file(db: Database, job_id: str) -> None:
     db[f"{BUCKET}.chunks"].delete_many({"files_id": job_id})
 
 
+def safe_cell(value: Any) -> Any:
+    """A string a spreadsheet would take for a formula, prefixed with ``'``; else as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_rows(doc: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     """One reading as CSV rows, one per value (``ts`` in epoch milliseconds)."""
     ts = iso_z(int(doc["ts"]) / 1000)
+    device, stream = safe_cell(doc["device"]), safe_cell(doc["stream"])
     for metric, value in (doc.get("values") or {}).items():
         if isinstance(value, bool):
             value = "true" if value else "false"  # as in the JSON the device sent
-        yield ts, doc["device"], doc["stream"], metric, value
+        yield ts, device, stream, safe_cell(metric), safe_cell(value)
 
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
@@ -76,25 +93,28 @@ def export_csv(
     max_readings: int,
     progress: Progress,
     db_share: float = 1.0,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Write the job's CSV file (once) and return its size, row and reading counts."""
     done = file_info(db, job_id)
     if done is not None:  # completed by an earlier run of this job
         return _summary(done)
     delete_file(db, job_id)  # chunks of an interrupted run
-    query = reading_query(tenant, params.device, params.start, params.end)
-    throttle = Throttle(progress, count_readings(db, query, max_readings))
-    throttle(0, force=True)
+    plan = plan_job(db, tenant, params.device, params.start, params.end, now or datetime.now(UTC))
+    check_limit(plan, max_readings)
+    throttle = planned_progress(progress, plan)
     upload = bucket(db).open_upload_stream_with_id(
         job_id, f"{job_id}.csv", metadata={"tenant": tenant, "content_type": "text/csv"}
     )
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF (RFC 4180): Python 3.11 quotes a field only for the characters of the line
+    # terminator, so with "\n" alone a device's "\r" would start a forged row.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(COLUMNS)
     readings = rows = 0
     try:
-        fields = ("ts", "device", "stream", "values")
-        for doc in stream_readings(db, query, fields, db_share):
+        fields = ("device", "stream", "values")
+        for doc in read_planned(db, plan, fields, db_share, throttle.hour_read):
             readings += 1
             for row in csv_rows(doc):
                 writer.writerow(row)

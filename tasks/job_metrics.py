@@ -26,6 +26,11 @@ SECONDS = Histogram(
     ["task"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+WORKER_LOST = Counter(
+    "fairway_jobs_worker_lost_total",
+    "Deliveries whose pool process died under them (killed, out of memory, os._exit)",
+    ["task"],
+)
 EVENTS_FAILED = Counter(
     "fairway_job_events_failed_total", "job.* events that could not be published"
 )

@@ -23,7 +23,7 @@ import tasks.rollup as rollup
 from fairway.domain.job_params import ExportParams, JobFailed, ReportParams
 from fairway.kernel.settings import Settings
 from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, ROLLUP_TASK, JobTask
-from tasks.report import TooManyReadings, build_report
+from tasks.report import TooManyReadings, TooManySeries, build_report
 
 
 @contextmanager
@@ -37,7 +37,7 @@ def _explained_failures(kind: str, settings: Settings) -> Iterator[None]:
             "(FAIRWAY_REPORT_SOFT_TIME_LIMIT_S) and was stopped; choose a shorter range or "
             "one device"
         ) from None
-    except TooManyReadings as exc:
+    except (TooManyReadings, TooManySeries) as exc:
         raise JobFailed(str(exc)) from None
 
 
@@ -65,6 +65,7 @@ def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dic
             settings.report_max_readings,
             self.progress,
             settings.report_db_share,
+            max_series=settings.report_max_series,
         )
 
 
@@ -98,6 +99,7 @@ def apply_retention(self: JobTask) -> dict[str, Any]:
         settings.job_ttl_s,
         datetime.now(UTC),
         self.progress,
+        settings.retention_max_hours,
     )
 
 

@@ -35,8 +35,8 @@ from fairway.devtools import processes
 from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
-from fairway.provision import provision_tenant, register_device
-from fairway.storage import mongo
+from fairway.provision import bind_devices, provision_tenant
+from fairway.storage import mongo, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.sh"
@@ -317,7 +317,9 @@ class Pipeline:
 
     def device(self, tenant_id: str, device_id: str) -> dict[str, str]:
         """Register a device and bind it to ``ingest.<tenant>``; returns its credentials."""
-        return register_device(self.settings, self.db, tenant_id, device_id)
+        credentials = registry.register_device(self.db, tenant_id, device_id)
+        bind_devices(self.settings, [(tenant_id, device_id)])
+        return credentials
 
     def publish(
         self,

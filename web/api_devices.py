@@ -13,10 +13,12 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from fairway.amqp import management
+from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.provision import register_device as provision_device
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
+from web import broker_auth
 from web.auth import (
     json_body,
     login_required,
@@ -25,7 +27,8 @@ from web.auth import (
     visible_device,
 )
 from web.database import get_db
-from web.errors import ApiError
+from web.errors import ApiError, bad_input
+from web.metrics import count_refusal
 from web.params import limit_param, parse_time, time_param
 
 bp = Blueprint("devices", __name__, url_prefix="/api/devices")
@@ -83,7 +86,7 @@ def register_device() -> tuple[dict[str, Any], int]:
         settings = current_app.config["FAIRWAY_SETTINGS"]
         credentials = provision_device(settings, get_db(), tenant, device_id)
     except ValueError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from None
+        raise bad_input(exc) from None
     except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
     return credentials, 201
@@ -99,6 +102,12 @@ def get_device(device_id: str) -> dict[str, Any]:
 def _close_connections(device_id: str, why: str) -> int:
     """Close the device's open broker connections so the change applies at once."""
     settings = current_app.config["FAIRWAY_SETTINGS"]
+    if is_reserved_id(device_id):
+        # A device registered under a service account's name before ids were reserved:
+        # closing "its" connections would cut every relay, scheduler and worker.
+        log.warning("not closing connections of reserved user name %s", device_id)
+        count_refusal(RESERVED_ID)
+        return 0
     try:
         return management.close_connections(
             settings.rabbitmq_mgmt_url, settings.vhost, device_id, why
@@ -114,6 +123,7 @@ def disable_device(device_id: str) -> dict[str, Any]:
     """Disable: new logins refused, open connections closed, relays refuse its messages."""
     visible_device(device_id)
     registry.set_device_enabled(get_db(), device_id, False)
+    broker_auth.forget_device(device_id)
     closed = _close_connections(device_id, "device disabled")
     return {**_one_device(device_id), "connections_closed": closed}
 
@@ -124,6 +134,7 @@ def enable_device(device_id: str) -> dict[str, Any]:
     """Enable again."""
     visible_device(device_id)
     registry.set_device_enabled(get_db(), device_id, True)
+    broker_auth.forget_device(device_id)
     return _one_device(device_id)
 
 
@@ -132,7 +143,9 @@ def enable_device(device_id: str) -> dict[str, Any]:
 def rotate_credentials(device_id: str) -> dict[str, Any]:
     """A new password, shown once; connections with the old one are closed."""
     doc = visible_device(device_id)
-    password = registry.rotate_device_password(get_db(), device_id)
+    key = broker_auth.hash_key(current_app.config["FAIRWAY_SETTINGS"])
+    password = registry.rotate_device_password(get_db(), device_id, key)
+    broker_auth.forget_device(device_id)
     closed = _close_connections(device_id, "credentials rotated")
     return {
         "device": device_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 
 from fairway.domain import alerts
 from fairway.kernel.times import iso_z
@@ -53,7 +53,10 @@ def create_rule() -> tuple[dict[str, Any], int]:
             body.get("op"),
             body.get("threshold"),
             body.get("hysteresis", 0.0),
+            max_rules=current_app.config["FAIRWAY_SETTINGS"].max_rules_per_tenant,
         )
+    except alerts.TooManyRules as exc:
+        raise ApiError(409, exc.reason, str(exc)) from None
     except (ValueError, TypeError) as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     return _rule_json(rule), 201

@@ -10,7 +10,7 @@ from fairway.provision import provision_tenant
 from fairway.storage import accounts, mongo, registry
 from web.auth import json_body, login_required, roles_required, tenant_scope
 from web.database import get_db
-from web.errors import ApiError
+from web.errors import ApiError, bad_input
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
 
@@ -46,7 +46,7 @@ def create_tenant() -> tuple[dict[str, Any], int]:
     try:
         provision_tenant(settings, tenant_id, weight, backlog)
     except ValueError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from None
+        raise bad_input(exc) from None
     except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
     return _tenant_json(registry.tenant_document(get_db(), tenant_id) or {}), 201

@@ -22,9 +22,9 @@ from web.auth import (
     tenant_scope,
     visible_device,
 )
-from web.broker import get_channel
+from web.broker import get_broker
 from web.database import get_db
-from web.errors import ApiError
+from web.errors import ApiError, bad_input
 
 bp = Blueprint("users", __name__, url_prefix="/api")
 MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
@@ -76,11 +76,13 @@ def create_user() -> tuple[dict[str, Any], int]:
     db = get_db()
     try:
         accounts.create_user(db, user_id, password, role, tenant)
-    except (ValueError, LookupError) as exc:
+    except ValueError as exc:
+        raise bad_input(exc) from None
+    except LookupError as exc:
         raise ApiError(400, "bad_parameter", str(exc).strip("'\"")) from None
     except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
-    permissions.sync_bindings(db, get_channel(), user_id)
+    get_broker().run(lambda channel: permissions.sync_bindings(db, channel, user_id))
     return _user_json(accounts.user_document(db, user_id) or {}), 201
 
 
@@ -110,7 +112,7 @@ def update_user(user_id: str) -> dict[str, Any]:
     accounts.update_user(db, user_id, **changes)
     if changes.get("enabled") is False:
         accounts.revoke_api_tokens(db, user_id)
-    permissions.sync_bindings(db, get_channel(), user_id)
+    get_broker().run(lambda channel: permissions.sync_bindings(db, channel, user_id))
     return _user_json(accounts.user_document(db, user_id) or {})
 
 
@@ -133,7 +135,7 @@ def _set_subscription(device_id: str, follow: bool) -> dict[str, Any]:
     if len(subscriptions) > limit:
         raise ApiError(400, "too_many_subscriptions", f"at most {limit} devices can be followed")
     accounts.update_user(db, user.id, subscriptions=sorted(subscriptions))
-    bindings = permissions.sync_bindings(db, get_channel(), user.id)
+    bindings = get_broker().run(lambda channel: permissions.sync_bindings(db, channel, user.id))
     return {"subscriptions": sorted(subscriptions), "bindings": bindings}
 
 

@@ -10,20 +10,34 @@ every request, so disabling a user or changing a role applies at once.
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, current_app, g, request, session
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    after_this_request,
+    current_app,
+    g,
+    request,
+    session,
+)
 from flask_wtf.csrf import CSRFProtect, generate_csrf
+from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from fairway.domain import notify, permissions, pushtoken
 from fairway.storage import accounts, registry
 from fairway.storage.accounts import User
 from fairway.storage.mongo import TENANTS
-from web.broker import get_channel
+from ingest.ratelimit import RateLimiter
+from web.broker import get_broker
 from web.database import get_db
 from web.errors import ApiError
 
@@ -51,6 +65,28 @@ def init_app(app: Flask) -> None:
     )
     csrf.init_app(app)
     app.before_request(load_caller)
+    app.extensions["fairway_push_throttle"] = PushThrottle(
+        settings.push_token_rate, settings.push_token_burst
+    )
+
+
+class PushThrottle:
+    """Push tokens minted per user: a token bucket per user in this process, thread-safe.
+
+    Every token costs the broker a check (and the gateway a used-id record), so one
+    user, or a script with its API token, cannot mint them as fast as it can ask.
+    Buckets are LRU-bounded; a user evicted from it starts with a full bucket.
+    """
+
+    def __init__(self, rate: float, burst: float, max_users: int = 100_000) -> None:
+        self.rate = rate
+        self._limiter = RateLimiter(rate, burst, max_users)
+        self._lock = threading.Lock()
+
+    def allow(self, user_id: str) -> bool:
+        """Take one token from the user's bucket; False if it is empty."""
+        with self._lock:
+            return self._limiter.allow(user_id, time.monotonic())
 
 
 def load_caller() -> None:
@@ -116,6 +152,9 @@ def tenant_scope(requested: str | None = None) -> str | None:
     Asking for another tenant answers 404, so tenant names do not leak.
     """
     user = current_user()
+    if requested is not None and not isinstance(requested, str):
+        # A dict here would reach MongoDB as a query operator and be stored as a tenant.
+        raise ApiError(400, "bad_parameter", "'tenant' must be a tenant id (a string)")
     if user.is_operator:
         if requested is not None and get_db()[TENANTS].count_documents({"_id": requested}) == 0:
             raise ApiError(404, "not_found", f"no tenant {requested!r}")
@@ -165,18 +204,24 @@ def log_in(user_id: str, password: str) -> User:
     settings = current_app.config["FAIRWAY_SETTINGS"]
     db = get_db()
     keys = [f"user:{user_id}", f"addr:{request.remote_addr}"]
-    wait = accounts.login_blocked_for(
-        db, keys, settings.login_max_failures, settings.login_window_s
+    wait = accounts.claim_login_attempt(
+        db,
+        keys,
+        settings.login_max_failures,
+        settings.login_window_s,
+        settings.login_delay_max_s,
     )
     if wait > 0:
         LOGINS.labels("throttled").inc()
-        raise ApiError(429, "too_many_attempts", f"too many failed logins; retry in {wait:.0f} s")
+        raise ApiError(
+            429, "too_many_attempts", f"too many failed logins; retry in {math.ceil(wait)} s"
+        )
     user = accounts.authenticate(db, user_id, password)
     if user is None:
-        accounts.record_login_failure(db, keys, settings.login_window_s)
+        accounts.login_failed(db, keys, settings.login_window_s)
         LOGINS.labels("failed").inc()
         raise ApiError(401, "bad_credentials", "unknown user or wrong password")
-    accounts.clear_login_failures(db, keys[:1])
+    accounts.login_succeeded(db, keys[0], keys[1:])
     session.clear()  # a fresh session on login: no fixation
     session["user"] = user.id
     session.permanent = True
@@ -244,16 +289,31 @@ def push_token() -> dict[str, str]:
     """A short-lived token for the push gateway and the URL to open with it."""
     settings = current_app.config["FAIRWAY_SETTINGS"]
     user = current_user()
+    throttle: PushThrottle = current_app.extensions["fairway_push_throttle"]
+    if not throttle.allow(user.id):
+        retry = max(1, math.ceil(1 / settings.push_token_rate))
+
+        @after_this_request
+        def _retry_after(response: Response) -> Response:
+            response.headers["Retry-After"] = str(retry)
+            return response
+
+        raise ApiError(
+            429, "push_token_rate", f"too many push tokens for this user; retry in {retry} s"
+        )
     db = get_db()
     doc = accounts.user_document(db, user.id) or {}
-    channel = get_channel()
-    if not notify.exchange_exists(channel.connection, user.id):
-        # Never synced (created from the CLI) or dropped by a broker restart (user
-        # exchanges are transient): nothing is bound, whatever the record says.
-        accounts.update_user(db, user.id, bindings=[])
-        permissions.sync_bindings(db, channel, user.id)
-    elif doc.get("bindings_pending"):
-        permissions.sync_bindings(db, channel, user.id)  # finish an interrupted change
+
+    def ensure_exchange(channel: BlockingChannel) -> None:
+        if not notify.exchange_exists(channel.connection, user.id):
+            # Never synced (created from the CLI) or dropped by a broker restart (user
+            # exchanges are transient): nothing is bound, whatever the record says.
+            accounts.update_user(db, user.id, bindings=[])
+            permissions.sync_bindings(db, channel, user.id)
+        elif doc.get("bindings_pending"):
+            permissions.sync_bindings(db, channel, user.id)  # finish an interrupted change
+
+    get_broker().run(ensure_exchange)
     url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     token = pushtoken.issue(settings.require_secret(), user.id, user.tenant)
     return {"token": token, "url": url.rstrip("/")}

@@ -1,9 +1,9 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness and readiness. Metrics are served on ``FAIRWAY_METRICS_PORT`` only (web.server),
+never on the public port."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from flask import Blueprint
 
 from web.database import get_db
 
@@ -24,9 +24,3 @@ def readyz() -> tuple[dict[str, str], int]:
     except Exception as exc:
         return {"status": "unavailable", "detail": str(exc)[:200]}, 503
     return {"status": "ok"}, 200
-
-
-@bp.get("/metrics")
-def metrics() -> Response:
-    """Prometheus exposition of this process's metrics."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

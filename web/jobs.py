@@ -29,6 +29,7 @@ from fairway.kernel.times import iso_z
 from fairway.storage import job_records
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
+from tasks.report import TooManySeries, check_series
 from web.auth import (
     current_user,
     json_body,
@@ -47,9 +48,11 @@ log = logging.getLogger(__name__)
 SUBMITTED = Counter("fairway_jobs_submitted_total", "Jobs accepted by the API", ["kind"])
 REFUSED = Counter(
     "fairway_jobs_refused_total",
-    "Jobs the API could not queue (queue_full, broker_unavailable)",
-    ["reason"],
+    "Jobs the API refused or could not queue (job_quota, queue_full, broker_unavailable), "
+    "by tenant",
+    ["reason", "tenant"],
 )
+QUOTA = "job_quota"
 DOWNLOAD_CHUNK = 256 * 1024
 _celery_lock = threading.Lock()
 
@@ -98,23 +101,44 @@ def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
 
 
 def _submit(kind: str, task: str, tenant: str, params: dict[str, Any]) -> tuple[dict, int, dict]:
-    """Record the job, send its task, answer 202 (or 503 if it cannot be queued)."""
+    """Take the job's quota slots, record it, send its task, answer 202 (429 beyond the
+    user's or tenant's quota of unfinished jobs, 503 if it cannot be queued)."""
     db = get_db()
     user = current_user()
+    settings = _settings()
     job_id = str(uuid.uuid4())
-    job_records.create_job(db, job_id, tenant, user.id, kind, params)
+    celery = get_celery()  # before the slots: it may fail, holding none
     try:
-        get_celery().send_task(
+        job_records.reserve(
+            db,
+            job_id,
+            tenant,
+            user.id,
+            settings.jobs_max_per_user,
+            settings.jobs_max_per_tenant,
+            settings.job_ttl_s,
+        )
+    except job_records.QuotaExceeded as exc:
+        REFUSED.labels(QUOTA, tenant).inc()
+        raise ApiError(429, QUOTA, str(exc)) from None
+    try:
+        job_records.create_job(db, job_id, tenant, user.id, kind, params)
+    except Exception:
+        job_records.release(db, job_id)
+        raise
+    try:
+        celery.send_task(
             task, kwargs={"tenant": tenant, "user": user.id, "params": params}, task_id=job_id
         )
     except Exception as exc:  # kombu re-raises a nack (queue full) as a connection error
         job_records.delete_job(db, job_id)
+        job_records.release(db, job_id)
         if _caused_by(exc, MessageNacked):
-            REFUSED.labels("queue_full").inc()
+            REFUSED.labels("queue_full", tenant).inc()
             raise ApiError(
                 503, "queue_full", "too many jobs are waiting; try again later"
             ) from None
-        REFUSED.labels("broker_unavailable").inc()
+        REFUSED.labels("broker_unavailable", tenant).inc()
         log.warning("job not queued", extra={"job": job_id, "error": repr(exc)})
         raise ApiError(503, "broker_unavailable", "jobs cannot be queued right now") from None
     SUBMITTED.labels(kind).inc()
@@ -131,6 +155,10 @@ def create_report() -> tuple[dict, int, dict]:
     try:
         params = parse_report(body, _settings())
     except ValueError as exc:
+        raise ApiError(400, "bad_parameter", str(exc)) from None
+    try:
+        check_series(params, _settings().report_max_series)
+    except TooManySeries as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     _check_device(tenant, params.device)
     return _submit(job_records.REPORT, REPORT_TASK, tenant, params.to_json())
@@ -189,6 +217,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
         "progress": None,
         "result": None,
         "error": None,
+        "reason": None,
         "url": f"/api/jobs/{job['_id']}",
     }
     if state == "PROGRESS" and isinstance(info, dict):
@@ -197,6 +226,9 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
         out["result"] = info
     elif state == "FAILURE":
         out["error"] = failure_message(info)
+        failure = job.get("failure")
+        if isinstance(failure, dict):  # the worker refused it (job_records.mark_failed)
+            out["reason"] = failure.get("reason")
     return out
 
 

@@ -1,14 +1,51 @@
-"""``fairway web``: the app served by waitress, like every other process's ``run(settings)``."""
+"""``fairway web``: the app served by waitress, like every other process's ``run(settings)``.
+
+With ``FAIRWAY_BROKER_AUTH_PORT`` set, RabbitMQ's auth requests (``/broker/*``) are
+served on that port by their own thread pool: a flood of device logins then cannot
+take the threads that serve the pages and the API, nor the other way round.
+Prometheus metrics are served on ``FAIRWAY_METRICS_PORT`` only, never on the public port.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import waitress
 
+from fairway.kernel import metrics
 from fairway.kernel.settings import Settings
 from web import create_app
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def only_broker_auth(app: WsgiApp) -> WsgiApp:
+    """``app`` restricted to ``/broker/``: anything else on the auth port answers 404."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith("/broker/"):
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+    return serve
 
 
 def run(settings: Settings, threads: int = 8) -> None:
     """Serve the pages, the JSON API and the broker's auth endpoints until stopped."""
     app = create_app({"FAIRWAY_SETTINGS": settings})
-    waitress.serve(app, host=settings.web_host, port=settings.web_port, threads=threads)
+    metrics.serve(settings.metrics_port)
+    # waitress stops reading a body beyond this (Flask answers 413 before that).
+    limits = {"max_request_body_size": settings.web_max_body_bytes}
+    if settings.broker_auth_port:
+        auth = waitress.create_server(
+            only_broker_auth(app),
+            host=settings.web_host,
+            port=settings.broker_auth_port,
+            threads=settings.broker_auth_threads,
+            **limits,
+        )
+        threading.Thread(target=auth.run, name="broker-auth", daemon=True).start()
+    waitress.serve(app, host=settings.web_host, port=settings.web_port, threads=threads, **limits)

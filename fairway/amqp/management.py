@@ -10,6 +10,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from fairway.kernel.ids import is_reserved_id
+
 DEFAULT_URL = "http://guest:guest@127.0.0.1:15672"
 
 
@@ -68,7 +70,12 @@ def close_connections(
     goes through the statistics database, which learns of a connection only at its
     next emission (every 5 s): a connection younger than that answers 404 and is
     retried for up to ``wait_s``.
+
+    Raises ValueError for a reserved user name: Fairway's own service accounts share
+    the vhost, and closing theirs would stop every process.
     """
+    if is_reserved_id(user):
+        raise ValueError(f"refusing to close the connections of reserved user {user!r}")
     names = [
         conn["name"]
         for conn in call(base_url, "GET", "connections?disable_stats=true") or []

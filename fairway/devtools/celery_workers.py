@@ -33,10 +33,14 @@ def start(
     concurrency: int = 1,
     pool: str = "prefork",
     ready_timeout: float = 60.0,
+    app: str = "tasks",
 ) -> subprocess.Popen[bytes]:
-    """Run ``celery -A tasks worker`` with ``settings``; return once it consumes ``queues``."""
+    """Run ``celery -A tasks worker`` with ``settings``; return once it consumes ``queues``.
+
+    ``app``: another module holding the Celery ``app`` (a test's, that wraps a task).
+    """
     command = [
-        sys.executable, "-m", "celery", "-A", "tasks", "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "-Q", ",".join(queues), "--pool", pool, "-c", str(concurrency),
         "-n", f"fairway-{uuid.uuid4().hex[:8]}@%h",
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",

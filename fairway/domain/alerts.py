@@ -189,13 +189,19 @@ def create_rule(
     op: object,
     threshold: object,
     hysteresis: object,
+    max_rules: int | None = None,
 ) -> dict[str, Any]:
     """Store an enabled rule and return its document; ValueError on bad input.
 
     ``metric``, ``op``, ``threshold`` and ``hysteresis`` are checked here, so they may
-    come straight from a request body.
+    come straight from a request body. With ``max_rules``, a tenant that has that many
+    rules already gets :class:`TooManyRules` (concurrent creations may pass it by a few).
     """
     check_id("tenant", tenant)
+    if max_rules is not None and rule_store.count_rules(db, tenant) >= max_rules:
+        raise TooManyRules(
+            f"tenant {tenant!r} has {max_rules} alert rules, the most allowed; delete one first"
+        )
     if device is not None:
         if not isinstance(device, str) or not is_valid_id(device):
             raise ValueError(f"device {device!r} is not a valid device id")
@@ -225,10 +231,20 @@ def create_rule(
     return doc
 
 
+class TooManyRules(ValueError):
+    """The tenant has ``FAIRWAY_MAX_RULES_PER_TENANT`` rules already."""
+
+    reason = "too_many_rules"
+
+
 def _finite(name: str, value: object) -> float:
-    if not is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+    try:
+        number = float(value) if is_number(value) else math.nan  # type: ignore[arg-type]
+    except OverflowError:  # an integer beyond a double
+        number = math.inf
+    if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number")
-    return float(value)  # type: ignore[arg-type]
+    return number
 
 
 class RuleCache:

@@ -18,6 +18,20 @@ from fairway.kernel.settings import Settings
 
 DEFAULT_Z = 3.0
 MIN_Z, MAX_Z = 1.0, 10.0
+MAX_BUCKET_S = 366 * 24 * 3600  # a year (and a day): larger buckets say nothing more
+# A report's ``detail``: every statistic from the readings, or count/min/max/mean from rollups.
+FULL, SUMMARY = "full", "summary"
+SUMMARY_STEPS = (3600, 60)  # rollup resolutions: hourly (``rollups``), per minute
+
+
+def summary_step(start: float, end: float, bucket_s: int) -> int | None:
+    """The rollup resolution (3600 or 60 s) a summary of ``[start, end)`` in buckets of
+    ``bucket_s`` can be computed at, or None: the bucket must be a multiple of it and both
+    ends of the range on its boundaries (UTC)."""
+    for step in SUMMARY_STEPS:
+        if bucket_s % step == 0 and start % step == 0 and end % step == 0:
+            return step
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +43,7 @@ class ReportParams:
     end: float
     bucket_s: int
     z: float = DEFAULT_Z
+    detail: str = FULL
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for the task message and the job record."""
@@ -55,6 +70,28 @@ def _time(body: dict[str, Any], key: str) -> float:
         return parse_ts(body[key])
     except Rejection as exc:
         raise ValueError(str(exc.detail).replace("'ts'", f"'{key}'")) from None
+    except OverflowError:  # an integer beyond a double, e.g. 10**400
+        raise ValueError(f"'{key}' is out of range") from None
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float, default: Any = None) -> float:
+    """``body[key]`` as a finite number in ``[low, high]``, else ValueError naming ``key``.
+
+    JSON bodies may hold ``1e999`` (infinity), ``NaN`` and integers beyond a double: each
+    is a 400 naming the parameter, never an exception deeper down.
+    """
+    raw = body.get(key, default)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"'{key}' must be a number from {low:g} to {high:g}")
+    try:
+        value = float(raw)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ValueError(f"'{key}' must be a finite number")
+    if not low <= value <= high:
+        raise ValueError(f"'{key}' must be a number from {low:g} to {high:g}")
+    return value
 
 
 def _range(body: dict[str, Any]) -> tuple[str | None, float, float]:
@@ -68,24 +105,39 @@ def _range(body: dict[str, Any]) -> tuple[str | None, float, float]:
 
 
 def parse_report(body: dict[str, Any], settings: Settings) -> ReportParams:
-    """Check a report request (``device``?, ``from``, ``to``, ``bucket``, ``z``?)."""
+    """Check a report request (``device``?, ``from``, ``to``, ``bucket``, ``z``?, ``detail``?)."""
     device, start, end = _range(body)
-    bucket = body.get("bucket")
-    if isinstance(bucket, bool) or not isinstance(bucket, int | float) or bucket != int(bucket):
+    if "bucket" not in body:
         raise ValueError("'bucket' is required: a whole number of seconds")
-    bucket = int(bucket)
-    if bucket < 1:
+    raw_bucket = _number(body, "bucket", -math.inf, math.inf)
+    if raw_bucket < 1:
         raise ValueError("'bucket' must be at least 1 second")
+    if raw_bucket > MAX_BUCKET_S:
+        raise ValueError(f"'bucket' must be at most {MAX_BUCKET_S} seconds (a year)")
+    if raw_bucket != int(raw_bucket):
+        raise ValueError("'bucket' must be a whole number of seconds")
+    bucket = int(raw_bucket)
     buckets = math.ceil((end - start) / bucket)
     if buckets > settings.report_max_buckets:
         raise ValueError(
             f"the range holds {buckets} buckets of {bucket} s; at most "
             f"{settings.report_max_buckets}: use a larger bucket or a shorter range"
         )
-    z = body.get("z", DEFAULT_Z)
-    if isinstance(z, bool) or not isinstance(z, int | float) or not MIN_Z <= z <= MAX_Z:
-        raise ValueError(f"'z' (outlier threshold) must be a number in [{MIN_Z:g}, {MAX_Z:g}]")
-    return ReportParams(device, start, end, bucket, float(z))
+    z = _number(body, "z", MIN_Z, MAX_Z, DEFAULT_Z)
+    detail = body.get("detail", FULL)
+    if detail not in (FULL, SUMMARY):
+        raise ValueError(
+            "'detail' must be 'full' (every statistic, from the readings) or 'summary' "
+            "(count, min, max and mean, from the rollups)"
+        )
+    if detail == SUMMARY and summary_step(start, end, bucket) is None:
+        raise ValueError(
+            "'detail': 'summary' is computed from hourly or per-minute rollups: the 'bucket' "
+            "must be a multiple of 3600 s with 'from' and 'to' on whole UTC hours, or a "
+            "multiple of 60 s with 'from' and 'to' on whole minutes; use 'detail': 'full' "
+            "for other buckets and ranges"
+        )
+    return ReportParams(device, start, end, bucket, z, detail)
 
 
 def parse_export(body: dict[str, Any]) -> ExportParams:

@@ -163,6 +163,25 @@ class Origins:
 
 
 @dataclass(frozen=True)
+class ReadableFile:
+    """The path of a file this process can read; ``optional`` allows the empty string."""
+
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value == "" and self.optional:
+            return None
+        if not os.path.isfile(value):
+            return "must be an existing file"
+        if not os.access(value, os.R_OK):
+            return "must be a file this process can read"
+        return None
+
+    def describe(self) -> str:
+        return "the path of a readable file" + (" (or empty)" if self.optional else "")
+
+
+@dataclass(frozen=True)
 class NonEmpty:
     """Any string but the empty one."""
 
@@ -217,6 +236,9 @@ class Settings:
 
     # -- broker and queues (bounds in messages; overflow refused at publish and counted)
     amqp_url: str = setting("amqp://guest:guest@127.0.0.1:5672/%2F", BROKER, Url(("amqp", "amqps")))
+    # CA certificates (PEM) that an amqps:// broker's certificate must chain to; empty:
+    # the system's. With amqps the chain and the host name are always verified.
+    amqp_ca_file: str = setting("", BROKER, ReadableFile(optional=True))
     # Used to close a disabled device's open connections at once, and by the monitor.
     rabbitmq_mgmt_url: str = setting(
         "http://guest:guest@127.0.0.1:15672", BROKER, Url(("http", "https"))
@@ -289,8 +311,25 @@ class Settings:
     secret_key: str = setting("", WEB)
     session_lifetime_s: float = setting(8 * 3600.0, WEB, POSITIVE)
     api_token_ttl_s: float = setting(30 * 24 * 3600.0, WEB, POSITIVE)
-    login_max_failures: int = setting(5, WEB, AT_LEAST_1)  # per user name and address ...
-    login_window_s: float = setting(300.0, WEB, POSITIVE)  # ... within this, then 429
+    # Login throttling per user name and per address: this many attempts are free, then
+    # each one waits twice as long as the one before (1 s, 2 s, 4 s ...) up to the cap;
+    # a record is forgotten this long after its last attempt.
+    login_max_failures: int = setting(5, WEB, AT_LEAST_1)
+    login_window_s: float = setting(300.0, WEB, POSITIVE)
+    login_delay_max_s: float = setting(60.0, WEB, Bound(low=1, high=3600))
+    # Request bodies beyond this answer 413 (Flask) or are cut off (waitress).
+    web_max_body_bytes: int = setting(1_048_576, WEB, Bound(low=1024))
+    # Device logins (RabbitMQ's HTTP auth backend): passwords are keyed hashes (HMAC-SHA256)
+    # under this key; empty: derived from FAIRWAY_SECRET_KEY. Changing it invalidates every
+    # device password hashed under the old one (see docs/security.md).
+    device_hash_key: str = setting("", WEB)
+    # Answers to device logins (both allow and deny) are remembered this long, this many.
+    device_auth_cache_ttl_s: float = setting(10.0, WEB, Bound(low=0, high=300))
+    device_auth_cache_size: int = setting(100_000, WEB, AT_LEAST_1)
+    # The broker-auth endpoints on their own port and thread pool (0: the web port and pool).
+    broker_auth_port: int = setting(0, WEB, PORT)
+    broker_auth_threads: int = setting(4, WEB, Bound(low=1, high=64))
+    max_rules_per_tenant: int = setting(1000, WEB, AT_LEAST_1)  # alert rules, then 409
     api_page_max: int = setting(1000, WEB, AT_LEAST_1)  # largest page of any list endpoint
     # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
     # are trusted that many hops deep, so throttling sees the client's address.
@@ -309,6 +348,14 @@ class Settings:
     gateway_client_buffer_bytes: int = setting(1_000_000, GATEWAY, AT_LEAST_1)  # then dropped
     gateway_heartbeat_s: float = setting(15.0, GATEWAY, POSITIVE)
     gateway_max_sessions: int = setting(2000, GATEWAY, AT_LEAST_1)  # RabbitMQ: 2047 channels
+    # Streams one user, and one tenant, may hold open on a gateway process; then 429.
+    gateway_max_sessions_per_user: int = setting(10, GATEWAY, AT_LEAST_1)
+    gateway_max_sessions_per_tenant: int = setting(500, GATEWAY, AT_LEAST_1)
+    # Push tokens are single-use: ids of used, unexpired tokens remembered (then 503).
+    gateway_used_tokens_max: int = setting(100_000, GATEWAY, AT_LEAST_1)
+    # Push tokens the web app mints per user (token bucket per web process); then 429.
+    push_token_rate: float = setting(0.5, GATEWAY, POSITIVE)  # per second
+    push_token_burst: float = setting(20.0, GATEWAY, Bound(low=1))
     # Origins allowed to open streams (CORS), comma-separated; empty: the web app's.
     gateway_allowed_origins: str = setting("", GATEWAY, Origins())
     events_enabled: bool = setting(True, GATEWAY)  # scheduler publishes telemetry events
@@ -342,8 +389,18 @@ class Settings:
     # a closed hour is rolled up this long after it ends (clock skew + the longest write)
     rollup_grace_s: float = setting(120.0, JOBS, AT_LEAST_0)
     default_retention_days: int = setting(30, JOBS, AT_LEAST_1)  # 0 would delete everything
+    # Device-hours one retention run deletes at most (a year's backlog spans several runs);
+    # in steady state a run needs about two per device with readings.
+    retention_max_hours: int = setting(20_000, JOBS, AT_LEAST_1)
     report_max_buckets: int = setting(1000, JOBS, AT_LEAST_1)  # bounds a report's size
     job_queue_max_length: int = setting(10_000, JOBS, AT_LEAST_1)  # per queue; then 503
+    # Unfinished (queued or running) jobs per user and per tenant; beyond: 429 job_quota.
+    jobs_max_per_user: int = setting(5, JOBS, AT_LEAST_1)
+    jobs_max_per_tenant: int = setting(50, JOBS, AT_LEAST_1)
+    # Deliveries of one job that may end with their worker process lost (killed, out of
+    # memory); the next delivery fails the job (worker_lost) without running it.
+    jobs_max_attempts: int = setting(3, JOBS, AT_LEAST_1)
+    report_max_series: int = setting(10_000, JOBS, AT_LEAST_1)  # (metric, bucket) pairs
     job_ttl_s: float = setting(7 * 24 * 3600.0, JOBS, POSITIVE)  # results, records, files
 
     # -- logging and metrics (metrics port 0: no metrics HTTP server)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from fairway.kernel.ids import check_id
+from fairway.kernel.ids import check_new_id
 from fairway.storage.mongo import TENANTS, AlreadyExists
 
 USERS = "users"
@@ -79,7 +81,7 @@ def create_user(
     db: Database, user_id: str, password: str, role: str, tenant: str | None = None
 ) -> User:
     """Create a user; raise ValueError on bad input, :class:`AlreadyExists` if taken."""
-    check_id("user", user_id)
+    check_new_id("user", user_id)
     check_role(role, tenant)
     if len(password) < MIN_PASSWORD:
         raise ValueError(f"password must be at least {MIN_PASSWORD} characters")
@@ -186,36 +188,102 @@ def revoke_api_tokens(db: Database, user_id: str) -> int:
 # -- login throttling ----------------------------------------------------------------
 
 
-def login_blocked_for(db: Database, keys: list[str], max_failures: int, window_s: float) -> float:
-    """Seconds until a login for any of ``keys`` (user name, client address) may be tried."""
-    now = datetime.now(UTC)
-    wait = 0.0
-    for doc in db[LOGIN_FAILURES].find({"_id": {"$in": keys}}):
-        ends = doc["window_start"] + timedelta(seconds=window_s)
-        if doc["count"] >= max_failures and ends > now:
-            wait = max(wait, (ends - now).total_seconds())
-    return wait
+_throttle_lock = threading.Lock()
+_last_sweep = [0.0]  # monotonic time of this process's last sweep of expired records
+SWEEP_INTERVAL_S = 60.0
 
 
-def record_login_failure(db: Database, keys: list[str], window_s: float) -> None:
-    """Count a failed login against each key in a fixed window.
+def login_delay(attempt: int, free: int, delay_max_s: float) -> float:
+    """Seconds the attempt after ``attempt`` must wait: none while within ``free``, then
+    1 s, 2 s, 4 s ... up to ``delay_max_s``."""
+    if attempt < free:
+        return 0.0
+    return min(2.0 ** min(attempt - free, 32), delay_max_s)
 
-    ``$inc`` inside the current window is atomic, so concurrent failures from several
-    web processes all count; only the reset of an expired window can race, and that
-    loses at most the failures of that one instant.
+
+def claim_login_attempt(
+    db: Database, keys: list[str], free: int, window_s: float, delay_max_s: float
+) -> float:
+    """Count one login attempt against each key (user name, client address) *before*
+    the password is checked; 0 if it may go ahead, else the seconds to wait (429).
+
+    Increment-then-check: each attempt gets its own number from ``$inc`` (upsert), so
+    parallel guesses cannot all pass: beyond the ``free`` attempts, only the one that
+    moves ``until`` forward (a compare-and-set) goes ahead. A refused attempt is not
+    counted, so hammering does not lengthen the delay, and a record is dropped
+    ``window_s`` after its last attempt (FerretDB 1.24 has no TTL indexes: records are
+    deleted when read expired, and swept once a minute). FerretDB applies an update as
+    read-modify-write, so this process serialises its own claims with a lock.
     """
     now = datetime.now(UTC)
-    window_open = now - timedelta(seconds=window_s)
-    for key in keys:
-        counted = db[LOGIN_FAILURES].update_one(
-            {"_id": key, "window_start": {"$gt": window_open}}, {"$inc": {"count": 1}}
-        )
-        if counted.matched_count == 0:
-            db[LOGIN_FAILURES].update_one(
-                {"_id": key}, {"$set": {"count": 1, "window_start": now}}, upsert=True
-            )
+    table = db[LOGIN_FAILURES]
+    with _throttle_lock:
+        _sweep(db, now)
+        wait = 0.0
+        for doc in table.find({"_id": {"$in": keys}, "expires": {"$gt": now}}):
+            until = doc.get("until")
+            if until is not None and until > now:
+                wait = max(wait, (until - now).total_seconds())
+        if wait > 0:
+            return wait
+        claimed: list[str] = []
+        for key in keys:
+            table.delete_one({"_id": key, "expires": {"$lte": now}})
+            doc = table.find_one_and_update(
+                {"_id": key},
+                {"$inc": {"n": 1}, "$set": {"expires": now + timedelta(seconds=window_s)}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            ) or {"n": 1}  # an upsert always returns its document
+            delay = login_delay(int(doc["n"]), free, delay_max_s)
+            if delay > 0:
+                until = doc.get("until")
+                moved = table.update_one(
+                    {"_id": key, "until": until},
+                    {
+                        "$set": {
+                            "until": now + timedelta(seconds=delay),
+                            "delay_s": delay,
+                            "expires": now + timedelta(seconds=window_s + delay),
+                        }
+                    },
+                )
+                if moved.matched_count == 0 or (until is not None and until > now):
+                    table.update_one({"_id": key}, {"$inc": {"n": -1}})  # not counted
+                    for earlier in claimed:
+                        table.update_one({"_id": earlier}, {"$inc": {"n": -1}})
+                    return max(delay, 1.0)
+            claimed.append(key)
+    return 0.0
 
 
-def clear_login_failures(db: Database, keys: list[str]) -> None:
-    """Forget failures after a successful login."""
-    db[LOGIN_FAILURES].delete_many({"_id": {"$in": keys}})
+def _sweep(db: Database, now: datetime) -> None:
+    """Delete expired throttling records, at most once a minute per process."""
+    clock = time.monotonic()
+    if clock - _last_sweep[0] >= SWEEP_INTERVAL_S:
+        _last_sweep[0] = clock
+        db[LOGIN_FAILURES].delete_many({"expires": {"$lte": now}})
+
+
+def login_failed(db: Database, keys: list[str], window_s: float) -> None:
+    """After a wrong password: the delay the attempt claimed, and the window its record
+    is kept, run from now, not from before the (slow) password check."""
+    now = datetime.now(UTC)
+    with _throttle_lock:
+        for doc in db[LOGIN_FAILURES].find({"_id": {"$in": keys}}):
+            # The delay this attempt claimed, even when the check outlasted it (a loaded
+            # machine): otherwise a slow check would cancel the delay it earned.
+            delay = float(doc.get("delay_s", 0.0))
+            changes = {"expires": now + timedelta(seconds=window_s + delay)}
+            if delay > 0:
+                changes["until"] = now + timedelta(seconds=delay)
+            db[LOGIN_FAILURES].update_one({"_id": doc["_id"], "n": doc["n"]}, {"$set": changes})
+
+
+def login_succeeded(db: Database, user_key: str, other_keys: list[str]) -> None:
+    """After a right password: forget the user name's record, and do not count the
+    attempt against the others (many users behind one address)."""
+    with _throttle_lock:
+        db[LOGIN_FAILURES].delete_one({"_id": user_key})
+        for key in other_keys:
+            db[LOGIN_FAILURES].update_one({"_id": key, "n": {"$gt": 0}}, {"$inc": {"n": -1}})

@@ -6,6 +6,12 @@ stream's latest ``{ts, id, values}``, which BSON compares by ``ts`` first, then 
 message id), so applying the same readings twice, late or out of order, changes nothing:
 the state always equals the fold of every reading applied so far. Reads are by ``_id`` or
 by ``tenant`` (equalities; never a scan of ``telemetry``).
+
+One exception: retention deletes old readings and then moves ``first_ts`` up
+(:func:`advance_first`), conditionally. ``first_ts`` is therefore a lower bound of the
+device's stored readings (no reading is older; after retention it is the cutoff, not
+the oldest reading kept), which is what history needs: it walks hours from
+``floor_hour(first_ts)``. No ``first_ts``: the device has no readings.
 """
 
 from __future__ import annotations
@@ -91,7 +97,26 @@ def get(db: Database, device: str) -> dict[str, Any] | None:
     return db[DEVICE_STATE].find_one({"_id": device})
 
 
-def of_tenant(db: Database, tenant: str | None) -> dict[str, dict[str, Any]]:
-    """State of every device of ``tenant`` (None: all tenants), by device id."""
+def of_tenant(
+    db: Database, tenant: str | None, fields: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """State of every device of ``tenant`` (None: all tenants), by device id; only
+    ``fields`` (and ``_id``) if given."""
     query = {} if tenant is None else {"tenant": tenant}
-    return {doc["_id"]: doc for doc in db[DEVICE_STATE].find(query)}
+    projection = None if fields is None else dict.fromkeys(fields, 1)
+    return {doc["_id"]: doc for doc in db[DEVICE_STATE].find(query, projection)}
+
+
+def advance_first(db: Database, device: str, seen: datetime, first_ts: datetime | None) -> bool:
+    """After retention deleted the device's readings older than ``first_ts``: move
+    ``first_ts`` up from ``seen`` to ``first_ts`` (None: remove it, the device has no
+    readings left; ``last_ts`` and ``latest`` stay, the last reading ever stored).
+
+    The only update that moves ``first_ts`` up, so it is conditional: it applies only if
+    ``first_ts`` is still ``seen``. A reading folded in since (late data, a backfill) may
+    have moved it down, and then the readings below must be walked again. Returns
+    whether it applied.
+    """
+    change = {"$set": {"first_ts": first_ts}} if first_ts else {"$unset": {"first_ts": ""}}
+    result = db[DEVICE_STATE].update_one({"_id": device, "first_ts": seen}, change)
+    return result.modified_count == 1

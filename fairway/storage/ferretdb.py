@@ -29,6 +29,11 @@ METADATA_TABLE = "_ferretdb_database_metadata"
 NAMESPACE_EXISTS = 48
 
 
+def is_ferretdb(db: Database) -> bool:
+    """True if ``db`` is served by FerretDB (any backend) rather than MongoDB."""
+    return "ferretdbVersion" in db.client.admin.command("buildInfo")
+
+
 def is_ferretdb_postgresql(db: Database, collection: str) -> bool:
     """True if ``db`` is served by FerretDB on PostgreSQL (``collection`` must exist).
 
@@ -37,7 +42,7 @@ def is_ferretdb_postgresql(db: Database, collection: str) -> bool:
     ``EXPLAIN QUERY PLAN`` lines (a list).
     """
     try:
-        if "ferretdbVersion" not in db.client.admin.command("buildInfo"):
+        if not is_ferretdb(db):
             return False
         explained = db.command("explain", {"find": collection, "filter": {}, "limit": 1})
     except OperationFailure:

@@ -34,6 +34,9 @@ ROLLUP_MINUTES = "rollup_minutes"
 ROLLUP_PENDING = "rollup_pending"
 
 
+MIGRATIONS = "migrations"  # journals of one-time migrations (fairway migrate ...)
+
+
 # Top-level fields queried by equality, per collection. On FerretDB with PostgreSQL these
 # get GIN indexes (fairway/storage/ferretdb.py): the only indexes its pushdown can use.
 EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -42,7 +45,7 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     DEVICE_STATE: ("_id", "tenant"),
     ROLLUPS: ("_id", "dk", "mk", "tk"),
     ROLLUP_MINUTES: ("_id", "dk"),
-    ROLLUP_PENDING: ("_id",),
+    ROLLUP_PENDING: ("_id", "tenant"),
     TENANTS: ("_id",),
     REJECTIONS: ("device",),
 }
@@ -74,6 +77,14 @@ def ensure_indexes(db: Database, postgres_url: str | None = None) -> None:
     )
     db[DEVICES].create_index([("tenant", ASCENDING)], name="tenant")
     db[REJECTIONS].create_index([("device", ASCENDING), ("at", DESCENDING)], name="device_at")
+    if not ferretdb.is_ferretdb(db):
+        # The key reads (history, rollups, reports, retention) on MongoDB. FerretDB 1.24
+        # never uses its own indexes for them, so there they would only cost writes; on
+        # its PostgreSQL backend the GIN indexes below serve them instead.
+        for collection, fields in EQUALITY_FIELDS.items():
+            for field in fields:
+                if field != "_id":
+                    db[collection].create_index([(field, ASCENDING)], name=field)
     if postgres_url is None:
         # Callers hold only a Database; the URL belongs to the deployment, not to them.
         postgres_url = Settings.from_env().postgres_url

@@ -19,7 +19,7 @@ token did not change while it computed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -156,12 +156,58 @@ def _upsert_all(collection: Collection, docs: list[dict[str, Any]]) -> None:
 
 def compute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
     """Recompute and store the rollups of one device-hour; the number of streams."""
+    return len(_store_hour(db, tenant, device, hour))
+
+
+def _store_hour(db: Database, tenant: str, device: str, hour: datetime) -> list[str]:
     readings = db[mongo.TELEMETRY].find({"hk": hour_key(tenant, device, hour)})
     docs = hour_documents(tenant, device, hour, fold_readings(readings))
     # Minutes first: a chart that finds the hourly document may read its minutes.
     _upsert_all(db[ROLLUP_MINUTES], [m for _, m in docs])
     _upsert_all(db[ROLLUPS], [h for h, _ in docs])
-    return len(docs)
+    return [h["stream"] for h, _ in docs]
+
+
+def recompute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
+    """:func:`compute_hour` after some of the hour's readings were deleted (retention).
+
+    Also removes the hour's documents of streams with no reading left, which
+    :func:`compute_hour` (readings are otherwise never deleted) leaves alone.
+    """
+    streams = _store_hour(db, tenant, device, hour)
+    # dk is the equality FerretDB pushes down; hour and stream are filtered after it
+    # (at most 24 x streams documents read).
+    gone = {"dk": day_key(tenant, device, hour), "hour": hour, "stream": {"$nin": streams}}
+    db[ROLLUPS].delete_many(gone)
+    db[ROLLUP_MINUTES].delete_many(gone)
+    return len(streams)
+
+
+def delete_day_before(db: Database, tenant: str, device: str, day: datetime, end: datetime) -> int:
+    """Delete the device's rollups (both collections) of UTC ``day`` whose hour is < ``end``.
+
+    One ``dk`` equality per collection: reads at most the day's documents.
+    """
+    query = {"dk": day_key(tenant, device, day), "hour": {"$lt": end}}
+    # Hourly documents first: a chart that finds one may read its minutes.
+    deleted = db[ROLLUPS].delete_many(query).deleted_count
+    db[ROLLUP_MINUTES].delete_many(query)
+    return deleted
+
+
+def pending_marks(db: Database) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every ``rollup_pending`` mark, by (tenant, device). The collection holds only the
+    hours not rolled up yet (the open ones, late data), so reading it whole is small."""
+    marks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for mark in db[ROLLUP_PENDING].find({}, {"tenant": 1, "device": 1, "hour": 1, "token": 1}):
+        marks.setdefault((mark["tenant"], mark["device"]), []).append(mark)
+    return marks
+
+
+def unmark(db: Database, mark: dict[str, Any]) -> bool:
+    """Delete ``mark`` if nobody re-marked its hour since it was read (same token)."""
+    removed = db[ROLLUP_PENDING].delete_one({"_id": mark["_id"], "token": mark["token"]})
+    return removed.deleted_count == 1
 
 
 def mark_pending(db: Database, hours: Iterable[tuple[str, str, datetime]]) -> None:
@@ -209,11 +255,56 @@ def _months(start: datetime, end: datetime) -> Iterator[datetime]:
         month = (month + timedelta(days=32)).replace(day=1)
 
 
+def _only(metric: str) -> dict[str, int] | None:
+    """The projection a chart of ``metric`` needs: the hour and that metric's figures.
+
+    FerretDB still reads and decodes whole documents, but it encodes, sends, and the
+    driver decodes, only these (a month key read: 20-30 % less time in a probe). None for a name
+    a projection cannot express (no stored value key is one: they are ``[A-Za-z0-9_:-]``).
+    """
+    if not metric or "." in metric or metric.startswith("$") or "\0" in metric:
+        return None
+    return {"_id": 0, "hour": 1, f"metrics.{metric}": 1}
+
+
 def _read(
-    collection: Collection, keys: Iterable[dict[str, str]], stream: str | None
+    collection: Collection,
+    keys: Iterable[dict[str, str]],
+    stream: str | None,
+    projection: dict[str, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     for key in keys:
-        yield from collection.find({**key, "stream": stream} if stream else key)
+        yield from collection.find({**key, "stream": stream} if stream else key, projection)
+
+
+def live_hours(
+    start: datetime, end: datetime, now: datetime, have: set[datetime]
+) -> list[datetime]:
+    """Hour starts in ``floor_hour(start)..min(end, now)`` recent enough to have no rollup
+    yet (the last :data:`LIVE_HOURS`), except those in ``have``."""
+    hours = []
+    hour = max(floor_hour(start), floor_hour(now) - (LIVE_HOURS - 1) * HOUR)
+    while hour <= min(end, now):
+        if hour not in have:
+            hours.append(hour)
+        hour += HOUR
+    return hours
+
+
+def fold_stored_hour(
+    db: Database,
+    tenant: str,
+    device: str,
+    hour: datetime,
+    stream: str | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, HourFold]:
+    """One device-hour's raw readings (read by ``hk``; those ``keep`` accepts) folded per stream."""
+    query: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
+    if stream:
+        query["stream"] = stream
+    readings = db[mongo.TELEMETRY].find(query, {"stream": 1, "ts": 1, "values": 1})
+    return fold_readings(readings if keep is None else filter(keep, readings))
 
 
 def _live_folds(
@@ -227,17 +318,10 @@ def _live_folds(
     stream: str | None,
 ) -> dict[datetime, dict[str, HourFold]]:
     """Recent hours without rollups yet (open, or in the grace), folded from raw readings."""
-    folds: dict[datetime, dict[str, HourFold]] = {}
-    hour = max(floor_hour(start), floor_hour(now) - (LIVE_HOURS - 1) * HOUR)
-    while hour <= min(end, now):
-        if hour not in have:
-            query: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
-            if stream:
-                query["stream"] = stream
-            readings = db[mongo.TELEMETRY].find(query, {"stream": 1, "ts": 1, "values": 1})
-            folds[hour] = fold_readings(readings)
-        hour += HOUR
-    return folds
+    return {
+        hour: fold_stored_hour(db, tenant, device, hour, stream)
+        for hour in live_hours(start, end, now, have)
+    }
 
 
 def _merge(into: dict[datetime, Stats], at: datetime, s: Stats) -> None:
@@ -273,10 +357,10 @@ def hourly_series(
         keys = ({"mk": month_key(tenant, device, m)} for m in _months(lo, hi))
     merged: dict[datetime, Stats] = {}
     have: set[datetime] = set()
-    for roll in _read(db[ROLLUPS], keys, stream):
+    for roll in _read(db[ROLLUPS], keys, stream, _only(metric)):
         if lo <= roll["hour"] <= hi:
             have.add(roll["hour"])
-            s = roll["metrics"].get(metric)
+            s = roll.get("metrics", {}).get(metric)
             if s is not None:
                 _merge(merged, roll["hour"], s)
     now = now or datetime.now(UTC)
@@ -306,12 +390,12 @@ def minute_series(
     merged: dict[datetime, Stats] = {}
     have: set[datetime] = set()
     keys = ({"dk": day_key(tenant, device, d)} for d in _days(lo, end))
-    for roll in _read(db[ROLLUP_MINUTES], keys, stream):
+    for roll in _read(db[ROLLUP_MINUTES], keys, stream, _only(metric)):
         hour = roll["hour"]
         if not lo <= hour <= end:
             continue
         have.add(hour)
-        col = roll["metrics"].get(metric)
+        col = roll.get("metrics", {}).get(metric)
         if col is None:
             continue
         for i, minute in enumerate(col["m"]):

@@ -53,6 +53,11 @@ def save_state(db: Database, alert: dict[str, Any]) -> None:
     )
 
 
+def count_rules(db: Database, tenant: str) -> int:
+    """How many rules ``tenant`` has."""
+    return db[RULES].count_documents({"tenant": tenant})
+
+
 def insert_rule(db: Database, doc: dict[str, Any]) -> None:
     """Store a checked rule document."""
     db[RULES].insert_one(doc)

@@ -219,3 +219,38 @@ def test_rabbitmq_configuration_mirrors_the_local_node() -> None:
     plugins = re.search(r'RABBIT_PLUGINS="([^"]+)"', script).group(1).split(",")  # type: ignore[union-attr]
     enabled = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text().strip().strip("[].").split(",")
     assert sorted(enabled) == sorted(plugins)
+
+
+def test_the_broker_is_reached_from_outside_over_tls_only(project: dict[str, Any]) -> None:
+    """AMQPS and MQTTS are published; plain AMQP, MQTT and management on loopback only."""
+    published = {
+        int(p["target"]): (p.get("host_ip") or "", str(p["published"]))
+        for p in project["services"]["rabbitmq"]["ports"]
+    }
+    assert published[5671] == ("", "5671")
+    assert published[8883] == ("", "8883")
+    for plain in (5672, 1883, 15672):
+        assert published[plain][0] == "127.0.0.1", plain
+    for name, service in project["services"].items():
+        for port in service.get("ports", []):
+            if int(port["target"]) in (5672, 1883):
+                assert port.get("host_ip") == "127.0.0.1", name
+
+
+def test_the_broker_certificate_is_mounted_where_its_configuration_reads_it(
+    project: dict[str, Any],
+) -> None:
+    volumes = {v["target"]: v for v in project["services"]["rabbitmq"]["volumes"]}
+    tls = volumes["/etc/rabbitmq/tls"]
+    assert tls["type"] == "bind" and tls["read_only"] is True
+    assert tls["source"] == str(ROOT / "deploy" / "tls")
+    conf = _conf((ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text())
+    assert conf["listeners.ssl.default"] == "5671"
+    assert conf["mqtt.listeners.ssl.default"] == "8883"
+    for key, name in (
+        ("cacertfile", "ca.pem"),
+        ("certfile", "server.pem"),
+        ("keyfile", "server-key.pem"),
+    ):
+        assert conf[f"ssl_options.{key}"] == f"/etc/rabbitmq/tls/{name}", key
+    assert "deploy/tls/" in (ROOT / ".gitignore").read_text().splitlines()

@@ -321,7 +321,8 @@ def test_revoke_mid_stream(pipeline: Pipeline, gateway: Callable[..., int]) -> N
     assert refused.status == 403
     assert refused.body()["error"] == "forbidden"
     wait_for(lambda: not session_queues(pipeline, "gone"), 30, "no queue left behind")
-    assert pipeline.metric("gateway", "fairway_gateway_refused_total", reason="no_exchange") == 1
+    refused_total = "fairway_gateway_refused_total"
+    assert pipeline.metric("gateway", refused_total, reason="no_exchange", tenant="acme") == 1
 
 
 def test_bad_or_expired_token_is_401(
@@ -343,9 +344,9 @@ def test_bad_or_expired_token_is_401(
         assert "access-control-allow-origin" not in s.headers, what
         s.close()
     m = "fairway_gateway_auth_failures_total"
-    assert pipeline.metric("gateway", m, reason="missing") == 1
-    assert pipeline.metric("gateway", m, reason="invalid") == 2
-    assert pipeline.metric("gateway", m, reason="expired") == 1
+    assert pipeline.metric("gateway", m, reason="missing", tenant="") == 1
+    assert pipeline.metric("gateway", m, reason="invalid", tenant="") == 2
+    assert pipeline.metric("gateway", m, reason="expired", tenant="") == 1
     assert not session_queues(pipeline, "ann")
     # The same user with a fresh token is let in.
     with stream(port, token(pipeline, "ann", "acme")):
@@ -431,3 +432,105 @@ def test_slow_client_is_disconnected_and_memory_stays_bounded(
     with stream(port, token(pipeline, "slow", "acme")) as fresh:
         publish(pipeline, job("acme", "slow", "after"))
         assert fresh.until(is_job("after"))
+
+
+def test_a_push_token_opens_one_stream(pipeline: Pipeline, gateway: Callable[..., int]) -> None:
+    """A token copied from a URL, a log or a proxy cannot open a second stream."""
+    user(pipeline, "ann", "admin", "acme")
+    port = gateway()
+    tok = token(pipeline, "ann", "acme")
+    with stream(port, tok):
+        again = Stream(port, tok)  # while the first stream is open
+        assert again.status == 401
+        assert again.body()["error"] == "token_reused"
+        again.close()
+    wait_for(lambda: not session_queues(pipeline, "ann"), 30, "the first stream's queue to go")
+    later = Stream(port, tok)  # and after it closed
+    assert later.status == 401 and later.body()["error"] == "token_reused"
+    later.close()
+    m = "fairway_gateway_auth_failures_total"
+    assert pipeline.metric("gateway", m, reason="reused", tenant="acme") == 2
+    assert not session_queues(pipeline, "ann")
+    with stream(port, token(pipeline, "ann", "acme")):  # a fresh token is let in
+        pass
+
+
+def test_a_token_signed_before_the_gateway_started_is_refused(
+    pipeline: Pipeline, gateway: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted gateway forgot which tokens its previous run saw: it refuses them all."""
+    user(pipeline, "ann", "admin", "acme")
+    now = int(time.time())
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: now - 2)
+    before_start = token(pipeline, "ann", "acme")  # still valid for 58 s
+    monkeypatch.undo()
+    port = gateway()
+    refused = Stream(port, before_start)
+    assert refused.status == 401 and refused.body()["error"] == "token_reused"
+    refused.close()
+    m = "fairway_gateway_auth_failures_total"
+    assert pipeline.metric("gateway", m, reason="predates_start", tenant="acme") == 1
+    with stream(port, token(pipeline, "ann", "acme")):
+        pass
+
+
+@pytest.mark.settings(gateway_used_tokens_max=2)
+def test_used_token_memory_is_bounded_and_fails_closed(
+    pipeline: Pipeline, gateway: Callable[..., int]
+) -> None:
+    user(pipeline, "ann", "admin", "acme")
+    port = gateway()
+    for _ in range(2):
+        with stream(port, token(pipeline, "ann", "acme")):
+            pass
+    # Two unexpired ids remembered: a third token is refused, not let in unrecorded.
+    full = Stream(port, token(pipeline, "ann", "acme"))
+    assert full.status == 503 and full.body()["error"] == "token_memory_full"
+    full.close()
+    m = "fairway_gateway_refused_total"
+    assert pipeline.metric("gateway", m, reason="token_memory_full", tenant="acme") == 1
+
+
+@pytest.mark.settings(gateway_max_sessions_per_user=2, gateway_max_sessions_per_tenant=3)
+def test_one_user_or_tenant_cannot_hold_every_stream(
+    pipeline: Pipeline, gateway: Callable[..., int]
+) -> None:
+    for name in ("u1", "u2", "u3"):
+        user(pipeline, name, "admin", "noisy")
+    user(pipeline, "quiet", "admin", "calm")
+    port = gateway()
+    m = "fairway_gateway_refused_total"
+    opened: list[Stream] = []
+    try:
+        for name in ("u1", "u1", "u2"):
+            opened.append(s := Stream(port, token(pipeline, name, "noisy")))
+            assert s.status == 200 and s.event()[0] == "ready"
+        # The user's third stream: 429, its cap.
+        over_user = Stream(port, token(pipeline, "u1", "noisy"))
+        assert over_user.status == 429
+        assert over_user.body()["error"] == "user_session_limit"
+        over_user.close()
+        # Another user of the same tenant, past the tenant's cap of 3: 429 too.
+        over_tenant = Stream(port, token(pipeline, "u3", "noisy"))
+        assert over_tenant.status == 429
+        assert over_tenant.body()["error"] == "tenant_session_limit"
+        over_tenant.close()
+        assert pipeline.metric("gateway", m, reason="user_session_limit", tenant="noisy") == 1
+        assert pipeline.metric("gateway", m, reason="tenant_session_limit", tenant="noisy") == 1
+
+        # Another tenant is not affected: its stream opens and gets its events.
+        with stream(port, token(pipeline, "quiet", "calm")) as quiet:
+            publish(pipeline, job("calm", "quiet", "still-served"))
+            assert quiet.until(is_job("still-served"))
+
+        # A stream closed frees its place in both counts.
+        opened.pop(0).close()
+        wait_for(lambda: len(session_queues(pipeline, "u1")) == 1, 30, "u1's closed stream")
+        wait_for(
+            lambda: pipeline.metric("gateway", "fairway_gateway_sessions") == 2, 30, "2 sessions"
+        )
+        with stream(port, token(pipeline, "u3", "noisy")):
+            pass
+    finally:
+        for s in opened:
+            s.close()

@@ -33,7 +33,7 @@ def app(pipeline: Pipeline) -> Iterator[Flask]:
         ("alice", "admin", "acme"),
         ("victor", "viewer", "acme"),
         ("mallory", "admin", "other"),
-        ("root", "operator", None),
+        ("ops", "operator", None),
     ):
         accounts.create_user(db, user, PASSWORD, role, tenant)
     times = [START + timedelta(seconds=10 * i) for i in range(360)]
@@ -71,7 +71,7 @@ REPORT = {"from": "2026-01-01T00:00:00Z", "to": T0 + 3600, "bucket": 600}
 def test_report_job_is_visible_to_its_tenant_only(pipeline: Pipeline, app: Flask) -> None:
     client = app.test_client()
     alice, victor = token(pipeline, "alice"), token(pipeline, "victor")
-    mallory, root = token(pipeline, "mallory"), token(pipeline, "root")
+    mallory, root = token(pipeline, "mallory"), token(pipeline, "ops")
     with running_worker(pipeline):
         answer = client.post("/api/reports", json={**REPORT, "device": "acme-1"}, headers=alice)
         assert answer.status_code == 202, answer.get_json()
@@ -102,7 +102,19 @@ def test_report_job_is_visible_to_its_tenant_only(pipeline: Pipeline, app: Flask
         assert answer.status_code == 202
         whole = wait_job(client, answer.get_json()["url"], alice)
         assert whole["state"] == "SUCCESS" and whole["result"]["readings"] == 360
-        assert whole["tenant"] == "acme" and whole["user"] == "root"
+        assert whole["tenant"] == "acme" and whole["user"] == "ops"
+
+        # The same figures without percentiles, from rollups (none yet: folded from raw).
+        answer = client.post("/api/reports", json={**REPORT, "detail": "summary"}, headers=alice)
+        assert answer.status_code == 202
+        summary = wait_job(client, answer.get_json()["url"], alice)
+        assert summary["state"] == "SUCCESS" and summary["params"]["detail"] == "summary"
+        assert summary["result"]["detail"] == "summary" and summary["result"]["readings"] == 360
+        brief = summary["result"]["metrics"]["t"]["buckets"]
+        assert [(b["count"], b["min"], b["max"]) for b in brief] == [
+            (b["count"], b["min"], b["max"]) for b in buckets
+        ]
+        assert "p95" not in brief[0]
 
     # Other tenants' devices and tenants do not exist for mallory.
     body = {**REPORT, "device": "acme-1"}
@@ -160,6 +172,8 @@ def test_export_download_is_streamed_to_its_tenant_only(pipeline: Pipeline, app:
         ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "z": 99}, "'z'"),
         ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "device": 7}, "'device'"),
         ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "tenant": 3}, "'tenant'"),
+        ("/api/reports", {"from": T0, "to": T0 + 60, "bucket": 60, "detail": 1}, "'detail'"),
+        ("/api/reports", {"from": T0, "to": T0 + 90, "bucket": 30, "detail": "summary"}, "60 s"),
         ("/api/exports", {"from": T0}, "'to' is required"),
         ("/api/exports", [1, 2], "JSON object"),
     ],
@@ -177,7 +191,7 @@ def test_operator_must_name_a_tenant_and_callers_must_log_in(
     pipeline: Pipeline, app: Flask
 ) -> None:
     client = app.test_client()
-    answer = client.post("/api/reports", json=REPORT, headers=token(pipeline, "root"))
+    answer = client.post("/api/reports", json=REPORT, headers=token(pipeline, "ops"))
     assert answer.status_code == 400 and "tenant" in answer.get_json()["message"]
     assert client.post("/api/reports", json=REPORT).status_code == 401
     assert client.get("/api/jobs/whatever").status_code == 401

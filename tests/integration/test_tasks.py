@@ -27,10 +27,11 @@ from fairway.devtools import celery_workers as worker
 from fairway.devtools.processes import free_port, wait_for
 from fairway.domain.job_params import JobFailed
 from fairway.kernel import topology
-from fairway.kernel.contract import reading_id
-from fairway.storage import job_records
-from fairway.storage.mongo import TELEMETRY, TENANTS
-from tasks import export, retention
+from fairway.kernel.contract import hour_key, reading_id
+from fairway.storage import device_state, job_records, rollups
+from fairway.storage.mongo import ROLLUP_PENDING, TELEMETRY, TENANTS
+from fairway.storage.telemetry import floor_hour
+from tasks import export, retention, rollup
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
@@ -40,12 +41,47 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 # -- helpers (also used by test_jobs_api) ------------------------------------------------
 def insert_readings(
+    db: Any,
+    tenant: str,
+    device: str,
+    times: list[datetime],
+    values: list[dict[str, Any]],
+    stream: str = "s",
+    prefix: str = "m",
+) -> None:
+    """Store readings directly, as the scheduler would (``contract.to_document`` shape),
+    with what its sink maintains: a ``rollup_pending`` mark per device-hour and
+    ``device_state``."""
+    docs = [
+        {
+            "_id": reading_id(tenant, device, f"{prefix}{i}"),
+            "hk": hour_key(tenant, device, ts),
+            "tenant": tenant,
+            "device": device,
+            "stream": stream,
+            "msg_id": f"{prefix}{i}",
+            "ts": ts,
+            "received": ts,
+            "values": v,
+        }
+        for i, (ts, v) in enumerate(zip(times, values, strict=True))
+    ]
+    for i in range(0, len(docs), 5000):
+        db[TELEMETRY].insert_many(docs[i : i + 5000], ordered=False)
+    rollups.mark_pending(db, {(tenant, device, floor_hour(ts)) for ts in times})
+    if docs:
+        device_state.apply(db, device_state.fold(docs))
+
+
+def store_readings(
     db: Any, tenant: str, device: str, times: list[datetime], values: list[dict[str, Any]]
 ) -> None:
-    """Store readings directly, as the scheduler would (``contract.to_document`` shape)."""
+    """Like :func:`insert_readings`, with what the sink also maintains and retention reads:
+    the hour key ``hk`` and ``device_state``."""
     docs = [
         {
             "_id": reading_id(tenant, device, f"m{i}"),
+            "hk": hour_key(tenant, device, ts),
             "tenant": tenant,
             "device": device,
             "stream": "s",
@@ -58,6 +94,7 @@ def insert_readings(
     ]
     for i in range(0, len(docs), 5000):
         db[TELEMETRY].insert_many(docs[i : i + 5000], ordered=False)
+    device_state.apply(db, device_state.fold(docs))
 
 
 def bulk_readings(db: Any, tenant: str, device: str, count: int) -> None:
@@ -193,6 +230,7 @@ def test_report_figures_equal_an_independent_computation(pipeline: Pipeline) -> 
 
 def test_progress_is_visible_while_a_report_runs(pipeline: Pipeline) -> None:
     bulk_readings(pipeline.db, "acme", "dev1", 30_000)
+    rollup.roll_closed_hours(pipeline.db, grace_s=0)  # the total comes from the rollups' n
     app = make_celery(pipeline.settings)
     params = {"device": "dev1", "start": START.timestamp(), "end": START.timestamp() + 30_000,
               "bucket_s": 3600, "z": 3.0}  # fmt: skip
@@ -270,9 +308,10 @@ def test_report_past_its_soft_time_limit_fails_and_says_so(pipeline: Pipeline) -
         job = send(app, REPORT_TASK, "acme", "alice", params)
         final, exc = wait_done(app, job)
         got = wait_for(lambda: events(), 30, "job event")
-        # The worker carries on: a small report still runs (FerretDB reads the whole
-        # collection for any query, so the big one goes first).
+        # The worker carries on: a small report still runs (the big one goes first, with
+        # its marks: the small one plans and reads only its own hour).
         pipeline.db[TELEMETRY].drop()
+        pipeline.db[ROLLUP_PENDING].drop()
         bulk_readings(pipeline.db, "acme", "dev1", 10)
         small = send(app, REPORT_TASK, "acme", "alice", params)
         assert wait_done(app, small)[0] == "SUCCESS"
@@ -294,6 +333,7 @@ def test_report_past_its_hard_time_limit_is_killed_not_redelivered(pipeline: Pip
         final, exc = wait_done(app, job)
         got = wait_for(lambda: events(), 30, "job event")
         pipeline.db[TELEMETRY].drop()
+        pipeline.db[ROLLUP_PENDING].drop()  # the small report reads only its own hour
         bulk_readings(pipeline.db, "acme", "dev1", 10)
         small = send(app, REPORT_TASK, "acme", "alice", params)
         assert wait_done(app, small)[0] == "SUCCESS"
@@ -323,7 +363,7 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
         db[TENANTS].insert_one({"_id": tenant, "weight": 1, "max_backlog": 10,
                                 **({"retention_days": days} if days else {})})  # fmt: skip
         times = [now - timedelta(days=a) for a in ages_days]
-        insert_readings(db, tenant, f"{tenant}-dev", times, [{"v": a} for a in ages_days])
+        store_readings(db, tenant, f"{tenant}-dev", times, [{"v": a} for a in ages_days])
     # A tenant-less reading (tenant deleted) is not this task's business.
     insert_readings(db, "gone", "x", [now - timedelta(days=100)], [{"v": 1}])
     # An expired job and its export file go; a recent one stays.
@@ -364,14 +404,18 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
 
 
 def test_retention_deletes_more_than_one_database_statement_may(pipeline: Pipeline) -> None:
-    # FerretDB 1.24 refuses a delete matching more than 32,766 documents.
+    # FerretDB 1.24 (SQLite) refuses a delete matching more than 32,766 documents: here
+    # one device-hour holds 40,000 readings (one delete by hk, split on SQLite).
     db = pipeline.db
     n = 40_000
-    bulk_readings(db, "acme", "old", n)  # from 2026-01-01: older than 30 days here
+    times = [START + timedelta(milliseconds=90 * i) for i in range(n)]  # within one hour
+    store_readings(db, "acme", "old", times, [{"v": i} for i in range(n)])
     now = datetime.now(UTC)
     recent = [now - timedelta(hours=h) for h in (1, 2, 3)]
-    insert_readings(db, "acme", "new", recent, [{"v": 1}] * 3)
-    insert_readings(db, "other", "old2", [START], [{"v": 1}])
-    assert retention.delete_older(db, "acme", now - timedelta(days=30)) == n
+    store_readings(db, "acme", "new", recent, [{"v": 1}] * 3)
+    store_readings(db, "other", "old2", [START], [{"v": 1}])
+    db[TENANTS].insert_many([{"_id": "acme"}, {"_id": "other", "retention_days": 3650}])
+    result = retention.apply_retention(db, 30, 86400.0, now, lambda done, total: None, 1000)
+    assert result["readings_deleted"] == {"acme": n, "other": 0}
     assert db[TELEMETRY].count_documents({"tenant": "acme"}) == 3
     assert db[TELEMETRY].count_documents({"tenant": "other"}) == 1

@@ -15,7 +15,7 @@ from fairway.domain import notify, pushtoken
 from fairway.kernel.contract import hour_key
 from fairway.storage import accounts, device_state, mongo, registry
 from tests.harness import Pipeline, management
-from web import create_app
+from web import broker_auth, create_app
 
 PASSWORD = "correct horse battery"
 
@@ -119,10 +119,11 @@ def test_passwords_are_hashed_and_credentials_shown_once(world: dict[str, Any]) 
     created = world["api"]["adm_a"]("POST", "/api/devices", {"device": "a3"}).get_json()
     assert len(created["password"]) >= 24
     assert "password" not in world["api"]["adm_a"]("GET", "/api/devices/a3").get_json()
-    assert registry.verify_device_password(world["db"], "a3", created["password"])
+    key = broker_auth.hash_key(world["app"].config["FAIRWAY_SETTINGS"])
+    assert registry.verify_device_password(world["db"], "a3", created["password"], key)
     rotated = world["api"]["adm_a"]("POST", "/api/devices/a3/rotate").get_json()
-    assert not registry.verify_device_password(world["db"], "a3", created["password"])
-    assert registry.verify_device_password(world["db"], "a3", rotated["password"])
+    assert not registry.verify_device_password(world["db"], "a3", created["password"], key)
+    assert registry.verify_device_password(world["db"], "a3", rotated["password"], key)
 
 
 def test_session_login_needs_csrf_for_changes(world: dict[str, Any]) -> None:
@@ -294,7 +295,7 @@ def test_push_token_recreates_a_users_exchange_after_a_broker_restart(
     answer = api("GET", "/api/push-token").get_json()
     assert _bound_keys(pipeline, "view_a") == expected
     claims = pushtoken.verify(pipeline.settings.secret_key, answer["token"], 60)
-    assert claims == {"user": "view_a", "tenant": "a"}
+    assert (claims["user"], claims["tenant"]) == ("view_a", "a")
     assert answer["url"] == f"http://127.0.0.1:{pipeline.settings.gateway_port}"
 
 

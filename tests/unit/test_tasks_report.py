@@ -8,12 +8,28 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fairway.domain.job_params import ExportParams, ReportParams, parse_export, parse_report
+from fairway.domain.job_params import (
+    ExportParams,
+    ReportParams,
+    parse_export,
+    parse_report,
+    summary_step,
+)
 from fairway.kernel.settings import Settings
-from tasks.report import OUTLIERS_LISTED, ReportBuilder, paced, percentile
+from fairway.storage.ranges import RangePlan
+from fairway.storage.rollups import fold_readings
+from tasks.report import (
+    OUTLIERS_LISTED,
+    ReportBuilder,
+    SummaryBuilder,
+    Throttle,
+    paced,
+    percentile,
+)
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -126,6 +142,10 @@ def test_report_parameters_parse() -> None:
         ({"from": START, "to": START + 3600, "bucket": 1}, "3600 buckets"),
         ({"from": START, "to": START + 10, "bucket": 1, "z": 0.5}, "'z'"),
         ({"from": START, "to": START + 10, "bucket": 1, "device": "Bad Id"}, "'device'"),
+        ({"from": START, "to": START + 60, "bucket": 60, "detail": "brief"}, "'detail' must be"),
+        ({"from": START, "to": START + 60, "bucket": 30, "detail": "summary"}, "multiple of 60"),
+        ({"from": START + 1, "to": START + 61, "bucket": 60, "detail": "summary"}, "whole"),
+        ({"from": START, "to": START + 90, "bucket": 60, "detail": "summary"}, "'detail': 'full'"),
     ],
 )
 def test_bad_report_parameters_say_what_is_wrong(body: dict, message: str) -> None:
@@ -144,6 +164,7 @@ def test_times_are_epoch_seconds_on_the_wire() -> None:
         "end": START + 60,
         "bucket_s": 60,
         "z": 3.0,
+        "detail": "full",
     }
 
 
@@ -164,3 +185,88 @@ def test_paced_reading_keeps_its_share_of_the_time() -> None:
     assert list(paced(iter(range(3)), 1.0, 1, sleep=pauses.append)) == [0, 1, 2]
     with pytest.raises(ValueError):
         list(paced(iter(range(3)), 0.0, 1))
+
+
+def test_summary_needs_whole_hours_or_whole_minutes() -> None:
+    hour = 3600
+    assert summary_step(START, START + 2 * hour, hour) == 3600
+    assert summary_step(START, START + 2 * hour, 2 * hour) == 3600
+    assert summary_step(START, START + 2 * hour, 900) == 60  # hour edges, minute bucket
+    assert summary_step(START + 60, START + 2 * hour, hour) == 60  # not on an hour
+    assert summary_step(START + 60, START + 2 * hour, 120) == 60
+    assert summary_step(START + 30, START + 2 * hour, hour) is None
+    assert summary_step(START, START + 90, 60) is None  # 'to' not on a minute
+    assert summary_step(START, START + hour, 90) is None
+    body = {"from": START, "to": START + hour, "bucket": 900, "detail": "summary"}
+    assert parse_report(body, SETTINGS).detail == "summary"
+    assert parse_report({**body, "detail": "full", "bucket": 70}, SETTINGS).detail == "full"
+
+
+T0 = datetime.fromtimestamp(START, UTC)
+H = timedelta(hours=1)
+
+
+def test_a_plan_estimates_from_rollup_counts_and_refuses_on_whole_hours_only() -> None:
+    plan = RangePlan("t", T0 + timedelta(minutes=30), T0 + 3 * H)
+    plan.counts = {(T0, "a"): 100, (T0 + H, "a"): 40, (T0 + H, "b"): 7, (T0 + 2 * H, "b"): 5}
+    plan.pending = {(T0 + 2 * H, "b"), (T0 + 2 * H, "c")}
+    plan.live = {(T0 + 2 * H, "a")}
+    assert plan.device_hours() == [
+        (T0, "a"), (T0 + H, "a"), (T0 + H, "b"),
+        (T0 + 2 * H, "a"), (T0 + 2 * H, "b"), (T0 + 2 * H, "c"),
+    ]  # fmt: skip
+    assert plan.estimate((T0, "a")) == 100  # partly in range: the whole hour's count
+    assert plan.estimate((T0 + 2 * H, "c")) == 0  # no rollup yet: counted when read
+    assert plan.estimated_total() == 152
+    assert plan.counted_at_least() == 52  # the first hour is partly outside the range
+    assert plan.current((T0 + H, "a")) and not plan.current((T0 + 2 * H, "b"))
+
+
+def test_progress_total_is_corrected_hour_by_hour_and_never_below_done() -> None:
+    plan = RangePlan("t", T0, T0 + 2 * H, counts={(T0, "a"): 10})
+    plan.pending = {(T0 + H, "a")}
+    seen: list[tuple[int, int]] = []
+    throttle = Throttle(lambda d, t: seen.append((d, t)), plan.estimated_total(), plan)
+    throttle(0, force=True)
+    throttle.hour_read((T0, "a"), 9)  # one reading of the hour was before... or deleted
+    throttle(9, force=True)
+    throttle(12, force=True)  # mid-way through the pending hour: done is never above total
+    throttle.hour_read((T0 + H, "a"), 5)
+    throttle(14, force=True)
+    assert seen == [(0, 10), (9, 9), (12, 12), (14, 14)]
+
+
+def test_summary_of_folds_equals_the_full_reports_count_min_max_mean() -> None:
+    rng = random.Random(3)
+    docs = []
+    for i in range(3000):
+        ts = T0 + timedelta(seconds=rng.uniform(0, 3 * 3600))
+        values = {"temp": rng.gauss(20, 4), "n": rng.randint(-5, 5), "ok": True, "s": "x"}
+        if i % 7 == 0:
+            values = {"ok": False}  # a reading without numbers
+        docs.append({"stream": "env" if i % 2 else "power", "ts": ts, "values": values})
+    by_hour: dict[datetime, list[dict]] = defaultdict(list)
+    for doc in docs:
+        by_hour[doc["ts"].replace(minute=0, second=0, microsecond=0)].append(doc)
+    for bucket_s, step in ((3600, 3600), (900, 60), (7200, 3600)):
+        params = ReportParams(None, START, START + 4 * 3600, bucket_s, 3.0, "summary")
+        full = ReportBuilder(params)
+        for doc in docs:
+            full.add(round(doc["ts"].timestamp() * 1000), "dev", doc["values"])
+        summary = SummaryBuilder(params)
+        for hour, hour_docs in by_hour.items():
+            summary.add_folds("dev", hour, fold_readings(hour_docs), step)
+        want, got = full.result("t"), summary.result("t")
+        assert (got["readings"], got["devices"]) == (want["readings"], want["devices"])
+        assert got["metrics"].keys() == want["metrics"].keys() == {"temp", "n"}
+        for metric, data in got["metrics"].items():
+            expected = want["metrics"][metric]
+            keys = ("start", "count", "min", "max", "mean")
+            for key in keys[1:]:
+                assert data[key] == pytest.approx(expected[key], rel=1e-12)
+            assert len(data["buckets"]) == len(expected["buckets"])
+            for b, e in zip(data["buckets"], expected["buckets"], strict=True):
+                assert set(b) == set(keys)  # no percentiles or outliers in a summary
+                assert b["start"] == e["start"]
+                for key in keys[1:]:
+                    assert b[key] == pytest.approx(e[key], rel=1e-12), (bucket_s, metric, key)

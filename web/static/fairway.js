@@ -433,7 +433,10 @@
 
   window.Fairway = { api, live, dashboard, devicePage, alertsPage, rejectionsPage, reportsPage };
 
-  // Pages without inline scripts (Content-Security-Policy): the page names itself.
-  const page = document.querySelector("[data-fairway-page]");
-  if (page && page.dataset.fairwayPage === "device") devicePage(page.dataset.device);
+  // The page names its entry point in data attributes: no inline script, so the
+  // Content-Security-Policy can forbid them all.
+  const page = document.body.dataset.page;
+  if (page && typeof window.Fairway[page] === "function") {
+    window.Fairway[page](JSON.parse(document.body.dataset.pageArg || "null"));
+  }
 })();

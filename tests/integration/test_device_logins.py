@@ -1,0 +1,180 @@
+"""Device logins cost what the secret warrants (issue 10): a keyed hash compared in
+constant time, the same work for unknown ids, refusals and records cached, reserved
+names refused, legacy argon2 hashes migrated, and /broker/* on its own thread pool."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+from flask import Flask
+from flask.testing import FlaskClient
+
+from fairway.devtools.processes import free_port
+from fairway.storage import accounts, registry
+from tests.harness import Pipeline
+from web import broker_auth, create_app
+
+
+@pytest.fixture
+def app(pipeline: Pipeline) -> Flask:
+    pipeline.tenant("acme")
+    return create_app({"FAIRWAY_SETTINGS": pipeline.settings, "TESTING": True})
+
+
+@pytest.fixture
+def key(pipeline: Pipeline) -> bytes:
+    found = broker_auth.hash_key(pipeline.settings)
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def argon2_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every argon2 verify or hash made while the test runs."""
+    calls: list[str] = []
+    verify, hash_ = PasswordHasher.verify, PasswordHasher.hash
+
+    def counted_verify(self: PasswordHasher, *args: Any, **kwargs: Any) -> Any:
+        calls.append("verify")
+        return verify(self, *args, **kwargs)
+
+    def counted_hash(self: PasswordHasher, *args: Any, **kwargs: Any) -> Any:
+        calls.append("hash")
+        return hash_(self, *args, **kwargs)
+
+    monkeypatch.setattr(PasswordHasher, "verify", counted_verify)
+    monkeypatch.setattr(PasswordHasher, "hash", counted_hash)
+    yield calls
+
+
+def login(client: FlaskClient, user: str, password: str) -> str:
+    answer = client.post("/broker/user", data={"username": user, "password": password})
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True)
+
+
+def refused(reason: str, tenant: str = "") -> float:
+    return broker_auth.LOGIN_REFUSED.labels(reason, tenant)._value.get()
+
+
+def test_device_passwords_are_keyed_hashes_and_wrong_ones_cost_no_argon2(
+    pipeline: Pipeline, app: Flask, key: bytes, argon2_calls: list[str]
+) -> None:
+    client = app.test_client()
+    creds = registry.register_device(pipeline.db, "acme", "dev-1", key)
+    stored = pipeline.db["devices"].find_one({"_id": "dev-1"})["password_hash"]
+    assert stored.startswith("hmac-sha256$") and creds["password"] not in stored
+    registry.register_device(pipeline.db, "acme", "dev-off", key)
+    registry.set_device_enabled(pipeline.db, "dev-off", False)
+    before = refused("bad_password", "acme")
+    for n in range(200):  # a flood of guesses against a known, an unknown, a disabled id
+        assert login(client, "dev-1", f"guess-{n}") == "deny"
+        assert login(client, "ghost", f"guess-{n}") == "deny"
+        assert login(client, "dev-off", creds["password"]) == "deny"
+    assert login(client, "dev-1", creds["password"]) == "allow"
+    assert argon2_calls == []
+    assert refused("bad_password", "acme") == before + 200
+
+
+def test_unknown_ids_do_the_same_work_as_known_ones(
+    pipeline: Pipeline, app: Flask, key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.register_device(pipeline.db, "acme", "dev-1", key)
+    hashed: list[str] = []
+    real = registry.keyed_hash
+
+    def counted(k: bytes, device: str, password: str) -> str:
+        hashed.append(device)
+        return real(k, device, password)
+
+    monkeypatch.setattr(registry, "keyed_hash", counted)
+    client = app.test_client()
+    assert login(client, "dev-1", "wrong") == "deny"
+    assert login(client, "nobody", "wrong") == "deny"
+    assert hashed == ["dev-1", "nobody"]  # one keyed hash each, and one comparison
+
+
+def test_records_are_cached_and_forgotten_when_the_device_changes(
+    pipeline: Pipeline, app: Flask, key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = registry.register_device(pipeline.db, "acme", "dev-1", key)
+    accounts.create_user(pipeline.db, "ops", "correct horse battery", accounts.OPERATOR)
+    ops = {"Authorization": "Bearer " + accounts.create_api_token(pipeline.db, "ops", 3600)}
+    reads: list[str] = []
+    real = registry.device_credential
+
+    def counted(db: Any, device: str) -> registry.Credential:
+        reads.append(device)
+        return real(db, device)
+
+    monkeypatch.setattr(registry, "device_credential", counted)
+    client = app.test_client()
+    for n in range(50):
+        assert login(client, "dev-1", f"wrong-{n}") == "deny"
+        assert login(client, "ghost", "wrong") == "deny"
+    assert login(client, "dev-1", creds["password"]) == "allow"
+    assert reads == ["dev-1", "ghost"]  # one read each within the TTL
+    assert client.post("/api/devices/dev-1/disable", headers=ops).status_code == 200
+    assert login(client, "dev-1", creds["password"]) == "deny"  # at once, not after the TTL
+    assert client.post("/api/devices/dev-1/enable", headers=ops).status_code == 200
+    assert login(client, "dev-1", creds["password"]) == "allow"
+    rotated = client.post("/api/devices/dev-1/rotate", headers=ops).get_json()["password"]
+    assert login(client, "dev-1", creds["password"]) == "deny"
+    assert login(client, "dev-1", rotated) == "allow"
+
+
+def test_legacy_argon2_hashes_keep_working_and_migrate_on_login(
+    pipeline: Pipeline, app: Flask, key: bytes, argon2_calls: list[str]
+) -> None:
+    creds = registry.register_device(pipeline.db, "acme", "old-1")  # no key: argon2
+    assert pipeline.db["devices"].find_one({"_id": "old-1"})["password_hash"].startswith("$argon2")
+    client = app.test_client()
+    assert login(client, "old-1", "wrong") == "deny"
+    assert login(client, "old-1", "wrong") == "deny"  # the same refusal, from the cache
+    assert argon2_calls.count("verify") == 1
+    assert login(client, "old-1", creds["password"]) == "allow"
+    stored = pipeline.db["devices"].find_one({"_id": "old-1"})["password_hash"]
+    assert stored == registry.keyed_hash(key, "old-1", creds["password"])
+    argon2_calls.clear()
+    assert login(client, "old-1", "another guess") == "deny"
+    assert login(client, "old-1", creds["password"]) == "allow"
+    assert argon2_calls == []
+
+
+@pytest.mark.parametrize("name", ["guest", "fairway", "fairway-web", "admin", "root"])
+def test_reserved_names_are_refused_without_a_lookup(
+    pipeline: Pipeline, app: Flask, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Even one stored as a device before ids were reserved.
+    pipeline.db["devices"].insert_one(
+        {"_id": name, "tenant": "acme", "enabled": True, "password_hash": "x"}
+    )
+    monkeypatch.setattr(registry, "device_credential", lambda *_: pytest.fail("looked up"))
+    before = refused("reserved_id")
+    assert login(app.test_client(), name, "guest") == "deny"
+    assert refused("reserved_id") == before + 1
+
+
+def test_broker_auth_has_its_own_port_and_pool(pipeline: Pipeline, app: Flask, key: bytes) -> None:
+    creds = registry.register_device(pipeline.db, "acme", "dev-1", key)
+    web_port, auth_port = free_port(), free_port()
+    pipeline.start("web", web_port=web_port, broker_auth_port=auth_port)
+
+    def post(port: int, path: str, form: dict[str, str]) -> tuple[int, str]:
+        data = urllib.parse.urlencode(form).encode()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", data, 10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    form = {"username": "dev-1", "password": creds["password"]}
+    assert post(auth_port, "/broker/user", form) == (200, "allow")
+    assert post(web_port, "/broker/user", form) == (200, "allow")  # still there for old setups
+    assert post(auth_port, "/api/login", {"user": "x"})[0] == 404  # nothing else on it
