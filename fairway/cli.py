@@ -17,7 +17,13 @@ import orjson
 from fairway.amqp.connection import declare_topology
 from fairway.kernel import log, topology
 from fairway.kernel.settings import Settings, SettingsError
-from fairway.provision import create_user, ensure_devices, provision_tenant
+from fairway.provision import (
+    bind_every_device,
+    create_user,
+    ensure_devices,
+    provision_tenant,
+    register_device,
+)
 from fairway.storage import accounts, backfill, mongo, registry
 
 
@@ -94,10 +100,9 @@ def device() -> None:
 @click.argument("device_id")
 @click.pass_obj
 def device_register(settings: Settings, tenant_id: str, device_id: str) -> None:
-    """Register DEVICE_ID under TENANT_ID; prints its credentials once."""
+    """Register DEVICE_ID under TENANT_ID, bound to its ingest queue; prints its credentials."""
     try:
-        key = registry.device_hash_key(settings.device_hash_key, settings.secret_key)
-        _emit(registry.register_device(mongo.connect(settings), tenant_id, device_id, key))
+        _emit(register_device(settings, mongo.connect(settings), tenant_id, device_id))
     except (ValueError, LookupError, mongo.AlreadyExists) as exc:
         _fail(str(exc).strip("'\""))
 
@@ -181,10 +186,25 @@ def user_list(settings: Settings, tenant_id: str | None) -> None:
 @main.command("declare")
 @click.pass_obj
 def declare(settings: Settings) -> None:
-    """Declare the shared AMQP topology and the database indexes."""
-    declare_topology(settings)
-    mongo.ensure_indexes(mongo.connect(settings))
-    _emit({"declared": [name for name, _ in topology.EXCHANGES]})
+    """Declare the shared AMQP topology, bind every registered device, index the database.
+
+    Idempotent. Also the upgrade to per-tenant ingest queues: it declares each tenant's
+    ``ingest.<tenant>`` and binds every device to it (see docs/architecture.md).
+    """
+    try:
+        declare_topology(settings)
+    except Exception as exc:
+        if "alternate-exchange" in str(exc):
+            _fail(
+                f"{exc}: `telemetry` was declared by an earlier version without its "
+                "alternate exchange; delete the exchange `telemetry` and run "
+                "`fairway declare` again (docs/architecture.md, Per-tenant ingest)"
+            )
+        raise
+    db = mongo.connect(settings)
+    mongo.ensure_indexes(db)
+    bound = bind_every_device(settings, db)
+    _emit({"declared": [name for name, _ in topology.EXCHANGES], "devices_bound": bound})
 
 
 @main.group()

@@ -36,3 +36,20 @@ RELAY_UNCONFIRMED = Gauge(
 
 
 RELAY_PARKED = Gauge("fairway_relay_parked", "Deliveries waiting for a device registry look-up")
+
+
+RELAY_HELD = Gauge(
+    "fairway_relay_held", "Deliveries received and not yet acked (every queue the relay consumes)"
+)
+
+
+RELAY_TENANT_QUEUES = Gauge(
+    "fairway_relay_tenant_queues", "Tenant ingest queues (ingest.<tenant>) this relay consumes"
+)
+
+
+RELAY_PREFETCH_BOUND = Gauge(
+    "fairway_relay_prefetch_bound",
+    "Most deliveries the broker may hand this relay at once: "
+    "relay_prefetch + tenant queues x relay_tenant_prefetch",
+)

@@ -1,6 +1,19 @@
 """The auth/relay consumer: validate each telemetry message and shard it by tenant.
 
-What happens to every delivery from ``ingest``:
+It consumes every tenant's ``ingest.<tenant>`` (its devices' messages, routed there by
+one binding per device) and the shared ``ingest`` (what matches no device binding:
+unknown devices, malformed routing keys), all on one channel, each queue with its own
+consumer and per-consumer prefetch: ``relay_tenant_prefetch`` per tenant queue,
+``relay_prefetch`` on ``ingest``. One tenant's flood can thus hold at most its prefetch
+in the relay while the broker keeps delivering the other tenants' messages; the relay
+holds at most ``relay_prefetch + tenants x relay_tenant_prefetch`` deliveries
+(``fairway_relay_prefetch_bound``). Tenants are found by polling the tenant list every
+``tenant_refresh_s`` (the first listing also takes the tenants named by devices, so
+devices of a removed tenant are still refused as ``unknown_tenant``); tenant queues are
+declared (idempotently) and consumed one after another, so each consumer starts under
+its own ``basic.qos``. A tenant is never dropped while the process runs.
+
+What happens to every delivery:
 
 * refused by the contract or the registry -> published to ``rejected`` with
   ``x-fairway-reason``; the original is acked after that publish is confirmed.
@@ -26,8 +39,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +56,7 @@ from fairway.kernel.contract import Reading, parse_reading, tenant_message
 from fairway.kernel.ids import is_valid_id
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
-from fairway.storage import mongo
+from fairway.storage import mongo, registry
 from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.ratelimit import RateLimiter, RefusalBudget
@@ -87,18 +101,38 @@ class Relay(AmqpService):
             settings.rejected_tenant_burst,
             settings.device_cache_size,
         )
+        self.db = db
         self._ingest = Consumer(
             topology.INGEST,
             settings.relay_prefetch,
             self._on_message,
             prepare=self._confirm_mode,
+            start=self._start_ingest,
         )
+        # Tenant queues consumed (or being opened) on the current channel; every tenant
+        # ever listed (kept across reconnects); tenants waiting for their turn to open.
+        self._tenant_consumers: dict[str, Consumer] = {}
+        self._tenants: set[str] = set()
+        self._to_open: deque[str] = deque()
+        self._opening: str | None = None
+        self._ready = False  # the channel consumes ``ingest``: tenant queues may open
+        self._orphans_listed = False
+        self._lister = ThreadPoolExecutor(1, thread_name_prefix="tenants")
         self._pending: OrderedDict[int, Pending] = OrderedDict()
         self._returned: set[int] = set()
         self._seq = 0
         self._acks = AckWatermark()
         metrics.RELAY_UNCONFIRMED.set_function(lambda: len(self._pending))
         metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
+        metrics.RELAY_HELD.set_function(lambda: self._acks.outstanding)
+        metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
+        metrics.RELAY_PREFETCH_BOUND.set_function(
+            lambda: (
+                settings.relay_prefetch
+                + len(self._tenant_consumers) * settings.relay_tenant_prefetch
+            )
+        )
+        self.every(settings.tenant_refresh_s, self._refresh_tenants)
 
     # -- set-up ------------------------------------------------------------------
     def consumers(self) -> list[Consumer]:
@@ -106,18 +140,129 @@ class Relay(AmqpService):
 
     def _confirm_mode(self, channel: Channel, then: Callable[[], None]) -> None:
         channel.add_on_return_callback(self._on_return)
+        channel.add_on_cancel_callback(self._on_broker_cancel)
         channel.confirm_delivery(self._on_confirm, callback=lambda _f: then())
 
     @property
     def _channel(self) -> Channel | None:
         return self._ingest.channel
 
+    def _start_ingest(self) -> None:
+        """Consume ``ingest``; once the broker confirms, open the tenant queues."""
+        channel = self._ingest.channel
+        assert channel is not None
+        self._ingest.tag = channel.basic_consume(
+            topology.INGEST, self._on_message, callback=lambda _f: self._channel_ready(channel)
+        )
+
+    def _channel_ready(self, channel: Channel) -> None:
+        if channel is not self._channel:
+            return
+        self._ready = True
+        self._queue_tenants(self._tenants)
+        self._refresh_tenants()
+
     def on_connection_lost(self) -> None:
-        # Every unacked delivery goes back to ``ingest``; forget what was in flight.
+        # Every unacked delivery goes back to its queue; forget what was in flight.
         self._pending.clear()
         self._returned.clear()
         self._seq = 0
         self._acks.reset()
+        self._tenant_consumers.clear()
+        self._to_open.clear()
+        self._opening = None
+        self._ready = False
+
+    # -- tenant queues -------------------------------------------------------------
+    def _refresh_tenants(self) -> None:
+        """List tenants off the I/O loop; new ones get a consumer on the relay's channel."""
+        if self.stopping or not self._ready or self.db is None:
+            return
+        with_orphans = not self._orphans_listed
+        future = self._lister.submit(self._list_tenants, with_orphans)
+        future.add_done_callback(lambda f: self.call_soon(lambda: self._tenants_listed(f)))
+
+    def _list_tenants(self, with_orphans: bool) -> tuple[set[str], bool]:
+        tenants = {t.id for t in registry.list_tenants(self.db)}
+        if with_orphans:
+            # Devices whose tenant record is gone are still bound to its ingest queue:
+            # consume it so their messages are refused (``unknown_tenant``), not stranded.
+            found = self.db[mongo.DEVICES].distinct("tenant")
+            tenants.update(t for t in found if isinstance(t, str) and is_valid_id(t))
+        return tenants, with_orphans
+
+    def _tenants_listed(self, future: Future[tuple[set[str], bool]]) -> None:
+        try:
+            tenants, with_orphans = future.result()
+        except Exception as exc:  # database down: keep serving the tenants we know
+            log.warning("tenant refresh failed", extra={"error": repr(exc)})
+            return
+        self._orphans_listed = self._orphans_listed or with_orphans
+        self._tenants.update(tenants)
+        self._queue_tenants(tenants)
+
+    def _queue_tenants(self, tenants: set[str]) -> None:
+        waiting = set(self._to_open)
+        for tenant in sorted(tenants):
+            if tenant not in self._tenant_consumers and tenant not in waiting:
+                self._to_open.append(tenant)
+        self._open_next()
+
+    def _open_next(self) -> None:
+        """Open one waiting tenant queue: declare, per-consumer qos, consume, then the next.
+
+        One at a time: a consumer takes the ``basic.qos`` in force when it starts.
+        """
+        channel = self._channel
+        if self._opening is not None or self.stopping or not self._ready or channel is None:
+            return
+        while self._to_open:
+            tenant = self._to_open.popleft()
+            if tenant in self._tenant_consumers:
+                continue
+            spec = topology.tenant_ingest_queue(tenant, self.settings)
+            consumer = Consumer(spec.name, self.settings.relay_tenant_prefetch, self._on_message)
+
+            def declare(ch: Channel, then: Callable[[], None], spec: Any = spec) -> None:
+                ch.queue_declare(
+                    spec.name, durable=True, arguments=spec.arguments(), callback=lambda _f: then()
+                )
+
+            def start(consumer: Consumer = consumer, tenant: str = tenant) -> None:
+                ch = consumer.channel
+                assert ch is not None
+                consumer.tag = ch.basic_consume(
+                    consumer.queue, self._on_message, callback=lambda _f: self._opened(ch, tenant)
+                )
+
+            consumer.prepare, consumer.start = declare, start
+            self._opening = tenant
+            self._tenant_consumers[tenant] = consumer
+            self.consume_on(channel, consumer)
+            return
+
+    def _opened(self, channel: Channel, tenant: str) -> None:
+        if channel is self._channel and self._opening == tenant:
+            self._opening = None
+            self._open_next()
+
+    def _on_broker_cancel(self, frame: Any) -> None:
+        """The broker cancelled a consumer: its queue was deleted."""
+        tag = frame.method.consumer_tag
+        if tag == self._ingest.tag:
+            self.reconnect_on_channel_close(self._channel, RuntimeError("ingest was deleted"))
+            return
+        for tenant, consumer in list(self._tenant_consumers.items()):
+            if consumer.tag == tag:
+                # Its bindings went with it: its devices' messages reach ``ingest`` through
+                # the alternate exchange. Declared again at the next refresh (no bindings
+                # until ``fairway declare``).
+                consumer.tag = None
+                del self._tenant_consumers[tenant]
+                log.warning("tenant ingest queue deleted", extra={"tenant": tenant})
+
+    def _consuming_tenants(self) -> int:
+        return sum(1 for c in self._tenant_consumers.values() if c.tag is not None)
 
     # -- the hot path --------------------------------------------------------------
     def _on_message(
@@ -311,6 +456,7 @@ class Relay(AmqpService):
 
     def after_drain(self) -> None:
         self.registry.close()
+        self._lister.shutdown(wait=False, cancel_futures=True)
 
 
 def run(settings: Settings) -> None:

@@ -35,7 +35,7 @@ from fairway.devtools import processes
 from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
-from fairway.provision import provision_tenant
+from fairway.provision import bind_devices, provision_tenant
 from fairway.storage import mongo, registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,8 +316,10 @@ class Pipeline:
         )
 
     def device(self, tenant_id: str, device_id: str) -> dict[str, str]:
-        """Register a device; returns its credentials."""
-        return registry.register_device(self.db, tenant_id, device_id)
+        """Register a device and bind it to ``ingest.<tenant>``; returns its credentials."""
+        credentials = registry.register_device(self.db, tenant_id, device_id)
+        bind_devices(self.settings, [(tenant_id, device_id)])
+        return credentials
 
     def publish(
         self,

@@ -16,6 +16,7 @@ import web.broker_auth as broker_auth
 from fairway.amqp import management
 from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
+from fairway.provision import register_device as provision_device
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
 from web.auth import (
@@ -82,8 +83,8 @@ def register_device() -> tuple[dict[str, Any], int]:
     if not isinstance(device_id, str):
         raise ApiError(400, "bad_parameter", "device must be a string id")
     try:
-        key = broker_auth.hash_key(current_app.config["FAIRWAY_SETTINGS"])
-        credentials = registry.register_device(get_db(), tenant, device_id, key)
+        settings = current_app.config["FAIRWAY_SETTINGS"]
+        credentials = provision_device(settings, get_db(), tenant, device_id)
     except ValueError as exc:
         raise bad_input(exc) from None
     except mongo.AlreadyExists as exc:

@@ -251,6 +251,10 @@ class Settings:
     ingest_max_bytes: int = setting(1 << 30, BROKER, AT_LEAST_1)
     tenant_max_backlog_bytes: int = setting(256 << 20, BROKER, AT_LEAST_1)
     rejected_max_bytes: int = setting(64 << 20, BROKER, AT_LEAST_1)
+    # Each tenant's own ingest queue `ingest.<tenant>` (its devices' messages, before the
+    # relay): a device of one tenant can fill only its tenant's.
+    tenant_ingest_max_length: int = setting(250_000, BROKER, AT_LEAST_1)
+    tenant_ingest_max_bytes: int = setting(128 << 20, BROKER, AT_LEAST_1)
     # "quorum" on a RabbitMQ cluster. (Ruff cannot tell the alias is immutable.)
     queue_type: QueueType = setting("classic", BROKER, OneOf(get_args(QueueType)))  # noqa: RUF009
     mongo_url: str = setting(
@@ -272,7 +276,8 @@ class Settings:
     rejected_body_bytes: int = setting(1024, CONTRACT, AT_LEAST_0)  # 0: keep no body
 
     # -- relay (a prefetch of 0 would mean "unlimited" to RabbitMQ, hence >= 1)
-    relay_prefetch: int = setting(2000, RELAY, AT_LEAST_1)
+    relay_prefetch: int = setting(2000, RELAY, AT_LEAST_1)  # the shared `ingest`
+    relay_tenant_prefetch: int = setting(100, RELAY, AT_LEAST_1)  # each `ingest.<tenant>`
     device_rate: float = setting(1000.0, RELAY, POSITIVE)
     device_burst: float = setting(2000.0, RELAY, Bound(low=1))  # a message takes one token
     device_cache_ttl_s: float = setting(30.0, RELAY, AT_LEAST_0)  # 0: no caching

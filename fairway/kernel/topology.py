@@ -7,6 +7,13 @@ over a short-lived blocking channel, before its asynchronous consumer opens.
 Bounded queues use ``reject-publish`` overflow: a publisher with confirms gets a
 ``basic.nack`` when a queue is full, so the relay can refuse the message with a
 reason (``tenant_backlog_full``) instead of the broker dropping it silently.
+
+Devices' messages enter per tenant: each registered device has one binding
+``telemetry`` -> ``ingest.<tenant>`` with key ``<device>.*`` (ids hold no dot, a stream
+is one word), made when it is registered (:func:`bind_device`). Whatever matches no
+device binding (unknown devices, malformed keys, devices registered before their
+binding) goes to ``telemetry``'s alternate exchange ``telemetry.unrouted`` and from it to
+the shared ``ingest``, where the relay refuses it with its reason as before.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from fairway.kernel.settings import Settings
 
 TELEMETRY = "telemetry"
 INGEST = "ingest"
+UNROUTED = "telemetry.unrouted"  # telemetry's alternate exchange, feeding ``ingest``
+INGEST_QUEUE_PREFIX = "ingest."
 TENANTS = "tenants"
 REJECTED = "rejected"
 EVENTS = "events"
@@ -38,6 +47,9 @@ class Channel(Protocol):
     def exchange_declare(self, exchange: str, exchange_type: str = ..., **kw: Any) -> Any: ...
     def queue_declare(self, queue: str, **kw: Any) -> Any: ...
     def queue_bind(self, queue: str, exchange: str, routing_key: str | None = ...) -> Any: ...
+    def queue_unbind(
+        self, queue: str, exchange: str = ..., routing_key: str | None = ...
+    ) -> Any: ...
 
 
 def queue_arguments(
@@ -88,11 +100,18 @@ class QueueSpec:
 
 
 EXCHANGES: tuple[tuple[str, str], ...] = (
+    (UNROUTED, "fanout"),
     (TELEMETRY, "topic"),
     (TENANTS, "direct"),
     (REJECTED, "topic"),
     (EVENTS, "topic"),
 )
+
+
+# Exchange arguments are fixed when an exchange is declared: a ``telemetry`` declared by
+# an earlier version (without its alternate exchange) must be deleted and declared again
+# (``fairway declare``), see docs/architecture.md, "Per-tenant ingest".
+EXCHANGE_ARGUMENTS: dict[str, dict[str, Any]] = {TELEMETRY: {"alternate-exchange": UNROUTED}}
 
 
 def tenant_queue_name(tenant: str) -> str:
@@ -119,14 +138,48 @@ def tenant_queue(tenant: str, max_backlog: int, settings: Settings) -> QueueSpec
     )
 
 
+def ingest_queue_name(tenant: str) -> str:
+    """``ingest.<id>``: the tenant's devices' messages, before the relay."""
+    return INGEST_QUEUE_PREFIX + tenant
+
+
+def tenant_ingest_queue(tenant: str, settings: Settings) -> QueueSpec:
+    """The tenant's ingest queue, bounded like ``ingest``; fed by its devices' bindings."""
+    return QueueSpec(
+        name=ingest_queue_name(tenant),
+        max_length=settings.tenant_ingest_max_length,
+        max_bytes=settings.tenant_ingest_max_bytes,
+        queue_type=settings.queue_type,
+    )
+
+
+def device_binding_key(device: str) -> str:
+    """``<device>.*``: every ``<device>.<stream>`` key (MQTT ``<device>/<stream>``)."""
+    return device + ".*"
+
+
+def bind_device(channel: Channel, tenant: str, device: str) -> None:
+    """Route the device's messages into ``ingest.<tenant>`` (idempotent)."""
+    channel.queue_bind(
+        queue=ingest_queue_name(tenant), exchange=TELEMETRY, routing_key=device_binding_key(device)
+    )
+
+
+def unbind_device(channel: Channel, tenant: str, device: str) -> None:
+    """Stop routing the device's messages into ``ingest.<tenant>`` (idempotent)."""
+    channel.queue_unbind(
+        queue=ingest_queue_name(tenant), exchange=TELEMETRY, routing_key=device_binding_key(device)
+    )
+
+
 def shared_queues(settings: Settings) -> tuple[QueueSpec, ...]:
-    """``ingest`` (fed by ``telemetry``) and ``rejected`` (fed by ``rejected``)."""
+    """``ingest`` (fed by ``telemetry``'s alternate exchange) and ``rejected``."""
     return (
         QueueSpec(
             INGEST,
             settings.ingest_max_length,
             settings.ingest_max_bytes,
-            ((TELEMETRY, "#"),),
+            ((UNROUTED, ""),),
             queue_type=settings.queue_type,
         ),
         QueueSpec(
@@ -142,6 +195,8 @@ def shared_queues(settings: Settings) -> tuple[QueueSpec, ...]:
 def declare(channel: Channel, settings: Settings) -> None:
     """Declare every exchange and shared queue (not the per-tenant queues)."""
     for name, kind in EXCHANGES:
-        channel.exchange_declare(exchange=name, exchange_type=kind, durable=True)
+        channel.exchange_declare(
+            exchange=name, exchange_type=kind, durable=True, arguments=EXCHANGE_ARGUMENTS.get(name)
+        )
     for spec in shared_queues(settings):
         spec.declare(channel)
