@@ -77,7 +77,6 @@ import heapq
 import os
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -94,10 +93,10 @@ from pymongo import DESCENDING, MongoClient
 from pymongo.database import Database
 
 from benchmarks.common import MONGO_BASE, emit, meta, parser, percentile, r, ratio, say
-from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel.contract import to_document
 from fairway.storage import device_state, mongo, registry, rollups, telemetry
 from fairway.storage.device_state import DeviceDelta
+from tests import harness
 
 NAME = "reads"
 TENANTS = [f"rd{i:02d}" for i in range(10)]
@@ -661,47 +660,11 @@ def fresh_db(base_url: str, name: str = "", keep: bool = False) -> Iterator[Data
 @contextmanager
 def sqlite_ferretdb() -> Iterator[str]:
     """A private FerretDB on SQLite (the services' binary) in a temporary directory."""
-    services = Path(os.environ.get("FAIRWAY_SERVICES_DIR", ROOT / ".services"))
-    binary = services / "bin" / "ferretdb"
-    if not binary.exists():
-        raise SystemExit(f"{binary} is missing: run scripts/services.sh up first")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="fairway-reads-sqlite-") as tmp:
-        (Path(tmp) / "data").mkdir()
-        with open(Path(tmp) / "ferretdb.log", "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    str(binary),
-                    "--handler=sqlite",
-                    f"--sqlite-url=file:{tmp}/data/",
-                    f"--state-dir={tmp}",
-                    f"--listen-addr=127.0.0.1:{port}",
-                    "--debug-addr=-",
-                    "--telemetry=disable",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            url = f"mongodb://127.0.0.1:{port}/"
-            wait_for(lambda: _pings(url) or proc.poll() is not None, 30, "FerretDB/SQLite")
-            assert proc.poll() is None, "FerretDB/SQLite exited at start"
-            yield url
-        finally:
-            proc.terminate()
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def _pings(url: str) -> bool:
-    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
-    with suppress(Exception), client:
-        client.admin.command("ping")
-        return True
-    return False
+    with (
+        tempfile.TemporaryDirectory(prefix="fairway-reads-sqlite-") as tmp,
+        harness.sqlite_ferretdb(Path(tmp)) as (url, _proc),
+    ):
+        yield url
 
 
 def backend_of(db: Database) -> str:

@@ -47,13 +47,12 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,13 +62,13 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from benchmarks.common import emit, meta, parser, r, say, scaled
-from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel.contract import to_document
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, rollups
 from fairway.storage.telemetry import HOUR, floor_hour
 from scheduler.sink import MongoSink
 from tasks.rollup import roll_closed_hours
+from tests import harness
 
 NAME = "write_cost"
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,10 +132,8 @@ class PrivateServer:
 def private_server(postgres_url: str) -> Iterator[PrivateServer]:
     import psycopg
 
-    services = Path(os.environ.get("FAIRWAY_SERVICES_DIR", ROOT / ".services"))
-    binary = services / "bin" / "ferretdb"
-    if not binary.exists():
-        raise SystemExit(f"{binary} is missing: the services' FerretDB binary is needed")
+    if not harness.ferretdb_binary().exists():
+        raise SystemExit(f"{harness.ferretdb_binary()} is missing: run scripts/services.sh up")
     parts = urllib.parse.urlsplit(postgres_url)
     admin_url = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
     pg_db = f"fairway_write_cost_{uuid.uuid4().hex[:8]}"
@@ -144,50 +141,20 @@ def private_server(postgres_url: str) -> Iterator[PrivateServer]:
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
         admin.execute(f'CREATE DATABASE "{pg_db}"')
         admin.execute(f'ALTER DATABASE "{pg_db}" SET plan_cache_mode = force_custom_plan')
-    port = free_port()
+    backend = ["--handler=postgresql", f"--postgresql-url={private_url}"]
     try:
-        with tempfile.TemporaryDirectory(prefix="fairway-write-cost-") as tmp:
-            with open(Path(tmp) / "ferretdb.log", "wb") as log:
-                proc = subprocess.Popen(
-                    [
-                        str(binary),
-                        "--handler=postgresql",
-                        f"--postgresql-url={private_url}",
-                        f"--state-dir={tmp}",
-                        f"--listen-addr=127.0.0.1:{port}",
-                        "--debug-addr=-",
-                        "--telemetry=disable",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            url = f"mongodb://127.0.0.1:{port}/"
-            server = None
+        with (
+            tempfile.TemporaryDirectory(prefix="fairway-write-cost-") as tmp,
+            harness.private_ferretdb(Path(tmp), backend) as (url, proc),
+        ):
+            server = PrivateServer(admin_url, pg_db, private_url, proc.pid, url)
             try:
-                wait_for(lambda: _pings(url) or proc.poll() is not None, 30, "private FerretDB")
-                assert proc.poll() is None, "the private FerretDB exited at start"
-                server = PrivateServer(admin_url, pg_db, private_url, proc.pid, url)
                 yield server
             finally:
-                if server is not None:
-                    server.close()
-                proc.terminate()
-                with suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                server.close()
     finally:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
-
-
-def _pings(url: str) -> bool:
-    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
-    with suppress(Exception), client:
-        client.admin.command("ping")
-        return True
-    return False
 
 
 # -- readings ------------------------------------------------------------------------

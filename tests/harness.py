@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
+from pymongo import MongoClient
 from pymongo.database import Database
 
 from fairway.amqp import management as rabbitmq_api
@@ -97,6 +98,62 @@ def scrape_metric(port: int, name: str, **labels: str) -> float:
 
 
 # -- processes ---------------------------------------------------------------------------
+def ferretdb_binary() -> Path:
+    """The FerretDB binary ``scripts/services.sh`` built (may not exist where it runs mongod)."""
+    services = Path(os.environ.get("FAIRWAY_SERVICES_DIR", ROOT / ".services"))
+    return services / "bin" / "ferretdb"
+
+
+def pings(url: str) -> bool:
+    """True if a MongoDB-compatible server answers ``ping`` at ``url`` within half a second."""
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
+    with suppress(Exception), client:
+        client.admin.command("ping")
+        return True
+    return False
+
+
+@contextmanager
+def private_ferretdb(state: Path, backend: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A FerretDB of one's own on a free port, state and log in ``state``: yields its base
+    URL (``mongodb://127.0.0.1:<port>/``) and process. ``backend``: its ``--handler`` and
+    backend URL arguments, e.g. ``["--handler=sqlite", f"--sqlite-url=file:{data}/"]``."""
+    binary = ferretdb_binary()
+    assert binary.exists(), f"{binary} is missing: run scripts/services.sh up (make test does)"
+    port = free_port()
+    with open(state / "ferretdb.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                *backend,
+                f"--state-dir={state}",
+                f"--listen-addr=127.0.0.1:{port}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"mongodb://127.0.0.1:{port}/"
+    try:
+        wait_for(lambda: pings(url) or proc.poll() is not None, 30, "a private FerretDB")
+        assert proc.poll() is None, (state / "ferretdb.log").read_text()
+        yield url, proc
+    finally:
+        proc.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def sqlite_ferretdb(state: Path) -> Any:
+    """:func:`private_ferretdb` on SQLite files in ``state/data``."""
+    (state / "data").mkdir(exist_ok=True)
+    return private_ferretdb(state, ["--handler=sqlite", f"--sqlite-url=file:{state}/data/"])
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """``VmRSS`` and ``VmHWM`` (peak RSS) of a process, in kB."""
     out: dict[str, int] = {}

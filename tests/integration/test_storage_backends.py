@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,11 +22,11 @@ import pytest
 from pymongo import DESCENDING, MongoClient
 from pymongo.database import Database
 
-from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel.contract import to_document
 from fairway.kernel.settings import Settings
 from fairway.storage import ferretdb, mongo, registry
 from scheduler.sink import MongoSink
+from tests.harness import sqlite_ferretdb
 
 pytestmark = pytest.mark.integration
 
@@ -45,47 +44,11 @@ def backend_of(db: Database) -> str:
     return "ferretdb-postgresql" if on_postgres else "ferretdb-sqlite"
 
 
-def _pings(url: str) -> bool:
-    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
-    try:
-        with client:
-            client.admin.command("ping")
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private FerretDB on SQLite, from the binary scripts/services.sh built."""
-    services = Path(os.environ.get("FAIRWAY_SERVICES_DIR", ROOT / ".services"))
-    binary = services / "bin" / "ferretdb"
-    assert binary.exists(), f"{binary} is missing: run scripts/services.sh up (make test does)"
-    state = tmp_path_factory.mktemp("ferretdb-sqlite")
-    (state / "data").mkdir()
-    port = free_port()
-    with open(state / "ferretdb.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(binary),
-                "--handler=sqlite",
-                f"--sqlite-url=file:{state}/data/",
-                f"--state-dir={state}",
-                f"--listen-addr=127.0.0.1:{port}",
-                "--debug-addr=-",
-                "--telemetry=disable",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"mongodb://127.0.0.1:{port}/"
-    try:
-        wait_for(lambda: _pings(url) or proc.poll() is not None, 30, "FerretDB on SQLite")
-        assert proc.poll() is None, (state / "ferretdb.log").read_text()
+    with sqlite_ferretdb(tmp_path_factory.mktemp("ferretdb-sqlite")) as (url, _proc):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 @pytest.fixture(params=["services", "sqlite"])

@@ -40,13 +40,20 @@ import pika.exceptions
 import pytest
 import trustme
 from kombu.exceptions import OperationalError
-from pymongo import MongoClient
 
 from fairway.amqp.connection import blocking_channel
 from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel.settings import Settings
 from tasks.celery_app import make_celery
-from tests.harness import SERVICES, Pipeline, reading, running
+from tests.harness import (
+    SERVICES,
+    Pipeline,
+    ferretdb_binary,
+    pings,
+    reading,
+    running,
+    sqlite_ferretdb,
+)
 from tests.integration.conftest import TEST_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,53 +215,18 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
         auth.shutdown()
 
 
-def _pings(url: str) -> bool:
-    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
-    try:
-        with client:
-            client.admin.command("ping")
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module")
 def private_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private FerretDB on SQLite (the binary scripts/services.sh built): this module
     needs a database but should not wait on the shared one, nor leave anything there.
     Where services.sh uses a real mongod (no FerretDB built), the services' database."""
-    services = Path(os.environ.get("FAIRWAY_SERVICES_DIR", ROOT / ".services"))
-    binary = services / "bin" / "ferretdb"
-    if not binary.exists():
+    if not ferretdb_binary().exists():
         url = Settings.from_env().mongo_url
-        assert _pings(url), f"no {binary} and no database at {url}: run scripts/services.sh up"
+        assert pings(url), f"no FerretDB binary and no database at {url}: run services.sh up"
         yield url
         return
-    state = tmp_path_factory.mktemp("tls-ferretdb")
-    (state / "data").mkdir()
-    port = free_port()
-    with open(state / "ferretdb.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(binary),
-                "--handler=sqlite",
-                f"--sqlite-url=file:{state}/data/",
-                f"--state-dir={state}",
-                f"--listen-addr=127.0.0.1:{port}",
-                "--debug-addr=-",
-                "--telemetry=disable",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"mongodb://127.0.0.1:{port}/fairway"
-    try:
-        wait_for(lambda: _pings(url) or proc.poll() is not None, 30, "FerretDB on SQLite")
-        assert proc.poll() is None, (state / "ferretdb.log").read_text()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with sqlite_ferretdb(tmp_path_factory.mktemp("tls-ferretdb")) as (url, _proc):
+        yield url + "fairway"
 
 
 @pytest.fixture
