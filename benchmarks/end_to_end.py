@@ -210,6 +210,19 @@ def main(argv: list[str] | None = None) -> None:
             ),
         },
     )
+    # Issue 11's targets for single-reading messages: the rate, and the share of the
+    # database's own insert_many ceiling measured in the same run.
+    share = result["ratios"]["pipeline/insert_many_1_thread"]
+    result["targets"] = {
+        "stored_rate>=12000": {
+            "value": pipe["stored_rate"],
+            "met": pipe["stored_rate"] >= 12_000,
+        },
+        "pipeline/insert_many_1_thread>=0.8": {
+            "value": share,
+            "met": share is not None and share >= 0.8,
+        },
+    }
     common.emit(result)
 
 
