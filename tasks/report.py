@@ -207,18 +207,30 @@ class ReportBuilder:
                 "mean": math.fsum(b["mean"] * b["count"] for b in buckets) / total,
                 "buckets": buckets,
             }
-        return {
-            "tenant": tenant,
-            "device": p.device,
-            "from": iso_z(p.start),
-            "to": iso_z(p.end),
-            "bucket_s": p.bucket_s,
-            "z": p.z,
-            "detail": FULL,
-            "readings": self.readings,
-            "devices": len(self.devices),
-            "metrics": metrics,
-        }
+        return report_answer(tenant, p, FULL, self.readings, len(self.devices), metrics)
+
+
+def report_answer(
+    tenant: str,
+    p: ReportParams,
+    detail: str,
+    readings: int,
+    devices: int,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """The stored report: its parameters, what it read, and per-metric figures."""
+    return {
+        "tenant": tenant,
+        "device": p.device,
+        "from": iso_z(p.start),
+        "to": iso_z(p.end),
+        "bucket_s": p.bucket_s,
+        "z": p.z,
+        "detail": detail,
+        "readings": readings,
+        "devices": devices,
+        "metrics": metrics,
+    }
 
 
 def _utc(epoch_s: float) -> datetime:
@@ -433,18 +445,7 @@ class SummaryBuilder:
                 "mean": math.fsum(s["sum"] for s in self.stats[metric].values()) / total,
                 "buckets": buckets,
             }
-        return {
-            "tenant": tenant,
-            "device": p.device,
-            "from": iso_z(p.start),
-            "to": iso_z(p.end),
-            "bucket_s": p.bucket_s,
-            "z": p.z,
-            "detail": SUMMARY,
-            "readings": self.readings,
-            "devices": len(self.devices),
-            "metrics": metrics,
-        }
+        return report_answer(tenant, p, SUMMARY, self.readings, len(self.devices), metrics)
 
 
 def build_summary(

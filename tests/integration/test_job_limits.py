@@ -8,11 +8,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from fairway.devtools import celery_workers as worker
@@ -20,6 +18,7 @@ from fairway.devtools.processes import free_port, wait_for
 from fairway.storage import accounts, job_records, registry
 from tests.harness import Pipeline
 from tests.integration.crashing_worker import CRASH_DEVICE
+from tests.integration.test_jobs_api import token, wait_job
 from tests.integration.test_tasks import START, insert_readings, running_worker, worker_metric
 from web import create_app
 
@@ -55,18 +54,6 @@ def app(pipeline: Pipeline) -> Iterator[Flask]:
     if celery is not None:
         celery.close()
     flask_app.extensions["fairway_db"].client.close()
-
-
-def token(pipeline: Pipeline, user: str) -> dict[str, str]:
-    return {"Authorization": "Bearer " + accounts.create_api_token(pipeline.db, user, 3600)}
-
-
-def wait_job(client: FlaskClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
-        body = client.get(url, headers=headers).get_json()
-        return body if body["state"] in ("SUCCESS", "FAILURE") else None
-
-    return wait_for(finished, 180, f"{url} to finish", interval=0.3)
 
 
 def refused(reason: str, tenant: str) -> float:

@@ -62,7 +62,7 @@ def wait_job(client: FlaskClient, url: str, headers: dict[str, str]) -> dict[str
         body = client.get(url, headers=headers).get_json()
         return body if body["state"] in ("SUCCESS", "FAILURE") else None
 
-    return wait_for(finished, 120, f"{url} to finish", interval=0.3)
+    return wait_for(finished, 180, f"{url} to finish", interval=0.3)
 
 
 REPORT = {"from": "2026-01-01T00:00:00Z", "to": T0 + 3600, "bucket": 600}
