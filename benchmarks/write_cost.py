@@ -12,11 +12,14 @@ first:
 bodies through :func:`fairway.kernel.contract.to_document` and one
 ``insert_many(ordered=False)`` into ``telemetry``.
 
-``maintained``: the real :class:`scheduler.sink.MongoSink` (insert, ``rollup_pending``
-marks, ``device_state`` writes with its 2 s throttle and its flusher thread, closed at
-the end), then the rollup task, :func:`tasks.rollup.roll_closed_hours`, run once with a
-clock past every hour's end plus the grace: every device-hour written is computed once,
-as beat's runs would over time, so its cost is amortised over the readings.
+``maintained``: the real :class:`scheduler.sink.MongoSink` (insert with the writer id,
+the in-memory rollup fold and its ``rollup_touched`` records, ``device_state`` writes
+with its 2 s throttle and its flusher thread), then the fold's parts written as they
+are once the hour has closed (``RollupFolder.flush_due`` with a clock past the hour's end
+plus the grace), the sink closed, then the rollup task,
+:func:`tasks.rollup.roll_closed_hours`, with that clock (it finds nothing to do unless
+readings were late or redelivered): every device-hour's cost is amortised over its
+readings, as in steady state.
 
 Readings are relay output (``to_document`` input) in batches of the scheduler's
 ``batch_size`` (200), timestamped with the wall clock when generated (just before each
@@ -66,6 +69,7 @@ from fairway.kernel.contract import to_document
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, rollups
 from fairway.storage.telemetry import HOUR, floor_hour
+from scheduler.rollup_folder import RollupFolder
 from scheduler.sink import MongoSink
 from tasks.rollup import roll_closed_hours
 from tests import harness
@@ -78,6 +82,7 @@ SHAPES = {"fleet": (10, 250), "demo": (3, 5)}  # tenants, devices per tenant
 TARGET_RATIO = 1.2
 DEFAULTS = Settings.from_env()
 BATCH = DEFAULTS.batch_size
+FLUSH_GRACE_S = DEFAULTS.rollup_flush_grace_s
 FLUSH_S = DEFAULTS.device_state_flush_s
 GRACE_S = DEFAULTS.rollup_grace_s
 
@@ -205,16 +210,18 @@ def plain(db: Database, readings: list[bytes]) -> dict[str, Any]:
 
 
 def maintained(db: Database, readings: list[bytes], server: PrivateServer) -> dict[str, Any]:
-    """The sink, then the rollup task; the task's share of the CPU reported apart."""
-    sink = MongoSink(db, device_state_flush_s=FLUSH_S)
+    """The sink and its rollup parts, then the rollup task; the task's CPU reported apart."""
+    folder = RollupFolder(db, flush_grace_s=FLUSH_GRACE_S, start_thread=False)
+    sink = MongoSink(db, FLUSH_S, folder)
     for batch in batches(readings):
         outcome = sink.write(batch)
         assert outcome.stored == len(batch), outcome
+    # The parts are written once their hour closed plus the grace (the folder's tick).
+    last_hour = floor_hour(datetime.now(UTC))
+    clock = last_hour + HOUR + timedelta(seconds=max(FLUSH_GRACE_S, GRACE_S) + 1)
+    folder.flush_due(clock)
     sink.close()
     server0, client0 = server.snapshot(), time.process_time()
-    # Beat's runs over time compute each marked hour once it closed plus the grace.
-    last_hour = floor_hour(datetime.now(UTC))
-    clock = last_hour + HOUR + timedelta(seconds=GRACE_S + 1)
     rolled = roll_closed_hours(db, GRACE_S, now=clock)
     return {
         "rollup_task_server_cpu_s": server.since(server0),

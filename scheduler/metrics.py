@@ -92,3 +92,29 @@ DEVICE_STATE_WRITES = Counter(
     " first or last hour moved), overflow (pending table full), failed (retried later)",
     ["why"],
 )
+
+
+ROLLUP_OPEN_CELLS = Gauge(
+    "fairway_scheduler_rollup_open_cells",
+    "Figures (minute x metric, hour x metric) folded in memory and not written yet",
+)
+
+
+ROLLUP_PARTS_WRITTEN = Counter(
+    "fairway_scheduler_rollup_parts_written_total",
+    "Hourly rollup parts written from the scheduler's in-memory folds",
+)
+
+
+ROLLUP_HANDED_OVER = Counter(
+    "fairway_scheduler_rollup_handed_over_total",
+    "Device-hours left to the rollup task (marked pending), by why: duplicate (a"
+    " redelivery), late (its hour was already written), spill (folds over the memory bound)",
+    ["why"],
+)
+
+
+ROLLUP_WRITE_FAILURES = Counter(
+    "fairway_scheduler_rollup_write_failures_total",
+    "Failed writes of rollup parts (kept in memory and retried)",
+)

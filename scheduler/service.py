@@ -366,7 +366,7 @@ def run(settings: Settings, sink: str = "mongo") -> None:
     mongo.ensure_indexes(db)
     service = Scheduler(
         settings,
-        MongoSink(db, settings.device_state_flush_s) if sink == "mongo" else NullSink(),
+        MongoSink.from_settings(db, settings) if sink == "mongo" else NullSink(),
         lambda: registry.list_tenants(db),
     )
     service.serve(settings.metrics_port)

@@ -6,6 +6,9 @@ is known to be durable, and the scheduler retries the whole batch after a backof
 Retrying is safe because writes are idempotent (``_id`` from tenant, device and
 message id).
 
+Each stored reading names the sink's rollup writer (``w``); the sink folds what it
+stored into rollups in memory (:mod:`scheduler.rollup_folder`) before the batch is acked.
+
 The MongoDB sink also maintains ``device_state`` (first/last reading, latest values per
 stream) from what it wrote, stored readings and duplicates alike. The update is an
 order-independent fold (:mod:`fairway.storage.device_state`), throttled: a device's
@@ -24,17 +27,19 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from fairway.kernel.contract import to_document
-from fairway.storage import device_state, mongo, rollups
+from fairway.kernel.settings import Settings
+from fairway.storage import device_state, mongo
 from fairway.storage.device_state import DeviceDelta
 from fairway.storage.telemetry import floor_hour
 from scheduler import metrics
+from scheduler.rollup_folder import RollupFolder
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +89,29 @@ class NullSink:
 class MongoSink:
     """``insert_many(ordered=False)`` into ``telemetry``; duplicates are no-ops."""
 
-    def __init__(self, db: Database, device_state_flush_s: float = 2.0) -> None:
+    @classmethod
+    def from_settings(cls, db: Database, settings: Settings) -> MongoSink:
+        """The sink with the device-state throttle and rollup folding of ``settings``."""
+        return cls(
+            db,
+            settings.device_state_flush_s,
+            RollupFolder(
+                db,
+                flush_grace_s=settings.rollup_flush_grace_s,
+                lease_s=settings.rollup_writer_lease_s,
+                max_cells=settings.rollup_max_cells,
+            ),
+        )
+
+    def __init__(
+        self,
+        db: Database,
+        device_state_flush_s: float = 2.0,
+        rollups: RollupFolder | None = None,
+    ) -> None:
         self._collection = db[mongo.TELEMETRY]
         self._state = DeviceStateWriter(db, device_state_flush_s)
-        self._rollup_marks = RollupMarker(db)
+        self.rollups = rollups or RollupFolder(db)
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert the batch; classify duplicates and documents refused for good."""
@@ -95,9 +119,12 @@ class MongoSink:
         docs: list[tuple[int, dict]] = []
         for i, body in enumerate(bodies):
             try:
-                docs.append((i, to_document(body)))
+                doc = to_document(body)
             except (ValueError, KeyError, TypeError, OverflowError):
                 outcome.refused.append(i)  # not the relay's output: never storable
+                continue
+            doc["w"] = self.rollups.writer
+            docs.append((i, doc))
         by_index = dict(docs)
         stored: list[dict] = []
         for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
@@ -107,15 +134,16 @@ class MongoSink:
             if attempt == MAX_DOCUMENT_ATTEMPTS:
                 outcome.refused.extend(i for i, _ in docs)
         outcome.stored = len(stored)
-        written = stored + [by_index[i] for i in outcome.duplicates]
-        self._rollup_marks.mark(written)  # raises: not acked, the batch is retried
-        self._state.record(written)
+        duplicates = [by_index[i] for i in outcome.duplicates]
+        self.rollups.record(stored, duplicates)  # raises: not acked, the batch is retried
+        self._state.record(stored + duplicates)
         _observe_lag(stored)
         return outcome
 
     def close(self) -> None:
-        """Stop the device-state flusher after a last flush."""
+        """Stop the device-state and rollup threads after a last write of each."""
         self._state.close()
+        self.rollups.close()
 
     def _insert(
         self, docs: list[tuple[int, dict]], outcome: WriteOutcome, stored: list[dict]
@@ -268,34 +296,3 @@ class DeviceStateWriter:
                 self._known[device] = (first, last)
                 if len(self._known) > MAX_KNOWN_DEVICES:
                     self._known.popitem(last=False)
-
-
-class RollupMarker:
-    """Marks the device-hours a batch wrote as pending rollup, before the batch is acked.
-
-    An open hour is marked once per process (remembered here); a closed hour (late data,
-    redeliveries) every time, since its rollup may already have been computed.
-    """
-
-    def __init__(self, db: Database, remember: int = MAX_KNOWN_DEVICES) -> None:
-        self._db, self._remember = db, remember
-        self._lock = threading.Lock()
-        self._marked: OrderedDict[tuple[str, str, datetime], None] = OrderedDict()
-
-    def mark(self, docs: list[dict]) -> None:
-        """Write the marks the readings ``docs`` (already stored) need; raise on error."""
-        hours = {(d["tenant"], d["device"], floor_hour(d["ts"])) for d in docs}
-        # "Open" is judged after the insert: a reading stored before its hour ended is
-        # visible to a rollup computed after the hour ended plus the grace.
-        now = datetime.fromtimestamp(time.time(), UTC)
-        with self._lock:
-            needed = [h for h in hours if h[2] + rollups.HOUR <= now or h not in self._marked]
-        if not needed:
-            return
-        rollups.mark_pending(self._db, sorted(needed))
-        with self._lock:
-            for key in needed:
-                if key[2] + rollups.HOUR > now:
-                    self._marked[key] = None
-            while len(self._marked) > self._remember:
-                self._marked.popitem(last=False)

@@ -106,4 +106,6 @@ def apply_retention(self: JobTask) -> dict[str, Any]:
 @shared_task(bind=True, base=JobTask, name=ROLLUP_TASK)
 def roll_up(self: JobTask) -> dict[str, int]:
     """Recompute the rollups of closed hours the scheduler marked pending."""
-    return rollup.roll_closed_hours(self.db, self.settings.rollup_grace_s)
+    return rollup.roll_closed_hours(
+        self.db, self.settings.rollup_grace_s, self.settings.rollup_writer_lease_s
+    )

@@ -1,8 +1,11 @@
-"""``fairway.rollup``: recompute the rollups of closed hours marked pending.
+"""``fairway.rollup``: recompute the rollups the scheduler could not fold itself.
 
-Run by beat every minute on the ``maintenance`` queue. Each run is idempotent: it
-replaces rollups by a fold of the raw readings (``fairway.storage.rollups``), so a
-redelivered or overlapping run computes the same documents.
+Run by beat every minute on the ``maintenance`` queue. First the device-hours of lost
+rollup writers (schedulers killed, or silent for the lease) are marked pending; then
+every marked hour that closed more than the grace ago is recomputed from its raw
+readings (``fairway.storage.rollups``). Each run is idempotent: parts are only ever
+replaced by folds of as many or more readings, so a redelivered or overlapping run
+computes the same documents.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo.database import Database
 
-from fairway.storage import rollups
+from fairway.storage import rollup_writers, rollups
 
 
-def roll_closed_hours(db: Database, grace_s: float, now: datetime | None = None) -> dict[str, int]:
-    """Compute every pending hour that ended more than ``grace_s`` ago."""
-    return rollups.roll_pending(db, now or datetime.now(UTC), timedelta(seconds=grace_s))
+def roll_closed_hours(
+    db: Database, grace_s: float, lease_s: float = 300.0, now: datetime | None = None
+) -> dict[str, int]:
+    """Recover lost writers' hours, then compute every pending hour ended ``grace_s`` ago."""
+    now = now or datetime.now(UTC)
+    recovered = rollup_writers.recover_lost_writers(db, now, timedelta(seconds=lease_s))
+    return {**recovered, **rollups.roll_pending(db, now, timedelta(seconds=grace_s))}

@@ -301,6 +301,15 @@ class Settings:
     db_backoff_max_s: float = setting(5.0, SCHEDULER, POSITIVE)  # also monitor, archiver
     # device_state (latest values) is written at most this often per device; 0: every batch
     device_state_flush_s: float = setting(2.0, SCHEDULER, AT_LEAST_0)
+    # The scheduler folds rollups in memory and writes an hour's parts this long after the
+    # hour ends (readings arriving later are recomputed by the rollup task); at most an
+    # hour, so parts exist before charts stop folding the hour from raw readings.
+    rollup_flush_grace_s: float = setting(300.0, SCHEDULER, Bound(low=0, high=3600))
+    # A scheduler silent this long is taken for lost: its unwritten hours are recomputed.
+    rollup_writer_lease_s: float = setting(300.0, SCHEDULER, POSITIVE)
+    # Figures (minute x metric) folded in memory at most; beyond, the oldest hour is left
+    # to the rollup task (about 250 bytes each).
+    rollup_max_cells: int = setting(400_000, SCHEDULER, AT_LEAST_1)
 
     # -- web app. The broker-auth endpoints answer only these networks (the broker's).
     web_host: str = setting("127.0.0.1", WEB, NonEmpty())

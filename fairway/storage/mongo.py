@@ -32,6 +32,10 @@ DEVICE_STATE = "device_state"
 ROLLUPS = "rollups"
 ROLLUP_MINUTES = "rollup_minutes"
 ROLLUP_PENDING = "rollup_pending"
+# Scheduler processes that fold rollups in memory, and the device-hours each has folded
+# but not written yet (what a lost writer's hours are recomputed from).
+ROLLUP_WRITERS = "rollup_writers"
+ROLLUP_TOUCHED = "rollup_touched"
 
 
 MIGRATIONS = "migrations"  # journals of one-time migrations (fairway migrate ...)
@@ -46,6 +50,8 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     ROLLUPS: ("_id", "dk", "mk", "tk"),
     ROLLUP_MINUTES: ("_id", "dk"),
     ROLLUP_PENDING: ("_id", "tenant"),
+    ROLLUP_WRITERS: ("_id",),
+    ROLLUP_TOUCHED: ("_id",),
     TENANTS: ("_id",),
     REJECTIONS: ("device",),
 }

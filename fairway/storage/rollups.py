@@ -1,5 +1,5 @@
-"""Rollups: per (tenant, device, stream, hour) count/min/max/sum per metric, recomputed
-from the hour's raw readings (read by ``hk``), in two collections:
+"""Rollups: per (tenant, device, stream, hour) count/min/max/sum per metric, in two
+collections:
 
 * ``rollups``: the hour's figures only (slim: a month chart reads 720 of them per
   stream), with read keys ``dk`` (device-day), ``mk`` (device-month) and ``tk``
@@ -8,18 +8,29 @@ from the hour's raw readings (read by ``hk``), in two collections:
   (``metrics.<m> = {m: [minute], n: [...], min: [...], max: [...], sum: [...]}``, the
   layout FerretDB decodes fastest), with ``dk``; read only for charts of a day or less.
 
-Exact whatever the redeliveries: a rollup is never incremented, it is replaced by a
-fold of the readings stored for that hour, and readings are stored once (``_id``).
-Which hours need (re)computing is recorded in ``rollup_pending``: the scheduler's sink
-marks ``<tenant>:<device>:<YYYYMMDDHH>`` after the readings are stored and before they
-are acked; :func:`roll_pending` computes the closed hours and removes a mark only if its
-token did not change while it computed.
+An hour's figures may be split into **parts**, one per writer (the scheduler process
+that stored the readings, whose id each reading carries in ``w``); readers merge the
+parts of an hour. A part is only ever replaced by a fold of *as many or more* of its
+writer's readings (:func:`store_parts`: insert, or update where the stored ``n`` is
+smaller), so the two ways a part is written never undo each other:
+
+* the scheduler folds the readings it has just inserted in memory and writes each
+  part once its hour has closed (``scheduler/rollup_folder.py``): no reading is read back;
+* :func:`roll_pending` recomputes the hours marked in ``rollup_pending`` (late data,
+  redeliveries, a writer that died before writing its parts) from the raw readings
+  (read by ``hk``), one part per writer found in them. A mark is removed only if its
+  token did not change while the hour was computed.
+
+Exact whatever the redeliveries: readings are stored once (``_id``), a writer folds only
+the readings its insert actually stored, and any doubt (a duplicate, a late reading, a
+lost process) hands the hour to the recomputation.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +38,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fairway.kernel.contract import hour_key
 from fairway.storage import mongo
@@ -60,9 +72,13 @@ def tenant_day_key(tenant: str, day: datetime) -> str:
     return f"{tenant}:{day.astimezone(UTC):%Y%m%d}"
 
 
-def rollup_id(tenant: str, device: str, stream: str, hour: datetime) -> str:
-    """The ``_id`` shared by an hour's two rollup documents."""
-    return f"{tenant}:{device}:{stream}:{hour:%Y%m%d%H}"
+def rollup_id(tenant: str, device: str, stream: str, hour: datetime, writer: str = "") -> str:
+    """The ``_id`` shared by an hour's two rollup documents of one writer's part.
+
+    Readings stored before writers were recorded (no ``w``) make the part ``""``.
+    """
+    rid = f"{tenant}:{device}:{stream}:{hour:%Y%m%d%H}"
+    return f"{rid}/{writer}" if writer else rid
 
 
 def _add(acc: dict[str, Stats], values: dict[str, Any]) -> None:
@@ -119,19 +135,22 @@ def fold_readings(readings: Iterable[dict[str, Any]]) -> dict[str, HourFold]:
 
 
 def hour_documents(
-    tenant: str, device: str, hour: datetime, folds: dict[str, HourFold]
+    tenant: str, device: str, hour: datetime, folds: dict[str, HourFold], writer: str = ""
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Per stream, the ``rollups`` and the ``rollup_minutes`` document of one device-hour."""
+    """Per stream, the ``rollups`` and the ``rollup_minutes`` document of one writer's
+    part of a device-hour."""
     docs = []
     for stream, fold in sorted(folds.items()):
         key = {
-            "_id": rollup_id(tenant, device, stream, hour),
+            "_id": rollup_id(tenant, device, stream, hour, writer),
             "tenant": tenant,
             "device": device,
             "stream": stream,
             "hour": hour,
             "dk": day_key(tenant, device, hour),
         }
+        if writer:
+            key["w"] = writer
         hourly = {
             **key,
             "mk": month_key(tenant, device, hour),
@@ -143,44 +162,78 @@ def hour_documents(
     return docs
 
 
-def _upsert_all(collection: Collection, docs: list[dict[str, Any]]) -> None:
-    ops = [
-        UpdateOne(
-            {"_id": d["_id"]}, {"$set": {k: v for k, v in d.items() if k != "_id"}}, upsert=True
-        )
-        for d in docs
-    ]
-    for start in range(0, len(ops), MAX_UPDATES_PER_BULK):
-        collection.bulk_write(ops[start : start + MAX_UPDATES_PER_BULK], ordered=True)
+def _store_newer(collection: Collection, docs: list[dict[str, Any]]) -> None:
+    """Insert ``docs``; where one exists, replace it only if it folds fewer readings."""
+    if not docs:
+        return
+    try:
+        collection.insert_many(docs, ordered=False)
+        return
+    except BulkWriteError as exc:
+        if exc.details.get("writeConcernErrors"):
+            raise
+        errors = exc.details.get("writeErrors", ())
+        if any(e["code"] != mongo.DUPLICATE_KEY for e in errors):
+            raise
+        existing = [docs[e["index"]] for e in errors]
+    for doc in existing:
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        # Duplicate key: a fold of as many or more of the writer's readings is stored. One
+        # document at a time: FerretDB 1.24 answers a bulk update with a write error in a
+        # shape pymongo cannot merge.
+        with suppress(DuplicateKeyError):
+            collection.update_one(
+                {"_id": doc["_id"], "n": {"$lt": doc["n"]}}, {"$set": fields}, upsert=True
+            )
+
+
+def store_parts(db: Database, docs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Write parts (from :func:`hour_documents`), each unless a larger fold is stored."""
+    # Minutes first: a chart that finds the hourly document may read its minutes.
+    _store_newer(db[ROLLUP_MINUTES], [m for _, m in docs])
+    _store_newer(db[ROLLUPS], [h for h, _ in docs])
 
 
 def compute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
-    """Recompute and store the rollups of one device-hour; the number of streams."""
+    """Recompute and store the rollups of one device-hour; the number of parts."""
     return len(_store_hour(db, tenant, device, hour))
 
 
-def _store_hour(db: Database, tenant: str, device: str, hour: datetime) -> list[str]:
-    readings = db[mongo.TELEMETRY].find({"hk": hour_key(tenant, device, hour)})
-    docs = hour_documents(tenant, device, hour, fold_readings(readings))
-    # Minutes first: a chart that finds the hourly document may read its minutes.
-    _upsert_all(db[ROLLUP_MINUTES], [m for _, m in docs])
-    _upsert_all(db[ROLLUPS], [h for h, _ in docs])
-    return [h["stream"] for h, _ in docs]
+def _fold_by_writer(
+    db: Database, tenant: str, device: str, hour: datetime
+) -> dict[str, dict[str, HourFold]]:
+    readings = db[mongo.TELEMETRY].find(
+        {"hk": hour_key(tenant, device, hour)}, {"stream": 1, "ts": 1, "values": 1, "w": 1}
+    )
+    by_writer: dict[str, list[dict[str, Any]]] = {}
+    for doc in readings:
+        by_writer.setdefault(doc.get("w", ""), []).append(doc)
+    return {w: fold_readings(docs) for w, docs in by_writer.items()}
+
+
+def _store_hour(db: Database, tenant: str, device: str, hour: datetime) -> list[dict[str, Any]]:
+    docs = [
+        pair
+        for writer, folds in sorted(_fold_by_writer(db, tenant, device, hour).items())
+        for pair in hour_documents(tenant, device, hour, folds, writer)
+    ]
+    store_parts(db, docs)
+    return [h for h, _ in docs]
 
 
 def recompute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
-    """:func:`compute_hour` after some of the hour's readings were deleted (retention).
+    """Replace the rollups of one device-hour after some of its readings were deleted
+    (retention): its parts are deleted, then written again from the readings left.
 
-    Also removes the hour's documents of streams with no reading left, which
-    :func:`compute_hour` (readings are otherwise never deleted) leaves alone.
+    Only for hours no writer folds any more (older than any open hour): a part may
+    shrink here, which :func:`store_parts` alone never allows.
     """
-    streams = _store_hour(db, tenant, device, hour)
-    # dk is the equality FerretDB pushes down; hour and stream are filtered after it
-    # (at most 24 x streams documents read).
-    gone = {"dk": day_key(tenant, device, hour), "hour": hour, "stream": {"$nin": streams}}
-    db[ROLLUPS].delete_many(gone)
-    db[ROLLUP_MINUTES].delete_many(gone)
-    return len(streams)
+    # dk is the equality FerretDB pushes down; hour is filtered after it (at most 24 x
+    # streams x writers documents read).
+    hour_parts = {"dk": day_key(tenant, device, hour), "hour": hour}
+    db[ROLLUPS].delete_many(hour_parts)
+    db[ROLLUP_MINUTES].delete_many(hour_parts)
+    return len(_store_hour(db, tenant, device, hour))
 
 
 def delete_day_before(db: Database, tenant: str, device: str, day: datetime, end: datetime) -> int:

@@ -33,6 +33,8 @@ def test_reading_is_stored_field_by_field(pipeline: Pipeline, queue_type: str) -
 
     doc = pipeline.db[mongo.TELEMETRY].find_one()
     received = doc.pop("received")
+    writer = doc.pop("w")  # the scheduler process that stored it (rollup parts by writer)
+    assert isinstance(writer, str) and len(writer) == 12
     assert doc == {
         "_id": "acme:dev-1:m-1",
         "hk": f"acme:dev-1:{datetime.fromtimestamp(ts, UTC):%Y%m%d%H}",

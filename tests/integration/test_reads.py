@@ -19,6 +19,7 @@ from fairway.storage import accounts, device_state, mongo
 from fairway.storage.telemetry import MAX_HOUR_PROBES, floor_hour
 from tasks import rollup
 from tests.harness import Pipeline, wait_for
+from tests.integration.rollup_figures import actual_rollups, expected_rollups
 from web import create_app
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
@@ -187,52 +188,14 @@ def test_device_state_equals_a_fold_of_the_stored_readings(pipeline: Pipeline, a
     assert len(history) == pipeline.stored(device="d1")
 
 
-def expected_rollups(db: Any, closed_before: datetime) -> dict[str, dict[str, Any]]:
-    """An independent computation from the raw readings of every closed hour."""
-    out: dict[str, dict[str, Any]] = {}
-
-    def add(acc: dict[str, Any], metric: str, value: float) -> None:
-        m = acc.setdefault(metric, {"n": 0, "min": value, "max": value, "sum": 0})
-        m["n"] += 1
-        m["min"], m["max"] = min(m["min"], value), max(m["max"], value)
-        m["sum"] += value
-
-    for doc in db[mongo.TELEMETRY].find():
-        hour = doc["ts"].replace(minute=0, second=0, microsecond=0)
-        if hour >= closed_before:
-            continue
-        key = f"{doc['tenant']}:{doc['device']}:{doc['stream']}:{hour:%Y%m%d%H}"
-        roll = out.setdefault(key, {"n": 0, "metrics": {}, "minutes": {}})
-        roll["n"] += 1
-        for metric, value in doc["values"].items():
-            if type(value) in (int, float):
-                add(roll["metrics"], metric, value)
-                add(roll["minutes"].setdefault(f"{doc['ts'].minute:02d}", {}), metric, value)
-    return out
-
-
-def actual_rollups(db: Any) -> dict[str, dict[str, Any]]:
-    """The stored hourly and per-minute documents, in the shape of :func:`expected_rollups`."""
-    minutes = {r["_id"]: r for r in db[mongo.ROLLUP_MINUTES].find()}
-    out = {}
-    for r in db[mongo.ROLLUPS].find():
-        per_minute: dict[str, dict[str, Any]] = {}
-        for metric, col in minutes[r["_id"]]["metrics"].items():
-            for i, minute in enumerate(col["m"]):
-                stats = {k: col[k][i] for k in ("n", "min", "max", "sum")}
-                per_minute.setdefault(f"{minute:02d}", {})[metric] = stats
-        assert minutes[r["_id"]]["n"] == r["n"]
-        out[r["_id"]] = {"n": r["n"], "metrics": r["metrics"], "minutes": per_minute}
-    assert set(minutes) == set(out)
-    return out
-
-
 def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
     pipeline: Pipeline, api: Any
 ) -> None:
     pipeline.device("a", "d2")
     pipeline.start("relay")
-    pipeline.start("scheduler")
+    # Grace 0: the hour before the open one is closed for the scheduler's fold whatever
+    # the minute, so the closed hours go to the rollup task and the open one is folded.
+    pipeline.start("scheduler", rollup_flush_grace_s=0)
     if 3600 - time.time() % 3600 < 60:  # the open hour must stay open during the test
         time.sleep(3600 - time.time() % 3600 + 1)
     now = time.time()
@@ -252,14 +215,20 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
     pipeline.publish(messages)
     pipeline.wait_stored(len(messages))
     opened = datetime.fromtimestamp(current, UTC)
+    # Closed hours are marked for the rollup task; the open one is folded in memory and
+    # recorded (rollup_touched) before its readings were acked, not marked.
     marks = {m["_id"] for m in pipeline.db[mongo.ROLLUP_PENDING].find()}
-    hours = [opened - timedelta(hours=h) for h in range(4)]
+    hours = [opened - timedelta(hours=h) for h in range(1, 4)]
     assert marks == {f"a:{d}:{h:%Y%m%d%H}" for d in ("d1", "d2") for h in hours}
+    touched = list(pipeline.db[mongo.ROLLUP_TOUCHED].find())
+    assert {(t["hour"], d) for t in touched for d in t["devices"]} == {
+        (opened, "d1"),
+        (opened, "d2"),
+    }
 
     result = rollup.roll_closed_hours(pipeline.db, grace_s=0)
-    assert result == {"computed": 6, "kept": 0}
-    left = {m["_id"] for m in pipeline.db[mongo.ROLLUP_PENDING].find()}
-    assert left == {f"a:{d}:{opened:%Y%m%d%H}" for d in ("d1", "d2")}  # the open hour waits
+    assert (result["computed"], result["kept"], result["lost_writers"]) == (6, 0, 0)
+    assert not list(pipeline.db[mongo.ROLLUP_PENDING].find())
     assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, opened)
 
     # Redelivered readings and late data in a closed hour: marked again, recomputed, exact.
@@ -342,6 +311,14 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
         iso_z(opened + timedelta(minutes=int(m))) for m in sorted(opened_minutes)
     ]
 
+    # A clean stop leaves the open hour to the rollup task, which recomputes it (from
+    # the readings, by writer) once it has closed.
+    assert pipeline.stop("scheduler") == 0
+    closed = opened + timedelta(hours=1)
+    result = rollup.roll_closed_hours(pipeline.db, grace_s=0, now=closed + timedelta(seconds=1))
+    assert (result["lost_writers"], result["recovered_hours"], result["computed"]) == (1, 2, 2)
+    assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, closed)
+
 
 @pytest.mark.settings(device_state_flush_s=0.5)
 def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
@@ -351,14 +328,19 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
     for device in devices:
         pipeline.device("a", device)
     pipeline.start("relay")
-    current = time.time() // 3600 * 3600
+    now = time.time()
+    current = now // 3600 * 3600
     messages = []
-    for i in range(3000):  # three closed hours, oldest first
+    for i in range(3000):  # three closed hours, oldest first; every 10th in the open hour
         ts = current - 3 * 3600 + i * 3.5 + 0.25
+        if i % 10 == 9:
+            ts = current + (now - current) * i / 3000
         body = {"ts": ts, "values": {"temp": (i % 50) * 0.5}}
         messages.append((f"{devices[i % 5]}.env", body, {"message_id": f"m{i}"}))
     pipeline.publish(messages)
     wait_for(lambda: pipeline.depth("tenant.a") >= len(messages), 60, "relayed")
+    # Each killed scheduler leaves readings of the open hour folded but never written
+    # (its rollup_touched records say which device-hours).
     for _ in range(2):  # kill -9 twice mid-run; unacked batches come back as duplicates
         stored = pipeline.stored()
         pipeline.start("scheduler", batch_size=50)
@@ -385,8 +367,12 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
         15,
         "state",
     )
-    rollup.roll_closed_hours(pipeline.db, grace_s=0)
+    # Once the open hour has closed and the killed writers' leases ran out, the rollup
+    # task recomputes what they folded (the live scheduler's lease too, at that clock).
     opened = datetime.fromtimestamp(current, UTC)
-    expected = expected_rollups(pipeline.db, opened)
+    later = opened + timedelta(hours=1, seconds=1)
+    result = rollup.roll_closed_hours(pipeline.db, grace_s=0, now=later)
+    assert result["lost_writers"] == 3 and result["recovered_hours"] >= 5
+    expected = expected_rollups(pipeline.db, later)
     assert sum(r["n"] for r in expected.values()) == len(messages) + len(fresh)
     assert actual_rollups(pipeline.db) == expected

@@ -86,7 +86,7 @@ def fleet(pipeline: Pipeline) -> dict[str, list[dict[str, Any]]]:
         by_device[device] = [stored(tenant, device, i, t) for i, t in enumerate(times)]
         store(db, by_device[device])
     # Rollups of every closed hour, as the rollup task leaves them; one hour left marked.
-    rollup.roll_closed_hours(db, 0, NOW)
+    rollup.roll_closed_hours(db, 0, now=NOW)
     rollups.mark_pending(db, [("a", "a-1", floor_hour(cutoff_of("a") - timedelta(days=1)))])
     return by_device
 
@@ -292,7 +292,7 @@ def test_backfill_makes_old_readings_visible_and_rollups_exact(
         backfill.backfill_hour_keys(db, batch_size=40)
     monkeypatch.setattr(rollups, "mark_pending", real_mark)
     # Meanwhile the rollup task computes what it was told about (not the whole hours).
-    rollup.roll_closed_hours(db, 0, NOW)
+    rollup.roll_closed_hours(db, 0, now=NOW)
 
     totals: list[dict[str, int]] = []
     first = backfill.backfill_hour_keys(db, batch_size=40, report=totals.append)
@@ -311,7 +311,7 @@ def test_backfill_makes_old_readings_visible_and_rollups_exact(
     assert {d["_id"]: d["hk"] for d in db[mongo.TELEMETRY].find()} == {
         d["_id"]: d["hk"] for d in everything
     }
-    rollup.roll_closed_hours(db, 0, NOW)
+    rollup.roll_closed_hours(db, 0, now=NOW)
     assert actual_rollups(db) == expected_rollups(db, floor_hour(NOW))
 
     # A second run (here through the command) changes nothing.

@@ -67,6 +67,13 @@ class FakeCollection:
     def bulk_write(self, ops: list[Any], ordered: bool = True) -> None:
         """The sink's device_state and rollup_pending updates: accepted, not checked here."""
 
+    def update_one(self, *args: Any, **kwargs: Any) -> Any:
+        """The rollup writer's registration: accepted (as new), not checked here."""
+        return SimpleNamespace(upserted_id="new")
+
+    def insert_one(self, doc: dict[str, Any]) -> None:
+        """The rollup writer's rollup_touched records: accepted, not checked here."""
+
 
 def body(tenant: str, tag: int) -> bytes:
     reading = Reading("dev-1", "env", f"m{tag}", time.time(), {"t": tag})
@@ -146,7 +153,13 @@ def test_a_document_refused_three_times_is_dead_lettered(stopped: list[Scheduler
     collection = FakeCollection(refuse={doc_id("acme", 2)}, duplicate={doc_id("acme", 3)})
     scheduler = scheduler_with(
         MongoSink(
-            {mongo.TELEMETRY: collection, DEVICE_STATE: collection, ROLLUP_PENDING: collection}
+            {
+                mongo.TELEMETRY: collection,
+                DEVICE_STATE: collection,
+                ROLLUP_PENDING: collection,
+                mongo.ROLLUP_WRITERS: collection,
+                mongo.ROLLUP_TOUCHED: collection,
+            }
         )
     )  # type: ignore[arg-type]
     stopped.append(scheduler)
