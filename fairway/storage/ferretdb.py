@@ -77,7 +77,8 @@ def backing_tables(connection: Any, schema: str) -> dict[str, str]:
 def ensure_gin_indexes(
     db: Database, postgres_url: str, fields: Mapping[str, Sequence[str]]
 ) -> list[str]:
-    """Create ``USING gin ((_jsonb->'<field>'))`` for each collection's ``fields``, then ANALYZE.
+    """Create ``USING gin ((_jsonb->'<field>'))`` for each collection's ``fields`` (dropping
+    those this module made for fields no longer listed), then ANALYZE.
 
     Idempotent, and a no-op (returning ``[]``) when ``postgres_url`` is empty or ``db``
     is not FerretDB on PostgreSQL (told by its plan for one of ``fields``' collections
@@ -130,5 +131,22 @@ def ensure_gin_indexes(
                         f"USING gin ((_jsonb->'{literal}'))"
                     )
                 names.append(name)
+            _drop_unlisted(
+                connection, db.name, table, {index_name(table, f) for f in collection_fields}
+            )
             connection.execute(f"ANALYZE {target}")
     return names
+
+
+def _drop_unlisted(connection: Any, schema: str, table: str, wanted: set[str]) -> None:
+    """Drop the GIN indexes this module made on ``table`` for fields no longer listed:
+    every index costs each insert, and an index no query uses is only that cost."""
+    rows = connection.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
+        (schema, table),
+    ).fetchall()
+    for name, definition in rows:
+        ours = name.startswith(f"{table}_") and name.endswith("_gin") and "USING gin" in definition
+        if ours and name not in wanted:
+            log.info("dropping GIN index %s: no query uses its field any more", name)
+            connection.execute(f"DROP INDEX IF EXISTS {quote(schema)}.{quote(name)}")

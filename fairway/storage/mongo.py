@@ -44,7 +44,9 @@ MIGRATIONS = "migrations"  # journals of one-time migrations (fairway migrate ..
 # Top-level fields queried by equality, per collection. On FerretDB with PostgreSQL these
 # get GIN indexes (fairway/storage/ferretdb.py): the only indexes its pushdown can use.
 EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
-    TELEMETRY: ("_id", "tenant", "device", "hk"),
+    # Every read of telemetry is by hour key (history, charts, rollups, reports,
+    # retention): an index on any other field would only cost each insert.
+    TELEMETRY: ("hk",),
     DEVICES: ("_id", "tenant"),
     DEVICE_STATE: ("_id", "tenant"),
     ROLLUPS: ("_id", "dk", "mk", "tk"),
