@@ -9,6 +9,7 @@ against them.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -73,11 +74,20 @@ class Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+QUERY_TIME_PATTERN = (
+    r"^([0-9]{1,11}(\.[0-9]{1,9})?|[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?(Z|[+-][0-9]{2}:[0-9]{2})?)$"
+)
+_QUERY_TIME = re.compile(QUERY_TIME_PATTERN)
+
+
 def query_time(raw: object) -> datetime:
     """ISO 8601 (an offset, else UTC) or Unix seconds, between 1970 and the year 3000."""
     if isinstance(raw, datetime):
         return raw
     text = str(raw)
+    if _QUERY_TIME.fullmatch(text) is None:
+        raise ValueError(f"{text[:64]!r} is not ISO 8601 or Unix seconds")
     try:
         seconds = float(text)
     except ValueError:
@@ -101,6 +111,7 @@ QueryTime = Annotated[
     WithJsonSchema(
         {
             "type": "string",
+            "pattern": QUERY_TIME_PATTERN,
             "description": "ISO 8601 (UTC unless it has an offset) or Unix seconds, "
             "1970 to the year 3000",
             "examples": ["2026-01-01T00:00:00Z", "1767225600"],

@@ -182,7 +182,7 @@ def describe(app: Flask) -> dict[str, Any]:
         paths.setdefault(path, {})[method.lower()] = _operation(
             rule, method, view, op, components, models.Error
         )
-    schemas = _schemas(components, app.config["FAIRWAY_SETTINGS"])
+    schemas = _schemas(components)
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -194,6 +194,7 @@ def describe(app: Flask) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": schemas, "securitySchemes": models.SECURITY_SCHEMES},
     }
+    _apply_settings(document, app.config["FAIRWAY_SETTINGS"])
     app.extensions["fairway_openapi"] = document
     return document
 
@@ -205,7 +206,7 @@ def _path(rule: Rule) -> str:
     return out
 
 
-def _schemas(components: _Components, settings: Settings) -> dict[str, Any]:
+def _schemas(components: _Components) -> dict[str, Any]:
     # One schema per model: request models in validation mode, answers in serialization.
     pairs = list(components.models)
     _, document = models_json_schema(
@@ -213,7 +214,6 @@ def _schemas(components: _Components, settings: Settings) -> dict[str, Any]:
         ref_template=REF,
     )
     schemas = document.get("$defs", {})
-    _apply_settings(schemas, settings)
     return dict(sorted(schemas.items()))
 
 
@@ -240,7 +240,8 @@ def _operation(
     error_model: type[BaseModel],
 ) -> dict[str, Any]:
     doc = (inspect.getdoc(view) or "").replace("``", "`")
-    summary, _, description = doc.partition("\n")
+    first, _, description = doc.partition("\n\n")
+    summary = " ".join(first.split())
     roles: tuple[str, ...] | None = getattr(view, "fairway_roles", None)
     login = bool(getattr(view, "fairway_login", False) or roles)
     out: dict[str, Any] = {
