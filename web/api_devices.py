@@ -66,8 +66,8 @@ def _one_device(device_id: str) -> dict[str, Any]:
 def list_devices(query: models.TenantQuery) -> dict[str, Any]:
     """Devices of the caller's tenant (``?tenant=`` for operators)."""
     scope = tenant_scope(query.tenant)
-    query = {} if scope is None else {"tenant": scope}
-    docs = get_db()[mongo.DEVICES].find(query, {"password_hash": 0}).sort("_id", 1)
+    match = {} if scope is None else {"tenant": scope}
+    docs = get_db()[mongo.DEVICES].find(match, {"password_hash": 0}).sort("_id", 1)
     states = device_state.of_tenant(get_db(), scope)
     return {"devices": [_device_json(doc, states.get(doc["_id"])) for doc in docs]}
 

@@ -9,17 +9,26 @@ against them.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
 from fairway.domain import job_params
 from fairway.kernel.contract import parse_ts
 from fairway.kernel.reasons import Rejection as Refused
+from fairway.kernel.settings import Settings
 from fairway.storage import accounts
-from web.openapi import at_most_setting, setting_maximum
 
 API_VERSION = "1"
 API_DESCRIPTION = (
@@ -50,6 +59,29 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "required with the session cookie on POST, PUT, PATCH and DELETE.",
     },
 }
+
+SETTING_MAXIMUM = "x-fairway-maximum-setting"  # replaced by web.openapi.describe
+
+
+def at_most_setting(name: str) -> AfterValidator:
+    """Validator metadata: at most ``Settings.<name>`` of the app; pair it with
+    ``Field(json_schema_extra=setting_maximum(name))`` so the description says it."""
+
+    def check(value: float, info: ValidationInfo) -> float:
+        context = info.context or {}
+        settings: Settings | None = context.get("settings")
+        most = getattr(settings, name) if settings is not None else math.inf
+        if value > most:
+            raise ValueError(f"must be at most {most:g} (FAIRWAY_{name.upper()})")
+        return value
+
+    return AfterValidator(check)
+
+
+def setting_maximum(name: str) -> dict[str, Any]:
+    """JSON schema marker replaced by the setting's value in :func:`describe`."""
+    return {SETTING_MAXIMUM: name}
+
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 METRIC_PATTERN = r"^[A-Za-z0-9_:-]{1,64}$"
@@ -430,7 +462,7 @@ class NewReport(NewExport):
         job_params.DEFAULT_Z
     )
     detail: Literal["full", "summary"] = Field(
-        job_params.FULL,
+        "full",
         description="summary: count, min, max, mean from rollups (bucket a multiple of 3600 "
         "with from/to on whole UTC hours, or of 60 on whole minutes)",
     )

@@ -16,44 +16,24 @@ app's settings and written into the description with their configured value.
 from __future__ import annotations
 
 import inspect
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, request
-from pydantic import AfterValidator, BaseModel, ValidationError, ValidationInfo
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import Rule
 
 from fairway.kernel.settings import Settings
+from web import models
 from web.errors import ApiError
+from web.models import SETTING_MAXIMUM
 
 F = TypeVar("F", bound=Callable[..., Any])
 REF = "#/components/schemas/{model}"
-SETTING_MAXIMUM = "x-fairway-maximum-setting"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def at_most_setting(name: str) -> AfterValidator:
-    """Validator metadata: at most ``Settings.<name>`` of the app; pair it with
-    ``Field(json_schema_extra=setting_maximum(name))`` so the description says it."""
-
-    def check(value: float, info: ValidationInfo) -> float:
-        context = info.context or {}
-        settings: Settings | None = context.get("settings")
-        most = getattr(settings, name) if settings is not None else math.inf
-        if value > most:
-            raise ValueError(f"must be at most {most:g} (FAIRWAY_{name.upper()})")
-        return value
-
-    return AfterValidator(check)
-
-
-def setting_maximum(name: str) -> dict[str, Any]:
-    """JSON schema marker replaced by the setting's value in :func:`describe`."""
-    return {SETTING_MAXIMUM: name}
 
 
 @dataclass(frozen=True)
@@ -80,7 +60,7 @@ def operation(
     status: int = 200,
     answer: type[BaseModel] | None = None,
     content_type: str = "application/json",
-    errors: dict[int, Iterable[str]] | None = None,
+    errors: Mapping[int, Iterable[str]] | None = None,
     headers: dict[str, str] | None = None,
     links: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[F], F]:
@@ -104,8 +84,7 @@ def operation(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             context = {"settings": current_app.config["FAIRWAY_SETTINGS"]}
             if query is not None:
-                raw = {k: v for k, v in request.args.items() if v != ""}
-                kwargs["query"] = _validate(query, raw, context)
+                kwargs["query"] = _validate(query, request.args.to_dict(), context)
             if body is not None:
                 kwargs["body"] = _validate(body, _json_object(body_required), context)
             return view(*args, **kwargs)
@@ -170,8 +149,6 @@ def describe(app: Flask) -> dict[str, Any]:
     cached = app.extensions.get("fairway_openapi")
     if cached is not None:
         return cached
-    from web import models  # the error and security definitions
-
     components = _Components()
     paths: dict[str, dict[str, Any]] = {}
     for rule, method, view in operations(app):
@@ -247,7 +224,7 @@ def _operation(
     out: dict[str, Any] = {
         "operationId": view.__name__,
         "summary": summary.strip(),
-        "tags": [rule.rule.split("/")[2]],
+        "tags": [_tag(rule)],
         "parameters": _parameters(rule, op, components),
         "security": _security(method, login),
     }
@@ -263,6 +240,24 @@ def _operation(
         }
     out["responses"] = _responses(rule, method, op, login, roles, components, error_model)
     return out
+
+
+TAGS = {
+    "login": "session",
+    "logout": "session",
+    "me": "session",
+    "tokens": "session",
+    "push-token": "session",
+    "reports": "jobs",
+    "exports": "jobs",
+    "openapi.json": "description",
+}
+
+
+def _tag(rule: Rule) -> str:
+    """Operations grouped by their first path segment (sessions and jobs together)."""
+    segment = rule.rule.split("/")[2]
+    return TAGS.get(segment, segment)
 
 
 def _parameters(rule: Rule, op: Operation, components: _Components) -> list[dict[str, Any]]:

@@ -71,7 +71,8 @@ def test_every_operation_documents_its_errors_and_who_may_call_it() -> None:
                 assert "csrf_failed" in responses["400"]["description"], (method, path)
     report = document["paths"]["/api/reports"]["post"]
     assert "503" in report["responses"] and "job_quota" in report["responses"]["429"]["description"]
-    assert "forbidden" in document["paths"]["/api/devices"]["post"]["responses"]["403"]["description"]
+    register = document["paths"]["/api/devices"]["post"]["responses"]
+    assert "forbidden" in register["403"]["description"]
 
 
 def test_bounds_that_are_settings_are_described_with_their_value() -> None:
