@@ -241,6 +241,10 @@ def test_stateful_links_as_admin(world: World) -> None:
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             return {"headers": auth, "timeout": 30}
 
+        def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
+            case.validate_response(response, excluded_checks=EXCLUDED, headers=auth)
+            assert not _leaks(response), response.text[:300]
+
     AsAdmin.run(
         settings=hypothesis_settings(
             max_examples=QUICK_EXAMPLES,
