@@ -325,3 +325,22 @@ def test_a_key_an_operation_does_not_know_is_named(world: World) -> None:
     body = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z", "bucket": 60}
     answer = _call(world, "viewer", "POST", "/api/exports", json=body)
     _refused(answer, 400, "bad_parameter", "'bucket' is not a parameter")
+
+
+def test_the_browsable_page_lists_every_operation_for_a_logged_in_user(world: World) -> None:
+    session = requests.Session()
+    assert session.get(f"{world.base}/api-docs", allow_redirects=False).status_code == 302
+    login = {"user": "acme-viewer-q7", "password": PASSWORD}
+    assert session.post(f"{world.base}/api/login", json=login, timeout=30).status_code == 200
+    page = session.get(f"{world.base}/api-docs", timeout=30)
+    assert (
+        page.status_code == 200 and "script-src 'self'" in page.headers["Content-Security-Policy"]
+    )
+    html = page.text
+    assert "<script>" not in html and " style=" not in html
+    document = session.get(f"{world.base}/api/openapi.json", timeout=30).json()
+    for path, item in document["paths"].items():
+        for method in item:
+            assert f"{method.upper()} {path}" in html, (method, path)
+    assert "bad_parameter" in html
+    assert "&lt;= 1000" in html
