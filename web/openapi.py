@@ -49,7 +49,6 @@ class Operation:
     errors: dict[int, tuple[str, ...]]
     headers: dict[str, str]
     links: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tag: str = ""
 
 
 def operation(
