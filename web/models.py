@@ -454,9 +454,25 @@ class NewExport(Request):
     tenant: TenantId | None = None
 
 
+def _bucket(value: float) -> float:
+    """The domain's words for the bucket's bounds (``job_params.parse_report``)."""
+    if value < 1:
+        raise ValueError("must be at least 1 second")
+    if value > job_params.MAX_BUCKET_S:
+        raise ValueError(f"must be at most {job_params.MAX_BUCKET_S} seconds (a year)")
+    if value != int(value):
+        raise ValueError("must be a whole number of seconds")
+    return value
+
+
 class NewReport(NewExport):
     bucket: Annotated[
-        float, Field(ge=1, le=job_params.MAX_BUCKET_S, multiple_of=1, allow_inf_nan=False)
+        float,
+        Field(
+            allow_inf_nan=False,
+            json_schema_extra={"minimum": 1, "maximum": job_params.MAX_BUCKET_S, "multipleOf": 1},
+        ),
+        AfterValidator(_bucket),
     ] = Field(description="seconds per bucket, a whole number; FAIRWAY_REPORT_MAX_BUCKETS at most")
     z: Annotated[float, Field(ge=job_params.MIN_Z, le=job_params.MAX_Z, allow_inf_nan=False)] = (
         job_params.DEFAULT_Z
