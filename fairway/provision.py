@@ -28,11 +28,14 @@ def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlo
     (its accepted readings, before the scheduler).
     """
     check_new_id("tenant", tenant_id)
+    db = mongo.connect(settings)
+    if registry.tenant_document(db, tenant_id) is not None:
+        # Before the queues: redeclaring them with another max_backlog is a channel error.
+        raise mongo.AlreadyExists(f"tenant {tenant_id!r} exists")
     with blocking_channel(settings, "fairway-provision") as channel:
         topology.declare(channel, settings)
         topology.tenant_ingest_queue(tenant_id, settings).declare(channel)
         topology.tenant_queue(tenant_id, max_backlog, settings).declare(channel)
-    db = mongo.connect(settings)
     mongo.ensure_indexes(db)
     registry.create_tenant(db, tenant_id, weight, max_backlog)
 

@@ -15,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from fairway.kernel.settings import Settings
 from web import (
     api_devices,
+    api_docs,
     api_rules,
     api_tenants,
     api_users,
@@ -55,6 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         api_users.bp,
         api_rules.bp,
         jobs.bp,
+        api_docs.bp,
         pages.bp,
     ):
         app.register_blueprint(blueprint)

@@ -10,7 +10,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
 import web.broker_auth as broker_auth
 from fairway.amqp import management
@@ -19,8 +19,8 @@ from fairway.kernel.times import iso_z
 from fairway.provision import register_device as provision_device
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
+from web import models
 from web.auth import (
-    json_body,
     login_required,
     roles_required,
     tenant_scope,
@@ -29,7 +29,7 @@ from web.auth import (
 from web.database import get_db
 from web.errors import ApiError, bad_input
 from web.metrics import count_refusal
-from web.params import limit_param, parse_time, time_param
+from web.openapi import operation
 
 bp = Blueprint("devices", __name__, url_prefix="/api/devices")
 log = logging.getLogger(__name__)
@@ -62,26 +62,40 @@ def _one_device(device_id: str) -> dict[str, Any]:
 
 @bp.get("")
 @login_required
-def list_devices() -> dict[str, Any]:
+@operation(query=models.TenantQuery, answer=models.Devices, errors={404: ["not_found"]})
+def list_devices(query: models.TenantQuery) -> dict[str, Any]:
     """Devices of the caller's tenant (``?tenant=`` for operators)."""
-    scope = tenant_scope(request.args.get("tenant"))
-    query = {} if scope is None else {"tenant": scope}
-    docs = get_db()[mongo.DEVICES].find(query, {"password_hash": 0}).sort("_id", 1)
+    scope = tenant_scope(query.tenant)
+    match = {} if scope is None else {"tenant": scope}
+    docs = get_db()[mongo.DEVICES].find(match, {"password_hash": 0}).sort("_id", 1)
     states = device_state.of_tenant(get_db(), scope)
     return {"devices": [_device_json(doc, states.get(doc["_id"])) for doc in docs]}
 
 
 @bp.post("")
 @roles_required(*MANAGERS)
-def register_device() -> tuple[dict[str, Any], int]:
-    """``{"device", "tenant"?}`` -> credentials, shown once."""
-    body = json_body()
-    device_id = body.get("device")
-    tenant = tenant_scope(body.get("tenant"))
+@operation(
+    body=models.NewDevice,
+    status=201,
+    answer=models.Credentials,
+    errors={400: ["reserved_id"], 404: ["not_found"], 409: ["exists"]},
+    links={
+        "GetDevice": {
+            "operationId": "get_device",
+            "parameters": {"device_id": "$response.body#/device"},
+        },
+        "DisableDevice": {
+            "operationId": "disable_device",
+            "parameters": {"device_id": "$response.body#/device"},
+        },
+    },
+)
+def register_device(body: models.NewDevice) -> tuple[dict[str, Any], int]:
+    """Register a device: its credentials, shown once."""
+    device_id = body.device
+    tenant = tenant_scope(body.tenant)
     if tenant is None:
         raise ApiError(400, "bad_parameter", "operators must name the tenant")
-    if not isinstance(device_id, str):
-        raise ApiError(400, "bad_parameter", "device must be a string id")
     try:
         settings = current_app.config["FAIRWAY_SETTINGS"]
         credentials = provision_device(settings, get_db(), tenant, device_id)
@@ -94,6 +108,7 @@ def register_device() -> tuple[dict[str, Any], int]:
 
 @bp.get("/<device_id>")
 @login_required
+@operation(answer=models.Device, errors={404: ["not_found"]})
 def get_device(device_id: str) -> dict[str, Any]:
     """One device and its state."""
     return _one_device(device_id)
@@ -119,6 +134,7 @@ def _close_connections(device_id: str, why: str) -> int:
 
 @bp.post("/<device_id>/disable")
 @roles_required(*MANAGERS)
+@operation(answer=models.DisabledDevice, errors={404: ["not_found"]})
 def disable_device(device_id: str) -> dict[str, Any]:
     """Disable: new logins refused, open connections closed, relays refuse its messages."""
     visible_device(device_id)
@@ -130,6 +146,7 @@ def disable_device(device_id: str) -> dict[str, Any]:
 
 @bp.post("/<device_id>/enable")
 @roles_required(*MANAGERS)
+@operation(answer=models.Device, errors={404: ["not_found"]})
 def enable_device(device_id: str) -> dict[str, Any]:
     """Enable again."""
     visible_device(device_id)
@@ -140,6 +157,7 @@ def enable_device(device_id: str) -> dict[str, Any]:
 
 @bp.post("/<device_id>/rotate")
 @roles_required(*MANAGERS)
+@operation(answer=models.Rotated, errors={404: ["not_found"]})
 def rotate_credentials(device_id: str) -> dict[str, Any]:
     """A new password, shown once; connections with the old one are closed."""
     doc = visible_device(device_id)
@@ -158,23 +176,23 @@ def rotate_credentials(device_id: str) -> dict[str, Any]:
 
 @bp.get("/<device_id>/telemetry")
 @login_required
-def history(device_id: str) -> dict[str, Any]:
-    """Readings newest first: ``from``, ``to``, ``stream``, ``limit``, ``cursor`` (next page)."""
+@operation(query=models.HistoryQuery, answer=models.History, errors={404: ["not_found"]})
+def history(device_id: str, query: models.HistoryQuery) -> dict[str, Any]:
+    """Readings newest first, hour by hour: at most 168 hours a request, then next_cursor."""
     doc = visible_device(device_id)
-    start, end = time_param("from"), time_param("to")
+    start, end = query.start, query.end
     if start and end and start > end:
         raise ApiError(400, "bad_parameter", "from must not be after to")
-    raw_cursor = request.args.get("cursor")
-    query = telemetry.HistoryQuery(
+    read = telemetry.HistoryQuery(
         tenant=doc["tenant"],
         device=device_id,
-        limit=limit_param(),
-        stream=request.args.get("stream") or None,
+        limit=query.limit,
+        stream=query.stream,
         start=start,
         end=end,
-        cursor=_cursor(raw_cursor) if raw_cursor else None,
+        cursor=_cursor(query.cursor) if query.cursor else None,
     )
-    page = telemetry.read_history(get_db(), query)
+    page = telemetry.read_history(get_db(), read)
     return {
         "device": device_id,
         "readings": [_reading_json(d) for d in page.docs],
@@ -195,9 +213,12 @@ def _reading_json(doc: dict[str, Any]) -> dict[str, Any]:
 def _cursor(raw: str) -> telemetry.Cursor:
     """``<ts>|<_id>`` from a previous page (an empty ``_id``: everything before ``ts``)."""
     raw_ts, bar, last_id = raw.partition("|")
-    if not bar:
-        raise ApiError(400, "bad_parameter", "cursor is the next_cursor of the previous page")
-    return telemetry.Cursor(parse_time("cursor", raw_ts), last_id)
+    try:
+        if not bar:
+            raise ValueError("it is the next_cursor of the previous page")
+        return telemetry.Cursor(models.query_time(raw_ts), last_id)
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", f"'cursor': {exc}") from None
 
 
 # A chart's resolution follows its span, so a chart reads at most a few thousand points:
@@ -219,18 +240,17 @@ def _stats_json(at: datetime, s: dict[str, float]) -> dict[str, Any]:
 
 @bp.get("/<device_id>/series")
 @login_required
-def series(device_id: str) -> dict[str, Any]:
-    """One metric over ``from``..``to``: raw readings, minute or hourly rollups by span."""
+@operation(query=models.SeriesQuery, answer=models.Series, errors={404: ["not_found"]})
+def series(device_id: str, query: models.SeriesQuery) -> dict[str, Any]:
+    """One metric over from..to: raw points up to 3 hours, per-minute rollups up to 2 days,
+    hourly beyond (up to 400 days)."""
     doc = visible_device(device_id)
-    metric = request.args.get("metric")
-    if not metric:
-        raise ApiError(400, "bad_parameter", "metric names the value to chart")
-    stream = request.args.get("stream") or None
-    end = time_param("to")
+    metric, stream = query.metric, query.stream
+    end = query.end
     if end is None:
         state = device_state.get(get_db(), device_id) or {}
         end = state.get("last_ts") or datetime.now(UTC)
-    start = time_param("from") or end - SERIES_RAW_SPAN
+    start = query.start or end - SERIES_RAW_SPAN
     if start > end:
         raise ApiError(400, "bad_parameter", "from must not be after to")
     if end - start > SERIES_MAX_SPAN:
@@ -249,11 +269,11 @@ def series(device_id: str) -> dict[str, Any]:
 
 @bp.get("/<device_id>/rejections")
 @login_required
-def rejections(device_id: str) -> dict[str, Any]:
+@operation(query=models.RejectionsQuery, answer=models.Rejections, errors={404: ["not_found"]})
+def rejections(device_id: str, query: models.RejectionsQuery) -> dict[str, Any]:
     """The device's refused messages, newest first, with stable reason codes."""
     doc = visible_device(device_id)
-    before = time_param("before")
-    items = list_rejections(get_db(), doc["tenant"], device_id, limit_param(), before)
+    items = list_rejections(get_db(), doc["tenant"], device_id, query.limit, query.before)
     return {"device": device_id, "rejections": [_rejection_json(r) for r in items]}
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
 from fairway.domain import alerts
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, rules
-from web.auth import json_body, login_required, roles_required, tenant_scope, visible_device
+from web import models
+from web.auth import login_required, roles_required, tenant_scope, visible_device
 from web.database import get_db
 from web.errors import ApiError
+from web.openapi import operation
 
 bp = Blueprint("rules", __name__, url_prefix="/api/rules")
 
@@ -25,9 +27,10 @@ def _rule_json(doc: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("")
 @login_required
-def list_rules() -> dict[str, Any]:
+@operation(query=models.TenantQuery, answer=models.Rules, errors={404: ["not_found"]})
+def list_rules(query: models.TenantQuery) -> dict[str, Any]:
     """The tenant's rules (operators: ``?tenant=``)."""
-    tenant = tenant_scope(request.args.get("tenant"))
+    tenant = tenant_scope(query.tenant)
     if tenant is None:
         raise ApiError(400, "bad_parameter", "operators must name the tenant")
     return {"rules": [_rule_json(r) for r in rules.list_rules(get_db(), tenant)]}
@@ -35,13 +38,24 @@ def list_rules() -> dict[str, Any]:
 
 @bp.post("")
 @roles_required(accounts.OPERATOR, accounts.ADMIN)
-def create_rule() -> tuple[dict[str, Any], int]:
-    """``{"metric", "op", "threshold", "hysteresis"?, "device"?, "tenant"?}``."""
-    body = json_body()
-    tenant = tenant_scope(body.get("tenant"))
-    device = body.get("device")
+@operation(
+    body=models.NewRule,
+    status=201,
+    answer=models.Rule,
+    errors={404: ["not_found"], 409: ["too_many_rules"]},
+    links={
+        "DeleteRule": {
+            "operationId": "delete_rule",
+            "parameters": {"rule_id": "$response.body#/rule"},
+        }
+    },
+)
+def create_rule(body: models.NewRule) -> tuple[dict[str, Any], int]:
+    """A threshold alert with hysteresis, on one device or every device of the tenant."""
+    tenant = tenant_scope(body.tenant)
+    device = body.device
     if device is not None:
-        tenant = visible_device(str(device), tenant)["tenant"]
+        tenant = visible_device(device, tenant)["tenant"]
     if tenant is None:
         raise ApiError(400, "bad_parameter", "operators must name the tenant or a device")
     try:
@@ -49,10 +63,10 @@ def create_rule() -> tuple[dict[str, Any], int]:
             get_db(),
             tenant,
             device,
-            body.get("metric"),
-            body.get("op"),
-            body.get("threshold"),
-            body.get("hysteresis", 0.0),
+            body.metric,
+            body.op,
+            body.threshold,
+            body.hysteresis,
             max_rules=current_app.config["FAIRWAY_SETTINGS"].max_rules_per_tenant,
         )
     except alerts.TooManyRules as exc:
@@ -64,6 +78,7 @@ def create_rule() -> tuple[dict[str, Any], int]:
 
 @bp.delete("/<rule_id>")
 @roles_required(accounts.OPERATOR, accounts.ADMIN)
+@operation(answer=models.Deleted, errors={404: ["not_found"]})
 def delete_rule(rule_id: str) -> dict[str, str]:
     """Delete a rule of the caller's tenant."""
     db = get_db()

@@ -8,9 +8,11 @@ from flask import Blueprint, current_app
 
 from fairway.provision import provision_tenant
 from fairway.storage import accounts, mongo, registry
-from web.auth import json_body, login_required, roles_required, tenant_scope
+from web import models
+from web.auth import login_required, roles_required, tenant_scope
 from web.database import get_db
 from web.errors import ApiError, bad_input
+from web.openapi import operation
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
 
@@ -26,6 +28,7 @@ def _tenant_json(doc: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("")
 @login_required
+@operation(answer=models.Tenants)
 def list_tenants() -> dict[str, Any]:
     """Tenants the caller may see."""
     scope = tenant_scope(None)
@@ -34,17 +37,19 @@ def list_tenants() -> dict[str, Any]:
 
 @bp.post("")
 @roles_required(accounts.OPERATOR)
-def create_tenant() -> tuple[dict[str, Any], int]:
-    """Provision a tenant (queue first, then record): ``{"tenant", "weight", "max_backlog"}``."""
+@operation(
+    body=models.NewTenant,
+    status=201,
+    answer=models.Tenant,
+    errors={400: ["reserved_id"], 409: ["exists"]},
+)
+def create_tenant(body: models.NewTenant) -> tuple[dict[str, Any], int]:
+    """Provision a tenant (queue first, then record)."""
     settings = current_app.config["FAIRWAY_SETTINGS"]
-    body = json_body()
-    tenant_id = body.get("tenant")
-    weight = body.get("weight", 1)
-    backlog = body.get("max_backlog", settings.tenant_max_backlog)
-    if not (isinstance(tenant_id, str) and isinstance(weight, int) and isinstance(backlog, int)):
-        raise ApiError(400, "bad_parameter", "tenant (string), weight and max_backlog (integers)")
+    tenant_id = body.tenant
+    backlog = settings.tenant_max_backlog if body.max_backlog is None else body.max_backlog
     try:
-        provision_tenant(settings, tenant_id, weight, backlog)
+        provision_tenant(settings, tenant_id, body.weight, backlog)
     except ValueError as exc:
         raise bad_input(exc) from None
     except mongo.AlreadyExists as exc:
@@ -54,6 +59,7 @@ def create_tenant() -> tuple[dict[str, Any], int]:
 
 @bp.get("/<tenant_id>")
 @login_required
+@operation(answer=models.Tenant, errors={404: ["not_found"]})
 def get_tenant(tenant_id: str) -> dict[str, Any]:
     """One tenant."""
     tenant_scope(tenant_id)
@@ -65,16 +71,10 @@ def get_tenant(tenant_id: str) -> dict[str, Any]:
 
 @bp.patch("/<tenant_id>")
 @roles_required(accounts.OPERATOR)
-def update_tenant(tenant_id: str) -> dict[str, Any]:
+@operation(body=models.TenantChange, answer=models.Tenant, errors={404: ["not_found"]})
+def update_tenant(tenant_id: str, body: models.TenantChange) -> dict[str, Any]:
     """Change ``weight`` (DRR share) or ``retention_days`` (readings kept)."""
-    body = json_body()
-    changes: dict[str, int] = {}
-    for name in ("weight", "retention_days"):
-        if name in body:
-            value = body[name]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ApiError(400, "bad_parameter", f"{name} must be an integer >= 1")
-            changes[name] = value
+    changes: dict[str, int] = body.model_dump(exclude_none=True)
     if not changes:
         raise ApiError(400, "bad_parameter", "send weight and/or retention_days")
     updated = registry.update_tenant(get_db(), tenant_id, changes)

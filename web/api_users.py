@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
 from fairway.domain import permissions
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, mongo
+from web import models
 from web.auth import (
     current_user,
-    json_body,
     login_required,
     roles_required,
     tenant_scope,
@@ -25,6 +25,7 @@ from web.auth import (
 from web.broker import get_broker
 from web.database import get_db
 from web.errors import ApiError, bad_input
+from web.openapi import operation
 
 bp = Blueprint("users", __name__, url_prefix="/api")
 MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
@@ -54,25 +55,29 @@ def _managed_user(user_id: str) -> dict[str, Any]:
 
 @bp.get("/users")
 @roles_required(*MANAGERS)
-def list_users() -> dict[str, Any]:
+@operation(query=models.TenantQuery, answer=models.Users, errors={404: ["not_found"]})
+def list_users(query: models.TenantQuery) -> dict[str, Any]:
     """Users of the caller's tenant (operators: all, or ``?tenant=``)."""
-    scope = tenant_scope(request.args.get("tenant"))
+    scope = tenant_scope(query.tenant)
     return {"users": [_user_json(d) for d in accounts.list_users(get_db(), scope)]}
 
 
 @bp.post("/users")
 @roles_required(*MANAGERS)
-def create_user() -> tuple[dict[str, Any], int]:
-    """``{"user", "password", "role", "tenant"?}``; admins create admins and viewers."""
-    body = json_body()
-    role = body.get("role", accounts.VIEWER)
+@operation(
+    body=models.NewUser,
+    status=201,
+    answer=models.User,
+    errors={400: ["reserved_id"], 404: ["not_found"], 409: ["exists"]},
+)
+def create_user(body: models.NewUser) -> tuple[dict[str, Any], int]:
+    """Create a user; admins create admins and viewers of their tenant."""
+    role = body.role
     caller = current_user()
     if role == accounts.OPERATOR and not caller.is_operator:
         raise ApiError(403, "forbidden", "only operators create operators")
-    tenant = None if role == accounts.OPERATOR else tenant_scope(body.get("tenant"))
-    user_id, password = body.get("user"), body.get("password")
-    if not isinstance(user_id, str) or not isinstance(password, str):
-        raise ApiError(400, "bad_parameter", "user and password are required strings")
+    tenant = None if role == accounts.OPERATOR else tenant_scope(body.tenant)
+    user_id, password = body.user, body.password
     db = get_db()
     try:
         accounts.create_user(db, user_id, password, role, tenant)
@@ -88,13 +93,13 @@ def create_user() -> tuple[dict[str, Any], int]:
 
 @bp.patch("/users/<user_id>")
 @roles_required(*MANAGERS)
-def update_user(user_id: str) -> dict[str, Any]:
+@operation(body=models.UserChange, answer=models.User, errors={404: ["not_found"]})
+def update_user(user_id: str, body: models.UserChange) -> dict[str, Any]:
     """Change ``role`` or ``enabled``; disabling revokes tokens and live feeds at once."""
     doc = _managed_user(user_id)
-    body = json_body()
     changes: dict[str, Any] = {}
-    if "role" in body:
-        role = body["role"]
+    if body.role is not None:
+        role = body.role
         if role == accounts.OPERATOR and not current_user().is_operator:
             raise ApiError(403, "forbidden", "only operators create operators")
         try:
@@ -102,10 +107,8 @@ def update_user(user_id: str) -> dict[str, Any]:
         except ValueError as exc:
             raise ApiError(400, "bad_parameter", str(exc)) from None
         changes["role"] = role
-    if "enabled" in body:
-        if not isinstance(body["enabled"], bool):
-            raise ApiError(400, "bad_parameter", "enabled must be true or false")
-        changes["enabled"] = body["enabled"]
+    if body.enabled is not None:
+        changes["enabled"] = body.enabled
     if not changes:
         raise ApiError(400, "bad_parameter", "send role and/or enabled")
     db = get_db()
@@ -118,6 +121,7 @@ def update_user(user_id: str) -> dict[str, Any]:
 
 @bp.get("/subscriptions")
 @login_required
+@operation(answer=models.Subscriptions)
 def list_subscriptions() -> dict[str, Any]:
     """Devices the caller follows live."""
     doc = accounts.user_document(get_db(), current_user().id) or {}
@@ -141,6 +145,9 @@ def _set_subscription(device_id: str, follow: bool) -> dict[str, Any]:
 
 @bp.put("/subscriptions/<device_id>")
 @login_required
+@operation(
+    answer=models.Subscriptions, errors={400: ["too_many_subscriptions"], 404: ["not_found"]}
+)
 def subscribe(device_id: str) -> dict[str, Any]:
     """Follow a device of the caller's tenant live (one bind per event kind)."""
     return _set_subscription(device_id, True)
@@ -148,6 +155,7 @@ def subscribe(device_id: str) -> dict[str, Any]:
 
 @bp.delete("/subscriptions/<device_id>")
 @login_required
+@operation(answer=models.Subscriptions, errors={404: ["not_found"]})
 def unsubscribe(device_id: str) -> dict[str, Any]:
     """Stop following a device."""
     return _set_subscription(device_id, False)

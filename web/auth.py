@@ -37,9 +37,11 @@ from fairway.storage import accounts, registry
 from fairway.storage.accounts import User
 from fairway.storage.mongo import TENANTS
 from ingest.ratelimit import RateLimiter
+from web import models
 from web.broker import get_broker
 from web.database import get_db
 from web.errors import ApiError
+from web.openapi import operation
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
 csrf = CSRFProtect()
@@ -128,6 +130,7 @@ def login_required(view: F) -> F:
         current_user()
         return view(*args, **kwargs)
 
+    wrapper.fairway_login = True  # type: ignore[attr-defined]  # read by web.openapi
     return wrapper  # type: ignore[return-value]
 
 
@@ -141,6 +144,7 @@ def roles_required(*roles: str) -> Callable[[F], F]:
                 raise ApiError(403, "forbidden", f"this needs the role {' or '.join(roles)}")
             return view(*args, **kwargs)
 
+        wrapper.fairway_roles = roles  # type: ignore[attr-defined]  # read by web.openapi
         return wrapper  # type: ignore[return-value]
 
     return decorate
@@ -191,14 +195,6 @@ def visible_or_404(doc: dict[str, Any] | None, kind: str, ident: str) -> dict[st
     return doc
 
 
-def json_body() -> dict[str, Any]:
-    """The request's JSON object, or 400."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "send a JSON object with content-type application/json")
-    return body
-
-
 def log_in(user_id: str, password: str) -> User:
     """Check credentials with throttling; start a fresh session. Raises ApiError."""
     settings = current_app.config["FAIRWAY_SETTINGS"]
@@ -231,16 +227,19 @@ def log_in(user_id: str, password: str) -> User:
 
 
 @bp.post("/login")
-def login() -> dict[str, Any]:
-    """``{"user", "password"}`` -> session cookie and the caller's profile."""
-    body = json_body()
-    user_id, password = body.get("user"), body.get("password")
-    if not isinstance(user_id, str) or not isinstance(password, str):
-        raise ApiError(400, "bad_request", "user and password are required strings")
-    return profile(log_in(user_id, password))
+@operation(
+    body=models.Login,
+    answer=models.Profile,
+    errors={401: ["bad_credentials"], 429: ["too_many_attempts"]},
+    headers={"Set-Cookie": "the session cookie"},
+)
+def login(body: models.Login) -> dict[str, Any]:
+    """Log in: a session cookie and the caller's profile (with the CSRF token)."""
+    return profile(log_in(body.user, body.password))
 
 
 @bp.post("/logout")
+@operation(answer=models.LoggedOut)
 def logout() -> dict[str, str]:
     """End the session."""
     session.clear()
@@ -249,6 +248,7 @@ def logout() -> dict[str, str]:
 
 @bp.get("/me")
 @login_required
+@operation(answer=models.Profile)
 def me() -> dict[str, Any]:
     """The caller's profile and this session's CSRF token."""
     return profile(current_user())
@@ -268,23 +268,30 @@ def profile(user: User) -> dict[str, Any]:
 
 @bp.post("/tokens")
 @login_required
-def create_token() -> tuple[dict[str, Any], int]:
-    """A new API token for the caller, shown once (``{"name", "ttl_s"}`` optional)."""
+@operation(
+    body=models.NewToken,
+    body_required=False,
+    status=201,
+    answer=models.Token,
+    errors={403: ["session_required"]},
+)
+def create_token(body: models.NewToken) -> tuple[dict[str, Any], int]:
+    """A new API token for the caller, shown once (from a logged-in session only)."""
     if g.auth != "session":
         # Otherwise a leaked token could keep minting successors and never expire.
         raise ApiError(403, "session_required", "create API tokens from a logged-in session")
     settings = current_app.config["FAIRWAY_SETTINGS"]
-    body = request.get_json(silent=True) or {}
-    ttl = body.get("ttl_s", settings.api_token_ttl_s)
-    if not isinstance(ttl, int | float) or not 0 < ttl <= settings.api_token_ttl_s:
-        raise ApiError(400, "bad_parameter", f"ttl_s must be in (0, {settings.api_token_ttl_s:g}]")
-    name = str(body.get("name", ""))
-    token = accounts.create_api_token(get_db(), current_user().id, float(ttl), name)
-    return {"token": token, "ttl_s": ttl, "name": name}, 201
+    ttl = settings.api_token_ttl_s if body.ttl_s is None else body.ttl_s
+    token = accounts.create_api_token(get_db(), current_user().id, float(ttl), body.name)
+    return {"token": token, "ttl_s": ttl, "name": body.name}, 201
 
 
 @bp.get("/push-token")
 @login_required
+@operation(
+    answer=models.PushToken,
+    errors={429: ["push_token_rate"]},
+)
 def push_token() -> dict[str, str]:
     """A short-lived token for the push gateway and the URL to open with it."""
     settings = current_app.config["FAIRWAY_SETTINGS"]

@@ -19,7 +19,7 @@ from typing import Any
 from amqp.exceptions import MessageNacked
 from billiard.exceptions import TimeLimitExceeded
 from celery import Celery
-from flask import Blueprint, Response, current_app, request, stream_with_context
+from flask import Blueprint, Response, current_app, stream_with_context
 from prometheus_client import Counter
 
 import tasks.export as export
@@ -30,9 +30,9 @@ from fairway.storage import job_records
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
 from tasks.report import TooManySeries, check_series
+from web import models
 from web.auth import (
     current_user,
-    json_body,
     login_required,
     tenant_scope,
     visible_device,
@@ -40,7 +40,7 @@ from web.auth import (
 )
 from web.database import get_db
 from web.errors import ApiError
-from web.params import limit_param
+from web.openapi import operation
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
@@ -75,10 +75,7 @@ def _settings() -> Settings:
     return current_app.config["FAIRWAY_SETTINGS"]
 
 
-def _job_tenant(body: dict[str, Any]) -> str:
-    tenant = body.get("tenant")
-    if tenant is not None and not isinstance(tenant, str):
-        raise ApiError(400, "bad_parameter", "'tenant' must be a tenant id")
+def _job_tenant(tenant: str | None) -> str:
     scope = tenant_scope(tenant)
     if scope is None:
         raise ApiError(400, "bad_parameter", "operators must name the 'tenant' of the job")
@@ -146,14 +143,30 @@ def _submit(kind: str, task: str, tenant: str, params: dict[str, Any]) -> tuple[
     return {"job": job_id, "url": url}, 202, {"Location": url}
 
 
+JOB_ERRORS = {
+    404: ["not_found"],
+    429: ["job_quota"],
+    503: ["queue_full", "broker_unavailable"],
+}
+JOB_LINKS = {"GetJob": {"operationId": "show_job", "parameters": {"job_id": "$response.body#/job"}}}
+
+
 @bp.post("/reports")
 @login_required
-def create_report() -> tuple[dict, int, dict]:
-    """Queue a report: ``{"device"?, "from", "to", "bucket", "z"?, "tenant"?}``."""
-    body = json_body()
-    tenant = _job_tenant(body)
+@operation(
+    body=models.NewReport,
+    status=202,
+    answer=models.Submitted,
+    errors=JOB_ERRORS,
+    headers={"Location": "the job's URL"},
+    links=JOB_LINKS,
+)
+def create_report(body: models.NewReport) -> tuple[dict, int, dict]:
+    """Queue a report: per bucket count, min, max, mean (and std, p50, p95, outliers with
+    detail full); 202 with the job's URL."""
+    tenant = _job_tenant(body.tenant)
     try:
-        params = parse_report(body, _settings())
+        params = parse_report(body.model_dump(by_alias=True), _settings())
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     try:
@@ -166,12 +179,19 @@ def create_report() -> tuple[dict, int, dict]:
 
 @bp.post("/exports")
 @login_required
-def create_export() -> tuple[dict, int, dict]:
-    """Queue a CSV export: ``{"device"?, "from", "to", "tenant"?}``."""
-    body = json_body()
-    tenant = _job_tenant(body)
+@operation(
+    body=models.NewExport,
+    status=202,
+    answer=models.Submitted,
+    errors=JOB_ERRORS,
+    headers={"Location": "the job's URL"},
+    links=JOB_LINKS,
+)
+def create_export(body: models.NewExport) -> tuple[dict, int, dict]:
+    """Queue a CSV export of the readings; 202 with the job's URL."""
+    tenant = _job_tenant(body.tenant)
     try:
-        params = parse_export(body)
+        params = parse_export(body.model_dump(by_alias=True))
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     _check_device(tenant, params.device)
@@ -234,10 +254,11 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/jobs")
 @login_required
-def list_jobs() -> dict[str, Any]:
+@operation(query=models.JobsQuery, answer=models.Jobs, errors={404: ["not_found"]})
+def list_jobs(query: models.JobsQuery) -> dict[str, Any]:
     """The latest jobs of the caller's tenant (``?tenant=`` for operators), newest first."""
-    scope = tenant_scope(request.args.get("tenant"))
-    jobs = job_records.list_jobs(get_db(), scope, limit_param(20))
+    scope = tenant_scope(query.tenant)
+    jobs = job_records.list_jobs(get_db(), scope, query.limit)
     return {
         "jobs": [
             {
@@ -255,6 +276,7 @@ def list_jobs() -> dict[str, Any]:
 
 @bp.get("/jobs/<job_id>")
 @login_required
+@operation(answer=models.Job, errors={404: ["not_found"]})
 def show_job(job_id: str) -> dict[str, Any]:
     """State (``PENDING``, ``STARTED``, ``PROGRESS``, ``SUCCESS``, ``FAILURE``, ``RETRY``),
     progress ``{"done", "total"}``, and the result or the reason it failed."""
@@ -263,6 +285,11 @@ def show_job(job_id: str) -> dict[str, Any]:
 
 @bp.get("/jobs/<job_id>/download")
 @login_required
+@operation(
+    content_type="text/csv",
+    errors={404: ["not_found"], 409: ["not_ready"]},
+    headers={"Content-Disposition": "attachment; filename=export-<job>.csv"},
+)
 def download(job_id: str) -> Response:
     """Stream a finished export's CSV."""
     job = visible_job(job_id)

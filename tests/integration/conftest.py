@@ -30,11 +30,18 @@ TEST_SECRET_KEY = "fairway-test-secret-key-0123456789"
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test below this folder ``integration``."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test below this folder ``integration``; leave the long ``fuzz`` runs out
+    unless ``-m`` names them (``pytest -m fuzz``)."""
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.integration)
+    if "fuzz" in (config.option.markexpr or ""):
+        return
+    long_runs = [item for item in items if item.get_closest_marker("fuzz")]
+    if long_runs:
+        config.hook.pytest_deselected(items=long_runs)
+        items[:] = [item for item in items if not item.get_closest_marker("fuzz")]
 
 
 @pytest.fixture(scope="session")

@@ -418,8 +418,9 @@
     $("#new-report").onsubmit = async (e) => {
       e.preventDefault();
       const f = new FormData(e.target);
-      const body = { from: new Date(f.get("from")).toISOString(), to: new Date(f.get("to")).toISOString(),
-                     bucket: Number(f.get("bucket")) };
+      const body = { from: new Date(f.get("from")).toISOString(), to: new Date(f.get("to")).toISOString() };
+      // Exports take no bucket, and the API refuses keys an operation does not know.
+      if (f.get("kind") === "reports") body.bucket = Number(f.get("bucket"));
       if (f.get("device")) body.device = f.get("device");
       const error = $("#report-error");
       try {
