@@ -5,6 +5,7 @@ through the rollup task, exactly once."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,17 @@ from scheduler.sink import MongoSink
 from tasks import rollup
 from tests.integration.rollup_figures import actual_rollups, expected_rollups, rounded
 
-NOW = floor_hour(datetime.now(UTC))  # the open hour's start
+NOW = floor_hour(datetime.now(UTC))  # the open hour's start, set again for each test
+
+
+@pytest.fixture(autouse=True)
+def open_hour() -> None:
+    """``NOW`` for this test, not too close to the hour's end (each test takes seconds)."""
+    global NOW
+    now = datetime.now(UTC)
+    if closes(floor_hour(now)) - now < timedelta(seconds=20):
+        time.sleep((closes(floor_hour(now)) - now).total_seconds() + 1)
+    NOW = floor_hour(datetime.now(UTC))
 
 
 @pytest.fixture

@@ -198,6 +198,7 @@ def test_gin_indexes_of_fields_no_longer_listed_are_dropped(
     pg_db: Database, base_settings: Settings
 ) -> None:
     url = base_settings.postgres_url
+    mongo.ensure_indexes(pg_db, url)  # the collections and their tables
     wider = {**mongo.EQUALITY_FIELDS, mongo.TELEMETRY: ("hk", "tenant", "device")}
     ferretdb.ensure_gin_indexes(pg_db, url, wider)  # what an older release created
     table = backing_tables(url, pg_db.name)[mongo.TELEMETRY]
