@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Annotated, Any, Literal
 
@@ -42,6 +43,8 @@ MAX_WEIGHT = 1000
 MAX_BACKLOG = 1_000_000_000
 # Ids per registry query or insert: FerretDB prefers small bulks.
 DB_CHUNK = 200
+# Tenants (or devices) whose declarations are sent before waiting for the broker.
+PIPELINE_CHUNK = 100
 
 Result = Literal["created", "exists", "refused"]
 CREATED: Result = "created"
@@ -61,6 +64,7 @@ PROVISIONED = Counter(
 )
 BATCHES = Counter("fairway_provision_batches_total", "Bulk provisioning batches run")
 
+Declaration = Callable[[Any], None]  # sends AMQP methods on the channel it is given
 DeviceId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
@@ -242,11 +246,14 @@ class BulkProvisioner:
                 _exists(outcome, f"tenant {item.tenant!r} exists")
                 continue
             backlog = item.max_backlog or self.settings.tenant_max_backlog
-            problem = self._declare_tenant(item.tenant, backlog)
-            if problem:
-                _refuse(outcome, QUEUE_MISMATCH, problem)
-                continue
             records.append(registry.tenant_record(item.tenant, item.weight, backlog))
+        problems = self._declare_all(
+            [(r["_id"], self._tenant_queues(r["_id"], r["max_backlog"])) for r in records]
+        )
+        for outcome in outcomes:
+            if outcome.result == CREATED and outcome.tenant in problems:
+                _refuse(outcome, QUEUE_MISMATCH, problems[outcome.tenant])
+        records = [r for r in records if r["_id"] not in problems]
         taken: set[str] = set()
         for chunk in _chunks(records):
             taken |= registry.insert_new(self.db, mongo.TENANTS, list(chunk))
@@ -255,15 +262,43 @@ class BulkProvisioner:
                 _exists(outcome, f"tenant {outcome.tenant!r} exists")
         return outcomes
 
-    def _declare_tenant(self, tenant: str, max_backlog: int) -> str | None:
-        """Declare the tenant's two queues; the broker's refusal as a sentence, or None."""
-        try:
-            topology.tenant_ingest_queue(tenant, self.settings).declare(self._channel)
-            topology.tenant_queue(tenant, max_backlog, self.settings).declare(self._channel)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            self._reopen()
-            return f"the broker refused the queues of {tenant!r}: {exc.reply_text}"
-        return None
+    def _tenant_queues(self, tenant: str, max_backlog: int) -> list[Declaration]:
+        """What a tenant needs: ``ingest.<tenant>``, ``tenant.<tenant>`` and its binding."""
+        return [
+            topology.tenant_ingest_queue(tenant, self.settings).declare,
+            topology.tenant_queue(tenant, max_backlog, self.settings).declare,
+        ]
+
+    def _declare_all(self, work: list[tuple[str, list[Declaration]]]) -> dict[str, str]:
+        """Run each key's declarations; the broker's refusal per key (a sentence).
+
+        Pipelined: a chunk of keys is sent without waiting for each answer (``nowait``),
+        then one synchronous call waits for the broker to have done them all. A chunk
+        the broker refused (it closes the channel) is run again one key at a time,
+        waiting for each, to tell which key it was: declarations are idempotent.
+        """
+        problems: dict[str, str] = {}
+        for chunk in _chunks(work, PIPELINE_CHUNK):
+            try:
+                # pika's blocking channel has no nowait; its underlying channel sends
+                # these methods with nowait when no callback is given.
+                for _key, declarations in chunk:
+                    for declare in declarations:
+                        declare(self._channel._impl)
+                self._channel.basic_qos(prefetch_count=0)  # a round trip after them all
+            except (
+                pika.exceptions.ChannelClosedByBroker,
+                pika.exceptions.ChannelWrongStateError,  # closed while we were sending
+            ):
+                self._reopen()
+                for key, declarations in chunk:
+                    try:
+                        for declare in declarations:
+                            declare(self._channel)
+                    except pika.exceptions.ChannelClosedByBroker as exc:
+                        self._reopen()
+                        problems[key] = f"the broker refused {key!r}: {exc.reply_text}"
+        return problems
 
     def _reopen(self) -> None:
         """A channel error closes the channel, not the connection: open another one."""
@@ -319,23 +354,29 @@ class BulkProvisioner:
         As in single registration, a device whose binding fails stays registered (its
         messages take the shared ``ingest``); the batch run again binds it.
         """
+        work: list[tuple[str, list[Declaration]]] = []
         declared: set[str] = set()
         for outcome in outcomes:
             assert outcome.device is not None
-            try:
-                if outcome.tenant not in declared:
-                    topology.tenant_ingest_queue(outcome.tenant, self.settings).declare(
-                        self._channel
-                    )
-                    declared.add(outcome.tenant)
-                topology.bind_device(self._channel, outcome.tenant, outcome.device)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                self._reopen()
-                outcome.message = f"registered but not bound ({exc.reply_text}); run it again"
+            steps: list[Declaration] = []
+            if outcome.tenant not in declared:
+                steps.append(topology.tenant_ingest_queue(outcome.tenant, self.settings).declare)
+                declared.add(outcome.tenant)
+            steps.append(partial(_bind_device, tenant=outcome.tenant, device=outcome.device))
+            work.append((outcome.device, steps))
+        problems = self._declare_all(work)
+        for outcome in outcomes:
+            problem = problems.get(outcome.device or "")
+            if problem:
+                outcome.message = f"registered but not bound ({problem}); run it again"
                 log.warning(
                     "device registered but not bound",
                     extra={"tenant": outcome.tenant, "device": outcome.device},
                 )
+
+
+def _bind_device(channel: Any, tenant: str, device: str) -> None:
+    topology.bind_device(channel, tenant, device)
 
 
 def _check_new(kind: str, tenant: str, value: str, seen: set[str]) -> Outcome:

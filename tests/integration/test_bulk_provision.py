@@ -141,8 +141,10 @@ def test_each_item_has_its_outcome_and_the_others_are_made(pipeline: Pipeline) -
     pipeline.tenant("old", weight=2)
     pipeline.tenant("other")
     pipeline.device("other", "taken")
-    with pipeline.channel() as channel:  # a leftover queue with other arguments
+    registry.create_tenant(pipeline.db, "bare", 1, 10)  # recorded, its queues not declared
+    with pipeline.channel() as channel:  # leftover queues with other arguments
         channel.queue_declare("tenant.clash", durable=True, arguments={"x-max-length": 7})
+        channel.queue_declare("ingest.bare", durable=True, arguments={"x-max-length": 7})
     items = [
         {"tenant": "old", "weight": 5, "devices": ["old-new"]},
         {"tenant": "admin", "devices": ["admin-d"]},
@@ -150,6 +152,7 @@ def test_each_item_has_its_outcome_and_the_others_are_made(pipeline: Pipeline) -
         {"tenant": "fresh", "devices": ["taken", "fresh-d", "fresh-d", "guest"]},
         {"tenant": "fresh"},
         {"tenant": "last", "devices": ["last-d"]},
+        {"tenant": "bare", "devices": ["bare-d"]},
     ]
     with BulkProvisioner(pipeline.settings, pipeline.db) as bulk:
         report = bulk.provision([TenantItem.model_validate(i) for i in items]).as_json()
@@ -161,6 +164,7 @@ def test_each_item_has_its_outcome_and_the_others_are_made(pipeline: Pipeline) -
         ("fresh", "created", None),
         ("fresh", "refused", "duplicate"),
         ("last", "created", None),  # after a channel error, on a new channel
+        ("bare", "exists", None),
     ]
     devices = [(d["device"], d["result"], d["reason"]) for d in report["devices"]]
     assert devices == [
@@ -172,7 +176,10 @@ def test_each_item_has_its_outcome_and_the_others_are_made(pipeline: Pipeline) -
         ("fresh-d", "refused", "duplicate"),
         ("guest", "refused", "reserved_id"),
         ("last-d", "created", None),
+        ("bare-d", "created", None),  # registered; its binding refused, said in message
     ]
+    assert "not bound" in report["devices"][-1]["message"]
+    assert report["devices"][-1]["password"]
     assert all(d["message"] for d in report["devices"] if d["result"] == "refused")
     assert (registry.tenant_document(pipeline.db, "old") or {})["weight"] == 2  # left as it is
     assert registry.tenant_document(pipeline.db, "clash") is None
