@@ -220,13 +220,15 @@ class BulkProvisioner:
     def provision(self, items: Sequence[TenantItem]) -> Report:
         """Provision one batch (at most ``provision_batch_max`` tenants and devices)."""
         check_batch_size(items, self.settings.provision_batch_max)
-        BATCHES.inc()
         tenants = self._tenants(items)
-        report = Report(tenants=tenants, devices=self._devices(items, tenants))
-        for kind, outcomes in report._kinds():
-            for outcome in outcomes:
-                PROVISIONED.labels(kind, outcome.result).inc()
-        return report
+        return _counted(Report(tenants=tenants, devices=self._devices(items, tenants)))
+
+    def register_devices(self, tenant: str, devices: Sequence[str]) -> Report:
+        """Register ``devices`` under ``tenant``, which the caller knows exists (one batch;
+        the report holds devices only)."""
+        items = [TenantItem.model_validate({"tenant": tenant, "devices": list(devices)})]
+        check_batch_size(items, self.settings.provision_batch_max)
+        return _counted(Report(devices=self._devices(items, [Outcome(tenant, EXISTS)])))
 
     # -- tenants -----------------------------------------------------------------------
     def _tenants(self, items: Sequence[TenantItem]) -> list[Outcome]:
@@ -377,6 +379,14 @@ class BulkProvisioner:
 
 def _bind_device(channel: Any, tenant: str, device: str) -> None:
     topology.bind_device(channel, tenant, device)
+
+
+def _counted(report: Report) -> Report:
+    BATCHES.inc()
+    for kind, outcomes in report._kinds():
+        for outcome in outcomes:
+            PROVISIONED.labels(kind, outcome.result).inc()
+    return report
 
 
 def _check_new(kind: str, tenant: str, value: str, seen: set[str]) -> Outcome:

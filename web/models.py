@@ -302,6 +302,25 @@ class NewTenants(Batch):
         return self
 
 
+class NewDevices(Request):
+    """Devices of one tenant, registered in one batch."""
+
+    tenant: TenantId | None = None
+    devices: list[Id] = Field(
+        min_length=1, json_schema_extra=setting_max_items("provision_batch_max")
+    )
+
+    @model_validator(mode="after")
+    def _within_setting(self, info: ValidationInfo) -> NewDevices:
+        settings: Settings | None = (info.context or {}).get("settings")
+        if settings is not None and len(self.devices) > settings.provision_batch_max:
+            raise ValueError(
+                f"a batch holds at most {settings.provision_batch_max} devices"
+                f" (FAIRWAY_PROVISION_BATCH_MAX); this one has {len(self.devices)}"
+            )
+        return self
+
+
 ProvisionResult = Literal["created", "exists", "refused"]
 ProvisionReason = Literal["reserved_id", "duplicate", "exists", "tenant_refused", "queue_mismatch"]
 
@@ -337,6 +356,11 @@ class ProvisionCounts(Answer):
 class Provisioned(Answer):
     counts: ProvisionCounts
     tenants: list[TenantOutcome] = Field(description="in the order sent")
+    devices: list[DeviceOutcome] = Field(description="in the order sent")
+
+
+class ProvisionedDevices(Answer):
+    counts: OutcomeCounts
     devices: list[DeviceOutcome] = Field(description="in the order sent")
 
 

@@ -218,3 +218,47 @@ def test_the_batch_bound(pipeline: Pipeline, tmp_path: Path) -> None:
     path.write_text(json.dumps({"tenants": [{"tenant": "Bad Id"}]}))
     bad = CliRunner().invoke(cli, ["tenant", "create-many", str(path)], env=env)
     assert bad.exit_code == 1 and "tenants.0.tenant" in bad.stderr
+
+
+@pytest.mark.settings(provision_batch_max=4)
+def test_a_tenant_admin_registers_many_devices_of_its_own_tenant(pipeline: Pipeline) -> None:
+    pipeline.tenant("a")
+    pipeline.tenant("b")
+    pipeline.device("b", "b-taken")
+    pipeline.device("a", "a-old")
+    app = create_app({"FAIRWAY_SETTINGS": pipeline.settings, "TESTING": True})
+    tokens = {}
+    for user, role, tenant in (
+        ("adm", accounts.ADMIN, "a"),
+        ("view", accounts.VIEWER, "a"),
+        ("op", accounts.OPERATOR, None),
+    ):
+        accounts.create_user(pipeline.db, user, "correct horse battery", role, tenant)
+        tokens[user] = accounts.create_api_token(pipeline.db, user, 3600)
+    client = app.test_client()
+
+    def post(user: str, body: Any) -> Any:
+        headers = {"Authorization": f"Bearer {tokens[user]}"}
+        return client.post("/api/devices/bulk", json=body, headers=headers)
+
+    body = {"devices": ["a-new", "a-old", "b-taken", "a-new"]}
+    assert post("view", body).status_code == 403
+    assert post("adm", {**body, "tenant": "b"}).status_code == 404  # another tenant's
+    assert post("op", body).get_json()["error"] == "bad_parameter"  # operators name it
+    assert post("op", {**body, "tenant": "nope"}).status_code == 404
+    assert post("adm", {"devices": [f"x{i}" for i in range(5)]}).status_code == 400  # bound
+
+    answer = post("adm", body)
+    assert answer.status_code == 200, answer.get_json()
+    report = answer.get_json()
+    assert [(d["device"], d["result"], d["reason"]) for d in report["devices"]] == [
+        ("a-new", "created", None),
+        ("a-old", "exists", None),
+        ("b-taken", "refused", "exists"),
+        ("a-new", "refused", "duplicate"),
+    ]
+    assert report["counts"] == {"created": 1, "exists": 1, "refused": 2}
+    assert report["devices"][0]["password"] and report["devices"][0]["username"] == "a-new"
+    assert ("telemetry", "ingest.a", "a-new.*") in bindings(pipeline)
+    assert (registry.device_document(pipeline.db, "b-taken") or {})["tenant"] == "b"
+    assert pipeline.db[mongo.TENANTS].count_documents({}) == 2  # no tenant made on the way

@@ -49,7 +49,9 @@ def test_the_description_names_every_reason_and_the_configured_bound() -> None:
     document = describe(make_app(provision_batch_max=250))
     schema = document["components"]["schemas"]["NewTenants"]["properties"]["tenants"]
     assert schema["maxItems"] == 250 and "(here 250)" in schema["description"]
-    assert "/api/tenants/bulk" in document["paths"]
+    devices = document["components"]["schemas"]["NewDevices"]["properties"]["devices"]
+    assert devices["maxItems"] == 250
+    assert {"/api/tenants/bulk", "/api/devices/bulk"} <= set(document["paths"])
 
 
 def test_a_batch_beyond_the_bound_is_refused_before_anything_is_done() -> None:
