@@ -32,6 +32,7 @@ BENCHMARKS = [
     "reads",
     "write_cost",
     "isolation",
+    "bulk_provision",
 ]
 
 
@@ -192,6 +193,20 @@ def _rows_isolation(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _rows_bulk_provision(d: dict) -> list[tuple[str, str, str]]:
+    n, single, bulk = d["meta"]["tenants"], d["single"], d["bulk"]
+    ratios = d["ratios"]
+    return [
+        (f"{n} tenants + devices, one by one", f"{single['total_s']} s", "1.00"),
+        (
+            f"{n} tenants + devices, bulk",
+            f"{bulk['total_s']} s",
+            f"{ratios.get('bulk/single (tenants and devices)')}",
+        ),
+        ("same batch again (all exist)", f"{bulk.get('rerun_s')} s", ""),
+    ]
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "many_queues": _rows_many_queues,
     "relay": _rows_relay,
@@ -203,6 +218,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "reads": _rows_reads,
     "write_cost": _rows_write_cost,
     "isolation": _rows_isolation,
+    "bulk_provision": _rows_bulk_provision,
 }
 
 

@@ -8,11 +8,13 @@ started the same way, by its module's ``run(settings)``.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict
 from typing import Any
 
 import click
 import orjson
+from pydantic import ValidationError
 
 from fairway.amqp.connection import declare_topology
 from fairway.kernel import log, topology
@@ -24,6 +26,7 @@ from fairway.provision import (
     provision_tenant,
     register_device,
 )
+from fairway.provision_bulk import Batch, BatchTooLarge, Report, provision_many
 from fairway.storage import accounts, backfill, mongo, registry
 
 
@@ -67,6 +70,42 @@ def tenant_create(settings: Settings, tenant_id: str, weight: int, max_backlog: 
     except (ValueError, mongo.AlreadyExists) as exc:
         _fail(str(exc))
     _emit({"tenant": tenant_id, "weight": weight, "queue": topology.tenant_queue_name(tenant_id)})
+
+
+@tenant.command("create-many")
+@click.argument("path", type=click.File("rb"))
+@click.pass_obj
+def tenant_create_many(settings: Settings, path: Any) -> None:
+    """Provision the tenants and devices of PATH (``-``: stdin), idempotently.
+
+    PATH holds ``{"tenants": [{"tenant": ..., "weight": ..., "max_backlog": ...,
+    "devices": [...]}]}`` (the body of ``POST /api/tenants/bulk``), provisioned in batches
+    of FAIRWAY_PROVISION_BATCH_MAX over one broker connection. Progress on stderr; on
+    stdout every item's result (created devices' passwords, shown once) and the counts.
+    Run it again after an interruption: what exists is reported as ``exists``.
+    """
+    try:
+        items = Batch.model_validate_json(path.read()).tenants
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        _fail(f"{getattr(path, 'name', 'the file')}: {where}: {first['msg']}")
+    started = time.monotonic()
+
+    def report(so_far: Report, total: int) -> None:
+        counts = so_far.counts()["tenants"]
+        click.echo(
+            f"{len(so_far.tenants)}/{total} tenants ({counts['created']} created,"
+            f" {counts['exists']} existed, {counts['refused']} refused),"
+            f" {len(so_far.devices)} devices, {time.monotonic() - started:.1f} s",
+            err=True,
+        )
+
+    try:
+        done = provision_many(settings, mongo.connect(settings), items, report)
+    except BatchTooLarge as exc:
+        _fail(str(exc))
+    _emit(done.as_json())
 
 
 @tenant.command("list")

@@ -17,6 +17,7 @@ from fairway.amqp import management
 from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.provision import register_device as provision_device
+from fairway.provision_bulk import BulkProvisioner
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
 from web import models
@@ -104,6 +105,30 @@ def register_device(body: models.NewDevice) -> tuple[dict[str, Any], int]:
     except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
     return credentials, 201
+
+
+@bp.post("/bulk")
+@roles_required(*MANAGERS)
+@operation(body=models.NewDevices, answer=models.ProvisionedDevices, errors={404: ["not_found"]})
+def register_devices(body: models.NewDevices) -> dict[str, Any]:
+    """Register many devices of one tenant in one batch: their credentials, shown once.
+
+    Every device gets a `result`: `created`, `exists` (already this tenant's, bound
+    again) or `refused` with a stable `reason` (`reserved_id`, `duplicate`, `exists` for
+    an id another tenant holds); one refused device does not stop the others.
+    """
+    tenant = tenant_scope(body.tenant)
+    if tenant is None:
+        raise ApiError(400, "bad_parameter", "operators must name the tenant")
+    if registry.tenant_document(get_db(), tenant) is None:
+        raise ApiError(404, "not_found", f"no tenant {tenant!r}")
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    with BulkProvisioner(settings, get_db(), "fairway-web-provision") as bulk:
+        report = bulk.register_devices(tenant, body.devices)
+    return {
+        "counts": report.counts()["devices"],
+        "devices": [outcome.as_json() for outcome in report.devices],
+    }
 
 
 @bp.get("/<device_id>")

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app
 
 from fairway.provision import provision_tenant
+from fairway.provision_bulk import BulkProvisioner
 from fairway.storage import accounts, mongo, registry
 from web import models
 from web.auth import login_required, roles_required, tenant_scope
@@ -55,6 +56,23 @@ def create_tenant(body: models.NewTenant) -> tuple[dict[str, Any], int]:
     except mongo.AlreadyExists as exc:
         raise ApiError(409, "exists", str(exc)) from None
     return _tenant_json(registry.tenant_document(get_db(), tenant_id) or {}), 201
+
+
+@bp.post("/bulk")
+@roles_required(accounts.OPERATOR)
+@operation(body=models.NewTenants, answer=models.Provisioned)
+def create_tenants(body: models.NewTenants) -> dict[str, Any]:
+    """Provision many tenants and their devices in one batch (one broker connection).
+
+    Every tenant and device gets a `result`: `created`, `exists` (left as it is, so the
+    same batch can be sent again) or `refused` with a stable `reason` (`reserved_id`,
+    `duplicate`, `exists` for a device of another tenant, `tenant_refused`,
+    `queue_mismatch`); one refused item does not stop the others. Created devices'
+    passwords are in the answer, once.
+    """
+    settings = current_app.config["FAIRWAY_SETTINGS"]
+    with BulkProvisioner(settings, get_db(), "fairway-web-provision") as bulk:
+        return bulk.provision(body.tenants).as_json()
 
 
 @bp.get("/<tenant_id>")

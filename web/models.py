@@ -22,12 +22,21 @@ from pydantic import (
     Field,
     ValidationInfo,
     WithJsonSchema,
+    model_validator,
 )
 
 from fairway.domain import job_params
 from fairway.kernel.contract import parse_ts
+from fairway.kernel.ids import ID_PATTERN
 from fairway.kernel.reasons import Rejection as Refused
 from fairway.kernel.settings import Settings
+from fairway.provision_bulk import (
+    MAX_BACKLOG,
+    MAX_WEIGHT,
+    Batch,
+    TenantItem,
+    check_batch_size,
+)
 from fairway.storage import accounts
 
 API_VERSION = "1"
@@ -61,6 +70,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
 }
 
 SETTING_MAXIMUM = "x-fairway-maximum-setting"  # replaced by web.openapi.describe
+SETTING_MAX_ITEMS = "x-fairway-max-items-setting"  # likewise, for arrays
 
 
 def at_most_setting(name: str) -> AfterValidator:
@@ -83,7 +93,11 @@ def setting_maximum(name: str) -> dict[str, Any]:
     return {SETTING_MAXIMUM: name}
 
 
-ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+def setting_max_items(name: str) -> dict[str, Any]:
+    """JSON schema marker of an array: ``maxItems`` is the setting's value (:func:`describe`)."""
+    return {SETTING_MAX_ITEMS: name}
+
+
 METRIC_PATTERN = r"^[A-Za-z0-9_:-]{1,64}$"
 EARLIEST, LATEST = 0.0, 32503680000.0  # 1970 to the year 3000, as the message contract
 
@@ -241,8 +255,6 @@ class PushToken(Answer):
 
 
 # -- tenants ----------------------------------------------------------------------------------
-MAX_WEIGHT = 1000
-MAX_BACKLOG = 1_000_000_000
 MAX_RETENTION_DAYS = 36_500
 
 
@@ -268,6 +280,88 @@ class Tenant(Answer):
 
 class Tenants(Answer):
     tenants: list[Tenant]
+
+
+class NewTenants(Batch):
+    """Tenants with their devices, provisioned in one batch (``FAIRWAY_PROVISION_BATCH_MAX``
+    tenants and as many devices at most)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    tenants: list[TenantItem] = Field(
+        min_length=1,
+        json_schema_extra=setting_max_items("provision_batch_max"),
+        description="their devices, all lists together, are bounded likewise.",
+    )
+
+    @model_validator(mode="after")
+    def _within_setting(self, info: ValidationInfo) -> NewTenants:
+        settings: Settings | None = (info.context or {}).get("settings")
+        if settings is not None:
+            check_batch_size(self.tenants, settings.provision_batch_max)  # ValueError: a 400
+        return self
+
+
+class NewDevices(Request):
+    """Devices of one tenant, registered in one batch."""
+
+    tenant: TenantId | None = None
+    devices: list[Id] = Field(
+        min_length=1, json_schema_extra=setting_max_items("provision_batch_max")
+    )
+
+    @model_validator(mode="after")
+    def _within_setting(self, info: ValidationInfo) -> NewDevices:
+        settings: Settings | None = (info.context or {}).get("settings")
+        if settings is not None and len(self.devices) > settings.provision_batch_max:
+            raise ValueError(
+                f"a batch holds at most {settings.provision_batch_max} devices"
+                f" (FAIRWAY_PROVISION_BATCH_MAX); this one has {len(self.devices)}"
+            )
+        return self
+
+
+ProvisionResult = Literal["created", "exists", "refused"]
+ProvisionReason = Literal["reserved_id", "duplicate", "exists", "tenant_refused", "queue_mismatch"]
+
+
+class TenantOutcome(Answer):
+    tenant: str
+    result: ProvisionResult = Field(description="exists: left as it is (weight unchanged)")
+    reason: ProvisionReason | None = Field(description="why it was refused (a stable code)")
+    message: str | None
+
+
+class DeviceOutcome(Answer):
+    tenant: str
+    device: str
+    username: str | None = Field(description="created devices only")
+    password: str | None = Field(description="created devices only, shown once")
+    result: ProvisionResult = Field(description="exists: same tenant, bound again")
+    reason: ProvisionReason | None = Field(description="why it was refused (a stable code)")
+    message: str | None
+
+
+class OutcomeCounts(Answer):
+    created: int
+    exists: int
+    refused: int
+
+
+class ProvisionCounts(Answer):
+    tenants: OutcomeCounts
+    devices: OutcomeCounts
+
+
+class Provisioned(Answer):
+    counts: ProvisionCounts
+    tenants: list[TenantOutcome] = Field(description="in the order sent")
+    devices: list[DeviceOutcome] = Field(description="in the order sent")
+
+
+class ProvisionedDevices(Answer):
+    counts: OutcomeCounts
+    devices: list[DeviceOutcome] = Field(description="in the order sent")
 
 
 class TenantQuery(Query):

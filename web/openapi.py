@@ -29,7 +29,7 @@ from werkzeug.routing import Rule
 from fairway.kernel.settings import Settings
 from web import models
 from web.errors import ApiError
-from web.models import SETTING_MAXIMUM
+from web.models import SETTING_MAX_ITEMS, SETTING_MAXIMUM
 
 F = TypeVar("F", bound=Callable[..., Any])
 REF = "#/components/schemas/{model}"
@@ -199,6 +199,11 @@ def _apply_settings(node: Any, settings: Settings) -> None:
         if name is not None:
             node["maximum"] = getattr(settings, name)
             note = f"At most FAIRWAY_{name.upper()} (here {getattr(settings, name):g})."
+            node["description"] = f"{node.get('description', '')} {note}".strip()
+        name = node.pop(SETTING_MAX_ITEMS, None)
+        if name is not None:
+            node["maxItems"] = getattr(settings, name)
+            note = f"At most FAIRWAY_{name.upper()} (here {getattr(settings, name):g}) items."
             node["description"] = f"{node.get('description', '')} {note}".strip()
         for value in node.values():
             _apply_settings(value, settings)

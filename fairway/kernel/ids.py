@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 
-_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # JSON schema form of the rule (request models)
+_ID = re.compile(ID_PATTERN[1:-1])
 
 # Broker users of Fairway's own processes (docker-compose.yml, ansible/roles/rabbitmq,
 # scripts/services.sh: guest) and names an operator expects to be administrative.

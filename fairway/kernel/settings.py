@@ -255,6 +255,9 @@ class Settings:
     # relay): a device of one tenant can fill only its tenant's.
     tenant_ingest_max_length: int = setting(250_000, BROKER, AT_LEAST_1)
     tenant_ingest_max_bytes: int = setting(128 << 20, BROKER, AT_LEAST_1)
+    # Bulk provisioning (`POST /api/tenants/bulk`, `fairway tenant create-many`): most
+    # tenants, and most devices, in one batch; the CLI splits a longer file into batches.
+    provision_batch_max: int = setting(1000, BROKER, Bound(low=1, high=100_000))
     # "quorum" on a RabbitMQ cluster. (Ruff cannot tell the alias is immutable.)
     queue_type: QueueType = setting("classic", BROKER, OneOf(get_args(QueueType)))  # noqa: RUF009
     mongo_url: str = setting(

@@ -21,10 +21,10 @@ from typing import Any
 from argon2 import PasswordHasher
 from pymongo import ASCENDING
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fairway.kernel.ids import check_new_id
-from fairway.storage.mongo import DEVICES, TENANTS, AlreadyExists
+from fairway.storage.mongo import DEVICES, DUPLICATE_KEY, TENANTS, AlreadyExists
 
 _hasher = PasswordHasher()
 KEYED_PREFIX = "hmac-sha256$"
@@ -91,20 +91,43 @@ class Device:
     tenant_known: bool = True
 
 
+def tenant_record(tenant_id: str, weight: int, max_backlog: int) -> dict[str, Any]:
+    """The stored document of a new tenant (one shape for single and bulk provisioning)."""
+    return {
+        "_id": tenant_id,
+        "weight": weight,
+        "max_backlog": max_backlog,
+        "created": datetime.now(UTC),
+    }
+
+
+def device_record(
+    tenant_id: str, device_id: str, key: bytes | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A new device's stored document and its credentials (the password, shown once)."""
+    password = secrets.token_urlsafe(24)
+    doc = {
+        "_id": device_id,
+        "tenant": tenant_id,
+        "enabled": True,
+        "password_hash": _password_hash(key, device_id, password),
+        "created": datetime.now(UTC),
+    }
+    return doc, {
+        "tenant": tenant_id,
+        "device": device_id,
+        "username": device_id,
+        "password": password,
+    }
+
+
 def create_tenant(db: Database, tenant_id: str, weight: int, max_backlog: int) -> Tenant:
     """Provision a tenant record; raise :class:`AlreadyExists` if the id is taken."""
     check_new_id("tenant", tenant_id)
     if weight < 1 or max_backlog < 1:
         raise ValueError("weight and max backlog must be at least 1")
     try:
-        db[TENANTS].insert_one(
-            {
-                "_id": tenant_id,
-                "weight": weight,
-                "max_backlog": max_backlog,
-                "created": datetime.now(UTC),
-            }
-        )
+        db[TENANTS].insert_one(tenant_record(tenant_id, weight, max_backlog))
     except DuplicateKeyError:
         raise AlreadyExists(f"tenant {tenant_id!r} exists") from None
     return Tenant(tenant_id, weight, max_backlog)
@@ -155,20 +178,12 @@ def register_device(
     check_new_id("device", device_id)
     if db[TENANTS].count_documents({"_id": tenant_id}, limit=1) == 0:
         raise LookupError(f"unknown tenant {tenant_id!r}")
-    password = secrets.token_urlsafe(24)
+    doc, credentials = device_record(tenant_id, device_id, key)
     try:
-        db[DEVICES].insert_one(
-            {
-                "_id": device_id,
-                "tenant": tenant_id,
-                "enabled": True,
-                "password_hash": _password_hash(key, device_id, password),
-                "created": datetime.now(UTC),
-            }
-        )
+        db[DEVICES].insert_one(doc)
     except DuplicateKeyError:
         raise AlreadyExists(f"device {device_id!r} exists") from None
-    return {"tenant": tenant_id, "device": device_id, "username": device_id, "password": password}
+    return credentials
 
 
 def device_credential(db: Database, device_id: str) -> Credential:
@@ -270,3 +285,29 @@ def find_devices(db: Database, device_ids: list[str]) -> dict[str, Device | None
             doc["_id"], doc["tenant"], bool(doc["enabled"]), doc["tenant"] in live
         )
     return found
+
+
+def insert_new(db: Database, collection: str, docs: list[dict[str, Any]]) -> set[str]:
+    """Insert ``docs`` (unordered); the ``_id`` of each one refused because it is taken.
+
+    For bulk provisioning: the caller sends small lists (FerretDB prefers small bulks).
+    Any error other than a duplicate id is raised.
+    """
+    if not docs:
+        return set()
+    try:
+        db[collection].insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return {docs[e["index"]]["_id"] for e in errors}
+    return set()
+
+
+def existing(db: Database, collection: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``_id`` -> stored document of those of ``ids`` that exist in ``collection`` (one query)."""
+    if not ids:
+        return {}
+    docs = db[collection].find({"_id": {"$in": ids}})
+    return {doc["_id"]: doc for doc in docs}
