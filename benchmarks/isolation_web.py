@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 import requests
+from requests.adapters import HTTPAdapter
 
 from benchmarks.common import percentile, r
 
@@ -49,6 +50,34 @@ JOB_GRACE = 30.0  # how long the quiet admin's last job may finish after the pha
 
 # job_flood last: the jobs it leaves queued would load the phases after it.
 WEB_ATTACKS = ("web_login_flood", "session_flood", "push_token_flood", "job_flood")
+
+
+# Each attacker calls from its own loopback address (all of 127/8 is local on Linux), as
+# a stranger would from its own: per-address throttling then sees it apart from the
+# quiet admin (127.0.0.1) and from the attacks before it.
+SOURCE = {
+    "job_flood": "127.0.0.2",
+    "web_login_flood": "127.0.0.3",
+    "session_flood": "127.0.0.4",
+    "push_token_flood": "127.0.0.5",
+}
+
+
+class _SourceAddress(HTTPAdapter):
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _session(attack: str) -> requests.Session:
+    """An HTTP session calling from ``attack``'s own address."""
+    session = requests.Session()
+    session.mount("http://", _SourceAddress(SOURCE[attack]))
+    return session
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
@@ -220,7 +249,7 @@ def job_attacker(
     web_url: str, token: str, report: dict[str, Any], seconds: float, counts: Any
 ) -> None:
     """Submit reports as fast as the quota lets, retrying 0.1 s after a refusal."""
-    sessions = [requests.Session() for _ in range(THREADS)]
+    sessions = [_session("job_flood") for _ in range(THREADS)]
     headers = {"Authorization": f"Bearer {token}"}
 
     def step(slot: int, n: int) -> str:
@@ -237,7 +266,7 @@ def job_attacker(
 
 def web_login_attacker(web_url: str, seconds: float, counts: Any) -> None:
     """Wrong passwords for ever new user names, as fast as the answers come."""
-    sessions = [requests.Session() for _ in range(THREADS)]
+    sessions = [_session("web_login_flood") for _ in range(THREADS)]
 
     def step(slot: int, n: int) -> str:
         body = {"user": f"nobody-{slot}-{n}", "password": f"wrong-password-{n}"}
@@ -251,8 +280,8 @@ def session_attacker(web_url: str, seconds: float, counts: Any) -> None:
 
     def step(slot: int, n: int) -> str:
         body = {"user": HOSTILE_USER, "password": PASSWORD}
-        answer = requests.post(web_url + "/api/login", json=body, timeout=60)  # no cookie jar
-        return _outcome(answer, 200)
+        with _session("session_flood") as session:  # a new session (cookie jar) each time
+            return _outcome(session.post(web_url + "/api/login", json=body, timeout=60), 200)
 
     _hammer(seconds, step, counts)
 
@@ -260,7 +289,7 @@ def session_attacker(web_url: str, seconds: float, counts: Any) -> None:
 def push_token_attacker(web_url: str, token: str, seconds: float, counts: Any) -> None:
     """Mint push tokens as fast as allowed; open a stream with each and keep it open."""
     headers = {"Authorization": f"Bearer {token}"}
-    sessions = [requests.Session() for _ in range(THREADS)]
+    sessions = [_session("push_token_flood") for _ in range(THREADS)]
     streams: list[requests.Response] = []
 
     def step(slot: int, n: int) -> str:
@@ -270,7 +299,7 @@ def push_token_attacker(web_url: str, token: str, seconds: float, counts: Any) -
             time.sleep(RETRY_PAUSE)
             return outcome
         body = minted.json()
-        stream = requests.get(
+        stream = _session("push_token_flood").get(
             body["url"] + "/events", params={"token": body["token"]}, stream=True, timeout=30
         )
         if stream.status_code == 200:
