@@ -17,7 +17,21 @@ process (its own interpreter and connection, as a real attacker would be):
 * ``login_flood``: a stranger tries AMQP logins with wrong passwords for existing device
   ids from four threads (each asks ``fairway web``'s broker auth endpoints through
   RabbitMQ); the quiet figure here is also the latency and success of quiet devices'
-  own first logins (``quiet_login``), each a new device so no cache answers it.
+  own first logins (``quiet_login``), each a new device so no cache answers it;
+* ``job_flood``, ``web_login_flood``, ``session_flood``, ``push_token_flood``: floods of
+  the web app, the job queue and the push gateway (:mod:`benchmarks.isolation_web` has
+  them and the quiet side they are measured by: the quiet admin's page and API p99, its
+  report jobs' submit-to-finished p99 and its live events' publish-to-event p99). Their
+  ``quiet_p99_ratio`` is the page/API one; ``quiet_job_p99_ratio``,
+  ``quiet_event_p99_ratio`` and ``quiet_stored_p99_ratio`` (the readings, published
+  meanwhile) are targets as well; the attacker's refusals are the web app's and the
+  gateway's own counts (``fairway_web_refused_total``, ``fairway_gateway_refused_total``)
+  for the attack's reasons, checked against what the attacker was answered.
+
+The web app runs on a free port, except with ``login_flood`` (RabbitMQ asks port 8080
+about device logins): then the run holds ``/tmp/fairway-web-8080.lock`` (``flock``), the
+lock the test suites take for that port. The web attacks also start a push gateway and
+one Celery worker (concurrency 1) of their own.
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
 database: a count on FerretDB is a scan): the quiet device's readings are stored in the
@@ -32,23 +46,29 @@ errors, every refused attacker message counted.
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pika
 
 from benchmarks import common
+from benchmarks import isolation_web as webside
 from benchmarks.common import percentile, r, say
 from fairway.amqp.connection import parameters
+from fairway.devtools import celery_workers
+from fairway.devtools.processes import free_port
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
+from fairway.storage import accounts
 from tests.harness import FairwayProcess, Pipeline
 
 NAME = "isolation"
@@ -61,6 +81,9 @@ OVER_BUDGET = "fairway_relay_rejected_over_budget_total"
 DEVICE_RATE = 200.0  # per device: the over-rate attack sends far more
 HOSTILE_BACKLOG = 2_000  # messages in tenant.hostile
 LOGINS = 20  # quiet devices' first logins per phase
+WEB_8080_LOCK = "/tmp/fairway-web-8080.lock"  # held by every suite that binds port 8080
+HOSTILE_READINGS = 30_000  # a day of one hostile device: what its report jobs read
+QUIET_READINGS = 360  # an hour of the quiet device: what the quiet report reads
 
 
 @dataclass(frozen=True)
@@ -316,32 +339,148 @@ def _backlog_handled(env: Pipeline, relay: FairwayProcess) -> bool:
     return relay.metric("fairway_relay_held") == 0
 
 
-def main() -> None:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
-    p.add_argument("--quiet-rate", type=float, default=20.0, help="quiet readings per second")
-    p.add_argument("--only", default="", help="comma-separated attacks (default: all)")
-    args = p.parse_args()
-    seconds = max(5.0, args.seconds * args.scale)
-    names = [n for n in args.only.split(",") if n] or [*ATTACKS, "login_flood"]
-    result = common.meta(NAME, args.scale, seconds_per_phase=seconds, quiet_rate=args.quiet_rate)
-    with common.bench_env("bench-iso", device_rate=DEVICE_RATE) as env:
+def run_web_attack(
+    env: Pipeline,
+    side: WebSide,
+    scheduler: FairwayProcess,
+    name: str,
+    seconds: float,
+    quiet_rate: float,
+) -> dict[str, Any]:
+    """One web attack in a child process while the quiet admin and device work."""
+    before = webside.refusals(side.procs, name)
+    counts = side.manager.dict()
+    target, args = webside.attacker_target(
+        name, side.web_url, side.hostile_token, side.hostile_report, seconds
+    )
+    child = multiprocessing.get_context("fork").Process(
+        target=target, args=(*args, counts), daemon=True
+    )
+    child.start()
+    quiet_web, quiet = side.measure(env, scheduler, seconds, quiet_rate, f"{name}-")
+    child.join(120)
+    after = webside.refusals(side.procs, name)
+    seen = dict(counts)
+    counted = {k: int(after[k] - before[k]) for k in after}
+    return {
+        "attacker_sent": sum(seen.values()),
+        "attacker_refused": sum(counted.values()),
+        "attacker_answers": seen,
+        "refusals_counted": counted,
+        # Every refusal the attacker was answered with is counted by the server (the
+        # server may count more: answers still in flight when the attacker stopped).
+        "refusals_all_counted": all(counted[k] >= seen.get(k, 0) for k in counted),
+        "quiet": quiet,
+        "quiet_web": quiet_web,
+    }
+
+
+class WebSide:
+    """The web app, push gateway and Celery worker the web attacks run against, their
+    users (the quiet tenant's admin, a hostile viewer) and the readings jobs read."""
+
+    def __init__(
+        self, env: Pipeline, web: FairwayProcess, port: int, gateway: FairwayProcess
+    ) -> None:
+        self.web_url = f"http://127.0.0.1:{port}"
+        self.procs = {"web": web, "gateway": gateway}
+        self.manager = multiprocessing.get_context("fork").Manager()
+        db = env.db
+        accounts.create_user(db, webside.QUIET_USER, webside.PASSWORD, "admin", QUIET_TENANT)
+        accounts.create_user(db, webside.HOSTILE_USER, webside.PASSWORD, "viewer", HOSTILE_TENANT)
+        self.quiet_token = accounts.create_api_token(db, webside.QUIET_USER, 3600)
+        self.hostile_token = accounts.create_api_token(db, webside.HOSTILE_USER, 3600)
+        from tests.integration.test_tasks import insert_readings  # the tests' stored shape
+
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+        day = hour - timedelta(days=1)
+        step = 86_400 / HOSTILE_READINGS
+        insert_readings(
+            db,
+            HOSTILE_TENANT,
+            HOSTILE_DEVICES[0],
+            [day + timedelta(seconds=i * step) for i in range(HOSTILE_READINGS)],
+            [{"temp": 20.0 + i % 7, "hum": 50.0 + i % 3} for i in range(HOSTILE_READINGS)],
+            prefix="bench",
+        )
+        insert_readings(
+            db,
+            QUIET_TENANT,
+            QUIET_DEVICE,
+            [hour + timedelta(seconds=10 * i) for i in range(QUIET_READINGS)],
+            [{"temp": 20.0 + i % 5} for i in range(QUIET_READINGS)],
+            prefix="bench",
+        )
+        start = hour.timestamp()
+        self.quiet_report = {
+            "from": start,
+            "to": start + 3600,
+            "bucket": 600,
+            "device": QUIET_DEVICE,
+        }
+        self.hostile_report = {"from": day.timestamp(), "to": start, "bucket": 600}
+        self.quiet = webside.QuietWeb(
+            self.web_url, self.quiet_token, self.quiet_report, QUIET_DEVICE
+        )
+
+    def measure(
+        self, env: Pipeline, scheduler: FairwayProcess, seconds: float, rate: float, tag: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The quiet admin's figures and, meanwhile, the quiet device's readings'."""
+        box: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: box.update(self.quiet.run(seconds)), daemon=True)
+        thread.start()
+        readings = quiet_phase(env, scheduler, seconds, rate, tag)
+        thread.join(180)
+        return box, readings
+
+
+def run_all(
+    args: Any, names: list[str], web_names: list[str], seconds: float, port: int
+) -> tuple[dict[str, bool], dict[str, Any], dict[str, Any]]:
+    """Every phase on one fresh vhost and database: processes alive at the end, the
+    unloaded figures, and each attack's."""
+    with common.bench_env("bench-iso", device_rate=DEVICE_RATE) as env, ExitStack() as stack:
         env.tenant(QUIET_TENANT)
         env.device(QUIET_TENANT, QUIET_DEVICE)
         env.tenant(HOSTILE_TENANT, max_backlog=HOSTILE_BACKLOG)
         for device in HOSTILE_DEVICES:
             env.device(HOSTILE_TENANT, device)
         logins = [env.device(QUIET_TENANT, f"quiet-login-{i}") for i in range(2 * LOGINS)]
-        web = env.start("web")  # RabbitMQ asks it about device logins
+        gateway_port = free_port()
+        web = env.start("web", web_port=port, gateway_port=gateway_port)
         relay = env.start("relay")
         scheduler = env.start("scheduler")
+        side: WebSide | None = None
+        if web_names:
+            gateway = env.start("gateway", gateway_port=gateway_port)
+            worker = celery_workers.start(
+                env.with_(metrics_port=free_port()), common.LOGS / "isolation-worker.log"
+            )
+            stack.callback(celery_workers.stop, worker)
+            side = WebSide(env, web, port, gateway)
         say("unloaded")
         unloaded = quiet_phase(env, scheduler, seconds, args.quiet_rate, "base-")
-        unloaded_login = quiet_logins(env, logins[:LOGINS], seconds)
+        unloaded_login: dict[str, Any] = {}
+        if "login_flood" in names:  # device logins reach only a web app on port 8080
+            unloaded_login = quiet_logins(env, logins[:LOGINS], seconds)
         say(f"  {unloaded}, logins {unloaded_login}")
+        unloaded_web: dict[str, Any] = {}
+        if side is not None:
+            unloaded_web, unloaded_side = side.measure(
+                env, scheduler, seconds, args.quiet_rate, "web-base-"
+            )
+            unloaded_web["stored"] = unloaded_side
+            say(f"  web {unloaded_web}")
         attacks: dict[str, Any] = {}
         for name in names:
             say(f"attack {name}")
+            if name in webside.WEB_ATTACKS:
+                assert side is not None
+                outcome = run_web_attack(env, side, scheduler, name, seconds, args.quiet_rate)
+                attacks[name] = web_figures(outcome, unloaded_web)
+                say(f"  {attacks[name]}")
+                continue
             if name == "login_flood":
                 outcome = run_login_attack(
                     env, web, scheduler, logins[LOGINS:], seconds, args.quiet_rate
@@ -364,14 +503,48 @@ def main() -> None:
                 attacks[name]["quiet_errors"] += login["failures"]
                 attacks[name]["quiet_login"] = login
             say(f"  {attacks[name]}")
-        alive = {"relay": relay.alive(), "scheduler": scheduler.alive(), "web": web.alive()}
+        alive = {role: proc.alive() for role, proc in env.procs.items()}
+        if side is not None:
+            alive["celery_worker"] = worker.poll() is None
+    unloaded_all: dict[str, Any] = {**unloaded, "login": unloaded_login}
+    if unloaded_web:
+        unloaded_all["web_side"] = unloaded_web
+    return alive, unloaded_all, attacks
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    p.add_argument("--quiet-rate", type=float, default=20.0, help="quiet readings per second")
+    p.add_argument("--only", default="", help="comma-separated attacks (default: all)")
+    args = p.parse_args()
+    seconds = max(5.0, args.seconds * args.scale)
+    everything = [*ATTACKS, "login_flood", *webside.WEB_ATTACKS]
+    names = [n for n in args.only.split(",") if n] or everything
+    unknown = sorted(set(names) - set(everything))
+    if unknown:
+        p.error(f"unknown attacks {unknown}; known: {everything}")
+    web_names = [n for n in names if n in webside.WEB_ATTACKS]
+    result = common.meta(NAME, args.scale, seconds_per_phase=seconds, quiet_rate=args.quiet_rate)
+    with ExitStack() as held:
+        if "login_flood" in names:  # RabbitMQ asks port 8080 about device logins
+            lock = held.enter_context(open(WEB_8080_LOCK, "a"))
+            say(f"waiting for {WEB_8080_LOCK}")
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the run
+            port = common.BASE.web_port
+        else:
+            port = free_port()
+        alive, unloaded_all, attacks = run_all(args, names, web_names, seconds, port)
     targets: dict[str, Any] = {}
     for name, a in attacks.items():
-        ratio = a["quiet_p99_ratio"]
-        targets[f"{name}_quiet_p99_ratio<=2"] = {
-            "value": ratio,
-            "met": ratio is not None and ratio <= 2,
-        }
+        for key in ("quiet_p99_ratio", *WEB_RATIOS, "quiet_login_p99_ratio"):
+            if key in a:
+                ratio = a[key]
+                label = key.removesuffix("_ratio")
+                targets[f"{name}_{label}_ratio<=2"] = {
+                    "value": ratio,
+                    "met": ratio is not None and ratio <= 2,
+                }
         targets[f"{name}_quiet_errors==0"] = {
             "value": a["quiet_errors"],
             "met": a["quiet_errors"] == 0,
@@ -380,15 +553,43 @@ def main() -> None:
             "value": a["attacker_refused"],
             "met": a["attacker_refused"] > 0,
         }
-    if "login_flood" in attacks:
-        ratio = attacks["login_flood"]["quiet_login_p99_ratio"]
-        targets["login_flood_quiet_login_p99_ratio<=2"] = {
-            "value": ratio,
-            "met": ratio is not None and ratio <= 2,
-        }
+        if "refusals_all_counted" in a:
+            targets[f"{name}_refusals_counted"] = {
+                "value": a["refusals_counted"],
+                "met": a["refusals_all_counted"],
+            }
     targets["processes_alive"] = {"value": alive, "met": all(alive.values())}
-    unloaded_all = {**unloaded, "login": unloaded_login}
     common.emit({**result, "unloaded": unloaded_all, "attacks": attacks, "targets": targets})
+
+
+WEB_RATIOS = ("quiet_job_p99_ratio", "quiet_event_p99_ratio", "quiet_stored_p99_ratio")
+
+
+def web_figures(outcome: dict[str, Any], unloaded: dict[str, Any]) -> dict[str, Any]:
+    """A web attack's figures: ratios of each quiet activity's p99 to unloaded, errors."""
+    quiet, readings = outcome["quiet_web"], outcome["quiet"]
+    base = unloaded
+
+    def ratio(kind: str) -> float | None:
+        return common.ratio(
+            quiet.get(kind, {}).get("p99_ms", 0), base.get(kind, {}).get("p99_ms", 0)
+        )
+
+    errors = sum(quiet.get(k, {}).get("errors", 1) for k in ("web", "job", "event"))
+    return {
+        "quiet_p99_ratio": ratio("web"),
+        "quiet_job_p99_ratio": ratio("job"),
+        "quiet_event_p99_ratio": ratio("event"),
+        "quiet_stored_p99_ratio": common.ratio(readings["p99_ms"], base["stored"]["p99_ms"]),
+        "quiet_errors": errors + readings["errors"],
+        "attacker_sent": outcome["attacker_sent"],
+        "attacker_refused": outcome["attacker_refused"],
+        "attacker_answers": outcome["attacker_answers"],
+        "refusals_counted": outcome["refusals_counted"],
+        "refusals_all_counted": outcome["refusals_all_counted"],
+        "quiet": quiet,
+        "quiet_stored": readings,
+    }
 
 
 if __name__ == "__main__":

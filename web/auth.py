@@ -70,6 +70,41 @@ def init_app(app: Flask) -> None:
     app.extensions["fairway_push_throttle"] = PushThrottle(
         settings.push_token_rate, settings.push_token_burst
     )
+    app.extensions[LOGIN_SLOTS] = LoginSlots(settings.login_concurrency, settings.login_wait_s)
+
+
+LOGIN_SLOTS = "fairway_login_slots"
+
+
+class LoginSlots:
+    """At most ``running`` password checks at once in this process, and as many waiting.
+
+    A check is argon2 (64 MiB, several threads, ~0.2 s of CPU; seconds on a loaded
+    machine): without a bound, a flood of logins (fresh user names or addresses pass the
+    throttle) runs one per waitress thread and takes every core, and pages, the API and
+    the other processes on the host wait. With it, logins take at most ``2 * running``
+    of the threads and ``running`` checks' CPU; a login that finds no slot within
+    ``wait_s``, or no place to wait, answers 503 ``login_busy``.
+    """
+
+    def __init__(self, running: int, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self._slots = threading.BoundedSemaphore(running)
+        self._places = threading.BoundedSemaphore(2 * running)  # running + waiting
+
+    def acquire(self) -> bool:
+        """Take a slot (waiting up to ``wait_s``); False if none came free in time."""
+        if not self._places.acquire(blocking=False):
+            return False
+        if self._slots.acquire(timeout=self.wait_s):
+            return True
+        self._places.release()
+        return False
+
+    def release(self) -> None:
+        """Give the slot back."""
+        self._slots.release()
+        self._places.release()
 
 
 class PushThrottle:
@@ -212,7 +247,21 @@ def log_in(user_id: str, password: str) -> User:
         raise ApiError(
             429, "too_many_attempts", f"too many failed logins; retry in {math.ceil(wait)} s"
         )
-    user = accounts.authenticate(db, user_id, password)
+    slots: LoginSlots = current_app.extensions[LOGIN_SLOTS]
+    if not slots.acquire():
+        accounts.unclaim_login_attempt(db, keys)
+        LOGINS.labels("busy").inc()
+
+        @after_this_request
+        def _retry_after(response: Response) -> Response:
+            response.headers["Retry-After"] = "1"
+            return response
+
+        raise ApiError(503, "login_busy", "too many logins are being checked; retry in 1 s")
+    try:
+        user = accounts.authenticate(db, user_id, password)
+    finally:
+        slots.release()
     if user is None:
         accounts.login_failed(db, keys, settings.login_window_s)
         LOGINS.labels("failed").inc()
@@ -230,7 +279,7 @@ def log_in(user_id: str, password: str) -> User:
 @operation(
     body=models.Login,
     answer=models.Profile,
-    errors={401: ["bad_credentials"], 429: ["too_many_attempts"]},
+    errors={401: ["bad_credentials"], 429: ["too_many_attempts"], 503: ["login_busy"]},
     headers={"Set-Cookie": "the session cookie"},
 )
 def login(body: models.Login) -> dict[str, Any]:

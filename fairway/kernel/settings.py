@@ -329,6 +329,10 @@ class Settings:
     login_max_failures: int = setting(5, WEB, AT_LEAST_1)
     login_window_s: float = setting(300.0, WEB, POSITIVE)
     login_delay_max_s: float = setting(60.0, WEB, Bound(low=1, high=3600))
+    # Password checks (argon2: 64 MiB and several threads each) running at once per web
+    # process; as many more may wait up to FAIRWAY_LOGIN_WAIT_S for one, the rest get 503.
+    login_concurrency: int = setting(2, WEB, Bound(low=1, high=64))
+    login_wait_s: float = setting(5.0, WEB, Bound(low=0, high=60))
     # Request bodies beyond this answer 413 (Flask) or are cut off (waitress).
     web_max_body_bytes: int = setting(1_048_576, WEB, Bound(low=1024))
     # Device logins (RabbitMQ's HTTP auth backend): passwords are keyed hashes (HMAC-SHA256)

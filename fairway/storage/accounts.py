@@ -280,6 +280,14 @@ def login_failed(db: Database, keys: list[str], window_s: float) -> None:
             db[LOGIN_FAILURES].update_one({"_id": doc["_id"], "n": doc["n"]}, {"$set": changes})
 
 
+def unclaim_login_attempt(db: Database, keys: list[str]) -> None:
+    """Take back an attempt :func:`claim_login_attempt` counted whose password was never
+    checked (no slot to check it in): it must not use up the caller's free attempts."""
+    with _throttle_lock:
+        for key in keys:
+            db[LOGIN_FAILURES].update_one({"_id": key, "n": {"$gt": 0}}, {"$inc": {"n": -1}})
+
+
 def login_succeeded(db: Database, user_key: str, other_keys: list[str]) -> None:
     """After a right password: forget the user name's record, and do not count the
     attempt against the others (many users behind one address)."""

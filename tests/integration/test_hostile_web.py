@@ -305,3 +305,29 @@ def test_login_delays_grow_are_capped_and_records_expire(pipeline: Pipeline, app
     time.sleep(3.1)  # past the delay and the window: the record has expired
     assert attempt(PASSWORD).status_code == 200
     assert pipeline.db[accounts.LOGIN_FAILURES].find_one({"_id": "user:alice"}) is None
+
+
+@pytest.mark.settings(login_concurrency=1, login_wait_s=0.2, login_max_failures=5)
+def test_password_checks_are_bounded_and_the_excess_is_refused_503(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    from web.auth import LOGIN_SLOTS, LoginSlots
+
+    client = app.test_client()
+    slots: LoginSlots = app.extensions[LOGIN_SLOTS]
+    before = refusals(app, "login_busy")
+    # One check running (held here) and one waiting: no place left, refused at once.
+    assert slots.acquire() and slots._places.acquire(blocking=False)
+    body = {"user": "alice", "password": PASSWORD}
+    busy = client.post("/api/login", json=body)
+    refused(busy, 503, "login_busy")
+    assert busy.headers["Retry-After"] == "1"
+    slots._places.release()
+    # A place to wait, but the slot stays taken past FAIRWAY_LOGIN_WAIT_S: refused too.
+    refused(client.post("/api/login", json=body), 503, "login_busy")
+    assert refusals(app, "login_busy") == before + 2
+    slots.release()
+    # Refusals for want of a slot did not use up alice's (or the address's) free attempts.
+    wrong = {"user": "alice", "password": "wrong password"}
+    assert [client.post("/api/login", json=wrong).status_code for _ in range(5)] == [401] * 5
+    assert client.post("/api/login", json=body).status_code == 429  # the sixth: throttled
