@@ -21,9 +21,11 @@ One run, two measurements on fresh databases:
   per device, so first writes of a device-hour are not counted); then a relay starts and
   the backlog is drained into the database. CPU time from ``/proc/<pid>/stat``
   (user + system) from the relay's start (its metrics endpoint answering, imports done)
-  to the scheduler's stored counter reaching the total, per process: ``relay``,
-  ``scheduler``, ``broker`` (every ``beam.smp``), ``database`` (FerretDB and its
-  PostgreSQL: the postmaster and every backend). ``total`` is their sum; the load
+  to the scheduler's written counters (stored + duplicates) reaching the total, per
+  process: ``relay``, ``scheduler``, ``broker`` (the ``beam.smp`` of the node the
+  management API names, not other nodes on the machine), ``database`` (FerretDB and its
+  PostgreSQL's backends of FerretDB's database and auxiliary processes, not other
+  databases' backends). ``total`` is their sum; the load
   generator's CPU (the simulator filling the queues, this process) is reported apart
   (``load_generator``) and not in the total. The broker and the database are shared
   with whatever else runs on the machine, so their idle CPU rate is measured for a few
@@ -43,13 +45,12 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from benchmarks import common
 from benchmarks.common import r, ratio, say
-from benchmarks.reads import ServerCpu
+from fairway.amqp import management
 from fairway.devtools import simulator
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message, to_document
@@ -216,14 +217,44 @@ def cpu_s(pid: int) -> float:
 
 
 def broker_pids() -> list[int]:
-    """Every RabbitMQ Erlang VM (``beam.smp``) on this machine."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with suppress(OSError):
-                if Path(f"/proc/{entry}/comm").read_text().strip() == "beam.smp":
-                    found.append(int(entry))
-    return found
+    """The OS pid of every node of the broker the benchmark uses (its management API):
+    other ``beam.smp`` on the machine (other people's test nodes) are not counted."""
+    nodes = management.call(common.MGMT_URL, "GET", "nodes?columns=os_pid")
+    return [int(node["os_pid"]) for node in nodes]
+
+
+class DatabaseCpu:
+    """CPU seconds of the database server: the FerretDB process the benchmark talks to,
+    and its PostgreSQL's backends of FerretDB's database plus the auxiliary processes
+    (WAL writer, checkpointer, ...); backends of other PostgreSQL databases (other
+    people's private servers) are not counted."""
+
+    def __init__(self, env: Pipeline) -> None:
+        status = env.db.client.admin.command("serverStatus")
+        self.ferretdb = int(status["pid"]) if status.get("process") == "ferretdb" else None
+        self.postgres_url = env.settings.postgres_url
+        self.seen: dict[int, float] = {}  # last CPU seen per backend: exited ones keep it
+
+    def _backends(self) -> list[int]:
+        if not self.postgres_url:
+            return []
+        import psycopg
+
+        with psycopg.connect(self.postgres_url, connect_timeout=5) as connection:
+            rows = connection.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE (datname = current_database() OR datname IS NULL)"
+                " AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return [int(pid) for (pid,) in rows]
+
+    def seconds(self) -> float:
+        """CPU seconds so far (0 without a FerretDB or PostgreSQL on this machine)."""
+        for pid in self._backends():
+            cpu = cpu_s(pid)
+            if cpu:
+                self.seen[pid] = cpu
+        return (cpu_s(self.ferretdb) if self.ferretdb else 0.0) + sum(self.seen.values())
 
 
 class Meter:
@@ -232,13 +263,13 @@ class Meter:
     def __init__(self, env: Pipeline, relay: int, scheduler: int) -> None:
         self.pids = {"relay": relay, "scheduler": scheduler}
         self.brokers = broker_pids()
-        self.database = ServerCpu(env.db, env.settings.postgres_url)
+        self.database = DatabaseCpu(env)
 
     def shared(self) -> dict[str, float]:
         """The shared servers only: broker and database."""
         return {
             "broker": sum(cpu_s(pid) for pid in self.brokers),
-            "database": self.database.seconds() or 0.0,
+            "database": self.database.seconds(),
         }
 
     def read(self) -> dict[str, float]:
