@@ -45,6 +45,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -457,7 +458,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--only-drain", action="store_true", help="skip the ceilings and the sustained run"
     )
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="a FerretDB of the run's own on its own PostgreSQL database (FAIRWAY_POSTGRES_URL's"
+        " server): the database's CPU is this run's alone, and a wedged shared one is avoided",
+    )
     args = p.parse_args(argv)
+    with ExitStack() as stack:
+        if args.private:
+            from benchmarks.write_cost import private_server
+
+            server = stack.enter_context(private_server(common.BASE.postgres_url))
+            common.BASE = Settings.from_env(
+                common.BASE.environ(), mongo_url=server.mongo_url, postgres_url=server.private_url
+            )
+            # What reads FAIRWAY_POSTGRES_URL itself (mongo.ensure_indexes) must see it too.
+            os.environ["FAIRWAY_POSTGRES_URL"] = server.private_url
+            say(f"private FerretDB at {server.mongo_url} on PostgreSQL database {server.pg_db}")
+        run(args)
+
+
+def run(args: Any) -> None:
+    """Every measurement of one run (see the module doc)."""
     args.duration = args.duration or max(5.0, 30.0 * args.scale)
     args.warmup = args.warmup if args.warmup is not None else min(5.0, args.duration / 4)
     n_docs = args.ceiling_docs or common.scaled(100_000, args.scale, 5000)
