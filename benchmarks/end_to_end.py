@@ -233,20 +233,24 @@ class DatabaseCpu:
     def __init__(self, env: Pipeline) -> None:
         status = env.db.client.admin.command("serverStatus")
         self.ferretdb = int(status["pid"]) if status.get("process") == "ferretdb" else None
-        self.postgres_url = env.settings.postgres_url
         self.seen: dict[int, float] = {}  # last CPU seen per backend: exited ones keep it
+        # One connection for the whole drain: PostgreSQL's connection slots are shared.
+        self._watch: Any = None
+        if env.settings.postgres_url:
+            import psycopg
+
+            self._watch = psycopg.connect(
+                env.settings.postgres_url, autocommit=True, connect_timeout=5
+            )
 
     def _backends(self) -> list[int]:
-        if not self.postgres_url:
+        if self._watch is None:
             return []
-        import psycopg
-
-        with psycopg.connect(self.postgres_url, connect_timeout=5) as connection:
-            rows = connection.execute(
-                "SELECT pid FROM pg_stat_activity"
-                " WHERE (datname = current_database() OR datname IS NULL)"
-                " AND pid <> pg_backend_pid()"
-            ).fetchall()
+        rows = self._watch.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE (datname = current_database() OR datname IS NULL)"
+            " AND pid <> pg_backend_pid()"
+        ).fetchall()
         return [int(pid) for (pid,) in rows]
 
     def seconds(self) -> float:
@@ -256,6 +260,11 @@ class DatabaseCpu:
             if cpu:
                 self.seen[pid] = cpu
         return (cpu_s(self.ferretdb) if self.ferretdb else 0.0) + sum(self.seen.values())
+
+    def close(self) -> None:
+        """Close the watching connection."""
+        if self._watch is not None:
+            self._watch.close()
 
 
 class Meter:
@@ -364,6 +373,7 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
                     lambda: written(sched) >= warm + total, args.drain_timeout, 0.1, "drain"
                 )
                 end, seconds = meter.read(), time.monotonic() - t0
+                meter.database.close()
                 stored = int(sched.metric_sum(STORED)) - warm
                 duplicates = int(sched.metric_sum(DUPLICATES))
         documents = env.db[mongo.TELEMETRY].count_documents({}) - warm
