@@ -6,6 +6,7 @@ What happens to every message in the ``rejected`` queue:
   registry), ``reason`` (``x-fairway-reason``; ``dead_letter`` for what a tenant queue
   dead-lettered), ``detail``, ``routing_key``, ``at``, and the first
   ``rejected_body_bytes`` of the body as text (``body``; ``body_bytes`` its full size);
+  and, for one reading refused out of a device batch, ``index``: its position in it;
 * documents are inserted in batches (``archiver_batch_size``, or after
   ``archiver_linger_ms``) on a writer thread; the deliveries are acked after the
   insert returned. Database down: the batch is retried with capped backoff, nothing is
@@ -71,7 +72,8 @@ def rejection_document(
         with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
             device = device or orjson.loads(body).get("device")
     size = headers.get(topology.SIZE_HEADER)
-    return {
+    index = headers.get(topology.INDEX_HEADER)
+    doc = {
         "device": device,
         "tenant": tenant,
         "reason": reason or "unknown",
@@ -81,6 +83,9 @@ def rejection_document(
         "body": body[:excerpt_bytes].decode("utf-8", "replace"),
         "body_bytes": int(size) if isinstance(size, int) else len(body),
     }
+    if isinstance(index, int) and not isinstance(index, bool):
+        doc["index"] = index
+    return doc
 
 
 def _only_duplicates(exc: BulkWriteError) -> bool:

@@ -111,6 +111,14 @@ def _rows_e2e(d: dict) -> list[tuple[str, str, str]]:
             f"{pipe['stored_rate']:,.0f} docs/s (offered {pipe['offered_rate']:,.0f})",
             f"{d['ratios'].get('pipeline/insert_many_1_thread')}",
         ),
+        *(
+            (
+                f"drain {name}: CPU per reading",
+                f"{cpu['total']:,.0f} us ({d['drain_rate'][name]:,.0f} readings/s)",
+                f"{d['ratios'].get(f'cpu_per_reading {name}/single (total)', 1.0)}",
+            )
+            for name, cpu in (d.get("cpu_us_per_reading") or {}).items()
+        ),
     ]
 
 

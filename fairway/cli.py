@@ -331,7 +331,14 @@ def archiver(settings: Settings) -> None:
 @main.command("simulate")
 @click.option("--tenants", default=3, show_default=True)
 @click.option("--devices", default=5, show_default=True, help="Devices per tenant.")
-@click.option("--rate", default=500.0, show_default=True, help="Messages per second in total.")
+@click.option("--rate", default=500.0, show_default=True, help="Readings per second in total.")
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Readings per message (device batches: a JSON array; 1: one reading object).",
+)
 @click.option("--noisy", multiple=True, help="TENANT:FACTOR, e.g. sim01:100.")
 @click.option("--duration", default=10.0, show_default=True, help="Seconds to publish.")
 @click.option(
@@ -346,6 +353,7 @@ def simulate(
     tenants: int,
     devices: int,
     rate: float,
+    batch: int,
     noisy: tuple[str, ...],
     duration: float,
     provision: bool,
@@ -368,6 +376,7 @@ def simulate(
         simulator.weighted_devices(by_tenant, noisy_factors),
         rate=rate,
         duration=duration,
+        batch=batch,
     ).run()
     click.echo(simulator.summary_json(summary))
 

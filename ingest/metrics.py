@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 RELAY_ACCEPTED = Counter(
     "fairway_relay_accepted_total",
@@ -52,4 +52,11 @@ RELAY_PREFETCH_BOUND = Gauge(
     "fairway_relay_prefetch_bound",
     "Most deliveries the broker may hand this relay at once: "
     "relay_prefetch + tenant queues x relay_tenant_prefetch",
+)
+
+
+RELAY_BATCH_READINGS = Histogram(
+    "fairway_relay_batch_readings",
+    "Readings per device batch (messages carrying an array of readings)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )

@@ -1,4 +1,8 @@
-"""Token buckets per key (device, tenant), bounded in number."""
+"""Token buckets per key (device, tenant), bounded in number.
+
+A token is one reading: a device batch of ten readings costs ten, whether it is
+accepted (:meth:`RateLimiter.take`) or refused whole (:meth:`RefusalBudget.allow`).
+"""
 
 from __future__ import annotations
 
@@ -16,19 +20,35 @@ class RateLimiter:
         self.rate, self.burst = rate, burst
         self._buckets: LRUCache[str, list[float]] = LRUCache(maxsize=max_keys)
 
-    def allow(self, key: str, now: float) -> bool:
-        """Take one token for ``key`` at time ``now``; False if none is left."""
+    def _tokens(self, key: str, now: float) -> list[float]:
+        """``key``'s bucket ``[tokens, now]``, refilled up to ``now``."""
         bucket = self._buckets.get(key)
         if bucket is None:
-            self._buckets[key] = [self.burst - 1.0, now]
-            return True
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
+            bucket = self._buckets[key] = [self.burst, now]
+        else:
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        return bucket
+
+    def allow(self, key: str, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens for ``key`` at time ``now``; False if not one is left.
+
+        A cost above what is left overdraws the bucket (it refills from below zero),
+        so something costing more than the burst is still allowed once in a while and
+        the long-run rate holds.
+        """
+        bucket = self._tokens(key, now)
+        if bucket[0] < 1.0:
             return False
-        bucket[0] = tokens - 1.0
+        bucket[0] -= cost
         return True
+
+    def take(self, key: str, now: float, want: int) -> int:
+        """Take up to ``want`` whole tokens for ``key``; return how many were granted."""
+        bucket = self._tokens(key, now)
+        granted = min(want, int(bucket[0])) if bucket[0] >= 1.0 else 0
+        bucket[0] -= granted
+        return granted
 
 
 class RefusalBudget:
@@ -52,8 +72,9 @@ class RefusalBudget:
         self.devices = RateLimiter(device_rate, device_burst, max_keys)
         self.tenants = RateLimiter(tenant_rate, tenant_burst, max_keys)
 
-    def allow(self, device: str | None, tenant: str | None, now: float) -> bool:
-        """Take one refusal from the device's and the tenant's budget; False if spent."""
-        if not self.devices.allow(device or "_", now):
+    def allow(self, device: str | None, tenant: str | None, now: float, readings: int = 1) -> bool:
+        """Take a refusal of ``readings`` readings from the device's and the tenant's
+        budget; False if either is spent."""
+        if not self.devices.allow(device or "_", now, readings):
             return False
-        return tenant is None or self.tenants.allow(tenant, now)
+        return tenant is None or self.tenants.allow(tenant, now, readings)

@@ -13,12 +13,16 @@ devices of a removed tenant are still refused as ``unknown_tenant``); tenant que
 declared (idempotently) and consumed one after another, so each consumer starts under
 its own ``basic.qos``. A tenant is never dropped while the process runs.
 
-What happens to every delivery:
+What happens to every delivery (one reading, or a device batch of several:
+:mod:`fairway.kernel.contract`):
 
-* refused by the contract or the registry -> published to ``rejected`` with
+* refused whole by the contract or the registry -> published to ``rejected`` with
   ``x-fairway-reason``; the original is acked after that publish is confirmed.
-* accepted -> published to ``tenants`` (routing key = tenant id, ``mandatory``);
-  the original is acked after that publish is confirmed.
+* each accepted reading -> published on its own to ``tenants`` (routing key = tenant
+  id, ``mandatory``), one message per reading as for single readings;
+* each refused reading of a batch (contract, or beyond the device's rate) -> published
+  on its own to ``rejected`` with its reason and ``x-fairway-index``;
+* the original is acked once every publish it led to is confirmed.
 * the tenant queue is full (``basic.nack``) or missing (``basic.return``) -> published
   to ``rejected`` as ``tenant_backlog_full`` / ``unroutable``, then acked.
 * refused beyond the device's or the tenant's refusal budget -> counted in
@@ -30,9 +34,10 @@ What happens to every delivery:
   redelivers it; a second copy in a tenant queue is a duplicate the scheduler's
   idempotent write absorbs.
 
-Confirms stream: every delivery has at most one unconfirmed republish, so the confirm
-window equals the prefetch. Acks use :class:`fairway.kernel.acks.AckWatermark`, because
-registry look-ups let deliveries finish out of order.
+Confirms stream: every delivery has at most one unconfirmed republish per reading, so
+the confirm window is the prefetch times ``max_batch_readings``. Acks use
+:class:`fairway.kernel.acks.AckWatermark`, because registry look-ups let deliveries
+finish out of order.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 from pymongo.database import Database
@@ -52,7 +58,7 @@ from pymongo.database import Database
 from fairway.amqp.service import AmqpService, Consumer
 from fairway.kernel import topology
 from fairway.kernel.acks import AckWatermark
-from fairway.kernel.contract import Reading, parse_reading, tenant_message
+from fairway.kernel.contract import BadReading, Message, parse_message, tenant_message
 from fairway.kernel.ids import is_valid_id
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
@@ -66,15 +72,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
+class Delivery:
+    """One delivery and its publishes not yet confirmed: acked when none is left."""
+
+    tag: int
+    remaining: int
+
+
+@dataclass(slots=True)
 class Pending:
     """A republish awaiting its confirm, and what to do if it is refused."""
 
-    delivery_tag: int
+    delivery: Delivery
     routing_key: str
     body: bytes
     device: str | None
     tenant: str | None
     reason: Reason | None  # None: a reading published to its tenant queue
+    index: int | None = None  # the reading's position in a device batch
 
 
 class Relay(AmqpService):
@@ -101,6 +116,12 @@ class Relay(AmqpService):
             settings.rejected_tenant_burst,
             settings.device_cache_size,
         )
+        if settings.device_burst < settings.max_batch_readings:
+            log.warning(
+                "FAIRWAY_DEVICE_BURST is below FAIRWAY_MAX_BATCH_READINGS: a full device batch"
+                " can never be accepted whole (its last readings are refused as rate_limited)",
+                extra={"burst": settings.device_burst, "batch": settings.max_batch_readings},
+            )
         self.db = db
         self._ingest = Consumer(
             topology.INGEST,
@@ -272,7 +293,7 @@ class Relay(AmqpService):
         self._acks.track(tag)
         now = time.time()
         try:
-            reading = parse_reading(
+            message = parse_message(
                 routing_key,
                 body,
                 self.settings,
@@ -281,17 +302,19 @@ class Relay(AmqpService):
                 now=now,
             )
         except Rejection as refusal:
-            self._refuse(tag, routing_key, body, refusal, device=_device_of(routing_key))
+            self._refuse(Delivery(tag, 1), routing_key, body, refusal, _device_of(routing_key))
             return
         except Exception as exc:
             # A validator bug must not become a poison message that crash-loops relays.
             log.exception("validation failed unexpectedly", extra={"routing_key": routing_key})
             bug = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
-            self._refuse(tag, routing_key, body, bug, device=_device_of(routing_key))
+            self._refuse(Delivery(tag, 1), routing_key, body, bug, _device_of(routing_key))
             return
+        if message.batch:
+            metrics.RELAY_BATCH_READINGS.observe(message.count)
         self.registry.lookup(
-            reading.device,
-            lambda device: self._admit(channel, tag, routing_key, body, reading, device, now),
+            message.device,
+            lambda device: self._admit(channel, tag, routing_key, body, message, device, now),
         )
 
     def _admit(
@@ -300,44 +323,88 @@ class Relay(AmqpService):
         tag: int,
         routing_key: str,
         body: bytes,
-        reading: Reading,
+        message: Message,
         device: Device | None,
         received: float,
     ) -> None:
         if channel is not self._channel:
             return  # the delivery belonged to a closed channel; the broker redelivers it
+        readings, refused = message.readings, message.refused
         try:
-            tenant = _check_device(reading.device, device)
-            if not self.rate.allow(reading.device, received):
+            tenant = _check_device(message.device, device)
+            granted = self.rate.take(message.device, received, len(readings)) if readings else 0
+            if readings and not granted and not message.batch:
                 raise Rejection(
                     Reason.RATE_LIMITED,
-                    f"device {reading.device!r} exceeds {self.settings.device_rate:g} msg/s",
+                    f"device {message.device!r} exceeds {self.settings.device_rate:g} readings/s",
                 )
         except Rejection as refusal:
+            # The whole message: it costs its readings' worth of the refusal budgets.
             tenant_id = device.tenant if device is not None else None
-            self._refuse(tag, routing_key, body, refusal, device=reading.device, tenant=tenant_id)
+            self._refuse(
+                Delivery(tag, 1),
+                routing_key,
+                body,
+                refusal,
+                message.device,
+                tenant_id,
+                readings=message.count,
+            )
             return
-        self._publish(
-            topology.TENANTS,
-            tenant,
-            tenant_message(tenant, reading, received),
-            Pending(tag, routing_key, body, reading.device, tenant, None),
-        )
+        if granted < len(readings):
+            limit = f"device {message.device!r} exceeds {self.settings.device_rate:g} readings/s"
+            refused = refused + [
+                BadReading(
+                    i,
+                    Rejection(Reason.RATE_LIMITED, f"reading {i} of {message.count}: {limit}"),
+                    _element(reading),
+                )
+                for i, reading in readings[granted:]
+            ]
+            readings = readings[:granted]
+        delivery = Delivery(tag, len(readings) + len(refused))
+        batch = message.batch
+        for index, reading in readings:
+            published = tenant_message(tenant, reading, received)
+            # What `rejected` keeps if the tenant queue refuses it: a single reading's
+            # original body; a batch's reading as published.
+            kept = published if batch else body
+            pending = Pending(
+                delivery, routing_key, kept, message.device, tenant, None, index if batch else None
+            )
+            self._publish(topology.TENANTS, tenant, published, pending)
+        for bad in refused:
+            self._refuse(
+                delivery,
+                routing_key,
+                orjson.dumps(bad.element),
+                bad.rejection,
+                message.device,
+                tenant,
+                index=bad.index,
+            )
 
     def _refuse(
         self,
-        tag: int,
+        delivery: Delivery,
         routing_key: str,
         body: bytes,
         refusal: Rejection,
-        *,
         device: str | None,
         tenant: str | None = None,
+        *,
+        index: int | None = None,
+        readings: int = 1,
     ) -> None:
-        if not self.refusals.allow(device, tenant, time.monotonic()):
+        """Publish one refusal to ``rejected`` (within the refusal budgets) for ``delivery``.
+
+        ``readings``: how many readings it refuses (a whole batch refused by the
+        registry costs the budgets that many); ``index``: one reading of a batch.
+        """
+        if not self.refusals.allow(device, tenant, time.monotonic(), readings):
             # Over the device's or tenant's budget: counted, acked, not kept.
             metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
-            self._settle([tag])
+            self._done(delivery)
             return
         headers: dict[str, Any] = {
             topology.REASON_HEADER: refusal.reason.value,
@@ -348,6 +415,8 @@ class Relay(AmqpService):
             headers[topology.DEVICE_HEADER] = device
         if tenant:
             headers[topology.TENANT_HEADER] = tenant
+        if index is not None:
+            headers[topology.INDEX_HEADER] = index
         if len(body) > self.settings.max_message_bytes:
             headers[topology.SIZE_HEADER] = len(body)
             body = body[: self.settings.rejected_body_bytes]
@@ -355,7 +424,7 @@ class Relay(AmqpService):
             topology.REJECTED,
             f"{refusal.reason.value}.{device or '_'}",
             body,
-            Pending(tag, routing_key, body, device, tenant, refusal.reason),
+            Pending(delivery, routing_key, body, device, tenant, refusal.reason, index),
             headers=headers,
         )
 
@@ -409,6 +478,19 @@ class Relay(AmqpService):
             self._confirmed(last, pending.pop(last), acked, settled)
         self._settle(settled)
 
+    def _done(self, delivery: Delivery, settled: list[int] | None = None) -> None:
+        """One publish of ``delivery`` is settled; the delivery is once none is left.
+
+        ``settled`` collects completed tags for one :meth:`_settle` (None: settle now).
+        """
+        delivery.remaining -= 1
+        if delivery.remaining > 0:
+            return
+        if settled is None:
+            self._settle([delivery.tag])
+        else:
+            settled.append(delivery.tag)
+
     def _settle(self, tags: list[int]) -> None:
         """Ack whatever prefix of deliveries ``tags`` completes."""
         upto = self._acks.settle(tags)
@@ -424,7 +506,7 @@ class Relay(AmqpService):
                 metrics.RELAY_ACCEPTED.labels(item.tenant).inc()
             else:
                 metrics.RELAY_REJECTED.labels(item.reason.value).inc()
-            settled.append(item.delivery_tag)
+            self._done(item.delivery, settled)
         elif item.reason is None:
             # The tenant queue refused it: full (nack) or missing (return).
             refusal = (
@@ -434,13 +516,15 @@ class Relay(AmqpService):
                     Reason.TENANT_BACKLOG_FULL, f"tenant {item.tenant!r} backlog is full"
                 )
             )
+            # The refusal replaces this publish in the delivery's count.
             self._refuse(
-                item.delivery_tag,
+                item.delivery,
                 item.routing_key,
                 item.body,
                 refusal,
-                device=item.device,
-                tenant=item.tenant,
+                item.device,
+                item.tenant,
+                index=item.index,
             )
         else:
             metrics.RELAY_REJECTED_DROPPED.labels(item.reason.value).inc()
@@ -448,7 +532,7 @@ class Relay(AmqpService):
                 "rejected queue refused a message; dropped after counting",
                 extra={"reason": item.reason.value, "device": item.device},
             )
-            settled.append(item.delivery_tag)
+            self._done(item.delivery, settled)
 
     # -- stopping ----------------------------------------------------------------
     def drained(self) -> bool:
@@ -467,6 +551,11 @@ def run(settings: Settings) -> None:
 def _device_of(routing_key: str) -> str | None:
     device = routing_key.partition(".")[0]
     return device if is_valid_id(device) else None
+
+
+def _element(reading: Any) -> dict[str, Any]:
+    """A reading as a device sends it, for the body of its refusal."""
+    return {"ts": reading.ts, "values": reading.values, "id": reading.message_id}
 
 
 def _check_device(device_id: str, device: Device | None) -> str:

@@ -37,7 +37,7 @@ def run_demo(settings: Settings, duration: float) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             landed = sum(_counts(db, by_tenant).values()) - sum(before.values())
-            if landed >= summary.confirmed:
+            if landed >= summary.readings:
                 break
             time.sleep(0.5)
     finally:

@@ -1,10 +1,13 @@
 """Simulated devices: publish readings to ``telemetry`` with streamed confirms.
 
-``fairway simulate --tenants N --devices M --rate R [--noisy TENANT:FACTOR]
-[--duration S]`` publishes about ``R`` messages per second in total, spread over
-``N x M`` devices; a noisy tenant's devices publish ``FACTOR`` times as often. The
-number of unconfirmed publishes is bounded by ``window``; progress goes to stderr
-once a second and a JSON summary (sent, confirmed, nacked) is returned at the end.
+``fairway simulate --tenants N --devices M --rate R [--batch B] [--noisy TENANT:FACTOR]
+[--duration S]`` publishes about ``R`` readings per second in total, spread over
+``N x M`` devices; a noisy tenant's devices publish ``FACTOR`` times as often. With
+``--batch B`` (> 1) each message is a device batch of ``B`` readings (a JSON array,
+readings 1 ms apart, without their own ids: each gets ``<message_id>#<index>``), so
+``R / B`` messages per second. The number of unconfirmed publishes is bounded by
+``window``; progress goes to stderr once a second and a JSON summary (messages sent,
+confirmed, nacked; readings confirmed) is returned at the end.
 """
 
 from __future__ import annotations
@@ -35,15 +38,21 @@ TICK_S = 0.01
 class Summary:
     """What the simulator did."""
 
-    sent: int = 0
+    sent: int = 0  # messages
     confirmed: int = 0
     nacked: int = 0
     seconds: float = 0.0
+    batch: int = 1  # readings per message
 
     @property
     def rate(self) -> float:
         """Confirmed messages per second."""
         return self.confirmed / self.seconds if self.seconds else 0.0
+
+    @property
+    def readings(self) -> int:
+        """Readings in the confirmed messages."""
+        return self.confirmed * self.batch
 
 
 def tenant_ids(count: int) -> list[str]:
@@ -78,6 +87,19 @@ def reading(now: float, seq: int) -> bytes:
     )
 
 
+def batch_body(now: float, size: int) -> bytes:
+    """A device batch of ``size`` plausible readings, 1 ms apart, ending at ``now``."""
+    return orjson.dumps(
+        [
+            {
+                "ts": now - (size - 1 - i) / 1000,
+                "values": {"temp": round(20 + 5 * random.random(), 2), "ok": True},
+            }
+            for i in range(size)
+        ]
+    )
+
+
 class Simulator:
     """Publish at a target rate over one connection, confirms streamed."""
 
@@ -92,11 +114,20 @@ class Simulator:
         window: int = 5000,
         stream: str = "env",
         progress: bool = True,
+        batch: int = 1,
     ) -> None:
+        """``rate``: readings per second; ``total``: readings (rounded up to whole
+        batches); ``window``: unconfirmed messages; ``batch``: readings per message
+        (1: a single reading object, as devices without batches send)."""
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
         self.settings, self.devices = settings, devices
-        self.rate, self.duration, self.total = rate, duration, total
+        self.batch = batch
+        self.rate = rate / batch  # messages per second
+        self.duration = duration
+        self.total = None if total is None else -(-total // batch)  # messages
         self.window, self.stream, self.progress = window, stream, progress
-        self.summary = Summary()
+        self.summary = Summary(batch=batch)
         self.ioloop = IOLoop()
         self._channel: Any = None
         self._connection: Any = None
@@ -154,7 +185,10 @@ class Simulator:
             props = BasicProperties(delivery_mode=2, content_type="application/json")
             for _ in range(self._due(now)):
                 self.summary.sent += 1
-                body = reading(wall, self.summary.sent)
+                if self.batch == 1:
+                    body = reading(wall, self.summary.sent)
+                else:
+                    body = batch_body(wall, self.batch)
                 device = next(self.devices)
                 props.message_id = f"{self.run_id}-{self.summary.sent}"
                 self._channel.basic_publish(
@@ -174,7 +208,8 @@ class Simulator:
         s = self.summary
         print(
             f"[{elapsed:6.1f}s] sent {s.sent} confirmed {s.confirmed} nacked {s.nacked}"
-            f" ({s.confirmed / max(elapsed, 1e-9):.0f} msg/s)",
+            f" ({s.confirmed / max(elapsed, 1e-9):.0f} msg/s,"
+            f" {s.readings / max(elapsed, 1e-9):.0f} readings/s)",
             file=sys.stderr,
             flush=True,
         )
@@ -203,4 +238,6 @@ class Simulator:
 
 def summary_json(summary: Summary) -> str:
     """The summary as one JSON line."""
-    return orjson.dumps({**asdict(summary), "rate": round(summary.rate, 1)}).decode()
+    return orjson.dumps(
+        {**asdict(summary), "readings": summary.readings, "rate": round(summary.rate, 1)}
+    ).decode()

@@ -1,7 +1,7 @@
 """The telemetry message contract: what a device sends and what the relay accepts.
 
 A device publishes to the ``telemetry`` exchange with routing key
-``<device_id>.<stream>`` and a JSON object body::
+``<device_id>.<stream>`` and a JSON object body, one reading::
 
     {"ts": 1732412345.25, "values": {"temp": 21.5, "door_open": false}, "id": "optional"}
 
@@ -16,6 +16,14 @@ The message id is, in order of preference: the AMQP ``message_id`` property, the
 body's ``id``, else ``<stream>@<ts in ms>``. Two readings of one stream with the same
 millisecond timestamp and no id are therefore the same reading. Unknown top-level
 fields are refused (``schema``) rather than silently dropped.
+
+A *device batch* carries several readings of one stream in one message: a JSON array
+of reading objects, or ``{"readings": [...]}``, 1..``max_batch_readings`` of them
+(more: ``too_many_readings``, the whole message refused). Each reading is checked on
+its own: the valid ones are accepted, each invalid one is refused with its reason and
+its index in the batch (:class:`BadReading`). A reading's id is its own ``id``, else
+``<AMQP message_id>#<index>``, else ``<stream>@<ts in ms>``: derived from the message
+alone, so a redelivered batch yields the same ids and is stored once.
 
 Everything here is pure: no I/O, so it is unit-tested exhaustively and cheap on the
 relay's hot path.
@@ -42,6 +50,7 @@ _VALUE_KEY = re.compile(r"[A-Za-z0-9_:-]{1,64}")
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 _INT64 = 2**63
 _TOP_LEVEL = frozenset({"ts", "values", "id"})
+BATCH_KEY = "readings"
 
 
 @dataclass(slots=True, frozen=True)
@@ -53,6 +62,36 @@ class Reading:
     message_id: str
     ts: float
     values: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class BadReading:
+    """One reading of a device batch refused on its own, and where it was in the batch."""
+
+    index: int
+    rejection: Rejection
+    element: object  # the reading as the device sent it (decoded JSON)
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """One delivery from ``telemetry``, parsed: its accepted and refused readings.
+
+    ``batch`` is False for a single reading object (which is either accepted or refused
+    whole, by :func:`parse_message` raising); ``readings`` holds ``(index, reading)`` in
+    batch order.
+    """
+
+    device: str
+    stream: str
+    readings: list[tuple[int, Reading]]
+    refused: list[BadReading]
+    batch: bool
+
+    @property
+    def count(self) -> int:
+        """Readings the message carried."""
+        return len(self.readings) + len(self.refused)
 
 
 def split_routing_key(routing_key: str) -> tuple[str, str]:
@@ -155,12 +194,61 @@ def parse_reading(
     user_id: str | None = None,
     now: float,
 ) -> Reading:
-    """Validate one delivery from ``telemetry``; raise :class:`Rejection` if refused.
+    """Validate one single-reading delivery from ``telemetry``; raise :class:`Rejection`.
 
     Checks run cheapest first. Identity (``user_id`` against the routing key) is
     checked before the body is even decoded, so a spoofing device learns nothing
     about the contract.
     """
+    device, stream, doc = _decode(routing_key, body, settings, user_id)
+    if not isinstance(doc, dict):
+        raise Rejection(Reason.SCHEMA, "body must be a JSON object")
+    return _reading(device, stream, doc, message_id, settings, now)
+
+
+def parse_message(
+    routing_key: str,
+    body: bytes,
+    settings: Settings,
+    *,
+    message_id: str | None = None,
+    user_id: str | None = None,
+    now: float,
+) -> Message:
+    """Validate one delivery from ``telemetry``: a single reading or a device batch.
+
+    Raises :class:`Rejection` for what refuses the whole message (size, routing key,
+    identity, JSON, a single reading's contract, a batch's envelope or count); a
+    batch's bad readings come back in :attr:`Message.refused` instead.
+    """
+    device, stream, doc = _decode(routing_key, body, settings, user_id)
+    if isinstance(doc, dict) and BATCH_KEY not in doc:
+        reading = _reading(device, stream, doc, message_id, settings, now)
+        return Message(device, stream, [(0, reading)], [], batch=False)
+    elements = _batch_elements(doc, settings)
+    if message_id is not None:
+        # The property names the batch; its readings' ids are derived from it.
+        message_id = message_id_of(message_id, None, stream, 0.0, settings)
+    accepted: list[tuple[int, Reading]] = []
+    refused: list[BadReading] = []
+    for index, element in enumerate(elements):
+        try:
+            if not isinstance(element, dict):
+                raise Rejection(Reason.SCHEMA, "a reading must be a JSON object")
+            fallback = None if message_id is None else f"{message_id}#{index}"
+            reading = _reading(device, stream, element, None, settings, now, fallback)
+        except Rejection as exc:
+            detail = f"reading {index} of {len(elements)}: {exc.detail}"
+            refused.append(BadReading(index, Rejection(exc.reason, detail), element))
+        else:
+            accepted.append((index, reading))
+    return Message(device, stream, accepted, refused, batch=True)
+
+
+def _decode(
+    routing_key: str, body: bytes, settings: Settings, user_id: str | None
+) -> tuple[str, str, Any]:
+    """Size, routing key, identity, JSON: the checks every message gets, cheapest first."""
     if len(body) > settings.max_message_bytes:
         raise Rejection(
             Reason.TOO_LARGE,
@@ -176,13 +264,49 @@ def parse_reading(
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Rejection(Reason.MALFORMED_JSON, f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise Rejection(Reason.SCHEMA, "body must be a JSON object")
+    return device, stream, doc
+
+
+def _batch_elements(doc: object, settings: Settings) -> list[Any]:
+    """The readings of a batch body (array or ``{"readings": [...]}``), count checked."""
+    if isinstance(doc, dict):
+        extra = doc.keys() - {BATCH_KEY}
+        if extra:
+            raise Rejection(
+                Reason.SCHEMA, f"unexpected fields next to 'readings': {sorted(extra)[:5]}"
+            )
+        doc = doc[BATCH_KEY]
+        if not isinstance(doc, list):
+            raise Rejection(Reason.SCHEMA, "'readings' must be an array of readings")
+    elif not isinstance(doc, list):
+        raise Rejection(
+            Reason.SCHEMA, "body must be a JSON object (one reading) or an array of readings"
+        )
+    if not doc:
+        raise Rejection(Reason.SCHEMA, "the batch holds no readings")
+    if len(doc) > settings.max_batch_readings:
+        raise Rejection(
+            Reason.TOO_MANY_READINGS,
+            f"the batch holds {len(doc)} readings; at most {settings.max_batch_readings}",
+        )
+    return doc
+
+
+def _reading(
+    device: str,
+    stream: str,
+    doc: dict[str, Any],
+    property_id: str | None,
+    settings: Settings,
+    now: float,
+    fallback_id: str | None = None,
+) -> Reading:
+    """One reading object checked against the contract (schema, clock, values, id)."""
     extra = doc.keys() - _TOP_LEVEL
     if extra:
         raise Rejection(Reason.SCHEMA, f"unexpected fields: {sorted(extra)[:5]}")
     if "ts" not in doc or "values" not in doc:
-        raise Rejection(Reason.SCHEMA, "body needs 'ts' and 'values'")
+        raise Rejection(Reason.SCHEMA, "a reading needs 'ts' and 'values'")
     ts = parse_ts(doc["ts"])
     if ts - now > settings.max_clock_skew_s:
         raise Rejection(
@@ -195,7 +319,11 @@ def parse_reading(
             f"'ts' is {now - ts:.0f} s old; at most {settings.max_reading_age_s:.0f}",
         )
     values = check_values(doc["values"], settings)
-    mid = message_id_of(message_id, doc.get("id"), stream, ts, settings)
+    body_id = doc.get("id")
+    if body_id is None and fallback_id is not None:
+        mid = fallback_id
+    else:
+        mid = message_id_of(property_id, body_id, stream, ts, settings)
     return Reading(device=device, stream=stream, message_id=mid, ts=ts, values=values)
 
 

@@ -25,6 +25,7 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     TENANT_BACKLOG_FULL = "tenant_backlog_full"
     UNROUTABLE = "unroutable"
+    TOO_MANY_READINGS = "too_many_readings"
 
 
 class Rejection(Exception):

@@ -274,6 +274,9 @@ class Settings:
     max_values: int = setting(64, CONTRACT, AT_LEAST_1)
     max_string_value: int = setting(256, CONTRACT, AT_LEAST_0)  # 0: no strings but ""
     max_message_id: int = setting(128, CONTRACT, AT_LEAST_1)
+    # Readings one device message may carry (a JSON array or {"readings": [...]}); the
+    # relay holds up to this many unconfirmed publishes per delivery.
+    max_batch_readings: int = setting(100, CONTRACT, Bound(low=1, high=1000))
     max_clock_skew_s: float = setting(300.0, CONTRACT, AT_LEAST_0)  # 0: no future ts
     max_reading_age_s: float = setting(7 * 24 * 3600.0, CONTRACT, POSITIVE)
     rejected_body_bytes: int = setting(1024, CONTRACT, AT_LEAST_0)  # 0: keep no body
@@ -281,8 +284,8 @@ class Settings:
     # -- relay (a prefetch of 0 would mean "unlimited" to RabbitMQ, hence >= 1)
     relay_prefetch: int = setting(2000, RELAY, AT_LEAST_1)  # the shared `ingest`
     relay_tenant_prefetch: int = setting(100, RELAY, AT_LEAST_1)  # each `ingest.<tenant>`
-    device_rate: float = setting(1000.0, RELAY, POSITIVE)
-    device_burst: float = setting(2000.0, RELAY, Bound(low=1))  # a message takes one token
+    device_rate: float = setting(1000.0, RELAY, POSITIVE)  # readings per second
+    device_burst: float = setting(2000.0, RELAY, Bound(low=1))  # a reading takes one token
     device_cache_ttl_s: float = setting(30.0, RELAY, AT_LEAST_0)  # 0: no caching
     device_cache_size: int = setting(100_000, RELAY, AT_LEAST_1)
     # Refusals published to `rejected` per device and per tenant (token buckets); beyond

@@ -39,6 +39,7 @@ DEVICE_HEADER = "x-fairway-device"
 TENANT_HEADER = "x-fairway-tenant"
 ROUTING_KEY_HEADER = "x-fairway-routing-key"
 SIZE_HEADER = "x-fairway-original-size"
+INDEX_HEADER = "x-fairway-index"  # a refused reading's position in its device batch
 
 
 class Channel(Protocol):

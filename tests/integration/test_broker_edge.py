@@ -20,7 +20,8 @@ from pika.exceptions import (
     ProbableAuthenticationError,
 )
 
-from fairway.storage import registry
+from fairway.kernel import topology
+from fairway.storage import mongo, registry
 from tests.harness import Pipeline, reading
 
 REFUSED_AT_LOGIN = (ProbableAuthenticationError, ProbableAccessDeniedError)
@@ -93,6 +94,41 @@ def test_an_mqtt_device_publishes_a_reading_that_is_stored(edge: Pipeline) -> No
         client.loop_stop()
         client.disconnect()
     edge.wait_stored(1, device="mqtt-1", stream="env")
+
+
+def test_an_mqtt_device_publishes_a_batch_whose_bad_reading_alone_is_refused(
+    edge: Pipeline,
+) -> None:
+    creds = edge.device("acme", "mqtt-2")
+    port = int(os.environ.get("FAIRWAY_RABBITMQ_MQTT_PORT", "1883"))
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mqtt-2")
+    client.username_pw_set(f"{edge.name}:mqtt-2", creds["password"])
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: rc == 0 and connected.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    now = time.time()
+    batch = {
+        "readings": [
+            {"ts": now - 2, "values": {"temp": 19.0}},
+            {"ts": now - 1, "values": {}},  # schema: no values
+            {"ts": now, "values": {"temp": 19.5}, "id": "r-2"},
+        ]
+    }
+    try:
+        assert connected.wait(10), "MQTT connection refused"
+        info = client.publish("mqtt-2/env", orjson.dumps(batch), qos=1)
+        info.wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    edge.wait_stored(2, device="mqtt-2", stream="env")
+    # MQTT carries no message id: a reading without its own id is <stream>@<ts in ms>.
+    ids = {d["msg_id"] for d in edge.db[mongo.TELEMETRY].find({"device": "mqtt-2"})}
+    assert ids == {f"env@{round((now - 2) * 1000)}", "r-2"}
+    [(headers, _body)] = edge.rejected(1)
+    assert headers[topology.REASON_HEADER] == "schema"
+    assert headers[topology.INDEX_HEADER] == 1
 
 
 def test_disabling_a_device_closes_its_open_connection(edge: Pipeline) -> None:

@@ -53,3 +53,16 @@ def test_a_dead_letter_names_tenant_device_and_why() -> None:
 
 def test_a_message_without_a_reason_is_archived_as_unknown() -> None:
     assert rejection_document("x", None, b"", 10, AT)["reason"] == "unknown"
+
+
+def test_a_reading_refused_out_of_a_batch_keeps_its_index() -> None:
+    headers = {
+        topology.REASON_HEADER: "clock_skew",
+        topology.DETAIL_HEADER: "reading 3 of 10: 'ts' is 3600 s in the future; at most 300",
+        topology.DEVICE_HEADER: "dev-1",
+        topology.INDEX_HEADER: 3,
+    }
+    doc = rejection_document("clock_skew.dev-1", headers, b'{"ts": 1, "values": {}}', 1024, AT)
+    assert doc["index"] == 3
+    assert doc["detail"].startswith("reading 3 of 10: ")
+    assert "index" not in rejection_document("schema.dev-1", {}, b"{}", 1024, AT)

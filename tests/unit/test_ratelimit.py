@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.ratelimit import RateLimiter
+from ingest.ratelimit import RateLimiter, RefusalBudget
 
 
 def test_burst_then_refusal() -> None:
@@ -63,3 +63,28 @@ def test_bucket_count_never_exceeds_bound() -> None:
         assert rl.allow(f"dev{i}", float(i)) is True
         assert len(rl._buckets) <= 50
     assert len(rl._buckets) == 50
+
+
+def test_take_grants_whole_tokens_up_to_what_is_left() -> None:
+    rl = RateLimiter(rate=1.0, burst=5.0, max_keys=10)
+    assert rl.take("d", 0.0, 3) == 3
+    assert rl.take("d", 0.0, 3) == 2  # two left: the third reading is not granted
+    assert rl.take("d", 0.0, 3) == 0
+    assert rl.take("d", 1.5, 3) == 1  # 1.5 tokens refilled: one whole
+    assert rl.take("d", 100.0, 10) == 5  # never beyond the burst
+    assert rl.allow("d", 100.0) is False  # one bucket for both ways of taking
+
+
+def test_a_cost_above_what_is_left_overdraws_and_the_rate_holds() -> None:
+    rl = RateLimiter(rate=1.0, burst=5.0, max_keys=10)
+    assert rl.allow("d", 0.0, cost=10) is True  # allowed while one token is left ...
+    assert rl.allow("d", 5.0, cost=1) is False  # ... and repaid: -5 + 5 = 0 tokens
+    assert rl.allow("d", 6.0, cost=1) is True
+
+
+def test_refusal_budget_charges_readings_to_device_and_tenant() -> None:
+    budget = RefusalBudget(1.0, 10.0, 1.0, 12.0, max_keys=10)
+    assert budget.allow("d1", "t", 0.0, readings=10) is True  # device 0 left, tenant 2
+    assert budget.allow("d1", "t", 0.0) is False  # the device's budget is spent
+    assert budget.allow("d2", "t", 0.0, readings=2) is True  # tenant 0 left
+    assert budget.allow("d3", "t", 0.0) is False  # the tenant's budget is spent

@@ -17,7 +17,7 @@ def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.Mo
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(relay_module, "parse_reading", broken)
+    monkeypatch.setattr(relay_module, "parse_message", broken)
     relay = Relay(Settings(), db=None)  # type: ignore[arg-type]
     published: list[tuple[str, str, Any]] = []
     monkeypatch.setattr(
@@ -35,5 +35,5 @@ def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.Mo
     assert exchange == "rejected"
     assert key == "schema.dev-1"
     assert pending.reason is Reason.SCHEMA
-    assert pending.delivery_tag == 1
+    assert pending.delivery.tag == 1
     relay.registry.close()

@@ -7,10 +7,18 @@ from collections import Counter
 from collections.abc import Iterator
 from types import SimpleNamespace
 
+import orjson
 import pytest
 from pika.spec import Basic
 
-from fairway.devtools.simulator import Simulator, device_ids, tenant_ids, weighted_devices
+from fairway.devtools.simulator import (
+    Simulator,
+    batch_body,
+    device_ids,
+    tenant_ids,
+    weighted_devices,
+)
+from fairway.kernel.contract import parse_message
 from fairway.kernel.settings import Settings
 
 
@@ -185,3 +193,20 @@ def test_weighted_devices_factor_rounding(factor: float, copies: int) -> None:
     by_tenant = {"sim01": ["sim01-d0001"], "sim02": ["sim02-d0001"]}
     pool = take(weighted_devices(by_tenant, {"sim01": factor}), 1 + copies)
     assert Counter(pool) == {"sim01-d0001": copies, "sim02-d0001": 1}
+
+
+def test_a_batch_simulator_counts_rate_and_total_in_readings() -> None:
+    sim = Simulator(Settings(), iter(()), rate=1000.0, total=25, batch=10, progress=False)
+    try:
+        assert sim.rate == 100.0  # messages per second
+        assert sim.total == 3  # 25 readings round up to three whole batches
+        sim.summary.confirmed = 3
+        assert sim.summary.readings == 30
+    finally:
+        sim.ioloop.close()
+    body = batch_body(1795487400.0, 10)
+    elements = orjson.loads(body)
+    assert len(elements) == 10 and all("id" not in e for e in elements)
+    message = parse_message("d-1.env", body, Settings(), message_id="run-7", now=1795487400.0)
+    assert message.batch and message.refused == []
+    assert [r.message_id for _, r in message.readings] == [f"run-7#{i}" for i in range(10)]
