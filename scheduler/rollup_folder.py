@@ -83,6 +83,10 @@ class RollupMarker:
     def __init__(self, db: Database, remember: int = MAX_MARKED) -> None:
         self._db, self._remember = db, remember
         self._lock = threading.Lock()
+        # One mark write at a time: FerretDB 1.24 applies two concurrent upserts of one
+        # _id as read, then insert, and answers the loser with a reply pymongo cannot
+        # read (KeyError 'nModified'), failing a batch that was stored.
+        self._write_lock = threading.Lock()
         self._marked: OrderedDict[DeviceHour, None] = OrderedDict()
 
     def mark(self, keys: set[DeviceHour]) -> None:
@@ -94,7 +98,8 @@ class RollupMarker:
             needed = [k for k in keys if k[2] + HOUR <= now or k not in self._marked]
         if not needed:
             return
-        rollups.mark_pending(self._db, sorted(needed))
+        with self._write_lock:
+            rollups.mark_pending(self._db, sorted(needed))
         with self._lock:
             for key in needed:
                 if key[2] + HOUR > now:
