@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import yaml
+
 from tests.deploy.tools import ANSIBLE_DIR, ROOT, run, tool
 
 SUBNET = os.environ.get("FAIRWAY_TESTHOSTS_SUBNET", "10.215.0")  # a /24 nothing else uses
@@ -394,6 +396,26 @@ class TestNetwork:
             doc["all"]["children"][group] = {"hosts": hosts}
         path.write_text(json.dumps(doc, indent=1))  # JSON is YAML
         return path
+
+    def copy_inventory(self, name: str, dest: Path, vault: dict[str, Any]) -> Path:
+        """A copy of ``ansible/inventories/<name>``, group_vars as shipped, with the test
+        hosts' addresses in place of the example ones and ``vault`` as its vault.yml."""
+        shutil.copytree(ANSIBLE_DIR / "inventories" / name, dest)
+        doc = yaml.safe_load((dest / "hosts.yml").read_text())
+
+        def readdress(node: Any) -> None:
+            if not isinstance(node, dict):
+                return
+            for host, hostvars in (node.get("hosts") or {}).items():
+                if host in self.hosts and isinstance(hostvars, dict) and "ansible_host" in hostvars:
+                    hostvars["ansible_host"] = self.hosts[host].address
+            for child in (node.get("children") or {}).values():
+                readdress(child)
+
+        readdress(doc["all"])
+        (dest / "hosts.yml").write_text(yaml.safe_dump(doc))
+        (dest / "group_vars/all/vault.yml").write_text(json.dumps(vault))
+        return dest / "hosts.yml"
 
     def playbook(
         self,
