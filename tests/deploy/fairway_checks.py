@@ -3,6 +3,7 @@ a device publishing over AMQP(S) and MQTT, and what the database then holds."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import ssl
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,9 +65,27 @@ def start(command: str, config: Settings, logs: Path, listen: str = "") -> Fairw
     host, _, port = listen.rpartition(":")
     if not listen:
         host, port = "127.0.0.1", str(child.metrics_port)
-    wait_for(lambda: answers(host, int(port)) or not child.alive(), 60, f"{command} to start")
-    assert child.alive(), (logs / f"{command}.log").read_text()[-3000:]
+    try:
+        wait_for(lambda: answers(host, int(port)) or not child.alive(), 60, f"{command} to start")
+        assert child.alive(), (logs / f"{command}.log").read_text()[-3000:]
+    except BaseException:
+        child.stop()
+        raise
     return child
+
+
+@contextmanager
+def running(config: Settings, logs: Path, *commands: str, web: str = "") -> Iterator[None]:
+    """``fairway <command>`` for each command (``web`` listening on ``web``) in a block."""
+    children: list[FairwayProcess] = []
+    try:
+        for command in commands:
+            listen = web if command == "web" else ""
+            children.append(start(command, config, logs, listen))
+        yield
+    finally:
+        for child in children:
+            child.stop()
 
 
 def with_user(url: str, user: str, password: str) -> str:
@@ -140,12 +160,16 @@ def stored(config: Settings, device: str, count: int, timeout: float = 60) -> li
         client.close()
 
 
-@contextmanager
-def dropped_afterwards(config: Settings) -> Any:
-    """Drop the test database when the block ends."""
-    try:
-        yield
-    finally:
-        client: MongoClient = MongoClient(config.mongo_url)
-        client.drop_database(client.get_default_database().name)
-        client.close()
+def sse_events(response: http.client.HTTPResponse) -> Iterator[tuple[str, Any]]:
+    """(name, decoded data) of each event on an SSE stream."""
+    name, data = "message", []
+    while True:
+        line = response.readline().decode().rstrip("\r\n")
+        if line == "":
+            if data:
+                yield name, orjson.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])

@@ -7,9 +7,7 @@ lists what is not exercised."""
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -18,21 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.testhosts import Host, TestNetwork
+from tests.deploy.testhosts import Host, TestNetwork, fresh_vault
 
 MEMBERS = {"mongo1": 21, "mongo2": 22, "mongo3": 23}
-
-
-def vault() -> dict[str, str]:
-    """The cluster inventory's vault variables (vault.yml.example), freshly generated."""
-    names = [
-        "rabbitmq_erlang_cookie", "rabbitmq_fairway_password", "rabbitmq_fairway_web_password",
-        "rabbitmq_admin_password", "mongodb_admin_password", "mongodb_fairway_password",
-        "fairway_secret_key", "fairway_operator_password",
-    ]  # fmt: skip
-    found = {f"vault_{name}": secrets.token_urlsafe(24) for name in names}
-    found["vault_mongodb_keyfile_content"] = base64.b64encode(secrets.token_bytes(96)).decode()
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,7 @@ def members(testnet: TestNetwork) -> Iterator[dict[str, Host]]:
 
 @pytest.fixture
 def inventory(testnet: TestNetwork, members: dict[str, Host], tmp_path: Path) -> Path:
-    return testnet.copy_inventory("cluster", tmp_path / "cluster", vault())
+    return testnet.copy_inventory("cluster", tmp_path / "cluster", fresh_vault())
 
 
 def test_the_package_install_fails_on_the_unreachable_repository(

@@ -80,11 +80,14 @@ def request(
 
 
 @pytest.fixture(scope="module")
-def proxy(testnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def proxy(
+    testnet: TestNetwork, private_mongo: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
     """proxy1 with the role applied twice, and the web app and gateway behind it."""
     workdir = tmp_path_factory.mktemp("nginx-role")
     web_port, gateway_port = free_port(), free_port()
     base = fw.settings(
+        mongo_url=f"{private_mongo}nginx-role",
         web_host=GATEWAY,
         web_port=web_port,
         gateway_host=GATEWAY,
@@ -189,7 +192,7 @@ def test_server_sent_events_through_the_proxy(proxy: Proxy) -> None:
     assert stream.status == 200
     assert stream.getheader("content-type", "").startswith("text/event-stream")
     assert stream.getheader("x-accel-buffering") == "no"
-    events = _events(stream)
+    events = fw.sse_events(stream)
     assert next(events)[0] == "ready"
     mark = f"through-nginx-{time.time_ns()}"
     sent = time.monotonic()
@@ -208,21 +211,6 @@ def test_server_sent_events_through_the_proxy(proxy: Proxy) -> None:
     # Not buffered: the event arrives at once, not when a buffer fills or the stream ends.
     assert time.monotonic() - sent < 5
     conn.close()
-
-
-def _events(response: http.client.HTTPResponse) -> Iterator[tuple[str, Any]]:
-    """(name, decoded data) of each event on an SSE stream."""
-    name, data = "message", []
-    while True:
-        line = response.readline().decode().rstrip("\r\n")
-        if line == "":
-            if data:
-                yield name, orjson.loads("\n".join(data))
-            name, data = "message", []
-        elif line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
 
 
 def test_bad_variables_fail_the_run_and_nginx_keeps_serving(

@@ -18,7 +18,7 @@ import trustme
 from fairway.amqp import management as rabbitmq_api
 from fairway.devtools.processes import free_port
 from tests.deploy import fairway_checks as fw
-from tests.deploy.testhosts import GATEWAY, Host, Run, TestNetwork
+from tests.deploy.testhosts import GATEWAY, Host, Run, TestNetwork, install_broker_tls
 
 TLS_DIR = "/etc/rabbitmq/tls"
 
@@ -46,19 +46,6 @@ def secrets_for_rabbitmq() -> dict[str, str]:
     }
 
 
-def install_tls(host: Host, ca: trustme.CA) -> None:
-    """What the operator's PKI tooling does before the role runs: a server certificate
-    naming the host, its key readable by root only (the role lets rabbitmq read it)."""
-    cert = ca.issue_cert(host.name, host.address)
-    tls = host.path(TLS_DIR)
-    tls.mkdir(parents=True)
-    (tls / "server.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
-    (tls / "ca.pem").write_bytes(ca.cert_pem.bytes())
-    key = tls / "server-key.pem"
-    key.write_bytes(cert.private_key_pem.bytes())
-    key.chmod(0o600)
-
-
 @pytest.fixture(scope="module")
 def node(testnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """rabbit1 with the role applied twice."""
@@ -68,7 +55,7 @@ def node(testnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ca = trustme.CA()
         ca_file = workdir / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        install_tls(host, ca)
+        install_broker_tls(host, ca, TLS_DIR)
         web_port = free_port()
         variables = {
             **secrets_for_rabbitmq(),
@@ -179,12 +166,14 @@ def test_the_node_runs_on_the_files_the_role_wrote_also_after_a_reboot(
     check_runs_on_the_role_files(node)
 
 
-def test_fairway_declares_relays_stores_and_logs_devices_in(node: Node, tmp_path: Path) -> None:
+def test_fairway_declares_relays_stores_and_logs_devices_in(
+    node: Node, private_mongo: str, tmp_path: Path
+) -> None:
     host, v = node.host, node.variables
     config = fw.settings(
         amqp_url=f"amqps://fairway:{v['rabbitmq_fairway_password']}@{host.address}:5671/fairway",
         amqp_ca_file=str(node.ca_file),
-        mongo_url=f"mongodb://127.0.0.1:27017/ansible-{secrets.token_hex(4)}",
+        mongo_url=f"{private_mongo}rabbitmq-role",
         rabbitmq_mgmt_url=(
             f"http://fairway-web:{v['rabbitmq_fairway_web_password']}@{host.address}:15672"
         ),
@@ -193,29 +182,21 @@ def test_fairway_declares_relays_stores_and_logs_devices_in(node: Node, tmp_path
         web_port=node.web_port,
         broker_auth_networks=f"{host.address}/32",
     )
-    with fw.dropped_afterwards(config):
-        assert fw.cli(config, "declare")["declared"]
-        fw.cli(config, "tenant", "create", "acme")
-        creds = fw.cli(config, "device", "register", "acme", "boiler-7")
-        procs = [
-            fw.start("web", config, tmp_path, f"{GATEWAY}:{node.web_port}"),
-            fw.start("relay", config, tmp_path),
-            fw.start("scheduler", config, tmp_path),
-        ]
-        try:
-            # Device logins go from the broker to the web app (HTTP auth backend).
-            fw.publish_amqp(config, "boiler-7", creds["password"], "over-amqps")
-            fw.publish_mqtt(host.address, 1883, "fairway", "boiler-7", creds["password"], "mqtt")
-            fw.publish_mqtt(
-                host.address, 8883, "fairway", "boiler-7", creds["password"], "mqtts",
-                ca_file=str(node.ca_file),
-            )  # fmt: skip
-            docs = fw.stored(config, "boiler-7", 3)
-            assert {d["msg_id"] for d in docs} >= {"over-amqps", "mqtt", "mqtts"}
-            assert fw.amqp_login_refused(config, "boiler-7", "not-its-password")
-        finally:
-            for proc in procs:
-                proc.stop()
+    assert fw.cli(config, "declare")["declared"]
+    fw.cli(config, "tenant", "create", "acme")
+    creds = fw.cli(config, "device", "register", "acme", "boiler-7")
+    web = f"{GATEWAY}:{node.web_port}"
+    with fw.running(config, tmp_path, "web", "relay", "scheduler", web=web):
+        # Device logins go from the broker to the web app (HTTP auth backend).
+        fw.publish_amqp(config, "boiler-7", creds["password"], "over-amqps")
+        fw.publish_mqtt(host.address, 1883, "fairway", "boiler-7", creds["password"], "mqtt")
+        fw.publish_mqtt(
+            host.address, 8883, "fairway", "boiler-7", creds["password"], "mqtts",
+            ca_file=str(node.ca_file),
+        )  # fmt: skip
+        docs = fw.stored(config, "boiler-7", 3)
+        assert {d["msg_id"] for d in docs} >= {"over-amqps", "mqtt", "mqtts"}
+        assert fw.amqp_login_refused(config, "boiler-7", "not-its-password")
     # Quorum tenant queues, with the role's policy in effect.
     (queue,) = queues(host, "tenant.acme")
     assert queue["type"] == "quorum", queue

@@ -15,10 +15,12 @@ One session at a time holds ``/tmp/fairway-testhosts.lock`` while its hosts run.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
 import re
+import secrets
 import selectors
 import shlex
 import shutil
@@ -36,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.tools import ANSIBLE_DIR, ROOT, run, tool
+from tests.deploy.tools import ANSIBLE_DIR, ROOT, VENV_BIN, tool
 
 SUBNET = os.environ.get("FAIRWAY_TESTHOSTS_SUBNET", "10.215.0")  # a /24 nothing else uses
 GATEWAY = f"{SUBNET}.1"  # this machine, on the test hosts' bridge
@@ -44,6 +46,8 @@ BRIDGE = "fwth0"
 LOCK = Path("/tmp/fairway-testhosts.lock")
 STATE = Path("/run/fairway-testhosts")  # pid files, to clean up after a killed session
 SCRIPT = ROOT / "scripts" / "testhosts.sh"
+# Where scripts/testhosts.sh keeps the base root; the wheelhouse goes beside it.
+CACHE = Path(os.environ.get("FAIRWAY_TESTHOSTS_CACHE", "/var/cache/fairway/testhosts"))
 SSH_OPTIONS = [
     "-o", "StrictHostKeyChecking=no",
     "-o", "UserKnownHostsFile=/dev/null",
@@ -397,18 +401,22 @@ class TestNetwork:
         path.write_text(json.dumps(doc, indent=1))  # JSON is YAML
         return path
 
-    def copy_inventory(self, name: str, dest: Path, vault: dict[str, Any]) -> Path:
+    def copy_inventory(
+        self, name: str, dest: Path, vault: dict[str, Any], addresses: dict[str, str] | None = None
+    ) -> Path:
         """A copy of ``ansible/inventories/<name>``, group_vars as shipped, with the test
-        hosts' addresses in place of the example ones and ``vault`` as its vault.yml."""
+        hosts' addresses (and ``addresses``: other hosts') in place of the example ones,
+        and ``vault`` as its vault.yml."""
         shutil.copytree(ANSIBLE_DIR / "inventories" / name, dest)
         doc = yaml.safe_load((dest / "hosts.yml").read_text())
+        known = {name: host.address for name, host in self.hosts.items()} | (addresses or {})
 
         def readdress(node: Any) -> None:
             if not isinstance(node, dict):
                 return
             for host, hostvars in (node.get("hosts") or {}).items():
-                if host in self.hosts and isinstance(hostvars, dict) and "ansible_host" in hostvars:
-                    hostvars["ansible_host"] = self.hosts[host].address
+                if host in known and isinstance(hostvars, dict) and "ansible_host" in hostvars:
+                    hostvars["ansible_host"] = known[host]
             for child in (node.get("children") or {}).values():
                 readdress(child)
 
@@ -425,36 +433,73 @@ class TestNetwork:
         *args: str,
         timeout: float = 900,
     ) -> Run:
-        """``ansible-playbook`` from ``ansible/`` over SSH to the test hosts."""
-        vars_file = inventory.parent / f"vars-{time.monotonic_ns()}.json"
+        """``ansible-playbook`` from ``ansible/`` over SSH to the test hosts; its output
+        also goes to ``<inventory dir>/ansible-<n>.log`` as it runs."""
+        stamp = time.monotonic_ns()
+        vars_file = inventory.parent / f"vars-{stamp}.json"
         vars_file.write_text(json.dumps(variables))
-        result = run(
-            [
-                tool("ansible-playbook"),
-                "-i",
-                str(inventory),
-                playbook,
-                "-e",
-                f"@{vars_file}",
-                *args,
-            ],
-            cwd=ANSIBLE_DIR,
-            timeout=timeout,
-            ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_FORCE_COLOR="0",
-            ANSIBLE_HOST_KEY_CHECKING="False",
-            ANSIBLE_PRIVATE_KEY_FILE=str(self.key),
-            ANSIBLE_REMOTE_USER="root",
-            ANSIBLE_PIPELINING="True",
-            ANSIBLE_SSH_ARGS=" ".join(
+        log = inventory.parent / f"ansible-{stamp}.log"
+        env = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_PRIVATE_KEY_FILE": str(self.key),
+            "ANSIBLE_REMOTE_USER": "root",
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_SSH_ARGS": " ".join(
                 [*SSH_OPTIONS, "-o", "ControlMaster=auto", "-o", "ControlPersist=30s"]
             ),
-            ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.control_dir),
-            ANSIBLE_FORKS="10",
-            ANSIBLE_LOCAL_TEMP=str(self.workdir / "ansible-local"),
-        )
-        return parse(result.returncode, result.stdout, result.stderr)
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_dir),
+            "ANSIBLE_FORKS": "10",
+            "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-local"),
+        }
+        command = [tool("ansible-playbook"), "-i", str(inventory), playbook, "-e", f"@{vars_file}"]
+        with open(log, "w") as out, open(log.with_suffix(".err"), "w+") as err:
+            # A session of its own: its forked workers end with it on a timeout or an interrupt.
+            proc = subprocess.Popen(
+                [*command, *args], cwd=ANSIBLE_DIR, env=env, stdout=out, stderr=err,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                returncode = proc.wait(timeout)
+            except BaseException:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+            err.seek(0)
+            stderr = err.read()
+        return parse(returncode, log.read_text(), stderr)
+
+
+# -- what an operator does before the roles run ------------------------------------------
+def fresh_vault() -> dict[str, str]:
+    """Every variable of the inventories' vault.yml.example, freshly generated as it says."""
+    names = [
+        "rabbitmq_erlang_cookie", "rabbitmq_fairway_password", "rabbitmq_fairway_web_password",
+        "rabbitmq_admin_password", "mongodb_admin_password", "mongodb_fairway_password",
+        "fairway_secret_key", "fairway_operator_password",
+    ]  # fmt: skip
+    found = {f"vault_{name}": secrets.token_urlsafe(24) for name in names}
+    found["vault_mongodb_keyfile_content"] = base64.b64encode(secrets.token_bytes(96)).decode()
+    return found
+
+
+def install_broker_tls(host: Host, ca: Any, directory: str = "/etc/rabbitmq/tls") -> None:
+    """The PKI tooling's step before the rabbitmq role: ``ca.pem``, ``server.pem`` (naming
+    the host and its address) and ``server-key.pem`` (root's alone; the role lets the
+    rabbitmq user read it) in ``directory``. ``ca`` is a ``trustme.CA``."""
+    cert = ca.issue_cert(host.name, host.address)
+    tls = host.path(directory)
+    tls.mkdir(parents=True)
+    (tls / "server.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    (tls / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    key = tls / "server-key.pem"
+    key.write_bytes(cert.private_key_pem.bytes())
+    key.chmod(0o600)
 
 
 # -- reaching this machine's services from the hosts --------------------------------------
