@@ -29,6 +29,8 @@ from tests.deploy.testhosts import (
     install_broker_tls,
 )
 
+pytestmark = pytest.mark.timeout(1800)  # four hosts: 1.5 minutes here, more under load
+
 NODES = {"rabbit1": 11, "rabbit2": 12, "rabbit3": 13}
 SERVER_NAME = "fairway.example.com"  # the cluster inventory's nginx_server_name
 

@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from fairway.amqp import management as rabbitmq_api
-from fairway.devtools.processes import free_port
+from fairway.devtools.processes import free_port, wait_for
 from tests.deploy import fairway_checks as fw
 from tests.deploy.testhosts import GATEWAY, Host, Run, TestNetwork, install_broker_tls
 
@@ -201,7 +201,14 @@ def test_fairway_declares_relays_stores_and_logs_devices_in(
     (queue,) = queues(host, "tenant.acme")
     assert queue["type"] == "quorum", queue
     assert queue["policy"] == "fairway-tenant-queues", queue
-    definition = host_api(node, "GET", "queues/fairway/tenant.acme")["effective_policy_definition"]
+    # The management API shows the effective definition once the queue's stats arrive.
+    definition = wait_for(
+        lambda: host_api(node, "GET", "queues/fairway/tenant.acme").get(
+            "effective_policy_definition"
+        ),
+        30,
+        "the policy's effective definition",
+    )
     assert definition == {"delivery-limit": 20, "dead-letter-strategy": "at-least-once"}
 
 

@@ -336,7 +336,9 @@ class TestNetwork:
         """Create and boot host ``name`` at ``<SUBNET>.<octet>``."""
         assert self.base is not None
         assert name not in self.hosts and 1 < octet < 255
-        host = Host(name, f"{SUBNET}.{octet}", self.workdir / name, self.key, binds or {})
+        # A directory per boot of a name (a name may come back in a later test).
+        directory = self.workdir / f"{name}.{sum(1 for _ in self.workdir.glob(name + '.*'))}"
+        host = Host(name, f"{SUBNET}.{octet}", directory, self.key, binds or {})
         for part in ("upper", "work", "root"):
             (host.dir / part).mkdir(parents=True)
         _sh(
@@ -380,7 +382,8 @@ class TestNetwork:
         (STATE / f"{name}.mount").unlink(missing_ok=True)
         _sh("ip", "netns", "del", host.netns, check=False)
         _sh("ip", "link", "del", host.netns, check=False)
-        shutil.rmtree(host.dir / "work", ignore_errors=True)
+        for part in ("upper", "work", "root"):  # the console log stays, for a failure's story
+            shutil.rmtree(host.dir / part, ignore_errors=True)
 
     def restart(self, name: str) -> None:
         """Power the host off cleanly and boot it again (same disk)."""
