@@ -56,6 +56,8 @@ class Site:
     second: Run
     ca_file: Path
     mongo_url: str
+    inventory: Path
+    variables: dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,8 @@ def site(
             assert first.returncode == 0, first.tail()
             second = testnet.playbook(inventory, variables, timeout=900)
             assert second.returncode == 0, second.tail()
-            yield Site(host, vault, first, second, ca_file, f"{private_mongo}{database}")
+            mongo_url = f"{private_mongo}{database}"
+            yield Site(host, vault, first, second, ca_file, mongo_url, inventory, variables)
         finally:
             testnet.remove("fairway1")
 
@@ -170,6 +173,21 @@ def test_a_device_publishes_the_reading_is_stored_the_dashboard_answers(site: Si
         return json.loads(body)["latest"].get("env")
 
     assert wait_for(latest, 30, "the device's latest reading")["id"] == "end-to-end"
+
+
+def test_a_bad_setting_fails_with_fairways_message_and_the_processes_keep_theirs(
+    site: Site, testnet: TestNetwork
+) -> None:
+    before = site.host.path("/etc/fairway/fairway.env").read_text()
+    settings = {**site.variables["fairway_settings"], "queue_type": "quorom"}
+    result = testnet.playbook(site.inventory, {**site.variables, "fairway_settings": settings})
+    assert result.returncode != 0
+    task, message = result.failure()
+    assert task == "fairway : Check the Fairway settings", result.tail()
+    assert "FAIRWAY_QUEUE_TYPE='quorom'" in message, message
+    assert result.changed() == 0
+    assert site.host.path("/etc/fairway/fairway.env").read_text() == before
+    assert site.host.ssh("systemctl is-active fairway-relay-1").stdout.strip() == "active"
 
 
 def _connection(host: Host, trust: ssl.SSLContext) -> http.client.HTTPSConnection:

@@ -219,3 +219,27 @@ def queues(host: Host, *names: str) -> list[dict[str, Any]]:
     ).stdout
     found = json.loads(out)
     return [q for q in found if not names or q["name"] in names]
+
+
+def test_a_changed_setting_restarts_the_node_and_a_changed_password_needs_no_restart(
+    node: Node, testnet: TestNetwork
+) -> None:
+    started = status(node.host)["uptime"]
+    changed = {**node.variables, "rabbitmq_auth_cache_ttl_ms": 30000}
+    result = testnet.playbook(node.inventory, changed)
+    assert result.returncode == 0, result.tail()
+    node.variables.update(changed)
+    assert "rabbitmq : Restart rabbitmq" in result.tasks("changed")
+    assert app_env(node.host, "rabbitmq_auth_backend_cache", "cache_ttl") == "{ok,30000}"
+    assert status(node.host)["uptime"] < started
+    # An account's password lives in the definitions file: re-imported, no restart.
+    new_password = secrets.token_urlsafe(16)
+    result = testnet.playbook(node.inventory, {**changed, "rabbitmq_admin_password": new_password})
+    assert result.returncode == 0, result.tail()
+    node.variables["rabbitmq_admin_password"] = new_password
+    assert result.tasks("changed") == [
+        "rabbitmq : Write the definitions (vhost, service accounts, permissions, policies)",
+        "rabbitmq : Import definitions",
+    ]
+    url = f"http://admin:{new_password}@{node.host.address}:15672"
+    assert rabbitmq_api.call(url, "GET", "whoami")["name"] == "admin"
