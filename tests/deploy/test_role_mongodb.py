@@ -20,6 +20,8 @@ from tests.deploy.testhosts import Host, TestNetwork, fresh_vault
 
 MEMBERS = {"mongo1": 21, "mongo2": 22, "mongo3": 23}
 
+pytestmark = pytest.mark.timeout(1200)  # slower when other work shares the machine
+
 
 @pytest.fixture(scope="module")
 def members(testnet: TestNetwork) -> Iterator[dict[str, Host]]:

@@ -32,6 +32,8 @@ from tests.harness import FairwayProcess, Pipeline
 NAME = "fairway.test"  # nginx_server_name; the certificate names it
 PASSWORD = "proxy-test-password-0123"
 
+pytestmark = pytest.mark.timeout(1200)  # slower when other work shares the machine
+
 
 @dataclass
 class Proxy:

@@ -22,6 +22,8 @@ from tests.deploy.testhosts import GATEWAY, Host, Run, TestNetwork, install_brok
 
 TLS_DIR = "/etc/rabbitmq/tls"
 
+pytestmark = pytest.mark.timeout(1200)  # slower when other work shares the machine
+
 
 @dataclass
 class Node:

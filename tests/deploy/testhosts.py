@@ -44,6 +44,7 @@ SUBNET = os.environ.get("FAIRWAY_TESTHOSTS_SUBNET", "10.215.0")  # a /24 nothing
 GATEWAY = f"{SUBNET}.1"  # this machine, on the test hosts' bridge
 BRIDGE = "fwth0"
 LOCK = Path("/tmp/fairway-testhosts.lock")
+NSPAWN_RUN = "/run/systemd/nspawn"
 STATE = Path("/run/fairway-testhosts")  # pid files, to clean up after a killed session
 SCRIPT = ROOT / "scripts" / "testhosts.sh"
 # Where scripts/testhosts.sh keeps the base root; the wheelhouse goes beside it.
@@ -373,10 +374,15 @@ class TestNetwork:
     def remove(self, name: str) -> None:
         """Stop host ``name`` at once and delete it (disk, namespace)."""
         host = self.hosts.pop(name)
+        with suppress(OSError):
+            root = os.stat(host.root)
+            # What nspawn removes itself when it exits cleanly (not after a SIGKILL).
+            Path(f"{NSPAWN_RUN}/locks/inode-{root.st_dev}:{root.st_ino}").unlink(missing_ok=True)
         if host.proc is not None:
             kill_container(host.proc.pid)
             host.proc.wait(30)
             host.proc = None
+        shutil.rmtree(f"{NSPAWN_RUN}/propagate/{name}", ignore_errors=True)
         (STATE / f"{name}.pid").unlink(missing_ok=True)
         _sh("umount", str(host.root), check=False)
         (STATE / f"{name}.mount").unlink(missing_ok=True)
