@@ -20,11 +20,18 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test below this folder ``deploy``."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test below this folder ``deploy``; leave out the ``hosts_long`` ones
+    (make test's time budget) unless ``-m`` names them (``make test-long``)."""
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.deploy)
+    if "hosts_long" in (config.option.markexpr or ""):
+        return
+    long = [item for item in items if item.get_closest_marker("hosts_long")]
+    if long:
+        config.hook.pytest_deselected(items=long)
+        items[:] = [item for item in items if not item.get_closest_marker("hosts_long")]
 
 
 @pytest.fixture(scope="session")
