@@ -20,7 +20,7 @@ endif
 export FAIRWAY_SECRET_KEY ?= fairway-development-key-not-for-production
 export FAIRWAY_RABBITMQ_MGMT_URL ?= http://guest:guest@127.0.0.1:$(or $(FAIRWAY_RABBITMQ_MGMT_PORT),15672)
 
-.PHONY: venv services browser test lint demo bench down clean
+.PHONY: venv services browser test test-long lint demo bench down clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ browser:
 
 test: venv services browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The Ansible host tests left out of `make test` for time: the cluster inventory (docs/deploy.md).
+test-long: venv services browser
+	$(VENV)/bin/pytest -m hosts_long $(PYTEST_ARGS)
 
 # Style, types and the import direction (contracts in pyproject.toml); CI runs it before the tests.
 lint: venv

@@ -9,7 +9,6 @@ import json
 import os
 import pwd
 import re
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -41,28 +40,6 @@ def test_ansible_lint_is_clean() -> None:
     result = run([tool("ansible-lint"), "--offline", "--nocolor"], cwd=ANSIBLE_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failure(s), 0 warning(s)" in result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``pip wheel --no-deps`` of a copy of the sources (setuptools writes build/ in place)."""
-    source = tmp_path_factory.mktemp("src") / "fairway"
-    shutil.copytree(
-        ROOT,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".services", "build", "*.egg-info", "__pycache__", ".*_cache"
-        ),
-    )
-    out = tmp_path_factory.mktemp("dist")
-    result = run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
-        timeout=300,
-        PIP_DISABLE_PIP_VERSION_CHECK="1",
-    )
-    assert result.returncode == 0, result.stderr
-    (found,) = out.glob("fairway-*.whl")
-    return found
 
 
 def test_wheel_carries_every_package_and_asset(wheel: Path) -> None:
