@@ -23,7 +23,7 @@ from fairway.kernel import topology
 from fairway.storage import registry
 from tests.harness import Pipeline, management, reading, wait_for
 
-STATS_S = 20.0  # the management API's statistics lag by up to ~5 s
+STATS_S = 60.0  # statistics lag ~5 s, far more on a loaded broker (over 20 s seen)
 
 
 def _published(pipeline: Pipeline, queue: str) -> int:
