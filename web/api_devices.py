@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, current_app
 
 import web.broker_auth as broker_auth
+import web.models as models
 from fairway.amqp import management
 from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
@@ -20,7 +21,6 @@ from fairway.provision import register_device as provision_device
 from fairway.provision_bulk import BulkProvisioner
 from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
 from fairway.storage.rejections import list_rejections
-from web import models
 from web.auth import (
     login_required,
     roles_required,

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, render_template
 
-from web import models
+import web.models as models
 from web.openapi import describe, operation
 from web.pages import page_login_required
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+import web.models as models
 from fairway.domain import alerts
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, rules
-from web import models
 from web.auth import login_required, roles_required, tenant_scope, visible_device
 from web.database import get_db
 from web.errors import ApiError

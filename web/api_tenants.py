@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+import web.models as models
 from fairway.provision import provision_tenant
 from fairway.provision_bulk import BulkProvisioner
 from fairway.storage import accounts, mongo, registry
-from web import models
 from web.auth import login_required, roles_required, tenant_scope
 from web.database import get_db
 from web.errors import ApiError, bad_input

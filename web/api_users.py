@@ -11,10 +11,10 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+import web.models as models
 from fairway.domain import permissions
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, mongo
-from web import models
 from web.auth import (
     current_user,
     login_required,

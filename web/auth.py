@@ -32,12 +32,12 @@ from flask_wtf.csrf import CSRFProtect, generate_csrf
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
+import web.models as models
 from fairway.domain import notify, permissions, pushtoken
 from fairway.storage import accounts, registry
 from fairway.storage.accounts import User
 from fairway.storage.mongo import TENANTS
 from ingest.ratelimit import RateLimiter
-from web import models
 from web.broker import get_broker
 from web.database import get_db
 from web.errors import ApiError

@@ -23,6 +23,7 @@ from flask import Blueprint, Response, current_app, stream_with_context
 from prometheus_client import Counter
 
 import tasks.export as export
+import web.models as models
 from fairway.domain.job_params import JobFailed, parse_export, parse_report
 from fairway.kernel.settings import Settings
 from fairway.kernel.times import iso_z
@@ -30,7 +31,6 @@ from fairway.storage import job_records
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
 from tasks.report import TooManySeries, check_series
-from web import models
 from web.auth import (
     current_user,
     login_required,

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import Rule
 
+import web.models as models
 from fairway.kernel.settings import Settings
-from web import models
 from web.errors import ApiError
 from web.models import SETTING_MAX_ITEMS, SETTING_MAXIMUM
 
