@@ -370,8 +370,14 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
     # Once the open hour has closed and the killed writers' leases ran out, the rollup
     # task recomputes what they folded (the live scheduler's lease too, at that clock).
     opened = datetime.fromtimestamp(current, UTC)
-    later = opened + timedelta(hours=1, seconds=1)
-    result = rollup.roll_closed_hours(pipeline.db, grace_s=0, now=later)
+    # Late enough for the leases too: run in an hour's last minutes, the writers' last
+    # beats are still within a lease of the hour's end.
+    lease_s = 300
+    later = max(
+        opened + timedelta(hours=1, seconds=1),
+        datetime.now(UTC) + timedelta(seconds=lease_s + 1),
+    )
+    result = rollup.roll_closed_hours(pipeline.db, grace_s=0, lease_s=lease_s, now=later)
     assert result["lost_writers"] == 3 and result["recovered_hours"] >= 5
     expected = expected_rollups(pipeline.db, later)
     assert sum(r["n"] for r in expected.values()) == len(messages) + len(fresh)
