@@ -249,8 +249,16 @@ def running(command: list[str], settings: Settings, log_path: Path) -> Iterator[
 
 
 # -- the isolated pipeline ---------------------------------------------------------------
+def _each(url: str, change: Any) -> str:
+    """Apply ``change`` (a ``SplitResult`` -> ``SplitResult``) to each URL of a
+    comma-separated broker list."""
+    return ",".join(
+        urllib.parse.urlunsplit(change(urllib.parse.urlsplit(u.strip()))) for u in url.split(",")
+    )
+
+
 def _replace_path(url: str, path: str) -> str:
-    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + path))
+    return _each(url, lambda parts: parts._replace(path="/" + path))
 
 
 class Pipeline:
@@ -328,14 +336,15 @@ class Pipeline:
         self, username: str = "guest", password: str = "guest"
     ) -> Iterator[BlockingChannel]:
         """A blocking channel on this vhost (optionally as another broker user)."""
-        parts = urllib.parse.urlsplit(self.settings.amqp_url)
         user = urllib.parse.quote(username, safe="") + ":" + urllib.parse.quote(password, safe="")
-        query = parts.query
-        if self.channel_heartbeat is not None:
-            query = "&".join(filter(None, [query, f"heartbeat={self.channel_heartbeat}"]))
-        url = urllib.parse.urlunsplit(
-            parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}", query=query)
-        )
+
+        def as_user(parts: urllib.parse.SplitResult) -> urllib.parse.SplitResult:
+            query = parts.query
+            if self.channel_heartbeat is not None:
+                query = "&".join(filter(None, [query, f"heartbeat={self.channel_heartbeat}"]))
+            return parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}", query=query)
+
+        url = _each(self.settings.amqp_url, as_user)
         with blocking_channel(self.with_(amqp_url=url), f"harness-{username}") as channel:
             yield channel
 
