@@ -1128,11 +1128,12 @@ cluster_kill_node() {
         log "RabbitMQ cluster: node $RABBIT_NODE not running"
     else
         kill -KILL "$pid" 2>/dev/null || true
-        for _ in {1..100}; do
+        # Instant, unless the VM is in uninterruptible I/O (a busy disk): then it dies after.
+        for _ in {1..1200}; do
             pid_alive "$pid" || break
             sleep 0.05
         done
-        pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL"
+        pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL for 60 s (state $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null))"
         log "RabbitMQ cluster: killed node $RABBIT_NODE (pid $pid, SIGKILL)"
     fi
     terminate "$launcher" "RabbitMQ launcher" 5

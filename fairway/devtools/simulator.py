@@ -162,6 +162,19 @@ class Simulator:
         self._resend: deque[Message] = deque()
         self._tag = 0  # the current channel's last delivery tag
 
+    def finish(self) -> None:
+        """Publish nothing new; :meth:`run` returns once the rest is confirmed (any thread)."""
+
+        def finish_in_loop() -> None:
+            self.total = self.summary.sent
+
+        self.ioloop.add_callback_threadsafe(finish_in_loop)
+
+    @property
+    def connected(self) -> bool:
+        """True while a confirming channel is open (False between a loss and the next)."""
+        return self._channel is not None
+
     def run(self) -> Summary:
         """Publish until duration or total is reached and every publish is confirmed."""
         self._connect()
