@@ -1121,19 +1121,20 @@ cluster_stop_node() {
 # SIGKILL of the node's Erlang VM: a crash, no goodbye to its peers or clients.
 cluster_kill_node() {
     cluster_select "$1"
-    local pid launcher _
+    local pid launcher
     pid="$(rabbit_pid)"
     launcher="$(read_pid "$RABBIT_LAUNCHER_PID_FILE")"
     if ! pid_alive "$pid"; then
         log "RabbitMQ cluster: node $RABBIT_NODE not running"
     else
         kill -KILL "$pid" 2>/dev/null || true
-        # Instant, unless the VM is in uninterruptible I/O (a busy disk): then it dies after.
-        for _ in {1..1200}; do
-            pid_alive "$pid" || break
+        # Next to instant; a VM in uninterruptible I/O, or starved of CPU, takes longer.
+        local deadline=$((SECONDS + 60)) states=""
+        while pid_alive "$pid" && ((SECONDS < deadline)); do
+            states+="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
             sleep 0.05
         done
-        pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL for 60 s (state $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null))"
+        pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL for 60 s (states seen: ${states: -40})"
         log "RabbitMQ cluster: killed node $RABBIT_NODE (pid $pid, SIGKILL)"
     fi
     terminate "$launcher" "RabbitMQ launcher" 5

@@ -126,8 +126,13 @@ class LocalCluster:
 
     def __exit__(self, *_exc: object) -> None:
         # Its data is thrown away with its directory: no clean shutdown needed (~25 s).
+        failures = []
         for n in range(1, self.SIZE + 1):
-            self.kill(n)
+            try:
+                self.kill(n)
+            except AssertionError as exc:  # the other nodes still go
+                failures.append(str(exc))
+        assert not failures, "\n".join(failures)
 
     def kill(self, n: int) -> None:
         """SIGKILL node ``n``'s Erlang VM."""
