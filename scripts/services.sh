@@ -110,8 +110,10 @@ read_pid() {
 pid_alive() {
     local pid="${1:-}" state
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    [[ -d /proc/self ]] || return 0 # no procfs: kill -0 is all there is to know
     state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
-    [[ "$state" != Z ]]
+    # No state: a zombie reaped between the two looks (a killed node's VM, often).
+    [[ -n "$state" && "$state" != Z ]]
 }
 
 tcp_open() { timeout 2 bash -c ">/dev/tcp/$1/$2" 2>/dev/null; }
@@ -1134,7 +1136,7 @@ cluster_kill_node() {
             states+="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
             sleep 0.05
         done
-        pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL for 60 s (states seen: ${states: -40})"
+        pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL for 60 s (states seen: $(tail -c 40 <<<"$states"))"
         log "RabbitMQ cluster: killed node $RABBIT_NODE (pid $pid, SIGKILL)"
     fi
     terminate "$launcher" "RabbitMQ launcher" 5
