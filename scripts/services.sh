@@ -1133,7 +1133,7 @@ cluster_kill_node() {
         # Next to instant; a VM in uninterruptible I/O, or starved of CPU, takes longer.
         local deadline=$((SECONDS + 60)) states=""
         while pid_alive "$pid" && ((SECONDS < deadline)); do
-            states+="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
+            states+="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
             sleep 0.05
         done
         pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL for 60 s (states seen: $(tail -c 40 <<<"$states"))"
