@@ -30,7 +30,7 @@ from pika.exceptions import AMQPConnectionError
 
 from fairway.amqp import metrics
 from fairway.kernel import topology
-from fairway.kernel.settings import Settings
+from fairway.kernel.settings import Settings, split_urls
 
 
 def uses_tls(url: str) -> bool:
@@ -63,7 +63,7 @@ def ca_certificates_pem(settings: Settings) -> list[bytes]:
 def kombu_url(url: str) -> str:
     """Celery's ``broker_url`` for a Fairway broker list: kombu separates failover URLs
     with ``;`` (and tries them round-robin), Fairway with commas."""
-    return ";".join(split(url))
+    return ";".join(split_urls(url))
 
 
 def kombu_ssl(url: str, settings: Settings) -> dict[str, Any] | bool:
@@ -75,7 +75,7 @@ def kombu_ssl(url: str, settings: Settings) -> dict[str, Any] | bool:
     applies one TLS dict to every failover URL, so with several ``amqps://`` brokers
     each broker's certificate must also name the first one's host (docs/deploy.md).
     """
-    first = split(url)[0]
+    first = split_urls(url)[0]
     if not uses_tls(first):
         return False
     return {
@@ -84,11 +84,6 @@ def kombu_ssl(url: str, settings: Settings) -> dict[str, Any] | bool:
         "server_hostname": urllib.parse.urlsplit(first).hostname,
         "tls_minimum_version": ssl.TLSVersion.TLSv1_2,
     }
-
-
-def split(url: str) -> list[str]:
-    """The addresses of a comma-separated broker list (one URL: a list of one)."""
-    return [part.strip() for part in url.split(",")]
 
 
 def address(url: str) -> str:
