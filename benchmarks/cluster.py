@@ -313,7 +313,10 @@ def failover(broker: Broker, server: PrivateServer, rate: float, seconds: float)
                 stored: dict[str, float] = {}
                 connects: dict[str, float] = {}
                 for name, proc in procs.items():
-                    found = proc.metrics(STORED, "fairway_amqp_connects_total")
+                    try:
+                        found = proc.metrics(STORED, "fairway_amqp_connects_total")
+                    except OSError:  # a scrape refused under load: the next one
+                        continue
                     connects[name] = sum(found.get("fairway_amqp_connects_total", {}).values())
                     for labels, value in found.get(STORED, {}).items():
                         tenant = labels.partition('tenant="')[2].rstrip('"')
@@ -358,13 +361,11 @@ def failover(broker: Broker, server: PrivateServer, rate: float, seconds: float)
                 last_at, last = at, value
         gaps[tenant] = r(longest, 2)
     before = next(c for at, _, c in reversed(samples) if at <= killed)
-    reconnected = {
-        name: r(
-            next(at for at, _, c in samples if at > killed and c[name] > before[name]) - killed, 2
-        )
-        for name in procs
-        if any(c[name] > before[name] for _, _, c in samples)
-    }
+    reconnected: dict[str, Any] = {}
+    for name in procs:
+        again = [at for at, _, c in samples if at > killed and c.get(name, 0) > before.get(name, 0)]
+        if again:  # it had a connection on the killed node
+            reconnected[name] = r(again[0] - killed, 2)
     for name, device in zip(("devices", "quiet-device"), devices, strict=True):
         reconnected[name] = device.summary.reconnects
     return {
