@@ -33,6 +33,7 @@ BENCHMARKS = [
     "write_cost",
     "isolation",
     "bulk_provision",
+    "cluster",
 ]
 
 
@@ -215,6 +216,28 @@ def _rows_bulk_provision(d: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _rows_cluster(d: dict) -> list[tuple[str, str, str]]:
+    drain, ratios = d["drain"], d["ratios"]
+    rows = [
+        ("drain, single node", f"{drain['single']['drain_rate']:,.0f} readings/s", "1.00"),
+        (
+            "drain, 3-node cluster",
+            f"{drain['cluster']['drain_rate']:,.0f} readings/s",
+            f"{ratios.get('cluster/single drain_rate')}",
+        ),
+        (
+            "CPU per reading, single -> cluster",
+            f"{drain['single']['cpu_us_per_reading']['total']} -> "
+            f"{drain['cluster']['cpu_us_per_reading']['total']} us",
+            f"{ratios.get('cluster/single cpu_us_per_reading')}",
+        ),
+        ("failover, longest storing pause", f"{d['failover']['max_gap_s']} s", ""),
+    ]
+    for name, f in d["fairness"].items():
+        rows.append((f"weighted Jain, {name}", f"{f['weighted_jain']}", ""))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "many_queues": _rows_many_queues,
     "relay": _rows_relay,
@@ -227,6 +250,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "write_cost": _rows_write_cost,
     "isolation": _rows_isolation,
     "bulk_provision": _rows_bulk_provision,
+    "cluster": _rows_cluster,
 }
 
 

@@ -31,7 +31,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.database import Database
 
-from fairway.amqp.connection import parameters
+from fairway.amqp.connection import Brokers, open_blocking
 from fairway.kernel import topology
 from fairway.kernel.ids import ID_PATTERN, RESERVED_ID, ReservedIdError, check_new_id
 from fairway.kernel.settings import Settings
@@ -201,7 +201,8 @@ class BulkProvisioner:
         self._channel: Any = None
 
     def __enter__(self) -> BulkProvisioner:
-        self._connection = pika.BlockingConnection(parameters(self.settings, self.name))
+        # The first broker of FAIRWAY_AMQP_URL that answers (a cluster's nodes in order).
+        self._connection = open_blocking(Brokers(self.settings, self.name))
         self._channel = self._connection.channel()
         topology.declare(self._channel, self.settings)  # once for every batch
         mongo.ensure_indexes(self.db)

@@ -55,7 +55,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from fairway.amqp.backoff import Reconnect
-from fairway.amqp.connection import ca_certificates_pem, parameters, uses_tls
+from fairway.amqp.connection import Brokers, ca_certificates_pem, uses_tls
 from fairway.domain import notify, pushtoken
 from fairway.kernel import metrics
 from fairway.kernel.ids import check_id
@@ -336,6 +336,7 @@ class Gateway:
         self.started = int(time.time())
         self.stopping = False
         self.allowed_origins = _allowed_origins(settings)
+        self.brokers = Brokers(settings, "fairway-gateway")  # next address after each loss
         self._reconnect = Reconnect("fairway-gateway", _reactor.callLater, self._connect)
         self._heartbeat = task.LoopingCall(self._beat)
         self._checking = False
@@ -358,11 +359,13 @@ class Gateway:
     def _connect(self) -> None:
         if self.stopping:
             return
-        params = parameters(self.settings, "fairway-gateway")
+        params = self.brokers.parameters()
         endpoint: Any = endpoints.TCP4ClientEndpoint(reactor, params.host, params.port, timeout=10)
-        if uses_tls(self.settings.amqp_url):
+        if uses_tls(self.brokers.url):
             # pika's Twisted protocol ignores ssl_options: TLS is the endpoint's.
-            endpoint = endpoints.wrapClientTLS(client_tls_options(self.settings), endpoint)
+            endpoint = endpoints.wrapClientTLS(
+                client_tls_options(self.settings, params.host), endpoint
+            )
         protocol = TwistedProtocolConnection(params)
         d = endpoints.connectProtocol(endpoint, protocol)
         d.addCallback(lambda _p: protocol.ready)
@@ -371,7 +374,8 @@ class Gateway:
     def _on_open(self, protocol: TwistedProtocolConnection) -> None:
         self.connection = protocol
         self._reconnect.succeeded()
-        log.info("connected to RabbitMQ")
+        self.brokers.opened()
+        log.info("connected to RabbitMQ", extra={"broker": self.brokers.address})
         protocol.closed.addBoth(self._on_closed)
 
     def _on_connect_failed(self, failure: Any) -> None:
@@ -386,8 +390,9 @@ class Gateway:
             self._retry(f"connection closed: {reason!r}")
 
     def _retry(self, why: str) -> None:
+        self.brokers.lost()
         if not self.stopping:
-            self._reconnect.schedule(why)
+            self._reconnect.schedule(f"{why} (next: {self.brokers.address})")
 
     # -- sessions --------------------------------------------------------------------
     def claim_token(self, request: server.Request, claims: dict[str, Any]) -> bytes | None:
@@ -686,13 +691,13 @@ def _raise_file_limit(sessions: int) -> None:
             log.warning("file descriptor limit below max sessions", extra={"limit": new_soft})
 
 
-def client_tls_options(settings: Settings) -> Any:
-    """Twisted's TLS options for an ``amqps://`` broker, verified as pika's connections are.
+def client_tls_options(settings: Settings, host: str) -> Any:
+    """Twisted's TLS options for the ``amqps://`` broker at ``host``, verified as pika's
+    connections are.
 
     The chain must lead to ``FAIRWAY_AMQP_CA_FILE`` (the system's CAs when empty) and
-    the certificate must name the URL's host (service_identity does the check).
+    the certificate must name ``host``, the URL's (service_identity does the check).
     """
-    host = parameters(settings, "fairway-gateway").host
     pems = ca_certificates_pem(settings)
     if pems:
         trust = tls.trustRootFromCertificates([tls.Certificate.loadPEM(p) for p in pems])
@@ -703,7 +708,8 @@ def client_tls_options(settings: Settings) -> Any:
 
 def run(settings: Settings) -> None:
     """``fairway gateway``: serve until SIGTERM, then close every stream."""
-    pika.URLParameters(settings.amqp_url)  # fail early on a malformed URL
-    if uses_tls(settings.amqp_url):
-        client_tls_options(settings)  # and on an unusable CA file
+    for url in settings.amqp_urls:
+        host = pika.URLParameters(url).host  # fail early on a malformed URL
+        if uses_tls(url):
+            client_tls_options(settings, host)  # and on an unusable CA file
     Gateway(settings).serve(settings.metrics_port)

@@ -48,7 +48,7 @@ from pika.spec import Basic, BasicProperties
 from pymongo.database import Database
 
 from fairway.amqp import management
-from fairway.amqp.connection import parameters
+from fairway.amqp.connection import Brokers
 from fairway.amqp.service import AmqpService, Consumer
 from fairway.amqp.side import EventPublisher, SideConnection
 from fairway.domain import alerts
@@ -73,6 +73,7 @@ EVENT_EXCHANGE = "amq.rabbitmq.event"
 CREATED, CLOSED = "connection.created", "connection.closed"
 TELEMETRY_QUEUE = "monitor.telemetry"
 LISTING_GRACE_S = 30.0  # the management API lists a new connection within ~5 s
+NODES_CHECK_S = 5.0  # how often the cluster's nodes are checked (one management API call)
 RECENTLY_CLOSED_S = 120.0
 MAX_RECENTLY_CLOSED = 100_000
 REGISTRY_TTL_S = 60.0
@@ -140,6 +141,16 @@ class ConnectionTracker:
             fresh = dict(sorted(fresh.items(), key=lambda kv: kv[1])[MAX_RECENTLY_CLOSED // 2 :])
         self.closed_at = fresh
 
+    def nodes_down(self, nodes: set[str], now: float) -> set[str]:
+        """Close every connection on ``nodes`` (cluster nodes that stopped running: they
+        sent no ``connection.closed``); the devices that went offline."""
+        offline = set()
+        for key in [k for k in self.conns if k[0] in nodes]:
+            gone = self.closed(key, now)
+            if gone is not None:
+                offline.add(gone)
+        return offline
+
     @property
     def online(self) -> set[str]:
         """Devices with at least one open connection."""
@@ -206,17 +217,17 @@ class Monitor(AmqpService):
             self._on_telemetry,
             prepare=self._declare_telemetry,
         )
-        self.publisher = EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
+        self.publisher = EventPublisher(Brokers(settings, f"{self.name}-events"), self.ioloop)
         self.add_side_connection(self.publisher)
-        feed_params = parameters(settings, f"{self.name}-status")
-        feed_params.virtual_host = settings.event_exchange_vhost
-        self.feed = SideConnection(feed_params, self.ioloop, self._on_feed_channel)
+        status = Brokers(settings, f"{self.name}-status", vhost=settings.event_exchange_vhost)
+        self.feed = SideConnection(status, self.ioloop, self._on_feed_channel)
         self.add_side_connection(self.feed)
         # The status feed's queue is server-named: ``prepare`` fills it in.
         self._feed = Consumer(
             "", settings.monitor_prefetch, self._on_connection_event, prepare=self._declare_feed
         )
         self.every(settings.monitor_reconcile_s, self._reconcile_soon)
+        self.every(NODES_CHECK_S, self._check_nodes_soon)
         self.every(BACKLOG_INTERVAL_S, self._tick_backlog, first=1.0)
 
     # -- set-up ------------------------------------------------------------------
@@ -365,6 +376,36 @@ class Monitor(AmqpService):
     def _reconcile_soon(self) -> None:
         if self.feed.ready:
             self._submit("status", self._reconcile, None, None)
+
+    def _check_nodes_soon(self) -> None:
+        if self.feed.ready and not self._pending["status"]:
+            self._submit("status", self._check_nodes, None, None)
+
+    def _down_nodes(self) -> set[str]:
+        """Cluster nodes the management API lists as not running (status thread)."""
+        nodes = management.call(
+            self.settings.rabbitmq_mgmt_url, "GET", "nodes?columns=name,running"
+        )
+        return {n["name"] for n in nodes or [] if not n.get("running", True)}
+
+    def _check_nodes(self) -> list[tuple[str, dict[str, Any]]]:
+        """A node that died took its connections without ``connection.closed`` events:
+        its devices go offline now, not at the next reconcile (status thread)."""
+        try:
+            down = self._down_nodes()
+        except Exception as exc:
+            log.warning("management API unavailable; nodes not checked", extra={"error": repr(exc)})
+            return []
+        offline = self.tracker.nodes_down(down, time.monotonic())
+        if offline:
+            log.info("devices offline with their node", extra={"nodes": sorted(down)})
+        now = datetime.now(UTC)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for device in offline:
+            tenant = self._tenant_of(device)
+            if tenant is not None:
+                out += self._status_changed(device, tenant, False, now)
+        return out
 
     def _reconcile(self) -> list[tuple[str, dict[str, Any]]]:
         """Compare with the management API's open connections (status thread)."""

@@ -44,7 +44,7 @@ from pika.channel import Channel
 from pika.spec import Basic
 
 from fairway.amqp import side
-from fairway.amqp.connection import parameters
+from fairway.amqp.connection import Brokers
 from fairway.amqp.service import AmqpService, Consumer, DrainExpired
 from fairway.domain import coalesce
 from fairway.kernel import topology
@@ -99,7 +99,7 @@ class Scheduler(AmqpService):
         self._linger_timer: Any = None
         self._depths_due = 0  # passive declares of this tick not yet answered
         self._events = (
-            side.EventPublisher(parameters(settings, f"{self.name}-events"), self.ioloop)
+            side.EventPublisher(Brokers(settings, f"{self.name}-events"), self.ioloop)
             if settings.events_enabled
             else None
         )

@@ -2,6 +2,7 @@
 # Local services for Fairway development and CI: RabbitMQ and a MongoDB-compatible DB.
 #
 # Usage: scripts/services.sh up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo|tls-certs
+#        scripts/services.sh cluster up|down|status|env|kill NODE|stop NODE|start NODE
 #
 # All state (data, logs, pid files, built binaries) lives under .services/
 # (override with FAIRWAY_SERVICES_DIR). Every subcommand is idempotent.
@@ -45,6 +46,8 @@ RABBIT_DIR="$SERVICES_DIR/rabbitmq"
 RABBIT_PID_FILE="$RUN_DIR/rabbitmq.pid"
 RABBIT_LAUNCHER_PID_FILE="$RUN_DIR/rabbitmq-launcher.pid"
 RABBIT_TIMEOUT="${FAIRWAY_RABBITMQ_TIMEOUT:-120}"
+# More rabbitmq.conf lines (the cluster's peer discovery); none for the single node.
+RABBIT_EXTRA_CONF=""
 RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_auth_backend_http,rabbitmq_auth_backend_cache"
 # Devices authenticate against the web app (fairway web); Fairway's own accounts are internal.
 WEB_AUTH_URL="${FAIRWAY_BROKER_AUTH_URL:-http://127.0.0.1:${FAIRWAY_WEB_PORT:-8080}/broker}"
@@ -107,8 +110,10 @@ read_pid() {
 pid_alive() {
     local pid="${1:-}" state
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    [[ -d /proc/self ]] || return 0 # no procfs: kill -0 is all there is to know
     state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
-    [[ "$state" != Z ]]
+    # No state: a zombie reaped between the two looks (a killed node's VM, often).
+    [[ -n "$state" && "$state" != Z ]]
 }
 
 tcp_open() { timeout 2 bash -c ">/dev/tcp/$1/$2" 2>/dev/null; }
@@ -388,6 +393,7 @@ auth_http.topic_path = $WEB_AUTH_URL/topic
 mqtt.exchange = telemetry
 mqtt.allow_anonymous = false
 EOF
+    [[ -z "$RABBIT_EXTRA_CONF" ]] || printf '%s\n' "$RABBIT_EXTRA_CONF" >>"$RABBITMQ_CONFIG_FILE"
     rabbit_tls || return 0
     cat >>"$RABBITMQ_CONFIG_FILE" <<TLS
 # TLS (FAIRWAY_RABBITMQ_TLS): AMQPS and MQTTS with the certificate in $TLS_DIR. Clients are
@@ -949,6 +955,280 @@ status_mongo() {
     return 1
 }
 
+# ---------------------------------------------------------------- RabbitMQ cluster (three local nodes)
+#
+# `cluster up|down|status|env|kill N|stop N|start N`: three clustered nodes on this machine for
+# tests and benchmarks of failover. They run the single node's configuration (write_rabbit_config:
+# listeners, plugins, limits, the HTTP auth backend) plus classic-config peer discovery (as the
+# Ansible role), pause_minority and balanced quorum-queue leader placement, each with its own
+# node name, ports and directory under $SERVICES_DIR/cluster, and one Erlang cookie of their own
+# ($SERVICES_DIR/cluster/home/.erlang.cookie): the shared single node is never touched.
+# Node N (1..3) of FAIRWAY_CLUSTER_NODE_PREFIX [fairway-c] is <prefix>N@localhost, with ports from
+# FAIRWAY_CLUSTER_PORT_BASE [5680]: AMQP base+N, MQTT base+100+N, management base+10000+N,
+# Prometheus base+10100+N, Erlang distribution AMQP+20000 (epmd on 4369 is shared, as it must be).
+# TLS is not offered on the cluster.
+
+CLUSTER_SIZE=3
+CLUSTER_DIR="$SERVICES_DIR/cluster"
+CLUSTER_PREFIX="${FAIRWAY_CLUSTER_NODE_PREFIX:-fairway-c}"
+CLUSTER_PORT_BASE="${FAIRWAY_CLUSTER_PORT_BASE:-5680}"
+
+cluster_node_name() { echo "$CLUSTER_PREFIX$1@localhost"; }
+
+# cluster_select N: point the single node's helpers (rabbit_env, write_rabbit_config,
+# rabbitmqctl, rabbit_ours_alive, wait_rabbit_ready ...) at cluster node N.
+cluster_select() {
+    local n="$1" i peers=""
+    RABBIT_NODE="$(cluster_node_name "$n")"
+    RABBIT_DIR="$CLUSTER_DIR/n$n"
+    LOG_DIR="$RABBIT_DIR/logs"
+    RABBIT_PID_FILE="$RUN_DIR/cluster-n$n.pid"
+    RABBIT_LAUNCHER_PID_FILE="$RUN_DIR/cluster-n$n-launcher.pid"
+    AMQP_PORT=$((CLUSTER_PORT_BASE + n))
+    MQTT_PORT=$((CLUSTER_PORT_BASE + 100 + n))
+    MGMT_PORT=$((CLUSTER_PORT_BASE + 10000 + n))
+    PROM_PORT=$((CLUSTER_PORT_BASE + 10100 + n))
+    RABBIT_TLS=0
+    for ((i = 1; i <= CLUSTER_SIZE; i++)); do
+        peers+="cluster_formation.classic_config.nodes.$i = $(cluster_node_name "$i")"$'\n'
+    done
+    # A node's first boot joins whichever listed node runs (the Ansible role does the same);
+    # later boots rejoin from their own data. Leaders of new quorum queues go to the node
+    # with the fewest, not to the declaring client's node.
+    RABBIT_EXTRA_CONF="# Cluster node $n of $CLUSTER_SIZE (scripts/services.sh cluster).
+cluster_formation.peer_discovery_backend = classic_config
+${peers}cluster_partition_handling = pause_minority
+queue_leader_locator = balanced"
+    mkdir -p "$LOG_DIR"
+}
+
+cluster_check_port_base() {
+    [[ "$CLUSTER_PORT_BASE" =~ ^[0-9]+$ ]] || die "FAIRWAY_CLUSTER_PORT_BASE must be a number"
+    ((CLUSTER_PORT_BASE >= 1024 && CLUSTER_PORT_BASE + 20000 + CLUSTER_SIZE <= 65535)) ||
+        die "FAIRWAY_CLUSTER_PORT_BASE=$CLUSTER_PORT_BASE leaves no room for the cluster's ports"
+    [[ "$CLUSTER_PREFIX" =~ ^[A-Za-z0-9_-]+$ ]] ||
+        die "FAIRWAY_CLUSTER_NODE_PREFIX must be letters, digits, - or _"
+    local n
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+        [[ "$(cluster_node_name "$n")" != "$RABBIT_NODE" ]] ||
+            die "cluster node $n would be named like the single node ($RABBIT_NODE)"
+    done
+}
+
+# The cluster's own Erlang cookie: HOME points at it for the nodes and rabbitmqctl.
+cluster_home() {
+    HOME="$CLUSTER_DIR/home"
+    mkdir -p "$HOME"
+    export HOME
+    ensure_erlang_cookie
+}
+
+cluster_node_arg() {
+    local arg="${1:-}" n
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+        if [[ "$arg" == "$n" || "$arg" == "$(cluster_node_name "$n")" ]]; then
+            echo "$n"
+            return 0
+        fi
+    done
+    die "cluster: NODE must be 1..$CLUSTER_SIZE or a node name like $(cluster_node_name 1), not '$arg'"
+}
+
+cluster_known() { [[ -d "$RABBIT_DIR/mnesia/$RABBIT_NODE" ]]; }
+
+cluster_spawn() {
+    local n="$1"
+    cluster_select "$n"
+    tcp_open 127.0.0.1 "$AMQP_PORT" &&
+        die "cluster node $n: port $AMQP_PORT is in use by a process not started by this script; set FAIRWAY_CLUSTER_PORT_BASE"
+    install_rabbitmq
+    rabbit_env
+    write_rabbit_config
+    log "RabbitMQ cluster: starting node $RABBIT_NODE (AMQP 127.0.0.1:$AMQP_PORT)"
+    spawn "$RABBIT_LAUNCHER_PID_FILE" "$LOG_DIR/rabbitmq-server.out" "$(rabbit_sbin)/rabbitmq-server"
+}
+
+cluster_wait() {
+    cluster_select "$1"
+    wait_rabbit_ready
+    log "RabbitMQ cluster: node $RABBIT_NODE ready (pid $(rabbit_pid))"
+}
+
+# The node names node N sees running in its cluster, one per line.
+cluster_running_nodes() {
+    cluster_select "$1"
+    rabbitmqctl -q cluster_status --formatter json 2>/dev/null |
+        python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin).get("running_nodes", [])))'
+}
+
+# A node that formed a cluster of its own (its first boot found no peer) joins node 1's.
+cluster_join_if_alone() {
+    local n="$1" first
+    first="$(cluster_node_name 1)"
+    ((n == 1)) && return 0
+    cluster_running_nodes "$n" | grep -qx "$first" && return 0
+    cluster_select "$n"
+    warn "node $RABBIT_NODE is not in $first's cluster; joining it"
+    if ! { rabbitmqctl -q stop_app && rabbitmqctl -q reset &&
+        rabbitmqctl -q join_cluster "$first" && rabbitmqctl -q start_app; } >/dev/null; then
+        die "node $RABBIT_NODE could not join $first (logs in $LOG_DIR)"
+    fi
+}
+
+cluster_up() {
+    local n started=()
+    # Nodes that ran before restart all at once: a node waits for the peer that stopped
+    # last before it serves. New nodes start one at a time, each joining those running.
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+        cluster_select "$n"
+        if ! rabbit_ours_alive && cluster_known; then
+            cluster_spawn "$n"
+            started+=("$n")
+        fi
+    done
+    for n in "${started[@]}"; do cluster_wait "$n"; done
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+        cluster_select "$n"
+        if rabbit_ours_alive; then
+            wait_rabbit_ready
+        else
+            cluster_spawn "$n"
+            cluster_wait "$n"
+        fi
+        cluster_join_if_alone "$n"
+    done
+    local running
+    running="$(cluster_running_nodes 1 | wc -l)"
+    ((running == CLUSTER_SIZE)) || die "the cluster runs $running of $CLUSTER_SIZE nodes"
+    log "RabbitMQ cluster: $CLUSTER_SIZE nodes running and clustered"
+    cluster_env | sed 's/^/services:   /'
+}
+
+cluster_stop_node() {
+    cluster_select "$1"
+    if ! rabbit_ours_alive; then
+        log "RabbitMQ cluster: node $RABBIT_NODE not running"
+        return 0
+    fi
+    local pid launcher
+    pid="$(rabbit_pid)"
+    launcher="$(read_pid "$RABBIT_LAUNCHER_PID_FILE")"
+    log "RabbitMQ cluster: stopping node $RABBIT_NODE"
+    rabbitmqctl shutdown >/dev/null 2>&1 || warn "rabbitmqctl shutdown failed; terminating the process"
+    terminate "$pid" "RabbitMQ $RABBIT_NODE" 20
+    terminate "$launcher" "RabbitMQ launcher" 5
+    rm -f "$RABBIT_PID_FILE" "$RABBIT_LAUNCHER_PID_FILE"
+}
+
+# SIGKILL of the node's Erlang VM: a crash, no goodbye to its peers or clients.
+cluster_kill_node() {
+    cluster_select "$1"
+    local pid launcher
+    pid="$(rabbit_pid)"
+    launcher="$(read_pid "$RABBIT_LAUNCHER_PID_FILE")"
+    if ! pid_alive "$pid"; then
+        log "RabbitMQ cluster: node $RABBIT_NODE not running"
+    else
+        kill -KILL "$pid" 2>/dev/null || true
+        # Next to instant; a VM in uninterruptible I/O, or starved of CPU, takes longer.
+        local deadline=$((SECONDS + 60)) states=""
+        while pid_alive "$pid" && ((SECONDS < deadline)); do
+            states+="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+            sleep 0.05
+        done
+        pid_alive "$pid" && die "node $RABBIT_NODE (pid $pid) survived SIGKILL for 60 s (states seen: $(tail -c 40 <<<"$states"))"
+        log "RabbitMQ cluster: killed node $RABBIT_NODE (pid $pid, SIGKILL)"
+    fi
+    terminate "$launcher" "RabbitMQ launcher" 5
+    rm -f "$RABBIT_PID_FILE" "$RABBIT_LAUNCHER_PID_FILE"
+}
+
+cluster_start_node() {
+    cluster_select "$1"
+    if rabbit_ours_alive; then
+        wait_rabbit_ready
+        log "RabbitMQ cluster: node $RABBIT_NODE already running (pid $(rabbit_pid))"
+        return 0
+    fi
+    cluster_spawn "$1"
+    cluster_wait "$1"
+    cluster_join_if_alone "$1"
+}
+
+cluster_status() {
+    local n rc=0 peers
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+        cluster_select "$n"
+        if rabbit_ours_alive && tcp_open 127.0.0.1 "$AMQP_PORT"; then
+            peers="$(cluster_running_nodes "$n" | wc -l)"
+            echo "cluster node $n: running  pid $(rabbit_pid)  $RABBIT_NODE  amqp 127.0.0.1:$AMQP_PORT  mgmt http://127.0.0.1:$MGMT_PORT/  mqtt 127.0.0.1:$MQTT_PORT  sees $peers running"
+        elif rabbit_ours_alive; then
+            echo "cluster node $n: starting (pid $(rabbit_pid))  $RABBIT_NODE"
+            rc=3
+        else
+            echo "cluster node $n: stopped  $RABBIT_NODE"
+            rc=3
+        fi
+    done
+    return "$rc"
+}
+
+# Settings for Fairway's processes on the cluster, as shell exports.
+cluster_env() {
+    local n urls=() mgmt=()
+    for ((n = 1; n <= CLUSTER_SIZE; n++)); do
+        urls+=("amqp://guest:guest@127.0.0.1:$((CLUSTER_PORT_BASE + n))/%2F")
+        mgmt+=("http://guest:guest@127.0.0.1:$((CLUSTER_PORT_BASE + 10000 + n))")
+    done
+    local IFS=,
+    echo "export FAIRWAY_AMQP_URL='${urls[*]}'"
+    echo "export FAIRWAY_RABBITMQ_MGMT_URL='${mgmt[*]}'"
+    echo "export FAIRWAY_QUEUE_TYPE=quorum"
+}
+
+cluster_usage() {
+    echo "usage: $0 cluster up|down|status|env|kill NODE|stop NODE|start NODE  (NODE: 1..$CLUSTER_SIZE)" >&2
+    exit 2
+}
+
+cluster_main() {
+    local command="${1:-}" n
+    cluster_check_port_base
+    case "$command" in
+    up | down | status | env) [[ $# -eq 1 ]] || cluster_usage ;;
+    kill | stop | start) [[ $# -eq 2 ]] || cluster_usage ;;
+    *) cluster_usage ;;
+    esac
+    cluster_home
+    case "$command" in
+    env) cluster_env ;;
+    status) cluster_status || exit 3 ;;
+    up)
+        take_lock
+        cluster_up
+        ;;
+    down)
+        take_lock
+        for ((n = CLUSTER_SIZE; n >= 1; n--)); do cluster_stop_node "$n"; done
+        ;;
+    kill)
+        n="$(cluster_node_arg "$2")"
+        take_lock
+        cluster_kill_node "$n"
+        ;;
+    stop)
+        n="$(cluster_node_arg "$2")"
+        take_lock
+        cluster_stop_node "$n"
+        ;;
+    start)
+        n="$(cluster_node_arg "$2")"
+        take_lock
+        cluster_start_node "$n"
+        ;;
+    esac
+}
+
 # ---------------------------------------------------------------- commands
 
 # PostgreSQL matters when FerretDB is to run on it, or when ours is up anyway.
@@ -976,10 +1256,15 @@ require_managed_mongo() {
 
 usage() {
     echo "usage: $0 up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo|tls-certs" >&2
+    echo "       $0 cluster up|down|status|env|kill NODE|stop NODE|start NODE" >&2
     exit 2
 }
 
 main() {
+    if [[ "${1:-}" == cluster ]]; then
+        cluster_main "${@:2}"
+        return
+    fi
     [[ $# -eq 1 ]] || usage
     [[ "$FERRETDB_BACKEND" == postgresql || "$FERRETDB_BACKEND" == sqlite ]] ||
         die "FAIRWAY_FERRETDB_BACKEND must be postgresql or sqlite, not '$FERRETDB_BACKEND'"

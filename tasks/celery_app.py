@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery, signals
 
 import tasks.jobs  # noqa: F401  (registers the shared tasks)
-from fairway.amqp.connection import kombu_ssl
+from fairway.amqp.connection import kombu_ssl, kombu_url
 from fairway.kernel import log, metrics
 from fairway.kernel.settings import Settings
 from tasks.base import CPU, JOBS_EXCHANGE, RETENTION_TASK, ROLLUP_TASK, ROUTES, queues
@@ -30,7 +30,8 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("fairway", set_as_current=False)
     broker_url = settings.celery_broker_url or settings.amqp_url
     app.conf.update(
-        broker_url=broker_url,
+        # Several brokers (a cluster's nodes): kombu fails over between them, round robin.
+        broker_url=kombu_url(broker_url),
         # amqps://: verify the broker's chain (FAIRWAY_AMQP_CA_FILE) and host name.
         broker_use_ssl=kombu_ssl(broker_url, settings),
         broker_connection_retry_on_startup=True,

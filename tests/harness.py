@@ -11,6 +11,7 @@ This module does not import pytest: ``benchmarks/`` uses it as it is.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 import pika
+import yaml
 from pika.adapters.blocking_connection import BlockingChannel
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -53,6 +55,207 @@ def management(method: str, path: str, body: dict | None = None) -> Any:
 def services(command: str) -> None:
     """Run ``scripts/services.sh <command>`` (e.g. stop-mongo) and require success."""
     subprocess.run([str(SERVICES), command], check=True, cwd=ROOT, timeout=300)
+
+
+# -- a local three-node RabbitMQ cluster ---------------------------------------------------
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalCluster:
+    """Three clustered RabbitMQ nodes started by ``scripts/services.sh cluster``.
+
+    Its own services directory, node names and ports (a free base below the ephemeral
+    range), so it meets neither the shared single node nor another run's cluster. Node
+    ``n`` (1..3): AMQP ``base + n``, management ``base + 10000 + n``. Use as a context
+    manager: ``cluster down`` at exit.
+    """
+
+    SIZE = 3
+
+    def __init__(self, state: Path, base: int | None = None) -> None:
+        self.base = base or self._free_base()
+        self.prefix = f"fwc{self.base}-"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRWAY_")}
+        self.env.update(
+            FAIRWAY_SERVICES_DIR=str(state),
+            FAIRWAY_CLUSTER_PORT_BASE=str(self.base),
+            FAIRWAY_CLUSTER_NODE_PREFIX=self.prefix,
+        )
+
+    @classmethod
+    def _free_base(cls) -> int:
+        for _ in range(200):
+            base = random.randrange(10_000, 12_000, 10)
+            ports = [
+                base + offset + n
+                for offset in (0, 100, 10_000, 10_100, 20_000)
+                for n in range(1, cls.SIZE + 1)
+            ]
+            if all(_free(p) for p in ports):
+                return base
+        raise AssertionError("no free ports for a local cluster")
+
+    def services(self, *command: str) -> float:
+        """``scripts/services.sh cluster <command>``; its duration in seconds."""
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(SERVICES), "cluster", *command],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, f"cluster {command}:\n{result.stdout}{result.stderr}"
+        return time.monotonic() - started
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.services("up")
+        except BaseException:
+            self.__exit__()  # whatever part of it started
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        # Its data is thrown away with its directory: no clean shutdown needed (~25 s).
+        failures = []
+        for n in range(1, self.SIZE + 1):
+            try:
+                self.kill(n)
+            except AssertionError as exc:  # the other nodes still go
+                failures.append(str(exc))
+        assert not failures, "\n".join(failures)
+
+    def kill(self, n: int) -> None:
+        """SIGKILL node ``n``'s Erlang VM."""
+        self.services("kill", str(n))
+
+    def stop(self, n: int) -> None:
+        """Stop node ``n`` cleanly (``rabbitmqctl shutdown``)."""
+        self.services("stop", str(n))
+
+    def start(self, n: int) -> None:
+        """Start node ``n`` again and wait until it serves."""
+        self.services("start", str(n))
+
+    def node(self, n: int) -> str:
+        """Node ``n``'s Erlang node name."""
+        return f"{self.prefix}{n}@localhost"
+
+    def index(self, node: str) -> int:
+        """The number of the node named ``node``."""
+        return next(n for n in range(1, self.SIZE + 1) if self.node(n) == node)
+
+    def amqp_port(self, n: int) -> int:
+        """Node ``n``'s AMQP port."""
+        return self.base + n
+
+    def amqp_url(self, first: int = 1, vhost: str = "%2F") -> str:
+        """Every node's AMQP URL, comma-separated, from node ``first`` on (wrapping)."""
+        order = [(first - 1 + i) % self.SIZE + 1 for i in range(self.SIZE)]
+        return ",".join(f"amqp://guest:guest@127.0.0.1:{self.amqp_port(n)}/{vhost}" for n in order)
+
+    @property
+    def mgmt_url(self) -> str:
+        """Every node's management API, comma-separated."""
+        return ",".join(
+            f"http://guest:guest@127.0.0.1:{self.base + 10_000 + n}"
+            for n in range(1, self.SIZE + 1)
+        )
+
+    def pids(self) -> list[int]:
+        """The nodes' Erlang VMs (those running)."""
+        run = Path(self.env["FAIRWAY_SERVICES_DIR"]) / "run"
+        found = [run / f"cluster-n{n}.pid" for n in range(1, self.SIZE + 1)]
+        return [int(p.read_text().strip()) for p in found if p.exists()]
+
+    def running(self) -> list[str]:
+        """The nodes the management API lists as running."""
+        nodes = rabbitmq_api.call(self.mgmt_url, "GET", "nodes?columns=name,running")
+        return sorted(n["name"] for n in nodes if n.get("running"))
+
+
+class LocalNode:
+    """A single RabbitMQ node of its own (``scripts/services.sh start-rabbitmq`` with its
+    own services directory, node name and ports: AMQP ``base``, management ``base + 1``,
+    MQTT ``base + 2``, Prometheus ``base + 3``), the single-node twin of
+    :class:`LocalCluster` for side-by-side measurements."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        for _ in range(200):
+            self.base = random.randrange(12_000, 13_000, 10)
+            if all(_free(p) for p in [*range(self.base, self.base + 4), self.base + 20_000]):
+                break
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRWAY_")}
+        self.env.update(
+            FAIRWAY_SERVICES_DIR=str(state),
+            FAIRWAY_RABBITMQ_NODE=f"fwn{self.base}@localhost",
+            FAIRWAY_RABBITMQ_PORT=str(self.base),
+            FAIRWAY_RABBITMQ_MGMT_PORT=str(self.base + 1),
+            FAIRWAY_RABBITMQ_MQTT_PORT=str(self.base + 2),
+            FAIRWAY_RABBITMQ_PROMETHEUS_PORT=str(self.base + 3),
+            FAIRWAY_AMQP_URL=self.amqp_url(),
+        )
+
+    def _services(self, command: str) -> None:
+        result = subprocess.run(
+            [str(SERVICES), command],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, f"{command}:\n{result.stdout}{result.stderr}"
+
+    def __enter__(self) -> LocalNode:
+        self._services("start-rabbitmq")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._services("stop-rabbitmq")
+
+    def amqp_url(self, vhost: str = "%2F") -> str:
+        """The node's AMQP URL."""
+        return f"amqp://guest:guest@127.0.0.1:{self.base}/{vhost}"
+
+    @property
+    def mgmt_url(self) -> str:
+        """The node's management API."""
+        return f"http://guest:guest@127.0.0.1:{self.base + 1}"
+
+    def pids(self) -> list[int]:
+        """The node's Erlang VM."""
+        return [int((self.state / "run" / "rabbitmq.pid").read_text().strip())]
+
+
+def quorum_policies() -> list[dict[str, Any]]:
+    """The policies the Ansible role puts on a cluster's vhost (``rabbitmq_quorum_policies``),
+    so tests on the local cluster run what production runs."""
+    defaults = ROOT / "ansible" / "roles" / "rabbitmq" / "defaults" / "main.yml"
+    policies: list[dict[str, Any]] = yaml.safe_load(defaults.read_text())[
+        "rabbitmq_quorum_policies"
+    ]
+    return policies
+
+
+def apply_policies(mgmt_url: str, vhost: str, policies: list[dict[str, Any]]) -> None:
+    """Set ``policies`` (Ansible's shape: name, pattern, apply-to, priority, definition)."""
+    quoted = urllib.parse.quote(vhost, safe="")
+    for policy in policies:
+        body = {k: policy[k] for k in ("pattern", "apply-to", "priority", "definition")}
+        name = urllib.parse.quote(policy["name"], safe="")
+        rabbitmq_api.call(mgmt_url, "PUT", f"policies/{quoted}/{name}", body)
 
 
 # -- Prometheus metrics ------------------------------------------------------------------
@@ -249,8 +452,16 @@ def running(command: list[str], settings: Settings, log_path: Path) -> Iterator[
 
 
 # -- the isolated pipeline ---------------------------------------------------------------
+def _each(url: str, change: Any) -> str:
+    """Apply ``change`` (a ``SplitResult`` -> ``SplitResult``) to each URL of a
+    comma-separated broker list."""
+    return ",".join(
+        urllib.parse.urlunsplit(change(urllib.parse.urlsplit(u.strip()))) for u in url.split(",")
+    )
+
+
 def _replace_path(url: str, path: str) -> str:
-    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + path))
+    return _each(url, lambda parts: parts._replace(path="/" + path))
 
 
 class Pipeline:
@@ -328,23 +539,31 @@ class Pipeline:
         self, username: str = "guest", password: str = "guest"
     ) -> Iterator[BlockingChannel]:
         """A blocking channel on this vhost (optionally as another broker user)."""
-        parts = urllib.parse.urlsplit(self.settings.amqp_url)
         user = urllib.parse.quote(username, safe="") + ":" + urllib.parse.quote(password, safe="")
-        query = parts.query
-        if self.channel_heartbeat is not None:
-            query = "&".join(filter(None, [query, f"heartbeat={self.channel_heartbeat}"]))
-        url = urllib.parse.urlunsplit(
-            parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}", query=query)
-        )
+
+        def as_user(parts: urllib.parse.SplitResult) -> urllib.parse.SplitResult:
+            query = parts.query
+            if self.channel_heartbeat is not None:
+                query = "&".join(filter(None, [query, f"heartbeat={self.channel_heartbeat}"]))
+            return parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}", query=query)
+
+        url = _each(self.settings.amqp_url, as_user)
         with blocking_channel(self.with_(amqp_url=url), f"harness-{username}") as channel:
             yield channel
 
     # -- processes ---------------------------------------------------------------
-    def start(self, role: str, *args: str, **overrides: Any) -> FairwayProcess:
-        """Start ``fairway <role>`` as a child process and wait until it answers."""
+    def start(
+        self, role: str, *args: str, name: str | None = None, **overrides: Any
+    ) -> FairwayProcess:
+        """Start ``fairway <role>`` as a child process and wait until it answers.
+
+        ``name`` (default: the role) keys it in :attr:`procs` and names its log, for
+        several processes of one role.
+        """
         settings = self.with_(**overrides)
-        child = start_process([role, *args], settings, self.workdir / f"{role}.log")
-        self.procs[role] = child
+        name = name or role
+        child = start_process([role, *args], settings, self.workdir / f"{name}.log")
+        self.procs[name] = child
         ready = {"web": settings.web_port, "gateway": settings.gateway_port}.get(role)
         child.wait_ready(ready)
         return child

@@ -8,7 +8,8 @@ logged in make the broker open and close connections as fast as they can ask. In
 the app keeps one ``BlockingConnection`` (a Flask extension, ``app.extensions``), opened
 on first use. pika connections are not thread-safe, so waitress threads take turns with
 a lock; every use is a few round trips on an open connection. A connection the broker
-dropped (restart, missed heartbeats while idle) is re-opened and the work retried once:
+dropped (restart, missed heartbeats while idle, a cluster node gone) is re-opened, on
+the first broker address that answers from the next one on, and the work retried once:
 everything done here is idempotent (passive declares, binds, unbinds, the bindings
 record, see :mod:`fairway.domain.permissions`).
 """
@@ -26,7 +27,7 @@ from flask import Flask, Response, current_app
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPConnectionError, ChannelWrongStateError, ConnectionWrongStateError
 
-from fairway.amqp.connection import parameters
+from fairway.amqp.connection import Brokers, open_blocking
 from fairway.kernel.settings import Settings
 from web.errors import error_response
 
@@ -43,6 +44,7 @@ class Broker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.brokers = Brokers(settings, "fairway-web")
         self._lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -61,12 +63,14 @@ class Broker:
             except LOST as exc:
                 log.info("broker connection lost; re-opening", extra={"why": repr(exc)})
                 self._drop()
+                self.brokers.lost()
             return work(self._open_channel())
 
     def _open_channel(self) -> BlockingChannel:
         if self._connection is None or not self._connection.is_open:
             self._drop()
-            self._connection = pika.BlockingConnection(parameters(self.settings, "fairway-web"))
+            self._connection = open_blocking(self.brokers)
+            self.brokers.opened()
             self.opened += 1
         if self._channel is None or not self._channel.is_open:
             self._channel = self._connection.channel()

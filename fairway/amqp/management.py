@@ -1,4 +1,10 @@
-"""A small client of RabbitMQ's management HTTP API (vhosts and their permissions)."""
+"""A small client of RabbitMQ's management HTTP API (vhosts and their permissions).
+
+``base_url`` may name several nodes of a cluster, comma-separated (as
+``FAIRWAY_RABBITMQ_MGMT_URL`` does): every node answers for the whole cluster, so a
+call goes to the first that answers. An HTTP error is an answer and is not retried
+elsewhere; a node that cannot be reached is.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import Any
 from fairway.kernel.ids import is_reserved_id
 
 DEFAULT_URL = "http://guest:guest@127.0.0.1:15672"
+TIMEOUT_S = 30.0
 
 
 def call(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -28,6 +35,20 @@ def call_with_headers(
     body: dict[str, Any] | None = None,
 ) -> Any:
     """:func:`call` with extra request headers (e.g. ``X-Reason`` on a connection close)."""
+    bases = [b.strip() for b in base_url.split(",")]
+    for base in bases[:-1]:
+        try:
+            return _call_one(base, method, path, headers, body)
+        except urllib.error.HTTPError:
+            raise
+        except OSError:  # unreachable (URLError, timeout, refused): the next node
+            continue
+    return _call_one(bases[-1], method, path, headers, body)
+
+
+def _call_one(
+    base_url: str, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
+) -> Any:
     parts = urllib.parse.urlsplit(base_url)
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
@@ -39,7 +60,7 @@ def call_with_headers(
     user, password = (urllib.parse.unquote(x or "") for x in (parts.username, parts.password))
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     request.add_header("authorization", "Basic " + token)
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
         raw = response.read()
     return json.loads(raw) if raw else None
 

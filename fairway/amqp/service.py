@@ -3,7 +3,8 @@
 Modelled on kombu's ``ConsumerMixin``: a subclass *declares* what it consumes
 (:meth:`AmqpService.consumers`, a list of :class:`Consumer`) and the base owns the
 rest: the connection and its reconnects with capped backoff
-(:class:`~fairway.amqp.backoff.Reconnect`), one channel per consumer (open ->
+(:class:`~fairway.amqp.backoff.Reconnect`), each to the next broker address of a
+cluster (:class:`~fairway.amqp.connection.Brokers`), one channel per consumer (open ->
 ``prepare`` -> per-consumer ``basic.qos`` -> ``basic.consume``), reconnecting when a
 consuming channel closes, periodic timers and side connections started once per
 process, one drain on SIGTERM (cancel every consumer, poll :meth:`drained` until true
@@ -34,7 +35,7 @@ from pika.channel import Channel
 from pika.exceptions import AMQPError
 
 from fairway.amqp.backoff import Backoff, Reconnect
-from fairway.amqp.connection import declare_topology, parameters
+from fairway.amqp.connection import Brokers, declare_topology
 from fairway.amqp.side import SideConnection
 from fairway.kernel import metrics
 from fairway.kernel.settings import Settings
@@ -113,6 +114,8 @@ class AmqpService:
         self.stopping = False
         self.drain_deadline = float("inf")
         self.stop_event = threading.Event()  # set once the drain ends: retries stop waiting
+        # Where to connect: the next broker address after each loss (a cluster's nodes).
+        self.brokers = Brokers(settings, self.name)
         self._reconnect = Reconnect(self.name, self.ioloop.call_later, self._connect)
         self._timers: list[_Timer] = []
         self._sides: list[SideConnection] = []
@@ -325,13 +328,13 @@ class AmqpService:
         if self.stopping:
             self.ioloop.stop()
             return
-        try:
-            declare_topology(self.settings)
+        try:  # on the broker this connection is about to use
+            declare_topology(self.settings, self.brokers.url)
         except (AMQPError, OSError) as exc:
             self._retry(f"topology declaration failed: {exc!r}")
             return
         self.connection = pika.SelectConnection(
-            parameters(self.settings, self.name),
+            self.brokers.parameters(),
             on_open_callback=self._on_open,
             on_open_error_callback=lambda _c, exc: self._retry(f"connect failed: {exc!r}"),
             on_close_callback=self._on_closed,
@@ -339,14 +342,17 @@ class AmqpService:
         )
 
     def _retry(self, why: str) -> None:
+        """The connection (or its set-up) failed: the next address, after the backoff."""
+        self.brokers.lost()
         if self.stopping:
             self.ioloop.stop()
             return
-        self._reconnect.schedule(why)
+        self._reconnect.schedule(f"{why} (next: {self.brokers.address})")
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
         self._reconnect.succeeded()
-        log.info("connected", extra={"service": self.name})
+        self.brokers.opened()
+        log.info("connected", extra={"service": self.name, "broker": self.brokers.address})
         if not self._started:  # once per process: reconnects start no second chain
             self._started = True
             for side in self._sides:

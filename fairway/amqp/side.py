@@ -25,6 +25,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.channel import Channel
 
 from fairway.amqp.backoff import Reconnect
+from fairway.amqp.connection import Brokers
 from fairway.kernel import topology
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,19 @@ def event_properties() -> pika.BasicProperties:
 class SideConnection:
     """A second connection on an existing pika I/O loop, re-opened with backoff.
 
-    Reconnects follow the shared policy (:class:`fairway.amqp.backoff.Reconnect`).
+    Reconnects follow the shared policy (:class:`fairway.amqp.backoff.Reconnect`), each
+    to the next address of ``brokers`` (its own, apart from the main connection's).
     ``on_channel`` is called with a fresh channel after every (re)connect. Used for
     publishing events and, by the monitor, for the event exchange's vhost.
     """
 
     def __init__(
         self,
-        params: pika.URLParameters,
+        brokers: Brokers,
         ioloop: IOLoop,
         on_channel: Callable[[Channel], None] | None = None,
     ) -> None:
-        self.params = params
+        self.brokers = brokers
         self.ioloop = ioloop
         self.on_channel = on_channel
         self.connection: pika.SelectConnection | None = None
@@ -66,7 +68,7 @@ class SideConnection:
     @property
     def name(self) -> str:
         """The connection name the broker shows."""
-        return str((self.params.client_properties or {}).get("connection_name", "fairway"))
+        return self.brokers.name
 
     def start(self) -> None:
         """Connect (once; later calls do nothing). Call on the I/O loop."""
@@ -89,7 +91,7 @@ class SideConnection:
         if self._closing:
             return
         self.connection = pika.SelectConnection(
-            self.params,
+            self.brokers.parameters(),
             on_open_callback=self._on_open,
             on_open_error_callback=lambda _c, exc: self._retry(f"connect failed: {exc!r}"),
             on_close_callback=lambda _c, why: self._on_closed(why),
@@ -98,11 +100,13 @@ class SideConnection:
 
     def _retry(self, why: str) -> None:
         self.connection = None
+        self.brokers.lost()
         if not self._closing:
-            self._reconnect.schedule(why)
+            self._reconnect.schedule(f"{why} (next: {self.brokers.address})")
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
         self._reconnect.succeeded()
+        self.brokers.opened()
         self.blocked = False
         connection.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
         connection.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))

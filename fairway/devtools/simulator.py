@@ -7,7 +7,9 @@
 readings 1 ms apart, without their own ids: each gets ``<message_id>#<index>``), so
 ``R / B`` messages per second. The number of unconfirmed publishes is bounded by
 ``window``; progress goes to stderr once a second and a JSON summary (messages sent,
-confirmed, nacked; readings confirmed) is returned at the end.
+confirmed, nacked, resent, reconnects; readings confirmed) is returned at the end. On
+a lost connection it fails over to the next broker address and publishes again what
+was not confirmed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import random
 import sys
 import time
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,23 +29,27 @@ import pika
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic, BasicProperties
 
-from fairway.amqp.connection import parameters
+from fairway.amqp.backoff import Reconnect
+from fairway.amqp.connection import Brokers
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 TICK_S = 0.01
+Message = tuple[str, bytes, str]  # routing key, body, message id
 
 
 @dataclass
 class Summary:
     """What the simulator did."""
 
-    sent: int = 0  # messages
+    sent: int = 0  # distinct messages
     confirmed: int = 0
     nacked: int = 0
     seconds: float = 0.0
     batch: int = 1  # readings per message
+    resent: int = 0  # publishes repeated after a lost connection
+    reconnects: int = 0
 
     @property
     def rate(self) -> float:
@@ -101,7 +108,14 @@ def batch_body(now: float, size: int) -> bytes:
 
 
 class Simulator:
-    """Publish at a target rate over one connection, confirms streamed."""
+    """Publish at a target rate over one connection, confirms streamed.
+
+    A device that loses its broker connection does what a real one should: it connects
+    to the next broker address (``FAIRWAY_AMQP_URL`` may list a cluster's nodes) with
+    the shared backoff, and publishes again every message not confirmed yet, with the
+    same message id, before any new one (the scheduler stores a repeated id once). A
+    message counts as confirmed once a broker confirmed it, whichever publish that was.
+    """
 
     def __init__(
         self,
@@ -115,10 +129,12 @@ class Simulator:
         stream: str = "env",
         progress: bool = True,
         batch: int = 1,
+        max_outage_s: float = 120.0,
     ) -> None:
         """``rate``: readings per second; ``total``: readings (rounded up to whole
         batches); ``window``: unconfirmed messages; ``batch``: readings per message
-        (1: a single reading object, as devices without batches send)."""
+        (1: a single reading object, as devices without batches send); ``max_outage_s``:
+        how long to keep trying without a connection before giving up."""
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.settings, self.devices = settings, devices
@@ -127,42 +143,96 @@ class Simulator:
         self.duration = duration
         self.total = None if total is None else -(-total // batch)  # messages
         self.window, self.stream, self.progress = window, stream, progress
+        self.max_outage_s = max_outage_s
         self.summary = Summary(batch=batch)
         self.ioloop = IOLoop()
+        self.brokers = Brokers(settings, "fairway-simulator")
+        self._reconnect = Reconnect("fairway-simulator", self.ioloop.call_later, self._connect)
         self._channel: Any = None
         self._connection: Any = None
         self._started = 0.0
         self._last_report = 0.0
         self._done_publishing = False
+        self._closing = False
+        self._down_since: float | None = None  # when the connection was lost
         self.run_id = f"{int(time.time() * 1000):x}"
-        self._watermark = 0  # every publish up to here is confirmed
-        self._singles: set[int] = set()  # confirmed one by one above the watermark
+        # Unconfirmed publishes of the current channel by delivery tag, in publish order,
+        # and those of lost channels, to publish again: at most ``window`` together.
+        self._pending: OrderedDict[int, Message] = OrderedDict()
+        self._resend: deque[Message] = deque()
+        self._tag = 0  # the current channel's last delivery tag
+
+    def finish(self) -> None:
+        """Publish nothing new; :meth:`run` returns once the rest is confirmed (any thread)."""
+
+        def finish_in_loop() -> None:
+            self.total = self.summary.sent
+
+        self.ioloop.add_callback_threadsafe(finish_in_loop)
+
+    @property
+    def connected(self) -> bool:
+        """True while a confirming channel is open (False between a loss and the next)."""
+        return self._channel is not None
 
     def run(self) -> Summary:
         """Publish until duration or total is reached and every publish is confirmed."""
-        self._connection = pika.SelectConnection(
-            parameters(self.settings, "fairway-simulator"),
-            on_open_callback=lambda c: c.channel(on_open_callback=self._on_channel),
-            on_open_error_callback=lambda _c, exc: self._fail(exc),
-            on_close_callback=lambda _c, _r: self.ioloop.stop(),
-            custom_ioloop=self.ioloop,
-        )
+        self._connect()
         self.ioloop.start()
         self.summary.seconds = time.monotonic() - self._started if self._started else 0.0
         return self.summary
 
-    def _fail(self, exc: Exception) -> None:
-        log.error("cannot connect", extra={"error": repr(exc)})
-        self.ioloop.stop()
+    # -- the connection ------------------------------------------------------------
+    def _connect(self) -> None:
+        self._connection = pika.SelectConnection(
+            self.brokers.parameters(),
+            on_open_callback=lambda c: c.channel(on_open_callback=self._on_channel),
+            on_open_error_callback=lambda _c, exc: self._lost(f"connect failed: {exc!r}"),
+            on_close_callback=lambda _c, why: self._on_closed(why),
+            custom_ioloop=self.ioloop,
+        )
+
+    def _on_closed(self, why: Exception) -> None:
+        if self._closing:
+            self.ioloop.stop()
+        else:
+            self._lost(f"connection closed: {why!r}")
+
+    def _lost(self, why: str) -> None:
+        """No channel: what it left unconfirmed is published again on the next one."""
+        self._channel = None
+        self._resend.extendleft(reversed(self._pending.values()))
+        self._pending.clear()
+        self.brokers.lost()
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        # Never connected, every address tried: a wrong URL, not an outage.
+        never_connected = (
+            not self._started and self.summary.reconnects >= len(self.brokers.urls) - 1
+        )
+        if never_connected or now - self._down_since > self.max_outage_s:
+            log.error("cannot connect", extra={"error": why})
+            self.ioloop.stop()
+            return
+        self.summary.reconnects += 1
+        self._reconnect.schedule(f"{why} (next: {self.brokers.address})")
 
     def _on_channel(self, channel: Any) -> None:
-        self._channel = channel
-        channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._start())
+        def confirming(_frame: Any) -> None:
+            self._channel, self._tag, self._down_since = channel, 0, None
+            self._reconnect.succeeded()
+            self.brokers.opened()
+            if not self._started:
+                self._start()
+
+        channel.confirm_delivery(self._on_confirm, callback=confirming)
 
     def _start(self) -> None:
         self._started = self._last_report = time.monotonic()
         self._tick()
 
+    # -- publishing ----------------------------------------------------------------
     def _due(self, now: float) -> int:
         due = int((now - self._started) * self.rate) - self.summary.sent
         if self.total is not None:
@@ -174,15 +244,29 @@ class Simulator:
         s = self.summary
         return s.sent - s.confirmed - s.nacked
 
+    def _publish(self, message: Message) -> None:
+        routing_key, body, message_id = message
+        props = BasicProperties(
+            delivery_mode=2, content_type="application/json", message_id=message_id
+        )
+        self._channel.basic_publish(topology.TELEMETRY, routing_key, body, props)
+        self._tag += 1
+        self._pending[self._tag] = message
+
     def _tick(self) -> None:
         now = time.monotonic()
         elapsed = now - self._started
         finished = (self.duration is not None and elapsed >= self.duration) or (
             self.total is not None and self.summary.sent >= self.total
         )
-        if not finished:
+        if self._channel is not None:
+            while self._resend:
+                self._publish(self._resend.popleft())
+                self.summary.resent += 1
+        if finished:
+            self._done_publishing = True
+        elif self._channel is not None:
             wall = time.time()
-            props = BasicProperties(delivery_mode=2, content_type="application/json")
             for _ in range(self._due(now)):
                 self.summary.sent += 1
                 if self.batch == 1:
@@ -190,16 +274,15 @@ class Simulator:
                 else:
                     body = batch_body(wall, self.batch)
                 device = next(self.devices)
-                props.message_id = f"{self.run_id}-{self.summary.sent}"
-                self._channel.basic_publish(
-                    topology.TELEMETRY, f"{device}.{self.stream}", body, props
+                # The body is kept: one published again carries the same readings.
+                self._publish(
+                    (f"{device}.{self.stream}", body, f"{self.run_id}-{self.summary.sent}")
                 )
-        else:
-            self._done_publishing = True
         if self.progress and now - self._last_report >= 1.0:
             self._last_report = now
             self._report(elapsed)
-        if self._done_publishing and self._unconfirmed == 0:
+        if self._done_publishing and self._unconfirmed == 0 and self._channel is not None:
+            self._closing = True
             self._connection.close()
             return
         self.ioloop.call_later(TICK_S, self._tick)
@@ -208,28 +291,23 @@ class Simulator:
         s = self.summary
         print(
             f"[{elapsed:6.1f}s] sent {s.sent} confirmed {s.confirmed} nacked {s.nacked}"
-            f" ({s.confirmed / max(elapsed, 1e-9):.0f} msg/s,"
+            f" resent {s.resent} ({s.confirmed / max(elapsed, 1e-9):.0f} msg/s,"
             f" {s.readings / max(elapsed, 1e-9):.0f} readings/s)",
             file=sys.stderr,
             flush=True,
         )
 
     def _on_confirm(self, frame: Any) -> None:
+        """Settle the publishes a broker confirm covers (``multiple``: every earlier tag)."""
         method = frame.method
         tag = method.delivery_tag
-        if method.multiple and tag <= self._watermark:
-            count = 0  # stale: already counted
-        elif method.multiple:
-            # every publish in (watermark, tag] not already confirmed singly
-            singles = {t for t in self._singles if t <= tag}
-            count = tag - self._watermark - len(singles)
-            self._singles -= singles
-            self._watermark = max(self._watermark, tag)
-        elif tag > self._watermark and tag not in self._singles:
-            self._singles.add(tag)
+        count = 0
+        if method.multiple:
+            while self._pending and next(iter(self._pending)) <= tag:
+                self._pending.popitem(last=False)
+                count += 1
+        elif self._pending.pop(tag, None) is not None:
             count = 1
-        else:
-            count = 0
         if isinstance(method, Basic.Ack):
             self.summary.confirmed += count
         else:

@@ -128,6 +128,51 @@ class Url:
         return f"a URL starting {schemes}" + (" (or empty)" if self.optional else "")
 
 
+def split_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated list (one URL is a list of one), blanks trimmed."""
+    return [part.strip() for part in value.split(",")]
+
+
+@dataclass(frozen=True)
+class UrlList:
+    """One URL or several, comma-separated: the nodes of one RabbitMQ cluster.
+
+    Each is a :class:`Url` of ``schemes``. Several must agree on the scheme and, with
+    ``same_path``, on the path (the vhost): they are addresses of the same broker, tried
+    in order on connection loss. No address may appear twice.
+    """
+
+    schemes: tuple[str, ...]
+    optional: bool = False
+    same_path: bool = True
+
+    def problem(self, value: Any) -> str | None:
+        if value == "" and self.optional:
+            return None
+        urls = split_urls(value)
+        one = Url(self.schemes)
+        for url in urls:
+            why = one.problem(url)
+            if why is not None:
+                return why if len(urls) == 1 else f"has an entry {_shown(url)} that {why}"
+        parts = [urllib.parse.urlsplit(url) for url in urls]
+        if len({p.scheme for p in parts}) > 1:
+            return "mixes URL schemes: every broker address must use the same one"
+        vhosts = {urllib.parse.unquote(p.path.lstrip("/")) or "/" for p in parts}
+        if self.same_path and len(vhosts) > 1:
+            return "names different vhosts: every broker address must name the same one"
+        addresses = [(p.hostname, p.port) for p in parts]
+        if len(set(addresses)) < len(addresses):
+            return "lists a broker address twice"
+        return None
+
+    def describe(self) -> str:
+        schemes = " or ".join(f"{s}://" for s in self.schemes)
+        return f"one or more comma-separated URLs starting {schemes}" + (
+            " (or empty)" if self.optional else ""
+        )
+
+
 @dataclass(frozen=True)
 class Networks:
     """Comma-separated IP networks (``127.0.0.1/32,::1/128``), at least one."""
@@ -235,13 +280,18 @@ class Settings:
     """Process-wide configuration; build it with :meth:`from_env` (it validates itself)."""
 
     # -- broker and queues (bounds in messages; overflow refused at publish and counted)
-    amqp_url: str = setting("amqp://guest:guest@127.0.0.1:5672/%2F", BROKER, Url(("amqp", "amqps")))
+    # One broker, or the nodes of a cluster comma-separated (same scheme and vhost): every
+    # connection fails over to the next address when it is lost (fairway/amqp/connection.py).
+    amqp_url: str = setting(
+        "amqp://guest:guest@127.0.0.1:5672/%2F", BROKER, UrlList(("amqp", "amqps"))
+    )
     # CA certificates (PEM) that an amqps:// broker's certificate must chain to; empty:
     # the system's. With amqps the chain and the host name are always verified.
     amqp_ca_file: str = setting("", BROKER, ReadableFile(optional=True))
-    # Used to close a disabled device's open connections at once, and by the monitor.
+    # Used to close a disabled device's open connections at once, and by the monitor. On a
+    # cluster, several nodes' comma-separated: a call goes to the next when one is down.
     rabbitmq_mgmt_url: str = setting(
-        "http://guest:guest@127.0.0.1:15672", BROKER, Url(("http", "https"))
+        "http://guest:guest@127.0.0.1:15672", BROKER, UrlList(("http", "https"), same_path=False)
     )
     ingest_max_length: int = setting(1_000_000, BROKER, AT_LEAST_1)
     tenant_max_backlog: int = setting(1_000_000, BROKER, AT_LEAST_1)
@@ -395,7 +445,7 @@ class Settings:
 
     # -- jobs (Celery)
     # Empty: FAIRWAY_AMQP_URL. The job queues use AMQP features (max length, queue type).
-    celery_broker_url: str = setting("", JOBS, Url(("amqp", "amqps", "pyamqp"), optional=True))
+    celery_broker_url: str = setting("", JOBS, UrlList(("amqp", "amqps", "pyamqp"), optional=True))
     # Time limits: 0 means no limit (tasks/celery_app.py passes `or None`).
     report_soft_time_limit_s: float = setting(300.0, JOBS, AT_LEAST_0)
     report_time_limit_s: float = setting(330.0, JOBS, AT_LEAST_0)
@@ -466,9 +516,19 @@ class Settings:
         return cls(**values)
 
     @property
+    def amqp_urls(self) -> list[str]:
+        """The broker addresses of ``amqp_url``, in the order they are tried."""
+        return split_urls(self.amqp_url)
+
+    @property
+    def rabbitmq_mgmt_urls(self) -> list[str]:
+        """The management API addresses of ``rabbitmq_mgmt_url``, in order."""
+        return split_urls(self.rabbitmq_mgmt_url)
+
+    @property
     def vhost(self) -> str:
         """The RabbitMQ virtual host named by ``amqp_url`` (``/`` when none)."""
-        path = urllib.parse.urlsplit(self.amqp_url).path.lstrip("/")
+        path = urllib.parse.urlsplit(self.amqp_urls[0]).path.lstrip("/")
         return urllib.parse.unquote(path) or "/"
 
     def require_secret(self) -> str:

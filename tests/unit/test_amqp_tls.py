@@ -80,5 +80,18 @@ def test_celery_verifies_like_pika(ca_file: str) -> None:
 
 
 def test_gateway_trusts_the_given_ca_for_the_url_host(ca_file: str) -> None:
-    options = client_tls_options(Settings.from_env({}, amqp_url=URL, amqp_ca_file=ca_file))
+    settings = Settings.from_env({}, amqp_url=URL, amqp_ca_file=ca_file)
+    options = client_tls_options(settings, "broker.example.com")
     assert options._hostnameASCII == "broker.example.com"
+
+
+def test_each_broker_of_a_cluster_is_checked_under_its_own_name(ca_file: str) -> None:
+    """pika and the gateway check each node's certificate for the host of its own URL."""
+    other = URL.replace("broker.example.com", "broker2.example.com")
+    settings = Settings.from_env({}, amqp_url=f"{URL},{other}", amqp_ca_file=ca_file)
+    names = [parameters(settings, "t", url).ssl_options.server_hostname for url in (URL, other)]
+    assert names == ["broker.example.com", "broker2.example.com"]
+    # Celery: one TLS dict for every failover URL, named after the first (docs/deploy.md).
+    conf = make_celery(settings).conf
+    assert conf.broker_url == f"{URL};{other}"
+    assert conf.broker_use_ssl["server_hostname"] == "broker.example.com"

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -22,13 +23,31 @@ from fairway.kernel.contract import parse_message
 from fairway.kernel.settings import Settings
 
 
+class FakeChannel:
+    """Records publishes; the simulator numbers them 1, 2, ... as a confirming channel does."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    def basic_publish(self, _exchange: str, _key: str, _body: bytes, props: Any) -> None:
+        self.published.append(props.message_id)
+
+
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     s = Simulator(Settings(), iter(()), rate=1.0, progress=False)
+    s._channel = FakeChannel()
     try:
         yield s
     finally:
         s.ioloop.close()
+
+
+def publish(sim: Simulator, n: int) -> None:
+    """``n`` new messages on the current channel (tags continue from the last)."""
+    for _ in range(n):
+        sim.summary.sent += 1
+        sim._publish(("d.env", b"{}", f"m{sim.summary.sent}"))
 
 
 def ack(tag: int, multiple: bool = False) -> SimpleNamespace:
@@ -44,12 +63,14 @@ def counts(sim: Simulator) -> tuple[int, int]:
 
 
 def test_single_acks(sim: Simulator) -> None:
+    publish(sim, 3)
     for tag in (1, 2, 3):
         sim._on_confirm(ack(tag))
     assert counts(sim) == (3, 0)
 
 
 def test_multiple_ack_counts_the_range(sim: Simulator) -> None:
+    publish(sim, 8)
     sim._on_confirm(ack(5, multiple=True))
     assert counts(sim) == (5, 0)
     sim._on_confirm(ack(8, multiple=True))
@@ -57,6 +78,7 @@ def test_multiple_ack_counts_the_range(sim: Simulator) -> None:
 
 
 def test_singles_then_multiple_not_double_counted(sim: Simulator) -> None:
+    publish(sim, 5)
     sim._on_confirm(ack(2))
     sim._on_confirm(ack(4))
     assert counts(sim) == (2, 0)
@@ -65,6 +87,7 @@ def test_singles_then_multiple_not_double_counted(sim: Simulator) -> None:
 
 
 def test_single_above_multiple_counted_once(sim: Simulator) -> None:
+    publish(sim, 7)
     sim._on_confirm(ack(6))
     sim._on_confirm(ack(3, multiple=True))  # 1..3
     assert counts(sim) == (4, 0)
@@ -73,6 +96,7 @@ def test_single_above_multiple_counted_once(sim: Simulator) -> None:
 
 
 def test_nacks_counted_separately(sim: Simulator) -> None:
+    publish(sim, 7)
     sim._on_confirm(nack(2))
     sim._on_confirm(ack(3, multiple=True))  # 1, 3
     sim._on_confirm(nack(6, multiple=True))  # 4, 5, 6
@@ -81,6 +105,7 @@ def test_nacks_counted_separately(sim: Simulator) -> None:
 
 
 def test_duplicate_single_confirm_counts_nothing(sim: Simulator) -> None:
+    publish(sim, 4)
     sim._on_confirm(ack(2))
     sim._on_confirm(ack(2))
     sim._on_confirm(ack(4, multiple=True))
@@ -89,8 +114,7 @@ def test_duplicate_single_confirm_counts_nothing(sim: Simulator) -> None:
 
 
 def test_stale_multiple_confirm_counts_nothing(sim: Simulator) -> None:
-    # the single branch already ignores confirms at or below the watermark; a multiple
-    # one at or below it must not subtract from the totals either
+    publish(sim, 5)
     sim._on_confirm(ack(5, multiple=True))
     sim._on_confirm(ack(3, multiple=True))
     assert counts(sim) == (5, 0)
@@ -99,7 +123,7 @@ def test_stale_multiple_confirm_counts_nothing(sim: Simulator) -> None:
 
 
 def test_unconfirmed_tracks_sent_minus_settled(sim: Simulator) -> None:
-    sim.summary.sent = 10
+    publish(sim, 10)
     sim._on_confirm(ack(3, multiple=True))
     sim._on_confirm(nack(5))
     assert sim._unconfirmed == 6
@@ -107,10 +131,44 @@ def test_unconfirmed_tracks_sent_minus_settled(sim: Simulator) -> None:
     assert sim._unconfirmed == 0
 
 
+def test_a_lost_connection_publishes_the_unconfirmed_again_first(sim: Simulator) -> None:
+    """On the next channel the unconfirmed go out again, in order, under the same ids;
+    each is counted once whichever publish is confirmed."""
+    publish(sim, 5)
+    sim._on_confirm(ack(2, multiple=True))  # m1, m2 confirmed; m3..m5 not
+    sim._started = 1.0  # connected once: an outage, not a wrong URL
+    sim._lost("connection closed")  # (its retry timer never runs: the loop is not started)
+    assert sim._channel is None and sim.summary.reconnects == 1
+    assert sim._unconfirmed == 3
+    new = sim._channel = FakeChannel()
+    sim._tag = 0  # a fresh channel numbers its publishes from 1 again
+    sim.total = sim.summary.sent  # publish nothing new
+    sim._tick()
+    assert new.published == ["m3", "m4", "m5"]
+    assert sim.summary.resent == 3
+    sim._on_confirm(ack(3, multiple=True))
+    assert counts(sim) == (5, 0) and sim._unconfirmed == 0
+
+
+def test_the_broker_list_is_walked_on_each_loss(sim: Simulator) -> None:
+    urls = "amqp://g:g@127.0.0.1:1/%2F,amqp://g:g@127.0.0.1:2/%2F,amqp://g:g@127.0.0.1:3/%2F"
+    s = Simulator(Settings(amqp_url=urls), iter(()), rate=1.0, progress=False)
+    try:
+        s._started = 1.0  # connected once: an outage, not a wrong URL
+        seen = [s.brokers.address]
+        for _ in range(3):
+            s._lost("connection closed")
+            seen.append(s.brokers.address)
+        assert seen == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]
+    finally:
+        s.ioloop.close()
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_random_broker_confirms_count_each_publish_once(seed: int) -> None:
     rng = random.Random(seed)
     sim = Simulator(Settings(), iter(()), rate=1.0, progress=False)
+    sim._channel = FakeChannel()
     try:
         published = 0
         unconfirmed: list[int] = []  # kept sorted
@@ -118,6 +176,7 @@ def test_random_broker_confirms_count_each_publish_once(seed: int) -> None:
         for _ in range(400):
             if rng.random() < 0.4 or not unconfirmed:
                 n = rng.randint(1, 6)
+                publish(sim, n)
                 unconfirmed.extend(range(published + 1, published + n + 1))
                 published += n
                 continue
