@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
@@ -382,16 +383,94 @@ def simulate(
 
 
 @main.command("demo")
-@click.option("--duration", default=10.0, show_default=True)
-@click.option("--serve", is_flag=True, help="Run every process and the dashboard until Ctrl-C.")
+@click.option(
+    "--short",
+    is_flag=True,
+    help="Only a relay, a scheduler and simulated devices for --duration s, then what landed.",
+)
+@click.option("--duration", default=10.0, show_default=True, help="Seconds to publish (--short).")
+@click.option("--serve", is_flag=True, hidden=True)  # the default since issue 13; kept for scripts
 @click.option("--password", envvar="FAIRWAY_DEMO_PASSWORD", default="fairway-demo-password")
-@click.option("--rate", default=20.0, show_default=True, help="Readings per second (--serve).")
+@click.option(
+    "--logs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".services/logs",
+    show_default=True,
+    help="Where each process logs (demo-<process>.log).",
+)
+@click.option("--flood-rate", default=2500.0, show_default=True, help="Noisy tenant's wave, /s.")
+@click.option("--wave-every", default=120.0, show_default=True, help="Seconds between waves.")
 @click.pass_obj
-def demo(settings: Settings, duration: float, serve: bool, password: str, rate: float) -> None:
-    """Start a relay and a scheduler, simulate devices, and show readings landing."""
-    from fairway.devtools.demo import run_demo, serve_demo
+def demo(
+    settings: Settings,
+    short: bool,
+    duration: float,
+    serve: bool,
+    password: str,
+    logs: Path,
+    flood_rate: float,
+    wave_every: float,
+) -> None:
+    """The whole product with simulated devices until Ctrl-C (``make demo``).
 
-    if serve:
-        serve_demo(settings, password, rate)
-    else:
-        run_demo(settings, duration)
+    Checks the signing key, the web and gateway ports and the services first; then
+    runs every process, prints the dashboard URL and the demo users, and stops
+    everything cleanly on Ctrl-C. ``--short``: the ten-second pipeline run.
+    """
+    import dataclasses
+
+    from fairway.devtools.demo import DemoError, DemoOptions, run_demo, serve_demo
+
+    try:
+        if short:
+            run_demo(settings, duration)
+            return
+        options = DemoOptions(password=password, logs=logs)
+        options.plan = dataclasses.replace(
+            options.plan, flood_rate=flood_rate, wave_every_s=wave_every
+        )
+        sys.exit(serve_demo(settings, options))
+    except DemoError as exc:
+        click.echo("the demo cannot start:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(2)
+
+
+@main.command("demo-fleet", hidden=True)
+@click.option("--tenants", default=3, show_default=True)
+@click.option("--devices", default=5, show_default=True, help="Steady devices per tenant.")
+@click.option("--period", default=2.0, show_default=True, help="Seconds between readings.")
+@click.option("--flood-rate", default=2500.0, show_default=True)
+@click.option("--second-rate", default=1000.0, show_default=True)
+@click.option("--wave", default=8.0, show_default=True, help="Seconds a wave lasts.")
+@click.option("--wave-every", default=120.0, show_default=True)
+@click.option("--first-wave", default=20.0, show_default=True)
+@click.option("--misbehave-every", default=15.0, show_default=True)
+@click.pass_obj
+def demo_fleet(
+    settings: Settings,
+    tenants: int,
+    devices: int,
+    period: float,
+    flood_rate: float,
+    second_rate: float,
+    wave: float,
+    wave_every: float,
+    first_wave: float,
+    misbehave_every: float,
+) -> None:
+    """The demo's simulated fleet (``fairway demo`` starts it): publish until SIGTERM."""
+    from fairway.devtools import fleet, simulator
+
+    plan = fleet.FleetPlan(
+        steady={t: simulator.device_ids(t, devices) for t in simulator.tenant_ids(tenants)},
+        period_s=period,
+        flood_rate=flood_rate,
+        second_rate=second_rate,
+        wave_s=wave,
+        wave_every_s=wave_every,
+        first_wave_s=first_wave,
+        misbehave_every_s=misbehave_every,
+    )
+    fleet.run(settings, plan)
