@@ -349,6 +349,8 @@ class Settings:
     broker_auth_port: int = setting(0, WEB, PORT)
     broker_auth_threads: int = setting(4, WEB, Bound(low=1, high=64))
     max_rules_per_tenant: int = setting(1000, WEB, AT_LEAST_1)  # alert rules, then 409
+    # A device is online while connected, or while its newest stored reading is this recent.
+    device_online_window_s: float = setting(300.0, WEB, POSITIVE)
     api_page_max: int = setting(1000, WEB, AT_LEAST_1)  # largest page of any list endpoint
     # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
     # are trusted that many hops deep, so throttling sees the client's address.
