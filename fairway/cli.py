@@ -17,7 +17,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
-from fairway.amqp.connection import declare_topology
+from fairway.amqp.connection import blocking_channel, declare_topology
 from fairway.kernel import log, topology
 from fairway.kernel.settings import Settings, SettingsError
 from fairway.provision import (
@@ -29,6 +29,7 @@ from fairway.provision import (
 )
 from fairway.provision_bulk import Batch, BatchTooLarge, Report, provision_many
 from fairway.storage import accounts, backfill, mongo, registry
+from fairway.storage import rejections as rejection_store
 
 
 def _emit(value: Any) -> None:
@@ -270,6 +271,88 @@ def migrate_backfill_hk(settings: Settings, batch_size: int) -> None:
         )
 
     _emit(backfill.backfill_hour_keys(mongo.connect(settings), batch_size, report))
+
+
+@main.group()
+def rejections() -> None:
+    """Refused messages: counts by reason, and replay once the cause is fixed."""
+
+
+@rejections.command("list")
+@click.option("--tenant", "tenant_id", default=None)
+@click.option("--device", default=None)
+@click.option("--reason", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.pass_obj
+def rejections_list(
+    settings: Settings, tenant_id: str | None, device: str | None, reason: str | None, limit: int
+) -> None:
+    """Archived rejections, newest first, as JSON (ids for ``replay``)."""
+    from fairway.domain import replay
+
+    db = mongo.connect(settings)
+    docs = rejection_store.list_rejections(
+        db, tenant_id, device, limit, reason=reason, unowned=bool(tenant_id and device)
+    )
+    _emit(
+        [
+            {
+                "id": d["_id"],
+                "at": d.get("at"),
+                "tenant": d.get("tenant"),
+                "device": d.get("device"),
+                "reason": d.get("reason"),
+                "detail": d.get("detail"),
+                "replayable": replay.blocker(d) is None,
+                "replayed": bool(d.get("replay")),
+            }
+            for d in docs
+        ]
+    )
+
+
+@rejections.command("counts")
+@click.option("--tenant", "tenant_id", default=None)
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 7 * 24))
+@click.pass_obj
+def rejections_counts(settings: Settings, tenant_id: str | None, hours: int) -> None:
+    """Rejections by reason per tenant over the last HOURS, as JSON."""
+    from datetime import UTC, datetime, timedelta
+
+    since = datetime.now(UTC) - timedelta(hours=hours - 1)
+    found = rejection_store.reason_counts(mongo.connect(settings), tenant_id, since)
+    totals: dict[str, dict[str, int]] = {}
+    for tenant_key, by_hour in found.items():
+        out = totals.setdefault(tenant_key or "(no tenant)", {})
+        for counter in by_hour.values():
+            for reason, n in counter.items():
+                out[reason] = out.get(reason, 0) + n
+    _emit(totals)
+
+
+@rejections.command("replay")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--by", default="cli", show_default=True, help="Recorded as who replayed.")
+@click.pass_obj
+def rejections_replay(settings: Settings, ids: tuple[str, ...], by: str) -> None:
+    """Re-submit archived rejections through the relay's checks, each at most once."""
+    from fairway.domain import replay
+
+    db = mongo.connect(settings)
+    results = []
+    with blocking_channel(settings, "fairway-replay") as channel:
+        for rejection_id in dict.fromkeys(ids):
+            doc = rejection_store.get_rejection(db, rejection_id)
+            if doc is None:
+                results.append(replay.Outcome(rejection_id, "refused", "not_found", "no such id"))
+                continue
+            try:
+                results.append(replay.replay(db, channel, settings, doc, by))
+            except replay.ReplayNotTaken as exc:
+                results.append(replay.Outcome(rejection_id, "refused", "queue_full", str(exc)))
+    _emit([r.as_json() for r in results])
+    if any(r.outcome != "sent" for r in results):
+        sys.exit(1)
 
 
 # -- processes: each module's ``run(settings)`` serves until SIGTERM, then drains ----

@@ -16,6 +16,7 @@ from fairway.kernel.settings import Settings
 from web import (
     api_devices,
     api_docs,
+    api_rejections,
     api_rules,
     api_tenants,
     api_users,
@@ -55,6 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         api_devices.bp,
         api_users.bp,
         api_rules.bp,
+        api_rejections.bp,
         jobs.bp,
         api_docs.bp,
         pages.bp,

@@ -381,24 +381,6 @@
     });
   }
 
-  async function rejectionsPage() {
-    const select = $("#device");
-    const { devices } = await api("GET", "/api/devices");
-    for (const d of devices) select.add(new Option(d.device, d.device));
-    const body = $("#rejections tbody");
-    async function show() {
-      body.innerHTML = "";
-      if (!select.value) return;
-      const { rejections } = await api("GET", `/api/devices/${encodeURIComponent(select.value)}/rejections?limit=200`);
-      for (const r of rejections) {
-        const row = body.insertRow();
-        cell(row, r.at); cell(row, r.reason); cell(row, r.detail); cell(row, r.routing_key);
-      }
-    }
-    $("#pick").onsubmit = (e) => { e.preventDefault(); show(); };
-    show();
-  }
-
   async function reportsPage() {
     const select = $("#report-device");
     const { devices } = await api("GET", "/api/devices");
@@ -449,12 +431,14 @@
     live((event) => { if (event.kind === "job") poll(event.job); });
   }
 
-  window.Fairway = { api, live, dashboard, devicePage, alertsPage, rejectionsPage, reportsPage };
+  window.Fairway = { api, live, cell, formatValues, dashboard, devicePage, alertsPage, reportsPage };
 
   // The page names its entry point in data attributes: no inline script, so the
-  // Content-Security-Policy can forbid them all.
+  // Content-Security-Policy can forbid them all. Pages with a script of their own
+  // (loaded before this one) register in window.FairwayPages and get these helpers.
   const page = document.body.dataset.page;
-  if (page && typeof window.Fairway[page] === "function") {
-    window.Fairway[page](JSON.parse(document.body.dataset.pageArg || "null"));
+  const entry = window.Fairway[page] || (window.FairwayPages || {})[page];
+  if (page && typeof entry === "function") {
+    entry(JSON.parse(document.body.dataset.pageArg || "null"), window.Fairway);
   }
 })();

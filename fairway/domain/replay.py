@@ -1,0 +1,209 @@
+"""Replay: re-submit an archived rejection, once its cause is fixed, through the relay's
+full checks.
+
+A replay publishes the archived body again to ``telemetry`` with the device's original
+routing key, so it takes the path of any device message: the device's binding (or the
+alternate exchange), a relay, every check of the contract and the registry, the tenant
+queue, the scheduler. Nothing is trusted because it is a replay: refused again, it lands
+in ``rejected`` with its reason like any message.
+
+* **At most once.** The rejection is marked (``replay: {at, by, reading}``) by one
+  conditional update before the publish (:func:`fairway.storage.rejections.claim_replay`);
+  a second replay finds the mark and is refused (``already_replayed``), whoever asks.
+  A replay refused again by the relay is archived as a new rejection, which can itself
+  be replayed once its cause is fixed. A device registered less than
+  ``FAIRWAY_DEVICE_CACHE_TTL_S`` ago is refused (``too_soon``): relays may still have
+  it cached as unknown.
+  A publish the broker does not confirm removes the mark again (it may be retried); a
+  process dying between the mark and the publish leaves the mark without a publish (at
+  most once, not exactly once).
+* **Exactly once stored.** The stored reading's ``_id`` comes from the body's ``id``
+  (else ``<stream>@<ts in ms>``), so a replayed reading that the device's own retry
+  also delivered is one reading. The archive does not keep the AMQP ``message_id``
+  property; a message that carried its id only there is replayed under the body's id.
+* **What can be replayed.** Refusals whose cause can be fixed outside the message: an
+  unknown, disabled or tenant-less device (registered or enabled since), a rate limit or
+  a full tenant queue (passed), a clock (a reading from the future whose time has come).
+  Never what the message itself got wrong (size, JSON, schema, routing key), never an
+  identity mismatch (a replay would launder a spoof), never a dead letter (its body is
+  the relay's tenant message, not the device's), and never a body the archive cut short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import NackError, UnroutableError
+from pymongo.database import Database
+
+from fairway.kernel import topology
+from fairway.kernel.contract import message_id_of, parse_ts, reading_id, split_routing_key
+from fairway.kernel.reasons import Reason, Rejection
+from fairway.kernel.settings import Settings
+from fairway.kernel.times import iso_z
+from fairway.storage import mongo, registry
+from fairway.storage import rejections as archive
+
+REPLAYABLE = frozenset(
+    {
+        Reason.UNKNOWN_DEVICE,
+        Reason.DEVICE_DISABLED,
+        Reason.UNKNOWN_TENANT,
+        Reason.CLOCK_SKEW,
+        Reason.RATE_LIMITED,
+        Reason.TENANT_BACKLOG_FULL,
+        Reason.UNROUTABLE,
+    }
+)
+REPLAY_HEADER = "x-fairway-replay-of"
+MAX_PER_REQUEST = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one replay request did: ``sent``, or refused with a stable code and a sentence."""
+
+    id: str
+    outcome: str  # "sent" or "refused"
+    error: str | None = None
+    message: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's answer for this id."""
+        out: dict[str, Any] = {"id": self.id, "outcome": self.outcome, "message": self.message}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def blocker(doc: dict[str, Any]) -> tuple[str, str] | None:
+    """Why ``doc`` cannot be replayed, as (code, sentence); None if it can."""
+    if doc.get("replay"):
+        return "already_replayed", f"replayed already, at {iso_z(doc['replay'].get('at'))}"
+    reason = doc.get("reason")
+    if reason not in REPLAYABLE:
+        return (
+            "not_replayable",
+            f"a message refused as {reason} would be refused again: only refusals whose "
+            "cause can be fixed (unknown or disabled device, rate, clock, full queue) replay",
+        )
+    body = doc.get("body") or ""
+    if len(body.encode()) != doc.get("body_bytes"):
+        return "body_truncated", "the archive kept only the start of this body"
+    if not doc.get("device") or not doc.get("routing_key"):
+        return "not_replayable", "the rejection names no device"
+    return None
+
+
+def expected_reading(
+    db: Database, doc: dict[str, Any], settings: Settings
+) -> tuple[str | None, datetime | None]:
+    """The ``_id`` the replayed reading gets if stored (None: not computable now, e.g.
+    the device is still unknown), and its device time."""
+    try:
+        device, stream = split_routing_key(doc["routing_key"])
+        body = orjson.loads(doc["body"])
+        ts = parse_ts(body.get("ts"))
+        message_id = message_id_of(None, body.get("id"), stream, ts, settings)
+    except (Rejection, orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        return None, None
+    found = registry.find_devices(db, [device]).get(device)
+    when = datetime.fromtimestamp(ts, UTC)
+    return (reading_id(found.tenant, device, message_id) if found else None), when
+
+
+def replay(
+    db: Database,
+    channel: BlockingChannel,
+    settings: Settings,
+    doc: dict[str, Any],
+    by: str,
+) -> Outcome:
+    """Replay one archived rejection (already checked visible to ``by``) at most once."""
+    rid = str(doc["_id"])
+    why_not = blocker(doc)
+    if why_not is not None:
+        return Outcome(rid, "refused", *why_not)
+    now = datetime.now(UTC)
+    wait = _cache_wait(db, doc, settings, now)
+    if wait > 0:
+        return Outcome(
+            rid,
+            "refused",
+            "too_soon",
+            f"the device was registered just now; relays may still have it cached as unknown "
+            f"(FAIRWAY_DEVICE_CACHE_TTL_S): replay in {wait:.0f} s",
+        )
+    reading, _ts = expected_reading(db, doc, settings)
+    mark = {"at": now, "by": by, "reading": reading}
+    if archive.claim_replay(db, rid, mark) is None:
+        return Outcome(rid, "refused", "already_replayed", "replayed already")
+    try:
+        publish(channel, doc)
+    except Exception:
+        archive.release_replay(db, rid)
+        raise
+    return Outcome(rid, "sent", None, "sent through the relay's checks")
+
+
+def _cache_wait(db: Database, doc: dict[str, Any], settings: Settings, now: datetime) -> float:
+    """Seconds until relays' registry caches may have forgotten that an unknown device was
+    unknown (0: replay now). Without the wait a replay right after the registration
+    would be refused again (and could not be replayed twice)."""
+    if doc.get("reason") not in (Reason.UNKNOWN_DEVICE, Reason.UNKNOWN_TENANT):
+        return 0.0
+    device = registry.device_document(db, doc["device"]) or {}
+    created = device.get("created")
+    if created is None:
+        return 0.0
+    return max(0.0, settings.device_cache_ttl_s - (now - created).total_seconds())
+
+
+def publish(channel: BlockingChannel, doc: dict[str, Any]) -> None:
+    """Publish the archived body with its routing key on a throwaway confirmed channel;
+    raise if the broker does not take it (a full ``ingest`` queue nacks)."""
+    confirmed = channel.connection.channel()
+    try:
+        confirmed.confirm_delivery()
+        confirmed.basic_publish(
+            topology.TELEMETRY,
+            doc["routing_key"],
+            doc["body"].encode(),
+            pika.BasicProperties(
+                delivery_mode=2,
+                content_type="application/json",
+                headers={REPLAY_HEADER: str(doc["_id"])},
+            ),
+            mandatory=True,
+        )
+    except (NackError, UnroutableError) as exc:
+        raise ReplayNotTaken(f"the broker did not take the replay: {exc!r}") from None
+    finally:
+        if confirmed.is_open:
+            confirmed.close()
+
+
+class ReplayNotTaken(Exception):
+    """The broker refused the replayed message (queue full); the mark was removed."""
+
+
+def status(db: Database, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a replayed rejection's message is now: ``stored`` (its reading exists),
+    ``refused`` again (a later rejection of the device with the same body), or
+    ``pending``; None if it was never replayed."""
+    mark = doc.get("replay")
+    if not mark:
+        return None
+    out: dict[str, Any] = {"at": iso_z(mark.get("at")), "by": mark.get("by"), "state": "pending"}
+    reading = mark.get("reading")
+    if reading and db[mongo.TELEMETRY].find_one({"_id": reading}, {"_id": 1}) is not None:
+        return {**out, "state": "stored", "reading": reading}
+    for later in archive.later_of_device(db, doc["device"], mark["at"]):
+        if later.get("body") == doc.get("body"):
+            return {**out, "state": "refused", "reason": later["reason"], "detail": later["detail"]}
+    return out
