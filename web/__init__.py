@@ -28,6 +28,7 @@ from web import (
     health,
     jobs,
     pages,
+    tenant_stats,
 )
 
 
@@ -48,6 +49,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     broker.init_app(app)
     errors.init_app(app)
     auth.init_app(app)
+    tenant_stats.init_app(app)
     for blueprint in (
         health.bp,
         broker_auth.bp,
@@ -57,6 +59,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         api_users.bp,
         api_rules.bp,
         api_rejections.bp,
+        tenant_stats.bp,
         jobs.bp,
         api_docs.bp,
         pages.bp,

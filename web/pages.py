@@ -104,6 +104,13 @@ def rejections() -> str:
     return render_template("rejections.html", reasons=codes)
 
 
+@bp.get("/tenants")
+@page_login_required
+def tenants() -> str:
+    """Per-tenant rates, backlogs, lag, weight against served share (operators, admins)."""
+    return render_template("tenants.html")
+
+
 @bp.get("/reports")
 @page_login_required
 def reports() -> str:

@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ class Child:
     log: Path
     stop: Callable[[subprocess.Popen[bytes]], int] = processes.stop
     ready: Callable[[], bool] = lambda: True
+    metrics_port: int = 0
 
 
 @dataclass
@@ -180,12 +182,11 @@ class Demo:
     # -- starting ---------------------------------------------------------------------
     def provision(self) -> None:
         """Demo tenants (with weights), their devices, the misbehaving ones, the users."""
-        plan = self.options.plan
-        by_tenant = {t: list(ds) for t, ds in plan.steady.items()}
-        for tenant, devices in plan.misbehaving.registered().items():
-            by_tenant.setdefault(tenant, []).extend(devices)
+        by_tenant = self.options.plan.registered()
         ensure_devices(self.settings, by_tenant)
         db = mongo.connect(self.settings)
+        # Once here, so that the processes starting together do not all build them at once.
+        mongo.ensure_indexes(db, self.settings.postgres_url)
         for tenant, weight in WEIGHTS.items():
             if tenant in by_tenant:
                 registry.set_tenant_weight(db, tenant, weight)
@@ -202,37 +203,64 @@ class Demo:
             "archiver": [topology.REJECTED],
             "monitor": ["monitor.telemetry"],
         }
-        for role in ("scheduler", "relay", "archiver", "monitor"):
-            self._start_fairway(role, self._consuming(queues[role]))
-        self._start_fairway("gateway", self._answers(self._gateway_url() + "readyz"))
-        self._start_fairway("web", self._answers(self.url + "readyz"))
-        self._start_worker("worker-cpu", (CPU,), self.options.cpu_workers)
-        self._start_worker("worker-maintenance", (MAINTENANCE,), 1)
-        beat_log = self.options.logs / "demo-beat.log"
-        schedule = self.options.logs / "demo-celerybeat-schedule"
-        beat = celery_workers.start_beat(self.settings, beat_log, schedule)
-        self.children.append(Child("beat", beat, beat_log, celery_workers.stop))
+        with ThreadPoolExecutor(2) as pool:
+            # Celery workers take seconds to start: alongside the others, not after them.
+            workers = [
+                pool.submit(self._start_worker, "worker-cpu", (CPU,), self.options.cpu_workers),
+                pool.submit(self._start_worker, "worker-maintenance", (MAINTENANCE,), 1),
+            ]
+            for role in ("scheduler", "relay", "archiver", "monitor"):
+                self._start_fairway(role, self._consuming(queues[role]))
+            self._start_fairway("gateway", self._answers(self._gateway_url() + "readyz"))
+            # The Tenants page reads the scheduler's lag histogram from its metrics endpoint.
+            scheduler = next(c for c in self.children if c.name == "scheduler")
+            urls = (
+                self.settings.scheduler_metrics_urls or f"http://127.0.0.1:{scheduler.metrics_port}"
+            )
+            self._start_fairway(
+                "web", self._answers(self.url + "readyz"), {"scheduler_metrics_urls": urls}
+            )
+            beat_log = self.options.logs / "demo-beat.log"
+            schedule = self.options.logs / "demo-celerybeat-schedule"
+            beat = celery_workers.start_beat(self.settings, beat_log, schedule)
+            self.children.append(Child("beat", beat, beat_log, celery_workers.stop))
+            problems: list[str] = []
+            for started in workers:
+                try:
+                    self.children.append(started.result())
+                except DemoError as exc:  # the other one is still tracked, and stopped
+                    problems += exc.problems
+            if problems:
+                raise DemoError(problems)
         self._wait_ready()
-        self._start_fairway("fleet", lambda: True, ["demo-fleet", *fleet_arguments(self.options)])
+        fleet = ["demo-fleet", *fleet_arguments(self.options)]
+        self._start_fairway("fleet", lambda: True, {}, fleet)
 
     def _gateway_url(self) -> str:
         return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}/"
 
     def _start_fairway(
-        self, name: str, ready: Callable[[], bool], command: list[str] | None = None
+        self,
+        name: str,
+        ready: Callable[[], bool],
+        overrides: dict[str, Any] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         log = self.options.logs / f"demo-{name}.log"
-        settings = Settings.from_env(self.settings.environ(), metrics_port=processes.free_port())
+        port = processes.free_port()
+        settings = Settings.from_env(
+            self.settings.environ(), metrics_port=port, **(overrides or {})
+        )
         proc = processes.start(command or [name], settings, log, new_session=True)
-        self.children.append(Child(name, proc, log, processes.stop, ready))
+        self.children.append(Child(name, proc, log, processes.stop, ready, port))
 
-    def _start_worker(self, name: str, queues: tuple[str, ...], concurrency: int) -> None:
+    def _start_worker(self, name: str, queues: tuple[str, ...], concurrency: int) -> Child:
         log = self.options.logs / f"demo-{name}.log"
         try:
             proc = celery_workers.start(self.settings, log, queues, concurrency, ready_timeout=90)
         except (RuntimeError, TimeoutError) as exc:
             raise DemoError([f"{name} did not start: {exc}"]) from None
-        self.children.append(Child(name, proc, log, celery_workers.stop))
+        return Child(name, proc, log, stop_worker)
 
     def _consuming(self, queues: list[str]) -> Callable[[], bool]:
         return lambda: all(celery_workers.consumers(self.settings, q) > 0 for q in queues)
@@ -281,17 +309,41 @@ class Demo:
         return None
 
     def stop(self) -> dict[str, int]:
-        """Stop the fleet, then every process in reverse start order; their exit codes."""
+        """Stop the fleet, then every other process at once (each drains on SIGTERM), the
+        scheduler last so it writes what the relay confirmed; their exit codes."""
+        phases = [
+            [c for c in self.children if c.name == "fleet"],
+            [c for c in self.children if c.name not in ("fleet", "scheduler")],
+            [c for c in self.children if c.name == "scheduler"],
+        ]
         codes: dict[str, int] = {}
-        fleet = [c for c in self.children if c.name == "fleet"]
-        rest = [c for c in reversed(self.children) if c.name != "fleet"]
-        # The relay before the scheduler: what it has confirmed into tenant queues is then
-        # written before the scheduler stops.
-        rest.sort(key=lambda c: {"relay": 1, "scheduler": 2}.get(c.name, 0))
-        for child in fleet + rest:
-            codes[child.name] = child.stop(child.proc)
+        for phase in phases:
+            if phase:
+                with ThreadPoolExecutor(len(phase)) as pool:
+                    stopped = pool.map(lambda c: c.stop(c.proc), phase)
+                    codes.update(zip([c.name for c in phase], stopped, strict=True))
         self.children = []
         return codes
+
+
+WORKER_WARM_S = 10.0  # a running report may finish within this, else it is interrupted
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> int:
+    """Warm shutdown (finish the running job) for a few seconds, then a cold one (SIGQUIT:
+    the job's message is not acked, so it runs again at the next start: jobs are
+    idempotent), then SIGKILL. A demo should not wait minutes for a report."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(WORKER_WARM_S)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGQUIT)
+        try:
+            return proc.wait(10)
+        except subprocess.TimeoutExpired:
+            celery_workers.kill(proc)
+    return int(proc.returncode)
 
 
 def fleet_arguments(options: DemoOptions) -> list[str]:
@@ -334,8 +386,8 @@ def describe(demo: Demo) -> str:
         f"  devices     {steady}, one reading every {plan.period_s:g} s each",
         f"  weights     {weights}",
         f"  fairness    every {plan.wave_every_s:g} s {plan.noisy} floods "
-        f"({plan.flood_rate:g}/s for {plan.wave_s:g} s) while {plan.second} bursts "
-        f"({plan.second_rate:g}/s): see Tenants",
+        f"({plan.flood_rate:g}/s for {plan.wave_s:g} s from {plan.noisy}-f*) while "
+        f"{plan.second} bursts ({plan.second_rate:g}/s): see Tenants",
         f"  rejections  {bad.bad_clock} (clock an hour fast), {bad.malformed} (broken "
         f"JSON), {bad.over_rate} (bursts past its rate), {bad.unknown} (not registered)",
         f"  logs        {demo.options.logs}/demo-*.log",

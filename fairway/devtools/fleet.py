@@ -15,7 +15,8 @@ Fairway process, so the dashboard has something to show:
 * **waves**: every ``wave_every_s`` the noisy tenant floods at ``flood_rate`` for
   ``wave_s`` seconds while a second tenant bursts at ``second_rate``, so both have a
   backlog at once and the Tenants page shows the weighted round robin serving them
-  by weight while the quiet tenant's lag stays low.
+  by weight while the quiet tenant's lag stays low. Waves come from devices of their
+  own (``<tenant>-f0001`` ...), so the steady devices' pages stay quick to open.
 
 Publishes without confirms (a show, not a measurement: the pipeline's guarantees are
 tested elsewhere) over one blocking connection, paced in ticks of ``TICK_S``; SIGTERM
@@ -78,8 +79,25 @@ class FleetPlan:
     first_wave_s: float = 20.0
     misbehaving: Misbehaving = field(default_factory=Misbehaving)
     misbehave_every_s: float = 15.0
-    over_rate_burst: int = 2500  # above the default FAIRWAY_DEVICE_BURST (2000)
+    # Well above FAIRWAY_DEVICE_BURST (2000): tokens refill (1000/s) while it publishes.
+    over_rate_burst: int = 4000
     over_rate_every_s: float = 60.0
+    flooders: int = 5  # devices of each wave tenant that carry its wave
+
+    def flood_devices(self, tenant: str) -> list[str]:
+        """The devices that carry a tenant's wave: ``<tenant>-f0001`` ... Not the steady
+        devices, whose pages (a raw hour of readings) stay light to open."""
+        return [f"{tenant}-f{j:04d}" for j in range(1, self.flooders + 1)]
+
+    def registered(self) -> dict[str, list[str]]:
+        """Every device the demo registers, by tenant (all but the unknown one)."""
+        out = {t: list(ds) for t, ds in self.steady.items()}
+        for tenant in (self.noisy, self.second):
+            if tenant in out:
+                out[tenant] += self.flood_devices(tenant)
+        for tenant, devices in self.misbehaving.registered().items():
+            out.setdefault(tenant, []).extend(devices)
+        return out
 
 
 def in_wave(plan: FleetPlan, elapsed: float) -> bool:
@@ -208,10 +226,10 @@ class Fleet:
         self._publish("steady", device, reading(wall, self._next_id(), self._phase[device]))
 
     def _flood_of(self, tenant: str, kind: str, wall: float) -> None:
-        devices = self.plan.steady.get(tenant) or []
+        devices = self.plan.flood_devices(tenant)
         if devices:
             device = random.choice(devices)
-            self._publish(kind, device, reading(wall, self._next_id(), self._phase[device]))
+            self._publish(kind, device, reading(wall, self._next_id(), 0.0))
 
     def _flood(self, wall: float) -> None:
         self._flood_of(self.plan.noisy, "flood", wall)

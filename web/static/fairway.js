@@ -31,6 +31,7 @@
      gateway. On any error the page fetches a new token and reconnects by itself. */
   function live(onEvent) {
     const badge = $("#live");
+    if (badge) badge.hidden = false;  // shown on the pages that follow the live feed
     let source = null;
     let delay = 500;
     async function connect() {

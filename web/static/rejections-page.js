@@ -66,7 +66,7 @@
       box.disabled = !canReplay || !entry.replayable;
       box.addEventListener("change", updateButton);
       row.insertCell().appendChild(box);
-      F.cell(row, entry.at);
+      F.cell(row, entry.at, "at");
       F.cell(row, entry.device);
       F.cell(row, entry.reason);
       F.cell(row, entry.detail, "detail");
