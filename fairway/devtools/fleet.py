@@ -51,7 +51,7 @@ STREAM = "env"
 class Misbehaving:
     """The devices that misbehave, one per reason code."""
 
-    bad_clock: str = "sim02-d0006"  # registered; its clock runs an hour fast
+    bad_clock: str = "sim01-d0006"  # registered; its clock runs an hour fast
     malformed: str = "sim02-d0007"  # registered; sends truncated JSON
     over_rate: str = "sim03-d0006"  # registered; bursts past FAIRWAY_DEVICE_BURST
     unknown: str = "sim01-d0099"  # never registered by the demo

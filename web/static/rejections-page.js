@@ -53,6 +53,8 @@
     let oldest = null;
 
     function replayCell(row, entry) {
+      const box = row.cells[0].firstChild;
+      if (box) box.disabled = !canReplay || !entry.replayable;
       row.cells[5].textContent = R.replayText(entry);
       row.dataset.replay = entry.replay ? entry.replay.state : (entry.replayable ? "replayable" : "no");
     }
@@ -63,7 +65,6 @@
       const box = document.createElement("input");
       box.type = "checkbox";
       box.value = entry.id;
-      box.disabled = !canReplay || !entry.replayable;
       box.addEventListener("change", updateButton);
       row.insertCell().appendChild(box);
       F.cell(row, entry.at, "at");
