@@ -482,6 +482,7 @@ def simulate(
     help="Where each process logs (demo-<process>.log).",
 )
 @click.option("--flood-rate", default=2500.0, show_default=True, help="Noisy tenant's wave, /s.")
+@click.option("--second-rate", default=2000.0, show_default=True, help="Second tenant's, /s.")
 @click.option("--wave-every", default=120.0, show_default=True, help="Seconds between waves.")
 @click.pass_obj
 def demo(
@@ -492,6 +493,7 @@ def demo(
     password: str,
     logs: Path,
     flood_rate: float,
+    second_rate: float,
     wave_every: float,
 ) -> None:
     """The whole product with simulated devices until Ctrl-C (``make demo``).
@@ -510,7 +512,7 @@ def demo(
             return
         options = DemoOptions(password=password, logs=logs)
         options.plan = dataclasses.replace(
-            options.plan, flood_rate=flood_rate, wave_every_s=wave_every
+            options.plan, flood_rate=flood_rate, second_rate=second_rate, wave_every_s=wave_every
         )
         sys.exit(serve_demo(settings, options))
     except DemoError as exc:
@@ -525,7 +527,7 @@ def demo(
 @click.option("--devices", default=5, show_default=True, help="Steady devices per tenant.")
 @click.option("--period", default=2.0, show_default=True, help="Seconds between readings.")
 @click.option("--flood-rate", default=2500.0, show_default=True)
-@click.option("--second-rate", default=1000.0, show_default=True)
+@click.option("--second-rate", default=2000.0, show_default=True)
 @click.option("--wave", default=8.0, show_default=True, help="Seconds a wave lasts.")
 @click.option("--wave-every", default=120.0, show_default=True)
 @click.option("--first-wave", default=20.0, show_default=True)

@@ -53,7 +53,7 @@ class Misbehaving:
 
     bad_clock: str = "sim01-d0006"  # registered; its clock runs an hour fast
     malformed: str = "sim02-d0007"  # registered; sends truncated JSON
-    over_rate: str = "sim03-d0006"  # registered; bursts past FAIRWAY_DEVICE_BURST
+    over_rate: str = "sim02-d0006"  # registered; bursts past FAIRWAY_DEVICE_BURST
     unknown: str = "sim01-d0099"  # never registered by the demo
 
     def registered(self) -> dict[str, list[str]]:
@@ -73,7 +73,9 @@ class FleetPlan:
     noisy: str = "sim01"
     flood_rate: float = 2500.0  # readings per second of the noisy tenant during a wave
     second: str = "sim02"
-    second_rate: float = 1000.0  # the second tenant's rate during a wave
+    # The second tenant's rate during a wave: both tenants must offer more than their
+    # weighted share of what the scheduler writes for the shares to follow the weights.
+    second_rate: float = 2000.0
     wave_s: float = 8.0
     wave_every_s: float = 120.0
     first_wave_s: float = 20.0

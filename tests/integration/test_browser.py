@@ -440,7 +440,9 @@ def test_make_demo_is_the_whole_product(
         "FAIRWAY_DEVICE_CACHE_TTL_S": "2",  # a registered device is known within 2 s
     }
     command = [sys.executable, "-m", "fairway", "demo", "--logs", str(tmp_path / "logs")]
-    demo = DemoRun([*command, "--flood-rate", "1000", "--wave-every", "60"], env)
+    demo = DemoRun(
+        [*command, "--flood-rate", "1000", "--second-rate", "500", "--wave-every", "60"], env
+    )
     try:
         started = time.monotonic()
         url = demo.wait_for_line("dashboard", 240).split()[-1]

@@ -35,9 +35,9 @@ test("a table row, with lag from the schedulers or estimated", () => {
     lag_estimate_s: 12.31,
   };
   assert.deepEqual(T.row(t, "schedulers"),
-    ["noisy", "1", "33 %", "25 %", "2500", "812", "10000", "12 ms", "13 s"]);
+    ["noisy", "1", "33 %", "25 %", "2500", "812", "4000", "6000", "12 ms", "13 s"]);
   assert.deepEqual(T.row({ ...t, stored_rate: 3.25, weight_share: null }, "estimate"),
-    ["noisy", "1", "–", "25 %", "2500", "3.3", "10000", "~12 s", "–"]);
+    ["noisy", "1", "–", "25 %", "2500", "3.3", "4000", "6000", "~12 s", "–"]);
 });
 
 test("the rejections column", () => {

@@ -62,15 +62,16 @@
   }
 
   /* The table row of one tenant: [tenant, weight, weight share, served share, ingest /s,
-     stored /s, backlog, lag p50, lag p99]. Lags come from the schedulers' histograms, or
-     are the queueing estimate (backlog / stored rate) marked "~". */
+     stored /s, backlog before the relay, backlog before the scheduler, lag p50, lag p99].
+     Lags come from the schedulers' histograms, or are the queueing estimate (backlog /
+     stored rate) marked "~". */
   function row(t, lagSource) {
-    const backlog = t.backlog + t.ingest_backlog;
     const lag = lagSource === "schedulers"
       ? [seconds(t.lag_p50_s), seconds(t.lag_p99_s)]
       : [`~${seconds(t.lag_estimate_s)}`, "–"];
     return [t.tenant, String(t.weight), pct(t.weight_share), pct(t.served_share),
-            rate(t.ingest_rate), rate(t.stored_rate), String(backlog), ...lag];
+            rate(t.ingest_rate), rate(t.stored_rate), String(t.ingest_backlog), String(t.backlog),
+            ...lag];
   }
 
   /* The rejections column: total over the window and the reasons, most frequent first. */
