@@ -339,7 +339,10 @@ def _api(chrome: webdriver.Chrome, method: str, path: str, body: object = None) 
     )
 
 
-@pytest.mark.settings(scheduler_buffer=200, scheduler_prefetch=20)
+# A flood from one device faster than its rate limit would be refused in part.
+@pytest.mark.settings(
+    scheduler_buffer=200, scheduler_prefetch=20, device_rate=100_000, device_burst=100_000
+)
 def test_tenants_page_shows_a_flood_held_back(
     pipeline: Pipeline, browser: webdriver.Chrome
 ) -> None:
