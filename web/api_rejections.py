@@ -28,7 +28,9 @@ bp = Blueprint("rejections", __name__, url_prefix="/api/rejections")
 MAX_COUNT_HOURS = archive.COUNT_HOURS_KEPT
 
 
-def _json(doc: dict[str, Any]) -> dict[str, Any]:
+def _json(
+    doc: dict[str, Any], later: dict[str, list[dict[str, Any]]] | None = None
+) -> dict[str, Any]:
     why_not = replay.blocker(doc)
     return {
         "id": str(doc["_id"]),
@@ -42,7 +44,7 @@ def _json(doc: dict[str, Any]) -> dict[str, Any]:
         "body_bytes": doc.get("body_bytes"),
         "replayable": why_not is None,
         "replay_blocker": why_not[0] if why_not else None,
-        "replay": replay.status(get_db(), doc) if doc.get("replay") else None,
+        "replay": replay.status(get_db(), doc, later) if doc.get("replay") else None,
     }
 
 
@@ -65,7 +67,8 @@ def ledger() -> dict[str, Any]:
     docs = archive.list_rejections(
         get_db(), scope, device, limit_param(), time_param("before"), reason, unowned
     )
-    return {"rejections": [_json(d) for d in docs]}
+    later: dict[str, list[dict[str, Any]]] = {}  # each device's rejections, read once
+    return {"rejections": [_json(d, later) for d in docs]}
 
 
 @bp.get("/counts")

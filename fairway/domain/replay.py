@@ -192,10 +192,13 @@ class ReplayNotTaken(Exception):
     """The broker refused the replayed message (queue full); the mark was removed."""
 
 
-def status(db: Database, doc: dict[str, Any]) -> dict[str, Any] | None:
+def status(
+    db: Database, doc: dict[str, Any], later: dict[str, list[dict[str, Any]]] | None = None
+) -> dict[str, Any] | None:
     """Where a replayed rejection's message is now: ``stored`` (its reading exists),
     ``refused`` again (a later rejection of the device with the same body), or
-    ``pending``; None if it was never replayed."""
+    ``pending``; None if it was never replayed. ``later``: a per-request cache of each
+    device's rejections (a page of the ledger reads each device's once)."""
     mark = doc.get("replay")
     if not mark:
         return None
@@ -203,7 +206,12 @@ def status(db: Database, doc: dict[str, Any]) -> dict[str, Any] | None:
     reading = mark.get("reading")
     if reading and db[mongo.TELEMETRY].find_one({"_id": reading}, {"_id": 1}) is not None:
         return {**out, "state": "stored", "reading": reading}
-    for later in archive.later_of_device(db, doc["device"], mark["at"]):
-        if later.get("body") == doc.get("body"):
-            return {**out, "state": "refused", "reason": later["reason"], "detail": later["detail"]}
+    device = doc["device"]
+    if later is None:
+        later = {}
+    if device not in later:
+        later[device] = archive.later_of_device(db, device, datetime.min.replace(tzinfo=UTC))
+    for other in later[device]:
+        if other["at"] > mark["at"] and other.get("body") == doc.get("body"):
+            return {**out, "state": "refused", "reason": other["reason"], "detail": other["detail"]}
     return out
