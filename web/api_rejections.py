@@ -10,22 +10,110 @@ messages. Replays are for admins and operators.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
+from pydantic import Field
 
 from fairway.domain import replay
+from fairway.kernel.ids import ID_PATTERN
 from fairway.kernel.times import iso_z
 from fairway.storage import accounts, registry
 from fairway.storage import rejections as archive
-from web.auth import current_user, json_body, login_required, roles_required, tenant_scope
+from web.auth import current_user, login_required, roles_required, tenant_scope
 from web.broker import get_broker
 from web.database import get_db
 from web.errors import ApiError
-from web.params import limit_param, time_param
+from web.models import Answer, PageLimit, Query, QueryTime, Request, TenantId
+from web.openapi import operation
 
 bp = Blueprint("rejections", __name__, url_prefix="/api/rejections")
 MAX_COUNT_HOURS = archive.COUNT_HOURS_KEPT
+
+
+# -- request and answer models (this blueprint's own; web.models holds the shared types) ----
+class LedgerQuery(Query):
+    tenant: TenantId | None = None
+    device: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+    reason: Annotated[str, Field(pattern=r"^[a-z_]{1,64}$", description="a reason code")] | None = (
+        None
+    )
+    before: QueryTime | None = None
+    limit: PageLimit = 100
+
+
+class CountsQuery(Query):
+    tenant: TenantId | None = None
+    hours: Annotated[int, Field(ge=1, le=MAX_COUNT_HOURS)] = 24
+
+
+class ReplayRequest(Request):
+    ids: Annotated[
+        list[Annotated[str, Field(pattern=r"^[0-9a-f]{24}$", description="a rejection's id")]],
+        Field(min_length=1, max_length=replay.MAX_PER_REQUEST),
+    ]
+
+
+class ReplayState(Answer):
+    at: str | None
+    by: str | None
+    state: Literal["stored", "refused", "pending"]
+    readings: list[str] | None = None
+    stored: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+class LedgerEntry(Answer):
+    id: str
+    at: str | None
+    tenant: str | None
+    device: str | None
+    reason: str | None
+    detail: str | None
+    routing_key: str | None
+    index: int | None = Field(None, description="a reading refused out of a device batch")
+    body: str | None
+    body_bytes: int | None
+    replayable: bool
+    replay_blocker: str | None = Field(description="why it cannot be replayed")
+    replay: ReplayState | None
+
+
+class Ledger(Answer):
+    rejections: list[LedgerEntry]
+
+
+class HourCounts(Answer):
+    hour: str
+    by_reason: dict[str, int]
+
+
+class TenantCounts(Answer):
+    tenant: str | None = Field(description="null: refusals of unregistered device ids")
+    total: int
+    by_reason: dict[str, int]
+    hours: list[HourCounts]
+
+
+class Counts(Answer):
+    since: str
+    tenants: list[TenantCounts]
+
+
+class ReplayOutcome(Answer):
+    id: str
+    outcome: Literal["sent", "refused"]
+    message: str
+    error: str | None = Field(
+        None,
+        description="already_replayed, not_replayable, body_truncated, too_soon, not_found,"
+        " queue_full",
+    )
+
+
+class ReplayResults(Answer):
+    results: list[ReplayOutcome]
 
 
 def _json(
@@ -40,6 +128,7 @@ def _json(
         "reason": doc.get("reason"),
         "detail": doc.get("detail"),
         "routing_key": doc.get("routing_key"),
+        "index": doc.get("index"),
         "body": doc.get("body"),
         "body_bytes": doc.get("body_bytes"),
         "replayable": why_not is None,
@@ -48,9 +137,9 @@ def _json(
     }
 
 
-def _device_scope(device: str | None) -> tuple[str | None, bool]:
+def _device_scope(tenant: str | None, device: str | None) -> tuple[str | None, bool]:
     """(tenant to filter by, include the device's tenant-less rejections)."""
-    scope = tenant_scope(request.args.get("tenant"))
+    scope = tenant_scope(tenant)
     if device is None or scope is None:
         return scope, False
     found = registry.find_devices(get_db(), [device]).get(device)
@@ -59,13 +148,14 @@ def _device_scope(device: str | None) -> tuple[str | None, bool]:
 
 @bp.get("")
 @login_required
-def ledger() -> dict[str, Any]:
-    """Newest first: ``tenant`` (operators), ``device``, ``reason``, ``before``, ``limit``."""
-    device = request.args.get("device") or None
-    reason = request.args.get("reason") or None
-    scope, unowned = _device_scope(device)
+@operation(query=LedgerQuery, answer=Ledger, errors={404: ["not_found"]})
+def ledger(query: LedgerQuery) -> dict[str, Any]:
+    """The tenant's refused messages, newest first (``tenant``: operators), by device and
+    reason; with ``device``, also what that id sent before it was registered."""
+    device, reason = query.device or None, query.reason or None
+    scope, unowned = _device_scope(query.tenant, device)
     docs = archive.list_rejections(
-        get_db(), scope, device, limit_param(), time_param("before"), reason, unowned
+        get_db(), scope, device, query.limit, query.before, reason, unowned
     )
     later: dict[str, list[dict[str, Any]]] = {}  # each device's rejections, read once
     return {"rejections": [_json(d, later) for d in docs]}
@@ -73,14 +163,12 @@ def ledger() -> dict[str, Any]:
 
 @bp.get("/counts")
 @login_required
-def counts() -> dict[str, Any]:
+@operation(query=CountsQuery, answer=Counts, errors={404: ["not_found"]})
+def counts(query: CountsQuery) -> dict[str, Any]:
     """Rejections by reason per tenant over the last ``hours`` (default 24), hour by hour."""
-    scope = tenant_scope(request.args.get("tenant"))
-    raw = request.args.get("hours", "24")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_COUNT_HOURS:
-        raise ApiError(400, "bad_parameter", f"hours must be between 1 and {MAX_COUNT_HOURS}")
+    scope = tenant_scope(query.tenant)
     now = datetime.now(UTC)
-    since = (now - timedelta(hours=int(raw) - 1)).replace(minute=0, second=0, microsecond=0)
+    since = (now - timedelta(hours=query.hours - 1)).replace(minute=0, second=0, microsecond=0)
     found = archive.reason_counts(get_db(), scope, since)
     tenants = []
     for tenant in sorted(found, key=lambda t: t or ""):
@@ -121,6 +209,7 @@ def _visible(rejection_id: str) -> dict[str, Any]:
 
 @bp.get("/<rejection_id>")
 @login_required
+@operation(answer=LedgerEntry, errors={404: ["not_found"]})
 def one(rejection_id: str) -> dict[str, Any]:
     """One rejection, with its replay's outcome (stored, refused again, pending)."""
     return _json(_visible(rejection_id))
@@ -128,18 +217,12 @@ def one(rejection_id: str) -> dict[str, Any]:
 
 @bp.post("/replay")
 @roles_required(accounts.OPERATOR, accounts.ADMIN)
-def replay_many() -> dict[str, Any]:
-    """``{"ids": [...]}``: replay each at most once; the outcome per id."""
-    ids = json_body().get("ids")
-    if (
-        not isinstance(ids, list)
-        or not ids
-        or len(ids) > replay.MAX_PER_REQUEST
-        or not all(isinstance(i, str) for i in ids)
-    ):
-        raise ApiError(
-            400, "bad_parameter", f"ids must be a list of 1 to {replay.MAX_PER_REQUEST} ids"
-        )
+@operation(body=ReplayRequest, answer=ReplayResults, errors={503: ["broker_unavailable"]})
+def replay_many(body: ReplayRequest) -> dict[str, Any]:
+    """Re-publish each rejection through the relay's checks, at most once; the outcome per
+    id (refused: ``already_replayed``, ``not_replayable``, ``body_truncated``, ``too_soon``,
+    ``not_found``, ``queue_full``)."""
+    ids = body.ids
     settings = current_app.config["FAIRWAY_SETTINGS"]
     user = current_user()
     results = []

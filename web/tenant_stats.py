@@ -24,6 +24,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app
 from prometheus_client import Counter
+from pydantic import Field
 
 from fairway.amqp import management
 from fairway.domain import tenant_stats
@@ -33,6 +34,8 @@ from fairway.storage import accounts, registry
 from web.auth import current_user, roles_required
 from web.database import get_db
 from web.errors import ApiError
+from web.models import Answer
+from web.openapi import operation
 
 bp = Blueprint("tenant_stats", __name__, url_prefix="/api/tenant-stats")
 log = logging.getLogger(__name__)
@@ -45,6 +48,37 @@ REFRESHES = Counter(
     "Tenant figures recomputed (management API and scheduler metrics read), by outcome",
     ["outcome"],
 )
+
+
+class TenantFiguresAnswer(Answer):
+    tenant: str
+    weight: int
+    ingest_rate: float = Field(description="publishes into ingest.<tenant> per second")
+    accepted_rate: float = Field(description="the relay's publishes into tenant.<tenant>")
+    stored_rate: float = Field(description="acks on tenant.<tenant>: readings stored per second")
+    ingest_backlog: int = Field(description="messages waiting before the relay")
+    backlog: int = Field(description="messages waiting before the scheduler")
+    served_share: float | None
+    weight_share: float | None = Field(description="among tenants whose tenant queue backs up")
+    lag_estimate_s: float | None
+    lag_p50_s: float | None
+    lag_p99_s: float | None
+    lag_count: int
+    stored_series: list[list[float]] = Field(description="[epoch ms, stored per second]")
+
+
+class SchedulersAsked(Answer):
+    asked: int
+    answered: int
+
+
+class TenantStatsAnswer(Answer):
+    at: str
+    window_s: int
+    refresh_s: float
+    lag_source: str = Field(description="schedulers (histograms) or estimate (backlog/rate)")
+    schedulers: SchedulersAsked
+    tenants: list[TenantFiguresAnswer]
 
 
 @dataclass
@@ -122,6 +156,7 @@ def init_app(app: Flask) -> None:
 
 @bp.get("")
 @roles_required(accounts.OPERATOR, accounts.ADMIN)
+@operation(answer=TenantStatsAnswer, errors={503: ["stats_unavailable"]})
 def stats() -> dict[str, Any]:
     """Per tenant: ingest, accepted and stored rates, backlogs, lag, weight and served share."""
     source: TenantStats = current_app.extensions[EXTENSION]

@@ -20,7 +20,13 @@ in ``rejected`` with its reason like any message.
 * **Exactly once stored.** The stored reading's ``_id`` comes from the body's ``id``
   (else ``<stream>@<ts in ms>``), so a replayed reading that the device's own retry
   also delivered is one reading. The archive does not keep the AMQP ``message_id``
-  property; a message that carried its id only there is replayed under the body's id.
+  property; a message that carried its id only there (or a device batch whose readings
+  took theirs from it) is replayed under the body's ids. A reading refused out of a
+  batch is archived with the id the relay derived for it, so it keeps that one.
+* **Device batches.** A batch refused whole (unknown device ...) is replayed whole and
+  checked reading by reading again; a reading of a batch refused on its own is
+  replayed alone (one reading object), also when the tenant queue refused it, whose
+  archived body is the relay's tenant message.
 * **What can be replayed.** Refusals whose cause can be fixed outside the message: an
   unknown, disabled or tenant-less device (registered or enabled since), a rate limit or
   a full tenant queue (passed), a clock (a reading from the future whose time has come).
@@ -42,7 +48,13 @@ from pika.exceptions import NackError, UnroutableError
 from pymongo.database import Database
 
 from fairway.kernel import topology
-from fairway.kernel.contract import message_id_of, parse_ts, reading_id, split_routing_key
+from fairway.kernel.contract import (
+    BATCH_KEY,
+    message_id_of,
+    parse_ts,
+    reading_id,
+    split_routing_key,
+)
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
 from fairway.kernel.times import iso_z
@@ -100,21 +112,40 @@ def blocker(doc: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def expected_reading(
-    db: Database, doc: dict[str, Any], settings: Settings
-) -> tuple[str | None, datetime | None]:
-    """The ``_id`` the replayed reading gets if stored (None: not computable now, e.g.
-    the device is still unknown), and its device time."""
+def device_body(doc: dict[str, Any]) -> bytes:
+    """What to publish again: the archived body, as its device sent it. A reading of a
+    device batch refused by its tenant queue (full, missing) was archived as the relay's
+    tenant message; it goes back as the reading object it came from."""
+    body = doc["body"].encode()
+    if doc.get("index") is None:
+        return body
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if isinstance(msg, dict) and "received" in msg and "tenant" in msg:
+        return orjson.dumps({"ts": msg.get("ts"), "values": msg.get("values"), "id": msg.get("id")})
+    return body
+
+
+def expected_readings(db: Database, doc: dict[str, Any], settings: Settings) -> list[str] | None:
+    """The ``_id`` of each reading the replay stores if accepted (None: not computable
+    now, e.g. the device is still unknown): a reading's own ``id``, else ``<stream>@<ts
+    in ms>``, as the relay derives them for a message without an AMQP ``message_id``."""
     try:
         device, stream = split_routing_key(doc["routing_key"])
-        body = orjson.loads(doc["body"])
-        ts = parse_ts(body.get("ts"))
-        message_id = message_id_of(None, body.get("id"), stream, ts, settings)
+        body = orjson.loads(device_body(doc))
+        if isinstance(body, dict) and BATCH_KEY in body:
+            body = body[BATCH_KEY]
+        elements = body if isinstance(body, list) else [body]
+        ids = [
+            message_id_of(None, e.get("id"), stream, parse_ts(e.get("ts")), settings)
+            for e in elements[: settings.max_batch_readings]
+        ]
     except (Rejection, orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        return None, None
+        return None
     found = registry.find_devices(db, [device]).get(device)
-    when = datetime.fromtimestamp(ts, UTC)
-    return (reading_id(found.tenant, device, message_id) if found else None), when
+    return [reading_id(found.tenant, device, i) for i in ids] if found else None
 
 
 def replay(
@@ -139,8 +170,7 @@ def replay(
             f"the device was registered just now; relays may still have it cached as unknown "
             f"(FAIRWAY_DEVICE_CACHE_TTL_S): replay in {wait:.0f} s",
         )
-    reading, _ts = expected_reading(db, doc, settings)
-    mark = {"at": now, "by": by, "reading": reading}
+    mark = {"at": now, "by": by, "readings": expected_readings(db, doc, settings)}
     if archive.claim_replay(db, rid, mark) is None:
         return Outcome(rid, "refused", "already_replayed", "replayed already")
     try:
@@ -173,7 +203,7 @@ def publish(channel: BlockingChannel, doc: dict[str, Any]) -> None:
         confirmed.basic_publish(
             topology.TELEMETRY,
             doc["routing_key"],
-            doc["body"].encode(),
+            device_body(doc),
             pika.BasicProperties(
                 delivery_mode=2,
                 content_type="application/json",
@@ -195,7 +225,8 @@ class ReplayNotTaken(Exception):
 def status(
     db: Database, doc: dict[str, Any], later: dict[str, list[dict[str, Any]]] | None = None
 ) -> dict[str, Any] | None:
-    """Where a replayed rejection's message is now: ``stored`` (its reading exists),
+    """Where a replayed rejection's message is now: ``stored`` (its readings exist:
+    ``stored`` of ``readings``; a batch's readings are checked one by one by the relay),
     ``refused`` again (a later rejection of the device with the same body), or
     ``pending``; None if it was never replayed. ``later``: a per-request cache of each
     device's rejections (a page of the ledger reads each device's once)."""
@@ -203,9 +234,12 @@ def status(
     if not mark:
         return None
     out: dict[str, Any] = {"at": iso_z(mark.get("at")), "by": mark.get("by"), "state": "pending"}
-    reading = mark.get("reading")
-    if reading and db[mongo.TELEMETRY].find_one({"_id": reading}, {"_id": 1}) is not None:
-        return {**out, "state": "stored", "reading": reading}
+    readings = mark.get("readings") or []
+    if readings:
+        query = {"_id": {"$in": readings}}
+        stored = len(list(db[mongo.TELEMETRY].find(query, {"_id": 1})))
+        if stored:
+            return {**out, "state": "stored", "readings": readings, "stored": stored}
     device = doc["device"]
     if later is None:
         later = {}

@@ -538,7 +538,7 @@ def test_make_demo_is_the_whole_product(
         assert not browser.find_element(By.CSS_SELECTOR, replayed).is_enabled()
         browser.save_screenshot(str(ARTIFACTS / "demo-rejections.png"))
         one = _api(browser, "GET", f"/api/rejections/{rejection_id}")
-        reading_id = one["replay"]["reading"]  # type: ignore[index]
+        [reading_id] = one["replay"]["readings"]  # type: ignore[index]
         assert pipeline.db[mongo.TELEMETRY].count_documents({"_id": reading_id}) == 1
         again = _api(browser, "POST", "/api/rejections/replay", {"ids": [rejection_id]})
         assert again["results"][0]["error"] == "already_replayed"  # type: ignore[index]

@@ -73,6 +73,7 @@ def test_ledger_counts_and_replay(pipeline: Pipeline) -> None:
     mine = api["adm"]("GET", "/api/rejections/counts").json["tenants"]
     assert [(c["tenant"], c["total"], len(c["hours"])) for c in mine] == [("acme", 2, 1)]
     assert api["adm"]("GET", "/api/rejections/counts?hours=0").status_code == 400
+    assert api["adm"]("GET", "/api/rejections/counts?hours=169").status_code == 400
 
     # Registering the unknown device makes its earlier rejection the admin's to replay.
     assert api["adm"]("POST", "/api/devices", {"device": "newdev"}).status_code == 201
@@ -111,7 +112,7 @@ def test_ledger_counts_and_replay(pipeline: Pipeline) -> None:
     state = wait_for(
         lambda: (s := replay_state(unknown["id"])) and s["state"] == "stored" and s, 20, "stored"
     )
-    assert (state["by"], state["reading"]) == ("adm", "acme:newdev:r1")
+    assert (state["by"], state["readings"], state["stored"]) == ("adm", ["acme:newdev:r1"], 1)
 
     # A second replay is refused, from the API and from the CLI.
     again = api["adm"]("POST", "/api/rejections/replay", {"ids": [unknown["id"]]}).json
