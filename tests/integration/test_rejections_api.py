@@ -143,3 +143,51 @@ def test_ledger_counts_and_replay(pipeline: Pipeline) -> None:
     )
     assert (refused["by"], refused["reason"]) == ("ops", "clock_skew")
     assert pipeline.stored(device="d1") == 0
+
+
+@pytest.mark.settings(device_cache_ttl_s=1.0)
+def test_replaying_device_batches(pipeline: Pipeline) -> None:
+    """A batch refused whole is replayed whole; readings refused one by one (by a full
+    tenant queue, archived as the relay's tenant message) are replayed as readings."""
+    pipeline.tenant("acme")
+    pipeline.tenant("tight", max_backlog=1)
+    pipeline.device("tight", "t1")
+    app = create_app({"FAIRWAY_SETTINGS": pipeline.settings, "TESTING": True})
+    accounts.create_user(pipeline.db, "op", PASSWORD, accounts.OPERATOR, None)
+    api = Api(app.test_client(), accounts.create_api_token(pipeline.db, "op", 3600))
+    for role in ("relay", "archiver"):  # no scheduler yet: tenant.tight stays full
+        pipeline.start(role)
+    now = time.time()
+    batch = [{"ts": now - i, "id": f"b{i}", "values": {"v": i}} for i in range(3)]
+    pipeline.publish([("newdev.env", batch, {}), ("t1.env", {"readings": batch}, {})])
+    wait_for(lambda: pipeline.db[mongo.REJECTIONS].count_documents({}) == 3, 30, "3 archived")
+    ledger = api("GET", "/api/rejections?limit=10").json["rejections"]
+    whole = next(r for r in ledger if r["device"] == "newdev")
+    assert (whole["reason"], whole["index"], whole["replayable"]) == ("unknown_device", None, True)
+    full = sorted((r for r in ledger if r["device"] == "t1"), key=lambda r: r["index"])
+    assert [(r["reason"], r["index"]) for r in full] == [("tenant_backlog_full", i) for i in (1, 2)]
+
+    pipeline.device("acme", "newdev")
+    pipeline.start("scheduler")
+    pipeline.wait_stored(1, device="t1")  # the one the full queue took
+    time.sleep(1.5)  # the relays' registry cache forgets that newdev was unknown
+    ids = [whole["id"], *(r["id"] for r in full)]
+    answer = api("POST", "/api/rejections/replay", {"ids": ids}).json
+    assert [r["outcome"] for r in answer["results"]] == ["sent"] * 3, answer
+    pipeline.wait_stored(3, device="newdev")
+    pipeline.wait_stored(3, device="t1")
+    assert sorted(d["_id"] for d in pipeline.db[mongo.TELEMETRY].find({"device": "t1"})) == [
+        "tight:t1:b0",
+        "tight:t1:b1",
+        "tight:t1:b2",
+    ]
+    state = wait_for(
+        lambda: (
+            (s := api("GET", f"/api/rejections/{whole['id']}").json["replay"])
+            and s["state"] == "stored"
+            and s
+        ),
+        20,
+        "the batch stored",
+    )
+    assert (state["stored"], len(state["readings"])) == (3, 3)
