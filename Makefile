@@ -8,6 +8,8 @@ VENV := .venv
 SERVICES := scripts/services.sh
 SERVICES_DIR := $(or $(FAIRWAY_SERVICES_DIR),.services)
 PYTEST_ARGS ?=
+# `make demo DEMO_ARGS=--short`: the ten-second pipeline run instead of the whole product.
+DEMO_ARGS ?=
 
 # Defaults only; scripts/services.sh treats any other address as an external server it must not manage.
 export FAIRWAY_AMQP_URL ?= amqp://guest:guest@127.0.0.1:$(or $(FAIRWAY_RABBITMQ_PORT),5672)/%2F
@@ -51,8 +53,9 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The whole product with simulated devices until Ctrl-C (fairway/devtools/demo.py).
 demo: venv services
-	$(VENV)/bin/fairway demo
+	$(VENV)/bin/fairway demo $(DEMO_ARGS)
 
 bench: venv services
 	$(VENV)/bin/python -m benchmarks.run

@@ -16,7 +16,12 @@ What happens to every message in the ``rejected`` queue:
   is diagnostic; duplicates are harmless and trimmed like the rest);
 * every ``archiver_trim_interval_s`` the devices that got new rejections and hold
   more than ``rejections_per_device`` are trimmed to 90 % of it, newest kept
-  (:func:`trim`).
+  (:func:`trim`);
+* each inserted batch is also counted by tenant, UTC hour and reason in
+  ``rejection_counts`` (after the insert, before the ack; per archiver process, see
+  :func:`fairway.storage.rejections.count_archived`), so the counts outlive the
+  trimming; counts older than a week are deleted with the trimming. A batch archived
+  twice (crash before the ack) is counted twice, like the archive itself.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,7 +47,7 @@ from fairway.kernel.acks import AckWatermark
 from fairway.kernel.reasons import Reason
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
-from fairway.storage.rejections import trim
+from fairway.storage.rejections import count_archived, trim, trim_counts
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +127,7 @@ class Archiver(AmqpService):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="archive")
         self._touched: set[str | None] | None = None  # None: trim every device next time
         self._last_at = datetime.min.replace(tzinfo=UTC)
+        self._source = uuid.uuid4().hex[:12]  # this process's rejection_counts documents
         BUFFERED.set_function(lambda: len(self._buffer) + self._writing)
         self.every(settings.archiver_trim_interval_s, self._trim_soon, first=1.0)
 
@@ -196,6 +203,8 @@ class Archiver(AmqpService):
                 self.db[mongo.REJECTIONS].insert_many(docs, ordered=False)
             except BulkWriteError as exc:
                 if _only_duplicates(exc):
+                    # Inserted by an attempt whose counting then failed: count now.
+                    count_archived(self.db, docs, self._source)
                     return
                 refusals += 1
                 if refusals < MAX_ATTEMPTS:
@@ -203,6 +212,8 @@ class Archiver(AmqpService):
                 # Refused documents must not wedge the queue: count, log, ack.
                 FAILED.inc(len(exc.details.get("writeErrors", ())))
                 log.error("rejections refused by the database", extra={"error": repr(exc)})
+                return
+            count_archived(self.db, docs, self._source)
 
         try:
             self.retrying("archive write", insert, on_error=lambda _exc: DB_UP.set(0))
@@ -251,6 +262,7 @@ class Archiver(AmqpService):
         try:
             cap = self.settings.rejections_per_device
             deleted = trim(self.db, devices, cap, down_to=cap - cap // 10)
+            trim_counts(self.db, datetime.now(UTC))
         except Exception as exc:
             log.warning("trim failed", extra={"error": repr(exc)})
             self._touched = None  # try every device next time

@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 from pydantic import ValidationError
 
-from fairway.amqp.connection import declare_topology
+from fairway.amqp.connection import blocking_channel, declare_topology
 from fairway.kernel import log, topology
 from fairway.kernel.settings import Settings, SettingsError
 from fairway.provision import (
@@ -28,6 +29,7 @@ from fairway.provision import (
 )
 from fairway.provision_bulk import Batch, BatchTooLarge, Report, provision_many
 from fairway.storage import accounts, backfill, mongo, registry
+from fairway.storage import rejections as rejection_store
 
 
 def _emit(value: Any) -> None:
@@ -271,6 +273,88 @@ def migrate_backfill_hk(settings: Settings, batch_size: int) -> None:
     _emit(backfill.backfill_hour_keys(mongo.connect(settings), batch_size, report))
 
 
+@main.group()
+def rejections() -> None:
+    """Refused messages: counts by reason, and replay once the cause is fixed."""
+
+
+@rejections.command("list")
+@click.option("--tenant", "tenant_id", default=None)
+@click.option("--device", default=None)
+@click.option("--reason", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.pass_obj
+def rejections_list(
+    settings: Settings, tenant_id: str | None, device: str | None, reason: str | None, limit: int
+) -> None:
+    """Archived rejections, newest first, as JSON (ids for ``replay``)."""
+    from fairway.domain import replay
+
+    db = mongo.connect(settings)
+    docs = rejection_store.list_rejections(
+        db, tenant_id, device, limit, reason=reason, unowned=bool(tenant_id and device)
+    )
+    _emit(
+        [
+            {
+                "id": d["_id"],
+                "at": d.get("at"),
+                "tenant": d.get("tenant"),
+                "device": d.get("device"),
+                "reason": d.get("reason"),
+                "detail": d.get("detail"),
+                "replayable": replay.blocker(d) is None,
+                "replayed": bool(d.get("replay")),
+            }
+            for d in docs
+        ]
+    )
+
+
+@rejections.command("counts")
+@click.option("--tenant", "tenant_id", default=None)
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 7 * 24))
+@click.pass_obj
+def rejections_counts(settings: Settings, tenant_id: str | None, hours: int) -> None:
+    """Rejections by reason per tenant over the last HOURS, as JSON."""
+    from datetime import UTC, datetime, timedelta
+
+    since = datetime.now(UTC) - timedelta(hours=hours - 1)
+    found = rejection_store.reason_counts(mongo.connect(settings), tenant_id, since)
+    totals: dict[str, dict[str, int]] = {}
+    for tenant_key, by_hour in found.items():
+        out = totals.setdefault(tenant_key or "(no tenant)", {})
+        for counter in by_hour.values():
+            for reason, n in counter.items():
+                out[reason] = out.get(reason, 0) + n
+    _emit(totals)
+
+
+@rejections.command("replay")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--by", default="cli", show_default=True, help="Recorded as who replayed.")
+@click.pass_obj
+def rejections_replay(settings: Settings, ids: tuple[str, ...], by: str) -> None:
+    """Re-submit archived rejections through the relay's checks, each at most once."""
+    from fairway.domain import replay
+
+    db = mongo.connect(settings)
+    results = []
+    with blocking_channel(settings, "fairway-replay") as channel:
+        for rejection_id in dict.fromkeys(ids):
+            doc = rejection_store.get_rejection(db, rejection_id)
+            if doc is None:
+                results.append(replay.Outcome(rejection_id, "refused", "not_found", "no such id"))
+                continue
+            try:
+                results.append(replay.replay(db, channel, settings, doc, by))
+            except replay.ReplayNotTaken as exc:
+                results.append(replay.Outcome(rejection_id, "refused", "queue_full", str(exc)))
+    _emit([r.as_json() for r in results])
+    if any(r.outcome != "sent" for r in results):
+        sys.exit(1)
+
+
 # -- processes: each module's ``run(settings)`` serves until SIGTERM, then drains ----
 @main.command("relay")
 @click.pass_obj
@@ -382,16 +466,96 @@ def simulate(
 
 
 @main.command("demo")
-@click.option("--duration", default=10.0, show_default=True)
-@click.option("--serve", is_flag=True, help="Run every process and the dashboard until Ctrl-C.")
+@click.option(
+    "--short",
+    is_flag=True,
+    help="Only a relay, a scheduler and simulated devices for --duration s, then what landed.",
+)
+@click.option("--duration", default=10.0, show_default=True, help="Seconds to publish (--short).")
+@click.option("--serve", is_flag=True, hidden=True)  # the default since issue 13; kept for scripts
 @click.option("--password", envvar="FAIRWAY_DEMO_PASSWORD", default="fairway-demo-password")
-@click.option("--rate", default=20.0, show_default=True, help="Readings per second (--serve).")
+@click.option(
+    "--logs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".services/logs",
+    show_default=True,
+    help="Where each process logs (demo-<process>.log).",
+)
+@click.option("--flood-rate", default=2500.0, show_default=True, help="Noisy tenant's wave, /s.")
+@click.option("--second-rate", default=2000.0, show_default=True, help="Second tenant's, /s.")
+@click.option("--wave-every", default=120.0, show_default=True, help="Seconds between waves.")
 @click.pass_obj
-def demo(settings: Settings, duration: float, serve: bool, password: str, rate: float) -> None:
-    """Start a relay and a scheduler, simulate devices, and show readings landing."""
-    from fairway.devtools.demo import run_demo, serve_demo
+def demo(
+    settings: Settings,
+    short: bool,
+    duration: float,
+    serve: bool,
+    password: str,
+    logs: Path,
+    flood_rate: float,
+    second_rate: float,
+    wave_every: float,
+) -> None:
+    """The whole product with simulated devices until Ctrl-C (``make demo``).
 
-    if serve:
-        serve_demo(settings, password, rate)
-    else:
-        run_demo(settings, duration)
+    Checks the signing key, the web and gateway ports and the services first; then
+    runs every process, prints the dashboard URL and the demo users, and stops
+    everything cleanly on Ctrl-C. ``--short``: the ten-second pipeline run.
+    """
+    import dataclasses
+
+    from fairway.devtools.demo import DemoError, DemoOptions, run_demo, serve_demo
+
+    try:
+        if short:
+            run_demo(settings, duration)
+            return
+        options = DemoOptions(password=password, logs=logs)
+        options.plan = dataclasses.replace(
+            options.plan, flood_rate=flood_rate, second_rate=second_rate, wave_every_s=wave_every
+        )
+        sys.exit(serve_demo(settings, options))
+    except DemoError as exc:
+        click.echo("the demo cannot start:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(2)
+
+
+@main.command("demo-fleet", hidden=True)
+@click.option("--tenants", default=3, show_default=True)
+@click.option("--devices", default=5, show_default=True, help="Steady devices per tenant.")
+@click.option("--period", default=2.0, show_default=True, help="Seconds between readings.")
+@click.option("--flood-rate", default=2500.0, show_default=True)
+@click.option("--second-rate", default=2000.0, show_default=True)
+@click.option("--wave", default=8.0, show_default=True, help="Seconds a wave lasts.")
+@click.option("--wave-every", default=120.0, show_default=True)
+@click.option("--first-wave", default=20.0, show_default=True)
+@click.option("--misbehave-every", default=15.0, show_default=True)
+@click.pass_obj
+def demo_fleet(
+    settings: Settings,
+    tenants: int,
+    devices: int,
+    period: float,
+    flood_rate: float,
+    second_rate: float,
+    wave: float,
+    wave_every: float,
+    first_wave: float,
+    misbehave_every: float,
+) -> None:
+    """The demo's simulated fleet (``fairway demo`` starts it): publish until SIGTERM."""
+    from fairway.devtools import fleet, simulator
+
+    plan = fleet.FleetPlan(
+        steady={t: simulator.device_ids(t, devices) for t in simulator.tenant_ids(tenants)},
+        period_s=period,
+        flood_rate=flood_rate,
+        second_rate=second_rate,
+        wave_s=wave,
+        wave_every_s=wave_every,
+        first_wave_s=first_wave,
+        misbehave_every_s=misbehave_every,
+    )
+    fleet.run(settings, plan)

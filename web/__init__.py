@@ -16,6 +16,7 @@ from fairway.kernel.settings import Settings
 from web import (
     api_devices,
     api_docs,
+    api_rejections,
     api_rules,
     api_tenants,
     api_users,
@@ -27,6 +28,7 @@ from web import (
     health,
     jobs,
     pages,
+    tenant_stats,
 )
 
 
@@ -47,6 +49,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     broker.init_app(app)
     errors.init_app(app)
     auth.init_app(app)
+    tenant_stats.init_app(app)
     for blueprint in (
         health.bp,
         broker_auth.bp,
@@ -55,6 +58,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         api_devices.bp,
         api_users.bp,
         api_rules.bp,
+        api_rejections.bp,
+        tenant_stats.bp,
         jobs.bp,
         api_docs.bp,
         pages.bp,

@@ -15,6 +15,7 @@ from flask import Blueprint, current_app
 import web.broker_auth as broker_auth
 import web.models as models
 from fairway.amqp import management
+from fairway.domain.presence import presence
 from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.provision import register_device as provision_device
@@ -38,15 +39,29 @@ MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
 
 
 def _device_json(doc: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
-    """A registry entry with its maintained state (``device_state``; never a telemetry scan)."""
+    """A registry entry with its maintained state (``device_state``; never a telemetry scan).
+
+    Online and last seen combine the monitor's connections and the newest stored reading
+    (:mod:`fairway.domain.presence`).
+    """
     state = state or {}
     latest = state.get("latest") or {}
+    window = current_app.config["FAIRWAY_SETTINGS"].device_online_window_s
+    seen = presence(
+        bool(doc.get("online", False)),
+        doc.get("last_seen"),
+        state.get("last_ts"),
+        datetime.now(UTC),
+        window,
+    )
     return {
         "device": doc["_id"],
         "tenant": doc["tenant"],
         "enabled": bool(doc.get("enabled", False)),
-        "online": bool(doc.get("online", False)),
-        "last_seen": iso_z(doc.get("last_seen")),
+        "online": seen.online,
+        "connected": seen.connected,
+        "online_via": seen.via,
+        "last_seen": iso_z(seen.last_seen),
         "created": iso_z(doc.get("created")),
         "last_reading": iso_z(state.get("last_ts")),
         "latest": {

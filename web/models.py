@@ -395,8 +395,10 @@ class Device(Answer):
     device: str
     tenant: str
     enabled: bool
-    online: bool
-    last_seen: str | None
+    online: bool = Field(description="connected, or a stored reading within the online window")
+    connected: bool = Field(description="an open broker connection (the monitor's view)")
+    online_via: Literal["connection", "reading"] | None
+    last_seen: str | None = Field(description="the later of the last connection event and reading")
     created: str | None
     last_reading: str | None
     latest: dict[str, Latest] = Field(description="per stream")

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
+from fairway.kernel.reasons import Reason
 from web.auth import csrf, log_in
 from web.errors import ApiError
 
@@ -98,8 +99,16 @@ def alerts() -> str:
 @bp.get("/rejections")
 @page_login_required
 def rejections() -> str:
-    """Refused messages per device with reason codes."""
-    return render_template("rejections.html")
+    """Counts by reason per tenant, the ledger of refused messages, replay."""
+    codes = sorted({r.value for r in Reason} | {"dead_letter"})
+    return render_template("rejections.html", reasons=codes)
+
+
+@bp.get("/tenants")
+@page_login_required
+def tenants() -> str:
+    """Per-tenant rates, backlogs, lag, weight against served share (operators, admins)."""
+    return render_template("tenants.html")
 
 
 @bp.get("/reports")

@@ -4,10 +4,12 @@ With ``FAIRWAY_BROKER_AUTH_PORT`` set, RabbitMQ's auth requests (``/broker/*``) 
 served on that port by their own thread pool: a flood of device logins then cannot
 take the threads that serve the pages and the API, nor the other way round.
 Prometheus metrics are served on ``FAIRWAY_METRICS_PORT`` only, never on the public port.
+SIGTERM stops it cleanly (exit 0) once the requests in progress are answered.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -48,4 +50,14 @@ def run(settings: Settings, threads: int = 8) -> None:
             **limits,
         )
         threading.Thread(target=auth.run, name="broker-auth", daemon=True).start()
-    waitress.serve(app, host=settings.web_host, port=settings.web_port, threads=threads, **limits)
+    server = waitress.create_server(
+        app, host=settings.web_host, port=settings.web_port, threads=threads, **limits
+    )
+    signal.signal(signal.SIGTERM, _stop)
+    server.run()
+
+
+def _stop(_signum: int, _frame: Any) -> None:
+    # waitress's loop takes SystemExit as "stop": it lets its threads finish the requests
+    # in progress (a few seconds at most) and returns, so SIGTERM is a clean exit (0).
+    raise SystemExit(0)

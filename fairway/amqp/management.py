@@ -116,3 +116,41 @@ def close_connections(
                     break  # gone already, or never seen by the statistics database
                 time.sleep(0.5)
     return closed
+
+
+QUEUE_PAGE_SIZE = 500  # the management API's largest page
+MAX_QUEUE_PAGES = 10
+
+
+def queue_rates(
+    base_url: str, vhost: str, name_regex: str, age_s: int = 60, incr_s: int = 5
+) -> list[dict[str, Any]]:
+    """The vhost's queues whose name matches ``name_regex``: depth, and the publish and
+    ack counters with their samples over the last ``age_s`` seconds (every ``incr_s``).
+
+    One request per 500 queues (at most 10): bounded whatever the traffic, and only the
+    columns asked for.
+    """
+    columns = (
+        "name,messages,message_stats.publish_details.avg_rate,"
+        "message_stats.publish_details.samples,message_stats.ack_details.avg_rate,"
+        "message_stats.ack_details.samples"
+    )
+    query = urllib.parse.urlencode(
+        {
+            "name": name_regex,
+            "use_regex": "true",
+            "columns": columns,
+            "msg_rates_age": age_s,
+            "msg_rates_incr": incr_s,
+            "page_size": QUEUE_PAGE_SIZE,
+        }
+    )
+    items: list[dict[str, Any]] = []
+    for page in range(1, MAX_QUEUE_PAGES + 1):
+        path = f"queues/{urllib.parse.quote(vhost, safe='')}?{query}&page={page}"
+        answer = call(base_url, "GET", path) or {}
+        items.extend(answer.get("items") or [])
+        if page >= int(answer.get("page_count") or 1):
+            break
+    return items

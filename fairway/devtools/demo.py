@@ -1,20 +1,52 @@
-"""``fairway demo``: the pipeline end to end on the local services, in one command."""
+"""``fairway demo``: the whole product on the local services, in one command.
+
+``fairway demo`` (what ``make demo`` runs) checks its prerequisites (signing key, free
+ports, RabbitMQ with its management API, MongoDB) and stops with every problem listed
+before it prints or starts anything. Then it provisions three demo tenants (weights
+1, 2, 1) with their devices and three demo users, starts every process (relay,
+scheduler, monitor, archiver, gateway, web, a Celery worker for the ``cpu`` queue and
+one for ``maintenance``, Celery beat) and the simulated fleet
+(:mod:`fairway.devtools.fleet`), waits until each serves, prints the dashboard URL and
+the demo credentials, and stays up until Ctrl-C (or SIGTERM). Then it stops the fleet
+first and every process in order, each with SIGTERM and its own clean drain.
+
+Children run in their own sessions, so a Ctrl-C in the terminal reaches only this
+process, which then stops them in order instead of every process dying at once.
+
+``fairway demo --short`` is the ten-second run: a relay, a scheduler and simulated
+devices, then the readings that landed.
+"""
 
 from __future__ import annotations
 
+import logging
+import signal
+import subprocess
+import threading
 import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
-from fairway.devtools import processes, simulator
+from fairway.devtools import celery_workers, prereqs, processes, simulator
+from fairway.devtools.fleet import FleetPlan
+from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.provision import create_user, ensure_devices
-from fairway.storage import mongo
+from fairway.storage import accounts, mongo, registry
+from tasks.base import CPU, MAINTENANCE
 
 
 def run_demo(settings: Settings, duration: float) -> None:
     """Relay + scheduler + 3 tenants x 5 devices (one noisy), then show what landed."""
+    problems = prereqs.service_problems(settings)
+    if problems:
+        raise DemoError(problems)
     by_tenant = {t: simulator.device_ids(t, 5) for t in simulator.tenant_ids(3)}
     ensure_devices(settings, by_tenant)
     db = mongo.connect(settings)
@@ -51,35 +83,349 @@ def run_demo(settings: Settings, duration: float) -> None:
         click.echo(f"  {doc['_id']}  {doc['ts']:%H:%M:%S.%f}  {doc['values']}")
 
 
-SERVED_ROLES = ("relay", "scheduler", "monitor", "archiver", "gateway", "web")
-DEMO_USERS = (("demo-admin", "admin", "sim01"), ("demo-viewer", "viewer", "sim01"))
+def _counts(db, by_tenant: dict[str, list[str]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {t: db[mongo.TELEMETRY].count_documents({"tenant": t}) for t in by_tenant}
 
 
-def serve_demo(settings: Settings, password: str, rate: float) -> None:
-    """Run every process and a gentle simulator until Ctrl-C; print where to log in."""
-    by_tenant = {t: simulator.device_ids(t, 5) for t in simulator.tenant_ids(3)}
-    ensure_devices(settings, by_tenant)
-    db = mongo.connect(settings)
-    for user_id, role, tenant in DEMO_USERS:
-        create_user(settings, db, user_id, password, role, tenant, if_missing=True)
-    logs = Path(".services/logs")
-    logs.mkdir(parents=True, exist_ok=True)
-    children = [processes.start([r], settings, logs / f"demo-{r}.log") for r in SERVED_ROLES]
-    simulate = ["simulate", "--no-provision", "--rate", str(rate), "--duration", "86400"]
-    children.append(processes.start(simulate, settings, logs / "demo-simulate.log"))
-    url = f"http://{settings.web_host}:{settings.web_port}/"
-    click.echo(f"dashboard: {url}  (users demo-admin and demo-viewer, password {password!r})")
-    click.echo(f"process logs: {logs}/demo-*.log; Ctrl-C stops everything", err=True)
+# -- the whole product ------------------------------------------------------------------
+TENANTS = 3
+DEVICES_PER_TENANT = 5
+WEIGHTS = {"sim01": 1, "sim02": 2, "sim03": 1}
+DEMO_USERS: tuple[tuple[str, str, str | None], ...] = (
+    ("demo-operator", accounts.OPERATOR, None),
+    ("demo-admin", accounts.ADMIN, "sim01"),
+    ("demo-viewer", accounts.VIEWER, "sim01"),
+)
+READY_TIMEOUT_S = 90.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class DemoError(Exception):
+    """The demo cannot start (or a process failed to); ``problems`` says why."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class Child:
+    """A running demo process: how to stop it and how to tell it is serving."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    stop: Callable[[subprocess.Popen[bytes]], int] = processes.stop
+    ready: Callable[[], bool] = lambda: True
+    metrics_port: int = 0
+
+
+@dataclass
+class DemoOptions:
+    """What the demo runs; the defaults are ``make demo``'s."""
+
+    password: str = "fairway-demo-password"
+    logs: Path = Path(".services/logs")
+    plan: FleetPlan = field(
+        default_factory=lambda: FleetPlan(
+            steady={
+                t: simulator.device_ids(t, DEVICES_PER_TENANT)
+                for t in simulator.tenant_ids(TENANTS)
+            }
+        )
+    )
+    cpu_workers: int = 1
+
+
+class Demo:
+    """Every Fairway process and the simulated fleet, started and stopped in order."""
+
+    def __init__(self, settings: Settings, options: DemoOptions) -> None:
+        self.settings, self.options = settings, options
+        self.children: list[Child] = []
+        self._stop = threading.Event()
+
+    @property
+    def url(self) -> str:
+        """The dashboard."""
+        return f"http://{self.settings.web_host}:{self.settings.web_port}/"
+
+    # -- before anything --------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """Everything that would stop the demo, found without changing anything."""
+        s = self.settings
+        found = prereqs.secret_problems(s)
+        web_ports = [("web", s.web_port)]
+        if s.broker_auth_port:
+            web_ports.append(("broker auth", s.broker_auth_port))
+        found += prereqs.port_problems(s.web_host, web_ports)
+        found += prereqs.port_problems(s.gateway_host, [("gateway", s.gateway_port)])
+        services = prereqs.service_problems(s)
+        found += services
+        if not services:
+            found += self._password_problems()
+        return found
+
+    def _password_problems(self) -> list[str]:
+        db = mongo.connect(self.settings)
+        out = []
+        for user_id, _role, _tenant in DEMO_USERS:
+            if accounts.get_user(db, user_id) is None:
+                continue
+            if accounts.authenticate(db, user_id, self.options.password) is None:
+                out.append(
+                    f"user {user_id} exists with another password (an earlier demo's): pass "
+                    "that one with --password or FAIRWAY_DEMO_PASSWORD"
+                )
+        return out
+
+    # -- starting ---------------------------------------------------------------------
+    def provision(self) -> None:
+        """Demo tenants (with weights), their devices, the misbehaving ones, the users."""
+        by_tenant = self.options.plan.registered()
+        ensure_devices(self.settings, by_tenant)
+        db = mongo.connect(self.settings)
+        # Once here, so that the processes starting together do not all build them at once.
+        mongo.ensure_indexes(db, self.settings.postgres_url)
+        for tenant, weight in WEIGHTS.items():
+            if tenant in by_tenant:
+                registry.set_tenant_weight(db, tenant, weight)
+        for user_id, role, home in DEMO_USERS:
+            create_user(self.settings, db, user_id, self.options.password, role, home, True)
+
+    def start(self) -> None:
+        """Start every process and the fleet; return once each serves (DemoError if not)."""
+        self.options.logs.mkdir(parents=True, exist_ok=True)
+        tenants = list(self.options.plan.steady)
+        queues = {
+            "relay": [topology.INGEST],
+            "scheduler": [topology.tenant_queue_name(t) for t in tenants],
+            "archiver": [topology.REJECTED],
+            "monitor": ["monitor.telemetry"],
+        }
+        with ThreadPoolExecutor(2) as pool:
+            # Celery workers take seconds to start: alongside the others, not after them.
+            workers = [
+                pool.submit(self._start_worker, "worker-cpu", (CPU,), self.options.cpu_workers),
+                pool.submit(self._start_worker, "worker-maintenance", (MAINTENANCE,), 1),
+            ]
+            for role in ("scheduler", "relay", "archiver", "monitor"):
+                self._start_fairway(role, self._consuming(queues[role]))
+            self._start_fairway("gateway", self._answers(self._gateway_url() + "readyz"))
+            # The Tenants page reads the scheduler's lag histogram from its metrics endpoint.
+            scheduler = next(c for c in self.children if c.name == "scheduler")
+            urls = (
+                self.settings.scheduler_metrics_urls or f"http://127.0.0.1:{scheduler.metrics_port}"
+            )
+            self._start_fairway(
+                "web", self._answers(self.url + "readyz"), {"scheduler_metrics_urls": urls}
+            )
+            beat_log = self.options.logs / "demo-beat.log"
+            schedule = self.options.logs / "demo-celerybeat-schedule"
+            beat = celery_workers.start_beat(self.settings, beat_log, schedule)
+            self.children.append(Child("beat", beat, beat_log, celery_workers.stop))
+            problems: list[str] = []
+            for started in workers:
+                try:
+                    self.children.append(started.result())
+                except DemoError as exc:  # the other one is still tracked, and stopped
+                    problems += exc.problems
+            if problems:
+                raise DemoError(problems)
+        self._wait_ready()
+        fleet = ["demo-fleet", *fleet_arguments(self.options)]
+        self._start_fairway("fleet", lambda: True, {}, fleet)
+
+    def _gateway_url(self) -> str:
+        return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}/"
+
+    def _start_fairway(
+        self,
+        name: str,
+        ready: Callable[[], bool],
+        overrides: dict[str, Any] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        log = self.options.logs / f"demo-{name}.log"
+        port = processes.free_port()
+        settings = Settings.from_env(
+            self.settings.environ(), metrics_port=port, **(overrides or {})
+        )
+        proc = processes.start(command or [name], settings, log, new_session=True)
+        self.children.append(Child(name, proc, log, processes.stop, ready, port))
+
+    def _start_worker(self, name: str, queues: tuple[str, ...], concurrency: int) -> Child:
+        log = self.options.logs / f"demo-{name}.log"
+        try:
+            proc = celery_workers.start(self.settings, log, queues, concurrency, ready_timeout=90)
+        except (RuntimeError, TimeoutError) as exc:
+            raise DemoError([f"{name} did not start: {exc}"]) from None
+        return Child(name, proc, log, stop_worker)
+
+    def _consuming(self, queues: list[str]) -> Callable[[], bool]:
+        return lambda: all(celery_workers.consumers(self.settings, q) > 0 for q in queues)
+
+    @staticmethod
+    def _answers(url: str) -> Callable[[], bool]:
+        def probe() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        return probe
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = list(self.children)
+        while waiting:
+            if self._stop.is_set():
+                raise KeyboardInterrupt
+            for child in list(waiting):
+                if child.proc.poll() is not None:
+                    raise DemoError(
+                        [f"{child.name} exited with {child.proc.returncode}; see {child.log}"]
+                    )
+                if child.ready():
+                    waiting.remove(child)
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(f"{c.name} (log {c.log})" for c in waiting)
+                raise DemoError([f"not serving after {READY_TIMEOUT_S:.0f} s: {names}"])
+            if waiting:
+                time.sleep(0.3)
+
+    # -- running and stopping -----------------------------------------------------------
+    def request_stop(self, *_args: Any) -> None:
+        """Ask :meth:`wait` to return (signal handlers, tests)."""
+        self._stop.set()
+
+    def wait(self) -> Child | None:
+        """Until a stop is requested (None) or a process exits (that process)."""
+        while not self._stop.wait(0.5):
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    return child
+        return None
+
+    def stop(self) -> dict[str, int]:
+        """Stop the fleet, then every other process at once (each drains on SIGTERM), the
+        scheduler last so it writes what the relay confirmed; their exit codes."""
+        phases = [
+            [c for c in self.children if c.name == "fleet"],
+            [c for c in self.children if c.name not in ("fleet", "scheduler")],
+            [c for c in self.children if c.name == "scheduler"],
+        ]
+        codes: dict[str, int] = {}
+        for phase in phases:
+            if phase:
+                with ThreadPoolExecutor(len(phase)) as pool:
+                    stopped = pool.map(lambda c: c.stop(c.proc), phase)
+                    codes.update(zip([c.name for c in phase], stopped, strict=True))
+        self.children = []
+        return codes
+
+
+WORKER_WARM_S = 10.0  # a running report may finish within this, else it is interrupted
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> int:
+    """Warm shutdown (finish the running job) for a few seconds, then a cold one (SIGQUIT:
+    the job's message is not acked, so it runs again at the next start: jobs are
+    idempotent), then SIGKILL. A demo should not wait minutes for a report."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(WORKER_WARM_S)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGQUIT)
+        try:
+            return proc.wait(10)
+        except subprocess.TimeoutExpired:
+            celery_workers.kill(proc)
+    return int(proc.returncode)
+
+
+def fleet_arguments(options: DemoOptions) -> list[str]:
+    """``fairway demo-fleet`` options for ``options.plan``."""
+    plan = options.plan
+    return [
+        "--tenants",
+        str(len(plan.steady)),
+        "--devices",
+        str(max(map(len, plan.steady.values()), default=0)),
+        "--period",
+        str(plan.period_s),
+        "--flood-rate",
+        str(plan.flood_rate),
+        "--second-rate",
+        str(plan.second_rate),
+        "--wave",
+        str(plan.wave_s),
+        "--wave-every",
+        str(plan.wave_every_s),
+        "--first-wave",
+        str(plan.first_wave_s),
+        "--misbehave-every",
+        str(plan.misbehave_every_s),
+    ]
+
+
+def describe(demo: Demo) -> str:
+    """What the demo prints once everything serves."""
+    plan, bad = demo.options.plan, demo.options.plan.misbehaving
+    steady = ", ".join(f"{t} ({len(d)})" for t, d in plan.steady.items())
+    weights = ", ".join(f"{t} {w}" for t, w in WEIGHTS.items() if t in plan.steady)
+    lines = [
+        "Fairway demo: every process is serving.",
+        f"  dashboard   {demo.url}",
+        f"  password    {demo.options.password}",
+        "  users       demo-operator (operator: every tenant, the Tenants page)",
+        "              demo-admin (admin of sim01: devices, rejections and replay)",
+        "              demo-viewer (viewer of sim01: follows devices live)",
+        f"  devices     {steady}, one reading every {plan.period_s:g} s each",
+        f"  weights     {weights}",
+        f"  fairness    every {plan.wave_every_s:g} s {plan.noisy} floods "
+        f"({plan.flood_rate:g}/s for {plan.wave_s:g} s from {plan.noisy}-f*) while "
+        f"{plan.second} bursts ({plan.second_rate:g}/s): see Tenants",
+        f"  rejections  {bad.bad_clock} (clock an hour fast), {bad.malformed} (broken "
+        f"JSON), {bad.over_rate} (bursts past its rate), {bad.unknown} (not registered)",
+        f"  logs        {demo.options.logs}/demo-*.log",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def serve_demo(settings: Settings, options: DemoOptions) -> int:
+    """Run the whole product until Ctrl-C or SIGTERM; the exit status."""
+    demo = Demo(settings, options)
+    problems = demo.problems()
+    if problems:
+        raise DemoError(problems)
+    # The readiness probes' passive declares of queues not declared yet are expected.
+    logging.getLogger("pika").setLevel(logging.ERROR)
+    # Explicit handlers: a shell starting the demo in the background ignores SIGINT.
+    handlers = {sig: signal.signal(sig, demo.request_stop) for sig in STOP_SIGNALS}
+    exited = None
     try:
-        while all(child.poll() is None for child in children):
-            time.sleep(1)
-        click.echo("a demo process exited; see its log", err=True)
+        demo.provision()
+        demo.start()
+        click.echo(describe(demo))
+        exited = demo.wait()
+        if exited is not None:
+            click.echo(
+                f"{exited.name} exited with {exited.proc.returncode}; see {exited.log}", err=True
+            )
     except KeyboardInterrupt:
         pass
     finally:
-        for child in reversed(children):
-            processes.stop(child)
-
-
-def _counts(db, by_tenant: dict[str, list[str]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    return {t: db[mongo.TELEMETRY].count_documents({"tenant": t}) for t in by_tenant}
+        click.echo("stopping the demo ...", err=True)
+        codes = demo.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    unclean = {name: rc for name, rc in codes.items() if rc != 0}
+    if unclean:
+        click.echo(f"stopped; not cleanly: {unclean}", err=True)
+        return 1
+    click.echo(f"stopped cleanly: {', '.join(codes)}", err=True)
+    return 1 if exited is not None else 0

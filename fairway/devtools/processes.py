@@ -16,9 +16,16 @@ from fairway.kernel.settings import Settings
 
 
 def start(
-    command: list[str], settings: Settings, log_path: Path | None = None
+    command: list[str],
+    settings: Settings,
+    log_path: Path | None = None,
+    new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Run ``python -m fairway <command>`` with ``settings`` in its environment."""
+    """Run ``python -m fairway <command>`` with ``settings`` in its environment.
+
+    ``new_session``: in its own session and process group, so a Ctrl-C in the terminal
+    reaches only the parent, which then stops its children in order (the demo).
+    """
     env = {**os.environ, **settings.environ()}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
@@ -26,6 +33,7 @@ def start(
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
+        start_new_session=new_session,
     )
 
 

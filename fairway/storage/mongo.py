@@ -24,6 +24,7 @@ TELEMETRY = "telemetry"
 
 
 REJECTIONS = "rejections"
+REJECTION_COUNTS = "rejection_counts"  # per tenant, hour and archiver: refusals by reason
 
 
 DEVICE_STATE = "device_state"
@@ -55,7 +56,8 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     ROLLUP_WRITERS: ("_id",),
     ROLLUP_TOUCHED: ("_id",),
     TENANTS: ("_id",),
-    REJECTIONS: ("device",),
+    REJECTIONS: ("device", "tenant"),
+    REJECTION_COUNTS: ("tenant",),
 }
 
 
@@ -85,6 +87,7 @@ def ensure_indexes(db: Database, postgres_url: str | None = None) -> None:
     )
     db[DEVICES].create_index([("tenant", ASCENDING)], name="tenant")
     db[REJECTIONS].create_index([("device", ASCENDING), ("at", DESCENDING)], name="device_at")
+    db[REJECTIONS].create_index([("tenant", ASCENDING), ("at", DESCENDING)], name="tenant_at")
     if not ferretdb.is_ferretdb(db):
         # The key reads (history, rollups, reports, retention) on MongoDB. FerretDB 1.24
         # never uses its own indexes for them, so there they would only cost writes; on

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -25,6 +31,7 @@ from tasks import rollup
 from tests.harness import ROOT, Pipeline, reading
 
 ARTIFACTS = ROOT / "test-artifacts"
+NOTHING = "\u2013"  # what the pages show for a missing value
 PASSWORD = "browser test password"
 
 
@@ -124,6 +131,7 @@ def test_device_page_updates_live(pipeline: Pipeline, browser: webdriver.Chrome)
     wait.until(lambda b: "on" in b.find_element(By.ID, "live").get_attribute("class").split())
     assert _text(browser, "#device-id") == "boiler-1"
     assert _text(browser, "#latest") == "temp=20.5"
+    assert _text(browser, "#state") == "online"  # a reading a minute ago, no connection
     rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
     assert [[td.text for td in row.find_elements(By.TAG_NAME, "td")][1:] for row in rows] == [
         ["env", "temp=20.5"]
@@ -179,9 +187,18 @@ def test_device_page_updates_live(pipeline: Pipeline, browser: webdriver.Chrome)
         assert link.get_attribute("href") == f"{web}/devices/{device}"
         assert _text(browser, f"#device-{device} td:nth-child(2)") == "acme"
     assert _text(browser, "#device-boiler-2 td:nth-child(5)") == ""
+    # Online from its readings (the test publishes as a service account, not as the
+    # device): boiler-1 reported within FAIRWAY_DEVICE_ONLINE_WINDOW_S, boiler-2 never.
+    assert _text(browser, "#device-boiler-1 td:nth-child(3)") == "online"
+    assert _text(browser, "#device-boiler-1 td:nth-child(4)") != NOTHING
+    assert _text(browser, "#device-boiler-2 td:nth-child(3)") == "offline"
+    assert _text(browser, "#device-boiler-2 td:nth-child(4)") == NOTHING
     wait.until(lambda b: "on" in b.find_element(By.ID, "live").get_attribute("class").split())
     pipeline.publish([("boiler-2.env", reading(temp=7.5), {})])
     wait.until(lambda b: _text(b, "#device-boiler-2 td:nth-child(5)") == "temp=7.5")
+    # The live reading turns it online, with a last seen, without reloading the page.
+    assert _text(browser, "#device-boiler-2 td:nth-child(3)") == "online"
+    assert _text(browser, "#device-boiler-2 td:nth-child(4)") != NOTHING
 
 
 def _chart_readings(now: float) -> list[float]:
@@ -287,3 +304,284 @@ def test_device_chart_ranges_and_gaps(pipeline: Pipeline, browser: webdriver.Chr
     before = _points(browser)
     pipeline.publish([("boiler-1.env", reading(temp=30.5), {})])
     wait.until(lambda b: _points(b) == before + 1)
+
+
+def _rows(chrome: webdriver.Chrome, css: str) -> dict[str, list[str]]:
+    """Table rows by id: their cells' text (read at once: pages re-draw their tables)."""
+    rows = chrome.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".map((r) => [r.id, [...r.cells].map((c) => c.innerText.trim())]);",
+        css,
+    )
+    return {row_id: cells for row_id, cells in rows}
+
+
+def _data(chrome: webdriver.Chrome, element_id: str, name: str) -> str | None:
+    """A data attribute of an element, None if the element or attribute is missing."""
+    value = chrome.execute_script(
+        "const e = document.getElementById(arguments[0]);"
+        "return e ? e.dataset[arguments[1]] : null;",
+        element_id,
+        name,
+    )
+    return value if value is None else str(value)
+
+
+def _api(chrome: webdriver.Chrome, method: str, path: str, body: object = None) -> object:
+    """Call the JSON API from the page (the session cookie and CSRF token of the page)."""
+    return chrome.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "window.Fairway.api(arguments[0], arguments[1], arguments[2] ?? undefined)"
+        ".then(done, (e) => done({error: e.message}));",
+        method,
+        path,
+        body,
+    )
+
+
+# A flood from one device faster than its rate limit would be refused in part.
+@pytest.mark.settings(
+    scheduler_buffer=200, scheduler_prefetch=20, device_rate=100_000, device_burst=100_000
+)
+def test_tenants_page_shows_a_flood_held_back(
+    pipeline: Pipeline, browser: webdriver.Chrome
+) -> None:
+    from tests.integration.test_tenant_stats import flood, slow_scheduler, trickle
+
+    pipeline.settings = dataclasses.replace(
+        pipeline.settings, web_port=free_port(), gateway_port=free_port()
+    )
+    pipeline.tenant("noisy", weight=1)
+    pipeline.tenant("quiet", weight=3)
+    pipeline.device("noisy", "n1")
+    pipeline.device("quiet", "q1")
+    accounts.create_user(pipeline.db, "ops", PASSWORD, accounts.OPERATOR, None)
+    pipeline.start("relay")
+    port = slow_scheduler(pipeline)
+    pipeline.start("web", scheduler_metrics_urls=f"http://127.0.0.1:{port}")
+    web = f"http://127.0.0.1:{pipeline.settings.web_port}"
+    browser.get(f"{web}/tenants")
+    _log_in(browser, "ops", PASSWORD)
+    wait = WebDriverWait(browser, 90, poll_frequency=0.5)
+    wait.until(lambda b: set(_rows(b, "#tenants tbody tr")) == {"tenant-noisy", "tenant-quiet"})
+    assert _rows(browser, "#tenants tbody tr")["tenant-quiet"][1] == "3"  # its weight
+
+    def backlog(tenant: str) -> int:
+        return int(_data(browser, f"tenant-{tenant}", "backlog") or 0)
+
+    stop = threading.Event()
+    quiet = threading.Thread(target=trickle, args=(pipeline, "q1", stop), daemon=True)
+    quiet.start()
+    try:
+        flood(pipeline, "n1", 20_000)
+        # The page polls every 5 s; the broker's figures are up to 5 s old.
+        wait.until(lambda b: backlog("noisy") > 1000)
+        assert backlog("quiet") < 50
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "tenants-flood.png"))
+
+        def lag_p99(tenant: str) -> float | None:
+            raw = _data(browser, f"tenant-{tenant}", "lagP99")
+            return float(raw) if raw else None
+
+        wait.until(lambda b: (lag_p99("noisy") or 0) > 1 and lag_p99("quiet") is not None)
+        # The flood waits behind itself; the quiet tenant's readings do not.
+        assert lag_p99("quiet") < lag_p99("noisy")  # type: ignore[operator]
+        charts = browser.find_elements(
+            By.CSS_SELECTOR, "#share-chart canvas, #backlog-chart canvas"
+        )
+        assert len(charts) == 2
+        wait.until(lambda b: int(_data(b, "backlog-chart", "points") or 0) >= 2)
+        browser.save_screenshot(str(ARTIFACTS / "tenants-lag.png"))
+    finally:
+        stop.set()
+        quiet.join(5)
+
+
+class DemoRun:
+    """``fairway demo`` as a child: its stdout lines as they come."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        for stream, sink in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors)):
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    def wait_for_line(self, start: str, timeout: float) -> str:
+        found = wait_for(
+            lambda: (
+                next((x for x in self.lines if x.strip().startswith(start)), None)
+                or self.proc.poll() is not None
+            ),
+            timeout,
+            f"the demo to print {start!r}",
+            interval=0.5,
+        )
+        assert isinstance(found, str), "\n".join(self.errors[-30:])
+        return found
+
+
+def test_make_demo_is_the_whole_product(
+    pipeline: Pipeline, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """What `make demo` runs, headless: devices online within seconds, a finished report,
+    a rejected message replayed once its device is registered, the tenants, a clean stop."""
+    web_port, gateway_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        **pipeline.settings.environ(),
+        "FAIRWAY_WEB_PORT": str(web_port),
+        "FAIRWAY_GATEWAY_PORT": str(gateway_port),
+        "FAIRWAY_DEVICE_CACHE_TTL_S": "2",  # a registered device is known within 2 s
+    }
+    command = [sys.executable, "-m", "fairway", "demo", "--logs", str(tmp_path / "logs")]
+    demo = DemoRun(
+        [*command, "--flood-rate", "1000", "--second-rate", "500", "--wave-every", "60"], env
+    )
+    try:
+        started = time.monotonic()
+        url = demo.wait_for_line("dashboard", 240).split()[-1]
+        ready_s = time.monotonic() - started
+        password = demo.wait_for_line("password", 5).split()[-1]
+        assert url == f"http://127.0.0.1:{web_port}/"
+        assert any("demo-operator" in x for x in demo.lines)
+
+        # Every steady device of the tenant shows online within seconds of the fleet.
+        browser.get(url)
+        _log_in(browser, "demo-admin", password)
+        wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+        steady = [f"device-sim01-d000{i}" for i in range(1, 6)]
+        shown = time.monotonic()
+        wait.until(
+            lambda b: all(
+                _rows(b, "#devices tbody tr").get(r, ["", "", ""])[2] == "online" for r in steady
+            )
+        )
+        online_s = time.monotonic() - shown
+        rows = _rows(browser, "#devices tbody tr")
+        assert all(r.startswith("device-sim01") for r in rows)  # the admin's tenant only
+        assert rows["device-sim01-d0001"][3] != NOTHING  # last seen
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "demo-dashboard.png"))
+        # The device page agrees with the dashboard.
+        browser.get(f"{url}devices/sim01-d0001")
+        wait.until(lambda b: _text(b, "#state") == "online" and _text(b, "#last-seen") != NOTHING)
+
+        # A report on the Reports page finishes (the demo runs the Celery workers).
+        browser.get(f"{url}reports")
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#report-device option")) > 5)
+        browser.execute_script(
+            "const f = document.getElementById('new-report');"
+            "const pad = (n) => String(n).padStart(2, '0');"
+            "const at = (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}"
+            "T${pad(d.getHours())}:${pad(d.getMinutes())}`;"
+            "f.elements.from.value = at(new Date(Date.now() - 3600e3));"
+            "f.elements.to.value = at(new Date(Date.now() + 60e3));"
+            "f.elements.bucket.value = '600';"
+            "document.getElementById('report-device').value = 'sim01-d0001';"
+        )
+        browser.find_element(By.CSS_SELECTOR, "#new-report button[type=submit]").click()
+        wait.until(
+            lambda b: any(
+                cells[2] == "SUCCESS" and cells[4] == "result"
+                for cells in _rows(b, "#jobs tbody tr").values()
+            )
+        )
+        browser.save_screenshot(str(ARTIFACTS / "demo-report.png"))
+
+        # The unregistered device's refusals, replayed once it is registered.
+        browser.get(f"{url}rejections")
+        # The tenant's own misbehaving device (a clock an hour fast) is in the counts.
+        wait.until(lambda b: "clock_skew" in _text(b, "#reason-counts"))
+        answer = _api(browser, "POST", "/api/devices", {"device": "sim01-d0099"})
+        assert isinstance(answer, dict) and answer.get("password"), answer
+        time.sleep(2.5)  # FAIRWAY_DEVICE_CACHE_TTL_S: relays forget it was unknown
+        browser.find_element(By.CSS_SELECTOR, "#filter-device").click()
+        browser.execute_script(
+            "const s = document.getElementById('filter-device');"
+            "s.add(new Option('sim01-d0099', 'sim01-d0099')); s.value = 'sim01-d0099';"
+        )
+        browser.find_element(By.CSS_SELECTOR, "#ledger-filter button[type=submit]").click()
+        wait.until(
+            lambda b: any(
+                r.get_attribute("data-replay") == "replayable"
+                for r in b.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
+            )
+        )
+        row = next(
+            r
+            for r in browser.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
+            if r.get_attribute("data-replay") == "replayable"
+        )
+        rejection_id = row.get_attribute("id").removeprefix("rejection-")
+        row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+        browser.find_element(By.ID, "replay").click()
+        wait.until(
+            lambda b: (
+                b.find_element(By.ID, f"rejection-{rejection_id}").get_attribute("data-replay")
+                == "stored"
+            )
+        )
+        assert (
+            "replayed by demo-admin: stored"
+            in browser.find_element(By.ID, f"rejection-{rejection_id}").text
+        )
+        replayed = f"#rejection-{rejection_id} input[type=checkbox]"
+        assert not browser.find_element(By.CSS_SELECTOR, replayed).is_enabled()
+        browser.save_screenshot(str(ARTIFACTS / "demo-rejections.png"))
+        one = _api(browser, "GET", f"/api/rejections/{rejection_id}")
+        [reading_id] = one["replay"]["readings"]  # type: ignore[index]
+        assert pipeline.db[mongo.TELEMETRY].count_documents({"_id": reading_id}) == 1
+        again = _api(browser, "POST", "/api/rejections/replay", {"ids": [rejection_id]})
+        assert again["results"][0]["error"] == "already_replayed"  # type: ignore[index]
+
+        # The operator's Tenants page: every demo tenant, its weight, live charts.
+        browser.delete_all_cookies()
+        browser.get(f"{url}tenants")
+        _log_in(browser, "demo-operator", password)
+        wait.until(
+            lambda b: (
+                set(_rows(b, "#tenants tbody tr"))
+                == {"tenant-sim01", "tenant-sim02", "tenant-sim03"}
+            )
+        )
+        assert [_rows(browser, "#tenants tbody tr")[f"tenant-sim0{i}"][1] for i in (1, 2, 3)] == [
+            "1",
+            "2",
+            "1",
+        ]
+        wait.until(lambda b: int(_data(b, "share-chart", "points") or 0) > 0)
+        browser.save_screenshot(str(ARTIFACTS / "demo-tenants.png"))
+        print(f"demo ready after {ready_s:.1f} s; steady devices online {online_s:.1f} s later")
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        code = demo.proc.wait(120)
+        time.sleep(0.5)
+    errors = "\n".join(demo.errors)
+    assert code == 0, errors
+    assert "stopped cleanly" in errors
+    logs = tmp_path / "logs"
+    assert {p.name for p in logs.glob("demo-*.log")} >= {
+        f"demo-{n}.log"
+        for n in (
+            "relay",
+            "scheduler",
+            "monitor",
+            "archiver",
+            "gateway",
+            "web",
+            "fleet",
+            "beat",
+            "worker-cpu",
+            "worker-maintenance",
+        )
+    }

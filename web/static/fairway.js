@@ -31,6 +31,7 @@
      gateway. On any error the page fetches a new token and reconnects by itself. */
   function live(onEvent) {
     const badge = $("#live");
+    if (badge) badge.hidden = false;  // shown on the pages that follow the live feed
     let source = null;
     let delay = 500;
     async function connect() {
@@ -67,7 +68,23 @@
     return best;
   }
 
+  /* Online and last seen: connections and stored readings (presence.js), the window from
+     the page (FAIRWAY_DEVICE_ONLINE_WINDOW_S), re-evaluated as time passes. */
+  const onlineWindow = () => Number(document.querySelector('meta[name="fairway-online-window"]').content);
+  const PRESENCE_TICK_MS = 5000;
+
+  function showPresence(stateCell, seenCell, state) {
+    const P = window.FairwayPresence;
+    const shown = P.evaluate(state, Date.now(), onlineWindow());
+    stateCell.textContent = shown.online ? "online" : "offline";
+    stateCell.classList.toggle("online", shown.online);
+    stateCell.classList.toggle("offline", !shown.online);
+    stateCell.title = P.reason(shown, onlineWindow());
+    seenCell.textContent = shown.lastSeen === null ? "–" : new Date(shown.lastSeen).toISOString();
+  }
+
   async function dashboard() {
+    const P = window.FairwayPresence;
     const body = $("#devices tbody");
     const rows = {};
     const { devices } = await api("GET", "/api/devices");
@@ -79,25 +96,27 @@
       link.textContent = d.device;
       row.insertCell().appendChild(link);
       cell(row, d.tenant);
-      cell(row, d.online ? "online" : "offline", d.online ? "online" : "offline");
-      cell(row, d.last_seen);
+      cell(row, "", "state");
+      cell(row, "", "seen");
       const newest = newestLatest(d.latest);
       cell(row, newest ? formatValues(newest.values) : "", "values");
       cell(row, d.last_reading || "");
-      rows[d.device] = row;
+      rows[d.device] = { row, state: P.fromDevice(d) };
+      showPresence(row.cells[2], row.cells[3], rows[d.device].state);
     }
+    setInterval(() => {
+      for (const { row, state } of Object.values(rows)) showPresence(row.cells[2], row.cells[3], state);
+    }, PRESENCE_TICK_MS);
     live((event) => {
-      const row = rows[event.device];
-      if (!row) return;
+      const entry = rows[event.device];
+      if (!entry) return;
+      const { row } = entry;
+      entry.state = P.apply(entry.state, event);
       if (event.kind === "telemetry") {
         row.cells[4].textContent = formatValues(event.values);
         row.cells[5].textContent = event.ts;
       }
-      if (event.kind === "status") {
-        row.cells[2].textContent = event.online ? "online" : "offline";
-        row.cells[2].className = event.online ? "online" : "offline";
-        row.cells[3].textContent = event.at;
-      }
+      showPresence(row.cells[2], row.cells[3], entry.state);
     });
   }
 
@@ -258,9 +277,10 @@
   async function devicePage(device) {
     const base = `/api/devices/${encodeURIComponent(device)}`;
     const info = await api("GET", base);
-    const state = $("#state");
-    state.textContent = info.online ? "online" : "offline";
-    state.className = `pill ${info.online ? "online" : "offline"}`;
+    let presence = window.FairwayPresence.fromDevice(info);
+    const refresh = () => showPresence($("#state"), $("#last-seen"), presence);
+    refresh();
+    setInterval(refresh, PRESENCE_TICK_MS);
     const me = await api("GET", "/api/me");
     const follow = $("#follow");
     if (me.role === "viewer") {
@@ -302,10 +322,8 @@
     }
     live((event) => {
       if (event.device !== device) return;
-      if (event.kind === "status") {
-        state.textContent = event.online ? "online" : "offline";
-        state.className = `pill ${event.online ? "online" : "offline"}`;
-      }
+      presence = window.FairwayPresence.apply(presence, event);
+      refresh();
       if (event.kind !== "telemetry") return;
       $("#latest").textContent = formatValues(event.values);
       $("#last-reading").textContent = event.ts;
@@ -364,24 +382,6 @@
     });
   }
 
-  async function rejectionsPage() {
-    const select = $("#device");
-    const { devices } = await api("GET", "/api/devices");
-    for (const d of devices) select.add(new Option(d.device, d.device));
-    const body = $("#rejections tbody");
-    async function show() {
-      body.innerHTML = "";
-      if (!select.value) return;
-      const { rejections } = await api("GET", `/api/devices/${encodeURIComponent(select.value)}/rejections?limit=200`);
-      for (const r of rejections) {
-        const row = body.insertRow();
-        cell(row, r.at); cell(row, r.reason); cell(row, r.detail); cell(row, r.routing_key);
-      }
-    }
-    $("#pick").onsubmit = (e) => { e.preventDefault(); show(); };
-    show();
-  }
-
   async function reportsPage() {
     const select = $("#report-device");
     const { devices } = await api("GET", "/api/devices");
@@ -432,12 +432,14 @@
     live((event) => { if (event.kind === "job") poll(event.job); });
   }
 
-  window.Fairway = { api, live, dashboard, devicePage, alertsPage, rejectionsPage, reportsPage };
+  window.Fairway = { api, live, cell, formatValues, dashboard, devicePage, alertsPage, reportsPage };
 
   // The page names its entry point in data attributes: no inline script, so the
-  // Content-Security-Policy can forbid them all.
+  // Content-Security-Policy can forbid them all. Pages with a script of their own
+  // (loaded before this one) register in window.FairwayPages and get these helpers.
   const page = document.body.dataset.page;
-  if (page && typeof window.Fairway[page] === "function") {
-    window.Fairway[page](JSON.parse(document.body.dataset.pageArg || "null"));
+  const entry = window.Fairway[page] || (window.FairwayPages || {})[page];
+  if (page && typeof entry === "function") {
+    entry(JSON.parse(document.body.dataset.pageArg || "null"), window.Fairway);
   }
 })();
