@@ -174,23 +174,6 @@ class UrlList:
 
 
 @dataclass(frozen=True)
-class UrlList:
-    """Comma-separated URLs with one of ``schemes``; empty allowed."""
-
-    schemes: tuple[str, ...]
-
-    def problem(self, value: Any) -> str | None:
-        single = Url(self.schemes)
-        for entry in (u.strip() for u in value.split(",")):
-            if entry and (why := single.problem(entry)):
-                return f"has {entry!r}, which {why}"
-        return None
-
-    def describe(self) -> str:
-        return "comma-separated " + Url(self.schemes).describe().replace("a URL", "URLs")
-
-
-@dataclass(frozen=True)
 class Networks:
     """Comma-separated IP networks (``127.0.0.1/32,::1/128``), at least one."""
 
@@ -420,7 +403,9 @@ class Settings:
     device_online_window_s: float = setting(300.0, WEB, POSITIVE)
     # The schedulers' Prometheus endpoints (http://host:port), read by the Tenants page
     # for lag quantiles; empty: the page shows the queueing estimate backlog / rate.
-    scheduler_metrics_urls: str = setting("", WEB, UrlList(("http", "https")))
+    scheduler_metrics_urls: str = setting(
+        "", WEB, UrlList(("http", "https"), optional=True, same_path=False)
+    )
     api_page_max: int = setting(1000, WEB, AT_LEAST_1)  # largest page of any list endpoint
     # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
     # are trusted that many hops deep, so throttling sees the client's address.
