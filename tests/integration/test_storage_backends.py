@@ -9,7 +9,6 @@ is started for the session, and the storage round-trips run against both.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -80,8 +79,6 @@ def pg_db(base_settings: Settings) -> Iterator[Database]:
     if backend != "ferretdb-postgresql":
         client.drop_database(name)
         client.close()
-        if os.environ.get("FAIRWAY_FERRETDB_BACKEND") == "sqlite":  # chosen: nothing to check
-            pytest.skip("FAIRWAY_FERRETDB_BACKEND=sqlite: the PostgreSQL checks do not apply")
         pytest.fail(f"the services run {backend}, not FerretDB on PostgreSQL (the default)")
     assert base_settings.postgres_url, (
         "FerretDB runs on PostgreSQL but FAIRWAY_POSTGRES_URL is empty (make exports it; "
