@@ -2,7 +2,9 @@
 
 The pool processes run the tasks; the main process sees every job start and end
 (``tasks.celery_app.MeteredRequest``), so the counters live there and one
-``FAIRWAY_METRICS_PORT`` per worker serves them. Labels are bounded by the task names.
+``FAIRWAY_METRICS_PORT`` per worker serves them. Labels are bounded by the task names
+and the tenants; the fair dispatcher's run in the main process too (the web app counts
+its own releases with the same metrics).
 """
 
 from __future__ import annotations
