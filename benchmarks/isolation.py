@@ -31,7 +31,7 @@ process (its own interpreter and connection, as a real attacker would be):
 The web app runs on a free port, except with ``login_flood`` (RabbitMQ asks port 8080
 about device logins): then the run holds ``/tmp/fairway-web-8080.lock`` (``flock``), the
 lock the test suites take for that port. The web attacks also start a push gateway and
-one Celery worker (concurrency 1) of their own.
+one Celery worker of their own (``--job-workers`` pool processes, default 1).
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
 database: a count on FerretDB is a scan): the quiet device's readings are stored in the
@@ -455,7 +455,9 @@ def run_all(
         if web_names:
             gateway = env.start("gateway", gateway_port=gateway_port)
             worker = celery_workers.start(
-                env.with_(metrics_port=free_port()), common.LOGS / "isolation-worker.log"
+                env.with_(metrics_port=free_port()),
+                common.LOGS / "isolation-worker.log",
+                concurrency=args.job_workers,
             )
             stack.callback(celery_workers.stop, worker)
             side = WebSide(env, web, port, gateway)
@@ -517,6 +519,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--quiet-rate", type=float, default=20.0, help="quiet readings per second")
     p.add_argument("--only", default="", help="comma-separated attacks (default: all)")
+    p.add_argument("--job-workers", type=int, default=1, help="the Celery worker's pool processes")
     args = p.parse_args()
     seconds = max(5.0, args.seconds * args.scale)
     everything = [*ATTACKS, "login_flood", *webside.WEB_ATTACKS]
@@ -525,7 +528,13 @@ def main() -> None:
     if unknown:
         p.error(f"unknown attacks {unknown}; known: {everything}")
     web_names = [n for n in names if n in webside.WEB_ATTACKS]
-    result = common.meta(NAME, args.scale, seconds_per_phase=seconds, quiet_rate=args.quiet_rate)
+    result = common.meta(
+        NAME,
+        args.scale,
+        seconds_per_phase=seconds,
+        quiet_rate=args.quiet_rate,
+        job_workers=args.job_workers,
+    )
     with ExitStack() as held:
         if "login_flood" in names:  # RabbitMQ asks port 8080 about device logins
             lock = held.enter_context(open(WEB_8080_LOCK, "a"))

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
+from celery.exceptions import Ignore
 from celery.worker.request import Request
 from kombu import Exchange, Queue
 from pymongo.database import Database
@@ -27,7 +29,7 @@ import tasks.job_metrics as job_metrics
 from fairway.domain.job_params import JobFailed
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
-from fairway.storage import job_records, mongo
+from fairway.storage import job_dispatch, job_records, mongo
 
 CPU, MAINTENANCE = "cpu", "maintenance"
 
@@ -52,6 +54,16 @@ EVENTS_EXCHANGE = Exchange(topology.EVENTS, type="topic", durable=True)
 
 
 logger = logging.getLogger("fairway.jobs")
+
+# Called in the worker's main process, off its event loop's work, when a job delivery
+# ends (tenant, revoked): the fair dispatcher (tasks.dispatch) registers here.
+ENDED_HOOKS: list[Callable[[str | None, bool], None]] = []
+
+
+def job_ended(tenant: Any, revoked: bool = False) -> None:
+    """Tell the hooks a job delivery of ``tenant`` ended (main process)."""
+    for hook in list(ENDED_HOOKS):
+        hook(tenant if isinstance(tenant, str) else None, revoked)
 
 
 def queues(settings: Settings) -> tuple[Queue, ...]:
@@ -141,6 +153,7 @@ class MeteredRequest(Request):
         job_metrics.FINISHED.labels(self.task.name, "failure" if failed else "success").inc()
         job_metrics.SECONDS.labels(self.task.name).observe(runtime)
         super().on_success(failed__retval__runtime, **kwargs)
+        job_ended((self.kwargs or {}).get("tenant"))
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -150,12 +163,15 @@ class MeteredRequest(Request):
         if isinstance(getattr(exc, "exc", exc), WorkerLostError):  # maybe wrapped by billiard
             job_metrics.WORKER_LOST.labels(self.task.name).inc()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        job_ended((self.kwargs or {}).get("tenant"))
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         """A time limit passed: soft (the task is told) or hard (its process is killed)."""
         if not soft:
             job_metrics.FINISHED.labels(self.task.name, "time_limit").inc()
         super().on_timeout(soft, timeout)
+        if not soft:
+            job_ended((self.kwargs or {}).get("tenant"))
 
 
 class JobTask(Task):
@@ -191,8 +207,16 @@ class JobTask(Task):
         if not (kwargs.get("tenant") and kwargs.get("user")):
             return  # maintenance tasks have no job record
         db = self.db
+        number = kwargs.get("release")  # fairly dispatched jobs carry their release number
+        dispatched = isinstance(number, int)
         try:
-            lost = job_records.count_delivery(db, task_id)
+            if isinstance(number, int) and not job_dispatch.start(db, task_id, number):
+                # The job was released again after a dispatcher crash: this message is
+                # the superseded release's; the later one runs it (acked, nothing stored).
+                extra = {"job": task_id, "release": number}
+                logger.warning("superseded job message ignored", extra=extra)
+                raise Ignore()
+            lost = job_records.count_delivery(db, task_id, started=dispatched)
         except AutoReconnect as exc:  # fail open: the task meets the same error and retries
             logger.warning("delivery not counted", extra={"job": task_id, "error": repr(exc)})
             return

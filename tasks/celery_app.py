@@ -18,11 +18,20 @@ from typing import Any
 
 from celery import Celery, signals
 
+import tasks.dispatch as dispatch
 import tasks.jobs  # noqa: F401  (registers the shared tasks)
 from fairway.amqp.connection import kombu_ssl, kombu_url
 from fairway.kernel import log, metrics
 from fairway.kernel.settings import Settings
-from tasks.base import CPU, JOBS_EXCHANGE, RETENTION_TASK, ROLLUP_TASK, ROUTES, queues
+from tasks.base import (
+    CPU,
+    JOBS_EXCHANGE,
+    RETENTION_TASK,
+    ROLLUP_TASK,
+    ROUTES,
+    job_ended,
+    queues,
+)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -90,3 +99,23 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     settings = getattr(getattr(sender, "app", None), "fairway_settings", None)
     if settings is not None and settings.metrics_port:
         metrics.serve(settings.metrics_port)
+
+
+@signals.worker_ready.connect(weak=False, dispatch_uid="fairway.jobs.dispatch")
+def _start_dispatcher(sender: Any = None, **_: Any) -> None:
+    # The fair dispatcher runs in each worker's main process (tasks.dispatch).
+    app = getattr(sender, "app", None)
+    if app is not None and getattr(app, "fairway_settings", None) is not None:
+        dispatch.start(app)
+
+
+@signals.worker_shutdown.connect(weak=False, dispatch_uid="fairway.jobs.dispatch_stop")
+def _stop_dispatcher(**_: Any) -> None:
+    dispatch.stop()
+
+
+@signals.task_revoked.connect(weak=False, dispatch_uid="fairway.jobs.revoked")
+def _revoked(request: Any = None, **_: Any) -> None:
+    # A revoked job never runs to free its slots: the dispatcher's sweep takes them back.
+    kwargs = getattr(request, "kwargs", None)
+    job_ended(kwargs.get("tenant") if isinstance(kwargs, dict) else None, revoked=True)

@@ -2,12 +2,14 @@
 
 The pool processes run the tasks; the main process sees every job start and end
 (``tasks.celery_app.MeteredRequest``), so the counters live there and one
-``FAIRWAY_METRICS_PORT`` per worker serves them. Labels are bounded by the task names.
+``FAIRWAY_METRICS_PORT`` per worker serves them. Labels are bounded by the task names
+and the tenants; the fair dispatcher's run in the main process too (the web app counts
+its own releases with the same metrics).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STARTED = Counter("fairway_jobs_started_total", "Jobs a pool process took", ["task"])
 REDELIVERED = Counter(
@@ -33,4 +35,33 @@ WORKER_LOST = Counter(
 )
 EVENTS_FAILED = Counter(
     "fairway_job_events_failed_total", "job.* events that could not be published"
+)
+
+# -- fair dispatch (tasks.dispatch): counted by whichever process releases (the web app
+# on submission, each worker's dispatcher when a job ends or on its sweep) -------------
+RELEASED = Counter(
+    "fairway_jobs_released_total",
+    "Jobs released from their tenant's waiting list into the cpu queue, by tenant",
+    ["tenant"],
+)
+WAIT_SECONDS = Histogram(
+    "fairway_job_wait_seconds",
+    "Time a job waited for its tenant's turn, from submission to release",
+    buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+)
+RECOVERED = Counter(
+    "fairway_jobs_dispatch_recovered_total",
+    "Dispatch left half-done by a crash and redone by a sweep (slot: a slot taken back; "
+    "release: a job released again under a new number)",
+    ["what"],
+)
+# Set by each worker's dispatcher sweep (every FAIRWAY_JOBS_DISPATCH_INTERVAL_S): the same
+# figures from every worker, so aggregate with max, not sum.
+WAITING = Gauge(
+    "fairway_jobs_waiting", "Jobs waiting for their tenant's turn, by tenant", ["tenant"]
+)
+OLDEST_WAIT = Gauge(
+    "fairway_jobs_oldest_wait_seconds",
+    "Age of the tenant's oldest waiting job at the last sweep",
+    ["tenant"],
 )

@@ -54,8 +54,11 @@ class ExportTask(JobTask):
 
 
 @shared_task(bind=True, base=ReportTask, name=REPORT_TASK)
-def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Statistics per metric and time bucket over a tenant's (or a device's) readings."""
+def report(
+    self: JobTask, tenant: str, user: str, params: dict[str, Any], release: int | None = None
+) -> dict[str, Any]:
+    """Statistics per metric and time bucket over a tenant's (or a device's) readings.
+    ``release``: the fair dispatcher's release number (checked in ``before_start``)."""
     settings = self.settings
     with _explained_failures("report", settings):
         return build_report(
@@ -71,7 +74,7 @@ def report(self: JobTask, tenant: str, user: str, params: dict[str, Any]) -> dic
 
 @shared_task(bind=True, base=ExportTask, name=EXPORT_TASK)
 def export_readings(
-    self: JobTask, tenant: str, user: str, params: dict[str, Any]
+    self: JobTask, tenant: str, user: str, params: dict[str, Any], release: int | None = None
 ) -> dict[str, Any]:
     """Write the readings as CSV to GridFS; the API streams it from there."""
     settings = self.settings

@@ -22,13 +22,13 @@ from celery import Celery
 from flask import Blueprint, Response, current_app, stream_with_context
 from prometheus_client import Counter
 
+import tasks.dispatch as dispatch
 import tasks.export as export
 import web.models as models
 from fairway.domain.job_params import JobFailed, parse_export, parse_report
 from fairway.kernel.settings import Settings
 from fairway.kernel.times import iso_z
-from fairway.storage import job_records
-from tasks.base import EXPORT_TASK, REPORT_TASK
+from fairway.storage import job_dispatch, job_records
 from tasks.celery_app import make_celery
 from tasks.report import TooManySeries, check_series
 from web.auth import (
@@ -97,9 +97,10 @@ def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
     return False
 
 
-def _submit(kind: str, task: str, tenant: str, params: dict[str, Any]) -> tuple[dict, int, dict]:
-    """Take the job's quota slots, record it, send its task, answer 202 (429 beyond the
-    user's or tenant's quota of unfinished jobs, 503 if it cannot be queued)."""
+def _submit(kind: str, tenant: str, params: dict[str, Any]) -> tuple[dict, int, dict]:
+    """Take the job's quota slots, record it waiting, give its tenant its turn, answer 202
+    (429 beyond the user's or tenant's quota of unfinished jobs, 503 if it cannot be
+    queued)."""
     db = get_db()
     user = current_user()
     settings = _settings()
@@ -119,16 +120,17 @@ def _submit(kind: str, task: str, tenant: str, params: dict[str, Any]) -> tuple[
         REFUSED.labels(QUOTA, tenant).inc()
         raise ApiError(429, QUOTA, str(exc)) from None
     try:
-        job_records.create_job(db, job_id, tenant, user.id, kind, params)
+        job_records.create_job(db, job_id, tenant, user.id, kind, params, job_records.WAITING)
     except Exception:
         job_records.release(db, job_id)
         raise
     try:
-        celery.send_task(
-            task, kwargs={"tenant": tenant, "user": user.id, "params": params}, task_id=job_id
-        )
+        # Releases the tenant's oldest waiting jobs (this one, or it waits its turn: a
+        # worker's dispatcher releases it when one of the tenant's jobs ends).
+        dispatch.fill(celery, db, tenant, settings)
     except Exception as exc:  # kombu re-raises a nack (queue full) as a connection error
-        job_records.delete_job(db, job_id)
+        if not job_dispatch.withdraw(db, job_id):
+            raise  # released before the failure (an older job's publish failed)
         job_records.release(db, job_id)
         if _caused_by(exc, MessageNacked):
             REFUSED.labels("queue_full", tenant).inc()
@@ -174,7 +176,7 @@ def create_report(body: models.NewReport) -> tuple[dict, int, dict]:
     except TooManySeries as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     _check_device(tenant, params.device)
-    return _submit(job_records.REPORT, REPORT_TASK, tenant, params.to_json())
+    return _submit(job_records.REPORT, tenant, params.to_json())
 
 
 @bp.post("/exports")
@@ -195,7 +197,7 @@ def create_export(body: models.NewExport) -> tuple[dict, int, dict]:
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from None
     _check_device(tenant, params.device)
-    return _submit(job_records.EXPORT, EXPORT_TASK, tenant, params.to_json())
+    return _submit(job_records.EXPORT, tenant, params.to_json())
 
 
 def visible_job(job_id: str) -> dict[str, Any]:

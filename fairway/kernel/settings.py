@@ -476,6 +476,11 @@ class Settings:
     # Deliveries of one job that may end with their worker process lost (killed, out of
     # memory); the next delivery fails the job (worker_lost) without running it.
     jobs_max_attempts: int = setting(3, JOBS, AT_LEAST_1)
+    # Fair dispatch: a tenant's jobs wait in the database and at most this many of them
+    # are in the `cpu` queue or running at once (docs/architecture.md, "Fair dispatch").
+    jobs_dispatch_per_tenant: int = setting(1, JOBS, AT_LEAST_1)
+    # How often each worker's dispatcher sweeps (releases left waiting by a crash, gauges).
+    jobs_dispatch_interval_s: float = setting(5.0, JOBS, POSITIVE)
     report_max_series: int = setting(10_000, JOBS, AT_LEAST_1)  # (metric, bucket) pairs
     job_ttl_s: float = setting(7 * 24 * 3600.0, JOBS, POSITIVE)  # results, records, files
 

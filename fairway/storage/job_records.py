@@ -19,6 +19,7 @@ reservation finds every slot busy, so a lost release never locks anyone out for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,11 +29,14 @@ from pymongo.errors import DuplicateKeyError
 
 JOBS = "jobs"
 SLOTS = "job_slots"
+RELEASES = "job_releases"  # fair dispatch's claim and fate markers (job_dispatch)
 TASKMETA = "celery_taskmeta"  # Celery's MongoDB result backend (tasks.celery_app)
 REPORT, EXPORT = "report", "export"
 USER, TENANT = "user", "tenant"
 ENDED = ("SUCCESS", "FAILURE", "REVOKED")  # Celery states after which a job is finished
 WORKER_LOST = "worker_lost"
+# Fair dispatch (fairway.storage.job_dispatch): a job record's ``dispatch`` field.
+WAITING, RELEASING, STARTED = "waiting", "releasing", "started"
 SLOT_GRACE = timedelta(seconds=60)  # a slot may precede its job record by this much
 
 
@@ -50,10 +54,17 @@ class QuotaExceeded(Exception):
 
 
 def create_job(
-    db: Database, job_id: str, tenant: str, user: str, kind: str, params: dict[str, Any]
+    db: Database,
+    job_id: str,
+    tenant: str,
+    user: str,
+    kind: str,
+    params: dict[str, Any],
+    dispatch: str | None = None,
 ) -> dict[str, Any]:
-    """Record a job before its task is sent."""
-    doc = {
+    """Record a job before its task is sent (``dispatch="waiting"``: it waits for
+    :mod:`fairway.storage.job_dispatch` to release it)."""
+    doc: dict[str, Any] = {
         "_id": job_id,
         "tenant": tenant,
         "user": user,
@@ -61,6 +72,9 @@ def create_job(
         "params": params,
         "created": datetime.now(UTC),
     }
+    if dispatch is not None:
+        doc["dispatch"] = dispatch
+        doc["release"] = 0
     db[JOBS].insert_one(doc)
     return doc
 
@@ -91,6 +105,7 @@ def delete_jobs(db: Database, job_ids: list[str]) -> int:
     if not job_ids:
         return 0
     db[SLOTS].delete_many({"job": {"$in": job_ids}})
+    db[RELEASES].delete_many({"job": {"$in": job_ids}})
     return db[JOBS].delete_many({"_id": {"$in": job_ids}}).deleted_count
 
 
@@ -99,7 +114,7 @@ def _slot_id(scope: str, owner: str, k: int) -> str:
     return f"{scope}/{owner}/{k}"
 
 
-def _ended(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> set[str]:
+def ended(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> set[str]:
     """Which jobs holding the slots ``held`` have finished: their result is stored, their
     record is older than ``ttl_s``, or it is gone (once the slot is older than
     ``SLOT_GRACE``: a reservation precedes its record by moments)."""
@@ -128,19 +143,36 @@ def _utc(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _take_slot(
-    db: Database, job_id: str, scope: str, owner: str, limit: int, ttl_s: float
+Free = Callable[[Database, dict[str, dict[str, Any]], float], set[str]]
+
+
+def free_ended(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> set[str]:
+    """Free every slot of the jobs among ``held``'s holders that have ended; those jobs."""
+    gone = ended(db, held, ttl_s)
+    for job in gone:
+        release(db, job)  # every slot of the job: its user's and its tenant's
+    return gone
+
+
+def take_slot(
+    db: Database,
+    job_id: str,
+    scope: str,
+    owner: str,
+    limit: int,
+    ttl_s: float,
+    free: Free | None = None,
 ) -> str | None:
-    """Insert one free slot of ``owner`` for ``job_id``; its ``_id``, or None if all busy."""
+    """Insert one free slot of ``owner`` for ``job_id``; its ``_id``, or None if all busy.
+    ``free``: takes back stale slots when all are busy, returning their jobs (default
+    :func:`free_ended`)."""
     ids = [_slot_id(scope, owner, k) for k in range(limit)]
     for reclaim in (False, True):
         held = {d["_id"]: d for d in db[SLOTS].find({"_id": {"$in": ids}})}
         if reclaim and held:
             # No slot was free: give back those whose job has ended without a release.
-            stale = _ended(db, held, ttl_s)
-            for job in stale:
-                release(db, job)  # every slot of the job: its user's and its tenant's
-            held = {slot: doc for slot, doc in held.items() if doc["job"] not in stale}
+            gone = (free or free_ended)(db, held, ttl_s)
+            held = {slot: doc for slot, doc in held.items() if doc["job"] not in gone}
         for slot in ids:
             if slot in held:
                 continue
@@ -166,9 +198,9 @@ def reserve(
     """Take a quota slot of ``user`` and one of ``tenant`` for ``job_id``, or raise
     :class:`QuotaExceeded` (holding none). ``ttl_s``: a job recorded longer ago than
     this has ended whatever its state (``FAIRWAY_JOB_TTL_S``)."""
-    if _take_slot(db, job_id, USER, user, per_user, ttl_s) is None:
+    if take_slot(db, job_id, USER, user, per_user, ttl_s) is None:
         raise QuotaExceeded(USER, per_user)
-    if _take_slot(db, job_id, TENANT, tenant, per_tenant, ttl_s) is None:
+    if take_slot(db, job_id, TENANT, tenant, per_tenant, ttl_s) is None:
         release(db, job_id)
         raise QuotaExceeded(TENANT, per_tenant)
 
@@ -184,17 +216,21 @@ def unfinished(db: Database, scope: str, owner: str) -> int:
 
 
 # -- deliveries -----------------------------------------------------------------------
-def count_delivery(db: Database, job_id: str) -> int | None:
+def count_delivery(db: Database, job_id: str, started: bool = False) -> int | None:
     """Count a delivery of the job's task as it starts; return how many earlier
     deliveries never ended (their worker process was lost), or None without a record.
 
     ``deliveries`` is incremented at each start, ``ends`` when a delivery returns
     (:func:`count_end`), whatever its outcome: the difference is the number of
-    deliveries that took their worker down with them.
+    deliveries that took their worker down with them. ``started``: also mark a fairly
+    dispatched job ``dispatch: "started"``.
     """
+    update: dict[str, Any] = {"$inc": {"deliveries": 1}}
+    if started:
+        update["$set"] = {"dispatch": STARTED}
     doc = db[JOBS].find_one_and_update(
         {"_id": job_id},
-        {"$inc": {"deliveries": 1}},
+        update,
         return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.24 refuses it
     )
     if doc is None:
@@ -216,6 +252,10 @@ def mark_failed(db: Database, job_id: str, reason: str, message: str) -> None:
 
 
 def ensure_indexes(db: Database) -> None:
-    """Index the tenant's job list (idempotent). ``job_slots`` holds only unfinished
-    jobs' slots: small enough to scan, and no collection to create as a worker starts."""
+    """Index the tenant's job list and the waiting jobs (idempotent). ``job_slots`` holds
+    only unfinished jobs' slots: small enough to scan, and no collection to create as a
+    worker starts."""
     db[JOBS].create_index([("tenant", 1), ("created", DESCENDING)], name="tenant_created")
+    db[JOBS].create_index(
+        [("dispatch", 1), ("tenant", 1), ("created", 1)], name="dispatch_tenant_created"
+    )

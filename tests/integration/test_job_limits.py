@@ -91,9 +91,11 @@ def test_quotas_refuse_429_beyond_them_spare_others_and_free_on_completion(
 
     assert refused("job_quota", "acme") - before_acme == 2
     assert refused("job_quota", "other") - before_other == 0
-    # Refused jobs are not recorded, not queued, and hold no slot.
+    # Refused jobs are not recorded, not queued, and hold no slot. Of the accepted, one
+    # of each tenant is in the queue and acme's two others wait their turn (fair dispatch).
     assert pipeline.db[job_records.JOBS].count_documents({}) == jobs_before + 4
-    assert pipeline.depth("cpu") == 4
+    assert pipeline.depth("cpu") == 2
+    assert pipeline.db[job_records.JOBS].count_documents({"dispatch": "waiting"}) == 2
     db = pipeline.db
     assert job_records.unfinished(db, job_records.USER, "alice") == 2
     assert job_records.unfinished(db, job_records.USER, "walter") == 0
@@ -135,7 +137,7 @@ def test_parallel_submissions_do_not_overshoot_the_quota(pipeline: Pipeline, app
     for t in threads:
         t.join(60)
     assert sorted(answers) == [202] * 3 + [429] * 9, answers  # slots are unique inserts
-    assert pipeline.depth("cpu") == 3
+    assert pipeline.depth("cpu") == 1  # one released (FAIRWAY_JOBS_DISPATCH_PER_TENANT)
     assert job_records.unfinished(pipeline.db, job_records.USER, "alice") == 3
 
 

@@ -1,0 +1,186 @@
+"""Fair dispatch: release each tenant's waiting jobs into the ``cpu`` queue, at most
+``FAIRWAY_JOBS_DISPATCH_PER_TENANT`` of a tenant's at a time.
+
+The records and their states are :mod:`fairway.storage.job_dispatch`; this module
+publishes. :func:`fill` releases a tenant's oldest waiting jobs while it has a free
+dispatch slot; the web app calls it on each submission, and every Celery worker runs a
+:class:`Dispatcher` thread in its main process that calls it when a job of the tenant
+ends (woken by the worker's request hooks, so no pool process does it) and sweeps every
+``FAIRWAY_JOBS_DISPATCH_INTERVAL_S``: slots and releases left half-done by a crash, then
+every tenant with waiting jobs. Imports Celery, never Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+import tasks.job_metrics as job_metrics
+from fairway.kernel.settings import Settings
+from fairway.storage import job_dispatch, job_records
+from tasks.base import ENDED_HOOKS, EXPORT_TASK, REPORT_TASK, worker_database
+
+log = logging.getLogger("fairway.jobs.dispatch")
+
+TASKS = {job_records.REPORT: REPORT_TASK, job_records.EXPORT: EXPORT_TASK}
+ERROR_PAUSE_S = 1.0  # after a failed pass (database or broker down), before the next
+
+
+def publish(app: Celery, job: dict[str, Any]) -> None:
+    """Send a claimed job's task with its release number (waits for the confirm)."""
+    kwargs = {
+        "tenant": job["tenant"],
+        "user": job["user"],
+        "params": job["params"],
+        "release": int(job["release"]),
+    }
+    app.send_task(TASKS[job["kind"]], kwargs=kwargs, task_id=job["_id"])
+
+
+def release(app: Celery, db: Any, job: dict[str, Any]) -> None:
+    """Publish a claimed job and mark it published; if the publish fails, the job waits
+    again (its slot freed) and the error propagates."""
+    try:
+        publish(app, job)
+    except Exception:
+        if job_dispatch.unclaim(db, job):
+            raise
+        # A worker started it: the publish got through after all.
+    job_dispatch.mark_published(db, job)
+    job_metrics.RELEASED.labels(job["tenant"]).inc()
+    created = job["created"] if job["created"].tzinfo else job["created"].replace(tzinfo=UTC)
+    job_metrics.WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
+
+
+def fill(app: Celery, db: Any, tenant: str, settings: Settings) -> int:
+    """Release ``tenant``'s oldest waiting jobs while it has a free dispatch slot; how
+    many were released. A failed publish stops it (the job waits again) and raises."""
+    released = 0
+    while True:
+        job = job_dispatch.claim_next(
+            db, tenant, settings.jobs_dispatch_per_tenant, settings.job_ttl_s
+        )
+        if job is None:
+            return released
+        release(app, db, job)
+        released += 1
+
+
+def sweep(app: Celery, db: Any, settings: Settings) -> dict[str, int]:
+    """Redo what crashes left half-done, then give every tenant with waiting jobs its
+    turn (oldest waiting first); set the waiting gauges. Returns what it did."""
+    done = {"slots": job_dispatch.reclaim_slots(db, settings.job_ttl_s), "releases": 0}
+    job_metrics.RECOVERED.labels("slot").inc(done["slots"])
+    for stale in job_dispatch.stale_releases(db):
+        again = job_dispatch.reclaim(db, stale)
+        if again is None:
+            continue  # a worker started it after all, or another dispatcher took it
+        log.warning("job released again", extra={"job": again["_id"], "release": again["release"]})
+        job_metrics.RECOVERED.labels("release").inc()
+        release(app, db, again)
+        done["releases"] += 1
+    waiting = job_dispatch.waiting(db)
+    now = datetime.now(UTC)
+    for tenant, (_n, _oldest) in sorted(waiting.items(), key=lambda item: item[1][1]):
+        released = fill(app, db, tenant, settings)
+        n, oldest = waiting[tenant]
+        waiting[tenant] = (n - released, oldest)
+    _set_gauges(waiting, now)
+    return done
+
+
+_gauged: set[str] = set()
+
+
+def _set_gauges(waiting: dict[str, tuple[int, datetime]], now: datetime) -> None:
+    for tenant in _gauged - set(waiting):  # labels only for tenants with waiting jobs
+        job_metrics.WAITING.remove(tenant)
+        job_metrics.OLDEST_WAIT.remove(tenant)
+    for tenant, (n, oldest) in waiting.items():
+        job_metrics.WAITING.labels(tenant).set(n)
+        job_metrics.OLDEST_WAIT.labels(tenant).set((now - oldest).total_seconds())
+    _gauged.clear()
+    _gauged.update(waiting)
+
+
+class Dispatcher:
+    """The worker main process's dispatch thread: fills a tenant's slots when one of its
+    jobs ends, and sweeps every ``jobs_dispatch_interval_s``."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.settings: Settings = app.fairway_settings
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._tenants: set[str] = set()
+        self._sweep_now = False
+        self._thread = threading.Thread(target=self._run, name="fairway-dispatch", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (once the worker consumes)."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (worker shutdown)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def job_ended(self, tenant: str | None, revoked: bool = False) -> None:
+        """A job's delivery ended (any outcome): fill its tenant's slots soon. A revoked
+        job never ran to free its slots: sweep now, which takes them back."""
+        with self._lock:
+            if tenant:
+                self._tenants.add(tenant)
+            self._sweep_now = self._sweep_now or revoked
+        self._wake.set()
+
+    def _run(self) -> None:
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_sweep - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                tenants, self._tenants = self._tenants, set()
+                if self._sweep_now:
+                    next_sweep, self._sweep_now = 0.0, False
+            try:
+                db = worker_database(self.app)
+                for tenant in sorted(tenants):
+                    fill(self.app, db, tenant, self.settings)
+                if time.monotonic() >= next_sweep:
+                    sweep(self.app, db, self.settings)
+                    next_sweep = time.monotonic() + self.settings.jobs_dispatch_interval_s
+            except Exception as exc:  # the database or the broker is away: try again soon
+                log.warning("dispatch pass failed", extra={"error": repr(exc)})
+                next_sweep = min(next_sweep, time.monotonic() + ERROR_PAUSE_S)
+                self._stop.wait(ERROR_PAUSE_S)
+
+
+_running: dict[str, Dispatcher] = {}
+
+
+def start(app: Celery) -> None:
+    """Start this worker's dispatcher and hook it to job ends (``worker_ready``)."""
+    if "dispatcher" in _running:
+        return
+    dispatcher = Dispatcher(app)
+    _running["dispatcher"] = dispatcher
+    ENDED_HOOKS.append(dispatcher.job_ended)
+    dispatcher.start()
+
+
+def stop() -> None:
+    """Stop this worker's dispatcher (``worker_shutdown``)."""
+    dispatcher = _running.pop("dispatcher", None)
+    if dispatcher is not None:
+        ENDED_HOOKS.remove(dispatcher.job_ended)
+        dispatcher.stop()

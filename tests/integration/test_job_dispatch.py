@@ -1,0 +1,289 @@
+"""Fair dispatch of jobs between tenants against the real broker, FerretDB and Celery
+workers: a quiet tenant's job is not queued behind a hostile tenant's quota of jobs, a
+worker killed mid-job releases the tenant's next job exactly once, and a release cut
+short by a crash at each step is redone exactly once (issue 10, the job flood)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from prometheus_client import REGISTRY
+
+from fairway.devtools import celery_workers as worker
+from fairway.devtools.processes import free_port, wait_for
+from fairway.domain.job_params import parse_report
+from fairway.storage import accounts, job_dispatch, job_records, registry
+from tasks import dispatch
+from tasks.celery_app import make_celery
+from tests.harness import Pipeline, scrape_metric
+from tests.integration.crashing_worker import SLOW_DEVICE
+from tests.integration.test_jobs_api import token, wait_job
+from tests.integration.test_tasks import START, insert_readings
+from web import create_app
+
+PASSWORD = "correct horse battery"
+T0 = START.timestamp()
+REPORT = {"from": T0, "to": T0 + 3600, "bucket": 600}
+WAITING = {"dispatch": job_records.WAITING}
+
+
+@pytest.fixture
+def app(pipeline: Pipeline) -> Iterator[Flask]:
+    """The web app: tenants acme (quiet) and other (hostile), their devices and users."""
+    db = pipeline.db
+    for tenant in ("acme", "other", "third", "fourth"):
+        registry.create_tenant(db, tenant, 1, 1000)
+        registry.register_device(db, tenant, f"{tenant}-1")
+    registry.register_device(db, "other", SLOW_DEVICE)  # device ids are global
+    for user, role, tenant in (("alice", "admin", "acme"), ("mallory", "viewer", "other")):
+        accounts.create_user(db, user, PASSWORD, role, tenant)
+    times = [START + timedelta(seconds=60 * i) for i in range(60)]
+    for tenant in ("acme", "other", "third", "fourth"):
+        insert_readings(db, tenant, f"{tenant}-1", times, [{"t": 1.0}] * 60)
+    insert_readings(db, "other", SLOW_DEVICE, times[:3], [{"t": 2.0}] * 3)
+    flask_app = create_app({"FAIRWAY_SETTINGS": pipeline.settings, "TESTING": True})
+    yield flask_app
+    celery = flask_app.extensions.get("fairway_celery")
+    if celery is not None:
+        celery.close()
+    flask_app.extensions["fairway_db"].client.close()
+
+
+def start_worker(pipeline: Pipeline, name: str, **overrides: Any) -> Any:
+    """A worker of the test app (slow device, crash device) with a metrics port."""
+    settings = type(pipeline.settings).from_env(
+        pipeline.settings.environ(), metrics_port=free_port(), **overrides
+    )
+    proc = worker.start(
+        settings, pipeline.workdir / f"{name}.log", app="tests.integration.crashing_worker"
+    )
+    proc.metrics_port = settings.metrics_port  # type: ignore[attr-defined]
+    return proc
+
+
+def done_at(pipeline: Pipeline, job_id: str) -> datetime:
+    """When Celery stored the job's outcome."""
+    meta = pipeline.db[job_records.TASKMETA].find_one({"_id": job_id})
+    assert meta is not None and meta["status"] == "SUCCESS", meta
+    return meta["date_done"]
+
+
+def released(tenant: str) -> float:
+    """``fairway_jobs_released_total{tenant}`` of this process (the web app's releases)."""
+    return REGISTRY.get_sample_value("fairway_jobs_released_total", {"tenant": tenant}) or 0.0
+
+
+@pytest.mark.settings(jobs_max_per_user=4, jobs_dispatch_interval_s=0.5)
+def test_a_quiet_tenants_job_is_not_queued_behind_a_hostile_tenants_quota(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    client = app.test_client()
+    alice, mallory = token(pipeline, "alice"), token(pipeline, "mallory")
+    slow = {**REPORT, "device": SLOW_DEVICE}
+    web_released = released("other")
+    proc = start_worker(pipeline, "fair")
+    try:
+        # The hostile viewer fills its quota with slow jobs (one worker process, each
+        # job SLOW_S long); one of them is released, the others wait in the database.
+        hostile = [client.post("/api/reports", json=slow, headers=mallory) for _ in range(4)]
+        assert [h.status_code for h in hostile] == [202] * 4
+        over = client.post("/api/reports", json=slow, headers=mallory)
+        assert over.status_code == 429  # the quota still holds
+        assert released("other") - web_released == 1
+        db = pipeline.db
+        ids = [h.get_json()["job"] for h in hostile]
+        waiting = [job_records.get_job(db, i)["dispatch"] for i in ids[1:]]  # type: ignore[index]
+        assert waiting == ["waiting"] * 3, waiting
+        quiet = client.post("/api/reports", json=REPORT, headers=alice)
+        assert quiet.status_code == 202
+        assert wait_job(client, quiet.get_json()["url"], alice)["state"] == "SUCCESS"
+        for h in hostile:
+            assert wait_job(client, h.get_json()["url"], mallory)["state"] == "SUCCESS"
+        quiet_done = done_at(pipeline, quiet.get_json()["job"])
+        hostile_done = sorted(done_at(pipeline, i) for i in ids)
+        # Only the hostile job running (or queued) when it came finishes first: the
+        # next hostile one was released after that one ended, behind it.
+        assert quiet_done < hostile_done[1], (quiet_done, hostile_done)
+        # Every hostile job was released once: the first by the web app, the others by
+        # the worker's dispatcher as the one before ended.
+        for job_id in ids:
+            record = job_records.get_job(db, job_id)
+            assert record is not None, job_id
+            assert (record["release"], record.get("deliveries")) == (1, 1), record
+        assert scrape_metric(proc.metrics_port, "fairway_jobs_released_total", tenant="other") == 3
+        assert job_records.unfinished(db, job_dispatch.DISPATCH, "other") == 0
+        assert job_records.unfinished(db, job_records.TENANT, "other") == 0
+    finally:
+        worker.stop(proc)
+
+
+@pytest.mark.settings(jobs_dispatch_interval_s=0.5)
+def test_a_worker_killed_mid_job_releases_the_next_job_exactly_once(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    client, mallory = app.test_client(), token(pipeline, "mallory")
+    db = pipeline.db
+    first = start_worker(pipeline, "killed")
+    try:
+        slow = client.post("/api/reports", json={**REPORT, "device": SLOW_DEVICE}, headers=mallory)
+        after = client.post("/api/reports", json=REPORT, headers=mallory)
+        assert slow.status_code == after.status_code == 202
+        slow_id, after_id = slow.get_json()["job"], after.get_json()["job"]
+        wait_for(
+            lambda: (job_records.get_job(db, slow_id) or {}).get("deliveries") == 1,
+            30,
+            "the slow job running",
+            interval=0.1,
+        )
+    finally:
+        worker.kill(first)  # the whole worker, mid-job (kill -9 of its process group)
+    # The killed job still holds the tenant's turn: nothing released the next one.
+    record = job_records.get_job(db, after_id)
+    assert record is not None and record["dispatch"] == "waiting" and record["release"] == 0
+    second = start_worker(pipeline, "second")
+    try:
+        assert wait_job(client, slow.get_json()["url"], mallory)["state"] == "SUCCESS"
+        assert wait_job(client, after.get_json()["url"], mallory)["state"] == "SUCCESS"
+        slow_record = job_records.get_job(db, slow_id)
+        after_record = job_records.get_job(db, after_id)
+        assert slow_record is not None and after_record is not None
+        assert slow_record["deliveries"] == 2  # redelivered after the kill, ran again
+        assert after_record["release"] == 1 and after_record["deliveries"] == 1
+        assert (
+            scrape_metric(second.metrics_port, "fairway_jobs_released_total", tenant="other") == 1
+        )
+        assert done_at(pipeline, slow_id) < done_at(pipeline, after_id)
+        wait_for(
+            lambda: job_records.unfinished(db, job_dispatch.DISPATCH, "other") == 0,
+            10,
+            "the dispatch slot freed",
+            interval=0.2,
+        )
+        assert pipeline.depth("cpu") == 0
+    finally:
+        worker.stop(second)
+
+
+def _waiting_job(pipeline: Pipeline, tenant: str) -> str:
+    job_id = str(uuid.uuid4())
+    params = parse_report(dict(REPORT), pipeline.settings).to_json()
+    job_records.create_job(
+        pipeline.db, job_id, tenant, "alice", job_records.REPORT, params, job_records.WAITING
+    )
+    return job_id
+
+
+def _backdate(pipeline: Pipeline, job_id: str) -> None:
+    past = datetime.now(UTC) - job_dispatch.RELEASE_GRACE - timedelta(seconds=5)
+    db = pipeline.db
+    db[job_records.SLOTS].update_many({"job": job_id}, {"$set": {"created": past}})
+    db[job_records.SLOTS].update_many(
+        {"job": job_id, "claimed_at": {"$exists": True}}, {"$set": {"claimed_at": past}}
+    )
+
+
+@pytest.mark.settings(jobs_dispatch_interval_s=0.5)
+def test_a_release_cut_short_by_a_crash_is_redone_exactly_once(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    db, settings = pipeline.db, pipeline.settings
+    celery = make_celery(settings)
+    try:
+        # acme: claimed, then the dispatcher died before publishing.
+        unsent = _waiting_job(pipeline, "acme")
+        claimed = job_dispatch.claim_next(db, "acme", 1, settings.job_ttl_s)
+        assert claimed is not None and claimed["_id"] == unsent and claimed["release"] == 1
+        # other: claimed and published, then it died before marking it released.
+        sent = _waiting_job(pipeline, "other")
+        claimed = job_dispatch.claim_next(db, "other", 1, settings.job_ttl_s)
+        assert claimed is not None and claimed["_id"] == sent
+        dispatch.publish(celery, claimed)
+        # third: a dispatch slot taken, then it died before claiming the job.
+        unclaimed = _waiting_job(pipeline, "third")
+        slot = job_records.take_slot(
+            db, unclaimed, job_dispatch.DISPATCH, "third", 1, settings.job_ttl_s
+        )
+        assert slot is not None
+        # fourth: claimed (release 1), then it died before writing the record.
+        orphan = _waiting_job(pipeline, "fourth")
+        db[job_records.RELEASES].insert_one(
+            {
+                "_id": f"claim:{orphan}:1",
+                "job": orphan,
+                "n": 1,
+                "kind": "release",
+                "at": datetime.now(UTC),
+            }
+        )
+        # Within the grace nothing is redone: a publish may still be under way.
+        assert job_dispatch.stale_releases(db) == []
+        assert dispatch.sweep(celery, db, settings) == {"slots": 0, "releases": 0}
+        assert job_records.get_job(db, unclaimed)["dispatch"] == "waiting"  # type: ignore[index]
+        assert job_records.get_job(db, orphan)["dispatch"] == "waiting"  # type: ignore[index]
+        assert job_records.unfinished(db, job_dispatch.DISPATCH, "fourth") == 0
+        for job_id in (unsent, sent, unclaimed):
+            _backdate(pipeline, job_id)
+        past = datetime.now(UTC) - job_dispatch.RELEASE_GRACE - timedelta(seconds=5)
+        db[job_records.RELEASES].update_one({"_id": f"claim:{orphan}:1"}, {"$set": {"at": past}})
+    finally:
+        celery.close()
+    proc = start_worker(pipeline, "sweeper")
+    try:
+        for job_id in (unsent, sent, unclaimed, orphan):
+            wait_for(lambda j=job_id: _succeeded(pipeline, j), 60, f"{job_id} done", interval=0.2)
+        records = {j: job_records.get_job(db, j) for j in (unsent, sent, unclaimed, orphan)}
+        # Released again under a new number; the message of the first release (sent)
+        # was ignored by the worker: each job ran once.
+        assert records[unsent]["release"] == 2 and records[unsent]["deliveries"] == 1  # type: ignore[index]
+        assert records[sent]["release"] == 2 and records[sent]["deliveries"] == 1  # type: ignore[index]
+        assert records[unclaimed]["release"] == 1 and records[unclaimed]["deliveries"] == 1  # type: ignore[index]
+        assert records[orphan]["release"] == 2 and records[orphan]["deliveries"] == 1  # type: ignore[index]
+        port = proc.metrics_port
+        assert scrape_metric(port, "fairway_jobs_dispatch_recovered_total", what="release") == 2
+        assert scrape_metric(port, "fairway_jobs_dispatch_recovered_total", what="slot") == 1
+        wait_for(lambda: pipeline.depth("cpu") == 0, 10, "the stale message acked", interval=0.2)
+        assert db[job_records.SLOTS].count_documents({}) == 0
+    finally:
+        worker.stop(proc)
+
+
+def _succeeded(pipeline: Pipeline, job_id: str) -> bool:
+    meta = pipeline.db[job_records.TASKMETA].find_one({"_id": job_id})
+    return meta is not None and meta["status"] == "SUCCESS"
+
+
+@pytest.mark.settings(jobs_dispatch_per_tenant=2)
+def test_parallel_dispatchers_release_at_most_the_tenants_share(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    db, settings = pipeline.db, pipeline.settings
+    for _ in range(6):
+        _waiting_job(pipeline, "acme")
+    claims: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def claim() -> None:
+        start.wait()
+        job = job_dispatch.claim_next(db, "acme", 2, settings.job_ttl_s)
+        if job is not None:
+            with lock:
+                claims.append(job["_id"])
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(claims) == len(set(claims)) == 2, claims
+    assert job_records.unfinished(db, job_dispatch.DISPATCH, "acme") == 2
+    assert db[job_records.JOBS].count_documents(WAITING) == 4
+    # The two oldest were claimed (the tenant's jobs go in submission order).
+    oldest = [d["_id"] for d in db[job_records.JOBS].find({}).sort("created", 1).limit(2)]
+    assert sorted(claims) == sorted(oldest)
