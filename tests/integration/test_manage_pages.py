@@ -77,7 +77,7 @@ def test_viewers_get_no_management_page_nor_link(clients: dict[str, FlaskClient]
         assert answer.status_code == 403
         text = answer.get_data(as_text=True)
         assert 'id="forbidden"' in text
-        assert "<form id=" not in text and "<button type=\"button\"" not in text
+        assert "<form id=" not in text and '<button type="button"' not in text
         assert "manage-page.js" not in text
     nav = viewer.get("/").get_data(as_text=True)
     assert 'href="/registry"' not in nav and 'href="/users"' not in nav
