@@ -177,7 +177,7 @@
     async function change(row, user, patch) {
       try {
         fillRow(row, await F.api("PATCH", `/api/users/${enc(user)}`, patch));
-        note.textContent = `${user}: ${Object.entries(patch).map(([k, v]) => `${k} ${v}`).join(", ")}`;
+        note.textContent = `${user}: ` + ("role" in patch ? `now ${patch.role}` : patch.enabled ? "enabled" : "disabled");
       } catch (e) {
         note.textContent = `${user}: ${e.message}`;
         await load();
