@@ -23,13 +23,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from fairway.devtools.processes import free_port
 from fairway.storage import accounts, registry
 from tests.harness import Pipeline
-from tests.integration.test_browser import (  # noqa: F401 (browser is a fixture)
-    ARTIFACTS,
-    PASSWORD,
-    _log_in,
-    _rows,
-    browser,
-)
+from tests.integration import test_browser as shared
+from tests.integration.test_browser import ARTIFACTS, PASSWORD, _log_in, _rows
+
+browser = shared.browser  # headless Chromium, the fixture of the other browser tests
 
 
 def _run_snippet(code: str) -> None:
