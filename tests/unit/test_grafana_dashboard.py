@@ -126,7 +126,7 @@ def test_every_metric_the_dashboard_queries_exists() -> None:
         "rabbitmq_alarms_memory_used_watermark",
     ):
         assert name in queried, name
-    assert EXTERNAL <= queried, EXTERNAL - queried  # no stale allowance
+    assert queried >= EXTERNAL, EXTERNAL - queried  # no stale allowance
 
 
 def test_the_jobs_the_dashboard_names_are_scraped() -> None:
@@ -140,7 +140,7 @@ def test_the_jobs_the_dashboard_names_are_scraped() -> None:
 
 def test_the_checker_finds_names_and_refuses_unknown_ones() -> None:
     expr = (
-        'histogram_quantile(0.99, sum by (tenant, le) (rate(fairway_scheduler_lag_seconds_bucket'
+        "histogram_quantile(0.99, sum by (tenant, le) (rate(fairway_scheduler_lag_seconds_bucket"
         '{tenant=~"a|b"}[$__rate_interval]))) / ignoring (tenant) group_left '
         "sum(fairway_nonexistent_total) > bool 0"
     )
