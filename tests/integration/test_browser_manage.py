@@ -127,9 +127,11 @@ def test_register_a_device_in_the_ui_then_it_publishes_with_the_snippets(
     assert _rows(browser, "#devices tbody tr")["device-probe-1"][2] == "online"
     browser.save_screenshot(str(ARTIFACTS / "registry-device-online.png"))
 
-    # Disable, then enable, from the registry page.
+    # Disable, then enable, from the registry page, reached from the device's page.
     port = pipeline.settings.web_port
-    browser.get(f"{web}/registry")
+    browser.get(f"{web}/devices/probe-1")
+    wait.until(lambda b: b.find_elements(By.ID, "manage-link")).pop().click()
+    wait.until(lambda b: b.current_url.endswith("/registry?device=probe-1"))
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#reg-probe-1 [data-action=disable]"))
     _click(browser, "reg-probe-1", "disable")
     wait.until(lambda b: _rows(b, "#registry tbody tr")["reg-probe-1"][2] == "disabled")
@@ -222,5 +224,6 @@ def test_users_and_roles_in_the_ui_and_a_viewer_sees_no_control(
     browser.save_screenshot(str(ARTIFACTS / "registry-viewer.png"))
     browser.get(f"{web}/devices/boiler-1")
     wait.until(lambda b: b.find_element(By.ID, "state").text in ("online", "offline"))
+    assert not browser.find_elements(By.ID, "manage-link")
     buttons = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "main button")]
     assert not [b for b in buttons if b.split()[:1] in (["Disable"], ["Enable"], ["Rotate"])]

@@ -131,6 +131,8 @@
       note.textContent = `${shown.length} of ${devices.length} device${devices.length === 1 ? "" : "s"}`;
     }
 
+    // Linked from a device page: /registry?device=<id> shows that device.
+    $("#filter-device").value = new URLSearchParams(location.search).get("device") || "";
     $("#registry-filter").addEventListener("submit", (e) => {
       e.preventDefault();
       load().catch((err) => { note.textContent = err.message; });
