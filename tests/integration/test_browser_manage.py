@@ -4,8 +4,11 @@ snippets the page shows publish over AMQP and MQTT as they are, and the device s
 online; disable, enable and rotate from the UI; users and roles; a viewer sees no
 management control.
 
-The broker asks the web app on port 8080 about device logins: run under
-``flock /tmp/fairway-web-8080.lock``."""
+Device logins are decided by the web app, which the broker asks over HTTP. The shared
+broker asks port 8080, which other test runs share; the registration test starts a
+RabbitMQ node of its own (``scripts/services.sh start-rabbitmq`` in its own directory,
+with its own name and ports) that asks this test's web app, so it needs neither port 8080
+nor its lock."""
 
 from __future__ import annotations
 
@@ -15,18 +18,49 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fairway.devtools.processes import free_port
+from fairway.kernel.settings import Settings
 from fairway.storage import accounts, registry
-from tests.harness import Pipeline
+from tests.harness import LocalNode, Pipeline
 from tests.integration import test_browser as shared
+from tests.integration.conftest import TEST_SECRET_KEY, TEST_SETTINGS
 from tests.integration.test_browser import ARTIFACTS, PASSWORD, _log_in, _rows
 
 browser = shared.browser  # headless Chromium, the fixture of the other browser tests
+
+
+@pytest.fixture
+def own_broker(base_settings: Settings, tmp_path: Path) -> Iterator[tuple[Pipeline, LocalNode]]:
+    """A pipeline on a RabbitMQ node of this test's own, whose HTTP auth backend is this
+    pipeline's web app (a free port): devices log in through it alone."""
+    web_port = free_port()
+    node = LocalNode(tmp_path / "rabbitmq")
+    node.env["FAIRWAY_BROKER_AUTH_URL"] = f"http://127.0.0.1:{web_port}/broker"
+    with node:
+        base = Settings.from_env(
+            base_settings.environ(), amqp_url=node.amqp_url(), rabbitmq_mgmt_url=node.mgmt_url
+        )
+        pipeline = Pipeline(
+            base,
+            tmp_path,
+            mgmt_url=node.mgmt_url,
+            **TEST_SETTINGS,
+            secret_key=base_settings.secret_key or TEST_SECRET_KEY,
+            web_port=web_port,
+            gateway_port=free_port(),
+            # The snippets name where devices connect: this node's MQTT port.
+            device_mqtt_url=f"mqtt://127.0.0.1:{node.base + 2}",
+        )
+        with pipeline:
+            yield pipeline, node
 
 
 def _run_snippet(code: str) -> None:
@@ -73,10 +107,9 @@ def _click(chrome: webdriver.Chrome, row: str, action: str) -> None:
 
 
 def test_register_a_device_in_the_ui_then_it_publishes_with_the_snippets(
-    pipeline: Pipeline, browser: webdriver.Chrome
+    own_broker: tuple[Pipeline, LocalNode], browser: webdriver.Chrome
 ) -> None:
-    # The web app keeps port 8080: the broker's HTTP auth backend asks it about devices.
-    pipeline.settings = dataclasses.replace(pipeline.settings, gateway_port=free_port())
+    pipeline, node = own_broker
     pipeline.tenant("acme")
     accounts.create_user(pipeline.db, "ada", PASSWORD, accounts.ADMIN, "acme")
     for role in ("relay", "scheduler", "monitor", "gateway", "web"):
@@ -98,7 +131,8 @@ def test_register_a_device_in_the_ui_then_it_publishes_with_the_snippets(
     assert shown["Tenant"] == "acme" and shown["User name (AMQP)"] == "probe-1"
     assert len(password) >= 24
     vhost = urllib.parse.quote(pipeline.name, safe="")
-    assert shown["AMQP URL"] == f"amqp://probe-1:{password}@127.0.0.1:5672/{vhost}"
+    assert shown["AMQP URL"] == f"amqp://probe-1:{password}@127.0.0.1:{node.base}/{vhost}"
+    assert shown["MQTT broker"] == f"mqtt://127.0.0.1:{node.base + 2}"
     assert shown["MQTT user name"] == f"{pipeline.name}:probe-1"
     assert password in shown["snippet-mosquitto"]
     wait.until(lambda b: "probe-1" in _rows(b, "#registry tbody tr").get("reg-probe-1", [""])[0])
