@@ -226,10 +226,12 @@ def test_users_and_roles_in_the_ui_and_a_viewer_sees_no_control(
     # A role change applies through the API at once; back to viewer for what follows.
     select = browser.find_element(By.CSS_SELECTOR, "#user-vic select")
     select.find_element(By.CSS_SELECTOR, "option[value=admin]").click()
-    wait.until(lambda b: (accounts.user_document(pipeline.db, "vic") or {})["role"] == "admin")
+    wait.until(lambda b: b.find_element(By.ID, "users-note").text == "vic: now admin")
+    assert (accounts.user_document(pipeline.db, "vic") or {})["role"] == "admin"
     select = browser.find_element(By.CSS_SELECTOR, "#user-vic select")
     select.find_element(By.CSS_SELECTOR, "option[value=viewer]").click()
-    wait.until(lambda b: (accounts.user_document(pipeline.db, "vic") or {})["role"] == "viewer")
+    wait.until(lambda b: b.find_element(By.ID, "users-note").text == "vic: now viewer")
+    assert (accounts.user_document(pipeline.db, "vic") or {})["role"] == "viewer"
     browser.find_element(By.CSS_SELECTOR, "#user-vic button[data-action=disable]").click()
     wait.until(lambda b: _rows(b, "#users tbody tr")["user-vic"][3] == "disabled")
     assert (accounts.user_document(pipeline.db, "vic") or {})["enabled"] is False
