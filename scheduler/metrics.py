@@ -42,6 +42,13 @@ SCHED_BACKLOG = Gauge(
 )
 
 
+SCHED_WEIGHT = Gauge(
+    "fairway_scheduler_weight",
+    "The tenant's weight in the DRR, as this scheduler last read it (Grafana's weight share)",
+    ["tenant"],
+)
+
+
 SCHED_PREFETCH = Gauge(
     "fairway_scheduler_prefetch", "Prefetch granted to the tenant's channel", ["tenant"]
 )

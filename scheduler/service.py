@@ -133,6 +133,7 @@ class Scheduler(AmqpService):
         for tenant in tenants:
             self.known[tenant.id] = tenant
             self.drr.set_weight(tenant.id, tenant.weight)
+            metrics.SCHED_WEIGHT.labels(tenant.id).set(tenant.weight)
             if tenant.id not in self.tenant_channels and self._connected and not self.stopping:
                 self._open(tenant)
 

@@ -27,6 +27,7 @@ from web import (
     errors,
     health,
     jobs,
+    manage,
     pages,
     tenant_stats,
 )
@@ -63,6 +64,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         jobs.bp,
         api_docs.bp,
         pages.bp,
+        manage.bp,
     ):
         app.register_blueprint(blueprint)
     headers = security_headers(settings)

@@ -406,6 +406,11 @@ class Settings:
     scheduler_metrics_urls: str = setting(
         "", WEB, UrlList(("http", "https"), optional=True, same_path=False)
     )
+    # Where devices connect, shown with new credentials (the device registry page's
+    # snippets); empty: FAIRWAY_AMQP_URL's first address without its credentials, and
+    # MQTT on that host, port 1883.
+    device_amqp_url: str = setting("", WEB, Url(("amqp", "amqps"), optional=True))
+    device_mqtt_url: str = setting("", WEB, Url(("mqtt", "mqtts"), optional=True))
     api_page_max: int = setting(1000, WEB, AT_LEAST_1)  # largest page of any list endpoint
     # Reverse proxies in front of the web app (nginx: 1): their X-Forwarded-For/-Proto
     # are trusted that many hops deep, so throttling sees the client's address.

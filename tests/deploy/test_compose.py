@@ -22,6 +22,7 @@ from tests.deploy.tools import ROOT, run
 
 CHECKER_SRC = ROOT / "deploy" / "compose-check"
 INFRA = {"rabbitmq", "mongodb"}
+MONITORING = {"prometheus", "grafana"}  # need no Fairway topology: they wait on nothing else
 ONE_SHOT = {"declare", "bootstrap"}
 
 
@@ -150,7 +151,7 @@ def test_start_order_follows_health(project: dict[str, Any]) -> None:
         "mongodb": "service_healthy",
     }
     for name, service in services.items():
-        if name in INFRA or name == "declare":
+        if name in INFRA | MONITORING or name == "declare":
             continue
         assert service["depends_on"]["declare"]["condition"] == "service_completed_successfully", (
             name
@@ -254,3 +255,54 @@ def test_the_broker_certificate_is_mounted_where_its_configuration_reads_it(
     ):
         assert conf[f"ssl_options.{key}"] == f"/etc/rabbitmq/tls/{name}", key
     assert "deploy/tls/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_prometheus_scrapes_every_process_and_grafana_reads_it(project: dict[str, Any]) -> None:
+    """Every service serving FAIRWAY_METRICS_PORT is a Prometheus target by its compose
+    name; the configuration and the dashboard are mounted where the images read them."""
+    import yaml
+
+    services = project["services"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets: set[str] = set()
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["port"] == 9100, job["job_name"]
+            targets |= set(sd["names"])
+        for static in job.get("static_configs", []):
+            targets |= {t.rsplit(":", 1)[0] for t in static["targets"]}
+    serving = {
+        name
+        for name, s in services.items()
+        if (s.get("environment") or {}).get("FAIRWAY_METRICS_PORT") == "9100"
+        and name not in ONE_SHOT | {"beat", "simulator"}
+    }
+    assert {"relay", "scheduler", "monitor", "archiver", "gateway", "web"} <= serving
+    assert serving <= targets, serving - targets
+    assert targets <= set(services), targets - set(services)
+    queues = next(j for j in config["scrape_configs"] if j["job_name"] == "rabbitmq-queues")
+    assert queues["params"] == {"family": ["queue_coarse_metrics"], "vhost": ["fairway"]}
+
+    mounts = {
+        (name, v["target"]): (v["source"], v.get("read_only"))
+        for name, s in services.items()
+        for v in s.get("volumes", [])
+    }
+    prom = mounts[("prometheus", "/etc/prometheus/prometheus.yml")]
+    assert prom == (str(ROOT / "deploy/prometheus/prometheus.yml"), True)
+    for target, source in (
+        ("/etc/grafana/provisioning", "deploy/grafana/provisioning"),
+        ("/var/lib/grafana/dashboards", "deploy/grafana/dashboards"),
+    ):
+        assert mounts[("grafana", target)] == (str(ROOT / source), True)
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/fairway.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert (source["uid"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    for name in MONITORING:
+        assert all(p.get("host_ip") == "127.0.0.1" for p in services[name]["ports"]), name
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"

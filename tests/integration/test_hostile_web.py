@@ -241,7 +241,15 @@ def test_every_answer_carries_security_headers(pipeline: Pipeline, app: Flask) -
         assert headers["Referrer-Policy"] == "same-origin"
     # No inline script is left for the policy to block.
     client.post("/api/login", json={"user": "alice", "password": PASSWORD})
-    for page in ("/", "/devices/acme-1", "/alerts", "/rejections", "/reports"):
+    for page in (
+        "/",
+        "/devices/acme-1",
+        "/alerts",
+        "/rejections",
+        "/reports",
+        "/registry",
+        "/users",
+    ):
         html = client.get(page).get_data(as_text=True)
         assert "<script>" not in html and " style=" not in html, page
 

@@ -14,7 +14,7 @@ import pytest
 
 from fairway.devtools.processes import wait_for
 from fairway.kernel import topology
-from fairway.storage import accounts
+from fairway.storage import accounts, registry
 from tests.harness import Pipeline
 from tests.integration.test_web_api import Api
 from web import create_app
@@ -161,3 +161,17 @@ def test_refreshes_are_bounded_and_the_broker_unavailable_is_a_503(pipeline: Pip
     answer = Api(broken.test_client(), api.token)("GET", "/api/tenant-stats")
     assert answer.status_code == 503
     assert answer.json["error"] == "stats_unavailable"
+
+
+def test_the_scheduler_exports_each_tenants_weight(pipeline: Pipeline) -> None:
+    """fairway_scheduler_weight{tenant}: Grafana's weight share, following weight changes."""
+    pipeline.tenant("heavy", weight=3)
+    pipeline.tenant("light", weight=1)
+    scheduler = pipeline.start("scheduler")
+
+    def weights() -> dict[str, float]:
+        return scheduler.metric_by("fairway_scheduler_weight", "tenant")
+
+    wait_for(lambda: weights() == {"heavy": 3.0, "light": 1.0}, 10, "weights exported")
+    registry.set_tenant_weight(pipeline.db, "light", 5)
+    wait_for(lambda: weights().get("light") == 5.0, 10, "the new weight exported")
