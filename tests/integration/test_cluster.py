@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,15 @@ def on_cluster(
     cluster: LocalCluster, base_settings: Settings, tmp_path: Path
 ) -> Iterator[Pipeline]:
     """A pipeline (vhost, database) on the cluster, quorum queues, Ansible's policies."""
+    with cluster_pipeline(cluster, base_settings, tmp_path) as pipeline:
+        yield pipeline
+
+
+@contextmanager
+def cluster_pipeline(
+    cluster: LocalCluster, base_settings: Settings, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """:func:`on_cluster` for any cluster (``test_partition`` has one of its own)."""
     settings = Settings.from_env(
         base_settings.environ(),
         amqp_url=cluster.amqp_url(),
