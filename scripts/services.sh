@@ -48,8 +48,10 @@ RABBIT_LAUNCHER_PID_FILE="$RUN_DIR/rabbitmq-launcher.pid"
 RABBIT_TIMEOUT="${FAIRWAY_RABBITMQ_TIMEOUT:-120}"
 # More rabbitmq.conf lines (the cluster's peer discovery); none for the single node.
 RABBIT_EXTRA_CONF=""
-# More emulator flags, and a command prefix for the node (a cluster node in a network namespace).
+# More emulator flags, the address of Erlang distribution, and a command prefix for the node
+# (a cluster node in a network namespace).
 RABBIT_EXTRA_ERL_ARGS=""
+RABBIT_DIST_INTERFACE="{127,0,0,1}"
 RABBIT_EXEC_PREFIX=()
 RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_auth_backend_http,rabbitmq_auth_backend_cache"
 # Devices authenticate against the web app (fairway web); Fairway's own accounts are internal.
@@ -357,7 +359,7 @@ rabbit_env() {
     export RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000))
     export ERL_CRASH_DUMP="$RABBIT_DIR/erl_crash.dump"
     # Erlang distribution and epmd default to all interfaces; keep them local.
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}${RABBIT_EXTRA_ERL_ARGS:+ $RABBIT_EXTRA_ERL_ARGS}"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface $RABBIT_DIST_INTERFACE${RABBIT_EXTRA_ERL_ARGS:+ $RABBIT_EXTRA_ERL_ARGS}"
     export ERL_EPMD_ADDRESS=127.0.0.1
 }
 
@@ -1023,10 +1025,14 @@ ${peers}cluster_partition_handling = pause_minority
 queue_leader_locator = balanced"
     [[ -z "$CLUSTER_NET_TICKTIME" ]] || RABBIT_EXTRA_CONF+=$'\n'"net_ticktime = $CLUSTER_NET_TICKTIME"
     RABBIT_EXTRA_ERL_ARGS=""
+    RABBIT_DIST_INTERFACE="{127,0,0,1}"
     RABBIT_EXEC_PREFIX=()
     if [[ "$n" == "$CLUSTER_NETNS_NODE" ]]; then
         # epmd is the host's, through the cluster link's forwarder: none of its own in there.
+        # Distribution listens on the cluster link itself (the node's start-up check wants
+        # its port free on every address of the namespace: no forwarder may hold it there).
         RABBIT_EXTRA_ERL_ARGS="-start_epmd false"
+        RABBIT_DIST_INTERFACE="{$(netns_addr cluster ns | tr . ,)}"
         RABBIT_EXEC_PREFIX=(ip netns exec "$(netns_name)")
     fi
     mkdir -p "$LOG_DIR"
@@ -1249,8 +1255,9 @@ netns_addr() {
     echo "$net.$((k / 256)).$((k % 256 + end))"
 }
 
-# The host's end of a link (inside the namespace the ends are named cluster and client).
-netns_if() { echo "$(netns_name)${1:0:1}"; }
+# The host's end of a link: <namespace>d (distribution) or <namespace>c (clients); inside the
+# namespace the ends are named cluster and client.
+netns_if() { if [[ "$1" == cluster ]]; then echo "$(netns_name)d"; else echo "$(netns_name)c"; fi; }
 
 netns_link() { ip link set "$(netns_if "$1")" "$2"; }
 
@@ -1322,8 +1329,8 @@ netns_up() {
     c_host="$(netns_addr cluster host)" c_ns="$(netns_addr cluster ns)"
     p_host="$(netns_addr client host)" p_ns="$(netns_addr client ns)"
     cluster_select "$n"
-    # Into the namespace: its distribution port over the cluster link, the rest over the client link.
-    netns_forward ns "$c_ns" "$((AMQP_PORT + 20000))" 127.0.0.1
+    # Into the namespace: its distribution port over the cluster link (it listens there), the
+    # rest over the client link.
     netns_forward host 127.0.0.1 "$((AMQP_PORT + 20000))" "$c_ns"
     for port in "$AMQP_PORT" "$MQTT_PORT" "$MGMT_PORT" "$PROM_PORT"; do
         netns_forward ns "$p_ns" "$port" 127.0.0.1
