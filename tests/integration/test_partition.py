@@ -17,17 +17,23 @@ every confirmed reading stored exactly once, nothing refused, every process aliv
 connected again by itself, and the figures in ``test-artifacts/cluster.json`` under
 ``partition``: when node 3 paused and was back (``paused_s``, ``rejoined_s`` after the cut
 and after the heal), each client's failover (``failover_s``) and each tenant's longest pause
-in storing (``gap_s``).
+in storing (``gap_s``), asserted at most ``GAP_BOUND_S``, and for the quiet tenant at most
+the longest its devices went without a confirm (``unconfirmed_s``) plus ``GAP_SLACK_S``.
 
 The devices publish a nacked reading again (``retry_nacked``): RabbitMQ 3.10 nacks a
 channel's first publish to a quorum queue when it cannot reach the node it asks to
 register the publisher, which a device failing over while the election runs can meet
 (``nacked_then_retried`` in the figures; ``nacked``, readings given up, must stay 0).
 
-Erlang's ``net_ticktime`` decides how long a silent peer takes to count as down: 60 s by
-default (45-75 s), so a partition costs the minority's clients that long. The test runs the
-cluster with ``NET_TICKTIME`` (10 s; the Ansible role's ``rabbitmq_net_ticktime``) to stay
-near a minute: the gap it measures is that detection time plus the failover.
+Erlang's ``net_ticktime`` decides how long a silent peer takes to count as down (0.75 to
+1.25 times it: 45-75 s at the default 60), so a partition costs the minority's clients
+that long. The test runs the cluster with ``NET_TICKTIME`` (10 s; the Ansible role's
+``rabbitmq_net_ticktime``) to stay near a minute: the gap it measures is that detection
+time plus the failover.
+
+Size: about 30 s of publishing at ``FAIRWAY_TEST_PARTITION_RATE`` loud readings/s (300 in
+``make test``: about 9,000 readings; ``FAIRWAY_TEST_PARTITION_RATE=1700 pytest -m cluster
+tests/integration/test_partition.py`` is the issue's 50,000).
 
 Network namespaces need root (``ip netns``, veth) and iproute2 and socat, which
 ``services.sh`` installs when missing; ``CI`` runs as root. Without root the test fails,
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -56,13 +63,17 @@ pytestmark = pytest.mark.cluster
 
 VICTIM = 3  # the node in a network namespace of its own
 NET_TICKTIME = 10  # s: a silent peer counts as down after 10-12.5 s
-RATE = float(os.environ.get("FAIRWAY_TEST_PARTITION_RATE", "500"))  # loud readings/s
+# Loud readings/s, for about 30 s (9,000 readings; 1,700/s: the issue's 50,000).
+RATE = float(os.environ.get("FAIRWAY_TEST_PARTITION_RATE", "300"))
 BEFORE_S = 3.0  # publishing before the cut
-HOLD_S = 5.0  # the partition lasts until node 3 paused, and this long more
-AFTER_S = 3.0  # publishing after node 3 rejoined
-# The longest pause in storing any tenant may see: detection (up to 1.25 x net_ticktime)
-# and the clients' failover.
-GAP_BOUND_S = 1.25 * NET_TICKTIME + tc.GAP_BOUND_S / 2
+HOLD_S = 3.0  # the partition lasts until node 3 paused, and this long more
+AFTER_S = 2.0  # publishing after node 3 rejoined
+# The longest pause in storing any tenant may see: detection (up to 1.25 x net_ticktime),
+# the clients' failover with its nacks, and the backlog the stall left.
+GAP_BOUND_S = 1.25 * NET_TICKTIME + 15.0
+# The quiet tenant's may exceed the time its devices went unconfirmed by this: what they
+# publish again queues behind the backlog the stall left (seconds on this loaded machine).
+GAP_SLACK_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +115,41 @@ def _running(cluster: LocalCluster, via: int) -> list[str]:
     return sorted(n["name"] for n in nodes if n.get("running"))
 
 
+class ConfirmWatch:
+    """Samples each simulator's confirmed count: how long its devices went without a
+    confirm. For devices that fail over that is their failover as they live it: the
+    reconnect and the nacks until their new node reaches the queue's new leader."""
+
+    def __init__(self, run: tc.ClusterRun) -> None:
+        self.run = run
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            counts = {n: s.summary.confirmed for n, s in self.run.simulators.items()}
+            self.samples.append((self.run.now(), counts))
+            time.sleep(tc.SAMPLE_S)
+
+    def longest_pause(self, until: float) -> dict[str, float]:
+        """Per simulator, the longest time without a new confirm before ``until``."""
+        self._stop.set()
+        self._thread.join()
+        out: dict[str, float] = {}
+        for name in self.run.simulators:
+            last_at, last, longest = 0.0, 0, 0.0
+            for at, counts in self.samples:
+                if at > until:
+                    break
+                if counts[name] > last:
+                    longest = max(longest, at - last_at)
+                    last_at, last = at, counts[name]
+            out[name] = round(longest, 2)
+        return out
+
+
 def test_partition_of_the_node_leading_tenant_queues(
     on_cluster: Pipeline, cluster: LocalCluster
 ) -> None:
@@ -119,6 +165,7 @@ def test_partition_of_the_node_leading_tenant_queues(
     assert any(q.startswith(topology.TENANT_QUEUE_PREFIX) for q in led), leaders
 
     run.start()
+    confirms = ConfirmWatch(run)
     time.sleep(BEFORE_S)
     run.mark(f"cut node {VICTIM}")
     cut_at = run.now()
@@ -160,8 +207,11 @@ def test_partition_of_the_node_leading_tenant_queues(
         rejoined_s=round(rejoined_s, 2),
         failover_s=run.failover(cut_at, healed_at),
         nacked_then_retried={n: s.summary.retried for n, s in run.simulators.items()},
+        unconfirmed_s=confirms.longest_pause(until=figures["published_s"]),
     )
     tc._report("partition", figures)
     assert figures["failover_s"], "no client was on the partitioned node"
     assert all(gap <= GAP_BOUND_S for gap in figures["gap_s"].values()), figures
-    assert figures["gap_s"][tc.QUIET] <= figures["slowest_failover_s"] + tc.GAP_SLACK_S, figures
+    # The quiet tenant was served as soon as its devices were confirmed again.
+    quiet_devices = figures["unconfirmed_s"]["quiet"]
+    assert figures["gap_s"][tc.QUIET] <= quiet_devices + GAP_SLACK_S, figures
