@@ -2,7 +2,7 @@
 # Local services for Fairway development and CI: RabbitMQ and a MongoDB-compatible DB.
 #
 # Usage: scripts/services.sh up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo|tls-certs
-#        scripts/services.sh cluster up|down|status|env|kill NODE|stop NODE|start NODE
+#        scripts/services.sh cluster up|down|status|env|kill NODE|stop NODE|start NODE|cut NODE|heal NODE
 #
 # All state (data, logs, pid files, built binaries) lives under .services/
 # (override with FAIRWAY_SERVICES_DIR). Every subcommand is idempotent.
@@ -48,6 +48,11 @@ RABBIT_LAUNCHER_PID_FILE="$RUN_DIR/rabbitmq-launcher.pid"
 RABBIT_TIMEOUT="${FAIRWAY_RABBITMQ_TIMEOUT:-120}"
 # More rabbitmq.conf lines (the cluster's peer discovery); none for the single node.
 RABBIT_EXTRA_CONF=""
+# More emulator flags, the address of Erlang distribution, and a command prefix for the node
+# (a cluster node in a network namespace).
+RABBIT_EXTRA_ERL_ARGS=""
+RABBIT_DIST_INTERFACE="{127,0,0,1}"
+RABBIT_EXEC_PREFIX=()
 RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_auth_backend_http,rabbitmq_auth_backend_cache"
 # Devices authenticate against the web app (fairway web); Fairway's own accounts are internal.
 WEB_AUTH_URL="${FAIRWAY_BROKER_AUTH_URL:-http://127.0.0.1:${FAIRWAY_WEB_PORT:-8080}/broker}"
@@ -354,7 +359,7 @@ rabbit_env() {
     export RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000))
     export ERL_CRASH_DUMP="$RABBIT_DIR/erl_crash.dump"
     # Erlang distribution and epmd default to all interfaces; keep them local.
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface $RABBIT_DIST_INTERFACE${RABBIT_EXTRA_ERL_ARGS:+ $RABBIT_EXTRA_ERL_ARGS}"
     export ERL_EPMD_ADDRESS=127.0.0.1
 }
 
@@ -454,7 +459,12 @@ rabbit_ours_alive() {
 rabbit_boot_check() {
     rabbit_ours_alive || return "$GIVE_UP"
     rabbitmqctl -q await_startup --timeout 10 >/dev/null 2>&1 || return 1
-    tcp_open 127.0.0.1 "$AMQP_PORT" || return 1
+    if ((${#RABBIT_EXEC_PREFIX[@]})); then
+        # In a namespace: the forwarder on the port accepts whether the node listens or not.
+        amqp_answers 127.0.0.1 "$AMQP_PORT" || return 1
+    else
+        tcp_open 127.0.0.1 "$AMQP_PORT" || return 1
+    fi
     if rabbit_tls; then
         tcp_open 127.0.0.1 "$AMQPS_PORT" && tcp_open 127.0.0.1 "$MQTTS_PORT"
     fi
@@ -966,12 +976,26 @@ status_mongo() {
 # Node N (1..3) of FAIRWAY_CLUSTER_NODE_PREFIX [fairway-c] is <prefix>N@localhost, with ports from
 # FAIRWAY_CLUSTER_PORT_BASE [5680]: AMQP base+N, MQTT base+100+N, management base+10000+N,
 # Prometheus base+10100+N, Erlang distribution AMQP+20000 (epmd on 4369 is shared, as it must be).
-# TLS is not offered on the cluster.
+# TLS is not offered on the cluster. FAIRWAY_CLUSTER_NET_TICKTIME [Erlang's 60 s]: the nodes'
+# net_ticktime, how long a silent peer takes to count as down (a partition's detection time).
+#
+# Partitions (`cluster cut N` / `cluster heal N`): with FAIRWAY_CLUSTER_NETNS_NODE=N (root, and
+# iproute2 and socat, installed here if missing), node N runs in a network namespace of its own,
+# fw<base>n<N>, joined to this one by two veth links: a "cluster" link that carries its Erlang
+# distribution and epmd traffic, and a "client" link for AMQP, MQTT, management, Prometheus and
+# its calls to the web app's auth endpoints. socat forwarders on both ends of each link keep the
+# node's names and ports what they would be on 127.0.0.1 (clients still reach it on loopback, so
+# guest may log in). `cut` takes the cluster link down: node N and the others stop hearing from
+# each other, silently, while clients still reach every node - a real partition of one node, which
+# pause_minority resolves by pausing node N. `heal` brings the link back. The links are /30s from
+# 10.213.0.0/16 (cluster) and 10.214.0.0/16 (client), chosen by the port base.
 
 CLUSTER_SIZE=3
 CLUSTER_DIR="$SERVICES_DIR/cluster"
 CLUSTER_PREFIX="${FAIRWAY_CLUSTER_NODE_PREFIX:-fairway-c}"
 CLUSTER_PORT_BASE="${FAIRWAY_CLUSTER_PORT_BASE:-5680}"
+CLUSTER_NETNS_NODE="${FAIRWAY_CLUSTER_NETNS_NODE:-}"
+CLUSTER_NET_TICKTIME="${FAIRWAY_CLUSTER_NET_TICKTIME:-}"
 
 cluster_node_name() { echo "$CLUSTER_PREFIX$1@localhost"; }
 
@@ -999,6 +1023,18 @@ cluster_select() {
 cluster_formation.peer_discovery_backend = classic_config
 ${peers}cluster_partition_handling = pause_minority
 queue_leader_locator = balanced"
+    [[ -z "$CLUSTER_NET_TICKTIME" ]] || RABBIT_EXTRA_CONF+=$'\n'"net_ticktime = $CLUSTER_NET_TICKTIME"
+    RABBIT_EXTRA_ERL_ARGS=""
+    RABBIT_DIST_INTERFACE="{127,0,0,1}"
+    RABBIT_EXEC_PREFIX=()
+    if [[ "$n" == "$CLUSTER_NETNS_NODE" ]]; then
+        # epmd is the host's, through the cluster link's forwarder: none of its own in there.
+        # Distribution listens on the cluster link itself (the node's start-up check wants
+        # its port free on every address of the namespace: no forwarder may hold it there).
+        RABBIT_EXTRA_ERL_ARGS="-start_epmd false"
+        RABBIT_DIST_INTERFACE="{$(netns_addr cluster ns | tr . ,)}"
+        RABBIT_EXEC_PREFIX=(ip netns exec "$(netns_name)")
+    fi
     mkdir -p "$LOG_DIR"
 }
 
@@ -1008,6 +1044,10 @@ cluster_check_port_base() {
         die "FAIRWAY_CLUSTER_PORT_BASE=$CLUSTER_PORT_BASE leaves no room for the cluster's ports"
     [[ "$CLUSTER_PREFIX" =~ ^[A-Za-z0-9_-]+$ ]] ||
         die "FAIRWAY_CLUSTER_NODE_PREFIX must be letters, digits, - or _"
+    [[ -z "$CLUSTER_NETNS_NODE" || "$CLUSTER_NETNS_NODE" =~ ^[1-9]$ && "$CLUSTER_NETNS_NODE" -le "$CLUSTER_SIZE" ]] ||
+        die "FAIRWAY_CLUSTER_NETNS_NODE must be a node number, 1..$CLUSTER_SIZE"
+    [[ -z "$CLUSTER_NET_TICKTIME" || "$CLUSTER_NET_TICKTIME" =~ ^[0-9]+$ && "$CLUSTER_NET_TICKTIME" -ge 1 ]] ||
+        die "FAIRWAY_CLUSTER_NET_TICKTIME must be a whole number of seconds"
     local n
     for ((n = 1; n <= CLUSTER_SIZE; n++)); do
         [[ "$(cluster_node_name "$n")" != "$RABBIT_NODE" ]] ||
@@ -1039,13 +1079,18 @@ cluster_known() { [[ -d "$RABBIT_DIR/mnesia/$RABBIT_NODE" ]]; }
 cluster_spawn() {
     local n="$1"
     cluster_select "$n"
-    tcp_open 127.0.0.1 "$AMQP_PORT" &&
-        die "cluster node $n: port $AMQP_PORT is in use by a process not started by this script; set FAIRWAY_CLUSTER_PORT_BASE"
+    if [[ "$n" == "$CLUSTER_NETNS_NODE" ]]; then
+        netns_up # its own port check
+        cluster_select "$n"
+    else
+        tcp_open 127.0.0.1 "$AMQP_PORT" &&
+            die "cluster node $n: port $AMQP_PORT is in use by a process not started by this script; set FAIRWAY_CLUSTER_PORT_BASE"
+    fi
     install_rabbitmq
     rabbit_env
     write_rabbit_config
-    log "RabbitMQ cluster: starting node $RABBIT_NODE (AMQP 127.0.0.1:$AMQP_PORT)"
-    spawn "$RABBIT_LAUNCHER_PID_FILE" "$LOG_DIR/rabbitmq-server.out" "$(rabbit_sbin)/rabbitmq-server"
+    log "RabbitMQ cluster: starting node $RABBIT_NODE (AMQP 127.0.0.1:$AMQP_PORT${RABBIT_EXEC_PREFIX[*]:+, in network namespace $(netns_name)})"
+    spawn "$RABBIT_LAUNCHER_PID_FILE" "$LOG_DIR/rabbitmq-server.out" "${RABBIT_EXEC_PREFIX[@]}" "$(rabbit_sbin)/rabbitmq-server"
 }
 
 cluster_wait() {
@@ -1077,6 +1122,8 @@ cluster_join_if_alone() {
 
 cluster_up() {
     local n started=()
+    # A whole cluster: a cut link is healed.
+    [[ -z "$CLUSTER_NETNS_NODE" ]] || ! netns_exists || netns_link cluster up
     # Nodes that ran before restart all at once: a node waits for the peer that stopped
     # last before it serves. New nodes start one at a time, each joining those running.
     for ((n = 1; n <= CLUSTER_SIZE; n++)); do
@@ -1170,6 +1217,13 @@ cluster_status() {
             rc=3
         fi
     done
+    if [[ -n "$CLUSTER_NETNS_NODE" ]]; then
+        if netns_exists; then
+            echo "cluster node $CLUSTER_NETNS_NODE: in network namespace $(netns_name), cluster link $(netns_link_state cluster)"
+        else
+            echo "cluster node $CLUSTER_NETNS_NODE: network namespace $(netns_name) not set up"
+        fi
+    fi
     return "$rc"
 }
 
@@ -1186,8 +1240,133 @@ cluster_env() {
     echo "export FAIRWAY_QUEUE_TYPE=quorum"
 }
 
+# ---------------------------------------------------------------- a cluster node in a network namespace
+# (FAIRWAY_CLUSTER_NETNS_NODE; see the cluster section's header.)
+
+netns_name() { echo "fw${CLUSTER_PORT_BASE}n$CLUSTER_NETNS_NODE"; }
+
+netns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$(netns_name)"; }
+
+# netns_addr cluster|client host|ns: that end's address on the link (a /30 per port base).
+netns_addr() {
+    local net=10.213 k=$((CLUSTER_PORT_BASE % 16384 * 4)) end=1
+    [[ "$1" == client ]] && net=10.214
+    [[ "$2" == ns ]] && end=2
+    echo "$net.$((k / 256)).$((k % 256 + end))"
+}
+
+# The host's end of a link: <namespace>d (distribution) or <namespace>c (clients); inside the
+# namespace the ends are named cluster and client.
+netns_if() { if [[ "$1" == cluster ]]; then echo "$(netns_name)d"; else echo "$(netns_name)c"; fi; }
+
+netns_link() { ip link set "$(netns_if "$1")" "$2"; }
+
+netns_link_state() {
+    if ip -o link show "$(netns_if "$1")" 2>/dev/null | grep -q '[<,]UP[,>]'; then echo up; else echo cut; fi
+}
+
+ensure_netns_tools() {
+    command -v ip >/dev/null && command -v socat >/dev/null && command -v ss >/dev/null && return 0
+    as_root true 2>/dev/null || die "FAIRWAY_CLUSTER_NETNS_NODE needs iproute2 and socat and root to install them"
+    command -v apt-get >/dev/null || die "FAIRWAY_CLUSTER_NETNS_NODE needs iproute2 and socat; install them and re-run"
+    log "installing iproute2 and socat with apt-get (one-time)"
+    local apt_log="$LOG_DIR/apt-netns.log"
+    { as_root timeout 900 apt-get update -q &&
+        as_root env DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -q --no-install-recommends iproute2 socat; } >>"$apt_log" 2>&1 ||
+        { show_log_tail "$apt_log"; die "apt-get install iproute2 socat failed (log: $apt_log)"; }
+}
+
+# True when something listens on 127.0.0.1/ADDRESS:PORT (in the namespace with "ns" first).
+netns_listening() {
+    local where=() addr port
+    [[ "$1" == ns ]] && { where=(ip netns exec "$(netns_name)"); shift; }
+    addr="$1" port="$2"
+    [[ -n "$("${where[@]}" ss -Hltn "src $addr:$port" 2>/dev/null)" ]]
+}
+
+# netns_forward host|ns ADDRESS PORT TARGET: a socat relay from ADDRESS:PORT to TARGET:PORT, on
+# that side of the links; forked connections share its process group, ended with it.
+netns_forward() {
+    local side="$1" addr="$2" port="$3" target="$4" where=()
+    local pid_file="$RUN_DIR/cluster-fwd-$side-$addr-$port.pid"
+    [[ "$side" == ns ]] && where=(ip netns exec "$(netns_name)")
+    pid_alive "$(read_pid "$pid_file")" && return 0
+    if [[ "$side" == host ]]; then
+        ! netns_listening "$addr" "$port" ||
+            die "port $addr:$port is in use by a process not started by this script; set FAIRWAY_CLUSTER_PORT_BASE"
+    fi
+    spawn "$pid_file" "$CLUSTER_DIR/netns.log" "${where[@]}" socat \
+        "TCP-LISTEN:$port,bind=$addr,reuseaddr,fork,nodelay,backlog=128" "TCP:$target:$port,nodelay"
+    local _
+    for _ in {1..50}; do
+        if [[ "$side" == ns ]]; then netns_listening ns "$addr" "$port" && return 0; else netns_listening "$addr" "$port" && return 0; fi
+        sleep 0.1
+    done
+    die "socat did not listen on $addr:$port ($side side; see $CLUSTER_DIR/netns.log)"
+}
+
+# The namespace, its two links and every forwarder (idempotent).
+netns_up() {
+    ensure_netns_tools
+    local ns link inner n="$CLUSTER_NETNS_NODE" i port
+    ns="$(netns_name)"
+    if ! netns_exists; then
+        log "RabbitMQ cluster: network namespace $ns for node $(cluster_node_name "$n")"
+        ip netns add "$ns" || die "ip netns add $ns failed (network namespaces need root)"
+        ip -n "$ns" link set lo up
+    fi
+    for link in cluster client; do
+        inner="$link"
+        if ! ip link show "$(netns_if "$link")" >/dev/null 2>&1; then
+            ip link add "$(netns_if "$link")" type veth peer name "$inner" netns "$ns"
+            ip addr add "$(netns_addr "$link" host)/30" dev "$(netns_if "$link")"
+            ip -n "$ns" addr add "$(netns_addr "$link" ns)/30" dev "$inner"
+            ip -n "$ns" link set "$inner" up
+            ip link set "$(netns_if "$link")" up
+        fi
+    done
+    local c_host c_ns p_host p_ns web_host web_port
+    c_host="$(netns_addr cluster host)" c_ns="$(netns_addr cluster ns)"
+    p_host="$(netns_addr client host)" p_ns="$(netns_addr client ns)"
+    cluster_select "$n"
+    # Into the namespace: its distribution port over the cluster link (it listens there), the
+    # rest over the client link.
+    netns_forward host 127.0.0.1 "$((AMQP_PORT + 20000))" "$c_ns"
+    for port in "$AMQP_PORT" "$MQTT_PORT" "$MGMT_PORT" "$PROM_PORT"; do
+        netns_forward ns "$p_ns" "$port" 127.0.0.1
+        netns_forward host 127.0.0.1 "$port" "$p_ns"
+    done
+    # Out of it: epmd and the other nodes' distribution ports, and the web app's auth endpoints.
+    for port in 4369 $(for ((i = 1; i <= CLUSTER_SIZE; i++)); do ((i == n)) || echo $((CLUSTER_PORT_BASE + i + 20000)); done); do
+        netns_forward host "$c_host" "$port" 127.0.0.1
+        netns_forward ns 127.0.0.1 "$port" "$c_host"
+    done
+    read -r web_host web_port <<<"$(url_host_port "$WEB_AUTH_URL" 80)"
+    if [[ "$web_host" == 127.0.0.1 || "$web_host" == localhost ]]; then
+        netns_forward host "$p_host" "$web_port" 127.0.0.1
+        netns_forward ns 127.0.0.1 "$web_port" "$p_host"
+    fi
+}
+
+netns_down() {
+    local pid_file pid
+    for pid_file in "$RUN_DIR"/cluster-fwd-*.pid; do
+        [[ -e "$pid_file" ]] || continue
+        pid="$(read_pid "$pid_file")"
+        # The forwarder and the connections it forked: one process group.
+        [[ -z "$pid" ]] || kill -TERM -- "-$pid" 2>/dev/null || true
+        rm -f "$pid_file"
+    done
+    if netns_exists; then
+        ip netns del "$(netns_name)"
+        log "RabbitMQ cluster: network namespace $(netns_name) removed"
+    fi
+    local link
+    for link in cluster client; do ip link del "$(netns_if "$link")" 2>/dev/null || true; done
+}
+
 cluster_usage() {
-    echo "usage: $0 cluster up|down|status|env|kill NODE|stop NODE|start NODE  (NODE: 1..$CLUSTER_SIZE)" >&2
+    echo "usage: $0 cluster up|down|status|env|kill NODE|stop NODE|start NODE|cut NODE|heal NODE  (NODE: 1..$CLUSTER_SIZE)" >&2
     exit 2
 }
 
@@ -1196,7 +1375,7 @@ cluster_main() {
     cluster_check_port_base
     case "$command" in
     up | down | status | env) [[ $# -eq 1 ]] || cluster_usage ;;
-    kill | stop | start) [[ $# -eq 2 ]] || cluster_usage ;;
+    kill | stop | start | cut | heal) [[ $# -eq 2 ]] || cluster_usage ;;
     *) cluster_usage ;;
     esac
     cluster_home
@@ -1209,7 +1388,10 @@ cluster_main() {
         ;;
     down)
         take_lock
+        # A cut node cannot be asked to stop by its peers' tools: heal first.
+        [[ -z "$CLUSTER_NETNS_NODE" ]] || ! netns_exists || netns_link cluster up
         for ((n = CLUSTER_SIZE; n >= 1; n--)); do cluster_stop_node "$n"; done
+        [[ -z "$CLUSTER_NETNS_NODE" ]] || netns_down
         ;;
     kill)
         n="$(cluster_node_arg "$2")"
@@ -1225,6 +1407,20 @@ cluster_main() {
         n="$(cluster_node_arg "$2")"
         take_lock
         cluster_start_node "$n"
+        ;;
+    cut | heal)
+        n="$(cluster_node_arg "$2")"
+        [[ "$n" == "$CLUSTER_NETNS_NODE" ]] ||
+            die "cluster $command: node $n is not in a network namespace (FAIRWAY_CLUSTER_NETNS_NODE=${CLUSTER_NETNS_NODE:-unset})"
+        netns_exists || die "cluster $command: the network namespace $(netns_name) is not set up (cluster up first)"
+        take_lock
+        if [[ "$command" == cut ]]; then
+            netns_link cluster down
+            log "RabbitMQ cluster: node $(cluster_node_name "$n")'s cluster link is cut (distribution and epmd); clients still reach it"
+        else
+            netns_link cluster up
+            log "RabbitMQ cluster: node $(cluster_node_name "$n")'s cluster link is back"
+        fi
         ;;
     esac
 }
@@ -1256,7 +1452,7 @@ require_managed_mongo() {
 
 usage() {
     echo "usage: $0 up|down|status|start-rabbitmq|stop-rabbitmq|restart-rabbitmq|start-mongo|stop-mongo|tls-certs" >&2
-    echo "       $0 cluster up|down|status|env|kill NODE|stop NODE|start NODE" >&2
+    echo "       $0 cluster up|down|status|env|kill NODE|stop NODE|start NODE|cut NODE|heal NODE" >&2
     exit 2
 }
 

@@ -78,15 +78,28 @@ class LocalCluster:
 
     SIZE = 3
 
-    def __init__(self, state: Path, base: int | None = None) -> None:
+    def __init__(
+        self,
+        state: Path,
+        base: int | None = None,
+        netns_node: int | None = None,
+        net_ticktime: int | None = None,
+    ) -> None:
+        """``netns_node``: that node runs in a network namespace of its own, so that
+        :meth:`cut` can partition it; ``net_ticktime``: the nodes' (Erlang's 60 s if None)."""
         self.base = base or self._free_base()
         self.prefix = f"fwc{self.base}-"
+        self.netns_node = netns_node
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRWAY_")}
         self.env.update(
             FAIRWAY_SERVICES_DIR=str(state),
             FAIRWAY_CLUSTER_PORT_BASE=str(self.base),
             FAIRWAY_CLUSTER_NODE_PREFIX=self.prefix,
         )
+        if netns_node is not None:
+            self.env["FAIRWAY_CLUSTER_NETNS_NODE"] = str(netns_node)
+        if net_ticktime is not None:
+            self.env["FAIRWAY_CLUSTER_NET_TICKTIME"] = str(net_ticktime)
 
     @classmethod
     def _free_base(cls) -> int:
@@ -132,6 +145,11 @@ class LocalCluster:
                 self.kill(n)
             except AssertionError as exc:  # the other nodes still go
                 failures.append(str(exc))
+        if self.netns_node is not None:
+            try:
+                self.services("down")  # the nodes are gone: only the namespace and forwarders
+            except AssertionError as exc:
+                failures.append(str(exc))
         assert not failures, "\n".join(failures)
 
     def kill(self, n: int) -> None:
@@ -145,6 +163,15 @@ class LocalCluster:
     def start(self, n: int) -> None:
         """Start node ``n`` again and wait until it serves."""
         self.services("start", str(n))
+
+    def cut(self, n: int) -> None:
+        """Partition node ``n`` (the ``netns_node``) from the others: its Erlang
+        distribution link goes down, silently; clients still reach it."""
+        self.services("cut", str(n))
+
+    def heal(self, n: int) -> None:
+        """Bring node ``n``'s distribution link back."""
+        self.services("heal", str(n))
 
     def node(self, n: int) -> str:
         """Node ``n``'s Erlang node name."""

@@ -36,6 +36,7 @@ from fairway.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 TICK_S = 0.01
+RETRY_NACKED_S = 0.5  # a nacked message is published again this long after the nack
 Message = tuple[str, bytes, str]  # routing key, body, message id
 
 
@@ -45,10 +46,11 @@ class Summary:
 
     sent: int = 0  # distinct messages
     confirmed: int = 0
-    nacked: int = 0
+    nacked: int = 0  # refused by the broker and given up (not counted in ``sent`` again)
+    retried: int = 0  # nacks answered by publishing the message again (``retry_nacked``)
     seconds: float = 0.0
     batch: int = 1  # readings per message
-    resent: int = 0  # publishes repeated after a lost connection
+    resent: int = 0  # publishes repeated (after a lost connection, or a retried nack)
     reconnects: int = 0
 
     @property
@@ -115,6 +117,13 @@ class Simulator:
     the shared backoff, and publishes again every message not confirmed yet, with the
     same message id, before any new one (the scheduler stores a repeated id once). A
     message counts as confirmed once a broker confirmed it, whichever publish that was.
+
+    A ``basic.nack`` means the broker did not take the message. By default the simulator
+    counts it and moves on (how the tests see a full queue refuse readings). With
+    ``retry_nacked`` it publishes the message again ``RETRY_NACKED_S`` later, as a device
+    should when the refusal may be passing: RabbitMQ 3.10 also nacks a channel's first
+    publish to a quorum queue whose leader's node it cannot reach (a node lost or
+    partitioned, before the election moved the leader).
     """
 
     def __init__(
@@ -130,11 +139,13 @@ class Simulator:
         progress: bool = True,
         batch: int = 1,
         max_outage_s: float = 120.0,
+        retry_nacked: bool = False,
     ) -> None:
         """``rate``: readings per second; ``total``: readings (rounded up to whole
         batches); ``window``: unconfirmed messages; ``batch``: readings per message
         (1: a single reading object, as devices without batches send); ``max_outage_s``:
-        how long to keep trying without a connection before giving up."""
+        how long to keep trying without a connection before giving up; ``retry_nacked``:
+        publish a nacked message again instead of giving it up."""
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.settings, self.devices = settings, devices
@@ -144,6 +155,7 @@ class Simulator:
         self.total = None if total is None else -(-total // batch)  # messages
         self.window, self.stream, self.progress = window, stream, progress
         self.max_outage_s = max_outage_s
+        self.retry_nacked = retry_nacked
         self.summary = Summary(batch=batch)
         self.ioloop = IOLoop()
         self.brokers = Brokers(settings, "fairway-simulator")
@@ -160,6 +172,7 @@ class Simulator:
         # and those of lost channels, to publish again: at most ``window`` together.
         self._pending: OrderedDict[int, Message] = OrderedDict()
         self._resend: deque[Message] = deque()
+        self._nacked: deque[tuple[float, Message]] = deque()  # (when due, message) to retry
         self._tag = 0  # the current channel's last delivery tag
 
     def finish(self) -> None:
@@ -259,6 +272,8 @@ class Simulator:
         finished = (self.duration is not None and elapsed >= self.duration) or (
             self.total is not None and self.summary.sent >= self.total
         )
+        while self._nacked and self._nacked[0][0] <= now:
+            self._resend.append(self._nacked.popleft()[1])
         if self._channel is not None:
             while self._resend:
                 self._publish(self._resend.popleft())
@@ -302,14 +317,20 @@ class Simulator:
         method = frame.method
         tag = method.delivery_tag
         count = 0
+        settled: list[Message] = []
         if method.multiple:
             while self._pending and next(iter(self._pending)) <= tag:
-                self._pending.popitem(last=False)
+                settled.append(self._pending.popitem(last=False)[1])
                 count += 1
-        elif self._pending.pop(tag, None) is not None:
+        elif (message := self._pending.pop(tag, None)) is not None:
+            settled.append(message)
             count = 1
         if isinstance(method, Basic.Ack):
             self.summary.confirmed += count
+        elif self.retry_nacked:
+            self.summary.retried += count
+            due = time.monotonic() + RETRY_NACKED_S
+            self._nacked.extend((due, message) for message in settled)
         else:
             self.summary.nacked += count
 

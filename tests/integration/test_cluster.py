@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,15 @@ def on_cluster(
     cluster: LocalCluster, base_settings: Settings, tmp_path: Path
 ) -> Iterator[Pipeline]:
     """A pipeline (vhost, database) on the cluster, quorum queues, Ansible's policies."""
+    with cluster_pipeline(cluster, base_settings, tmp_path) as pipeline:
+        yield pipeline
+
+
+@contextmanager
+def cluster_pipeline(
+    cluster: LocalCluster, base_settings: Settings, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """:func:`on_cluster` for any cluster (``test_partition`` has one of its own)."""
     settings = Settings.from_env(
         base_settings.environ(),
         amqp_url=cluster.amqp_url(),
@@ -232,10 +241,10 @@ class ClusterRun:
             time.sleep(SAMPLE_S)
 
     # -- the end of a run -------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
+    def finish(self, timeout: float = 300.0) -> dict[str, Any]:
         """Wait for every reading to be stored; check exactly once; the run's figures."""
         for thread in self._threads:
-            thread.join(timeout=300)
+            thread.join(timeout=timeout)
         published_at = self.now()
         expected: set[str] = set()
         for name, sim in self.simulators.items():
@@ -243,11 +252,15 @@ class ClusterRun:
             assert s.nacked == 0, f"{name}: {s}"
             assert s.confirmed == s.sent, f"{name} did not finish: {s}"
             expected |= {f"{sim.run_id}-{n}" for n in range(1, s.sent + 1)}
-        self.pipeline.wait_stored(len(expected), timeout=300)
+        try:
+            self.pipeline.wait_stored(len(expected), timeout=timeout)
+        except AssertionError:
+            missing = sorted(expected - set(self._stored_ids()))
+            lost = f"{len(missing)} of {len(expected)} readings not stored, e.g. {missing[:10]}"
+            raise AssertionError(lost) from None
         self._stop.set()
         self._sampler.join()
-        docs = self.pipeline.db[mongo.TELEMETRY].find({}, {"msg_id": 1})
-        stored = [d["msg_id"] for d in docs]
+        stored = self._stored_ids()
         assert len(stored) == len(set(stored)) == len(expected)
         assert set(stored) == expected
         assert self.pipeline.depth(topology.REJECTED) == 0
@@ -260,6 +273,10 @@ class ClusterRun:
             "gap_s": self.gaps(until=published_at),
             "stored_every_5s": self.progress(),
         }
+
+    def _stored_ids(self) -> list[str]:
+        docs = self.pipeline.db[mongo.TELEMETRY].find({}, {"msg_id": 1})
+        return [d["msg_id"] for d in docs]
 
     def progress(self, every: float = 5.0) -> list[int]:
         """Readings stored so far (all tenants), every ``every`` seconds of the run."""

@@ -164,6 +164,39 @@ def test_the_broker_list_is_walked_on_each_loss(sim: Simulator) -> None:
         s.ioloop.close()
 
 
+def test_a_nack_is_given_up_by_default(sim: Simulator) -> None:
+    publish(sim, 3)
+    sim._on_confirm(nack(2, multiple=True))
+    assert counts(sim) == (0, 2) and sim._unconfirmed == 1
+    sim.total = sim.summary.sent  # publish nothing new
+    sim._tick()
+    assert sim._channel.published == ["m1", "m2", "m3"]  # not published again
+
+
+def test_retry_nacked_publishes_the_refused_again_later(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nacked message stays unconfirmed and goes out again, same id, after the delay."""
+    import fairway.devtools.simulator as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    sim.retry_nacked = True
+    publish(sim, 3)
+    sim.total = sim.summary.sent  # publish nothing new
+    sim._on_confirm(nack(2, multiple=True))
+    sim._on_confirm(ack(3))
+    assert counts(sim) == (1, 0) and sim.summary.retried == 2 and sim._unconfirmed == 2
+    now[0] += module.RETRY_NACKED_S / 2
+    sim._tick()
+    assert sim._channel.published == ["m1", "m2", "m3"]  # not yet
+    now[0] += module.RETRY_NACKED_S
+    sim._tick()
+    assert sim._channel.published == ["m1", "m2", "m3", "m1", "m2"]
+    sim._on_confirm(ack(5, multiple=True))  # the new tags 4 and 5
+    assert counts(sim) == (3, 0) and sim._unconfirmed == 0 and sim.summary.resent == 2
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_random_broker_confirms_count_each_publish_once(seed: int) -> None:
     rng = random.Random(seed)
