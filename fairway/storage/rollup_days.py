@@ -47,7 +47,6 @@ from pymongo.database import Database
 from fairway.storage import rollups
 from fairway.storage.mongo import (
     DEVICE_STATE,
-    DEVICES,
     ROLLUP_COMPACTION,
     ROLLUP_DAYS,
     ROLLUP_PENDING,
@@ -62,6 +61,7 @@ DAY = timedelta(days=1)
 COMPACT_AFTER = timedelta(hours=2)
 # Tenant-days compacted per run of the rollup task (each reads every device's day).
 DAYS_PER_RUN = 8
+STORE_BATCH = 500  # day documents per insert
 _RECORD = struct.Struct("<5d")
 
 Stats = dict[str, float]  # {n, min, max, sum}, as rollups.Stats
@@ -204,8 +204,20 @@ def _blocked(db: Database) -> dict[str, datetime]:
 
 
 def _compact_tenant_day(db: Database, tenant: str, day: datetime) -> int:
-    devices = [d["_id"] for d in db[DEVICES].find({"tenant": tenant}, {"_id": 1})]
-    return sum(compact_day(db, tenant, device, day) for device in sorted(devices))
+    """Every device's day documents of a tenant-day, from one read of its hourly parts
+    (by ``tk``: no read per device, none for devices without readings that day)."""
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    projection = {"_id": 0, "device": 1, "stream": 1, "hour": 1, "n": 1, "metrics": 1}
+    for part in db[ROLLUPS].find({"tk": rollups.tenant_day_key(tenant, day)}, projection):
+        by_device.setdefault(part["device"], []).append(part)
+    docs = [
+        doc
+        for device, parts in sorted(by_device.items())
+        for doc in day_documents(tenant, device, day, parts)
+    ]
+    for start in range(0, len(docs), STORE_BATCH):
+        rollups.store_newer(db[ROLLUP_DAYS], docs[start : start + STORE_BATCH])
+    return len(docs)
 
 
 def _oldest_day(db: Database, tenant: str) -> datetime | None:
