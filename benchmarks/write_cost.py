@@ -21,9 +21,10 @@ plus the grace), the sink closed, then the rollup task,
 readings were late or redelivered): every device-hour's cost is amortised over its
 readings, as in steady state. Last, the day's compaction into day documents
 (:func:`fairway.storage.rollup_days.compact` with a clock past the day's end), reported
-apart too (``compaction_us_per_reading``): here a device-day holds only the run's readings
-(12 per device in the fleet shape, 288 in a real day at that density), so its share per
-reading is overstated.
+apart too (``compaction_us_per_reading``). It reads each device-stream-hour's hourly
+documents once and inserts a day document per device-stream, so its share per reading is
+about what a whole day at the same density would cost (slightly more: one day document
+per 12 readings here, per 288 in a real day of the fleet shape).
 
 Readings are relay output (``to_document`` input) in batches of the scheduler's
 ``batch_size`` (200), timestamped with the wall clock when generated (just before each

@@ -19,11 +19,15 @@ from fairway.storage import rollup_days, rollup_writers, rollups
 
 
 def roll_closed_hours(
-    db: Database, grace_s: float, lease_s: float = 300.0, now: datetime | None = None
+    db: Database,
+    grace_s: float,
+    lease_s: float = 300.0,
+    now: datetime | None = None,
+    days_per_run: int = rollup_days.DAYS_PER_RUN,
 ) -> dict[str, int]:
     """Recover lost writers' hours, compute every pending hour ended ``grace_s`` ago, then
     compact closed days into day documents (:func:`fairway.storage.rollup_days.compact`)."""
     now = now or datetime.now(UTC)
     recovered = rollup_writers.recover_lost_writers(db, now, timedelta(seconds=lease_s))
     rolled = rollups.roll_pending(db, now, timedelta(seconds=grace_s))
-    return {**recovered, **rolled, **rollup_days.compact(db, now)}
+    return {**recovered, **rolled, **rollup_days.compact(db, now, days_per_run)}
