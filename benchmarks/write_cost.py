@@ -248,6 +248,8 @@ def run_one(
     db = client[f"wc-{which}-{uuid.uuid4().hex[:8]}"]
     try:
         mongo.ensure_indexes(db, server.private_url)
+        tenants, _ = SHAPES[shape]
+        db[mongo.TENANTS].insert_many([{"_id": f"wc{t:02d}", "weight": 1} for t in range(tenants)])
         readings = bodies(shape, count, round_no)
         server0, client0, started = server.snapshot(), time.process_time(), time.perf_counter()
         extra = plain(db, readings) if which == "plain" else maintained(db, readings, server)
