@@ -15,7 +15,7 @@ integers up to 2**53).
 
 ``n`` is the day's readings (the sum of its hourly parts' ``n``). Parts only ever grow
 (:func:`fairway.storage.rollups.store_parts`), so ``n`` does too, and a day document is
-replaced only by one folding more (:func:`fairway.storage.rollups.store_newer`): two
+replaced only by one folding more (:func:`fairway.storage.rollup_common.store_newer`): two
 compactions of one day, racing or redelivered, leave the one that saw the most, and
 the last compaction after the last change of a part sees every part.
 
@@ -44,7 +44,7 @@ from typing import Any
 from bson import Binary
 from pymongo.database import Database
 
-from fairway.storage import rollups
+from fairway.storage import rollup_common
 from fairway.storage.mongo import (
     DEVICE_STATE,
     ROLLUP_COMPACTION,
@@ -64,7 +64,7 @@ DAYS_PER_RUN = 8
 STORE_BATCH = 500  # day documents per insert
 _RECORD = struct.Struct("<5d")
 
-Stats = dict[str, float]  # {n, min, max, sum}, as rollups.Stats
+Stats = rollup_common.Stats
 
 
 def floor_day(ts: datetime) -> datetime:
@@ -107,7 +107,7 @@ def day_documents(
             if point is None:
                 hours[hour] = {k: s[k] for k in ("n", "min", "max", "sum")}
             else:
-                rollups.merge_stats(point, s)
+                rollup_common.merge_stats(point, s)
     return [
         {
             "_id": day_id(tenant, device, stream, day),
@@ -115,8 +115,8 @@ def day_documents(
             "device": device,
             "stream": stream,
             "day": day,
-            "dk": rollups.day_key(tenant, device, day),
-            "mk": rollups.month_key(tenant, device, day),
+            "dk": rollup_common.day_key(tenant, device, day),
+            "mk": rollup_common.month_key(tenant, device, day),
             "n": total[0],
             "metrics": {m: pack(sorted(hours.items())) for m, hours in metrics.items()},
         }
@@ -132,18 +132,18 @@ def compact_day(
     ``replace``: delete the day's documents first (retention shrank the day's parts;
     otherwise a document is only replaced by one folding more readings).
     """
-    key = rollups.day_key(tenant, device, day)
+    key = rollup_common.day_key(tenant, device, day)
     parts = db[ROLLUPS].find({"dk": key}, {"_id": 0, "stream": 1, "hour": 1, "n": 1, "metrics": 1})
     docs = day_documents(tenant, device, day, parts)
     if replace:
         db[ROLLUP_DAYS].delete_many({"dk": key})
-    rollups.store_newer(db[ROLLUP_DAYS], docs)
+    rollup_common.store_newer(db[ROLLUP_DAYS], docs)
     return len(docs)
 
 
 def delete_day(db: Database, tenant: str, device: str, day: datetime) -> None:
     """Delete a device-day's day documents (retention removed the whole day)."""
-    db[ROLLUP_DAYS].delete_many({"dk": rollups.day_key(tenant, device, day)})
+    db[ROLLUP_DAYS].delete_many({"dk": rollup_common.day_key(tenant, device, day)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ def _compact_tenant_day(db: Database, tenant: str, day: datetime) -> int:
     (by ``tk``: no read per device, none for devices without readings that day)."""
     by_device: dict[str, list[dict[str, Any]]] = {}
     projection = {"_id": 0, "device": 1, "stream": 1, "hour": 1, "n": 1, "metrics": 1}
-    for part in db[ROLLUPS].find({"tk": rollups.tenant_day_key(tenant, day)}, projection):
+    for part in db[ROLLUPS].find({"tk": rollup_common.tenant_day_key(tenant, day)}, projection):
         by_device.setdefault(part["device"], []).append(part)
     docs = [
         doc
@@ -216,7 +216,7 @@ def _compact_tenant_day(db: Database, tenant: str, day: datetime) -> int:
         for doc in day_documents(tenant, device, day, parts)
     ]
     for start in range(0, len(docs), STORE_BATCH):
-        rollups.store_newer(db[ROLLUP_DAYS], docs[start : start + STORE_BATCH])
+        rollup_common.store_newer(db[ROLLUP_DAYS], docs[start : start + STORE_BATCH])
     return len(docs)
 
 
@@ -299,8 +299,8 @@ def read_hours(
     merged: dict[datetime, Stats] = {}
     if not covered:
         return covered, merged
-    months = sorted({rollups.month_key(tenant, device, d) for d in covered})
-    projection = rollups.projection_of(metric, "day")
+    months = sorted({rollup_common.month_key(tenant, device, d) for d in covered})
+    projection = rollup_common.projection_of(metric, "day")
     for mk in months:
         query: dict[str, Any] = {"mk": mk, "stream": stream} if stream else {"mk": mk}
         for doc in db[ROLLUP_DAYS].find(query, projection):
@@ -311,5 +311,5 @@ def read_hours(
             for h, s in unpack(blob):
                 hour = day + timedelta(hours=h)
                 if lo <= hour <= hi:
-                    rollups.merge_into(merged, hour, s)
+                    rollup_common.merge_into(merged, hour, s)
     return covered, merged

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,12 +37,20 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fairway.kernel.contract import hour_key
 from fairway.storage import mongo, rollup_days
 from fairway.storage.device_state import MAX_UPDATES_PER_BULK
 from fairway.storage.mongo import ROLLUP_MINUTES, ROLLUP_PENDING, ROLLUPS
+from fairway.storage.rollup_common import (
+    Stats,
+    day_key,
+    merge_into,
+    month_key,
+    projection_of,
+    store_newer,
+    tenant_day_key,
+)
 from fairway.storage.telemetry import HOUR, floor_hour
 
 DAY = timedelta(days=1)
@@ -54,23 +61,6 @@ LIVE_HOURS = 3
 # month (``mk``), which reads whole months but in one or two queries.
 DAY_READS_UP_TO = timedelta(days=10)
 
-Stats = dict[str, float]  # {n, min, max, sum}
-
-
-def day_key(tenant: str, device: str, day: datetime) -> str:
-    """``dk``: a device's rollups of one UTC day."""
-    return f"{tenant}:{device}:{day.astimezone(UTC):%Y%m%d}"
-
-
-def month_key(tenant: str, device: str, day: datetime) -> str:
-    """``mk``: a device's hourly rollups of one UTC month (a month chart: 1-2 reads)."""
-    return f"{tenant}:{device}:{day.astimezone(UTC):%Y%m}"
-
-
-def tenant_day_key(tenant: str, day: datetime) -> str:
-    """``tk``: every hourly rollup of a tenant for one UTC day (a one-day report)."""
-    return f"{tenant}:{day.astimezone(UTC):%Y%m%d}"
-
 
 def rollup_id(tenant: str, device: str, stream: str, hour: datetime, writer: str = "") -> str:
     """The ``_id`` shared by an hour's two rollup documents of one writer's part.
@@ -79,14 +69,6 @@ def rollup_id(tenant: str, device: str, stream: str, hour: datetime, writer: str
     """
     rid = f"{tenant}:{device}:{stream}:{hour:%Y%m%d%H}"
     return f"{rid}/{writer}" if writer else rid
-
-
-def merge_stats(point: Stats, s: Stats) -> None:
-    """Fold figures ``s`` into ``point`` (both ``{n, min, max, sum}``)."""
-    point["n"] += s["n"]
-    point["min"] = min(point["min"], s["min"])
-    point["max"] = max(point["max"], s["max"])
-    point["sum"] += s["sum"]
 
 
 def _add(acc: dict[str, Stats], values: dict[str, Any]) -> None:
@@ -168,31 +150,6 @@ def hour_documents(
         }
         docs.append((hourly, {**key, "n": fold.n, "metrics": fold.minute_columns()}))
     return docs
-
-
-def store_newer(collection: Collection, docs: list[dict[str, Any]]) -> None:
-    """Insert ``docs``; where one exists, replace it only if it folds fewer readings."""
-    if not docs:
-        return
-    try:
-        collection.insert_many(docs, ordered=False)
-        return
-    except BulkWriteError as exc:
-        if exc.details.get("writeConcernErrors"):
-            raise
-        errors = exc.details.get("writeErrors", ())
-        if any(e["code"] != mongo.DUPLICATE_KEY for e in errors):
-            raise
-        existing = [docs[e["index"]] for e in errors]
-    for doc in existing:
-        fields = {k: v for k, v in doc.items() if k != "_id"}
-        # Duplicate key: a fold of as many or more of the writer's readings is stored. One
-        # document at a time: FerretDB 1.24 answers a bulk update with a write error in a
-        # shape pymongo cannot merge.
-        with suppress(DuplicateKeyError):
-            collection.update_one(
-                {"_id": doc["_id"], "n": {"$lt": doc["n"]}}, {"$set": fields}, upsert=True
-            )
 
 
 def store_parts(db: Database, docs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
@@ -324,18 +281,6 @@ def _months(start: datetime, end: datetime) -> Iterator[datetime]:
         month = (month + timedelta(days=32)).replace(day=1)
 
 
-def projection_of(metric: str, at: str = "hour") -> dict[str, int] | None:
-    """The projection a chart of ``metric`` needs: the time (``at``) and that metric's figures.
-
-    FerretDB still reads and decodes whole documents, but it encodes, sends, and the
-    driver decodes, only these (a month key read: 20-30 % less time in a probe). None for a name
-    a projection cannot express (no stored value key is one: they are ``[A-Za-z0-9_:-]``).
-    """
-    if not metric or "." in metric or metric.startswith("$") or "\0" in metric:
-        return None
-    return {"_id": 0, at: 1, f"metrics.{metric}": 1}
-
-
 def _read(
     collection: Collection,
     keys: Iterable[dict[str, str]],
@@ -391,15 +336,6 @@ def _live_folds(
         hour: fold_stored_hour(db, tenant, device, hour, stream)
         for hour in live_hours(start, end, now, have)
     }
-
-
-def merge_into(into: dict[datetime, Stats], at: datetime, s: Stats) -> None:
-    """Fold figures ``s`` into the point ``at`` of ``into``."""
-    point = into.get(at)
-    if point is None:
-        into[at] = {"n": s["n"], "min": s["min"], "max": s["max"], "sum": s["sum"]}
-    else:
-        merge_stats(point, s)
 
 
 def hourly_series(
