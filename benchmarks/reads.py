@@ -94,7 +94,7 @@ from pymongo.database import Database
 
 from benchmarks.common import MONGO_BASE, emit, meta, parser, percentile, r, ratio, say
 from fairway.kernel.contract import to_document
-from fairway.storage import device_state, mongo, registry, rollups, telemetry
+from fairway.storage import device_state, ferretdb, mongo, registry, rollup_days, rollups, telemetry
 from fairway.storage.device_state import DeviceDelta
 from tests import harness
 
@@ -263,6 +263,7 @@ def load(db: Database, size: int, span_days: float, derived: Derived) -> float:
 
 
 def register_devices(db: Database) -> None:
+    db[mongo.TENANTS].insert_many([{"_id": t, "weight": 1} for t in TENANTS])
     db[mongo.DEVICES].insert_many(
         [
             {"_id": d, "tenant": t, "name": d, "enabled": True, "created": T0}
@@ -370,7 +371,12 @@ def day_rollups(db: Database, tenant: str, start: datetime, end: datetime) -> li
     return [r for r in found if start <= r["hour"] + rollups.HOUR and r["hour"] <= end]
 
 
-QUERY_SETS = {"baseline": baseline_queries, "new": new_queries}
+def month_only(db: Database, now: datetime, rnd: random.Random) -> dict[str, Callable[[], int]]:
+    """The new month chart alone (measured before the day documents are compacted)."""
+    return {"month_chart": new_queries(db, now, rnd)["month_chart"]}
+
+
+QUERY_SETS = {"baseline": baseline_queries, "new": new_queries, "month_only": month_only}
 
 
 # -- server CPU ----------------------------------------------------------------------
@@ -522,6 +528,9 @@ def explains(db: Database) -> dict[str, dict[str, Any]]:
             db, rollups.ROLLUP_MINUTES, {"dk": rollups.day_key(tenant, device, now)}
         ),
         "new_report_day": explain(db, rollups.ROLLUPS, {"tk": rollups.tenant_day_key(tenant, now)}),
+        "new_month_chart_days": explain(
+            db, mongo.ROLLUP_DAYS, {"mk": rollups.month_key(tenant, device, now)}
+        ),
     }
 
 
@@ -584,6 +593,24 @@ def measure_size(
         per_1k = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / size * 1e6
         mongo.ensure_indexes(db, gin_url)  # ANALYZE after the load (GIN only)
         say(f"  {rate:,.0f} readings/s, {wall:.0f} s in all")
+    compaction: dict[str, Any] = {}
+    if load_it and "new" in layouts:
+        # The month chart on the hourly documents, then the rollup task's compaction of
+        # every closed day into day documents (the new paths below read those).
+        say("month chart before the day documents")
+        compaction["month_chart_hourly_docs"] = measure(
+            db, cpu, "month_only", opts.runs, opts.budget_s, opts.slow_s, opts.slow_runs
+        )["month_chart"]
+        cpu0, started = cpu.seconds(), time.perf_counter()
+        done = rollup_days.compact(db, newest(db), max_days=10**6)
+        cpu1 = cpu.seconds()
+        compaction.update(
+            done,
+            wall_s=round(time.perf_counter() - started, 1),
+            server_cpu_s=None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 2),
+        )
+        mongo.ensure_indexes(db, gin_url)
+        say(f"  compaction: {compaction}")
     say(f"measuring (load average {os.getloadavg()})")
     hot = hot_count(opts.span_days)
     at_size: dict[str, Any] = {
@@ -593,6 +620,7 @@ def measure_size(
         "load_wall_s": round(wall, 1),
         "derived_write_s": round(derived_s, 1),
         "load_server_cpu_ms_per_1k": None if per_1k is None else r(per_1k),
+        "compaction": compaction,
         "explain": explains(db),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
@@ -778,7 +806,14 @@ def main() -> None:
         action="store_true",
         help="a FerretDB of its own on its own PostgreSQL database (FAIRWAY_POSTGRES_URL's server)",
     )
+    p.add_argument(
+        "--gin-fastupdate",
+        choices=("on", "off"),
+        default=ferretdb.GIN_OPTIONS.get("fastupdate", "on"),
+        help="the GIN indexes' fastupdate (pending list) setting",
+    )
     args = p.parse_args()
+    ferretdb.GIN_OPTIONS["fastupdate"] = args.gin_fastupdate
     with ExitStack() as stack:
         run(args, stack)
 
@@ -809,6 +844,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
         hot_devices=[d for _, d in hot_devices()],
         runs=args.runs,
         sqlite_runs=args.sqlite_runs,
+        gin_fastupdate=args.gin_fastupdate,
         backend=name + (" (private FerretDB, own PostgreSQL database)" if args.private else ""),
         layouts={
             "baseline": "today's queries on telemetry (one document per reading)",

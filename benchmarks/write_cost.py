@@ -19,7 +19,12 @@ are once the hour has closed (``RollupFolder.flush_due`` with a clock past the h
 plus the grace), the sink closed, then the rollup task,
 :func:`tasks.rollup.roll_closed_hours`, with that clock (it finds nothing to do unless
 readings were late or redelivered): every device-hour's cost is amortised over its
-readings, as in steady state.
+readings, as in steady state. Last, the day's compaction into day documents
+(:func:`fairway.storage.rollup_days.compact` with a clock past the day's end), reported
+apart too (``compaction_us_per_reading``). It reads each device-stream-hour's hourly
+documents once and inserts a day document per device-stream, so its share per reading is
+about what a whole day at the same density would cost (slightly more: one day document
+per 12 readings here, per 288 in a real day of the fleet shape).
 
 Readings are relay output (``to_document`` input) in batches of the scheduler's
 ``batch_size`` (200), timestamped with the wall clock when generated (just before each
@@ -67,7 +72,7 @@ from pymongo.database import Database
 from benchmarks.common import emit, meta, parser, r, say, scaled
 from fairway.kernel.contract import to_document
 from fairway.kernel.settings import Settings
-from fairway.storage import mongo, rollups
+from fairway.storage import ferretdb, mongo, rollup_days, rollups
 from fairway.storage.telemetry import HOUR, floor_hour
 from scheduler.rollup_folder import RollupFolder
 from scheduler.sink import MongoSink
@@ -223,10 +228,17 @@ def maintained(db: Database, readings: list[bytes], server: PrivateServer) -> di
     sink.close()
     server0, client0 = server.snapshot(), time.process_time()
     rolled = roll_closed_hours(db, GRACE_S, now=clock)
+    task_server_s, task_client_s = server.since(server0), time.process_time() - client0
+    # The day's compaction into day documents, as the task's run after the day closed.
+    server0, client0 = server.snapshot(), time.process_time()
+    later = rollup_days.floor_day(clock) + timedelta(days=1) + rollup_days.COMPACT_AFTER
+    compacted = rollup_days.compact(db, later, max_days=10**6)
     return {
-        "rollup_task_server_cpu_s": server.since(server0),
-        "rollup_task_client_cpu_s": time.process_time() - client0,
+        "rollup_task_server_cpu_s": task_server_s,
+        "rollup_task_client_cpu_s": task_client_s,
+        "compaction_cpu_s": server.since(server0) + time.process_time() - client0,
         "rolled": rolled,
+        "compacted": compacted,
     }
 
 
@@ -236,6 +248,8 @@ def run_one(
     db = client[f"wc-{which}-{uuid.uuid4().hex[:8]}"]
     try:
         mongo.ensure_indexes(db, server.private_url)
+        tenants, _ = SHAPES[shape]
+        db[mongo.TENANTS].insert_many([{"_id": f"wc{t:02d}", "weight": 1} for t in range(tenants)])
         readings = bodies(shape, count, round_no)
         server0, client0, started = server.snapshot(), time.process_time(), time.perf_counter()
         extra = plain(db, readings) if which == "plain" else maintained(db, readings, server)
@@ -255,9 +269,17 @@ def run_one(
         }
         if extra:
             task_s = extra["rollup_task_server_cpu_s"] + extra["rollup_task_client_cpu_s"]
+            compaction_s = extra["compaction_cpu_s"]
             found["rollup_task_us_per_reading"] = r(task_s / count * 1e6)
-            found["sink_us_per_reading"] = r(found["cpu_us_per_reading"] - task_s / count * 1e6)
+            found["compaction_us_per_reading"] = r(compaction_s / count * 1e6)
+            found["sink_us_per_reading"] = r(
+                found["cpu_us_per_reading"] - (task_s + compaction_s) / count * 1e6
+            )
+            found["without_compaction_us_per_reading"] = r(
+                found["cpu_us_per_reading"] - compaction_s / count * 1e6
+            )
             found["rolled"] = extra["rolled"]
+            found["compacted"] = extra["compacted"]
             found["rollups_stored"] = db[rollups.ROLLUPS].count_documents({})
             found["device_states"] = db[mongo.DEVICE_STATE].count_documents({})
         say(f"  {shape} round {round_no} {which}: {found}")
@@ -276,6 +298,11 @@ def run_shape(
         found["ratio"] = round(
             found["maintained"]["cpu_us_per_reading"] / found["plain"]["cpu_us_per_reading"], 3
         )
+        found["ratio_without_compaction"] = round(
+            found["maintained"]["without_compaction_us_per_reading"]
+            / found["plain"]["cpu_us_per_reading"],
+            3,
+        )
         found["loadavg"] = [round(x, 2) for x in os.getloadavg()]
         results.append(found)
     tenants, per_tenant = SHAPES[shape]
@@ -291,8 +318,15 @@ def run_shape(
         "maintained_cpu_us_per_reading": med("maintained", "cpu_us_per_reading"),
         "maintained_sink_us_per_reading": med("maintained", "sink_us_per_reading"),
         "maintained_rollup_task_us_per_reading": med("maintained", "rollup_task_us_per_reading"),
+        "maintained_compaction_us_per_reading": med("maintained", "compaction_us_per_reading"),
+        "maintained_without_compaction_us_per_reading": med(
+            "maintained", "without_compaction_us_per_reading"
+        ),
         "ratio": round(statistics.median(rd["ratio"] for rd in results), 3),
         "ratios": [rd["ratio"] for rd in results],
+        "ratio_without_compaction": round(
+            statistics.median(rd["ratio_without_compaction"] for rd in results), 3
+        ),
     }
 
 
@@ -301,7 +335,14 @@ def main() -> None:
     p.add_argument("--readings", type=int, default=30_000, help="per contender and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"subset of {','.join(SHAPES)}")
+    p.add_argument(
+        "--gin-fastupdate",
+        choices=("on", "off"),
+        default=ferretdb.GIN_OPTIONS.get("fastupdate", "on"),
+        help="the GIN indexes' fastupdate (pending list) setting",
+    )
     args = p.parse_args()
+    ferretdb.GIN_OPTIONS["fastupdate"] = args.gin_fastupdate
     count = scaled(args.readings, args.scale, minimum=BATCH)
     postgres_url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
     if not postgres_url:
@@ -315,6 +356,7 @@ def main() -> None:
         device_state_flush_s=FLUSH_S,
         rollup_grace_s=GRACE_S,
         backend="private FerretDB 1.24 on its own PostgreSQL database, GIN indexes",
+        gin_options=dict(ferretdb.GIN_OPTIONS),
     )
     shapes: dict[str, Any] = {}
     with private_server(postgres_url) as server:

@@ -109,6 +109,10 @@ def apply_retention(self: JobTask) -> dict[str, Any]:
 @shared_task(bind=True, base=JobTask, name=ROLLUP_TASK)
 def roll_up(self: JobTask) -> dict[str, int]:
     """Recompute the rollups of closed hours the scheduler marked pending."""
+    settings = self.settings
     return rollup.roll_closed_hours(
-        self.db, self.settings.rollup_grace_s, self.settings.rollup_writer_lease_s
+        self.db,
+        settings.rollup_grace_s,
+        settings.rollup_writer_lease_s,
+        days_per_run=settings.rollup_days_per_run,
     )

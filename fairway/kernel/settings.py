@@ -469,6 +469,9 @@ class Settings:
     retention_interval_s: float = setting(3600.0, JOBS, POSITIVE)
     # a closed hour is rolled up this long after it ends (clock skew + the longest write)
     rollup_grace_s: float = setting(120.0, JOBS, AT_LEAST_0)
+    # Tenant-days a rollup run compacts into day documents (long charts read them); each
+    # reads the tenant-day's hourly rollups once. 0: none, charts read the hourly rollups.
+    rollup_days_per_run: int = setting(8, JOBS, AT_LEAST_0)
     default_retention_days: int = setting(30, JOBS, AT_LEAST_1)  # 0 would delete everything
     # Device-hours one retention run deletes at most (a year's backlog spans several runs);
     # in steady state a run needs about two per device with readings.

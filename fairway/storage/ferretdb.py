@@ -25,6 +25,12 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 log = logging.getLogger(__name__)
 
 METADATA_TABLE = "_ferretdb_database_metadata"
+# Storage parameters of every GIN index made here. With PostgreSQL's default
+# (``fastupdate = on``) new entries go to a pending list of up to 4 MB that every
+# equality read scans until VACUUM merges it: keyed reads cost twice as much, and more as
+# data is written (benchmarks/reads.py, docs/benchmarks.md). Off, each write updates the
+# index itself.
+GIN_OPTIONS: dict[str, str] = {"fastupdate": "off"}
 
 NAMESPACE_EXISTS = 48
 
@@ -128,14 +134,41 @@ def ensure_gin_indexes(
                 with suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
                     connection.execute(
                         f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {target} "
-                        f"USING gin ((_jsonb->'{literal}'))"
+                        f"USING gin ((_jsonb->'{literal}')) {_with_options()}"
                     )
+                _set_options(connection, db.name, name)
                 names.append(name)
             _drop_unlisted(
                 connection, db.name, table, {index_name(table, f) for f in collection_fields}
             )
             connection.execute(f"ANALYZE {target}")
     return names
+
+
+def _with_options() -> str:
+    if not GIN_OPTIONS:
+        return ""
+    return "WITH (" + ", ".join(f"{k} = {v}" for k, v in GIN_OPTIONS.items()) + ")"
+
+
+def _set_options(connection: Any, schema: str, name: str) -> None:
+    """Bring an index made earlier to :data:`GIN_OPTIONS`; merge its pending list when
+    ``fastupdate`` is turned off (left alone, the list stays until the next VACUUM)."""
+    row = connection.execute(
+        "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name),
+    ).fetchone()
+    if row is None:
+        return
+    have = dict(option.split("=", 1) for option in row[0] or ())
+    if all(have.get(k) == v for k, v in GIN_OPTIONS.items()):
+        return
+    index = f"{quote(schema)}.{quote(name)}"
+    log.info("GIN index %s: setting %s", name, GIN_OPTIONS)
+    connection.execute(f"ALTER INDEX {index} SET ({_with_options()[6:-1]})")
+    if GIN_OPTIONS.get("fastupdate") == "off":
+        connection.execute("SELECT gin_clean_pending_list(%s::regclass)", (index,))
 
 
 def _drop_unlisted(connection: Any, schema: str, table: str, wanted: set[str]) -> None:

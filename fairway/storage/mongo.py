@@ -33,6 +33,9 @@ DEVICE_STATE = "device_state"
 ROLLUPS = "rollups"
 ROLLUP_MINUTES = "rollup_minutes"
 ROLLUP_PENDING = "rollup_pending"
+# A device-stream-day's hourly figures in one document, and per tenant which days have them.
+ROLLUP_DAYS = "rollup_days"
+ROLLUP_COMPACTION = "rollup_compaction"
 # Scheduler processes that fold rollups in memory, and the device-hours each has folded
 # but not written yet (what a lost writer's hours are recomputed from).
 ROLLUP_WRITERS = "rollup_writers"
@@ -52,6 +55,8 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     DEVICE_STATE: ("_id", "tenant"),
     ROLLUPS: ("_id", "dk", "mk", "tk"),
     ROLLUP_MINUTES: ("_id", "dk"),
+    ROLLUP_DAYS: ("_id", "dk", "mk"),
+    ROLLUP_COMPACTION: ("_id",),
     ROLLUP_PENDING: ("_id", "tenant"),
     ROLLUP_WRITERS: ("_id",),
     ROLLUP_TOUCHED: ("_id",),

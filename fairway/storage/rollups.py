@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,12 +37,20 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fairway.kernel.contract import hour_key
-from fairway.storage import mongo
+from fairway.storage import mongo, rollup_days
 from fairway.storage.device_state import MAX_UPDATES_PER_BULK
 from fairway.storage.mongo import ROLLUP_MINUTES, ROLLUP_PENDING, ROLLUPS
+from fairway.storage.rollup_common import (
+    Stats,
+    day_key,
+    merge_into,
+    month_key,
+    projection_of,
+    store_newer,
+    tenant_day_key,
+)
 from fairway.storage.telemetry import HOUR, floor_hour
 
 DAY = timedelta(days=1)
@@ -53,23 +60,6 @@ LIVE_HOURS = 3
 # Up to this span a chart reads hourly rollups day by day (``dk``); beyond, month by
 # month (``mk``), which reads whole months but in one or two queries.
 DAY_READS_UP_TO = timedelta(days=10)
-
-Stats = dict[str, float]  # {n, min, max, sum}
-
-
-def day_key(tenant: str, device: str, day: datetime) -> str:
-    """``dk``: a device's rollups of one UTC day."""
-    return f"{tenant}:{device}:{day.astimezone(UTC):%Y%m%d}"
-
-
-def month_key(tenant: str, device: str, day: datetime) -> str:
-    """``mk``: a device's hourly rollups of one UTC month (a month chart: 1-2 reads)."""
-    return f"{tenant}:{device}:{day.astimezone(UTC):%Y%m}"
-
-
-def tenant_day_key(tenant: str, day: datetime) -> str:
-    """``tk``: every hourly rollup of a tenant for one UTC day (a one-day report)."""
-    return f"{tenant}:{day.astimezone(UTC):%Y%m%d}"
 
 
 def rollup_id(tenant: str, device: str, stream: str, hour: datetime, writer: str = "") -> str:
@@ -162,36 +152,11 @@ def hour_documents(
     return docs
 
 
-def _store_newer(collection: Collection, docs: list[dict[str, Any]]) -> None:
-    """Insert ``docs``; where one exists, replace it only if it folds fewer readings."""
-    if not docs:
-        return
-    try:
-        collection.insert_many(docs, ordered=False)
-        return
-    except BulkWriteError as exc:
-        if exc.details.get("writeConcernErrors"):
-            raise
-        errors = exc.details.get("writeErrors", ())
-        if any(e["code"] != mongo.DUPLICATE_KEY for e in errors):
-            raise
-        existing = [docs[e["index"]] for e in errors]
-    for doc in existing:
-        fields = {k: v for k, v in doc.items() if k != "_id"}
-        # Duplicate key: a fold of as many or more of the writer's readings is stored. One
-        # document at a time: FerretDB 1.24 answers a bulk update with a write error in a
-        # shape pymongo cannot merge.
-        with suppress(DuplicateKeyError):
-            collection.update_one(
-                {"_id": doc["_id"], "n": {"$lt": doc["n"]}}, {"$set": fields}, upsert=True
-            )
-
-
 def store_parts(db: Database, docs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
     """Write parts (from :func:`hour_documents`), each unless a larger fold is stored."""
     # Minutes first: a chart that finds the hourly document may read its minutes.
-    _store_newer(db[ROLLUP_MINUTES], [m for _, m in docs])
-    _store_newer(db[ROLLUPS], [h for h, _ in docs])
+    store_newer(db[ROLLUP_MINUTES], [m for _, m in docs])
+    store_newer(db[ROLLUPS], [h for h, _ in docs])
 
 
 def compute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
@@ -233,7 +198,9 @@ def recompute_hour(db: Database, tenant: str, device: str, hour: datetime) -> in
     hour_parts = {"dk": day_key(tenant, device, hour), "hour": hour}
     db[ROLLUPS].delete_many(hour_parts)
     db[ROLLUP_MINUTES].delete_many(hour_parts)
-    return len(_store_hour(db, tenant, device, hour))
+    parts = len(_store_hour(db, tenant, device, hour))
+    rollup_days.compact_day(db, tenant, device, rollup_days.floor_day(hour), replace=True)
+    return parts
 
 
 def delete_day_before(db: Database, tenant: str, device: str, day: datetime, end: datetime) -> int:
@@ -245,6 +212,10 @@ def delete_day_before(db: Database, tenant: str, device: str, day: datetime, end
     # Hourly documents first: a chart that finds one may read its minutes.
     deleted = db[ROLLUPS].delete_many(query).deleted_count
     db[ROLLUP_MINUTES].delete_many(query)
+    if end >= day + DAY:
+        rollup_days.delete_day(db, tenant, device, day)
+    else:  # the rest of the day stays: its day documents again, from what is left
+        rollup_days.compact_day(db, tenant, device, day, replace=True)
     return deleted
 
 
@@ -288,6 +259,8 @@ def roll_pending(db: Database, now: datetime, grace: timedelta) -> dict[str, int
         if mark["hour"] + HOUR + grace > now:
             continue  # still open (or within the grace): the sink may not re-mark it
         compute_hour(db, mark["tenant"], mark["device"], mark["hour"])
+        # Before the mark goes: a compaction of the day may have read the old parts.
+        rollup_days.recompact_if_begun(db, mark["tenant"], mark["device"], mark["hour"])
         computed += 1
         removed = db[ROLLUP_PENDING].delete_one({"_id": mark["_id"], "token": mark["token"]})
         kept += 1 - removed.deleted_count  # re-marked while computing: next run
@@ -306,18 +279,6 @@ def _months(start: datetime, end: datetime) -> Iterator[datetime]:
     while month <= end:
         yield month
         month = (month + timedelta(days=32)).replace(day=1)
-
-
-def _only(metric: str) -> dict[str, int] | None:
-    """The projection a chart of ``metric`` needs: the hour and that metric's figures.
-
-    FerretDB still reads and decodes whole documents, but it encodes, sends, and the
-    driver decodes, only these (a month key read: 20-30 % less time in a probe). None for a name
-    a projection cannot express (no stored value key is one: they are ``[A-Za-z0-9_:-]``).
-    """
-    if not metric or "." in metric or metric.startswith("$") or "\0" in metric:
-        return None
-    return {"_id": 0, "hour": 1, f"metrics.{metric}": 1}
 
 
 def _read(
@@ -377,17 +338,6 @@ def _live_folds(
     }
 
 
-def _merge(into: dict[datetime, Stats], at: datetime, s: Stats) -> None:
-    point = into.get(at)
-    if point is None:
-        into[at] = {"n": s["n"], "min": s["min"], "max": s["max"], "sum": s["sum"]}
-    else:
-        point["n"] += s["n"]
-        point["min"] = min(point["min"], s["min"])
-        point["max"] = max(point["max"], s["max"])
-        point["sum"] += s["sum"]
-
-
 def hourly_series(
     db: Database,
     tenant: str,
@@ -400,27 +350,32 @@ def hourly_series(
 ) -> list[tuple[datetime, Stats]]:
     """Per hour ``(hour, {n, min, max, sum})`` of one metric, streams merged unless named.
 
-    Hours with ``start <= hour <= end`` (hour starts). Recent hours not rolled up yet are
-    folded from the raw readings (at most :data:`LIVE_HOURS`).
+    Hours with ``start <= hour <= end`` (hour starts): compacted days from their day
+    documents (:mod:`fairway.storage.rollup_days`), other days from the hourly documents,
+    and recent hours not rolled up yet folded from the raw readings (at most
+    :data:`LIVE_HOURS`).
     """
     lo, hi = floor_hour(start), end
-    if end - start <= DAY_READS_UP_TO:
-        keys = ({"dk": day_key(tenant, device, d)} for d in _days(lo, hi))
+    covered, merged = rollup_days.read_hours(db, tenant, device, metric, lo, hi, stream)
+    days = [d for d in _days(lo, hi) if d not in covered]
+    keys: Iterable[dict[str, str]]
+    if len(days) * DAY <= DAY_READS_UP_TO:
+        keys = [{"dk": day_key(tenant, device, d)} for d in days]
     else:
-        keys = ({"mk": month_key(tenant, device, m)} for m in _months(lo, hi))
-    merged: dict[datetime, Stats] = {}
-    have: set[datetime] = set()
-    for roll in _read(db[ROLLUPS], keys, stream, _only(metric)):
-        if lo <= roll["hour"] <= hi:
-            have.add(roll["hour"])
+        keys = [{"mk": month_key(tenant, device, m)} for m in _months(days[0], days[-1])]
+    have = {d + h * HOUR for d in covered for h in range(24)}
+    for roll in _read(db[ROLLUPS], keys, stream, projection_of(metric)):
+        hour = roll["hour"]
+        if lo <= hour <= hi and rollup_days.floor_day(hour) not in covered:
+            have.add(hour)
             s = roll.get("metrics", {}).get(metric)
             if s is not None:
-                _merge(merged, roll["hour"], s)
+                merge_into(merged, hour, s)
     now = now or datetime.now(UTC)
     for hour, folds in _live_folds(db, tenant, device, lo, hi, now, have, stream).items():
         for fold in folds.values():
             if metric in fold.metrics:
-                _merge(merged, hour, fold.metrics[metric])
+                merge_into(merged, hour, fold.metrics[metric])
     return sorted(merged.items())
 
 
@@ -443,7 +398,7 @@ def minute_series(
     merged: dict[datetime, Stats] = {}
     have: set[datetime] = set()
     keys = ({"dk": day_key(tenant, device, d)} for d in _days(lo, end))
-    for roll in _read(db[ROLLUP_MINUTES], keys, stream, _only(metric)):
+    for roll in _read(db[ROLLUP_MINUTES], keys, stream, projection_of(metric)):
         hour = roll["hour"]
         if not lo <= hour <= end:
             continue
@@ -454,12 +409,12 @@ def minute_series(
         for i, minute in enumerate(col["m"]):
             at = hour + timedelta(minutes=minute)
             s = {k: col[k][i] for k in ("n", "min", "max", "sum")}
-            _merge(merged, at, s)
+            merge_into(merged, at, s)
     now = now or datetime.now(UTC)
     for hour, folds in _live_folds(db, tenant, device, lo, end, now, have, stream).items():
         for fold in folds.values():
             for minute, stats in fold.minutes.items():
                 if metric in stats:
-                    _merge(merged, hour + timedelta(minutes=minute), stats[metric])
+                    merge_into(merged, hour + timedelta(minutes=minute), stats[metric])
     start_minute = start.astimezone(UTC).replace(second=0, microsecond=0)
     return sorted((t, s) for t, s in merged.items() if start_minute <= t <= end)

@@ -205,6 +205,38 @@ def test_gin_indexes_of_fields_no_longer_listed_are_dropped(
     assert on_telemetry == {ferretdb.index_name(table, "hk")}
 
 
+def gin_options(postgres_url: str, schema: str) -> dict[str, list[str]]:
+    """Index name -> storage parameters of the GIN indexes in ``schema``."""
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(
+            "SELECT c.relname, c.reloptions FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am a ON a.oid = c.relam "
+            "WHERE n.nspname = %s AND a.amname = 'gin'",
+            (schema,),
+        ).fetchall()
+    return {name: options or [] for name, options in rows}
+
+
+def test_gin_indexes_write_through_without_a_pending_list(
+    pg_db: Database, base_settings: Settings
+) -> None:
+    url = base_settings.postgres_url
+    mongo.ensure_indexes(pg_db, url)
+    options = gin_options(url, pg_db.name)
+    assert options and all(o == ["fastupdate=off"] for o in options.values()), options
+    # An index an older release made (fastupdate on, entries pending) is brought in line.
+    table = backing_tables(url, pg_db.name)[mongo.TELEMETRY]
+    name = ferretdb.index_name(table, "hk")
+    index = f'"{pg_db.name}"."{name}"'
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"ALTER INDEX {index} SET (fastupdate = on)")
+    pg_db[mongo.TELEMETRY].insert_many([{"_id": f"r{i}", "hk": f"a:d:{i}"} for i in range(50)])
+    assert gin_options(url, pg_db.name)[name] == ["fastupdate=on"]
+    mongo.ensure_indexes(pg_db, url)
+    assert gin_options(url, pg_db.name)[name] == ["fastupdate=off"]
+    assert len(list(pg_db[mongo.TELEMETRY].find({"hk": "a:d:7"}))) == 1
+
+
 def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """Every node of a PostgreSQL JSON plan, depth first."""
     nodes = [plan]
