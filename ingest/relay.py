@@ -411,14 +411,14 @@ class Relay(AmqpService):
             readings = readings[:granted]
         delivery = Delivery(tag, len(readings) + len(refused))
         batch = message.batch
-        add, device = self.bundler.add, message.device
+        add, sender = self.bundler.add, message.device
         for index, reading in readings:
             # If the tenant queue refuses its bundle, `rejected` keeps a single reading's
             # original body, a batch's reading as a tenant message (built only then).
             item = Item(
                 delivery,
                 routing_key,
-                device,
+                sender,
                 reading,
                 received,
                 None if batch else body,

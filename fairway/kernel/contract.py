@@ -403,7 +403,8 @@ def tenant_readings(body: bytes) -> list[dict[str, Any]]:
         raise TypeError("a tenant-queue message is a JSON object")
     readings = msg.get(BATCH_KEY)
     if readings is None:
-        msg["tenant"]  # noqa: B018 - a KeyError for what is not a reading either
+        if "tenant" not in msg:
+            raise KeyError("tenant")  # neither a bundle nor a reading
         return [msg]
     tenant = msg["tenant"]
     if not isinstance(readings, list) or not readings:

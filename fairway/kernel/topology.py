@@ -125,7 +125,9 @@ def tenant_queue_name(tenant: str) -> str:
 
 def tenant_backlog_bytes(max_backlog: int, settings: Settings) -> int:
     """``x-max-length-bytes`` of a tenant queue whose cap is ``max_backlog`` readings."""
-    return min(settings.tenant_max_backlog_bytes, max_backlog * settings.tenant_backlog_reading_bytes)
+    return min(
+        settings.tenant_max_backlog_bytes, max_backlog * settings.tenant_backlog_reading_bytes
+    )
 
 
 def tenant_queue(tenant: str, max_backlog: int, settings: Settings) -> QueueSpec:
