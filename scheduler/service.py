@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL_S = 1.0
 FIRST_TICK_S = 0.2
-PRECONDITION_FAILED = 406  # soon after connecting, so backlogged tenants get their share early
+PRECONDITION_FAILED = 406
+NOT_FOUND = 404  # soon after connecting, so backlogged tenants get their share early
 
 
 @dataclass(slots=True)
@@ -208,6 +209,8 @@ class Scheduler(AmqpService):
                 " (delete and re-declare it, drained, to apply the new bounds)",
                 extra={"tenant": consumer.tenant, "why": repr(why)},
             )
+        elif _queue_missing(why):
+            self.old_arguments.discard(consumer.tenant)  # gone: declared anew next time
         if self.tenant_channels.get(consumer.tenant) is not consumer:
             return
         del self.tenant_channels[consumer.tenant]
@@ -402,6 +405,11 @@ def _inequivalent_arguments(why: Exception) -> bool:
         and why.reply_code == PRECONDITION_FAILED
         and "inequivalent arg" in str(why.reply_text)
     )
+
+
+def _queue_missing(why: Exception) -> bool:
+    """The broker closed the channel because a passive declaration found no queue."""
+    return isinstance(why, ChannelClosedByBroker) and why.reply_code == NOT_FOUND
 
 
 def run(settings: Settings, sink: str = "mongo") -> None:

@@ -12,6 +12,8 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from pika.exceptions import ChannelClosedByBroker
+
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, bundle_body, bundle_head, bundle_part, reading_id
 from fairway.kernel.settings import Settings
@@ -158,3 +160,23 @@ def test_the_batch_is_whole_bundles_taken_by_readings(
     assert [len(b) for b in batches] == [2, 2]
     assert channel.acks == [(2, True), (4, True)]
     assert sample("fairway_scheduler_batch_size_sum") >= 160
+
+
+def test_a_queue_of_the_earlier_version_is_then_declared_passively(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    scheduler = scheduler_with(NullSink())
+    stopped.append(scheduler)
+    inequivalent = ChannelClosedByBroker(
+        406, "PRECONDITION_FAILED - inequivalent arg 'x-max-length-bytes' for queue 'tenant.old'"
+    )
+    first = scheduler.tenant_channels["old"] = TenantConsumer("old", 100)
+    scheduler._closed(first, inequivalent)
+    assert scheduler.old_arguments == {"old"} and "old" not in scheduler.tenant_channels
+    assert sample("fairway_scheduler_old_argument_queues") == 1
+    second = scheduler.tenant_channels["old"] = TenantConsumer("old", 100)
+    scheduler._closed(second, ChannelClosedByBroker(404, "NOT_FOUND - no queue 'tenant.old'"))
+    assert scheduler.old_arguments == set()  # deleted since: declared with the new arguments
+    third = scheduler.tenant_channels["old"] = TenantConsumer("old", 100)
+    scheduler._closed(third, ChannelClosedByBroker(406, "PRECONDITION_FAILED - unknown"))
+    assert scheduler.old_arguments == set()  # another precondition: not about arguments
