@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -216,8 +216,13 @@ class MongoSink:
 def _observe_lag(docs: list[dict]) -> None:
     """Relay receipt to durable write, per tenant."""
     now = time.time()
+    by_tenant: dict[str, Any] = {}
     for doc in docs:
-        metrics.SCHED_LAG_SECONDS.labels(doc["tenant"]).observe(now - doc["received"].timestamp())
+        tenant = doc["tenant"]
+        child = by_tenant.get(tenant)
+        if child is None:
+            child = by_tenant[tenant] = metrics.SCHED_LAG_SECONDS.labels(tenant)
+        child.observe(now - doc["received"].timestamp())
 
 
 class DeviceStateWriter:

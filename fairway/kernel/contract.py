@@ -338,7 +338,10 @@ def hour_key(tenant: str, device: str, ts: datetime) -> str:
     History and rollups read a device's readings one hour at a time by this key: an
     equality, which FerretDB pushes down to its backend and MongoDB serves by index.
     """
-    return f"{tenant}:{device}:{ts.astimezone(UTC):%Y%m%d%H}"
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    # Formatted by hand: strftime costs a writer ~2 us per reading.
+    return f"{tenant}:{device}:{ts.year:04d}{ts.month:02d}{ts.day:02d}{ts.hour:02d}"
 
 
 def tenant_message(tenant: str, reading: Reading, received: float) -> bytes:
