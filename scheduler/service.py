@@ -45,7 +45,6 @@ from typing import Any
 
 import pika
 from pika.channel import Channel
-from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
 from fairway.amqp import side
@@ -59,15 +58,14 @@ from fairway.storage.registry import Tenant
 from scheduler import metrics
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
+from scheduler.queue_declare import declare_apart
 from scheduler.sink import MongoSink, NullSink, Sink, WriteOutcome
 from scheduler.tenant_channel import TenantConsumer
 
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL_S = 1.0
-FIRST_TICK_S = 0.2
-PRECONDITION_FAILED = 406
-NOT_FOUND = 404  # soon after connecting, so backlogged tenants get their share early
+FIRST_TICK_S = 0.2  # soon after connecting, so backlogged tenants get their share early
 
 
 @dataclass(slots=True)
@@ -109,8 +107,8 @@ class Scheduler(AmqpService):
         self.tenant_channels: dict[str, TenantConsumer] = {}
         self.known: dict[str, Tenant] = {}
         self.inflight = 0
-        # Tenant queues declared by an earlier version with other bounds (before the byte
-        # bound per reading): consumed as they are, declared passively.
+        # Tenants whose queue was declared by an earlier version with other bounds (before
+        # the byte bound per reading): consumed as they are.
         self.old_arguments: set[str] = set()
         metrics.SCHED_OLD_ARGUMENTS.set_function(lambda: len(self.old_arguments))
         self._writers = ThreadPoolExecutor(settings.writers, thread_name_prefix="writer")
@@ -170,11 +168,16 @@ class Scheduler(AmqpService):
 
         def declare(channel: Channel, then: Callable[[], None]) -> None:
             consumer.channel = channel
-            if tenant.id in self.old_arguments:
-                channel.queue_declare(spec.name, passive=True, callback=lambda _f: then())
-                return
-            channel.queue_declare(
-                spec.name, durable=True, arguments=spec.arguments(), callback=lambda _f: then()
+            connection = self.connection
+            if connection is None or not connection.is_open:
+                return  # the consumer is opened again with the next connection
+            # On a channel of its own: a queue of the earlier version (other arguments)
+            # refuses the declaration, which must not close the consuming channel.
+            declare_apart(
+                connection,
+                spec,
+                lambda: then() if channel.is_open else None,
+                lambda _queue: self.old_arguments.add(tenant.id),
             )
 
         self.open_consumer(
@@ -201,16 +204,6 @@ class Scheduler(AmqpService):
         # DRR buffers by tenant, so only the tenant's current consumer may drop them; a
         # late close of an older channel must not discard its successor's deliveries.
         consumer.reset()
-        if _inequivalent_arguments(why) and consumer.tenant not in self.old_arguments:
-            # Declared by an earlier version: its messages are still ours to write.
-            self.old_arguments.add(consumer.tenant)
-            log.warning(
-                "tenant queue has the arguments of an earlier version; consuming it as it is"
-                " (delete and re-declare it, drained, to apply the new bounds)",
-                extra={"tenant": consumer.tenant, "why": repr(why)},
-            )
-        elif _queue_missing(why):
-            self.old_arguments.discard(consumer.tenant)  # gone: declared anew next time
         if self.tenant_channels.get(consumer.tenant) is not consumer:
             return
         del self.tenant_channels[consumer.tenant]
@@ -396,20 +389,6 @@ class Scheduler(AmqpService):
         self._writers.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=False, cancel_futures=True)
         self.sink.close()  # the last device_state flush, while the database is still ours
-
-
-def _inequivalent_arguments(why: Exception) -> bool:
-    """The broker closed the channel because a declaration's arguments differ."""
-    return (
-        isinstance(why, ChannelClosedByBroker)
-        and why.reply_code == PRECONDITION_FAILED
-        and "inequivalent arg" in str(why.reply_text)
-    )
-
-
-def _queue_missing(why: Exception) -> bool:
-    """The broker closed the channel because a passive declaration found no queue."""
-    return isinstance(why, ChannelClosedByBroker) and why.reply_code == NOT_FOUND
 
 
 def run(settings: Settings, sink: str = "mongo") -> None:

@@ -20,6 +20,7 @@ from fairway.kernel.settings import Settings
 from fairway.storage import mongo
 from fairway.storage.device_state import DEVICE_STATE
 from fairway.storage.rollups import ROLLUP_PENDING
+from scheduler.queue_declare import declare_apart
 from scheduler.service import Delivery, Scheduler, readings_of
 from scheduler.sink import MongoSink, NullSink
 from scheduler.tenant_channel import TenantConsumer
@@ -162,21 +163,48 @@ def test_the_batch_is_whole_bundles_taken_by_readings(
     assert sample("fairway_scheduler_batch_size_sum") >= 160
 
 
-def test_a_queue_of_the_earlier_version_is_then_declared_passively(
-    stopped: list[Scheduler],  # noqa: F811
-) -> None:
-    scheduler = scheduler_with(NullSink())
-    stopped.append(scheduler)
+def test_a_queue_of_the_earlier_version_is_consumed_as_it_is() -> None:
+    """``declare_apart`` on a fake connection: the refusal of the declaration closes only
+    its own channel; the caller goes on to consume either way."""
+
+    class FakeChannel:
+        def __init__(self) -> None:
+            self.is_open, self.on_close = True, []
+
+        def add_on_close_callback(self, callback: Any) -> None:
+            self.on_close.append(callback)
+
+        def queue_declare(self, queue: str, **kwargs: Any) -> None:
+            self.declared = (queue, kwargs)
+
+        def close(self) -> None:
+            self.is_open = False
+
+    class FakeConnection:
+        def channel(self, on_open_callback: Any) -> None:
+            self.opened = FakeChannel()
+            on_open_callback(self.opened)
+
+    settings = Settings()
+    spec = topology.tenant_queue("old", 1000, settings)
+    connection, done, mismatched = FakeConnection(), [], []
+    declare_apart(connection, spec, lambda: done.append(1), mismatched.append)  # type: ignore[arg-type]
+    channel = connection.opened
+    assert channel.declared[1]["arguments"] == spec.arguments()
     inequivalent = ChannelClosedByBroker(
         406, "PRECONDITION_FAILED - inequivalent arg 'x-max-length-bytes' for queue 'tenant.old'"
     )
-    first = scheduler.tenant_channels["old"] = TenantConsumer("old", 100)
-    scheduler._closed(first, inequivalent)
-    assert scheduler.old_arguments == {"old"} and "old" not in scheduler.tenant_channels
-    assert sample("fairway_scheduler_old_argument_queues") == 1
-    second = scheduler.tenant_channels["old"] = TenantConsumer("old", 100)
-    scheduler._closed(second, ChannelClosedByBroker(404, "NOT_FOUND - no queue 'tenant.old'"))
-    assert scheduler.old_arguments == set()  # deleted since: declared with the new arguments
-    third = scheduler.tenant_channels["old"] = TenantConsumer("old", 100)
-    scheduler._closed(third, ChannelClosedByBroker(406, "PRECONDITION_FAILED - unknown"))
-    assert scheduler.old_arguments == set()  # another precondition: not about arguments
+    for callback in channel.on_close:
+        callback(channel, inequivalent)
+    assert done == [1] and mismatched == ["tenant.old"]
+
+    # Declared as it should be: consume, close the declaring channel, nothing mismatched.
+    done.clear()
+    mismatched.clear()
+    declare_apart(connection, spec, lambda: done.append(1), mismatched.append)  # type: ignore[arg-type]
+    channel = connection.opened
+    channel.declared[1]["callback"](None)
+    assert done == [1] and mismatched == [] and not channel.is_open
+    for callback in channel.on_close:  # the close it asked for: nothing more happens
+        callback(channel, ChannelClosedByBroker(200, "Normal shutdown"))
+    assert done == [1]
