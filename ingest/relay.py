@@ -81,7 +81,7 @@ from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
 from fairway.storage.registry import Device
 from ingest import metrics
-from ingest.bundler import Bundler
+from ingest.bundler import CAUSES, Bundler
 from ingest.ratelimit import RateLimiter, RefusalBudget
 from ingest.registry import DeviceRegistry
 
@@ -192,6 +192,8 @@ class Relay(AmqpService):
         metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
         metrics.RELAY_HELD.set_function(lambda: self._acks.outstanding)
         metrics.RELAY_BUNDLED.set_function(lambda: self.bundler.held)
+        for cause in CAUSES:  # every cause shown from the start, at 0
+            metrics.RELAY_BUNDLE_FLUSHES.labels(cause)
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
             lambda: (
