@@ -72,7 +72,7 @@ def test_a_tenant_queue_is_bounded_in_bytes_by_its_cap_in_readings(pipeline: Pip
     per_reading = pipeline.settings.tenant_backlog_reading_bytes
     assert arguments["x-max-length-bytes"] == 1000 * per_reading
     assert arguments["x-max-length"] == 1000
-    pipeline.tenant("big")  # the default cap: the byte bound of every tenant queue rules
+    pipeline.tenant("big", max_backlog=10_000_000)  # 2.56 GB: the bound of every queue rules
     arguments = pipeline.queue(topology.tenant_queue_name("big"))["arguments"]
     assert arguments["x-max-length-bytes"] == pipeline.settings.tenant_max_backlog_bytes
 
