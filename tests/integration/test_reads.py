@@ -327,10 +327,7 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
     devices = [f"k{i}" for i in range(5)]
     for device in devices:
         pipeline.device("a", device)
-    # One reading per tenant-queue message, as this test was tuned: with bundles of 50 a
-    # scheduler takes the whole backlog at once and has written (and flushed) far more
-    # than 400 readings when it is killed, leaving fewer hours to recover.
-    pipeline.start("relay", bundle_max_readings=1)
+    pipeline.start("relay")
     now = time.time()
     current = now // 3600 * 3600
     messages = []
