@@ -60,3 +60,30 @@ RELAY_BATCH_READINGS = Histogram(
     "Readings per device batch (messages carrying an array of readings)",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+
+
+RELAY_BUNDLE_READINGS = Histogram(
+    "fairway_relay_bundle_readings",
+    "Readings per bundle published to a tenant queue",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+
+
+RELAY_BUNDLE_BYTES = Histogram(
+    "fairway_relay_bundle_bytes",
+    "Bytes per bundle body published to a tenant queue",
+    buckets=(256, 1024, 4096, 16384, 32768, 65536, 131072),
+)
+
+
+RELAY_BUNDLE_FLUSHES = Counter(
+    "fairway_relay_bundle_flushes_total",
+    "Bundles published, by what closed them: count, bytes, linger or drain",
+    ["cause"],
+)
+
+
+RELAY_BUNDLED = Gauge(
+    "fairway_relay_bundled_readings",
+    "Accepted readings waiting in open bundles (not yet published)",
+)

@@ -18,24 +18,33 @@ What happens to every delivery (one reading, or a device batch of several:
 
 * refused whole by the contract or the registry -> published to ``rejected`` with
   ``x-fairway-reason``; the original is acked after that publish is confirmed.
-* each accepted reading -> published on its own to ``tenants`` (routing key = tenant
-  id, ``mandatory``), one message per reading as for single readings;
+* each accepted reading -> added to its tenant's open *bundle*
+  (:mod:`ingest.bundler`), published to ``tenants`` (routing key = tenant id,
+  ``mandatory``) as one message of many readings when full (count, bytes) or after
+  ``bundle_linger_ms``; readings of one delivery may land in several bundles, and one
+  bundle holds readings of many deliveries;
 * each refused reading of a batch (contract, or beyond the device's rate) -> published
   on its own to ``rejected`` with its reason and ``x-fairway-index``;
-* the original is acked once every publish it led to is confirmed.
-* the tenant queue is full (``basic.nack``) or missing (``basic.return``) -> published
-  to ``rejected`` as ``tenant_backlog_full`` / ``unroutable``, then acked.
+* the original is acked once every publish it led to (each bundle holding one of its
+  readings, each refusal) is confirmed.
+* the tenant queue is full (``basic.nack``) or missing (``basic.return``) for a bundle
+  -> each of its readings is published to ``rejected`` as ``tenant_backlog_full`` /
+  ``unroutable`` on its own (a single reading's original body; a batch's reading as
+  :func:`~fairway.kernel.contract.tenant_message`, with its index), then its delivery
+  is acked once settled.
 * refused beyond the device's or the tenant's refusal budget -> counted in
   ``fairway_relay_rejected_over_budget_total{tenant, reason}`` and acked, not kept:
   one party's garbage cannot crowd everyone else's refusals out of ``rejected``.
 * ``rejected`` itself is full -> counted in ``fairway_relay_rejected_dropped_total``
   and logged, then acked: a hostile flood must not stall ingestion.
 * the relay dies anywhere in between -> the original was not acked, so the broker
-  redelivers it; a second copy in a tenant queue is a duplicate the scheduler's
-  idempotent write absorbs.
+  redelivers it; a second copy in a tenant queue (in another bundle) is a duplicate the
+  scheduler's idempotent write absorbs; an open bundle dies with the relay, its
+  readings' originals unacked.
 
-Confirms stream: every delivery has at most one unconfirmed republish per reading, so
-the confirm window is the prefetch times ``max_batch_readings``. Acks use
+Confirms stream: every delivery has at most one unconfirmed publish per reading, so
+the confirm window is the prefetch times ``max_batch_readings`` (far fewer messages:
+bundles). Acks use
 :class:`fairway.kernel.acks.AckWatermark`, because registry look-ups let deliveries
 finish out of order.
 """
@@ -58,13 +67,21 @@ from pymongo.database import Database
 from fairway.amqp.service import AmqpService, Consumer
 from fairway.kernel import topology
 from fairway.kernel.acks import AckWatermark
-from fairway.kernel.contract import BadReading, Message, parse_message, tenant_message
+from fairway.kernel.contract import (
+    BadReading,
+    Message,
+    Reading,
+    bundle_part,
+    parse_message,
+    tenant_message,
+)
 from fairway.kernel.ids import is_valid_id
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
 from fairway.storage.registry import Device
 from ingest import metrics
+from ingest.bundler import CAUSES, Bundler
 from ingest.ratelimit import RateLimiter, RefusalBudget
 from ingest.registry import DeviceRegistry
 
@@ -90,6 +107,27 @@ class Pending:
     tenant: str | None
     reason: Reason | None  # None: a reading published to its tenant queue
     index: int | None = None  # the reading's position in a device batch
+
+
+@dataclass(slots=True)
+class Item:
+    """One reading in a bundle: whose delivery it settles, and its refusal if refused."""
+
+    delivery: Delivery
+    routing_key: str
+    device: str
+    reading: Reading
+    received: float
+    body: bytes | None  # a single reading's original body (None: a batch's reading)
+    index: int | None  # the reading's position in a device batch
+
+
+@dataclass(slots=True)
+class BundlePending:
+    """A bundle awaiting its confirm: each of its readings settles with it."""
+
+    tenant: str
+    items: list[Item]
 
 
 class Relay(AmqpService):
@@ -139,13 +177,23 @@ class Relay(AmqpService):
         self._ready = False  # the channel consumes ``ingest``: tenant queues may open
         self._orphans_listed = False
         self._lister = ThreadPoolExecutor(1, thread_name_prefix="tenants")
-        self._pending: OrderedDict[int, Pending] = OrderedDict()
+        self._pending: OrderedDict[int, Pending | BundlePending] = OrderedDict()
+        self.bundler: Bundler[Item] = Bundler(
+            settings.bundle_max_readings,
+            settings.bundle_max_bytes,
+            settings.bundle_linger_ms / 1000.0,
+            self._publish_bundle,
+            self.ioloop.call_later,
+        )
         self._returned: set[int] = set()
         self._seq = 0
         self._acks = AckWatermark()
         metrics.RELAY_UNCONFIRMED.set_function(lambda: len(self._pending))
         metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
         metrics.RELAY_HELD.set_function(lambda: self._acks.outstanding)
+        metrics.RELAY_BUNDLED.set_function(lambda: self.bundler.held)
+        for cause in CAUSES:  # every cause shown from the start, at 0
+            metrics.RELAY_BUNDLE_FLUSHES.labels(cause)
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
             lambda: (
@@ -186,6 +234,7 @@ class Relay(AmqpService):
     def on_connection_lost(self) -> None:
         # Every unacked delivery goes back to its queue; forget what was in flight.
         self._pending.clear()
+        self.bundler.discard()
         self._returned.clear()
         self._seq = 0
         self._acks.reset()
@@ -364,15 +413,20 @@ class Relay(AmqpService):
             readings = readings[:granted]
         delivery = Delivery(tag, len(readings) + len(refused))
         batch = message.batch
+        add, sender = self.bundler.add, message.device
         for index, reading in readings:
-            published = tenant_message(tenant, reading, received)
-            # What `rejected` keeps if the tenant queue refuses it: a single reading's
-            # original body; a batch's reading as published.
-            kept = published if batch else body
-            pending = Pending(
-                delivery, routing_key, kept, message.device, tenant, None, index if batch else None
+            # If the tenant queue refuses its bundle, `rejected` keeps a single reading's
+            # original body, a batch's reading as a tenant message (built only then).
+            item = Item(
+                delivery,
+                routing_key,
+                sender,
+                reading,
+                received,
+                None if batch else body,
+                index if batch else None,
             )
-            self._publish(topology.TENANTS, tenant, published, pending)
+            add(tenant, bundle_part(reading, received), item)
         for bad in refused:
             self._refuse(
                 delivery,
@@ -433,7 +487,7 @@ class Relay(AmqpService):
         exchange: str,
         routing_key: str,
         body: bytes,
-        pending: Pending,
+        pending: Pending | BundlePending,
         headers: dict[str, Any] | None = None,
     ) -> None:
         channel = self._channel
@@ -452,6 +506,19 @@ class Relay(AmqpService):
                 headers=headers,
             ),
             mandatory=True,
+        )
+
+    def _publish_bundle(self, tenant: str, body: bytes, items: list[Item], cause: str) -> None:
+        """Publish a flushed bundle to its tenant queue (the bundler's ``publish``)."""
+        metrics.RELAY_BUNDLE_READINGS.observe(len(items))
+        metrics.RELAY_BUNDLE_BYTES.observe(len(body))
+        metrics.RELAY_BUNDLE_FLUSHES.labels(cause).inc()
+        self._publish(
+            topology.TENANTS,
+            tenant,
+            body,
+            BundlePending(tenant, items),
+            headers={topology.READINGS_HEADER: len(items)},
         )
 
     # -- confirms ----------------------------------------------------------------
@@ -497,11 +564,15 @@ class Relay(AmqpService):
         if upto is not None and self._channel is not None and self._channel.is_open:
             self._channel.basic_ack(upto, multiple=True)
 
-    def _confirmed(self, seq: int, item: Pending, acked: bool, settled: list[int]) -> None:
+    def _confirmed(
+        self, seq: int, item: Pending | BundlePending, acked: bool, settled: list[int]
+    ) -> None:
         returned = seq in self._returned
         if returned:
             self._returned.discard(seq)
-        if acked and not returned:
+        if isinstance(item, BundlePending):
+            self._bundle_confirmed(item, acked and not returned, returned, settled)
+        elif acked and not returned:
             if item.reason is None:
                 metrics.RELAY_ACCEPTED.labels(item.tenant).inc()
             else:
@@ -534,8 +605,39 @@ class Relay(AmqpService):
             )
             self._done(item.delivery, settled)
 
+    def _bundle_confirmed(
+        self, bundle: BundlePending, taken: bool, returned: bool, settled: list[int]
+    ) -> None:
+        """Settle each reading of a bundle; refuse each on its own if the queue did not take it."""
+        tenant = bundle.tenant
+        if taken:
+            metrics.RELAY_ACCEPTED.labels(tenant).inc(len(bundle.items))
+            for item in bundle.items:
+                self._done(item.delivery, settled)
+            return
+        refusal = (
+            Rejection(Reason.UNROUTABLE, f"tenant {tenant!r} has no queue")
+            if returned
+            else Rejection(Reason.TENANT_BACKLOG_FULL, f"tenant {tenant!r} backlog is full")
+        )
+        for item in bundle.items:
+            kept = item.body
+            if kept is None:
+                kept = tenant_message(tenant, item.reading, item.received)
+            # The refusal replaces the reading's place in the bundle in the delivery's count.
+            self._refuse(
+                item.delivery,
+                item.routing_key,
+                kept,
+                refusal,
+                item.device,
+                tenant,
+                index=item.index,
+            )
+
     # -- stopping ----------------------------------------------------------------
     def drained(self) -> bool:
+        self.bundler.flush_all("drain")  # stopping: open bundles go at once
         return not self._pending and not self.registry.parked
 
     def after_drain(self) -> None:

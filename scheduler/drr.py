@@ -1,14 +1,19 @@
 """Weighted deficit round robin (Shreedhar & Varghese, 1995) over per-tenant buffers.
 
-Each message costs 1. When a backlogged tenant's turn comes it earns
-``quantum * weight`` credit and is served until its credit or its buffer runs out,
-then goes to the back of the round. Work is O(1) per message and only tenants with
-buffered messages are visited, so idle tenants cost nothing. A backlogged tenant
-never waits longer than one round: the sum of the other active tenants' quanta.
+Each item has a cost (a bundle costs its number of readings; a single reading 1): DRR
+with variable packet sizes, as in the paper. When a backlogged tenant's turn comes it
+earns ``quantum * weight`` credit and is served while its head item costs no more
+than its credit left, then goes to the back of the round keeping the credit it did
+not spend (a head item dearer than one quantum is served after enough turns). An
+emptied tenant keeps no credit. Work is O(1) per item and only tenants with buffered
+items are visited, so idle tenants cost nothing. A backlogged tenant never waits
+longer than one round: the sum of the other active tenants' quanta, plus at most one
+item each beyond it.
 
-:meth:`take` may stop in the middle of a tenant's turn (the batch is full); the turn
-resumes on the next call without earning credit twice, so fairness holds across
-batches, not just within one.
+:meth:`take` fills a batch of up to ``limit`` cost units from whole items. It may
+stop in the middle of a tenant's turn (the next item does not fit the batch); the
+turn resumes on the next call without earning credit twice, so fairness holds across
+batches, not just within one. An item dearer than ``limit`` is taken alone.
 """
 
 from __future__ import annotations
@@ -21,18 +26,20 @@ T = TypeVar("T")
 
 
 class DeficitRoundRobin(Generic[T]):
-    """Per-tenant FIFO buffers served in weighted DRR order."""
+    """Per-tenant FIFO buffers of costed items served in weighted DRR order."""
 
     def __init__(self, quantum: int) -> None:
         if quantum < 1:
             raise ValueError("quantum must be at least 1")
         self._quantum = quantum
-        self._buffers: dict[str, deque[T]] = {}
+        self._buffers: dict[str, deque[tuple[int, T]]] = {}
+        self._costs: dict[str, int] = {}
         self._weights: dict[str, int] = {}
         self._deficit: dict[str, int] = {}
         self._active: deque[str] = deque()
         self._in_turn = False  # the head of _active has already earned this turn's credit
         self._size = 0
+        self._cost = 0
 
     def set_weight(self, tenant: str, weight: int) -> None:
         """Set a tenant's weight (>= 1); it applies from the tenant's next turn."""
@@ -40,39 +47,67 @@ class DeficitRoundRobin(Generic[T]):
             raise ValueError("weight must be at least 1")
         self._weights[tenant] = weight
 
-    def push(self, tenant: str, item: T) -> None:
-        """Append ``item`` to ``tenant``'s buffer."""
+    def push(self, tenant: str, item: T, cost: int = 1) -> None:
+        """Append ``item`` (costing ``cost`` >= 1) to ``tenant``'s buffer."""
+        if cost < 1:
+            raise ValueError("cost must be at least 1")
         buf = self._buffers.get(tenant)
         if buf is None:
             buf = self._buffers[tenant] = deque()
         if not buf:
             self._active.append(tenant)
             self._deficit[tenant] = 0
-        buf.append(item)
+            self._costs[tenant] = 0
+        buf.append((cost, item))
+        self._costs[tenant] += cost
         self._size += 1
+        self._cost += cost
 
     def take(self, limit: int) -> list[tuple[str, T]]:
-        """Up to ``limit`` (tenant, item) pairs in DRR order."""
+        """Whole items worth up to ``limit`` cost units, as (tenant, item) in DRR order.
+
+        The first item is taken even if it alone costs more than ``limit``.
+        """
         out: list[tuple[str, T]] = []
+        room = limit
+        taken = 0
         active = self._active
-        while len(out) < limit and active:
+        full = False
+        while room > 0 and active and not full:
             tenant = active[0]
             buf = self._buffers[tenant]
             if not self._in_turn:
                 self._deficit[tenant] += self._quantum * self._weights.get(tenant, 1)
                 self._in_turn = True
-            served = min(len(buf), self._deficit[tenant], limit - len(out))
-            for _ in range(served):
-                out.append((tenant, buf.popleft()))
-            self._deficit[tenant] -= served
+            deficit = self._deficit[tenant]
+            served = 0
+            while buf:
+                cost, item = buf[0]
+                if cost > deficit:
+                    break
+                if cost > room and (out or served):
+                    full = True  # the batch cannot hold it: the turn resumes next time
+                    break
+                buf.popleft()
+                out.append((tenant, item))
+                deficit -= cost
+                room -= cost
+                served += cost
+                if room <= 0:
+                    full = True
+                    break
+            self._deficit[tenant] = deficit
+            self._costs[tenant] -= served
+            taken += served
             if not buf:
                 self._deficit[tenant] = 0  # an emptied tenant keeps no credit (DRR rule)
                 active.popleft()
                 self._in_turn = False
-            elif self._deficit[tenant] == 0:
+            elif buf[0][0] > deficit:  # its head costs more than the credit left: turn over
                 active.rotate(-1)
                 self._in_turn = False
         self._size -= len(out)
+        self._cost -= taken
         return out
 
     def drop(self, tenant: str) -> list[T]:
@@ -85,12 +120,22 @@ class DeficitRoundRobin(Generic[T]):
         self._active.remove(tenant)
         self._deficit.pop(tenant, None)
         self._size -= len(buf)
-        return list(buf)
+        self._cost -= self._costs.pop(tenant, 0)
+        return [item for _, item in buf]
 
     def backlog(self, tenant: str) -> int:
         """Number of items buffered for ``tenant``."""
         buf = self._buffers.get(tenant)
         return len(buf) if buf else 0
+
+    def backlog_cost(self, tenant: str) -> int:
+        """Cost of the items buffered for ``tenant`` (readings)."""
+        return self._costs.get(tenant, 0) if self._buffers.get(tenant) else 0
+
+    @property
+    def cost(self) -> int:
+        """Cost of everything buffered (readings)."""
+        return self._cost
 
     def tenants(self) -> Iterator[str]:
         """Tenants that have buffered items, in round order."""

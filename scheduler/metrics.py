@@ -125,3 +125,9 @@ ROLLUP_WRITE_FAILURES = Counter(
     "fairway_scheduler_rollup_write_failures_total",
     "Failed writes of rollup parts (kept in memory and retried)",
 )
+
+
+SCHED_OLD_ARGUMENTS = Gauge(
+    "fairway_scheduler_old_argument_queues",
+    "Tenant queues declared by an earlier version with other bounds, consumed as they are",
+)

@@ -8,14 +8,18 @@
   (:mod:`scheduler.tenant_channel`). Local buffers stay bounded by
   ``scheduler_buffer + tenants x scheduler_prefetch`` between re-shares, and by twice
   that while consumers are being recycled.
-* Deliveries go into a :class:`~scheduler.drr.DeficitRoundRobin`; a batch is taken in
-  DRR order when it is full or its oldest message has waited ``batch_linger_ms``,
-  and only while fewer than ``writers`` batches are being written.
+* Deliveries are bundles of readings (``x-fairway-readings`` says how many; a message
+  without it is one reading, the format before bundles, still read). They go into a
+  :class:`~scheduler.drr.DeficitRoundRobin` that charges each its readings; a batch of
+  whole bundles, up to ``batch_size`` readings, is taken in DRR order when it is full
+  or its oldest message has waited ``batch_linger_ms``, and only while fewer than
+  ``writers`` batches are being written.
 * Writers run on threads (the pika I/O loop never waits for MongoDB) and hand the
-  outcome back with ``add_callback_threadsafe``. Stored and duplicate messages are
-  settled; the ack is one ``multiple`` ack per channel over the settled prefix
-  (:class:`~fairway.kernel.acks.AckWatermark`). Documents the database refuses for good are
-  nacked without requeue and dead-letter to ``rejected``.
+  outcome back with ``add_callback_threadsafe``. A bundle is settled once every one of
+  its readings is stored or a duplicate; the ack is one ``multiple`` ack per channel
+  over the settled prefix (:class:`~fairway.kernel.acks.AckWatermark`). A bundle with a
+  reading the database refuses for good (or that is not the relay's output) is nacked
+  without requeue and dead-letters, whole, to ``rejected``.
 * Database down: the writer retries the batch with capped backoff; nothing is acked,
   buffers fill to the prefetch and the broker stops delivering (backpressure).
 * New tenants are found by polling the tenant list every ``tenant_refresh_s``.
@@ -54,6 +58,7 @@ from fairway.storage.registry import Tenant
 from scheduler import metrics
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
+from scheduler.queue_declare import declare_apart
 from scheduler.sink import MongoSink, NullSink, Sink, WriteOutcome
 from scheduler.tenant_channel import TenantConsumer
 
@@ -65,12 +70,22 @@ FIRST_TICK_S = 0.2  # soon after connecting, so backlogged tenants get their sha
 
 @dataclass(slots=True)
 class Delivery:
-    """A buffered message and where its ack goes."""
+    """A buffered message (a bundle of readings) and where its ack goes."""
 
     consumer: TenantConsumer
     tag: int
     body: bytes
     source: str  # the consumer tag it came from (current or retiring consumer)
+    readings: int = 1  # what the DRR charges it
+
+
+def readings_of(props: Any) -> int:
+    """Readings a tenant-queue message carries, from its header (absent: one)."""
+    headers = getattr(props, "headers", None)
+    if not headers:
+        return 1
+    count = headers.get(topology.READINGS_HEADER)
+    return count if isinstance(count, int) and count >= 1 else 1
 
 
 class Scheduler(AmqpService):
@@ -92,6 +107,10 @@ class Scheduler(AmqpService):
         self.tenant_channels: dict[str, TenantConsumer] = {}
         self.known: dict[str, Tenant] = {}
         self.inflight = 0
+        # Tenants whose queue was declared by an earlier version with other bounds (before
+        # the byte bound per reading): consumed as they are.
+        self.old_arguments: set[str] = set()
+        metrics.SCHED_OLD_ARGUMENTS.set_function(lambda: len(self.old_arguments))
         self._writers = ThreadPoolExecutor(settings.writers, thread_name_prefix="writer")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="tenants")
         self._linger_s = settings.batch_linger_ms / 1000.0
@@ -141,8 +160,8 @@ class Scheduler(AmqpService):
         """One channel for the tenant's queue: declare it, then a recyclable consumer."""
         spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings)
 
-        def on_message(_channel: Channel, method: Basic.Deliver, _props: Any, body: bytes) -> None:
-            self._on_message(consumer, method, body)
+        def on_message(_channel: Channel, method: Basic.Deliver, props: Any, body: bytes) -> None:
+            self._on_message(consumer, method, body, readings_of(props))
 
         consumer = self.tenant_channels[tenant.id] = TenantConsumer(
             tenant.id, self.settings.scheduler_prefetch, queue=spec.name, on_message=on_message
@@ -150,8 +169,16 @@ class Scheduler(AmqpService):
 
         def declare(channel: Channel, then: Callable[[], None]) -> None:
             consumer.channel = channel
-            channel.queue_declare(
-                spec.name, durable=True, arguments=spec.arguments(), callback=lambda _f: then()
+            connection = self.connection
+            if connection is None or not connection.is_open:
+                return  # the consumer is opened again with the next connection
+            # On a channel of its own: a queue of the earlier version (other arguments)
+            # refuses the declaration, which must not close the consuming channel.
+            declare_apart(
+                connection,
+                spec,
+                lambda: then() if channel.is_open else None,
+                lambda _queue: self.old_arguments.add(tenant.id),
             )
 
         self.open_consumer(
@@ -193,10 +220,14 @@ class Scheduler(AmqpService):
         self._oldest = None
 
     # -- the hot path --------------------------------------------------------------
-    def _on_message(self, consumer: TenantConsumer, method: Basic.Deliver, body: bytes) -> None:
+    def _on_message(
+        self, consumer: TenantConsumer, method: Basic.Deliver, body: bytes, readings: int = 1
+    ) -> None:
         consumer.delivered(method.delivery_tag, method.consumer_tag)
         self.drr.push(
-            consumer.tenant, Delivery(consumer, method.delivery_tag, body, method.consumer_tag)
+            consumer.tenant,
+            Delivery(consumer, method.delivery_tag, body, method.consumer_tag, readings),
+            readings,
         )
         if self._oldest is None:
             self._oldest = time.monotonic()
@@ -206,7 +237,7 @@ class Scheduler(AmqpService):
         """Hand batches to free writers: full ones at once, partial ones after linger."""
         drr, size = self.drr, self.settings.batch_size
         while self.inflight < self.settings.writers and len(drr):
-            if len(drr) < size and not self.stopping:
+            if drr.cost < size and not self.stopping:
                 waited = time.monotonic() - (self._oldest or 0.0)
                 if waited < self._linger_s:
                     if self._linger_timer is None:
@@ -217,7 +248,7 @@ class Scheduler(AmqpService):
             batch = drr.take(size)
             self._oldest = time.monotonic() if len(drr) else None
             self.inflight += 1
-            metrics.SCHED_BATCH_SIZE.observe(len(batch))
+            metrics.SCHED_BATCH_SIZE.observe(sum(d.readings for _, d in batch))
             self._writers.submit(self._write, batch)
 
     def _linger_expired(self) -> None:
@@ -240,20 +271,17 @@ class Scheduler(AmqpService):
             metrics.SCHED_DB_UP.set(1)
         except DrainExpired:
             outcome = None  # leave it unacked; the broker requeues it
-        telemetry = self._coalesce(bodies, outcome)
+        telemetry = self._coalesce(outcome)
         self.call_soon(lambda: self._written(batch, outcome, telemetry))
 
-    def _coalesce(
-        self, bodies: list[bytes], outcome: WriteOutcome | None
-    ) -> list[tuple[str, dict]]:
+    def _coalesce(self, outcome: WriteOutcome | None) -> list[tuple[str, dict]]:
         """The batch's telemetry events (writer thread); never raises."""
         if self._events is None or outcome is None:
             return []
-        refused = set(outcome.refused)
         # Duplicates are included: the first write's event may have died with a crash.
-        durable = [b for i, b in enumerate(bodies) if i not in refused]
+        durable = outcome.durable
         try:
-            return coalesce.coalesce(durable)
+            return coalesce.coalesce_readings(durable)
         except Exception:
             log.exception("coalescing events failed; the batch is stored, its events dropped")
             metrics.SCHED_EVENTS_DROPPED.inc(len(durable))
@@ -286,24 +314,27 @@ class Scheduler(AmqpService):
 
     def _settle(self, batch: list[tuple[str, Delivery]], outcome: WriteOutcome) -> None:
         refused = set(outcome.refused)
-        duplicates = set(outcome.duplicates)
         settled: dict[TenantConsumer, list[tuple[int, str]]] = defaultdict(list)
         stored: dict[str, int] = defaultdict(int)
+        duplicates: dict[str, int] = defaultdict(int)
         for i, (tenant, delivery) in enumerate(batch):
             consumer = delivery.consumer
             channel = consumer.channel
             if channel is None or not channel.is_open:
                 continue  # channel gone: the broker redelivers, the write is a duplicate
+            # Readings written count even in a refused bundle: they are stored.
+            stored[tenant] += outcome.stored_each[i]
+            duplicates[tenant] += outcome.duplicates[i]
             if i in refused:
                 channel.basic_nack(delivery.tag, requeue=False)
                 metrics.SCHED_DEAD_LETTERED.labels(tenant).inc()
-            elif i in duplicates:
-                metrics.SCHED_DUPLICATES.labels(tenant).inc()
-            else:
-                stored[tenant] += 1
             settled[consumer].append((delivery.tag, delivery.source))
         for tenant, count in stored.items():
-            metrics.SCHED_STORED.labels(tenant).inc(count)
+            if count:
+                metrics.SCHED_STORED.labels(tenant).inc(count)
+        for tenant, count in duplicates.items():
+            if count:
+                metrics.SCHED_DUPLICATES.labels(tenant).inc(count)
         for consumer, tags in settled.items():
             consumer.settle(tags)  # one multiple ack over the settled prefix
 

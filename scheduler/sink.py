@@ -1,10 +1,12 @@
 """Where the scheduler's batches go: MongoDB, or nowhere (for benchmarks).
 
-A sink's ``write`` either returns a :class:`WriteOutcome` (every message is then
-stored, a duplicate, or refused for good) or raises: an exception means *nothing*
-is known to be durable, and the scheduler retries the whole batch after a backoff.
-Retrying is safe because writes are idempotent (``_id`` from tenant, device and
-message id).
+A sink's ``write`` takes tenant-queue messages (bundles of readings, or single readings
+in the format before bundles) and either returns a :class:`WriteOutcome` (every reading
+is then stored, a duplicate, or refused for good) or raises: an exception means
+*nothing* is known to be durable, and the scheduler retries the whole batch after a
+backoff. Retrying is safe because writes are idempotent (``_id`` from tenant, device
+and message id). A message is refused (dead-lettered whole) when it is not the relay's
+output or when one of its readings is refused for good; its other readings stay stored.
 
 Each stored reading names the sink's rollup writer (``w``); the sink folds what it
 stored into rollups in memory (:mod:`scheduler.rollup_folder`) before the batch is acked.
@@ -28,12 +30,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway.kernel.contract import to_document
+from fairway.kernel.contract import reading_document, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import device_state, mongo
 from fairway.storage.device_state import DeviceDelta
@@ -54,17 +56,35 @@ MAX_PENDING_DEVICES = 10_000
 MAX_KNOWN_DEVICES = 100_000
 
 
+Doc = tuple[int, dict, dict]  # message index, document, reading as decoded
+
+
 @dataclass
 class WriteOutcome:
-    """Per-batch result, by index into the batch."""
+    """Per-batch result; lists are by message, in batch order."""
 
-    stored: int = 0
-    duplicates: list[int] = field(default_factory=list)
-    refused: list[int] = field(default_factory=list)
+    stored: int = 0  # readings newly stored, in all
+    stored_each: list[int] = field(default_factory=list)  # readings newly stored
+    duplicates: list[int] = field(default_factory=list)  # readings found already stored
+    refused: list[int] = field(default_factory=list)  # indexes of messages refused for good
+    durable: list[dict] = field(default_factory=list)  # readings stored or already stored
+
+    @classmethod
+    def of(cls, messages: int) -> WriteOutcome:
+        """An outcome of ``messages`` messages with nothing recorded yet."""
+        return cls(stored_each=[0] * messages, duplicates=[0] * messages)
+
+    def refuse(self, index: int) -> None:
+        """Refuse message ``index`` (once)."""
+        if index not in self.refused:
+            self.refused.append(index)
+
+
+UNDECODABLE = (ValueError, KeyError, TypeError, OverflowError, AttributeError)
 
 
 class Sink(Protocol):
-    """Durable destination of a batch of tenant-queue message bodies."""
+    """Durable destination of a batch of tenant-queue message bodies (bundles)."""
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Write the batch; raise if the outcome is unknown (retry the batch)."""
@@ -79,8 +99,18 @@ class NullSink:
     """Stores nothing; measures the scheduler itself."""
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
-        """Report every message as stored."""
-        return WriteOutcome(stored=len(bodies))
+        """Report every reading as stored (decoding each message, as a real sink must)."""
+        outcome = WriteOutcome.of(len(bodies))
+        for i, body in enumerate(bodies):
+            try:
+                readings = tenant_readings(body)
+            except UNDECODABLE:
+                outcome.refuse(i)
+                continue
+            outcome.stored_each[i] = len(readings)
+            outcome.stored += len(readings)
+            outcome.durable.extend(readings)
+        return outcome
 
     def close(self) -> None:
         """Nothing to write."""
@@ -114,27 +144,31 @@ class MongoSink:
         self.rollups = rollups or RollupFolder(db)
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
-        """Insert the batch; classify duplicates and documents refused for good."""
-        outcome = WriteOutcome()
-        docs: list[tuple[int, dict]] = []
+        """Insert every reading of the batch; classify duplicates and readings refused for good."""
+        outcome = WriteOutcome.of(len(bodies))
+        docs: list[Doc] = []
+        writer = self.rollups.writer
         for i, body in enumerate(bodies):
             try:
-                doc = to_document(body)
-            except (ValueError, KeyError, TypeError, OverflowError):
-                outcome.refused.append(i)  # not the relay's output: never storable
+                found = []
+                for reading in tenant_readings(body):
+                    doc = reading_document(reading)
+                    doc["w"] = writer
+                    found.append((i, doc, reading))
+            except UNDECODABLE:
+                outcome.refuse(i)  # not the relay's output: never storable
                 continue
-            doc["w"] = self.rollups.writer
-            docs.append((i, doc))
-        by_index = dict(docs)
+            docs.extend(found)
         stored: list[dict] = []
+        duplicates: list[dict] = []
         for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
-            docs = self._insert(docs, outcome, stored)
+            docs = self._insert(docs, outcome, stored, duplicates)
             if not docs:
                 break
             if attempt == MAX_DOCUMENT_ATTEMPTS:
-                outcome.refused.extend(i for i, _ in docs)
+                for i, _doc, _reading in docs:
+                    outcome.refuse(i)
         outcome.stored = len(stored)
-        duplicates = [by_index[i] for i in outcome.duplicates]
         self.rollups.record(stored, duplicates)  # raises: not acked, the batch is retried
         self._state.record(stored + duplicates)
         _observe_lag(stored)
@@ -146,36 +180,49 @@ class MongoSink:
         self.rollups.close()
 
     def _insert(
-        self, docs: list[tuple[int, dict]], outcome: WriteOutcome, stored: list[dict]
-    ) -> list[tuple[int, dict]]:
+        self, docs: list[Doc], outcome: WriteOutcome, stored: list[dict], duplicates: list[dict]
+    ) -> list[Doc]:
         """Insert ``docs``; return those that failed for a reason other than a duplicate."""
         if not docs:
             return []
         try:
-            self._collection.insert_many([d for _, d in docs], ordered=False)
+            self._collection.insert_many([d for _, d, _ in docs], ordered=False)
         except BulkWriteError as exc:
             if exc.details.get("writeConcernErrors"):
                 raise
             errors = {e["index"]: e["code"] for e in exc.details.get("writeErrors", ())}
             failed = []
-            for pos, (i, doc) in enumerate(docs):
+            for pos, entry in enumerate(docs):
+                i, doc, reading = entry
                 code = errors.get(pos)
                 if code is None:
                     stored.append(doc)
+                    outcome.stored_each[i] += 1
+                    outcome.durable.append(reading)
                 elif code == mongo.DUPLICATE_KEY:
-                    outcome.duplicates.append(i)
+                    duplicates.append(doc)
+                    outcome.duplicates[i] += 1
+                    outcome.durable.append(reading)
                 else:
-                    failed.append((i, doc))
+                    failed.append(entry)
             return failed
-        stored.extend(d for _, d in docs)
+        for i, doc, reading in docs:
+            stored.append(doc)
+            outcome.stored_each[i] += 1
+            outcome.durable.append(reading)
         return []
 
 
 def _observe_lag(docs: list[dict]) -> None:
     """Relay receipt to durable write, per tenant."""
     now = time.time()
+    by_tenant: dict[str, Any] = {}
     for doc in docs:
-        metrics.SCHED_LAG_SECONDS.labels(doc["tenant"]).observe(now - doc["received"].timestamp())
+        tenant = doc["tenant"]
+        child = by_tenant.get(tenant)
+        if child is None:
+            child = by_tenant[tenant] = metrics.SCHED_LAG_SECONDS.labels(tenant)
+        child.observe(now - doc["received"].timestamp())
 
 
 class DeviceStateWriter:

@@ -21,16 +21,21 @@ def telemetry_key(tenant: str, device: str) -> str:
 
 
 def coalesce(bodies: Iterable[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`coalesce_readings` of single-reading tenant-queue messages (relay output)."""
+    return coalesce_readings(orjson.loads(body) for body in bodies)
+
+
+def coalesce_readings(readings: Iterable[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """At most one telemetry event per (tenant, device) of a written batch.
 
-    ``bodies`` are tenant-queue messages (relay output). The event carries the latest
+    ``readings`` are the batch's readings as decoded from its tenant-queue messages
+    (:func:`fairway.kernel.contract.tenant_readings`). The event carries the latest
     reading (greatest device time; the later one in the batch on a tie), how many
     readings it stands for, and per numeric metric the min and max over all of them.
     """
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     order: list[tuple[str, str]] = []
-    for body in bodies:
-        msg = orjson.loads(body)
+    for msg in readings:
         key = (msg["tenant"], msg["device"])
         values = msg["values"]
         event = latest.get(key)

@@ -338,11 +338,18 @@ def hour_key(tenant: str, device: str, ts: datetime) -> str:
     History and rollups read a device's readings one hour at a time by this key: an
     equality, which FerretDB pushes down to its backend and MongoDB serves by index.
     """
-    return f"{tenant}:{device}:{ts.astimezone(UTC):%Y%m%d%H}"
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    # Formatted by hand: strftime costs a writer ~2 us per reading.
+    return f"{tenant}:{device}:{ts.year:04d}{ts.month:02d}{ts.day:02d}{ts.hour:02d}"
 
 
 def tenant_message(tenant: str, reading: Reading, received: float) -> bytes:
-    """The body the relay publishes to ``tenant.<id>``: the reading, normalised."""
+    """One reading as a message of its own (the tenant-queue format before bundles).
+
+    Still what ``rejected`` keeps for a reading of a device batch that its tenant queue
+    refused, and readable by the scheduler (messages queued before an upgrade).
+    """
     return orjson.dumps(
         {
             "tenant": tenant,
@@ -356,9 +363,62 @@ def tenant_message(tenant: str, reading: Reading, received: float) -> bytes:
     )
 
 
-def to_document(body: bytes) -> dict[str, Any]:
-    """MongoDB document for one tenant-queue message (relay output, trusted)."""
+def bundle_part(reading: Reading, received: float) -> bytes:
+    """One reading as it sits in a bundle: :func:`tenant_message` less the tenant."""
+    return orjson.dumps(
+        {
+            "device": reading.device,
+            "stream": reading.stream,
+            "id": reading.message_id,
+            "ts": reading.ts,
+            "received": received,
+            "values": reading.values,
+        }
+    )
+
+
+def bundle_head(tenant: str) -> bytes:
+    """A bundle's body up to its first reading: ``{"tenant":"<id>","readings":[``."""
+    return b'{"tenant":' + orjson.dumps(tenant) + b',"' + BATCH_KEY.encode() + b'":['
+
+
+BUNDLE_TAIL = b"]}"
+
+
+def bundle_body(head: bytes, parts: list[bytes]) -> bytes:
+    """The body the relay publishes to ``tenant.<id>``: one tenant's readings, in order.
+
+    ``{"tenant": "<id>", "readings": [<bundle_part>, ...]}``; its length is
+    ``len(head) + sum(len(parts)) + len(parts) - 1 + len(BUNDLE_TAIL)``.
+    """
+    return head + b",".join(parts) + BUNDLE_TAIL
+
+
+def tenant_readings(body: bytes) -> list[dict[str, Any]]:
+    """The readings of one tenant-queue message, each with its ``tenant``.
+
+    A bundle (``{"tenant", "readings": [...]}``) or one reading of its own (the format
+    before bundles, kept readable for one release). Raises ``ValueError``, ``KeyError``
+    or ``TypeError`` for a body that is neither (not the relay's output).
+    """
     msg = orjson.loads(body)
+    if not isinstance(msg, dict):
+        raise TypeError("a tenant-queue message is a JSON object")
+    readings = msg.get(BATCH_KEY)
+    if readings is None:
+        if "tenant" not in msg:
+            raise KeyError("tenant")  # neither a bundle nor a reading
+        return [msg]
+    tenant = msg["tenant"]
+    if not isinstance(readings, list) or not readings:
+        raise ValueError("a bundle holds a non-empty array of readings")
+    for reading in readings:
+        reading["tenant"] = tenant
+    return readings
+
+
+def reading_document(msg: dict[str, Any]) -> dict[str, Any]:
+    """MongoDB document for one reading of a tenant-queue message (relay output, trusted)."""
     ts = datetime.fromtimestamp(msg["ts"], UTC)
     return {
         "_id": reading_id(msg["tenant"], msg["device"], msg["id"]),
@@ -371,3 +431,8 @@ def to_document(body: bytes) -> dict[str, Any]:
         "received": datetime.fromtimestamp(msg["received"], UTC),
         "values": msg["values"],
     }
+
+
+def to_document(body: bytes) -> dict[str, Any]:
+    """MongoDB document for one single-reading tenant-queue message (:func:`tenant_message`)."""
+    return reading_document(orjson.loads(body))

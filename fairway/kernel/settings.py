@@ -300,6 +300,10 @@ class Settings:
     # disk (whose alarms would block every publisher of every tenant) within the counts.
     ingest_max_bytes: int = setting(1 << 30, BROKER, AT_LEAST_1)
     tenant_max_backlog_bytes: int = setting(256 << 20, BROKER, AT_LEAST_1)
+    # A tenant queue holds bundles of readings, so its cap in readings (the tenant's
+    # max_backlog) is turned into bytes: x-max-length-bytes = min(the byte bound above,
+    # max_backlog x this allowance per reading); x-max-length stays max_backlog messages.
+    tenant_backlog_reading_bytes: int = setting(256, BROKER, Bound(low=16, high=65_536))
     rejected_max_bytes: int = setting(64 << 20, BROKER, AT_LEAST_1)
     # Each tenant's own ingest queue `ingest.<tenant>` (its devices' messages, before the
     # relay): a device of one tenant can fill only its tenant's.
@@ -345,6 +349,14 @@ class Settings:
     rejected_device_burst: float = setting(100.0, RELAY, Bound(low=1))
     rejected_tenant_rate: float = setting(50.0, RELAY, POSITIVE)
     rejected_tenant_burst: float = setting(1000.0, RELAY, Bound(low=1))
+    # Bundles: a tenant's accepted readings go to its tenant queue as one message of at
+    # most this many readings and bytes (a reading alone may exceed the bytes: it is never
+    # split), flushed when full or after the linger (0: on the I/O loop's next turn).
+    # Keep the readings under FAIRWAY_RELAY_TENANT_PREFETCH, or a tenant's bundle only
+    # ever leaves by linger.
+    bundle_max_readings: int = setting(50, RELAY, Bound(low=1, high=1000))
+    bundle_max_bytes: int = setting(65_536, RELAY, Bound(low=1024, high=65_536))
+    bundle_linger_ms: float = setting(5.0, RELAY, Bound(low=0, high=1000))
 
     # -- scheduler
     scheduler_prefetch: int = setting(100, SCHEDULER, AT_LEAST_1)  # per tenant, no backlog

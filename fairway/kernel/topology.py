@@ -40,6 +40,9 @@ TENANT_HEADER = "x-fairway-tenant"
 ROUTING_KEY_HEADER = "x-fairway-routing-key"
 SIZE_HEADER = "x-fairway-original-size"
 INDEX_HEADER = "x-fairway-index"  # a refused reading's position in its device batch
+# On a bundle in a tenant queue: how many readings it carries (what the scheduler's DRR
+# charges it). Absent: one reading (a message in the format before bundles).
+READINGS_HEADER = "x-fairway-readings"
 
 
 class Channel(Protocol):
@@ -120,16 +123,26 @@ def tenant_queue_name(tenant: str) -> str:
     return TENANT_QUEUE_PREFIX + tenant
 
 
+def tenant_backlog_bytes(max_backlog: int, settings: Settings) -> int:
+    """``x-max-length-bytes`` of a tenant queue whose cap is ``max_backlog`` readings."""
+    return min(
+        settings.tenant_max_backlog_bytes, max_backlog * settings.tenant_backlog_reading_bytes
+    )
+
+
 def tenant_queue(tenant: str, max_backlog: int, settings: Settings) -> QueueSpec:
     """The per-tenant backlog queue; what it dead-letters goes to ``rejected``.
 
-    ``max_backlog`` is the tenant's own bound in messages; the byte bound and the queue
-    type come from ``settings``, so every process declares identical arguments.
+    ``max_backlog`` is the tenant's own bound in readings. The queue holds bundles of
+    readings, so the bound that holds is in bytes: ``max_backlog`` readings of
+    ``tenant_backlog_reading_bytes`` each, at most ``tenant_max_backlog_bytes``; the
+    count bound stays ``max_backlog`` messages (one reading each at least). Both come
+    from ``settings``, so every process declares identical arguments.
     """
     return QueueSpec(
         name=tenant_queue_name(tenant),
         max_length=max_backlog,
-        max_bytes=settings.tenant_max_backlog_bytes,
+        max_bytes=tenant_backlog_bytes(max_backlog, settings),
         bindings=((TENANTS, tenant),),
         extra={
             "x-dead-letter-exchange": REJECTED,

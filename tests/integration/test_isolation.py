@@ -58,8 +58,13 @@ def test_a_flooding_device_cannot_crowd_out_other_devices_refusals(pipeline: Pip
     assert pipeline.alive("relay") and pipeline.alive("scheduler")
 
 
+# Bundles of one reading: a full queue refuses reading by reading (bundles of many are
+# refused whole, tested in test_bundles.py), so the counts below are exact.
 @pytest.mark.settings(
-    rejected_device_burst=10_000, rejected_tenant_rate=0.5, rejected_tenant_burst=30
+    rejected_device_burst=10_000,
+    rejected_tenant_rate=0.5,
+    rejected_tenant_burst=30,
+    bundle_max_readings=1,
 )
 def test_a_tenant_over_its_refusal_budget_keeps_only_its_budget(pipeline: Pipeline) -> None:
     pipeline.tenant("tiny", max_backlog=2)  # no scheduler: the queue stays full
@@ -88,7 +93,7 @@ def test_a_tenant_over_its_refusal_budget_keeps_only_its_budget(pipeline: Pipeli
     assert pipeline.depth(topology.INGEST) == 0
 
 
-@pytest.mark.settings(tenant_max_backlog_bytes=8_000)
+@pytest.mark.settings(tenant_max_backlog_bytes=8_000, bundle_max_readings=1)
 def test_tenant_queue_is_bounded_in_bytes(pipeline: Pipeline) -> None:
     pipeline.tenant("acme")  # the message bound (1,000,000) is far away
     pipeline.device("acme", "dev-1")

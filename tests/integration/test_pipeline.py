@@ -152,6 +152,9 @@ CASES = [
         scheduler=False,
         expected=3,
         accepted=2,
+        # Bundles of one reading, so the count bound (2 messages) decides; bundles of
+        # many refused by a full queue: test_bundles.py.
+        settings={"bundle_max_readings": 1},
     ),
     Case(
         "unroutable",

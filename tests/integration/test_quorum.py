@@ -46,7 +46,7 @@ def test_quorum_full_tenant_queue_refuses_publishes_and_loses_nothing(
     sent, bound = 40, 5
     pipeline.tenant("tiny", max_backlog=bound)
     pipeline.device("tiny", "tiny-1")
-    pipeline.start("relay")
+    pipeline.start("relay", bundle_max_readings=1)  # one reading a message: counts exact
 
     def settled(count: int) -> bool:
         accepted = pipeline.metric("relay", "fairway_relay_accepted_total", tenant="tiny")

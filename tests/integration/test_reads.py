@@ -339,7 +339,13 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
         body = {"ts": ts, "values": {"temp": (i % 50) * 0.5}}
         messages.append((f"{devices[i % 5]}.env", body, {"message_id": f"m{i}"}))
     pipeline.publish(messages)
-    wait_for(lambda: pipeline.depth("tenant.a") >= len(messages), 60, "relayed")
+    wait_for(  # every reading in tenant.a (in bundles: count readings, not messages)
+        lambda: (
+            pipeline.metric("relay", "fairway_relay_accepted_total", tenant="a") >= len(messages)
+        ),
+        60,
+        "relayed",
+    )
     # Each killed scheduler leaves readings of the open hour folded but never written
     # (its rollup_touched records say which device-hours).
     for _ in range(2):  # kill -9 twice mid-run; unacked batches come back as duplicates

@@ -145,7 +145,9 @@ def test_ledger_counts_and_replay(pipeline: Pipeline) -> None:
     assert pipeline.stored(device="d1") == 0
 
 
-@pytest.mark.settings(device_cache_ttl_s=1.0)
+# Bundles of one reading, so the full queue takes the batch's first reading and refuses
+# the others one by one (a bundle of the three would be refused whole).
+@pytest.mark.settings(device_cache_ttl_s=1.0, bundle_max_readings=1)
 def test_replaying_device_batches(pipeline: Pipeline) -> None:
     """A batch refused whole is replayed whole; readings refused one by one (by a full
     tenant queue, archived as the relay's tenant message) are replayed as readings."""

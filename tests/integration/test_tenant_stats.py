@@ -52,9 +52,15 @@ def slow_scheduler(pipeline: Pipeline) -> int:
     return child.metrics_port
 
 
-# A flood from one device faster than its rate limit would be refused in part.
+# A flood from one device faster than its rate limit would be refused in part. Bundles no
+# larger than the slow scheduler's batches of 5 (a larger bundle is a batch of its own,
+# and the scheduler would no longer be slow).
 @pytest.mark.settings(
-    scheduler_buffer=200, scheduler_prefetch=20, device_rate=100_000, device_burst=100_000
+    scheduler_buffer=200,
+    scheduler_prefetch=20,
+    device_rate=100_000,
+    device_burst=100_000,
+    bundle_max_readings=5,
 )
 def test_flooding_tenant_against_a_quiet_one(pipeline: Pipeline) -> None:
     pipeline.tenant("noisy", weight=1)

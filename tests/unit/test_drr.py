@@ -416,3 +416,110 @@ def test_random_interleaving_invariants(seed: int) -> None:
     assert len(drr) == 0
     # no item lost or duplicated
     assert sorted(taken + dropped) == list(range(seq))
+
+
+# -- variable costs: a bundle costs its readings ---------------------------------------
+
+
+def push_costed(drr: DeficitRoundRobin[str], tenant: str, costs: list[int]) -> None:
+    for i, cost in enumerate(costs):
+        drr.push(tenant, f"{tenant}-{i}-{cost}", cost)
+
+
+def cost_of(item: str) -> int:
+    return int(item.rsplit("-", 1)[1])
+
+
+def readings_by_tenant(batch: list[tuple[str, str]]) -> Counter[str]:
+    served: Counter[str] = Counter()
+    for tenant, item in batch:
+        served[tenant] += cost_of(item)
+    return served
+
+
+def test_a_bundle_is_charged_its_readings_not_one() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(10)
+    push_costed(drr, "bundles", [10] * 100)
+    push_costed(drr, "singles", [1] * 1000)
+    served: Counter[str] = Counter()
+    for _ in range(20):
+        served.update(readings_by_tenant(drr.take(20)))
+    # Equal weights: equal readings, though "bundles" sent a tenth of the messages.
+    assert served == {"bundles": 200, "singles": 200}
+
+
+def test_weighted_shares_hold_in_readings_with_mixed_bundle_sizes() -> None:
+    rng = random.Random(7)
+    quantum = 50
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(quantum)
+    weights = {"a": 1, "b": 2, "c": 4}
+    for t, w in weights.items():
+        drr.set_weight(t, w)
+        push_costed(drr, t, [rng.randint(1, 50) for _ in range(3000)])
+    served: Counter[str] = Counter()
+    for _ in range(200):
+        served.update(readings_by_tenant(drr.take(200)))
+    total = sum(served.values())
+    for t, w in weights.items():
+        share = served[t] / total
+        assert share == pytest.approx(w / sum(weights.values()), abs=0.01), (t, served)
+
+
+def test_a_bundle_dearer_than_the_quantum_is_served_once_credit_allows() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(10)
+    push_costed(drr, "big", [35, 35])
+    push_costed(drr, "small", [1] * 200)
+    order = tenants_of(drr.take(1000))
+    # big earns 10 a turn: its first bundle goes in its 4th turn, after 3 of small's quanta.
+    first_big = order.index("big")
+    assert order[:first_big] == ["small"] * 30
+    assert drr.take(1) == []  # everything was taken
+    assert len(drr) == 0 and drr.cost == 0
+
+
+def test_a_batch_is_whole_bundles_within_the_limit() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(100)
+    push_costed(drr, "a", [30, 30, 30, 30])
+    batch = drr.take(100)
+    assert [cost_of(i) for _, i in batch] == [30, 30, 30]  # a fourth would pass 100
+    assert drr.cost == 30 and len(drr) == 1
+    # The turn resumes: a has 10 credit left, not enough for 30; it earns no second quantum
+    # within the turn, so it finishes the turn, then starts a new one.
+    assert [cost_of(i) for _, i in drr.take(100)] == [30]
+
+
+def test_a_bundle_larger_than_the_whole_batch_goes_alone() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(500)
+    push_costed(drr, "a", [300, 5])
+    assert [cost_of(i) for _, i in drr.take(200)] == [300]
+    assert [cost_of(i) for _, i in drr.take(200)] == [5]
+
+
+def test_variable_costs_take_in_small_steps_equals_one_big_take() -> None:
+    rng = random.Random(11)
+    costs = {t: [rng.randint(1, 40) for _ in range(300)] for t in "abcd"}
+
+    def build() -> DeficitRoundRobin[str]:
+        drr: DeficitRoundRobin[str] = DeficitRoundRobin(30)
+        for t, cs in costs.items():
+            drr.set_weight(t, 1 + ord(t) % 3)
+            push_costed(drr, t, cs)
+        return drr
+
+    big, small = build(), build()
+    everything = big.take(10**9)
+    stepwise: list[tuple[str, str]] = []
+    while len(small):
+        stepwise.extend(small.take(1))  # one item at a time (each alone may exceed 1)
+    assert stepwise == everything
+
+
+def test_cost_bookkeeping_with_drop() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(5)
+    push_costed(drr, "a", [3, 4])
+    push_costed(drr, "b", [10])
+    assert (len(drr), drr.cost, drr.backlog("a"), drr.backlog_cost("a")) == (3, 17, 2, 7)
+    assert drr.drop("a") == ["a-0-3", "a-1-4"]
+    assert (len(drr), drr.cost, drr.backlog_cost("a")) == (1, 10, 0)
+    with pytest.raises(ValueError, match="cost"):
+        drr.push("a", "x", 0)

@@ -1,7 +1,7 @@
 """The relay's partial-batch rule (ingest/relay.py) on a stub channel, no broker.
 
-A device batch is split: each accepted reading is published on its own to its tenant
-queue (one reading per message, as for single readings), each refused reading on its
+A device batch is split: each accepted reading goes to its tenant's bundle (here
+bundles of one reading, so each is a publish of its own), each refused reading on its
 own to ``rejected`` with its reason and index. The original is acked only once every
 one of those publishes is confirmed. Rate limits and refusal budgets count readings.
 """
@@ -25,7 +25,9 @@ from tests.unit.test_relay_confirms import StubChannel
 
 
 def make_relay(**overrides: Any) -> Relay:
-    service = Relay(Settings(**overrides), db=None)  # type: ignore[arg-type]
+    # Bundles of one reading, so each reading is one publish to follow.
+    settings = Settings(**{"bundle_max_readings": 1, **overrides})
+    service = Relay(settings, db=None)  # type: ignore[arg-type]
     channel = StubChannel()
     service._ingest.channel = channel  # type: ignore[assignment]
     known = {"dev-1": Device("dev-1", "acme", enabled=True)}
@@ -73,7 +75,7 @@ def test_a_batch_is_published_one_reading_per_message_and_acked_after_the_last_c
     deliver(relay, 1, batch)
     to_tenants = published(relay, topology.TENANTS)
     assert [k for k, _, _ in to_tenants] == ["acme", "acme", "acme"]
-    bodies = [orjson.loads(b) for _, b, _ in to_tenants]
+    bodies = [orjson.loads(b)["readings"][0] for _, b, _ in to_tenants]
     assert [b["values"] for b in bodies] == [{"n": 0}, {"n": 1}, {"n": 3}]
     assert [b["id"] for b in bodies] == ["b1#0", "b1#1", "b1#3"]  # message id # index
     [(key, body, props)] = published(relay, topology.REJECTED)

@@ -1,6 +1,7 @@
 """The relay's confirm handling (ingest/relay.py) on a stub channel, no broker.
 
-Every delivery is republished once; its original is acked only once that republish
+Every delivery is republished once (here in a bundle of one reading: bundles of many
+are tested in ``test_relay_bundles.py``); its original is acked only once that republish
 is confirmed, with one ``multiple`` ack over the settled prefix. A nacked republish
 to a tenant queue is refused as ``tenant_backlog_full``, a returned one as
 ``unroutable``; a refusal ``rejected`` itself nacks is counted and acked.
@@ -43,7 +44,8 @@ class StubChannel:
 
 @pytest.fixture
 def relay() -> Any:
-    service = Relay(Settings(), db=None)  # type: ignore[arg-type]
+    # Bundles of one reading: each is published at once (bundles: test_relay_bundles.py).
+    service = Relay(Settings(bundle_max_readings=1), db=None)  # type: ignore[arg-type]
     channel = StubChannel()
     service._ingest.channel = channel
     known = {"dev-1": Device("dev-1", "acme", enabled=True)}
