@@ -76,6 +76,11 @@ RELAY_BUNDLE_BYTES = Histogram(
 )
 
 
+RELAY_NACK_RETRIES = Counter(
+    "fairway_relay_nack_retries_total",
+    "Bundles a tenant queue nacked, published again (full, or a quorum leader lost)",
+    ["tenant"],
+)
 RELAY_BUNDLE_FLUSHES = Counter(
     "fairway_relay_bundle_flushes_total",
     "Bundles published, by what closed them: count, bytes, linger or drain",

@@ -128,6 +128,8 @@ class BundlePending:
 
     tenant: str
     items: list[Item]
+    body: bytes = b""
+    attempts: int = 0  # publishes after a nack so far
 
 
 class Relay(AmqpService):
@@ -188,6 +190,8 @@ class Relay(AmqpService):
         self._returned: set[int] = set()
         self._seq = 0
         self._acks = AckWatermark()
+        self._connection_number = 0  # a nacked bundle's retry is for this connection only
+        self._retrying = 0  # nacked bundles waiting to be published again
         metrics.RELAY_UNCONFIRMED.set_function(lambda: len(self._pending))
         metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
         metrics.RELAY_HELD.set_function(lambda: self._acks.outstanding)
@@ -234,6 +238,8 @@ class Relay(AmqpService):
     def on_connection_lost(self) -> None:
         # Every unacked delivery goes back to its queue; forget what was in flight.
         self._pending.clear()
+        self._connection_number += 1
+        self._retrying = 0
         self.bundler.discard()
         self._returned.clear()
         self._seq = 0
@@ -517,9 +523,34 @@ class Relay(AmqpService):
             topology.TENANTS,
             tenant,
             body,
-            BundlePending(tenant, items),
+            BundlePending(tenant, items, body),
             headers={topology.READINGS_HEADER: len(items)},
         )
+
+    def _retry_bundle(self, bundle: BundlePending) -> None:
+        """Publish a nacked bundle again after ``relay_nack_retry_s``, on this connection only.
+
+        A nack does not say why: a full queue, or a quorum queue that could not reach its
+        leader (a node just lost). Only a queue still refusing after the retries is full.
+        """
+        number = self._connection_number
+        self._retrying += 1
+        metrics.RELAY_NACK_RETRIES.labels(bundle.tenant).inc()
+
+        def again() -> None:
+            if number != self._connection_number:
+                return  # connection lost meanwhile: the originals are redelivered
+            self._retrying -= 1
+            retried = BundlePending(bundle.tenant, bundle.items, bundle.body, bundle.attempts + 1)
+            self._publish(
+                topology.TENANTS,
+                bundle.tenant,
+                bundle.body,
+                retried,
+                headers={topology.READINGS_HEADER: len(bundle.items)},
+            )
+
+        self.ioloop.call_later(self.settings.relay_nack_retry_s, again)
 
     # -- confirms ----------------------------------------------------------------
     def _on_return(
@@ -615,6 +646,9 @@ class Relay(AmqpService):
             for item in bundle.items:
                 self._done(item.delivery, settled)
             return
+        if not returned and bundle.attempts < self.settings.relay_nack_retries:
+            self._retry_bundle(bundle)
+            return
         refusal = (
             Rejection(Reason.UNROUTABLE, f"tenant {tenant!r} has no queue")
             if returned
@@ -638,7 +672,7 @@ class Relay(AmqpService):
     # -- stopping ----------------------------------------------------------------
     def drained(self) -> bool:
         self.bundler.flush_all("drain")  # stopping: open bundles go at once
-        return not self._pending and not self.registry.parked
+        return not self._pending and not self._retrying and not self.registry.parked
 
     def after_drain(self) -> None:
         self.registry.close()

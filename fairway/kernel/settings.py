@@ -357,6 +357,11 @@ class Settings:
     bundle_max_readings: int = setting(50, RELAY, Bound(low=1, high=1000))
     bundle_max_bytes: int = setting(65_536, RELAY, Bound(low=1024, high=65_536))
     bundle_linger_ms: float = setting(5.0, RELAY, Bound(low=0, high=1000))
+    # A nack from a tenant queue means full, or (on a cluster) a quorum queue whose leader
+    # was just lost: published again this many times, this far apart, before its
+    # readings are refused as tenant_backlog_full.
+    relay_nack_retries: int = setting(3, RELAY, Bound(low=0, high=20))
+    relay_nack_retry_s: float = setting(0.5, RELAY, Bound(low=0.01, high=30))
 
     # -- scheduler
     scheduler_prefetch: int = setting(100, SCHEDULER, AT_LEAST_1)  # per tenant, no backlog

@@ -25,8 +25,9 @@ from tests.unit.test_relay_confirms import StubChannel
 
 
 def make_relay(**overrides: Any) -> Relay:
-    # Bundles of one reading, so each reading is one publish to follow.
-    settings = Settings(**{"bundle_max_readings": 1, **overrides})
+    # Bundles of one reading, so each reading is one publish to follow; a nack refuses at
+    # once (its retries are tested in test_relay_bundles).
+    settings = Settings(**{"bundle_max_readings": 1, "relay_nack_retries": 0, **overrides})
     service = Relay(settings, db=None)  # type: ignore[arg-type]
     channel = StubChannel()
     service._ingest.channel = channel  # type: ignore[assignment]

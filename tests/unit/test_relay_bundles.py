@@ -83,7 +83,65 @@ def test_the_linger_timer_publishes_a_bundle_that_does_not_fill() -> None:
         relay.registry.close()
 
 
-def test_a_bundle_the_full_queue_refuses_puts_each_reading_in_rejected(relay: Relay) -> None:
+def test_a_nacked_bundle_is_published_again_and_settles_when_taken() -> None:
+    relay = make_relay(bundle_max_readings=4, relay_nack_retries=2, relay_nack_retry_s=0.01)
+    try:
+        for tag in range(1, 5):
+            deliver(relay, tag, good(tag))
+        confirm(relay, 1, ack=False)  # a quorum queue whose leader was just lost, say
+        assert published(relay, topology.REJECTED) == [] and channel(relay).acks == []
+        relay.ioloop.call_later(0.1, relay.ioloop.stop)
+        relay.ioloop.start()  # the retry's timer
+        first, again = published(relay, topology.TENANTS)
+        assert again[1] == first[1]  # the same bundle, readings and ids
+        confirm(relay, 2)
+        assert channel(relay).acks == [(4, True)]
+        assert published(relay, topology.REJECTED) == []
+    finally:
+        relay.registry.close()
+
+
+def test_a_queue_still_nacking_after_the_retries_is_full() -> None:
+    relay = make_relay(bundle_max_readings=4, relay_nack_retries=1, relay_nack_retry_s=0.01)
+    try:
+        for tag in range(1, 5):
+            deliver(relay, tag, good(tag))
+        confirm(relay, 1, ack=False)
+        relay.ioloop.call_later(0.1, relay.ioloop.stop)
+        relay.ioloop.start()
+        confirm(relay, 2, ack=False)  # refused again: the queue is full
+        refusals = published(relay, topology.REJECTED)
+        assert [p.headers[topology.REASON_HEADER] for _, _, p in refusals] == [
+            "tenant_backlog_full"
+        ] * 4
+    finally:
+        relay.registry.close()
+
+
+def test_a_retry_is_dropped_when_the_connection_was_lost_meanwhile() -> None:
+    relay = make_relay(bundle_max_readings=4, relay_nack_retries=2, relay_nack_retry_s=0.01)
+    try:
+        for tag in range(1, 5):
+            deliver(relay, tag, good(tag))
+        confirm(relay, 1, ack=False)
+        assert not relay.drained()  # a retry is owed: not drained yet
+        relay.on_connection_lost()  # the originals go back to ingest with the channel
+        relay.ioloop.call_later(0.1, relay.ioloop.stop)
+        relay.ioloop.start()
+        assert len(published(relay, topology.TENANTS)) == 1  # not published again
+    finally:
+        relay.registry.close()
+
+
+def test_a_bundle_the_full_queue_refuses_puts_each_reading_in_rejected() -> None:
+    relay = make_relay(bundle_max_readings=4, bundle_linger_ms=5.0, relay_nack_retries=0)
+    try:
+        refused_at_once(relay)
+    finally:
+        relay.registry.close()
+
+
+def refused_at_once(relay: Relay) -> None:
     before = sample("fairway_relay_rejected_total", reason="tenant_backlog_full")
     single = orjson.dumps(good(0))
     deliver(relay, 1, single)

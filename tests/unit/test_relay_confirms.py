@@ -45,7 +45,9 @@ class StubChannel:
 @pytest.fixture
 def relay() -> Any:
     # Bundles of one reading: each is published at once (bundles: test_relay_bundles.py).
-    service = Relay(Settings(bundle_max_readings=1), db=None)  # type: ignore[arg-type]
+    # A nack refuses at once here (its retries are tested in test_relay_bundles).
+    settings = Settings(bundle_max_readings=1, relay_nack_retries=0)
+    service = Relay(settings, db=None)  # type: ignore[arg-type]
     channel = StubChannel()
     service._ingest.channel = channel
     known = {"dev-1": Device("dev-1", "acme", enabled=True)}
