@@ -343,6 +343,15 @@ def _api(chrome: webdriver.Chrome, method: str, path: str, body: object = None) 
 @pytest.mark.settings(
     scheduler_buffer=200, scheduler_prefetch=20, device_rate=100_000, device_burst=100_000
 )
+# As in test_tenant_stats: the flood past the device rate, in bundles no larger than the
+# slow scheduler's batches (the page's backlog is the tenant queue's, in messages).
+@pytest.mark.settings(
+    scheduler_buffer=200,
+    scheduler_prefetch=20,
+    device_rate=100_000,
+    device_burst=100_000,
+    bundle_max_readings=5,
+)
 def test_tenants_page_shows_a_flood_held_back(
     pipeline: Pipeline, browser: webdriver.Chrome
 ) -> None:
