@@ -98,14 +98,14 @@ class Delivery:
 
 @dataclass(slots=True)
 class Pending:
-    """A republish awaiting its confirm, and what to do if it is refused."""
+    """A refusal published to ``rejected``, awaiting its confirm (readings travel in bundles)."""
 
     delivery: Delivery
     routing_key: str
     body: bytes
     device: str | None
     tenant: str | None
-    reason: Reason | None  # None: a reading published to its tenant queue
+    reason: Reason
     index: int | None = None  # the reading's position in a device batch
 
 
@@ -604,30 +604,8 @@ class Relay(AmqpService):
         if isinstance(item, BundlePending):
             self._bundle_confirmed(item, acked and not returned, returned, settled)
         elif acked and not returned:
-            if item.reason is None:
-                metrics.RELAY_ACCEPTED.labels(item.tenant).inc()
-            else:
-                metrics.RELAY_REJECTED.labels(item.reason.value).inc()
+            metrics.RELAY_REJECTED.labels(item.reason.value).inc()
             self._done(item.delivery, settled)
-        elif item.reason is None:
-            # The tenant queue refused it: full (nack) or missing (return).
-            refusal = (
-                Rejection(Reason.UNROUTABLE, f"tenant {item.tenant!r} has no queue")
-                if returned
-                else Rejection(
-                    Reason.TENANT_BACKLOG_FULL, f"tenant {item.tenant!r} backlog is full"
-                )
-            )
-            # The refusal replaces this publish in the delivery's count.
-            self._refuse(
-                item.delivery,
-                item.routing_key,
-                item.body,
-                refusal,
-                item.device,
-                item.tenant,
-                index=item.index,
-            )
         else:
             metrics.RELAY_REJECTED_DROPPED.labels(item.reason.value).inc()
             log.error(
