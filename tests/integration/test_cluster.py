@@ -11,8 +11,12 @@ Each failure test runs devices publishing with confirms (loud tenants, and a qui
 at 20 readings/s on their own connection), two relays, two schedulers and a monitor,
 each given the three nodes in a different order so they start on different nodes. Mid
 run a node dies (``kill -9``) and comes back 5 s later, or every node is restarted in
-turn. Then: every confirmed reading is stored exactly once, nothing was refused, every
-process is alive and connected again by itself (those on the dead node moved to
+turn. The devices publish a nacked reading again (``retry_nacked``, as in
+``test_partition``): RabbitMQ 3.10 nacks a channel's publishes to a quorum queue whose
+leader's node it cannot reach until it learns the new leader, so a device that
+reconnected mid-election is refused for a few seconds (seen in CI: 97 of 150 quiet
+readings). Then: every reading is confirmed and stored exactly once, none was given
+up and nothing was rejected, every process is alive and connected again by itself (those on the dead node moved to
 another), and the figures are reported in ``test-artifacts/cluster.json``: how long
 the clients took to reconnect (``failover_s``) and the longest pause in storing of
 each tenant (``gap_s``): at most ``GAP_BOUND_S`` for any tenant, and for the quiet
@@ -168,6 +172,7 @@ class ClusterRun:
                 rate=self.rate,
                 total=self.messages,
                 progress=False,
+                retry_nacked=True,
             ),
             "quiet": Simulator(
                 p.with_(amqp_url=self.url(3)),
@@ -175,6 +180,7 @@ class ClusterRun:
                 rate=QUIET_RATE,
                 total=max(1, int(QUIET_RATE * seconds)),
                 progress=False,
+                retry_nacked=True,
             ),
         }
         self.simulators["quiet"].run_id += "q"  # ids distinct from the loud run's
@@ -270,6 +276,7 @@ class ClusterRun:
             "stored_s": round(self.now(), 1),
             "events": {what: round(at, 2) for what, at in self.events},
             "resent": {n: s.summary.resent for n, s in self.simulators.items()},
+            "retried_nacks": {n: s.summary.retried for n, s in self.simulators.items()},
             "gap_s": self.gaps(until=published_at),
             "stored_every_5s": self.progress(),
         }
