@@ -17,9 +17,10 @@ leader's node it cannot reach until it learns the new leader, so a device that
 reconnected mid-election is refused for a few seconds (seen in CI: 97 of 150 quiet
 readings). Then: every reading is confirmed and stored exactly once, none was given
 up and nothing was rejected, every process is alive and connected again by itself
-(those on the dead node moved to another), and the figures are reported in ``test-artifacts/cluster.json``: how long
-the clients took to reconnect (``failover_s``) and the longest pause in storing of
-each tenant (``gap_s``): at most ``GAP_BOUND_S`` for any tenant, and for the quiet
+(those on the dead node moved to another), and the figures are reported in
+``test-artifacts/cluster.json``: how long the clients took to reconnect
+(``failover_s``) and the longest pause in storing of each tenant (``gap_s``): at most
+``GAP_BOUND_S`` for any tenant, and for the quiet
 tenant at most the slowest client's failover (and a sample's slack).
 
 Sizes: ``FAIRWAY_TEST_CLUSTER_MESSAGES`` readings per run (15,000 in ``make test``, to
