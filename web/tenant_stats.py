@@ -53,9 +53,17 @@ REFRESHES = Counter(
 class TenantFiguresAnswer(Answer):
     tenant: str
     weight: int
-    ingest_rate: float = Field(description="publishes into ingest.<tenant> per second")
-    accepted_rate: float = Field(description="the relay's publishes into tenant.<tenant>")
-    stored_rate: float = Field(description="acks on tenant.<tenant>: readings stored per second")
+    ingest_rate: float = Field(
+        description="devices' messages into ingest.<tenant> per second (a batch is one)"
+    )
+    accepted_rate: float = Field(
+        description="the relay's messages (bundles) into tenant.<tenant> per second"
+    )
+    stored_rate: float = Field(
+        description="readings stored per second (stored_source schedulers), or the "
+        "broker's acks on tenant.<tenant>, bundles per second (stored_source broker)"
+    )
+    stored_source: str = Field(description="schedulers (readings) or broker (messages)")
     ingest_backlog: int = Field(description="messages waiting before the relay")
     backlog: int = Field(description="messages waiting before the scheduler")
     served_share: float | None
@@ -64,7 +72,9 @@ class TenantFiguresAnswer(Answer):
     lag_p50_s: float | None
     lag_p99_s: float | None
     lag_count: int
-    stored_series: list[list[float]] = Field(description="[epoch ms, stored per second]")
+    stored_series: list[list[float]] = Field(
+        description="[epoch ms, acks on tenant.<tenant> per second (messages)]"
+    )
 
 
 class SchedulersAsked(Answer):
@@ -121,7 +131,8 @@ class TenantStats:
                 ) from None
             weights = {d["_id"]: d["weight"] for d in registry.tenant_documents(get_db())}
             answered = self._read_lags(now)
-            figures = tenant_stats.figures(queues, weights, self._lags.quantiles())
+            stored = self._lags.rates() if answered == len(self.urls) else None
+            figures = tenant_stats.figures(queues, weights, self._lags.quantiles(), stored)
             self._snapshot = Snapshot(now, figures, len(self.urls), answered)
             REFRESHES.labels("ok").inc()
             return self._snapshot

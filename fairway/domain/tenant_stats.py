@@ -15,6 +15,16 @@ from relay receipt to durable write, p50 and p99 over the last minute, from the
 ``fairway_scheduler_lag_seconds`` histogram's bucket counts (interpolated within a
 bucket, as Prometheus' ``histogram_quantile`` does). Without those URLs the lag shown is
 the queueing estimate backlog / stored rate.
+
+Units. The broker counts messages: a device's batch is one message into
+``ingest.<tenant>``, and the relay's bundle (many readings, see ``READINGS_HEADER``) is
+one message into ``tenant.<tenant>``, so its ack rate is bundles per second, and served
+shares computed from it would favour a tenant whose bundles are small. The histogram
+observes every reading, so when the schedulers answer with two reads at least a few
+seconds apart, the *stored rate* and the served shares are readings per second from the
+growth of its counts (``stored_source`` ``schedulers``); otherwise the broker's ack rate
+in messages (``broker``). The lag estimate and the live chart stay in messages (backlog
+and acks of the same queue).
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ class TenantFigures:
     ingest_rate: float = 0.0
     accepted_rate: float = 0.0
     stored_rate: float = 0.0
+    stored_source: str = "broker"  # schedulers: readings/s; broker: messages (bundles)/s
     ingest_backlog: int = 0
     backlog: int = 0
     served_share: float | None = None
@@ -88,10 +99,14 @@ def figures(
     queues: Iterable[dict[str, Any]],
     weights: Mapping[str, int],
     lags: Mapping[str, tuple[float, float, int]] | None = None,
+    stored_readings: Mapping[str, float] | None = None,
 ) -> list[TenantFigures]:
-    """Per tenant (every tenant in ``weights``), from the management API's queue items
-    and the lag quantiles (p50, p99, count) per tenant; sorted by tenant."""
+    """Per tenant (every tenant in ``weights``), from the management API's queue items,
+    the lag quantiles (p50, p99, count) per tenant and the schedulers' readings stored per
+    second per tenant (None: not known, the broker's message rate stands); sorted by
+    tenant."""
     found = {t: TenantFigures(t, int(w)) for t, w in weights.items()}
+    acks: dict[str, float] = {}  # the broker's ack rate (messages/s), for the lag estimate
     for item in queues:
         name = str(item.get("name", ""))
         if name.startswith(INGEST_PREFIX):
@@ -104,9 +119,13 @@ def figures(
             if entry is not None:
                 entry.backlog = int(item.get("messages") or 0)
                 entry.accepted_rate = float(_details(item, "publish").get("avg_rate") or 0.0)
-                entry.stored_rate = float(_details(item, "ack").get("avg_rate") or 0.0)
+                acks[entry.tenant] = float(_details(item, "ack").get("avg_rate") or 0.0)
+                entry.stored_rate = acks[entry.tenant]
                 entry.stored_series = interval_rates(_details(item, "ack").get("samples") or [])
     out = sorted(found.values(), key=lambda f: f.tenant)
+    if stored_readings is not None:
+        for f in out:
+            f.stored_rate, f.stored_source = stored_readings.get(f.tenant, 0.0), "schedulers"
     stored = sum(f.stored_rate for f in out)
     competing = [f for f in out if f.backlog > 0]
     competing_weight = sum(f.weight for f in competing)
@@ -114,8 +133,8 @@ def figures(
         f.served_share = f.stored_rate / stored if stored > 0 else None
         if f.backlog > 0 and competing_weight:
             f.weight_share = f.weight / competing_weight
-        if f.stored_rate > 0:
-            f.lag_estimate_s = (f.backlog + f.ingest_backlog) / f.stored_rate
+        if acks.get(f.tenant, 0.0) > 0:
+            f.lag_estimate_s = (f.backlog + f.ingest_backlog) / acks[f.tenant]
         elif f.backlog + f.ingest_backlog == 0:
             f.lag_estimate_s = 0.0
         if lags and f.tenant in lags:
@@ -208,4 +227,24 @@ class LagWindow:
             count = int(max(delta.values(), default=0))
             if p50 is not None and p99 is not None and count > 0:
                 out[tenant] = (p50, p99, count)
+        return out
+
+    def rates(self, window_s: float = 60.0, min_span_s: float = 4.0) -> dict[str, float] | None:
+        """Observations (readings stored) per second per tenant over about the last
+        ``window_s``, from the growth of each tenant's total count; None until two
+        snapshots at least ``min_span_s`` apart. A count that went down (a scheduler
+        restarted) counts from zero."""
+        if len(self._snapshots) < 2:
+            return None
+        now, newest = self._snapshots[-1]
+        older = [(at, snap) for at, snap in self._snapshots if now - at >= window_s]
+        then, base = older[-1] if older else self._snapshots[0]
+        span = now - then
+        if span < min_span_s:
+            return None
+        out: dict[str, float] = {}
+        for tenant, buckets in newest.items():
+            total = max(buckets.values(), default=0.0)
+            before = max(base.get(tenant, {}).values(), default=0.0)
+            out[tenant] = (total - before if total >= before else total) / span
         return out

@@ -106,3 +106,33 @@ def test_lag_window_over_the_last_minute_across_schedulers() -> None:
     # A scheduler restart (counters went down) counts from zero rather than negative.
     window.add(70.0, ts.merge([ts.parse_lag_buckets(_scheduler_text({"a": [0.005] * 3}))]))
     assert window.quantiles(60.0)["a"][2] == 3
+
+
+def test_stored_rates_in_readings_from_the_schedulers_counts() -> None:
+    """Bundles make the broker's ack rate messages, not readings: with the schedulers'
+    counts the stored rate and the served shares are readings per second."""
+    window = ts.LagWindow()
+    assert window.rates() is None
+    window.add(0.0, {"noisy": {0.1: 100.0, math.inf: 100.0}, "quiet": {math.inf: 10.0}})
+    window.add(2.0, {"noisy": {0.1: 150.0, math.inf: 200.0}, "quiet": {math.inf: 12.0}})
+    assert window.rates() is None  # two reads less than a few seconds apart
+    window.add(10.0, {"noisy": {0.1: 900.0, math.inf: 1100.0}, "quiet": {math.inf: 20.0}})
+    rates = window.rates()
+    assert rates == {"noisy": pytest.approx(100.0), "quiet": pytest.approx(1.0)}
+    # A scheduler restarted (counts went down): from zero.
+    window.add(20.0, {"noisy": {math.inf: 50.0}})
+    assert window.rates(window_s=5.0) == {"noisy": pytest.approx(5.0)}
+
+    # 100 bundles/s of 10 readings each against 10 single-reading bundles/s.
+    queues = [
+        _queue("tenant.noisy", 5000, ack=100.0),
+        _queue("tenant.quiet", 0, ack=10.0),
+    ]
+    by_broker = {f.tenant: f for f in ts.figures(queues, {"noisy": 1, "quiet": 1})}
+    assert by_broker["noisy"].served_share == pytest.approx(100 / 110)
+    assert by_broker["noisy"].stored_source == "broker"
+    readings = {"noisy": 1000.0, "quiet": 10.0}
+    out = {f.tenant: f for f in ts.figures(queues, {"noisy": 1, "quiet": 1}, None, readings)}
+    assert (out["noisy"].stored_rate, out["noisy"].stored_source) == (1000.0, "schedulers")
+    assert out["noisy"].served_share == pytest.approx(1000 / 1010)
+    assert out["noisy"].lag_estimate_s == pytest.approx(50.0)  # messages over messages/s
