@@ -357,8 +357,12 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
     pipeline.wait_stored(len(messages), timeout=120)
     # A kill -9 loses at most the throttled state of what was acked in the last flush
     # interval; each device's next reading repairs it (the hour range is never behind).
+    # "Next" in time: newer than every reading above (a killed scheduler may have acked
+    # the newest, then lost its state; CI saw it), still in the open hour and within the
+    # relay's clock skew.
+    newest = now + min(1.0, (current + 3600 - now) / 2)
     fresh = [
-        (f"{device}.env", {"ts": current - 60 + i, "values": {"temp": 1.5}}, {"message_id": "f"})
+        (f"{device}.env", {"ts": newest + i * 1e-4, "values": {"temp": 1.5}}, {"message_id": "f"})
         for i, device in enumerate(devices)
     ]
     pipeline.publish(fresh)
