@@ -1,0 +1,225 @@
+"""A bounded pool of channels, each consuming many tenant queues.
+
+``scheduler_channels`` channels at most (16 by default) on the scheduler's connection;
+a new tenant's consumer goes on the channel with the fewest, so with fewer tenants than
+channels each tenant still has a channel of its own, and with 1,000 tenants a channel
+carries about 63 consumers. Each consumer has its own prefetch (``basic.qos`` with
+``global=False`` right before its ``basic.consume``, :mod:`scheduler.tenant_channel`),
+which classic and quorum queues both accept. Acks are per channel and cover only
+settled deliveries, whatever tenant they belong to (:mod:`scheduler.channel_acks`).
+
+An idle consumer costs the scheduler nothing: no timer, no poll, no per-tenant work
+until a delivery comes. Channels are opened as tenants are added and re-opened (after
+``REOPEN_S``) when the broker closes one; the tenants on a closed channel get fresh
+consumer objects, so a batch still being written for the closed channel can never ack
+on its successor (its deliveries are redelivered and written again as duplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pika
+from pika.channel import Channel
+from pika.spec import Basic
+
+from fairway.kernel import topology
+from fairway.kernel.settings import Settings
+from fairway.storage.registry import Tenant
+from scheduler import metrics
+from scheduler.channel_acks import ChannelAcks
+from scheduler.tenant_channel import TenantConsumer, new_acks
+
+log = logging.getLogger(__name__)
+
+REOPEN_S = 1.0
+Deliver = Callable[[TenantConsumer, Basic.Deliver, bytes], None]
+Lost = Callable[[list[TenantConsumer]], None]
+
+
+@dataclass(eq=False)
+class PoolChannel:
+    """One channel of the pool and the tenant consumers on it."""
+
+    index: int
+    channel: Channel | None = None
+    opening: bool = False
+    tenants: dict[str, TenantConsumer] = field(default_factory=dict)
+    acks: ChannelAcks[TenantConsumer] = field(default_factory=new_acks)
+
+    @property
+    def live(self) -> bool:
+        """True while the channel is open."""
+        return self.channel is not None and self.channel.is_open
+
+    def cancel_ok(self, frame: Any) -> None:
+        """Route a ``basic.cancel-ok`` to its tenant.
+
+        pika fires *every* pending cancel callback of a channel on its first
+        ``cancel-ok`` (one-shot callbacks keyed by method), but counts repeated
+        registrations of one callable: with this one method registered per cancel,
+        each ``cancel-ok`` calls it exactly once, with its own frame.
+        """
+        for consumer in list(self.tenants.values()):
+            consumer.cancel_ok(frame)
+
+
+def _count(slot: PoolChannel) -> int:
+    return len(slot.tenants)
+
+
+class ChannelPool:
+    """Tenant consumers spread over at most ``size`` channels of one connection."""
+
+    def __init__(self, settings: Settings, deliver: Deliver, lost: Lost) -> None:
+        self.settings = settings
+        self.slots = [PoolChannel(i) for i in range(settings.scheduler_channels)]
+        self.consumers: dict[str, TenantConsumer] = {}  # the current consumer per tenant
+        self.connection: pika.SelectConnection | None = None
+        self.stopping = False
+        self._deliver, self._lost = deliver, lost
+        self._max_backlog: dict[str, int] = {}
+        metrics.SCHED_CHANNELS.set_function(lambda: sum(1 for s in self.slots if s.live))
+        for slot in self.slots:
+            metrics.SCHED_CHANNEL_CONSUMERS.labels(str(slot.index)).set_function(
+                partial(_count, slot)
+            )
+
+    # -- tenants -----------------------------------------------------------------------
+    def add(self, tenant: Tenant) -> None:
+        """Consume ``tenant``'s queue on the least-loaded channel (opened if needed).
+
+        Its consumer is ``consumers[tenant.id]``, replaced whenever its channel re-opens.
+        """
+        self._max_backlog[tenant.id] = tenant.max_backlog
+        slot = min(self.slots, key=lambda s: (len(s.tenants), s.index))
+        consumer = self._consumer(slot, tenant.id)
+        if slot.live:
+            self._start(slot, consumer)
+        else:
+            self._open(slot)
+
+    def _consumer(self, slot: PoolChannel, tenant: str) -> TenantConsumer:
+        consumer = TenantConsumer(
+            tenant,
+            self.settings.scheduler_prefetch,
+            queue=topology.tenant_queue_name(tenant),
+            channel=slot.channel,
+            acks=slot.acks,
+            slot=slot.index,
+            on_cancel_ok=slot.cancel_ok,
+        )
+
+        def on_message(_channel: Channel, method: Basic.Deliver, _props: Any, body: bytes) -> None:
+            self._deliver(consumer, method, body)
+
+        consumer.on_message = on_message
+        slot.tenants[tenant] = self.consumers[tenant] = consumer
+        return consumer
+
+    def _start(self, slot: PoolChannel, consumer: TenantConsumer) -> None:
+        """Declare the tenant's queue (it may not exist yet), then consume it."""
+        channel: Channel | None = slot.channel
+        assert channel is not None
+        spec = topology.tenant_queue(
+            consumer.tenant, self._max_backlog[consumer.tenant], self.settings
+        )
+
+        def declared(_frame: Any) -> None:
+            current = slot.tenants.get(consumer.tenant) is consumer
+            if current and slot.channel is channel and slot.live and not self.stopping:
+                consumer.consume()
+
+        channel.queue_declare(
+            spec.name, durable=True, arguments=spec.arguments(), callback=declared
+        )
+
+    # -- channels ----------------------------------------------------------------------
+    def connected(self, connection: pika.SelectConnection) -> None:
+        """A new connection: open every channel that has tenants."""
+        self.connection = connection
+        for slot in self.slots:
+            if slot.tenants:
+                self._open(slot)
+
+    def _open(self, slot: PoolChannel) -> None:
+        connection = self.connection
+        if slot.opening or slot.live or self.stopping or connection is None:
+            return
+        if not connection.is_open:
+            return
+        slot.opening = True
+        connection.channel(on_open_callback=lambda ch: self._opened(slot, connection, ch))
+
+    def _opened(
+        self, slot: PoolChannel, connection: pika.SelectConnection, channel: Channel
+    ) -> None:
+        slot.opening = False
+        if connection is not self.connection or self.stopping:
+            return
+        slot.channel, slot.acks = channel, new_acks()
+        channel.add_on_close_callback(lambda ch, why: self._closed(slot, ch, why))
+        channel.add_on_cancel_callback(lambda frame: self._broker_cancel(slot, frame))
+        for tenant in list(slot.tenants):
+            consumer = self._consumer(slot, tenant)  # fresh: nothing of the last channel
+            self._start(slot, consumer)
+
+    def _closed(self, slot: PoolChannel, channel: Channel, why: Exception) -> None:
+        """The broker requeued the channel's unacked deliveries: drop our copies."""
+        if slot.channel is not channel:
+            return
+        gone = list(slot.tenants.values())
+        for consumer in gone:
+            consumer.reset()
+        slot.acks.reset()
+        slot.channel = None
+        self._lost(gone)
+        connection = self.connection
+        if not self.stopping and connection is not None and connection.is_open:
+            log.warning(
+                "scheduler channel closed; re-opening",
+                extra={"channel": slot.index, "tenants": len(gone), "why": repr(why)},
+            )
+            connection.ioloop.call_later(REOPEN_S, lambda: self._open(slot))
+
+    def _broker_cancel(self, slot: PoolChannel, frame: Any) -> None:
+        """The broker cancelled a consumer (its queue was deleted): declare and consume again."""
+        tag = frame.method.consumer_tag
+        for consumer in list(slot.tenants.values()):
+            if consumer.consumer_tag == tag:
+                consumer.consumer_tag = None
+                log.warning(
+                    "tenant queue deleted; declaring it again", extra={"tenant": consumer.tenant}
+                )
+                if self.connection is not None:
+                    self.connection.ioloop.call_later(
+                        REOPEN_S, lambda c=consumer: self._restart(slot, c)
+                    )
+
+    def _restart(self, slot: PoolChannel, consumer: TenantConsumer) -> None:
+        current = slot.tenants.get(consumer.tenant) is consumer
+        idle = consumer.consumer_tag is None and consumer.retiring is None
+        if slot.live and current and idle and not self.stopping:
+            self._start(slot, consumer)
+
+    def lost(self) -> list[TenantConsumer]:
+        """The connection is gone: every channel with it; return the consumers dropped."""
+        gone: list[TenantConsumer] = []
+        for slot in self.slots:
+            for consumer in slot.tenants.values():
+                consumer.reset()
+                gone.append(consumer)
+            slot.acks.reset()
+            slot.channel, slot.opening = None, False
+        self.connection = None
+        return gone
+
+    def stop(self) -> None:
+        """Drain: cancel every consumer; deliveries already sent are still written."""
+        self.stopping = True
+        for consumer in self.consumers.values():
+            consumer.stop()
