@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,19 @@ def tenant_ids(count: int) -> list[str]:
     return [f"mt{i:04d}" for i in range(count)]
 
 
-def start_scheduler(root: Path, settings: Settings, label: str) -> FairwayProcess:
-    """``python -m fairway scheduler --sink mongo`` run from ``root`` (its code)."""
+def start_scheduler(
+    root: Path, settings: Settings, label: str, sink: str = "mongo", profile: str = ""
+) -> FairwayProcess:
+    """``python -m fairway scheduler --sink <sink>`` run from ``root`` (its code); under
+    cProfile into ``<profile>/<label>.prof`` if ``profile`` names a directory."""
     port = free_port()
     child = Settings.from_env(settings.environ(), metrics_port=port)
     common.LOGS.mkdir(parents=True, exist_ok=True)
     log_path = common.LOGS / f"{label}.log"
     out = open(log_path, "wb")  # noqa: SIM115 - the child owns it
+    profiler = ["-m", "cProfile", "-o", f"{profile}/{label}.prof"] if profile else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fairway", "scheduler", "--sink", "mongo"],
+        [sys.executable, *profiler, "-m", "fairway", "scheduler", "--sink", sink],
         cwd=root,
         env={**os.environ, **child.environ(), "PYTHONPATH": str(root)},
         stdout=out,
@@ -124,7 +129,7 @@ def contender(
 ) -> dict[str, Any]:
     """Idle, warm-up and drain of one scheduler build."""
     n = len(tenants)
-    sched = start_scheduler(root, env.settings, f"{NAME}-{n}-{name}")
+    sched = start_scheduler(root, env.settings, f"{NAME}-{n}-{name}", args.sink, args.profile)
     try:
         sched.wait_ready(timeout=60)
         started = time.monotonic()
@@ -214,18 +219,45 @@ def main() -> None:
     p.add_argument("--idle-s", type=float, default=20.0)
     p.add_argument("--settle-s", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
+    p.add_argument("--profile", default="", help="directory for cProfile dumps (diagnostic)")
     p.add_argument(
         "--roots",
         default=f"after={common.ROOT}",
         help="contenders as name=checkout,...: e.g. before=/path/to/main,after=.",
     )
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="a FerretDB of the run's own on its own PostgreSQL database (as end_to_end's)",
+    )
     args = p.parse_args()
+    with ExitStack() as stack:
+        if args.private:
+            from benchmarks.write_cost import private_server
+
+            server = stack.enter_context(private_server(common.BASE.postgres_url))
+            common.BASE = Settings.from_env(
+                common.BASE.environ(), mongo_url=server.mongo_url, postgres_url=server.private_url
+            )
+            os.environ["FAIRWAY_POSTGRES_URL"] = server.private_url
+            say(f"private FerretDB at {server.mongo_url} on PostgreSQL database {server.pg_db}")
+        run(args)
+
+
+def run(args: Any) -> None:
+    """Every tenant count, every contender; print the JSON."""
     counts = [int(x) for x in args.tenants.split(",")]
     roots = {
         k: Path(v).resolve() for k, v in (item.split("=", 1) for item in args.roots.split(","))
     }
     run_meta = common.meta(
-        NAME, args.scale, tenants=counts, roots={k: str(v) for k, v in roots.items()}
+        NAME,
+        args.scale,
+        tenants=counts,
+        roots={k: str(v) for k, v in roots.items()},
+        sink=args.sink,
+        private_database=args.private,
     )
     results: dict[str, Any] = {}
     names = list(roots)
