@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Owner(Protocol):
@@ -43,6 +43,25 @@ class AckPlan:
 
     def __bool__(self) -> bool:
         return self.upto is not None or bool(self.singles)
+
+    def merge(self, later: AckPlan) -> None:
+        """Add a later plan of the same channel (sent together, see :func:`send`)."""
+        if later.upto is not None:
+            self.upto = later.upto if self.upto is None else max(self.upto, later.upto)
+        self.singles.extend(later.singles)
+
+
+def send(channel: Any, plan: AckPlan) -> None:
+    """Send ``plan`` on ``channel``: single acks first, then the ``multiple`` one.
+
+    In a merged plan a single ack's tag may lie below a later plan's ``upto``; sent
+    first, it is gone from the broker before the ``multiple`` ack (which then skips
+    it) instead of being covered by it and then named again (a channel error).
+    """
+    for tag in plan.singles:
+        channel.basic_ack(tag, multiple=False)
+    if plan.upto is not None:
+        channel.basic_ack(plan.upto, multiple=True)
 
 
 class ChannelAcks(Generic[OwnerT]):

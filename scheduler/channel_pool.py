@@ -30,8 +30,8 @@ from pika.spec import Basic
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage.registry import Tenant
-from scheduler import metrics
-from scheduler.channel_acks import ChannelAcks
+from scheduler import channel_acks, metrics
+from scheduler.channel_acks import AckPlan, ChannelAcks
 from scheduler.tenant_channel import TenantConsumer, new_acks
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,29 @@ class PoolChannel:
     opening: bool = False
     tenants: dict[str, TenantConsumer] = field(default_factory=dict)
     acks: ChannelAcks[TenantConsumer] = field(default_factory=new_acks)
+    schedule: Callable[[Callable[[], None]], None] | None = None  # next loop iteration
+    _pending: AckPlan = field(default_factory=AckPlan)
+    _pending_on: Channel | None = None
+
+    def send_acks(self, channel: Channel, plan: AckPlan) -> None:
+        """Acks of one tenant's settle: merged with the other tenants' of the same batch
+        and sent once, at the next turn of the I/O loop (one ``multiple`` ack per channel
+        per batch instead of one per tenant)."""
+        if self.schedule is None:
+            channel_acks.send(channel, plan)
+            return
+        if self._pending_on is not channel:  # a re-opened channel: nothing carries over
+            self._pending, self._pending_on = AckPlan(), channel
+        due = bool(self._pending)
+        self._pending.merge(plan)
+        if not due:
+            self.schedule(self._flush)
+
+    def _flush(self) -> None:
+        plan, channel = self._pending, self._pending_on
+        self._pending = AckPlan()
+        if plan and channel is not None and channel is self.channel and self.live:
+            channel_acks.send(channel, plan)
 
     @property
     def live(self) -> bool:
@@ -112,6 +135,7 @@ class ChannelPool:
             acks=slot.acks,
             slot=slot.index,
             on_cancel_ok=slot.cancel_ok,
+            send_acks=slot.send_acks,
         )
 
         def on_message(_channel: Channel, method: Basic.Deliver, _props: Any, body: bytes) -> None:
@@ -159,9 +183,11 @@ class ChannelPool:
         self, slot: PoolChannel, connection: pika.SelectConnection, channel: Channel
     ) -> None:
         slot.opening = False
+        ioloop = connection.ioloop
         if connection is not self.connection or self.stopping:
             return
         slot.channel, slot.acks = channel, new_acks()
+        slot.schedule = ioloop.add_callback
         channel.add_on_close_callback(lambda ch, why: self._closed(slot, ch, why))
         channel.add_on_cancel_callback(lambda frame: self._broker_cancel(slot, frame))
         for tenant in list(slot.tenants):

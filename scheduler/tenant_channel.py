@@ -34,7 +34,8 @@ from typing import Any
 
 from pika.channel import Channel
 
-from scheduler.channel_acks import ChannelAcks
+from scheduler import channel_acks
+from scheduler.channel_acks import AckPlan, ChannelAcks
 from scheduler.metrics import PREFETCH_CHANGES
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class TenantConsumer:
     # Where this channel's basic.cancel-ok frames are dispatched (the pool's one router;
     # see PoolChannel.cancel_ok); None: straight to this consumer.
     on_cancel_ok: Callable[[Any], None] | None = None
+    # Where acks go (the pool's per-channel batching, PoolChannel.send_acks); None: sent
+    # at once.
+    send_acks: Callable[[Channel, AckPlan], None] | None = None
     _cancel_pending: bool = False  # basic.cancel-ok of the retiring consumer not yet seen
     _start_at: int | None = None  # start the next consumer once retiring holds <= this
     _stopped: bool = False
@@ -193,10 +197,10 @@ class TenantConsumer:
             self.held[consumer_tag] -= 1
         plan = self.acks.settle(delivery_tags)
         if plan and self.channel is not None:
-            if plan.upto is not None:
-                self.channel.basic_ack(plan.upto, multiple=True)
-            for tag in plan.singles:
-                self.channel.basic_ack(tag, multiple=False)
+            if self.send_acks is not None:
+                self.send_acks(self.channel, plan)
+            else:
+                channel_acks.send(self.channel, plan)
         self._progress()
 
     def reset(self) -> None:

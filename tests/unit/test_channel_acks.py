@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from scheduler.channel_acks import ChannelAcks
+from scheduler.channel_pool import PoolChannel
 
 
 @dataclass(eq=False)
@@ -106,3 +108,30 @@ def test_reset_forgets_everything() -> None:
     assert a.unacked == 0 and tracker.outstanding == 0
     tracker.track(1, a)  # tags start again on a new channel
     assert tracker.settle([1]).upto == 1
+
+
+class Recording:
+    is_open = True
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.acks.append((delivery_tag, multiple))
+
+
+def test_a_batchs_acks_are_merged_per_channel_singles_first() -> None:
+    channel = Recording()
+    later: list[Any] = []
+    slot = PoolChannel(0, channel=channel, schedule=later.append)  # type: ignore[arg-type]
+    slot.acks = acks()  # type: ignore[assignment]
+    a, b = Tenant("a", limit=1), Tenant("b")
+    for tag, owner in ((1, b), (2, a), (3, a)):
+        slot.acks.track(tag, owner)
+    slot.send_acks(channel, slot.acks.settle([2]))  # type: ignore[arg-type]  # 2 alone
+    slot.send_acks(channel, slot.acks.settle([1, 3]))  # type: ignore[arg-type]  # up to 3
+    assert channel.acks == [] and len(later) == 1  # one flush for the batch
+    later[0]()
+    # 2 first: the multiple ack up to 3 then skips it; the other way round the broker
+    # would ack 2 with the multiple one and refuse the single ack (channel closed).
+    assert channel.acks == [(2, False), (3, True)]
