@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -220,6 +221,7 @@ def main() -> None:
     p.add_argument("--settle-s", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
+    p.add_argument("--rounds", type=int, default=1, help="rounds (contender order alternates)")
     p.add_argument("--profile", default="", help="directory for cProfile dumps (diagnostic)")
     p.add_argument(
         "--roots",
@@ -245,6 +247,24 @@ def main() -> None:
         run(args)
 
 
+def _medians(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians over rounds of one contender at one tenant count."""
+
+    def median(get: Any) -> float:
+        return r(statistics.median(get(x) for x in results), 4)
+
+    return {
+        "scheduler_idle": median(lambda x: x["idle_core_fraction"]["scheduler"]),
+        "broker_idle": median(lambda x: x["idle_core_fraction"]["broker"]),
+        "broker_baseline": median(lambda x: x["broker_baseline_core_fraction"]),
+        "drain_rate": median(lambda x: x["drain_rate"]),
+        "scheduler_cpu_us_per_reading": median(lambda x: x["scheduler_cpu_us_per_reading"]),
+        "rss_idle_mb": median(lambda x: x["rss_mb"]["idle"]),
+        "rss_after_drain_mb": median(lambda x: x["rss_mb"]["after_drain"]),
+        "channels": median(lambda x: x["channels"]),
+    }
+
+
 def run(args: Any) -> None:
     """Every tenant count, every contender; print the JSON."""
     counts = [int(x) for x in args.tenants.split(",")]
@@ -259,39 +279,45 @@ def run(args: Any) -> None:
         sink=args.sink,
         private_database=args.private,
     )
-    results: dict[str, Any] = {}
     names = list(roots)
-    for i, n in enumerate(counts):
-        order = names if i % 2 == 0 else names[::-1]
-        results[str(n)] = run_count(n, roots, args, order)
+    rounds: list[dict[str, Any]] = []
+    for k in range(args.rounds):
+        results: dict[str, Any] = {}
+        for i, n in enumerate(counts):
+            order = names if (i + k) % 2 == 0 else names[::-1]
+            results[str(n)] = run_count(n, roots, args, order)
+        rounds.append(results)
     lo, hi = str(min(counts)), str(max(counts))
+    med = {
+        n: {name: _medians([rd[n][name] for rd in rounds]) for name in names}
+        for n in map(str, counts)
+    }
     ratios = {
         name: common.ratio(
-            results[hi][name]["scheduler_cpu_us_per_reading"],
-            results[lo][name]["scheduler_cpu_us_per_reading"],
+            med[hi][name]["scheduler_cpu_us_per_reading"],
+            med[lo][name]["scheduler_cpu_us_per_reading"],
             2,
         )
         for name in names
     }
     last = names[-1]
-    idle_hi = results[hi][last]["idle_core_fraction"]
-    broker_ratio = common.ratio(
-        idle_hi["broker"], results[hi][last]["broker_baseline_core_fraction"], 2
-    )
+    idle_hi = med[hi][last]
+    broker_ratio = common.ratio(idle_hi["broker_idle"], idle_hi["broker_baseline"], 2)
     cpu_ratio = ratios[last]
     common.emit(
         {
             "meta": {**run_meta, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
-            "results": results,
+            "medians": med,
             "cpu_per_reading_ratio_largest_to_smallest": ratios,
+            "rounds": rounds,
             "targets": {
                 f"{last}: scheduler CPU per reading {hi}/{lo} tenants <= {TARGET_CPU_RATIO}": {
                     "value": cpu_ratio,
                     "met": cpu_ratio is not None and cpu_ratio <= TARGET_CPU_RATIO,
                 },
                 f"{last}: scheduler idle at {hi} tenants < 1 % of a core": {
-                    "value": idle_hi["scheduler"],
-                    "met": idle_hi["scheduler"] < TARGET_IDLE,
+                    "value": idle_hi["scheduler_idle"],
+                    "met": idle_hi["scheduler_idle"] < TARGET_IDLE,
                 },
                 f"{last}: broker idle at {hi} tenants <= {TARGET_BROKER_RATIO}x no-consumer": {
                     "value": broker_ratio,

@@ -241,12 +241,12 @@ def _rows_cluster(d: dict) -> list[tuple[str, str, str]]:
 
 def _rows_many_tenants(d: dict) -> list[tuple[str, str, str]]:
     rows = []
-    for n, contenders in d["results"].items():
+    for n, contenders in d["medians"].items():
         for name, c in contenders.items():
-            if not isinstance(c, dict):
-                continue
-            idle = c["idle_core_fraction"]["scheduler"] * 100
-            value = f"idle {idle:.2f} %, {c['scheduler_cpu_us_per_reading']} us/reading"
+            value = (
+                f"idle {c['scheduler_idle'] * 100:.2f} %,"
+                f" {c['scheduler_cpu_us_per_reading']} us/reading"
+            )
             rows.append((f"{n} tenants, {name}", value, f"{c['drain_rate']:,.0f}/s"))
     return rows
 
