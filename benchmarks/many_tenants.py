@@ -21,7 +21,10 @@ fresh vhost and database:
     a scrape that costs the scheduler more with more tenant labels: a small handicap
     of the many-tenant case), RSS after.
 
-The relay is not involved (the issue's drain is the scheduler's). The broker is shared
+``--rounds N`` repeats everything, alternating the contenders' order; the JSON has every
+round and the medians, and the targets are read from the medians. ``--private`` runs a
+FerretDB of the run's own (as ``end_to_end``'s). The relay is not involved (the
+issue's drain is the scheduler's). The broker is shared
 with other people's work: broker figures are noisy, compare them with the baseline
 measured just before. Targets (issue 17, as briefed): scheduler CPU per reading at the
 largest tenant count within 1.2x of the smallest, scheduler idle CPU at the largest
