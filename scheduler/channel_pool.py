@@ -32,12 +32,13 @@ from fairway.kernel.settings import Settings
 from fairway.storage.registry import Tenant
 from scheduler import channel_acks, metrics
 from scheduler.channel_acks import AckPlan, ChannelAcks
+from scheduler.queue_declare import declare_apart
 from scheduler.tenant_channel import TenantConsumer, new_acks
 
 log = logging.getLogger(__name__)
 
 REOPEN_S = 1.0
-Deliver = Callable[[TenantConsumer, Basic.Deliver, bytes], None]
+Deliver = Callable[[TenantConsumer, Basic.Deliver, Any, bytes], None]
 Lost = Callable[[list[TenantConsumer]], None]
 
 
@@ -98,14 +99,22 @@ def _count(slot: PoolChannel) -> int:
 class ChannelPool:
     """Tenant consumers spread over at most ``size`` channels of one connection."""
 
-    def __init__(self, settings: Settings, deliver: Deliver, lost: Lost) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        deliver: Deliver,
+        lost: Lost,
+        mismatched: Callable[[str], None] = lambda _tenant: None,
+    ) -> None:
         self.settings = settings
         self.slots = [PoolChannel(i) for i in range(settings.scheduler_channels)]
         self.consumers: dict[str, TenantConsumer] = {}  # the current consumer per tenant
         self.connection: pika.SelectConnection | None = None
         self.stopping = False
-        self._deliver, self._lost = deliver, lost
+        self._deliver, self._lost, self._mismatched = deliver, lost, mismatched
         self._max_backlog: dict[str, int] = {}
+        self._depth_channel: Channel | None = None
+        self._depth_opening = False
         metrics.SCHED_CHANNELS.set_function(lambda: sum(1 for s in self.slots if s.live))
         for slot in self.slots:
             metrics.SCHED_CHANNEL_CONSUMERS.labels(str(slot.index)).set_function(
@@ -138,29 +147,35 @@ class ChannelPool:
             send_acks=slot.send_acks,
         )
 
-        def on_message(_channel: Channel, method: Basic.Deliver, _props: Any, body: bytes) -> None:
-            self._deliver(consumer, method, body)
+        def on_message(_channel: Channel, method: Basic.Deliver, props: Any, body: bytes) -> None:
+            self._deliver(consumer, method, props, body)
 
         consumer.on_message = on_message
         slot.tenants[tenant] = self.consumers[tenant] = consumer
         return consumer
 
     def _start(self, slot: PoolChannel, consumer: TenantConsumer) -> None:
-        """Declare the tenant's queue (it may not exist yet), then consume it."""
+        """Declare the tenant's queue (it may not exist yet), then consume it.
+
+        The declaration goes on a channel of its own (:mod:`scheduler.queue_declare`): a
+        queue of an earlier version with other arguments refuses it, which must not close
+        the channel the other tenants are consumed on; such a queue is consumed as it is.
+        """
         channel: Channel | None = slot.channel
+        connection = self.connection
         assert channel is not None
+        if connection is None or not connection.is_open:
+            return  # consumed again with the next connection
         spec = topology.tenant_queue(
             consumer.tenant, self._max_backlog[consumer.tenant], self.settings
         )
 
-        def declared(_frame: Any) -> None:
+        def declared() -> None:
             current = slot.tenants.get(consumer.tenant) is consumer
             if current and slot.channel is channel and slot.live and not self.stopping:
                 consumer.consume()
 
-        channel.queue_declare(
-            spec.name, durable=True, arguments=spec.arguments(), callback=declared
-        )
+        declare_apart(connection, spec, declared, lambda _queue: self._mismatched(consumer.tenant))
 
     # -- channels ----------------------------------------------------------------------
     def connected(self, connection: pika.SelectConnection) -> None:
@@ -232,6 +247,26 @@ class ChannelPool:
         if slot.live and current and idle and not self.stopping:
             self._start(slot, consumer)
 
+    def depth(self, tenant: str, answer: Callable[[int], None]) -> None:
+        """Ask for the ready messages of ``tenant``'s queue (``answer(count)`` later), on a
+        channel of its own: a passive declare of a missing queue closes its channel."""
+        channel, connection = self._depth_channel, self.connection
+        if channel is not None and channel.is_open:
+            channel.queue_declare(
+                topology.tenant_queue_name(tenant),
+                passive=True,
+                callback=lambda frame: answer(frame.method.message_count),
+            )
+        elif not self._depth_opening and connection is not None and connection.is_open:
+            self._depth_opening = True  # asked again at the next look
+
+            def opened(ch: Channel) -> None:
+                self._depth_opening = False
+                if connection is self.connection:
+                    self._depth_channel = ch
+
+            connection.channel(on_open_callback=opened)
+
     def lost(self) -> list[TenantConsumer]:
         """The connection is gone: every channel with it; return the consumers dropped."""
         gone: list[TenantConsumer] = []
@@ -242,6 +277,7 @@ class ChannelPool:
             slot.acks.reset()
             slot.channel, slot.opening = None, False
         self.connection = None
+        self._depth_channel, self._depth_opening = None, False
         return gone
 
     def stop(self) -> None:

@@ -37,6 +37,14 @@ SCHED_BUFFERED = Gauge(
 )
 
 
+SCHED_BACKLOG = Gauge(
+    "fairway_scheduler_backlog",
+    "Messages waiting in the tenant queue at the broker: asked once a second while the"
+    " tenant is backlogged (fills its prefetch), 0 otherwise",
+    ["tenant"],
+)
+
+
 SCHED_CHANNELS = Gauge(
     "fairway_scheduler_channels", "Channels of the pool open (FAIRWAY_SCHEDULER_CHANNELS at most)"
 )

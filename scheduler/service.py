@@ -113,7 +113,14 @@ class Scheduler(AmqpService):
         source = list_tenants if not callable(list_tenants) else ListedTenants(list_tenants)
         self.watch = TenantWatch(source, settings.tenant_resync_s)
         self.drr: DeficitRoundRobin[Delivery] = DeficitRoundRobin(settings.drr_quantum)
-        self.pool = ChannelPool(settings, self._on_message, self._consumers_lost)
+        self.pool = ChannelPool(
+            settings,
+            lambda consumer, method, props, body: self._on_message(
+                consumer, method, body, readings_of(props)
+            ),
+            self._consumers_lost,
+            lambda tenant: self.old_arguments.add(tenant),
+        )
         self.known: dict[str, Tenant] = {}
         self.backlogged: set[str] = set()  # filled their prefetch: they share the budget
         self._raised: set[str] = set()  # prefetch above the floor (to bring back down)
@@ -215,7 +222,9 @@ class Scheduler(AmqpService):
         """
         for consumer in consumers:
             self.drr.drop(consumer.tenant)
-            self.backlogged.discard(consumer.tenant)
+            if consumer.tenant in self.backlogged:
+                self.backlogged.discard(consumer.tenant)
+                metrics.SCHED_BACKLOG.labels(consumer.tenant).set(0)
             self._raised.discard(consumer.tenant)
         if not len(self.drr):
             self._oldest = None
@@ -363,10 +372,13 @@ class Scheduler(AmqpService):
                 ended.append(tenant)
             elif consumer.saturated or consumer.unacked >= consumer.prefetch:
                 consumer.saturated = False
+                self.pool.depth(tenant, metrics.SCHED_BACKLOG.labels(tenant).set)
             else:
                 consumer.backlogged = False
                 ended.append(tenant)
         self.backlogged.difference_update(ended)
+        for tenant in ended:
+            metrics.SCHED_BACKLOG.labels(tenant).set(0)
         if ended or self._reshare_pending:
             self._share_prefetch()
 
