@@ -13,10 +13,11 @@ import threading
 import time
 import uuid
 
+import pika
 import pytest
 
 from fairway.kernel import topology
-from fairway.kernel.contract import Reading, tenant_message
+from fairway.kernel.contract import Reading, bundle_body, bundle_head, bundle_part, tenant_message
 from fairway.storage import registry
 from scheduler.service import RegistryTenants, Scheduler
 from scheduler.sink import WriteOutcome
@@ -24,15 +25,28 @@ from tests.harness import Pipeline, wait_for
 from tests.integration.queue_types import BOTH
 
 
-def _fill(pipeline: Pipeline, tenant: str, count: int, prefix: str | None = None) -> None:
-    """Put ``count`` relay-shaped messages straight into ``tenant.<id>`` (confirmed)."""
+def _fill(
+    pipeline: Pipeline, tenant: str, count: int, prefix: str | None = None, bundle: int = 1
+) -> None:
+    """Put ``count`` relay-shaped messages straight into ``tenant.<id>`` (confirmed):
+    single readings (the format before bundles), or bundles of ``bundle`` readings."""
     now, batch = time.time(), prefix or uuid.uuid4().hex[:8]
+    head = bundle_head(tenant)
     with pipeline.channel() as channel:
         channel.confirm_delivery()
         for i in range(count):
-            reading_ = Reading(f"{tenant}-1", "env", f"{batch}-{i}", now, {})
-            body = tenant_message(tenant, reading_, now)
-            channel.basic_publish(topology.TENANTS, tenant, body)
+            readings = [
+                Reading(f"{tenant}-1", "env", f"{batch}-{i}-{j}", now, {}) for j in range(bundle)
+            ]
+            if bundle == 1:
+                channel.basic_publish(
+                    topology.TENANTS, tenant, tenant_message(tenant, readings[0], now)
+                )
+                continue
+            body = bundle_body(head, [bundle_part(r, now) for r in readings])
+            headers = {topology.READINGS_HEADER: bundle}
+            props = pika.BasicProperties(headers=headers)
+            channel.basic_publish(topology.TENANTS, tenant, body, props)
 
 
 class HoldingSink:
@@ -49,7 +63,10 @@ class HoldingSink:
         if self.holding.is_set() and any(self.held in body for body in bodies):
             raise ConnectionError("held by the test")
         self.written.extend(bodies)
-        return WriteOutcome(stored=len(bodies))
+        outcome = WriteOutcome.of(len(bodies))  # one reading per message here
+        outcome.stored_each = [1] * len(bodies)
+        outcome.stored = len(bodies)
+        return outcome
 
     def close(self) -> None:
         """Nothing to flush."""
@@ -123,28 +140,35 @@ def test_a_new_tenant_is_consumed_and_a_weight_change_applies_without_restart(
     assert pipeline.metric("scheduler", "fairway_scheduler_tenant_reads_total", kind="changes") >= 1
     assert pipeline.metric("scheduler", "fairway_scheduler_channels") == 2
 
-    # Two backlogged tenants at weight 1 (filled while the scheduler is paused) ...
+    # Two backlogged tenants at weight 1 (filled while the scheduler is paused), in
+    # bundles of different sizes: the DRR charges readings, not messages ...
     scheduler = pipeline.procs["scheduler"].proc
     scheduler.send_signal(signal.SIGSTOP)
     try:
-        _fill(pipeline, "a", 12_000)
-        _fill(pipeline, "b", 12_000)
+        _fill(pipeline, "a", 4_000, bundle=10)
+        _fill(pipeline, "b", 8_000, bundle=5)
     finally:
         scheduler.send_signal(signal.SIGCONT)
+
+    def prefetch(tenant: str) -> float:
+        return pipeline.metric("scheduler", "fairway_scheduler_prefetch", tenant=tenant)
 
     def window(count: int) -> float:
         a0, b0 = stored("a"), stored("b")
         wait_for(lambda: stored("a") + stored("b") - a0 - b0 >= count, 60, "a window")
-        return (stored("b") - b0) / max(1.0, stored("a") - a0)
+        ratio = (stored("b") - b0) / max(1.0, stored("a") - a0)
+        for tenant in ("a", "b"):  # both still backlogged: the window measured the DRR
+            assert pipeline.depth(topology.tenant_queue_name(tenant)) > 0, f"{tenant} ran dry"
+        return ratio
 
-    wait_for(lambda: stored("a") >= 200, 30, "a to be served")
-    before = window(1000)
+    wait_for(lambda: stored("a") >= 2000, 30, "a to be served")
+    before = window(10_000)
     assert 0.7 <= before <= 1.4, f"b:a served {before:.2f} at equal weights"
-    # ... then b's weight goes to 3 in the registry: served 3:1 without a restart.
+    # ... then b's weight goes to 3 in the registry: served 3:1 without a restart, once
+    # the next refresh (0.5 s here) re-shared the prefetch 3:1 (1000 x 3/4, 1000 x 1/4).
     registry.set_tenant_weight(pipeline.db, "b", 3)
-    time.sleep(2.0)  # a refresh (0.5 s here), then a re-share of the prefetch
-    after = window(2000)
-    assert pipeline.depth(topology.tenant_queue_name("a")) > 0, "a ran dry: no window"
+    wait_for(lambda: (prefetch("a"), prefetch("b")) == (250, 750), 10, "the prefetch re-shared")
+    after = window(10_000)
     assert 2.4 <= after <= 3.6, f"b:a served {after:.2f} at weights 3:1"
     assert pipeline.alive("scheduler")
     assert pipeline.stop("scheduler") == 0
