@@ -34,6 +34,7 @@ BENCHMARKS = [
     "isolation",
     "bulk_provision",
     "cluster",
+    "many_tenants",
 ]
 
 
@@ -238,6 +239,18 @@ def _rows_cluster(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _rows_many_tenants(d: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for n, contenders in d["medians"].items():
+        for name, c in contenders.items():
+            value = (
+                f"idle {c['scheduler_idle'] * 100:.2f} %,"
+                f" {c['scheduler_cpu_us_per_reading']} us/reading"
+            )
+            rows.append((f"{n} tenants, {name}", value, f"{c['drain_rate']:,.0f}/s"))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "many_queues": _rows_many_queues,
     "relay": _rows_relay,
@@ -251,6 +264,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "isolation": _rows_isolation,
     "bulk_provision": _rows_bulk_provision,
     "cluster": _rows_cluster,
+    "many_tenants": _rows_many_tenants,
 }
 
 

@@ -257,6 +257,10 @@ class BulkProvisioner:
             if outcome.result == CREATED and outcome.tenant in problems:
                 _refuse(outcome, QUEUE_MISMATCH, problems[outcome.tenant])
         records = [r for r in records if r["_id"] not in problems]
+        if records:  # one revision for the batch, taken just before it is written
+            rev = registry.next_tenants_rev(self.db)
+            for record in records:
+                record["rev"] = rev
         taken: set[str] = set()
         for chunk in _chunks(records):
             taken |= registry.insert_new(self.db, mongo.TENANTS, list(chunk))

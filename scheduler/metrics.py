@@ -38,7 +38,44 @@ SCHED_BUFFERED = Gauge(
 
 
 SCHED_BACKLOG = Gauge(
-    "fairway_scheduler_backlog", "Messages waiting in the tenant queue at the broker", ["tenant"]
+    "fairway_scheduler_backlog",
+    "Messages waiting in the tenant queue at the broker: asked once a second while the"
+    " tenant is backlogged (fills its prefetch), 0 otherwise",
+    ["tenant"],
+)
+
+
+SCHED_CHANNELS = Gauge(
+    "fairway_scheduler_channels", "Channels of the pool open (FAIRWAY_SCHEDULER_CHANNELS at most)"
+)
+
+
+SCHED_CHANNEL_CONSUMERS = Gauge(
+    "fairway_scheduler_channel_consumers",
+    "Tenant queues consumed on each pooled channel",
+    ["channel"],
+)
+
+
+SCHED_TENANTS = Gauge("fairway_scheduler_tenants", "Tenants known (their queues consumed)")
+
+
+SCHED_ACTIVE_TENANTS = Gauge(
+    "fairway_scheduler_active_tenants",
+    "Tenants with deliveries not yet acked (buffered or being written)",
+)
+
+
+SCHED_BACKLOGGED_TENANTS = Gauge(
+    "fairway_scheduler_backlogged_tenants",
+    "Tenants that filled their prefetch and hold a weighted share of the buffer budget",
+)
+
+
+TENANT_READS = Counter(
+    "fairway_scheduler_tenant_reads_total",
+    "Reads of the tenant registry by kind: full (every tenant) or changes (since a revision)",
+    ["kind"],
 )
 
 

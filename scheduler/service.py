@@ -1,13 +1,17 @@
 """The fair scheduler: tenant queues -> DRR -> write batches -> ack what is durable.
 
-* One channel per tenant queue, so the broker keeps the backlog and the delivery tags
-  of one channel belong to one tenant. Each channel's prefetch is its tenant's share
-  of one buffer budget, re-shared by weight among backlogged tenants every second
+* One consumer per tenant queue, on a bounded pool of channels
+  (:mod:`scheduler.channel_pool`, ``scheduler_channels``); the broker keeps the
+  backlog. Each consumer's prefetch is its tenant's share of one buffer budget: the
+  floor while the tenant is quiet, a weighted share once it is *backlogged*, i.e. it
+  filled its prefetch (learned from deliveries, no queue is polled). The shares are
+  recomputed when the set of backlogged tenants changes; once a second only the
+  backlogged tenants are looked at, to see which stopped filling their prefetch
   (:mod:`scheduler.prefetch`). The prefetch is per consumer, which classic and quorum
   queues both accept; a change recycles the tenant's consumer on its channel
   (:mod:`scheduler.tenant_channel`). Local buffers stay bounded by
   ``scheduler_buffer + tenants x scheduler_prefetch`` between re-shares, and by twice
-  that while consumers are being recycled.
+  that while consumers are being recycled. A quiet tenant costs no periodic work.
 * Deliveries are bundles of readings (``x-fairway-readings`` says how many; a message
   without it is one reading, the format before bundles, still read). They go into a
   :class:`~scheduler.drr.DeficitRoundRobin` that charges each its readings; a batch of
@@ -17,12 +21,16 @@
 * Writers run on threads (the pika I/O loop never waits for MongoDB) and hand the
   outcome back with ``add_callback_threadsafe``. A bundle is settled once every one of
   its readings is stored or a duplicate; the ack is one ``multiple`` ack per channel
-  over the settled prefix (:class:`~fairway.kernel.acks.AckWatermark`). A bundle with a
+  over the settled prefix of the channel's tags, whichever tenants they are for, plus
+  single acks for a tenant whose settled deliveries wait too long behind another's
+  (:class:`~scheduler.channel_acks.ChannelAcks`). A bundle with a
   reading the database refuses for good (or that is not the relay's output) is nacked
   without requeue and dead-letters, whole, to ``rejected``.
 * Database down: the writer retries the batch with capped backoff; nothing is acked,
   buffers fill to the prefetch and the broker stops delivering (backpressure).
-* New tenants are found by polling the tenant list every ``tenant_refresh_s``.
+* New tenants and weight changes are found every ``tenant_refresh_s`` from the
+  tenants' revision counter, reading only the records that changed
+  (:mod:`scheduler.tenant_watch`); the whole list every ``tenant_resync_s``.
 * SIGTERM: cancel consumers, flush every buffered message, ack, close. Anything not
   written by the drain deadline stays unacked and the broker requeues it.
 * Events (``events_enabled``): a writer coalesces its written batch into at most one
@@ -44,28 +52,28 @@ from functools import partial
 from typing import Any
 
 import pika
-from pika.channel import Channel
 from pika.spec import Basic
 
 from fairway.amqp import side
 from fairway.amqp.connection import Brokers
-from fairway.amqp.service import AmqpService, Consumer, DrainExpired
+from fairway.amqp.service import AmqpService, DrainExpired
 from fairway.domain import coalesce
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
 from fairway.storage.registry import Tenant
 from scheduler import metrics
+from scheduler.channel_pool import ChannelPool
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
-from scheduler.queue_declare import declare_apart
 from scheduler.sink import MongoSink, NullSink, Sink, WriteOutcome
 from scheduler.tenant_channel import TenantConsumer
+from scheduler.tenant_watch import TenantChanges, TenantSource, TenantWatch
 
 log = logging.getLogger(__name__)
 
-GAUGE_INTERVAL_S = 1.0
-FIRST_TICK_S = 0.2  # soon after connecting, so backlogged tenants get their share early
+BACKLOG_CHECK_S = 1.0  # how often backlogged tenants are checked for still filling up
+RESHARE_DELAY_S = 0.05  # tenants that fill up together are re-shared together
 
 
 @dataclass(slots=True)
@@ -98,14 +106,25 @@ class Scheduler(AmqpService):
         self,
         settings: Settings,
         sink: Sink,
-        list_tenants: Callable[[], list[Tenant]],
+        list_tenants: Callable[[], list[Tenant]] | TenantSource,
     ) -> None:
         super().__init__(settings)
         self.sink = sink
-        self.list_tenants = list_tenants
+        source = list_tenants if not callable(list_tenants) else ListedTenants(list_tenants)
+        self.watch = TenantWatch(source, settings.tenant_resync_s)
         self.drr: DeficitRoundRobin[Delivery] = DeficitRoundRobin(settings.drr_quantum)
-        self.tenant_channels: dict[str, TenantConsumer] = {}
+        self.pool = ChannelPool(
+            settings,
+            lambda consumer, method, props, body: self._on_message(
+                consumer, method, body, readings_of(props)
+            ),
+            self._consumers_lost,
+            lambda tenant: self.old_arguments.add(tenant),
+        )
         self.known: dict[str, Tenant] = {}
+        self.backlogged: set[str] = set()  # filled their prefetch: they share the budget
+        self._raised: set[str] = set()  # prefetch above the floor (to bring back down)
+        self._reshare_at: Any = None  # the pending re-share (timer), if any
         self.inflight = 0
         # Tenants whose queue was declared by an earlier version with other bounds (before
         # the byte bound per reading): consumed as they are.
@@ -113,10 +132,10 @@ class Scheduler(AmqpService):
         metrics.SCHED_OLD_ARGUMENTS.set_function(lambda: len(self.old_arguments))
         self._writers = ThreadPoolExecutor(settings.writers, thread_name_prefix="writer")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="tenants")
+        self._looking = False  # a tenant look is under way on the thread
         self._linger_s = settings.batch_linger_ms / 1000.0
         self._oldest: float | None = None  # when the oldest buffered message arrived
         self._linger_timer: Any = None
-        self._depths_due = 0  # passive declares of this tick not yet answered
         self._events = (
             side.EventPublisher(Brokers(settings, f"{self.name}-events"), self.ioloop)
             if settings.events_enabled
@@ -125,18 +144,30 @@ class Scheduler(AmqpService):
         if self._events is not None:
             self.add_side_connection(self._events)  # it reconnects on its own
         metrics.SCHED_INFLIGHT_BATCHES.set_function(lambda: self.inflight)
-        self.every(GAUGE_INTERVAL_S, self._tick_gauges, first=FIRST_TICK_S)
+        metrics.SCHED_TENANTS.set_function(lambda: len(self.pool.consumers))
+        metrics.SCHED_ACTIVE_TENANTS.set_function(
+            lambda: sum(1 for c in self.pool.consumers.values() if c.unacked)
+        )
+        metrics.SCHED_BACKLOGGED_TENANTS.set_function(lambda: len(self.backlogged))
+        self.every(BACKLOG_CHECK_S, self._check_backlogged)
         self.every(settings.tenant_refresh_s, self._refresh_tenants)
+
+    @property
+    def tenant_channels(self) -> dict[str, TenantConsumer]:
+        """The current consumer of every tenant."""
+        return self.pool.consumers
 
     # -- tenants and channels ------------------------------------------------------
     def on_connected(self, connection: pika.SelectConnection) -> None:
+        self.pool.connected(connection)
         self._refresh_tenants()
 
     def _refresh_tenants(self) -> None:
-        """List tenants off the I/O loop; open channels for new ones, update weights."""
-        if self.stopping or not self._connected:
+        """Look for tenant changes off the I/O loop; new ones get a consumer."""
+        if self.stopping or not self._connected or self._looking:
             return
-        future = self._io.submit(self.list_tenants)
+        self._looking = True
+        future = self._io.submit(self.watch.poll)
         future.add_done_callback(lambda f: self.call_soon(lambda: self._tenants_listed(f)))
 
     @property
@@ -144,79 +175,62 @@ class Scheduler(AmqpService):
         return self.connection is not None and self.connection.is_open
 
     def _tenants_listed(self, future: Any) -> None:
+        self._looking = False
         try:
-            tenants: list[Tenant] = future.result()
+            changes: TenantChanges | None = future.result()
         except Exception as exc:  # database down: keep serving the tenants we know
             log.warning("tenant refresh failed", extra={"error": repr(exc)})
-            tenants = list(self.known.values())
-        for tenant in tenants:
+            return
+        if changes is None:
+            return
+        metrics.TENANT_READS.labels("full" if changes.full else "changes").inc()
+        reshare = False
+        for tenant in changes.tenants:
+            before = self.known.get(tenant.id)
             self.known[tenant.id] = tenant
             self.drr.set_weight(tenant.id, tenant.weight)
             metrics.SCHED_WEIGHT.labels(tenant.id).set(tenant.weight)
-            if tenant.id not in self.tenant_channels and self._connected and not self.stopping:
-                self._open(tenant)
-
-    def _open(self, tenant: Tenant) -> None:
-        """One channel for the tenant's queue: declare it, then a recyclable consumer."""
-        spec = topology.tenant_queue(tenant.id, tenant.max_backlog, self.settings)
-
-        def on_message(_channel: Channel, method: Basic.Deliver, props: Any, body: bytes) -> None:
-            self._on_message(consumer, method, body, readings_of(props))
-
-        consumer = self.tenant_channels[tenant.id] = TenantConsumer(
-            tenant.id, self.settings.scheduler_prefetch, queue=spec.name, on_message=on_message
-        )
-
-        def declare(channel: Channel, then: Callable[[], None]) -> None:
-            consumer.channel = channel
-            connection = self.connection
-            if connection is None or not connection.is_open:
-                return  # the consumer is opened again with the next connection
-            # On a channel of its own: a queue of the earlier version (other arguments)
-            # refuses the declaration, which must not close the consuming channel.
-            declare_apart(
-                connection,
-                spec,
-                lambda: then() if channel.is_open else None,
-                lambda _queue: self.old_arguments.add(tenant.id),
-            )
-
-        self.open_consumer(
-            Consumer(
-                spec.name,
-                consumer.prefetch,
-                on_message,
-                prepare=declare,
-                start=consumer.consume,
-                cancel=consumer.stop,
-                on_close=lambda _channel, why: self._closed(consumer, why),
-            )
-        )
-        metrics.SCHED_BUFFERED.labels(tenant.id).set_function(partial(self.drr.backlog, tenant.id))
-        metrics.SCHED_PREFETCH.labels(tenant.id).set_function(partial(self._prefetch, tenant.id))
+            if before is not None and before.weight != tenant.weight:
+                reshare = reshare or tenant.id in self.backlogged
+            if tenant.id not in self.pool.consumers and not self.stopping:
+                self.pool.add(tenant)
+                metrics.SCHED_BUFFERED.labels(tenant.id).set_function(
+                    partial(self.drr.backlog, tenant.id)
+                )
+                metrics.SCHED_PREFETCH.labels(tenant.id).set_function(
+                    partial(self._prefetch, tenant.id)
+                )
+        for tenant_id in changes.removed:
+            # Its queue may still hold readings the relay accepted: they are still
+            # written (the consumer stays until a restart), at weight 1.
+            log.warning("tenant record removed", extra={"tenant": tenant_id})
+            self.known.pop(tenant_id, None)
+            self.drr.set_weight(tenant_id, 1)
+        if reshare:
+            self._schedule_reshare()
 
     def _prefetch(self, tenant: str) -> int:
         """The prefetch granted to ``tenant`` (the floor while its channel is re-opened)."""
-        consumer = self.tenant_channels.get(tenant)
+        consumer = self.pool.consumers.get(tenant)
         return consumer.prefetch if consumer is not None else self.settings.scheduler_prefetch
 
-    def _closed(self, consumer: TenantConsumer, why: Exception) -> None:
-        # The broker requeues this channel's unacked deliveries: drop our copies. The
-        # DRR buffers by tenant, so only the tenant's current consumer may drop them; a
-        # late close of an older channel must not discard its successor's deliveries.
-        consumer.reset()
-        if self.tenant_channels.get(consumer.tenant) is not consumer:
-            return
-        del self.tenant_channels[consumer.tenant]
-        self.drr.drop(consumer.tenant)
-        if not self.stopping and self.connection is not None and self.connection.is_open:
-            log.warning(
-                "tenant channel closed", extra={"tenant": consumer.tenant, "why": repr(why)}
-            )
+    def _consumers_lost(self, consumers: list[TenantConsumer]) -> None:
+        """Their channel closed: the broker requeues what they held; drop our copies.
+
+        The DRR buffers by tenant; the pool gives each tenant a fresh consumer when the
+        channel re-opens, so these are still the tenants' current ones here.
+        """
+        for consumer in consumers:
+            self.drr.drop(consumer.tenant)
+            if consumer.tenant in self.backlogged:
+                self.backlogged.discard(consumer.tenant)
+                metrics.SCHED_BACKLOG.labels(consumer.tenant).set(0)
+            self._raised.discard(consumer.tenant)
+        if not len(self.drr):
+            self._oldest = None
 
     def on_connection_lost(self) -> None:
-        for consumer in list(self.tenant_channels.values()):
-            self._closed(consumer, ConnectionError("connection lost"))
+        self._consumers_lost(self.pool.lost())
         self._oldest = None
 
     # -- the hot path --------------------------------------------------------------
@@ -224,6 +238,8 @@ class Scheduler(AmqpService):
         self, consumer: TenantConsumer, method: Basic.Deliver, body: bytes, readings: int = 1
     ) -> None:
         consumer.delivered(method.delivery_tag, method.consumer_tag)
+        if consumer.saturated and not consumer.backlogged:
+            self._backlog_started(consumer)
         self.drr.push(
             consumer.tenant,
             Delivery(consumer, method.delivery_tag, body, method.consumer_tag, readings),
@@ -326,7 +342,7 @@ class Scheduler(AmqpService):
             stored[tenant] += outcome.stored_each[i]
             duplicates[tenant] += outcome.duplicates[i]
             if i in refused:
-                channel.basic_nack(delivery.tag, requeue=False)
+                consumer.refuse(delivery.tag)
                 metrics.SCHED_DEAD_LETTERED.labels(tenant).inc()
             settled[consumer].append((delivery.tag, delivery.source))
         for tenant, count in stored.items():
@@ -338,50 +354,74 @@ class Scheduler(AmqpService):
         for consumer, tags in settled.items():
             consumer.settle(tags)  # one multiple ack over the settled prefix
 
-    # -- gauges ------------------------------------------------------------------
-    def _tick_gauges(self) -> None:
-        """Once a second: gauges, then broker backlogs, then the prefetch budget."""
-        live = [
-            (c, c.channel) for c in self.tenant_channels.values() if c.channel and c.channel.is_open
-        ]
-        self._depths_due = len(live)
-        for consumer, channel in live:
-            channel.queue_declare(
-                topology.tenant_queue_name(consumer.tenant),
-                passive=True,
-                callback=partial(self._depth_answered, consumer),
-            )
+    # -- backlogged tenants and the prefetch budget ---------------------------------
+    def _backlog_started(self, consumer: TenantConsumer) -> None:
+        """``consumer`` filled its prefetch: more may wait at the broker."""
+        consumer.backlogged = True
+        self.backlogged.add(consumer.tenant)
+        self._schedule_reshare()
 
-    def _depth_answered(self, consumer: TenantConsumer, frame: Any) -> None:
-        self._backlog_seen(consumer, frame.method.message_count)
-
-    def _backlog_seen(self, consumer: TenantConsumer, ready: int) -> None:
-        consumer.ready = ready
-        metrics.SCHED_BACKLOG.labels(consumer.tenant).set(ready)
-        self._depths_due -= 1
-        if self._depths_due == 0:  # every depth of this tick is in: share on fresh data
+    def _check_backlogged(self) -> None:
+        """Once a second, the backlogged tenants only: which stopped filling their prefetch."""
+        if not self.backlogged and not self._reshare_pending:
+            return
+        ended = []
+        for tenant in self.backlogged:
+            consumer = self.pool.consumers.get(tenant)
+            if consumer is None:
+                ended.append(tenant)
+            elif consumer.saturated or consumer.unacked >= consumer.prefetch:
+                consumer.saturated = False
+                self.pool.depth(tenant, metrics.SCHED_BACKLOG.labels(tenant).set)
+            else:
+                consumer.backlogged = False
+                ended.append(tenant)
+        self.backlogged.difference_update(ended)
+        for tenant in ended:
+            metrics.SCHED_BACKLOG.labels(tenant).set(0)
+        if ended or self._reshare_pending:
             self._share_prefetch()
 
+    _reshare_pending = False  # a change was declined (a recycle under way): retry
+
+    def _schedule_reshare(self) -> None:
+        if self._reshare_at is None:
+            self._reshare_at = self.ioloop.call_later(RESHARE_DELAY_S, self._share_prefetch)
+
     def _share_prefetch(self) -> None:
-        """Give backlogged tenants their weighted share of the buffer budget."""
-        weights = {
-            t: (self.known[t].weight if t in self.known else 1) for t in self.tenant_channels
-        }
-        backlogged = {
-            t: weights[t]
-            for t, c in self.tenant_channels.items()
-            if c.ready > 0 or self.drr.backlog(t) >= c.prefetch
-        }
+        """Give backlogged tenants their weighted share of the buffer budget, the others
+        (those above it) the floor; only tenants that are or were backlogged are visited."""
+        if self._reshare_at is not None:
+            self.ioloop.remove_timeout(self._reshare_at)
+            self._reshare_at = None
+        floor = self.settings.scheduler_prefetch
+        weight = {t: (self.known[t].weight if t in self.known else 1) for t in self.backlogged}
         shares = prefetch_shares(
-            weights, backlogged, self.settings.scheduler_buffer, self.settings.scheduler_prefetch
+            {t: 1 for t in self.backlogged | self._raised},
+            weight,
+            self.settings.scheduler_buffer,
+            floor,
         )
-        for tenant, consumer in self.tenant_channels.items():
-            wanted = shares[tenant]
-            # Declined while the tenant's previous recycle is under way: the next tick retries.
-            if worth_changing(consumer.prefetch, wanted):
-                consumer.change_prefetch(wanted)
+        self._reshare_pending = False
+        for tenant, wanted in shares.items():
+            consumer = self.pool.consumers.get(tenant)
+            if consumer is None:
+                self._raised.discard(tenant)
+                continue
+            # Declined while the tenant's previous recycle is under way: retried.
+            if worth_changing(consumer.prefetch, wanted) and not consumer.change_prefetch(wanted):
+                self._reshare_pending = self._reshare_pending or consumer.live
+            if consumer.prefetch > floor:
+                self._raised.add(tenant)
+            else:
+                self._raised.discard(tenant)
 
     # -- stopping ----------------------------------------------------------------
+    def begin_stop(self) -> None:
+        """Cancel every tenant consumer, then the base drain."""
+        self.pool.stop()
+        super().begin_stop()
+
     def drained(self) -> bool:
         self._dispatch()  # stopping: partial batches go at once
         return not len(self.drr) and not self.inflight
@@ -399,6 +439,45 @@ def run(settings: Settings, sink: str = "mongo") -> None:
     service = Scheduler(
         settings,
         MongoSink.from_settings(db, settings) if sink == "mongo" else NullSink(),
-        lambda: registry.list_tenants(db),
+        RegistryTenants(db),
     )
     service.serve(settings.metrics_port)
+
+
+class ListedTenants:
+    """A :class:`TenantSource` over a plain listing: every look reads the whole list."""
+
+    def __init__(self, list_tenants: Callable[[], list[Tenant]]) -> None:
+        self._list, self._looks = list_tenants, 0
+
+    def version(self) -> int:
+        """A new version at every look."""
+        self._looks += 1
+        return self._looks
+
+    def changed_since(self, rev: int) -> list[Tenant]:
+        """Everything."""
+        return self._list()
+
+    def all(self) -> list[Tenant]:
+        """Everything."""
+        return self._list()
+
+
+class RegistryTenants:
+    """The tenant registry as a :class:`TenantSource` (versioned changes)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def version(self) -> int:
+        """The last tenant revision taken."""
+        return registry.tenants_version(self.db)
+
+    def changed_since(self, rev: int) -> list[Tenant]:
+        """Tenants written with a revision above ``rev``."""
+        return registry.tenants_changed_since(self.db, rev)
+
+    def all(self) -> list[Tenant]:
+        """Every tenant."""
+        return registry.list_tenants(self.db)

@@ -1,14 +1,18 @@
-"""One tenant queue's channel: its consumer, its prefetch and the acks owed on it.
+"""One tenant queue's consumer on a pooled channel: its prefetch and the acks owed on it.
 
-The prefetch is per consumer (``basic.qos`` with ``global=False``), the only kind a
-quorum queue accepts and the only kind RabbitMQ 4 keeps. It binds consumers started
-*after* the ``basic.qos``, so changing a tenant's share *recycles* its consumer on
-the same channel: ``basic.qos(new)``, cancel the current consumer, start a new one.
+Many tenants share a channel (:mod:`scheduler.channel_pool`); each has its own
+consumer. The prefetch is per consumer (``basic.qos`` with ``global=False``), the only
+kind a quorum queue accepts and the only kind RabbitMQ 4 keeps. It binds consumers
+started *after* the ``basic.qos``, so every ``basic.consume`` is sent right after its
+own ``basic.qos`` (pika sends a channel's methods in order, so another tenant's
+``basic.qos`` cannot come between), and changing a tenant's share *recycles* its
+consumer on the same channel: cancel the current consumer, start a new one.
 
 * Deliveries the cancelled ("retiring") consumer already received stay unacked on
   the channel and are written and acked as usual: delivery tags are per channel, so
-  one :class:`~fairway.kernel.acks.AckWatermark` covers both consumers, and the DRR buffer
-  is keyed by tenant, not by consumer.
+  the channel's :class:`~scheduler.channel_acks.ChannelAcks` covers both consumers (and
+  every other tenant's on the channel), and the DRR buffer is keyed by tenant, not by
+  consumer.
 * Deliveries still on the wire when the cancel is sent reach the tenant like any
   other (:func:`cancel_keeping_deliveries`); pika alone would requeue them.
 * At most one consumer retires at a time: a tenant is not recycled again until its
@@ -30,7 +34,8 @@ from typing import Any
 
 from pika.channel import Channel
 
-from fairway.kernel.acks import AckWatermark
+from scheduler import channel_acks
+from scheduler.channel_acks import AckPlan, ChannelAcks
 from scheduler.metrics import PREFETCH_CHANGES
 
 log = logging.getLogger(__name__)
@@ -57,9 +62,20 @@ def cancel_keeping_deliveries(
         log.warning("pika internals changed; in-flight deliveries of a recycled consumer requeue")
 
 
+def stuck_limit(consumer: TenantConsumer) -> int:
+    """Settled deliveries of a tenant that may wait behind another tenant's before they
+    are acked one by one: a quarter of its prefetch (see :mod:`scheduler.channel_acks`)."""
+    return max(1, consumer.prefetch // 4)
+
+
+def new_acks() -> ChannelAcks[TenantConsumer]:
+    """The ack tracker of one (pooled) channel."""
+    return ChannelAcks(stuck_limit)
+
+
 @dataclass(eq=False)
 class TenantConsumer:
-    """One tenant queue's channel, its (at most two) consumers and the acks owed on it."""
+    """One tenant queue's (at most two) consumers on a shared channel, and its acks."""
 
     tenant: str
     prefetch: int  # granted to the current (or next) consumer
@@ -68,9 +84,18 @@ class TenantConsumer:
     on_message: OnMessage | None = None
     consumer_tag: str | None = None  # the consumer receiving new deliveries
     retiring: str | None = None  # cancelled consumer whose deliveries are not all settled
-    acks: AckWatermark = field(default_factory=AckWatermark)
-    ready: int = 0  # messages waiting at the broker, as of the last tick
+    acks: ChannelAcks[TenantConsumer] = field(default_factory=new_acks)  # the channel's
+    unacked: int = 0  # deliveries the broker counts against this tenant (kept by ``acks``)
+    slot: int = -1  # index of its channel in the pool
+    backlogged: bool = False  # holds a share of the buffer budget (scheduler.prefetch)
+    saturated: bool = False  # reached its prefetch since the last look (more may wait)
     held: Counter[str] = field(default_factory=Counter)  # unsettled deliveries per consumer
+    # Where this channel's basic.cancel-ok frames are dispatched (the pool's one router;
+    # see PoolChannel.cancel_ok); None: straight to this consumer.
+    on_cancel_ok: Callable[[Any], None] | None = None
+    # Where acks go (the pool's per-channel batching, PoolChannel.send_acks); None: sent
+    # at once.
+    send_acks: Callable[[Channel, AckPlan], None] | None = None
     _cancel_pending: bool = False  # basic.cancel-ok of the retiring consumer not yet seen
     _start_at: int | None = None  # start the next consumer once retiring holds <= this
     _stopped: bool = False
@@ -82,9 +107,10 @@ class TenantConsumer:
 
     # -- consumers -------------------------------------------------------------------
     def consume(self) -> None:
-        """Start a consumer under the prefetch last set with ``basic.qos``."""
+        """Start a consumer under ``prefetch``: its own ``basic.qos``, then ``basic.consume``."""
         assert self.channel is not None and self.on_message is not None
         self._start_at = None
+        self.channel.basic_qos(prefetch_count=self.prefetch, global_qos=False)
         self.consumer_tag = self.channel.basic_consume(self.queue, self.on_message)
 
     def change_prefetch(self, wanted: int) -> bool:
@@ -103,10 +129,9 @@ class TenantConsumer:
             return False
         assert self.channel is not None
         old, self.prefetch = self.prefetch, wanted
-        self.channel.basic_qos(prefetch_count=wanted, global_qos=False)
         self.retiring, self.consumer_tag = self.consumer_tag, None
         self._cancel_pending = True
-        cancel_keeping_deliveries(self.channel, self.retiring, self._cancel_ok)
+        cancel_keeping_deliveries(self.channel, self.retiring, self.on_cancel_ok or self.cancel_ok)
         PREFETCH_CHANGES.labels(self.tenant).inc()
         if wanted > old:
             self.consume()  # the broker handles it after the cancel: never two at once
@@ -115,9 +140,8 @@ class TenantConsumer:
             self._progress()
         return True
 
-    def _cancel_ok(self, frame: Any) -> None:
-        # pika fires every pending cancel-ok callback on the first cancel-ok of the
-        # channel, so check which consumer this one is about.
+    def cancel_ok(self, frame: Any) -> None:
+        """A ``basic.cancel-ok`` on the channel: the retiring consumer's, or another's."""
         if frame.method.consumer_tag == self.retiring:
             self._cancel_pending = False
             self._progress()
@@ -143,28 +167,49 @@ class TenantConsumer:
         self._start_at = None
         if self.live and self.consumer_tag is not None:
             assert self.channel is not None
-            cancel_keeping_deliveries(self.channel, self.consumer_tag, lambda _frame: None)
+            cancel_keeping_deliveries(
+                self.channel, self.consumer_tag, self.on_cancel_ok or (lambda _frame: None)
+            )
 
     # -- deliveries and acks -----------------------------------------------------------
     def delivered(self, delivery_tag: int, consumer_tag: str) -> None:
         """Record a delivery (from the current or the retiring consumer)."""
-        self.acks.track(delivery_tag)
+        self.acks.track(delivery_tag, self)
         self.held[consumer_tag] += 1
+        if self.unacked >= self.prefetch:
+            self.saturated = True
+
+    def refuse(self, delivery_tag: int) -> None:
+        """Nack one delivery without requeue (it dead-letters to ``rejected``)."""
+        assert self.channel is not None
+        self.channel.basic_nack(delivery_tag, requeue=False)
+        self.acks.refused(delivery_tag)
 
     def settle(self, tags: Iterable[tuple[int, str]]) -> None:
-        """Settle (delivery tag, consumer tag) pairs; ack the settled prefix."""
+        """Settle (delivery tag, consumer tag) pairs; send what the channel may ack now.
+
+        The ``multiple`` ack covers a prefix of the *channel's* tags that are all
+        settled, which may include other tenants' (:mod:`scheduler.channel_acks`).
+        """
         delivery_tags = []
         for delivery_tag, consumer_tag in tags:
             delivery_tags.append(delivery_tag)
             self.held[consumer_tag] -= 1
-        upto = self.acks.settle(delivery_tags)
-        if upto is not None and self.channel is not None:
-            self.channel.basic_ack(upto, multiple=True)
+        plan = self.acks.settle(delivery_tags)
+        if plan and self.channel is not None:
+            if self.send_acks is not None:
+                self.send_acks(self.channel, plan)
+            else:
+                channel_acks.send(self.channel, plan)
         self._progress()
 
     def reset(self) -> None:
-        """The channel closed: the broker requeued every unacked delivery."""
-        self.acks.reset()
+        """The channel closed: the broker requeued every unacked delivery.
+
+        The channel's tracker is reset by the pool, once for all its tenants.
+        """
+        self.unacked = 0
+        self.saturated = False
         self.held.clear()
         self.consumer_tag = self.retiring = self._start_at = None
         self._cancel_pending = False

@@ -371,6 +371,11 @@ class Settings:
     drr_quantum: int = setting(50, SCHEDULER, AT_LEAST_1)
     writers: int = setting(2, SCHEDULER, AT_LEAST_1)
     tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
+    # Channels the scheduler consumes tenant queues on (tenants spread over them; below
+    # RabbitMQ's default channel_max of 2047 per connection).
+    scheduler_channels: int = setting(16, SCHEDULER, Bound(low=1, high=2000))
+    # The scheduler reads the whole tenant list this often (between, only what changed).
+    tenant_resync_s: float = setting(300.0, SCHEDULER, POSITIVE)
     db_backoff_max_s: float = setting(5.0, SCHEDULER, POSITIVE)  # also monitor, archiver
     # device_state (latest values) is written at most this often per device; 0: every batch
     device_state_flush_s: float = setting(2.0, SCHEDULER, AT_LEAST_0)

@@ -45,6 +45,12 @@ ROLLUP_TOUCHED = "rollup_touched"
 MIGRATIONS = "migrations"  # journals of one-time migrations (fairway migrate ...)
 
 
+# Change counters (``{_id: "tenants", version: n}``): every write of a tenant record
+# takes the next number and stamps it as the record's ``rev``, so readers ask only for
+# what changed (fairway.storage.registry.tenants_changed_since).
+VERSIONS = "versions"
+
+
 # Top-level fields queried by equality, per collection. On FerretDB with PostgreSQL these
 # get GIN indexes (fairway/storage/ferretdb.py): the only indexes its pushdown can use.
 EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -61,6 +67,7 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     ROLLUP_WRITERS: ("_id",),
     ROLLUP_TOUCHED: ("_id",),
     TENANTS: ("_id",),
+    VERSIONS: ("_id",),
     REJECTIONS: ("device", "tenant"),
     REJECTION_COUNTS: ("tenant",),
 }

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from argon2 import PasswordHasher
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fairway.kernel.ids import check_new_id
-from fairway.storage.mongo import DEVICES, DUPLICATE_KEY, TENANTS, AlreadyExists
+from fairway.storage.mongo import DEVICES, DUPLICATE_KEY, TENANTS, VERSIONS, AlreadyExists
 
 _hasher = PasswordHasher()
 KEYED_PREFIX = "hmac-sha256$"
@@ -91,14 +91,45 @@ class Device:
     tenant_known: bool = True
 
 
-def tenant_record(tenant_id: str, weight: int, max_backlog: int) -> dict[str, Any]:
-    """The stored document of a new tenant (one shape for single and bulk provisioning)."""
+def tenant_record(tenant_id: str, weight: int, max_backlog: int, rev: int = 0) -> dict[str, Any]:
+    """The stored document of a new tenant (one shape for single and bulk provisioning);
+    ``rev`` from :func:`next_tenants_rev`, taken just before the record is written."""
     return {
         "_id": tenant_id,
         "weight": weight,
         "max_backlog": max_backlog,
         "created": datetime.now(UTC),
+        "rev": rev,
     }
+
+
+# -- tenant changes, versioned ---------------------------------------------------------
+def next_tenants_rev(db: Database) -> int:
+    """Take the next tenant revision: every write of a tenant record stamps one as ``rev``
+    (before writing), so :func:`tenants_changed_since` finds what changed."""
+    doc = db[VERSIONS].find_one_and_update(
+        {"_id": TENANTS},
+        {"$inc": {"version": 1}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    if doc is None:  # cannot happen with upsert; a clear error if a server disagrees
+        raise RuntimeError("tenant revision counter not returned")
+    return int(doc["version"])
+
+
+def tenants_version(db: Database) -> int:
+    """The last tenant revision taken (0: none yet); one read by ``_id``."""
+    doc = db[VERSIONS].find_one({"_id": TENANTS})
+    return int(doc["version"]) if doc else 0
+
+
+def tenants_changed_since(db: Database, rev: int) -> list[Tenant]:
+    """Tenants whose record was written with a revision above ``rev``."""
+    return [
+        Tenant(doc["_id"], int(doc["weight"]), int(doc["max_backlog"]))
+        for doc in db[TENANTS].find({"rev": {"$gt": rev}}).sort("_id", ASCENDING)
+    ]
 
 
 def device_record(
@@ -127,7 +158,7 @@ def create_tenant(db: Database, tenant_id: str, weight: int, max_backlog: int) -
     if weight < 1 or max_backlog < 1:
         raise ValueError("weight and max backlog must be at least 1")
     try:
-        db[TENANTS].insert_one(tenant_record(tenant_id, weight, max_backlog))
+        db[TENANTS].insert_one(tenant_record(tenant_id, weight, max_backlog, next_tenants_rev(db)))
     except DuplicateKeyError:
         raise AlreadyExists(f"tenant {tenant_id!r} exists") from None
     return Tenant(tenant_id, weight, max_backlog)
@@ -137,9 +168,8 @@ def set_tenant_weight(db: Database, tenant_id: str, weight: int) -> bool:
     """Change a tenant's DRR weight; schedulers pick it up on their next refresh."""
     if weight < 1:
         raise ValueError("weight must be at least 1")
-    return (
-        db[TENANTS].update_one({"_id": tenant_id}, {"$set": {"weight": weight}}).matched_count == 1
-    )
+    changes = {"weight": weight, "rev": next_tenants_rev(db)}
+    return db[TENANTS].update_one({"_id": tenant_id}, {"$set": changes}).matched_count == 1
 
 
 def tenant_document(db: Database, tenant_id: str) -> dict[str, Any] | None:
@@ -155,6 +185,7 @@ def tenant_documents(db: Database, tenant_id: str | None = None) -> list[dict[st
 
 def update_tenant(db: Database, tenant_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
     """Set ``changes`` on the tenant; its new document, or None if there is no such tenant."""
+    changes = {**changes, "rev": next_tenants_rev(db)}
     if db[TENANTS].update_one({"_id": tenant_id}, {"$set": changes}).matched_count == 0:
         return None
     return tenant_document(db, tenant_id)

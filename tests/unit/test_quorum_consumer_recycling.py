@@ -10,6 +10,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from pika.callback import CallbackManager
+
+from scheduler.channel_pool import PoolChannel
 from scheduler.tenant_channel import TenantConsumer
 
 
@@ -58,7 +61,9 @@ def _started(prefetch: int = 100) -> tuple[TenantConsumer, RecordingChannel]:
 def test_growing_starts_the_new_consumer_at_once_and_keeps_in_flight_deliveries() -> None:
     consumer, channel = _started(100)
     assert consumer.change_prefetch(1000)
-    assert channel.calls == [("qos", 1000, False), ("cancel", "c1"), ("consume", "c2")]
+    # The new consumer's own basic.qos goes right before its basic.consume: on a shared
+    # channel no other tenant's basic.qos can come between.
+    assert channel.calls == [("cancel", "c1"), ("qos", 1000, False), ("consume", "c2")]
     assert "c1" not in channel._cancelled  # pika will hand its late deliveries to us
     assert consumer.consumer_tag == "c2" and consumer.retiring == "c1"
 
@@ -85,7 +90,7 @@ def test_shrinking_waits_until_the_tenant_holds_no_more_than_before() -> None:
     for tag in range(1, 901):
         consumer.delivered(tag, "c1")
     assert consumer.change_prefetch(250)
-    assert channel.calls == [("qos", 250, False), ("cancel", "c1")]
+    assert channel.calls == [("cancel", "c1")]
     assert consumer.consumer_tag is None
     channel.cancel_ok("c1")
     assert consumer.consumer_tag is None  # holds 900 > 1000 - 250
@@ -93,6 +98,7 @@ def test_shrinking_waits_until_the_tenant_holds_no_more_than_before() -> None:
     assert consumer.consumer_tag is None  # 751
     consumer.settle([(150, "c1")])
     assert consumer.consumer_tag == "c2"  # 750 held + 250 new = the old 1000
+    assert channel.calls[-2:] == [("qos", 250, False), ("consume", "c2")]
     consumer.settle([(tag, "c1") for tag in range(151, 901)])
     assert consumer.retiring is None
 
@@ -134,4 +140,47 @@ def test_a_closed_channel_forgets_every_consumer() -> None:
     channel.is_open = False
     consumer.reset()
     assert consumer.retiring is None and consumer.consumer_tag is None
-    assert consumer.acks.outstanding == 0 and not consumer.held
+    assert consumer.unacked == 0 and not consumer.held
+
+
+class SharedChannel(RecordingChannel):
+    """Cancel callbacks kept the way pika 1.x keeps them: one-shot, keyed by the method,
+    so the first ``cancel-ok`` fires every pending one (a registered callable counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callbacks = CallbackManager()
+
+    def basic_cancel(self, consumer_tag: str, callback: Any = None) -> None:
+        self._cancelled.add(consumer_tag)
+        self.callbacks.add(1, "CancelOk", callback)
+        self.calls.append(("cancel", consumer_tag))
+
+    def cancel_ok(self, tag: str) -> None:
+        self._cancelled.discard(tag)
+        frame = SimpleNamespace(method=SimpleNamespace(consumer_tag=tag))
+        self.callbacks.process(1, "CancelOk", self, frame)
+
+
+def test_cancel_oks_of_tenants_sharing_a_channel_each_reach_their_tenant() -> None:
+    channel = SharedChannel()
+    slot = PoolChannel(0, channel=channel)  # type: ignore[arg-type]
+    consumers = {}
+    for tenant in ("a", "b"):
+        consumers[tenant] = slot.tenants[tenant] = TenantConsumer(
+            tenant,
+            1000,
+            queue=f"tenant.{tenant}",
+            channel=channel,
+            on_message=lambda *a: None,
+            acks=slot.acks,
+            on_cancel_ok=slot.cancel_ok,
+        )
+        consumers[tenant].consume()
+    a, b = consumers["a"], consumers["b"]
+    assert a.change_prefetch(100) and b.change_prefetch(100)  # both shrink: wait for cancel-ok
+    channel.cancel_ok(a.retiring or "")
+    assert a.consumer_tag is not None and b.consumer_tag is None  # b's cancel not confirmed yet
+    channel.cancel_ok(b.retiring or "")
+    assert b.consumer_tag is not None  # not lost to a's cancel-ok
+    assert a.retiring is None and b.retiring is None

@@ -9,6 +9,7 @@ retries the whole batch and acks nothing until it is written.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +26,7 @@ from fairway.storage.rollups import ROLLUP_PENDING
 from scheduler.service import Delivery, Scheduler
 from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, MongoSink, NullSink, Sink
 from scheduler.tenant_channel import TenantConsumer
+from scheduler.tenant_watch import TenantChanges
 
 REFUSED_CODE = 121  # document validation failure: not a duplicate
 
@@ -233,8 +235,9 @@ def test_buffered_and_prefetch_gauges_read_the_scheduler(stopped: list[Scheduler
     assert sample("fairway_scheduler_inflight_batches") == 0
     scheduler.inflight = 2
     assert sample("fairway_scheduler_inflight_batches") == 2
-    scheduler.connection = SimpleNamespace(channel=lambda on_open_callback: None)  # type: ignore[assignment]
-    scheduler._open(Tenant("gauged", weight=1, max_backlog=1000))
+    listed: Future[TenantChanges] = Future()
+    listed.set_result(TenantChanges([Tenant("gauged", weight=1, max_backlog=1000)], full=True))
+    scheduler._tenants_listed(listed)  # not connected: the pool opens its channel later
     consumer = scheduler.tenant_channels["gauged"]
     for tag in (1, 2, 3):
         scheduler.drr.push("gauged", Delivery(consumer, tag, b"{}", "c1"))
