@@ -33,6 +33,20 @@ One run, two measurements on fresh databases:
   rate would add over the drain); the figures are not corrected for it. The database
   is counted once, at the end (``count_documents``), never while timing.
 
+* ``broker_one_hop``: the broker's own ceiling, RabbitMQ PerfTest
+  (:mod:`benchmarks.perftest`, installed by ``scripts/perftest.sh``) on a vhost of its
+  own for ``15 x scale`` s (at least 5) per message size: one producer and one consumer
+  on one durable classic queue bounded like Fairway's, persistent messages, at most
+  5,000 unconfirmed (the simulator's window), prefetch ``scheduler_prefetch x 10``
+  tenants, a multiple ack per ``batch_size`` readings. Sizes: one reading's tenant
+  message, and a full bundle (``bundle_max_readings`` readings). Rate and the
+  ``beam.smp`` CPU per message over the same window; PerfTest's JVM is the load
+  generator, reported apart. ``ratios`` compare the drains' broker CPU per reading with
+  it: a single-reading message crosses the broker twice in the pipeline (as its own
+  message into ``ingest.<tenant>``, then as 1/50 of a bundle into the tenant queue), so
+  the floor per reading is one reading message plus 1/50 of a bundle (for 10-reading
+  device batches 1/10 of a device message, approximated by the reading-sized one).
+
 Everything shares the machine's 2 cores (broker, database, relay, scheduler and the
 simulator itself), so the ratio pipeline / ceiling is the figure to read.
 """
@@ -44,17 +58,26 @@ import resource
 import statistics
 import threading
 import time
+import urllib.parse
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, perftest
 from benchmarks.common import r, ratio, say
 from fairway.amqp import management
 from fairway.devtools import simulator
 from fairway.kernel import topology
-from fairway.kernel.contract import Reading, tenant_message, to_document
+from fairway.kernel.contract import (
+    Reading,
+    bundle_body,
+    bundle_head,
+    bundle_part,
+    tenant_message,
+    to_document,
+)
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
 from tests.harness import Pipeline
@@ -67,6 +90,7 @@ DRAIN_SCENARIOS = {"single": 1, "batch10": 10}  # name: readings per message
 BACKGROUND_S = 3.0
 TENANTS = simulator.tenant_ids(10)
 DEVICES_PER_TENANT = 5
+ONE_HOP_CONFIRM_WINDOW = 5000  # the simulator's default window of unconfirmed messages
 
 
 def provision(env: Pipeline) -> dict[str, list[str]]:
@@ -453,6 +477,91 @@ def run_drains(args: Any) -> dict[str, Any]:
     }
 
 
+# -- the broker's one-hop ceiling (PerfTest) ------------------------------------------
+def one_hop_messages(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Message name: (bytes, readings) of one reading's tenant message and of a full
+    bundle, built by the pipeline's own functions."""
+    now = time.time()
+    tenant = TENANTS[0]
+    reading = Reading(f"{tenant}-d0001", "env", "c1234567", now, {"temp": 21.5, "ok": True})
+    n = settings.bundle_max_readings
+    bundle = bundle_body(bundle_head(tenant), [bundle_part(reading, now)] * n)
+    return {"reading": (len(tenant_message(tenant, reading, now)), 1), "bundle": (len(bundle), n)}
+
+
+def broker_one_hop(args: Any, settings: Settings) -> dict[str, Any]:
+    """PerfTest through the benchmark's broker for each message size (module doc)."""
+    seconds = max(5.0, 15.0 * args.scale)
+    brokers = broker_pids()
+    vhost = f"bench-e2e-one-hop-{uuid.uuid4().hex[:10]}"
+    first = urllib.parse.urlsplit(common.AMQP_BASE.split(",")[0].strip())
+    uri = urllib.parse.urlunsplit(first._replace(path="/" + urllib.parse.quote(vhost, safe="")))
+
+    def meter(jvm: int) -> dict[str, float]:
+        return {"broker": sum(cpu_s(pid) for pid in brokers), "load_generator": cpu_s(jvm)}
+
+    results: dict[str, Any] = {}
+    management.create_vhost(common.MGMT_URL, vhost)
+    try:
+        for name, (size, readings) in one_hop_messages(settings).items():
+            idle0, t_idle = sum(cpu_s(pid) for pid in brokers), time.monotonic()
+            time.sleep(BACKGROUND_S)
+            idle = (sum(cpu_s(pid) for pid in brokers) - idle0) / (time.monotonic() - t_idle)
+            options = perftest.arguments(
+                uri,
+                f"one-hop-{name}",
+                size,
+                seconds,
+                confirm=ONE_HOP_CONFIRM_WINDOW,
+                qos=settings.scheduler_prefetch * len(TENANTS),
+                multi_ack=max(1, settings.batch_size // readings),
+            )
+            run = perftest.run(options, meter)
+            messages = run["received"]
+            broker_us = run["cpu_seconds"]["broker"] * 1e6 / messages
+            results[name] = {
+                "bytes": size,
+                "readings_per_message": readings,
+                "seconds": r(run["seconds"], 2),
+                "messages": round(messages),
+                "nacked": round(run["nacked"]),
+                "msgs_per_s": r(run["rate"]),
+                "perftest_averages": run["averages"],
+                "broker_cpu_us_per_message": r(broker_us),
+                "broker_cpu_us_per_reading": r(broker_us / readings, 2),
+                "background_us_per_message": r(idle * run["wall_seconds"] * 1e6 / messages, 2),
+                "load_generator_cpu_us_per_message": r(
+                    run["cpu_seconds"]["load_generator"] * 1e6 / messages
+                ),
+                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            }
+            say(
+                f"broker one hop, {name} ({size} B): {run['rate']:,.0f} msg/s,"
+                f" beam.smp {broker_us:.1f} us per message"
+            )
+    finally:
+        management.delete_vhost(common.MGMT_URL, vhost)
+    return results
+
+
+def one_hop_ratios(hop: dict[str, Any], drain_cpu: dict[str, Any]) -> dict[str, float | None]:
+    """The drains' broker CPU per reading over the one-hop ceiling's (module doc)."""
+    per_reading = hop["reading"]["broker_cpu_us_per_message"]
+    per_bundle = hop["bundle"]["broker_cpu_us_per_message"]
+    n = hop["bundle"]["readings_per_message"]
+    single, batch10 = drain_cpu["single"]["broker"], drain_cpu["batch10"]["broker"]
+    per_device_batch = DRAIN_SCENARIOS["batch10"]
+    return {
+        "broker_cpu_per_reading drain single/one_hop reading_message": ratio(single, per_reading),
+        f"broker_cpu_per_reading drain single/one_hop (reading_message + bundle/{n})": ratio(
+            single, per_reading + per_bundle / n
+        ),
+        f"broker_cpu_per_reading drain batch10/one_hop (reading_message/{per_device_batch}"
+        f" + bundle/{n})": ratio(batch10, per_reading / per_device_batch + per_bundle / n),
+        f"broker_cpu_per_reading drain batch10/one_hop bundle/{n}": ratio(batch10, per_bundle / n),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and run both measurements."""
     p = common.parser(__doc__.splitlines()[0])
@@ -506,18 +615,36 @@ def run(args: Any) -> None:
     say(f"insert_many ceiling, 1 thread: {ceil1['rate']:.0f} docs/s")
     ceiln = ceiling(n_docs, settings.batch_size, settings.writers)
     say(f"insert_many ceiling, {settings.writers} threads: {ceiln['rate']:.0f} docs/s")
+    hop = broker_one_hop(args, settings)
     pipe = pipeline(args)
     say(f"pipeline: {pipe['stored_rate']:.0f} stored docs/s (offered {args.rate:.0f})")
     result = common.meta(
         NAME,
         args.scale,
         insert_many_ceiling={"one_thread": ceil1, f"{settings.writers}_threads": ceiln},
+        broker_one_hop=hop,
         pipeline=pipe,
-        **drains,
-        # The broker's one-hop ceiling (issue 11) is not measured here yet.
-        ceilings={"insert_many_1_thread": ceil1["rate"]},
+        **{
+            **drains,
+            "cpu_us_per_reading": {
+                **drains["cpu_us_per_reading"],
+                "broker_one_hop": {
+                    "reading_message": hop["reading"]["broker_cpu_us_per_message"],
+                    "bundle_message": hop["bundle"]["broker_cpu_us_per_message"],
+                    "bundle_per_reading": hop["bundle"]["broker_cpu_us_per_reading"],
+                },
+            },
+        },
+        ceilings={
+            "insert_many_1_thread": ceil1["rate"],
+            "broker_one_hop_msgs_per_s": {k: v["msgs_per_s"] for k, v in hop.items()},
+        },
         ratios={
             **drain_ratios,
+            **one_hop_ratios(hop, drains["cpu_us_per_reading"]),
+            "pipeline/broker_one_hop reading_message": ratio(
+                pipe["stored_rate"], hop["reading"]["msgs_per_s"]
+            ),
             "pipeline/insert_many_1_thread": ratio(pipe["stored_rate"], ceil1["rate"]),
             f"pipeline/insert_many_{settings.writers}_threads": ratio(
                 pipe["stored_rate"], ceiln["rate"]
