@@ -556,9 +556,48 @@ def broker_one_hop(args: Any, settings: Settings) -> dict[str, Any]:
                 f"broker one hop, {name} ({size} B): {run['rate']:,.0f} msg/s,"
                 f" beam.smp {broker_us:.1f} us per message"
             )
+        results["reading_backlog"] = one_hop_backlog(args, settings, uri, meter)
     finally:
         management.delete_vhost(common.MGMT_URL, vhost)
     return results
+
+
+def one_hop_backlog(args: Any, settings: Settings, uri: str, meter: Any) -> dict[str, Any]:
+    """The reading-sized hop the way a drain sees it: ``--drain-readings`` messages
+    published (and confirmed) with no consumer, then consumed from the backlog."""
+    size, _ = one_hop_messages(settings)["reading"]
+    count = args.drain_readings
+    phases = {}
+    for phase, producers, consumers in (("publish", 1, 0), ("consume", 0, 1)):
+        options = perftest.arguments(
+            uri,
+            "one-hop-backlog",
+            size,
+            0,
+            confirm=ONE_HOP_CONFIRM_WINDOW,
+            qos=settings.scheduler_prefetch * len(TENANTS),
+            multi_ack=settings.batch_size,
+            producers=producers,
+            consumers=consumers,
+            count=count,
+        )
+        run = perftest.run(options, meter, whole=True)
+        phases[phase] = {
+            "seconds": r(run["wall_seconds"], 2),
+            "broker_cpu_us_per_message": r(run["cpu_seconds"]["broker"] * 1e6 / count),
+            "load_generator_cpu_us_per_message": r(
+                run["cpu_seconds"]["load_generator"] * 1e6 / count
+            ),
+        }
+    total = sum(ph["broker_cpu_us_per_message"] for ph in phases.values())
+    say(f"broker one hop, {count:,} reading messages through a backlog: {total:.1f} us each")
+    return {
+        "bytes": size,
+        "messages": count,
+        **phases,
+        "broker_cpu_us_per_message": r(total),
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def one_hop_ratios(hop: dict[str, Any], drains: dict[str, Any]) -> dict[str, float | None]:
@@ -567,6 +606,7 @@ def one_hop_ratios(hop: dict[str, Any], drains: dict[str, Any]) -> dict[str, flo
     per_reading = hop["reading"]["broker_cpu_us_per_message"]
     per_bundle = hop["bundle"]["broker_cpu_us_per_message"]
     n = hop["bundle"]["readings_per_message"]
+    backlog = hop["reading_backlog"]
     broker = {
         name: drains["cpu_us_per_reading"][name]["broker"]
         + drains["broker_fill_us_per_reading"][name]
@@ -583,6 +623,23 @@ def one_hop_ratios(hop: dict[str, Any], drains: dict[str, Any]) -> dict[str, flo
             broker["batch10"], per_reading / per_batch + per_bundle / n
         ),
         key.format("batch10", f"bundle/{n}"): ratio(broker["batch10"], per_bundle / n),
+        # Like for like with a drain: the device messages wait in a backlog.
+        key.format("single", f"(reading_backlog + bundle/{n})"): ratio(
+            broker["single"], backlog["broker_cpu_us_per_message"] + per_bundle / n
+        ),
+        key.format("batch10", f"(reading_backlog/{per_batch} + bundle/{n})"): ratio(
+            broker["batch10"], backlog["broker_cpu_us_per_message"] / per_batch + per_bundle / n
+        ),
+        "broker_cpu_per_reading single fill/one_hop reading_backlog publish": ratio(
+            drains["broker_fill_us_per_reading"]["single"],
+            backlog["publish"]["broker_cpu_us_per_message"],
+        ),
+        f"broker_cpu_per_reading single drain/one_hop (reading_backlog consume + bundle/{n})": (
+            ratio(
+                drains["cpu_us_per_reading"]["single"]["broker"],
+                backlog["consume"]["broker_cpu_us_per_message"] + per_bundle / n,
+            )
+        ),
     }
 
 
@@ -667,6 +724,9 @@ def run(args: Any) -> None:
                 **drains["cpu_us_per_reading"],
                 "broker_one_hop": {
                     "reading_message": hop["reading"]["broker_cpu_us_per_message"],
+                    "reading_message_through_backlog": hop["reading_backlog"][
+                        "broker_cpu_us_per_message"
+                    ],
                     "bundle_message": hop["bundle"]["broker_cpu_us_per_message"],
                     "bundle_per_reading": hop["bundle"]["broker_cpu_us_per_reading"],
                 },
@@ -674,7 +734,9 @@ def run(args: Any) -> None:
         },
         ceilings={
             "insert_many_1_thread": ceil1["rate"],
-            "broker_one_hop_msgs_per_s": {k: v["msgs_per_s"] for k, v in hop.items()},
+            "broker_one_hop_msgs_per_s": {
+                k: hop[k]["msgs_per_s"] for k in one_hop_messages(settings)
+            },
         },
         ratios={
             **drain_ratios,

@@ -82,26 +82,48 @@ def install() -> None:
 
 
 def arguments(
-    uri: str, queue: str, size: int, seconds: float, confirm: int, qos: int, multi_ack: int
+    uri: str,
+    queue: str,
+    size: int,
+    seconds: float,
+    confirm: int,
+    qos: int,
+    multi_ack: int,
+    *,
+    producers: int = 1,
+    consumers: int = 1,
+    count: int = 0,
 ) -> list[str]:
-    """One producer and one consumer on ``queue``: persistent messages of ``size`` bytes,
-    at most ``confirm`` unconfirmed, prefetch ``qos``, a multiple ack every ``multi_ack``.
-    The queue is declared like Fairway's (durable classic, bounded, reject-publish)."""
+    """``producers`` and ``consumers`` (one each by default) on ``queue``: persistent
+    messages of ``size`` bytes, at most ``confirm`` unconfirmed, prefetch ``qos``, a
+    multiple ack every ``multi_ack``; for ``seconds``, or, with ``count``, until each
+    producer has published and each consumer received that many messages. The queue is
+    declared like Fairway's (durable classic, bounded, reject-publish) and kept."""
+    if count:
+        until = ["--pmessages", str(count), "--cmessages", str(count)]
+    else:
+        # One second more than the window: the first line only opens the window.
+        until = ["--time", str(round(seconds) + 1)]
     return [
-        *("--uri", uri, "--queue", queue, "--producers", "1", "--consumers", "1"),
+        *("--uri", uri, "--queue", queue),
+        *("--producers", str(producers), "--consumers", str(consumers)),
         *("--auto-delete", "false", "--flag", "persistent", "--size", str(size)),
         *("--queue-args", "x-max-length=10000000,x-overflow=reject-publish"),
         *("--confirm", str(confirm), "--qos", str(qos), "--multi-ack-every", str(multi_ack)),
-        # One second more than the window: the first line only opens it.
-        *("--time", str(round(seconds) + 1), "--interval", "1"),
+        *until,
+        *("--interval", "1"),
     ]
 
 
-def run(args: list[str], meter: Callable[[int], dict[str, float]]) -> dict[str, Any]:
-    """Run PerfTest with ``args``; ``meter(jvm_pid)`` is read at the window's two ends.
+def run(
+    args: list[str], meter: Callable[[int], dict[str, float]], whole: bool = False
+) -> dict[str, Any]:
+    """Run PerfTest with ``args``; ``meter(jvm_pid)`` is read at the window's two ends:
+    the first and last per-second lines, or with ``whole`` (runs of a message count,
+    whose last line is not their end) the start and the exit of the JVM.
 
-    Returns the window's message counts, its rates, the CPU seconds ``meter`` saw spent
-    in it per key, PerfTest's own averages, and its output lines.
+    Returns the window's message counts (from the lines), its rates, the CPU seconds
+    ``meter`` saw spent in it per key, PerfTest's own averages, and its output lines.
     """
     install()
     proc = subprocess.Popen(
@@ -118,16 +140,23 @@ def run(args: list[str], meter: Callable[[int], dict[str, float]]) -> dict[str, 
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     t_first = t_last = 0.0
+    if whole:
+        first, t_first = meter(proc.pid), time.monotonic()
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))
         interval = parse_interval(line)
         if interval is None:
             continue
         intervals.append(interval)
+        if whole:
+            continue
         if not first:
             first, t_first = meter(proc.pid), time.monotonic()
         else:
             last, t_last = meter(proc.pid), time.monotonic()
+    if whole:
+        # The JVM has closed its output: it is exiting, its CPU is nearly all spent.
+        last, t_last = meter(proc.pid), time.monotonic()
     code = proc.wait()
     output = "\n".join(lines)
     if code != 0 or not last:
@@ -136,7 +165,7 @@ def run(args: list[str], meter: Callable[[int], dict[str, float]]) -> dict[str, 
     return {
         **counted,
         "wall_seconds": t_last - t_first,
-        "rate": counted["received"] / counted["seconds"],
+        "rate": counted["received"] / counted["seconds"] if counted["seconds"] else 0.0,
         "cpu_seconds": {k: last[k] - first[k] for k in first},
         "averages": parse_averages(output),
         "output": lines,
