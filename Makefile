@@ -22,7 +22,7 @@ endif
 export FAIRWAY_SECRET_KEY ?= fairway-development-key-not-for-production
 export FAIRWAY_RABBITMQ_MGMT_URL ?= http://guest:guest@127.0.0.1:$(or $(FAIRWAY_RABBITMQ_MGMT_PORT),15672)
 
-.PHONY: venv services browser test test-long lint demo bench down clean
+.PHONY: venv services browser test test-long lint demo bench perftest down clean
 
 venv: $(VENV)/.installed
 
@@ -59,6 +59,11 @@ demo: venv services
 
 bench: venv services
 	$(VENV)/bin/python -m benchmarks.run
+
+# RabbitMQ PerfTest for the broker's one-hop ceiling (benchmarks/end_to_end.py installs it
+# too); needs java and mvn, not part of `make test`.
+perftest:
+	scripts/perftest.sh install
 
 down:
 	$(SERVICES) down

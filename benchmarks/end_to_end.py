@@ -33,6 +33,27 @@ One run, two measurements on fresh databases:
   rate would add over the drain); the figures are not corrected for it. The database
   is counted once, at the end (``count_documents``), never while timing.
 
+* ``broker_one_hop``: the broker's own ceiling, RabbitMQ PerfTest
+  (:mod:`benchmarks.perftest`, installed by ``scripts/perftest.sh``) on a vhost of its
+  own for ``15 x scale`` s (at least 5) per message size: one producer and one consumer
+  on one durable classic queue bounded like Fairway's, persistent messages, at most
+  5,000 unconfirmed (the simulator's window), prefetch ``scheduler_prefetch x 10``
+  tenants, a multiple ack per ``batch_size`` readings. Sizes: one reading's tenant
+  message, and a full bundle (``bundle_max_readings`` readings). Rate and the
+  ``beam.smp`` CPU per message over the same window; PerfTest's JVM is the load
+  generator, reported apart. ``ratios`` compare the pipeline's broker CPU per reading
+  with it: the drain's (``cpu_us_per_reading``: delivering the device messages, and the
+  bundles' whole hop) plus the fill's (``broker_fill_us_per_reading``: the device
+  messages' publish and confirm, which happened before the drain). A single-reading
+  message crosses the broker twice in the pipeline (as its own message into
+  ``ingest.<tenant>``, then as 1/50 of a bundle into the tenant queue), so the floor per
+  reading is one reading message plus 1/50 of a bundle (for 10-reading device batches
+  1/10 of a device message, approximated by the reading-sized one).
+
+``--private-broker`` runs everything on a RabbitMQ node of the run's own
+(:class:`tests.harness.LocalNode`), so ``beam.smp``'s CPU is the run's alone; on the
+shared node other people's traffic lands in the broker's figures.
+
 Everything shares the machine's 2 cores (broker, database, relay, scheduler and the
 simulator itself), so the ratio pipeline / ceiling is the figure to read.
 """
@@ -42,22 +63,32 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import tempfile
 import threading
 import time
+import urllib.parse
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, perftest
 from benchmarks.common import r, ratio, say
 from fairway.amqp import management
 from fairway.devtools import simulator
 from fairway.kernel import topology
-from fairway.kernel.contract import Reading, tenant_message, to_document
+from fairway.kernel.contract import (
+    Reading,
+    bundle_body,
+    bundle_head,
+    bundle_part,
+    tenant_message,
+    to_document,
+)
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
-from tests.harness import Pipeline
+from tests.harness import LocalNode, Pipeline
 
 NAME = "end_to_end"
 STORED = "fairway_scheduler_stored_total"
@@ -67,6 +98,7 @@ DRAIN_SCENARIOS = {"single": 1, "batch10": 10}  # name: readings per message
 BACKGROUND_S = 3.0
 TENANTS = simulator.tenant_ids(10)
 DEVICES_PER_TENANT = 5
+ONE_HOP_CONFIRM_WINDOW = 5000  # the simulator's default window of unconfirmed messages
 
 
 def provision(env: Pipeline) -> dict[str, list[str]]:
@@ -357,8 +389,12 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
         ) as sched:
             sched.wait_ready()
             warm = warm_up(env, by_tenant, sched)
+            brokers = broker_pids()
+            fill_broker = sum(cpu_s(pid) for pid in brokers)
             generator = fill(env, by_tenant, args.drain_readings, batch)
             total = generator["readings"]
+            # The device messages' publish into ingest.<tenant> (the drain only delivers them).
+            fill_broker = sum(cpu_s(pid) for pid in brokers) - fill_broker
             say(f"{name}: {generator['messages']:,} messages ({total:,} readings) waiting")
             meter = Meter(env, 0, sched.pid)
             idle0, t_idle = meter.shared(), time.monotonic()
@@ -395,6 +431,7 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
             **{k: r(v) for k, v in net.items()},
         },
         "load_generator": generator,
+        "broker_fill_us_per_reading": r(fill_broker * 1e6 / total),
         "stored_total": stored,
         "duplicates_total": duplicates,
         "documents_in_db": documents,
@@ -441,6 +478,10 @@ def run_drains(args: Any) -> dict[str, Any]:
         "drain": rounds,
         "cpu_us_per_reading": cpu_us,
         "cpu_us_per_reading_net": cpu_net,
+        "broker_fill_us_per_reading": {
+            name: r(statistics.median(rd["broker_fill_us_per_reading"] for rd in results))
+            for name, results in rounds.items()
+        },
         "drain_rate": rates,
         "ratios": {
             f"cpu_per_reading batch10/single ({key})": ratio(batch10[key], single[key])
@@ -450,6 +491,155 @@ def run_drains(args: Any) -> dict[str, Any]:
             "single total <= 150 us": {"value": single["total"], "met": single["total"] <= 150},
             "batch10 total <= 80 us": {"value": batch10["total"], "met": batch10["total"] <= 80},
         },
+    }
+
+
+# -- the broker's one-hop ceiling (PerfTest) ------------------------------------------
+def one_hop_messages(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Message name: (bytes, readings) of one reading's tenant message and of a full
+    bundle, built by the pipeline's own functions."""
+    now = time.time()
+    tenant = TENANTS[0]
+    reading = Reading(f"{tenant}-d0001", "env", "c1234567", now, {"temp": 21.5, "ok": True})
+    n = settings.bundle_max_readings
+    bundle = bundle_body(bundle_head(tenant), [bundle_part(reading, now)] * n)
+    return {"reading": (len(tenant_message(tenant, reading, now)), 1), "bundle": (len(bundle), n)}
+
+
+def broker_one_hop(args: Any, settings: Settings) -> dict[str, Any]:
+    """PerfTest through the benchmark's broker for each message size (module doc)."""
+    seconds = max(5.0, 15.0 * args.scale)
+    brokers = broker_pids()
+    vhost = f"bench-e2e-one-hop-{uuid.uuid4().hex[:10]}"
+    first = urllib.parse.urlsplit(common.AMQP_BASE.split(",")[0].strip())
+    uri = urllib.parse.urlunsplit(first._replace(path="/" + urllib.parse.quote(vhost, safe="")))
+
+    def meter(jvm: int) -> dict[str, float]:
+        return {"broker": sum(cpu_s(pid) for pid in brokers), "load_generator": cpu_s(jvm)}
+
+    results: dict[str, Any] = {}
+    management.create_vhost(common.MGMT_URL, vhost)
+    try:
+        for name, (size, readings) in one_hop_messages(settings).items():
+            idle0, t_idle = sum(cpu_s(pid) for pid in brokers), time.monotonic()
+            time.sleep(BACKGROUND_S)
+            idle = (sum(cpu_s(pid) for pid in brokers) - idle0) / (time.monotonic() - t_idle)
+            options = perftest.arguments(
+                uri,
+                f"one-hop-{name}",
+                size,
+                seconds,
+                confirm=ONE_HOP_CONFIRM_WINDOW,
+                qos=settings.scheduler_prefetch * len(TENANTS),
+                multi_ack=max(1, settings.batch_size // readings),
+            )
+            run = perftest.run(options, meter)
+            messages = run["received"]
+            broker_us = run["cpu_seconds"]["broker"] * 1e6 / messages
+            results[name] = {
+                "bytes": size,
+                "readings_per_message": readings,
+                "seconds": r(run["seconds"], 2),
+                "messages": round(messages),
+                "nacked": round(run["nacked"]),
+                "msgs_per_s": r(run["rate"]),
+                "perftest_averages": run["averages"],
+                "broker_cpu_us_per_message": r(broker_us),
+                "broker_cpu_us_per_reading": r(broker_us / readings, 2),
+                "background_us_per_message": r(idle * run["wall_seconds"] * 1e6 / messages, 2),
+                "load_generator_cpu_us_per_message": r(
+                    run["cpu_seconds"]["load_generator"] * 1e6 / messages
+                ),
+                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            }
+            say(
+                f"broker one hop, {name} ({size} B): {run['rate']:,.0f} msg/s,"
+                f" beam.smp {broker_us:.1f} us per message"
+            )
+        results["reading_backlog"] = one_hop_backlog(args, settings, uri, meter)
+    finally:
+        management.delete_vhost(common.MGMT_URL, vhost)
+    return results
+
+
+def one_hop_backlog(args: Any, settings: Settings, uri: str, meter: Any) -> dict[str, Any]:
+    """The reading-sized hop the way a drain sees it: ``--drain-readings`` messages
+    published (and confirmed) with no consumer, then consumed from the backlog."""
+    size, _ = one_hop_messages(settings)["reading"]
+    count = args.drain_readings
+    phases = {}
+    for phase, producers, consumers in (("publish", 1, 0), ("consume", 0, 1)):
+        options = perftest.arguments(
+            uri,
+            "one-hop-backlog",
+            size,
+            0,
+            confirm=ONE_HOP_CONFIRM_WINDOW,
+            qos=settings.scheduler_prefetch * len(TENANTS),
+            multi_ack=settings.batch_size,
+            producers=producers,
+            consumers=consumers,
+            count=count,
+        )
+        run = perftest.run(options, meter, whole=True)
+        phases[phase] = {
+            "seconds": r(run["wall_seconds"], 2),
+            "broker_cpu_us_per_message": r(run["cpu_seconds"]["broker"] * 1e6 / count),
+            "load_generator_cpu_us_per_message": r(
+                run["cpu_seconds"]["load_generator"] * 1e6 / count
+            ),
+        }
+    total = sum(ph["broker_cpu_us_per_message"] for ph in phases.values())
+    say(f"broker one hop, {count:,} reading messages through a backlog: {total:.1f} us each")
+    return {
+        "bytes": size,
+        "messages": count,
+        **phases,
+        "broker_cpu_us_per_message": r(total),
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def one_hop_ratios(hop: dict[str, Any], drains: dict[str, Any]) -> dict[str, float | None]:
+    """The pipeline's broker CPU per reading (the drain's, plus the fill's publish of the
+    device messages) over the one-hop ceiling's (module doc)."""
+    per_reading = hop["reading"]["broker_cpu_us_per_message"]
+    per_bundle = hop["bundle"]["broker_cpu_us_per_message"]
+    n = hop["bundle"]["readings_per_message"]
+    backlog = hop["reading_backlog"]
+    broker = {
+        name: drains["cpu_us_per_reading"][name]["broker"]
+        + drains["broker_fill_us_per_reading"][name]
+        for name in DRAIN_SCENARIOS
+    }
+    per_batch = DRAIN_SCENARIOS["batch10"]
+    key = "broker_cpu_per_reading {} (fill+drain)/one_hop {}"
+    return {
+        key.format("single", "reading_message"): ratio(broker["single"], per_reading),
+        key.format("single", f"(reading_message + bundle/{n})"): ratio(
+            broker["single"], per_reading + per_bundle / n
+        ),
+        key.format("batch10", f"(reading_message/{per_batch} + bundle/{n})"): ratio(
+            broker["batch10"], per_reading / per_batch + per_bundle / n
+        ),
+        key.format("batch10", f"bundle/{n}"): ratio(broker["batch10"], per_bundle / n),
+        # Like for like with a drain: the device messages wait in a backlog.
+        key.format("single", f"(reading_backlog + bundle/{n})"): ratio(
+            broker["single"], backlog["broker_cpu_us_per_message"] + per_bundle / n
+        ),
+        key.format("batch10", f"(reading_backlog/{per_batch} + bundle/{n})"): ratio(
+            broker["batch10"], backlog["broker_cpu_us_per_message"] / per_batch + per_bundle / n
+        ),
+        "broker_cpu_per_reading single fill/one_hop reading_backlog publish": ratio(
+            drains["broker_fill_us_per_reading"]["single"],
+            backlog["publish"]["broker_cpu_us_per_message"],
+        ),
+        f"broker_cpu_per_reading single drain/one_hop (reading_backlog consume + bundle/{n})": (
+            ratio(
+                drains["cpu_us_per_reading"]["single"]["broker"],
+                backlog["consume"]["broker_cpu_us_per_message"] + per_bundle / n,
+            )
+        ),
     }
 
 
@@ -474,8 +664,21 @@ def main(argv: list[str] | None = None) -> None:
         help="a FerretDB of the run's own on its own PostgreSQL database (FAIRWAY_POSTGRES_URL's"
         " server): the database's CPU is this run's alone, and a wedged shared one is avoided",
     )
+    p.add_argument(
+        "--private-broker",
+        action="store_true",
+        help="a RabbitMQ node of the run's own (tests.harness.LocalNode): the broker's CPU is"
+        " this run's alone, not other people's traffic on the shared node",
+    )
     args = p.parse_args(argv)
     with ExitStack() as stack:
+        if args.private_broker:
+            node = stack.enter_context(
+                LocalNode(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "rabbitmq")
+            )
+            common.AMQP_BASE, common.MGMT_URL = node.amqp_url(""), node.mgmt_url
+            common.BASE = Settings.from_env(common.BASE.environ(), amqp_url=node.amqp_url(""))
+            say(f"private RabbitMQ node at {node.amqp_url('')}")
         if args.private:
             from benchmarks.write_cost import private_server
 
@@ -506,18 +709,41 @@ def run(args: Any) -> None:
     say(f"insert_many ceiling, 1 thread: {ceil1['rate']:.0f} docs/s")
     ceiln = ceiling(n_docs, settings.batch_size, settings.writers)
     say(f"insert_many ceiling, {settings.writers} threads: {ceiln['rate']:.0f} docs/s")
+    hop = broker_one_hop(args, settings)
     pipe = pipeline(args)
     say(f"pipeline: {pipe['stored_rate']:.0f} stored docs/s (offered {args.rate:.0f})")
     result = common.meta(
         NAME,
         args.scale,
         insert_many_ceiling={"one_thread": ceil1, f"{settings.writers}_threads": ceiln},
+        broker_one_hop=hop,
         pipeline=pipe,
-        **drains,
-        # The broker's one-hop ceiling (issue 11) is not measured here yet.
-        ceilings={"insert_many_1_thread": ceil1["rate"]},
+        **{
+            **drains,
+            "cpu_us_per_reading": {
+                **drains["cpu_us_per_reading"],
+                "broker_one_hop": {
+                    "reading_message": hop["reading"]["broker_cpu_us_per_message"],
+                    "reading_message_through_backlog": hop["reading_backlog"][
+                        "broker_cpu_us_per_message"
+                    ],
+                    "bundle_message": hop["bundle"]["broker_cpu_us_per_message"],
+                    "bundle_per_reading": hop["bundle"]["broker_cpu_us_per_reading"],
+                },
+            },
+        },
+        ceilings={
+            "insert_many_1_thread": ceil1["rate"],
+            "broker_one_hop_msgs_per_s": {
+                k: hop[k]["msgs_per_s"] for k in one_hop_messages(settings)
+            },
+        },
         ratios={
             **drain_ratios,
+            **one_hop_ratios(hop, drains),
+            "pipeline/broker_one_hop reading_message": ratio(
+                pipe["stored_rate"], hop["reading"]["msgs_per_s"]
+            ),
             "pipeline/insert_many_1_thread": ratio(pipe["stored_rate"], ceil1["rate"]),
             f"pipeline/insert_many_{settings.writers}_threads": ratio(
                 pipe["stored_rate"], ceiln["rate"]
