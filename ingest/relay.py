@@ -82,7 +82,7 @@ from fairway.storage import mongo, registry
 from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.bundler import CAUSES, Bundler
-from ingest.ratelimit import RateLimiter, RefusalBudget
+from ingest.ratelimit import Pacer, RateLimiter, RefusalBudget
 from ingest.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class Delivery:
 
     tag: int
     remaining: int
+    queue: str = ""  # the ingest queue it came from: the refusal pace's key
 
 
 @dataclass(slots=True)
@@ -156,6 +157,12 @@ class Relay(AmqpService):
             settings.rejected_tenant_burst,
             settings.device_cache_size,
         )
+        # Burst = one second's worth; the debt is bounded by each queue's prefetch window.
+        self.pace = Pacer(
+            settings.relay_refused_pace, settings.relay_refused_pace, settings.device_cache_size
+        )
+        self._held_refused = 0  # refused deliveries whose ack the pace holds back
+        self._queues: dict[str, str] = {}  # consumer tag -> queue, on the current channel
         if settings.device_burst < settings.max_batch_readings:
             log.warning(
                 "FAIRWAY_DEVICE_BURST is below FAIRWAY_MAX_BATCH_READINGS: a full device batch"
@@ -195,6 +202,7 @@ class Relay(AmqpService):
         metrics.RELAY_UNCONFIRMED.set_function(lambda: len(self._pending))
         metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
         metrics.RELAY_HELD.set_function(lambda: self._acks.outstanding)
+        metrics.RELAY_REFUSED_HELD.set_function(lambda: self._held_refused)
         metrics.RELAY_BUNDLED.set_function(lambda: self.bundler.held)
         for cause in CAUSES:  # every cause shown from the start, at 0
             metrics.RELAY_BUNDLE_FLUSHES.labels(cause)
@@ -227,6 +235,7 @@ class Relay(AmqpService):
         self._ingest.tag = channel.basic_consume(
             topology.INGEST, self._on_message, callback=lambda _f: self._channel_ready(channel)
         )
+        self._queues[self._ingest.tag] = topology.INGEST
 
     def _channel_ready(self, channel: Channel) -> None:
         if channel is not self._channel:
@@ -244,6 +253,8 @@ class Relay(AmqpService):
         self._returned.clear()
         self._seq = 0
         self._acks.reset()
+        self._held_refused = 0  # their timers see the new connection number and do nothing
+        self._queues.clear()
         self._tenant_consumers.clear()
         self._to_open.clear()
         self._opening = None
@@ -310,6 +321,7 @@ class Relay(AmqpService):
                 consumer.tag = ch.basic_consume(
                     consumer.queue, self._on_message, callback=lambda _f: self._opened(ch, tenant)
                 )
+                self._queues[consumer.tag] = consumer.queue
 
             consumer.prepare, consumer.start = declare, start
             self._opening = tenant
@@ -345,6 +357,7 @@ class Relay(AmqpService):
         self, channel: Channel, method: Basic.Deliver, props: BasicProperties, body: bytes
     ) -> None:
         tag, routing_key = method.delivery_tag, method.routing_key
+        queue = self._queues.get(method.consumer_tag or "", "")
         self._acks.track(tag)
         now = time.time()
         try:
@@ -357,25 +370,29 @@ class Relay(AmqpService):
                 now=now,
             )
         except Rejection as refusal:
-            self._refuse(Delivery(tag, 1), routing_key, body, refusal, _device_of(routing_key))
+            self._refuse(
+                Delivery(tag, 1, queue), routing_key, body, refusal, _device_of(routing_key)
+            )
             return
         except Exception as exc:
             # A validator bug must not become a poison message that crash-loops relays.
             log.exception("validation failed unexpectedly", extra={"routing_key": routing_key})
             bug = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
-            self._refuse(Delivery(tag, 1), routing_key, body, bug, _device_of(routing_key))
+            self._refuse(Delivery(tag, 1, queue), routing_key, body, bug, _device_of(routing_key))
             return
         if message.batch:
             metrics.RELAY_BATCH_READINGS.observe(message.count)
         self.registry.lookup(
             message.device,
-            lambda device: self._admit(channel, tag, routing_key, body, message, device, now),
+            lambda device: self._admit(
+                channel, Delivery(tag, 1, queue), routing_key, body, message, device, now
+            ),
         )
 
     def _admit(
         self,
         channel: Channel,
-        tag: int,
+        delivery: Delivery,
         routing_key: str,
         body: bytes,
         message: Message,
@@ -397,7 +414,7 @@ class Relay(AmqpService):
             # The whole message: it costs its readings' worth of the refusal budgets.
             tenant_id = device.tenant if device is not None else None
             self._refuse(
-                Delivery(tag, 1),
+                delivery,
                 routing_key,
                 body,
                 refusal,
@@ -417,7 +434,7 @@ class Relay(AmqpService):
                 for i, reading in readings[granted:]
             ]
             readings = readings[:granted]
-        delivery = Delivery(tag, len(readings) + len(refused))
+        delivery.remaining = len(readings) + len(refused)
         batch = message.batch
         add, sender = self.bundler.add, message.device
         for index, reading in readings:
@@ -464,7 +481,7 @@ class Relay(AmqpService):
         if not self.refusals.allow(device, tenant, time.monotonic(), readings):
             # Over the device's or tenant's budget: counted, acked, not kept.
             metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
-            self._done(delivery)
+            self._paced_done(delivery, tenant)
             return
         headers: dict[str, Any] = {
             topology.REASON_HEADER: refusal.reason.value,
@@ -487,6 +504,35 @@ class Relay(AmqpService):
             Pending(delivery, routing_key, body, device, tenant, refusal.reason, index),
             headers=headers,
         )
+
+    def _paced_done(self, delivery: Delivery, tenant: str | None) -> None:
+        """Settle a refusal over budget, holding the delivery's ack back to the pace.
+
+        Only the publish that completes the delivery is paced (a delivery costs one
+        token, however many of its readings are refused). A held delivery keeps its
+        place in its queue's prefetch window, so a queue refused faster than
+        ``relay_refused_pace`` fills its window and the broker stops delivering it: the
+        relay spends at most that many refusals a second on it, the broker keeps the
+        rest in the queue (up to its bounds, then ``reject-publish``).
+        """
+        if delivery.remaining > 1:
+            self._done(delivery)
+            return
+        wait = self.pace.delay(delivery.queue, time.monotonic())
+        if wait <= 0.0:
+            self._done(delivery)
+            return
+        metrics.RELAY_REFUSED_PACED.labels(tenant or "").inc()
+        number = self._connection_number
+        self._held_refused += 1
+
+        def release() -> None:
+            if number != self._connection_number:
+                return  # connection lost meanwhile: the broker redelivers it
+            self._held_refused -= 1
+            self._done(delivery)
+
+        self.ioloop.call_later(wait, release)
 
     def _publish(
         self,
@@ -650,7 +696,12 @@ class Relay(AmqpService):
     # -- stopping ----------------------------------------------------------------
     def drained(self) -> bool:
         self.bundler.flush_all("drain")  # stopping: open bundles go at once
-        return not self._pending and not self._retrying and not self.registry.parked
+        return (
+            not self._pending
+            and not self._retrying
+            and not self._held_refused
+            and not self.registry.parked
+        )
 
     def after_drain(self) -> None:
         self.registry.close()

@@ -1,0 +1,91 @@
+"""The refusal pace (ingest/relay.py): refusals over the budgets are acked at a pace.
+
+A refused delivery beyond the refusal budgets is acked at once while its ingest
+queue's pace has tokens; beyond, its ack is held back and released when the pace
+refills, so a flooding queue's prefetch window stays full and the broker stops
+delivering it. Stub channel, no broker; the I/O loop's timers are captured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+
+from ingest import metrics
+from ingest.relay import Relay
+from tests.unit.test_relay_batches import channel, confirm, make_relay
+
+Timers = list[tuple[float, Callable[[], None]]]
+
+
+def junk(relay: Relay, tag: int, queue_tag: str = "c") -> None:
+    method = SimpleNamespace(delivery_tag=tag, routing_key="dev-1.env", consumer_tag=queue_tag)
+    props = SimpleNamespace(message_id=f"m{tag}", user_id=None)
+    relay._on_message(channel(relay), method, props, b"{not json")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def paced() -> tuple[Relay, Timers]:
+    # One refusal kept in `rejected`, then everything over budget; the pace: 2 a second.
+    relay = make_relay(rejected_device_rate=0.001, rejected_device_burst=1, relay_refused_pace=2.0)
+    timers: Timers = []
+    relay.ioloop.call_later = lambda delay, fn: timers.append((delay, fn))  # type: ignore[method-assign,assignment,return-value]
+    relay._queues = {"c": "ingest.evil", "d": "ingest.other"}
+    return relay, timers
+
+
+def test_refusals_over_budget_beyond_the_pace_are_held_then_released(
+    paced: tuple[Relay, Timers],
+) -> None:
+    relay, timers = paced
+    try:
+        held_before = metrics.RELAY_REFUSED_PACED.labels("")._value.get()
+        for tag in range(1, 6):
+            junk(relay, tag)
+        confirm(relay, 1)  # the one refusal kept in `rejected`
+        # Tags 2 and 3 take the pace's two tokens: acked with 1. Tags 4 and 5 are held.
+        assert channel(relay).acks == [(3, True)]
+        assert relay._held_refused == 2
+        assert [round(d, 3) for d, _ in timers] == [0.5, 1.0]
+        assert metrics.RELAY_REFUSED_PACED.labels("")._value.get() - held_before == 2
+        assert not relay.drained()  # a drain waits for them (at most a window / pace)
+        for _delay, release in timers:
+            release()
+        assert channel(relay).acks == [(3, True), (4, True), (5, True)]
+        assert relay._held_refused == 0
+    finally:
+        relay.registry.close()
+
+
+def test_the_pace_is_per_ingest_queue(paced: tuple[Relay, Timers]) -> None:
+    relay, timers = paced
+    try:
+        for tag in range(1, 5):
+            junk(relay, tag)  # 1 kept, 2-3 paced at once, 4 held
+        junk(relay, 5, queue_tag="d")  # another tenant's queue: its own tokens
+        confirm(relay, 1)
+        assert relay._held_refused == 1 and len(timers) == 1
+        # Tag 5 is settled already; the watermark acks it once the held tag 4 is.
+        assert channel(relay).acks == [(3, True)]
+        timers[0][1]()
+        assert channel(relay).acks == [(3, True), (5, True)]
+    finally:
+        relay.registry.close()
+
+
+def test_a_release_after_a_lost_connection_does_nothing(paced: tuple[Relay, Timers]) -> None:
+    relay, timers = paced
+    try:
+        for tag in range(1, 5):
+            junk(relay, tag)
+        confirm(relay, 1)
+        assert relay._held_refused == 1
+        relay.on_connection_lost()
+        assert relay._held_refused == 0
+        acks = list(channel(relay).acks)
+        timers[0][1]()  # the broker redelivers tag 4 on the new channel instead
+        assert channel(relay).acks == acks and relay._held_refused == 0
+    finally:
+        relay.registry.close()
