@@ -374,6 +374,10 @@ class Settings:
     batch_linger_ms: float = setting(20.0, SCHEDULER, AT_LEAST_0)  # 0: write at once
     drr_quantum: int = setting(50, SCHEDULER, AT_LEAST_1)
     writers: int = setting(2, SCHEDULER, AT_LEAST_1)
+    # While every writer is busy, one more batch may be written holding only *light*
+    # tenants (at most this many readings buffered), so a quiet tenant's readings do not
+    # wait for a backlogged tenant's batches; also its size bound. 0: no express batch.
+    express_readings: int = setting(50, SCHEDULER, AT_LEAST_0)
     tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
     # Channels the scheduler consumes tenant queues on (tenants spread over them; below
     # RabbitMQ's default channel_max of 2047 per connection).
