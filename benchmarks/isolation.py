@@ -12,8 +12,9 @@ process (its own interpreter and connection, as a real attacker would be):
 * ``refusable_flood``: one device floods small malformed messages (``malformed_json``);
 * ``over_rate``: one device sends valid readings far above its device rate
   (``rate_limited``);
-* ``backlog_flood``: ten devices of tenant ``hostile`` send valid readings faster than
-  the scheduler stores them, into a small tenant backlog (``tenant_backlog_full``);
+* ``backlog_flood``: ten devices of tenant ``hostile`` send valid readings, each at its
+  device rate, into a small tenant backlog (``tenant_backlog_full`` once the scheduler
+  falls behind);
 * ``login_flood``: a stranger tries AMQP logins with wrong passwords for existing device
   ids from four threads (each asks ``fairway web``'s broker auth endpoints through
   RabbitMQ); the quiet figure here is also the latency and success of quiet devices'
@@ -104,7 +105,14 @@ ATTACKS: dict[str, Attack] = {
     "junk_flood": Attack("too_large", lambda n: b"x" * 120_000, (HOSTILE_DEVICES[0],), 0),
     "refusable_flood": Attack("malformed_json", lambda n: b"{not json", (HOSTILE_DEVICES[0],), 0),
     "over_rate": Attack("rate_limited", _reading, (HOSTILE_DEVICES[0],), 20 * DEVICE_RATE),
-    "backlog_flood": Attack("tenant_backlog_full", _reading, tuple(HOSTILE_DEVICES), 0),
+    # Every device at its rate: valid readings only (faster, most of the flood would be
+    # refused as rate_limited, and paced: a rate flood, not a backlog).
+    "backlog_flood": Attack(
+        "tenant_backlog_full",
+        _reading,
+        tuple(HOSTILE_DEVICES),
+        len(HOSTILE_DEVICES) * DEVICE_RATE,
+    ),
 }
 
 

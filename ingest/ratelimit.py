@@ -88,8 +88,8 @@ class Pacer(RateLimiter):
     refilled. The caller bounds the debt (the relay: a queue's prefetch window).
     """
 
-    def delay(self, key: str, now: float) -> float:
-        """Take one token of ``key``; seconds to wait before acting on it (0: now)."""
+    def delay(self, key: str, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens of ``key``; seconds to wait before acting on it (0: now)."""
         bucket = self._tokens(key, now)
-        bucket[0] -= 1.0
+        bucket[0] -= cost
         return 0.0 if bucket[0] >= 0.0 else -bucket[0] / self.rate

@@ -87,6 +87,10 @@ from ingest.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
 
+# A refused delivery costs the refusal pace one unit, plus one per KiB of its body: what
+# the relay spends on it grows with its size (receiving a 120 KB body is most of it).
+PACE_BYTES = 1024
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -95,6 +99,7 @@ class Delivery:
     tag: int
     remaining: int
     queue: str = ""  # the ingest queue it came from: the refusal pace's key
+    size: int = 0  # its body's bytes: what it costs the refusal pace
 
 
 @dataclass(slots=True)
@@ -371,21 +376,27 @@ class Relay(AmqpService):
             )
         except Rejection as refusal:
             self._refuse(
-                Delivery(tag, 1, queue), routing_key, body, refusal, _device_of(routing_key)
+                Delivery(tag, 1, queue, len(body)),
+                routing_key,
+                body,
+                refusal,
+                _device_of(routing_key),
             )
             return
         except Exception as exc:
             # A validator bug must not become a poison message that crash-loops relays.
             log.exception("validation failed unexpectedly", extra={"routing_key": routing_key})
             bug = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
-            self._refuse(Delivery(tag, 1, queue), routing_key, body, bug, _device_of(routing_key))
+            self._refuse(
+                Delivery(tag, 1, queue, len(body)), routing_key, body, bug, _device_of(routing_key)
+            )
             return
         if message.batch:
             metrics.RELAY_BATCH_READINGS.observe(message.count)
         self.registry.lookup(
             message.device,
             lambda device: self._admit(
-                channel, Delivery(tag, 1, queue), routing_key, body, message, device, now
+                channel, Delivery(tag, 1, queue, len(body)), routing_key, body, message, device, now
             ),
         )
 
@@ -508,17 +519,18 @@ class Relay(AmqpService):
     def _paced_done(self, delivery: Delivery, tenant: str | None) -> None:
         """Settle a refusal over budget, holding the delivery's ack back to the pace.
 
-        Only the publish that completes the delivery is paced (a delivery costs one
-        token, however many of its readings are refused). A held delivery keeps its
-        place in its queue's prefetch window, so a queue refused faster than
-        ``relay_refused_pace`` fills its window and the broker stops delivering it: the
-        relay spends at most that many refusals a second on it, the broker keeps the
+        Only the publish that completes the delivery is paced; a delivery costs one
+        token plus one per KiB of its body, however many of its readings are refused. A
+        held delivery keeps its place in its queue's prefetch window, so a queue refused
+        faster than ``relay_refused_pace`` fills its window and the broker stops
+        delivering it: the relay spends at most that pace on it, the broker keeps the
         rest in the queue (up to its bounds, then ``reject-publish``).
         """
         if delivery.remaining > 1:
             self._done(delivery)
             return
-        wait = self.pace.delay(delivery.queue, time.monotonic())
+        cost = 1 + delivery.size // PACE_BYTES
+        wait = self.pace.delay(delivery.queue, time.monotonic(), cost)
         if wait <= 0.0:
             self._done(delivery)
             return

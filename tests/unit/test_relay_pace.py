@@ -89,3 +89,16 @@ def test_a_release_after_a_lost_connection_does_nothing(paced: tuple[Relay, Time
         assert channel(relay).acks == acks and relay._held_refused == 0
     finally:
         relay.registry.close()
+
+
+def test_a_delivery_costs_one_plus_one_per_kib_of_its_body(paced: tuple[Relay, Timers]) -> None:
+    relay, timers = paced
+    try:
+        junk(relay, 1)  # kept in `rejected`
+        method = SimpleNamespace(delivery_tag=2, routing_key="dev-1.env", consumer_tag="c")
+        props = SimpleNamespace(message_id="m2", user_id=None)
+        relay._on_message(channel(relay), method, props, b"x" * 3072)  # type: ignore[arg-type]
+        # 4 units against a bucket of 2 at 2 a second: held until 2 more have refilled.
+        assert [round(d, 3) for d, _ in timers] == [1.0]
+    finally:
+        relay.registry.close()
