@@ -167,6 +167,7 @@ class Relay(AmqpService):
             settings.relay_refused_pace, settings.relay_refused_pace, settings.device_cache_size
         )
         self._held_refused = 0  # refused deliveries whose ack the pace holds back
+        self._held_tags: set[int] = set()  # their delivery tags
         self._queues: dict[str, str] = {}  # consumer tag -> queue, on the current channel
         if settings.device_burst < settings.max_batch_readings:
             log.warning(
@@ -259,6 +260,7 @@ class Relay(AmqpService):
         self._seq = 0
         self._acks.reset()
         self._held_refused = 0  # their timers see the new connection number and do nothing
+        self._held_tags.clear()
         self._queues.clear()
         self._tenant_consumers.clear()
         self._to_open.clear()
@@ -537,11 +539,14 @@ class Relay(AmqpService):
         metrics.RELAY_REFUSED_PACED.labels(tenant or "").inc()
         number = self._connection_number
         self._held_refused += 1
+        self._held_tags.add(delivery.tag)
+        self._settle([])  # deliveries settled behind it are acked one by one from now
 
         def release() -> None:
             if number != self._connection_number:
                 return  # connection lost meanwhile: the broker redelivers it
             self._held_refused -= 1
+            self._held_tags.discard(delivery.tag)
             self._done(delivery)
 
         self.ioloop.call_later(wait, release)
@@ -650,8 +655,17 @@ class Relay(AmqpService):
     def _settle(self, tags: list[int]) -> None:
         """Ack whatever prefix of deliveries ``tags`` completes."""
         upto = self._acks.settle(tags)
-        if upto is not None and self._channel is not None and self._channel.is_open:
-            self._channel.basic_ack(upto, multiple=True)
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            return
+        if upto is not None:
+            channel.basic_ack(upto, multiple=True)
+        if self._held_tags and self._acks.head in self._held_tags:
+            # A refusal held by the pace must not hold back every later delivery's ack
+            # (other tenants' queues would fill their prefetch windows and stall): ack
+            # them one by one until it is released.
+            for tag in self._acks.take_settled():
+                channel.basic_ack(tag)
 
     def _confirmed(
         self, seq: int, item: Pending | BundlePending, acked: bool, settled: list[int]
