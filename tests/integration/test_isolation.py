@@ -189,7 +189,14 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
 
 # One writer, batches of 100 readings and a slow-ish database write for the backlog: the
 # quiet tenant's readings go in express batches while the writer is busy.
-@pytest.mark.settings(writers=1, batch_size=100, express_readings=20, bundle_max_readings=10)
+@pytest.mark.settings(
+    writers=1,
+    batch_size=100,
+    express_readings=20,
+    bundle_max_readings=10,
+    device_rate=1e6,
+    device_burst=1e6,
+)
 def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
     pipeline: Pipeline,
 ) -> None:
@@ -197,7 +204,7 @@ def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
     pipeline.device("heavy", "heavy-1")
     pipeline.tenant("light")
     pipeline.device("light", "light-1")
-    backlog = 20_000
+    backlog = 10_000
     pipeline.start("relay")
     with pipeline.channel() as channel:  # a backlog in tenant.heavy before the scheduler
         for i in range(backlog):
