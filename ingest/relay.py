@@ -166,8 +166,8 @@ class Relay(AmqpService):
         self.pace = Pacer(
             settings.relay_refused_pace, settings.relay_refused_pace, settings.device_cache_size
         )
-        self._held_refused = 0  # refused deliveries whose ack the pace holds back
-        self._held_tags: set[int] = set()  # their delivery tags
+        # Refused deliveries whose ack the pace holds back, by delivery tag.
+        self._held: dict[int, Delivery] = {}
         self._queues: dict[str, str] = {}  # consumer tag -> queue, on the current channel
         if settings.device_burst < settings.max_batch_readings:
             log.warning(
@@ -208,7 +208,7 @@ class Relay(AmqpService):
         metrics.RELAY_UNCONFIRMED.set_function(lambda: len(self._pending))
         metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
         metrics.RELAY_HELD.set_function(lambda: self._acks.outstanding)
-        metrics.RELAY_REFUSED_HELD.set_function(lambda: self._held_refused)
+        metrics.RELAY_REFUSED_HELD.set_function(lambda: len(self._held))
         metrics.RELAY_BUNDLED.set_function(lambda: self.bundler.held)
         for cause in CAUSES:  # every cause shown from the start, at 0
             metrics.RELAY_BUNDLE_FLUSHES.labels(cause)
@@ -259,8 +259,7 @@ class Relay(AmqpService):
         self._returned.clear()
         self._seq = 0
         self._acks.reset()
-        self._held_refused = 0  # their timers see the new connection number and do nothing
-        self._held_tags.clear()
+        self._held.clear()  # their timers find nothing and do nothing
         self._queues.clear()
         self._tenant_consumers.clear()
         self._to_open.clear()
@@ -537,19 +536,16 @@ class Relay(AmqpService):
             self._done(delivery)
             return
         metrics.RELAY_REFUSED_PACED.labels(tenant or "").inc()
-        number = self._connection_number
-        self._held_refused += 1
-        self._held_tags.add(delivery.tag)
+        self._held[delivery.tag] = delivery
         self._settle([])  # deliveries settled behind it are acked one by one from now
+        self.ioloop.call_later(wait, lambda: self._release_held(delivery))
 
-        def release() -> None:
-            if number != self._connection_number:
-                return  # connection lost meanwhile: the broker redelivers it
-            self._held_refused -= 1
-            self._held_tags.discard(delivery.tag)
-            self._done(delivery)
-
-        self.ioloop.call_later(wait, release)
+    def _release_held(self, delivery: Delivery) -> None:
+        """Ack a held refusal (its time came, or the relay is stopping)."""
+        if self._held.get(delivery.tag) is not delivery:
+            return  # released already, or the connection was lost: the broker redelivers it
+        del self._held[delivery.tag]
+        self._done(delivery)
 
     def _publish(
         self,
@@ -660,7 +656,7 @@ class Relay(AmqpService):
             return
         if upto is not None:
             channel.basic_ack(upto, multiple=True)
-        if self._held_tags and self._acks.head in self._held_tags:
+        if self._held and self._acks.head in self._held:
             # A refusal held by the pace must not hold back every later delivery's ack
             # (other tenants' queues would fill their prefetch windows and stall): ack
             # them one by one until it is released.
@@ -722,11 +718,10 @@ class Relay(AmqpService):
     # -- stopping ----------------------------------------------------------------
     def drained(self) -> bool:
         self.bundler.flush_all("drain")  # stopping: open bundles go at once
+        for delivery in list(self._held.values()):  # the pace no longer matters
+            self._release_held(delivery)
         return (
-            not self._pending
-            and not self._retrying
-            and not self._held_refused
-            and not self.registry.parked
+            not self._pending and not self._retrying and not self._held and not self.registry.parked
         )
 
     def after_drain(self) -> None:

@@ -47,14 +47,13 @@ def test_refusals_over_budget_beyond_the_pace_are_held_then_released(
         confirm(relay, 1)  # the one refusal kept in `rejected`
         # Tags 2 and 3 take the pace's two tokens: acked with 1. Tags 4 and 5 are held.
         assert channel(relay).acks == [(3, True)]
-        assert relay._held_refused == 2
+        assert len(relay._held) == 2
         assert [round(d, 3) for d, _ in timers] == [0.5, 1.0]
         assert metrics.RELAY_REFUSED_PACED.labels("")._value.get() - held_before == 2
-        assert not relay.drained()  # a drain waits for them (at most a window / pace)
         for _delay, release in timers:
             release()
         assert channel(relay).acks == [(3, True), (4, True), (5, True)]
-        assert relay._held_refused == 0
+        assert not relay._held
     finally:
         relay.registry.close()
 
@@ -66,7 +65,7 @@ def test_the_pace_is_per_ingest_queue(paced: tuple[Relay, Timers]) -> None:
             junk(relay, tag)  # 1 kept, 2-3 paced at once, 4 held
         junk(relay, 5, queue_tag="d")  # another tenant's queue: its own tokens
         confirm(relay, 1)
-        assert relay._held_refused == 1 and len(timers) == 1
+        assert len(relay._held) == 1 and len(timers) == 1
         # Tag 5 is settled behind the held tag 4: acked on its own at once, so a held
         # refusal never holds back another queue's acks (and its prefetch window).
         assert channel(relay).acks == [(3, True), (5, False)]
@@ -82,12 +81,12 @@ def test_a_release_after_a_lost_connection_does_nothing(paced: tuple[Relay, Time
         for tag in range(1, 5):
             junk(relay, tag)
         confirm(relay, 1)
-        assert relay._held_refused == 1
+        assert len(relay._held) == 1
         relay.on_connection_lost()
-        assert relay._held_refused == 0
+        assert not relay._held
         acks = list(channel(relay).acks)
         timers[0][1]()  # the broker redelivers tag 4 on the new channel instead
-        assert channel(relay).acks == acks and relay._held_refused == 0
+        assert channel(relay).acks == acks and not relay._held
     finally:
         relay.registry.close()
 
@@ -101,5 +100,21 @@ def test_a_delivery_costs_one_plus_one_per_kib_of_its_body(paced: tuple[Relay, T
         relay._on_message(channel(relay), method, props, b"x" * 3072)  # type: ignore[arg-type]
         # 4 units against a bucket of 2 at 2 a second: held until 2 more have refilled.
         assert [round(d, 3) for d, _ in timers] == [1.0]
+    finally:
+        relay.registry.close()
+
+
+def test_a_drain_acks_held_refusals_at_once(paced: tuple[Relay, Timers]) -> None:
+    relay, timers = paced
+    try:
+        for tag in range(1, 6):
+            junk(relay, tag)
+        confirm(relay, 1)
+        assert len(relay._held) == 2
+        assert relay.drained()  # stopping: the pace no longer matters
+        assert channel(relay).acks == [(3, True), (4, True), (5, True)]
+        for _delay, release in timers:  # their timers come later and find nothing
+            release()
+        assert channel(relay).acks == [(3, True), (4, True), (5, True)]
     finally:
         relay.registry.close()
