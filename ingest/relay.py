@@ -34,7 +34,10 @@ What happens to every delivery (one reading, or a device batch of several:
   is acked once settled.
 * refused beyond the device's or the tenant's refusal budget -> counted in
   ``fairway_relay_rejected_over_budget_total{tenant, reason}`` and acked, not kept:
-  one party's garbage cannot crowd everyone else's refusals out of ``rejected``.
+  one party's garbage cannot crowd everyone else's refusals out of ``rejected``. Those
+  acks go at ``relay_refused_pace`` per ingest queue; beyond, the ack is held (the
+  queue's prefetch window fills and the broker stops delivering that queue), and the
+  deliveries settled behind a held one are acked one by one so no other queue waits.
 * ``rejected`` itself is full -> counted in ``fairway_relay_rejected_dropped_total``
   and logged, then acked: a hostile flood must not stall ingestion.
 * the relay dies anywhere in between -> the original was not acked, so the broker

@@ -17,7 +17,9 @@
   :class:`~scheduler.drr.DeficitRoundRobin` that charges each its readings; a batch of
   whole bundles, up to ``batch_size`` readings, is taken in DRR order when it is full
   or its oldest message has waited ``batch_linger_ms``, and only while fewer than
-  ``writers`` batches are being written.
+  ``writers`` batches are being written. While all are, one *express* batch may be
+  written on an extra writer, holding only light tenants (at most ``express_readings``
+  buffered): a quiet tenant's readings do not wait for a backlogged tenant's batches.
 * Writers run on threads (the pika I/O loop never waits for MongoDB) and hand the
   outcome back with ``add_callback_threadsafe``. A bundle is settled once every one of
   its readings is stored or a duplicate; the ack is one ``multiple`` ack per channel
