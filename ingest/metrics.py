@@ -30,6 +30,20 @@ RELAY_REJECTED_OVER_BUDGET = Counter(
 )
 
 
+RELAY_REFUSED_PACED = Counter(
+    "fairway_relay_refused_paced_total",
+    "Refused deliveries over the refusal budgets whose ack was held back to"
+    " FAIRWAY_RELAY_REFUSED_PACE per ingest queue",
+    ["tenant"],
+)
+
+
+RELAY_REFUSED_HELD = Gauge(
+    "fairway_relay_refused_held",
+    "Refused deliveries held unacked by the refusal pace (at most a prefetch per queue)",
+)
+
+
 RELAY_UNCONFIRMED = Gauge(
     "fairway_relay_unconfirmed", "Republished messages awaiting the broker's confirm"
 )

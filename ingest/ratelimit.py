@@ -78,3 +78,18 @@ class RefusalBudget:
         if not self.devices.allow(device or "_", now, readings):
             return False
         return tenant is None or self.tenants.allow(tenant, now, readings)
+
+
+class Pacer(RateLimiter):
+    """Spread events of one key to ``rate`` per second: how long each must wait.
+
+    Unlike :meth:`RateLimiter.allow` nothing is refused: every event takes a token, the
+    bucket goes below zero, and the answer is how long until that token would have
+    refilled. The caller bounds the debt (the relay: a queue's prefetch window).
+    """
+
+    def delay(self, key: str, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens of ``key``; seconds to wait before acting on it (0: now)."""
+        bucket = self._tokens(key, now)
+        bucket[0] -= cost
+        return 0.0 if bucket[0] >= 0.0 else -bucket[0] / self.rate

@@ -34,7 +34,10 @@ What happens to every delivery (one reading, or a device batch of several:
   is acked once settled.
 * refused beyond the device's or the tenant's refusal budget -> counted in
   ``fairway_relay_rejected_over_budget_total{tenant, reason}`` and acked, not kept:
-  one party's garbage cannot crowd everyone else's refusals out of ``rejected``.
+  one party's garbage cannot crowd everyone else's refusals out of ``rejected``. Those
+  acks go at ``relay_refused_pace`` per ingest queue; beyond, the ack is held (the
+  queue's prefetch window fills and the broker stops delivering that queue), and the
+  deliveries settled behind a held one are acked one by one so no other queue waits.
 * ``rejected`` itself is full -> counted in ``fairway_relay_rejected_dropped_total``
   and logged, then acked: a hostile flood must not stall ingestion.
 * the relay dies anywhere in between -> the original was not acked, so the broker
@@ -82,10 +85,14 @@ from fairway.storage import mongo, registry
 from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.bundler import CAUSES, Bundler
-from ingest.ratelimit import RateLimiter, RefusalBudget
+from ingest.ratelimit import Pacer, RateLimiter, RefusalBudget
 from ingest.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
+
+# A refused delivery costs the refusal pace one unit, plus one per KiB of its body: what
+# the relay spends on it grows with its size (receiving a 120 KB body is most of it).
+PACE_BYTES = 1024
 
 
 @dataclass(slots=True)
@@ -94,6 +101,8 @@ class Delivery:
 
     tag: int
     remaining: int
+    queue: str = ""  # the ingest queue it came from: the refusal pace's key
+    size: int = 0  # its body's bytes: what it costs the refusal pace
 
 
 @dataclass(slots=True)
@@ -156,6 +165,13 @@ class Relay(AmqpService):
             settings.rejected_tenant_burst,
             settings.device_cache_size,
         )
+        # Burst = one second's worth; the debt is bounded by each queue's prefetch window.
+        self.pace = Pacer(
+            settings.relay_refused_pace, settings.relay_refused_pace, settings.device_cache_size
+        )
+        # Refused deliveries whose ack the pace holds back, by delivery tag.
+        self._held: dict[int, Delivery] = {}
+        self._queues: dict[str, str] = {}  # consumer tag -> queue, on the current channel
         if settings.device_burst < settings.max_batch_readings:
             log.warning(
                 "FAIRWAY_DEVICE_BURST is below FAIRWAY_MAX_BATCH_READINGS: a full device batch"
@@ -195,6 +211,7 @@ class Relay(AmqpService):
         metrics.RELAY_UNCONFIRMED.set_function(lambda: len(self._pending))
         metrics.RELAY_PARKED.set_function(lambda: self.registry.parked)
         metrics.RELAY_HELD.set_function(lambda: self._acks.outstanding)
+        metrics.RELAY_REFUSED_HELD.set_function(lambda: len(self._held))
         metrics.RELAY_BUNDLED.set_function(lambda: self.bundler.held)
         for cause in CAUSES:  # every cause shown from the start, at 0
             metrics.RELAY_BUNDLE_FLUSHES.labels(cause)
@@ -227,6 +244,7 @@ class Relay(AmqpService):
         self._ingest.tag = channel.basic_consume(
             topology.INGEST, self._on_message, callback=lambda _f: self._channel_ready(channel)
         )
+        self._queues[self._ingest.tag] = topology.INGEST
 
     def _channel_ready(self, channel: Channel) -> None:
         if channel is not self._channel:
@@ -244,6 +262,8 @@ class Relay(AmqpService):
         self._returned.clear()
         self._seq = 0
         self._acks.reset()
+        self._held.clear()  # their timers find nothing and do nothing
+        self._queues.clear()
         self._tenant_consumers.clear()
         self._to_open.clear()
         self._opening = None
@@ -310,6 +330,7 @@ class Relay(AmqpService):
                 consumer.tag = ch.basic_consume(
                     consumer.queue, self._on_message, callback=lambda _f: self._opened(ch, tenant)
                 )
+                self._queues[consumer.tag] = consumer.queue
 
             consumer.prepare, consumer.start = declare, start
             self._opening = tenant
@@ -345,6 +366,7 @@ class Relay(AmqpService):
         self, channel: Channel, method: Basic.Deliver, props: BasicProperties, body: bytes
     ) -> None:
         tag, routing_key = method.delivery_tag, method.routing_key
+        queue = self._queues.get(method.consumer_tag or "", "")
         self._acks.track(tag)
         now = time.time()
         try:
@@ -357,25 +379,35 @@ class Relay(AmqpService):
                 now=now,
             )
         except Rejection as refusal:
-            self._refuse(Delivery(tag, 1), routing_key, body, refusal, _device_of(routing_key))
+            self._refuse(
+                Delivery(tag, 1, queue, len(body)),
+                routing_key,
+                body,
+                refusal,
+                _device_of(routing_key),
+            )
             return
         except Exception as exc:
             # A validator bug must not become a poison message that crash-loops relays.
             log.exception("validation failed unexpectedly", extra={"routing_key": routing_key})
             bug = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
-            self._refuse(Delivery(tag, 1), routing_key, body, bug, _device_of(routing_key))
+            self._refuse(
+                Delivery(tag, 1, queue, len(body)), routing_key, body, bug, _device_of(routing_key)
+            )
             return
         if message.batch:
             metrics.RELAY_BATCH_READINGS.observe(message.count)
         self.registry.lookup(
             message.device,
-            lambda device: self._admit(channel, tag, routing_key, body, message, device, now),
+            lambda device: self._admit(
+                channel, Delivery(tag, 1, queue, len(body)), routing_key, body, message, device, now
+            ),
         )
 
     def _admit(
         self,
         channel: Channel,
-        tag: int,
+        delivery: Delivery,
         routing_key: str,
         body: bytes,
         message: Message,
@@ -397,7 +429,7 @@ class Relay(AmqpService):
             # The whole message: it costs its readings' worth of the refusal budgets.
             tenant_id = device.tenant if device is not None else None
             self._refuse(
-                Delivery(tag, 1),
+                delivery,
                 routing_key,
                 body,
                 refusal,
@@ -417,7 +449,7 @@ class Relay(AmqpService):
                 for i, reading in readings[granted:]
             ]
             readings = readings[:granted]
-        delivery = Delivery(tag, len(readings) + len(refused))
+        delivery.remaining = len(readings) + len(refused)
         batch = message.batch
         add, sender = self.bundler.add, message.device
         for index, reading in readings:
@@ -464,7 +496,7 @@ class Relay(AmqpService):
         if not self.refusals.allow(device, tenant, time.monotonic(), readings):
             # Over the device's or tenant's budget: counted, acked, not kept.
             metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
-            self._done(delivery)
+            self._paced_done(delivery, tenant)
             return
         headers: dict[str, Any] = {
             topology.REASON_HEADER: refusal.reason.value,
@@ -487,6 +519,36 @@ class Relay(AmqpService):
             Pending(delivery, routing_key, body, device, tenant, refusal.reason, index),
             headers=headers,
         )
+
+    def _paced_done(self, delivery: Delivery, tenant: str | None) -> None:
+        """Settle a refusal over budget, holding the delivery's ack back to the pace.
+
+        Only the publish that completes the delivery is paced; a delivery costs one
+        token plus one per KiB of its body, however many of its readings are refused. A
+        held delivery keeps its place in its queue's prefetch window, so a queue refused
+        faster than ``relay_refused_pace`` fills its window and the broker stops
+        delivering it: the relay spends at most that pace on it, the broker keeps the
+        rest in the queue (up to its bounds, then ``reject-publish``).
+        """
+        if delivery.remaining > 1:
+            self._done(delivery)
+            return
+        cost = 1 + delivery.size // PACE_BYTES
+        wait = self.pace.delay(delivery.queue, time.monotonic(), cost)
+        if wait <= 0.0:
+            self._done(delivery)
+            return
+        metrics.RELAY_REFUSED_PACED.labels(tenant or "").inc()
+        self._held[delivery.tag] = delivery
+        self._settle([])  # deliveries settled behind it are acked one by one from now
+        self.ioloop.call_later(wait, lambda: self._release_held(delivery))
+
+    def _release_held(self, delivery: Delivery) -> None:
+        """Ack a held refusal (its time came, or the relay is stopping)."""
+        if self._held.get(delivery.tag) is not delivery:
+            return  # released already, or the connection was lost: the broker redelivers it
+        del self._held[delivery.tag]
+        self._done(delivery)
 
     def _publish(
         self,
@@ -592,8 +654,17 @@ class Relay(AmqpService):
     def _settle(self, tags: list[int]) -> None:
         """Ack whatever prefix of deliveries ``tags`` completes."""
         upto = self._acks.settle(tags)
-        if upto is not None and self._channel is not None and self._channel.is_open:
-            self._channel.basic_ack(upto, multiple=True)
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            return
+        if upto is not None:
+            channel.basic_ack(upto, multiple=True)
+        if self._held and self._acks.head in self._held:
+            # A refusal held by the pace must not hold back every later delivery's ack
+            # (other tenants' queues would fill their prefetch windows and stall): ack
+            # them one by one until it is released.
+            for tag in self._acks.take_settled():
+                channel.basic_ack(tag)
 
     def _confirmed(
         self, seq: int, item: Pending | BundlePending, acked: bool, settled: list[int]
@@ -650,7 +721,11 @@ class Relay(AmqpService):
     # -- stopping ----------------------------------------------------------------
     def drained(self) -> bool:
         self.bundler.flush_all("drain")  # stopping: open bundles go at once
-        return not self._pending and not self._retrying and not self.registry.parked
+        for delivery in list(self._held.values()):  # the pace no longer matters
+            self._release_held(delivery)
+        return (
+            not self._pending and not self._retrying and not self._held and not self.registry.parked
+        )
 
     def after_drain(self) -> None:
         self.registry.close()

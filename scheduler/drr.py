@@ -110,6 +110,35 @@ class DeficitRoundRobin(Generic[T]):
         self._cost -= taken
         return out
 
+    def take_light(self, limit: int) -> list[tuple[str, T]]:
+        """Everything buffered by *light* tenants (at most ``limit`` cost units each),
+        whole tenants in round order while their total fits ``limit``.
+
+        For the scheduler's express batch: a tenant with a small buffer is taken out of
+        the round entirely (as if served to empty, keeping no credit); a backlogged
+        tenant, whose buffer is larger, is never taken here.
+        """
+        out: list[tuple[str, T]] = []
+        room = limit
+        for tenant in tuple(self._active):
+            cost = self._costs[tenant]
+            if cost > limit:
+                continue
+            if cost > room:
+                break
+            buf = self._buffers[tenant]
+            out.extend((tenant, item) for _, item in buf)
+            self._size -= len(buf)
+            self._cost -= cost
+            room -= cost
+            buf.clear()
+            self._costs[tenant] = 0
+            self._deficit[tenant] = 0
+            if self._active[0] == tenant:
+                self._in_turn = False
+            self._active.remove(tenant)
+        return out
+
     def drop(self, tenant: str) -> list[T]:
         """Remove and return everything buffered for ``tenant`` (its channel went away)."""
         buf = self._buffers.pop(tenant, None)

@@ -103,6 +103,17 @@ SCHED_INFLIGHT_BATCHES = Gauge(
 )
 
 
+SCHED_EXPRESS_BATCHES = Counter(
+    "fairway_scheduler_express_batches_total",
+    "Express batches written (light tenants only, while every writer was busy)",
+)
+
+
+SCHED_EXPRESS_INFLIGHT = Gauge(
+    "fairway_scheduler_express_inflight", "Express batches being written (0 or 1)"
+)
+
+
 SCHED_BATCH_SIZE = Histogram(
     "fairway_scheduler_batch_size",
     "Readings per write batch",

@@ -17,7 +17,9 @@
   :class:`~scheduler.drr.DeficitRoundRobin` that charges each its readings; a batch of
   whole bundles, up to ``batch_size`` readings, is taken in DRR order when it is full
   or its oldest message has waited ``batch_linger_ms``, and only while fewer than
-  ``writers`` batches are being written.
+  ``writers`` batches are being written. While all are, one *express* batch may be
+  written on an extra writer, holding only light tenants (at most ``express_readings``
+  buffered): a quiet tenant's readings do not wait for a backlogged tenant's batches.
 * Writers run on threads (the pika I/O loop never waits for MongoDB) and hand the
   outcome back with ``add_callback_threadsafe``. A bundle is settled once every one of
   its readings is stored or a duplicate; the ack is one ``multiple`` ack per channel
@@ -126,11 +128,13 @@ class Scheduler(AmqpService):
         self._raised: set[str] = set()  # prefetch above the floor (to bring back down)
         self._reshare_at: Any = None  # the pending re-share (timer), if any
         self.inflight = 0
+        self.express_busy = False  # the express batch is being written
         # Tenants whose queue was declared by an earlier version with other bounds (before
         # the byte bound per reading): consumed as they are.
         self.old_arguments: set[str] = set()
         metrics.SCHED_OLD_ARGUMENTS.set_function(lambda: len(self.old_arguments))
-        self._writers = ThreadPoolExecutor(settings.writers, thread_name_prefix="writer")
+        express = 1 if settings.express_readings else 0
+        self._writers = ThreadPoolExecutor(settings.writers + express, thread_name_prefix="writer")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="tenants")
         self._looking = False  # a tenant look is under way on the thread
         self._linger_s = settings.batch_linger_ms / 1000.0
@@ -150,6 +154,7 @@ class Scheduler(AmqpService):
         )
         metrics.SCHED_BACKLOGGED_TENANTS.set_function(lambda: len(self.backlogged))
         self.every(BACKLOG_CHECK_S, self._check_backlogged)
+        metrics.SCHED_EXPRESS_INFLIGHT.set_function(lambda: int(self.express_busy))
         self.every(settings.tenant_refresh_s, self._refresh_tenants)
 
     @property
@@ -266,13 +271,35 @@ class Scheduler(AmqpService):
             self.inflight += 1
             metrics.SCHED_BATCH_SIZE.observe(sum(d.readings for _, d in batch))
             self._writers.submit(self._write, batch)
+        self._dispatch_express()
+
+    def _dispatch_express(self) -> None:
+        """Every writer busy: write the light tenants' readings in one more batch.
+
+        A quiet tenant's readings would otherwise wait for a writer to finish a batch of
+        a backlogged tenant, then share the next batch (and its write time) with it. A
+        backlogged tenant buffers more than ``express_readings`` and is never taken
+        here, so the extra writer holds at most that many readings of light tenants.
+        """
+        limit = self.settings.express_readings
+        if not limit or self.express_busy or self.inflight < self.settings.writers:
+            return
+        batch = self.drr.take_light(limit)
+        if not batch:
+            return
+        if not len(self.drr):
+            self._oldest = None
+        self.express_busy = True
+        metrics.SCHED_EXPRESS_BATCHES.inc()
+        metrics.SCHED_BATCH_SIZE.observe(sum(d.readings for _, d in batch))
+        self._writers.submit(self._write, batch, True)
 
     def _linger_expired(self) -> None:
         self._linger_timer = None
         self._dispatch()
 
     # -- writer threads ----------------------------------------------------------
-    def _write(self, batch: list[tuple[str, Delivery]]) -> None:
+    def _write(self, batch: list[tuple[str, Delivery]], express: bool = False) -> None:
         bodies = [d.body for _, d in batch]
 
         def write() -> WriteOutcome:
@@ -288,7 +315,7 @@ class Scheduler(AmqpService):
         except DrainExpired:
             outcome = None  # leave it unacked; the broker requeues it
         telemetry = self._coalesce(outcome)
-        self.call_soon(lambda: self._written(batch, outcome, telemetry))
+        self.call_soon(lambda: self._written(batch, outcome, telemetry, express))
 
     def _coalesce(self, outcome: WriteOutcome | None) -> list[tuple[str, dict]]:
         """The batch's telemetry events (writer thread); never raises."""
@@ -308,8 +335,12 @@ class Scheduler(AmqpService):
         batch: list[tuple[str, Delivery]],
         outcome: WriteOutcome | None,
         telemetry: list[tuple[str, dict]],
+        express: bool = False,
     ) -> None:
-        self.inflight -= 1
+        if express:
+            self.express_busy = False
+        else:
+            self.inflight -= 1
         if outcome is not None:
             self._settle(batch, outcome)
         self._dispatch()
@@ -424,7 +455,7 @@ class Scheduler(AmqpService):
 
     def drained(self) -> bool:
         self._dispatch()  # stopping: partial batches go at once
-        return not len(self.drr) and not self.inflight
+        return not len(self.drr) and not self.inflight and not self.express_busy
 
     def after_drain(self) -> None:
         self._writers.shutdown(wait=False, cancel_futures=True)

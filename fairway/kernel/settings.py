@@ -349,6 +349,11 @@ class Settings:
     rejected_device_burst: float = setting(100.0, RELAY, Bound(low=1))
     rejected_tenant_rate: float = setting(50.0, RELAY, POSITIVE)
     rejected_tenant_burst: float = setting(1000.0, RELAY, Bound(low=1))
+    # Refused deliveries acked beyond those budgets, per ingest queue and second, in units
+    # of one per delivery plus one per KiB of its body: more are held unacked and released
+    # at this pace, so a flooding tenant's queue fills its prefetch window and the broker
+    # stops delivering it (the relay's CPU stays with the others).
+    relay_refused_pace: float = setting(1000.0, RELAY, POSITIVE)
     # Bundles: a tenant's accepted readings go to its tenant queue as one message of at
     # most this many readings and bytes (a reading alone may exceed the bytes: it is never
     # split), flushed when full or after the linger (0: on the I/O loop's next turn).
@@ -370,6 +375,10 @@ class Settings:
     batch_linger_ms: float = setting(20.0, SCHEDULER, AT_LEAST_0)  # 0: write at once
     drr_quantum: int = setting(50, SCHEDULER, AT_LEAST_1)
     writers: int = setting(2, SCHEDULER, AT_LEAST_1)
+    # While every writer is busy, one more batch may be written holding only *light*
+    # tenants (at most this many readings buffered), so a quiet tenant's readings do not
+    # wait for a backlogged tenant's batches; also its size bound. 0: no express batch.
+    express_readings: int = setting(50, SCHEDULER, AT_LEAST_0)
     tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
     # Channels the scheduler consumes tenant queues on (tenants spread over them; below
     # RabbitMQ's default channel_max of 2047 per connection).

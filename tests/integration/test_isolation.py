@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pika
 import pika.exceptions
 import pytest
@@ -135,3 +136,93 @@ def test_the_broker_refuses_a_body_over_its_maximum(pipeline: Pipeline) -> None:
     assert pipeline.depth(topology.INGEST) == 0
     pipeline.publish([("dev-1.env", reading(), {"message_id": "after"})])
     pipeline.wait_stored(1, device="dev-1")
+
+
+def _flood_raw(pipeline: Pipeline, routing_key: str, body: bytes, count: int) -> None:
+    """Publish ``count`` messages fast (no confirms), as an attacker would."""
+    with pipeline.channel() as channel:
+        for _ in range(count):
+            channel.basic_publish(topology.TELEMETRY, routing_key, body)
+
+
+# Nearly every refusal is over budget; 100 units a second per ingest queue, a window of 20.
+@pytest.mark.settings(
+    rejected_device_rate=0.001,
+    rejected_device_burst=1,
+    relay_refused_pace=100,
+    relay_tenant_prefetch=20,
+)
+def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.tenant("evil")
+    pipeline.device("evil", "evil-1")
+    pipeline.tenant("quiet")
+    pipeline.device("quiet", "quiet-1")
+    flood = 800
+    _flood_raw(pipeline, "evil-1.env", b"{not json", flood)
+    wait_for(lambda: pipeline.depth("ingest.evil") >= flood, 30, "the flood queued")
+    relay = pipeline.start("relay")
+    pipeline.start("scheduler")
+    started = time.monotonic()
+    pipeline.publish([("quiet-1.env", reading(), {"message_id": f"q{i}"}) for i in range(5)])
+    pipeline.wait_stored(5, timeout=15, tenant="quiet")
+    # The quiet tenant was served while the flood waits in its own tenant's queue.
+    assert pipeline.depth("ingest.evil") > flood // 4
+    assert relay.metric("fairway_relay_refused_held") <= 20  # at most the window
+
+    def counted() -> float:
+        return _refused(pipeline, "malformed_json") + _over_budget(pipeline, "", "malformed_json")
+
+    wait_for(lambda: counted() == flood, 60, "every refusal counted")
+    elapsed = time.monotonic() - started
+    # A burst of 100, then 100 a second (each small body costs one unit); the last window
+    # of 20 is counted as it arrives, before its acks are held. Unpaced, the relay takes
+    # 800 small refusals in well under a second.
+    assert elapsed >= (flood - 100 - 20) / 100 - 1, f"{flood} refused in {elapsed:.1f} s"
+    assert relay.metric("fairway_relay_refused_paced_total", tenant="") > 0
+    wait_for(lambda: pipeline.depth("ingest.evil") == 0, 30, "the flood handled")
+    wait_for(lambda: relay.metric("fairway_relay_held") == 0, 30, "every delivery acked")
+    assert relay.metric("fairway_relay_refused_held") == 0
+    assert relay.alive()
+
+
+# One writer, batches of 100 readings and a slow-ish database write for the backlog: the
+# quiet tenant's readings go in express batches while the writer is busy.
+@pytest.mark.settings(
+    writers=1,
+    batch_size=100,
+    express_readings=20,
+    bundle_max_readings=10,
+    device_rate=1e6,
+    device_burst=1e6,
+)
+def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.tenant("heavy")
+    pipeline.device("heavy", "heavy-1")
+    pipeline.tenant("light")
+    pipeline.device("light", "light-1")
+    backlog = 10_000
+    pipeline.start("relay")
+    with pipeline.channel() as channel:  # a backlog in tenant.heavy before the scheduler
+        for i in range(backlog):
+            body = orjson.dumps({"ts": time.time(), "values": {"x": i}, "id": f"h{i}"})
+            channel.basic_publish(topology.TELEMETRY, "heavy-1.env", body)
+    wait_for(
+        lambda: pipeline.metric("relay", "fairway_relay_accepted_total", tenant="heavy") == backlog,
+        120,
+        "the backlog in tenant.heavy",
+    )
+    scheduler = pipeline.start("scheduler")
+    wait_for(lambda: scheduler.metric("fairway_scheduler_inflight_batches") == 1, 30, "busy")
+    for i in range(5):  # apart, each a bundle of its own: five chances to go express
+        pipeline.publish([("light-1.env", reading(), {"message_id": f"l{i}"})])
+        time.sleep(0.1)
+    pipeline.wait_stored(5, timeout=30, tenant="light")
+    assert pipeline.stored(tenant="heavy") < backlog  # the backlog was still being written
+    assert scheduler.metric("fairway_scheduler_express_batches_total") >= 1
+    pipeline.wait_stored(backlog, timeout=180, tenant="heavy")  # each stored once
+    assert scheduler.metric("fairway_scheduler_express_inflight") == 0
+    assert scheduler.alive()

@@ -149,3 +149,29 @@ def test_random_against_brute_force_model(seed: int) -> None:
     if any(t > acked_upto for t in tracked_tags):
         assert acks.settle(rest) == tracked_tags[-1]
     assert acks.outstanding == 0
+
+
+def test_settled_tags_behind_a_held_one_are_taken_to_be_acked_one_by_one() -> None:
+    acks = AckWatermark()
+    for tag in range(1, 7):
+        acks.track(tag)
+    assert acks.settle([1, 3, 4]) == 1
+    assert acks.head == 2
+    assert acks.take_settled() == [3, 4]  # acked one by one behind the unsettled 2
+    assert acks.outstanding == 3  # 2, 5, 6
+    assert acks.settle([6]) is None
+    # 2 settles: the prefix runs past 3 and 4 (acked already) to 2 itself, never naming them.
+    assert acks.settle([2]) == 2
+    assert acks.head == 5 and acks.outstanding == 2
+    assert acks.settle([5]) == 6
+    assert acks.outstanding == 0 and acks.head is None
+
+
+def test_a_multiple_ack_never_names_a_tag_acked_one_by_one() -> None:
+    acks = AckWatermark()
+    for tag in range(1, 4):
+        acks.track(tag)
+    acks.settle([2, 3])
+    assert acks.take_settled() == [2, 3]
+    assert acks.settle([1]) == 1  # covers 1 only; 2 and 3 were acked on their own
+    assert acks.outstanding == 0

@@ -523,3 +523,44 @@ def test_cost_bookkeeping_with_drop() -> None:
     assert (len(drr), drr.cost, drr.backlog_cost("a")) == (1, 10, 0)
     with pytest.raises(ValueError, match="cost"):
         drr.push("a", "x", 0)
+
+
+# -- light tenants (the scheduler's express batch) ------------------------------------
+
+
+def test_take_light_takes_whole_small_buffers_and_never_a_backlogged_tenant() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(quantum=5)
+    fill(drr, "flood", 30)
+    fill(drr, "quiet", 2)
+    fill(drr, "calm", 3)
+    assert drr.take(4) == [("flood", f"flood-{i}") for i in range(4)]  # flood mid-turn
+    light = drr.take_light(5)
+    assert light == [("quiet", "quiet-0"), ("quiet", "quiet-1")] + [
+        ("calm", f"calm-{i}") for i in range(3)
+    ]
+    assert drr.backlog("quiet") == drr.backlog("calm") == 0
+    assert len(drr) == drr.cost == 26
+    assert list(drr.tenants()) == ["flood"]
+    assert drr.take_light(5) == []
+    # The flood's turn resumes with the credit it had left (one of its quantum of 5).
+    assert tenants_of(drr.take(100)) == ["flood"] * 26
+
+
+def test_take_light_stops_at_its_limit_in_round_order() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(quantum=5)
+    for tenant in ("a", "b", "c"):
+        fill(drr, tenant, 2)
+    assert tenants_of(drr.take_light(5)) == ["a", "a", "b", "b"]  # c would not fit
+    drr.push("a", "a-again")
+    assert tenants_of(drr.take(10)) == ["c", "c", "a"]
+
+
+def test_take_light_of_the_tenant_in_turn_ends_its_turn() -> None:
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(quantum=5)
+    fill(drr, "a", 3)
+    fill(drr, "b", 2)
+    assert tenants_of(drr.take(2)) == ["a", "a"]  # a is mid-turn, one item left
+    assert tenants_of(drr.take_light(1)) == ["a"]
+    drr.push("a", "a-new")
+    # b's turn starts with fresh credit; a comes back at the end of the round.
+    assert tenants_of(drr.take(10)) == ["b", "b", "a"]

@@ -51,7 +51,7 @@ def channel(relay: Relay) -> StubChannel:
 
 def deliver(relay: Relay, tag: int, body: Any, device: str = "dev-1", mid: str = "b") -> None:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    method = SimpleNamespace(delivery_tag=tag, routing_key=f"{device}.env")
+    method = SimpleNamespace(delivery_tag=tag, routing_key=f"{device}.env", consumer_tag="c")
     props = SimpleNamespace(message_id=f"{mid}{tag}", user_id=None)
     relay._on_message(channel(relay), method, props, raw)  # type: ignore[arg-type]
 

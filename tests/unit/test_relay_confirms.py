@@ -60,7 +60,7 @@ def relay() -> Any:
 
 def deliver(relay: Any, tag: int, device: str = "dev-1") -> None:
     body = orjson.dumps({"ts": time.time(), "values": {"t": tag}})
-    method = SimpleNamespace(delivery_tag=tag, routing_key=f"{device}.env")
+    method = SimpleNamespace(delivery_tag=tag, routing_key=f"{device}.env", consumer_tag="c")
     props = SimpleNamespace(message_id=f"m{tag}", user_id=None)
     relay._on_message(relay.channel, method, props, body)
 

@@ -27,7 +27,7 @@ def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.Mo
             (exchange, key, pending)
         ),
     )
-    method = SimpleNamespace(delivery_tag=1, routing_key="dev-1.env")
+    method = SimpleNamespace(delivery_tag=1, routing_key="dev-1.env", consumer_tag="c")
     props = SimpleNamespace(message_id=None, user_id=None)
     relay._on_message(None, method, props, b"{}")  # type: ignore[arg-type]
 

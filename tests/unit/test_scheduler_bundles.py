@@ -210,3 +210,43 @@ def test_a_queue_of_the_earlier_version_is_consumed_as_it_is() -> None:
     for callback in channel.on_close:  # the close it asked for: nothing more happens
         callback(channel, ChannelClosedByBroker(200, "Normal shutdown"))
     assert done == [1]
+
+
+def test_a_light_tenant_is_written_in_the_express_batch_while_every_writer_is_busy(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    settings = Settings(batch_size=100, writers=1, express_readings=10, batch_linger_ms=0)
+    scheduler = Scheduler(settings, NullSink(), list_tenants=list)
+    scheduler.call_soon = lambda callback: callback()  # type: ignore[method-assign]
+    stopped.append(scheduler)
+    submitted: list[tuple[list[str], bool]] = []
+    calls: list[Any] = []
+
+    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False) -> None:
+        submitted.append(([t for t, _ in batch], express))
+        calls.append(lambda: fn(batch, express))
+
+    scheduler._writers.submit = submit  # type: ignore[method-assign,assignment]
+    flood, flood_channel = tenant_channel("flood")
+    quiet, quiet_channel = tenant_channel("quiet")
+    for tag in range(1, 6):  # 5 bundles of 40: the first goes to the one writer at once
+        method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")
+        scheduler._on_message(flood, method, bundle("flood", *range(tag * 100, tag * 100 + 40)), 40)  # type: ignore[arg-type]
+    assert submitted == [(["flood"], False)]
+    # The writer is busy; the flood's 160 buffered readings never go express.
+    assert scheduler.drr.backlog_cost("flood") == 160
+    scheduler._on_message(
+        quiet, SimpleNamespace(delivery_tag=1, consumer_tag="c1"), bundle("quiet", 1), 1
+    )  # type: ignore[arg-type]
+    assert submitted[-1] == (["quiet"], True)
+    scheduler._on_message(
+        quiet, SimpleNamespace(delivery_tag=2, consumer_tag="c1"), bundle("quiet", 2), 1
+    )  # type: ignore[arg-type]
+    assert len(submitted) == 2  # one express batch at a time: the second waits
+    calls[1]()  # the express batch is written and acked
+    assert quiet_channel.acks == [(1, True)]
+    assert submitted[-1] == (["quiet"], True) and len(submitted) == 3
+    calls[0]()  # the writer's batch: the flood's next batch goes to it
+    assert flood_channel.acks == [(1, True)]
+    assert submitted[-1] == (["flood", "flood"], False)
+    assert sample("fairway_scheduler_express_batches_total") >= 2
