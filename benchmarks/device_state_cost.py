@@ -262,11 +262,24 @@ def main() -> None:
         }
         for how in hows
     }
+    # The question asked: would an insert-only log, compaction included, cost at most
+    # half of today's upserts per device write (worth building)?
+    targets: dict[str, dict[str, Any]] = {}
+    base = medians.get("upsert", {}).get("server_us_per_device_write")
+    for how in hows:
+        if how.startswith("upsert") or not base:
+            continue
+        cost = medians[how]["server_us_per_device_write"] + medians[how].get(
+            "compaction_us_per_device_write", 0.0
+        )
+        ratio = r(cost / base, 3)
+        targets[f"{how}_with_compaction_vs_upsert"] = {"value": ratio, "met": ratio <= 0.5}
     emit(
         {
             "meta": meta(NAME, 1.0, devices=args.devices, flushes=args.flushes, dirty=args.dirty),
             "rounds": rounds,
             "medians": medians,
+            "targets": targets,
         }
     )
 
