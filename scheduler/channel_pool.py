@@ -75,6 +75,12 @@ class PoolChannel:
         if plan and channel is not None and channel is self.channel and self.live:
             channel_acks.send(channel, plan)
 
+    def flush_acks(self) -> None:
+        """Send the merged acks now (a drain must not close the channel before the
+        scheduled send: the broker would redeliver the last batch)."""
+        if self._pending:
+            self._flush()
+
     @property
     def live(self) -> bool:
         """True while the channel is open."""
@@ -122,6 +128,11 @@ class ChannelPool:
             )
 
     # -- tenants -----------------------------------------------------------------------
+    def flush_acks(self) -> None:
+        """Send every channel's merged acks now (see :meth:`PoolChannel.flush_acks`)."""
+        for slot in self.slots:
+            slot.flush_acks()
+
     def add(self, tenant: Tenant) -> None:
         """Consume ``tenant``'s queue on the least-loaded channel (opened if needed).
 

@@ -135,3 +135,22 @@ def test_a_batchs_acks_are_merged_per_channel_singles_first() -> None:
     # 2 first: the multiple ack up to 3 then skips it; the other way round the broker
     # would ack 2 with the multiple one and refuse the single ack (channel closed).
     assert channel.acks == [(2, False), (3, True)]
+
+
+def test_a_drain_sends_the_merged_acks_before_the_loop_turns() -> None:
+    """The drain closes channels as soon as nothing is buffered or in flight: the last
+    batch's merged acks are sent then, not at the next loop turn (which would find the
+    channel closing, and the broker would redeliver the batch)."""
+    channel = Recording()
+    later: list[Any] = []
+    slot = PoolChannel(0, channel=channel, schedule=later.append)  # type: ignore[arg-type]
+    slot.acks = acks()  # type: ignore[assignment]
+    a = Tenant("a")
+    slot.acks.track(1, a)
+    slot.send_acks(channel, slot.acks.settle([1]))  # type: ignore[arg-type]
+    assert channel.acks == []
+    slot.flush_acks()
+    assert channel.acks == [(1, True)]
+    later[0]()  # the scheduled flush finds nothing left to send
+    slot.flush_acks()
+    assert channel.acks == [(1, True)]
