@@ -19,7 +19,7 @@ batches, not just within one. An item dearer than ``limit`` is taken alone.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -110,19 +110,20 @@ class DeficitRoundRobin(Generic[T]):
         self._cost -= taken
         return out
 
-    def take_light(self, limit: int) -> list[tuple[str, T]]:
-        """Everything buffered by *light* tenants (at most ``limit`` cost units each),
-        whole tenants in round order while their total fits ``limit``.
+    def take_light(self, limit: int, exclude: Collection[str] = ()) -> list[tuple[str, T]]:
+        """Everything buffered by *light* tenants (at most ``limit`` cost units each, not
+        in ``exclude``), whole tenants in round order while their total fits ``limit``.
 
         For the scheduler's express batch: a tenant with a small buffer is taken out of
-        the round entirely (as if served to empty, keeping no credit); a backlogged
-        tenant, whose buffer is larger, is never taken here.
+        the round entirely (as if served to empty, keeping no credit). The caller
+        excludes its backlogged tenants: their buffer can be small too (most of their
+        prefetch in writers or waiting for acks), and they must wait for the round.
         """
         out: list[tuple[str, T]] = []
         room = limit
         for tenant in tuple(self._active):
             cost = self._costs[tenant]
-            if cost > limit:
+            if cost > limit or tenant in exclude:
                 continue
             if cost > room:
                 break

@@ -277,14 +277,15 @@ class Scheduler(AmqpService):
         """Every writer busy: write the light tenants' readings in one more batch.
 
         A quiet tenant's readings would otherwise wait for a writer to finish a batch of
-        a backlogged tenant, then share the next batch (and its write time) with it. A
-        backlogged tenant buffers more than ``express_readings`` and is never taken
-        here, so the extra writer holds at most that many readings of light tenants.
+        a backlogged tenant, then share the next batch (and its write time) with it.
+        Backlogged tenants (those filling their prefetch) are never taken here, whatever
+        they buffer at the moment, so the extra writer holds at most
+        ``express_readings`` readings of light tenants.
         """
         limit = self.settings.express_readings
         if not limit or self.express_busy or self.inflight < self.settings.writers:
             return
-        batch = self.drr.take_light(limit)
+        batch = self.drr.take_light(limit, exclude=self.backlogged)
         if not batch:
             return
         if not len(self.drr):
@@ -455,7 +456,12 @@ class Scheduler(AmqpService):
 
     def drained(self) -> bool:
         self._dispatch()  # stopping: partial batches go at once
-        return not len(self.drr) and not self.inflight and not self.express_busy
+        done = not len(self.drr) and not self.inflight and not self.express_busy
+        if done:
+            # The last batch's acks may still wait for the next loop turn, which would
+            # find the channels closing: send them before the drain closes them.
+            self.pool.flush_acks()
+        return done
 
     def after_drain(self) -> None:
         self._writers.shutdown(wait=False, cancel_futures=True)

@@ -564,3 +564,14 @@ def test_take_light_of_the_tenant_in_turn_ends_its_turn() -> None:
     drr.push("a", "a-new")
     # b's turn starts with fresh credit; a comes back at the end of the round.
     assert tenants_of(drr.take(10)) == ["b", "b", "a"]
+
+
+def test_take_light_skips_excluded_tenants_whatever_they_buffer() -> None:
+    """A backlogged tenant's buffer can be small (most of its prefetch in writers or
+    waiting for acks): the scheduler excludes it, and it waits for the round."""
+    drr: DeficitRoundRobin[str] = DeficitRoundRobin(quantum=5)
+    fill(drr, "flood", 2)
+    fill(drr, "quiet", 2)
+    assert tenants_of(drr.take_light(5, exclude={"flood"})) == ["quiet", "quiet"]
+    assert drr.backlog("flood") == 2
+    assert tenants_of(drr.take(10)) == ["flood", "flood"]
