@@ -131,7 +131,7 @@ class TenantStats:
                 ) from None
             weights = {d["_id"]: d["weight"] for d in registry.tenant_documents(get_db())}
             answered = self._read_lags(now)
-            stored = self._lags.rates() if answered == len(self.urls) else None
+            stored = self._lags.rates() if answered and answered == len(self.urls) else None
             figures = tenant_stats.figures(queues, weights, self._lags.quantiles(), stored)
             self._snapshot = Snapshot(now, figures, len(self.urls), answered)
             REFRESHES.labels("ok").inc()
@@ -145,7 +145,7 @@ class TenantStats:
                 answered += 1
             except Exception as exc:
                 log.info("scheduler metrics unavailable", extra={"url": url, "error": repr(exc)})
-        if answered:
+        if answered == len(self.urls):  # a partial sum would look like a restart
             self._lags.add(now, tenant_stats.merge(parts))
         return answered
 

@@ -232,8 +232,9 @@ class LagWindow:
     def rates(self, window_s: float = 60.0, min_span_s: float = 4.0) -> dict[str, float] | None:
         """Observations (readings stored) per second per tenant over about the last
         ``window_s``, from the growth of each tenant's total count; None until two
-        snapshots at least ``min_span_s`` apart. A count that went down (a scheduler
-        restarted) counts from zero."""
+        snapshots at least ``min_span_s`` apart, and None when a count went down (a
+        scheduler restarted: with several, the others' whole counts would look like
+        growth) until the window has passed the restart."""
         if len(self._snapshots) < 2:
             return None
         now, newest = self._snapshots[-1]
@@ -246,5 +247,7 @@ class LagWindow:
         for tenant, buckets in newest.items():
             total = max(buckets.values(), default=0.0)
             before = max(base.get(tenant, {}).values(), default=0.0)
-            out[tenant] = (total - before if total >= before else total) / span
+            if total < before:
+                return None
+            out[tenant] = (total - before) / span
         return out
