@@ -257,12 +257,14 @@ class BulkProvisioner:
             if outcome.result == CREATED and outcome.tenant in problems:
                 _refuse(outcome, QUEUE_MISMATCH, problems[outcome.tenant])
         records = [r for r in records if r["_id"] not in problems]
-        if records:  # one revision for the batch, taken just before it is written
-            rev = registry.next_tenants_rev(self.db)
-            for record in records:
-                record["rev"] = rev
         taken: set[str] = set()
         for chunk in _chunks(records):
+            # A revision per chunk, taken just before it is written: a scheduler trusts a
+            # revision once it is a few seconds old, so one taken for a long batch would
+            # hide its later chunks until the full resync.
+            rev = registry.next_tenants_rev(self.db)
+            for record in chunk:
+                record["rev"] = rev
             taken |= registry.insert_new(self.db, mongo.TENANTS, list(chunk))
         for outcome in outcomes:
             if outcome.result == CREATED and outcome.tenant in taken:  # a concurrent creator
