@@ -356,6 +356,7 @@ class Relay(AmqpService):
                 # until ``fairway declare``).
                 consumer.tag = None
                 del self._tenant_consumers[tenant]
+                self._queues.pop(tag, None)
                 log.warning("tenant ingest queue deleted", extra={"tenant": tenant})
 
     def _consuming_tenants(self) -> int:
@@ -524,7 +525,7 @@ class Relay(AmqpService):
         """Settle a refusal over budget, holding the delivery's ack back to the pace.
 
         Only the publish that completes the delivery is paced; a delivery costs one
-        token plus one per KiB of its body, however many of its readings are refused. A
+        unit plus one per KiB of its body, however many of its readings are refused. A
         held delivery keeps its place in its queue's prefetch window, so a queue refused
         faster than ``relay_refused_pace`` fills its window and the broker stops
         delivering it: the relay spends at most that pace on it, the broker keeps the
