@@ -10,7 +10,8 @@ consuming channel closes, periodic timers and side connections started once per
 process, one drain on SIGTERM (cancel every consumer, poll :meth:`drained` until true
 or ``drain_timeout_s``, then close), and one database retry helper
 (:meth:`retrying`). Consumers can also be opened at any time after connecting
-(:meth:`open_consumer`; the scheduler opens one channel per tenant queue).
+(:meth:`open_consumer`; the scheduler consumes its tenant queues on a pool of
+channels of its own, :mod:`scheduler.channel_pool`).
 
 One pika ``IOLoop`` lives across reconnects, so callbacks handed in from worker
 threads with ``add_callback_threadsafe`` are never lost on a dead loop.
