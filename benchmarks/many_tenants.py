@@ -239,14 +239,9 @@ def main() -> None:
     args = p.parse_args()
     with ExitStack() as stack:
         if args.private:
-            from benchmarks.write_cost import private_server
+            from benchmarks.write_cost import use_private_ferretdb
 
-            server = stack.enter_context(private_server(common.BASE.postgres_url))
-            common.BASE = Settings.from_env(
-                common.BASE.environ(), mongo_url=server.mongo_url, postgres_url=server.private_url
-            )
-            os.environ["FAIRWAY_POSTGRES_URL"] = server.private_url
-            say(f"private FerretDB at {server.mongo_url} on PostgreSQL database {server.pg_db}")
+            use_private_ferretdb(stack)
         run(args)
 
 

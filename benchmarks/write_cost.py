@@ -60,7 +60,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ import orjson
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from benchmarks import common
 from benchmarks.common import emit, meta, parser, r, say, scaled
 from fairway.kernel.contract import to_document
 from fairway.kernel.settings import Settings
@@ -165,6 +166,19 @@ def private_server(postgres_url: str) -> Iterator[PrivateServer]:
     finally:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
+
+
+def use_private_ferretdb(stack: ExitStack) -> PrivateServer:
+    """Point the run at a FerretDB of its own (:func:`private_server`, closed with
+    ``stack``): ``common.BASE`` and, for what reads it itself (``mongo.ensure_indexes``),
+    ``FAIRWAY_POSTGRES_URL``."""
+    server = stack.enter_context(private_server(common.BASE.postgres_url))
+    common.BASE = Settings.from_env(
+        common.BASE.environ(), mongo_url=server.mongo_url, postgres_url=server.private_url
+    )
+    os.environ["FAIRWAY_POSTGRES_URL"] = server.private_url
+    say(f"private FerretDB at {server.mongo_url} on PostgreSQL database {server.pg_db}")
+    return server
 
 
 # -- readings ------------------------------------------------------------------------
