@@ -320,7 +320,10 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
     assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, closed)
 
 
-@pytest.mark.settings(device_state_flush_s=0.5)
+# Bundles of 10 and one writer with batches of 10: a scheduler slow enough that the first
+# two are killed mid-run (a pooled scheduler with bundles of 50 stored all 3,000 before
+# the first kill, and the second then waited for progress in vain: a full run).
+@pytest.mark.settings(device_state_flush_s=0.5, bundle_max_readings=10)
 def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
     pipeline: Pipeline, api: Any
 ) -> None:
@@ -350,7 +353,7 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
     # (its rollup_touched records say which device-hours).
     for _ in range(2):  # kill -9 twice mid-run; unacked batches come back as duplicates
         stored = pipeline.stored()
-        pipeline.start("scheduler", batch_size=50)
+        pipeline.start("scheduler", batch_size=10, writers=1)
         wait_for(lambda s=stored: pipeline.stored() >= s + 400, 60, "progress")
         pipeline.kill("scheduler")
     pipeline.start("scheduler", batch_size=50)
