@@ -34,6 +34,7 @@ import random
 import statistics
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -125,10 +126,12 @@ def read_tenant(db: Database, how: str, tenant: str) -> int:
     return len(deltas)
 
 
-def _fold_entries(docs: list[dict[str, Any]]) -> dict[str, DeviceDelta]:
+def _fold_entries(docs: Iterable[dict[str, Any]], whole: bool = False) -> dict[str, DeviceDelta]:
+    """Per device, the merged deltas of log documents (``whole``: each document is one
+    entry, ``log_device``'s; else each holds its entries in ``s``)."""
     deltas: dict[str, DeviceDelta] = {}
     for doc in docs:
-        for e in doc["s"]:
+        for e in [doc] if whole else doc["s"]:
             delta = DeviceDelta(doc["tenant"], e["f"], e["l"], e["latest"])
             known = deltas.get(e["d"])
             if known is None:
@@ -164,18 +167,9 @@ def compact(db: Database, how: str) -> None:
     if how == "log_snapshot":
         compact_snapshot(db)
         return
-    deltas: dict[str, DeviceDelta] = {}
-    ids = []
-    for doc in db[LOG].find({}):
-        ids.append(doc["_id"])
-        for e in [doc] if how == "log_device" else doc["s"]:
-            delta = DeviceDelta(doc["tenant"], e["f"], e["l"], e["latest"])
-            known = deltas.get(e["d"])
-            if known is None:
-                deltas[e["d"]] = delta
-            else:
-                known.merge(delta)
-    device_state.apply(db, deltas)
+    docs = list(db[LOG].find({}))
+    ids = [doc["_id"] for doc in docs]
+    device_state.apply(db, _fold_entries(docs, whole=how == "log_device"))
     for start in range(0, len(ids), 500):
         db[LOG].delete_many({"_id": {"$in": ids[start : start + 500]}})
 
