@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pymongo.errors import AutoReconnect, BulkWriteError
 
+from fairway.domain.tenant_watch import TenantChanges
 from fairway.kernel.contract import Reading, reading_id, tenant_message
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
@@ -26,7 +27,6 @@ from fairway.storage.rollups import ROLLUP_PENDING
 from scheduler.service import Delivery, Scheduler
 from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, MongoSink, NullSink, Sink
 from scheduler.tenant_channel import TenantConsumer
-from scheduler.tenant_watch import TenantChanges
 
 REFUSED_CODE = 121  # document validation failure: not a duplicate
 
