@@ -78,7 +78,14 @@ from scheduler import metrics
 from scheduler.channel_pool import ChannelPool
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
-from scheduler.sink import MongoSink, NullSink, Sink, WriteOutcome
+from scheduler.sink import (
+    MalformedOutcome,
+    MongoSink,
+    NullSink,
+    Sink,
+    WriteOutcome,
+    check_outcome,
+)
 from scheduler.tenant_channel import TenantConsumer
 
 log = logging.getLogger(__name__)
@@ -344,13 +351,24 @@ class Scheduler(AmqpService):
 
         def write() -> WriteOutcome:
             started = time.perf_counter()
-            outcome = self.sink.write(bodies)  # raises: outcome unknown, retry the batch
+            answer = self.sink.write(bodies)  # raises: outcome unknown, retry the batch
             metrics.SCHED_WRITE_SECONDS.observe(time.perf_counter() - started)
-            return outcome
+            try:
+                return check_outcome(answer, len(bodies))
+            except MalformedOutcome as exc:
+                # A sink's bug: a failed write (retried, nothing acked), never a crash of
+                # the I/O loop that settles by index.
+                metrics.SCHED_MALFORMED_OUTCOMES.inc()
+                log.error("sink returned a malformed outcome", extra={"error": str(exc)})
+                raise
+
+        def failed(exc: Exception) -> None:
+            if not isinstance(exc, MalformedOutcome):
+                metrics.SCHED_DB_UP.set(0)
 
         outcome: WriteOutcome | None
         try:
-            outcome = self.retrying("write", write, on_error=lambda _e: metrics.SCHED_DB_UP.set(0))
+            outcome = self.retrying("write", write, on_error=failed)
             metrics.SCHED_DB_UP.set(1)
         except DrainExpired:
             outcome = None  # leave it unacked; the broker requeues it
@@ -382,7 +400,13 @@ class Scheduler(AmqpService):
         else:
             self.inflight -= 1
         if outcome is not None:
-            self._settle(batch, outcome)
+            try:
+                self._settle(batch, outcome)
+            except Exception:
+                # Never let a settle bug end the I/O loop: the connection goes, the broker
+                # requeues every unacked delivery, the next write finds them stored.
+                log.exception("settling a written batch failed; reconnecting")
+                self.reconnect_on_channel_close(None, RuntimeError("settle failed"))
         self._dispatch()
         if telemetry:
             self._publish_events(telemetry)
