@@ -293,7 +293,10 @@ class Relay(AmqpService):
 
     def _list_tenants(self, with_orphans: bool) -> tuple[set[str], bool]:
         changes = self.watch.poll()
-        tenants = set() if changes is None else {t.id for t in changes.tenants}
+        tenants = set()
+        if changes is not None:
+            metrics.RELAY_TENANT_READS.labels("full" if changes.full else "changes").inc()
+            tenants = {t.id for t in changes.tenants}
         if with_orphans:
             # Devices whose tenant record is gone are still bound to its ingest queue:
             # consume it so their messages are refused (``unknown_tenant``), not stranded.
