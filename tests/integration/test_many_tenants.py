@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
-
 from fairway.provision_bulk import TenantItem, provision_many
 from tests.harness import Pipeline, wait_for
 from tests.integration.queue_types import BOTH, CLASSIC
