@@ -131,6 +131,19 @@ def tenant_set_weight(settings: Settings, tenant_id: str, weight: int) -> None:
     _emit({"tenant": tenant_id, "weight": weight})
 
 
+@tenant.command("remove")
+@click.argument("tenant_id")
+@click.pass_obj
+def tenant_remove(settings: Settings, tenant_id: str) -> None:
+    """Remove TENANT_ID's record: schedulers stop consuming its queue within their refresh
+    period, relays refuse its devices as ``unknown_tenant``. Its queues (with any
+    readings still in them), devices and stored data are kept (docs/architecture.md,
+    "Removing a tenant")."""
+    if not registry.remove_tenant(mongo.connect(settings), tenant_id):
+        _fail(f"unknown tenant {tenant_id!r}")
+    _emit({"tenant": tenant_id, "removed": True, "queue": topology.tenant_queue_name(tenant_id)})
+
+
 @main.group()
 def device() -> None:
     """Register, list, enable and disable devices."""

@@ -62,6 +62,13 @@ RELAY_TENANT_QUEUES = Gauge(
 )
 
 
+RELAY_TENANT_READS = Counter(
+    "fairway_relay_tenant_reads_total",
+    "Reads of the tenant registry by kind: full (every tenant) or changes (since a revision)",
+    ["kind"],
+)
+
+
 RELAY_PREFETCH_BOUND = Gauge(
     "fairway_relay_prefetch_bound",
     "Most deliveries the broker may hand this relay at once: "

@@ -7,11 +7,14 @@ consumer and per-consumer prefetch: ``relay_tenant_prefetch`` per tenant queue,
 ``relay_prefetch`` on ``ingest``. One tenant's flood can thus hold at most its prefetch
 in the relay while the broker keeps delivering the other tenants' messages; the relay
 holds at most ``relay_prefetch + tenants x relay_tenant_prefetch`` deliveries
-(``fairway_relay_prefetch_bound``). Tenants are found by polling the tenant list every
-``tenant_refresh_s`` (the first listing also takes the tenants named by devices, so
-devices of a removed tenant are still refused as ``unknown_tenant``); tenant queues are
+(``fairway_relay_prefetch_bound``). New tenants are found every ``tenant_refresh_s``
+by the scheduler's versioned look (:mod:`fairway.domain.tenant_watch`): one read of the
+tenants' revision counter, the changed records only when it moved, the whole list every
+``tenant_resync_s`` (the first look also takes the tenants named by devices, so devices
+of a removed tenant are still refused as ``unknown_tenant``); tenant queues are
 declared (idempotently) and consumed one after another, so each consumer starts under
-its own ``basic.qos``. A tenant is never dropped while the process runs.
+its own ``basic.qos``. A tenant is never dropped while the process runs: a removed
+tenant's devices keep routing to its ingest queue, whose messages are then refused.
 
 What happens to every delivery (one reading, or a device batch of several:
 :mod:`fairway.kernel.contract`):
@@ -68,6 +71,7 @@ from pika.spec import Basic, BasicProperties
 from pymongo.database import Database
 
 from fairway.amqp.service import AmqpService, Consumer
+from fairway.domain.tenant_watch import RegistryTenants, TenantWatch
 from fairway.kernel import topology
 from fairway.kernel.acks import AckWatermark
 from fairway.kernel.contract import (
@@ -81,7 +85,7 @@ from fairway.kernel.contract import (
 from fairway.kernel.ids import is_valid_id
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
-from fairway.storage import mongo, registry
+from fairway.storage import mongo
 from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.bundler import CAUSES, Bundler
@@ -194,6 +198,9 @@ class Relay(AmqpService):
         self._opening: str | None = None
         self._ready = False  # the channel consumes ``ingest``: tenant queues may open
         self._orphans_listed = False
+        self.watch = TenantWatch(RegistryTenants(db), settings.tenant_resync_s)
+        self._looking = False  # a look is under way on the lister thread
+        self._redeclare: set[str] = set()  # queues the broker deleted: declared again
         self._lister = ThreadPoolExecutor(1, thread_name_prefix="tenants")
         self._pending: OrderedDict[int, Pending | BundlePending] = OrderedDict()
         self.bundler: Bundler[Item] = Bundler(
@@ -271,15 +278,25 @@ class Relay(AmqpService):
 
     # -- tenant queues -------------------------------------------------------------
     def _refresh_tenants(self) -> None:
-        """List tenants off the I/O loop; new ones get a consumer on the relay's channel."""
+        """Look for new tenants off the I/O loop; they get a consumer on the relay's channel."""
         if self.stopping or not self._ready or self.db is None:
             return
+        if self._redeclare:
+            self._queue_tenants(self._redeclare)
+            self._redeclare = set()
+        if self._looking:
+            return
+        self._looking = True
         with_orphans = not self._orphans_listed
         future = self._lister.submit(self._list_tenants, with_orphans)
         future.add_done_callback(lambda f: self.call_soon(lambda: self._tenants_listed(f)))
 
     def _list_tenants(self, with_orphans: bool) -> tuple[set[str], bool]:
-        tenants = {t.id for t in registry.list_tenants(self.db)}
+        changes = self.watch.poll()
+        tenants = set()
+        if changes is not None:
+            metrics.RELAY_TENANT_READS.labels("full" if changes.full else "changes").inc()
+            tenants = {t.id for t in changes.tenants}
         if with_orphans:
             # Devices whose tenant record is gone are still bound to its ingest queue:
             # consume it so their messages are refused (``unknown_tenant``), not stranded.
@@ -288,6 +305,7 @@ class Relay(AmqpService):
         return tenants, with_orphans
 
     def _tenants_listed(self, future: Future[tuple[set[str], bool]]) -> None:
+        self._looking = False
         try:
             tenants, with_orphans = future.result()
         except Exception as exc:  # database down: keep serving the tenants we know
@@ -357,6 +375,7 @@ class Relay(AmqpService):
                 consumer.tag = None
                 del self._tenant_consumers[tenant]
                 self._queues.pop(tag, None)
+                self._redeclare.add(tenant)
                 log.warning("tenant ingest queue deleted", extra={"tenant": tenant})
 
     def _consuming_tenants(self) -> int:

@@ -146,6 +146,24 @@ class ChannelPool:
         else:
             self._open(slot)
 
+    def remove(self, tenant: str) -> TenantConsumer | None:
+        """Stop consuming a removed tenant's queue; its consumer (None if there was none).
+
+        The consumer is cancelled and forgotten (a re-opened channel does not start it
+        again); deliveries it still holds are settled or requeued by the caller, on the
+        same channel.
+        """
+        consumer = self.consumers.pop(tenant, None)
+        self._max_backlog.pop(tenant, None)
+        if consumer is None:
+            return None
+        slot = self.slots[consumer.slot]
+        if slot.tenants.get(tenant) is consumer:
+            del slot.tenants[tenant]
+        consumer.removed = True
+        consumer.stop()
+        return consumer
+
     def _consumer(self, slot: PoolChannel, tenant: str) -> TenantConsumer:
         consumer = TenantConsumer(
             tenant,

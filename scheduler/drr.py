@@ -47,6 +47,14 @@ class DeficitRoundRobin(Generic[T]):
             raise ValueError("weight must be at least 1")
         self._weights[tenant] = weight
 
+    def forget(self, tenant: str) -> list[T]:
+        """Drop everything of ``tenant`` (a removed tenant): its buffer, returned, and its
+        weight and deficit."""
+        items = self.drop(tenant)
+        for state in (self._weights, self._buffers, self._deficit, self._costs):
+            state.pop(tenant, None)
+        return items
+
     def push(self, tenant: str, item: T, cost: int = 1) -> None:
         """Append ``item`` (costing ``cost`` >= 1) to ``tenant``'s buffer."""
         if cost < 1:

@@ -179,3 +179,16 @@ SCHED_OLD_ARGUMENTS = Gauge(
     "fairway_scheduler_old_argument_queues",
     "Tenant queues declared by an earlier version with other bounds, consumed as they are",
 )
+
+
+SCHED_TENANTS_REMOVED = Counter(
+    "fairway_scheduler_tenants_removed_total",
+    "Removed tenants whose consumer this scheduler cancelled (their queues keep what they hold)",
+)
+
+
+SCHED_MALFORMED_OUTCOMES = Counter(
+    "fairway_scheduler_malformed_outcomes_total",
+    "Batches whose sink answered with a malformed outcome: treated as a failed write"
+    " (retried; nothing acked for it)",
+)

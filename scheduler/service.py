@@ -30,9 +30,11 @@
   without requeue and dead-letters, whole, to ``rejected``.
 * Database down: the writer retries the batch with capped backoff; nothing is acked,
   buffers fill to the prefetch and the broker stops delivering (backpressure).
-* New tenants and weight changes are found every ``tenant_refresh_s`` from the
-  tenants' revision counter, reading only the records that changed
-  (:mod:`scheduler.tenant_watch`); the whole list every ``tenant_resync_s``.
+* New tenants, weight changes and removals are found every ``tenant_refresh_s`` from
+  the tenants' revision counter, reading only the records that changed
+  (:mod:`fairway.domain.tenant_watch`); the whole list every ``tenant_resync_s``. A
+  removed tenant's consumer is cancelled and its buffered deliveries requeued: its
+  queue keeps what it holds.
 * SIGTERM: cancel consumers, flush every buffered message, ack, close. Anything not
   written by the drain deadline stays unacked and the broker requeues it.
 * Events (``events_enabled``): a writer coalesces its written batch into at most one
@@ -44,6 +46,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -60,17 +63,30 @@ from fairway.amqp import side
 from fairway.amqp.connection import Brokers
 from fairway.amqp.service import AmqpService, DrainExpired
 from fairway.domain import coalesce
+from fairway.domain.tenant_watch import (
+    ListedTenants,
+    RegistryTenants,
+    TenantChanges,
+    TenantSource,
+    TenantWatch,
+)
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
-from fairway.storage import mongo, registry
+from fairway.storage import mongo
 from fairway.storage.registry import Tenant
 from scheduler import metrics
 from scheduler.channel_pool import ChannelPool
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
-from scheduler.sink import MongoSink, NullSink, Sink, WriteOutcome
+from scheduler.sink import (
+    MalformedOutcome,
+    MongoSink,
+    NullSink,
+    Sink,
+    WriteOutcome,
+    check_outcome,
+)
 from scheduler.tenant_channel import TenantConsumer
-from scheduler.tenant_watch import TenantChanges, TenantSource, TenantWatch
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +222,40 @@ class Scheduler(AmqpService):
                     partial(self._prefetch, tenant.id)
                 )
         for tenant_id in changes.removed:
-            # Its queue may still hold readings the relay accepted: they are still
-            # written (the consumer stays until a restart), at weight 1.
-            log.warning("tenant record removed", extra={"tenant": tenant_id})
-            self.known.pop(tenant_id, None)
-            self.drr.set_weight(tenant_id, 1)
+            if tenant_id not in {t.id for t in changes.tenants}:
+                self._remove_tenant(tenant_id)
         if reshare:
             self._schedule_reshare()
+
+    def _remove_tenant(self, tenant: str) -> None:
+        """A removed tenant: cancel its consumer, drop its DRR state, requeue what it buffered.
+
+        Readings still in its queue stay there, neither stored nor dropped (served again
+        if the tenant is created again); batches being written when the removal is
+        learned are stored and acked as usual (docs/architecture.md, "Removing a tenant").
+        """
+        self.known.pop(tenant, None)
+        consumer = self.pool.remove(tenant)
+        buffered = self.drr.forget(tenant)
+        for delivery in buffered:
+            delivery.consumer.requeue(delivery.tag, delivery.source)
+        if not len(self.drr):
+            self._oldest = None
+        self.backlogged.discard(tenant)
+        self._raised.discard(tenant)
+        for gauge in (
+            metrics.SCHED_WEIGHT,
+            metrics.SCHED_BUFFERED,
+            metrics.SCHED_PREFETCH,
+            metrics.SCHED_BACKLOG,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(tenant)
+        metrics.SCHED_TENANTS_REMOVED.inc()
+        log.warning(
+            "tenant removed; its queue is no longer consumed",
+            extra={"tenant": tenant, "requeued": len(buffered), "consumed": consumer is not None},
+        )
 
     def _prefetch(self, tenant: str) -> int:
         """The prefetch granted to ``tenant`` (the floor while its channel is re-opened)."""
@@ -243,6 +286,9 @@ class Scheduler(AmqpService):
         self, consumer: TenantConsumer, method: Basic.Deliver, body: bytes, readings: int = 1
     ) -> None:
         consumer.delivered(method.delivery_tag, method.consumer_tag)
+        if consumer.removed:  # on the wire when its consumer was cancelled
+            consumer.requeue(method.delivery_tag, method.consumer_tag)
+            return
         if consumer.saturated and not consumer.backlogged:
             self._backlog_started(consumer)
         self.drr.push(
@@ -305,13 +351,24 @@ class Scheduler(AmqpService):
 
         def write() -> WriteOutcome:
             started = time.perf_counter()
-            outcome = self.sink.write(bodies)  # raises: outcome unknown, retry the batch
+            answer = self.sink.write(bodies)  # raises: outcome unknown, retry the batch
             metrics.SCHED_WRITE_SECONDS.observe(time.perf_counter() - started)
-            return outcome
+            try:
+                return check_outcome(answer, len(bodies))
+            except MalformedOutcome as exc:
+                # A sink's bug: a failed write (retried, nothing acked), never a crash of
+                # the I/O loop that settles by index.
+                metrics.SCHED_MALFORMED_OUTCOMES.inc()
+                log.error("sink returned a malformed outcome", extra={"error": str(exc)})
+                raise
+
+        def failed(exc: Exception) -> None:
+            if not isinstance(exc, MalformedOutcome):
+                metrics.SCHED_DB_UP.set(0)
 
         outcome: WriteOutcome | None
         try:
-            outcome = self.retrying("write", write, on_error=lambda _e: metrics.SCHED_DB_UP.set(0))
+            outcome = self.retrying("write", write, on_error=failed)
             metrics.SCHED_DB_UP.set(1)
         except DrainExpired:
             outcome = None  # leave it unacked; the broker requeues it
@@ -343,7 +400,13 @@ class Scheduler(AmqpService):
         else:
             self.inflight -= 1
         if outcome is not None:
-            self._settle(batch, outcome)
+            try:
+                self._settle(batch, outcome)
+            except Exception:
+                # Never let a settle bug end the I/O loop: the connection goes, the broker
+                # requeues every unacked delivery, the next write finds them stored.
+                log.exception("settling a written batch failed; reconnecting")
+                self.reconnect_on_channel_close(None, RuntimeError("settle failed"))
         self._dispatch()
         if telemetry:
             self._publish_events(telemetry)
@@ -479,42 +542,3 @@ def run(settings: Settings, sink: str = "mongo") -> None:
         RegistryTenants(db),
     )
     service.serve(settings.metrics_port)
-
-
-class ListedTenants:
-    """A :class:`TenantSource` over a plain listing: every look reads the whole list."""
-
-    def __init__(self, list_tenants: Callable[[], list[Tenant]]) -> None:
-        self._list, self._looks = list_tenants, 0
-
-    def version(self) -> int:
-        """A new version at every look."""
-        self._looks += 1
-        return self._looks
-
-    def changed_since(self, rev: int) -> list[Tenant]:
-        """Everything."""
-        return self._list()
-
-    def all(self) -> list[Tenant]:
-        """Everything."""
-        return self._list()
-
-
-class RegistryTenants:
-    """The tenant registry as a :class:`TenantSource` (versioned changes)."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-
-    def version(self) -> int:
-        """The last tenant revision taken."""
-        return registry.tenants_version(self.db)
-
-    def changed_since(self, rev: int) -> list[Tenant]:
-        """Tenants written with a revision above ``rev``."""
-        return registry.tenants_changed_since(self.db, rev)
-
-    def all(self) -> list[Tenant]:
-        """Every tenant."""
-        return registry.list_tenants(self.db)

@@ -80,6 +80,38 @@ class WriteOutcome:
             self.refused.append(index)
 
 
+class MalformedOutcome(Exception):
+    """A sink answered a write with something that is not an outcome of the batch."""
+
+
+def _counts(value: object, messages: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == messages
+        and all(type(v) is int and v >= 0 for v in value)
+    )
+
+
+def check_outcome(outcome: object, messages: int) -> WriteOutcome:
+    """``outcome`` if it is a well-formed outcome of a batch of ``messages`` messages;
+    else raise :class:`MalformedOutcome` saying what is wrong (a sink's bug must not
+    reach the I/O loop, which settles by index)."""
+    if not isinstance(outcome, WriteOutcome):
+        raise MalformedOutcome(f"not a WriteOutcome: {type(outcome).__name__}")
+    if not _counts(outcome.stored_each, messages) or not _counts(outcome.duplicates, messages):
+        raise MalformedOutcome(f"stored_each/duplicates are not {messages} counts")
+    refused = outcome.refused
+    if not isinstance(refused, list) or not all(
+        type(i) is int and 0 <= i < messages for i in refused
+    ):
+        raise MalformedOutcome(f"refused holds indexes outside 0..{messages - 1}")
+    if not isinstance(outcome.durable, list) or not all(
+        isinstance(d, dict) for d in outcome.durable
+    ):
+        raise MalformedOutcome("durable is not a list of readings")
+    return outcome
+
+
 UNDECODABLE = (ValueError, KeyError, TypeError, OverflowError, AttributeError)
 
 

@@ -96,6 +96,7 @@ class TenantConsumer:
     # Where acks go (the pool's per-channel batching, PoolChannel.send_acks); None: sent
     # at once.
     send_acks: Callable[[Channel, AckPlan], None] | None = None
+    removed: bool = False  # the tenant was removed: deliveries go back to the queue
     _cancel_pending: bool = False  # basic.cancel-ok of the retiring consumer not yet seen
     _start_at: int | None = None  # start the next consumer once retiring holds <= this
     _stopped: bool = False
@@ -184,6 +185,14 @@ class TenantConsumer:
         assert self.channel is not None
         self.channel.basic_nack(delivery_tag, requeue=False)
         self.acks.refused(delivery_tag)
+
+    def requeue(self, delivery_tag: int, consumer_tag: str) -> None:
+        """Nack one delivery back to its queue (the tenant was removed: it waits there)."""
+        self.held[consumer_tag] -= 1
+        if self.live:
+            assert self.channel is not None
+            self.channel.basic_nack(delivery_tag, requeue=True)
+            self.acks.refused(delivery_tag)
 
     def settle(self, tags: Iterable[tuple[int, str]]) -> None:
         """Settle (delivery tag, consumer tag) pairs; send what the channel may ack now.

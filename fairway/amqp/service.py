@@ -142,7 +142,16 @@ class AmqpService:
     def run(self) -> None:
         """Serve until :meth:`stop` (or a signal, see above) and a clean drain."""
         self.ioloop.add_callback_threadsafe(self._connect)
-        self.ioloop.start()
+        try:
+            self.ioloop.start()
+        except BaseException:
+            # A callback raised out of the loop: nothing can be acked any more. Stop the
+            # worker threads' retries too, or the process would hang on them at exit
+            # instead of ending (and being restarted); the broker requeues the unacked.
+            log.exception("I/O loop failed; stopping", extra={"service": self.name})
+            self.stopping = True
+            self._release()
+            raise
         log.info("stopped", extra={"service": self.name})
 
     def stop(self) -> None:

@@ -383,7 +383,7 @@ class Settings:
     # Channels the scheduler consumes tenant queues on (tenants spread over them; below
     # RabbitMQ's default channel_max of 2047 per connection).
     scheduler_channels: int = setting(16, SCHEDULER, Bound(low=1, high=2000))
-    # The scheduler reads the whole tenant list this often (between, only what changed).
+    # Schedulers and relays read the whole tenant list this often (between, only what changed).
     tenant_resync_s: float = setting(300.0, SCHEDULER, POSITIVE)
     db_backoff_max_s: float = setting(5.0, SCHEDULER, POSITIVE)  # also monitor, archiver
     # device_state (latest values) is written at most this often per device; 0: every batch

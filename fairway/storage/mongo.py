@@ -49,6 +49,9 @@ MIGRATIONS = "migrations"  # journals of one-time migrations (fairway migrate ..
 # takes the next number and stamps it as the record's ``rev``, so readers ask only for
 # what changed (fairway.storage.registry.tenants_changed_since).
 VERSIONS = "versions"
+# Tombstones of removed tenants (``{_id: tenant, rev, at}``, rev from the same counter),
+# so a removal is found among the changes (fairway.storage.registry.remove_tenant).
+TENANT_REMOVALS = "tenant_removals"
 
 
 # Top-level fields queried by equality, per collection. On FerretDB with PostgreSQL these
@@ -68,6 +71,7 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
     ROLLUP_TOUCHED: ("_id",),
     TENANTS: ("_id",),
     VERSIONS: ("_id",),
+    TENANT_REMOVALS: ("_id",),
     REJECTIONS: ("device", "tenant"),
     REJECTION_COUNTS: ("tenant",),
 }

@@ -24,7 +24,14 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fairway.kernel.ids import check_new_id
-from fairway.storage.mongo import DEVICES, DUPLICATE_KEY, TENANTS, VERSIONS, AlreadyExists
+from fairway.storage.mongo import (
+    DEVICES,
+    DUPLICATE_KEY,
+    TENANT_REMOVALS,
+    TENANTS,
+    VERSIONS,
+    AlreadyExists,
+)
 
 _hasher = PasswordHasher()
 KEYED_PREFIX = "hmac-sha256$"
@@ -124,12 +131,38 @@ def tenants_version(db: Database) -> int:
     return int(doc["version"]) if doc else 0
 
 
-def tenants_changed_since(db: Database, rev: int) -> list[Tenant]:
-    """Tenants whose record was written with a revision above ``rev``."""
-    return [
-        Tenant(doc["_id"], int(doc["weight"]), int(doc["max_backlog"]))
-        for doc in db[TENANTS].find({"rev": {"$gt": rev}}).sort("_id", ASCENDING)
-    ]
+def tenants_changed_since(db: Database, rev: int) -> tuple[list[Tenant], set[str]]:
+    """Tenants whose record was written with a revision above ``rev``, and the ids of
+    tenants removed with a revision above ``rev`` (and not created again since)."""
+    tenants, revs = [], {}
+    for doc in db[TENANTS].find({"rev": {"$gt": rev}}).sort("_id", ASCENDING):
+        tenants.append(Tenant(doc["_id"], int(doc["weight"]), int(doc["max_backlog"])))
+        revs[doc["_id"]] = int(doc["rev"])
+    removed = {
+        doc["_id"]
+        for doc in db[TENANT_REMOVALS].find({"rev": {"$gt": rev}})
+        if revs.get(doc["_id"], 0) < int(doc["rev"])
+    }
+    return tenants, removed
+
+
+def remove_tenant(db: Database, tenant_id: str) -> bool:
+    """Remove a tenant's record; False if there is none.
+
+    The removal takes a revision like any other tenant write and leaves a tombstone
+    (``tenant_removals``: id and revision) so watchers learn it from the changes alone.
+    The tombstone is written first: a removal interrupted in between is seen as a
+    removal by watchers until their next full read finds the record again. The tenant's
+    queues, devices and data are left as they are (docs/architecture.md, "Removing a
+    tenant").
+    """
+    if db[TENANTS].count_documents({"_id": tenant_id}, limit=1) == 0:
+        return False
+    rev = next_tenants_rev(db)
+    db[TENANT_REMOVALS].replace_one(
+        {"_id": tenant_id}, {"_id": tenant_id, "rev": rev, "at": datetime.now(UTC)}, upsert=True
+    )
+    return db[TENANTS].delete_one({"_id": tenant_id}).deleted_count == 1
 
 
 def device_record(

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pymongo.errors import AutoReconnect, BulkWriteError
 
+from fairway.domain.tenant_watch import TenantChanges
 from fairway.kernel.contract import Reading, reading_id, tenant_message
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
@@ -24,9 +25,8 @@ from fairway.storage.device_state import DEVICE_STATE
 from fairway.storage.registry import Tenant
 from fairway.storage.rollups import ROLLUP_PENDING
 from scheduler.service import Delivery, Scheduler
-from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, MongoSink, NullSink, Sink
+from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, MongoSink, NullSink, Sink, WriteOutcome
 from scheduler.tenant_channel import TenantConsumer
-from scheduler.tenant_watch import TenantChanges
 
 REFUSED_CODE = 121  # document validation failure: not a duplicate
 
@@ -246,3 +246,102 @@ def test_buffered_and_prefetch_gauges_read_the_scheduler(stopped: list[Scheduler
     assert sample("fairway_scheduler_prefetch", tenant="gauged") == 450
     del scheduler.tenant_channels["gauged"]  # channel closed: the floor until re-opened
     assert sample("fairway_scheduler_prefetch", tenant="gauged") == Settings().scheduler_prefetch
+
+
+class MalformedSink:
+    """Answers the first ``bad`` writes with ``answer(bodies)``, then a real outcome."""
+
+    def __init__(self, bad: int, answer: Any) -> None:
+        self.bad, self.answer, self.calls = bad, answer, 0
+
+    def write(self, bodies: list[bytes]) -> Any:
+        self.calls += 1
+        if self.calls <= self.bad:
+            return self.answer(bodies)
+        return NullSink().write(bodies)
+
+    def close(self) -> None:
+        pass
+
+
+MALFORMED = {
+    "none": lambda bodies: None,
+    "short stored_each": lambda bodies: WriteOutcome(
+        stored_each=[1] * (len(bodies) - 1), duplicates=[0] * len(bodies)
+    ),
+    "refused out of range": lambda bodies: WriteOutcome(
+        stored_each=[1] * len(bodies), duplicates=[0] * len(bodies), refused=[len(bodies)]
+    ),
+    "negative count": lambda bodies: WriteOutcome(
+        stored_each=[-1] * len(bodies), duplicates=[0] * len(bodies)
+    ),
+    "durable not readings": lambda bodies: WriteOutcome(
+        stored_each=[1] * len(bodies),
+        duplicates=[0] * len(bodies),
+        durable=[b"x"],  # type: ignore[list-item]
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_a_malformed_outcome_is_a_failed_write_retried_then_acked(
+    stopped: list[Scheduler], kind: str
+) -> None:
+    sink = MalformedSink(2, MALFORMED[kind])
+    scheduler = scheduler_with(sink)
+    stopped.append(scheduler)
+    before = sample("fairway_scheduler_malformed_outcomes_total")
+    acme, channel = tenant_channel("acme")
+    write(scheduler, received(acme, 1, 2))
+    assert sink.calls == 3  # two malformed answers retried like a failed write
+    assert channel.acks == [(2, True)] and channel.nacks == []
+    assert sample("fairway_scheduler_malformed_outcomes_total") == before + 2
+    assert sample("fairway_scheduler_db_up") == 1
+    assert scheduler.inflight == 0
+
+
+def test_a_sink_always_malformed_leaves_the_batch_unacked_when_the_drain_ends(
+    stopped: list[Scheduler],
+) -> None:
+    scheduler = scheduler_with(MalformedSink(10**9, MALFORMED["short stored_each"]))
+    stopped.append(scheduler)
+    scheduler.stopping = True
+    scheduler.stop_event.set()
+    acme, channel = tenant_channel("acme")
+    write(scheduler, received(acme, 1))
+    assert channel.acks == [] and channel.nacks == []  # the broker requeues it
+    assert scheduler.inflight == 0
+
+
+def test_a_removed_tenant_s_buffered_deliveries_go_back_to_its_queue(
+    stopped: list[Scheduler],
+) -> None:
+    scheduler = scheduler_with(NullSink())
+    stopped.append(scheduler)
+    listed: Future[TenantChanges] = Future()
+    listed.set_result(TenantChanges([Tenant("gone", 1, 1000), Tenant("kept", 1, 1000)], True))
+    scheduler._tenants_listed(listed)
+    gone, kept = scheduler.tenant_channels["gone"], scheduler.tenant_channels["kept"]
+    channel = StubChannel()
+    for consumer in (gone, kept):
+        consumer.channel = channel
+        consumer.acks = gone.acks  # one pooled channel
+    method = SimpleNamespace(delivery_tag=1, consumer_tag="c1")
+    scheduler._linger_s = 60.0  # keep them buffered
+    for tag, consumer in ((1, gone), (2, kept), (3, gone)):
+        method = SimpleNamespace(delivery_tag=tag, consumer_tag=f"c-{consumer.tenant}")
+        scheduler._on_message(consumer, method, body(consumer.tenant, tag))  # type: ignore[arg-type]
+    assert scheduler.drr.backlog("gone") == 2
+    removed: Future[TenantChanges] = Future()
+    removed.set_result(TenantChanges([], removed={"gone"}))
+    scheduler._tenants_listed(removed)
+    assert "gone" not in scheduler.tenant_channels and "gone" not in scheduler.known
+    assert scheduler.drr.backlog("gone") == 0 and "gone" not in scheduler.drr._weights
+    assert channel.nacks == [(1, True), (3, True)]
+    # A delivery still on the wire for the cancelled consumer goes back too.
+    late = SimpleNamespace(delivery_tag=4, consumer_tag="c-gone")
+    scheduler._on_message(gone, late, body("gone", 4))  # type: ignore[arg-type]
+    assert channel.nacks[-1] == (4, True) and scheduler.drr.backlog("gone") == 0
+    # The other tenant's delivery is written and acked over the requeued tags.
+    write(scheduler, scheduler.drr.take(10))
+    assert channel.acks == [(2, True)]

@@ -1,9 +1,9 @@
-"""Versioned looks at the tenant list (scheduler/tenant_watch.py) on an in-memory registry."""
+"""Versioned looks at the tenant list (fairway/domain/tenant_watch.py) on an in-memory registry."""
 
 from __future__ import annotations
 
+from fairway.domain.tenant_watch import TenantWatch
 from fairway.storage.registry import Tenant
-from scheduler.tenant_watch import TenantWatch
 
 
 class Registry:
@@ -12,6 +12,7 @@ class Registry:
     def __init__(self) -> None:
         self.counter = 0
         self.records: dict[str, tuple[Tenant, int]] = {}
+        self.tombstones: dict[str, int] = {}
         self.reads: list[str] = []
 
     def take(self) -> int:
@@ -25,9 +26,19 @@ class Registry:
         self.reads.append("version")
         return self.counter
 
-    def changed_since(self, rev: int) -> list[Tenant]:
+    def remove(self, tenant_id: str) -> None:
+        self.tombstones[tenant_id] = self.take()
+        del self.records[tenant_id]
+
+    def changed_since(self, rev: int) -> tuple[list[Tenant], set[str]]:
         self.reads.append(f"since {rev}")
-        return sorted((t for t, r in self.records.values() if r > rev), key=lambda t: t.id)
+        changed = sorted((t for t, r in self.records.values() if r > rev), key=lambda t: t.id)
+        removed = {
+            t
+            for t, r in self.tombstones.items()
+            if r > rev and self.records.get(t, (None, 0))[1] < r
+        }
+        return changed, removed
 
     def all(self) -> list[Tenant]:
         self.reads.append("all")
@@ -122,3 +133,27 @@ def test_a_counter_that_went_back_triggers_a_full_read() -> None:
     clock.now += 5
     changes = w.poll()
     assert changes is not None and changes.full and changes.removed == {"a"}
+
+
+def test_a_removal_is_read_from_the_changes_and_a_re_creation_wins_over_it() -> None:
+    registry, clock = Registry(), Clock()
+    registry.write(Tenant("a", 1, 10), registry.take())
+    registry.write(Tenant("b", 1, 10), registry.take())
+    w = watch(registry, clock)
+    w.poll()
+    clock.now += 20
+    w.poll()
+    registry.remove("b")
+    clock.now += 5
+    changes = w.poll()
+    assert changes is not None and not changes.full
+    assert changes.removed == {"b"} and changes.tenants == []
+    assert w.known == {"a"}
+    registry.remove("a")
+    registry.write(Tenant("a", 2, 10), registry.take())  # created again in the same window
+    clock.now += 5
+    changes = w.poll()
+    assert changes is not None and not changes.full
+    assert "a" not in changes.removed  # ("b" again: changes of the last settle_s are re-read)
+    assert [(t.id, t.weight) for t in changes.tenants] == [("a", 2)]
+    assert w.known == {"a"}

@@ -1,5 +1,8 @@
 """What changed in the tenant list since the last look, without re-reading all of it.
 
+Shared by the scheduler (consumers, weights, removals) and the relay (which tenant
+ingest queues to consume).
+
 Every write of a tenant record takes the next number of one counter
 (:func:`fairway.storage.registry.next_tenants_rev`) and stamps it on the record as
 ``rev``. A look (every ``tenant_refresh_s``) reads the counter, one document by
@@ -12,9 +15,11 @@ record not yet visible; a record written later with a smaller number than one al
 seen must not be missed. So the watch trusts a number only once it was seen at least
 ``settle_s`` ago (a writer writes its record within milliseconds of taking it): until
 then the changed-since query keeps starting below it, and records changed in the last
-``settle_s`` are read again (idempotent). A full read every ``resync_s`` (and the first
-look) catches what no counter can: records written without a ``rev`` (older versions,
-hand edits), removed records, and a writer stalled for longer than ``settle_s``.
+``settle_s`` are read again (idempotent). A removal takes a number too and leaves a
+tombstone (:func:`fairway.storage.registry.remove_tenant`), so it is found the same
+way. A full read every ``resync_s`` (and the first look) catches what no counter can:
+records written without a ``rev`` (older versions, hand edits), records deleted by
+hand, and a writer stalled for longer than ``settle_s``.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from fairway.storage import registry
 from fairway.storage.registry import Tenant
 
 WRITE_SETTLE_S = 10.0
@@ -36,8 +42,8 @@ class TenantSource(Protocol):
     def version(self) -> int:
         """The last revision taken."""
 
-    def changed_since(self, rev: int) -> list[Tenant]:
-        """Tenants whose record carries a revision above ``rev``."""
+    def changed_since(self, rev: int) -> tuple[list[Tenant], set[str]]:
+        """Tenants whose record carries a revision above ``rev``, and ids removed since."""
 
     def all(self) -> list[Tenant]:
         """Every tenant."""
@@ -49,7 +55,8 @@ class TenantChanges:
 
     tenants: list[Tenant]
     full: bool = False
-    removed: set[str] = field(default_factory=set)  # known, absent from a full read
+    # Removed since the last look: a tombstone, or known and absent from a full read.
+    removed: set[str] = field(default_factory=set)
 
 
 class TenantWatch:
@@ -99,13 +106,53 @@ class TenantWatch:
             changes = TenantChanges(tenants, full=True, removed=self.known - listed)
             self.known, self._last_full = listed, now
         elif version > self._confirmed:
-            tenants = self.source.changed_since(self._confirmed)
+            tenants, removed = self.source.changed_since(self._confirmed)
             self.change_reads += 1
             self.known.update(t.id for t in tenants)
-            changes = TenantChanges(tenants)
+            self.known.difference_update(removed)
+            changes = TenantChanges(tenants, removed=removed)
         else:
             return None
         self._confirmed = safe
         while len(self._marks) > 1 and self._marks[0][1] <= safe:
             self._marks.popleft()
         return changes
+
+
+class ListedTenants:
+    """A :class:`TenantSource` over a plain listing: every look reads the whole list."""
+
+    def __init__(self, list_tenants: Callable[[], list[Tenant]]) -> None:
+        self._list, self._looks = list_tenants, 0
+
+    def version(self) -> int:
+        """A new version at every look."""
+        self._looks += 1
+        return self._looks
+
+    def changed_since(self, rev: int) -> tuple[list[Tenant], set[str]]:
+        """Everything (removals show at full reads only)."""
+        return self._list(), set()
+
+    def all(self) -> list[Tenant]:
+        """Everything."""
+        return self._list()
+
+
+class RegistryTenants:
+    """The tenant registry as a :class:`TenantSource` (versioned changes)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def version(self) -> int:
+        """The last tenant revision taken."""
+        return registry.tenants_version(self.db)
+
+    def changed_since(self, rev: int) -> tuple[list[Tenant], set[str]]:
+        """Tenants written with a revision above ``rev``, and those removed since."""
+        return registry.tenants_changed_since(self.db, rev)
+
+    def all(self) -> list[Tenant]:
+        """Every tenant."""
+        return registry.list_tenants(self.db)
