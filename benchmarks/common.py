@@ -23,9 +23,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ import pika
 
 from fairway.devtools.processes import wait_for
 from fairway.kernel.settings import Settings
-from tests.harness import Pipeline, running
+from tests import harness
+from tests.harness import LocalNode, Pipeline, running
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -165,6 +167,22 @@ def bench_env(prefix: str, **overrides: Any) -> Iterator[Pipeline]:
         BASE, LOGS, prefix=prefix, mgmt_url=MGMT_URL, channel_heartbeat=0, **overrides
     ) as env:
         yield env
+
+
+def use_private_broker(stack: ExitStack) -> LocalNode:
+    """Point the run at a RabbitMQ node of its own (:class:`tests.harness.LocalNode`,
+    stopped with ``stack``): ``AMQP_BASE``, ``MGMT_URL``, ``BASE`` and the harness's
+    management URL, so its queues never land on the shared broker and ``beam.smp``'s CPU is
+    the run's alone."""
+    node = stack.enter_context(
+        LocalNode(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "rabbitmq")
+    )
+    global AMQP_BASE, MGMT_URL, BASE
+    AMQP_BASE, MGMT_URL = node.amqp_url(""), node.mgmt_url
+    BASE = Settings.from_env(BASE.environ(), amqp_url=AMQP_BASE)
+    harness.MGMT_URL = node.mgmt_url
+    say(f"private RabbitMQ node at {AMQP_BASE}")
+    return node
 
 
 # -- AMQP helpers --------------------------------------------------------------------

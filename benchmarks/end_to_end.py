@@ -63,7 +63,6 @@ from __future__ import annotations
 import os
 import resource
 import statistics
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -88,7 +87,7 @@ from fairway.kernel.contract import (
 )
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
-from tests.harness import LocalNode, Pipeline
+from tests.harness import Pipeline
 
 NAME = "end_to_end"
 STORED = "fairway_scheduler_stored_total"
@@ -673,12 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     with ExitStack() as stack:
         if args.private_broker:
-            node = stack.enter_context(
-                LocalNode(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "rabbitmq")
-            )
-            common.AMQP_BASE, common.MGMT_URL = node.amqp_url(""), node.mgmt_url
-            common.BASE = Settings.from_env(common.BASE.environ(), amqp_url=node.amqp_url(""))
-            say(f"private RabbitMQ node at {node.amqp_url('')}")
+            common.use_private_broker(stack)
         if args.private:
             from benchmarks.write_cost import use_private_ferretdb
 

@@ -34,7 +34,7 @@ BENCHMARKS = [
     "isolation",
     "bulk_provision",
     "cluster",
-    "many_tenants",
+    "tenants_scale",
 ]
 
 
@@ -239,15 +239,18 @@ def _rows_cluster(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _rows_many_tenants(d: dict) -> list[tuple[str, str, str]]:
+def _rows_tenants_scale(d: dict) -> list[tuple[str, str, str]]:
     rows = []
     for n, contenders in d["medians"].items():
         for name, c in contenders.items():
             value = (
                 f"idle {c['scheduler_idle'] * 100:.2f} %,"
-                f" {c['scheduler_cpu_us_per_reading']} us/reading"
+                f" {c['scheduler_cpu_us_per_reading']} us/reading,"
+                f" {c['rss_peak_mb']} MB"
             )
             rows.append((f"{n} tenants, {name}", value, f"{c['drain_rate']:,.0f}/s"))
+    for n, seconds in d["provision_s"].items():
+        rows.append((f"provision {n} tenants (bulk)", f"{seconds} s", ""))
     return rows
 
 
@@ -264,7 +267,7 @@ ROWS: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
     "isolation": _rows_isolation,
     "bulk_provision": _rows_bulk_provision,
     "cluster": _rows_cluster,
-    "many_tenants": _rows_many_tenants,
+    "tenants_scale": _rows_tenants_scale,
 }
 
 

@@ -32,7 +32,7 @@ from fairway.kernel.settings import Settings
 from fairway.storage.registry import Tenant
 from scheduler import channel_acks, metrics
 from scheduler.channel_acks import AckPlan, ChannelAcks
-from scheduler.queue_declare import declare_apart
+from scheduler.queue_declare import Declarations, declare_limit
 from scheduler.tenant_channel import TenantConsumer, new_acks
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,10 @@ class ChannelPool:
         self._max_backlog: dict[str, int] = {}
         self._depth_channel: Channel | None = None
         self._depth_opening = False
+        self._declarations: Declarations | None = None
+        metrics.SCHED_DECLARES_WAITING.set_function(
+            lambda: len(self._declarations.waiting) if self._declarations else 0
+        )
         metrics.SCHED_CHANNELS.set_function(lambda: sum(1 for s in self.slots if s.live))
         for slot in self.slots:
             metrics.SCHED_CHANNEL_CONSUMERS.labels(str(slot.index)).set_function(
@@ -204,12 +208,18 @@ class ChannelPool:
             if current and slot.channel is channel and slot.live and not self.stopping:
                 consumer.consume()
 
-        declare_apart(connection, spec, declared, lambda _queue: self._mismatched(consumer.tenant))
+        declarations = self._declarations
+        if declarations is None or declarations.connection is not connection:
+            return  # consumed again with the next connection
+        declarations.declare(spec, declared, lambda _queue: self._mismatched(consumer.tenant))
 
     # -- channels ----------------------------------------------------------------------
     def connected(self, connection: pika.SelectConnection) -> None:
         """A new connection: open every channel that has tenants."""
         self.connection = connection
+        # The pool's channels and the depth channel keep theirs; the tune set channel_max.
+        limit = declare_limit(connection.params.channel_max, len(self.slots) + 2)
+        self._declarations = Declarations(connection, limit)
         for slot in self.slots:
             if slot.tenants:
                 self._open(slot)
@@ -306,6 +316,7 @@ class ChannelPool:
             slot.acks.reset()
             slot.channel, slot.opening = None, False
         self.connection = None
+        self._declarations = None
         self._depth_channel, self._depth_opening = None, False
         return gone
 

@@ -57,6 +57,13 @@ SCHED_CHANNEL_CONSUMERS = Gauge(
 )
 
 
+SCHED_DECLARES_WAITING = Gauge(
+    "fairway_scheduler_declarations_waiting",
+    "Tenant queue declarations waiting for one of the connection's declaration channels"
+    " (64 at most in flight, fewer if the broker's channel_max is low)",
+)
+
+
 SCHED_TENANTS = Gauge("fairway_scheduler_tenants", "Tenants known (their queues consumed)")
 
 

@@ -172,3 +172,43 @@ def test_a_new_tenant_is_consumed_and_a_weight_change_applies_without_restart(
     assert 2.4 <= after <= 3.6, f"b:a served {after:.2f} at weights 3:1"
     assert pipeline.alive("scheduler")
     assert pipeline.stop("scheduler") == 0
+
+
+@pytest.mark.settings(scheduler_channels=2)
+def test_tenants_beyond_the_connections_channel_max_are_all_consumed(
+    pipeline: Pipeline,
+) -> None:
+    """Each tenant queue is declared on a throwaway channel: 150 tenants on a connection
+    of 40 channels (``channel_max`` in the URL; RabbitMQ's default is 2,047, which 10,000
+    tenants on 16 pooled channels exceeded at start) are still all declared and consumed."""
+    from fairway.provision_bulk import TenantItem, provision_many
+
+    tenants = [f"cm{i:03d}" for i in range(150)]
+    provision_many(
+        pipeline.settings, pipeline.db, [TenantItem(tenant=t, max_backlog=None) for t in tenants]
+    )
+    pipeline.start("scheduler", amqp_url=f"{pipeline.settings.amqp_url}?channel_max=40")
+
+    def consumed() -> int:
+        with pipeline.channel() as channel:
+            return sum(
+                channel.queue_declare(
+                    topology.tenant_queue_name(t), passive=True
+                ).method.consumer_count
+                > 0
+                for t in tenants
+            )
+
+    wait_for(lambda: consumed() == len(tenants), 60, "every tenant queue consumed", 1.0)
+    for tenant in (tenants[0], tenants[-1]):
+        _fill(pipeline, tenant, 5)
+    wait_for(
+        lambda: all(
+            pipeline.metric("scheduler", "fairway_scheduler_stored_total", tenant=t) == 5
+            for t in (tenants[0], tenants[-1])
+        ),
+        30,
+        "readings of the first and last tenant stored",
+    )
+    assert pipeline.alive("scheduler")
+    assert pipeline.stop("scheduler") == 0

@@ -1,0 +1,520 @@
+"""Tenants scale: the scheduler at 10, 100, 1,000 and 10,000 tenants (issue 17).
+
+Per tenant count (one device per tenant), on a fresh vhost and database of a RabbitMQ node
+of the run's own (:func:`common.use_private_broker`, so 20,000 queues never land on the
+shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
+``--private``, a FerretDB of the run's own:
+
+* ``provision_s``: the tenants and their devices provisioned in bulk
+  (:func:`fairway.provision_bulk.provision_many`, ``fairway tenant create-many``).
+  Tenant ``i`` gets weight ``1 + i % 2`` (the weighted fairness check below).
+* ``broker_baseline``: the broker's CPU (its ``beam.smp``, from ``/proc``) with every
+  queue declared and no scheduler, over ``--idle-s`` seconds.
+* per contender (``--roots``: ``name=path`` of a checkout; the scheduler runs as
+  ``python -m fairway scheduler --sink mongo`` from that directory, so ``before`` can be
+  a checkout of main and ``after`` this one, in the same run):
+
+  - ``consuming_after_s``: from its start until every tenant queue has a consumer
+    (management API, statistics every 5 s);
+  - idle: after ``--settle-s``, its CPU and the broker's over ``--idle-s`` seconds
+    (fraction of one core), RSS;
+  - warm-up: one reading per device, stored (first writes of a device are not what
+    the drains measure);
+  - ``spread`` drain: the scheduler is stopped (``SIGSTOP``), ``--readings`` readings
+    spread evenly over every tenant are published straight into the tenant queues, then
+    ``SIGCONT``; drain rate and scheduler CPU per reading until it has written them all,
+    RSS after;
+  - ``hot10`` drain: the same with the readings on 10 tenants only, the others idle;
+  - ``fairness`` (at ``--jain-at`` tenants, 1,000 by default): 1,000 tenants backlogged
+    with ``--jain-backlog`` readings each, drained; once about a third is written, the
+    readings stored per tenant: Jain's index of stored/weight, and per weight class its
+    share of the stored readings against its share of the weights.
+
+Completion is watched on two unlabelled metrics (readings handed to writers, batches in
+flight) so that polling costs the same at 10,000 tenants as at 10; the stored and
+duplicate counters (one label per tenant) are read once at the end to check the count.
+``--rounds N`` repeats everything, alternating the contenders' order; the JSON has every
+round and the medians, and the targets (``TARGETS``) are read from the medians of the
+last contender.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from benchmarks.common import r, say
+from benchmarks.end_to_end import broker_pids, cpu_s
+from fairway.amqp import management as rabbitmq_api
+from fairway.devtools.processes import free_port
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, tenant_message
+from fairway.kernel.settings import Settings
+from fairway.provision_bulk import TenantItem, provision_many
+from tests.harness import FairwayProcess, Pipeline
+
+NAME = "tenants_scale"
+STORED = "fairway_scheduler_stored_total"
+DUPLICATES = "fairway_scheduler_duplicates_total"
+HANDED = "fairway_scheduler_batch_size_sum"
+INFLIGHT = "fairway_scheduler_inflight_batches"
+EXPRESS = "fairway_scheduler_express_inflight"
+HOT = 10
+TARGET_IDLE = 0.01
+TARGET_BROKER_RATIO = 1.5
+TARGET_CPU_RATIO = 1.5
+TARGET_RSS_MB = 200.0
+TARGET_PROVISION_S_10K = 60.0
+TARGET_JAIN = 0.99
+TARGET_WEIGHT_ERROR = 0.05
+SHARED_BROKER_MAX = 1000
+
+
+def tenant_ids(count: int) -> list[str]:
+    """``ts00000`` ..."""
+    return [f"ts{i:05d}" for i in range(count)]
+
+
+def weight_of(index: int) -> int:
+    """Tenant ``index``'s weight: 1 and 2 alternately."""
+    return 1 + index % 2
+
+
+def management(method: str, path: str) -> Any:
+    """The run's broker's management API (the private node's when there is one)."""
+    return rabbitmq_api.call(common.MGMT_URL, method, path)
+
+
+def start_scheduler(
+    root: Path, settings: Settings, label: str, sink: str = "mongo", profile: str = ""
+) -> FairwayProcess:
+    """``python -m fairway scheduler --sink <sink>`` run from ``root`` (its code); under
+    cProfile into ``<profile>/<label>.prof`` if ``profile`` names a directory."""
+    port = free_port()
+    child = Settings.from_env(settings.environ(), metrics_port=port)
+    common.LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = common.LOGS / f"{label}.log"
+    out = open(log_path, "wb")  # noqa: SIM115 - the child owns it
+    profiler = ["-m", "cProfile", "-o", f"{profile}/{label}.prof"] if profile else []
+    proc = subprocess.Popen(
+        [sys.executable, *profiler, "-m", "fairway", "scheduler", "--sink", sink],
+        cwd=root,
+        env={**os.environ, **child.environ(), "PYTHONPATH": str(root)},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    return FairwayProcess(proc, port, log_path)
+
+
+def consumed(env: Pipeline, tenants: list[str]) -> int:
+    """Tenant queues with at least one consumer (passive declares: the management API's
+    listing of 20,000 queues took longer than its 30 s timeout)."""
+    with env.channel() as ch:
+        return sum(
+            ch.queue_declare(topology.tenant_queue_name(t), passive=True).method.consumer_count > 0
+            for t in tenants
+        )
+
+
+def channels(env: Pipeline) -> int:
+    """Channels open on the vhost."""
+    vhost = urllib.parse.quote(env.name, safe="")
+    return len(management("GET", f"vhosts/{vhost}/channels?columns=name"))
+
+
+def written(sched: FairwayProcess) -> float:
+    """Readings stored or found stored (one label per tenant: read at the end only)."""
+    samples = sched.metrics(STORED, DUPLICATES)
+    return sum(samples.get(STORED, {}).values()) + sum(samples.get(DUPLICATES, {}).values())
+
+
+def settled(sched: FairwayProcess, handed: float) -> bool:
+    """At least ``handed`` readings handed to writers and no batch in flight."""
+    samples = sched.metrics(HANDED, INFLIGHT, EXPRESS)
+    busy = sum(samples.get(INFLIGHT, {}).values()) + sum(samples.get(EXPRESS, {}).values())
+    return sum(samples.get(HANDED, {}).values()) >= handed and not busy
+
+
+def handed(sched: FairwayProcess) -> float:
+    """Readings handed to writers so far."""
+    return sched.metric_sum(HANDED)
+
+
+def broker_cpu(pids: list[int]) -> float:
+    """CPU seconds of the broker's nodes so far."""
+    return sum(cpu_s(pid) for pid in pids)
+
+
+def messages(tenants: list[str], per_tenant: int, tag: str, now: float) -> list[tuple]:
+    """``per_tenant`` readings per tenant, round-robin over tenants (spread evenly)."""
+    return [
+        (
+            topology.TENANTS,
+            tenant,
+            tenant_message(
+                tenant, Reading(f"{tenant}-d0", "env", f"{tag}-{i}", now + i * 1e-3, {"t": i}), now
+            ),
+        )
+        for i in range(per_tenant)
+        for tenant in tenants
+    ]
+
+
+def fill_stopped(env: Pipeline, sched: FairwayProcess, batch: list[tuple], last: str) -> None:
+    """Publish ``batch`` into the tenant queues while the scheduler is stopped."""
+    os.kill(sched.pid, signal.SIGSTOP)
+    try:
+        with env.channel() as ch:
+            common.publish_all(ch, batch)
+            # One round trip after the publishes: the channel has routed them all.
+            # (Ready counts would not do: the broker keeps delivering up to the
+            # prefetch into the stopped scheduler's socket.)
+            ch.queue_declare(topology.tenant_queue_name(last), passive=True)
+    finally:
+        os.kill(sched.pid, signal.SIGCONT)
+
+
+def drain(
+    env: Pipeline, sched: FairwayProcess, tenants: list[str], total: int, tag: str, args: Any
+) -> dict[str, Any]:
+    """``total`` readings spread over ``tenants``, published while the scheduler is
+    stopped, then drained: rate and scheduler CPU per reading."""
+    per_tenant = max(1, total // len(tenants))
+    total = per_tenant * len(tenants)
+    before, stored0 = handed(sched), written(sched)
+    fill_stopped(env, sched, messages(tenants, per_tenant, tag, time.time()), tenants[-1])
+    t1, c1 = time.monotonic(), cpu_s(sched.pid)
+    common.poll_until(lambda: settled(sched, before + total), args.timeout, 0.2, f"{tag} drain")
+    seconds, cpu = time.monotonic() - t1, cpu_s(sched.pid) - c1
+    common.poll_until(lambda: written(sched) >= stored0 + total, 60, 0.5, f"{tag} stored")
+    return {
+        "readings": total,
+        "tenants": len(tenants),
+        "drain_seconds": r(seconds, 2),
+        "drain_rate": r(total / seconds),
+        "scheduler_cpu_us_per_reading": r(cpu * 1e6 / total, 1),
+    }
+
+
+def weight_shares(stored: dict[str, float], weights: dict[str, int]) -> dict[str, Any]:
+    """Per weight class: its share of ``stored`` against its share of the weights, and
+    the relative error; Jain's index of stored/weight over every tenant."""
+    total = sum(stored.get(t, 0.0) for t in weights)
+    weight_total = sum(weights.values())
+    classes: dict[str, Any] = {}
+    for w in sorted(set(weights.values())):
+        members = [t for t, tw in weights.items() if tw == w]
+        served = sum(stored.get(t, 0.0) for t in members) / total if total else 0.0
+        expected = w * len(members) / weight_total
+        classes[str(w)] = {
+            "served_share": r(served, 4),
+            "weight_share": r(expected, 4),
+            "error": r(abs(served - expected) / expected, 4),
+        }
+    normalised = [stored.get(t, 0.0) / w for t, w in weights.items()]
+    return {
+        "weighted_jain": r(common.jain(normalised), 4),
+        "classes": classes,
+        "max_weight_error": max(c["error"] for c in classes.values()),
+    }
+
+
+def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any) -> dict[str, Any]:
+    """1,000 tenants backlogged; the readings stored per tenant, sampled every 0.5 s
+    while they drain, taken at the sample nearest a third of the backlog written (the
+    heavier tenants must not have run dry yet)."""
+    group = tenants[: args.jain_tenants]
+    weights = {t: weight_of(i) for i, t in enumerate(group)}
+    base = sched.metric_by(STORED, "tenant")
+    total = args.jain_backlog * len(group)
+    fill_stopped(env, sched, messages(group, args.jain_backlog, "jain", time.time()), group[-1])
+    samples: list[dict[str, float]] = []
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        now = sched.metric_by(STORED, "tenant")
+        samples.append({t: now.get(t, 0.0) - base.get(t, 0.0) for t in group})
+        if sum(samples[-1].values()) >= total:
+            break
+        time.sleep(0.5)
+    progress = [r(sum(x.values()) / total, 3) for x in samples]
+    stored = min(samples, key=lambda x: abs(sum(x.values()) / total - 1 / 3))
+    out = weight_shares(stored, weights)
+    out.update(
+        backlogged=len(group),
+        backlog_each=args.jain_backlog,
+        stored=int(sum(stored.values())),
+        sampled_progress=progress,
+    )
+    return out
+
+
+def contender(
+    env: Pipeline, root: Path, name: str, tenants: list[str], args: Any, brokers: list[int]
+) -> dict[str, Any]:
+    """Idle, warm-up, drains and fairness of one scheduler build."""
+    n = len(tenants)
+    sched = start_scheduler(root, env.settings, f"{NAME}-{n}-{name}", args.sink, args.profile)
+    try:
+        sched.wait_ready(timeout=120)
+        started = time.monotonic()
+        common.poll_until(lambda: consumed(env, tenants) == n, 600, 1.0, f"{name} consumers")
+        ready_s = time.monotonic() - started
+        time.sleep(args.settle_s)
+        rss_idle = sched.status().get("VmRSS", 0) / 1024
+        t0, s0, b0 = time.monotonic(), cpu_s(sched.pid), broker_cpu(brokers)
+        time.sleep(args.idle_s)
+        elapsed = time.monotonic() - t0
+        idle = {
+            "scheduler": r((cpu_s(sched.pid) - s0) / elapsed, 4),
+            "broker": r((broker_cpu(brokers) - b0) / elapsed, 4),
+        }
+        chans = channels(env)
+        with env.channel() as ch:
+            common.publish_all(ch, messages(tenants, 1, f"{name}-warm", time.time()))
+        common.poll_until(lambda: written(sched) >= n, 300, 1.0, "warm-up")
+        spread = drain(env, sched, tenants, args.readings, f"{name}-spread", args)
+        rss_end = sched.status().get("VmRSS", 0) / 1024
+        hot = drain(env, sched, tenants[:HOT], args.readings, f"{name}-hot", args)
+        fair = fairness(env, sched, tenants, args) if n == args.jain_at else None
+        rss_peak = sched.status().get("VmHWM", 0) / 1024
+    finally:
+        sched.stop()
+    return {
+        "consuming_after_s": r(ready_s, 1),
+        "channels": chans,
+        "idle_core_fraction": idle,
+        "spread": spread,
+        "hot10": hot,
+        "fairness": fair,
+        # The flat keys of many_tenants (its JSON and summary rows).
+        "drain_rate": spread["drain_rate"],
+        "scheduler_cpu_us_per_reading": spread["scheduler_cpu_us_per_reading"],
+        "rss_mb": {"idle": r(rss_idle), "after_drain": r(rss_end), "peak": r(rss_peak)},
+    }
+
+
+def run_count(n: int, roots: dict[str, Path], args: Any, order: list[str]) -> dict[str, Any]:
+    """Provision ``n`` tenants, measure the baseline, then each contender."""
+    with common.bench_env(f"bench-ts{n}") as env:
+        tenants = tenant_ids(n)
+        brokers = broker_pids()
+        started, b0, own0 = time.perf_counter(), broker_cpu(brokers), time.process_time()
+        report = provision_many(
+            env.settings,
+            env.db,
+            [
+                TenantItem(tenant=t, weight=weight_of(i), devices=[f"{t}-d0"], max_backlog=None)
+                for i, t in enumerate(tenants)
+            ],
+        )
+        provision_s = time.perf_counter() - started
+        provision_cpu = {
+            "broker_s": r(broker_cpu(brokers) - b0, 1),
+            "client_s": r(time.process_time() - own0, 1),
+        }
+        say(f"{n} tenants provisioned in {provision_s:.1f} s ({provision_cpu}): {report.counts()}")
+        time.sleep(args.settle_s)
+        out: dict[str, Any] = {"provision_s": r(provision_s, 1), "provision_cpu": provision_cpu}
+        for name in order:
+            t0, b0 = time.monotonic(), broker_cpu(brokers)
+            time.sleep(args.idle_s)
+            baseline = (broker_cpu(brokers) - b0) / (time.monotonic() - t0)
+            result = contender(env, roots[name], name, tenants, args, brokers)
+            result["broker_baseline_core_fraction"] = r(baseline, 4)
+            result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+            out[name] = result
+            say(
+                f"{n} tenants, {name}: consuming after {result['consuming_after_s']} s,"
+                f" idle sched {result['idle_core_fraction']['scheduler']:.4f}"
+                f" broker {result['idle_core_fraction']['broker']:.4f} (baseline {baseline:.4f}),"
+                f" spread {result['spread']}, hot10 {result['hot10']},"
+                f" fairness {result['fairness']}, channels {result['channels']},"
+                f" rss {result['rss_mb']}, load {result['loadavg']}"
+            )
+        return out
+
+
+def main() -> None:
+    """Run every tenant count for every contender; print the JSON."""
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument(
+        "--tenants",
+        default="10,100,1000,10000",
+        help="comma-separated tenant counts (those above 10,000 x scale are left out)",
+    )
+    p.add_argument("--readings", type=int, default=20_000, help="readings per drain")
+    p.add_argument("--idle-s", type=float, default=20.0)
+    p.add_argument("--settle-s", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--jain-at", type=int, default=1000, help="tenant count of the fairness run")
+    p.add_argument("--jain-tenants", type=int, default=1000, help="tenants backlogged")
+    p.add_argument("--jain-backlog", type=int, default=150, help="readings per backlogged tenant")
+    p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
+    p.add_argument("--rounds", type=int, default=1, help="rounds (contender order alternates)")
+    p.add_argument("--profile", default="", help="directory for cProfile dumps (diagnostic)")
+    p.add_argument(
+        "--roots",
+        default=f"after={common.ROOT}",
+        help="contenders as name=checkout,...: e.g. before=/path/to/main,after=.",
+    )
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="a FerretDB of the run's own on its own PostgreSQL database (as end_to_end's)",
+    )
+    p.add_argument(
+        "--shared-broker",
+        action="store_true",
+        help=f"the shared broker instead of a node of the run's own (<= {SHARED_BROKER_MAX}"
+        " tenants)",
+    )
+    args = p.parse_args()
+    # Deleting a vhost of 20,000 queues takes minutes, not the client's 30 s.
+    rabbitmq_api.TIMEOUT_S = 600.0
+    counts = [int(x) for x in args.tenants.split(",")]
+    args.counts = [n for n in counts if n <= 10_000 * args.scale] or counts[:1]
+    if args.shared_broker and max(args.counts) > SHARED_BROKER_MAX:
+        p.error(f"more than {SHARED_BROKER_MAX} tenants only on a private broker")
+    with ExitStack() as stack:
+        if not args.shared_broker:
+            common.use_private_broker(stack)
+        if args.private:
+            from benchmarks.write_cost import use_private_ferretdb
+
+            use_private_ferretdb(stack)
+        run(args)
+
+
+def _medians(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of one contender at one tenant count."""
+
+    def median(get: Any) -> float:
+        return r(statistics.median(get(x) for x in results), 4)
+
+    return {
+        "consuming_after_s": median(lambda x: x["consuming_after_s"]),
+        "scheduler_idle": median(lambda x: x["idle_core_fraction"]["scheduler"]),
+        "broker_idle": median(lambda x: x["idle_core_fraction"]["broker"]),
+        "broker_baseline": median(lambda x: x["broker_baseline_core_fraction"]),
+        "drain_rate": median(lambda x: x["spread"]["drain_rate"]),
+        "scheduler_cpu_us_per_reading": median(
+            lambda x: x["spread"]["scheduler_cpu_us_per_reading"]
+        ),
+        "hot10_drain_rate": median(lambda x: x["hot10"]["drain_rate"]),
+        "hot10_cpu_us_per_reading": median(lambda x: x["hot10"]["scheduler_cpu_us_per_reading"]),
+        "rss_idle_mb": median(lambda x: x["rss_mb"]["idle"]),
+        "rss_after_drain_mb": median(lambda x: x["rss_mb"]["after_drain"]),
+        "rss_peak_mb": median(lambda x: x["rss_mb"]["peak"]),
+        "channels": median(lambda x: x["channels"]),
+    }
+
+
+def targets(
+    med: dict[str, dict[str, Any]],
+    provision: dict[str, float],
+    fair: dict[str, Any] | None,
+    name: str,
+) -> dict[str, Any]:
+    """The issue's targets from the medians of contender ``name`` (largest vs smallest
+    tenant count; the 10,000-tenant ones only when 10,000 was run)."""
+    counts = sorted(med, key=int)
+    lo, hi = counts[0], counts[-1]
+    big, small = med[hi][name], med[lo][name]
+    cpu_ratio = common.ratio(
+        big["scheduler_cpu_us_per_reading"], small["scheduler_cpu_us_per_reading"], 2
+    )
+    hot_ratio = common.ratio(big["hot10_cpu_us_per_reading"], small["hot10_cpu_us_per_reading"], 2)
+    broker_ratio = common.ratio(big["broker_idle"], big["broker_baseline"], 2)
+    out: dict[str, Any] = {
+        f"scheduler idle at {hi} tenants <= 1 % of a core": {
+            "value": big["scheduler_idle"],
+            "met": big["scheduler_idle"] <= TARGET_IDLE,
+        },
+        f"broker idle at {hi} tenants <= {TARGET_BROKER_RATIO}x no-consumer baseline": {
+            "value": broker_ratio,
+            "met": broker_ratio is not None and broker_ratio <= TARGET_BROKER_RATIO,
+        },
+        f"scheduler CPU per reading {hi}/{lo} tenants (spread) <= {TARGET_CPU_RATIO}": {
+            "value": cpu_ratio,
+            "met": cpu_ratio is not None and cpu_ratio <= TARGET_CPU_RATIO,
+        },
+        f"scheduler CPU per reading {hi}/{lo} tenants (10 hot) <= {TARGET_CPU_RATIO}": {
+            "value": hot_ratio,
+            "met": hot_ratio is not None and hot_ratio <= TARGET_CPU_RATIO,
+        },
+        f"scheduler RSS at {hi} tenants <= {TARGET_RSS_MB:g} MB": {
+            "value": big["rss_peak_mb"],
+            "met": big["rss_peak_mb"] <= TARGET_RSS_MB,
+        },
+    }
+    if "10000" in provision:
+        out[f"provisioning 10,000 tenants <= {TARGET_PROVISION_S_10K:g} s"] = {
+            "value": provision["10000"],
+            "met": provision["10000"] <= TARGET_PROVISION_S_10K,
+        }
+    if fair is not None:
+        out[f"weighted Jain with {fair['backlogged']} backlogged >= {TARGET_JAIN}"] = {
+            "value": fair["weighted_jain"],
+            "met": fair["weighted_jain"] >= TARGET_JAIN,
+        }
+        out[f"weights within {TARGET_WEIGHT_ERROR:.0%}"] = {
+            "value": fair["max_weight_error"],
+            "met": fair["max_weight_error"] <= TARGET_WEIGHT_ERROR,
+        }
+    return out
+
+
+def run(args: Any) -> None:
+    """Every tenant count, every contender; print the JSON."""
+    counts = args.counts
+    roots = {
+        k: Path(v).resolve() for k, v in (item.split("=", 1) for item in args.roots.split(","))
+    }
+    run_meta = common.meta(
+        NAME,
+        args.scale,
+        tenants=counts,
+        roots={k: str(v) for k, v in roots.items()},
+        sink=args.sink,
+        private_database=args.private,
+        private_broker=not args.shared_broker,
+        loadavg_at_start=[round(x, 2) for x in os.getloadavg()],
+    )
+    names = list(roots)
+    rounds: list[dict[str, Any]] = []
+    for k in range(args.rounds):
+        results: dict[str, Any] = {}
+        for i, n in enumerate(counts):
+            order = names if (i + k) % 2 == 0 else names[::-1]
+            results[str(n)] = run_count(n, roots, args, order)
+        rounds.append(results)
+    med = {
+        n: {name: _medians([rd[n][name] for rd in rounds]) for name in names}
+        for n in map(str, counts)
+    }
+    provision = {n: r(statistics.median(rd[n]["provision_s"] for rd in rounds), 1) for n in med}
+    last = names[-1]
+    fair = rounds[-1].get(str(args.jain_at), {}).get(last, {}).get("fairness")
+    common.emit(
+        {
+            "meta": {**run_meta, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+            "medians": med,
+            "provision_s": provision,
+            "fairness": fair,
+            "rounds": rounds,
+            "targets": targets(med, provision, fair, last),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
