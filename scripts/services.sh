@@ -80,7 +80,7 @@ FERRETDB_BIN="$BIN_DIR/ferretdb"
 FERRETDB_BACKEND="${FAIRWAY_FERRETDB_BACKEND:-postgresql}"
 FERRETDB_BACKEND_FILE="$RUN_DIR/ferretdb.backend"
 # Rows per INSERT statement FerretDB sends (its default 100): a scheduler batch (200
-# readings) then goes in one statement, ~11 us of server CPU less per stored reading
+# readings) then goes in one statement, ~10 us of server CPU less per stored reading
 # (docs/benchmarks.md, "Database cost per reading"). tests/harness.py's private
 # FerretDBs use the same value (FERRETDB_INSERT_BATCH; a unit test checks they agree).
 FERRETDB_INSERT_BATCH=1000
