@@ -328,6 +328,10 @@ def scrape_metric(port: int, name: str, **labels: str) -> float:
 
 
 # -- processes ---------------------------------------------------------------------------
+# Rows per INSERT statement, as scripts/services.sh launches FerretDB (FERRETDB_INSERT_BATCH).
+FERRETDB_INSERT_BATCH = 1000
+
+
 def ferretdb_binary() -> Path:
     """The FerretDB binary ``scripts/services.sh`` built (may not exist where it runs mongod)."""
     services = Path(os.environ.get("FAIRWAY_SERVICES_DIR", ROOT / ".services"))
@@ -360,6 +364,7 @@ def private_ferretdb(state: Path, backend: list[str]) -> Iterator[tuple[str, sub
                 f"--listen-addr=127.0.0.1:{port}",
                 "--debug-addr=-",
                 "--telemetry=disable",
+                f"--test-batch-size={FERRETDB_INSERT_BATCH}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -10,6 +10,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 
 from fairway.kernel.settings import Settings
 from fairway.storage import ferretdb
@@ -78,6 +79,10 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 DUPLICATE_KEY = 11000
+INDEX_NOT_FOUND = 27
+NAMESPACE_NOT_FOUND = 26
+# The one btree index telemetry gets, on MongoDB only (see ensure_indexes).
+TELEMETRY_BTREE = "tenant_device_ts"
 
 
 class AlreadyExists(Exception):
@@ -98,13 +103,21 @@ def ensure_indexes(db: Database, postgres_url: str | None = None) -> None:
     On FerretDB with PostgreSQL, also the GIN indexes of :data:`EQUALITY_FIELDS`, given
     ``postgres_url`` (default: ``FAIRWAY_POSTGRES_URL``; empty: none).
     """
-    db[TELEMETRY].create_index(
-        [("tenant", ASCENDING), ("device", ASCENDING), ("ts", DESCENDING)], name="tenant_device_ts"
-    )
+    on_ferretdb = ferretdb.is_ferretdb(db)
+    if on_ferretdb:
+        # FerretDB 1.24 serves no read with it (it pushes down only equalities, which its
+        # btree indexes cannot match) and it cost every stored reading ~7 us of server CPU
+        # (docs/benchmarks.md, "Database cost per reading"): dropped where it was made.
+        _drop_index(db, TELEMETRY, TELEMETRY_BTREE)
+    else:
+        db[TELEMETRY].create_index(
+            [("tenant", ASCENDING), ("device", ASCENDING), ("ts", DESCENDING)],
+            name=TELEMETRY_BTREE,
+        )
     db[DEVICES].create_index([("tenant", ASCENDING)], name="tenant")
     db[REJECTIONS].create_index([("device", ASCENDING), ("at", DESCENDING)], name="device_at")
     db[REJECTIONS].create_index([("tenant", ASCENDING), ("at", DESCENDING)], name="tenant_at")
-    if not ferretdb.is_ferretdb(db):
+    if not on_ferretdb:
         # The key reads (history, rollups, reports, retention) on MongoDB. FerretDB 1.24
         # never uses its own indexes for them, so there they would only cost writes; on
         # its PostgreSQL backend the GIN indexes below serve them instead.
@@ -116,3 +129,12 @@ def ensure_indexes(db: Database, postgres_url: str | None = None) -> None:
         # Callers hold only a Database; the URL belongs to the deployment, not to them.
         postgres_url = Settings.from_env().postgres_url
     ferretdb.ensure_gin_indexes(db, postgres_url, EQUALITY_FIELDS)
+
+
+def _drop_index(db: Database, collection: str, name: str) -> None:
+    """Drop index ``name`` of ``collection`` if it exists (another process may drop it too)."""
+    try:
+        db[collection].drop_index(name)
+    except OperationFailure as exc:
+        if exc.code not in (INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND):
+            raise

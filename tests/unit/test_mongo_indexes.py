@@ -18,6 +18,9 @@ class StubCollection:
         self.created.append((self.name, name))
         return name
 
+    def drop_index(self, name: str) -> None:
+        self.created.append((self.name, f"drop {name}"))
+
 
 class StubDatabase:
     def __init__(self, build_info: dict[str, Any]) -> None:
@@ -43,4 +46,12 @@ def test_ferretdb_gets_none_of_them() -> None:
     db = StubDatabase({"version": "7.0.42", "ferretdbVersion": "v1.24.2"})
     mongo.ensure_indexes(db, postgres_url="")  # type: ignore[arg-type]
     assert (mongo.TELEMETRY, "hk") not in db.created
-    assert (mongo.TELEMETRY, "tenant_device_ts") in db.created  # unchanged
+    # No query on FerretDB uses it: not made, and dropped where an older version made it.
+    assert (mongo.TELEMETRY, "tenant_device_ts") not in db.created
+    assert (mongo.TELEMETRY, "drop tenant_device_ts") in db.created
+
+
+def test_mongodb_keeps_the_telemetry_btree() -> None:
+    db = StubDatabase({"version": "7.0.0"})
+    mongo.ensure_indexes(db, postgres_url="")  # type: ignore[arg-type]
+    assert (mongo.TELEMETRY, "tenant_device_ts") in db.created
