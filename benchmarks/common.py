@@ -137,15 +137,16 @@ def ratio(a: float, b: float, digits: int = 3) -> float | None:
     return round(a / b, digits) if b else None
 
 
-def paired_ratios(rounds: list[dict[str, Any]], a: str, b: str) -> list[float]:
-    """Per round, ``a``'s rate over ``b``'s (contenders of a round ran back to back)."""
-    return [round(rd[a]["rate"] / rd[b]["rate"], 3) for rd in rounds if rd[b]["rate"]]
+def paired_ratios(rounds: list[dict[str, Any]], a: str, b: str, key: str = "rate") -> list[float]:
+    """Per round, ``a``'s rate (or ``key``) over ``b``'s (contenders of a round ran back
+    to back)."""
+    return [round(rd[a][key] / rd[b][key], 3) for rd in rounds if rd[b][key]]
 
 
-def median_ratio(rounds: list[dict[str, Any]], a: str, b: str) -> float | None:
+def median_ratio(rounds: list[dict[str, Any]], a: str, b: str, key: str = "rate") -> float | None:
     """Median of :func:`paired_ratios`: robust to the machine's load drifting between
     rounds, which a ratio of medians is not."""
-    values = paired_ratios(rounds, a, b)
+    values = paired_ratios(rounds, a, b, key)
     return round(statistics.median(values), 3) if values else None
 
 

@@ -37,9 +37,11 @@ stopped consumer would be requeued and show up as ready).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -53,6 +55,7 @@ from fairway.storage import mongo, registry
 from tests.harness import Pipeline
 
 NAME = "many_queues"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FANOUT = "bench.fanout"
 FANOUT_TENANT = "mqall"  # same length as the mqNNN tenant ids, so bodies are the same size
 PROPS = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -104,6 +107,7 @@ class SeedConsumer:
         self.finished = 0
         self.open = 0
         self.acks = 0
+        self.cpu_first = self.cpu_last = 0.0
         self.connections: list[Any] = []
 
     def run(self) -> dict[str, Any]:
@@ -117,6 +121,7 @@ class SeedConsumer:
             "last": self.last,
             "acks": self.acks,
             "connections": len(self.shares),
+            "cpu_s": self.cpu_last - self.cpu_first,
         }
 
     def _connect(self, share: list[str]) -> None:
@@ -125,6 +130,7 @@ class SeedConsumer:
         def on_message(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
             if self.first is None:
                 self.first = time.time()
+                self.cpu_first = time.process_time()
             state["count"] += 1
             state["unacked"] += 1
             self.total += 1
@@ -137,6 +143,7 @@ class SeedConsumer:
                 self.finished += 1
                 if self.finished == len(self.shares):
                     self.last = time.time()
+                    self.cpu_last = time.process_time()
                     for conn in self.connections:
                         conn.close()
 
@@ -245,6 +252,7 @@ def run_seed(env: Pipeline, tenants: list[str], per_queue: int, args: Any) -> di
         "rate": r(got["count"] / seconds),
         "acks_sent": got["acks"],
         "connections": got["connections"],
+        "cpu_us_per_msg": r(got["cpu_s"] * 1e6 / got["count"], 2),
     }
 
 
@@ -274,6 +282,7 @@ def run_scheduler(
             counts = common.queue_counts(ch, first_queues)
             first = time.time()
             if any(c < per_queue for c in counts.values()):
+                cpu_first = cpu_s(proc.pid)
                 break
             if not proc.alive():
                 raise RuntimeError(f"scheduler exited; see {proc.log_path}")
@@ -291,6 +300,7 @@ def run_scheduler(
             polls += 1
             if n >= expected:
                 last = prev_t + (now - prev_t) * (expected - prev_n) / max(n - prev_n, 1e-9)
+                cpu_last = cpu_s(proc.pid)  # up to 0.1 s of idle polling past the end
                 break
             if now - first > timeout:
                 raise TimeoutError(f"{label}: {n} of {expected} stored after {timeout} s")
@@ -303,6 +313,7 @@ def run_scheduler(
         "seconds": r(seconds, 3),
         "rate": r(messages / seconds),
         "readings_s": r(expected / seconds),
+        "cpu_us_per_msg": r((cpu_last - cpu_first) * 1e6 / messages, 2),
         "startup_s": r(first - spawned, 3),
         "metric_polls": polls,
         "rss_mb": r(status.get("VmHWM", 0) / 1024),
@@ -311,6 +322,15 @@ def run_scheduler(
     if left:
         result["error"] = f"{left} messages left in the queues after the scheduler stopped"
     return result
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def mongo_stored(env: Pipeline) -> int:
@@ -415,7 +435,16 @@ def main(argv: list[str] | None = None) -> None:
             for c in contenders
             if c != "seed" and base
         },
-        ratio_note="ratios: median over rounds of each round's ratio (rate_msg_s: medians)",
+        cpu_us_per_msg={
+            c: r(statistics.median(rd[c]["cpu_us_per_msg"] for rd in rounds), 2) for c in contenders
+        },
+        cpu_ratios={
+            f"{c}/seed": common.median_ratio(rounds, c, "seed", "cpu_us_per_msg")
+            for c in contenders
+            if c != "seed" and base
+        },
+        ratio_note="ratios: median over rounds of each round's ratio (rate_msg_s: medians);"
+        " cpu: the consumer process's user + system CPU from first delivery to the end",
     )
     if "scheduler_null" in rates and base:
         value = common.median_ratio(rounds, "scheduler_null", "seed") or 0.0
