@@ -67,6 +67,7 @@ ALL = [NOISY, *QUIET]
 FIFO = "fifo"
 WEIGHTS = {"w1": 1, "w2": 2, "w3": 3, "w4": 4}
 STORED = "fairway_scheduler_stored_total"
+BUFFERED = "fairway_scheduler_buffered"
 LAG_COUNT = "fairway_scheduler_lag_seconds_count"
 CDF_POINTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99, 99.5, 100)
 LAG_BUCKET = "fairway_scheduler_lag_seconds_bucket"
@@ -340,6 +341,29 @@ def histogram_p99_bound(proc: FairwayProcess) -> float | None:
     return None
 
 
+WRITE_SECONDS = "fairway_scheduler_write_seconds"
+BATCH_SIZE = "fairway_scheduler_batch_size"
+EXPRESS = "fairway_scheduler_express_batches_total"
+
+
+def batch_figures(proc: FairwayProcess) -> dict[str, Any]:
+    """What a quiet reading waits for, from the scheduler's own counters (whole phase):
+    batches written, their mean readings and write time, and how many went express."""
+    names = (f"{WRITE_SECONDS}_sum", f"{WRITE_SECONDS}_count", f"{BATCH_SIZE}_sum", EXPRESS)
+    m = proc.metrics(*names)
+
+    def total(name: str) -> float:
+        return sum(m.get(name, {}).values())
+
+    count = total(f"{WRITE_SECONDS}_count")
+    return {
+        "written": int(count),
+        "express": int(total(EXPRESS)),
+        "mean_readings": r(total(f"{BATCH_SIZE}_sum") / count) if count else None,
+        "mean_write_ms": r(total(f"{WRITE_SECONDS}_sum") * 1000 / count) if count else None,
+    }
+
+
 def summarize(latencies: list[float]) -> dict[str, Any]:
     """Percentiles in milliseconds."""
     ms = [x * 1000 for x in latencies]
@@ -437,6 +461,7 @@ def latency_phase(name: str, fifo: bool, backlog: int, args: Any, capacity: floa
             stop.set()
             sampler.join(10)
             out["histogram_p99_bound_ms"] = histogram_p99_bound(proc)
+            out["batches"] = batch_figures(proc)
     latencies = out.pop("latencies")
     out["timeline"] = timeline
     result = {
@@ -475,8 +500,14 @@ def shares_phase(
             first = wait_stored(proc, 1)
             end = first + args.warmup + args.window + 0.5
             while True:
-                stored = proc.metric_by(STORED, "tenant")
+                m = proc.metrics(STORED, BUFFERED)
+                stored = label_values(m, STORED, "tenant")
                 ready = common.queue_counts(ch, sorted(set(queue_of.values())))
+                # With bundles a backlogged tenant's readings may all sit in the
+                # scheduler's buffer (its prefetch counts messages): waiting there counts.
+                for tenant, held in label_values(m, BUFFERED, "tenant").items():
+                    if tenant in queue_of and held:
+                        ready[queue_of[tenant]] = ready.get(queue_of[tenant], 0) + int(held)
                 now = time.time()
                 samples.append((now, stored, ready))
                 if now > end:
