@@ -34,6 +34,8 @@ from typing import Any
 import pika
 
 from fairway.devtools.processes import wait_for
+from fairway.kernel import topology
+from fairway.kernel.contract import Reading, bundle_body, bundle_head, bundle_part
 from fairway.kernel.settings import Settings
 from tests import harness
 from tests.harness import LocalNode, Pipeline, running
@@ -137,15 +139,16 @@ def ratio(a: float, b: float, digits: int = 3) -> float | None:
     return round(a / b, digits) if b else None
 
 
-def paired_ratios(rounds: list[dict[str, Any]], a: str, b: str) -> list[float]:
-    """Per round, ``a``'s rate over ``b``'s (contenders of a round ran back to back)."""
-    return [round(rd[a]["rate"] / rd[b]["rate"], 3) for rd in rounds if rd[b]["rate"]]
+def paired_ratios(rounds: list[dict[str, Any]], a: str, b: str, key: str = "rate") -> list[float]:
+    """Per round, ``a``'s rate (or ``key``) over ``b``'s (contenders of a round ran back
+    to back)."""
+    return [round(rd[a][key] / rd[b][key], 3) for rd in rounds if rd[b][key]]
 
 
-def median_ratio(rounds: list[dict[str, Any]], a: str, b: str) -> float | None:
+def median_ratio(rounds: list[dict[str, Any]], a: str, b: str, key: str = "rate") -> float | None:
     """Median of :func:`paired_ratios`: robust to the machine's load drifting between
     rounds, which a ratio of medians is not."""
-    values = paired_ratios(rounds, a, b)
+    values = paired_ratios(rounds, a, b, key)
     return round(statistics.median(values), 3) if values else None
 
 
@@ -207,10 +210,11 @@ def wait_ready(
 
 def publish_all(
     ch: Any,
-    items: Iterable[tuple[str, str, bytes]],
+    items: Iterable[tuple[str, str, bytes] | tuple[str, str, bytes, pika.BasicProperties]],
     properties: pika.BasicProperties | None = None,
 ) -> int:
-    """Publish (exchange, routing key, body) items without confirms; return the count.
+    """Publish (exchange, routing key, body[, properties]) items without confirms; return
+    the count. An item's own properties (a bundle's header) win over ``properties``.
 
     Used to pre-fill queues: callers check the queue depths afterwards
     (:func:`wait_ready`), which is cheaper than a confirm round trip per message.
@@ -221,13 +225,44 @@ def publish_all(
     props = properties or pika.BasicProperties(delivery_mode=2, content_type="application/json")
     impl = ch._impl
     n = 0
-    for exchange, routing_key, body in items:
-        impl.basic_publish(exchange, routing_key, body, props)
+    for item in items:
+        impl.basic_publish(item[0], item[1], item[2], item[3] if len(item) > 3 else props)
         n += 1
         if n % 500 == 0:
             ch.connection.process_data_events(0)
     ch.connection.process_data_events(0)
     return n
+
+
+# -- the relay's tenant-queue format ---------------------------------------------------
+def bundle(tenant: str, readings: Sequence[Reading], received: float) -> bytes:
+    """A tenant-queue message as the relay publishes it today: one bundle of ``readings``
+    (built by the pipeline's own :mod:`fairway.kernel.contract` functions)."""
+    return bundle_body(bundle_head(tenant), [bundle_part(x, received) for x in readings])
+
+
+def bundle_props(readings: int) -> pika.BasicProperties:
+    """The relay's properties of a bundle: persistent, JSON, ``x-fairway-readings``."""
+    return pika.BasicProperties(
+        delivery_mode=2,
+        content_type="application/json",
+        headers={topology.READINGS_HEADER: readings},
+    )
+
+
+def relay_bundles(arrivals: Iterable[str], max_readings: int) -> list[tuple[str, int]]:
+    """(tenant, readings) of the bundles a relay publishes for readings arriving in
+    ``arrivals`` order (one tenant id per reading) faster than its linger: one open
+    bundle per tenant, published when it holds ``max_readings``, the rest at the end
+    (:class:`ingest.bundler.Bundler`'s count and drain causes), in publish order."""
+    held: dict[str, int] = {}
+    out: list[tuple[str, int]] = []
+    for tenant in arrivals:
+        held[tenant] = held.get(tenant, 0) + 1
+        if held[tenant] >= max_readings:
+            out.append((tenant, held.pop(tenant)))
+    out.extend(held.items())
+    return out
 
 
 # -- processes -----------------------------------------------------------------------

@@ -12,12 +12,17 @@ contenders:
     a channel per tenant queue, DRR, batches, ack after the "write").
 (c) ``scheduler_mongo``: the same with the MongoDB sink.
 
-Bodies are the relay's tenant-queue format (:func:`fairway.kernel.contract.tenant_message`),
-141 bytes. For (a) and (b) the queues are filled through the fanout (every queue
-gets the same 500 bodies). The MongoDB sink derives ``_id`` from the body, so
-through the fanout 99.5 % of its writes would be duplicate-key no-ops; for (c) each
-queue is therefore filled with the same number of bodies of the same size naming
-its own tenant, routed through ``tenants``, and every write is a real insert.
+Bodies are the relay's tenant-queue format of today: bundles (``{"tenant", "readings"}``
+with the ``x-fairway-readings`` header, built by the contract's own functions) of
+``--bundle`` readings, 1 by default (what the relay publishes for a reading no other
+joins within its linger: the seed's one-reading messages, in today's format), 50 for
+full bundles; ``--bundle 0`` is the single-reading format before bundles. Rates are
+messages (the seed's unit); ``readings_s`` alongside. For (a) and (b) the queues are
+filled through the fanout (every queue gets the same 500 bodies). The MongoDB sink
+derives ``_id`` from the body, so through the fanout 99.5 % of its writes would be
+duplicate-key no-ops; for (c) each queue is therefore filled with the same number of
+bodies of the same size naming its own tenant, routed through ``tenants``, and every
+write is a real insert.
 
 Drain rate = messages / (first delivery -> last message settled). For the
 scheduler, first delivery is seen by polling the first queues' ready counts
@@ -32,9 +37,11 @@ stopped consumer would be requeued and show up as ready).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -48,8 +55,10 @@ from fairway.storage import mongo, registry
 from tests.harness import Pipeline
 
 NAME = "many_queues"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FANOUT = "bench.fanout"
 FANOUT_TENANT = "mqall"  # same length as the mqNNN tenant ids, so bodies are the same size
+PROPS = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
 def tenant_ids(count: int) -> list[str]:
@@ -57,12 +66,19 @@ def tenant_ids(count: int) -> list[str]:
     return [f"mq{i:03d}" for i in range(count)]
 
 
-def body(tenant: str, i: int, now: float) -> bytes:
-    """One relay-format tenant-queue message."""
-    reading = Reading(
-        device="d0001", stream="env", message_id=f"m{i:06d}", ts=now, values={"temp": 21.5}
-    )
-    return tenant_message(tenant, reading, now)
+def body(tenant: str, i: int, now: float, bundle: int = 1) -> tuple[bytes, Any]:
+    """One relay-format tenant-queue message (body, properties): a bundle of ``bundle``
+    readings, or with ``bundle`` 0 a single reading in the format before bundles."""
+
+    def reading(j: int) -> Reading:
+        return Reading(
+            device="d0001", stream="env", message_id=f"m{j:08d}", ts=now, values={"temp": 21.5}
+        )
+
+    if not bundle:
+        return tenant_message(tenant, reading(i), now), PROPS
+    readings = [reading(i * bundle + k) for k in range(bundle)]
+    return common.bundle(tenant, readings, now), common.bundle_props(bundle)
 
 
 # -- the seed design's consumer (runs in a child process) ---------------------------------
@@ -91,6 +107,7 @@ class SeedConsumer:
         self.finished = 0
         self.open = 0
         self.acks = 0
+        self.cpu_first = self.cpu_last = 0.0
         self.connections: list[Any] = []
 
     def run(self) -> dict[str, Any]:
@@ -104,6 +121,7 @@ class SeedConsumer:
             "last": self.last,
             "acks": self.acks,
             "connections": len(self.shares),
+            "cpu_s": self.cpu_last - self.cpu_first,
         }
 
     def _connect(self, share: list[str]) -> None:
@@ -112,6 +130,7 @@ class SeedConsumer:
         def on_message(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
             if self.first is None:
                 self.first = time.time()
+                self.cpu_first = time.process_time()
             state["count"] += 1
             state["unacked"] += 1
             self.total += 1
@@ -124,6 +143,7 @@ class SeedConsumer:
                 self.finished += 1
                 if self.finished == len(self.shares):
                     self.last = time.time()
+                    self.cpu_last = time.process_time()
                     for conn in self.connections:
                         conn.close()
 
@@ -173,16 +193,20 @@ def queue_names(tenants: list[str]) -> list[str]:
     return [topology.tenant_queue_name(t) for t in tenants]
 
 
-def fill(env: Pipeline, tenants: list[str], per_queue: int, via: str) -> float:
+def fill(env: Pipeline, tenants: list[str], per_queue: int, via: str, bundle: int) -> float:
     """Fill every queue with ``per_queue`` messages; return seconds taken."""
     started = time.perf_counter()
     now = time.time()
     with env.channel() as ch:
         if via == "fanout":
-            items = ((FANOUT, "", body(FANOUT_TENANT, i, now)) for i in range(per_queue))
+            items: Any = (
+                (FANOUT, "", *body(FANOUT_TENANT, i, now, bundle)) for i in range(per_queue)
+            )
         else:
             items = (
-                (topology.TENANTS, t, body(t, i, now)) for i in range(per_queue) for t in tenants
+                (topology.TENANTS, t, *body(t, i, now, bundle))
+                for i in range(per_queue)
+                for t in tenants
             )
         common.publish_all(ch, items)
         common.wait_ready(ch, queue_names(tenants), len(tenants) * per_queue, what="fill")
@@ -228,14 +252,24 @@ def run_seed(env: Pipeline, tenants: list[str], per_queue: int, args: Any) -> di
         "rate": r(got["count"] / seconds),
         "acks_sent": got["acks"],
         "connections": got["connections"],
+        "cpu_us_per_msg": r(got["cpu_s"] * 1e6 / got["count"], 2),
     }
 
 
 def run_scheduler(
-    env: Pipeline, tenants: list[str], per_queue: int, sink: str, label: str, timeout: float
+    env: Pipeline,
+    tenants: list[str],
+    per_queue: int,
+    sink: str,
+    label: str,
+    timeout: float,
+    readings: int = 1,
 ) -> dict[str, Any]:
-    """(b)/(c) ``python -m fairway scheduler --sink <sink>``, timed from outside."""
-    expected = len(tenants) * per_queue
+    """(b)/(c) ``python -m fairway scheduler --sink <sink>``, timed from outside.
+
+    Its stored counter counts readings: ``readings`` per message."""
+    messages = len(tenants) * per_queue
+    expected = messages * readings
     first_queues = queue_names(tenants)[:4]
     metric = "fairway_scheduler_stored_total"
     with (
@@ -248,6 +282,7 @@ def run_scheduler(
             counts = common.queue_counts(ch, first_queues)
             first = time.time()
             if any(c < per_queue for c in counts.values()):
+                cpu_first = cpu_s(proc.pid)
                 break
             if not proc.alive():
                 raise RuntimeError(f"scheduler exited; see {proc.log_path}")
@@ -265,6 +300,7 @@ def run_scheduler(
             polls += 1
             if n >= expected:
                 last = prev_t + (now - prev_t) * (expected - prev_n) / max(n - prev_n, 1e-9)
+                cpu_last = cpu_s(proc.pid)  # up to 0.1 s of idle polling past the end
                 break
             if now - first > timeout:
                 raise TimeoutError(f"{label}: {n} of {expected} stored after {timeout} s")
@@ -273,9 +309,11 @@ def run_scheduler(
     left = leftover(env, tenants)
     seconds = last - first
     result = {
-        "messages": expected,
+        "messages": messages,
         "seconds": r(seconds, 3),
-        "rate": r(expected / seconds),
+        "rate": r(messages / seconds),
+        "readings_s": r(expected / seconds),
+        "cpu_us_per_msg": r((cpu_last - cpu_first) * 1e6 / messages, 2),
         "startup_s": r(first - spawned, 3),
         "metric_polls": polls,
         "rss_mb": r(status.get("VmHWM", 0) / 1024),
@@ -284,6 +322,15 @@ def run_scheduler(
     if left:
         result["error"] = f"{left} messages left in the queues after the scheduler stopped"
     return result
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def mongo_stored(env: Pipeline) -> int:
@@ -299,14 +346,20 @@ def one_round(args: Any, order: list[str]) -> dict[str, dict[str, Any]]:
         with common.bench_env(f"bench-mq-{contender.split('_')[-1]}") as env:
             provision(env, tenants)
             via = "direct" if contender == "scheduler_mongo" else "fanout"
-            fill_s = fill(env, tenants, args.per_queue, via)
+            fill_s = fill(env, tenants, args.per_queue, via, args.bundle)
             say(f"{contender}: filled {args.queues}x{args.per_queue} via {via} in {fill_s:.1f} s")
             if contender == "seed":
                 res = run_seed(env, tenants, args.per_queue, args)
             else:
                 sink = contender.split("_")[1]
                 res = run_scheduler(
-                    env, tenants, args.per_queue, sink, f"{NAME}-{contender}", args.timeout
+                    env,
+                    tenants,
+                    args.per_queue,
+                    sink,
+                    f"{NAME}-{contender}",
+                    args.timeout,
+                    max(args.bundle, 1),
                 )
                 if sink == "mongo":
                     res["documents_stored"] = mongo_stored(env)
@@ -330,6 +383,9 @@ def main(argv: list[str] | None = None) -> None:
         "--contenders", default="seed,scheduler_null,scheduler_mongo", help="comma-separated"
     )
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument(
+        "--bundle", type=int, default=1, help="readings per relay bundle (0: single format)"
+    )
     p.add_argument("--consume-seed", action="store_true", help=argparse_hidden())
     p.add_argument("--amqp-url", help=argparse_hidden())
     args = p.parse_args(argv)
@@ -358,7 +414,9 @@ def main(argv: list[str] | None = None) -> None:
             "queues": args.queues,
             "per_queue": args.per_queue,
             "deliveries": args.queues * args.per_queue,
-            "body_bytes": len(body(FANOUT_TENANT, 0, time.time())),
+            "bundle_readings": args.bundle,
+            "format": f"relay bundles of {args.bundle}" if args.bundle else "single",
+            "body_bytes": len(body(FANOUT_TENANT, 0, time.time(), args.bundle)[0]),
             "seed_consumer": {
                 "connections": args.connections,
                 "prefetch": args.prefetch,
@@ -377,7 +435,16 @@ def main(argv: list[str] | None = None) -> None:
             for c in contenders
             if c != "seed" and base
         },
-        ratio_note="ratios: median over rounds of each round's ratio (rate_msg_s: medians)",
+        cpu_us_per_msg={
+            c: r(statistics.median(rd[c]["cpu_us_per_msg"] for rd in rounds), 2) for c in contenders
+        },
+        cpu_ratios={
+            f"{c}/seed": common.median_ratio(rounds, c, "seed", "cpu_us_per_msg")
+            for c in contenders
+            if c != "seed" and base
+        },
+        ratio_note="ratios: median over rounds of each round's ratio (rate_msg_s: medians);"
+        " cpu: the consumer process's user + system CPU from first delivery to the end",
     )
     if "scheduler_null" in rates and base:
         value = common.median_ratio(rounds, "scheduler_null", "seed") or 0.0

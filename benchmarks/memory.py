@@ -1,6 +1,6 @@
-"""Scheduler memory: resident set size with a million messages waiting.
+"""Scheduler memory: resident set size with a million readings waiting.
 
-10 tenant queues x 100,000 messages (1,000,000 at scale 1.0) wait at the broker;
+10 tenant queues x 100,000 readings (1,000,000 at scale 1.0) wait at the broker;
 the scheduler's RSS is read from ``/proc/<pid>/status`` (``VmRSS`` sampled every
 100 ms, and the kernel's own peak, ``VmHWM``). Side by side in one run:
 
@@ -9,6 +9,13 @@ the scheduler's RSS is read from ``/proc/<pid>/status`` (``VmRSS`` sampled every
 * ``null_sink``: null sink, the queues topped up again to the full count, until
   every message is drained (the fastest the scheduler can pull messages in, so the
   most pressure on its buffers).
+
+Each sink phase runs once per format (``--formats``): ``single``, one reading per
+message (the format before bundles, still read), and ``bundles``, the same readings in
+the bundles the relay publishes today (``--bundle`` readings each, default the relay's
+``bundle_max_readings``, built with the pipeline's own contract functions and the
+``x-fairway-readings`` header). The prefetch and buffer budget count messages, so with
+bundles the scheduler may hold up to ``--bundle`` times as many readings.
 
 The design bounds what the process holds to ``tenants x scheduler_prefetch``
 deliveries plus ``writers`` batches, whatever the backlog; the target is < 200 MB.
@@ -20,12 +27,16 @@ import threading
 import time
 from typing import Any
 
+import pika
+
 from benchmarks import common
 from benchmarks.common import r, say
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
 from fairway.provision import provision_tenant
 from tests.harness import FairwayProcess, Pipeline
+
+PROPS = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 NAME = "memory"
 STORED = "fairway_scheduler_stored_total"
@@ -43,25 +54,36 @@ def queue_names() -> list[str]:
     return [topology.tenant_queue_name(t) for t in TENANTS]
 
 
-def top_up(env: Pipeline, per_queue: int, tag: str) -> tuple[int, float]:
-    """Fill every queue up to ``per_queue`` ready messages; return (published, seconds)."""
+def top_up(env: Pipeline, per_queue: int, tag: str, bundle: int = 0) -> tuple[int, float]:
+    """Fill every queue up to ``per_queue`` readings: single-reading messages, or (with
+    ``bundle``) relay bundles of that many readings; return (messages published, seconds).
+    """
     started = time.perf_counter()
     now = time.time()
+    size = bundle or 1
+    messages = -(-per_queue // size)
+
+    def reading(t: str, i: int) -> Reading:
+        return Reading(f"{t}-d1", "env", f"{tag}{i}", now, {"temp": 21.5})
+
+    def message(t: str, i: int) -> tuple[str, str, bytes, Any]:
+        if not bundle:
+            return topology.TENANTS, t, tenant_message(t, reading(t, i), now), PROPS
+        first = i * size
+        group = [reading(t, j) for j in range(first, min(first + size, per_queue))]
+        return topology.TENANTS, t, common.bundle(t, group, now), common.bundle_props(len(group))
+
     with env.channel() as ch:
         ready = common.queue_counts(ch, queue_names())
-        missing = {t: per_queue - ready[topology.tenant_queue_name(t)] for t in TENANTS}
+        missing = {t: messages - ready[topology.tenant_queue_name(t)] for t in TENANTS}
         items = (
-            (
-                topology.TENANTS,
-                t,
-                tenant_message(t, Reading(f"{t}-d1", "env", f"{tag}{i}", now, {"temp": 21.5}), now),
-            )
+            message(t, messages - missing[t] + i)
             for i in range(max(missing.values()))
             for t in TENANTS
             if i < missing[t]
         )
         n = common.publish_all(ch, items)
-        common.wait_ready(ch, queue_names(), per_queue * len(TENANTS), what="top-up")
+        common.wait_ready(ch, queue_names(), messages * len(TENANTS), what="top-up")
     return n, time.perf_counter() - started
 
 
@@ -107,59 +129,91 @@ def run_phase(env: Pipeline, sink: str, label: str, until: Any) -> dict[str, Any
     return {**mem, "seconds": r(seconds, 2), "stored": int(total), "rate": r(total / seconds)}
 
 
+def sink_phases(
+    env: Pipeline, args: Any, per_queue: int, mongo_s: float, bundle: int
+) -> dict[str, Any]:
+    """MongoDB sink for ``mongo_s``, then the null sink until all is drained (queues
+    filled to ``per_queue`` readings before each), in one message format."""
+    total = per_queue * len(TENANTS)
+    fmt = f"bundles of {bundle}" if bundle else "single readings"
+    n, fill_s = top_up(env, per_queue, f"a{bundle}-", bundle)
+    say(f"{fmt}: filled {n} messages ({total} readings) in {fill_s:.1f} s")
+    mongo = run_phase(env, "mongo", f"{NAME}-mongo-{bundle}", lambda _n, t: t >= mongo_s)
+    say(f"{fmt}, mongo sink: peak {mongo['vmhwm_mb']} MB, {mongo['stored']} stored in {mongo_s} s")
+    # Bundles the MongoDB sink left half-read are topped up with new ids: a reading id
+    # met again would be a duplicate, not stored, and never reach the stored count.
+    n2, refill_s = top_up(env, per_queue, f"b{bundle}-", bundle)
+    null = run_phase(
+        env,
+        "null",
+        f"{NAME}-null-{bundle}",
+        lambda stored, t: stored >= total or t > args.timeout,
+    )
+    say(f"{fmt}, null sink: peak {null['vmhwm_mb']} MB, {null['stored']} in {null['seconds']} s")
+    with env.channel() as ch:
+        left = sum(common.queue_counts(ch, queue_names()).values())
+    return {
+        "messages_waiting": n,
+        "fill_seconds": r(fill_s, 1),
+        "refill": {"published": n2, "seconds": r(refill_s, 1)},
+        "mongo_sink": {**mongo, "fixed_seconds": mongo_s},
+        "null_sink": {**null, "left_in_queues_after": left},
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse arguments and run the three phases."""
+    """Parse arguments and run the phases."""
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--per-queue", type=int, default=None, help="default 100,000 x scale")
+    p.add_argument("--per-queue", type=int, default=None, help="readings; default 100,000 x scale")
     p.add_argument("--mongo-seconds", type=float, default=None, help="default 20 x scale (>= 5)")
     p.add_argument("--idle-seconds", type=float, default=3.0)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--formats", default="single,bundles", help="comma-separated subset")
+    p.add_argument("--bundle", type=int, default=None, help="readings per bundle (relay's)")
     args = p.parse_args(argv)
     per_queue = args.per_queue or common.scaled(100_000, args.scale, 1000)
     total = per_queue * len(TENANTS)
     mongo_s = args.mongo_seconds or max(5.0, 20.0 * args.scale)
+    formats = args.formats.split(",")
 
     with common.bench_env("bench-mem") as env:
+        bundle = args.bundle or env.settings.bundle_max_readings
         provision(env)
         idle = run_phase(env, "null", f"{NAME}-idle", lambda _n, t: t >= args.idle_seconds)
         say(f"idle: {idle['vmhwm_mb']} MB")
-        n, fill_s = top_up(env, per_queue, "a")
-        say(f"filled {n} messages in {fill_s:.1f} s")
-        mongo = run_phase(env, "mongo", f"{NAME}-mongo", lambda _n, t: t >= mongo_s)
-        say(f"mongo sink: peak {mongo['vmhwm_mb']} MB, {mongo['stored']} stored in {mongo_s} s")
-        n2, refill_s = top_up(env, per_queue, "b")
-        null = run_phase(
-            env,
-            "null",
-            f"{NAME}-null",
-            lambda stored, t: stored >= total or t > args.timeout,
-        )
-        say(f"null sink: peak {null['vmhwm_mb']} MB, {null['stored']} in {null['seconds']} s")
-        with env.channel() as ch:
-            left = sum(common.queue_counts(ch, queue_names()).values())
+        phases = {
+            fmt: sink_phases(env, args, per_queue, mongo_s, bundle if fmt == "bundles" else 0)
+            for fmt in formats
+        }
     settings = env.settings
-    peak = max(mongo["vmhwm_mb"], null["vmhwm_mb"])
+    peaks = {
+        fmt: max(ph["mongo_sink"]["vmhwm_mb"], ph["null_sink"]["vmhwm_mb"])
+        for fmt, ph in phases.items()
+    }
+    ratios = {}
+    for fmt, ph in phases.items():
+        for sink in ("mongo_sink", "null_sink"):
+            ratios[f"{fmt} {sink} peak/idle"] = common.ratio(ph[sink]["vmhwm_mb"], idle["vmhwm_mb"])
     result = common.meta(
         NAME,
         args.scale,
         workload={
             "tenants": len(TENANTS),
-            "per_queue": per_queue,
-            "waiting": total,
+            "per_queue_readings": per_queue,
+            "readings_waiting": total,
+            "bundle_readings": bundle,
             "scheduler_prefetch": settings.scheduler_prefetch,
+            "scheduler_buffer": settings.scheduler_buffer,
             "batch_size": settings.batch_size,
             "writers": settings.writers,
-            "fill_seconds": r(fill_s, 1),
-            "refill": {"published": n2, "seconds": r(refill_s, 1)},
         },
         idle=idle,
-        mongo_sink={**mongo, "fixed_seconds": mongo_s},
-        null_sink={**null, "left_in_queues_after": left},
-        ratios={
-            "mongo_peak/idle": common.ratio(mongo["vmhwm_mb"], idle["vmhwm_mb"]),
-            "null_peak/idle": common.ratio(null["vmhwm_mb"], idle["vmhwm_mb"]),
+        **phases,
+        ratios=ratios,
+        targets={
+            f"scheduler peak RSS < 200 MB ({fmt})": {"value": peak, "met": peak < 200}
+            for fmt, peak in peaks.items()
         },
-        targets={"scheduler peak RSS < 200 MB": {"value": peak, "met": peak < 200}},
     )
     common.emit(result)
 

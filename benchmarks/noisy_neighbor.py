@@ -2,8 +2,13 @@
 
 Ten tenants (``nn0`` is noisy, ``nn1``..``nn9`` are quiet) into the scheduler with the
 MongoDB sink, every message published straight to ``tenants`` in the relay's
-tenant-queue format, its ``received`` field set to the publish time. Side by side
-in one run:
+tenant-queue format of today, bundles (``--bundle``, default the relay's
+``bundle_max_readings``): backlogs and the flood in the bundles a relay makes of them
+(one open bundle per tenant, published full), each quiet reading in a bundle of its
+own (20 readings/s are 50 ms apart, past the relay's 5 ms linger); ``--bundle 0``
+publishes single-reading messages, the format before bundles. Each reading's
+``received`` is its publish time. Counts and rates are readings. Side by side in one
+run:
 
 * **DRR**: one queue per tenant, ``python -m fairway scheduler`` as configured.
 * **FIFO**: the same scheduler and sink, but one tenant queue ``tenant.fifo`` into
@@ -13,10 +18,10 @@ in one run:
 
 Measured:
 
-1. ``calibration``: the scheduler's throughput C (msg/s) with all ten queues
+1. ``calibration``: the scheduler's throughput C (readings/s) with all ten queues
    backlogged; every backlog below is sized from it, so the flood really is a
    backlog on this machine.
-2. ``latency``: quiet tenants publish ``--quiet-rate`` msg/s each (with confirms);
+2. ``latency``: quiet tenants publish ``--quiet-rate`` readings/s each (with confirms);
    publish-to-stored latency of every quiet message. Stored is observed by polling,
    every ``--poll-ms``, the scheduler's count of written documents per document
    tenant (each quiet tenant's messages are written in publish order); polling
@@ -62,15 +67,33 @@ ALL = [NOISY, *QUIET]
 FIFO = "fifo"
 WEIGHTS = {"w1": 1, "w2": 2, "w3": 3, "w4": 4}
 STORED = "fairway_scheduler_stored_total"
+BUFFERED = "fairway_scheduler_buffered"
 LAG_COUNT = "fairway_scheduler_lag_seconds_count"
 CDF_POINTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99, 99.5, 100)
 LAG_BUCKET = "fairway_scheduler_lag_seconds_bucket"
 PROPS = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
-def body(tenant: str, device: str, mid: str, now: float) -> bytes:
-    """A relay-format tenant-queue message whose ``received`` is ``now``."""
-    return tenant_message(tenant, Reading(device, "env", mid, now, {"temp": 21.5}), now)
+def reading(device: str, mid: str, now: float) -> Reading:
+    """One reading of ``device`` taken at ``now``."""
+    return Reading(device, "env", mid, now, {"temp": 21.5})
+
+
+def message(
+    tenant: str, device: str, mids: list[str], now: float, bundle: int
+) -> tuple[bytes, pika.BasicProperties]:
+    """A tenant-queue message whose readings' ``received`` is ``now``: a relay bundle of
+    ``mids``, or (``bundle`` 0, the format before bundles) one single reading."""
+    if not bundle:
+        assert len(mids) == 1
+        return tenant_message(tenant, reading(device, mids[0], now), now), PROPS
+    readings = [reading(device, mid, now) for mid in mids]
+    return common.bundle(tenant, readings, now), common.bundle_props(len(readings))
+
+
+def bundled(sequence: list[str], bundle: int) -> list[tuple[str, int]]:
+    """(tenant, readings) messages for readings arriving in ``sequence`` order."""
+    return common.relay_bundles(sequence, bundle) if bundle else [(t, 1) for t in sequence]
 
 
 # -- environments ------------------------------------------------------------------------
@@ -99,19 +122,28 @@ def route(tenant: str, fifo: bool) -> str:
     return FIFO if fifo else tenant
 
 
-def fill(env: Pipeline, sequence: list[str], fifo: bool, tag: str, wait: bool = True) -> float:
-    """Publish one message per entry of ``sequence`` (a tenant id), in that order."""
+def fill(
+    env: Pipeline, sequence: list[str], fifo: bool, tag: str, bundle: int, wait: bool = True
+) -> float:
+    """Publish one reading per entry of ``sequence`` (a tenant id), bundled as the relay
+    would (:func:`bundled`), in that order."""
     started = time.perf_counter()
     now = time.time()
-    items = (
-        (topology.TENANTS, route(t, fifo), body(t, f"{t}-b", f"{tag}{i}", now))
-        for i, t in enumerate(sequence)
-    )
+    messages = bundled(sequence, bundle)
+    seen: Counter[str] = Counter()
+
+    def item(tenant: str, count: int) -> tuple[str, str, bytes, pika.BasicProperties]:
+        first = seen[tenant]
+        seen[tenant] += count
+        mids = [f"{tag}{i}" for i in range(first, first + count)]
+        body, props = message(tenant, f"{tenant}-b", mids, now, bundle)
+        return topology.TENANTS, route(tenant, fifo), body, props
+
     queues = sorted({topology.tenant_queue_name(route(t, fifo)) for t in sequence})
     with env.channel() as ch:
-        common.publish_all(ch, items, PROPS)
+        common.publish_all(ch, (item(t, n) for t, n in messages))
         if wait:
-            common.wait_ready(ch, queues, len(sequence), what=f"fill {tag}")
+            common.wait_ready(ch, queues, len(messages), what=f"fill {tag}")
     return time.perf_counter() - started
 
 
@@ -154,10 +186,10 @@ def wait_stored(proc: FairwayProcess, at_least: float, timeout: float = 120.0) -
 
 
 # -- 1. calibration ------------------------------------------------------------------------
-def calibrate(per_tenant: int) -> dict[str, Any]:
+def calibrate(per_tenant: int, bundle: int) -> dict[str, Any]:
     """Scheduler throughput with all ten tenant queues backlogged."""
     with pipeline("bench-nn-cal", dict.fromkeys(ALL, 1), fifo=False) as env:
-        fill(env, interleave(dict.fromkeys(ALL, per_tenant)), False, "c")
+        fill(env, interleave(dict.fromkeys(ALL, per_tenant)), False, "c", bundle)
         total = per_tenant * len(ALL)
         with scheduler(env, f"{NAME}-calibrate") as proc:
             wait_stored(proc, 1)
@@ -165,8 +197,8 @@ def calibrate(per_tenant: int) -> dict[str, Any]:
             t1 = wait_stored(proc, total * 0.9)
             n1 = proc.metric_sum(STORED)
     rate = (n1 - n0) / (t1 - t0)
-    say(f"calibration: scheduler + MongoDB sink stores {rate:.0f} msg/s")
-    return {"messages": total, "rate": r(rate)}
+    say(f"calibration: scheduler + MongoDB sink stores {rate:.0f} readings/s")
+    return {"readings": total, "rate": r(rate)}
 
 
 # -- 2. latency ------------------------------------------------------------------------------
@@ -180,6 +212,7 @@ def load(
     duration: float,
     drain_timeout: float,
     poll_s: float,
+    bundle: int,
     on_window_end: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
     """Publish quiet (and flood) traffic for ``duration``; time quiet messages to storage.
@@ -222,12 +255,10 @@ def load(
                     while sent[tenant] < due:
                         sent[tenant] += 1
                         wall = time.time()
-                        ch.basic_publish(
-                            topology.TENANTS,
-                            route(tenant, fifo),
-                            body(tenant, f"{tenant}-q", f"q{sent[tenant]}", wall),
-                            PROPS,
+                        quiet_body, props = message(
+                            tenant, f"{tenant}-q", [f"q{sent[tenant]}"], wall, bundle
                         )
+                        ch.basic_publish(topology.TENANTS, route(tenant, fifo), quiet_body, props)
                         waited = (time.time() - wall) * 1000
                         stats["quiet_confirm_max_ms"] = max(stats["quiet_confirm_max_ms"], waited)
                         published[tenant].append(wall)
@@ -235,19 +266,17 @@ def load(
         stats["quiet_sent"] = sum(sent.values())
 
     def flood() -> None:
-        n = 0
+        n = 0  # readings
+        size = bundle or 1  # a relay flooded by one tenant publishes its bundles full
         with env.channel() as ch:
             impl = ch._impl
             while (elapsed := time.monotonic() - start) < duration:
                 due = int(max(elapsed, 0.0) * flood_rate)
-                while n < due:
-                    n += 1
-                    impl.basic_publish(
-                        topology.TENANTS,
-                        route(NOISY, fifo),
-                        body(NOISY, f"{NOISY}-f", f"f{n}", time.time()),
-                        PROPS,
-                    )
+                while n + size <= due:
+                    mids = [f"f{i}" for i in range(n + 1, n + size + 1)]
+                    n += size
+                    flood_body, props = message(NOISY, f"{NOISY}-f", mids, time.time(), bundle)
+                    impl.basic_publish(topology.TENANTS, route(NOISY, fifo), flood_body, props)
                 ch.connection.process_data_events(0)
                 time.sleep(0.002)
             stats["flood_sent"] = n
@@ -312,6 +341,29 @@ def histogram_p99_bound(proc: FairwayProcess) -> float | None:
     return None
 
 
+WRITE_SECONDS = "fairway_scheduler_write_seconds"
+BATCH_SIZE = "fairway_scheduler_batch_size"
+EXPRESS = "fairway_scheduler_express_batches_total"
+
+
+def batch_figures(proc: FairwayProcess) -> dict[str, Any]:
+    """What a quiet reading waits for, from the scheduler's own counters (whole phase):
+    batches written, their mean readings and write time, and how many went express."""
+    names = (f"{WRITE_SECONDS}_sum", f"{WRITE_SECONDS}_count", f"{BATCH_SIZE}_sum", EXPRESS)
+    m = proc.metrics(*names)
+
+    def total(name: str) -> float:
+        return sum(m.get(name, {}).values())
+
+    count = total(f"{WRITE_SECONDS}_count")
+    return {
+        "written": int(count),
+        "express": int(total(EXPRESS)),
+        "mean_readings": r(total(f"{BATCH_SIZE}_sum") / count) if count else None,
+        "mean_write_ms": r(total(f"{WRITE_SECONDS}_sum") * 1000 / count) if count else None,
+    }
+
+
 def summarize(latencies: list[float]) -> dict[str, Any]:
     """Percentiles in milliseconds."""
     ms = [x * 1000 for x in latencies]
@@ -364,13 +416,13 @@ def latency_phase(name: str, fifo: bool, backlog: int, args: Any, capacity: floa
     """One latency phase: optional flood backlog, then quiet + flood traffic."""
     flood_rate = args.quiet_rate * args.flood_factor if backlog else 0.0
     with pipeline(f"bench-nn-{name.replace('_', '-')}", dict.fromkeys(ALL, 1), fifo) as env:
-        fill_s = fill(env, [NOISY] * backlog, fifo, "p") if backlog else 0.0
+        fill_s = fill(env, [NOISY] * backlog, fifo, "p", args.bundle) if backlog else 0.0
         with scheduler(env, f"{NAME}-{name}") as proc:
             if backlog:
                 wait_stored(proc, 1)
             else:  # one message per tenant: every consumer is up
                 warm_seq = list(ALL)
-                fill(env, warm_seq, fifo, "w", wait=False)
+                fill(env, warm_seq, fifo, "w", args.bundle, wait=False)
                 wait_stored(proc, len(warm_seq))
             time.sleep(args.warmup)
             t0 = time.time()
@@ -403,11 +455,13 @@ def latency_phase(name: str, fifo: bool, backlog: int, args: Any, capacity: floa
                 duration=args.duration,
                 drain_timeout=drain,
                 poll_s=args.poll_ms / 1000.0,
+                bundle=args.bundle,
                 on_window_end=window_end,
             )
             stop.set()
             sampler.join(10)
             out["histogram_p99_bound_ms"] = histogram_p99_bound(proc)
+            out["batches"] = batch_figures(proc)
     latencies = out.pop("latencies")
     out["timeline"] = timeline
     result = {
@@ -439,15 +493,21 @@ def shares_phase(
 ) -> dict[str, Any]:
     """Pre-fill, start the scheduler, count what each tenant is served over the window."""
     with pipeline(f"bench-nn-{name.replace('_', '-')}", tenants, fifo, **settings) as env:
-        fill_s = fill(env, sequence, fifo, "s")
+        fill_s = fill(env, sequence, fifo, "s", args.bundle)
         queue_of = {t: topology.tenant_queue_name(route(t, fifo)) for t in tenants}
         samples: list[tuple[float, dict[str, float], dict[str, int]]] = []
         with scheduler(env, f"{NAME}-{name}") as proc, env.channel() as ch:
             first = wait_stored(proc, 1)
             end = first + args.warmup + args.window + 0.5
             while True:
-                stored = proc.metric_by(STORED, "tenant")
+                m = proc.metrics(STORED, BUFFERED)
+                stored = label_values(m, STORED, "tenant")
                 ready = common.queue_counts(ch, sorted(set(queue_of.values())))
+                # With bundles a backlogged tenant's readings may all sit in the
+                # scheduler's buffer (its prefetch counts messages): waiting there counts.
+                for tenant, held in label_values(m, BUFFERED, "tenant").items():
+                    if tenant in queue_of and held:
+                        ready[queue_of[tenant]] = ready.get(queue_of[tenant], 0) + int(held)
                 now = time.time()
                 samples.append((now, stored, ready))
                 if now > end:
@@ -458,11 +518,13 @@ def shares_phase(
     (t0, s0, _), (t1, s1, ready1) = samples[i0], samples[i1]
     seconds = t1 - t0
     if fifo:
-        # One queue served in order: the stored total says which positions were written.
+        # One queue served in order: the stored total says which positions were written
+        # (readings in the order of the bundles the relay would publish).
+        order = [t for t, n in bundled(sequence, args.bundle) for _ in range(n)]
         a, b = int(sum(s0.values())), int(sum(s1.values()))
-        counts = Counter(sequence[a:b])
+        counts = Counter(order[a:b])
         served = {t: counts.get(t, 0) for t in tenants}
-        backlogged = b < len(sequence) - env.settings.scheduler_buffer
+        backlogged = b < len(order) - env.settings.scheduler_buffer * max(args.bundle, 1)
     else:
         served = {t: int(s1.get(t, 0) - s0.get(t, 0)) for t in tenants}
         backlogged = all(ready1[queue_of[t]] > 0 for t in tenants)
@@ -500,13 +562,19 @@ def shares_phase(
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and run every phase."""
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--quiet-rate", type=float, default=20.0, help="msg/s per quiet tenant")
+    p.add_argument("--quiet-rate", type=float, default=20.0, help="readings/s per quiet tenant")
+    p.add_argument(
+        "--bundle",
+        type=int,
+        default=None,
+        help="readings per relay bundle (default the relay's bundle_max_readings; 0: single)",
+    )
     p.add_argument("--flood-factor", type=int, default=100, help="noisy rate / quiet rate")
     p.add_argument("--duration", type=float, default=None, help="latency window, s (12 x scale)")
     p.add_argument("--window", type=float, default=None, help="share window, s (8 x scale)")
     p.add_argument("--warmup", type=float, default=1.5, help="s after the first write")
     p.add_argument("--poll-ms", type=float, default=10.0, help="scheduler metric poll interval")
-    p.add_argument("--capacity", type=float, default=None, help="skip calibration: msg/s")
+    p.add_argument("--capacity", type=float, default=None, help="skip calibration: readings/s")
     p.add_argument("--margin", type=float, default=1.3, help="backlog safety factor")
     p.add_argument(
         "--variant-prefetch",
@@ -518,12 +586,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     args.duration = args.duration or max(3.0, 12.0 * args.scale)
     args.window = args.window or max(3.0, 8.0 * args.scale)
+    if args.bundle is None:
+        args.bundle = Settings.from_env().bundle_max_readings
     phases = set(args.phases.split(","))
 
     if args.capacity:
         cal = {"rate": args.capacity, "given": True}
     else:
-        cal = calibrate(common.scaled(6000, args.scale, 1000))
+        cal = calibrate(common.scaled(6000, args.scale, 1000), args.bundle)
     capacity = cal["rate"]
     result = common.meta(
         NAME,
@@ -532,6 +602,8 @@ def main(argv: list[str] | None = None) -> None:
             "tenants": len(ALL),
             "quiet_rate_per_tenant": args.quiet_rate,
             "flood_rate": args.quiet_rate * args.flood_factor,
+            "bundle_readings": args.bundle,
+            "format": f"relay bundles of up to {args.bundle}" if args.bundle else "single",
             "latency_window_s": args.duration,
             "share_window_s": args.window,
             "warmup_s": args.warmup,

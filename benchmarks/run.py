@@ -125,20 +125,24 @@ def _rows_e2e(d: dict) -> list[tuple[str, str, str]]:
 
 
 def _rows_memory(d: dict) -> list[tuple[str, str, str]]:
-    waiting = d["workload"]["waiting"]
-    return [
-        ("scheduler idle", f"{d['idle']['vmhwm_mb']} MB", "1.00"),
-        (
-            f"MongoDB sink, {waiting:,} waiting",
-            f"{d['mongo_sink']['vmhwm_mb']} MB",
-            f"{d['ratios'].get('mongo_peak/idle')}",
-        ),
-        (
-            f"null sink, {waiting:,} drained",
-            f"{d['null_sink']['vmhwm_mb']} MB",
-            f"{d['ratios'].get('null_peak/idle')}",
-        ),
-    ]
+    waiting = d["workload"]["readings_waiting"]
+    rows = [("scheduler idle", f"{d['idle']['vmhwm_mb']} MB", "1.00")]
+    for fmt in ("single", "bundles"):
+        if fmt not in d:
+            continue
+        rows += [
+            (
+                f"MongoDB sink, {waiting:,} readings waiting ({fmt})",
+                f"{d[fmt]['mongo_sink']['vmhwm_mb']} MB",
+                f"{d['ratios'].get(f'{fmt} mongo_sink peak/idle')}",
+            ),
+            (
+                f"null sink, {waiting:,} readings drained ({fmt})",
+                f"{d[fmt]['null_sink']['vmhwm_mb']} MB",
+                f"{d['ratios'].get(f'{fmt} null_sink peak/idle')}",
+            ),
+        ]
+    return rows
 
 
 def _rows_notify(d: dict) -> list[tuple[str, str, str]]:

@@ -38,7 +38,9 @@ from scheduler.tenant_channel import TenantConsumer, new_acks
 log = logging.getLogger(__name__)
 
 REOPEN_S = 1.0
-Deliver = Callable[[TenantConsumer, Basic.Deliver, Any, bytes], None]
+# (consumer, channel, method, properties, body): pika's consumer callback with the
+# tenant's consumer in front, bound with functools.partial (no Python frame between).
+Deliver = Callable[[TenantConsumer, Channel, Basic.Deliver, Any, bytes], None]
 Lost = Callable[[list[TenantConsumer]], None]
 
 
@@ -179,11 +181,7 @@ class ChannelPool:
             on_cancel_ok=slot.cancel_ok,
             send_acks=slot.send_acks,
         )
-
-        def on_message(_channel: Channel, method: Basic.Deliver, props: Any, body: bytes) -> None:
-            self._deliver(consumer, method, props, body)
-
-        consumer.on_message = on_message
+        consumer.on_message = partial(self._deliver, consumer)
         slot.tenants[tenant] = self.consumers[tenant] = consumer
         return consumer
 

@@ -133,9 +133,7 @@ class Scheduler(AmqpService):
         self.drr: DeficitRoundRobin[Delivery] = DeficitRoundRobin(settings.drr_quantum)
         self.pool = ChannelPool(
             settings,
-            lambda consumer, method, props, body: self._on_message(
-                consumer, method, body, readings_of(props)
-            ),
+            self._on_delivery,
             self._consumers_lost,
             lambda tenant: self.old_arguments.add(tenant),
         )
@@ -282,6 +280,17 @@ class Scheduler(AmqpService):
         self._oldest = None
 
     # -- the hot path --------------------------------------------------------------
+    def _on_delivery(
+        self,
+        consumer: TenantConsumer,
+        _channel: Any,
+        method: Basic.Deliver,
+        props: Any,
+        body: bytes,
+    ) -> None:
+        """pika's consumer callback, bound to the tenant's consumer by the pool."""
+        self._on_message(consumer, method, body, readings_of(props))
+
     def _on_message(
         self, consumer: TenantConsumer, method: Basic.Deliver, body: bytes, readings: int = 1
     ) -> None:
@@ -298,10 +307,14 @@ class Scheduler(AmqpService):
         )
         if self._oldest is None:
             self._oldest = time.monotonic()
-        self._dispatch()
+        # A backlogged tenant's delivery cannot make an express batch possible (they are
+        # never taken there): the light tenants' buffers are looked at only on a light
+        # delivery or when a writer or the batches change (see _dispatch).
+        self._dispatch(express=not consumer.backlogged)
 
-    def _dispatch(self) -> None:
-        """Hand batches to free writers: full ones at once, partial ones after linger."""
+    def _dispatch(self, express: bool = True) -> None:
+        """Hand batches to free writers: full ones at once, partial ones after linger;
+        then, if ``express`` or a batch went out, the express batch."""
         drr, size = self.drr, self.settings.batch_size
         while self.inflight < self.settings.writers and len(drr):
             if drr.cost < size and not self.stopping:
@@ -315,9 +328,11 @@ class Scheduler(AmqpService):
             batch = drr.take(size)
             self._oldest = time.monotonic() if len(drr) else None
             self.inflight += 1
+            express = True  # every writer may be busy now, and the buffers changed
             metrics.SCHED_BATCH_SIZE.observe(sum(d.readings for _, d in batch))
             self._writers.submit(self._write, batch)
-        self._dispatch_express()
+        if express:
+            self._dispatch_express()
 
     def _dispatch_express(self) -> None:
         """Every writer busy: write the light tenants' readings in one more batch.
@@ -428,10 +443,13 @@ class Scheduler(AmqpService):
         settled: dict[TenantConsumer, list[tuple[int, str]]] = defaultdict(list)
         stored: dict[str, int] = defaultdict(int)
         duplicates: dict[str, int] = defaultdict(int)
+        live: dict[TenantConsumer, bool] = {}  # asked once per consumer, not per delivery
         for i, (tenant, delivery) in enumerate(batch):
             consumer = delivery.consumer
-            channel = consumer.channel
-            if channel is None or not channel.is_open:
+            ok = live.get(consumer)
+            if ok is None:
+                ok = live[consumer] = consumer.live
+            if not ok:
                 continue  # channel gone: the broker redelivers, the write is a duplicate
             # Readings written count even in a refused bundle: they are stored.
             stored[tenant] += outcome.stored_each[i]
@@ -474,6 +492,8 @@ class Scheduler(AmqpService):
         self.backlogged.difference_update(ended)
         for tenant in ended:
             metrics.SCHED_BACKLOG.labels(tenant).set(0)
+        if ended:
+            self._dispatch_express()  # their buffers may go express now
         if ended or self._reshare_pending:
             self._share_prefetch()
 

@@ -250,3 +250,61 @@ def test_a_light_tenant_is_written_in_the_express_batch_while_every_writer_is_bu
     assert flood_channel.acks == [(1, True)]
     assert submitted[-1] == (["flood", "flood"], False)
     assert sample("fairway_scheduler_express_batches_total") >= 2
+
+
+def test_a_backlogged_tenants_delivery_never_looks_for_an_express_batch(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    """Looking for light tenants walks every tenant with buffered readings, so it is done
+    on a light tenant's delivery, when a batch goes to a writer, when a writer is done and
+    when a tenant's backlog ends; a backlogged tenant's delivery cannot make an express
+    batch possible and costs no look."""
+    settings = Settings(batch_size=100, writers=1, express_readings=10, batch_linger_ms=0)
+    scheduler = Scheduler(settings, NullSink(), list_tenants=list)
+    scheduler.call_soon = lambda callback: callback()  # type: ignore[method-assign]
+    stopped.append(scheduler)
+    submitted: list[tuple[list[str], bool]] = []
+    calls: list[Any] = []
+
+    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False) -> None:
+        submitted.append(([t for t, _ in batch], express))
+        calls.append(lambda: fn(batch, express))
+
+    scheduler._writers.submit = submit  # type: ignore[method-assign,assignment]
+    looks: list[set[str]] = []
+    take_light = scheduler.drr.take_light
+
+    def counted(limit: int, exclude: Any = ()) -> Any:
+        looks.append(set(exclude))
+        return take_light(limit, exclude)
+
+    scheduler.drr.take_light = counted  # type: ignore[method-assign]
+    flood, _ = tenant_channel("flood")
+    mid, _ = tenant_channel("mid")
+    quiet, quiet_channel = tenant_channel("quiet")
+    flood.prefetch = mid.prefetch = 1  # their first delivery fills it: backlogged
+
+    def deliver(consumer: TenantConsumer, tag: int, readings: int) -> None:
+        method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")
+        raw = bundle(consumer.tenant, *range(tag * 100, tag * 100 + readings))
+        scheduler._on_message(consumer, method, raw, readings)  # type: ignore[arg-type]
+
+    deliver(flood, 1, 40)  # to the one writer at once; every writer busy now: one look
+    assert submitted == [(["flood"], False)] and looks == [{"flood"}]
+    for tag in range(2, 6):
+        deliver(flood, tag, 40)
+    deliver(mid, 1, 1)
+    assert scheduler.backlogged == {"flood", "mid"}
+    assert len(looks) == 1 and len(submitted) == 1  # backlogged deliveries: no look
+    # mid's prefetch is raised (a re-share) and it stops filling it: its backlog ends and
+    # its buffered reading goes express without waiting for another delivery.
+    mid.prefetch, mid.saturated = 5, False
+    scheduler._check_backlogged()
+    assert "mid" not in scheduler.backlogged and submitted[-1] == (["mid"], True)
+    calls[-1]()  # the express batch is written: the express writer is free, one look
+    assert len(looks) == 3 and len(submitted) == 2
+    deliver(quiet, 1, 1)  # a light delivery looks, and goes express
+    assert len(looks) == 4 and submitted[-1] == (["quiet"], True)
+    calls[-1]()
+    assert quiet_channel.acks == [(1, True)]
+    assert scheduler.drr.backlog_cost("flood") == 160  # never express
