@@ -249,3 +249,11 @@ def waiting(db: Database) -> dict[str, tuple[int, datetime]]:
         created = _utc(doc["created"])
         entry[1] = created if entry[1] is None else min(entry[1], created)
     return {tenant: (n, oldest) for tenant, (n, oldest) in out.items()}
+
+
+def ahead(db: Database, job: dict[str, Any]) -> int:
+    """How many of the job's tenant's waiting jobs are older than it: released first
+    (a tenant's jobs go oldest first; other tenants' turns come in between)."""
+    return db[JOBS].count_documents(
+        {"tenant": job["tenant"], "dispatch": WAITING, "created": {"$lt": job["created"]}}
+    )

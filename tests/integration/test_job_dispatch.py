@@ -100,6 +100,11 @@ def test_a_quiet_tenants_job_is_not_queued_behind_a_hostile_tenants_quota(
         ids = [h.get_json()["job"] for h in hostile]
         waiting = [job_records.get_job(db, i)["dispatch"] for i in ids[1:]]  # type: ignore[index]
         assert waiting == ["waiting"] * 3, waiting
+        # The API says so, with the tenant's jobs ahead (not Celery's PENDING). The
+        # first may already be released by the worker's dispatcher: count from the end.
+        shown = [client.get(h.get_json()["url"], headers=mallory).get_json() for h in hostile]
+        assert shown[0]["state"] != "WAITING" and shown[0]["ahead"] is None, shown[0]
+        assert [(s["state"], s["ahead"]) for s in shown[-2:]] == [("WAITING", 1), ("WAITING", 2)]
         quiet = client.post("/api/reports", json=REPORT, headers=alice)
         assert quiet.status_code == 202
         assert wait_job(client, quiet.get_json()["url"], alice)["state"] == "SUCCESS"
