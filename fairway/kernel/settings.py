@@ -529,6 +529,10 @@ class Settings:
     # Fair dispatch: a tenant's jobs wait in the database and at most this many of them
     # are in the `cpu` queue or running at once (docs/architecture.md, "Fair dispatch").
     jobs_dispatch_per_tenant: int = setting(1, JOBS, AT_LEAST_1)
+    # Work-conserving: while no other tenant has a job waiting, a tenant may have jobs
+    # released beyond its share until all tenants' released jobs reach this (set it to
+    # the cpu workers' pool processes); 0 or at most the share: never beyond the share.
+    jobs_dispatch_idle_max: int = setting(0, JOBS, AT_LEAST_0)
     # How often each worker's dispatcher sweeps (releases left waiting by a crash, gauges).
     jobs_dispatch_interval_s: float = setting(5.0, JOBS, POSITIVE)
     report_max_series: int = setting(10_000, JOBS, AT_LEAST_1)  # (metric, bucket) pairs
