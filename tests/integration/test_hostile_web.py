@@ -268,7 +268,9 @@ def test_metrics_are_served_on_the_metrics_port_only(pipeline: Pipeline) -> None
 
 
 # -- login throttling -----------------------------------------------------------------------
-@pytest.mark.settings(login_max_failures=3, login_delay_max_s=4.0)
+# Checks enough for the three free guesses at once: this is about the throttle, not the
+# password-check slots (the default, half the cores, is 1 here: one would wait too long).
+@pytest.mark.settings(login_max_failures=3, login_delay_max_s=4.0, login_concurrency=3)
 def test_parallel_guesses_cannot_all_pass_the_throttle(pipeline: Pipeline, app: Flask) -> None:
     """Increment-then-check: of 12 guesses sent at once, only the 3 free ones are checked."""
     import threading
