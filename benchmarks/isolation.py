@@ -42,7 +42,10 @@ Per attack: ``quiet_p99_ratio`` (quiet p99 under attack / unloaded), ``quiet_err
 (quiet publishes nacked or failed, plus quiet readings not stored by the end),
 ``attacker_sent`` and ``attacker_refused`` (the relay's refusals for the attack's reason,
 kept in ``rejected`` or counted over budget). Targets: each ratio <= 2, zero quiet
-errors, every refused attacker message counted.
+errors, every refused attacker message counted. Web attacks (and the unloaded web
+phase) also report ``cpu_seconds`` per process over the phase, from ``/proc``: web,
+gateway, Celery worker (with its pool), broker node, database (FerretDB and its
+PostgreSQL backends, shared with other users of the server) and the attacker.
 """
 
 from __future__ import annotations
