@@ -42,7 +42,10 @@ Per attack: ``quiet_p99_ratio`` (quiet p99 under attack / unloaded), ``quiet_err
 (quiet publishes nacked or failed, plus quiet readings not stored by the end),
 ``attacker_sent`` and ``attacker_refused`` (the relay's refusals for the attack's reason,
 kept in ``rejected`` or counted over budget). Targets: each ratio <= 2, zero quiet
-errors, every refused attacker message counted.
+errors, every refused attacker message counted. Web attacks (and the unloaded web
+phase) also report ``cpu_seconds`` per process over the phase, from ``/proc``: web,
+gateway, Celery worker (with its pool), broker node, database (FerretDB and its
+PostgreSQL backends, shared with other users of the server) and the attacker.
 """
 
 from __future__ import annotations
@@ -366,7 +369,9 @@ def run_web_attack(
         target=target, args=(*args, counts), daemon=True
     )
     child.start()
+    cpu = side.cpu_meter(env, child.pid)
     quiet_web, quiet = side.measure(env, scheduler, seconds, quiet_rate, f"{name}-")
+    cpu_used = cpu.used()
     child.join(120)
     after = webside.refusals(side.procs, name)
     seen = dict(counts)
@@ -381,7 +386,34 @@ def run_web_attack(
         "refusals_all_counted": all(counted[k] >= seen.get(k, 0) for k in counted),
         "quiet": quiet,
         "quiet_web": quiet_web,
+        "cpu_seconds": cpu_used,
     }
+
+
+class CpuMeter:
+    """CPU seconds per process over a phase, from ``/proc``: the web app, the push
+    gateway, the Celery worker, the broker node, the database (FerretDB and its
+    PostgreSQL backends: shared with other users of the machine) and the attacker."""
+
+    def __init__(self, env: Pipeline, pids: dict[str, list[int]]) -> None:
+        from benchmarks.end_to_end import DatabaseCpu, broker_pids
+
+        self.pids = {**pids, "broker": broker_pids()}
+        self.database = DatabaseCpu(env)
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        from benchmarks.end_to_end import cpu_s
+
+        now = {k: sum(cpu_s(pid) for pid in pids) for k, pids in self.pids.items()}
+        now["database"] = self.database.seconds()
+        return now
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds each used since the meter started (and closes the database watch)."""
+        end = self._now()
+        self.database.close()
+        return {k: r(end[k] - self.start[k], 2) for k in end}
 
 
 class WebSide:
@@ -393,6 +425,7 @@ class WebSide:
     ) -> None:
         self.web_url = f"http://127.0.0.1:{port}"
         self.procs = {"web": web, "gateway": gateway}
+        self.worker_pid: int | None = None
         self.manager = multiprocessing.get_context("fork").Manager()
         db = env.db
         accounts.create_user(db, webside.QUIET_USER, webside.PASSWORD, "admin", QUIET_TENANT)
@@ -432,6 +465,15 @@ class WebSide:
             self.web_url, self.quiet_token, self.quiet_report, QUIET_DEVICE
         )
 
+    def cpu_meter(self, env: Pipeline, attacker: int | None) -> CpuMeter:
+        """A CPU meter over the web side's processes (and the attacker's, if any)."""
+        pids = {role: [proc.pid] for role, proc in self.procs.items()}
+        if self.worker_pid is not None:
+            pids["celery_worker"] = _with_children(self.worker_pid)
+        if attacker is not None:
+            pids["attacker"] = [attacker]
+        return CpuMeter(env, pids)
+
     def measure(
         self, env: Pipeline, scheduler: FairwayProcess, seconds: float, rate: float, tag: str
     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -470,6 +512,7 @@ def run_all(
             )
             stack.callback(celery_workers.stop, worker)
             side = WebSide(env, web, port, gateway)
+            side.worker_pid = worker.pid
         say("unloaded")
         unloaded = quiet_phase(env, scheduler, seconds, args.quiet_rate, "base-")
         unloaded_login: dict[str, Any] = {}
@@ -478,9 +521,11 @@ def run_all(
         say(f"  {unloaded}, logins {unloaded_login}")
         unloaded_web: dict[str, Any] = {}
         if side is not None:
+            cpu = side.cpu_meter(env, None)
             unloaded_web, unloaded_side = side.measure(
                 env, scheduler, seconds, args.quiet_rate, "web-base-"
             )
+            unloaded_web["cpu_seconds"] = cpu.used()
             unloaded_web["stored"] = unloaded_side
             say(f"  web {unloaded_web}")
         attacks: dict[str, Any] = {}
@@ -609,7 +654,17 @@ def web_figures(outcome: dict[str, Any], unloaded: dict[str, Any]) -> dict[str, 
         "refusals_all_counted": outcome["refusals_all_counted"],
         "quiet": quiet,
         "quiet_stored": readings,
+        "cpu_seconds": outcome["cpu_seconds"],
     }
+
+
+def _with_children(pid: int) -> list[int]:
+    """``pid`` and its direct children (a Celery worker's pool processes)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *(int(c) for c in f.read().split())]
+    except OSError:
+        return [pid]
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ Attacks (each from its own process, four threads, as a script would):
 * ``job_flood``: a hostile viewer submits reports over a day of its tenant's readings,
   retrying 0.1 s after each refusal (``job_quota``, 429) so its quota stays full;
 * ``web_login_flood``: a stranger posts wrong passwords for ever new user names to
-  ``/api/login`` (``bad_credentials``; ``too_many_attempts`` once its address has used
-  its free attempts; ``login_busy`` when no password-check slot is free);
+  ``/api/login`` (``bad_credentials``; ``login_rate`` beyond its address's bucket;
+  ``too_many_attempts`` once its address has used its free attempts; ``login_busy``
+  when no password-check slot is free);
 * ``session_flood``: a hostile viewer logs in with its *correct* password as fast as it
-  can, each login a new session (refused ``too_many_attempts`` or ``login_busy``);
+  can, each login a new session (refused ``login_rate`` beyond the user's bucket of
+  successful logins, ``too_many_attempts`` or ``login_busy``);
 * ``push_token_flood``: a hostile viewer mints push tokens (``push_token_rate``) and
   opens a gateway stream with each (``user_session_limit``), keeping them open.
 """
@@ -317,11 +319,16 @@ REFUSALS: dict[str, tuple[tuple[str, str], ...]] = {
     # attack: the (process, reason) pairs its refusals are counted under
     "job_flood": (("web", "job_quota"),),
     "web_login_flood": (
+        ("web", "login_rate"),
         ("web", "too_many_attempts"),
         ("web", "login_busy"),
         ("web", "bad_credentials"),
     ),
-    "session_flood": (("web", "too_many_attempts"), ("web", "login_busy")),
+    "session_flood": (
+        ("web", "login_rate"),
+        ("web", "too_many_attempts"),
+        ("web", "login_busy"),
+    ),
     "push_token_flood": (("web", "push_token_rate"), ("gateway", "user_session_limit")),
 }
 METRIC = {"web": "fairway_web_refused_total", "gateway": "fairway_gateway_refused_total"}

@@ -30,6 +30,10 @@ class RateLimiter:
             bucket[1] = now
         return bucket
 
+    def peek(self, key: str, now: float) -> float:
+        """The tokens ``key`` has at time ``now`` (nothing taken)."""
+        return self._tokens(key, now)[0]
+
     def allow(self, key: str, now: float, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens for ``key`` at time ``now``; False if not one is left.
 

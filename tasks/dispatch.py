@@ -63,7 +63,11 @@ def fill(app: Celery, db: Any, tenant: str, settings: Settings) -> int:
     released = 0
     while True:
         job = job_dispatch.claim_next(
-            db, tenant, settings.jobs_dispatch_per_tenant, settings.job_ttl_s
+            db,
+            tenant,
+            settings.jobs_dispatch_per_tenant,
+            settings.job_ttl_s,
+            settings.jobs_dispatch_idle_max,
         )
         if job is None:
             return released

@@ -41,6 +41,7 @@ from ingest.ratelimit import RateLimiter
 from web.broker import get_broker
 from web.database import get_db
 from web.errors import ApiError
+from web.login_rate import LoginRate, password_checks
 from web.openapi import operation
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
@@ -70,10 +71,19 @@ def init_app(app: Flask) -> None:
     app.extensions["fairway_push_throttle"] = PushThrottle(
         settings.push_token_rate, settings.push_token_burst
     )
-    app.extensions[LOGIN_SLOTS] = LoginSlots(settings.login_concurrency, settings.login_wait_s)
+    app.extensions[LOGIN_SLOTS] = LoginSlots(
+        password_checks(settings.login_concurrency), settings.login_wait_s
+    )
+    app.extensions[LOGIN_RATE] = LoginRate(
+        settings.login_addr_rate,
+        settings.login_addr_burst,
+        settings.login_user_rate,
+        settings.login_user_burst,
+    )
 
 
 LOGIN_SLOTS = "fairway_login_slots"
+LOGIN_RATE = "fairway_login_rate"
 
 
 class LoginSlots:
@@ -233,8 +243,12 @@ def visible_or_404(doc: dict[str, Any] | None, kind: str, ident: str) -> dict[st
 def log_in(user_id: str, password: str) -> User:
     """Check credentials with throttling; start a fresh session. Raises ApiError."""
     settings = current_app.config["FAIRWAY_SETTINGS"]
+    rate: LoginRate = current_app.extensions[LOGIN_RATE]
+    address = request.remote_addr or ""
+    _refuse_over_rate(rate.address_wait(address), "login attempts from this address")
+    _refuse_over_rate(rate.user_wait(user_id), "logins of this user")
     db = get_db()
-    keys = [f"user:{user_id}", f"addr:{request.remote_addr}"]
+    keys = [f"user:{user_id}", f"addr:{address}"]
     wait = accounts.claim_login_attempt(
         db,
         keys,
@@ -266,6 +280,7 @@ def log_in(user_id: str, password: str) -> User:
         accounts.login_failed(db, keys, settings.login_window_s)
         LOGINS.labels("failed").inc()
         raise ApiError(401, "bad_credentials", "unknown user or wrong password")
+    rate.user_succeeded(user.id)
     accounts.login_succeeded(db, keys[0], keys[1:])
     session.clear()  # a fresh session on login: no fixation
     session["user"] = user.id
@@ -275,11 +290,30 @@ def log_in(user_id: str, password: str) -> User:
     return user
 
 
+def _refuse_over_rate(wait: float, what: str) -> None:
+    """429 ``login_rate`` with ``Retry-After`` if ``wait`` > 0 (from :class:`LoginRate`)."""
+    if wait <= 0:
+        return
+    LOGINS.labels("rate").inc()
+    retry = str(math.ceil(wait))
+
+    @after_this_request
+    def _retry_after(response: Response) -> Response:
+        response.headers["Retry-After"] = retry
+        return response
+
+    raise ApiError(429, "login_rate", f"too many {what}; retry in {retry} s")
+
+
 @bp.post("/login")
 @operation(
     body=models.Login,
     answer=models.Profile,
-    errors={401: ["bad_credentials"], 429: ["too_many_attempts"], 503: ["login_busy"]},
+    errors={
+        401: ["bad_credentials"],
+        429: ["too_many_attempts", "login_rate"],
+        503: ["login_busy"],
+    },
     headers={"Set-Cookie": "the session cookie"},
 )
 def login(body: models.Login) -> dict[str, Any]:

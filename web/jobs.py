@@ -145,6 +145,8 @@ def _submit(kind: str, tenant: str, params: dict[str, Any]) -> tuple[dict, int, 
     return {"job": job_id, "url": url}, 202, {"Location": url}
 
 
+WAITING = "WAITING"  # a job state Celery does not have: waiting for its tenant's turn
+
 JOB_ERRORS = {
     404: ["not_found"],
     429: ["job_quota"],
@@ -228,6 +230,11 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
     """The job's record, state, progress and result."""
     result = get_celery().AsyncResult(job["_id"])
     state, info = result.state, result.info
+    ahead = None
+    if state == "PENDING" and job.get("dispatch") == job_records.WAITING:
+        # Not in the cpu queue yet: it waits for its tenant's dispatch slot (Celery
+        # knows nothing of it and would say PENDING, like a lost id).
+        state, ahead = WAITING, job_dispatch.ahead(get_db(), job)
     out: dict[str, Any] = {
         "job": job["_id"],
         "kind": job["kind"],
@@ -236,6 +243,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
         "params": _params_json(job.get("params", {})),
         "created": iso_z(job.get("created")),
         "state": state,
+        "ahead": ahead,
         "progress": None,
         "result": None,
         "error": None,
@@ -280,8 +288,10 @@ def list_jobs(query: models.JobsQuery) -> dict[str, Any]:
 @login_required
 @operation(answer=models.Job, errors={404: ["not_found"]})
 def show_job(job_id: str) -> dict[str, Any]:
-    """State (``PENDING``, ``STARTED``, ``PROGRESS``, ``SUCCESS``, ``FAILURE``, ``RETRY``),
-    progress ``{"done", "total"}``, and the result or the reason it failed."""
+    """State (``WAITING`` for its tenant's turn, with ``ahead`` of its tenant's jobs
+    before it; ``PENDING`` in the queue, ``STARTED``, ``PROGRESS``, ``SUCCESS``,
+    ``FAILURE``, ``RETRY``), progress ``{"done", "total"}``, and the result or the reason
+    it failed."""
     return job_json(visible_job(job_id))
 
 

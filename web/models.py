@@ -610,7 +610,13 @@ class Progress(Answer):
 
 class Job(JobSummary):
     params: dict[str, Any]
-    state: str = Field(description="PENDING, STARTED, PROGRESS, SUCCESS, FAILURE or RETRY")
+    state: str = Field(
+        description="WAITING (for its tenant's turn), PENDING (queued), STARTED, PROGRESS,"
+        " SUCCESS, FAILURE or RETRY"
+    )
+    ahead: int | None = Field(
+        description="while WAITING: how many of its tenant's jobs are released before it"
+    )
     progress: Progress | None
     result: dict[str, Any] | None
     error: str | None

@@ -415,8 +415,19 @@ class Settings:
     login_delay_max_s: float = setting(60.0, WEB, Bound(low=1, high=3600))
     # Password checks (argon2: 64 MiB and several threads each) running at once per web
     # process; as many more may wait up to FAIRWAY_LOGIN_WAIT_S for one, the rest get 503.
-    login_concurrency: int = setting(2, WEB, Bound(low=1, high=64))
+    # 0: half the host's cores, at least 1 (one argon2 check already uses several).
+    login_concurrency: int = setting(0, WEB, Bound(low=0, high=64))
     login_wait_s: float = setting(5.0, WEB, Bound(low=0, high=60))
+    # Login attempts per client address (any outcome; the address behind
+    # FAIRWAY_PROXY_HOPS trusted proxies): a token bucket per web process, checked before
+    # the throttle records and the password check; then 429 login_rate.
+    login_addr_rate: float = setting(1.0, WEB, POSITIVE)  # per second
+    login_addr_burst: float = setting(20.0, WEB, Bound(low=1))
+    # Successful logins per user (each a new session and a password check): a bucket per
+    # web process, checked before the password check and taken on success; then 429
+    # login_rate. Only the password's holder can spend it.
+    login_user_rate: float = setting(0.2, WEB, POSITIVE)  # per second
+    login_user_burst: float = setting(10.0, WEB, Bound(low=1))
     # Request bodies beyond this answer 413 (Flask) or are cut off (waitress).
     web_max_body_bytes: int = setting(1_048_576, WEB, Bound(low=1024))
     # Device logins (RabbitMQ's HTTP auth backend): passwords are keyed hashes (HMAC-SHA256)
@@ -518,6 +529,10 @@ class Settings:
     # Fair dispatch: a tenant's jobs wait in the database and at most this many of them
     # are in the `cpu` queue or running at once (docs/architecture.md, "Fair dispatch").
     jobs_dispatch_per_tenant: int = setting(1, JOBS, AT_LEAST_1)
+    # Work-conserving: while no other tenant has a job waiting, a tenant may have jobs
+    # released beyond its share until all tenants' released jobs reach this (set it to
+    # the cpu workers' pool processes); 0 or at most the share: never beyond the share.
+    jobs_dispatch_idle_max: int = setting(0, JOBS, AT_LEAST_0)
     # How often each worker's dispatcher sweeps (releases left waiting by a crash, gauges).
     jobs_dispatch_interval_s: float = setting(5.0, JOBS, POSITIVE)
     report_max_series: int = setting(10_000, JOBS, AT_LEAST_1)  # (metric, bucket) pairs

@@ -147,10 +147,31 @@ def _releasing(db: Database, job: dict[str, Any], n: int, slot: str) -> dict[str
     return {**job, "dispatch": RELEASING, "release": n, "slot": slot}
 
 
-def claim_next(db: Database, tenant: str, per_tenant: int, ttl_s: float) -> dict[str, Any] | None:
+def slots_for(db: Database, tenant: str, per_tenant: int, idle_max: int) -> int:
+    """How many dispatch slots ``tenant`` may hold now: its share, or while no other
+    tenant has a job waiting, what ``idle_max`` leaves after the other tenants' slots
+    (work-conserving: a tenant alone uses the idle workers).
+
+    The extra slots are ordinary slots with higher numbers (``dispatch/<tenant>/<k>``,
+    ``k`` >= the share), taken by the same unique insert and freed the same way, so
+    the crash-safety of releases is unchanged. The check is not atomic with the insert:
+    a tenant whose first job arrives just after finds its share free at once but may
+    queue behind the borrowed jobs already released, at most ``idle_max`` - 1 of them
+    (no preemption)."""
+    if idle_max <= per_tenant:
+        return per_tenant
+    if db[JOBS].find_one({"dispatch": WAITING, "tenant": {"$ne": tenant}}, {"_id": 1}):
+        return per_tenant
+    others = db[SLOTS].count_documents({"scope": DISPATCH, "owner": {"$ne": tenant}})
+    return max(per_tenant, idle_max - others)
+
+
+def claim_next(
+    db: Database, tenant: str, per_tenant: int, ttl_s: float, idle_max: int = 0
+) -> dict[str, Any] | None:
     """Take a dispatch slot of ``tenant`` for its oldest waiting job and claim the job's
     next release; the job record with ``release`` and ``slot``, or None (no job
-    waiting, or every slot busy)."""
+    waiting, or every slot busy). ``idle_max``: see :func:`slots_for`."""
     for _ in range(CLAIM_TRIES):
         oldest = list(
             db[JOBS].find({"tenant": tenant, "dispatch": WAITING}).sort("created", 1).limit(1)
@@ -158,7 +179,8 @@ def claim_next(db: Database, tenant: str, per_tenant: int, ttl_s: float) -> dict
         if not oldest:
             return None
         job = oldest[0]
-        slot = take_slot(db, job["_id"], DISPATCH, tenant, per_tenant, ttl_s, free_stale)
+        limit = slots_for(db, tenant, per_tenant, idle_max)
+        slot = take_slot(db, job["_id"], DISPATCH, tenant, limit, ttl_s, free_stale)
         if slot is None:
             return None
         n = _claim_number(db, job, RELEASE)
@@ -249,3 +271,11 @@ def waiting(db: Database) -> dict[str, tuple[int, datetime]]:
         created = _utc(doc["created"])
         entry[1] = created if entry[1] is None else min(entry[1], created)
     return {tenant: (n, oldest) for tenant, (n, oldest) in out.items()}
+
+
+def ahead(db: Database, job: dict[str, Any]) -> int:
+    """How many of the job's tenant's waiting jobs are older than it: released first
+    (a tenant's jobs go oldest first; other tenants' turns come in between)."""
+    return db[JOBS].count_documents(
+        {"tenant": job["tenant"], "dispatch": WAITING, "created": {"$lt": job["created"]}}
+    )

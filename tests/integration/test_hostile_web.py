@@ -268,7 +268,9 @@ def test_metrics_are_served_on_the_metrics_port_only(pipeline: Pipeline) -> None
 
 
 # -- login throttling -----------------------------------------------------------------------
-@pytest.mark.settings(login_max_failures=3, login_delay_max_s=4.0)
+# Checks enough for the three free guesses at once: this is about the throttle, not the
+# password-check slots (the default, half the cores, is 1 here: one would wait too long).
+@pytest.mark.settings(login_max_failures=3, login_delay_max_s=4.0, login_concurrency=3)
 def test_parallel_guesses_cannot_all_pass_the_throttle(pipeline: Pipeline, app: Flask) -> None:
     """Increment-then-check: of 12 guesses sent at once, only the 3 free ones are checked."""
     import threading
@@ -313,6 +315,78 @@ def test_login_delays_grow_are_capped_and_records_expire(pipeline: Pipeline, app
     time.sleep(3.1)  # past the delay and the window: the record has expired
     assert attempt(PASSWORD).status_code == 200
     assert pipeline.db[accounts.LOGIN_FAILURES].find_one({"_id": "user:alice"}) is None
+
+
+@pytest.mark.settings(login_addr_rate=0.01, login_addr_burst=3, login_max_failures=100)
+def test_login_attempts_per_address_are_refused_from_memory_beyond_the_burst(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    client = app.test_client()
+    before = refusals(app, "login_rate")
+
+    def attempt(address: str, forwarded: str | None = None) -> Any:
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        body = {"user": f"nobody-{os.urandom(4).hex()}", "password": "wrong"}
+        environ = {"REMOTE_ADDR": address}
+        return client.post("/api/login", json=body, headers=headers, environ_base=environ)
+
+    assert [attempt("10.9.0.1").status_code for _ in range(3)] == [401] * 3
+    over = attempt("10.9.0.1", forwarded="10.9.9.9")  # no trusted proxy: the header is ignored
+    assert "from this address" in refused(over, 429, "login_rate")["message"]
+    assert 1 <= int(over.headers["Retry-After"]) <= 100
+    # Refused before the throttle records: the address's record counts only the three.
+    record = pipeline.db[accounts.LOGIN_FAILURES].find_one({"_id": "addr:10.9.0.1"})
+    assert record is not None and record["n"] == 3, record
+    assert attempt("10.9.0.2").status_code == 401  # another address has its own bucket
+    assert refusals(app, "login_rate") == before + 1
+
+
+@pytest.mark.settings(
+    login_addr_rate=0.01, login_addr_burst=2, login_max_failures=100, proxy_hops=1
+)
+def test_behind_a_trusted_proxy_the_forwarded_client_is_the_address(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    client = app.test_client()
+
+    def attempt(forwarded: str) -> int:
+        body = {"user": "nobody", "password": "wrong"}
+        return client.post(
+            "/api/login",
+            json=body,
+            headers={"X-Forwarded-For": forwarded},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},  # the proxy
+        ).status_code
+
+    assert [attempt("198.51.100.1") for _ in range(3)] == [401, 401, 429]
+    assert attempt("198.51.100.2") == 401  # another client behind the same proxy
+
+
+@pytest.mark.settings(login_user_rate=0.01, login_user_burst=2, login_max_failures=100)
+def test_successful_logins_per_user_are_bounded_and_strangers_cannot_spend_them(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    from web.auth import LOGINS
+
+    client = app.test_client()
+    body = {"user": "alice", "password": PASSWORD}
+    wrong = {"user": "alice", "password": "wrong password"}
+    # A stranger's wrong passwords (from many addresses) spend none of alice's logins.
+    for i in range(4):
+        answer = client.post("/api/login", json=wrong, environ_base={"REMOTE_ADDR": f"10.8.0.{i}"})
+        assert answer.status_code == 401
+
+    def fresh_login(user: dict[str, str]) -> Any:  # a new client each time: a new session
+        return app.test_client().post("/api/login", json=user)
+
+    assert [fresh_login(body).status_code for _ in range(2)] == [200, 200]
+    checked = LOGINS.labels("ok")._value.get() + LOGINS.labels("failed")._value.get()
+    over = fresh_login(body)
+    assert "logins of this user" in refused(over, 429, "login_rate")["message"]
+    assert int(over.headers["Retry-After"]) >= 1
+    # Refused before the password check: neither a success nor a failure was counted.
+    assert LOGINS.labels("ok")._value.get() + LOGINS.labels("failed")._value.get() == checked
+    assert fresh_login({"user": "ops", "password": PASSWORD}).status_code == 200
 
 
 @pytest.mark.settings(login_concurrency=1, login_wait_s=0.2, login_max_failures=5)

@@ -22,7 +22,7 @@ from fairway.storage import accounts, job_dispatch, job_records, registry
 from tasks import dispatch
 from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
-from tests.integration.crashing_worker import SLOW_DEVICE
+from tests.integration.crashing_worker import SLOW_DEVICE, SLOW_S
 from tests.integration.test_jobs_api import token, wait_job
 from tests.integration.test_tasks import START, insert_readings
 from web import create_app
@@ -55,13 +55,16 @@ def app(pipeline: Pipeline) -> Iterator[Flask]:
     flask_app.extensions["fairway_db"].client.close()
 
 
-def start_worker(pipeline: Pipeline, name: str, **overrides: Any) -> Any:
+def start_worker(pipeline: Pipeline, name: str, concurrency: int = 1, **overrides: Any) -> Any:
     """A worker of the test app (slow device, crash device) with a metrics port."""
     settings = type(pipeline.settings).from_env(
         pipeline.settings.environ(), metrics_port=free_port(), **overrides
     )
     proc = worker.start(
-        settings, pipeline.workdir / f"{name}.log", app="tests.integration.crashing_worker"
+        settings,
+        pipeline.workdir / f"{name}.log",
+        app="tests.integration.crashing_worker",
+        concurrency=concurrency,
     )
     proc.metrics_port = settings.metrics_port  # type: ignore[attr-defined]
     return proc
@@ -100,6 +103,11 @@ def test_a_quiet_tenants_job_is_not_queued_behind_a_hostile_tenants_quota(
         ids = [h.get_json()["job"] for h in hostile]
         waiting = [job_records.get_job(db, i)["dispatch"] for i in ids[1:]]  # type: ignore[index]
         assert waiting == ["waiting"] * 3, waiting
+        # The API says so, with the tenant's jobs ahead (not Celery's PENDING). The
+        # first may already be released by the worker's dispatcher: count from the end.
+        shown = [client.get(h.get_json()["url"], headers=mallory).get_json() for h in hostile]
+        assert shown[0]["state"] != "WAITING" and shown[0]["ahead"] is None, shown[0]
+        assert [(s["state"], s["ahead"]) for s in shown[-2:]] == [("WAITING", 1), ("WAITING", 2)]
         quiet = client.post("/api/reports", json=REPORT, headers=alice)
         assert quiet.status_code == 202
         assert wait_job(client, quiet.get_json()["url"], alice)["state"] == "SUCCESS"
@@ -287,3 +295,56 @@ def test_parallel_dispatchers_release_at_most_the_tenants_share(
     # The two oldest were claimed (the tenant's jobs go in submission order).
     oldest = [d["_id"] for d in db[job_records.JOBS].find({}).sort("created", 1).limit(2)]
     assert sorted(claims) == sorted(oldest)
+
+
+@pytest.mark.settings(jobs_dispatch_per_tenant=1, jobs_dispatch_idle_max=3)
+def test_a_tenant_alone_uses_idle_capacity_beyond_its_share_until_another_waits(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    # No worker: released jobs stay in the cpu queue, so the slots stay held.
+    client = app.test_client()
+    alice, mallory = token(pipeline, "alice"), token(pipeline, "mallory")
+    db = pipeline.db
+
+    def submit(headers: dict[str, str]) -> str:
+        answer = client.post("/api/reports", json=REPORT, headers=headers)
+        assert answer.status_code == 202, answer.get_json()
+        return str(answer.get_json()["job"])
+
+    acme = [submit(alice) for _ in range(4)]
+    # Alone: three released (idle_max), one beyond the share of 1 each; the fourth waits.
+    states = [job_records.get_job(db, i)["dispatch"] for i in acme]  # type: ignore[index]
+    assert states == ["releasing"] * 3 + ["waiting"], states
+    assert job_records.unfinished(db, job_dispatch.DISPATCH, "acme") == 3
+    shown = client.get(f"/api/jobs/{acme[3]}", headers=alice).get_json()
+    assert (shown["state"], shown["ahead"]) == ("WAITING", 0)
+    # Another tenant's first job takes its own share at once (acme has a job waiting,
+    # so other does not borrow); its second waits its turn.
+    other = [submit(mallory) for _ in range(2)]
+    states = [job_records.get_job(db, i)["dispatch"] for i in other]  # type: ignore[index]
+    assert states == ["releasing", "waiting"], states
+    # While other waits, acme is held to its share: nothing more is released for it.
+    assert job_dispatch.slots_for(db, "acme", 1, 3) == 1
+    assert job_dispatch.claim_next(db, "acme", 1, pipeline.settings.job_ttl_s, 3) is None
+    assert job_records.unfinished(db, job_dispatch.DISPATCH, "acme") == 3
+    # Without idle_max (the default) a tenant alone never goes beyond its share.
+    assert job_dispatch.slots_for(db, "third", 1, 0) == 1
+
+
+@pytest.mark.settings(jobs_dispatch_per_tenant=1, jobs_dispatch_idle_max=2)
+def test_a_tenant_alone_runs_on_every_idle_worker_process(pipeline: Pipeline, app: Flask) -> None:
+    client = app.test_client()
+    mallory = token(pipeline, "mallory")
+    slow = {**REPORT, "device": SLOW_DEVICE}
+    proc = start_worker(pipeline, "idle", concurrency=2)
+    try:
+        jobs = [client.post("/api/reports", json=slow, headers=mallory) for _ in range(2)]
+        assert [j.status_code for j in jobs] == [202, 202]
+        for j in jobs:
+            assert wait_job(client, j.get_json()["url"], mallory)["state"] == "SUCCESS"
+        first, second = sorted(done_at(pipeline, j.get_json()["job"]) for j in jobs)
+        # Side by side on the two processes (one after the other: SLOW_S apart or more).
+        assert (second - first).total_seconds() < SLOW_S * 0.6, (first, second)
+        assert job_records.unfinished(pipeline.db, job_dispatch.DISPATCH, "other") == 0
+    finally:
+        worker.stop(proc)

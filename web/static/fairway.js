@@ -397,7 +397,8 @@
         row.cells[0].textContent = job.job;
         row.cells[1].textContent = kind || job.kind || "";
       }
-      row.cells[2].textContent = job.state || "";
+      row.cells[2].textContent =
+        job.state === "WAITING" ? `waiting (${job.ahead || 0} ahead)` : job.state || "";
       const p = job.progress;
       row.cells[3].textContent = p && p.total ? `${Math.round((100 * p.done) / p.total)} %` : "";
       if (job.state === "SUCCESS") {
