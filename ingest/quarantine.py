@@ -1,0 +1,133 @@
+"""Device quarantine on the relay: when refusals beyond budget call for it, and acting.
+
+The relay feeds every refusal beyond a device's refusal budget to
+:meth:`QuarantineWatch.over_budget`. A token bucket per device of
+``quarantine_refusals`` readings, refilled over ``quarantine_window_s``, absorbs them:
+only a device refused beyond its budget faster than that for the whole window empties
+it. A device that sends a few bad readings never reaches this at all (the refusal
+budget keeps its first ``rejected_device_burst`` refusals and ``rejected_device_rate``
+a second), and one over its budget at a trickle refills faster than it spends.
+
+:class:`QuarantineWatch` decides (pure); :class:`Quarantiner` acts. Once empty, the
+answer is True at most once per ``recheck_s`` per device: the relay
+then imposes the quarantine (idempotent) or, if it holds already, closes the device's
+connections again (RabbitMQ's auth cache may let a reconnect through for its TTL).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from cachetools import LRUCache
+from pymongo.database import Database
+
+from fairway.amqp import management
+from fairway.kernel.ids import is_reserved_id, is_valid_id
+from fairway.kernel.settings import Settings
+from fairway.storage import quarantine, registry
+from fairway.storage.quarantine import REASON
+from ingest import metrics
+from ingest.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 5.0
+
+
+class QuarantineWatch:
+    """Per device: has it been refused beyond its budget for long enough?"""
+
+    def __init__(
+        self, refusals: int, window_s: float, max_keys: int, recheck_s: float = RECHECK_S
+    ) -> None:
+        self.enabled = refusals > 0
+        self._bucket = RateLimiter(refusals / window_s if self.enabled else 1.0, refusals, max_keys)
+        self.recheck_s = recheck_s
+        self._acted: LRUCache[str, float] = LRUCache(max_keys)
+
+    def over_budget(self, device: str, now: float, readings: int = 1) -> bool:
+        """Count ``readings`` refused beyond ``device``'s budget at ``now`` (monotonic);
+        True when the relay should act on the device now."""
+        if not self.enabled or self._bucket.allow(device, now, readings):
+            return False
+        last = self._acted.get(device)
+        if last is not None and now - last < self.recheck_s:
+            return False
+        self._acted[device] = now
+        return True
+
+
+class Quarantiner:
+    """The relay's side of quarantine: watch refusals, impose and close off the I/O loop.
+
+    Imposing reads the registry and writes ``quarantines``; closing calls the management
+    API (which may wait seconds for a young connection): both on one worker thread, so
+    the relay's I/O loop never waits. A device id that is reserved (a service account:
+    closing its connections would stop Fairway) or not registered is never quarantined.
+    """
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings, self.db = settings, db
+        self.watch = QuarantineWatch(
+            settings.quarantine_refusals, settings.quarantine_window_s, settings.device_cache_size
+        )
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="quarantine")
+        self._queued: set[str] = set()  # devices with an action waiting on the worker
+
+    def refused_over_budget(self, device: str | None, readings: int = 1) -> None:
+        """A refusal of ``device`` beyond its budget; acts when the watch says so."""
+        if not device or not self.watch.over_budget(device, time.monotonic(), readings):
+            return
+        if device in self._queued:
+            return
+        self._queued.add(device)
+        self._worker.submit(self._act, device)
+
+    def _act(self, device: str) -> None:
+        try:
+            self.act(device, time.time())
+        except Exception:  # the next refusals beyond budget try again
+            log.warning("quarantine of %s failed", device, exc_info=True)
+        finally:
+            self._queued.discard(device)
+
+    def act(self, device: str, now: float) -> quarantine.Quarantine | None:
+        """Quarantine ``device`` (or, if it already is, close its connections again);
+        the record imposed by this call, if any."""
+        if is_reserved_id(device) or not is_valid_id(device):
+            return None
+        found = registry.find_devices(self.db, [device])[device]
+        if found is None:
+            return None
+        s = self.settings
+        record = quarantine.impose(
+            self.db, device, found.tenant, now, s.quarantine_s, s.quarantine_max_s, REASON
+        )
+        if record is not None:
+            metrics.DEVICES_QUARANTINED.labels(found.tenant).inc()
+            log.warning(
+                "device quarantined: refused beyond its budget",
+                extra={
+                    "device": device,
+                    "tenant": found.tenant,
+                    "until": record.until,
+                    "offences": record.offences,
+                },
+            )
+        elif quarantine.active(self.db, device, now) is None:
+            return None  # lifted by an admin meanwhile: a new offence starts a new one
+        try:
+            closed = management.close_connections(
+                s.rabbitmq_mgmt_url, s.vhost, device, "device quarantined"
+            )
+            metrics.QUARANTINE_CLOSES.labels("closed" if closed else "none").inc()
+        except Exception:  # the quarantine holds: its logins are refused
+            metrics.QUARANTINE_CLOSES.labels("failed").inc()
+            log.warning("could not close connections of %s", device, exc_info=True)
+        return record
+
+    def close(self) -> None:
+        """Stop the worker (actions not started are dropped)."""
+        self._worker.shutdown(wait=False, cancel_futures=True)
