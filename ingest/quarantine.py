@@ -1,17 +1,20 @@
 """Device quarantine on the relay: when refusals beyond budget call for it, and acting.
 
-The relay feeds every refusal beyond a device's refusal budget to
-:meth:`QuarantineWatch.over_budget`. A token bucket per device of
-``quarantine_refusals`` readings, refilled over ``quarantine_window_s``, absorbs them:
-only a device refused beyond its budget faster than that for the whole window empties
-it. A device that sends a few bad readings never reaches this at all (the refusal
-budget keeps its first ``rejected_device_burst`` refusals and ``rejected_device_rate``
-a second), and one over its budget at a trickle refills faster than it spends.
+The relay feeds every refusal beyond a device's refusal budget, for what the device
+sent (:data:`COUNTED`), to :meth:`QuarantineWatch.over_budget`, costing its readings or
+one unit per KiB of its body if more (the refusal pace's units: a junk flood counts by
+its bytes). A token bucket per device of ``quarantine_refusals`` units, refilled over
+``quarantine_window_s``, absorbs them: it empties only when the device is refused
+beyond its budget by more than ``quarantine_refusals`` above that refill. A device
+that sends a few bad readings never reaches this at all (the refusal budget keeps its
+first ``rejected_device_burst`` refusals and ``rejected_device_rate`` a second), and one
+over its budget at a trickle refills faster than it spends.
 
 :class:`QuarantineWatch` decides (pure); :class:`Quarantiner` acts. Once empty, the
-answer is True at most once per ``recheck_s`` per device: the relay
-then imposes the quarantine (idempotent) or, if it holds already, closes the device's
-connections again (RabbitMQ's auth cache may let a reconnect through for its TTL).
+answer is True at most once per ``recheck_s`` per device: the relay then imposes the
+quarantine (idempotent) or, if it holds already, closes the device's connections again
+(RabbitMQ's auth cache may let a reconnect through for its TTL). A device with no open
+connection is not quarantined anew: its refusals are what it queued before.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pymongo.database import Database
 
 from fairway.amqp import management
 from fairway.kernel.ids import is_reserved_id, is_valid_id
+from fairway.kernel.reasons import Reason
 from fairway.kernel.settings import Settings
 from fairway.storage import quarantine, registry
 from fairway.storage.quarantine import REASON
@@ -34,6 +38,21 @@ from ingest.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 RECHECK_S = 5.0
+# Refusals of what the device sent. Not counted: its tenant's backlog being full or gone
+# (the scheduler's state, not the device's doing) and the registry's verdicts (unknown,
+# disabled: already kept out at login).
+COUNTED = frozenset(
+    {
+        Reason.TOO_LARGE,
+        Reason.MALFORMED_JSON,
+        Reason.SCHEMA,
+        Reason.BAD_ROUTING_KEY,
+        Reason.IDENTITY_MISMATCH,
+        Reason.CLOCK_SKEW,
+        Reason.RATE_LIMITED,
+        Reason.TOO_MANY_READINGS,
+    }
+)
 
 
 class QuarantineWatch:
@@ -76,9 +95,13 @@ class Quarantiner:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="quarantine")
         self._queued: set[str] = set()  # devices with an action waiting on the worker
 
-    def refused_over_budget(self, device: str | None, readings: int = 1) -> None:
-        """A refusal of ``device`` beyond its budget; acts when the watch says so."""
-        if not device or not self.watch.over_budget(device, time.monotonic(), readings):
+    def refused_over_budget(self, device: str | None, reason: Reason, units: int = 1) -> None:
+        """A refusal of ``device`` beyond its budget, costing ``units`` (its readings, or
+        one per KiB of its body if more); acts when the watch says so. Only refusals of
+        what the device sent count (:data:`COUNTED`)."""
+        if not device or reason not in COUNTED:
+            return
+        if not self.watch.over_budget(device, time.monotonic(), units):
             return
         if device in self._queued:
             return
@@ -102,9 +125,16 @@ class Quarantiner:
         if found is None:
             return None
         s = self.settings
-        record = quarantine.impose(
-            self.db, device, found.tenant, now, s.quarantine_s, s.quarantine_max_s, REASON
-        )
+        held = quarantine.active(self.db, device, now)
+        if held is None and not management.connections_of(s.rabbitmq_mgmt_url, s.vhost, device):
+            # Not connected: these refusals are what it queued before (a quarantine that
+            # just expired, or was lifted, drains its backlog at the pace): no new offence.
+            return None
+        record = None
+        if held is None:
+            record = quarantine.impose(
+                self.db, device, found.tenant, now, s.quarantine_s, s.quarantine_max_s, REASON
+            )
         if record is not None:
             metrics.DEVICES_QUARANTINED.labels(found.tenant).inc()
             log.warning(
@@ -116,8 +146,8 @@ class Quarantiner:
                     "offences": record.offences,
                 },
             )
-        elif quarantine.active(self.db, device, now) is None:
-            return None  # lifted by an admin meanwhile: a new offence starts a new one
+        elif held is None:
+            return None  # another relay imposed it just now, and closes the connections
         try:
             closed = management.close_connections(
                 s.rabbitmq_mgmt_url, s.vhost, device, "device quarantined"

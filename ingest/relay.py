@@ -521,7 +521,9 @@ class Relay(AmqpService):
         if not self.refusals.allow(device, tenant, time.monotonic(), readings):
             # Over the device's or tenant's budget: counted, acked, not kept.
             metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
-            self.quarantiner.refused_over_budget(device, readings)
+            self.quarantiner.refused_over_budget(
+                device, refusal.reason, max(readings, 1 + delivery.size // PACE_BYTES)
+            )
             self._paced_done(delivery, tenant)
             return
         headers: dict[str, Any] = {

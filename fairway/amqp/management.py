@@ -82,6 +82,16 @@ def delete_vhost(base_url: str, vhost: str) -> None:
     call(base_url, "DELETE", f"vhosts/{urllib.parse.quote(vhost, safe='')}")
 
 
+def connections_of(base_url: str, vhost: str, user: str) -> list[str]:
+    """Names of the connections ``user`` has open on ``vhost`` (the registry listing:
+    a connection shows at once)."""
+    return [
+        conn["name"]
+        for conn in call(base_url, "GET", "connections?disable_stats=true") or []
+        if conn.get("vhost") == vhost and conn.get("user") in (user, f"{vhost}:{user}")
+    ]
+
+
 def close_connections(
     base_url: str, vhost: str, user: str, reason: str, wait_s: float = 8.0
 ) -> int:
@@ -97,11 +107,7 @@ def close_connections(
     """
     if is_reserved_id(user):
         raise ValueError(f"refusing to close the connections of reserved user {user!r}")
-    names = [
-        conn["name"]
-        for conn in call(base_url, "GET", "connections?disable_stats=true") or []
-        if conn.get("vhost") == vhost and conn.get("user") in (user, f"{vhost}:{user}")
-    ]
+    names = connections_of(base_url, vhost, user)
     deadline = time.monotonic() + wait_s
     closed = 0
     for name in names:

@@ -63,3 +63,23 @@ def test_quarantine_settings_are_validated() -> None:
         Settings.from_env({"FAIRWAY_QUARANTINE_WINDOW_S": "0"})
     ok = Settings.from_env({"FAIRWAY_QUARANTINE_REFUSALS": "0"})
     assert ok.quarantine_refusals == 0 and ok.quarantine_s == 300.0
+
+
+def test_only_refusals_of_what_the_device_sent_count() -> None:
+    from typing import Any, cast
+
+    from fairway.kernel.reasons import Reason
+    from ingest.quarantine import COUNTED, Quarantiner
+
+    assert Reason.TENANT_BACKLOG_FULL not in COUNTED and Reason.UNROUTABLE not in COUNTED
+    assert Reason.DEVICE_DISABLED not in COUNTED and Reason.MALFORMED_JSON in COUNTED
+    q = Quarantiner(Settings(quarantine_refusals=10), cast(Any, None))
+    acted: list[str] = []
+    q._worker.submit = lambda fn, device: acted.append(device)  # type: ignore[method-assign]
+    for _ in range(100):
+        q.refused_over_budget("busy", Reason.TENANT_BACKLOG_FULL, 50)
+    assert acted == []
+    q.refused_over_budget("flood", Reason.MALFORMED_JSON, 11)
+    q.refused_over_budget("flood", Reason.MALFORMED_JSON, 1)
+    assert acted == ["flood"]
+    q.close()
