@@ -31,8 +31,7 @@ DEVICES_QUARANTINED = Counter(
 )
 QUARANTINE_CLOSES = Counter(
     "fairway_relay_quarantine_closes_total",
-    "Attempts to close a quarantined device's broker connections, by outcome"
-    " (closed, none, failed)",
+    "Attempts to close a quarantined device's broker connections, by outcome (closed, failed)",
     ["outcome"],
 )
 RELAY_REJECTED_OVER_BUDGET = Counter(

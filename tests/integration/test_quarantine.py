@@ -135,8 +135,10 @@ def test_a_flooding_device_is_quarantined_and_its_tenant_mate_keeps_storing(
     thread, *rest = quiet
     stopped = time.monotonic()
     thread.join(120)
-    print(f"flood: {sent} messages, closed after {closed_after:.1f} s; quiet thread ended"
-          f" {time.monotonic() - stopped:.1f} s after stop: {rest}")
+    print(
+        f"flood: {sent} messages, closed after {closed_after:.1f} s; quiet thread ended"
+        f" {time.monotonic() - stopped:.1f} s after stop: {rest}"
+    )
     assert len(rest) == 1, rest  # no error: only the count of readings published
     # Its readings share `ingest.acme` with what the flooder queued before it was cut off,
     # which drains at the refusal pace: stored, later.
