@@ -13,13 +13,15 @@ over its budget at a trickle refills faster than it spends.
 :class:`QuarantineWatch` decides (pure); :class:`Quarantiner` acts. Once empty, the
 answer is True at most once per ``recheck_s`` per device: the relay then imposes the
 quarantine (idempotent) or, if it holds already, closes the device's connections again
-(RabbitMQ's auth cache may let a reconnect through for its TTL). A device with no open
-connection is not quarantined anew: its refusals are what it queued before.
+(RabbitMQ's auth cache may let a reconnect through for its TTL; the relay that imposed
+it also closes any connection of the device every ``SWEEP_S`` for that long). A device
+with no open connection is not quarantined anew: its refusals are what it queued before.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +40,12 @@ from ingest.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 RECHECK_S = 2.0
+# After imposing, the relay closes any connection of the device every SWEEP_S for
+# SWEEP_FOR_S: RabbitMQ's auth cache (auth_cache.cache_ttl, 60 s in every configuration
+# Fairway ships) admits a reconnect with the same password until then, without asking.
+SWEEP_S = 0.25
+SWEEP_FOR_S = 65.0
+SWEEP_MAX_DEVICES = 100
 # Refusals of what the device sent. Not counted: its tenant's backlog being full or gone
 # (the scheduler's state, not the device's doing) and the registry's verdicts (unknown,
 # disabled: already kept out at login).
@@ -94,6 +102,12 @@ class Quarantiner:
         )
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="quarantine")
         self._queued: set[str] = set()  # devices with an action waiting on the worker
+        self._sweep: dict[str, float] = {}  # device -> until when its reconnects are cut
+        self._sweep_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="quarantine-sweep")
+        self._sweeper.daemon = True
+        self._sweeper.start()
 
     def refused_over_budget(self, device: str | None, reason: Reason, units: int = 1) -> None:
         """A refusal of ``device`` beyond its budget, costing ``units`` (its readings, or
@@ -136,6 +150,9 @@ class Quarantiner:
                 self.db, device, found.tenant, now, s.quarantine_s, s.quarantine_max_s, REASON
             )
         if record is not None:
+            with self._sweep_lock:
+                if len(self._sweep) < SWEEP_MAX_DEVICES:
+                    self._sweep[device] = time.monotonic() + min(SWEEP_FOR_S, s.quarantine_s)
             metrics.DEVICES_QUARANTINED.labels(found.tenant).inc()
             log.warning(
                 "device quarantined: refused beyond its budget",
@@ -158,6 +175,23 @@ class Quarantiner:
             log.warning("could not close connections of %s", device, exc_info=True)
         return record
 
+    def _sweep_loop(self) -> None:
+        """Close the connections of devices quarantined lately, every ``SWEEP_S``."""
+        while not self._stop.wait(SWEEP_S):
+            now = time.monotonic()
+            with self._sweep_lock:
+                for device in [d for d, until in self._sweep.items() if until <= now]:
+                    del self._sweep[device]
+                devices = list(self._sweep)
+            for device in devices:
+                try:
+                    management.close_user_connections(
+                        self.settings.rabbitmq_mgmt_url, device, "device quarantined"
+                    )
+                except Exception:  # the next sweep tries again
+                    log.debug("sweep of %s failed", device, exc_info=True)
+
     def close(self) -> None:
-        """Stop the worker (actions not started are dropped)."""
+        """Stop the worker and the sweeper (actions not started are dropped)."""
+        self._stop.set()
         self._worker.shutdown(wait=False, cancel_futures=True)
