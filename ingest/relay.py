@@ -521,9 +521,12 @@ class Relay(AmqpService):
         if not self.refusals.allow(device, tenant, time.monotonic(), readings):
             # Over the device's or tenant's budget: counted, acked, not kept.
             metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
-            self.quarantiner.refused_over_budget(
-                device, refusal.reason, max(readings, 1 + delivery.size // PACE_BYTES)
+            # A whole message costs the watch what it costs the pace (by its KiB if more
+            # than its readings); one reading of a batch costs one.
+            units = (
+                readings if index is not None else max(readings, 1 + delivery.size // PACE_BYTES)
             )
+            self.quarantiner.refused_over_budget(device, refusal.reason, units)
             self._paced_done(delivery, tenant)
             return
         headers: dict[str, Any] = {
