@@ -82,6 +82,7 @@ HOSTILE_DEVICES = [f"hostile-{i}" for i in range(10)]
 STORED = "fairway_scheduler_stored_total"
 REFUSED = "fairway_relay_rejected_total"
 OVER_BUDGET = "fairway_relay_rejected_over_budget_total"
+QUARANTINED = "fairway_devices_quarantined_total"
 DEVICE_RATE = 200.0  # per device: the over-rate attack sends far more
 HOSTILE_BACKLOG = 2_000  # messages in tenant.hostile
 LOGINS = 20  # quiet devices' first logins per phase
@@ -104,10 +105,12 @@ def _reading(n: int) -> bytes:
     return orjson.dumps({"ts": time.time(), "values": {"temp": 21.5}, "id": f"h{n}"})
 
 
+# Each one-device attack has a device of its own: a device quarantined by one phase
+# would otherwise be shut out of the next.
 ATTACKS: dict[str, Attack] = {
-    "junk_flood": Attack("too_large", lambda n: b"x" * 120_000, (HOSTILE_DEVICES[0],), 0),
-    "refusable_flood": Attack("malformed_json", lambda n: b"{not json", (HOSTILE_DEVICES[0],), 0),
-    "over_rate": Attack("rate_limited", _reading, (HOSTILE_DEVICES[0],), 20 * DEVICE_RATE),
+    "junk_flood": Attack("too_large", lambda n: b"x" * 120_000, ("hostile-junk",), 0),
+    "refusable_flood": Attack("malformed_json", lambda n: b"{not json", ("hostile-refuse",), 0),
+    "over_rate": Attack("rate_limited", _reading, ("hostile-rate",), 20 * DEVICE_RATE),
     # Every device at its rate: valid readings only (faster, most of the flood would be
     # refused as rate_limited, and paced: a rate flood, not a backlog).
     "backlog_flood": Attack(
@@ -119,28 +122,80 @@ ATTACKS: dict[str, Attack] = {
 }
 
 
-def attacker(amqp_url: str, attack_name: str, seconds: float, sent: Any) -> None:
-    """Publish the attack's messages for ``seconds`` (a child process; no confirms)."""
+def attacker(
+    amqp_url: str,
+    attack_name: str,
+    seconds: float,
+    counts: Any,
+    passwords: dict[str, str] | None = None,
+) -> None:
+    """Publish the attack's messages for ``seconds`` (a child process; no confirms).
+
+    With ``passwords`` each device publishes as itself (one connection per device, as a
+    device would; the broker asks ``fairway web`` on port 8080 about each login), and a
+    connection the broker closes is opened again every 0.5 s until the phase ends, as
+    a determined attacker would. ``counts``: sent, disconnected, logins refused.
+    """
     attack = ATTACKS[attack_name]
-    settings = Settings(amqp_url=amqp_url)
-    connection = pika.BlockingConnection(parameters(settings, "isolation-attacker"))
-    channel = connection.channel()
-    impl = channel._impl  # unflushed publishes: as fast as the socket takes them
     props = pika.BasicProperties(content_type="application/json")
     start = time.monotonic()
+    open_: dict[str, Any] = {}  # device -> (connection, channel impl)
+    retry_at: dict[str, float] = {}
+
+    def connect(device: str) -> Any:
+        if device in open_:
+            return open_[device]
+        if time.monotonic() < retry_at.get(device, 0.0):
+            return None
+        url = amqp_url if passwords is None else _with_user(amqp_url, device, passwords[device])
+        try:
+            connection = pika.BlockingConnection(
+                parameters(Settings(amqp_url=url), "isolation-attacker")
+            )
+        except pika.exceptions.AMQPError:
+            counts[2] += 1
+            retry_at[device] = time.monotonic() + 0.5
+            return None
+        # Unflushed publishes through the channel's implementation: as fast as the
+        # socket takes them.
+        open_[device] = (connection, connection.channel()._impl)
+        return open_[device]
+
+    def lost(device: str) -> None:
+        counts[1] += 1
+        open_.pop(device, None)
+        retry_at[device] = time.monotonic() + 0.5
+
     n = 0
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(elapsed * attack.rate) if attack.rate else n + 50
         while n < due:
             device = attack.devices[n % len(attack.devices)]
-            impl.basic_publish(topology.TELEMETRY, f"{device}.env", attack.body(n), props)
+            conn = connect(device)
+            if conn is None:
+                if all(d not in open_ for d in attack.devices):
+                    time.sleep(0.05)
+                    break
+                n += 1  # its turn passes
+                continue
+            try:
+                conn[1].basic_publish(topology.TELEMETRY, f"{device}.env", attack.body(n), props)
+            except pika.exceptions.AMQPError:
+                lost(device)
+                continue
             n += 1
-        connection.process_data_events(0)
+            counts[0] += 1
+        for device, (connection, _impl) in list(open_.items()):
+            try:
+                connection.process_data_events(0)
+            except pika.exceptions.AMQPError:
+                lost(device)
         if attack.rate:
             time.sleep(0.002)
-    connection.process_data_events(0)
-    sent.value = n
-    connection.close()
+    for connection, _impl in open_.values():
+        with suppress(pika.exceptions.AMQPError):
+            connection.process_data_events(0)
+            connection.close()
 
 
 def login_attacker(amqp_url: str, seconds: float, sent: Any, threads: int = 4) -> None:
@@ -268,13 +323,18 @@ def run_attack(
     name: str,
     seconds: float,
     quiet_rate: float,
+    passwords: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run one attack in a child process while the quiet device publishes."""
+    """Run one attack in a child process while the quiet device publishes (as the
+    hostile devices, with ``passwords``; else as ``guest``)."""
     attack = ATTACKS[name]
     before = refused(relay, attack.reason)
-    sent = multiprocessing.Value("q", 0)
+    quarantined = relay.metric_sum(QUARANTINED)
+    counts = multiprocessing.Array("q", 3)
     child = multiprocessing.get_context("fork").Process(
-        target=attacker, args=(env.settings.amqp_url, name, seconds, sent), daemon=True
+        target=attacker,
+        args=(env.settings.amqp_url, name, seconds, counts, passwords),
+        daemon=True,
     )
     child.start()
     quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
@@ -301,9 +361,12 @@ def run_attack(
         f"{name}: refusals counted",
     )
     return {
-        "attacker_sent": sent.value,
+        "attacker_sent": counts[0],
         "attacker_refused": int(refused(relay, attack.reason) - before),
         "attacker_left_queued": left,
+        "attacker_disconnected": counts[1],
+        "attacker_logins_refused": counts[2],
+        "devices_quarantined": int(relay.metric_sum(QUARANTINED) - quarantined),
         "quiet": quiet,
     }
 
@@ -495,8 +558,8 @@ def run_all(
         env.tenant(QUIET_TENANT)
         env.device(QUIET_TENANT, QUIET_DEVICE)
         env.tenant(HOSTILE_TENANT, max_backlog=HOSTILE_BACKLOG)
-        for device in HOSTILE_DEVICES:
-            env.device(HOSTILE_TENANT, device)
+        hostile = sorted({d for a in ATTACKS.values() for d in a.devices} | set(HOSTILE_DEVICES))
+        passwords = {d: env.device(HOSTILE_TENANT, d)["password"] for d in hostile}
         logins = [env.device(QUIET_TENANT, f"quiet-login-{i}") for i in range(2 * LOGINS)]
         gateway_port = free_port()
         web = env.start("web", web_port=port, gateway_port=gateway_port)
@@ -542,7 +605,15 @@ def run_all(
                     env, web, scheduler, logins[LOGINS:], seconds, args.quiet_rate
                 )
             else:
-                outcome = run_attack(env, relay, scheduler, name, seconds, args.quiet_rate)
+                outcome = run_attack(
+                    env,
+                    relay,
+                    scheduler,
+                    name,
+                    seconds,
+                    args.quiet_rate,
+                    passwords if args.attacker_as == "device" else None,
+                )
             quiet = outcome["quiet"]
             attacks[name] = {
                 "quiet_p99_ratio": common.ratio(quiet["p99_ms"], unloaded["p99_ms"]),
@@ -551,8 +622,14 @@ def run_all(
                 "attacker_refused": outcome["attacker_refused"],
                 "quiet": quiet,
             }
-            if "attacker_left_queued" in outcome:
-                attacks[name]["attacker_left_queued"] = outcome["attacker_left_queued"]
+            for key in (
+                "attacker_left_queued",
+                "attacker_disconnected",
+                "attacker_logins_refused",
+                "devices_quarantined",
+            ):
+                if key in outcome:
+                    attacks[name][key] = outcome[key]
             if "quiet_login" in outcome:
                 login = outcome["quiet_login"]
                 attacks[name]["quiet_login_p99_ratio"] = common.ratio(
@@ -576,6 +653,13 @@ def main() -> None:
     p.add_argument("--quiet-rate", type=float, default=20.0, help="quiet readings per second")
     p.add_argument("--only", default="", help="comma-separated attacks (default: all)")
     p.add_argument("--job-workers", type=int, default=1, help="the Celery worker's pool processes")
+    p.add_argument(
+        "--attacker-as",
+        choices=("device", "guest"),
+        default="device",
+        help="device attacks publish as the hostile devices (logins through fairway web on"
+        " port 8080, so device quarantine applies) or as the guest service account",
+    )
     args = p.parse_args()
     seconds = max(5.0, args.seconds * args.scale)
     everything = [*ATTACKS, "login_flood", *webside.WEB_ATTACKS]
@@ -592,7 +676,8 @@ def main() -> None:
         job_workers=args.job_workers,
     )
     with ExitStack() as held:
-        if "login_flood" in names:  # RabbitMQ asks port 8080 about device logins
+        as_devices = args.attacker_as == "device" and any(n in ATTACKS for n in names)
+        if "login_flood" in names or as_devices:  # RabbitMQ asks port 8080 about devices
             lock = held.enter_context(open(WEB_8080_LOCK, "a"))
             say(f"waiting for {WEB_8080_LOCK}")
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the run

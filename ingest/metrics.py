@@ -23,6 +23,17 @@ RELAY_REJECTED_DROPPED = Counter(
 )
 
 
+DEVICES_QUARANTINED = Counter(
+    "fairway_devices_quarantined_total",
+    "Devices quarantined for refusals beyond their budget (connections closed, logins"
+    " refused for a period), by tenant",
+    ["tenant"],
+)
+QUARANTINE_CLOSES = Counter(
+    "fairway_relay_quarantine_closes_total",
+    "Attempts to close a quarantined device's broker connections, by outcome (closed, failed)",
+    ["outcome"],
+)
 RELAY_REJECTED_OVER_BUDGET = Counter(
     "fairway_relay_rejected_over_budget_total",
     "Refused messages beyond their device's or tenant's refusal budget (counted, acked, not kept)",

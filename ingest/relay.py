@@ -41,6 +41,9 @@ What happens to every delivery (one reading, or a device batch of several:
   acks go at ``relay_refused_pace`` per ingest queue; beyond, the ack is held (the
   queue's prefetch window fills and the broker stops delivering that queue), and the
   deliveries settled behind a held one are acked one by one so no other queue waits.
+  A device refused beyond its budget for long (``FAIRWAY_QUARANTINE_*``) is
+  quarantined (:mod:`ingest.quarantine`): its connections closed, its logins refused;
+  what it queued before is still refused as above, at the pace.
 * ``rejected`` itself is full -> counted in ``fairway_relay_rejected_dropped_total``
   and logged, then acked: a hostile flood must not stall ingestion.
 * the relay dies anywhere in between -> the original was not acked, so the broker
@@ -89,6 +92,7 @@ from fairway.storage import mongo
 from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.bundler import CAUSES, Bundler
+from ingest.quarantine import Quarantiner
 from ingest.ratelimit import Pacer, RateLimiter, RefusalBudget
 from ingest.registry import DeviceRegistry
 
@@ -169,6 +173,7 @@ class Relay(AmqpService):
             settings.rejected_tenant_burst,
             settings.device_cache_size,
         )
+        self.quarantiner = Quarantiner(settings, db)
         # Burst = one second's worth; the debt is bounded by each queue's prefetch window.
         self.pace = Pacer(
             settings.relay_refused_pace, settings.relay_refused_pace, settings.device_cache_size
@@ -516,6 +521,12 @@ class Relay(AmqpService):
         if not self.refusals.allow(device, tenant, time.monotonic(), readings):
             # Over the device's or tenant's budget: counted, acked, not kept.
             metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
+            # A whole message costs the watch what it costs the pace (by its KiB if more
+            # than its readings); one reading of a batch costs one.
+            units = (
+                readings if index is not None else max(readings, 1 + delivery.size // PACE_BYTES)
+            )
+            self.quarantiner.refused_over_budget(device, refusal.reason, units)
             self._paced_done(delivery, tenant)
             return
         headers: dict[str, Any] = {
@@ -750,6 +761,7 @@ class Relay(AmqpService):
     def after_drain(self) -> None:
         self.registry.close()
         self._lister.shutdown(wait=False, cancel_futures=True)
+        self.quarantiner.close()
 
 
 def run(settings: Settings) -> None:

@@ -20,9 +20,18 @@ from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.provision import register_device as provision_device
 from fairway.provision_bulk import BulkProvisioner
-from fairway.storage import accounts, device_state, mongo, registry, rollups, telemetry
+from fairway.storage import (
+    accounts,
+    device_state,
+    mongo,
+    quarantine,
+    registry,
+    rollups,
+    telemetry,
+)
 from fairway.storage.rejections import list_rejections
 from web.auth import (
+    current_user,
     login_required,
     roles_required,
     tenant_scope,
@@ -38,7 +47,23 @@ log = logging.getLogger(__name__)
 MANAGERS = (accounts.OPERATOR, accounts.ADMIN)
 
 
-def _device_json(doc: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
+def _quarantine_json(record: quarantine.Quarantine | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "active": record.holds(datetime.now(UTC).timestamp()),
+        "since": iso_z(datetime.fromtimestamp(record.since, UTC)),
+        "until": iso_z(datetime.fromtimestamp(record.until, UTC)),
+        "offences": record.offences,
+        "reason": record.reason,
+    }
+
+
+def _device_json(
+    doc: dict[str, Any],
+    state: dict[str, Any] | None,
+    held: quarantine.Quarantine | None = None,
+) -> dict[str, Any]:
     """A registry entry with its maintained state (``device_state``; never a telemetry scan).
 
     Online and last seen combine the monitor's connections and the newest stored reading
@@ -68,12 +93,15 @@ def _device_json(doc: dict[str, Any], state: dict[str, Any] | None) -> dict[str,
             stream: {"ts": iso_z(entry["ts"]), "id": entry["id"], "values": entry["values"]}
             for stream, entry in sorted(latest.items())
         },
+        "quarantine": _quarantine_json(held),
     }
 
 
 def _one_device(device_id: str) -> dict[str, Any]:
     """The visible device (404 otherwise) with its state."""
-    return _device_json(visible_device(device_id), device_state.get(get_db(), device_id))
+    db = get_db()
+    doc = visible_device(device_id)
+    return _device_json(doc, device_state.get(db, device_id), quarantine.get(db, device_id))
 
 
 @bp.get("")
@@ -83,9 +111,12 @@ def list_devices(query: models.TenantQuery) -> dict[str, Any]:
     """Devices of the caller's tenant (``?tenant=`` for operators)."""
     scope = tenant_scope(query.tenant)
     match = {} if scope is None else {"tenant": scope}
-    docs = get_db()[mongo.DEVICES].find(match, {"password_hash": 0}).sort("_id", 1)
+    docs = list(get_db()[mongo.DEVICES].find(match, {"password_hash": 0}).sort("_id", 1))
     states = device_state.of_tenant(get_db(), scope)
-    return {"devices": [_device_json(doc, states.get(doc["_id"])) for doc in docs]}
+    held = quarantine.find_many(get_db(), [doc["_id"] for doc in docs])
+    return {
+        "devices": [_device_json(doc, states.get(doc["_id"]), held.get(doc["_id"])) for doc in docs]
+    }
 
 
 @bp.post("")
@@ -192,6 +223,17 @@ def enable_device(device_id: str) -> dict[str, Any]:
     visible_device(device_id)
     registry.set_device_enabled(get_db(), device_id, True)
     broker_auth.forget_device(device_id)
+    return _one_device(device_id)
+
+
+@bp.post("/<device_id>/lift-quarantine")
+@roles_required(*MANAGERS)
+@operation(answer=models.Device, errors={404: ["not_found"]})
+def lift_quarantine(device_id: str) -> dict[str, Any]:
+    """End the device's quarantine now (idempotent: nothing to lift answers the same)."""
+    visible_device(device_id)
+    if quarantine.lift(get_db(), device_id, datetime.now(UTC).timestamp(), current_user().id):
+        log.info("quarantine lifted", extra={"device": device_id})
     return _one_device(device_id)
 
 

@@ -5,7 +5,10 @@ after the internal backend that holds Fairway's own service accounts) POSTs here
 every device login and permission check. A device:
 
 * logs in with its id and its current password (a keyed hash in ``devices``, compared
-  in constant time; see :mod:`fairway.storage.registry`), and only while enabled;
+  in constant time; see :mod:`fairway.storage.registry`), and only while enabled and
+  not quarantined (``device_quarantined``: a relay found it flooding refusals beyond its
+  budget, :mod:`fairway.storage.quarantine`; read from the database at each login, never
+  cached here, so a lift applies at once);
 * may use only the vhost of ``FAIRWAY_AMQP_URL``;
 * may only *write* to the ``telemetry`` exchange;
 * may only publish routing keys ``<its id>.<stream>`` (MQTT topics ``<id>/<stream>``
@@ -38,6 +41,7 @@ import hashlib
 import ipaddress
 import logging
 import threading
+import time
 
 from cachetools import TTLCache
 from flask import Blueprint, abort, current_app, request
@@ -48,7 +52,7 @@ from fairway.kernel.contract import split_routing_key
 from fairway.kernel.ids import RESERVED_ID, is_reserved_id, is_valid_id
 from fairway.kernel.reasons import Rejection
 from fairway.kernel.settings import Settings
-from fairway.storage import registry
+from fairway.storage import quarantine, registry
 from web.database import get_db
 
 bp = Blueprint("broker_auth", __name__, url_prefix="/broker")
@@ -63,7 +67,8 @@ DECISIONS = Counter(
 LOGIN_REFUSED = Counter(
     "fairway_broker_auth_refused_total",
     "Device logins refused, by reason (reserved_id, unknown_device, device_disabled, "
-    "bad_password, client_id_mismatch) and the device's tenant (empty when unknown)",
+    "bad_password, device_quarantined, client_id_mismatch) and the device's tenant (empty"
+    " when unknown)",
     ["reason", "tenant"],
 )
 
@@ -191,6 +196,9 @@ def user() -> str:
     if verdict.migrate and key is not None:
         registry.migrate_password_hash(get_db(), credential, password, key)
         cache.forget(device_id)
+    if quarantine.active(get_db(), device_id, time.time()) is not None:
+        # After the password: only the device itself learns that it is quarantined.
+        return _refuse_login(quarantine.REASON, credential.tenant)
     client_id = form.get("client_id")  # MQTT only (RabbitMQ 3.10 sends it with the login)
     if client_id is not None and not client_id_allowed(device_id, client_id):
         # Not cached as a refusal: that cache keys on the password, not the client id.

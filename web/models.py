@@ -391,6 +391,14 @@ class Latest(Answer):
     values: dict[str, Any]
 
 
+class Quarantine(Answer):
+    active: bool = Field(description="logins refused (device_quarantined) until `until`")
+    since: str | None
+    until: str | None
+    offences: int = Field(description="repeat offences make the period grow")
+    reason: str
+
+
 class Device(Answer):
     device: str
     tenant: str
@@ -402,6 +410,9 @@ class Device(Answer):
     created: str | None
     last_reading: str | None
     latest: dict[str, Latest] = Field(description="per stream")
+    quarantine: Quarantine | None = Field(
+        description="its last quarantine for refusals beyond its budget (null: never)"
+    )
 
 
 class DisabledDevice(Device):

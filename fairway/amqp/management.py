@@ -82,6 +82,17 @@ def delete_vhost(base_url: str, vhost: str) -> None:
     call(base_url, "DELETE", f"vhosts/{urllib.parse.quote(vhost, safe='')}")
 
 
+def connections_of(base_url: str, vhost: str, user: str) -> list[str]:
+    """Names of the connections ``user`` has open on ``vhost`` (connection tracking: a
+    connection shows at once)."""
+    path = f"connections/username/{urllib.parse.quote(user, safe='')}"
+    return [
+        conn["name"]
+        for conn in call(base_url, "GET", path) or []
+        if conn.get("vhost") == vhost and conn.get("user") in (user, f"{vhost}:{user}")
+    ]
+
+
 def close_connections(
     base_url: str, vhost: str, user: str, reason: str, wait_s: float = 8.0
 ) -> int:
@@ -97,11 +108,7 @@ def close_connections(
     """
     if is_reserved_id(user):
         raise ValueError(f"refusing to close the connections of reserved user {user!r}")
-    names = [
-        conn["name"]
-        for conn in call(base_url, "GET", "connections?disable_stats=true") or []
-        if conn.get("vhost") == vhost and conn.get("user") in (user, f"{vhost}:{user}")
-    ]
+    names = connections_of(base_url, vhost, user)
     deadline = time.monotonic() + wait_s
     closed = 0
     for name in names:
@@ -116,6 +123,21 @@ def close_connections(
                     break  # gone already, or never seen by the statistics database
                 time.sleep(0.5)
     return closed
+
+
+def close_user_connections(base_url: str, user: str, reason: str) -> None:
+    """Close every connection of broker user ``user`` at once, on every vhost.
+
+    ``DELETE /api/connections/username/<user>`` goes through the broker's connection
+    tracking, not the statistics database, so even a connection opened a moment ago is
+    closed (:func:`close_connections` waits up to 5 s for those). It is not limited to a
+    vhost: use it only for names that exist on one (devices: the auth backend admits
+    them to Fairway's vhost only). Raises ValueError for a reserved user name.
+    """
+    if is_reserved_id(user):
+        raise ValueError(f"refusing to close the connections of reserved user {user!r}")
+    path = f"connections/username/{urllib.parse.quote(user, safe='')}"
+    call_with_headers(base_url, "DELETE", path, {"X-Reason": reason})
 
 
 QUEUE_PAGE_SIZE = 500  # the management API's largest page

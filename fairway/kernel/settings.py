@@ -354,6 +354,16 @@ class Settings:
     # at this pace, so a flooding tenant's queue fills its prefetch window and the broker
     # stops delivering it (the relay's CPU stays with the others).
     relay_refused_pace: float = setting(1000.0, RELAY, POSITIVE)
+    # Device quarantine: a device refused beyond its refusal budget more than
+    # quarantine_refusals times (readings) within quarantine_window_s (a token bucket of
+    # that size refilled over the window, so a steady trickle never fills it) is
+    # quarantined: its connections closed, its logins refused. The first period is
+    # quarantine_s, doubled for each repeat offence while the last ended less than
+    # quarantine_max_s ago, never above quarantine_max_s. 0 refusals: never.
+    quarantine_refusals: int = setting(2000, RELAY, AT_LEAST_0)
+    quarantine_window_s: float = setting(60.0, RELAY, POSITIVE)
+    quarantine_s: float = setting(300.0, RELAY, POSITIVE)
+    quarantine_max_s: float = setting(86_400.0, RELAY, POSITIVE)
     # Bundles: a tenant's accepted readings go to its tenant queue as one message of at
     # most this many readings and bytes (a reading alone may exceed the bytes: it is never
     # split), flushed when full or after the linger (0: on the I/O loop's next turn).
@@ -697,6 +707,16 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
         why = rule.problem(value) if rule is not None else None
         if why is not None:
             problems[name] = f"{name}={shown} {why}"
+    base, top = values.get("quarantine_s"), values.get("quarantine_max_s")
+    if (
+        not problems
+        and isinstance(base, int | float)
+        and isinstance(top, int | float)
+        and top < base
+    ):
+        problems[variable("quarantine_max_s")] = (
+            f"FAIRWAY_QUARANTINE_MAX_S={_shown(top)} is below FAIRWAY_QUARANTINE_S ({base:g})"
+        )
     return problems
 
 

@@ -1,0 +1,197 @@
+"""Device quarantine on the relay: when refusals beyond budget call for it, and acting.
+
+The relay feeds every refusal beyond a device's refusal budget, for what the device
+sent (:data:`COUNTED`), to :meth:`QuarantineWatch.over_budget`, costing its readings or
+one unit per KiB of its body if more (the refusal pace's units: a junk flood counts by
+its bytes). A token bucket per device of ``quarantine_refusals`` units, refilled over
+``quarantine_window_s``, absorbs them: it empties only when the device is refused
+beyond its budget by more than ``quarantine_refusals`` above that refill. A device
+that sends a few bad readings never reaches this at all (the refusal budget keeps its
+first ``rejected_device_burst`` refusals and ``rejected_device_rate`` a second), and one
+over its budget at a trickle refills faster than it spends.
+
+:class:`QuarantineWatch` decides (pure); :class:`Quarantiner` acts. Once empty, the
+answer is True at most once per ``recheck_s`` per device: the relay then imposes the
+quarantine (idempotent) or, if it holds already, closes the device's connections again
+(RabbitMQ's auth cache may let a reconnect through for its TTL; the relay that imposed
+it also closes any connection of the device every ``SWEEP_S`` for that long). A device
+with no open connection is not quarantined anew: its refusals are what it queued before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from cachetools import LRUCache
+from pymongo.database import Database
+
+from fairway.amqp import management
+from fairway.kernel.ids import is_reserved_id, is_valid_id
+from fairway.kernel.reasons import Reason
+from fairway.kernel.settings import Settings
+from fairway.storage import quarantine, registry
+from fairway.storage.quarantine import REASON
+from ingest import metrics
+from ingest.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 2.0
+# After imposing, the relay closes any connection of the device every SWEEP_S for
+# SWEEP_FOR_S: RabbitMQ's auth cache (auth_cache.cache_ttl, 60 s in every configuration
+# Fairway ships) admits a reconnect with the same password until then, without asking.
+SWEEP_S = 0.25
+SWEEP_FOR_S = 65.0
+SWEEP_MAX_DEVICES = 100
+# Refusals of what the device sent. Not counted: its tenant's backlog being full or gone
+# (the scheduler's state, not the device's doing) and the registry's verdicts (unknown,
+# disabled: already kept out at login).
+COUNTED = frozenset(
+    {
+        Reason.TOO_LARGE,
+        Reason.MALFORMED_JSON,
+        Reason.SCHEMA,
+        Reason.BAD_ROUTING_KEY,
+        Reason.IDENTITY_MISMATCH,
+        Reason.CLOCK_SKEW,
+        Reason.RATE_LIMITED,
+        Reason.TOO_MANY_READINGS,
+    }
+)
+
+
+class QuarantineWatch:
+    """Per device: has it been refused beyond its budget for long enough?"""
+
+    def __init__(
+        self, refusals: int, window_s: float, max_keys: int, recheck_s: float = RECHECK_S
+    ) -> None:
+        self.enabled = refusals > 0
+        self._bucket = RateLimiter(refusals / window_s if self.enabled else 1.0, refusals, max_keys)
+        self.recheck_s = recheck_s
+        self._acted: LRUCache[str, float] = LRUCache(max_keys)
+
+    def over_budget(self, device: str, now: float, readings: int = 1) -> bool:
+        """Count ``readings`` refused beyond ``device``'s budget at ``now`` (monotonic);
+        True when the relay should act on the device now."""
+        if not self.enabled or self._bucket.allow(device, now, readings):
+            return False
+        last = self._acted.get(device)
+        if last is not None and now - last < self.recheck_s:
+            return False
+        self._acted[device] = now
+        return True
+
+
+class Quarantiner:
+    """The relay's side of quarantine: watch refusals, impose and close off the I/O loop.
+
+    Imposing reads the registry and writes ``quarantines``; closing calls the management
+    API (which may wait seconds for a young connection): both on one worker thread, so
+    the relay's I/O loop never waits. A device id that is reserved (a service account:
+    closing its connections would stop Fairway) or not registered is never quarantined.
+    """
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings, self.db = settings, db
+        self.watch = QuarantineWatch(
+            settings.quarantine_refusals, settings.quarantine_window_s, settings.device_cache_size
+        )
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="quarantine")
+        self._queued: set[str] = set()  # devices with an action waiting on the worker
+        self._sweep: dict[str, float] = {}  # device -> until when its reconnects are cut
+        self._sweep_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="quarantine-sweep")
+        self._sweeper.daemon = True
+        self._sweeper.start()
+
+    def refused_over_budget(self, device: str | None, reason: Reason, units: int = 1) -> None:
+        """A refusal of ``device`` beyond its budget, costing ``units`` (its readings, or
+        one per KiB of its body if more); acts when the watch says so. Only refusals of
+        what the device sent count (:data:`COUNTED`)."""
+        if not device or reason not in COUNTED:
+            return
+        if not self.watch.over_budget(device, time.monotonic(), units):
+            return
+        if device in self._queued:
+            return
+        self._queued.add(device)
+        self._worker.submit(self._act, device)
+
+    def _act(self, device: str) -> None:
+        try:
+            self.act(device, time.time())
+        except Exception:  # the next refusals beyond budget try again
+            log.warning("quarantine of %s failed", device, exc_info=True)
+        finally:
+            self._queued.discard(device)
+
+    def act(self, device: str, now: float) -> quarantine.Quarantine | None:
+        """Quarantine ``device`` (or, if it already is, close its connections again);
+        the record imposed by this call, if any."""
+        if is_reserved_id(device) or not is_valid_id(device):
+            return None
+        found = registry.find_devices(self.db, [device])[device]
+        if found is None:
+            return None
+        s = self.settings
+        held = quarantine.active(self.db, device, now)
+        if held is None and not management.connections_of(s.rabbitmq_mgmt_url, s.vhost, device):
+            # Not connected: these refusals are what it queued before (a quarantine that
+            # just expired, or was lifted, drains its backlog at the pace): no new offence.
+            return None
+        record = None
+        if held is None:
+            record = quarantine.impose(
+                self.db, device, found.tenant, now, s.quarantine_s, s.quarantine_max_s, REASON
+            )
+        if record is not None:
+            with self._sweep_lock:
+                if len(self._sweep) < SWEEP_MAX_DEVICES:
+                    self._sweep[device] = time.monotonic() + min(SWEEP_FOR_S, s.quarantine_s)
+            metrics.DEVICES_QUARANTINED.labels(found.tenant).inc()
+            log.warning(
+                "device quarantined: refused beyond its budget",
+                extra={
+                    "device": device,
+                    "tenant": found.tenant,
+                    "until": record.until,
+                    "offences": record.offences,
+                },
+            )
+        elif held is None:
+            return None  # another relay imposed it just now, and closes the connections
+        try:
+            # At once (connection tracking): a reconnect admitted by the broker's auth
+            # cache is a second old when this runs again.
+            management.close_user_connections(s.rabbitmq_mgmt_url, device, "device quarantined")
+            metrics.QUARANTINE_CLOSES.labels("closed").inc()
+        except Exception:  # the quarantine holds: its logins are refused
+            metrics.QUARANTINE_CLOSES.labels("failed").inc()
+            log.warning("could not close connections of %s", device, exc_info=True)
+        return record
+
+    def _sweep_loop(self) -> None:
+        """Close the connections of devices quarantined lately, every ``SWEEP_S``."""
+        while not self._stop.wait(SWEEP_S):
+            now = time.monotonic()
+            with self._sweep_lock:
+                for device in [d for d, until in self._sweep.items() if until <= now]:
+                    del self._sweep[device]
+                devices = list(self._sweep)
+            for device in devices:
+                try:
+                    management.close_user_connections(
+                        self.settings.rabbitmq_mgmt_url, device, "device quarantined"
+                    )
+                except Exception:  # the next sweep tries again
+                    log.debug("sweep of %s failed", device, exc_info=True)
+
+    def close(self) -> None:
+        """Stop the worker and the sweeper (actions not started are dropped)."""
+        self._stop.set()
+        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,193 @@
+"""Device quarantine on the real broker: a device flooding refusals beyond its budget is
+disconnected and its logins refused for a while; a tenant-mate is never held up.
+
+The broker (scripts/services.sh) asks ``fairway web`` on FAIRWAY_WEB_PORT about device
+logins, so these tests start the web app (run them under the 8080 lock).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+import orjson
+import pika
+import pytest
+from flask.testing import FlaskClient
+from pika.exceptions import AMQPConnectionError, ProbableAccessDeniedError
+
+from fairway.kernel import topology
+from fairway.storage import accounts, quarantine
+from tests.harness import Pipeline, reading, wait_for
+from web import create_app
+from web.broker_auth import LOGIN_REFUSED
+
+REFUSED_AT_LOGIN = (pika.exceptions.ProbableAuthenticationError, ProbableAccessDeniedError)
+QUARANTINED = "fairway_devices_quarantined_total"
+FLOOD_SETTINGS: dict[str, Any] = {
+    "rejected_device_rate": 1.0,
+    "rejected_device_burst": 20,
+    "quarantine_refusals": 300,
+    "quarantine_window_s": 60.0,
+}
+
+
+def _flood_until_closed(pipeline: Pipeline, creds: dict[str, str], limit_s: float) -> int:
+    """Publish malformed messages as the device until the broker closes the connection;
+    how many were sent. Fails if the connection is still open after ``limit_s``."""
+    sent = 0
+    deadline = time.monotonic() + limit_s
+    stack = ExitStack()
+    # A refused login (an AMQPConnectionError too) propagates; only a close later counts.
+    channel = stack.enter_context(pipeline.channel(creds["username"], creds["password"]))
+    try:
+        with stack:
+            while time.monotonic() < deadline:
+                for _ in range(100):
+                    channel.basic_publish(topology.TELEMETRY, f"{creds['username']}.env", b"{no")
+                    sent += 1
+                channel.connection.process_data_events(time_limit=0)
+    except AMQPConnectionError:
+        return sent
+    raise AssertionError(f"still connected after {limit_s} s and {sent} messages")
+
+
+def _ask_login(client: FlaskClient, creds: dict[str, str]) -> str:
+    answer = client.post(
+        "/broker/user", data={"username": creds["username"], "password": creds["password"]}
+    )
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True)
+
+
+def _quiet_device(pipeline: Pipeline, creds: dict[str, str], stop: threading.Event) -> list[Any]:
+    """Publish a reading every 50 ms with confirms until ``stop``; returns errors seen."""
+    errors: list[Any] = []
+
+    def run() -> None:
+        n = 0
+        try:
+            with pipeline.channel(creds["username"], creds["password"]) as channel:
+                channel.confirm_delivery()
+                while not stop.is_set():
+                    channel.basic_publish(
+                        topology.TELEMETRY,
+                        f"{creds['username']}.env",
+                        orjson.dumps(reading()),
+                        pika.BasicProperties(message_id=f"calm-{n}"),
+                    )
+                    n += 1
+                    time.sleep(0.05)
+        except Exception as exc:  # reported by the test
+            errors.append(exc)
+        errors.append(n)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    errors.append(thread)
+    return errors
+
+
+@pytest.mark.settings(**FLOOD_SETTINGS, quarantine_s=300.0)
+def test_a_flooding_device_is_quarantined_and_its_tenant_mate_keeps_storing(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.tenant("acme")
+    flood = pipeline.device("acme", "flood-1")
+    calm = pipeline.device("acme", "calm-1")
+    pipeline.start("web")
+    pipeline.start("relay")
+    pipeline.start("scheduler")
+    client = create_app({"FAIRWAY_SETTINGS": pipeline.settings, "TESTING": True}).test_client()
+    # A legitimate device with a few bad readings, beyond its refusal budget even: never.
+    pipeline.publish([("calm-1.env", b"{bad", {}) for _ in range(60)], **_login(calm))
+    stop = threading.Event()
+    quiet = _quiet_device(pipeline, calm, stop)
+    started = time.monotonic()
+    sent = _flood_until_closed(pipeline, flood, 30)
+    closed_after = time.monotonic() - started
+    record = quarantine.active(pipeline.db, "flood-1", time.time())
+    assert record is not None and record.tenant == "acme" and record.offences == 1
+    assert 290 < record.until - record.since <= 300
+    assert pipeline.metric("relay", QUARANTINED, tenant="acme") == 1
+    assert pipeline.metric("relay", "fairway_relay_quarantine_closes_total", outcome="closed") >= 1
+    refused_before = LOGIN_REFUSED.labels(quarantine.REASON, "acme")._value.get()
+    assert _ask_login(client, flood) == "deny"
+    assert LOGIN_REFUSED.labels(quarantine.REASON, "acme")._value.get() == refused_before + 1
+    assert _ask_login(client, calm) == "allow"
+    assert quarantine.get(pipeline.db, "calm-1") is None
+    # RabbitMQ's auth cache (60 s) may still admit the flooder's reconnect: the relay then
+    # closes it again on its next refusals; once the cache expired, the login is refused.
+    refused_at_door = False
+    deadline = time.monotonic() + 75
+    while time.monotonic() < deadline and not refused_at_door:
+        try:
+            _flood_until_closed(pipeline, flood, 30)
+        except REFUSED_AT_LOGIN:
+            refused_at_door = True
+        else:
+            time.sleep(2)
+    assert refused_at_door
+    assert pipeline.metric("relay", QUARANTINED, tenant="acme") == 1  # one quarantine
+    stop.set()
+    thread = quiet[0]
+    stopped = time.monotonic()
+    thread.join(120)
+    rest = quiet[1:]
+    print(
+        f"flood: {sent} messages, closed after {closed_after:.1f} s; quiet thread ended"
+        f" {time.monotonic() - stopped:.1f} s after stop: {rest}"
+    )
+    assert len(rest) == 1, rest  # no error: only the count of readings published
+    # Its readings share `ingest.acme` with what the flooder queued before it was cut off,
+    # which drains at the refusal pace: stored, later.
+    pipeline.wait_stored(rest[0], timeout=180, device="calm-1")
+    print(f"quiet stored {time.monotonic() - stopped:.1f} s after stop")
+
+    # The tenant's admin sees it on the device and lifts it.
+    accounts.create_user(pipeline.db, "boss", "boss password 123", accounts.ADMIN, "acme")
+    token = accounts.create_api_token(pipeline.db, "boss", 60)
+    auth = {"Authorization": f"Bearer {token}"}
+    shown = client.get("/api/devices/flood-1", headers=auth).get_json()["quarantine"]
+    assert shown["active"] is True and shown["offences"] == 1
+    assert shown["reason"] == quarantine.REASON
+    listed = client.get("/api/devices", headers=auth).get_json()["devices"]
+    assert {d["device"]: d["quarantine"] is not None for d in listed} == {
+        "flood-1": True,
+        "calm-1": False,
+    }
+    lifted = client.post("/api/devices/flood-1/lift-quarantine", headers=auth)
+    assert lifted.status_code == 200 and lifted.get_json()["quarantine"]["active"] is False
+    assert _ask_login(client, flood) == "allow"
+    assert pipeline.alive("relay") and pipeline.alive("scheduler") and pipeline.alive("web")
+
+
+@pytest.mark.settings(**FLOOD_SETTINGS, quarantine_s=4.0, quarantine_max_s=3600.0)
+def test_a_quarantine_expires_and_a_repeat_offence_lasts_longer(pipeline: Pipeline) -> None:
+    pipeline.tenant("acme")
+    flood = pipeline.device("acme", "flood-2")
+    pipeline.start("web")
+    pipeline.start("relay")
+    pipeline.start("scheduler")
+    client = create_app({"FAIRWAY_SETTINGS": pipeline.settings, "TESTING": True}).test_client()
+    _flood_until_closed(pipeline, flood, 30)
+    first = quarantine.get(pipeline.db, "flood-2")
+    assert first is not None and first.offences == 1
+    assert _ask_login(client, flood) == "deny"
+    wait_for(lambda: _ask_login(client, flood) == "allow", 10, "expiry lifts it")
+    assert time.time() >= first.until
+    # Flooding again (the broker's cache admits the login: it was allowed a moment ago).
+    try:
+        _flood_until_closed(pipeline, flood, 30)
+    except REFUSED_AT_LOGIN:
+        pytest.fail("the broker refused a login the auth backend allows")
+    second = quarantine.get(pipeline.db, "flood-2")
+    assert second is not None and second.offences == 2
+    assert second.until - second.since == pytest.approx(8.0)
+    assert pipeline.metric("relay", QUARANTINED, tenant="acme") == 2
+
+
+def _login(creds: dict[str, str]) -> dict[str, str]:
+    return {"username": creds["username"], "password": creds["password"]}
