@@ -38,6 +38,9 @@ shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
     of stored (plain), per weight class its share of the stored readings against its
     share of the weights; and the scheduler's backlogged-tenant gauge and express batches
     over the window, which show whether every tenant stayed backlogged.
+    ``--jain-quiet N``: the last N of those tenants are quiet instead (one reading each
+    about every 2 s, never backlogged; the express path serves them), to check that the
+    express batch does not distort the weights among the backlogged ones.
     ``--only fairness`` runs only this part (after provisioning and consumers).
 
 Completion is watched on two unlabelled metrics (readings handed to writers, batches in
@@ -92,6 +95,7 @@ TARGET_PROVISION_S_10K = 60.0
 TARGET_JAIN = 0.99
 TARGET_WEIGHT_ERROR = 0.05
 SHARED_BROKER_MAX = 1000
+QUIET_EVERY = 4  # a quiet tenant gets one reading every 4 samples (about 2 s)
 
 
 def tenant_ids(count: int) -> list[str]:
@@ -308,11 +312,13 @@ def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any
     """Every tenant of the group backlogged for ``--jain-rounds`` whole DRR rounds; the
     readings stored per tenant at the samples nearest each whole round."""
     group = tenants[: args.jain_tenants]
-    weights = {t: weight_of(i) for i, t in enumerate(group)}
+    quiet = group[len(group) - args.jain_quiet :] if args.jain_quiet else []
+    weights = {t: weight_of(i) for i, t in enumerate(group[: len(group) - len(quiet)])}
     settings = env.settings
     quantum, prefetch, size = settings.drr_quantum, settings.scheduler_prefetch, args.jain_bundle
     backlog = {
-        t: backlog_for(w, quantum, args.jain_rounds, prefetch, size) for t, w in weights.items()
+        t: backlog_for(w, quantum, args.jain_warmup_rounds + args.jain_rounds, prefetch, size)
+        for t, w in weights.items()
     }
     per_round = round_readings(weights, quantum)
     base = sched.metric_by(STORED, "tenant")
@@ -334,49 +340,79 @@ def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any
     say(f"fairness: {sum(backlog.values())} readings queued in {fill_s:.1f} s; round {per_round}")
     samples: list[dict[str, float]] = []
     gauges: list[tuple[float, float, float]] = []  # seconds, backlogged tenants, express
-    end = (args.jain_rounds + 0.5) * per_round
+    quiet_sent: list[int] = []
+    end = (args.jain_warmup_rounds + args.jain_rounds + 0.5) * per_round
     t1, c1 = time.monotonic(), cpu_s(sched.pid)
     deadline = t1 + args.timeout
-    while time.monotonic() < deadline:
-        got = sched.metrics(STORED, BACKLOGGED, EXPRESS_BATCHES)
-        now = label_values(got, STORED, "tenant")
-        samples.append({t: now.get(t, 0.0) - base.get(t, 0.0) for t in group})
-        gauges.append(
-            (
-                time.monotonic() - t1,
-                sum(got.get(BACKLOGGED, {}).values()),
-                sum(got.get(EXPRESS_BATCHES, {}).values()) - express0,
+    with env.channel() as qch:
+        while time.monotonic() < deadline:
+            # The quiet tenants: one reading each every QUIET_EVERY samples (a trickle).
+            k = len(samples)
+            some = quiet[k % QUIET_EVERY :: QUIET_EVERY]
+            common.publish_all(qch, messages(some, 1, f"quiet{k}", time.time()))
+            quiet_sent.append((quiet_sent[-1] if quiet_sent else 0) + len(some))
+            got = sched.metrics(STORED, BACKLOGGED, EXPRESS_BATCHES)
+            now = label_values(got, STORED, "tenant")
+            samples.append({t: now.get(t, 0.0) - base.get(t, 0.0) for t in group})
+            gauges.append(
+                (
+                    time.monotonic() - t1,
+                    sum(got.get(BACKLOGGED, {}).values()),
+                    sum(got.get(EXPRESS_BATCHES, {}).values()) - express0,
+                )
             )
-        )
-        if sum(samples[-1].values()) >= end:
-            break
-        time.sleep(0.5)
+            if sum(samples[-1][t] for t in weights) >= end:
+                break
+            time.sleep(0.5)
     seconds, cpu = time.monotonic() - t1, cpu_s(sched.pid) - c1
-    totals = [sum(x.values()) for x in samples]
-    picked = nearest_samples(totals, per_round, args.jain_rounds)
+    totals = [sum(x[t] for t in weights) for x in samples]
+    warm = args.jain_warmup_rounds
+    picked = nearest_samples(totals, per_round, warm + args.jain_rounds)
+    b = picked.get(warm, 0) if warm else 0
     by_round: dict[str, Any] = {}
     for k, i in picked.items():
-        figures = weight_shares(samples[i], weights)
+        if k <= warm:
+            continue
+        # The window: from the sample at the end of the warm-up rounds to this one.
+        served = {t: samples[i][t] - samples[b][t] for t in group}
+        figures = weight_shares(served, weights)
         figures.update(
-            stored=int(totals[i]),
-            rounds_exact=r(totals[i] / per_round, 3),
-            seconds=r(gauges[i][0], 1),
-            min_backlogged_so_far=int(min(g[1] for g in gauges[1 : i + 1] or gauges[:1])),
-            express_batches_so_far=int(gauges[i][2]),
+            stored=int(totals[i] - totals[b]),
+            rounds_exact=r((totals[i] - totals[b]) / per_round, 3),
+            seconds=r(gauges[i][0] - gauges[b][0], 1),
+            min_backlogged=int(min(g[1] for g in gauges[b : i + 1])),
+            express_batches=int(gauges[i][2] - gauges[b][2]),
+            from_start=weight_shares(samples[i], weights)["weighted_jain"],
         )
-        by_round[str(k)] = figures
-    last = by_round.get(str(max(picked))) if picked else None
+        if quiet:
+            # Sent up to the sample before: the newest may not be stored yet.
+            figures["quiet"] = {
+                "sent_before": quiet_sent[i - 1] - quiet_sent[b],
+                "stored": int(sum(served[t] for t in quiet)),
+            }
+        by_round[str(k - warm)] = figures
+    last = by_round.get(str(max(picked) - warm)) if by_round else None
     out: dict[str, Any] = dict(last or {"weighted_jain": 0.0, "max_weight_error": 1.0})
+    start_up = picked.get(warm) if warm else None
     out.update(
-        method="whole DRR rounds, every tenant backlogged (bundles)",
-        backlogged=len(group),
-        rounds=max(picked) if picked else 0,
+        method="whole DRR rounds after warm-up rounds, every tenant backlogged (bundles)",
+        backlogged=len(weights),
+        quiet_tenants=len(quiet),
+        warmup_rounds=warm,
+        rounds=max(picked) - warm if by_round else 0,
+        warmup={
+            "seconds": r(gauges[start_up][0], 1),
+            "express_batches": int(gauges[start_up][2]),
+            **weight_shares(samples[start_up], weights),
+        }
+        if start_up is not None
+        else None,
         round_readings=per_round,
         quantum=quantum,
         prefetch=prefetch,
         bundle_readings=size,
         backlog_by_weight={
-            str(w): backlog_for(w, quantum, args.jain_rounds, prefetch, size)
+            str(w): backlog_for(w, quantum, warm + args.jain_rounds, prefetch, size)
             for w in sorted(set(weights.values()))
         },
         queued=sum(backlog.values()),
@@ -502,7 +538,19 @@ def main() -> None:
     p.add_argument(
         "--jain-rounds", type=int, default=4, help="whole DRR rounds every tenant stays backlogged"
     )
+    p.add_argument(
+        "--jain-warmup-rounds",
+        type=int,
+        default=1,
+        help="DRR rounds before the measured window (start-up: consumers filling)",
+    )
     p.add_argument("--jain-bundle", type=int, default=5, help="readings per bundle in the fill")
+    p.add_argument(
+        "--jain-quiet",
+        type=int,
+        default=0,
+        help="of --jain-tenants, this many quiet ones (a reading every ~2 s each, no backlog)",
+    )
     p.add_argument(
         "--only",
         default="all",
