@@ -73,7 +73,7 @@ from benchmarks.end_to_end import broker_pids, cpu_s
 from fairway.amqp import management as rabbitmq_api
 from fairway.devtools.processes import free_port
 from fairway.kernel import topology
-from fairway.kernel.contract import Reading, bundle_body, bundle_head, bundle_part, tenant_message
+from fairway.kernel.contract import Reading, tenant_message
 from fairway.kernel.settings import Settings
 from fairway.provision_bulk import TenantItem, provision_many
 from tests.harness import FairwayProcess, Pipeline, label_values
@@ -282,30 +282,21 @@ def nearest_samples(totals: list[float], round_size: int, rounds: int) -> dict[i
 
 def bundles(
     backlog: dict[str, int], size: int, tag: str, now: float
-) -> Iterator[tuple[str, str, bytes]]:
+) -> Iterator[tuple[str, str, bytes, pika.BasicProperties]]:
     """Relay bundles of ``size`` readings (``backlog[tenant]`` readings per tenant, a
-    whole number of bundles), interleaved over the tenants so that every queue fills
-    at the same pace; published with ``x-fairway-readings: size``."""
+    whole number of bundles; :func:`common.bundle`, :func:`common.bundle_props`),
+    interleaved over the tenants so that every queue fills at the same pace."""
+    props = common.bundle_props(size)
     count = {t: n // size for t, n in backlog.items()}
     for j in range(max(count.values(), default=0)):
         for tenant, n in count.items():
             if j >= n:
                 continue
-            head = bundle_head(tenant)
-            parts = [
-                bundle_part(
-                    Reading(
-                        f"{tenant}-d0",
-                        "env",
-                        f"{tag}-{j * size + i}",
-                        now + (j * size + i) * 1e-3,
-                        {"t": i},
-                    ),
-                    now,
-                )
-                for i in range(size)
+            readings = [
+                Reading(f"{tenant}-d0", "env", f"{tag}-{k}", now + k * 1e-3, {"t": k})
+                for k in range(j * size, (j + 1) * size)
             ]
-            yield topology.TENANTS, tenant, bundle_body(head, parts)
+            yield topology.TENANTS, tenant, common.bundle(tenant, readings, now), props
 
 
 def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any) -> dict[str, Any]:
@@ -323,16 +314,11 @@ def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any
     per_round = round_readings(weights, quantum)
     base = sched.metric_by(STORED, "tenant")
     express0 = sched.metric_sum(EXPRESS_BATCHES)
-    props = pika.BasicProperties(
-        delivery_mode=2,
-        content_type="application/json",
-        headers={topology.READINGS_HEADER: size},
-    )
     t0 = time.monotonic()
     os.kill(sched.pid, signal.SIGSTOP)
     try:
         with env.channel() as ch:
-            common.publish_all(ch, bundles(backlog, size, "jain", time.time()), props)
+            common.publish_all(ch, bundles(backlog, size, "jain", time.time()))
             ch.queue_declare(topology.tenant_queue_name(group[-1]), passive=True)
     finally:
         os.kill(sched.pid, signal.SIGCONT)

@@ -108,9 +108,10 @@ def test_bundles_fill_every_tenant_in_whole_interleaved_bundles() -> None:
     from fairway.kernel.contract import tenant_readings
 
     items = list(tenants_scale.bundles({"a": 10, "b": 20}, 5, "x", 1000.0))
-    assert [key for _, key, _ in items] == ["a", "b", "a", "b", "b", "b"]
-    assert all(exchange == topology.TENANTS for exchange, _, _ in items)
-    readings = [tenant_readings(body) for _, _, body in items]
+    assert [key for _, key, _, _ in items] == ["a", "b", "a", "b", "b", "b"]
+    assert all(exchange == topology.TENANTS for exchange, _, _, _ in items)
+    assert all(props.headers == {topology.READINGS_HEADER: 5} for *_, props in items)
+    readings = [tenant_readings(body) for _, _, body, _ in items]
     assert all(len(x) == 5 for x in readings)
     ids = [x["id"] for bundle in readings for x in bundle if x["tenant"] == "b"]
     assert len(set(ids)) == 20
