@@ -29,15 +29,16 @@ shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
     ``--jain-tenants`` tenants backlogged for the whole measured window, with the
     scheduler's default settings. Each tenant's queue is filled (scheduler stopped) with
     relay bundles of ``--jain-bundle`` readings (:func:`bundles`), ``backlog_for`` its
-    weight: ``--jain-rounds`` + 1 DRR turns (``drr_quantum x weight`` each) plus what its
-    prefetch holds, so its queue is never empty before the last round ends (no tenant
-    leaves ``backlogged``, none is express-eligible). The readings stored per tenant are
-    sampled every 0.5 s and read at the samples nearest each whole DRR round
-    (``drr_quantum x`` the sum of the weights, :func:`round_readings`); the headline is
-    at ``--jain-rounds`` rounds. Per round: Jain's index of stored/weight (weighted) and
-    of stored (plain), per weight class its share of the stored readings against its
-    share of the weights; and the scheduler's backlogged-tenant gauge and express batches
-    over the window, which show whether every tenant stayed backlogged.
+    weight: ``--jain-warmup-rounds`` + ``--jain-rounds`` + 1 DRR turns
+    (``drr_quantum x weight`` each) plus what its prefetch holds, so its queue is never
+    empty before the last round ends (its buffer never falls to the express size). The
+    readings stored per tenant are sampled every 0.5 s; the window runs from the sample
+    nearest the end of the warm-up rounds (start-up: every consumer filling at once) to
+    the samples nearest each later whole DRR round (``drr_quantum x`` the sum of the
+    weights, :func:`round_readings`); the headline is at ``--jain-rounds`` rounds. Per
+    window: Jain's index of stored/weight (weighted) and of stored (plain), per weight
+    class its share of the stored readings against its share of the weights, Jain counted
+    from the start; the lowest backlogged-tenant gauge and the express batches in it.
     ``--jain-quiet N``: the last N of those tenants are quiet instead (one reading each
     about every 2 s, never backlogged; the express path serves them), to check that the
     express batch does not distort the weights among the backlogged ones.
