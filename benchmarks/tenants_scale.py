@@ -25,10 +25,24 @@ shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
     ``SIGCONT``; drain rate and scheduler CPU per reading until it has written them all,
     RSS after;
   - ``hot10`` drain: the same with the readings on 10 tenants only, the others idle;
-  - ``fairness`` (at ``--jain-at`` tenants, 1,000 by default): 1,000 tenants backlogged
-    with ``--jain-backlog`` readings each, drained; once about a third is written, the
-    readings stored per tenant: Jain's index of stored/weight, and per weight class its
-    share of the stored readings against its share of the weights.
+  - ``fairness`` (at ``--jain-at`` tenants, 1,000 by default): every one of
+    ``--jain-tenants`` tenants backlogged for the whole measured window, with the
+    scheduler's default settings. Each tenant's queue is filled (scheduler stopped) with
+    relay bundles of ``--jain-bundle`` readings (:func:`bundles`), ``backlog_for`` its
+    weight: ``--jain-warmup-rounds`` + ``--jain-rounds`` + 1 DRR turns
+    (``drr_quantum x weight`` each) plus what its prefetch holds, so its queue is never
+    empty before the last round ends (its buffer never falls to the express size). The
+    readings stored per tenant are sampled every 0.5 s; the window runs from the sample
+    nearest the end of the warm-up rounds (start-up: every consumer filling at once) to
+    the samples nearest each later whole DRR round (``drr_quantum x`` the sum of the
+    weights, :func:`round_readings`); the headline is at ``--jain-rounds`` rounds. Per
+    window: Jain's index of stored/weight (weighted) and of stored (plain), per weight
+    class its share of the stored readings against its share of the weights, Jain counted
+    from the start; the lowest backlogged-tenant gauge and the express batches in it.
+    ``--jain-quiet N``: the last N of those tenants are quiet instead (one reading each
+    about every 2 s, never backlogged; the express path serves them), to check that the
+    express batch does not distort the weights among the backlogged ones.
+    ``--only fairness`` runs only this part (after provisioning and consumers).
 
 Completion is watched on two unlabelled metrics (readings handed to writers, batches in
 flight) so that polling costs the same at 10,000 tenants as at 10; the stored and
@@ -47,9 +61,12 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+import pika
 
 from benchmarks import common
 from benchmarks.common import r, say
@@ -60,7 +77,7 @@ from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
 from fairway.kernel.settings import Settings
 from fairway.provision_bulk import TenantItem, provision_many
-from tests.harness import FairwayProcess, Pipeline
+from tests.harness import FairwayProcess, Pipeline, label_values
 
 NAME = "tenants_scale"
 STORED = "fairway_scheduler_stored_total"
@@ -68,6 +85,8 @@ DUPLICATES = "fairway_scheduler_duplicates_total"
 HANDED = "fairway_scheduler_batch_size_sum"
 INFLIGHT = "fairway_scheduler_inflight_batches"
 EXPRESS = "fairway_scheduler_express_inflight"
+EXPRESS_BATCHES = "fairway_scheduler_express_batches_total"
+BACKLOGGED = "fairway_scheduler_backlogged_tenants"
 HOT = 10
 TARGET_IDLE = 0.01
 TARGET_BROKER_RATIO = 1.5
@@ -77,6 +96,7 @@ TARGET_PROVISION_S_10K = 60.0
 TARGET_JAIN = 0.99
 TARGET_WEIGHT_ERROR = 0.05
 SHARED_BROKER_MAX = 1000
+QUIET_EVERY = 4  # a quiet tenant gets one reading every 4 samples (about 2 s)
 
 
 def tenant_ids(count: int) -> list[str]:
@@ -207,15 +227,20 @@ def drain(
 
 def weight_shares(stored: dict[str, float], weights: dict[str, int]) -> dict[str, Any]:
     """Per weight class: its share of ``stored`` against its share of the weights, and
-    the relative error; Jain's index of stored/weight over every tenant."""
+    the relative error; Jain's index of stored/weight over every tenant (weighted) and of
+    stored (plain)."""
     total = sum(stored.get(t, 0.0) for t in weights)
     weight_total = sum(weights.values())
     classes: dict[str, Any] = {}
     for w in sorted(set(weights.values())):
         members = [t for t, tw in weights.items() if tw == w]
-        served = sum(stored.get(t, 0.0) for t in members) / total if total else 0.0
+        readings = sum(stored.get(t, 0.0) for t in members)
+        served = readings / total if total else 0.0
         expected = w * len(members) / weight_total
         classes[str(w)] = {
+            "tenants": len(members),
+            "readings": int(readings),
+            "mean_per_tenant": r(readings / len(members), 1),
             "served_share": r(served, 4),
             "weight_share": r(expected, 4),
             "error": r(abs(served - expected) / expected, 4),
@@ -223,36 +248,167 @@ def weight_shares(stored: dict[str, float], weights: dict[str, int]) -> dict[str
     normalised = [stored.get(t, 0.0) / w for t, w in weights.items()]
     return {
         "weighted_jain": r(common.jain(normalised), 4),
+        "plain_jain": r(common.jain([stored.get(t, 0.0) for t in weights]), 4),
         "classes": classes,
         "max_weight_error": max(c["error"] for c in classes.values()),
     }
 
 
-def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any) -> dict[str, Any]:
-    """1,000 tenants backlogged; the readings stored per tenant, sampled every 0.5 s
-    while they drain, taken at the sample nearest a third of the backlog written (the
-    heavier tenants must not have run dry yet)."""
-    group = tenants[: args.jain_tenants]
-    weights = {t: weight_of(i) for i, t in enumerate(group)}
-    base = sched.metric_by(STORED, "tenant")
-    total = args.jain_backlog * len(group)
-    fill_stopped(env, sched, messages(group, args.jain_backlog, "jain", time.time()), group[-1])
-    samples: list[dict[str, float]] = []
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        now = sched.metric_by(STORED, "tenant")
-        samples.append({t: now.get(t, 0.0) - base.get(t, 0.0) for t in group})
-        if sum(samples[-1].values()) >= total:
+def round_readings(weights: dict[str, int], quantum: int) -> int:
+    """Readings in one DRR round while every tenant is backlogged: each tenant's turn is
+    ``quantum x weight``."""
+    return quantum * sum(weights.values())
+
+
+def backlog_for(weight: int, quantum: int, rounds: int, prefetch: int, bundle: int) -> int:
+    """Readings to queue for a tenant of ``weight`` so that it stays backlogged for
+    ``rounds`` whole DRR rounds: one turn more than that, plus what its prefetch of
+    ``prefetch`` bundles holds (buffered in the scheduler, not in its queue), in whole
+    bundles of ``bundle`` readings."""
+    readings = (rounds + 1) * quantum * weight + prefetch * bundle
+    return -(-readings // bundle) * bundle
+
+
+def nearest_samples(totals: list[float], round_size: int, rounds: int) -> dict[int, int]:
+    """For each whole round ``k`` in 1..``rounds``: the index of the sample whose total
+    is nearest ``k x round_size`` (rounds never reached are left out)."""
+    out: dict[int, int] = {}
+    for k in range(1, rounds + 1):
+        target = k * round_size
+        if not totals or max(totals) < target - round_size / 2:
             break
-        time.sleep(0.5)
-    progress = [r(sum(x.values()) / total, 3) for x in samples]
-    stored = min(samples, key=lambda x: abs(sum(x.values()) / total - 1 / 3))
-    out = weight_shares(stored, weights)
+        out[k] = min(range(len(totals)), key=lambda i: abs(totals[i] - target))
+    return out
+
+
+def bundles(
+    backlog: dict[str, int], size: int, tag: str, now: float
+) -> Iterator[tuple[str, str, bytes, pika.BasicProperties]]:
+    """Relay bundles of ``size`` readings (``backlog[tenant]`` readings per tenant, a
+    whole number of bundles; :func:`common.bundle`, :func:`common.bundle_props`),
+    interleaved over the tenants so that every queue fills at the same pace."""
+    props = common.bundle_props(size)
+    count = {t: n // size for t, n in backlog.items()}
+    for j in range(max(count.values(), default=0)):
+        for tenant, n in count.items():
+            if j >= n:
+                continue
+            readings = [
+                Reading(f"{tenant}-d0", "env", f"{tag}-{k}", now + k * 1e-3, {"t": k})
+                for k in range(j * size, (j + 1) * size)
+            ]
+            yield topology.TENANTS, tenant, common.bundle(tenant, readings, now), props
+
+
+def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any) -> dict[str, Any]:
+    """Every tenant of the group backlogged for ``--jain-rounds`` whole DRR rounds; the
+    readings stored per tenant at the samples nearest each whole round."""
+    group = tenants[: args.jain_tenants]
+    quiet = group[len(group) - args.jain_quiet :] if args.jain_quiet else []
+    weights = {t: weight_of(i) for i, t in enumerate(group[: len(group) - len(quiet)])}
+    settings = env.settings
+    quantum, prefetch, size = settings.drr_quantum, settings.scheduler_prefetch, args.jain_bundle
+    backlog = {
+        t: backlog_for(w, quantum, args.jain_warmup_rounds + args.jain_rounds, prefetch, size)
+        for t, w in weights.items()
+    }
+    per_round = round_readings(weights, quantum)
+    base = sched.metric_by(STORED, "tenant")
+    express0 = sched.metric_sum(EXPRESS_BATCHES)
+    t0 = time.monotonic()
+    os.kill(sched.pid, signal.SIGSTOP)
+    try:
+        with env.channel() as ch:
+            common.publish_all(ch, bundles(backlog, size, "jain", time.time()))
+            ch.queue_declare(topology.tenant_queue_name(group[-1]), passive=True)
+    finally:
+        os.kill(sched.pid, signal.SIGCONT)
+    fill_s = time.monotonic() - t0
+    say(f"fairness: {sum(backlog.values())} readings queued in {fill_s:.1f} s; round {per_round}")
+    samples: list[dict[str, float]] = []
+    gauges: list[tuple[float, float, float]] = []  # seconds, backlogged tenants, express
+    quiet_sent: list[int] = []
+    end = (args.jain_warmup_rounds + args.jain_rounds + 0.5) * per_round
+    t1, c1 = time.monotonic(), cpu_s(sched.pid)
+    deadline = t1 + args.timeout
+    with env.channel() as qch:
+        while time.monotonic() < deadline:
+            # The quiet tenants: one reading each every QUIET_EVERY samples (a trickle).
+            k = len(samples)
+            some = quiet[k % QUIET_EVERY :: QUIET_EVERY]
+            common.publish_all(qch, messages(some, 1, f"quiet{k}", time.time()))
+            quiet_sent.append((quiet_sent[-1] if quiet_sent else 0) + len(some))
+            got = sched.metrics(STORED, BACKLOGGED, EXPRESS_BATCHES)
+            now = label_values(got, STORED, "tenant")
+            samples.append({t: now.get(t, 0.0) - base.get(t, 0.0) for t in group})
+            gauges.append(
+                (
+                    time.monotonic() - t1,
+                    sum(got.get(BACKLOGGED, {}).values()),
+                    sum(got.get(EXPRESS_BATCHES, {}).values()) - express0,
+                )
+            )
+            if sum(samples[-1][t] for t in weights) >= end:
+                break
+            time.sleep(0.5)
+    seconds, cpu = time.monotonic() - t1, cpu_s(sched.pid) - c1
+    totals = [sum(x[t] for t in weights) for x in samples]
+    warm = args.jain_warmup_rounds
+    picked = nearest_samples(totals, per_round, warm + args.jain_rounds)
+    b = picked.get(warm, 0) if warm else 0
+    by_round: dict[str, Any] = {}
+    for k, i in picked.items():
+        if k <= warm:
+            continue
+        # The window: from the sample at the end of the warm-up rounds to this one.
+        served = {t: samples[i][t] - samples[b][t] for t in group}
+        figures = weight_shares(served, weights)
+        figures.update(
+            stored=int(totals[i] - totals[b]),
+            rounds_exact=r((totals[i] - totals[b]) / per_round, 3),
+            seconds=r(gauges[i][0] - gauges[b][0], 1),
+            min_backlogged=int(min(g[1] for g in gauges[b : i + 1])),
+            express_batches=int(gauges[i][2] - gauges[b][2]),
+            from_start=weight_shares(samples[i], weights)["weighted_jain"],
+        )
+        if quiet:
+            # Sent up to the sample before: the newest may not be stored yet.
+            figures["quiet"] = {
+                "sent_before": quiet_sent[i - 1] - quiet_sent[b],
+                "stored": int(sum(served[t] for t in quiet)),
+            }
+        by_round[str(k - warm)] = figures
+    last = by_round.get(str(max(picked) - warm)) if by_round else None
+    out: dict[str, Any] = dict(last or {"weighted_jain": 0.0, "max_weight_error": 1.0})
+    start_up = picked.get(warm) if warm else None
     out.update(
-        backlogged=len(group),
-        backlog_each=args.jain_backlog,
-        stored=int(sum(stored.values())),
-        sampled_progress=progress,
+        method="whole DRR rounds after warm-up rounds, every tenant backlogged (bundles)",
+        backlogged=len(weights),
+        quiet_tenants=len(quiet),
+        warmup_rounds=warm,
+        rounds=max(picked) - warm if by_round else 0,
+        warmup={
+            "seconds": r(gauges[start_up][0], 1),
+            "express_batches": int(gauges[start_up][2]),
+            **weight_shares(samples[start_up], weights),
+        }
+        if start_up is not None
+        else None,
+        round_readings=per_round,
+        quantum=quantum,
+        prefetch=prefetch,
+        bundle_readings=size,
+        backlog_by_weight={
+            str(w): backlog_for(w, quantum, warm + args.jain_rounds, prefetch, size)
+            for w in sorted(set(weights.values()))
+        },
+        queued=sum(backlog.values()),
+        fill_seconds=r(fill_s, 1),
+        window_rate=r(totals[-1] / seconds) if seconds else 0.0,
+        window_cpu_us_per_reading=r(cpu * 1e6 / totals[-1], 1) if totals[-1] else 0.0,
+        by_round=by_round,
+        sampled_rounds=[r(x / per_round, 2) for x in totals],
+        backlogged_gauge=[int(g[1]) for g in gauges],
     )
     return out
 
@@ -269,6 +425,12 @@ def contender(
         common.poll_until(lambda: consumed(env, tenants) == n, 600, 1.0, f"{name} consumers")
         ready_s = time.monotonic() - started
         time.sleep(args.settle_s)
+        if args.only == "fairness":
+            return {
+                "consuming_after_s": r(ready_s, 1),
+                "fairness": fairness(env, sched, tenants, args),
+                "rss_mb": {"peak": r(sched.status().get("VmHWM", 0) / 1024)},
+            }
         rss_idle = sched.status().get("VmRSS", 0) / 1024
         t0, s0, b0 = time.monotonic(), cpu_s(sched.pid), broker_cpu(brokers)
         time.sleep(args.idle_s)
@@ -332,6 +494,9 @@ def run_count(n: int, roots: dict[str, Path], args: Any, order: list[str]) -> di
             result["broker_baseline_core_fraction"] = r(baseline, 4)
             result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
             out[name] = result
+            if args.only == "fairness":
+                say(f"{n} tenants, {name}: fairness {result['fairness']}")
+                continue
             say(
                 f"{n} tenants, {name}: consuming after {result['consuming_after_s']} s,"
                 f" idle sched {result['idle_core_fraction']['scheduler']:.4f}"
@@ -357,7 +522,28 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--jain-at", type=int, default=1000, help="tenant count of the fairness run")
     p.add_argument("--jain-tenants", type=int, default=1000, help="tenants backlogged")
-    p.add_argument("--jain-backlog", type=int, default=150, help="readings per backlogged tenant")
+    p.add_argument(
+        "--jain-rounds", type=int, default=4, help="whole DRR rounds every tenant stays backlogged"
+    )
+    p.add_argument(
+        "--jain-warmup-rounds",
+        type=int,
+        default=1,
+        help="DRR rounds before the measured window (start-up: consumers filling)",
+    )
+    p.add_argument("--jain-bundle", type=int, default=5, help="readings per bundle in the fill")
+    p.add_argument(
+        "--jain-quiet",
+        type=int,
+        default=0,
+        help="of --jain-tenants, this many quiet ones (a reading every ~2 s each, no backlog)",
+    )
+    p.add_argument(
+        "--only",
+        default="all",
+        choices=["all", "fairness"],
+        help="fairness: provisioning and the fairness run only (at --jain-at tenants)",
+    )
     p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
     p.add_argument("--rounds", type=int, default=1, help="rounds (contender order alternates)")
     p.add_argument("--profile", default="", help="directory for cProfile dumps (diagnostic)")
@@ -381,6 +567,8 @@ def main() -> None:
     # Deleting a vhost of 20,000 queues takes minutes, not the client's 30 s.
     rabbitmq_api.TIMEOUT_S = 600.0
     counts = [int(x) for x in args.tenants.split(",")]
+    if args.only == "fairness":
+        counts = [args.jain_at]
     args.counts = [n for n in counts if n <= 10_000 * args.scale] or counts[:1]
     if args.shared_broker and max(args.counts) > SHARED_BROKER_MAX:
         p.error(f"more than {SHARED_BROKER_MAX} tenants only on a private broker")
@@ -462,15 +650,22 @@ def targets(
             "met": provision["10000"] <= TARGET_PROVISION_S_10K,
         }
     if fair is not None:
-        out[f"weighted Jain with {fair['backlogged']} backlogged >= {TARGET_JAIN}"] = {
+        out.update(fairness_targets(fair))
+    return out
+
+
+def fairness_targets(fair: dict[str, Any]) -> dict[str, Any]:
+    """The issue's fairness targets from :func:`fairness`'s result."""
+    return {
+        f"weighted Jain with {fair['backlogged']} backlogged >= {TARGET_JAIN}": {
             "value": fair["weighted_jain"],
             "met": fair["weighted_jain"] >= TARGET_JAIN,
-        }
-        out[f"weights within {TARGET_WEIGHT_ERROR:.0%}"] = {
+        },
+        f"weights within {TARGET_WEIGHT_ERROR:.0%}": {
             "value": fair["max_weight_error"],
             "met": fair["max_weight_error"] <= TARGET_WEIGHT_ERROR,
-        }
-    return out
+        },
+    }
 
 
 def run(args: Any) -> None:
@@ -497,6 +692,17 @@ def run(args: Any) -> None:
             order = names if (i + k) % 2 == 0 else names[::-1]
             results[str(n)] = run_count(n, roots, args, order)
         rounds.append(results)
+    if args.only == "fairness":
+        fair = rounds[-1][str(args.jain_at)][names[-1]]["fairness"]
+        common.emit(
+            {
+                "meta": {**run_meta, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+                "fairness": fair,
+                "rounds": rounds,
+                "targets": fairness_targets(fair),
+            }
+        )
+        return
     med = {
         n: {name: _medians([rd[n][name] for rd in rounds]) for name in names}
         for n in map(str, counts)

@@ -67,3 +67,51 @@ def test_targets_without_10000_or_fairness_leave_those_out() -> None:
     out = tenants_scale.targets(med, {"10": 0.2, "100": 2.0}, None, "after")
     assert not any("provisioning" in k or "Jain" in k for k in out)
     assert all(v["met"] for k, v in out.items() if "broker" not in k)
+
+
+def test_weight_shares_give_the_plain_figures_too() -> None:
+    weights = {"a": 1, "b": 2}
+    out = tenants_scale.weight_shares({"a": 50.0, "b": 100.0}, weights)
+    assert out["weighted_jain"] == 1.0
+    assert out["plain_jain"] == pytest.approx(0.9, abs=1e-4)  # 150^2 / (2 * (50^2 + 100^2))
+    assert out["classes"]["2"]["readings"] == 100
+    assert out["classes"]["1"]["mean_per_tenant"] == 50.0
+
+
+def test_a_round_is_the_quantum_times_the_sum_of_the_weights() -> None:
+    weights = {tenants_scale.tenant_ids(1000)[i]: tenants_scale.weight_of(i) for i in range(1000)}
+    assert tenants_scale.round_readings(weights, 50) == 75_000
+
+
+def test_the_backlog_outlasts_the_rounds_plus_the_prefetch_in_whole_bundles() -> None:
+    # 5 turns of 50 x 2, plus 100 bundles of 5 buffered by the prefetch.
+    assert tenants_scale.backlog_for(2, 50, 4, 100, 5) == 1000
+    assert tenants_scale.backlog_for(1, 50, 4, 100, 5) == 750
+    # 4 turns of 50 + 10 bundles of 30 = 500, rounded up to whole bundles of 30.
+    assert tenants_scale.backlog_for(1, 50, 3, 10, 30) == 510
+    # Heavier tenants need more: they spend 2x per round.
+    assert (
+        tenants_scale.backlog_for(2, 50, 4, 100, 5) - tenants_scale.backlog_for(1, 50, 4, 100, 5)
+        == 5 * 50
+    )
+
+
+def test_nearest_samples_pick_each_whole_round_and_skip_rounds_not_reached() -> None:
+    totals = [0.0, 40.0, 90.0, 110.0, 190.0, 260.0]
+    assert tenants_scale.nearest_samples(totals, 100, 4) == {1: 2, 2: 4, 3: 5}
+    # 260 is nearer 300 than 250: round 3 counts, round 4 (400) is not reached.
+    assert tenants_scale.nearest_samples([0.0, 20.0], 100, 2) == {}
+
+
+def test_bundles_fill_every_tenant_in_whole_interleaved_bundles() -> None:
+    from fairway.kernel import topology
+    from fairway.kernel.contract import tenant_readings
+
+    items = list(tenants_scale.bundles({"a": 10, "b": 20}, 5, "x", 1000.0))
+    assert [key for _, key, _, _ in items] == ["a", "b", "a", "b", "b", "b"]
+    assert all(exchange == topology.TENANTS for exchange, _, _, _ in items)
+    assert all(props.headers == {topology.READINGS_HEADER: 5} for *_, props in items)
+    readings = [tenant_readings(body) for _, _, body, _ in items]
+    assert all(len(x) == 5 for x in readings)
+    ids = [x["id"] for bundle in readings for x in bundle if x["tenant"] == "b"]
+    assert len(set(ids)) == 20
