@@ -134,6 +134,9 @@ class RollupFolder:
         self._cells = 0
         self._closed_upto = self._due_upto(_now())  # hours <= this are the rollup task's
         self._registered = False
+        # Writer threads' first batches race to register: two upserts of one new _id make
+        # FerretDB answer E11000 to one of them, failing a stored batch (then retried).
+        self._register_lock = threading.Lock()
         self._last_beat = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -149,7 +152,9 @@ class RollupFolder:
         and its retry finds its readings stored (duplicates), which hands them over.
         """
         if not self._registered:
-            self._beat()
+            with self._register_lock:
+                if not self._registered:
+                    self._beat()
         marks: set[DeviceHour] = set()
         to_record: dict[datetime, set[tuple[str, str]]] = {}
         with self._lock:
