@@ -316,7 +316,10 @@ def test_rollups_equal_the_raw_readings_after_redelivery_and_late_data(
     assert pipeline.stop("scheduler") == 0
     closed = opened + timedelta(hours=1)
     result = rollup.roll_closed_hours(pipeline.db, grace_s=0, now=closed + timedelta(seconds=1))
-    assert (result["lost_writers"], result["recovered_hours"], result["computed"]) == (1, 2, 2)
+    assert (result["lost_writers"], result["computed"]) == (1, 2)
+    # Counted per record and device: writer threads' concurrent first batches may each
+    # record the open hour of d1 and d2 (a batch is acked only after its own record).
+    assert result["recovered_hours"] >= 2
     assert actual_rollups(pipeline.db) == expected_rollups(pipeline.db, closed)
 
 
