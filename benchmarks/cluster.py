@@ -52,7 +52,7 @@ import orjson
 import pika
 
 from benchmarks import common
-from benchmarks.common import jain, percentile, r, ratio, say
+from benchmarks.common import cpu_s, jain, percentile, r, ratio, say
 from benchmarks.write_cost import PrivateServer, private_server
 from fairway.amqp import management
 from fairway.devtools.simulator import Simulator, device_ids, tenant_ids, weighted_devices
@@ -71,20 +71,9 @@ from tests.harness import (
 NAME = "cluster"
 STORED = "fairway_scheduler_stored_total"
 DUPLICATES = "fairway_scheduler_duplicates_total"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WEIGHTS = {"w1": 1, "w2": 2, "w3": 3, "w4": 4}
 QUIET, FLOOD = "quiet", "flood"
 QUIET_RATE = 20.0
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 # -- the two brokers -------------------------------------------------------------------

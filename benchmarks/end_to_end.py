@@ -69,11 +69,10 @@ import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 from benchmarks import common, perftest
-from benchmarks.common import r, ratio, say
+from benchmarks.common import cpu_s, r, ratio, say
 from fairway.amqp import management
 from fairway.devtools import simulator
 from fairway.kernel import topology
@@ -92,7 +91,6 @@ from tests.harness import Pipeline
 NAME = "end_to_end"
 STORED = "fairway_scheduler_stored_total"
 DUPLICATES = "fairway_scheduler_duplicates_total"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRAIN_SCENARIOS = {"single": 1, "batch10": 10}  # name: readings per message
 BACKGROUND_S = 3.0
 TENANTS = simulator.tenant_ids(10)
@@ -239,15 +237,6 @@ def pipeline(args: Any) -> dict[str, Any]:
 
 
 # -- CPU per reading (drain of a pre-filled backlog) -----------------------------------
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process so far (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def broker_pids() -> list[int]:
     """The OS pid of every node of the broker the benchmark uses (its management API):
     other ``beam.smp`` on the machine (other people's test nodes) are not counted."""

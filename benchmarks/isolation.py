@@ -466,7 +466,7 @@ class CpuMeter:
         self.start = self._now()
 
     def _now(self) -> dict[str, float]:
-        from benchmarks.end_to_end import cpu_s
+        from benchmarks.common import cpu_s
 
         now = {k: sum(cpu_s(pid) for pid in pids) for k, pids in self.pids.items()}
         now["database"] = self.database.seconds()

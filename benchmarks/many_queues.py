@@ -37,25 +37,22 @@ stopped consumer would be requeued and show up as ready).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pika
 from pika.adapters.select_connection import IOLoop
 
 from benchmarks import common
-from benchmarks.common import r, say
+from benchmarks.common import cpu_s, r, say
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading, tenant_message
 from fairway.storage import mongo, registry
 from tests.harness import Pipeline
 
 NAME = "many_queues"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FANOUT = "bench.fanout"
 FANOUT_TENANT = "mqall"  # same length as the mqNNN tenant ids, so bodies are the same size
 PROPS = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -322,15 +319,6 @@ def run_scheduler(
     if left:
         result["error"] = f"{left} messages left in the queues after the scheduler stopped"
     return result
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def mongo_stored(env: Pipeline) -> int:

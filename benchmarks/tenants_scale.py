@@ -69,8 +69,8 @@ from typing import Any
 import pika
 
 from benchmarks import common
-from benchmarks.common import r, say
-from benchmarks.end_to_end import broker_pids, cpu_s
+from benchmarks.common import cpu_s, r, say
+from benchmarks.end_to_end import broker_pids
 from fairway.amqp import management as rabbitmq_api
 from fairway.devtools.processes import free_port
 from fairway.kernel import topology
