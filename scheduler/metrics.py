@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from scheduler.tenant_histogram import TenantHistogram
 
 SCHED_EVENTS = Counter(
     "fairway_scheduler_events_total", "Coalesced telemetry events published by the scheduler"
@@ -131,12 +133,14 @@ SCHED_BATCH_SIZE = Histogram(
 SCHED_WRITE_SECONDS = Histogram("fairway_scheduler_write_seconds", "Time of one insert_many batch")
 
 
-SCHED_LAG_SECONDS = Histogram(
-    "fairway_scheduler_lag_seconds",
-    "From relay receipt to durable write",
-    ["tenant"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+# Plain rows rather than a labelled Histogram: ~4.3 KB per tenant less (issue 17).
+SCHED_LAG_SECONDS = TenantHistogram(
+    "fairway_scheduler_lag_seconds", "From relay receipt to durable write", LAG_BUCKETS
 )
+REGISTRY.register(SCHED_LAG_SECONDS)
 
 
 SCHED_DB_UP = Gauge("fairway_scheduler_db_up", "1 when the last database write succeeded")

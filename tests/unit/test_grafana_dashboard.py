@@ -31,7 +31,9 @@ EXTERNAL = {
     "rabbitmq_queue_messages_ready",
     "rabbitmq_detailed_queue_messages",
 }
-DEFINITION = re.compile(r"\b(Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+DEFINITION = re.compile(
+    r"\b(Counter|Gauge|Histogram|Summary|TenantHistogram)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+)
 # What in a PromQL expression is not a metric name: strings, label matchers, ranges,
 # label lists of by/without/on/ignoring/group_left/group_right, Grafana variables.
 NOT_NAMES = (
@@ -62,7 +64,7 @@ def exposed(defined: dict[str, str]) -> set[str]:
         if kind == "Counter":
             base = name.removesuffix("_total")
             names |= {f"{base}_total", f"{base}_created"}
-        elif kind in ("Histogram", "Summary"):
+        elif kind in ("Histogram", "Summary", "TenantHistogram"):
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
         else:
             names.add(name)
