@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from scheduler.metrics import TENANT_GAUGES
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/fairway.json"
 PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
@@ -54,6 +56,7 @@ def defined_metrics() -> dict[str, str]:
         for path in (ROOT / package).rglob("*.py"):
             for kind, name in DEFINITION.findall(path.read_text(encoding="utf-8")):
                 found[name] = kind
+    found.update(dict.fromkeys(TENANT_GAUGES.names, "Gauge"))  # read at scrape time
     return found
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from scheduler.metrics import LAG_BUCKETS
-from scheduler.tenant_histogram import TenantHistogram
+from scheduler.tenant_histogram import TenantGauges, TenantHistogram
 
 OBSERVED = [("acme", 0.005), ("acme", 0.3), ("globex", 100.0), ("acme", 1.0), ("initech", 0.0)]
 OBSERVED += [("globex", 0.0051), ("initech", 59.9), ("acme", 60.0), ("acme", 0.01)]
@@ -52,3 +52,17 @@ def test_a_removed_tenant_is_no_longer_exposed() -> None:
     rows.remove("acme")
     text = generate_latest(registry).decode()
     assert 'tenant="acme"' not in text and 'tenant="globex"' in text
+
+
+def test_tenant_gauges_expose_what_labelled_gauges_did() -> None:
+    old, new = CollectorRegistry(), CollectorRegistry()
+    weight = Gauge("w", "weight doc", ["tenant"], registry=old)
+    buffered = Gauge("b", "buffered doc", ["tenant"], registry=old)
+    gauges = TenantGauges({"w": "weight doc", "b": "buffered doc"})
+    new.register(gauges)
+    assert generate_latest(new) == generate_latest(old)  # no source yet: no series
+    weight.labels("acme").set(2)
+    buffered.labels("acme").set(7)
+    weight.labels("globex").set(1)  # known, not in the pool yet: weight only
+    gauges.source = lambda: [("acme", {"w": 2, "b": 7}), ("globex", {"w": 1})]
+    assert generate_latest(new).decode() == generate_latest(old).decode()
