@@ -108,7 +108,9 @@ class DeficitRoundRobin(Generic[T]):
             self._costs[tenant] -= served
             taken += served
             if not buf:
-                self._deficit[tenant] = 0  # an emptied tenant keeps no credit (DRR rule)
+                # An emptied tenant keeps no credit (DRR rule) and no state: an empty deque
+                # is ~0.6 KB, kept for every tenant that ever had traffic otherwise.
+                self._forget_buffer(tenant)
                 active.popleft()
                 self._in_turn = False
             elif buf[0][0] > deficit:  # its head costs more than the credit left: turn over
@@ -140,13 +142,17 @@ class DeficitRoundRobin(Generic[T]):
             self._size -= len(buf)
             self._cost -= cost
             room -= cost
-            buf.clear()
-            self._costs[tenant] = 0
-            self._deficit[tenant] = 0
+            self._forget_buffer(tenant)
             if self._active[0] == tenant:
                 self._in_turn = False
             self._active.remove(tenant)
         return out
+
+    def _forget_buffer(self, tenant: str) -> None:
+        """Drop an emptied tenant's buffer, credit and cost (``push`` makes them anew)."""
+        del self._buffers[tenant]
+        self._deficit.pop(tenant, None)
+        self._costs.pop(tenant, None)
 
     def drop(self, tenant: str) -> list[T]:
         """Remove and return everything buffered for ``tenant`` (its channel went away)."""

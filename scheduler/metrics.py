@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from scheduler.tenant_histogram import TenantGauges, TenantHistogram
 
 SCHED_EVENTS = Counter(
     "fairway_scheduler_events_total", "Coalesced telemetry events published by the scheduler"
@@ -29,11 +31,6 @@ SCHED_DEAD_LETTERED = Counter(
     "fairway_scheduler_dead_lettered_total",
     "Messages the database refused for good, dead-lettered to rejected",
     ["tenant"],
-)
-
-
-SCHED_BUFFERED = Gauge(
-    "fairway_scheduler_buffered", "Messages held in the local DRR buffer", ["tenant"]
 )
 
 
@@ -86,18 +83,6 @@ TENANT_READS = Counter(
 )
 
 
-SCHED_WEIGHT = Gauge(
-    "fairway_scheduler_weight",
-    "The tenant's weight in the DRR, as this scheduler last read it (Grafana's weight share)",
-    ["tenant"],
-)
-
-
-SCHED_PREFETCH = Gauge(
-    "fairway_scheduler_prefetch", "Prefetch granted to the tenant's channel", ["tenant"]
-)
-
-
 PREFETCH_CHANGES = Counter(
     "fairway_scheduler_prefetch_changes_total",
     "Consumers recycled to change a tenant channel's prefetch",
@@ -131,12 +116,27 @@ SCHED_BATCH_SIZE = Histogram(
 SCHED_WRITE_SECONDS = Histogram("fairway_scheduler_write_seconds", "Time of one insert_many batch")
 
 
-SCHED_LAG_SECONDS = Histogram(
-    "fairway_scheduler_lag_seconds",
-    "From relay receipt to durable write",
-    ["tenant"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+# fairway_scheduler_weight, _buffered and _prefetch{tenant}: read from the scheduler at
+# scrape time rather than kept as labelled Gauge children (~3.3 KB per tenant, issue 17).
+TENANT_GAUGES = TenantGauges(
+    {
+        "fairway_scheduler_weight": "The tenant's weight in the DRR, as this scheduler last"
+        " read it (Grafana's weight share)",
+        "fairway_scheduler_buffered": "Messages held in the local DRR buffer",
+        "fairway_scheduler_prefetch": "Prefetch granted to the tenant's channel",
+    }
 )
+REGISTRY.register(TENANT_GAUGES)
+
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+# Plain rows rather than a labelled Histogram: ~4.3 KB per tenant less (issue 17).
+SCHED_LAG_SECONDS = TenantHistogram(
+    "fairway_scheduler_lag_seconds", "From relay receipt to durable write", LAG_BUCKETS
+)
+REGISTRY.register(SCHED_LAG_SECONDS)
 
 
 SCHED_DB_UP = Gauge("fairway_scheduler_db_up", "1 when the last database write succeeded")

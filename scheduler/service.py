@@ -53,7 +53,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import pika
@@ -147,6 +146,9 @@ class Scheduler(AmqpService):
         # the byte bound per reading): consumed as they are.
         self.old_arguments: set[str] = set()
         metrics.SCHED_OLD_ARGUMENTS.set_function(lambda: len(self.old_arguments))
+        # Tenants whose buffered and prefetch gauges are exposed (added to the pool).
+        self._gauged: set[str] = set()
+        metrics.TENANT_GAUGES.source = self._tenant_gauges
         express = 1 if settings.express_readings else 0
         self._writers = ThreadPoolExecutor(settings.writers + express, thread_name_prefix="writer")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="tenants")
@@ -208,17 +210,11 @@ class Scheduler(AmqpService):
             before = self.known.get(tenant.id)
             self.known[tenant.id] = tenant
             self.drr.set_weight(tenant.id, tenant.weight)
-            metrics.SCHED_WEIGHT.labels(tenant.id).set(tenant.weight)
             if before is not None and before.weight != tenant.weight:
                 reshare = reshare or tenant.id in self.backlogged
             if tenant.id not in self.pool.consumers and not self.stopping:
                 self.pool.add(tenant)
-                metrics.SCHED_BUFFERED.labels(tenant.id).set_function(
-                    partial(self.drr.backlog, tenant.id)
-                )
-                metrics.SCHED_PREFETCH.labels(tenant.id).set_function(
-                    partial(self._prefetch, tenant.id)
-                )
+                self._gauged.add(tenant.id)
         for tenant_id in changes.removed:
             if tenant_id not in {t.id for t in changes.tenants}:
                 self._remove_tenant(tenant_id)
@@ -241,19 +237,24 @@ class Scheduler(AmqpService):
             self._oldest = None
         self.backlogged.discard(tenant)
         self._raised.discard(tenant)
-        for gauge in (
-            metrics.SCHED_WEIGHT,
-            metrics.SCHED_BUFFERED,
-            metrics.SCHED_PREFETCH,
-            metrics.SCHED_BACKLOG,
-        ):
-            with contextlib.suppress(KeyError):
-                gauge.remove(tenant)
+        self._gauged.discard(tenant)
+        with contextlib.suppress(KeyError):
+            metrics.SCHED_BACKLOG.remove(tenant)
         metrics.SCHED_TENANTS_REMOVED.inc()
         log.warning(
             "tenant removed; its queue is no longer consumed",
             extra={"tenant": tenant, "requeued": len(buffered), "consumed": consumer is not None},
         )
+
+    def _tenant_gauges(self) -> list[tuple[str, dict[str, float]]]:
+        """Weight of every known tenant; buffered and prefetch of those in the pool."""
+        known, gauged = list(self.known.items()), set(self._gauged)  # one step each
+        rows = {tenant: {"fairway_scheduler_weight": float(t.weight)} for tenant, t in known}
+        for tenant in gauged:
+            row = rows.setdefault(tenant, {})
+            row["fairway_scheduler_buffered"] = self.drr.backlog(tenant)
+            row["fairway_scheduler_prefetch"] = self._prefetch(tenant)
+        return list(rows.items())
 
     def _prefetch(self, tenant: str) -> int:
         """The prefetch granted to ``tenant`` (the floor while its channel is re-opened)."""

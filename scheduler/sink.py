@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -248,13 +248,9 @@ class MongoSink:
 def _observe_lag(docs: list[dict]) -> None:
     """Relay receipt to durable write, per tenant."""
     now = time.time()
-    by_tenant: dict[str, Any] = {}
-    for doc in docs:
-        tenant = doc["tenant"]
-        child = by_tenant.get(tenant)
-        if child is None:
-            child = by_tenant[tenant] = metrics.SCHED_LAG_SECONDS.labels(tenant)
-        child.observe(now - doc["received"].timestamp())
+    metrics.SCHED_LAG_SECONDS.observe_many(
+        (doc["tenant"], now - doc["received"].timestamp()) for doc in docs
+    )
 
 
 class DeviceStateWriter:

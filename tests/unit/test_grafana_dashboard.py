@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from scheduler.metrics import TENANT_GAUGES
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/fairway.json"
 PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
@@ -31,7 +33,9 @@ EXTERNAL = {
     "rabbitmq_queue_messages_ready",
     "rabbitmq_detailed_queue_messages",
 }
-DEFINITION = re.compile(r"\b(Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+DEFINITION = re.compile(
+    r"\b(Counter|Gauge|Histogram|Summary|TenantHistogram)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+)
 # What in a PromQL expression is not a metric name: strings, label matchers, ranges,
 # label lists of by/without/on/ignoring/group_left/group_right, Grafana variables.
 NOT_NAMES = (
@@ -52,6 +56,7 @@ def defined_metrics() -> dict[str, str]:
         for path in (ROOT / package).rglob("*.py"):
             for kind, name in DEFINITION.findall(path.read_text(encoding="utf-8")):
                 found[name] = kind
+    found.update(dict.fromkeys(TENANT_GAUGES.names, "Gauge"))  # read at scrape time
     return found
 
 
@@ -62,7 +67,7 @@ def exposed(defined: dict[str, str]) -> set[str]:
         if kind == "Counter":
             base = name.removesuffix("_total")
             names |= {f"{base}_total", f"{base}_created"}
-        elif kind in ("Histogram", "Summary"):
+        elif kind in ("Histogram", "Summary", "TenantHistogram"):
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
         else:
             names.add(name)

@@ -1,0 +1,105 @@
+"""Per-tenant metrics kept as plain rows (or read at scrape time) behind custom collectors.
+
+``prometheus_client`` gives each label set of a ``Histogram`` a child holding a lock
+and a value object per bucket: about 4.3 KB of RSS per tenant with 13 buckets, 43 MB
+at 10,000 tenants (issue 17). Here a tenant is one list of ints and floats under one
+lock. The exposition is the library's: ``_bucket`` (cumulative, ``le`` as the library
+formats it), ``_count``, ``_sum`` and ``_created`` per tenant.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+
+class TenantHistogram(Collector):
+    """``name{tenant, le}``: observations per tenant in fixed buckets (+Inf added)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self._name, self._doc = name, documentation
+        self._bounds = [float(b) for b in buckets]
+        self._les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        self._lock = threading.Lock()
+        # tenant -> [count per bucket (not cumulative) ..., sum, created]
+        self._rows: dict[str, list[float]] = {}
+
+    def observe_many(self, observations: Iterable[tuple[str, float]]) -> None:
+        """Count each (tenant, value), under one lock for the whole batch."""
+        bounds, width = self._bounds, len(self._les)
+        with self._lock:
+            for tenant, value in observations:
+                row = self._rows.get(tenant)
+                if row is None:
+                    row = self._rows[tenant] = [0] * width + [0.0, time.time()]
+                row[bisect_left(bounds, value)] += 1  # le: value <= bound
+                row[width] += value
+
+    def remove(self, tenant: str) -> None:
+        """Forget a tenant's series."""
+        with self._lock:
+            self._rows.pop(tenant, None)
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._doc, labels=["tenant"])]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            rows = [(tenant, list(row)) for tenant, row in self._rows.items()]
+        family = HistogramMetricFamily(self._name, self._doc, labels=["tenant"])
+        width = len(self._les)
+        for tenant, row in rows:
+            total, buckets = 0.0, []
+            for le, count in zip(self._les, row[:width], strict=True):
+                total += count
+                buckets.append((le, total))
+            family.add_metric([tenant], buckets, row[width])
+            family.samples.append(
+                Sample(self._name + "_created", {"tenant": tenant}, row[width + 1])
+            )
+        yield family
+
+
+# One row per tenant: (tenant, {gauge name: value}); a gauge absent from a row is not
+# exposed for that tenant.
+GaugeRows = Callable[[], Iterable[tuple[str, Mapping[str, float]]]]
+
+
+class TenantGauges(Collector):
+    """Gauges ``name{tenant}`` whose values a source function gives at scrape time.
+
+    The source runs on the scrape thread: it must copy what it reads in one step (a
+    ``list`` of a dict's items), as the scheduler's I/O thread keeps changing it.
+    """
+
+    def __init__(self, documentation: Mapping[str, str]) -> None:
+        self._docs = dict(documentation)
+        self.source: GaugeRows | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The gauges' names."""
+        return list(self._docs)
+
+    def describe(self) -> list[Metric]:
+        return list(self._families().values())
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        return {n: GaugeMetricFamily(n, doc, labels=["tenant"]) for n, doc in self._docs.items()}
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            name: GaugeMetricFamily(name, doc, labels=["tenant"])
+            for name, doc in self._docs.items()
+        }
+        for tenant, values in self.source() if self.source is not None else ():
+            for name, value in values.items():
+                families[name].add_metric([tenant], float(value))
+        yield from families.values()
