@@ -23,6 +23,7 @@ runs over a short blocking connection *between* asynchronous connections.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -42,6 +43,9 @@ from fairway.kernel import metrics
 from fairway.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Signals that start a drain (their numbers, as the wake-up pipe carries them).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 T = TypeVar("T")
 OnMessage = Callable[[Channel, Any, Any, bytes], None]
@@ -125,9 +129,30 @@ class AmqpService:
 
     # -- lifecycle -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT start a drain instead of killing the process."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
+        """SIGTERM and SIGINT start a drain instead of killing the process.
+
+        Call on the main thread, which runs the I/O loop. The Python-level handler does
+        nothing: it runs on that thread between any two bytecodes, possibly inside
+        pika's ``wake_threadsafe`` while it holds its (non-reentrant) lock, so calling
+        :meth:`stop` from it could deadlock the process (seen once: a scheduler that
+        ignored SIGTERM until killed). Python also writes the signal's number to a
+        wake-up pipe, which the loop watches and turns into a drain.
+        """
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self.ioloop.add_handler(read_fd, self._on_wakeup_fd, IOLoop.READ)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda *_: None)
+
+    def _on_wakeup_fd(self, fd: int, _events: int) -> None:
+        try:
+            received = os.read(fd, 512)
+        except BlockingIOError:
+            return
+        if any(number in STOP_SIGNALS for number in received):
+            self._stop_in_loop()
 
     def serve(self, metrics_port: int) -> None:
         """Run as a process: signals first, then metrics, then the loop.
