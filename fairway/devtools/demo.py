@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -143,7 +142,9 @@ class Demo:
     def __init__(self, settings: Settings, options: DemoOptions) -> None:
         self.settings, self.options = settings, options
         self.children: list[Child] = []
-        self._stop = threading.Event()
+        # A plain flag, not an Event: a signal handler may run while this thread holds
+        # the Event's lock (entering or leaving wait), and Event.set would wait for ever.
+        self._stop_requested = False
 
     @property
     def url(self) -> str:
@@ -280,7 +281,7 @@ class Demo:
         deadline = time.monotonic() + READY_TIMEOUT_S
         waiting = list(self.children)
         while waiting:
-            if self._stop.is_set():
+            if self._stop_requested:
                 raise KeyboardInterrupt
             for child in list(waiting):
                 if child.proc.poll() is not None:
@@ -298,15 +299,17 @@ class Demo:
     # -- running and stopping -----------------------------------------------------------
     def request_stop(self, *_args: Any) -> None:
         """Ask :meth:`wait` to return (signal handlers, tests)."""
-        self._stop.set()
+        self._stop_requested = True
 
     def wait(self) -> Child | None:
         """Until a stop is requested (None) or a process exits (that process)."""
-        while not self._stop.wait(0.5):
+        while True:
+            time.sleep(0.2)  # a stop signal is seen within 0.2 s (its handler sets the flag)
+            if self._stop_requested:
+                return None
             for child in self.children:
                 if child.proc.poll() is not None:
                     return child
-        return None
 
     def stop(self) -> dict[str, int]:
         """Stop the fleet, then every other process at once (each drains on SIGTERM), the
