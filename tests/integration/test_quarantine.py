@@ -18,6 +18,7 @@ import pytest
 from flask.testing import FlaskClient
 from pika.exceptions import AMQPConnectionError, ProbableAccessDeniedError
 
+from benchmarks import isolation
 from fairway.kernel import topology
 from fairway.storage import accounts, quarantine
 from tests.harness import Pipeline, reading, wait_for
@@ -191,3 +192,38 @@ def test_a_quarantine_expires_and_a_repeat_offence_lasts_longer(pipeline: Pipeli
 
 def _login(creds: dict[str, str]) -> dict[str, str]:
     return {"username": creds["username"], "password": creds["password"]}
+
+
+@pytest.mark.settings(**FLOOD_SETTINGS, quarantine_s=300.0)
+def test_the_isolation_attacker_reconnecting_every_half_second_is_refused_at_login(
+    pipeline: Pipeline,
+) -> None:
+    """``benchmarks.isolation``'s attacker, reconnecting every 0.5 s, is refused at login
+    once RabbitMQ's auth cache entry from its first login expired (60 s, not renewed by
+    the cached logins), and no login is admitted after the first refusal.
+
+    Before, a connection the relay's sweep closed between its login and its channel's
+    opening raised out of the attacker and ended it, so a benchmark never got that far.
+    """
+    pipeline.tenant("acme")
+    device = isolation.ATTACKS["refusable_flood"].devices[0]
+    creds = pipeline.device("acme", device)
+    pipeline.start("web")
+    pipeline.start("relay")
+    pipeline.start("scheduler")
+    counts = [0] * len(isolation.COUNTS)
+    isolation.attacker(
+        pipeline.settings.amqp_url,
+        "refusable_flood",
+        75.0,
+        counts,
+        {device: creds["password"]},
+    )
+    seen = dict(zip(isolation.COUNTS, counts, strict=True))
+    print(seen)
+    assert quarantine.active(pipeline.db, device, time.time()) is not None
+    assert pipeline.metric("relay", QUARANTINED, tenant="acme") == 1
+    assert seen["disconnected"] >= 2  # closed when quarantined, and again after reconnects
+    assert seen["logins_refused"] >= 10, seen
+    assert seen["last_admitted_ms"] < seen["first_refused_ms"], seen  # none admitted after
+    assert pipeline.alive("relay") and pipeline.alive("web")
