@@ -734,6 +734,13 @@ def main() -> None:
         help="device attacks publish as the hostile devices (logins through fairway web on"
         " port 8080, so device quarantine applies) or as the guest service account",
     )
+    p.add_argument(
+        "--private-broker",
+        action="store_true",
+        help="a RabbitMQ node of the run's own (scripts/services.sh's configuration), asking"
+        " this run's web app on a free port about device logins: neither port 8080 nor its"
+        " lock",
+    )
     args = p.parse_args()
     seconds = max(5.0, args.seconds * args.scale)
     everything = [*ATTACKS, "login_flood", *webside.WEB_ATTACKS]
@@ -747,11 +754,15 @@ def main() -> None:
         args.scale,
         seconds_per_phase=seconds,
         quiet_rate=args.quiet_rate,
+        private_broker=args.private_broker,
         job_workers=args.job_workers,
     )
     with ExitStack() as held:
         as_devices = args.attacker_as == "device" and any(n in ATTACKS for n in names)
-        if "login_flood" in names or as_devices:  # RabbitMQ asks port 8080 about devices
+        if args.private_broker:
+            port = free_port()
+            common.use_private_broker(held, f"http://127.0.0.1:{port}/broker")
+        elif "login_flood" in names or as_devices:  # RabbitMQ asks port 8080 about devices
             lock = held.enter_context(open(WEB_8080_LOCK, "a"))
             say(f"waiting for {WEB_8080_LOCK}")
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the run

@@ -2,14 +2,17 @@
 disconnected and its logins refused for a while; a tenant-mate is never held up.
 
 The broker (scripts/services.sh) asks ``fairway web`` on FAIRWAY_WEB_PORT about device
-logins, so these tests start the web app (run them under the 8080 lock).
+logins, so these tests start the web app (run them under the 8080 lock); the benchmark
+attacker's test runs on a RabbitMQ node of its own, asking a web app on a free port.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,9 +22,12 @@ from flask.testing import FlaskClient
 from pika.exceptions import AMQPConnectionError, ProbableAccessDeniedError
 
 from benchmarks import isolation
+from fairway.devtools.processes import free_port
 from fairway.kernel import topology
+from fairway.kernel.settings import Settings
 from fairway.storage import accounts, quarantine
-from tests.harness import Pipeline, reading, wait_for
+from tests.harness import LocalNode, Pipeline, reading, wait_for
+from tests.integration.conftest import TEST_SECRET_KEY, TEST_SETTINGS
 from web import create_app
 from web.broker_auth import LOGIN_REFUSED
 
@@ -194,9 +200,33 @@ def _login(creds: dict[str, str]) -> dict[str, str]:
     return {"username": creds["username"], "password": creds["password"]}
 
 
-@pytest.mark.settings(**FLOOD_SETTINGS, quarantine_s=300.0)
+@pytest.fixture
+def own_broker(base_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    """A pipeline on a RabbitMQ node of this test's own (the same configuration, its 60 s
+    auth cache included), whose HTTP auth backend is this pipeline's web app on a free
+    port: device logins need neither port 8080 nor its lock."""
+    web_port = free_port()
+    node = LocalNode(tmp_path / "rabbitmq")
+    node.env["FAIRWAY_BROKER_AUTH_URL"] = f"http://127.0.0.1:{web_port}/broker"
+    with node:
+        base = Settings.from_env(
+            base_settings.environ(), amqp_url=node.amqp_url(), rabbitmq_mgmt_url=node.mgmt_url
+        )
+        with Pipeline(
+            base,
+            tmp_path,
+            mgmt_url=node.mgmt_url,
+            **{**TEST_SETTINGS, **FLOOD_SETTINGS},
+            quarantine_s=300.0,
+            secret_key=base_settings.secret_key or TEST_SECRET_KEY,
+            web_port=web_port,
+            gateway_port=free_port(),
+        ) as pipeline:
+            yield pipeline
+
+
 def test_the_isolation_attacker_reconnecting_every_half_second_is_refused_at_login(
-    pipeline: Pipeline,
+    own_broker: Pipeline,
 ) -> None:
     """``benchmarks.isolation``'s attacker, reconnecting every 0.5 s, is refused at login
     once RabbitMQ's auth cache entry from its first login expired (60 s, not renewed by
@@ -205,6 +235,7 @@ def test_the_isolation_attacker_reconnecting_every_half_second_is_refused_at_log
     Before, a connection the relay's sweep closed between its login and its channel's
     opening raised out of the attacker and ended it, so a benchmark never got that far.
     """
+    pipeline = own_broker
     pipeline.tenant("acme")
     device = isolation.ATTACKS["refusable_flood"].devices[0]
     creds = pipeline.device("acme", device)
