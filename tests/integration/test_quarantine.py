@@ -47,8 +47,15 @@ def _flood_until_closed(pipeline: Pipeline, creds: dict[str, str], limit_s: floa
     sent = 0
     deadline = time.monotonic() + limit_s
     stack = ExitStack()
-    # A refused login (an AMQPConnectionError too) propagates; only a close later counts.
-    channel = stack.enter_context(pipeline.channel(creds["username"], creds["password"]))
+    # A refused login (an AMQPConnectionError too) propagates; a close later counts, also
+    # one between the login and the channel's opening (the relay's sweep closes a
+    # reconnect admitted by the broker's auth cache within a quarter of a second).
+    try:
+        channel = stack.enter_context(pipeline.channel(creds["username"], creds["password"]))
+    except REFUSED_AT_LOGIN:
+        raise
+    except AMQPConnectionError:
+        return 0
     try:
         with stack:
             while time.monotonic() < deadline:
