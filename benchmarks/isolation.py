@@ -31,7 +31,10 @@ process (its own interpreter and connection, as a real attacker would be):
 
 The web app runs on a free port, except with ``login_flood`` (RabbitMQ asks port 8080
 about device logins): then the run holds ``/tmp/fairway-web-8080.lock`` (``flock``), the
-lock the test suites take for that port. The web attacks also start a push gateway and
+lock the test suites take for that port. With ``--private-broker`` the run starts a
+RabbitMQ node of its own (:func:`common.use_private_broker`, the shared configuration)
+whose auth backend asks the run's web app on a free port: no lock, and the broker's CPU is
+the run's alone. The web attacks also start a push gateway and
 one Celery worker of their own (``--job-workers`` pool processes, default 1).
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
