@@ -29,7 +29,8 @@ process (its own interpreter and connection, as a real attacker would be):
   gateway's own counts (``fairway_web_refused_total``, ``fairway_gateway_refused_total``)
   for the attack's reasons, checked against what the attacker was answered.
 
-The web app runs on a free port, except with ``login_flood`` (RabbitMQ asks port 8080
+The web app runs on a free port, except with ``login_flood`` or a device attack as the
+hostile devices (RabbitMQ asks port 8080
 about device logins): then the run holds ``/tmp/fairway-web-8080.lock`` (``flock``), the
 lock the test suites take for that port. With ``--private-broker`` the run starts a
 RabbitMQ node of its own (:func:`common.use_private_broker`, the shared configuration)
