@@ -1,9 +1,9 @@
 """Device quarantine on the real broker: a device flooding refusals beyond its budget is
 disconnected and its logins refused for a while; a tenant-mate is never held up.
 
-The broker (scripts/services.sh) asks ``fairway web`` on FAIRWAY_WEB_PORT about device
-logins, so these tests start the web app (run them under the 8080 lock); the benchmark
-attacker's test runs on a RabbitMQ node of its own, asking a web app on a free port.
+The broker (scripts/services.sh) asks ``fairway web`` about device logins, so these tests
+start the web app; they run on a RabbitMQ node of their own that asks it on a free port
+(the module's ``pipeline`` fixture), so they need neither port 8080 nor its lock.
 """
 
 from __future__ import annotations
@@ -208,10 +208,14 @@ def _login(creds: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def own_broker(base_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    """A pipeline on a RabbitMQ node of this test's own (the same configuration, its 60 s
-    auth cache included), whose HTTP auth backend is this pipeline's web app on a free
-    port: device logins need neither port 8080 nor its lock."""
+def pipeline(
+    base_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
+    """This module's pipelines run on a RabbitMQ node of their own (the shared
+    configuration, its 60 s auth cache included) whose HTTP auth backend is the pipeline's
+    web app on a free port: device logins need neither port 8080 nor its lock. Settings
+    from ``@pytest.mark.settings(...)``, as the shared fixture's."""
+    marker = request.node.get_closest_marker("settings")
     web_port = free_port()
     node = LocalNode(tmp_path / "rabbitmq")
     node.env["FAIRWAY_BROKER_AUTH_URL"] = f"http://127.0.0.1:{web_port}/broker"
@@ -223,17 +227,20 @@ def own_broker(base_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
             base,
             tmp_path,
             mgmt_url=node.mgmt_url,
-            **{**TEST_SETTINGS, **FLOOD_SETTINGS},
-            quarantine_s=300.0,
-            secret_key=base_settings.secret_key or TEST_SECRET_KEY,
-            web_port=web_port,
-            gateway_port=free_port(),
+            **{
+                **TEST_SETTINGS,
+                "secret_key": base_settings.secret_key or TEST_SECRET_KEY,
+                "web_port": web_port,
+                "gateway_port": free_port(),
+                **(marker.kwargs if marker else {}),
+            },
         ) as pipeline:
             yield pipeline
 
 
+@pytest.mark.settings(**FLOOD_SETTINGS, quarantine_s=300.0)
 def test_the_isolation_attacker_reconnecting_every_half_second_is_refused_at_login(
-    own_broker: Pipeline,
+    pipeline: Pipeline,
 ) -> None:
     """``benchmarks.isolation``'s attacker, reconnecting every 0.5 s, is refused at login
     once RabbitMQ's auth cache entry from its first login expired (60 s, not renewed by
@@ -242,7 +249,6 @@ def test_the_isolation_attacker_reconnecting_every_half_second_is_refused_at_log
     Before, a connection the relay's sweep closed between its login and its channel's
     opening raised out of the attacker and ended it, so a benchmark never got that far.
     """
-    pipeline = own_broker
     pipeline.tenant("acme")
     device = isolation.ATTACKS["refusable_flood"].devices[0]
     creds = pipeline.device("acme", device)
