@@ -406,6 +406,9 @@ def run_attack(
     child.start()
     quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
     child.join(30)
+    if child.exitcode is None:
+        child.terminate()
+        raise RuntimeError(f"{name}: the attacker was still running 30 s after its phase")
     if child.exitcode != 0:
         raise RuntimeError(f"{name}: the attacker ended with exit code {child.exitcode}")
     # Not every message sent must reach the relay: past the hostile tenant's ingest bound
