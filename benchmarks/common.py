@@ -184,17 +184,20 @@ def bench_env(prefix: str, **overrides: Any) -> Iterator[Pipeline]:
         yield env
 
 
-def use_private_broker(stack: ExitStack) -> LocalNode:
+def use_private_broker(stack: ExitStack, auth_url: str | None = None) -> LocalNode:
     """Point the run at a RabbitMQ node of its own (:class:`tests.harness.LocalNode`,
     stopped with ``stack``): ``AMQP_BASE``, ``MGMT_URL``, ``BASE`` and the harness's
     management URL, so its queues never land on the shared broker and ``beam.smp``'s CPU is
-    the run's alone."""
-    node = stack.enter_context(
-        LocalNode(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "rabbitmq")
-    )
+    the run's alone. ``auth_url``: where its HTTP auth backend asks about device logins
+    (default: port 8080's ``fairway web``)."""
+    node = LocalNode(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "rabbitmq")
+    if auth_url is not None:
+        node.env["FAIRWAY_BROKER_AUTH_URL"] = auth_url
+    stack.enter_context(node)
     global AMQP_BASE, MGMT_URL, BASE
     AMQP_BASE, MGMT_URL = node.amqp_url(""), node.mgmt_url
-    BASE = Settings.from_env(BASE.environ(), amqp_url=AMQP_BASE)
+    # Its processes (the relay closes quarantined devices' connections) ask this node too.
+    BASE = Settings.from_env(BASE.environ(), amqp_url=AMQP_BASE, rabbitmq_mgmt_url=MGMT_URL)
     harness.MGMT_URL = node.mgmt_url
     say(f"private RabbitMQ node at {AMQP_BASE}")
     return node

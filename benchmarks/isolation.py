@@ -29,9 +29,13 @@ process (its own interpreter and connection, as a real attacker would be):
   gateway's own counts (``fairway_web_refused_total``, ``fairway_gateway_refused_total``)
   for the attack's reasons, checked against what the attacker was answered.
 
-The web app runs on a free port, except with ``login_flood`` (RabbitMQ asks port 8080
+The web app runs on a free port, except with ``login_flood`` or a device attack as the
+hostile devices (RabbitMQ asks port 8080
 about device logins): then the run holds ``/tmp/fairway-web-8080.lock`` (``flock``), the
-lock the test suites take for that port. The web attacks also start a push gateway and
+lock the test suites take for that port. With ``--private-broker`` the run starts a
+RabbitMQ node of its own (:func:`common.use_private_broker`, the shared configuration)
+whose auth backend asks the run's web app on a free port: no lock, and the broker's CPU is
+the run's alone. The web attacks also start a push gateway and
 one Celery worker of their own (``--job-workers`` pool processes, default 1).
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
@@ -122,6 +126,28 @@ ATTACKS: dict[str, Attack] = {
 }
 
 
+# What the broker answers a refused login with (pika's names for RabbitMQ's
+# ACCESS_REFUSED at the handshake); any other failure while opening is a lost connection.
+LOGIN_REFUSED = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    pika.exceptions.AuthenticationError,
+)
+# counts: messages sent, connections lost (closed by the broker, also while opening),
+# logins refused, logins admitted, ms from the start to the first refused login (0: none),
+# ms to the last admitted login.
+COUNTS = (
+    "sent",
+    "disconnected",
+    "logins_refused",
+    "logins_admitted",
+    "first_refused_ms",
+    "last_admitted_ms",
+)
+BROKER_USER = "fairway_broker_auth_decisions_total"  # the web app's answers to /broker/user
+LOGIN_REFUSED_METRIC = "fairway_broker_auth_refused_total"
+
+
 def attacker(
     amqp_url: str,
     attack_name: str,
@@ -133,14 +159,21 @@ def attacker(
 
     With ``passwords`` each device publishes as itself (one connection per device, as a
     device would; the broker asks ``fairway web`` on port 8080 about each login), and a
-    connection the broker closes is opened again every 0.5 s until the phase ends, as
-    a determined attacker would. ``counts``: sent, disconnected, logins refused.
+    connection the broker closes (or refuses) is opened again every 0.5 s until the
+    phase ends, as a determined attacker would. ``counts``: :data:`COUNTS`.
+
+    A connection closed between its login and its channel's opening (the relay's
+    quarantine sweep does that) is a lost connection like any other, not the attacker's
+    end: before, that escaped and ended the process, and the phase went on without it.
     """
     attack = ATTACKS[attack_name]
     props = pika.BasicProperties(content_type="application/json")
     start = time.monotonic()
     open_: dict[str, Any] = {}  # device -> (connection, channel impl)
     retry_at: dict[str, float] = {}
+
+    def since_start_ms() -> int:
+        return max(1, int((time.monotonic() - start) * 1000))
 
     def connect(device: str) -> Any:
         if device in open_:
@@ -152,13 +185,25 @@ def attacker(
             connection = pika.BlockingConnection(
                 parameters(Settings(amqp_url=url), "isolation-attacker")
             )
-        except pika.exceptions.AMQPError:
+        except LOGIN_REFUSED:
             counts[2] += 1
+            counts[4] = counts[4] or since_start_ms()
             retry_at[device] = time.monotonic() + 0.5
             return None
-        # Unflushed publishes through the channel's implementation: as fast as the
-        # socket takes them.
-        open_[device] = (connection, connection.channel()._impl)
+        except pika.exceptions.AMQPError:
+            lost(device)
+            return None
+        counts[3] += 1
+        counts[5] = since_start_ms()
+        try:
+            # Unflushed publishes through the channel's implementation: as fast as the
+            # socket takes them.
+            open_[device] = (connection, connection.channel()._impl)
+        except pika.exceptions.AMQPError:
+            with suppress(pika.exceptions.AMQPError):
+                connection.close()
+            lost(device)
+            return None
         return open_[device]
 
     def lost(device: str) -> None:
@@ -316,6 +361,25 @@ def refused(relay: FairwayProcess, reason: str) -> float:
     return kept + over
 
 
+def broker_logins(web: FairwayProcess | None) -> dict[str, float]:
+    """The web app's answers to RabbitMQ's ``/broker/user`` calls so far, and how many of
+    its refusals were ``device_quarantined``: whether the broker asked at all (its auth
+    cache answers repeated logins for its TTL without asking)."""
+    if web is None:
+        return {}
+    return {
+        "allow": web.metric(BROKER_USER, check="user", decision="allow"),
+        "deny": web.metric(BROKER_USER, check="user", decision="deny"),
+        "quarantined": sum(
+            value
+            for labels, value in web.metrics(LOGIN_REFUSED_METRIC)
+            .get(LOGIN_REFUSED_METRIC, {})
+            .items()
+            if 'reason="device_quarantined"' in labels
+        ),
+    }
+
+
 def run_attack(
     env: Pipeline,
     relay: FairwayProcess,
@@ -324,13 +388,16 @@ def run_attack(
     seconds: float,
     quiet_rate: float,
     passwords: dict[str, str] | None = None,
+    web: FairwayProcess | None = None,
 ) -> dict[str, Any]:
     """Run one attack in a child process while the quiet device publishes (as the
-    hostile devices, with ``passwords``; else as ``guest``)."""
+    hostile devices, with ``passwords``; else as ``guest``). An attacker that ends before
+    the phase does fails the run: its figures would be a shorter attack's."""
     attack = ATTACKS[name]
     before = refused(relay, attack.reason)
     quarantined = relay.metric_sum(QUARANTINED)
-    counts = multiprocessing.Array("q", 3)
+    asked = broker_logins(web)
+    counts = multiprocessing.Array("q", len(COUNTS))
     child = multiprocessing.get_context("fork").Process(
         target=attacker,
         args=(env.settings.amqp_url, name, seconds, counts, passwords),
@@ -339,6 +406,11 @@ def run_attack(
     child.start()
     quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
     child.join(30)
+    if child.exitcode is None:
+        child.terminate()
+        raise RuntimeError(f"{name}: the attacker was still running 30 s after its phase")
+    if child.exitcode != 0:
+        raise RuntimeError(f"{name}: the attacker ended with exit code {child.exitcode}")
     # Not every message sent must reach the relay: past the hostile tenant's ingest bound
     # (in bytes or messages) the broker refuses publishes (reject-publish; the attacker
     # uses no confirms, so it is not told). And the relay acks refusals beyond the
@@ -362,6 +434,10 @@ def run_attack(
     )
     return {
         "attacker_sent": counts[0],
+        "attacker_logins_admitted": counts[3],
+        "attacker_first_login_refused_s": counts[4] / 1000 if counts[4] else None,
+        "attacker_last_login_admitted_s": counts[5] / 1000 if counts[5] else None,
+        "broker_user_answers": {k: int(v - asked[k]) for k, v in broker_logins(web).items()},
         "attacker_refused": int(refused(relay, attack.reason) - before),
         "attacker_left_queued": left,
         "attacker_disconnected": counts[1],
@@ -613,6 +689,7 @@ def run_all(
                     seconds,
                     args.quiet_rate,
                     passwords if args.attacker_as == "device" else None,
+                    web,
                 )
             quiet = outcome["quiet"]
             attacks[name] = {
@@ -626,6 +703,10 @@ def run_all(
                 "attacker_left_queued",
                 "attacker_disconnected",
                 "attacker_logins_refused",
+                "attacker_logins_admitted",
+                "attacker_first_login_refused_s",
+                "attacker_last_login_admitted_s",
+                "broker_user_answers",
                 "devices_quarantined",
             ):
                 if key in outcome:
@@ -660,6 +741,13 @@ def main() -> None:
         help="device attacks publish as the hostile devices (logins through fairway web on"
         " port 8080, so device quarantine applies) or as the guest service account",
     )
+    p.add_argument(
+        "--private-broker",
+        action="store_true",
+        help="a RabbitMQ node of the run's own (scripts/services.sh's configuration), asking"
+        " this run's web app on a free port about device logins: neither port 8080 nor its"
+        " lock",
+    )
     args = p.parse_args()
     seconds = max(5.0, args.seconds * args.scale)
     everything = [*ATTACKS, "login_flood", *webside.WEB_ATTACKS]
@@ -673,11 +761,15 @@ def main() -> None:
         args.scale,
         seconds_per_phase=seconds,
         quiet_rate=args.quiet_rate,
+        private_broker=args.private_broker,
         job_workers=args.job_workers,
     )
     with ExitStack() as held:
         as_devices = args.attacker_as == "device" and any(n in ATTACKS for n in names)
-        if "login_flood" in names or as_devices:  # RabbitMQ asks port 8080 about devices
+        if args.private_broker:
+            port = free_port()
+            common.use_private_broker(held, f"http://127.0.0.1:{port}/broker")
+        elif "login_flood" in names or as_devices:  # RabbitMQ asks port 8080 about devices
             lock = held.enter_context(open(WEB_8080_LOCK, "a"))
             say(f"waiting for {WEB_8080_LOCK}")
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the run

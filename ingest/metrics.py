@@ -34,6 +34,18 @@ QUARANTINE_CLOSES = Counter(
     "Attempts to close a quarantined device's broker connections, by outcome (closed, failed)",
     ["outcome"],
 )
+QUARANTINE_CONNECTED_CHECKS = Counter(
+    "fairway_relay_quarantine_connected_checks_total",
+    "Whether a device refused beyond its bucket is connected, by how it was answered: asked"
+    " (a management-API call), cached (a recent answer that it was not), limited (no call"
+    " left in the quarantiner's budget: not acted on now)",
+    ["answer"],
+)
+QUARANTINE_CONNECTED_CACHED = Gauge(
+    "fairway_relay_quarantine_connected_cached",
+    "Devices with a 'not connected' answer the quarantiner holds, recent or expired (bounded by"
+    " FAIRWAY_DEVICE_CACHE_SIZE)",
+)
 RELAY_REJECTED_OVER_BUDGET = Counter(
     "fairway_relay_rejected_over_budget_total",
     "Refused messages beyond their device's or tenant's refusal budget (counted, acked, not kept)",

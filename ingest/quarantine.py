@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cachetools import LRUCache
@@ -46,6 +47,15 @@ RECHECK_S = 2.0
 SWEEP_S = 0.25
 SWEEP_FOR_S = 65.0
 SWEEP_MAX_DEVICES = 100
+# "Is the device connected?" before a new quarantine: a "no" is kept NOT_CONNECTED_TTL_S
+# (a device draining what it queued before asks again at most that often), and the
+# quarantiner asks the management API at most CHECKS_PER_S a second, bursts of
+# CHECKS_BURST, whatever the number of devices refused beyond their bucket. A device not
+# asked about now is acted on at a later refusal (RECHECK_S): the flood it would be
+# quarantined for keeps producing them.
+NOT_CONNECTED_TTL_S = 10.0
+CHECKS_PER_S = 5.0
+CHECKS_BURST = 20.0
 # Refusals of what the device sent. Not counted: its tenant's backlog being full or gone
 # (the scheduler's state, not the device's doing) and the registry's verdicts (unknown,
 # disabled: already kept out at login).
@@ -86,6 +96,40 @@ class QuarantineWatch:
         return True
 
 
+class ConnectedCheck:
+    """Whether a device has an open connection, asked of the management API (``ask``)
+    within a budget of calls, with recent "no" answers kept (bounded, observable)."""
+
+    def __init__(
+        self,
+        ask: Callable[[str], bool],
+        max_keys: int,
+        ttl_s: float = NOT_CONNECTED_TTL_S,
+        per_s: float = CHECKS_PER_S,
+        burst: float = CHECKS_BURST,
+    ) -> None:
+        self._ask, self._ttl_s = ask, ttl_s
+        self._not_connected: LRUCache[str, float] = LRUCache(max_keys)  # device -> until
+        self._calls = RateLimiter(per_s, burst, 1)
+
+    def __call__(self, device: str, now: float) -> bool | None:
+        """True or False; None when the budget of calls is spent (not asked)."""
+        if self._not_connected.get(device, 0.0) > now:
+            metrics.QUARANTINE_CONNECTED_CHECKS.labels("cached").inc()
+            return False
+        if not self._calls.allow("", now):
+            metrics.QUARANTINE_CONNECTED_CHECKS.labels("limited").inc()
+            return None
+        metrics.QUARANTINE_CONNECTED_CHECKS.labels("asked").inc()
+        connected = self._ask(device)
+        if connected:
+            self._not_connected.pop(device, None)
+        else:
+            self._not_connected[device] = now + self._ttl_s
+        metrics.QUARANTINE_CONNECTED_CACHED.set(len(self._not_connected))
+        return connected
+
+
 class Quarantiner:
     """The relay's side of quarantine: watch refusals, impose and close off the I/O loop.
 
@@ -99,6 +143,13 @@ class Quarantiner:
         self.settings, self.db = settings, db
         self.watch = QuarantineWatch(
             settings.quarantine_refusals, settings.quarantine_window_s, settings.device_cache_size
+        )
+        # Used on the worker thread only.
+        self.connected = ConnectedCheck(
+            lambda device: bool(
+                management.connections_of(settings.rabbitmq_mgmt_url, settings.vhost, device)
+            ),
+            settings.device_cache_size,
         )
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="quarantine")
         self._queued: set[str] = set()  # devices with an action waiting on the worker
@@ -140,9 +191,10 @@ class Quarantiner:
             return None
         s = self.settings
         held = quarantine.active(self.db, device, now)
-        if held is None and not management.connections_of(s.rabbitmq_mgmt_url, s.vhost, device):
+        if held is None and not self.connected(device, time.monotonic()):
             # Not connected: these refusals are what it queued before (a quarantine that
             # just expired, or was lifted, drains its backlog at the pace): no new offence.
+            # Or not asked now (the budget of calls is spent): a later refusal asks again.
             return None
         record = None
         if held is None:

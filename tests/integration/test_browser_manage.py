@@ -1,8 +1,8 @@
 """The device registry and users pages in a real browser (headless Chromium, Selenium),
 against every process: a device registered in the UI gets its credentials once, the
 snippets the page shows publish over AMQP and MQTT as they are, and the device shows
-online; disable, enable and rotate from the UI; users and roles; a viewer sees no
-management control.
+online; disable, enable and rotate from the UI; a quarantine shown and lifted; users and
+roles; a viewer sees no management control.
 
 Device logins are decided by the web app, which the broker asks over HTTP. The shared
 broker asks port 8080, which other test runs share; the registration test starts a
@@ -19,6 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from fairway.devtools.processes import free_port
 from fairway.kernel.settings import Settings
-from fairway.storage import accounts, registry
+from fairway.storage import accounts, quarantine, registry
 from tests.harness import LocalNode, Pipeline
 from tests.integration import test_browser as shared
 from tests.integration.conftest import TEST_SECRET_KEY, TEST_SETTINGS
@@ -263,3 +264,48 @@ def test_users_and_roles_in_the_ui_and_a_viewer_sees_no_control(
     assert not browser.find_elements(By.ID, "manage-link")
     buttons = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "main button")]
     assert not [b for b in buttons if b.split()[:1] in (["Disable"], ["Enable"], ["Rotate"])]
+
+
+def test_a_quarantined_device_shows_until_when_and_an_admin_lifts_it_in_the_ui(
+    pipeline: Pipeline, browser: webdriver.Chrome
+) -> None:
+    pipeline.settings = dataclasses.replace(
+        pipeline.settings, web_port=free_port(), gateway_port=free_port()
+    )
+    pipeline.tenant("acme")
+    creds = pipeline.device("acme", "flood-1")
+    pipeline.device("acme", "calm-1")
+    accounts.create_user(pipeline.db, "ada", PASSWORD, accounts.ADMIN, "acme")
+    # As a relay imposes it (ingest.quarantine): a first offence, long over, then a
+    # second one now (600 s).
+    now = time.time()
+    first = quarantine.impose(pipeline.db, "flood-1", "acme", now - 4000, 300, 86_400, "x")
+    assert first is not None and not first.holds(now)
+    held = quarantine.impose(pipeline.db, "flood-1", "acme", now, 300, 86_400, quarantine.REASON)
+    assert held is not None and held.offences == 2
+    pipeline.start("web")
+    port = pipeline.settings.web_port
+    assert _broker_says(port, "flood-1", creds["password"]) == "deny"
+    web = f"http://127.0.0.1:{port}"
+    wait = WebDriverWait(browser, 30, poll_frequency=0.05)
+
+    browser.get(f"{web}/registry")
+    _log_in(browser, "ada", PASSWORD)
+    wait.until(lambda b: "reg-flood-1" in _rows(b, "#registry tbody tr"))
+    rows = _rows(browser, "#registry tbody tr")
+    until = datetime.fromtimestamp(held.until, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert rows["reg-flood-1"][4].startswith(f"until {until}")
+    assert rows["reg-flood-1"][4].endswith("(2 offences; device_quarantined)")
+    assert rows["reg-calm-1"][4] == ""
+    assert not browser.find_elements(By.CSS_SELECTOR, "#reg-calm-1 [data-action=lift-quarantine]")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "registry-quarantined.png"))
+
+    _click(browser, "reg-flood-1", "lift-quarantine")
+    wait.until(lambda b: _rows(b, "#registry tbody tr")["reg-flood-1"][4].startswith("none"))
+    assert "flood-1: quarantine lifted" in browser.find_element(By.ID, "registry-note").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#reg-flood-1 [data-action=lift-quarantine]")
+    record = quarantine.get(pipeline.db, "flood-1")
+    assert record is not None and not record.holds(time.time()) and record.offences == 2
+    assert pipeline.db[quarantine.COLLECTION].find_one({"_id": "flood-1"})["lifted"] == "ada"
+    assert _broker_says(port, "flood-1", creds["password"]) == "allow"

@@ -68,6 +68,20 @@ test("device rows offer enable or disable, and rotate", () => {
   assert.deepEqual(M.deviceActions({ enabled: false }), ["enable", "rotate"]);
 });
 
+test("a quarantined device offers lifting it, and shows until when and why", () => {
+  const q = { active: true, since: "2026-12-06T01:00:00Z", until: "2026-12-06T01:05:00Z",
+              offences: 1, reason: "device_quarantined" };
+  assert.deepEqual(M.deviceActions({ enabled: true, quarantine: q }),
+                   ["disable", "rotate", "lift-quarantine"]);
+  assert.deepEqual(M.deviceActions({ enabled: true, quarantine: { ...q, active: false } }),
+                   ["disable", "rotate"]);
+  assert.equal(M.quarantineText(q),
+               "until 2026-12-06T01:05:00Z (1 offence; device_quarantined)");
+  assert.equal(M.quarantineText({ ...q, active: false, offences: 3 }),
+               "none (ended 2026-12-06T01:05:00Z; 3 offences)");
+  assert.equal(M.quarantineText(null), "");
+});
+
 test("roles and user controls follow who manages whom", () => {
   assert.deepEqual(M.assignableRoles("admin"), ["viewer", "admin"]);
   assert.deepEqual(M.assignableRoles("operator"), ["viewer", "admin", "operator"]);

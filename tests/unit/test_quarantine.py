@@ -6,7 +6,7 @@ import pytest
 
 from fairway.kernel.settings import Settings, SettingsError
 from fairway.storage.quarantine import Quarantine, next_offence, period
-from ingest.quarantine import QuarantineWatch
+from ingest.quarantine import ConnectedCheck, QuarantineWatch
 
 
 def test_a_flood_beyond_the_budget_trips_the_watch_once_the_bucket_is_empty() -> None:
@@ -83,3 +83,25 @@ def test_only_refusals_of_what_the_device_sent_count() -> None:
     q.refused_over_budget("flood", Reason.MALFORMED_JSON, 1)
     assert acted == ["flood"]
     q.close()
+
+
+def test_the_connected_check_keeps_a_no_and_stays_within_its_budget_of_calls() -> None:
+    asked: list[str] = []
+    online = {"flood"}
+
+    def ask(device: str) -> bool:
+        asked.append(device)
+        return device in online
+
+    check = ConnectedCheck(ask, max_keys=1000, ttl_s=10.0, per_s=5.0, burst=20.0)
+    # A device draining an old backlog, acted on every 2 s for a minute: asked once per
+    # 10 s, not once per refusal beyond its bucket.
+    assert [check("drain", t * 2.0) for t in range(30)].count(False) == 30
+    assert asked.count("drain") == 6
+    # A connected device is asked each time (it is quarantined on the first answer).
+    assert check("flood", 100.0) is True and check("flood", 100.0) is True
+    # 500 devices at once: 20 asked (the burst), the rest not asked now.
+    answers = [check(f"d{i}", 200.0) for i in range(500)]
+    assert answers.count(False) == 20 and answers.count(None) == 480
+    # Then 5 a second, however many wait.
+    assert [check(f"d{i}", 201.0) for i in range(20, 500)].count(False) == 5

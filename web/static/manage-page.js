@@ -1,11 +1,16 @@
 /* The management pages (admins and operators): the device registry (register with the
-   credentials and connection snippets shown once, disable, enable, rotate) and users
+   credentials and connection snippets shown once, disable, enable, rotate, lift a
+   quarantine) and users
    (create, change role, disable, enable). Every change is a JSON API call carrying the
    session's CSRF token (api() in fairway.js). Pure parts are in manage.js. */
 (function () {
   "use strict";
   const $ = (sel) => document.querySelector(sel);
   const CONFIRM_MS = 5000;  // a second click within this confirms a rotation
+  const LABELS = { disable: "Disable", enable: "Enable", rotate: "Rotate password",
+                   "lift-quarantine": "Lift quarantine" };
+  const DONE = { disable: "disabled", enable: "enabled", rotate: "rotated",
+                 "lift-quarantine": "quarantine lifted" };
   const enc = encodeURIComponent;
 
   function button(text, action) {
@@ -79,12 +84,14 @@
       F.cell(row, d.tenant);
       F.cell(row, d.enabled ? "enabled" : "disabled", `enabled ${d.enabled ? "online" : "offline"}`);
       F.cell(row, d.online ? "online" : "offline", `state ${d.online ? "online" : "offline"}`);
+      const held = Boolean(d.quarantine && d.quarantine.active);
+      row.dataset.quarantined = String(held);
+      F.cell(row, M.quarantineText(d.quarantine), held ? "quarantine offline" : "quarantine");
       F.cell(row, d.last_seen);
       F.cell(row, d.created, "at");
       const actions = row.insertCell();
       for (const action of M.deviceActions(d)) {
-        const label = { disable: "Disable", enable: "Enable", rotate: "Rotate password" }[action];
-        const b = button(label, action);
+        const b = button(LABELS[action], action);
         b.addEventListener("click", () => act(row, d.device, action, b));
         actions.appendChild(b);
       }
@@ -107,7 +114,7 @@
         const answer = await F.api("POST", `/api/devices/${enc(device)}/${action}`);
         if (action === "rotate") panel.show(answer, `New credentials of ${device}`);
         const closed = answer.connections_closed;
-        note.textContent = `${device}: ${action}d` +
+        note.textContent = `${device}: ${DONE[action]}` +
           (closed > 0 ? `, ${closed} open connection${closed > 1 ? "s" : ""} closed` : "") +
           (closed === -1 ? " (the broker could not be asked to close its connections)" : "");
         await refreshRow(row, device);

@@ -107,9 +107,22 @@
     return parts.join(" \\\n");
   }
 
-  /* What a device row offers: enable or disable (whichever applies), and rotate. */
+  /* What a device row offers: enable or disable (whichever applies), rotate, and lift
+     its quarantine while one holds. */
   function deviceActions(device) {
-    return [device.enabled ? "disable" : "enable", "rotate"];
+    const actions = [device.enabled ? "disable" : "enable", "rotate"];
+    if (device.quarantine && device.quarantine.active) actions.push("lift-quarantine");
+    return actions;
+  }
+
+  /* A device's quarantine as the registry shows it (the API's `quarantine` field): while
+     it holds, until when, the offence count and the reason; a past one only by its count
+     (a repeat offence lasts longer); nothing if there never was one. */
+  function quarantineText(q) {
+    if (!q) return "";
+    const offences = `${q.offences} offence${q.offences === 1 ? "" : "s"}`;
+    if (!q.active) return `none (ended ${q.until}; ${offences})`;
+    return `until ${q.until} (${offences}; ${q.reason})`;
   }
 
   /* The roles a manager may give: admins give admin or viewer, operators also operator. */
@@ -126,7 +139,7 @@
   }
 
   const api = { amqpUrl, mqttUsername, details, amqpSnippet, mqttSnippet, mosquittoSnippet,
-                deviceActions, assignableRoles, userControls };
+                deviceActions, quarantineText, assignableRoles, userControls };
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.FairwayManage = api;
 })(this);
