@@ -184,6 +184,9 @@ def bench_env(prefix: str, **overrides: Any) -> Iterator[Pipeline]:
         yield env
 
 
+PRIVATE_NODE: LocalNode | None = None  # set by use_private_broker
+
+
 def use_private_broker(stack: ExitStack, auth_url: str | None = None) -> LocalNode:
     """Point the run at a RabbitMQ node of its own (:class:`tests.harness.LocalNode`,
     stopped with ``stack``): ``AMQP_BASE``, ``MGMT_URL``, ``BASE`` and the harness's
@@ -199,6 +202,8 @@ def use_private_broker(stack: ExitStack, auth_url: str | None = None) -> LocalNo
     # Its processes (the relay closes quarantined devices' connections) ask this node too.
     BASE = Settings.from_env(BASE.environ(), amqp_url=AMQP_BASE, rabbitmq_mgmt_url=MGMT_URL)
     harness.MGMT_URL = node.mgmt_url
+    global PRIVATE_NODE
+    PRIVATE_NODE = node
     say(f"private RabbitMQ node at {AMQP_BASE}")
     return node
 

@@ -240,8 +240,18 @@ def pipeline(args: Any) -> dict[str, Any]:
 def broker_pids() -> list[int]:
     """The OS pid of every node of the broker the benchmark uses (its management API):
     other ``beam.smp`` on the machine (other people's test nodes) are not counted."""
-    nodes = management.call(common.MGMT_URL, "GET", "nodes?columns=os_pid")
-    return [int(node["os_pid"]) for node in nodes]
+    if common.PRIVATE_NODE is not None:
+        # The run's own node: its pid file (the management API of a node just started
+        # may answer an error object instead of the node list).
+        return common.PRIVATE_NODE.pids()
+    deadline = time.monotonic() + 60
+    while True:
+        nodes = management.call(common.MGMT_URL, "GET", "nodes?columns=os_pid")
+        if isinstance(nodes, list) and nodes and all("os_pid" in n for n in nodes):
+            return [int(node["os_pid"]) for node in nodes]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"management API: no node list after 60 s: {nodes!r}")
+        time.sleep(1.0)
 
 
 class DatabaseCpu:

@@ -83,6 +83,7 @@ NAME = "tenants_scale"
 STORED = "fairway_scheduler_stored_total"
 DUPLICATES = "fairway_scheduler_duplicates_total"
 HANDED = "fairway_scheduler_batch_size_sum"
+BATCHES = "fairway_scheduler_batch_size_count"
 INFLIGHT = "fairway_scheduler_inflight_batches"
 EXPRESS = "fairway_scheduler_express_inflight"
 EXPRESS_BATCHES = "fairway_scheduler_express_batches_total"
@@ -203,6 +204,23 @@ def fill_stopped(env: Pipeline, sched: FairwayProcess, batch: list[tuple], last:
         os.kill(sched.pid, signal.SIGCONT)
 
 
+def py_spy(sched: FairwayProcess, label: str, directory: str) -> subprocess.Popen | None:
+    """``py-spy record`` of the scheduler's threads (collapsed stacks into
+    ``<directory>/<label>.txt``) if ``directory`` is set: a diagnostic, not a figure (it
+    samples without stopping the process, but costs CPU of its own)."""
+    if not directory:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    out = f"{directory}/{label}.txt"
+    spy = subprocess.Popen(
+        ["py-spy", "record", "--nonblocking", "--format", "raw", "-o", out, "-p", str(sched.pid)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # attached before the fill
+    return spy
+
+
 def drain(
     env: Pipeline, sched: FairwayProcess, tenants: list[str], total: int, tag: str, args: Any
 ) -> dict[str, Any]:
@@ -211,14 +229,26 @@ def drain(
     per_tenant = max(1, total // len(tenants))
     total = per_tenant * len(tenants)
     before, stored0 = handed(sched), written(sched)
+    batches0 = sched.metrics(BATCHES, EXPRESS_BATCHES)
+    spy = py_spy(sched, f"{len(tenants)}-{tag}", args.py_spy)
     fill_stopped(env, sched, messages(tenants, per_tenant, tag, time.time()), tenants[-1])
     t1, c1 = time.monotonic(), cpu_s(sched.pid)
     common.poll_until(lambda: settled(sched, before + total), args.timeout, 0.2, f"{tag} drain")
     seconds, cpu = time.monotonic() - t1, cpu_s(sched.pid) - c1
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     common.poll_until(lambda: written(sched) >= stored0 + total, 60, 0.5, f"{tag} stored")
+    batches = sched.metrics(BATCHES, EXPRESS_BATCHES)
+
+    def grown(name: str) -> int:
+        return int(sum(batches.get(name, {}).values()) - sum(batches0.get(name, {}).values()))
+
     return {
         "readings": total,
         "tenants": len(tenants),
+        "batches": grown(BATCHES),
+        "express_batches": grown(EXPRESS_BATCHES),
         "drain_seconds": r(seconds, 2),
         "drain_rate": r(total / seconds),
         "scheduler_cpu_us_per_reading": r(cpu * 1e6 / total, 1),
@@ -547,6 +577,12 @@ def main() -> None:
     p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
     p.add_argument("--rounds", type=int, default=1, help="rounds (contender order alternates)")
     p.add_argument("--profile", default="", help="directory for cProfile dumps (diagnostic)")
+    p.add_argument(
+        "--py-spy",
+        default="",
+        help="directory for py-spy samples of the scheduler's threads during each drain"
+        " (diagnostic; py-spy on PATH)",
+    )
     p.add_argument(
         "--roots",
         default=f"after={common.ROOT}",

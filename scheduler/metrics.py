@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from scheduler.tenant_histogram import TenantGauges, TenantHistogram
+from scheduler.tenant_histogram import TenantCounter, TenantGauges, TenantHistogram
 
 SCHED_EVENTS = Counter(
     "fairway_scheduler_events_total", "Coalesced telemetry events published by the scheduler"
@@ -17,14 +17,17 @@ SCHED_EVENTS_DROPPED = Counter(
 )
 
 
-SCHED_STORED = Counter("fairway_scheduler_stored_total", "Readings written to MongoDB", ["tenant"])
+# Plain rows rather than labelled Counters: no labels() lookup per tenant of every batch
+# (issue 17: a batch spread over 200 tenants paid it per reading), ~0.7 KB per tenant less.
+SCHED_STORED = TenantCounter("fairway_scheduler_stored_total", "Readings written to MongoDB")
+REGISTRY.register(SCHED_STORED)
 
 
-SCHED_DUPLICATES = Counter(
+SCHED_DUPLICATES = TenantCounter(
     "fairway_scheduler_duplicates_total",
     "Redelivered readings already stored (duplicate key, acked as done)",
-    ["tenant"],
 )
+REGISTRY.register(SCHED_DUPLICATES)
 
 
 SCHED_DEAD_LETTERED = Counter(

@@ -459,12 +459,8 @@ class Scheduler(AmqpService):
                 consumer.refuse(delivery.tag)
                 metrics.SCHED_DEAD_LETTERED.labels(tenant).inc()
             settled[consumer].append((delivery.tag, delivery.source))
-        for tenant, count in stored.items():
-            if count:
-                metrics.SCHED_STORED.labels(tenant).inc(count)
-        for tenant, count in duplicates.items():
-            if count:
-                metrics.SCHED_DUPLICATES.labels(tenant).inc(count)
+        metrics.SCHED_STORED.inc_many((t, n) for t, n in stored.items() if n)
+        metrics.SCHED_DUPLICATES.inc_many((t, n) for t, n in duplicates.items() if n)
         for consumer, tags in settled.items():
             consumer.settle(tags)  # one multiple ack over the settled prefix
 

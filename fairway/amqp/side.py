@@ -40,6 +40,12 @@ def event_properties() -> pika.BasicProperties:
     return pika.BasicProperties(content_type=JSON, delivery_mode=TRANSIENT)
 
 
+# One instance for every event (pika only reads it): the scheduler publishes up to one
+# event per device of every batch, so with readings spread over many devices, about one
+# per reading (issue 17).
+EVENT_PROPERTIES = event_properties()
+
+
 class SideConnection:
     """A second connection on an existing pika I/O loop, re-opened with backoff.
 
@@ -149,7 +155,7 @@ class EventPublisher(SideConnection):
             return False
         assert self.channel is not None
         self.channel.basic_publish(
-            topology.EVENTS, routing_key, orjson.dumps(event), event_properties()
+            topology.EVENTS, routing_key, orjson.dumps(event), EVENT_PROPERTIES
         )
         return True
 

@@ -34,7 +34,7 @@ EXTERNAL = {
     "rabbitmq_detailed_queue_messages",
 }
 DEFINITION = re.compile(
-    r"\b(Counter|Gauge|Histogram|Summary|TenantHistogram)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+    r"\b(Counter|Gauge|Histogram|Summary|TenantHistogram|TenantCounter)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
 )
 # What in a PromQL expression is not a metric name: strings, label matchers, ranges,
 # label lists of by/without/on/ignoring/group_left/group_right, Grafana variables.
@@ -64,7 +64,7 @@ def exposed(defined: dict[str, str]) -> set[str]:
     """The series names Prometheus sees for those definitions (prometheus_client's rules)."""
     names: set[str] = set()
     for name, kind in defined.items():
-        if kind == "Counter":
+        if kind in ("Counter", "TenantCounter"):
             base = name.removesuffix("_total")
             names |= {f"{base}_total", f"{base}_created"}
         elif kind in ("Histogram", "Summary", "TenantHistogram"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from scheduler.metrics import LAG_BUCKETS
-from scheduler.tenant_histogram import TenantGauges, TenantHistogram
+from scheduler.tenant_histogram import TenantCounter, TenantGauges, TenantHistogram
 
 OBSERVED = [("acme", 0.005), ("acme", 0.3), ("globex", 100.0), ("acme", 1.0), ("initech", 0.0)]
 OBSERVED += [("globex", 0.0051), ("initech", 59.9), ("acme", 60.0), ("acme", 0.01)]
@@ -66,3 +67,24 @@ def test_tenant_gauges_expose_what_labelled_gauges_did() -> None:
     weight.labels("globex").set(1)  # known, not in the pool yet: weight only
     gauges.source = lambda: [("acme", {"w": 2, "b": 7}), ("globex", {"w": 1})]
     assert generate_latest(new).decode() == generate_latest(old).decode()
+
+
+def test_tenant_counter_exposes_what_a_labelled_counter_did() -> None:
+    for render in (generate_latest, openmetrics_latest):
+        old, new = CollectorRegistry(), CollectorRegistry()
+        counter = Counter("stored_total", "stored doc", ["tenant"], registry=old)
+        rows = TenantCounter("stored_total", "stored doc")
+        new.register(rows)
+        counts = [("acme", 3), ("globex", 200), ("acme", 1), ("initech", 0)]
+        for tenant, n in counts:
+            counter.labels(tenant).inc(n)
+        rows.inc_many(counts)
+        text = render(new).decode()
+        assert 'stored_total{tenant="acme"} 4.0' in text
+        assert 'stored_created{tenant="globex"}' in text
+        assert masked(text) == masked(render(old).decode())
+    assert rows.value("acme") == 4.0 and rows.value("nobody") == 0.0
+    with pytest.raises(ValueError):
+        rows.inc_many([("acme", -1)])
+    rows.remove("acme")
+    assert 'tenant="acme"' not in generate_latest(new).decode()
