@@ -44,6 +44,8 @@ shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
     express batch does not distort the weights among the backlogged ones.
     ``--only fairness`` runs only this part (after provisioning and consumers).
 
+``--only provision`` runs provisioning alone (no scheduler, no baseline).
+
 Completion is watched on two unlabelled metrics (readings handed to writers, batches in
 flight) so that polling costs the same at 10,000 tenants as at 10; the stored and
 duplicate counters (one label per tenant) are read once at the end to check the count.
