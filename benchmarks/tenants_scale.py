@@ -44,6 +44,8 @@ shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
     express batch does not distort the weights among the backlogged ones.
     ``--only fairness`` runs only this part (after provisioning and consumers).
 
+``--only provision`` runs provisioning alone (no scheduler, no baseline).
+
 Completion is watched on two unlabelled metrics (readings handed to writers, batches in
 flight) so that polling costs the same at 10,000 tenants as at 10; the stored and
 duplicate counters (one label per tenant) are read once at the end to check the count.
@@ -514,8 +516,14 @@ def run_count(n: int, roots: dict[str, Path], args: Any, order: list[str]) -> di
             "client_s": r(time.process_time() - own0, 1),
         }
         say(f"{n} tenants provisioned in {provision_s:.1f} s ({provision_cpu}): {report.counts()}")
+        out: dict[str, Any] = {
+            "provision_s": r(provision_s, 1),
+            "provision_cpu": provision_cpu,
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+        }
+        if args.only == "provision":
+            return out
         time.sleep(args.settle_s)
-        out: dict[str, Any] = {"provision_s": r(provision_s, 1), "provision_cpu": provision_cpu}
         for name in order:
             t0, b0 = time.monotonic(), broker_cpu(brokers)
             time.sleep(args.idle_s)
@@ -571,8 +579,9 @@ def main() -> None:
     p.add_argument(
         "--only",
         default="all",
-        choices=["all", "fairness"],
-        help="fairness: provisioning and the fairness run only (at --jain-at tenants)",
+        choices=["all", "fairness", "provision"],
+        help="fairness: provisioning and the fairness run only (at --jain-at tenants);"
+        " provision: provisioning only (no scheduler)",
     )
     p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
     p.add_argument("--rounds", type=int, default=1, help="rounds (contender order alternates)")
@@ -728,6 +737,14 @@ def run(args: Any) -> None:
             order = names if (i + k) % 2 == 0 else names[::-1]
             results[str(n)] = run_count(n, roots, args, order)
         rounds.append(results)
+    if args.only == "provision":
+        common.emit(
+            {
+                "meta": {**run_meta, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+                "rounds": rounds,
+            }
+        )
+        return
     if args.only == "fairness":
         fair = rounds[-1][str(args.jain_at)][names[-1]]["fairness"]
         common.emit(

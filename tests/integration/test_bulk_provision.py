@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from fairway.cli import main as cli
 from fairway.kernel import topology
-from fairway.provision_bulk import BulkProvisioner, TenantItem
+from fairway.provision_bulk import CHANNELS, PIPELINE_CHUNK, BulkProvisioner, TenantItem
 from fairway.storage import accounts, mongo, registry
 from tests.harness import Pipeline, management
 from tests.integration.queue_types import BOTH
@@ -262,3 +262,27 @@ def test_a_tenant_admin_registers_many_devices_of_its_own_tenant(pipeline: Pipel
     assert ("telemetry", "ingest.a", "a-new.*") in bindings(pipeline)
     assert (registry.device_document(pipeline.db, "b-taken") or {})["tenant"] == "b"
     assert pipeline.db[mongo.TENANTS].count_documents({}) == 2  # no tenant made on the way
+
+
+def test_refusals_on_every_declaring_channel_leave_the_others_made(pipeline: Pipeline) -> None:
+    """A batch's declarations are spread over several channels, a chunk each: a queue the
+    broker refuses on any of them is that tenant's refusal only."""
+    items = batch("mc", 3 * PIPELINE_CHUNK + 50)
+    clashes = {5, PIPELINE_CHUNK + 50, 3 * PIPELINE_CHUNK + 40}  # channels 0, 1 and 3
+    with pipeline.channel() as channel:
+        for i in clashes:
+            channel.queue_declare(f"tenant.mc{i:04d}", durable=True, arguments={"x-max-length": 7})
+    assert CHANNELS >= 4
+    with BulkProvisioner(pipeline.settings, pipeline.db) as bulk:
+        report = bulk.provision([TenantItem.model_validate(i) for i in items]).as_json()
+    refused = {i for i, t in enumerate(report["tenants"]) if t["result"] == "refused"}
+    assert refused == clashes
+    assert {report["tenants"][i]["reason"] for i in clashes} == {"queue_mismatch"}
+    assert report["counts"]["tenants"]["created"] == len(items) - len(clashes)
+    assert report["counts"]["devices"] == {"created": len(items) - 3, "exists": 0, "refused": 3}
+    bound = bindings(pipeline)
+    for i, item in enumerate(items):
+        name = item["tenant"]
+        made = ("telemetry", f"ingest.{name}", f"{name}-d0.*") in bound
+        assert made == (i not in clashes), name
+        assert (("tenants", f"tenant.{name}", name) in bound) == (i not in clashes), name
