@@ -91,6 +91,9 @@ from tests.harness import Pipeline
 NAME = "end_to_end"
 STORED = "fairway_scheduler_stored_total"
 DUPLICATES = "fairway_scheduler_duplicates_total"
+BATCH_SUM = "fairway_scheduler_batch_size_sum"  # readings in write batches (express too)
+BATCH_COUNT = "fairway_scheduler_batch_size_count"
+BATCH_LIMIT = "fairway_scheduler_batch_limit"  # the write batch's limit (FAIRWAY_WRITE_BUDGET_MS)
 DRAIN_SCENARIOS = {"single": 1, "batch10": 10}  # name: readings per message
 BACKGROUND_S = 3.0
 TENANTS = simulator.tenant_ids(10)
@@ -374,6 +377,21 @@ def written(sched: Any) -> float:
     return sum(samples.get(STORED, {}).values()) + sum(samples.get(DUPLICATES, {}).values())
 
 
+def batch_figures(before: dict, after: dict) -> dict[str, float]:
+    """Write batches over the drain: how many, mean readings, the limit at the end."""
+
+    def total(samples: dict, name: str) -> float:
+        return sum(samples.get(name, {}).values())
+
+    count = total(after, BATCH_COUNT) - total(before, BATCH_COUNT)
+    readings = total(after, BATCH_SUM) - total(before, BATCH_SUM)
+    return {
+        "count": int(count),
+        "mean_readings": r(readings / count) if count else 0.0,
+        "limit_at_end": total(after, BATCH_LIMIT),
+    }
+
+
 def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
     """One scenario: pre-fill ``--drain-readings`` readings, then time and meter the drain."""
     with common.bench_env(f"bench-e2e-{name}") as env:
@@ -403,6 +421,7 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
                 relay.wait_ready(timeout=60)
                 meter.pids["relay"] = relay.pid
                 start, t0 = meter.read(), time.monotonic()
+                batches0 = sched.metrics(BATCH_SUM, BATCH_COUNT)
                 common.poll_until(
                     lambda: written(sched) >= warm + total, args.drain_timeout, 0.1, "drain"
                 )
@@ -410,6 +429,9 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
                 meter.database.close()
                 stored = int(sched.metric_sum(STORED)) - warm
                 duplicates = int(sched.metric_sum(DUPLICATES))
+                batches = batch_figures(
+                    batches0, sched.metrics(BATCH_SUM, BATCH_COUNT, BATCH_LIMIT)
+                )
         documents = env.db[mongo.TELEMETRY].count_documents({}) - warm
         with env.channel() as ch:
             rejected = ch.queue_declare(topology.REJECTED, passive=True).method.message_count
@@ -434,6 +456,7 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
         "duplicates_total": duplicates,
         "documents_in_db": documents,
         "rejected": rejected,
+        "batches": batches,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 

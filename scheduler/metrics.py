@@ -117,6 +117,10 @@ SCHED_BATCH_SIZE = Histogram(
 
 
 SCHED_WRITE_SECONDS = Histogram("fairway_scheduler_write_seconds", "Time of one insert_many batch")
+SCHED_BATCH_LIMIT = Gauge(
+    "fairway_scheduler_batch_limit",
+    "Readings a regular write batch may hold now (sized by FAIRWAY_WRITE_BUDGET_MS)",
+)
 
 
 # fairway_scheduler_weight, _buffered and _prefetch{tenant}: read from the scheduler at

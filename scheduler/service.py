@@ -15,11 +15,13 @@
 * Deliveries are bundles of readings (``x-fairway-readings`` says how many; a message
   without it is one reading, the format before bundles, still read). They go into a
   :class:`~scheduler.drr.DeficitRoundRobin` that charges each its readings; a batch of
-  whole bundles, up to ``batch_size`` readings, is taken in DRR order when it is full
-  or its oldest message has waited ``batch_linger_ms``, and only while fewer than
+  whole bundles, up to the batch limit in readings, is taken in DRR order when it is
+  full or its oldest message has waited ``batch_linger_ms``, and only while fewer than
   ``writers`` batches are being written. While all are, one *express* batch may be
   written on an extra writer, holding only light tenants (at most ``express_readings``
   buffered): a quiet tenant's readings do not wait for a backlogged tenant's batches.
+  The limit starts at ``batch_size`` and grows up to ``batch_max`` while full batches
+  are written within ``write_budget_ms`` (:mod:`scheduler.batch_budget`).
 * Writers run on threads (the pika I/O loop never waits for MongoDB) and hand the
   outcome back with ``add_callback_threadsafe``. A bundle is settled once every one of
   its readings is stored or a duplicate; the ack is one ``multiple`` ack per channel
@@ -74,6 +76,7 @@ from fairway.kernel.settings import Settings
 from fairway.storage import mongo
 from fairway.storage.registry import Tenant
 from scheduler import metrics
+from scheduler.batch_budget import BatchBudget
 from scheduler.channel_pool import ChannelPool
 from scheduler.drr import DeficitRoundRobin
 from scheduler.prefetch import prefetch_shares, worth_changing
@@ -154,6 +157,10 @@ class Scheduler(AmqpService):
         self._io = ThreadPoolExecutor(1, thread_name_prefix="tenants")
         self._looking = False  # a tenant look is under way on the thread
         self._linger_s = settings.batch_linger_ms / 1000.0
+        self.batch_limit = BatchBudget(
+            settings.batch_size, settings.batch_max, settings.write_budget_ms / 1000.0
+        )
+        metrics.SCHED_BATCH_LIMIT.set_function(lambda: self.batch_limit.limit)
         self._oldest: float | None = None  # when the oldest buffered message arrived
         self._linger_timer: Any = None
         self._events = (
@@ -316,9 +323,10 @@ class Scheduler(AmqpService):
     def _dispatch(self, express: bool = True) -> None:
         """Hand batches to free writers: full ones at once, partial ones after linger;
         then, if ``express`` or a batch went out, the express batch."""
-        drr, size = self.drr, self.settings.batch_size
+        drr, size = self.drr, self.batch_limit.limit
         while self.inflight < self.settings.writers and len(drr):
-            if drr.cost < size and not self.stopping:
+            full = drr.cost >= size
+            if not full and not self.stopping:
                 waited = time.monotonic() - (self._oldest or 0.0)
                 if waited < self._linger_s:
                     if self._linger_timer is None:
@@ -331,7 +339,7 @@ class Scheduler(AmqpService):
             self.inflight += 1
             express = True  # every writer may be busy now, and the buffers changed
             metrics.SCHED_BATCH_SIZE.observe(sum(d.readings for _, d in batch))
-            self._writers.submit(self._write, batch)
+            self._writers.submit(self._write, batch, False, full)
         if express:
             self._dispatch_express()
 
@@ -362,13 +370,17 @@ class Scheduler(AmqpService):
         self._dispatch()
 
     # -- writer threads ----------------------------------------------------------
-    def _write(self, batch: list[tuple[str, Delivery]], express: bool = False) -> None:
+    def _write(
+        self, batch: list[tuple[str, Delivery]], express: bool = False, full: bool = False
+    ) -> None:
         bodies = [d.body for _, d in batch]
+        took: list[float] = []  # the successful attempt's write time
 
         def write() -> WriteOutcome:
             started = time.perf_counter()
             answer = self.sink.write(bodies)  # raises: outcome unknown, retry the batch
-            metrics.SCHED_WRITE_SECONDS.observe(time.perf_counter() - started)
+            took.append(time.perf_counter() - started)
+            metrics.SCHED_WRITE_SECONDS.observe(took[-1])
             try:
                 return check_outcome(answer, len(bodies))
             except MalformedOutcome as exc:
@@ -389,6 +401,9 @@ class Scheduler(AmqpService):
         except DrainExpired:
             outcome = None  # leave it unacked; the broker requeues it
         telemetry = self._coalesce(outcome)
+        if outcome is not None and not express:
+            readings = sum(d.readings for _, d in batch)
+            self.call_soon(lambda: self.batch_limit.observe(readings, took[-1], full))
         self.call_soon(lambda: self._written(batch, outcome, telemetry, express))
 
     def _coalesce(self, outcome: WriteOutcome | None) -> list[tuple[str, dict]]:

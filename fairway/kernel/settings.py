@@ -381,7 +381,13 @@ class Settings:
     # -- scheduler
     scheduler_prefetch: int = setting(100, SCHEDULER, AT_LEAST_1)  # per tenant, no backlog
     scheduler_buffer: int = setting(3000, SCHEDULER, AT_LEAST_1)  # shared by weight if backlog
+    # A write batch starts at batch_size readings and grows up to batch_max while full
+    # batches are written within write_budget_ms; a slower write shrinks it again, never
+    # below batch_size (scheduler/batch_budget.py). Budget 0, or batch_max at most
+    # batch_size: batches of batch_size, fixed.
     batch_size: int = setting(200, SCHEDULER, AT_LEAST_1)
+    batch_max: int = setting(1000, SCHEDULER, Bound(low=1, high=10_000))
+    write_budget_ms: float = setting(100.0, SCHEDULER, Bound(low=0, high=60_000))
     batch_linger_ms: float = setting(20.0, SCHEDULER, AT_LEAST_0)  # 0: write at once
     drr_quantum: int = setting(50, SCHEDULER, AT_LEAST_1)
     writers: int = setting(2, SCHEDULER, AT_LEAST_1)

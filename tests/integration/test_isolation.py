@@ -192,6 +192,7 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
 @pytest.mark.settings(
     writers=1,
     batch_size=100,
+    batch_max=100,
     express_readings=20,
     bundle_max_readings=10,
     device_rate=1e6,

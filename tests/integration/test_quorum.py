@@ -96,6 +96,7 @@ SHARE_SETTINGS = {
     "scheduler_buffer": 1000,
     "scheduler_prefetch": 20,
     "batch_size": 20,
+    "batch_max": 20,
     "writers": 1,
     "drr_quantum": 10,
 }

@@ -356,7 +356,7 @@ def test_rollups_and_state_are_exact_after_kill_9_of_the_scheduler(
     # (its rollup_touched records say which device-hours).
     for _ in range(2):  # kill -9 twice mid-run; unacked batches come back as duplicates
         stored = pipeline.stored()
-        pipeline.start("scheduler", batch_size=10, writers=1)
+        pipeline.start("scheduler", batch_size=10, batch_max=10, writers=1)
         wait_for(lambda s=stored: pipeline.stored() >= s + 400, 60, "progress")
         pipeline.kill("scheduler")
     pipeline.start("scheduler", batch_size=50)

@@ -73,7 +73,7 @@ class HoldingSink:
 
 
 @BOTH
-@pytest.mark.settings(scheduler_channels=1, batch_size=1, writers=2, batch_linger_ms=0)
+@pytest.mark.settings(scheduler_channels=1, batch_size=1, batch_max=1, writers=2, batch_linger_ms=0)
 def test_an_ack_on_a_shared_channel_never_covers_another_tenants_unwritten_message(
     pipeline: Pipeline, queue_type: str
 ) -> None:
@@ -117,6 +117,7 @@ def test_an_ack_on_a_shared_channel_never_covers_another_tenants_unwritten_messa
     scheduler_buffer=1000,
     scheduler_prefetch=20,
     batch_size=50,
+    batch_max=50,
     writers=1,
     drr_quantum=10,
 )

@@ -58,10 +58,10 @@ def trickle(pipeline: Pipeline, device: str, stop: threading.Event) -> None:
 
 
 def slow_scheduler(pipeline: Pipeline) -> int:
-    """A scheduler much slower than the flood (one writer, batches of 5: a few hundred
-    readings/s here), so the flood's backlog lasts long enough for the broker's 5 s
+    """A scheduler much slower than the flood (one writer, batches of 5 that never grow:
+    a few hundred readings/s here), so the flood's backlog lasts long enough for the broker's 5 s
     statistics to show it: its metrics port."""
-    child = pipeline.start("scheduler", writers=1, batch_size=5, batch_linger_ms=0)
+    child = pipeline.start("scheduler", writers=1, batch_size=5, batch_max=5, batch_linger_ms=0)
     return child.metrics_port
 
 

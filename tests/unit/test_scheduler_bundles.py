@@ -222,7 +222,7 @@ def test_a_light_tenant_is_written_in_the_express_batch_while_every_writer_is_bu
     submitted: list[tuple[list[str], bool]] = []
     calls: list[Any] = []
 
-    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False) -> None:
+    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False, *_: Any) -> None:
         submitted.append(([t for t, _ in batch], express))
         calls.append(lambda: fn(batch, express))
 
@@ -266,7 +266,7 @@ def test_a_backlogged_tenants_delivery_never_looks_for_an_express_batch(
     submitted: list[tuple[list[str], bool]] = []
     calls: list[Any] = []
 
-    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False) -> None:
+    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False, *_: Any) -> None:
         submitted.append(([t for t, _ in batch], express))
         calls.append(lambda: fn(batch, express))
 
