@@ -381,6 +381,10 @@ class Settings:
     # -- scheduler
     scheduler_prefetch: int = setting(100, SCHEDULER, AT_LEAST_1)  # per tenant, no backlog
     scheduler_buffer: int = setting(3000, SCHEDULER, AT_LEAST_1)  # shared by weight if backlog
+    # The same two bounds in readings (a message is a bundle of up to bundle_max_readings):
+    # the floors together, and the backlogged tenants' shares together, hold about this
+    # many readings at most (scheduler/prefetch.py).
+    scheduler_buffer_readings: int = setting(100_000, SCHEDULER, Bound(low=1000, high=10_000_000))
     batch_size: int = setting(200, SCHEDULER, AT_LEAST_1)
     batch_linger_ms: float = setting(20.0, SCHEDULER, AT_LEAST_0)  # 0: write at once
     drr_quantum: int = setting(50, SCHEDULER, AT_LEAST_1)
