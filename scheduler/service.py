@@ -585,6 +585,8 @@ class Scheduler(AmqpService):
             # Declined while the tenant's previous recycle is under way: retried.
             if worth_changing(consumer.prefetch, wanted) and not consumer.change_prefetch(wanted):
                 self._reshare_pending = self._reshare_pending or consumer.live
+                if consumer.live:
+                    self._refloor.add(tenant)  # visited again, whether above its floor or not
             if consumer.prefetch > floors[tenant]:
                 self._raised.add(tenant)
             else:
