@@ -19,7 +19,11 @@ from fairway.storage.registry import Tenant
 from scheduler.service import Scheduler
 from scheduler.sink import NullSink
 from scheduler.tenant_channel import TenantConsumer
-from tests.unit.test_scheduler_settle import sample, stopped  # noqa: F401 - the fixture
+from tests.unit.test_scheduler_settle import (  # noqa: F401 - the fixture
+    StubChannel,
+    sample,
+    stopped,
+)
 
 SETTINGS = Settings(
     scheduler_prefetch=100,
@@ -135,3 +139,25 @@ def test_the_readings_budget_is_validated() -> None:
     with pytest.raises(SettingsError, match="FAIRWAY_SCHEDULER_BUFFER_READINGS"):
         Settings.from_env({"FAIRWAY_SCHEDULER_BUFFER_READINGS": "10"})
     assert Settings().scheduler_buffer_readings == 100_000
+
+
+def test_a_floor_change_declined_during_a_recycle_is_tried_again(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    scheduler = made(stopped)
+    single = listed(scheduler, 200)[0]
+    single.channel = StubChannel()  # live
+    declined: list[int] = []
+
+    def busy(wanted: int) -> bool:  # its previous recycle is under way
+        declined.append(wanted)
+        return False
+
+    single.change_prefetch = busy  # type: ignore[method-assign]
+    deliver(scheduler, single, 1, 1)
+    scheduler._share_prefetch()
+    assert declined == [100] and scheduler._reshare_pending
+    assert single.tenant in scheduler._refloor  # visited by the retry, though not raised
+    asked = changes(single)
+    scheduler._check_backlogged()  # the once-a-second look retries the pending re-share
+    assert asked == [100] and not scheduler._reshare_pending
