@@ -1,6 +1,7 @@
 """Scheduler memory: resident set size with a million readings waiting.
 
-10 tenant queues x 100,000 readings (1,000,000 at scale 1.0) wait at the broker;
+10 tenant queues x 100,000 readings (1,000,000 at scale 1.0) wait at the broker
+(``--tenants 200``: 200 queues x 5,000, the same million spread over more tenants);
 the scheduler's RSS is read from ``/proc/<pid>/status`` (``VmRSS`` sampled every
 100 ms, and the kernel's own peak, ``VmHWM``). Side by side in one run:
 
@@ -14,11 +15,11 @@ Each sink phase runs once per format (``--formats``): ``single``, one reading pe
 message (the format before bundles, still read), and ``bundles``, the same readings in
 the bundles the relay publishes today (``--bundle`` readings each, default the relay's
 ``bundle_max_readings``, built with the pipeline's own contract functions and the
-``x-fairway-readings`` header). The prefetch and buffer budget count messages, so with
-bundles the scheduler may hold up to ``--bundle`` times as many readings.
+``x-fairway-readings`` header). The prefetch floor and the buffer budget count messages
+and, since the budget in readings (``scheduler_buffer_readings``), readings too: the
+scheduler's prefetches hold about twice that budget at most, whatever the bundle size.
 
-The design bounds what the process holds to ``tenants x scheduler_prefetch``
-deliveries plus ``writers`` batches, whatever the backlog; the target is < 200 MB.
+The design bounds what the process holds whatever the backlog; the target is < 200 MB.
 """
 
 from __future__ import annotations
@@ -164,14 +165,18 @@ def sink_phases(
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and run the phases."""
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--per-queue", type=int, default=None, help="readings; default 100,000 x scale")
+    p.add_argument("--tenants", type=int, default=10, help="tenant queues (default 10)")
+    p.add_argument(
+        "--per-queue", type=int, default=None, help="readings; default 1,000,000 / tenants x scale"
+    )
     p.add_argument("--mongo-seconds", type=float, default=None, help="default 20 x scale (>= 5)")
     p.add_argument("--idle-seconds", type=float, default=3.0)
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--formats", default="single,bundles", help="comma-separated subset")
     p.add_argument("--bundle", type=int, default=None, help="readings per bundle (relay's)")
     args = p.parse_args(argv)
-    per_queue = args.per_queue or common.scaled(100_000, args.scale, 1000)
+    TENANTS[:] = [f"mem{i}" for i in range(args.tenants)]
+    per_queue = args.per_queue or common.scaled(1_000_000 // args.tenants, args.scale, 100)
     total = per_queue * len(TENANTS)
     mongo_s = args.mongo_seconds or max(5.0, 20.0 * args.scale)
     formats = args.formats.split(",")
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             "bundle_readings": bundle,
             "scheduler_prefetch": settings.scheduler_prefetch,
             "scheduler_buffer": settings.scheduler_buffer,
+            "scheduler_buffer_readings": getattr(settings, "scheduler_buffer_readings", None),
             "batch_size": settings.batch_size,
             "writers": settings.writers,
         },

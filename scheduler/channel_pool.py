@@ -113,6 +113,7 @@ class ChannelPool:
         deliver: Deliver,
         lost: Lost,
         mismatched: Callable[[str], None] = lambda _tenant: None,
+        floor: Callable[[str, float], int] | None = None,
     ) -> None:
         self.settings = settings
         self.slots = [PoolChannel(i) for i in range(settings.scheduler_channels)]
@@ -120,6 +121,9 @@ class ChannelPool:
         self.connection: pika.SelectConnection | None = None
         self.stopping = False
         self._deliver, self._lost, self._mismatched = deliver, lost, mismatched
+        # A new consumer's prefetch, from the tenant and its readings per message (0: not
+        # known yet); None: scheduler_prefetch.
+        self._floor = floor
         self._max_backlog: dict[str, int] = {}
         self._depth_channel: Channel | None = None
         self._depth_opening = False
@@ -171,15 +175,19 @@ class ChannelPool:
         return consumer
 
     def _consumer(self, slot: PoolChannel, tenant: str) -> TenantConsumer:
+        old = self.consumers.get(tenant)  # a re-opened channel: keep what was learned
+        readings_each = old.readings_each if old is not None else 0.0
         consumer = TenantConsumer(
             tenant,
-            self.settings.scheduler_prefetch,
+            self._floor(tenant, readings_each) if self._floor else self.settings.scheduler_prefetch,
             queue=topology.tenant_queue_name(tenant),
             channel=slot.channel,
             acks=slot.acks,
             slot=slot.index,
             on_cancel_ok=slot.cancel_ok,
             send_acks=slot.send_acks,
+            readings_each=readings_each,
+            sized_for=readings_each,
         )
         consumer.on_message = partial(self._deliver, consumer)
         slot.tenants[tenant] = self.consumers[tenant] = consumer

@@ -37,6 +37,20 @@ SCHED_DEAD_LETTERED = Counter(
 )
 
 
+SCHED_BUFFERED_READINGS = Gauge(
+    "fairway_scheduler_buffered_readings",
+    "Readings held in the local DRR buffer, all tenants (bounded by about twice"
+    " FAIRWAY_SCHEDULER_BUFFER_READINGS, or one message per tenant where that is more)",
+)
+
+
+SCHED_PREFETCH_READINGS = Gauge(
+    "fairway_scheduler_prefetch_readings",
+    "Readings the tenants' prefetches allow in all: prefetch x readings per message each"
+    " tenant's deliveries carry (full bundles for a tenant not heard from yet)",
+)
+
+
 SCHED_BACKLOG = Gauge(
     "fairway_scheduler_backlog",
     "Messages waiting in the tenant queue at the broker: asked once a second while the"

@@ -9,9 +9,13 @@
   backlogged tenants are looked at, to see which stopped filling their prefetch
   (:mod:`scheduler.prefetch`). The prefetch is per consumer, which classic and quorum
   queues both accept; a change recycles the tenant's consumer on its channel
-  (:mod:`scheduler.tenant_channel`). Local buffers stay bounded by
-  ``scheduler_buffer + tenants x scheduler_prefetch`` between re-shares, and by twice
-  that while consumers are being recycled. A quiet tenant costs no periodic work.
+  (:mod:`scheduler.tenant_channel`). A message is a bundle, so the floor and the shares
+  are also bounded in readings (``scheduler_buffer_readings``), turned into messages
+  with the readings per message each tenant's deliveries carry (a tenant not heard from
+  yet is assumed to send full bundles of ``bundle_max_readings``). Local buffers stay
+  bounded by about ``2 x scheduler_buffer_readings`` readings (or one message per
+  tenant where that is more) between re-shares, and by twice that while consumers are
+  being recycled. A quiet tenant costs no periodic work.
 * Deliveries are bundles of readings (``x-fairway-readings`` says how many; a message
   without it is one reading, the format before bundles, still read). They go into a
   :class:`~scheduler.drr.DeficitRoundRobin` that charges each its readings; a batch of
@@ -79,7 +83,7 @@ from scheduler import metrics
 from scheduler.batch_budget import BatchBudget
 from scheduler.channel_pool import ChannelPool
 from scheduler.drr import DeficitRoundRobin
-from scheduler.prefetch import prefetch_shares, worth_changing
+from scheduler.prefetch import floor_prefetch, prefetch_shares, worth_changing
 from scheduler.sink import (
     MalformedOutcome,
     MongoSink,
@@ -94,6 +98,7 @@ log = logging.getLogger(__name__)
 
 BACKLOG_CHECK_S = 1.0  # how often backlogged tenants are checked for still filling up
 RESHARE_DELAY_S = 0.05  # tenants that fill up together are re-shared together
+READINGS_EACH_WEIGHT = 0.125  # of a delivery in a tenant's moving readings per message
 
 
 @dataclass(slots=True)
@@ -138,10 +143,12 @@ class Scheduler(AmqpService):
             self._on_delivery,
             self._consumers_lost,
             lambda tenant: self.old_arguments.add(tenant),
+            self._floor,
         )
         self.known: dict[str, Tenant] = {}
         self.backlogged: set[str] = set()  # filled their prefetch: they share the budget
         self._raised: set[str] = set()  # prefetch above the floor (to bring back down)
+        self._refloor: set[str] = set()  # its floor changed with what it sends: re-share
         self._reshare_at: Any = None  # the pending re-share (timer), if any
         self.inflight = 0
         self.express_busy = False  # the express batch is being written
@@ -176,6 +183,8 @@ class Scheduler(AmqpService):
             lambda: sum(1 for c in self.pool.consumers.values() if c.unacked)
         )
         metrics.SCHED_BACKLOGGED_TENANTS.set_function(lambda: len(self.backlogged))
+        metrics.SCHED_BUFFERED_READINGS.set_function(lambda: self.drr.cost)
+        metrics.SCHED_PREFETCH_READINGS.set_function(self._prefetch_readings)
         self.every(BACKLOG_CHECK_S, self._check_backlogged)
         metrics.SCHED_EXPRESS_INFLIGHT.set_function(lambda: int(self.express_busy))
         self.every(settings.tenant_refresh_s, self._refresh_tenants)
@@ -219,6 +228,9 @@ class Scheduler(AmqpService):
             self.drr.set_weight(tenant.id, tenant.weight)
             if before is not None and before.weight != tenant.weight:
                 reshare = reshare or tenant.id in self.backlogged
+        # Consumers start once every tenant of the answer is known: their floors divide
+        # the readings budget among all of them.
+        for tenant in changes.tenants:
             if tenant.id not in self.pool.consumers and not self.stopping:
                 self.pool.add(tenant)
                 self._gauged.add(tenant.id)
@@ -244,6 +256,7 @@ class Scheduler(AmqpService):
             self._oldest = None
         self.backlogged.discard(tenant)
         self._raised.discard(tenant)
+        self._refloor.discard(tenant)
         self._gauged.discard(tenant)
         with contextlib.suppress(KeyError):
             metrics.SCHED_BACKLOG.remove(tenant)
@@ -268,6 +281,31 @@ class Scheduler(AmqpService):
         consumer = self.pool.consumers.get(tenant)
         return consumer.prefetch if consumer is not None else self.settings.scheduler_prefetch
 
+    def _floor(self, tenant: str, readings_each: float) -> int:
+        """``tenant``'s prefetch while it has no backlog (``readings_each`` 0: not heard
+        from yet, assumed to send full bundles)."""
+        settings = self.settings
+        return floor_prefetch(
+            settings.scheduler_prefetch,
+            settings.scheduler_buffer_readings,
+            len(self.known),
+            readings_each or settings.bundle_max_readings,
+        )
+
+    def _prefetch_readings(self) -> float:
+        """Readings every tenant's prefetch allows, summed (the metric; O(tenants))."""
+        prior = self.settings.bundle_max_readings
+        return sum(c.prefetch * (c.readings_each or prior) for c in self.pool.consumers.values())
+
+    def _learned(self, consumer: TenantConsumer) -> None:
+        """``consumer``'s first delivery told its readings per message: a quiet tenant's
+        floor follows (e.g. up from the full-bundle guess for single readings)."""
+        if consumer.backlogged:
+            return  # its share is sized at the re-share its backlog started
+        if worth_changing(consumer.prefetch, self._floor(consumer.tenant, consumer.readings_each)):
+            self._refloor.add(consumer.tenant)
+            self._schedule_reshare()
+
     def _consumers_lost(self, consumers: list[TenantConsumer]) -> None:
         """Their channel closed: the broker requeues what they held; drop our copies.
 
@@ -280,6 +318,7 @@ class Scheduler(AmqpService):
                 self.backlogged.discard(consumer.tenant)
                 metrics.SCHED_BACKLOG.labels(consumer.tenant).set(0)
             self._raised.discard(consumer.tenant)
+            self._refloor.discard(consumer.tenant)
         if not len(self.drr):
             self._oldest = None
 
@@ -306,6 +345,12 @@ class Scheduler(AmqpService):
         if consumer.removed:  # on the wire when its consumer was cancelled
             consumer.requeue(method.delivery_tag, method.consumer_tag)
             return
+        each = consumer.readings_each
+        if each:
+            consumer.readings_each = each + (readings - each) * READINGS_EACH_WEIGHT
+        else:
+            consumer.readings_each = readings
+            self._learned(consumer)
         if consumer.saturated and not consumer.backlogged:
             self._backlog_started(consumer)
         self.drr.push(
@@ -491,6 +536,7 @@ class Scheduler(AmqpService):
         if not self.backlogged and not self._reshare_pending:
             return
         ended = []
+        resized = False  # a backlogged tenant's bundles grew or shrank since its share
         for tenant in self.backlogged:
             consumer = self.pool.consumers.get(tenant)
             if consumer is None:
@@ -498,6 +544,7 @@ class Scheduler(AmqpService):
             elif consumer.saturated or consumer.unacked >= consumer.prefetch:
                 consumer.saturated = False
                 self.pool.depth(tenant, metrics.SCHED_BACKLOG.labels(tenant).set)
+                resized = resized or worth_changing(consumer.sized_for, consumer.readings_each)
             else:
                 consumer.backlogged = False
                 ended.append(tenant)
@@ -506,7 +553,7 @@ class Scheduler(AmqpService):
             metrics.SCHED_BACKLOG.labels(tenant).set(0)
         if ended:
             self._dispatch_express()  # their buffers may go express now
-        if ended or self._reshare_pending:
+        if ended or resized or self._reshare_pending:
             self._share_prefetch()
 
     _reshare_pending = False  # a change was declined (a recycle under way): retry
@@ -521,24 +568,37 @@ class Scheduler(AmqpService):
         if self._reshare_at is not None:
             self.ioloop.remove_timeout(self._reshare_at)
             self._reshare_at = None
-        floor = self.settings.scheduler_prefetch
-        weight = {t: (self.known[t].weight if t in self.known else 1) for t in self.backlogged}
-        shares = prefetch_shares(
-            {t: 1 for t in self.backlogged | self._raised},
-            weight,
-            self.settings.scheduler_buffer,
-            floor,
-        )
-        self._reshare_pending = False
-        for tenant, wanted in shares.items():
-            consumer = self.pool.consumers.get(tenant)
+        settings = self.settings
+        consumers = self.pool.consumers
+        visit = self.backlogged | self._raised | self._refloor
+        self._refloor.clear()
+        each: dict[str, float] = {}
+        floors: dict[str, int] = {}
+        for tenant in visit:
+            consumer = consumers.get(tenant)
             if consumer is None:
                 self._raised.discard(tenant)
                 continue
+            each[tenant] = consumer.readings_each or settings.bundle_max_readings
+            floors[tenant] = self._floor(tenant, consumer.readings_each)
+        weight = {t: (self.known[t].weight if t in self.known else 1) for t in self.backlogged}
+        shares = prefetch_shares(
+            floors,
+            {t: w for t, w in weight.items() if t in floors},
+            settings.scheduler_buffer,
+            settings.scheduler_buffer_readings,
+            each,
+        )
+        self._reshare_pending = False
+        for tenant, wanted in shares.items():
+            consumer = consumers[tenant]
+            consumer.sized_for = each[tenant]
             # Declined while the tenant's previous recycle is under way: retried.
             if worth_changing(consumer.prefetch, wanted) and not consumer.change_prefetch(wanted):
                 self._reshare_pending = self._reshare_pending or consumer.live
-            if consumer.prefetch > floor:
+                if consumer.live:
+                    self._refloor.add(tenant)  # visited again, whether above its floor or not
+            if consumer.prefetch > floors[tenant]:
                 self._raised.add(tenant)
             else:
                 self._raised.discard(tenant)

@@ -89,6 +89,10 @@ class TenantConsumer:
     slot: int = -1  # index of its channel in the pool
     backlogged: bool = False  # holds a share of the buffer budget (scheduler.prefetch)
     saturated: bool = False  # reached its prefetch since the last look (more may wait)
+    # Readings per message it delivers (moving average of x-fairway-readings; 0: none
+    # seen yet), and the value its prefetch was last sized for (scheduler.prefetch).
+    readings_each: float = 0.0
+    sized_for: float = 0.0
     held: Counter[str] = field(default_factory=Counter)  # unsettled deliveries per consumer
     # Where this channel's basic.cancel-ok frames are dispatched (the pool's one router;
     # see PoolChannel.cancel_ok); None: straight to this consumer.

@@ -381,6 +381,10 @@ class Settings:
     # -- scheduler
     scheduler_prefetch: int = setting(100, SCHEDULER, AT_LEAST_1)  # per tenant, no backlog
     scheduler_buffer: int = setting(3000, SCHEDULER, AT_LEAST_1)  # shared by weight if backlog
+    # The same two bounds in readings (a message is a bundle of up to bundle_max_readings):
+    # the floors together, and the backlogged tenants' shares together, hold about this
+    # many readings at most (scheduler/prefetch.py).
+    scheduler_buffer_readings: int = setting(100_000, SCHEDULER, Bound(low=1000, high=10_000_000))
     # A write batch starts at batch_size readings and grows up to batch_max while full
     # batches are written within write_budget_ms; a slower write shrinks it again, never
     # below batch_size (scheduler/batch_budget.py). Budget 0, or batch_max at most
