@@ -373,6 +373,10 @@ class Scheduler(AmqpService):
     def _dispatch(self, express: bool = True) -> None:
         """Hand batches to free writers: full ones at once, partial ones after linger;
         then, if ``express`` or a batch went out, the express batch."""
+        if self.stop_event.is_set():
+            # The drain is over and the writers are shut down (a write that outlived the
+            # deadline ends here): what is buffered goes back with the connection.
+            return
         drr, size = self.drr, self.batch_limit.limit
         while self.inflight < self.settings.writers and len(drr):
             full = drr.cost >= size
@@ -403,6 +407,8 @@ class Scheduler(AmqpService):
         ``express_readings`` readings of light tenants.
         """
         limit = self.settings.express_readings
+        if self.stop_event.is_set():
+            return  # the writers are shut down (see _dispatch)
         if not limit or self.express_busy or self.inflight < self.settings.writers:
             return
         batch = self.drr.take_light(limit, exclude=self.backlogged)

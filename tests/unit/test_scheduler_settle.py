@@ -365,3 +365,18 @@ def test_at_prefetch_1_only_a_delivery_right_after_an_ack_means_a_backlog() -> N
     wider.delivered(1, "c1")
     wider.delivered(2, "c1")  # above 1, filling the prefetch still says it
     assert wider.saturated
+
+
+def test_a_write_that_outlives_the_drain_does_not_hand_out_more_batches() -> None:
+    """After the drain's deadline the writer pool is shut down; a write finishing later
+    must not submit the next batch to it (RuntimeError on the I/O loop, logged as
+    "I/O loop failed")."""
+    scheduler = scheduler_with(NullSink())
+    consumer, _channel = tenant_channel("late")
+    batch = received(consumer, 1, 2)
+    scheduler.stopping = True
+    scheduler._release()  # the deadline passed: stop_event set, writers shut down
+    for tenant, delivery in batch:
+        scheduler.drr.push(tenant, delivery, delivery.readings)
+    scheduler._dispatch()  # raised "cannot schedule new futures after shutdown"
+    assert scheduler.inflight == 0 and len(scheduler.drr) == 2
