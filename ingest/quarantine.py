@@ -47,6 +47,7 @@ RECHECK_S = 2.0
 SWEEP_S = 0.25
 SWEEP_FOR_S = 65.0
 SWEEP_MAX_DEVICES = 100
+LIFT_CHECK_S = 1.0  # how often the sweep re-reads its devices' records (a lift ends it)
 # "Is the device connected?" before a new quarantine: a "no" is kept NOT_CONNECTED_TTL_S
 # (a device draining what it queued before asks again at most that often), and the
 # quarantiner asks the management API at most CHECKS_PER_S a second, bursts of
@@ -190,7 +191,17 @@ class Quarantiner:
         if found is None:
             return None
         s = self.settings
-        held = quarantine.active(self.db, device, now)
+        last = quarantine.get(self.db, device)
+        held = last if last is not None and last.holds(now) else None
+        if (
+            held is None
+            and last is not None
+            and last.lifted
+            and now - last.until < s.quarantine_window_s
+        ):
+            # Lifted lately: what it queued before the lift is still refused at the pace,
+            # with the device connected again. A new offence needs a whole window after.
+            return None
         if held is None and not self.connected(device, time.monotonic()):
             # Not connected: these refusals are what it queued before (a quarantine that
             # just expired, or was lifted, drains its backlog at the pace): no new offence.
@@ -228,13 +239,18 @@ class Quarantiner:
         return record
 
     def _sweep_loop(self) -> None:
-        """Close the connections of devices quarantined lately, every ``SWEEP_S``."""
+        """Close the connections of devices quarantined lately, every ``SWEEP_S``; once
+        a second their records are read again, and a lifted device is let be."""
+        checked = 0.0
         while not self._stop.wait(SWEEP_S):
             now = time.monotonic()
             with self._sweep_lock:
                 for device in [d for d, until in self._sweep.items() if until <= now]:
                     del self._sweep[device]
                 devices = list(self._sweep)
+            if devices and now - checked >= LIFT_CHECK_S:
+                checked = now
+                devices = self._still_held(devices)
             for device in devices:
                 try:
                     management.close_user_connections(
@@ -242,6 +258,20 @@ class Quarantiner:
                     )
                 except Exception:  # the next sweep tries again
                     log.debug("sweep of %s failed", device, exc_info=True)
+
+    def _still_held(self, devices: list[str]) -> list[str]:
+        """Those of ``devices`` whose quarantine still holds; the others leave the sweep."""
+        try:
+            records = quarantine.find_many(self.db, devices)
+        except Exception:  # the database is away: keep sweeping, look again later
+            log.debug("sweep could not read quarantines", exc_info=True)
+            return devices
+        now = time.time()
+        held = [d for d in devices if d in records and records[d].holds(now)]
+        with self._sweep_lock:
+            for device in set(devices) - set(held):
+                self._sweep.pop(device, None)
+        return held
 
     def close(self) -> None:
         """Stop the worker and the sweeper (actions not started are dropped)."""

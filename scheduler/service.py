@@ -180,7 +180,7 @@ class Scheduler(AmqpService):
         metrics.SCHED_INFLIGHT_BATCHES.set_function(lambda: self.inflight)
         metrics.SCHED_TENANTS.set_function(lambda: len(self.pool.consumers))
         metrics.SCHED_ACTIVE_TENANTS.set_function(
-            lambda: sum(1 for c in self.pool.consumers.values() if c.unacked)
+            lambda: sum(1 for c in list(self.pool.consumers.values()) if c.unacked)
         )
         metrics.SCHED_BACKLOGGED_TENANTS.set_function(lambda: len(self.backlogged))
         metrics.SCHED_BUFFERED_READINGS.set_function(lambda: self.drr.cost)
@@ -258,8 +258,12 @@ class Scheduler(AmqpService):
         self._raised.discard(tenant)
         self._refloor.discard(tenant)
         self._gauged.discard(tenant)
-        with contextlib.suppress(KeyError):
-            metrics.SCHED_BACKLOG.remove(tenant)
+        # Its per-tenant series go too: tenants that come and go must not grow them.
+        for labelled in (metrics.SCHED_BACKLOG, metrics.SCHED_DEAD_LETTERED):
+            with contextlib.suppress(KeyError):
+                labelled.remove(tenant)
+        for rows in (metrics.SCHED_STORED, metrics.SCHED_DUPLICATES, metrics.SCHED_LAG_SECONDS):
+            rows.remove(tenant)
         metrics.SCHED_TENANTS_REMOVED.inc()
         log.warning(
             "tenant removed; its queue is no longer consumed",
@@ -295,7 +299,8 @@ class Scheduler(AmqpService):
     def _prefetch_readings(self) -> float:
         """Readings every tenant's prefetch allows, summed (the metric; O(tenants))."""
         prior = self.settings.bundle_max_readings
-        return sum(c.prefetch * (c.readings_each or prior) for c in self.pool.consumers.values())
+        consumers = list(self.pool.consumers.values())  # one step: read from the scrape thread
+        return sum(c.prefetch * (c.readings_each or prior) for c in consumers)
 
     def _learned(self, consumer: TenantConsumer) -> None:
         """``consumer``'s first delivery told its readings per message: a quiet tenant's
@@ -368,6 +373,10 @@ class Scheduler(AmqpService):
     def _dispatch(self, express: bool = True) -> None:
         """Hand batches to free writers: full ones at once, partial ones after linger;
         then, if ``express`` or a batch went out, the express batch."""
+        if self.stop_event.is_set():
+            # The drain is over and the writers are shut down (a write that outlived the
+            # deadline ends here): what is buffered goes back with the connection.
+            return
         drr, size = self.drr, self.batch_limit.limit
         while self.inflight < self.settings.writers and len(drr):
             full = drr.cost >= size
@@ -398,6 +407,8 @@ class Scheduler(AmqpService):
         ``express_readings`` readings of light tenants.
         """
         limit = self.settings.express_readings
+        if self.stop_event.is_set():
+            return  # the writers are shut down (see _dispatch)
         if not limit or self.express_busy or self.inflight < self.settings.writers:
             return
         batch = self.drr.take_light(limit, exclude=self.backlogged)
@@ -541,7 +552,9 @@ class Scheduler(AmqpService):
             consumer = self.pool.consumers.get(tenant)
             if consumer is None:
                 ended.append(tenant)
-            elif consumer.saturated or consumer.unacked >= consumer.prefetch:
+            elif consumer.saturated or (
+                consumer.prefetch > 1 and consumer.unacked >= consumer.prefetch
+            ):
                 consumer.saturated = False
                 self.pool.depth(tenant, metrics.SCHED_BACKLOG.labels(tenant).set)
                 resized = resized or worth_changing(consumer.sized_for, consumer.readings_each)

@@ -27,6 +27,7 @@ consumer on the same channel: cancel the current consumer, start a new one.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,11 @@ from scheduler.channel_acks import AckPlan, ChannelAcks
 from scheduler.metrics import PREFETCH_CHANGES
 
 log = logging.getLogger(__name__)
+
+# At prefetch 1 every delivery fills the prefetch, so that alone says nothing of a backlog
+# (every tenant would look backlogged, and be polled and excluded from express batches).
+# A delivery that follows the tenant's ack this closely was waiting at the broker.
+FOLLOWS_ACK_S = 0.1
 
 OnMessage = Callable[[Channel, Any, Any, bytes], None]
 
@@ -89,6 +95,7 @@ class TenantConsumer:
     slot: int = -1  # index of its channel in the pool
     backlogged: bool = False  # holds a share of the buffer budget (scheduler.prefetch)
     saturated: bool = False  # reached its prefetch since the last look (more may wait)
+    acked_at: float = float("-inf")  # when an ack of its deliveries last went out
     # Readings per message it delivers (moving average of x-fairway-readings; 0: none
     # seen yet), and the value its prefetch was last sized for (scheduler.prefetch).
     readings_each: float = 0.0
@@ -181,7 +188,9 @@ class TenantConsumer:
         """Record a delivery (from the current or the retiring consumer)."""
         self.acks.track(delivery_tag, self)
         self.held[consumer_tag] += 1
-        if self.unacked >= self.prefetch:
+        if self.unacked >= self.prefetch and (
+            self.prefetch > 1 or time.monotonic() - self.acked_at < FOLLOWS_ACK_S
+        ):
             self.saturated = True
 
     def refuse(self, delivery_tag: int) -> None:
@@ -210,6 +219,7 @@ class TenantConsumer:
             self.held[consumer_tag] -= 1
         plan = self.acks.settle(delivery_tags)
         if plan and self.channel is not None:
+            self.acked_at = time.monotonic()
             if self.send_acks is not None:
                 self.send_acks(self.channel, plan)
             else:

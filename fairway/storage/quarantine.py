@@ -37,6 +37,7 @@ class Quarantine:
     until: float
     offences: int
     reason: str
+    lifted: str | None = None  # who lifted it early, if anyone
 
     def holds(self, now: float) -> bool:
         """Whether the device is quarantined at ``now``."""
@@ -74,6 +75,7 @@ def _from_doc(doc: dict[str, Any]) -> Quarantine:
         float(doc.get("until", 0.0)),
         int(doc.get("offences", 1)),
         doc.get("reason", ""),
+        doc.get("lifted"),
     )
 
 

@@ -163,8 +163,8 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
     _flood_raw(pipeline, "evil-1.env", b"{not json", flood)
     wait_for(lambda: pipeline.depth("ingest.evil") >= flood, 30, "the flood queued")
     relay = pipeline.start("relay")
+    started = time.monotonic()  # the relay refuses the flood from now, at its pace
     pipeline.start("scheduler")
-    started = time.monotonic()
     pipeline.publish([("quiet-1.env", reading(), {"message_id": f"q{i}"}) for i in range(5)])
     pipeline.wait_stored(5, timeout=15, tenant="quiet")
     # The quiet tenant was served while the flood waits in its own tenant's queue.

@@ -26,6 +26,7 @@ from fairway.devtools.processes import free_port
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import accounts, quarantine
+from ingest.quarantine import Quarantiner
 from tests.harness import LocalNode, Pipeline, reading, wait_for
 from tests.integration.conftest import TEST_SECRET_KEY, TEST_SETTINGS
 from web import create_app
@@ -271,3 +272,34 @@ def test_the_isolation_attacker_reconnecting_every_half_second_is_refused_at_log
     assert seen["logins_refused"] >= 10, seen
     assert seen["last_admitted_ms"] < seen["first_refused_ms"], seen  # none admitted after
     assert pipeline.alive("relay") and pipeline.alive("web")
+
+
+def test_a_lift_ends_the_sweep_and_what_was_queued_before_is_no_new_offence(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.tenant("lift")
+    pipeline.device("lift", "lifted-1")
+    quarantiner = Quarantiner(pipeline.settings, pipeline.db)
+    try:
+        now = time.time()
+        imposed = quarantine.impose(
+            pipeline.db, "lifted-1", "lift", now, 300.0, 3600.0, quarantine.REASON
+        )
+        assert imposed is not None
+        quarantiner._sweep["lifted-1"] = time.monotonic() + 65  # as act() puts it
+        assert quarantiner._still_held(["lifted-1"]) == ["lifted-1"]
+        assert quarantine.lift(pipeline.db, "lifted-1", time.time(), "boss")
+        # The relay's sweep lets it be (it would close its reconnects for 65 s).
+        assert quarantiner._still_held(["lifted-1"]) == []
+        assert "lifted-1" not in quarantiner._sweep
+        # Connected again, its queued junk still refused at the pace: no new offence...
+        quarantiner.connected = lambda _device, _now: True  # type: ignore[assignment,method-assign]
+        assert quarantiner.act("lifted-1", time.time()) is None
+        record = quarantine.get(pipeline.db, "lifted-1")
+        assert record is not None and record.offences == 1 and record.lifted == "boss"
+        # ...until a whole refusal window after the lift.
+        window = pipeline.settings.quarantine_window_s
+        again = quarantiner.act("lifted-1", time.time() + window + 1)
+        assert again is not None and again.offences == 2
+    finally:
+        quarantiner.close()

@@ -76,6 +76,8 @@ def test_a_removed_tenants_queue_is_no_longer_consumed_and_kept_until_it_returns
 
     wait_for(lambda: scheduler.metric("fairway_scheduler_tenants") == 1, 10, "consumer cancelled")
     assert scheduler.metric("fairway_scheduler_tenants_removed_total") == 1
+    # Its per-tenant series went with it (tenants that come and go must not grow them).
+    assert "gone" not in scheduler.metric_by("fairway_scheduler_stored_total", "tenant")
     queue = topology.tenant_queue_name("gone")
     wait_for(lambda: pipeline.queue(queue).get("consumers") == 0, 30, "no consumer at the broker")
     # Readings reaching its queue now (accepted by a relay before it noticed) wait there.

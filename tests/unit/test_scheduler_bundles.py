@@ -8,6 +8,7 @@ bundles (one reading each, no ``x-fairway-readings``) are read as before.
 
 from __future__ import annotations
 
+import math
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -282,7 +283,8 @@ def test_a_backlogged_tenants_delivery_never_looks_for_an_express_batch(
     flood, _ = tenant_channel("flood")
     mid, _ = tenant_channel("mid")
     quiet, quiet_channel = tenant_channel("quiet")
-    flood.prefetch = mid.prefetch = 1  # their first delivery fills it: backlogged
+    flood.prefetch = mid.prefetch = 1  # their first delivery fills it: backlogged,
+    flood.acked_at = mid.acked_at = math.inf  # as if it came right after an ack
 
     def deliver(consumer: TenantConsumer, tag: int, readings: int) -> None:
         method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")

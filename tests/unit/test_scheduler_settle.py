@@ -345,3 +345,38 @@ def test_a_removed_tenant_s_buffered_deliveries_go_back_to_its_queue(
     # The other tenant's delivery is written and acked over the requeued tags.
     write(scheduler, scheduler.drr.take(10))
     assert channel.acks == [(2, True)]
+
+
+def test_at_prefetch_1_only_a_delivery_right_after_an_ack_means_a_backlog() -> None:
+    channel = StubChannel()
+    consumer = TenantConsumer("t", 1, queue="tenant.t", channel=channel)
+    consumer.delivered(1, "c1")  # a quiet tenant's reading: it fills prefetch 1, no more
+    assert not consumer.saturated
+    consumer.settle([(1, "c1")])
+    assert len(channel.acks) == 1
+    consumer.delivered(2, "c1")  # the broker had it waiting: sent as soon as the ack came
+    assert consumer.saturated
+    consumer.saturated = False
+    consumer.settle([(2, "c1")])
+    consumer.acked_at -= 1.0  # the next reading comes a second after the ack
+    consumer.delivered(3, "c1")
+    assert not consumer.saturated
+    wider = TenantConsumer("w", 2, queue="tenant.w", channel=StubChannel())
+    wider.delivered(1, "c1")
+    wider.delivered(2, "c1")  # above 1, filling the prefetch still says it
+    assert wider.saturated
+
+
+def test_a_write_that_outlives_the_drain_does_not_hand_out_more_batches() -> None:
+    """After the drain's deadline the writer pool is shut down; a write finishing later
+    must not submit the next batch to it (RuntimeError on the I/O loop, logged as
+    "I/O loop failed")."""
+    scheduler = scheduler_with(NullSink())
+    consumer, _channel = tenant_channel("late")
+    batch = received(consumer, 1, 2)
+    scheduler.stopping = True
+    scheduler._release()  # the deadline passed: stop_event set, writers shut down
+    for tenant, delivery in batch:
+        scheduler.drr.push(tenant, delivery, delivery.readings)
+    scheduler._dispatch()  # raised "cannot schedule new futures after shutdown"
+    assert scheduler.inflight == 0 and len(scheduler.drr) == 2
