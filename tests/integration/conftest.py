@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from pymongo import MongoClient
 
 from fairway.amqp.connection import blocking_channel
+from fairway.devtools.processes import free_port
 from fairway.kernel.settings import Settings
-from tests.harness import Pipeline, management
+from tests.harness import LocalNode, Pipeline, management
 
 HERE = Path(__file__).resolve().parent
 HINT = "start the local services with `scripts/services.sh up` (or run `make test`)"
@@ -111,3 +113,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@contextmanager
+def pipeline_on_own_broker(
+    base_settings: Settings, tmp_path: Path, **settings: object
+) -> Iterator[tuple[Pipeline, LocalNode]]:
+    """A pipeline on a RabbitMQ node of its own (the shared configuration, its 60 s auth
+    cache included) whose HTTP auth backend is the pipeline's web app on a free port:
+    device logins need neither port 8080 nor its lock. ``settings`` override the tests'
+    defaults; devices' snippets name this node's MQTT port."""
+    web_port = free_port()
+    node = LocalNode(tmp_path / "rabbitmq")
+    node.env["FAIRWAY_BROKER_AUTH_URL"] = f"http://127.0.0.1:{web_port}/broker"
+    with node:
+        base = Settings.from_env(
+            base_settings.environ(), amqp_url=node.amqp_url(), rabbitmq_mgmt_url=node.mgmt_url
+        )
+        overrides: dict[str, object] = {
+            **TEST_SETTINGS,
+            "secret_key": base_settings.secret_key or TEST_SECRET_KEY,
+            "web_port": web_port,
+            "gateway_port": free_port(),
+            "device_mqtt_url": f"mqtt://127.0.0.1:{node.base + 2}",
+            **settings,
+        }
+        with Pipeline(base, tmp_path, mgmt_url=node.mgmt_url, **overrides) as pipeline:
+            yield pipeline, node

@@ -32,7 +32,7 @@ from fairway.kernel.settings import Settings
 from fairway.storage import accounts, quarantine, registry
 from tests.harness import LocalNode, Pipeline
 from tests.integration import test_browser as shared
-from tests.integration.conftest import TEST_SECRET_KEY, TEST_SETTINGS
+from tests.integration.conftest import pipeline_on_own_broker
 from tests.integration.test_browser import ARTIFACTS, PASSWORD, _log_in, _rows
 
 browser = shared.browser  # headless Chromium, the fixture of the other browser tests
@@ -42,26 +42,8 @@ browser = shared.browser  # headless Chromium, the fixture of the other browser 
 def own_broker(base_settings: Settings, tmp_path: Path) -> Iterator[tuple[Pipeline, LocalNode]]:
     """A pipeline on a RabbitMQ node of this test's own, whose HTTP auth backend is this
     pipeline's web app (a free port): devices log in through it alone."""
-    web_port = free_port()
-    node = LocalNode(tmp_path / "rabbitmq")
-    node.env["FAIRWAY_BROKER_AUTH_URL"] = f"http://127.0.0.1:{web_port}/broker"
-    with node:
-        base = Settings.from_env(
-            base_settings.environ(), amqp_url=node.amqp_url(), rabbitmq_mgmt_url=node.mgmt_url
-        )
-        pipeline = Pipeline(
-            base,
-            tmp_path,
-            mgmt_url=node.mgmt_url,
-            **TEST_SETTINGS,
-            secret_key=base_settings.secret_key or TEST_SECRET_KEY,
-            web_port=web_port,
-            gateway_port=free_port(),
-            # The snippets name where devices connect: this node's MQTT port.
-            device_mqtt_url=f"mqtt://127.0.0.1:{node.base + 2}",
-        )
-        with pipeline:
-            yield pipeline, node
+    with pipeline_on_own_broker(base_settings, tmp_path) as made:
+        yield made
 
 
 def _run_snippet(code: str) -> None:

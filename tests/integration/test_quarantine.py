@@ -22,13 +22,12 @@ from flask.testing import FlaskClient
 from pika.exceptions import AMQPConnectionError, ProbableAccessDeniedError
 
 from benchmarks import isolation
-from fairway.devtools.processes import free_port
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import accounts, quarantine
 from ingest.quarantine import Quarantiner
-from tests.harness import LocalNode, Pipeline, reading, wait_for
-from tests.integration.conftest import TEST_SECRET_KEY, TEST_SETTINGS
+from tests.harness import Pipeline, reading, wait_for
+from tests.integration.conftest import pipeline_on_own_broker
 from web import create_app
 from web.broker_auth import LOGIN_REFUSED
 
@@ -217,26 +216,11 @@ def pipeline(
     web app on a free port: device logins need neither port 8080 nor its lock. Settings
     from ``@pytest.mark.settings(...)``, as the shared fixture's."""
     marker = request.node.get_closest_marker("settings")
-    web_port = free_port()
-    node = LocalNode(tmp_path / "rabbitmq")
-    node.env["FAIRWAY_BROKER_AUTH_URL"] = f"http://127.0.0.1:{web_port}/broker"
-    with node:
-        base = Settings.from_env(
-            base_settings.environ(), amqp_url=node.amqp_url(), rabbitmq_mgmt_url=node.mgmt_url
-        )
-        with Pipeline(
-            base,
-            tmp_path,
-            mgmt_url=node.mgmt_url,
-            **{
-                **TEST_SETTINGS,
-                "secret_key": base_settings.secret_key or TEST_SECRET_KEY,
-                "web_port": web_port,
-                "gateway_port": free_port(),
-                **(marker.kwargs if marker else {}),
-            },
-        ) as pipeline:
-            yield pipeline
+    with pipeline_on_own_broker(base_settings, tmp_path, **(marker.kwargs if marker else {})) as (
+        pipeline,
+        _node,
+    ):
+        yield pipeline
 
 
 @pytest.mark.settings(**FLOOD_SETTINGS, quarantine_s=300.0)
