@@ -236,8 +236,8 @@ def status(
     out: dict[str, Any] = {"at": iso_z(mark.get("at")), "by": mark.get("by"), "state": "pending"}
     readings = mark.get("readings") or []
     if readings:
-        query = {"_id": {"$in": readings}}
-        stored = len(list(db[mongo.TELEMETRY].find(query, {"_id": 1})))
+        found = mongo.find_by_ids(db[mongo.TELEMETRY], readings, {"_id": 1}, keyed_max=None)
+        stored = len(found)
         if stored:
             return {**out, "state": "stored", "readings": readings, "stored": stored}
     device = doc["device"]

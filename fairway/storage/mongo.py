@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
@@ -83,6 +84,31 @@ INDEX_NOT_FOUND = 27
 NAMESPACE_NOT_FOUND = 26
 # The one btree index telemetry gets, on MongoDB only (see ensure_indexes).
 TELEMETRY_BTREE = "tenant_device_ts"
+
+
+# FerretDB 1.24 serves an ``_id`` equality from the table's primary key but answers
+# ``_id $in`` by reading the whole collection (2.5 s for one id among 50,000 readings,
+# against 29 ms for the equality). Up to this many ids are asked one equality each, so
+# such a look-up costs what it asks for, not what the collection holds.
+KEYED_LOOKUPS_MAX = 16
+
+
+def find_by_ids(
+    collection: Collection,
+    ids: list[Any],
+    projection: dict[str, int] | None = None,
+    keyed_max: int | None = KEYED_LOOKUPS_MAX,
+) -> list[dict[str, Any]]:
+    """The documents of ``ids`` that exist (in no particular order).
+
+    Up to ``keyed_max`` ids are asked one ``_id`` equality each; more in one ``_id $in``
+    query, whose one scan of a small collection is then cheaper than many round trips.
+    ``keyed_max`` None: always one equality each (a collection too big ever to scan).
+    """
+    if keyed_max is not None and len(ids) > keyed_max:
+        return list(collection.find({"_id": {"$in": ids}}, projection))
+    found = (collection.find_one({"_id": value}, projection) for value in dict.fromkeys(ids))
+    return [doc for doc in found if doc is not None]
 
 
 class AlreadyExists(Exception):

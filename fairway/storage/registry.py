@@ -31,6 +31,7 @@ from fairway.storage.mongo import (
     TENANTS,
     VERSIONS,
     AlreadyExists,
+    find_by_ids,
 )
 
 _hasher = PasswordHasher()
@@ -340,9 +341,9 @@ def find_devices(db: Database, device_ids: list[str]) -> dict[str, Device | None
 
     A device whose tenant has been removed comes back with ``tenant_known=False``.
     """
-    docs = list(db[DEVICES].find({"_id": {"$in": device_ids}}, {"tenant": 1, "enabled": 1}))
+    docs = find_by_ids(db[DEVICES], device_ids, {"tenant": 1, "enabled": 1})
     tenants = sorted({doc["tenant"] for doc in docs})
-    live = {doc["_id"] for doc in db[TENANTS].find({"_id": {"$in": tenants}}, {"_id": 1})}
+    live = {doc["_id"] for doc in find_by_ids(db[TENANTS], tenants, {"_id": 1})}
     found: dict[str, Device | None] = dict.fromkeys(device_ids)
     for doc in docs:
         found[doc["_id"]] = Device(

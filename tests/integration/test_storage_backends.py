@@ -173,6 +173,23 @@ def test_registry_round_trip(db: Database) -> None:
     assert doc is not None and "password_hash" not in doc and doc["tenant"] == "acme"
 
 
+def test_find_by_ids_answers_the_same_keyed_or_in_one_query(db: Database) -> None:
+    """A few ids take one ``_id`` equality each, more one ``$in``; the answer is the same
+    set either way: unknown ids left out, a repeated id once, the projection applied."""
+    table = db["by_ids"]
+    table.insert_many([{"_id": f"k{i:03d}", "n": i, "pad": "x"} for i in range(40)])
+    few = ["k005", "k001", "nope", "k005"]
+    many = [f"k{i:03d}" for i in range(0, 40, 2)] + ["nope"]
+    assert len(many) > mongo.KEYED_LOOKUPS_MAX >= len(few)
+    for ids in (few, many):
+        expected = sorted({i for i in ids if i != "nope"})
+        for keyed_max in (mongo.KEYED_LOOKUPS_MAX, None, 0):
+            docs = mongo.find_by_ids(table, ids, {"n": 1}, keyed_max=keyed_max)
+            assert sorted(d["_id"] for d in docs) == expected
+            assert all(set(d) == {"_id", "n"} and d["n"] == int(d["_id"][1:]) for d in docs)
+    assert mongo.find_by_ids(table, []) == []
+
+
 # -- PostgreSQL: the GIN indexes exist and serve the pushed-down filters ----------------
 def backing_tables(postgres_url: str, schema: str) -> dict[str, str]:
     with psycopg.connect(postgres_url) as connection:
