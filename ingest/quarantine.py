@@ -369,6 +369,8 @@ class Quarantiner:
             if devices and now - checked >= LIFT_CHECK_S:
                 checked = now
                 devices = self._still_held(devices)
+            if not devices:
+                continue
             try:
                 self.sweep.run(devices, time.monotonic())
             except Exception:  # the list failed: the next pass tries again
