@@ -17,8 +17,8 @@ quarantine (idempotent) or, if it holds already, closes the device's connections
 it also closes any connection of the device every ``SWEEP_S`` for that long). A device
 with no open connection is not quarantined anew: its refusals are what it queued before.
 Every management-API call that closes connections, or lists them for the sweep, comes
-out of one budget per relay (:class:`CallBudget`); docs/security.md argues the longest a
-quarantined device stays connected under it.
+out of a per-relay budget (:class:`CallBudget`: one for the sweep, one for the worker);
+docs/security.md argues the longest a quarantined device stays connected under them.
 """
 
 from __future__ import annotations
