@@ -41,6 +41,20 @@ QUARANTINE_CONNECTED_CHECKS = Counter(
     " left in the quarantiner's budget: not acted on now)",
     ["answer"],
 )
+QUARANTINE_MGMT_CALLS = Counter(
+    "fairway_relay_quarantine_mgmt_calls_total",
+    "The quarantine's management-API calls that close a quarantined device's connections"
+    " (close: the worker's, at a new quarantine or a held one's later refusals; sweep_close)"
+    " or find which swept devices are connected (list), by answer: asked (made),"
+    " limited (no call left in the relay's budget: the device waits for a later sweep or"
+    " refusal)",
+    ["call", "answer"],
+)
+QUARANTINE_SWEPT = Gauge(
+    "fairway_relay_quarantine_swept",
+    "Devices whose reconnects the relay's quarantine sweep closes now (bounded by"
+    " ingest.quarantine.SWEEP_MAX_DEVICES)",
+)
 QUARANTINE_CONNECTED_CACHED = Gauge(
     "fairway_relay_quarantine_connected_cached",
     "Devices with a 'not connected' answer the quarantiner holds, recent or expired (bounded by"

@@ -16,6 +16,9 @@ quarantine (idempotent) or, if it holds already, closes the device's connections
 (RabbitMQ's auth cache may let a reconnect through for its TTL; the relay that imposed
 it also closes any connection of the device every ``SWEEP_S`` for that long). A device
 with no open connection is not quarantined anew: its refusals are what it queued before.
+Every management-API call that closes connections, or lists them for the sweep, comes
+out of a per-relay budget (:class:`CallBudget`: one for the sweep, one for the worker);
+docs/security.md argues the longest a quarantined device stays connected under them.
 """
 
 from __future__ import annotations
@@ -44,9 +47,24 @@ RECHECK_S = 2.0
 # After imposing, the relay closes any connection of the device every SWEEP_S for
 # SWEEP_FOR_S: RabbitMQ's auth cache (auth_cache.cache_ttl, 60 s in every configuration
 # Fairway ships) admits a reconnect with the same password until then, without asking.
+# SWEEP_FOR_S covers the cache's 60 s plus the longest a connection admitted just before
+# it expires waits for its close under the budget below (docs/security.md).
 SWEEP_S = 0.25
-SWEEP_FOR_S = 65.0
+SWEEP_FOR_S = 70.0
 SWEEP_MAX_DEVICES = 100
+# The sweep's calls (closes and lists): at most SWEEP_CALLS_PER_S a second per relay,
+# bursts of SWEEP_CALLS_BURST (a close costs the broker about 0.7 ms of CPU at 1,000
+# connections, benchmarks.quarantine_calls), least recently served device first. It lists
+# every connection in one call instead of closing each swept device in turn when that is
+# cheaper: a list costs about one close per LIST_ROWS_PER_CALL connections it returns
+# (7.2 ms against 0.7 at 1,000). The worker's closes (at a new quarantine, and of a held
+# one at later refusals beyond budget) have a budget of their own, CLOSES_PER_S and
+# CLOSES_BURST, so they cannot take the sweep's turns (docs/security.md's bound).
+SWEEP_CALLS_PER_S = 20.0
+SWEEP_CALLS_BURST = 20.0
+LIST_ROWS_PER_CALL = 100
+CLOSES_PER_S = 5.0
+CLOSES_BURST = 20.0
 LIFT_CHECK_S = 1.0  # how often the sweep re-reads its devices' records (a lift ends it)
 # "Is the device connected?" before a new quarantine: a "no" is kept NOT_CONNECTED_TTL_S
 # (a device draining what it queued before asks again at most that often), and the
@@ -131,6 +149,87 @@ class ConnectedCheck:
         return connected
 
 
+class CallBudget:
+    """A budget of management-API calls that close connections or list them (a token
+    bucket of ``per_s`` a second, bursts of ``burst``, safe across threads); every call
+    asked or refused is counted by kind."""
+
+    def __init__(self, per_s: float, burst: float) -> None:
+        self._bucket = RateLimiter(per_s, burst, 1)
+        self._lock = threading.Lock()
+
+    def left(self, now: float) -> float:
+        """Calls left at ``now`` (monotonic)."""
+        with self._lock:
+            return self._bucket.peek("", now)
+
+    def take(self, call: str, now: float) -> bool:
+        """One ``call`` (``close``, ``sweep_close``, ``list``) at ``now``; False (counted
+        as limited) if none is left."""
+        with self._lock:
+            allowed = self._bucket.allow("", now)
+        metrics.QUARANTINE_MGMT_CALLS.labels(call, "asked" if allowed else "limited").inc()
+        return allowed
+
+
+class Sweep:
+    """One pass of the sweep over the devices quarantined lately: closes their
+    connections within the budget, least recently served first, so every swept device
+    is served in turn whatever their number.
+
+    Two ways, whichever costs the broker less: one close per device (a close finding
+    nothing is a no-op), or one list of every connection (``list_users``: the vhost's
+    user names and the cluster's connection count) and a close for each swept device
+    it shows. The list's cost grows with the fleet, learnt from its last answer.
+    """
+
+    def __init__(
+        self,
+        budget: CallBudget,
+        list_users: Callable[[], tuple[set[str], int]],
+        close: Callable[[str], None],
+        vhost: str,
+    ) -> None:
+        self.budget, self._list_users, self._close, self._vhost = budget, list_users, close, vhost
+        self.fleet = 0  # connections the last list returned
+        self._served: dict[str, float] = {}  # device -> when last closed or seen unconnected
+
+    def list_cost(self) -> float:
+        """A list's cost in closes, from the size of the last one."""
+        return 1.0 + self.fleet / LIST_ROWS_PER_CALL
+
+    def run(self, devices: list[str], now: float) -> list[str]:
+        """Serve ``devices`` at ``now`` (monotonic); the user names closed."""
+        for gone in set(self._served) - set(devices):
+            del self._served[gone]
+        order = sorted(devices, key=lambda d: self._served.get(d, float("-inf")))
+        targets: list[tuple[str, list[str]]]
+        if len(order) > self.list_cost() and self.budget.left(now) >= 2.0:
+            self.budget.take("list", now)
+            users, self.fleet = self._list_users()
+            targets = []
+            for device in order:
+                names = [n for n in (device, f"{self._vhost}:{device}") if n in users]
+                if names:
+                    targets.append((device, names))
+                else:
+                    self._served[device] = now  # not connected: nothing to close now
+        else:
+            targets = [(device, [device]) for device in order]
+        closed: list[str] = []
+        for device, names in targets:
+            if not self.budget.take("sweep_close", now):
+                continue  # counted as limited; first in line at the next pass
+            self._served[device] = now
+            for name in names:
+                try:
+                    self._close(name)
+                    closed.append(name)
+                except Exception:  # the next pass tries again
+                    log.debug("sweep of %s failed", name, exc_info=True)
+        return closed
+
+
 class Quarantiner:
     """The relay's side of quarantine: watch refusals, impose and close off the I/O loop.
 
@@ -151,6 +250,14 @@ class Quarantiner:
                 management.connections_of(settings.rabbitmq_mgmt_url, settings.vhost, device)
             ),
             settings.device_cache_size,
+        )
+        self.closes = CallBudget(CLOSES_PER_S, CLOSES_BURST)  # the worker's
+        url = settings.rabbitmq_mgmt_url
+        self.sweep = Sweep(
+            CallBudget(SWEEP_CALLS_PER_S, SWEEP_CALLS_BURST),
+            lambda: management.connected_users(url, settings.vhost),
+            lambda user: management.close_user_connections(url, user, "device quarantined"),
+            settings.vhost,
         )
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="quarantine")
         self._queued: set[str] = set()  # devices with an action waiting on the worker
@@ -216,6 +323,7 @@ class Quarantiner:
             with self._sweep_lock:
                 if len(self._sweep) < SWEEP_MAX_DEVICES:
                     self._sweep[device] = time.monotonic() + min(SWEEP_FOR_S, s.quarantine_s)
+                metrics.QUARANTINE_SWEPT.set(len(self._sweep))
             metrics.DEVICES_QUARANTINED.labels(found.tenant).inc()
             log.warning(
                 "device quarantined: refused beyond its budget",
@@ -228,6 +336,14 @@ class Quarantiner:
             )
         elif held is None:
             return None  # another relay imposed it just now, and closes the connections
+        else:
+            with self._sweep_lock:
+                if device in self._sweep:
+                    return None  # this relay's sweep closes it within its turn
+        if not self.closes.take("close", time.monotonic()):
+            # No call left: a new quarantine is in the sweep (closed at its turn); a held
+            # one is closed again at a later refusal beyond budget.
+            return record
         try:
             # At once (connection tracking): a reconnect admitted by the broker's auth
             # cache is a second old when this runs again.
@@ -239,8 +355,9 @@ class Quarantiner:
         return record
 
     def _sweep_loop(self) -> None:
-        """Close the connections of devices quarantined lately, every ``SWEEP_S``; once
-        a second their records are read again, and a lifted device is let be."""
+        """Close the connections of devices quarantined lately, every ``SWEEP_S`` within
+        the budget (:class:`Sweep`); once a second their records are read again, and a
+        lifted device is let be."""
         checked = 0.0
         while not self._stop.wait(SWEEP_S):
             now = time.monotonic()
@@ -248,16 +365,16 @@ class Quarantiner:
                 for device in [d for d, until in self._sweep.items() if until <= now]:
                     del self._sweep[device]
                 devices = list(self._sweep)
+                metrics.QUARANTINE_SWEPT.set(len(devices))
             if devices and now - checked >= LIFT_CHECK_S:
                 checked = now
                 devices = self._still_held(devices)
-            for device in devices:
-                try:
-                    management.close_user_connections(
-                        self.settings.rabbitmq_mgmt_url, device, "device quarantined"
-                    )
-                except Exception:  # the next sweep tries again
-                    log.debug("sweep of %s failed", device, exc_info=True)
+            if not devices:
+                continue
+            try:
+                self.sweep.run(devices, time.monotonic())
+            except Exception:  # the list failed: the next pass tries again
+                log.debug("sweep failed", exc_info=True)
 
     def _still_held(self, devices: list[str]) -> list[str]:
         """Those of ``devices`` whose quarantine still holds; the others leave the sweep."""

@@ -93,6 +93,18 @@ def connections_of(base_url: str, vhost: str, user: str) -> list[str]:
     ]
 
 
+def connected_users(base_url: str, vhost: str) -> tuple[set[str], int]:
+    """The user names with a connection open on ``vhost``, and how many connections the
+    cluster has in all (what the call cost the broker grows with).
+
+    One call for every user: ``GET /api/connections?disable_stats=true`` lists the
+    broker's connection tracking (a connection shows at once), across every vhost of the
+    cluster, so its cost grows with the whole fleet (``benchmarks.quarantine_calls``).
+    """
+    rows = call(base_url, "GET", "connections?disable_stats=true&columns=user,vhost") or []
+    return {str(r.get("user")) for r in rows if r.get("vhost") == vhost}, len(rows)
+
+
 def close_connections(
     base_url: str, vhost: str, user: str, reason: str, wait_s: float = 8.0
 ) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from benchmarks import isolation
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import accounts, quarantine
-from ingest.quarantine import Quarantiner
+from ingest.metrics import QUARANTINE_MGMT_CALLS as SWEEP_CALLS
+from ingest.quarantine import SWEEP_CALLS_BURST, SWEEP_CALLS_PER_S, Quarantiner
 from tests.harness import Pipeline, reading, wait_for
 from tests.integration.conftest import pipeline_on_own_broker
 from web import create_app
@@ -287,3 +288,83 @@ def test_a_lift_ends_the_sweep_and_what_was_queued_before_is_no_new_offence(
         assert again is not None and again.offences == 2
     finally:
         quarantiner.close()
+
+
+def _connect(pipeline: Pipeline, creds: dict[str, str]) -> pika.BlockingConnection:
+    params = pika.URLParameters(pipeline.settings.amqp_url)
+    params.credentials = pika.PlainCredentials(creds["username"], creds["password"])
+    return pika.BlockingConnection(params)
+
+
+def _is_open(connection: pika.BlockingConnection) -> bool:
+    try:
+        connection.process_data_events(time_limit=0)
+    except AMQPConnectionError:
+        return False
+    return bool(connection.is_open)
+
+
+def _sweep_calls() -> dict[tuple[str, str], float]:
+    return {
+        (call, answer): SWEEP_CALLS.labels(call, answer)._value.get()
+        for call in ("list", "sweep_close")
+        for answer in ("asked", "limited")
+    }
+
+
+def test_the_sweep_serves_many_quarantined_devices_with_one_list_within_its_budget(
+    pipeline: Pipeline,
+) -> None:
+    """40 devices swept at once, 10 of them connected: one list a pass finds the 10, a
+    close each, nothing for the 30 others; the calls stay within the sweep's budget; and a
+    swept device reconnecting every 0.5 s from the broker's auth cache is cut within a pass.
+    Before, the sweep closed each of the 40 every 0.25 s (160 calls a second)."""
+    pipeline.tenant("many")
+    devices = [pipeline.device("many", f"swept-{i}") for i in range(40)]
+    pipeline.start("web")
+    quarantiner = Quarantiner(pipeline.settings, pipeline.db)
+    connections = [_connect(pipeline, creds) for creds in devices[:10]]  # logins cached 60 s
+    try:
+        now = time.time()
+        for creds in devices:
+            imposed = quarantine.impose(
+                pipeline.db, creds["username"], "many", now, 300.0, 3600.0, quarantine.REASON
+            )
+            assert imposed is not None
+        before = _sweep_calls()
+        started = time.monotonic()
+        with quarantiner._sweep_lock:  # as act() puts them
+            for creds in devices:
+                quarantiner._sweep[creds["username"]] = started + 70
+        wait_for(lambda: not any(_is_open(c) for c in connections), 5, "the 10 closed")
+        closed_after = time.monotonic() - started
+        time.sleep(2.0)  # nobody connected: a list a pass, no close
+        elapsed = time.monotonic() - started
+        calls = {k: v - before[k] for k, v in _sweep_calls().items()}
+        print(f"closed after {closed_after:.2f} s; calls in {elapsed:.1f} s: {calls}")
+        assert closed_after < 1.0
+        assert calls["sweep_close", "asked"] == 10
+        assert calls["list", "asked"] >= elapsed / 0.25 / 2  # a pass every 0.25 s at most
+        assert calls["list", "asked"] + calls["sweep_close", "asked"] <= (
+            SWEEP_CALLS_BURST + SWEEP_CALLS_PER_S * elapsed
+        )
+
+        # The attacker: reconnecting every 0.5 s, admitted by the broker's auth cache.
+        lifetimes: list[float] = []
+        for _ in range(6):
+            opened = time.monotonic()
+            try:
+                attacker = _connect(pipeline, devices[0])
+            except AMQPConnectionError:  # closed before its handshake ended: cut already
+                lifetimes.append(time.monotonic() - opened)
+            else:
+                wait_for(lambda c=attacker: not _is_open(c), 5, "the reconnect closed")  # type: ignore[misc]
+                lifetimes.append(time.monotonic() - opened)
+            time.sleep(0.5)
+        print(f"attacker's connections lasted {[round(t, 2) for t in lifetimes]} s")
+        assert max(lifetimes) < 1.0  # a pass (0.25 s), the login and the polling
+    finally:
+        quarantiner.close()
+        for connection in connections:
+            with suppress(Exception):
+                connection.close()

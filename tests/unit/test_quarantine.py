@@ -6,7 +6,17 @@ import pytest
 
 from fairway.kernel.settings import Settings, SettingsError
 from fairway.storage.quarantine import Quarantine, next_offence, period
-from ingest.quarantine import ConnectedCheck, QuarantineWatch
+from ingest import metrics
+from ingest.quarantine import (
+    SWEEP_CALLS_BURST,
+    SWEEP_CALLS_PER_S,
+    SWEEP_MAX_DEVICES,
+    SWEEP_S,
+    CallBudget,
+    ConnectedCheck,
+    QuarantineWatch,
+    Sweep,
+)
 
 
 def test_a_flood_beyond_the_budget_trips_the_watch_once_the_bucket_is_empty() -> None:
@@ -105,3 +115,113 @@ def test_the_connected_check_keeps_a_no_and_stays_within_its_budget_of_calls() -
     assert answers.count(False) == 20 and answers.count(None) == 480
     # Then 5 a second, however many wait.
     assert [check(f"d{i}", 201.0) for i in range(20, 500)].count(False) == 5
+
+
+def _calls(call: str, answer: str) -> float:
+    return metrics.QUARANTINE_MGMT_CALLS.labels(call, answer)._value.get()
+
+
+def test_the_call_budget_allows_its_burst_then_its_rate_and_counts_both_answers() -> None:
+    budget = CallBudget(per_s=20.0, burst=20.0)
+    asked, limited = _calls("close", "asked"), _calls("close", "limited")
+    assert [budget.take("close", 10.0) for _ in range(30)].count(True) == 20
+    assert _calls("close", "asked") == asked + 20 and _calls("close", "limited") == limited + 10
+    assert [budget.take("close", 10.25) for _ in range(30)].count(True) == 5  # 20/s x 0.25 s
+    assert budget.left(100.0) == 20.0  # never more than the burst
+
+
+class Broker:
+    """A stand-in for the management API in the sweep's unit tests: which devices are
+    connected, and every call made (the integration tests use the real one)."""
+
+    def __init__(self, fleet: int = 0) -> None:
+        self.connected: set[str] = set()
+        self.fleet = fleet
+        self.calls: list[str] = []
+
+    def list_users(self) -> tuple[set[str], int]:
+        self.calls.append("list")
+        return set(self.connected), self.fleet + len(self.connected)
+
+    def close(self, user: str) -> None:
+        self.calls.append(f"close {user}")
+        self.connected.discard(user)
+
+
+def test_the_sweep_closes_each_device_in_turn_when_a_list_would_cost_more() -> None:
+    broker = Broker(fleet=100_000)  # a list would cost about 1,000 closes
+    sweep = Sweep(CallBudget(20.0, 20.0), broker.list_users, broker.close, "/")
+    sweep.fleet = 100_000
+    devices = [f"d{i}" for i in range(50)]
+    served: dict[str, list[float]] = {d: [] for d in devices}
+    for n in range(40):  # 10 s of passes
+        now = n * 0.25
+        for user in sweep.run(devices, now):
+            served[user].append(now)
+    assert "list" not in broker.calls
+    # 20 at once, then 5 a pass: every device served at least every 50/20 = 2.5 s.
+    assert len(broker.calls) == 20 + 39 * 5
+    for times in served.values():
+        gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
+        assert times and max(gaps) <= 2.5, times
+
+
+def test_the_sweep_lists_once_and_closes_only_the_connected_when_that_is_cheaper() -> None:
+    broker = Broker(fleet=200)
+    sweep = Sweep(CallBudget(20.0, 20.0), broker.list_users, broker.close, "/")
+    devices = [f"d{i}" for i in range(50)]
+    broker.connected = {"d3", "d40", "/:d7", "someone-else"}
+    closed = sweep.run(devices, 0.0)
+    assert broker.calls[0] == "list" and sorted(closed) == ["/:d7", "d3", "d40"]
+    assert sweep.fleet == 204 and sweep.list_cost() == pytest.approx(3.04)
+    # Nobody connected: one call a pass serves all 50 devices.
+    broker.calls.clear()
+    for n in range(1, 9):
+        assert sweep.run(devices, n * 0.25) == []
+    assert broker.calls == ["list"] * 8
+    # Three devices or fewer (a list costs about 3 closes): a close each, no list.
+    broker.calls.clear()
+    sweep.run(devices[:3], 3.0)
+    assert broker.calls == ["close d0", "close d1", "close d2"]
+
+
+def test_under_the_budget_connected_devices_are_served_least_recently_served_first() -> None:
+    broker = Broker()
+    sweep = Sweep(CallBudget(20.0, 20.0), broker.list_users, broker.close, "/")
+    devices = [f"d{i}" for i in range(50)]
+    broker.connected = set(devices)
+    assert len(sweep.run(devices, 0.0)) == 19  # the list and 19 closes (the burst)
+    second = sweep.run(devices, 0.25)  # a list and 4 closes: the next in line
+    assert second == ["d19", "d20", "d21", "d22"]
+
+
+def _longest_connected(swept: int, reconnect_s: float, fleet: int, seconds: float) -> float:
+    """Devices reconnecting ``reconnect_s`` after each close, swept by one relay for
+    ``seconds``: the longest any connection stayed open (passes every SWEEP_S)."""
+    broker = Broker(fleet=fleet)
+    budget = CallBudget(SWEEP_CALLS_PER_S, SWEEP_CALLS_BURST)
+    sweep = Sweep(budget, broker.list_users, broker.close, "/")
+    devices = [f"d{i}" for i in range(swept)]
+    opened = dict.fromkeys(devices, 0.0)  # every device connected at the start
+    broker.connected = set(devices)
+    longest, now = 0.0, 0.0
+    while now < seconds:
+        now += SWEEP_S
+        for device in devices:  # reconnects due before this pass
+            if device not in broker.connected and now - opened[device] >= reconnect_s:
+                broker.connected.add(device)
+                opened[device] = now - (now - opened[device] - reconnect_s)
+        for user in sweep.run(devices, now):
+            longest = max(longest, now - opened[user])
+            opened[user] = now
+    return longest
+
+
+def test_the_documented_bound_holds_for_attackers_reconnecting_every_half_second() -> None:
+    # docs/security.md: one swept device is cut at the next pass; a full sweep (100
+    # devices, every one reconnecting every 0.5 s) within 100 / (20 - 4) passes' worth
+    # of closes plus a pass: 6.5 s, whether the sweep lists (small fleet) or not.
+    assert _longest_connected(1, 0.5, fleet=1000, seconds=70) <= SWEEP_S
+    assert SWEEP_MAX_DEVICES == 100
+    for fleet in (0, 1_000, 100_000):
+        assert _longest_connected(100, 0.5, fleet=fleet, seconds=70) <= 6.5
