@@ -8,22 +8,31 @@ shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
 * ``provision_s``: the tenants and their devices provisioned in bulk
   (:func:`fairway.provision_bulk.provision_many`, ``fairway tenant create-many``).
   Tenant ``i`` gets weight ``1 + i % 2`` (the weighted fairness check below).
-* ``broker_baseline``: the broker's CPU (its ``beam.smp``, from ``/proc``) with every
-  queue declared and no scheduler, over ``--idle-s`` seconds.
 * per contender (``--roots``: ``name=path`` of a checkout; the scheduler runs as
   ``python -m fairway scheduler --sink mongo`` from that directory, so ``before`` can be
   a checkout of main and ``after`` this one, in the same run):
 
   - ``consuming_after_s``: from its start until every tenant queue has a consumer
-    (management API, statistics every 5 s);
-  - idle: after ``--settle-s``, its CPU and the broker's over ``--idle-s`` seconds
-    (fraction of one core), RSS;
+    (passive declares), median over its starts;
+  - idle (:func:`idle_windows`): ``--idle-windows`` windows of ``--idle-s`` seconds of
+    each state, alternating: no scheduler process (so no connection, no consumer; the
+    ``broker_baseline``), then the scheduler started and consuming every queue, each
+    ``--settle-s`` after the change. The broker's CPU (its ``beam.smp``, from ``/proc``,
+    fraction of one core) in every window, the scheduler's and its RSS in its own; the
+    figures and the broker target are the medians of each state, every window is in the
+    JSON (single windows of one state differed by up to 2x on 2 shared cores). The last
+    scheduler started runs the rest;
   - warm-up: one reading per device, stored (first writes of a device are not what
     the drains measure);
   - ``spread`` drain: the scheduler is stopped (``SIGSTOP``), ``--readings`` readings
     spread evenly over every tenant are published straight into the tenant queues, then
     ``SIGCONT``; drain rate and scheduler CPU per reading until it has written them all,
     RSS after;
+  - ``spread_same_devices`` (with ``--spread-devices D``, at counts below ``D``): the
+    spread drain again over ``D / n`` devices per tenant, so each device gets as many
+    readings as at the largest count. Per-device work (``device_state``, events, rollup
+    folds) is then the same at both sizes and the JSON's ``same_devices_ratio`` (largest
+    count's spread against this) is the per-tenant part of the spread ratio;
   - ``hot10`` drain: the same with the readings on 10 tenants only, the others idle;
   - ``fairness`` (at ``--jain-at`` tenants, 1,000 by default): every one of
     ``--jain-tenants`` tenants backlogged for the whole measured window, with the
@@ -44,7 +53,8 @@ shared broker; ``--shared-broker`` allows counts up to 1,000 on it) and, with
     express batch does not distort the weights among the backlogged ones.
     ``--only fairness`` runs only this part (after provisioning and consumers).
 
-``--only provision`` runs provisioning alone (no scheduler, no baseline).
+``--only provision`` runs provisioning alone (no scheduler, no baseline); its
+``targets`` hold the provisioning time at the largest count against 60 s.
 
 Completion is watched on two unlabelled metrics (readings handed to writers, batches in
 flight) so that polling costs the same at 10,000 tenants as at 10; the stored and
@@ -177,14 +187,19 @@ def broker_cpu(pids: list[int]) -> float:
     return sum(cpu_s(pid) for pid in pids)
 
 
-def messages(tenants: list[str], per_tenant: int, tag: str, now: float) -> list[tuple]:
-    """``per_tenant`` readings per tenant, round-robin over tenants (spread evenly)."""
+def messages(
+    tenants: list[str], per_tenant: int, tag: str, now: float, devices: int = 1
+) -> list[tuple]:
+    """``per_tenant`` readings per tenant, round-robin over tenants (spread evenly) and
+    within a tenant over its first ``devices`` devices."""
     return [
         (
             topology.TENANTS,
             tenant,
             tenant_message(
-                tenant, Reading(f"{tenant}-d0", "env", f"{tag}-{i}", now + i * 1e-3, {"t": i}), now
+                tenant,
+                Reading(f"{tenant}-d{i % devices}", "env", f"{tag}-{i}", now + i * 1e-3, {"t": i}),
+                now,
             ),
         )
         for i in range(per_tenant)
@@ -224,16 +239,24 @@ def py_spy(sched: FairwayProcess, label: str, directory: str) -> subprocess.Pope
 
 
 def drain(
-    env: Pipeline, sched: FairwayProcess, tenants: list[str], total: int, tag: str, args: Any
+    env: Pipeline,
+    sched: FairwayProcess,
+    tenants: list[str],
+    total: int,
+    tag: str,
+    args: Any,
+    devices: int = 1,
 ) -> dict[str, Any]:
-    """``total`` readings spread over ``tenants``, published while the scheduler is
-    stopped, then drained: rate and scheduler CPU per reading."""
+    """``total`` readings spread over ``tenants`` (and ``devices`` devices of each),
+    published while the scheduler is stopped, then drained: rate and scheduler CPU per
+    reading."""
     per_tenant = max(1, total // len(tenants))
     total = per_tenant * len(tenants)
     before, stored0 = handed(sched), written(sched)
     batches0 = sched.metrics(BATCHES, EXPRESS_BATCHES)
     spy = py_spy(sched, f"{len(tenants)}-{tag}", args.py_spy)
-    fill_stopped(env, sched, messages(tenants, per_tenant, tag, time.time()), tenants[-1])
+    batch = messages(tenants, per_tenant, tag, time.time(), devices)
+    fill_stopped(env, sched, batch, tenants[-1])
     t1, c1 = time.monotonic(), cpu_s(sched.pid)
     common.poll_until(lambda: settled(sched, before + total), args.timeout, 0.2, f"{tag} drain")
     seconds, cpu = time.monotonic() - t1, cpu_s(sched.pid) - c1
@@ -249,6 +272,7 @@ def drain(
     return {
         "readings": total,
         "tenants": len(tenants),
+        "devices": len(tenants) * min(devices, per_tenant),
         "batches": grown(BATCHES),
         "express_batches": grown(EXPRESS_BATCHES),
         "drain_seconds": r(seconds, 2),
@@ -445,37 +469,97 @@ def fairness(env: Pipeline, sched: FairwayProcess, tenants: list[str], args: Any
     return out
 
 
+def start_consuming(
+    env: Pipeline, root: Path, label: str, tenants: list[str], args: Any
+) -> tuple[FairwayProcess, float]:
+    """A scheduler from ``root``, once every tenant queue has its consumer; and how long
+    that took from its start."""
+    sched = start_scheduler(root, env.settings, label, args.sink, args.profile)
+    sched.wait_ready(timeout=120)
+    started = time.monotonic()
+    n = len(tenants)
+    common.poll_until(lambda: consumed(env, tenants) == n, 600, 1.0, f"{label} consumers")
+    return sched, time.monotonic() - started
+
+
+def idle_windows(
+    env: Pipeline, root: Path, name: str, tenants: list[str], args: Any, brokers: list[int]
+) -> tuple[FairwayProcess, dict[str, Any]]:
+    """``--idle-windows`` pairs of ``--idle-s`` windows, alternating: no consumer (no
+    scheduler process, so no connection and no consumer), then a scheduler consuming
+    every tenant queue, ``--settle-s`` after each change. Broker CPU in each, the
+    scheduler's in its own; medians. Returns the last scheduler, still running."""
+
+    def window(sched: FairwayProcess | None) -> dict[str, float]:
+        t0, b0 = time.monotonic(), broker_cpu(brokers)
+        s0 = cpu_s(sched.pid) if sched else 0.0
+        time.sleep(args.idle_s)
+        elapsed = time.monotonic() - t0
+        out = {"broker": r((broker_cpu(brokers) - b0) / elapsed, 4)}
+        if sched:
+            out["scheduler"] = r((cpu_s(sched.pid) - s0) / elapsed, 4)
+        return out
+
+    n = len(tenants)
+    none: list[dict[str, float]] = []
+    running: list[dict[str, float]] = []
+    ready: list[float] = []
+    for k in range(args.idle_windows):
+        none.append(window(None))
+        sched, ready_s = start_consuming(env, root, f"{NAME}-{n}-{name}-{k}", tenants, args)
+        ready.append(ready_s)
+        time.sleep(args.settle_s)
+        running.append({**window(sched), "rss_mb": r(sched.status().get("VmRSS", 0) / 1024)})
+        if k == args.idle_windows - 1:
+            break
+        sched.stop()
+        # The management API's statistics lag up to 5 s: gone there means gone.
+        common.poll_until(lambda: channels(env) == 0, 120, 1.0, f"{name} channels closed")
+        time.sleep(args.settle_s)
+
+    def median(rows: list[dict[str, float]], key: str) -> float:
+        return r(statistics.median(x[key] for x in rows), 4)
+
+    return sched, {
+        "consuming_after_s": r(statistics.median(ready), 1),
+        "broker_baseline": median(none, "broker"),
+        "broker": median(running, "broker"),
+        "scheduler": median(running, "scheduler"),
+        "rss_mb": median(running, "rss_mb"),
+        "windows": {"no_consumer": none, "consumers": running},
+    }
+
+
 def contender(
     env: Pipeline, root: Path, name: str, tenants: list[str], args: Any, brokers: list[int]
 ) -> dict[str, Any]:
-    """Idle, warm-up, drains and fairness of one scheduler build."""
+    """Idle windows, warm-up, drains and fairness of one scheduler build."""
     n = len(tenants)
-    sched = start_scheduler(root, env.settings, f"{NAME}-{n}-{name}", args.sink, args.profile)
-    try:
-        sched.wait_ready(timeout=120)
-        started = time.monotonic()
-        common.poll_until(lambda: consumed(env, tenants) == n, 600, 1.0, f"{name} consumers")
-        ready_s = time.monotonic() - started
-        time.sleep(args.settle_s)
-        if args.only == "fairness":
+    if args.only == "fairness":
+        sched, ready_s = start_consuming(env, root, f"{NAME}-{n}-{name}", tenants, args)
+        try:
+            time.sleep(args.settle_s)
             return {
                 "consuming_after_s": r(ready_s, 1),
                 "fairness": fairness(env, sched, tenants, args),
                 "rss_mb": {"peak": r(sched.status().get("VmHWM", 0) / 1024)},
             }
-        rss_idle = sched.status().get("VmRSS", 0) / 1024
-        t0, s0, b0 = time.monotonic(), cpu_s(sched.pid), broker_cpu(brokers)
-        time.sleep(args.idle_s)
-        elapsed = time.monotonic() - t0
-        idle = {
-            "scheduler": r((cpu_s(sched.pid) - s0) / elapsed, 4),
-            "broker": r((broker_cpu(brokers) - b0) / elapsed, 4),
-        }
+        finally:
+            sched.stop()
+    sched, idle = idle_windows(env, root, name, tenants, args, brokers)
+    # As many devices as the largest count spreads over (per-device work equal), if asked.
+    per_tenant = max(1, args.spread_devices // n)
+    try:
         chans = channels(env)
         with env.channel() as ch:
-            common.publish_all(ch, messages(tenants, 1, f"{name}-warm", time.time()))
-        common.poll_until(lambda: written(sched) >= n, 300, 1.0, "warm-up")
+            common.publish_all(
+                ch, messages(tenants, per_tenant, f"{name}-warm", time.time(), per_tenant)
+            )
+        common.poll_until(lambda: written(sched) >= n * per_tenant, 300, 1.0, "warm-up")
         spread = drain(env, sched, tenants, args.readings, f"{name}-spread", args)
+        same = None
+        if per_tenant > 1:
+            same = drain(env, sched, tenants, args.readings, f"{name}-spreaddev", args, per_tenant)
         rss_end = sched.status().get("VmRSS", 0) / 1024
         hot = drain(env, sched, tenants[:HOT], args.readings, f"{name}-hot", args)
         fair = fairness(env, sched, tenants, args) if n == args.jain_at else None
@@ -483,16 +567,19 @@ def contender(
     finally:
         sched.stop()
     return {
-        "consuming_after_s": r(ready_s, 1),
+        "consuming_after_s": idle["consuming_after_s"],
         "channels": chans,
-        "idle_core_fraction": idle,
+        "idle_core_fraction": {"scheduler": idle["scheduler"], "broker": idle["broker"]},
+        "broker_baseline_core_fraction": idle["broker_baseline"],
+        "idle_windows": idle["windows"],
         "spread": spread,
+        "spread_same_devices": same,
         "hot10": hot,
         "fairness": fair,
         # The flat keys of many_tenants (its JSON and summary rows).
         "drain_rate": spread["drain_rate"],
         "scheduler_cpu_us_per_reading": spread["scheduler_cpu_us_per_reading"],
-        "rss_mb": {"idle": r(rss_idle), "after_drain": r(rss_end), "peak": r(rss_peak)},
+        "rss_mb": {"idle": idle["rss_mb"], "after_drain": r(rss_end), "peak": r(rss_peak)},
     }
 
 
@@ -525,11 +612,7 @@ def run_count(n: int, roots: dict[str, Path], args: Any, order: list[str]) -> di
             return out
         time.sleep(args.settle_s)
         for name in order:
-            t0, b0 = time.monotonic(), broker_cpu(brokers)
-            time.sleep(args.idle_s)
-            baseline = (broker_cpu(brokers) - b0) / (time.monotonic() - t0)
             result = contender(env, roots[name], name, tenants, args, brokers)
-            result["broker_baseline_core_fraction"] = r(baseline, 4)
             result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
             out[name] = result
             if args.only == "fairness":
@@ -538,8 +621,10 @@ def run_count(n: int, roots: dict[str, Path], args: Any, order: list[str]) -> di
             say(
                 f"{n} tenants, {name}: consuming after {result['consuming_after_s']} s,"
                 f" idle sched {result['idle_core_fraction']['scheduler']:.4f}"
-                f" broker {result['idle_core_fraction']['broker']:.4f} (baseline {baseline:.4f}),"
-                f" spread {result['spread']}, hot10 {result['hot10']},"
+                f" broker {result['idle_core_fraction']['broker']:.4f}"
+                f" (baseline {result['broker_baseline_core_fraction']:.4f}),"
+                f" spread {result['spread']}, same devices {result['spread_same_devices']},"
+                f" hot10 {result['hot10']},"
                 f" fairness {result['fairness']}, channels {result['channels']},"
                 f" rss {result['rss_mb']}, load {result['loadavg']}"
             )
@@ -555,7 +640,20 @@ def main() -> None:
         help="comma-separated tenant counts (those above 10,000 x scale are left out)",
     )
     p.add_argument("--readings", type=int, default=20_000, help="readings per drain")
-    p.add_argument("--idle-s", type=float, default=20.0)
+    p.add_argument("--idle-s", type=float, default=20.0, help="seconds per idle window")
+    p.add_argument(
+        "--idle-windows",
+        type=int,
+        default=3,
+        help="idle windows of each state (no consumer / scheduler consuming, alternating)",
+    )
+    p.add_argument(
+        "--spread-devices",
+        type=int,
+        default=0,
+        help="also a spread drain over this many devices at smaller counts (devices/n per"
+        " tenant): per-device work as at the largest count, so the rest is per tenant",
+    )
     p.add_argument("--settle-s", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--jain-at", type=int, default=1000, help="tenant count of the fairness run")
@@ -642,6 +740,9 @@ def _medians(results: list[dict[str, Any]]) -> dict[str, Any]:
         "scheduler_cpu_us_per_reading": median(
             lambda x: x["spread"]["scheduler_cpu_us_per_reading"]
         ),
+        "same_devices_cpu_us_per_reading": median(
+            lambda x: (x["spread_same_devices"] or x["spread"])["scheduler_cpu_us_per_reading"]
+        ),
         "hot10_drain_rate": median(lambda x: x["hot10"]["drain_rate"]),
         "hot10_cpu_us_per_reading": median(lambda x: x["hot10"]["scheduler_cpu_us_per_reading"]),
         "rss_idle_mb": median(lambda x: x["rss_mb"]["idle"]),
@@ -689,14 +790,31 @@ def targets(
             "met": big["rss_peak_mb"] <= TARGET_RSS_MB,
         },
     }
-    if "10000" in provision:
-        out[f"provisioning 10,000 tenants <= {TARGET_PROVISION_S_10K:g} s"] = {
-            "value": provision["10000"],
-            "met": provision["10000"] <= TARGET_PROVISION_S_10K,
-        }
+    out.update(provision_targets(provision))
     if fair is not None:
         out.update(fairness_targets(fair))
     return out
+
+
+def same_devices_ratio(med: dict[str, dict[str, Any]], name: str) -> float | None:
+    """Spread CPU per reading at the largest count against the smallest count's drain over
+    as many devices (``--spread-devices``): the per-tenant part of the spread ratio."""
+    counts = sorted(med, key=int)
+    big, small = med[counts[-1]][name], med[counts[0]][name]
+    return common.ratio(
+        big["scheduler_cpu_us_per_reading"], small["same_devices_cpu_us_per_reading"], 2
+    )
+
+
+def provision_targets(provision: dict[str, float]) -> dict[str, Any]:
+    """Provisioning at the largest count run within the 60 s the issue gives 10,000."""
+    hi = max(provision, key=int)
+    return {
+        f"provisioning {int(hi):,} tenants <= {TARGET_PROVISION_S_10K:g} s": {
+            "value": provision[hi],
+            "met": provision[hi] <= TARGET_PROVISION_S_10K,
+        }
+    }
 
 
 def fairness_targets(fair: dict[str, Any]) -> dict[str, Any]:
@@ -737,11 +855,16 @@ def run(args: Any) -> None:
             order = names if (i + k) % 2 == 0 else names[::-1]
             results[str(n)] = run_count(n, roots, args, order)
         rounds.append(results)
+    provision = {
+        str(n): r(statistics.median(rd[str(n)]["provision_s"] for rd in rounds), 1) for n in counts
+    }
     if args.only == "provision":
         common.emit(
             {
                 "meta": {**run_meta, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+                "provision_s": provision,
                 "rounds": rounds,
+                "targets": provision_targets(provision),
             }
         )
         return
@@ -760,7 +883,6 @@ def run(args: Any) -> None:
         n: {name: _medians([rd[n][name] for rd in rounds]) for name in names}
         for n in map(str, counts)
     }
-    provision = {n: r(statistics.median(rd[n]["provision_s"] for rd in rounds), 1) for n in med}
     last = names[-1]
     fair = rounds[-1].get(str(args.jain_at), {}).get(last, {}).get("fairness")
     common.emit(
@@ -769,6 +891,7 @@ def run(args: Any) -> None:
             "medians": med,
             "provision_s": provision,
             "fairness": fair,
+            "same_devices_ratio": same_devices_ratio(med, last),
             "rounds": rounds,
             "targets": targets(med, provision, fair, last),
         }

@@ -92,7 +92,7 @@ from scheduler.sink import (
     WriteOutcome,
     check_outcome,
 )
-from scheduler.tenant_channel import TenantConsumer
+from scheduler.tenant_channel import TenantConsumer, settle_together
 
 log = logging.getLogger(__name__)
 
@@ -532,8 +532,12 @@ class Scheduler(AmqpService):
             settled[consumer].append((delivery.tag, delivery.source))
         metrics.SCHED_STORED.inc_many((t, n) for t, n in stored.items() if n)
         metrics.SCHED_DUPLICATES.inc_many((t, n) for t, n in duplicates.items() if n)
+        # One settle per channel (its tenants' tags together): see settle_together.
+        channels: dict[int, dict[TenantConsumer, list[tuple[int, str]]]] = defaultdict(dict)
         for consumer, tags in settled.items():
-            consumer.settle(tags)  # one multiple ack over the settled prefix
+            channels[id(consumer.acks)][consumer] = tags
+        for together in channels.values():
+            settle_together(together)
 
     # -- backlogged tenants and the prefetch budget ---------------------------------
     def _backlog_started(self, consumer: TenantConsumer) -> None:

@@ -79,6 +79,34 @@ def new_acks() -> ChannelAcks[TenantConsumer]:
     return ChannelAcks(stuck_limit)
 
 
+def settle_together(settled: dict[TenantConsumer, list[tuple[int, str]]]) -> None:
+    """Settle the (delivery tag, consumer tag) pairs of tenants sharing one channel (and
+    its :class:`ChannelAcks`) at once, and send what the channel may ack now.
+
+    One settle per channel and batch, not one per tenant: with thousands of tenants a
+    batch holds a few readings of each, and settled one tenant at a time, a tenant's
+    settled tags would wait behind another's that the same batch settles next (and,
+    at its stuck limit, go out as single acks), the prefix being walked per tenant.
+    """
+    first = next(iter(settled))
+    delivery_tags = []
+    for consumer, pairs in settled.items():
+        for delivery_tag, consumer_tag in pairs:
+            delivery_tags.append(delivery_tag)
+            consumer.held[consumer_tag] -= 1
+    plan = first.acks.settle(delivery_tags)
+    if plan and first.channel is not None:
+        now = time.monotonic()
+        for consumer in settled:
+            consumer.acked_at = now
+        if first.send_acks is not None:
+            first.send_acks(first.channel, plan)
+        else:
+            channel_acks.send(first.channel, plan)
+    for consumer in settled:
+        consumer._progress()
+
+
 @dataclass(eq=False)
 class TenantConsumer:
     """One tenant queue's (at most two) consumers on a shared channel, and its acks."""
@@ -213,18 +241,7 @@ class TenantConsumer:
         The ``multiple`` ack covers a prefix of the *channel's* tags that are all
         settled, which may include other tenants' (:mod:`scheduler.channel_acks`).
         """
-        delivery_tags = []
-        for delivery_tag, consumer_tag in tags:
-            delivery_tags.append(delivery_tag)
-            self.held[consumer_tag] -= 1
-        plan = self.acks.settle(delivery_tags)
-        if plan and self.channel is not None:
-            self.acked_at = time.monotonic()
-            if self.send_acks is not None:
-                self.send_acks(self.channel, plan)
-            else:
-                channel_acks.send(self.channel, plan)
-        self._progress()
+        settle_together({self: list(tags)})
 
     def reset(self) -> None:
         """The channel closed: the broker requeued every unacked delivery.

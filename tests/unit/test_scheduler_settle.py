@@ -26,7 +26,7 @@ from fairway.storage.registry import Tenant
 from fairway.storage.rollups import ROLLUP_PENDING
 from scheduler.service import Delivery, Scheduler
 from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, MongoSink, NullSink, Sink, WriteOutcome
-from scheduler.tenant_channel import TenantConsumer
+from scheduler.tenant_channel import TenantConsumer, new_acks
 
 REFUSED_CODE = 121  # document validation failure: not a duplicate
 
@@ -138,6 +138,23 @@ def test_a_written_batch_is_acked_once_per_tenant_channel(stopped: list[Schedule
     assert beta_channel.acks == [(2, True)]
     assert sample("fairway_scheduler_stored_total", tenant="acme") - before == 3
     assert scheduler.inflight == 0
+
+
+def test_tenants_sharing_a_channel_settle_a_batch_together(stopped: list[Scheduler]) -> None:
+    """Interleaved tags of two tenants on one channel, all in one batch: one ``multiple``
+    ack. Settled tenant by tenant, acme's tag 3 would wait behind beta's 2 (settled next)
+    and, at acme's stuck limit (prefetch 4: 1), go out on its own first."""
+    scheduler = scheduler_with(NullSink())
+    stopped.append(scheduler)
+    channel = StubChannel()
+    acks = new_acks()
+    acme = TenantConsumer("acme", 4, queue="tenant.acme", channel=channel, acks=acks)  # type: ignore[arg-type]
+    beta = TenantConsumer("beta", 4, queue="tenant.beta", channel=channel, acks=acks)  # type: ignore[arg-type]
+    a1, b2, a3, b4 = received(acme, 1) + received(beta, 2) + received(acme, 3) + received(beta, 4)
+    write(scheduler, [a1, a3, b2, b4])  # DRR order: acme's turn, then beta's
+    assert channel.acks == [(4, True)]
+    assert acme.unacked == beta.unacked == 0
+    assert acme.held["c1"] == beta.held["c1"] == 0
 
 
 def test_only_the_written_prefix_is_acked(stopped: list[Scheduler]) -> None:

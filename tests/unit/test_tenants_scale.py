@@ -62,11 +62,26 @@ def test_targets_compare_the_largest_count_with_the_smallest() -> None:
     assert out["scheduler CPU per reading 10000/10 tenants (spread) <= 1.5"]["value"] == 1.75
 
 
-def test_targets_without_10000_or_fairness_leave_those_out() -> None:
+def test_targets_without_fairness_leave_it_out_and_time_provisioning_at_the_largest_count() -> None:
     med = {"10": _medians(40, 40, 0.001, 75), "100": _medians(40, 40, 0.001, 75)}
     out = tenants_scale.targets(med, {"10": 0.2, "100": 2.0}, None, "after")
-    assert not any("provisioning" in k or "Jain" in k for k in out)
+    assert not any("Jain" in k for k in out)
+    assert out["provisioning 100 tenants <= 60 s"] == {"value": 2.0, "met": True}
     assert all(v["met"] for k, v in out.items() if "broker" not in k)
+
+
+def test_provision_only_targets_read_the_largest_count() -> None:
+    out = tenants_scale.provision_targets({"1000": 8.2, "10000": 78.3})
+    assert out == {"provisioning 10,000 tenants <= 60 s": {"value": 78.3, "met": False}}
+
+
+def test_the_same_devices_ratio_divides_by_the_small_count_s_drain_over_as_many_devices() -> None:
+    small = {**_medians(40, 40, 0.001, 75)["after"], "same_devices_cpu_us_per_reading": 80.0}
+    big = _medians(100, 50, 0.001, 150)["after"]
+    assert (
+        tenants_scale.same_devices_ratio({"10": {"after": small}, "10000": {"after": big}}, "after")
+        == 1.25
+    )
 
 
 def test_weight_shares_give_the_plain_figures_too() -> None:
