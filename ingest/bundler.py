@@ -68,18 +68,22 @@ class Bundler(Generic[T]):
     def add(self, tenant: str, part: bytes, item: T) -> None:
         """Add one reading to ``tenant``'s open bundle (opening one if needed)."""
         bundle = self._open.get(tenant)
-        if bundle is not None and bundle.grown(part) > self.max_bytes:
-            self._flush(bundle, "bytes")
-            bundle = None
+        if bundle is not None:
+            size = bundle.size + len(part) + 1  # OpenBundle.grown, inlined: per reading
+            if size > self.max_bytes:
+                self._flush(bundle, "bytes")
+                bundle = None
         if bundle is None:
             bundle = self._start(tenant)
-        bundle.size = bundle.grown(part)
-        bundle.parts.append(part)
+            size = bundle.size + len(part)
+        bundle.size = size
+        parts = bundle.parts
+        parts.append(part)
         bundle.items.append(item)
         self.held += 1
-        if len(bundle.parts) >= self.max_readings:
+        if len(parts) >= self.max_readings:
             self._flush(bundle, "count")
-        elif bundle.size >= self.max_bytes:
+        elif size >= self.max_bytes:
             self._flush(bundle, "bytes")
 
     def flush_all(self, cause: str = "drain") -> None:

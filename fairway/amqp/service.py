@@ -38,6 +38,7 @@ from pika.exceptions import AMQPError
 
 from fairway.amqp.backoff import Backoff, Reconnect
 from fairway.amqp.connection import Brokers, declare_topology
+from fairway.amqp.fastconn import SelectConnection
 from fairway.amqp.side import SideConnection
 from fairway.kernel import metrics
 from fairway.kernel.settings import Settings
@@ -368,7 +369,7 @@ class AmqpService:
         except (AMQPError, OSError) as exc:
             self._retry(f"topology declaration failed: {exc!r}")
             return
-        self.connection = pika.SelectConnection(
+        self.connection = SelectConnection(
             self.brokers.parameters(),
             on_open_callback=self._on_open,
             on_open_error_callback=lambda _c, exc: self._retry(f"connect failed: {exc!r}"),
