@@ -19,7 +19,14 @@ from fairway.kernel.contract import reading_document, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
 from scheduler.service import Scheduler
-from scheduler.sink import MAX_DOCUMENT_ATTEMPTS, UNDECODABLE, Doc, MongoSink, WriteOutcome
+from scheduler.sink import (
+    MAX_DOCUMENT_ATTEMPTS,
+    UNDECODABLE,
+    Doc,
+    MongoSink,
+    WriteOutcome,
+    _observe_lag,
+)
 
 
 class PlainSink(MongoSink):
@@ -49,6 +56,7 @@ class PlainSink(MongoSink):
                 for i, _doc, _reading in docs:
                     outcome.refuse(i)
         outcome.stored = len(stored)
+        _observe_lag(stored)  # the lag metric is older than issue 12
         return outcome
 
     def close(self) -> None:
