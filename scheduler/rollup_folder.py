@@ -163,9 +163,19 @@ class RollupFolder:
                 key = (doc["tenant"], doc["device"], floor_hour(doc["ts"]))
                 self._hand_over(key, "duplicate")
                 marks.add(key)
+            hour = floor_hour(_now())
             for doc in stored:
                 ts = doc["ts"]
-                hour = floor_hour(ts)
+                # A batch's readings mostly share an hour: floor_hour (~1 us) only when
+                # the UTC hour changes.
+                if not (
+                    ts.tzinfo is UTC
+                    and ts.hour == hour.hour
+                    and ts.day == hour.day
+                    and ts.month == hour.month
+                    and ts.year == hour.year
+                ):
+                    hour = floor_hour(ts)
                 td = (doc["tenant"], doc["device"])
                 if hour <= self._closed_upto:
                     marks.add((*td, hour))
