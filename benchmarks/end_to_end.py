@@ -63,18 +63,22 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from benchmarks import common, perftest
 from benchmarks.common import cpu_s, r, ratio, say
 from fairway.amqp import management
 from fairway.devtools import simulator
+from fairway.devtools.processes import free_port
 from fairway.kernel import topology
 from fairway.kernel.contract import (
     Reading,
@@ -86,7 +90,7 @@ from fairway.kernel.contract import (
 )
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, registry
-from tests.harness import Pipeline
+from tests.harness import FairwayProcess, Pipeline
 
 NAME = "end_to_end"
 STORED = "fairway_scheduler_stored_total"
@@ -392,17 +396,42 @@ def batch_figures(before: dict, after: dict) -> dict[str, float]:
     }
 
 
-def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
+@contextmanager
+def scheduler_process(env: Pipeline, layout: str, label: str) -> Iterator[FairwayProcess]:
+    """The scheduler writing ``layout``: ``maintained`` (``fairway scheduler``, the sink as
+    built) or ``plain`` (:mod:`benchmarks.plain_scheduler`: telemetry inserts only)."""
+    if layout == "maintained":
+        with common.fairway_process(["scheduler", "--sink", "mongo"], env.settings, label) as s:
+            yield s
+        return
+    port = free_port()
+    child = Settings.from_env(env.settings.environ(), metrics_port=port)
+    common.LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = common.LOGS / f"{label}.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.plain_scheduler"],
+            cwd=common.ROOT,
+            env={**os.environ, **child.environ()},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    sched = FairwayProcess(proc, port, log_path)
+    try:
+        yield sched
+    finally:
+        sched.stop()
+
+
+def drain(args: Any, name: str, batch: int, layout: str = "maintained") -> dict[str, Any]:
     """One scenario: pre-fill ``--drain-readings`` readings, then time and meter the drain."""
-    with common.bench_env(f"bench-e2e-{name}") as env:
+    with common.bench_env(f"bench-e2e-{name}-{layout}") as env:
         by_tenant = {t: simulator.device_ids(t, DEVICES_PER_TENANT) for t in TENANTS}
         for tenant, devices in by_tenant.items():
             env.tenant(tenant)
             for device in devices:
                 env.device(tenant, device)
-        with common.fairway_process(
-            ["scheduler", "--sink", "mongo"], env.settings, f"{NAME}-{name}-scheduler"
-        ) as sched:
+        with scheduler_process(env, layout, f"{NAME}-{name}-{layout}-scheduler") as sched:
             sched.wait_ready()
             warm = warm_up(env, by_tenant, sched)
             brokers = broker_pids()
@@ -440,6 +469,7 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
     net = {k: max(0.0, v - idle.get(k, 0.0)) for k, v in per.items()}
     return {
         "readings_per_message": batch,
+        "layout": layout,
         "readings": total,
         "drain_seconds": r(seconds, 2),
         "drain_rate": r(total / seconds),
@@ -461,17 +491,24 @@ def drain(args: Any, name: str, batch: int) -> dict[str, Any]:
     }
 
 
+def drain_key(name: str, layout: str) -> str:
+    """A drain's key in the results: the scenario's name for the sink as built."""
+    return name if layout == "maintained" else f"{name}_{layout}"
+
+
 def run_drains(args: Any) -> dict[str, Any]:
-    """Every drain scenario ``--drain-rounds`` times (order alternating); medians."""
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in DRAIN_SCENARIOS}
-    order = list(DRAIN_SCENARIOS)
+    """Every drain scenario in every layout ``--drain-rounds`` times (order alternating,
+    so each plain drain sits next to its maintained one); medians."""
+    order = [(name, layout) for name in DRAIN_SCENARIOS for layout in args.layouts]
+    rounds: dict[str, list[dict[str, Any]]] = {drain_key(*pair): [] for pair in order}
     for i in range(args.drain_rounds):
-        for name in order if i % 2 == 0 else order[::-1]:
-            result = drain(args, name, DRAIN_SCENARIOS[name])
-            rounds[name].append(result)
+        for name, layout in order if i % 2 == 0 else order[::-1]:
+            result = drain(args, name, DRAIN_SCENARIOS[name], layout)
+            key = drain_key(name, layout)
+            rounds[key].append(result)
             cpu = result["cpu_us_per_reading"]
             say(
-                f"drain {name}: {result['drain_rate']:,.0f} readings/s, CPU per reading"
+                f"drain {key}: {result['drain_rate']:,.0f} readings/s, CPU per reading"
                 f" {cpu['total']:.0f} us ("
                 + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items() if k != "total")
                 + ")"
@@ -494,8 +531,12 @@ def run_drains(args: Any) -> dict[str, Any]:
         name: r(statistics.median(rd["drain_rate"] for rd in results))
         for name, results in rounds.items()
     }
+    write_cost = write_cost_ratios(rounds, cpu_us)
+    if "single" not in cpu_us or "batch10" not in cpu_us:
+        return {"drain": rounds, "cpu_us_per_reading": cpu_us, "write_cost": write_cost}
     single, batch10 = cpu_us["single"], cpu_us["batch10"]
     return {
+        "write_cost": write_cost,
         "drain": rounds,
         "cpu_us_per_reading": cpu_us,
         "cpu_us_per_reading_net": cpu_net,
@@ -511,8 +552,34 @@ def run_drains(args: Any) -> dict[str, Any]:
         "drain_targets": {
             "single total <= 150 us": {"value": single["total"], "met": single["total"] <= 150},
             "batch10 total <= 80 us": {"value": batch10["total"], "met": batch10["total"] <= 80},
+            **{
+                f"write_cost {name} maintained/plain <= 1.2": {
+                    "value": found["total"],
+                    "met": found["total"] is not None and found["total"] <= 1.2,
+                }
+                for name, found in write_cost.items()
+            },
         },
     }
+
+
+def write_cost_ratios(
+    rounds: dict[str, list[dict[str, Any]]], cpu_us: dict[str, dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """Issue 12's write cost on this measure: maintained / plain CPU per reading, per
+    scenario run in both layouts (ratio of the medians per process, and each round's
+    total ratio)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in DRAIN_SCENARIOS:
+        plain = drain_key(name, "plain")
+        if name not in cpu_us or plain not in cpu_us:
+            continue
+        found[name] = {key: ratio(cpu_us[name][key], v) for key, v in cpu_us[plain].items()}
+        found[name]["rounds"] = [
+            ratio(m["cpu_us_per_reading"]["total"], p["cpu_us_per_reading"]["total"])
+            for m, p in zip(rounds[name], rounds[plain], strict=True)
+        ]
+    return found
 
 
 # -- the broker's one-hop ceiling (PerfTest) ------------------------------------------
@@ -677,6 +744,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--drain-rounds", type=int, default=1, help="drains per scenario")
     p.add_argument(
+        "--layouts",
+        type=lambda v: v.split(","),
+        default=["maintained"],
+        help="what the drains' sink writes: maintained (the sink as built), plain (telemetry"
+        " only, benchmarks.plain_scheduler) or both (plain,maintained: issue 12's write cost,"
+        " alternating)",
+    )
+    p.add_argument(
         "--only-drain", action="store_true", help="skip the ceilings and the sustained run"
     )
     p.add_argument(
@@ -692,6 +767,8 @@ def main(argv: list[str] | None = None) -> None:
         " this run's alone, not other people's traffic on the shared node",
     )
     args = p.parse_args(argv)
+    if "maintained" not in args.layouts or not set(args.layouts) <= {"plain", "maintained"}:
+        p.error("--layouts: maintained, or plain,maintained")
     with ExitStack() as stack:
         if args.private_broker:
             common.use_private_broker(stack)

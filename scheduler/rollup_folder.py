@@ -59,6 +59,7 @@ class _DeviceHourFold:
     cells: int = 0
 
     def count_cells(self) -> int:
+        """The figures its folds hold, counted again (``cells`` is kept as they are added)."""
         return sum(
             len(f.metrics) + sum(len(m) for m in f.minutes.values()) for f in self.streams.values()
         )
@@ -162,15 +163,27 @@ class RollupFolder:
                 key = (doc["tenant"], doc["device"], floor_hour(doc["ts"]))
                 self._hand_over(key, "duplicate")
                 marks.add(key)
-            changed: set[tuple[datetime, tuple[str, str]]] = set()
+            hour = floor_hour(_now())
             for doc in stored:
-                hour = floor_hour(doc["ts"])
+                ts = doc["ts"]
+                # A batch's readings mostly share an hour: floor_hour (~1 us) only when
+                # the UTC hour changes.
+                if not (
+                    ts.tzinfo is UTC
+                    and ts.hour == hour.hour
+                    and ts.day == hour.day
+                    and ts.month == hour.month
+                    and ts.year == hour.year
+                ):
+                    hour = floor_hour(ts)
                 td = (doc["tenant"], doc["device"])
                 if hour <= self._closed_upto:
                     marks.add((*td, hour))
                     metrics.ROLLUP_HANDED_OVER.labels("late").inc()
                     continue
-                folds = self._hours.setdefault(hour, {})
+                folds = self._hours.get(hour)
+                if folds is None:
+                    folds = self._hours[hour] = {}
                 if td in folds:
                     entry = folds[td]
                 else:
@@ -181,16 +194,13 @@ class RollupFolder:
                 fold = entry.streams.get(doc["stream"])
                 if fold is None:
                     fold = entry.streams[doc["stream"]] = HourFold()
-                fold.add(doc["ts"].minute, doc["values"])
-                changed.add((hour, td))
+                # Counted as they are added (not recounted per batch: an hour's minutes
+                # make that a loop over up to 60 x metrics figures per device and batch).
+                added = fold.add(ts.minute, doc["values"])
+                entry.cells += added
+                self._cells += added
                 if not entry.recorded:
                     to_record.setdefault(hour, set()).add(td)
-            for hour, td in changed:
-                entry = self._hours[hour][td]
-                if entry is not None:
-                    cells = entry.count_cells()
-                    self._cells += cells - entry.cells
-                    entry.cells = cells
             self._spill_over_bound()
             metrics.ROLLUP_OPEN_CELLS.set(self._cells)
         for hour, tds in sorted(to_record.items()):

@@ -63,12 +63,20 @@ def fold(docs: Iterable[dict[str, Any]]) -> dict[str, DeviceDelta]:
     """Per device, the delta of these stored-reading documents."""
     deltas: dict[str, DeviceDelta] = {}
     for doc in docs:
-        delta = DeviceDelta(doc["tenant"], doc["ts"], doc["ts"], {doc["stream"]: latest_entry(doc)})
+        ts, stream = doc["ts"], doc["stream"]
         known = deltas.get(doc["device"])
         if known is None:
-            deltas[doc["device"]] = delta
-        else:
-            known.merge(delta)
+            deltas[doc["device"]] = DeviceDelta(doc["tenant"], ts, ts, {stream: latest_entry(doc)})
+            continue
+        # DeviceDelta.merge of a one-reading delta, without building it (every stored
+        # reading passes here before its batch is acked).
+        if ts < known.first_ts:
+            known.first_ts = ts
+        if ts > known.last_ts:
+            known.last_ts = ts
+        mine = known.latest.get(stream)
+        if mine is None or (ts, doc["msg_id"]) > _rank(mine):
+            known.latest[stream] = latest_entry(doc)
     return deltas
 
 

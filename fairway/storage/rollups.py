@@ -71,18 +71,31 @@ def rollup_id(tenant: str, device: str, stream: str, hour: datetime, writer: str
     return f"{rid}/{writer}" if writer else rid
 
 
-def _add(acc: dict[str, Stats], values: dict[str, Any]) -> None:
+def _add(acc: dict[str, Stats], values: dict[str, Any]) -> int:
+    """Fold ``values`` into ``acc``; the number of metrics new to it."""
+    added = 0
     for metric, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = type(value)
+        if (
+            kind is not float
+            and kind is not int
+            and (isinstance(value, bool) or not isinstance(value, int | float))
+        ):
             continue  # strings and booleans have no min/max/sum
         m = acc.get(metric)
         if m is None:
             acc[metric] = {"n": 1, "min": value, "max": value, "sum": value}
+            added += 1
         else:
+            # Comparisons, not min()/max() calls: the same result (the old value is kept
+            # unless the new one is strictly beyond it), at half the cost on this hot path.
             m["n"] += 1
-            m["min"] = min(m["min"], value)
-            m["max"] = max(m["max"], value)
+            if value < m["min"]:
+                m["min"] = value
+            if value > m["max"]:
+                m["max"] = value
             m["sum"] += value
+    return added
 
 
 @dataclass(slots=True)
@@ -93,11 +106,14 @@ class HourFold:
     metrics: dict[str, Stats] = field(default_factory=dict)
     minutes: dict[int, dict[str, Stats]] = field(default_factory=dict)
 
-    def add(self, minute: int, values: dict[str, Any]) -> None:
-        """Fold in one reading of minute ``minute``."""
+    def add(self, minute: int, values: dict[str, Any]) -> int:
+        """Fold in one reading of minute ``minute``; the number of figures (metrics of
+        the hour or of a minute) it added."""
         self.n += 1
-        _add(self.metrics, values)
-        _add(self.minutes.setdefault(minute, {}), values)
+        per_minute = self.minutes.get(minute)
+        if per_minute is None:
+            per_minute = self.minutes[minute] = {}
+        return _add(self.metrics, values) + _add(per_minute, values)
 
     def minute_columns(self) -> dict[str, dict[str, list[float]]]:
         """Per metric, the minutes that hold it and their figures, as columns."""

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from pymongo import MongoClient
 from pymongo.database import Database
 
@@ -95,6 +96,46 @@ def test_folded_parts_equal_the_raw_readings_without_reading_them_back(db: Datab
     want = expected_rollups(db, closes(NOW))
     n = sum(v["metrics"]["temp"]["n"] for k, v in want.items() if k.startswith("acme:d1:"))
     assert [(t, s["n"]) for t, s in series] == [(NOW, n)]
+
+
+def open_cells(folder: RollupFolder) -> tuple[float, int]:
+    """The folder's open-cells gauge, and the figures its open folds hold, counted again."""
+    gauge = REGISTRY.get_sample_value("fairway_scheduler_rollup_open_cells")
+    held = sum(
+        e.count_cells() for folds in folder._hours.values() for e in folds.values() if e is not None
+    )
+    return gauge or 0.0, held
+
+
+def test_the_open_cell_count_is_what_the_folds_hold(db: Database) -> None:
+    # Counted as readings are folded (not recounted per batch): it must still equal the
+    # folds' figures across devices, streams, minutes, a hand-over and a write.
+    sink = sink_with(db, flush_grace_s=3600)
+    batch = bodies(NOW - HOUR, 3, 40) + bodies(NOW, 2, 50, tag="n")
+    for start in range(0, len(batch), 37):
+        sink.write(batch[start : start + 37])
+        gauge, held = open_cells(sink.rollups)
+        assert gauge == held > 0
+    sink.write(batch[:10])  # a redelivery: d0's previous hour handed over
+    gauge, held = open_cells(sink.rollups)
+    assert gauge == held > 0
+    assert sink.rollups.flush_due(closes(NOW - HOUR, 3600)) == 4  # d1, d2: 2 streams each
+    gauge, held = open_cells(sink.rollups)
+    assert gauge == held > 0  # the open hour's folds only
+    # temp and count per stream-hour and per minute; ok and label have no figures.
+    assert held == sum(
+        2 * (1 + len(minutes)) for minutes in _minutes_by_stream(batch, NOW).values()
+    )
+
+
+def _minutes_by_stream(batch: list[bytes], hour: datetime) -> dict[tuple[str, str], set[int]]:
+    found: dict[tuple[str, str], set[int]] = {}
+    for body in batch:
+        msg = orjson.loads(body)
+        ts = datetime.fromtimestamp(msg["ts"], UTC)
+        if floor_hour(ts) == hour:
+            found.setdefault((msg["device"], msg["stream"]), set()).add(ts.minute)
+    return found
 
 
 def test_redelivered_and_late_readings_are_recomputed_exactly_once(db: Database) -> None:

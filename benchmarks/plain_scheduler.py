@@ -1,0 +1,76 @@
+"""``fairway scheduler`` with the sink's layout before issue 12 (a benchmark contender).
+
+``python -m benchmarks.plain_scheduler`` runs the real scheduler service with
+:class:`PlainSink`: the same decoding, ``insert_many(ordered=False)``, duplicate and
+refusal handling as :class:`scheduler.sink.MongoSink`, but no ``w`` field, no rollup
+fold or parts and no ``device_state``. ``end_to_end --layouts plain,maintained`` drains
+into it and into ``fairway scheduler`` alternately, so issue 12's write cost target
+(+20 %) is read on issue 11's measure (CPU per stored reading of every process).
+Not for production: nothing reads this layout's history, charts or device page.
+"""
+
+from __future__ import annotations
+
+from pymongo.database import Database
+
+from fairway.domain.tenant_watch import RegistryTenants
+from fairway.kernel import log
+from fairway.kernel.contract import reading_document, tenant_readings
+from fairway.kernel.settings import Settings
+from fairway.storage import mongo
+from scheduler.service import Scheduler
+from scheduler.sink import (
+    MAX_DOCUMENT_ATTEMPTS,
+    UNDECODABLE,
+    Doc,
+    MongoSink,
+    WriteOutcome,
+    _observe_lag,
+)
+
+
+class PlainSink(MongoSink):
+    """Telemetry inserts only: what the sink wrote before issue 12."""
+
+    def __init__(self, db: Database) -> None:
+        self._collection = db[mongo.TELEMETRY]
+
+    def write(self, bodies: list[bytes]) -> WriteOutcome:
+        """Insert every reading of the batch, as :meth:`MongoSink.write` without maintenance."""
+        outcome = WriteOutcome.of(len(bodies))
+        docs: list[Doc] = []
+        for i, body in enumerate(bodies):
+            try:
+                found = [(i, reading_document(rd), rd) for rd in tenant_readings(body)]
+            except UNDECODABLE:
+                outcome.refuse(i)
+                continue
+            docs.extend(found)
+        stored: list[dict] = []
+        duplicates: list[dict] = []
+        for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
+            docs = self._insert(docs, outcome, stored, duplicates)
+            if not docs:
+                break
+            if attempt == MAX_DOCUMENT_ATTEMPTS:
+                for i, _doc, _reading in docs:
+                    outcome.refuse(i)
+        outcome.stored = len(stored)
+        _observe_lag(stored)  # the lag metric is older than issue 12
+        return outcome
+
+    def close(self) -> None:
+        """Nothing derived to write."""
+
+
+def main() -> None:
+    """Serve as ``fairway scheduler`` does, with :class:`PlainSink`."""
+    settings = Settings.from_env()
+    log.setup(settings.log_level)
+    db = mongo.connect(settings)
+    mongo.ensure_indexes(db)
+    Scheduler(settings, PlainSink(db), RegistryTenants(db)).serve(settings.metrics_port)
+
+
+if __name__ == "__main__":
+    main()
