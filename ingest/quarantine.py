@@ -171,6 +171,10 @@ class CallBudget:
         metrics.QUARANTINE_MGMT_CALLS.labels(call, "asked" if allowed else "limited").inc()
         return allowed
 
+    def owed(self, call: str) -> None:
+        """A ``call`` made whatever is left (a new quarantine's one close); counted."""
+        metrics.QUARANTINE_MGMT_CALLS.labels(call, "asked").inc()
+
 
 class Sweep:
     """One pass of the sweep over the devices quarantined lately: closes their
@@ -203,19 +207,24 @@ class Sweep:
         for gone in set(self._served) - set(devices):
             del self._served[gone]
         order = sorted(devices, key=lambda d: self._served.get(d, float("-inf")))
-        targets: list[tuple[str, list[str]]]
-        if len(order) > self.list_cost() and self.budget.left(now) >= 2.0:
+        targets = [(device, [device]) for device in order]
+        # A list costs the broker 1 + C/100 closes' worth: made only when that is less
+        # than the closes this pass can afford, so a pass costs at most twice its budget.
+        left = self.budget.left(now)
+        if min(len(order), left) > self.list_cost() and left >= 2.0:
             self.budget.take("list", now)
-            users, self.fleet = self._list_users()
-            targets = []
-            for device in order:
-                names = [n for n in (device, f"{self._vhost}:{device}") if n in users]
-                if names:
-                    targets.append((device, names))
-                else:
-                    self._served[device] = now  # not connected: nothing to close now
-        else:
-            targets = [(device, [device]) for device in order]
+            try:
+                users, self.fleet = self._list_users()
+            except Exception:  # a failed list must not stop the closes: this pass closes each
+                log.debug("listing connections failed; closing each swept device", exc_info=True)
+            else:
+                targets = []
+                for device in order:
+                    names = [n for n in (device, f"{self._vhost}:{device}") if n in users]
+                    if names:
+                        targets.append((device, names))
+                    else:
+                        self._served[device] = now  # not connected: nothing to close now
         closed: list[str] = []
         for device, names in targets:
             if not self.budget.take("sweep_close", now):
@@ -319,10 +328,12 @@ class Quarantiner:
             record = quarantine.impose(
                 self.db, device, found.tenant, now, s.quarantine_s, s.quarantine_max_s, REASON
             )
+        swept = False
         if record is not None:
             with self._sweep_lock:
                 if len(self._sweep) < SWEEP_MAX_DEVICES:
                     self._sweep[device] = time.monotonic() + min(SWEEP_FOR_S, s.quarantine_s)
+                    swept = True
                 metrics.QUARANTINE_SWEPT.set(len(self._sweep))
             metrics.DEVICES_QUARANTINED.labels(found.tenant).inc()
             log.warning(
@@ -340,7 +351,11 @@ class Quarantiner:
             with self._sweep_lock:
                 if device in self._sweep:
                     return None  # this relay's sweep closes it within its turn
-        if not self.closes.take("close", time.monotonic()):
+        if record is not None and not swept:
+            # Nothing else would close it (the sweep is full): its one close is made
+            # whatever the budget; quarantines are imposed once per device and period.
+            self.closes.owed("close")
+        elif not self.closes.take("close", time.monotonic()):
             # No call left: a new quarantine is in the sweep (closed at its turn); a held
             # one is closed again at a later refusal beyond budget.
             return record

@@ -26,7 +26,7 @@ from fairway.kernel import topology
 from fairway.kernel.settings import Settings
 from fairway.storage import accounts, quarantine
 from ingest.metrics import QUARANTINE_MGMT_CALLS as SWEEP_CALLS
-from ingest.quarantine import SWEEP_CALLS_BURST, SWEEP_CALLS_PER_S, Quarantiner
+from ingest.quarantine import SWEEP_CALLS_BURST, SWEEP_CALLS_PER_S, SWEEP_MAX_DEVICES, Quarantiner
 from tests.harness import Pipeline, reading, wait_for
 from tests.integration.conftest import pipeline_on_own_broker
 from web import create_app
@@ -288,6 +288,34 @@ def test_a_lift_ends_the_sweep_and_what_was_queued_before_is_no_new_offence(
         assert again is not None and again.offences == 2
     finally:
         quarantiner.close()
+
+
+def test_a_new_quarantine_is_closed_with_the_sweep_full_and_no_close_left(
+    pipeline: Pipeline,
+) -> None:
+    """With the sweep full (not swept) and the worker's budget spent, a quarantine just
+    imposed still gets its one close: before, nothing closed its open connection, which
+    went on publishing until it was refused over budget again."""
+    pipeline.tenant("full")
+    creds = pipeline.device("full", "full-1")
+    pipeline.start("web")
+    quarantiner = Quarantiner(pipeline.settings, pipeline.db)
+    quarantiner._stop.set()  # no sweep pass: it would drop the unrecorded devices below
+    quarantiner._sweeper.join()
+    connection = _connect(pipeline, creds)
+    try:
+        for i in range(SWEEP_MAX_DEVICES):
+            quarantiner._sweep[f"other-{i}"] = time.monotonic() + 600
+        while quarantiner.closes.take("close", time.monotonic()):
+            pass
+        quarantiner.connected = lambda _device, _now: True  # type: ignore[assignment,method-assign]
+        record = quarantiner.act("full-1", time.time())
+        assert record is not None and "full-1" not in quarantiner._sweep
+        wait_for(lambda: not _is_open(connection), 10, "the new quarantine's connection closed")
+    finally:
+        quarantiner.close()
+        with suppress(Exception):
+            connection.close()
 
 
 def _connect(pipeline: Pipeline, creds: dict[str, str]) -> pika.BlockingConnection:

@@ -185,6 +185,29 @@ def test_the_sweep_lists_once_and_closes_only_the_connected_when_that_is_cheaper
     assert broker.calls == ["close d0", "close d1", "close d2"]
 
 
+def test_a_failed_list_falls_back_to_a_close_each() -> None:
+    broker = Broker()
+    sweep = Sweep(CallBudget(20.0, 20.0), _failing_list, broker.close, "/")
+    devices = [f"d{i}" for i in range(5)]
+    assert sweep.run(devices, 0.0) == devices  # before: nothing closed while lists failed
+    assert broker.calls == [f"close {d}" for d in devices]
+
+
+def _failing_list() -> tuple[set[str], int]:
+    raise TimeoutError("management API")
+
+
+def test_no_list_when_it_costs_more_than_the_closes_the_pass_can_afford() -> None:
+    # 9,000 connections: a list is ~91 closes' worth; a pass affords 5 closes.
+    broker = Broker(fleet=9000)
+    sweep = Sweep(CallBudget(20.0, 20.0), broker.list_users, broker.close, "/")
+    sweep.fleet = 9000
+    devices = [f"d{i}" for i in range(100)]
+    sweep.run(devices, 0.0)
+    sweep.run(devices, 0.25)
+    assert "list" not in broker.calls and len(broker.calls) == 20 + 5
+
+
 def test_under_the_budget_connected_devices_are_served_least_recently_served_first() -> None:
     broker = Broker()
     sweep = Sweep(CallBudget(20.0, 20.0), broker.list_users, broker.close, "/")
