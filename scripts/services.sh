@@ -343,10 +343,15 @@ install_rabbitmq() {
         show_log_tail "$apt_log"
         die "apt-get install rabbitmq-server failed (log: $apt_log)"
     fi
-    if command -v service >/dev/null && service rabbitmq-server status >/dev/null 2>&1; then
+    # Not `service rabbitmq-server status`: that runs rabbitmqctl as the rabbitmq user, which
+    # starts epmd on every interface (our nodes start it on 127.0.0.1), and an epmd on
+    # 0.0.0.0:4369 keeps the cluster tests' network namespaces from forwarding port 4369.
+    if pgrep -u rabbitmq -x beam.smp >/dev/null 2>&1; then
         log "stopping the system rabbitmq-server that the package started"
         as_root service rabbitmq-server stop >>"$apt_log" 2>&1 || true
     fi
+    # An epmd the package's scripts started (as rabbitmq, on every interface): none of ours.
+    as_root pkill -u rabbitmq -x epmd >/dev/null 2>&1 || true
     rabbit_sbin >/dev/null || die "rabbitmq-server still not found after apt-get install"
 }
 
