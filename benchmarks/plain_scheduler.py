@@ -15,18 +15,10 @@ from pymongo.database import Database
 
 from fairway.domain.tenant_watch import RegistryTenants
 from fairway.kernel import log
-from fairway.kernel.contract import reading_document, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
 from scheduler.service import Scheduler
-from scheduler.sink import (
-    MAX_DOCUMENT_ATTEMPTS,
-    UNDECODABLE,
-    Doc,
-    MongoSink,
-    WriteOutcome,
-    _observe_lag,
-)
+from scheduler.sink import MongoSink, WriteOutcome, _observe_lag
 
 
 class PlainSink(MongoSink):
@@ -37,25 +29,7 @@ class PlainSink(MongoSink):
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert every reading of the batch, as :meth:`MongoSink.write` without maintenance."""
-        outcome = WriteOutcome.of(len(bodies))
-        docs: list[Doc] = []
-        for i, body in enumerate(bodies):
-            try:
-                found = [(i, reading_document(rd), rd) for rd in tenant_readings(body)]
-            except UNDECODABLE:
-                outcome.refuse(i)
-                continue
-            docs.extend(found)
-        stored: list[dict] = []
-        duplicates: list[dict] = []
-        for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
-            docs = self._insert(docs, outcome, stored, duplicates)
-            if not docs:
-                break
-            if attempt == MAX_DOCUMENT_ATTEMPTS:
-                for i, _doc, _reading in docs:
-                    outcome.refuse(i)
-        outcome.stored = len(stored)
+        outcome, stored, _duplicates = self.store(bodies, writer=None)
         _observe_lag(stored)  # the lag metric is older than issue 12
         return outcome
 

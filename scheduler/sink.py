@@ -177,15 +177,26 @@ class MongoSink:
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert every reading of the batch; classify duplicates and readings refused for good."""
+        outcome, stored, duplicates = self.store(bodies, self.rollups.writer)
+        self.rollups.record(stored, duplicates)  # raises: not acked, the batch is retried
+        self._state.record(stored + duplicates)
+        _observe_lag(stored)
+        return outcome
+
+    def store(
+        self, bodies: list[bytes], writer: str | None
+    ) -> tuple[WriteOutcome, list[dict], list[dict]]:
+        """Insert every reading of the batch, stamped ``w: writer`` unless None; the
+        outcome, and the documents stored and those found stored already."""
         outcome = WriteOutcome.of(len(bodies))
         docs: list[Doc] = []
-        writer = self.rollups.writer
         for i, body in enumerate(bodies):
             try:
                 found = []
                 for reading in tenant_readings(body):
                     doc = reading_document(reading)
-                    doc["w"] = writer
+                    if writer is not None:
+                        doc["w"] = writer
                     found.append((i, doc, reading))
             except UNDECODABLE:
                 outcome.refuse(i)  # not the relay's output: never storable
@@ -201,10 +212,7 @@ class MongoSink:
                 for i, _doc, _reading in docs:
                     outcome.refuse(i)
         outcome.stored = len(stored)
-        self.rollups.record(stored, duplicates)  # raises: not acked, the batch is retried
-        self._state.record(stored + duplicates)
-        _observe_lag(stored)
-        return outcome
+        return outcome, stored, duplicates
 
     def close(self) -> None:
         """Stop the device-state and rollup threads after a last write of each."""
