@@ -399,7 +399,7 @@ def batch_figures(before: dict, after: dict) -> dict[str, float]:
 @contextmanager
 def scheduler_process(env: Pipeline, layout: str, label: str) -> Iterator[FairwayProcess]:
     """The scheduler writing ``layout``: ``maintained`` (``fairway scheduler``, the sink as
-    built) or ``plain`` (:mod:`benchmarks.plain_scheduler`: telemetry inserts only)."""
+    built) or ``plain`` (:mod:`benchmarks.processes.plain_scheduler`: telemetry inserts only)."""
     if layout == "maintained":
         with common.fairway_process(["scheduler", "--sink", "mongo"], env.settings, label) as s:
             yield s
@@ -410,7 +410,7 @@ def scheduler_process(env: Pipeline, layout: str, label: str) -> Iterator[Fairwa
     log_path = common.LOGS / f"{label}.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.plain_scheduler"],
+            [sys.executable, "-m", "benchmarks.processes.plain_scheduler"],
             cwd=common.ROOT,
             env={**os.environ, **child.environ()},
             stdout=out,
@@ -748,8 +748,8 @@ def main(argv: list[str] | None = None) -> None:
         type=lambda v: v.split(","),
         default=["maintained"],
         help="what the drains' sink writes: maintained (the sink as built), plain (telemetry"
-        " only, benchmarks.plain_scheduler) or both (plain,maintained: issue 12's write cost,"
-        " alternating)",
+        " only, benchmarks.processes.plain_scheduler) or both (plain,maintained: issue 12's"
+        " write cost, alternating)",
     )
     p.add_argument(
         "--only-drain", action="store_true", help="skip the ceilings and the sustained run"

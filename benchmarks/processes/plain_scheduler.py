@@ -1,6 +1,6 @@
 """``fairway scheduler`` with the sink's layout before issue 12 (a benchmark contender).
 
-``python -m benchmarks.plain_scheduler`` runs the real scheduler service with
+``python -m benchmarks.processes.plain_scheduler`` runs the real scheduler service with
 :class:`PlainSink`: the same decoding, ``insert_many(ordered=False)``, duplicate and
 refusal handling as :class:`scheduler.sink.MongoSink`, but no ``w`` field, no rollup
 fold or parts and no ``device_state``. ``end_to_end --layouts plain,maintained`` drains
