@@ -548,7 +548,14 @@ def test_monitor_sees_devices_on_every_node_and_their_node_dying(
         )
     connections: list[Any] = []
     try:
-        p.start("monitor", amqp_url=cluster.amqp_url(1, quoted))
+        monitor = p.start("monitor", amqp_url=cluster.amqp_url(1, quoted))
+        # Its metrics answer before its events queue is bound: a device connecting in
+        # between is seen only by the listing, which lags, or the next reconcile (60 s).
+        wait_for(
+            lambda: '"queue":"amq.gen-' in monitor.log_path.read_text(),
+            30,
+            "the monitor consuming connection events",
+        )
         for device, node in devices.items():
             connections.append(_device_connection(cluster, node, p.name, device))
         wait_for(lambda: all(_online(p.db, d) for d in devices), 30, "both devices online")
