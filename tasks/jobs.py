@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from bson.errors import InvalidBSON
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -26,12 +27,24 @@ from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, ROLLUP_TASK, Jo
 from tasks.report import TooManyReadings, TooManySeries, build_report
 
 
+def _is_time_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` is Celery's soft time limit, even re-raised by BSON decoding.
+
+    The limit is a signal raised wherever the task is; inside pymongo's decoder it comes
+    out as ``InvalidBSON('SoftTimeLimitExceeded()')``, its cause dropped."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return True
+    return isinstance(exc, InvalidBSON) and str(exc) == str(SoftTimeLimitExceeded())
+
+
 @contextmanager
 def _explained_failures(kind: str, settings: Settings) -> Iterator[None]:
     """Turn a passed time limit or too large a range into a failure the user can act on."""
     try:
         yield
-    except SoftTimeLimitExceeded:
+    except (SoftTimeLimitExceeded, InvalidBSON) as exc:
+        if not _is_time_limit(exc):
+            raise
         raise JobFailed(
             f"the {kind} ran past its time limit of {settings.report_soft_time_limit_s:g} s "
             "(FAIRWAY_REPORT_SOFT_TIME_LIMIT_S) and was stopped; choose a shorter range or "
