@@ -57,6 +57,7 @@ QUIET_DEVICE, QUIET_HISTORY = "quiet-1", "quiet-history"
 QUIET_READINGS = 200  # published at QUIET_RATE, each waiting for its confirm
 QUIET_RATE = 20.0
 QUIET_LOGINS = 5  # quiet devices logging in for the first time during the attack
+QUIET_PAGES = 30  # API calls of the quiet admin during the attack
 ATTACK_S = QUIET_READINGS / QUIET_RATE  # how long the time-bound attackers go on
 JUNK = 30  # oversized bodies (all within the device's refusal burst: kept)
 JUNK_BYTES = 100_000  # over the contract's 64 KiB, under the broker's 128 KiB
@@ -170,7 +171,7 @@ def _stranger_logins(amqp_url: str) -> Callable[[Side], None]:
     ids, and ids nobody registered."""
 
     def step(slot: int, n: int) -> str:
-        if n % 3 == 2:
+        if n % 3 == 1:
             user, kind = f"ghost-{slot}-{n}", "unknown"
         else:
             user, kind = GUESSED[n % len(GUESSED)], "guessed"
@@ -286,27 +287,24 @@ def _quiet_logins(amqp_url: str, devices: list[dict[str, str]]) -> Callable[[Sid
 
 
 def _quiet_admin(web: str, token: str, report: dict[str, Any]) -> Callable[[Side], None]:
-    """Pages of the API every 0.25 s and two reports submitted, for the attack's length."""
+    """QUIET_PAGES pages of the API, one every 0.25 s or as they come, and two reports
+    submitted among them (a count, not a time: under load the answers come slower)."""
     headers = {"Authorization": f"Bearer {token}"}
 
     def run(side: Side) -> None:
         session = requests.Session()
         jobs: list[str] = []
-        started = time.monotonic()
-        n = 0
-        while time.monotonic() - started < ATTACK_S:
+        for n in range(QUIET_PAGES):
             path = ("/api/devices", "/api/me")[n % 2]
-            side.tally[
-                f"get_{session.get(web + path, headers=headers, timeout=30).status_code}"
-            ] += 1
-            if n in (4, 20):
+            answer = session.get(web + path, headers=headers, timeout=30)
+            side.tally[f"get_{answer.status_code}"] += 1
+            if n in (4, QUIET_PAGES // 2):
                 answer = session.post(
                     web + "/api/reports", json=report, headers=headers, timeout=30
                 )
                 side.tally[f"report_{answer.status_code}"] += 1
                 if answer.status_code == 202:
                     jobs.append(answer.json()["url"])
-            n += 1
             time.sleep(0.25)
         side.notes["jobs"] = jobs
 
@@ -451,7 +449,7 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
                 reason="tenant_backlog_full",
             )
             stored = scheduler.metric("fairway_scheduler_stored_total", tenant=FLOOD)
-            return accepted + refused == len(FLOOD_DEVICES) * FLOOD_EACH and stored == accepted
+            return accepted + refused == len(FLOOD_DEVICES) * FLOOD_EACH and stored >= accepted
 
         def contract_refused(reason: str) -> float:
             return relay.metric("fairway_relay_rejected_total", reason=reason) + relay.metric(
@@ -577,7 +575,7 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
         assert sides["quiet_device"].tally == {"confirmed": QUIET_READINGS}
         assert sides["quiet_logins"].tally == {"admitted": QUIET_LOGINS}
         admin = sides["quiet_admin"].tally
-        assert set(admin) == {"get_200", "report_202"} and admin["report_202"] == 2, admin
+        assert admin == {"get_200": QUIET_PAGES, "report_202": 2}, admin
         session = requests.Session()
         headers = {"Authorization": f"Bearer {quiet_token}"}
         states: dict[str, str] = {}
@@ -615,4 +613,4 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
         assert node.pids() == node_pids and all(os.path.exists(f"/proc/{p}") for p in node_pids)
         print(f"hostile test: attack {attack_s:.1f} s, kept {dict(by_reason)}")
     finally:
-        celery_workers.stop(worker)
+        celery_workers.stop(worker, timeout=10)  # a hostile job may still be running
