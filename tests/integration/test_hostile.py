@@ -46,7 +46,8 @@ from fairway.devtools import attacks, celery_workers
 from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
-from fairway.storage import accounts
+from fairway.provision import bind_devices
+from fairway.storage import accounts, registry
 from fairway.storage.mongo import TELEMETRY
 from tests.harness import FairwayProcess, LocalNode, Pipeline
 from tests.integration.conftest import pipeline_on_own_broker
@@ -101,6 +102,16 @@ def _answer(answer: requests.Response, ok: int) -> str:
         if answer.json().get("message"):
             return outcome
     return f"{outcome}_without_message"
+
+
+def _register(pipeline: Pipeline, devices: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """Register and bind devices as the web app and the CLI do (keyed password hashes, not
+    the harness's argon2 ones, which cost each first login an argon2 check); credentials
+    by device id."""
+    key = registry.device_hash_key(pipeline.settings.device_hash_key, pipeline.settings.secret_key)
+    creds = {d: registry.register_device(pipeline.db, t, d, key) for t, d in devices}
+    bind_devices(pipeline.settings, devices)
+    return creds
 
 
 def _children(pid: int) -> set[int]:
@@ -351,14 +362,16 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
     pipeline.tenant(QUIET)
     pipeline.tenant(HOSTILE)
     pipeline.tenant(FLOOD, max_backlog=FLOOD_BACKLOG)
-    quiet = pipeline.device(QUIET, QUIET_DEVICE)
-    pipeline.device(QUIET, QUIET_HISTORY)
-    quiet_logins = [pipeline.device(QUIET, f"quiet-login-{i}") for i in range(QUIET_LOGINS)]
-    junk = pipeline.device(HOSTILE, "hostile-junk")
-    bad = pipeline.device(HOSTILE, "hostile-bad")
-    for device in GUESSED:
-        pipeline.device(HOSTILE, device)
-    flooders = [pipeline.device(FLOOD, d) for d in FLOOD_DEVICES]
+    logins = [f"quiet-login-{i}" for i in range(QUIET_LOGINS)]
+    creds = _register(
+        pipeline,
+        [(QUIET, d) for d in (QUIET_DEVICE, QUIET_HISTORY, *logins)]
+        + [(HOSTILE, d) for d in ("hostile-junk", "hostile-bad", *GUESSED)]
+        + [(FLOOD, d) for d in FLOOD_DEVICES],
+    )
+    quiet, junk, bad = creds[QUIET_DEVICE], creds["hostile-junk"], creds["hostile-bad"]
+    quiet_logins = [creds[d] for d in logins]
+    flooders = [creds[d] for d in FLOOD_DEVICES]
     accounts.create_user(db, QUIET_ADMIN, PASSWORD, accounts.ADMIN, QUIET)
     accounts.create_user(db, HOSTILE_VIEWER, PASSWORD, accounts.VIEWER, HOSTILE)
     quiet_token = accounts.create_api_token(db, QUIET_ADMIN, 3600)
