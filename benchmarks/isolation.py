@@ -58,7 +58,6 @@ import fcntl
 import multiprocessing
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from benchmarks import isolation_web as webside
 from benchmarks.common import percentile, r, say
 from fairway.amqp.connection import parameters
 from fairway.devtools import celery_workers
+from fairway.devtools.attacks import LOGIN_REFUSED, with_user
 from fairway.devtools.processes import free_port
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
@@ -126,13 +126,6 @@ ATTACKS: dict[str, Attack] = {
 }
 
 
-# What the broker answers a refused login with (pika's names for RabbitMQ's
-# ACCESS_REFUSED at the handshake); any other failure while opening is a lost connection.
-LOGIN_REFUSED = (
-    pika.exceptions.ProbableAuthenticationError,
-    pika.exceptions.ProbableAccessDeniedError,
-    pika.exceptions.AuthenticationError,
-)
 # counts: messages sent, connections lost (closed by the broker, also while opening),
 # logins refused, logins admitted, ms from the start to the first refused login (0: none),
 # ms to the last admitted login.
@@ -180,7 +173,7 @@ def attacker(
             return open_[device]
         if time.monotonic() < retry_at.get(device, 0.0):
             return None
-        url = amqp_url if passwords is None else _with_user(amqp_url, device, passwords[device])
+        url = amqp_url if passwords is None else with_user(amqp_url, device, passwords[device])
         try:
             connection = pika.BlockingConnection(
                 parameters(Settings(amqp_url=url), "isolation-attacker")
@@ -252,7 +245,7 @@ def login_attacker(amqp_url: str, seconds: float, sent: Any, threads: int = 4) -
         while time.monotonic() - start < seconds:
             n = counts[slot] = counts[slot] + 1
             device = HOSTILE_DEVICES[n % len(HOSTILE_DEVICES)]
-            url = _with_user(amqp_url, device, f"wrong-{slot}-{n}")
+            url = with_user(amqp_url, device, f"wrong-{slot}-{n}")
             with suppress(pika.exceptions.AMQPError):  # refused, as it must be
                 pika.BlockingConnection(parameters(Settings(amqp_url=url), "attacker")).close()
 
@@ -262,14 +255,6 @@ def login_attacker(amqp_url: str, seconds: float, sent: Any, threads: int = 4) -
     for w in workers:
         w.join()
     sent.value = sum(counts)
-
-
-def _with_user(amqp_url: str, username: str, password: str) -> str:
-    parts = urllib.parse.urlsplit(amqp_url)
-    user = urllib.parse.quote(username, safe="") + ":" + urllib.parse.quote(password, safe="")
-    return urllib.parse.urlunsplit(
-        parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}")
-    )
 
 
 def quiet_logins(env: Pipeline, devices: list[dict[str, str]], seconds: float) -> dict[str, Any]:

@@ -40,9 +40,9 @@ from typing import Any
 
 import orjson
 import requests
-from requests.adapters import HTTPAdapter
 
 from benchmarks.common import percentile, r
+from fairway.devtools import attacks
 
 QUIET_USER, HOSTILE_USER = "quiet-admin", "hostile-viewer"
 PASSWORD = "correct horse battery staple"
@@ -65,20 +65,9 @@ SOURCE = {
 }
 
 
-class _SourceAddress(HTTPAdapter):
-    def __init__(self, address: str) -> None:
-        self.address = address
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["source_address"] = (self.address, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
 def _session(attack: str) -> requests.Session:
     """An HTTP session calling from ``attack``'s own address."""
-    session = requests.Session()
-    session.mount("http://", _SourceAddress(SOURCE[attack]))
+    session: requests.Session = attacks.http_session(SOURCE[attack])
     return session
 
 
@@ -213,38 +202,12 @@ class QuietWeb:
 def _hammer(seconds: float, step: Callable[[int, int], str], counts: Any) -> None:
     """Run ``step(thread, n)`` from :data:`THREADS` threads for ``seconds``; tally the
     outcomes it returns (``ok``, a refusal's reason, or an error) into ``counts``."""
-    tallies: list[dict[str, int]] = [{} for _ in range(THREADS)]
-
-    def loop(slot: int) -> None:
-        start = time.monotonic()
-        n = 0
-        while time.monotonic() - start < seconds:
-            try:
-                outcome = step(slot, n)
-            except requests.RequestException as exc:
-                outcome = type(exc).__name__
-                time.sleep(RETRY_PAUSE)
-            tallies[slot][outcome] = tallies[slot].get(outcome, 0) + 1
-            n += 1
-
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(THREADS)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    total: dict[str, int] = {}
-    for tally in tallies:
-        for k, v in tally.items():
-            total[k] = total.get(k, 0) + v
-    counts.update(total)
+    attacks.hammer(
+        seconds, step, counts, THREADS, errors=(requests.RequestException,), pause=RETRY_PAUSE
+    )
 
 
-def _outcome(answer: requests.Response, ok: int) -> str:
-    if answer.status_code == ok:
-        return "ok"
-    with suppress(ValueError, AttributeError):
-        return str(answer.json()["error"])
-    return f"http_{answer.status_code}"
+_outcome = attacks.outcome
 
 
 def job_attacker(

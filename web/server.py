@@ -18,7 +18,7 @@ import waitress
 
 from fairway.kernel import metrics
 from fairway.kernel.settings import Settings
-from web import create_app
+from web import create_app, http_errors
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -39,8 +39,9 @@ def run(settings: Settings, threads: int = 8) -> None:
     """Serve the pages, the JSON API and the broker's auth endpoints until stopped."""
     app = create_app({"FAIRWAY_SETTINGS": settings})
     metrics.serve(settings.metrics_port)
-    # waitress stops reading a body beyond this (Flask answers 413 before that).
-    limits = {"max_request_body_size": settings.web_max_body_bytes}
+    # waitress refuses a body of max_request_body_size bytes or more before the app sees
+    # it, answered as JSON and counted (web.http_errors), like Flask's 413 for the same limit.
+    limits = {"max_request_body_size": settings.web_max_body_bytes + 1}
     if settings.broker_auth_port:
         auth = waitress.create_server(
             only_broker_auth(app),
@@ -49,10 +50,12 @@ def run(settings: Settings, threads: int = 8) -> None:
             threads=settings.broker_auth_threads,
             **limits,
         )
+        http_errors.answer_errors_as_json(auth)
         threading.Thread(target=auth.run, name="broker-auth", daemon=True).start()
     server = waitress.create_server(
         app, host=settings.web_host, port=settings.web_port, threads=threads, **limits
     )
+    http_errors.answer_errors_as_json(server)
     signal.signal(signal.SIGTERM, _stop)
     server.run()
 

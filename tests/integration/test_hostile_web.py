@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -128,6 +129,39 @@ def test_an_oversized_body_is_refused_unread(app: Flask) -> None:
     assert client.post("/login", data={"user": "a", "password": "x" * 5000}).status_code == 413
     ok = client.post("/api/login", json={"user": "alice", "password": PASSWORD})
     assert ok.status_code == 200
+
+
+@pytest.mark.settings(web_max_body_bytes=4096)
+def test_an_oversized_body_over_http_is_refused_as_json_and_counted(pipeline: Pipeline) -> None:
+    """Through waitress, not Flask's test client: waitress refuses a body over its own
+    limit before the app sees it, and used to answer in plain text, uncounted."""
+    port = free_port()
+    web = pipeline.start("web", web_port=port)
+
+    def post(body: bytes, chunked: bool = False) -> tuple[int, str, bytes]:
+        data: Any = (
+            iter([body[i : i + 1000] for i in range(0, len(body), 1000)]) if chunked else body
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/login",
+            data=data,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.headers["Content-Type"], answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["Content-Type"], exc.read()
+
+    for body, chunked in ((b"x" * 5000, False), (b"x" * 4097, False), (b"x" * 9000, True)):
+        status, kind, text = post(body, chunked)
+        assert (status, kind) == (413, "application/json"), text
+        answer = json.loads(text)
+        assert answer["error"] == "too_large" and "4096 bytes" in answer["message"]
+    status, _, text = post(b"x" * 4096)  # the limit itself is read (and is not JSON)
+    assert status == 400 and json.loads(text)["error"] == "bad_request"
+    samples = scrape(web.metrics_port)["fairway_web_refused_total"]
+    assert samples['reason="too_large",tenant=""'] == 3
 
 
 # -- job parameters -------------------------------------------------------------------------
