@@ -411,6 +411,7 @@ class Relay(AmqpService):
                 body,
                 refusal,
                 _device_of(routing_key),
+                _tenant_of(queue),
             )
             return
         except Exception as exc:
@@ -418,7 +419,12 @@ class Relay(AmqpService):
             log.exception("validation failed unexpectedly", extra={"routing_key": routing_key})
             bug = Rejection(Reason.SCHEMA, f"message could not be validated ({exc!r})")
             self._refuse(
-                Delivery(tag, 1, queue, len(body)), routing_key, body, bug, _device_of(routing_key)
+                Delivery(tag, 1, queue, len(body)),
+                routing_key,
+                body,
+                bug,
+                _device_of(routing_key),
+                _tenant_of(queue),
             )
             return
         if message.batch:
@@ -784,6 +790,16 @@ def run(settings: Settings) -> None:
 def _device_of(routing_key: str) -> str | None:
     device = routing_key.partition(".")[0]
     return device if is_valid_id(device) else None
+
+
+def _tenant_of(queue: str) -> str | None:
+    """The tenant whose ``ingest.<tenant>`` a delivery came from (None: shared ``ingest``).
+
+    Only that tenant's device bindings route into its queue, so a message refused before
+    the registry look-up (too large, broken JSON) is still charged to its tenant."""
+    if queue.startswith(topology.INGEST_QUEUE_PREFIX):
+        return queue[len(topology.INGEST_QUEUE_PREFIX) :]
+    return None
 
 
 def _element(reading: Any) -> dict[str, Any]:

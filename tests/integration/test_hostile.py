@@ -466,7 +466,7 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
 
         def contract_refused(reason: str) -> float:
             return relay.metric("fairway_relay_rejected_total", reason=reason) + relay.metric(
-                "fairway_relay_rejected_over_budget_total", tenant="", reason=reason
+                "fairway_relay_rejected_over_budget_total", tenant=HOSTILE, reason=reason
             )
 
         wait_for(
@@ -504,8 +504,9 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
             assert not device.startswith("quiet") and headers.get(topology.TENANT_HEADER) != QUIET
             if reason == "too_large":
                 assert device == "hostile-junk" and headers[topology.SIZE_HEADER] == JUNK_BYTES
+                assert headers[topology.TENANT_HEADER] == HOSTILE  # from its ingest queue
             elif reason == "malformed_json":
-                assert device == "hostile-bad"
+                assert device == "hostile-bad" and headers[topology.TENANT_HEADER] == HOSTILE
             else:  # each refused flood reading kept with its tenant and its own body
                 assert device in FLOOD_DEVICES and headers[topology.TENANT_HEADER] == FLOOD
                 msg_id = f"{device}-{orjson.loads(body)['values']['n']}"
@@ -516,11 +517,12 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
         # -- each attacker's excess refused with its reason, counted -------------------
         # Device junk: every oversized body kept as too_large (within the device's
         # burst); the broken JSON beyond the device's budget counted, not kept.
-        # Contract refusals are decided before the registry look-up: tenant "".
+        # Contract refusals are decided before the registry look-up, charged to the tenant
+        # whose ingest queue they came from.
         assert junk_sent == JUNK and by_reason["too_large"] == JUNK
         assert bad_sent == BAD
         over_bad = relay.metric(
-            "fairway_relay_rejected_over_budget_total", tenant="", reason="malformed_json"
+            "fairway_relay_rejected_over_budget_total", tenant=HOSTILE, reason="malformed_json"
         )
         assert over_bad > 0 and by_reason["malformed_json"] + over_bad == BAD
         assert _metric(relay, "fairway_devices_quarantined_total") == 0

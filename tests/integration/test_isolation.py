@@ -42,7 +42,7 @@ def test_a_flooding_device_cannot_crowd_out_other_devices_refusals(pipeline: Pip
     pipeline.publish([("quiet.env", reading(), {"message_id": f"ok-{i}"}) for i in range(3)])
     wait_for(
         lambda: (
-            _refused(pipeline, "malformed_json") + _over_budget(pipeline, "", "malformed_json")
+            _refused(pipeline, "malformed_json") + _over_budget(pipeline, "acme", "malformed_json")
             == 305
         ),
         30,
@@ -53,7 +53,7 @@ def test_a_flooding_device_cannot_crowd_out_other_devices_refusals(pipeline: Pip
     devices = [h[topology.DEVICE_HEADER] for h, _ in kept]
     assert devices.count("quiet") == 5  # every one of the quiet device's refusals is kept
     assert 20 <= devices.count("noisy") <= 20 + 0.5 * elapsed + 1  # burst, then the rate
-    assert _over_budget(pipeline, "", "malformed_json") == 300 - devices.count("noisy")
+    assert _over_budget(pipeline, "acme", "malformed_json") == 300 - devices.count("noisy")
     pipeline.wait_stored(3, device="quiet")
     assert pipeline.depth(topology.INGEST) == 0  # over-budget refusals are acked, not stuck
     assert pipeline.alive("relay") and pipeline.alive("scheduler")
@@ -92,6 +92,46 @@ def test_a_tenant_over_its_refusal_budget_keeps_only_its_budget(pipeline: Pipeli
     assert 30 <= tenants.count("tiny") <= 30 + 0.5 * elapsed + 1
     assert _over_budget(pipeline, "tiny", reason) == 200 - tenants.count("tiny")
     assert pipeline.depth(topology.INGEST) == 0
+
+
+# Broken messages are refused before the registry look-up; the tenant is the one whose
+# ingest queue they came from, so many devices each within their own budget still share
+# their tenant's.
+@pytest.mark.settings(
+    rejected_device_rate=0.001,
+    rejected_device_burst=40,
+    rejected_tenant_rate=0.5,
+    rejected_tenant_burst=50,
+)
+def test_broken_messages_of_many_devices_share_their_tenants_refusal_budget(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.tenant("junk")
+    pipeline.tenant("other")
+    for i in range(5):
+        pipeline.device("junk", f"junk-{i}")
+    pipeline.device("other", "other-1")
+    pipeline.start("relay")
+    started = time.monotonic()
+    pipeline.publish(
+        [(f"junk-{i % 5}.env", b"{not json", {}) for i in range(200)]  # 40 per device
+        + [("other-1.env", b"[1, 2", {}) for _ in range(5)]
+    )
+    reason = "malformed_json"
+    wait_for(
+        lambda: _refused(pipeline, reason) + _over_budget(pipeline, "junk", reason) == 205,
+        30,
+        "every refusal counted",
+    )
+    elapsed = time.monotonic() - started
+    kept = pipeline.rejected(55)
+    tenants = [h.get(topology.TENANT_HEADER) for h, _ in kept]
+    assert tenants.count("other") == 5  # another tenant's refusals are all kept
+    # Each device stayed within its burst of 40: only the tenant's budget refused them.
+    assert 50 <= tenants.count("junk") <= 50 + 0.5 * elapsed + 1
+    assert _over_budget(pipeline, "junk", reason) == 200 - tenants.count("junk")
+    assert _over_budget(pipeline, "", reason) == 0
+    assert pipeline.depth("ingest.junk") == 0
 
 
 @pytest.mark.settings(tenant_max_backlog_bytes=8_000, bundle_max_readings=1)
@@ -172,7 +212,9 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
     assert relay.metric("fairway_relay_refused_held") <= 20  # at most the window
 
     def counted() -> float:
-        return _refused(pipeline, "malformed_json") + _over_budget(pipeline, "", "malformed_json")
+        return _refused(pipeline, "malformed_json") + _over_budget(
+            pipeline, "evil", "malformed_json"
+        )
 
     wait_for(lambda: counted() == flood, 60, "every refusal counted")
     elapsed = time.monotonic() - started
@@ -180,7 +222,7 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
     # of 20 is counted as it arrives, before its acks are held. Unpaced, the relay takes
     # 800 small refusals in well under a second.
     assert elapsed >= (flood - 100 - 20) / 100 - 1, f"{flood} refused in {elapsed:.1f} s"
-    assert relay.metric("fairway_relay_refused_paced_total", tenant="") > 0
+    assert relay.metric("fairway_relay_refused_paced_total", tenant="evil") > 0
     wait_for(lambda: pipeline.depth("ingest.evil") == 0, 30, "the flood handled")
     wait_for(lambda: relay.metric("fairway_relay_held") == 0, 30, "every delivery acked")
     assert relay.metric("fairway_relay_refused_held") == 0

@@ -41,7 +41,7 @@ def test_refusals_over_budget_beyond_the_pace_are_held_then_released(
 ) -> None:
     relay, timers = paced
     try:
-        held_before = metrics.RELAY_REFUSED_PACED.labels("")._value.get()
+        held_before = metrics.RELAY_REFUSED_PACED.labels("evil")._value.get()
         for tag in range(1, 6):
             junk(relay, tag)
         confirm(relay, 1)  # the one refusal kept in `rejected`
@@ -49,7 +49,7 @@ def test_refusals_over_budget_beyond_the_pace_are_held_then_released(
         assert channel(relay).acks == [(3, True)]
         assert len(relay._held) == 2
         assert [round(d, 3) for d, _ in timers] == [0.5, 1.0]
-        assert metrics.RELAY_REFUSED_PACED.labels("")._value.get() - held_before == 2
+        assert metrics.RELAY_REFUSED_PACED.labels("evil")._value.get() - held_before == 2
         for _delay, release in timers:
             release()
         assert channel(relay).acks == [(3, True), (4, True), (5, True)]
