@@ -330,6 +330,8 @@ def scrape_metric(port: int, name: str, **labels: str) -> float:
 # -- processes ---------------------------------------------------------------------------
 # Rows per INSERT statement, as scripts/services.sh launches FerretDB (FERRETDB_INSERT_BATCH).
 FERRETDB_INSERT_BATCH = 1000
+# The Go collector's settings scripts/services.sh gives FerretDB (FERRETDB_GOGC, _GOMEMLIMIT).
+FERRETDB_GO_ENV = {"GOGC": "400", "GOMEMLIMIT": "1GiB"}
 
 
 def ferretdb_binary() -> Path:
@@ -368,6 +370,7 @@ def private_ferretdb(state: Path, backend: list[str]) -> Iterator[tuple[str, sub
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **FERRETDB_GO_ENV},
         )
     url = f"mongodb://127.0.0.1:{port}/"
     try:
