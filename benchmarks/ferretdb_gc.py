@@ -14,11 +14,13 @@ have end_to_end's shape: 10 tenants x 5 devices, bundles of 10 readings of one t
 write batches of 250 readings (the scheduler's mean batch under its write budget).
 
 CPU per stored reading from ``/proc``: FerretDB's process, and its database's PostgreSQL
-backends; the client (this process) apart. FerretDB's peak resident memory is reported
-(its ``VmHWM``), since the collector trades memory for CPU.
+backends; the client (this process) apart. FerretDB's peak resident memory (``VmHWM``),
+since the collector trades memory for CPU: after the first round's writes, and at the
+end, after each round's check of what was stored (a ``count_documents`` FerretDB answers
+by reading the whole collection: a scan's memory, not the writes').
 
-Targets: tuned / default FerretDB CPU per reading <= 0.85; tuned FerretDB's peak RSS
-<= 200 MB.
+Targets: tuned / default FerretDB CPU per reading <= 0.85; tuned / default peak RSS
+<= 2.0 (Go's heap goal is live x 5 at ``GOGC=400`` against live x 2 at 100: at most 2.5).
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ TENANTS = [f"gc{t:02d}" for t in range(10)]
 DEVICES_PER_TENANT = 5
 PER_BUNDLE = 10
 BATCH_READINGS = 250
+WARM_READINGS = len(TENANTS) * PER_BUNDLE  # one bundle of each tenant
 CONTENDERS: dict[str, dict[str, str]] = {
     "default": {"GOGC": "100", "GOMEMLIMIT": "off"},
     "tuned": harness.FERRETDB_GO_ENV,
 }
 TARGET_CPU_RATIO = 0.85
-TARGET_RSS_MB = 200
+TARGET_RSS_RATIO = 2.0
 
 
 def bodies(count: int, round_no: int) -> list[bytes]:
@@ -83,7 +86,9 @@ def peak_rss_mb(pid: int) -> float:
     return harness.proc_status(pid).get("VmHWM", 0) / 1024
 
 
-def run_one(server: PrivateServer, data: list[bytes], count: int) -> dict[str, Any]:
+def run_one(
+    server: PrivateServer, data: list[bytes], count: int, write_rss: dict[str, float], name: str
+) -> dict[str, Any]:
     """Write ``data`` through the sink into a fresh database of ``server``."""
     client: MongoClient = MongoClient(server.mongo_url, tz_aware=True)
     db = client[f"gc-{uuid.uuid4().hex[:8]}"]
@@ -93,8 +98,7 @@ def run_one(server: PrivateServer, data: list[bytes], count: int) -> dict[str, A
         per_batch = BATCH_READINGS // PER_BUNDLE
         # One batch first, untimed: the collections' first writes and FerretDB's prepared
         # statements are not what a reading costs in steady state.
-        warm = bodies(BATCH_READINGS, -1)
-        assert sink.write(warm).stored == BATCH_READINGS
+        assert sink.write(bodies(WARM_READINGS, -1)).stored == WARM_READINGS
         before, client0, started = server.snapshot(), time.process_time(), time.perf_counter()
         stored = 0
         for start in range(0, len(data), per_batch):
@@ -102,9 +106,10 @@ def run_one(server: PrivateServer, data: list[bytes], count: int) -> dict[str, A
         sink.close()
         wall = time.perf_counter() - started
         after, client_s = server.snapshot(), time.process_time() - client0
+        write_rss.setdefault(name, r(peak_rss_mb(server.ferretdb_pid)))
         ferret_s = after[0] - before[0]
         backends_s = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items() if pid != 0)
-        found = db[mongo.TELEMETRY].count_documents({}) - BATCH_READINGS  # after the timing
+        found = db[mongo.TELEMETRY].count_documents({}) - WARM_READINGS  # after the timing
         assert stored == count == found, f"{stored} stored, {found} found, {count} written"
         return {
             "readings_per_s": round(count / wall),
@@ -138,6 +143,7 @@ def main() -> None:
         readings_per_bundle=PER_BUNDLE,
     )
     rounds: list[dict[str, Any]] = []
+    write_rss: dict[str, float] = {}  # peak RSS after the first round's writes
     with ExitStack() as stack:
         servers = {
             name: stack.enter_context(private_server(postgres_url, env))
@@ -146,7 +152,9 @@ def main() -> None:
         for n in range(args.rounds):
             data = bodies(count, n)
             order = list(CONTENDERS) if n % 2 == 0 else list(reversed(CONTENDERS))
-            found: dict[str, Any] = {name: run_one(servers[name], data, count) for name in order}
+            found: dict[str, Any] = {
+                name: run_one(servers[name], data, count, write_rss, name) for name in order
+            }
             found["loadavg"] = [round(x, 2) for x in os.getloadavg()]
             say(f"round {n}: {found}")
             rounds.append(found)
@@ -167,21 +175,26 @@ def main() -> None:
         medians["tuned"]["ferretdb_us_per_reading"] / medians["default"]["ferretdb_us_per_reading"],
         3,
     )
+    rss_ratio = round(rss["tuned"] / rss["default"], 3)
     emit(
         {
             "meta": {**run_meta, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
             "rounds": rounds,
             "medians": medians,
             "ferretdb_peak_rss_mb": rss,
-            "ratios": {"ferretdb_cpu_tuned/default": ratio},
+            "ferretdb_peak_rss_mb_after_first_writes": write_rss,
+            "ratios": {
+                "ferretdb_cpu_tuned/default": ratio,
+                "ferretdb_peak_rss_tuned/default": rss_ratio,
+            },
             "targets": {
                 f"ferretdb_cpu_tuned/default<={TARGET_CPU_RATIO}": {
                     "value": ratio,
                     "met": ratio <= TARGET_CPU_RATIO,
                 },
-                f"ferretdb_peak_rss_mb_tuned<={TARGET_RSS_MB}": {
-                    "value": rss["tuned"],
-                    "met": rss["tuned"] <= TARGET_RSS_MB,
+                f"ferretdb_peak_rss_tuned/default<={TARGET_RSS_RATIO}": {
+                    "value": rss_ratio,
+                    "met": rss_ratio <= TARGET_RSS_RATIO,
                 },
             },
         }
