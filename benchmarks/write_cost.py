@@ -140,7 +140,9 @@ class PrivateServer:
 
 
 @contextmanager
-def private_server(postgres_url: str) -> Iterator[PrivateServer]:
+def private_server(
+    postgres_url: str, go_env: dict[str, str] | None = None
+) -> Iterator[PrivateServer]:
     import psycopg
 
     if not harness.ferretdb_binary().exists():
@@ -156,7 +158,7 @@ def private_server(postgres_url: str) -> Iterator[PrivateServer]:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="fairway-write-cost-") as tmp,
-            harness.private_ferretdb(Path(tmp), backend) as (url, proc),
+            harness.private_ferretdb(Path(tmp), backend, go_env) as (url, proc),
         ):
             server = PrivateServer(admin_url, pg_db, private_url, proc.pid, url)
             try:

@@ -330,6 +330,8 @@ def scrape_metric(port: int, name: str, **labels: str) -> float:
 # -- processes ---------------------------------------------------------------------------
 # Rows per INSERT statement, as scripts/services.sh launches FerretDB (FERRETDB_INSERT_BATCH).
 FERRETDB_INSERT_BATCH = 1000
+# The Go collector's settings scripts/services.sh gives FerretDB (FERRETDB_GOGC, _GOMEMLIMIT).
+FERRETDB_GO_ENV = {"GOGC": "400", "GOMEMLIMIT": "1GiB"}
 
 
 def ferretdb_binary() -> Path:
@@ -348,10 +350,13 @@ def pings(url: str) -> bool:
 
 
 @contextmanager
-def private_ferretdb(state: Path, backend: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
+def private_ferretdb(
+    state: Path, backend: list[str], go_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """A FerretDB of one's own on a free port, state and log in ``state``: yields its base
     URL (``mongodb://127.0.0.1:<port>/``) and process. ``backend``: its ``--handler`` and
-    backend URL arguments, e.g. ``["--handler=sqlite", f"--sqlite-url=file:{data}/"]``."""
+    backend URL arguments, e.g. ``["--handler=sqlite", f"--sqlite-url=file:{data}/"]``;
+    ``go_env``: its Go runtime settings (default :data:`FERRETDB_GO_ENV`, as services.sh)."""
     binary = ferretdb_binary()
     assert binary.exists(), f"{binary} is missing: run scripts/services.sh up (make test does)"
     port = free_port()
@@ -368,6 +373,7 @@ def private_ferretdb(state: Path, backend: list[str]) -> Iterator[tuple[str, sub
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(FERRETDB_GO_ENV if go_env is None else go_env)},
         )
     url = f"mongodb://127.0.0.1:{port}/"
     try:
