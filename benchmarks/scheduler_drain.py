@@ -36,6 +36,8 @@ from tests.harness import Pipeline
 NAME = "scheduler_drain"
 STORED = "fairway_scheduler_stored_total"
 DUPLICATES = "fairway_scheduler_duplicates_total"
+BATCH_COUNT = "fairway_scheduler_batch_size_count"
+BATCH_SUM = "fairway_scheduler_batch_size_sum"
 TENANTS = simulator.tenant_ids(10)
 DEVICES_PER_TENANT = 5
 
@@ -87,6 +89,18 @@ def fill(env: Pipeline, by_tenant: dict[str, list[str]], readings: int, bundle: 
     return sent
 
 
+def system_s(pid: int) -> float:
+    """System CPU seconds of one process so far (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / common.CLOCK_TICKS
+
+
+def batches(proc: Any) -> tuple[float, float]:
+    """Write batches so far, and the readings they held."""
+    samples = proc.metrics(BATCH_COUNT, BATCH_SUM)
+    return sum(samples.get(BATCH_COUNT, {}).values()), sum(samples.get(BATCH_SUM, {}).values())
+
+
 def written(proc: Any) -> float:
     """Readings stored or found stored."""
     samples = proc.metrics(STORED, DUPLICATES)
@@ -117,7 +131,7 @@ def drain(args: Any, build: str, pythonpath: str | None, round_no: int) -> dict[
             while n0 <= 0:
                 time.sleep(0.02)
                 n0 = written(proc)
-            t0, c0 = time.monotonic(), cpu_s(proc.pid)
+            t0, c0, s0, b0 = time.monotonic(), cpu_s(proc.pid), system_s(proc.pid), batches(proc)
             if args.profile:
                 out = Path(args.profile) / f"{build}-r{round_no}.txt"
                 spy = subprocess.Popen(
@@ -150,6 +164,7 @@ def drain(args: Any, build: str, pythonpath: str | None, round_no: int) -> dict[
                 if now - t0 > args.timeout:
                     raise TimeoutError(f"{n} of {expected} after {args.timeout} s")
                 prev_t, prev_n, prev_c = now, n, c
+            s1, b1 = system_s(proc.pid), batches(proc)
             rss = proc.status().get("VmHWM", 0) / 1024
         finally:
             if spy is not None:
@@ -164,6 +179,9 @@ def drain(args: Any, build: str, pythonpath: str | None, round_no: int) -> dict[
         "seconds": r(t1 - t0, 2),
         "rate": r(readings / (t1 - t0)),
         "cpu_us_per_reading": r((c1 - c0) * 1e6 / readings, 2),
+        "system_share": r((s1 - s0) / max(c1 - c0, 1e-9), 2),  # up to 0.1 s past the end
+        "batches": int(b1[0] - b0[0]),
+        "mean_batch_readings": r((b1[1] - b0[1]) / max(b1[0] - b0[0], 1)),
         "rss_mb": r(rss),
     }
 
@@ -191,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
             res = drain(args, build, path, i)
             res["load_before"] = r(load, 2)
             res["load_after"] = r(os.getloadavg()[0], 2)
-            say(f"{build}: {res['cpu_us_per_reading']} us/reading, {res['rate']:.0f} readings/s")
+            say(
+                f"{build}: {res['cpu_us_per_reading']} us/reading, {res['rate']:.0f} readings/s,"
+                f" batches of {res['mean_batch_readings']}, system {res['system_share']}"
+            )
             rounds.append(res)
     per_build = {
         b: statistics.median(x["cpu_us_per_reading"] for x in rounds if x["build"] == b)
