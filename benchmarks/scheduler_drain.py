@@ -8,7 +8,7 @@ the devices of a tenant in turn. Then ``python -m fairway scheduler`` (MongoDB s
 ``--sink null``) drains them; its CPU (user + system, ``/proc``) is counted from its
 first stored reading to the last (interpolated between 0.1 s polls of its counter),
 per reading stored after the first poll. With ``--profile DIR`` py-spy records the
-scheduler (GIL holder, one SVG flame graph per round) over the same window.
+scheduler (GIL holder, 250 Hz) over the same window: collapsed stacks, one file per round.
 
 ``--pythonpath`` runs the scheduler from another checkout (``main``'s), alternating with
 this one round by round: before/after in one run. The database and the broker are not
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bundle", type=int, default=37, help="readings per bundle")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
-    p.add_argument("--pythonpath", default=None, help="the 'before' build's checkout")
-    p.add_argument("--profile", default=None, help="directory for py-spy flame graphs")
+    p.add_argument("--pythonpath", default=None, help="the before build's checkout (run there)")
+    p.add_argument("--profile", default=None, help="py-spy profiles here (pip install py-spy)")
     p.add_argument("--timeout", type=float, default=300.0)
     args = p.parse_args(argv)
     args.readings = args.readings or common.scaled(30_000, args.scale, 1000)
