@@ -164,41 +164,40 @@ class RollupFolder:
                 self._hand_over(key, "duplicate")
                 marks.add(key)
             hour = floor_hour(_now())
+            # What depends on the hour only, looked up again when the hour changes (the
+            # lock is held: _closed_upto and _hours change under it only).
+            end, late, folds = hour, False, None
             for doc in stored:
                 ts = doc["ts"]
                 # A batch's readings mostly share an hour: floor_hour (~1 us) only when
                 # the UTC hour changes.
-                if not (
-                    ts.tzinfo is UTC
-                    and ts.hour == hour.hour
-                    and ts.day == hour.day
-                    and ts.month == hour.month
-                    and ts.year == hour.year
-                ):
+                if ts.tzinfo is not UTC or not hour <= ts < end:
                     hour = floor_hour(ts)
+                    end, late, folds = hour + HOUR, hour <= self._closed_upto, None
                 td = (doc["tenant"], doc["device"])
-                if hour <= self._closed_upto:
+                if late:
                     marks.add((*td, hour))
                     metrics.ROLLUP_HANDED_OVER.labels("late").inc()
                     continue
-                folds = self._hours.get(hour)
                 if folds is None:
-                    folds = self._hours[hour] = {}
-                if td in folds:
-                    entry = folds[td]
-                else:
+                    folds = self._hours.get(hour)
+                    if folds is None:
+                        folds = self._hours[hour] = {}
+                entry = folds.get(td)
+                if entry is None:
+                    if td in folds:  # handed over (_HANDED_OVER)
+                        marks.add((*td, hour))
+                        continue
                     entry = folds[td] = _DeviceHourFold()
-                if entry is _HANDED_OVER:
-                    marks.add((*td, hour))
-                    continue
                 fold = entry.streams.get(doc["stream"])
                 if fold is None:
                     fold = entry.streams[doc["stream"]] = HourFold()
                 # Counted as they are added (not recounted per batch: an hour's minutes
                 # make that a loop over up to 60 x metrics figures per device and batch).
                 added = fold.add(ts.minute, doc["values"])
-                entry.cells += added
-                self._cells += added
+                if added:
+                    entry.cells += added
+                    self._cells += added
                 if not entry.recorded:
                     to_record.setdefault(hour, set()).add(td)
             self._spill_over_bound()

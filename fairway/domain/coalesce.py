@@ -37,7 +37,7 @@ def coalesce_readings(readings: Iterable[dict[str, Any]]) -> list[tuple[str, dic
     order: list[tuple[str, str]] = []
     for msg in readings:
         key = (msg["tenant"], msg["device"])
-        values = msg["values"]
+        values, ts = msg["values"], msg["ts"]
         event = latest.get(key)
         if event is None:
             event = latest[key] = {
@@ -45,23 +45,26 @@ def coalesce_readings(readings: Iterable[dict[str, Any]]) -> list[tuple[str, dic
                 "tenant": key[0],
                 "device": key[1],
                 "stream": msg["stream"],
-                "_ts": msg["ts"],
+                "_ts": ts,
                 "values": values,
                 "count": 0,
                 "min": {},
                 "max": {},
             }
             order.append(key)
-        elif msg["ts"] >= event["_ts"]:
-            event.update(stream=msg["stream"], _ts=msg["ts"], values=values)
+        elif ts >= event["_ts"]:
+            event["stream"], event["_ts"], event["values"] = msg["stream"], ts, values
         event["count"] += 1
         low, high = event["min"], event["max"]
         for metric, value in values.items():
-            if not is_number(value):
+            kind = type(value)  # exact float or int first: most values, no call
+            if kind is not float and kind is not int and not is_number(value):
                 continue
-            if metric not in low or value < low[metric]:
+            known = low.get(metric)  # never None once set: only numbers are kept
+            if known is None or value < known:
                 low[metric] = value
-            if metric not in high or value > high[metric]:
+            known = high.get(metric)
+            if known is None or value > known:
                 high[metric] = value
     out = []
     for key in order:

@@ -6,7 +6,7 @@ import random
 
 import orjson
 
-from fairway.domain.coalesce import coalesce
+from fairway.domain.coalesce import coalesce, coalesce_readings
 from fairway.kernel.times import iso_ms
 
 
@@ -86,3 +86,36 @@ def test_random_batches_match_a_brute_force_summary() -> None:
             xs = [v["x"] for _, _, v in mine if "x" in v]
             assert event["min"] == ({"x": min(xs)} if xs else {})
             assert event["max"] == ({"x": max(xs)} if xs else {})
+
+
+def test_numbers_of_every_kind_count_and_flags_do_not() -> None:
+    """The exact-type fast path gives what is_number gives: int subclasses other than
+    bool are numbers, booleans and strings are not."""
+
+    class Count(int):
+        pass
+
+    events = dict(
+        coalesce_readings(
+            [
+                {
+                    "tenant": "a",
+                    "device": "d",
+                    "stream": "s",
+                    "ts": 1.0,
+                    "values": {"n": Count(5), "f": True, "s": "x", "x": 2},
+                },
+                {
+                    "tenant": "a",
+                    "device": "d",
+                    "stream": "s",
+                    "ts": 2.0,
+                    "values": {"n": 3, "f": False, "x": 2.5},
+                },
+            ]
+        )
+    )
+    event = events["telemetry.a.d"]
+    assert event["min"] == {"n": 3, "x": 2}
+    assert event["max"] == {"n": 5, "x": 2.5}
+    assert type(event["max"]["n"]) is Count
