@@ -30,12 +30,12 @@ process (its own interpreter and connection, as a real attacker would be):
   for the attack's reasons, checked against what the attacker was answered.
 
 The web app runs on a free port, except with ``login_flood`` or a device attack as the
-hostile devices (RabbitMQ asks port 8080
+hostile devices (RabbitMQ asks the broker-auth port 8082 of the web app on port 8080
 about device logins): then the run holds ``/tmp/fairway-web-8080.lock`` (``flock``), the
 lock the test suites take for that port. With ``--private-broker`` the run starts a
 RabbitMQ node of its own (:func:`common.use_private_broker`, the shared configuration)
-whose auth backend asks the run's web app on a free port: no lock, and the broker's CPU is
-the run's alone. The web attacks also start a push gateway and
+whose auth backend asks the run's web app's broker-auth port, a free one: no lock, and
+the broker's CPU is the run's alone. The web attacks also start a push gateway and
 one Celery worker of their own (``--job-workers`` pool processes, default 1).
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
@@ -158,7 +158,7 @@ def attacker(
     """Publish the attack's messages for ``seconds`` (a child process; no confirms).
 
     With ``passwords`` each device publishes as itself (one connection per device, as a
-    device would; the broker asks ``fairway web`` on port 8080 about each login), and a
+    device would; the broker asks ``fairway web``'s broker-auth port about each login), and a
     connection the broker closes (or refuses) is opened again every 0.5 s until the
     phase ends, as a determined attacker would. ``counts``: :data:`COUNTS`.
 
@@ -626,10 +626,11 @@ class WebSide:
 
 
 def run_all(
-    args: Any, names: list[str], web_names: list[str], seconds: float, port: int
+    args: Any, names: list[str], web_names: list[str], seconds: float, port: int, auth_port: int
 ) -> tuple[dict[str, bool], dict[str, Any], dict[str, Any]]:
     """Every phase on one fresh vhost and database: processes alive at the end, the
-    unloaded figures, and each attack's."""
+    unloaded figures, and each attack's. The web app serves on ``port`` and answers the
+    broker's device logins on ``auth_port``."""
     with common.bench_env("bench-iso", device_rate=DEVICE_RATE) as env, ExitStack() as stack:
         env.tenant(QUIET_TENANT)
         env.device(QUIET_TENANT, QUIET_DEVICE)
@@ -638,7 +639,7 @@ def run_all(
         passwords = {d: env.device(HOSTILE_TENANT, d)["password"] for d in hostile}
         logins = [env.device(QUIET_TENANT, f"quiet-login-{i}") for i in range(2 * LOGINS)]
         gateway_port = free_port()
-        web = env.start("web", web_port=port, gateway_port=gateway_port)
+        web = env.start("web", web_port=port, broker_auth_port=auth_port, gateway_port=gateway_port)
         relay = env.start("relay")
         scheduler = env.start("scheduler")
         side: WebSide | None = None
@@ -655,7 +656,7 @@ def run_all(
         say("unloaded")
         unloaded = quiet_phase(env, scheduler, seconds, args.quiet_rate, "base-")
         unloaded_login: dict[str, Any] = {}
-        if "login_flood" in names:  # device logins reach only a web app on port 8080
+        if "login_flood" in names:  # device logins reach only the broker's auth port
             unloaded_login = quiet_logins(env, logins[:LOGINS], seconds)
         say(f"  {unloaded}, logins {unloaded_login}")
         unloaded_web: dict[str, Any] = {}
@@ -738,15 +739,15 @@ def main() -> None:
         "--attacker-as",
         choices=("device", "guest"),
         default="device",
-        help="device attacks publish as the hostile devices (logins through fairway web on"
-        " port 8080, so device quarantine applies) or as the guest service account",
+        help="device attacks publish as the hostile devices (logins through fairway web's"
+        " broker-auth port, so device quarantine applies) or as the guest service account",
     )
     p.add_argument(
         "--private-broker",
         action="store_true",
         help="a RabbitMQ node of the run's own (scripts/services.sh's configuration), asking"
-        " this run's web app on a free port about device logins: neither port 8080 nor its"
-        " lock",
+        " this run's web app's broker-auth port (a free one) about device logins: neither"
+        " port 8080 nor its lock",
     )
     args = p.parse_args()
     seconds = max(5.0, args.seconds * args.scale)
@@ -767,16 +768,17 @@ def main() -> None:
     with ExitStack() as held:
         as_devices = args.attacker_as == "device" and any(n in ATTACKS for n in names)
         if args.private_broker:
-            port = free_port()
-            common.use_private_broker(held, f"http://127.0.0.1:{port}/broker")
-        elif "login_flood" in names or as_devices:  # RabbitMQ asks port 8080 about devices
+            port, auth_port = free_port(), free_port()
+            common.use_private_broker(held, f"http://127.0.0.1:{auth_port}/broker")
+        elif "login_flood" in names or as_devices:
+            # The shared broker asks port 8082 (the web app on 8080's auth port) about devices.
             lock = held.enter_context(open(WEB_8080_LOCK, "a"))
             say(f"waiting for {WEB_8080_LOCK}")
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the run
-            port = common.BASE.web_port
+            port, auth_port = common.BASE.web_port, common.BASE.broker_auth_port
         else:
-            port = free_port()
-        alive, unloaded_all, attacks = run_all(args, names, web_names, seconds, port)
+            port, auth_port = free_port(), free_port()
+        alive, unloaded_all, attacks = run_all(args, names, web_names, seconds, port, auth_port)
     targets: dict[str, Any] = {}
     for name, a in attacks.items():
         for key in ("quiet_p99_ratio", *WEB_RATIOS, "quiet_login_p99_ratio"):
