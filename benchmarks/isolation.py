@@ -403,9 +403,10 @@ def run_attack(
         args=(env.settings.amqp_url, name, seconds, counts, passwords),
         daemon=True,
     )
-    child.start()
-    quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
-    child.join(30)
+    child.start()  # before the watch's thread: no thread is running when it forks
+    with BacklogWatch(env, relay, scheduler) as watch:
+        quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
+        child.join(30)
     if child.exitcode is None:
         child.terminate()
         raise RuntimeError(f"{name}: the attacker was still running 30 s after its phase")
@@ -443,8 +444,60 @@ def run_attack(
         "attacker_disconnected": counts[1],
         "attacker_logins_refused": counts[2],
         "devices_quarantined": int(relay.metric_sum(QUARANTINED) - quarantined),
+        "hostile_backlog": watch.figures(),
         "quiet": quiet,
     }
+
+
+class BacklogWatch:
+    """The hostile tenant's queue while an attack runs: its largest depth (messages, by
+    AMQP, exact) and size (bytes, from the management API's statistics, refreshed every
+    few seconds) against its bounds, and what the relay accepted and the scheduler stored
+    for the tenant meanwhile. Says whether ``tenant_backlog_full`` could have happened."""
+
+    def __init__(self, env: Pipeline, relay: FairwayProcess, scheduler: FairwayProcess) -> None:
+        self.env, self.relay, self.scheduler = env, relay, scheduler
+        self.queue = topology.tenant_queue_name(HOSTILE_TENANT)
+        self.peak_messages = self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _counts(self) -> tuple[float, float]:
+        return (
+            self.relay.metric("fairway_relay_accepted_total", tenant=HOSTILE_TENANT),
+            self.scheduler.metric(STORED, tenant=HOSTILE_TENANT),
+        )
+
+    def __enter__(self) -> BacklogWatch:
+        self._start = self._counts()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._end = self._counts()
+
+    def _run(self) -> None:
+        with self.env.channel() as ch:
+            while not self._stop.wait(0.25):
+                depth = ch.queue_declare(self.queue, passive=True).method.message_count
+                self.peak_messages = max(self.peak_messages, depth)
+                with suppress(Exception):
+                    size = self.env.queue(self.queue).get("message_bytes") or 0
+                    self.peak_bytes = max(self.peak_bytes, int(size))
+
+    def figures(self) -> dict[str, Any]:
+        """The peaks, the bounds, and the tenant's readings accepted and stored."""
+        args = self.env.queue(self.queue).get("arguments", {})
+        return {
+            "peak_messages": self.peak_messages,
+            "bound_messages": args.get("x-max-length"),
+            "peak_bytes": self.peak_bytes,
+            "bound_bytes": args.get("x-max-length-bytes"),
+            "accepted": int(self._end[0] - self._start[0]),
+            "stored": int(self._end[1] - self._start[1]),
+        }
 
 
 def run_login_attack(
@@ -709,6 +762,7 @@ def run_all(
                 "attacker_last_login_admitted_s",
                 "broker_user_answers",
                 "devices_quarantined",
+                "hostile_backlog",
             ):
                 if key in outcome:
                     attacks[name][key] = outcome[key]
