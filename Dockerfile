@@ -27,6 +27,7 @@ COPY --chmod=0755 deploy/healthcheck.py /opt/fairway/bin/fairway-healthcheck
 COPY --chmod=0755 deploy/create_operator.py /opt/fairway/bin/fairway-create-operator
 USER 10001:10001
 WORKDIR /var/lib/fairway
-# 8080 web app, 8081 push gateway, 9100 Prometheus metrics (FAIRWAY_METRICS_PORT).
-EXPOSE 8080 8081 9100
+# 8080 web app, 8081 push gateway, 8082 the web app's broker auth (FAIRWAY_BROKER_AUTH_PORT),
+# 9100 Prometheus metrics (FAIRWAY_METRICS_PORT).
+EXPOSE 8080 8081 8082 9100
 CMD ["fairway", "--help"]

@@ -192,7 +192,7 @@ def use_private_broker(stack: ExitStack, auth_url: str | None = None) -> LocalNo
     stopped with ``stack``): ``AMQP_BASE``, ``MGMT_URL``, ``BASE`` and the harness's
     management URL, so its queues never land on the shared broker and ``beam.smp``'s CPU is
     the run's alone. ``auth_url``: where its HTTP auth backend asks about device logins
-    (default: port 8080's ``fairway web``)."""
+    (default: scripts/services.sh's, the broker-auth port 8082 of ``fairway web``)."""
     node = LocalNode(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "rabbitmq")
     if auth_url is not None:
         node.env["FAIRWAY_BROKER_AUTH_URL"] = auth_url

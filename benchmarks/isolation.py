@@ -12,9 +12,10 @@ process (its own interpreter and connection, as a real attacker would be):
 * ``refusable_flood``: one device floods small malformed messages (``malformed_json``);
 * ``over_rate``: one device sends valid readings far above its device rate
   (``rate_limited``);
-* ``backlog_flood``: ten devices of tenant ``hostile`` send valid readings, each at its
-  device rate, into a small tenant backlog (``tenant_backlog_full`` once the scheduler
-  falls behind);
+* ``backlog_flood``: forty devices of tenant ``hostile`` (``--flood-devices``) send valid
+  readings in device batches of 50, each at its device rate, into a small tenant backlog
+  (``tenant_backlog_full`` once the scheduler falls behind; ``hostile_backlog`` reports
+  the tenant queue's peak against its bounds);
 * ``login_flood``: a stranger tries AMQP logins with wrong passwords for existing device
   ids from four threads (each asks ``fairway web``'s broker auth endpoints through
   RabbitMQ); the quiet figure here is also the latency and success of quiet devices'
@@ -30,12 +31,12 @@ process (its own interpreter and connection, as a real attacker would be):
   for the attack's reasons, checked against what the attacker was answered.
 
 The web app runs on a free port, except with ``login_flood`` or a device attack as the
-hostile devices (RabbitMQ asks port 8080
+hostile devices (RabbitMQ asks the broker-auth port 8082 of the web app on port 8080
 about device logins): then the run holds ``/tmp/fairway-web-8080.lock`` (``flock``), the
 lock the test suites take for that port. With ``--private-broker`` the run starts a
 RabbitMQ node of its own (:func:`common.use_private_broker`, the shared configuration)
-whose auth backend asks the run's web app on a free port: no lock, and the broker's CPU is
-the run's alone. The web attacks also start a push gateway and
+whose auth backend asks the run's web app's broker-auth port, a free one: no lock, and
+the broker's CPU is the run's alone. The web attacks also start a push gateway and
 one Celery worker of their own (``--job-workers`` pool processes, default 1).
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
@@ -60,7 +61,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -103,10 +104,21 @@ class Attack:
     body: Callable[[int], bytes]
     devices: tuple[str, ...]
     rate: float  # messages per second the attacker offers (0: as fast as it can)
+    readings: int = 1  # readings per message (a device batch when more)
 
 
 def _reading(n: int) -> bytes:
     return orjson.dumps({"ts": time.time(), "values": {"temp": 21.5}, "id": f"h{n}"})
+
+
+FLOOD_BATCH = 50  # readings per backlog_flood message (a device batch)
+
+
+def _batch(n: int) -> bytes:
+    now = time.time()
+    return orjson.dumps(
+        [{"ts": now, "values": {"temp": 21.5}, "id": f"h{n}-{i}"} for i in range(FLOOD_BATCH)]
+    )
 
 
 # Each one-device attack has a device of its own: a device quarantined by one phase
@@ -116,14 +128,25 @@ ATTACKS: dict[str, Attack] = {
     "refusable_flood": Attack("malformed_json", lambda n: b"{not json", ("hostile-refuse",), 0),
     "over_rate": Attack("rate_limited", _reading, ("hostile-rate",), 20 * DEVICE_RATE),
     # Every device at its rate: valid readings only (faster, most of the flood would be
-    # refused as rate_limited, and paced: a rate flood, not a backlog).
-    "backlog_flood": Attack(
-        "tenant_backlog_full",
-        _reading,
-        tuple(HOSTILE_DEVICES),
-        len(HOSTILE_DEVICES) * DEVICE_RATE,
-    ),
+    # refused as rate_limited, and paced: a rate flood, not a backlog), in device batches
+    # of FLOOD_BATCH: one reading a message, the relay's per-message work capped the
+    # tenant below what the scheduler stores, so the flood waited in ingest.hostile and
+    # the tenant backlog never filled (nothing refused). Set by flood_devices() below.
+    "backlog_flood": Attack("tenant_backlog_full", _batch, (), 0.0, FLOOD_BATCH),
 }
+
+
+def flood_devices(n: int) -> None:
+    """``backlog_flood`` with ``n`` devices, each at the device rate (in readings)."""
+    attack = ATTACKS["backlog_flood"]
+    devices = tuple(f"hostile-{i}" for i in range(n))
+    ATTACKS["backlog_flood"] = replace(
+        attack, devices=devices, rate=n * DEVICE_RATE / attack.readings
+    )
+
+
+FLOOD_DEVICES = 40
+flood_devices(FLOOD_DEVICES)
 
 
 # counts: messages sent, connections lost (closed by the broker, also while opening),
@@ -151,7 +174,7 @@ def attacker(
     """Publish the attack's messages for ``seconds`` (a child process; no confirms).
 
     With ``passwords`` each device publishes as itself (one connection per device, as a
-    device would; the broker asks ``fairway web`` on port 8080 about each login), and a
+    device would; the broker asks ``fairway web``'s broker-auth port about each login), and a
     connection the broker closes (or refuses) is opened again every 0.5 s until the
     phase ends, as a determined attacker would. ``counts``: :data:`COUNTS`.
 
@@ -388,9 +411,10 @@ def run_attack(
         args=(env.settings.amqp_url, name, seconds, counts, passwords),
         daemon=True,
     )
-    child.start()
-    quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
-    child.join(30)
+    child.start()  # before the watch's thread: no thread is running when it forks
+    with BacklogWatch(env, relay, scheduler) as watch:
+        quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
+        child.join(30)
     if child.exitcode is None:
         child.terminate()
         raise RuntimeError(f"{name}: the attacker was still running 30 s after its phase")
@@ -419,6 +443,7 @@ def run_attack(
     )
     return {
         "attacker_sent": counts[0],
+        "attacker_sent_readings": counts[0] * attack.readings,
         "attacker_logins_admitted": counts[3],
         "attacker_first_login_refused_s": counts[4] / 1000 if counts[4] else None,
         "attacker_last_login_admitted_s": counts[5] / 1000 if counts[5] else None,
@@ -428,8 +453,60 @@ def run_attack(
         "attacker_disconnected": counts[1],
         "attacker_logins_refused": counts[2],
         "devices_quarantined": int(relay.metric_sum(QUARANTINED) - quarantined),
+        "hostile_backlog": watch.figures(),
         "quiet": quiet,
     }
+
+
+class BacklogWatch:
+    """The hostile tenant's queue while an attack runs: its largest depth (messages, by
+    AMQP, exact) and size (bytes, from the management API's statistics, refreshed every
+    few seconds) against its bounds, and what the relay accepted and the scheduler stored
+    for the tenant meanwhile. Says whether ``tenant_backlog_full`` could have happened."""
+
+    def __init__(self, env: Pipeline, relay: FairwayProcess, scheduler: FairwayProcess) -> None:
+        self.env, self.relay, self.scheduler = env, relay, scheduler
+        self.queue = topology.tenant_queue_name(HOSTILE_TENANT)
+        self.peak_messages = self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _counts(self) -> tuple[float, float]:
+        return (
+            self.relay.metric("fairway_relay_accepted_total", tenant=HOSTILE_TENANT),
+            self.scheduler.metric(STORED, tenant=HOSTILE_TENANT),
+        )
+
+    def __enter__(self) -> BacklogWatch:
+        self._start = self._counts()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._end = self._counts()
+
+    def _run(self) -> None:
+        with self.env.channel() as ch:
+            while not self._stop.wait(0.25):
+                depth = ch.queue_declare(self.queue, passive=True).method.message_count
+                self.peak_messages = max(self.peak_messages, depth)
+                with suppress(Exception):
+                    size = self.env.queue(self.queue).get("message_bytes") or 0
+                    self.peak_bytes = max(self.peak_bytes, int(size))
+
+    def figures(self) -> dict[str, Any]:
+        """The peaks, the bounds, and the tenant's readings accepted and stored."""
+        args = self.env.queue(self.queue).get("arguments", {})
+        return {
+            "peak_messages": self.peak_messages,
+            "bound_messages": args.get("x-max-length"),
+            "peak_bytes": self.peak_bytes,
+            "bound_bytes": args.get("x-max-length-bytes"),
+            "accepted": int(self._end[0] - self._start[0]),
+            "stored": int(self._end[1] - self._start[1]),
+        }
 
 
 def run_login_attack(
@@ -611,10 +688,11 @@ class WebSide:
 
 
 def run_all(
-    args: Any, names: list[str], web_names: list[str], seconds: float, port: int
+    args: Any, names: list[str], web_names: list[str], seconds: float, port: int, auth_port: int
 ) -> tuple[dict[str, bool], dict[str, Any], dict[str, Any]]:
     """Every phase on one fresh vhost and database: processes alive at the end, the
-    unloaded figures, and each attack's."""
+    unloaded figures, and each attack's. The web app serves on ``port`` and answers the
+    broker's device logins on ``auth_port``."""
     with common.bench_env("bench-iso", device_rate=DEVICE_RATE) as env, ExitStack() as stack:
         env.tenant(QUIET_TENANT)
         env.device(QUIET_TENANT, QUIET_DEVICE)
@@ -623,7 +701,7 @@ def run_all(
         passwords = {d: env.device(HOSTILE_TENANT, d)["password"] for d in hostile}
         logins = [env.device(QUIET_TENANT, f"quiet-login-{i}") for i in range(2 * LOGINS)]
         gateway_port = free_port()
-        web = env.start("web", web_port=port, gateway_port=gateway_port)
+        web = env.start("web", web_port=port, broker_auth_port=auth_port, gateway_port=gateway_port)
         relay = env.start("relay")
         scheduler = env.start("scheduler")
         side: WebSide | None = None
@@ -640,7 +718,7 @@ def run_all(
         say("unloaded")
         unloaded = quiet_phase(env, scheduler, seconds, args.quiet_rate, "base-")
         unloaded_login: dict[str, Any] = {}
-        if "login_flood" in names:  # device logins reach only a web app on port 8080
+        if "login_flood" in names:  # device logins reach only the broker's auth port
             unloaded_login = quiet_logins(env, logins[:LOGINS], seconds)
         say(f"  {unloaded}, logins {unloaded_login}")
         unloaded_web: dict[str, Any] = {}
@@ -693,6 +771,8 @@ def run_all(
                 "attacker_last_login_admitted_s",
                 "broker_user_answers",
                 "devices_quarantined",
+                "hostile_backlog",
+                "attacker_sent_readings",
             ):
                 if key in outcome:
                     attacks[name][key] = outcome[key]
@@ -723,17 +803,24 @@ def main() -> None:
         "--attacker-as",
         choices=("device", "guest"),
         default="device",
-        help="device attacks publish as the hostile devices (logins through fairway web on"
-        " port 8080, so device quarantine applies) or as the guest service account",
+        help="device attacks publish as the hostile devices (logins through fairway web's"
+        " broker-auth port, so device quarantine applies) or as the guest service account",
     )
     p.add_argument(
         "--private-broker",
         action="store_true",
         help="a RabbitMQ node of the run's own (scripts/services.sh's configuration), asking"
-        " this run's web app on a free port about device logins: neither port 8080 nor its"
-        " lock",
+        " this run's web app's broker-auth port (a free one) about device logins: neither"
+        " port 8080 nor its lock",
+    )
+    p.add_argument(
+        "--flood-devices",
+        type=int,
+        default=len(ATTACKS["backlog_flood"].devices),
+        help="backlog_flood's devices, each at the device rate",
     )
     args = p.parse_args()
+    flood_devices(args.flood_devices)
     seconds = max(5.0, args.seconds * args.scale)
     everything = [*ATTACKS, "login_flood", *webside.WEB_ATTACKS]
     names = [n for n in args.only.split(",") if n] or everything
@@ -752,16 +839,17 @@ def main() -> None:
     with ExitStack() as held:
         as_devices = args.attacker_as == "device" and any(n in ATTACKS for n in names)
         if args.private_broker:
-            port = free_port()
-            common.use_private_broker(held, f"http://127.0.0.1:{port}/broker")
-        elif "login_flood" in names or as_devices:  # RabbitMQ asks port 8080 about devices
+            port, auth_port = free_port(), free_port()
+            common.use_private_broker(held, f"http://127.0.0.1:{auth_port}/broker")
+        elif "login_flood" in names or as_devices:
+            # The shared broker asks port 8082 (the web app on 8080's auth port) about devices.
             lock = held.enter_context(open(WEB_8080_LOCK, "a"))
             say(f"waiting for {WEB_8080_LOCK}")
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the run
-            port = common.BASE.web_port
+            port, auth_port = common.BASE.web_port, common.BASE.broker_auth_port
         else:
-            port = free_port()
-        alive, unloaded_all, attacks = run_all(args, names, web_names, seconds, port)
+            port, auth_port = free_port(), free_port()
+        alive, unloaded_all, attacks = run_all(args, names, web_names, seconds, port, auth_port)
     targets: dict[str, Any] = {}
     for name, a in attacks.items():
         for key in ("quiet_p99_ratio", *WEB_RATIOS, "quiet_login_p99_ratio"):

@@ -26,8 +26,9 @@
 # so `tls-certs` and every start are idempotent. Clients trust
 # the CA with FAIRWAY_AMQP_CA_FILE=<tls dir>/ca.pem. The node reads the files at start:
 # restart-rabbitmq after changing them or switching TLS on.
-# The broker calls the web app's auth endpoints at FAIRWAY_BROKER_AUTH_URL [http://127.0.0.1:8080/broker,
-# loopback HTTP]; for an https:// one, FAIRWAY_BROKER_AUTH_CA_FILE names the CA its certificate must
+# The broker calls the web app's auth endpoints at FAIRWAY_BROKER_AUTH_URL [loopback HTTP,
+# http://127.0.0.1:8082/broker: the web app's own auth port, FAIRWAY_BROKER_AUTH_PORT; with that 0,
+# FAIRWAY_WEB_PORT]; a running node keeps the URL it started with (restart-rabbitmq); for an https:// one, FAIRWAY_BROKER_AUTH_CA_FILE names the CA its certificate must
 # chain to, and the URL's host must be in it (advanced.config: 3.10's rabbitmq.conf has no keys for it).
 # If FAIRWAY_AMQP_URL / FAIRWAY_MONGO_URL point anywhere other than 127.0.0.1 on those ports,
 # that server is used as-is and nothing is started or stopped for it.
@@ -55,7 +56,10 @@ RABBIT_DIST_INTERFACE="{127,0,0,1}"
 RABBIT_EXEC_PREFIX=()
 RABBIT_PLUGINS="rabbitmq_management,rabbitmq_mqtt,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_auth_backend_http,rabbitmq_auth_backend_cache"
 # Devices authenticate against the web app (fairway web); Fairway's own accounts are internal.
-WEB_AUTH_URL="${FAIRWAY_BROKER_AUTH_URL:-http://127.0.0.1:${FAIRWAY_WEB_PORT:-8080}/broker}"
+# fairway web serves them on FAIRWAY_BROKER_AUTH_PORT [8082], its own thread pool; 0: the web port.
+WEB_AUTH_PORT="${FAIRWAY_BROKER_AUTH_PORT:-8082}"
+[[ "$WEB_AUTH_PORT" != 0 ]] || WEB_AUTH_PORT="${FAIRWAY_WEB_PORT:-8080}"
+WEB_AUTH_URL="${FAIRWAY_BROKER_AUTH_URL:-http://127.0.0.1:$WEB_AUTH_PORT/broker}"
 # For an https:// FAIRWAY_BROKER_AUTH_URL: the CA bundle its certificate must chain to.
 WEB_AUTH_CA="${FAIRWAY_BROKER_AUTH_CA_FILE:-}"
 AMQP_PORT="${FAIRWAY_RABBITMQ_PORT:-5672}"
@@ -512,6 +516,7 @@ start_rabbitmq() {
     if rabbit_ours_alive; then
         wait_rabbit_ready
         log "RabbitMQ: node $RABBIT_NODE already running (pid $(rabbit_pid))"
+        warn_stale_auth_url
         if rabbit_tls && ! tcp_open 127.0.0.1 "$AMQPS_PORT"; then
             warn "TLS is asked for but port $AMQPS_PORT is closed: the node started without it; run restart-rabbitmq"
         fi
@@ -537,6 +542,15 @@ start_rabbitmq() {
     if rabbit_tls; then
         log "RabbitMQ: TLS on amqps://127.0.0.1:$AMQPS_PORT and mqtts 127.0.0.1:$MQTTS_PORT; clients: FAIRWAY_AMQP_CA_FILE=$TLS_DIR/ca.pem"
     fi
+}
+
+# A running node keeps the auth URL it started with: say so when it is not the one asked for.
+warn_stale_auth_url() {
+    local conf="$RABBIT_DIR/rabbitmq.conf" running
+    [[ -r "$conf" ]] || return 0
+    running="$(sed -n 's/^auth_http\.user_path = //p' "$conf")"
+    [[ -z "$running" || "$running" == "$WEB_AUTH_URL/user" ]] ||
+        warn "the node asks $running for device logins, not $WEB_AUTH_URL/user: run restart-rabbitmq"
 }
 
 stop_rabbitmq() {

@@ -10,6 +10,7 @@ This module does not import pytest: ``benchmarks/`` uses it as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import socket
@@ -472,10 +473,40 @@ class FairwayProcess:
         processes.kill(self.proc)
 
 
+def _env_port(name: str) -> int:
+    """A port setting as this environment sets it (the shared services were set up with
+    these), else its default."""
+    raw = os.environ.get(f"FAIRWAY_{name.upper()}", "")
+    default: int = next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+    return int(raw) if raw.strip() else default
+
+
+def broker_auth_port_for(settings: Settings) -> int:
+    """The broker-auth port a ``fairway web`` on ``settings`` gets in the tests.
+
+    The shared broker's auth URLs name ONE port, the environment's
+    ``FAIRWAY_BROKER_AUTH_PORT`` (8082; scripts/services.sh): the web app on the
+    environment's web port (8080, run under its lock) serves it and so answers the shared
+    broker's device logins. A web app on any other port gets a free auth port as well, so
+    two test runs never contend for it and only the locked one answers the shared broker.
+    A port a test chose itself is kept.
+    """
+    shared = _env_port("broker_auth_port")
+    if (
+        shared
+        and settings.broker_auth_port == shared
+        and settings.web_port != _env_port("web_port")
+    ):
+        return free_port()
+    return settings.broker_auth_port
+
+
 def start_process(command: list[str], settings: Settings, log_path: Path) -> FairwayProcess:
-    """Start ``python -m fairway <command>`` with its own metrics port; do not wait."""
+    """Start ``python -m fairway <command>`` with its own metrics port; do not wait.
+    ``web``: its broker-auth port as :func:`broker_auth_port_for` says."""
     port = free_port()
-    child = Settings.from_env(settings.environ(), metrics_port=port)
+    extra = {"broker_auth_port": broker_auth_port_for(settings)} if command[:1] == ["web"] else {}
+    child = Settings.from_env(settings.environ(), metrics_port=port, **extra)
     return FairwayProcess(processes.start(command, child, log_path), port, log_path)
 
 

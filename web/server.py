@@ -1,16 +1,20 @@
 """``fairway web``: the app served by waitress, like every other process's ``run(settings)``.
 
-With ``FAIRWAY_BROKER_AUTH_PORT`` set, RabbitMQ's auth requests (``/broker/*``) are
-served on that port by their own thread pool: a flood of device logins then cannot
-take the threads that serve the pages and the API, nor the other way round.
+RabbitMQ's auth requests (``/broker/*``) are served on ``FAIRWAY_BROKER_AUTH_PORT``
+(8082) by their own thread pool: a flood of device logins cannot take the threads that
+serve the pages and the API, nor the other way round. The web port then answers
+``/broker/*`` 404 (and logs why), so a broker still configured with the web port fails
+loudly instead of quietly sharing the pool again. 0 serves them on the web port.
 Prometheus metrics are served on ``FAIRWAY_METRICS_PORT`` only, never on the public port.
 SIGTERM stops it cleanly (exit 0) once the requests in progress are answered.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,6 +25,8 @@ from fairway.kernel.settings import Settings
 from web import create_app, http_errors
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+log = logging.getLogger(__name__)
+WARN_EVERY_S = 60.0  # a misconfigured broker asks many times a second: log once a minute
 
 
 def only_broker_auth(app: WsgiApp) -> WsgiApp:
@@ -35,9 +41,31 @@ def only_broker_auth(app: WsgiApp) -> WsgiApp:
     return serve
 
 
+def without_broker_auth(app: WsgiApp, auth_port: int) -> WsgiApp:
+    """``app`` with ``/broker/`` answering 404: it is served on ``auth_port`` instead."""
+    warned_at = [-WARN_EVERY_S]
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not environ.get("PATH_INFO", "").startswith("/broker/"):
+            return app(environ, start_response)
+        now = time.monotonic()
+        if now - warned_at[0] >= WARN_EVERY_S:
+            warned_at[0] = now
+            log.warning(
+                "broker auth request on the web port refused (404): device logins are served "
+                "on FAIRWAY_BROKER_AUTH_PORT=%d; point RabbitMQ's auth_http.*_path there, "
+                "or set FAIRWAY_BROKER_AUTH_PORT=0 to serve them on the web port",
+                auth_port,
+            )
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: broker auth is served on its own port\n"]
+
+    return serve
+
+
 def run(settings: Settings, threads: int = 8) -> None:
     """Serve the pages, the JSON API and the broker's auth endpoints until stopped."""
-    app = create_app({"FAIRWAY_SETTINGS": settings})
+    app: WsgiApp = create_app({"FAIRWAY_SETTINGS": settings})
     metrics.serve(settings.metrics_port)
     # waitress refuses a body of max_request_body_size bytes or more before the app sees
     # it, answered as JSON and counted (web.http_errors), like Flask's 413 for the same limit.
@@ -52,6 +80,7 @@ def run(settings: Settings, threads: int = 8) -> None:
         )
         http_errors.answer_errors_as_json(auth)
         threading.Thread(target=auth.run, name="broker-auth", daemon=True).start()
+        app = without_broker_auth(app, settings.broker_auth_port)
     server = waitress.create_server(
         app, host=settings.web_host, port=settings.web_port, threads=threads, **limits
     )

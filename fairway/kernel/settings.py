@@ -457,8 +457,10 @@ class Settings:
     # Answers to device logins (both allow and deny) are remembered this long, this many.
     device_auth_cache_ttl_s: float = setting(10.0, WEB, Bound(low=0, high=300))
     device_auth_cache_size: int = setting(100_000, WEB, AT_LEAST_1)
-    # The broker-auth endpoints on their own port and thread pool (0: the web port and pool).
-    broker_auth_port: int = setting(0, WEB, PORT)
+    # The broker-auth endpoints (/broker/*) on their own port and thread pool, so a login
+    # flood and UI load cannot starve each other; the web port then answers /broker/* 404.
+    # RabbitMQ's auth_http.*_path must name this port. 0: served on the web port and pool.
+    broker_auth_port: int = setting(8082, WEB, PORT)
     broker_auth_threads: int = setting(4, WEB, Bound(low=1, high=64))
     max_rules_per_tenant: int = setting(1000, WEB, AT_LEAST_1)  # alert rules, then 409
     # A device is online while connected, or while its newest stored reading is this recent.
@@ -726,6 +728,12 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
     ):
         problems[variable("quarantine_max_s")] = (
             f"FAIRWAY_QUARANTINE_MAX_S={_shown(top)} is below FAIRWAY_QUARANTINE_S ({base:g})"
+        )
+    web, auth = values.get("web_port"), values.get("broker_auth_port")
+    if not problems and auth and auth == web:
+        problems[variable("broker_auth_port")] = (
+            f"FAIRWAY_BROKER_AUTH_PORT={_shown(auth)} is FAIRWAY_WEB_PORT too: choose another "
+            "port, or 0 to answer the broker on the web port"
         )
     return problems
 

@@ -215,7 +215,8 @@ def test_rabbitmq_configuration_mirrors_the_local_node() -> None:
     same = [k for k in local if k.startswith(("auth_", "mqtt.exchange", "mqtt.allow_anonymous"))]
     assert len(same) >= 10
     for key in same:
-        expected = local[key].replace("$WEB_AUTH_URL", "http://web:8080/broker")
+        # The web app's own broker-auth port (FAIRWAY_BROKER_AUTH_PORT's default).
+        expected = local[key].replace("$WEB_AUTH_URL", "http://web:8082/broker")
         assert compose.get(key) == expected, key
     plugins = re.search(r'RABBIT_PLUGINS="([^"]+)"', script).group(1).split(",")  # type: ignore[union-attr]
     enabled = (ROOT / "deploy/rabbitmq/enabled_plugins").read_text().strip().strip("[].").split(",")

@@ -45,6 +45,7 @@ class Cluster:
     second: Run
     ca_file: Path
     web_port: int
+    auth_port: int  # the web app's broker-auth port, behind the proxy's port 8443
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,14 @@ def cluster(testnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> I
                 hosts.write(f"{proxy.address}\t{SERVER_NAME}\n")
         proxy_cert = ca.issue_cert(SERVER_NAME)
         vault = fresh_vault()
-        web_port = free_port()
+        web_port, auth_port = free_port(), free_port()
         # The app hosts are this machine (fairway web runs here, on the bridge).
         inventory = testnet.copy_inventory(
             "cluster", workdir / "cluster", vault, {"app1": GATEWAY, "app2": GATEWAY}
         )
         variables = {
             "nginx_web_port": web_port,
+            "nginx_app_broker_auth_port": auth_port,
             "nginx_gateway_port": free_port(),
             "nginx_tls_certificate": b"".join(
                 p.bytes() for p in proxy_cert.cert_chain_pems
@@ -82,7 +84,7 @@ def cluster(testnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> I
         assert first.returncode == 0, first.tail()
         second = testnet.playbook(inventory, variables, "site.yml", *limit)
         assert second.returncode == 0, second.tail()
-        yield Cluster(nodes, proxy, vault, first, second, ca_file, web_port)
+        yield Cluster(nodes, proxy, vault, first, second, ca_file, web_port, auth_port)
     finally:
         for name in names:
             if name in testnet.hosts:
@@ -125,6 +127,7 @@ def test_fairway_on_the_cluster_with_device_logins_through_the_proxy(
         queue_type="quorum",
         web_host=GATEWAY,
         web_port=cluster.web_port,
+        broker_auth_port=cluster.auth_port,
         # As the cluster inventory sets it: the broker-auth calls come from the proxy.
         broker_auth_networks=f"{cluster.proxy.address}/32",
     )

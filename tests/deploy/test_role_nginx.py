@@ -92,6 +92,7 @@ def proxy(
         mongo_url=f"{private_mongo}nginx-role",
         web_host=GATEWAY,
         web_port=web_port,
+        broker_auth_port=free_port(),  # not the default, which other runs may hold
         gateway_host=GATEWAY,
         gateway_port=gateway_port,
         gateway_public_url=f"https://{NAME}/push",

@@ -36,6 +36,7 @@ class Node:
     second: Run
     ca_file: Path
     web_port: int
+    auth_port: int  # the web app's broker-auth port, which the broker asks
 
 
 def secrets_for_rabbitmq() -> dict[str, str]:
@@ -58,11 +59,11 @@ def node(testnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ca_file = workdir / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
         install_broker_tls(host, ca, TLS_DIR)
-        web_port = free_port()
+        web_port, auth_port = free_port(), free_port()
         variables = {
             **secrets_for_rabbitmq(),
-            # Device logins: the web app this test runs on this machine.
-            "rabbitmq_auth_http_url": f"http://{GATEWAY}:{web_port}/broker",
+            # Device logins: the web app this test runs on this machine (its auth port).
+            "rabbitmq_auth_http_url": f"http://{GATEWAY}:{auth_port}/broker",
             "rabbitmq_tls_certfile": f"{TLS_DIR}/server.pem",
             "rabbitmq_tls_keyfile": f"{TLS_DIR}/server-key.pem",
             "rabbitmq_tls_cacertfile": f"{TLS_DIR}/ca.pem",
@@ -74,7 +75,7 @@ def node(testnet: TestNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iter
         assert first.returncode == 0, first.tail()
         second = testnet.playbook(inventory, variables)
         assert second.returncode == 0, second.tail()
-        yield Node(host, variables, inventory, first, second, ca_file, web_port)
+        yield Node(host, variables, inventory, first, second, ca_file, web_port, auth_port)
     finally:
         testnet.remove("rabbit1")
 
@@ -182,6 +183,7 @@ def test_fairway_declares_relays_stores_and_logs_devices_in(
         queue_type="quorum",
         web_host=GATEWAY,
         web_port=node.web_port,
+        broker_auth_port=node.auth_port,
         broker_auth_networks=f"{host.address}/32",
     )
     assert fw.cli(config, "declare")["declared"]

@@ -120,12 +120,12 @@ def pipeline_on_own_broker(
     base_settings: Settings, tmp_path: Path, **settings: object
 ) -> Iterator[tuple[Pipeline, LocalNode]]:
     """A pipeline on a RabbitMQ node of its own (the shared configuration, its 60 s auth
-    cache included) whose HTTP auth backend is the pipeline's web app on a free port:
-    device logins need neither port 8080 nor its lock. ``settings`` override the tests'
-    defaults; devices' snippets name this node's MQTT port."""
-    web_port = free_port()
+    cache included) whose HTTP auth backend is the pipeline's web app's broker-auth port, a
+    free one: device logins need neither port 8080 nor its lock. ``settings`` override
+    the tests' defaults; devices' snippets name this node's MQTT port."""
+    web_port, auth_port = free_port(), free_port()
     node = LocalNode(tmp_path / "rabbitmq")
-    node.env["FAIRWAY_BROKER_AUTH_URL"] = f"http://127.0.0.1:{web_port}/broker"
+    node.env["FAIRWAY_BROKER_AUTH_PORT"] = str(auth_port)  # scripts/services.sh's URL
     with node:
         base = Settings.from_env(
             base_settings.environ(), amqp_url=node.amqp_url(), rabbitmq_mgmt_url=node.mgmt_url
@@ -134,6 +134,7 @@ def pipeline_on_own_broker(
             **TEST_SETTINGS,
             "secret_key": base_settings.secret_key or TEST_SECRET_KEY,
             "web_port": web_port,
+            "broker_auth_port": auth_port,
             "gateway_port": free_port(),
             "device_mqtt_url": f"mqtt://127.0.0.1:{node.base + 2}",
             **settings,

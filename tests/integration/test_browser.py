@@ -450,6 +450,7 @@ def test_make_demo_is_the_whole_product(
         **os.environ,
         **pipeline.settings.environ(),
         "FAIRWAY_WEB_PORT": str(web_port),
+        "FAIRWAY_BROKER_AUTH_PORT": str(free_port()),
         "FAIRWAY_GATEWAY_PORT": str(gateway_port),
         "FAIRWAY_DEVICE_CACHE_TTL_S": "2",  # a registered device is known within 2 s
     }

@@ -4,8 +4,9 @@ snippets the page shows publish over AMQP and MQTT as they are, and the device s
 online; disable, enable and rotate from the UI; a quarantine shown and lifted; users and
 roles; a viewer sees no management control.
 
-Device logins are decided by the web app, which the broker asks over HTTP. The shared
-broker asks port 8080, which other test runs share; the registration test starts a
+Device logins are decided by the web app, which the broker asks over HTTP on its
+broker-auth port. The shared broker asks port 8082 (the web app's on port 8080), which
+other test runs share; the registration test starts a
 RabbitMQ node of its own (``scripts/services.sh start-rabbitmq`` in its own directory,
 with its own name and ports) that asks this test's web app, so it needs neither port 8080
 nor its lock."""
@@ -54,10 +55,11 @@ def _run_snippet(code: str) -> None:
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n--- snippet:\n{code}"
 
 
-def _broker_says(settings_port: int, device: str, password: str) -> str:
-    """What the web app answers the broker for a device login (allow/deny)."""
+def _broker_says(auth_port: int, device: str, password: str) -> str:
+    """What the web app answers the broker for a device login (allow/deny), on its
+    broker-auth port."""
     form = urllib.parse.urlencode({"username": device, "password": password}).encode()
-    url = f"http://127.0.0.1:{settings_port}/broker/user"
+    url = f"http://127.0.0.1:{auth_port}/broker/user"
     with urllib.request.urlopen(url, data=form, timeout=10) as answer:
         return answer.read().decode()
 
@@ -145,7 +147,7 @@ def test_register_a_device_in_the_ui_then_it_publishes_with_the_snippets(
     browser.save_screenshot(str(ARTIFACTS / "registry-device-online.png"))
 
     # Disable, then enable, from the registry page, reached from the device's page.
-    port = pipeline.settings.web_port
+    port = pipeline.settings.broker_auth_port
     browser.get(f"{web}/devices/probe-1")
     wait.until(lambda b: b.find_elements(By.ID, "manage-link")).pop().click()
     wait.until(lambda b: b.current_url.endswith("/registry?device=probe-1"))
@@ -252,7 +254,10 @@ def test_a_quarantined_device_shows_until_when_and_an_admin_lifts_it_in_the_ui(
     pipeline: Pipeline, browser: webdriver.Chrome
 ) -> None:
     pipeline.settings = dataclasses.replace(
-        pipeline.settings, web_port=free_port(), gateway_port=free_port()
+        pipeline.settings,
+        web_port=free_port(),
+        broker_auth_port=free_port(),
+        gateway_port=free_port(),
     )
     pipeline.tenant("acme")
     creds = pipeline.device("acme", "flood-1")
@@ -267,7 +272,8 @@ def test_a_quarantined_device_shows_until_when_and_an_admin_lifts_it_in_the_ui(
     assert held is not None and held.offences == 2
     pipeline.start("web")
     port = pipeline.settings.web_port
-    assert _broker_says(port, "flood-1", creds["password"]) == "deny"
+    auth_port = pipeline.settings.broker_auth_port
+    assert _broker_says(auth_port, "flood-1", creds["password"]) == "deny"
     web = f"http://127.0.0.1:{port}"
     wait = WebDriverWait(browser, 30, poll_frequency=0.05)
 
@@ -290,4 +296,4 @@ def test_a_quarantined_device_shows_until_when_and_an_admin_lifts_it_in_the_ui(
     record = quarantine.get(pipeline.db, "flood-1")
     assert record is not None and not record.holds(time.time()) and record.offences == 2
     assert pipeline.db[quarantine.COLLECTION].find_one({"_id": "flood-1"})["lifted"] == "ada"
-    assert _broker_says(port, "flood-1", creds["password"]) == "allow"
+    assert _broker_says(auth_port, "flood-1", creds["password"]) == "allow"

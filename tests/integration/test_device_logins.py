@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +17,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from fairway.devtools.processes import free_port
+from fairway.kernel.settings import Settings
 from fairway.storage import accounts, registry
-from tests.harness import Pipeline
+from tests.harness import Pipeline, reading
+from tests.integration.conftest import pipeline_on_own_broker
 from web import broker_auth, create_app
+
+DECISIONS = "fairway_broker_auth_decisions_total"
 
 
 @pytest.fixture
@@ -161,20 +166,59 @@ def test_reserved_names_are_refused_without_a_lookup(
     assert refused("reserved_id") == before + 1
 
 
+def _post(port: int, path: str, form: dict[str, str]) -> tuple[int, str]:
+    data = urllib.parse.urlencode(form).encode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", data, 10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
 def test_broker_auth_has_its_own_port_and_pool(pipeline: Pipeline, app: Flask, key: bytes) -> None:
+    """The rule: with a broker-auth port (the default, 8082), /broker/* is answered there
+    and only there: the web port answers it 404 and logs why, so a broker still asking the
+    web port fails loudly instead of quietly sharing the UI's threads again."""
     creds = registry.register_device(pipeline.db, "acme", "dev-1", key)
     web_port, auth_port = free_port(), free_port()
-    pipeline.start("web", web_port=web_port, broker_auth_port=auth_port)
-
-    def post(port: int, path: str, form: dict[str, str]) -> tuple[int, str]:
-        data = urllib.parse.urlencode(form).encode()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", data, 10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, ""
-
+    web = pipeline.start("web", web_port=web_port, broker_auth_port=auth_port)
     form = {"username": "dev-1", "password": creds["password"]}
-    assert post(auth_port, "/broker/user", form) == (200, "allow")
-    assert post(web_port, "/broker/user", form) == (200, "allow")  # still there for old setups
-    assert post(auth_port, "/api/login", {"user": "x"})[0] == 404  # nothing else on it
+    assert _post(auth_port, "/broker/user", form) == (200, "allow")
+    assert _post(web_port, "/broker/user", form)[0] == 404
+    assert _post(web_port, "/broker/vhost", {"username": "dev-1"})[0] == 404
+    assert _post(auth_port, "/api/login", {"user": "x"})[0] == 404  # nothing else on it
+    assert _post(web_port, "/api/login", {"user": "x"})[0] != 404  # the UI is still there
+    log = web.log_path.read_text()
+    assert f"device logins are served on FAIRWAY_BROKER_AUTH_PORT={auth_port}" in log
+    assert log.count("broker auth request on the web port refused") == 1  # once a minute
+
+
+def test_broker_auth_port_0_serves_the_broker_on_the_web_port(
+    pipeline: Pipeline, app: Flask, key: bytes
+) -> None:
+    creds = registry.register_device(pipeline.db, "acme", "dev-1", key)
+    web_port = free_port()
+    pipeline.start("web", web_port=web_port, broker_auth_port=0)
+    form = {"username": "dev-1", "password": creds["password"]}
+    assert _post(web_port, "/broker/user", form) == (200, "allow")
+
+
+def test_the_broker_asks_the_auth_port_scripts_services_sh_derives(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """A node set up by scripts/services.sh with only FAIRWAY_BROKER_AUTH_PORT (as the
+    shared one is, with its default) sends device logins to that port's pool: a device
+    logs in over AMQP and only the auth server answered the broker."""
+    with pipeline_on_own_broker(base_settings, tmp_path) as (pipeline, _node):
+        pipeline.tenant("acme")
+        creds = pipeline.device("acme", "dev-1")
+        web = pipeline.start("web")
+        pipeline.publish(
+            [("dev-1.env", reading(), {"message_id": "a", "user_id": "dev-1"})],
+            creds["username"],
+            creds["password"],
+        )
+        allowed = web.metric(DECISIONS, check="user", decision="allow")
+        assert allowed >= 1
+        # The web port's threads never saw a broker call (it would have logged the 404).
+        assert "broker auth request on the web port" not in web.log_path.read_text()
