@@ -27,10 +27,9 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import cpu_s, r, say
-from fairway.devtools import simulator
+from benchmarks.end_to_end import TENANTS, provision  # the same fleet as end_to_end
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading
-from fairway.storage import registry
 from tests.harness import Pipeline
 
 NAME = "scheduler_drain"
@@ -38,21 +37,6 @@ STORED = "fairway_scheduler_stored_total"
 DUPLICATES = "fairway_scheduler_duplicates_total"
 BATCH_COUNT = "fairway_scheduler_batch_size_count"
 BATCH_SUM = "fairway_scheduler_batch_size_sum"
-TENANTS = simulator.tenant_ids(10)
-DEVICES_PER_TENANT = 5
-
-
-def provision(env: Pipeline) -> dict[str, list[str]]:
-    """Tenants (records and queues) and their registered devices."""
-    by_tenant = {t: simulator.device_ids(t, DEVICES_PER_TENANT) for t in TENANTS}
-    with env.channel() as ch:
-        for tenant in TENANTS:
-            topology.tenant_queue(tenant, env.settings.tenant_max_backlog, env.settings).declare(ch)
-    for tenant, devices in by_tenant.items():
-        registry.create_tenant(env.db, tenant, 1, env.settings.tenant_max_backlog)
-        for device in devices:
-            registry.register_device(env.db, tenant, device)
-    return by_tenant
 
 
 def fill(env: Pipeline, by_tenant: dict[str, list[str]], readings: int, bundle: int) -> int:
