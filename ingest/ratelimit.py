@@ -68,8 +68,10 @@ class RefusalBudget:
     The device is the one the routing key names, which the broker's topic permission
     ties to the publishing device (a device cannot spend another's budget); refusals
     with no device id (only service accounts can publish such keys) share one bucket.
-    The tenant is known only after the registry look-up, so refusals of the contract
-    (size, JSON, schema, clock) are bounded per device only.
+    The tenant is the device's (after the registry look-up) or, for refusals of the
+    contract (size, JSON, schema, clock), decided before it, the tenant whose
+    ``ingest.<tenant>`` the message came from; what reaches the shared ``ingest`` has no
+    tenant and is bounded per device only.
     """
 
     def __init__(
@@ -83,12 +85,24 @@ class RefusalBudget:
         self.devices = RateLimiter(device_rate, device_burst, max_keys)
         self.tenants = RateLimiter(tenant_rate, tenant_burst, max_keys)
 
-    def allow(self, device: str | None, tenant: str | None, now: float, readings: int = 1) -> bool:
+    def spent(
+        self, device: str | None, tenant: str | None, now: float, readings: int = 1
+    ) -> str | None:
         """Take a refusal of ``readings`` readings from the device's and the tenant's
-        budget; False if either is spent."""
+        budget: None if both allow it, else which one is spent (:data:`DEVICE_SPENT`,
+        :data:`TENANT_SPENT`)."""
         if not self.devices.allow(device or "_", now, readings):
-            return False
-        return tenant is None or self.tenants.allow(tenant, now, readings)
+            return DEVICE_SPENT
+        if tenant is not None and not self.tenants.allow(tenant, now, readings):
+            return TENANT_SPENT
+        return None
+
+    def allow(self, device: str | None, tenant: str | None, now: float, readings: int = 1) -> bool:
+        """Whether both budgets allow the refusal (taking it, as :meth:`spent`)."""
+        return self.spent(device, tenant, now, readings) is None
+
+
+DEVICE_SPENT, TENANT_SPENT = "device", "tenant"
 
 
 class Pacer(RateLimiter):

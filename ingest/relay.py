@@ -93,7 +93,7 @@ from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.bundler import CAUSES, Bundler
 from ingest.quarantine import Quarantiner
-from ingest.ratelimit import Pacer, RateLimiter, RefusalBudget
+from ingest.ratelimit import DEVICE_SPENT, Pacer, RateLimiter, RefusalBudget
 from ingest.registry import MISSING, DeviceRegistry
 
 log = logging.getLogger(__name__)
@@ -530,15 +530,21 @@ class Relay(AmqpService):
         ``readings``: how many readings it refuses (a whole batch refused by the
         registry costs the budgets that many); ``index``: one reading of a batch.
         """
-        if not self.refusals.allow(device, tenant, time.monotonic(), readings):
+        spent = self.refusals.spent(device, tenant, time.monotonic(), readings)
+        if spent is not None:
             # Over the device's or tenant's budget: counted, acked, not kept.
             metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
-            # A whole message costs the watch what it costs the pace (by its KiB if more
-            # than its readings); one reading of a batch costs one.
-            units = (
-                readings if index is not None else max(readings, 1 + delivery.size // PACE_BYTES)
-            )
-            self.quarantiner.refused_over_budget(device, refusal.reason, units)
+            if spent == DEVICE_SPENT:
+                # Only the device's own excess counts towards its quarantine: a device
+                # within its budget is never quarantined for what its tenant-mates sent.
+                # A whole message costs the watch what it costs the pace (by its KiB if
+                # more than its readings); one reading of a batch costs one.
+                units = (
+                    readings
+                    if index is not None
+                    else max(readings, 1 + delivery.size // PACE_BYTES)
+                )
+                self.quarantiner.refused_over_budget(device, refusal.reason, units)
             self._paced_done(delivery, tenant)
             return
         headers: dict[str, Any] = {

@@ -177,20 +177,22 @@ def _post(port: int, path: str, form: dict[str, str]) -> tuple[int, str]:
 
 def test_broker_auth_has_its_own_port_and_pool(pipeline: Pipeline, app: Flask, key: bytes) -> None:
     """The rule: with a broker-auth port (the default, 8082), /broker/* is answered there
-    and only there: the web port answers it 404 and logs why, so a broker still asking the
-    web port fails loudly instead of quietly sharing the UI's threads again."""
+    by its own threads; the web port still answers it (a broker not yet reconfigured in an
+    upgrade keeps working) but logs a warning once a minute and counts each call."""
     creds = registry.register_device(pipeline.db, "acme", "dev-1", key)
     web_port, auth_port = free_port(), free_port()
     web = pipeline.start("web", web_port=web_port, broker_auth_port=auth_port)
     form = {"username": "dev-1", "password": creds["password"]}
     assert _post(auth_port, "/broker/user", form) == (200, "allow")
-    assert _post(web_port, "/broker/user", form)[0] == 404
-    assert _post(web_port, "/broker/vhost", {"username": "dev-1"})[0] == 404
+    assert web.metric("fairway_web_broker_auth_on_web_port_total") == 0
+    assert _post(web_port, "/broker/user", form) == (200, "allow")
+    assert _post(web_port, "/broker/vhost", {"username": "dev-1"})[0] == 200
+    assert web.metric("fairway_web_broker_auth_on_web_port_total") == 2
     assert _post(auth_port, "/api/login", {"user": "x"})[0] == 404  # nothing else on it
     assert _post(web_port, "/api/login", {"user": "x"})[0] != 404  # the UI is still there
     log = web.log_path.read_text()
-    assert f"device logins are served on FAIRWAY_BROKER_AUTH_PORT={auth_port}" in log
-    assert log.count("broker auth request on the web port refused") == 1  # once a minute
+    assert f"device logins belong on FAIRWAY_BROKER_AUTH_PORT={auth_port}" in log
+    assert log.count("broker auth request on the web port") == 1  # once a minute
 
 
 def test_broker_auth_port_0_serves_the_broker_on_the_web_port(
@@ -220,5 +222,6 @@ def test_the_broker_asks_the_auth_port_scripts_services_sh_derives(
         )
         allowed = web.metric(DECISIONS, check="user", decision="allow")
         assert allowed >= 1
-        # The web port's threads never saw a broker call (it would have logged the 404).
+        # The web port's threads never saw a broker call.
+        assert web.metric("fairway_web_broker_auth_on_web_port_total") == 0
         assert "broker auth request on the web port" not in web.log_path.read_text()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fairway.kernel.settings import Settings, SettingsError
-from web.server import without_broker_auth
+from web.server import BROKER_AUTH_ON_WEB_PORT, warn_broker_auth_on_web_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = Settings().broker_auth_port
@@ -51,7 +51,7 @@ def test_0_turns_it_off_and_the_web_port_cannot_be_it() -> None:
         Settings.from_env({"FAIRWAY_WEB_PORT": str(DEFAULT)})
 
 
-def test_the_web_port_answers_broker_paths_404_and_serves_the_rest() -> None:
+def test_the_web_port_still_serves_broker_paths_and_counts_them() -> None:
     seen: list[str] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -59,12 +59,12 @@ def test_the_web_port_answers_broker_paths_404_and_serves_the_rest() -> None:
         start_response("200 OK", [])
         return [b"app"]
 
-    wrapped = without_broker_auth(app, DEFAULT)
-    statuses: list[str] = []
-    assert wrapped({"PATH_INFO": "/broker/user"}, lambda s, h: statuses.append(s)) != [b"app"]
-    assert wrapped({"PATH_INFO": "/api/login"}, lambda s, h: statuses.append(s)) == [b"app"]
-    assert statuses == ["404 Not Found", "200 OK"]
-    assert seen == ["/api/login"]
+    wrapped = warn_broker_auth_on_web_port(app, DEFAULT)
+    before = BROKER_AUTH_ON_WEB_PORT._value.get()
+    for path in ("/broker/user", "/api/login", "/broker/vhost"):
+        assert wrapped({"PATH_INFO": path}, lambda s, h: None) == [b"app"]
+    assert seen == ["/broker/user", "/api/login", "/broker/vhost"]
+    assert BROKER_AUTH_ON_WEB_PORT._value.get() - before == 2
 
 
 def _yaml(path: str) -> dict[str, Any]:

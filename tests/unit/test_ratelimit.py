@@ -88,3 +88,12 @@ def test_refusal_budget_charges_readings_to_device_and_tenant() -> None:
     assert budget.allow("d1", "t", 0.0) is False  # the device's budget is spent
     assert budget.allow("d2", "t", 0.0, readings=2) is True  # tenant 0 left
     assert budget.allow("d3", "t", 0.0) is False  # the tenant's budget is spent
+
+
+def test_refusal_budget_says_which_budget_is_spent() -> None:
+    budget = RefusalBudget(1.0, 2.0, 1.0, 3.0, max_keys=10)
+    assert budget.spent("d1", "t", 0.0, readings=2) is None  # device 0 left, tenant 1
+    assert budget.spent("d1", "t", 0.0) == "device"
+    assert budget.spent("d2", "t", 0.0) is None  # tenant 0 left
+    assert budget.spent("d3", "t", 0.0) == "tenant"
+    assert budget.spent("d4", None, 0.0) is None  # no tenant: the device's budget only

@@ -118,3 +118,36 @@ def test_a_drain_acks_held_refusals_at_once(paced: tuple[Relay, Timers]) -> None
         assert channel(relay).acks == [(3, True), (4, True), (5, True)]
     finally:
         relay.registry.close()
+
+
+def test_only_a_devices_own_excess_counts_towards_its_quarantine() -> None:
+    # Device budgets of 100, a tenant budget of 3: dev-1 spends the tenant's, then dev-2's
+    # refusals are over the tenant's budget (not kept) but within its own.
+    relay = make_relay(
+        rejected_device_rate=0.001,
+        rejected_device_burst=100,
+        rejected_tenant_rate=0.001,
+        rejected_tenant_burst=3,
+    )
+    relay._queues = {"c": "ingest.evil"}
+    counted: list[tuple[str | None, int]] = []
+    relay.quarantiner.refused_over_budget = (  # type: ignore[method-assign]
+        lambda device, reason, units=1: counted.append((device, units))
+    )
+
+    def broken(tag: int, device: str) -> None:
+        method = SimpleNamespace(delivery_tag=tag, routing_key=f"{device}.env", consumer_tag="c")
+        props = SimpleNamespace(message_id=f"m{tag}", user_id=None)
+        relay._on_message(channel(relay), method, props, b"{not json")  # type: ignore[arg-type]
+
+    try:
+        for tag in range(1, 4):
+            broken(tag, "dev-1")
+        for tag in range(4, 9):
+            broken(tag, "dev-2")
+        assert counted == []  # over the tenant's budget, within each device's own
+        relay.refusals.devices.allow("dev-2", 0.0, 100)  # dev-2's own budget spent too
+        broken(9, "dev-2")
+        assert counted == [("dev-2", 1)]
+    finally:
+        relay.registry.close()
