@@ -1,5 +1,6 @@
 #!/opt/fairway/bin/python
-"""Container health check: ``fairway-healthcheck URL``; exit 0 when the target answers.
+"""Container health check: ``fairway-healthcheck URL [URL ...]``; exit 0 when every target
+answers (a process serving on several ports: the web app and its broker-auth port).
 
 ``http://host:port/path`` is healthy on any HTTP status below 500 (the process serves);
 ``tcp://host:port`` is healthy when a connection opens (the process listens).
@@ -36,10 +37,13 @@ def healthy(url: str) -> bool:
 
 def main(argv: list[str]) -> int:
     """Exit status for the container runtime: 0 healthy, 1 not, 2 usage."""
-    if len(argv) != 2:
-        print("usage: fairway-healthcheck http://HOST:PORT/PATH | tcp://HOST:PORT", file=sys.stderr)
+    if len(argv) < 2:
+        print(
+            "usage: fairway-healthcheck http://HOST:PORT/PATH | tcp://HOST:PORT [...]",
+            file=sys.stderr,
+        )
         return 2
-    return 0 if healthy(argv[1]) else 1
+    return 0 if all(healthy(url) for url in argv[1:]) else 1
 
 
 if __name__ == "__main__":

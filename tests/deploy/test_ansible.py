@@ -36,6 +36,28 @@ def test_syntax_check(inventory: str, playbook: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("inventory", [PLAYBOOKS[0][0], PLAYBOOKS[1][0]])
+def test_the_app_play_runs_alone_by_its_tag(inventory: str) -> None:
+    """Upgrades run ``--tags fairway`` first (new apps before the brokers' new settings:
+    docs/deploy.md, "Rolling upgrades"): only the fairway role's tasks are in it."""
+    result = run(
+        [
+            tool("ansible-playbook"),
+            "--list-tasks",
+            "--tags",
+            "fairway",
+            "-i",
+            inventory,
+            "site.yml",
+        ],
+        cwd=ANSIBLE_DIR,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tasks = re.findall(r"^\s{6}(\S+) : ", result.stdout, re.M)
+    assert "Declare the topology and indexes" in result.stdout
+    assert tasks and set(tasks) == {"fairway"}, result.stdout
+
+
 def test_ansible_lint_is_clean() -> None:
     result = run([tool("ansible-lint"), "--offline", "--nocolor"], cwd=ANSIBLE_DIR)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,12 +12,16 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from fairway.devtools.processes import free_port
 from tests.deploy.tools import ROOT, run
 
 CHECKER_SRC = ROOT / "deploy" / "compose-check"
@@ -170,6 +174,34 @@ def test_long_running_services_have_healthchecks_and_restart(project: dict[str, 
         assert service.get("restart") == "unless-stopped", name
         if name not in {"beat", "simulator"}:  # nothing waits on these two
             assert service["healthcheck"]["test"], name
+
+
+def test_the_web_healthcheck_asks_both_of_its_ports(project: dict[str, Any]) -> None:
+    """The pages' port and the broker-auth port the broker calls (rabbitmq.conf's URL):
+    either one down makes the service unhealthy."""
+    test = project["services"]["web"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "fairway-healthcheck"], test
+    ports = {urlsplit(url).port for url in test[2:]}
+    auth_url = _conf((ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text())["auth_http.user_path"]
+    assert urlsplit(auth_url).port == 8082
+    assert ports == {8080, 8082}, test
+    assert "http://127.0.0.1:8080/healthz" in test
+
+
+def test_the_healthcheck_fails_when_any_target_is_down() -> None:
+    checker = [sys.executable, str(ROOT / "deploy/healthcheck.py")]
+    with (
+        socket.create_server(("127.0.0.1", 0)) as one,
+        socket.create_server(("127.0.0.1", 0)) as two,
+    ):
+        up = [f"tcp://127.0.0.1:{s.getsockname()[1]}" for s in (one, two)]
+        assert run([*checker, *up]).returncode == 0
+    closed = free_port()
+    with socket.create_server(("127.0.0.1", 0)) as one:
+        listening = f"tcp://127.0.0.1:{one.getsockname()[1]}"
+        assert run([*checker, listening, f"tcp://127.0.0.1:{closed}"]).returncode == 1
+        assert run([*checker, f"tcp://127.0.0.1:{closed}", listening]).returncode == 1
+    assert run(checker).returncode == 2
 
 
 def test_simulator_only_in_the_demo_profile(compose_check: Path, tmp_path: Path) -> None:

@@ -31,12 +31,17 @@ def test_every_broker_configuration_names_the_default_port() -> None:
     compose = (ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text()
     paths = re.findall(r"^auth_http\.\w+_path = (.+)$", compose, re.M)
     assert len(paths) == 4 and all(p.startswith(f"http://web:{DEFAULT}/broker/") for p in paths)
+    # Ansible derives its ports from fairway_settings (rendered and checked against the
+    # app's settings in tests/deploy/test_broker_auth_ports.py): the same default here.
     role = _yaml("ansible/roles/rabbitmq/defaults/main.yml")
-    assert role["rabbitmq_auth_http_url"] == f"http://127.0.0.1:{DEFAULT}/broker"
+    app_port = "rabbitmq_auth_http_app_port"
+    assert role["rabbitmq_auth_http_url"] == f"http://127.0.0.1:{{{{ {app_port} }}}}/broker"
+    assert f"broker_auth_port | default({DEFAULT})" in role[app_port]
     single = _yaml("ansible/inventories/single/group_vars/all/vars.yml")
-    assert single["rabbitmq_auth_http_url"] == f"http://127.0.0.1:{DEFAULT}/broker"
+    assert single["rabbitmq_auth_http_url"] == role["rabbitmq_auth_http_url"]
     # The cluster's brokers ask the proxy (8443), which forwards to the apps' auth port.
-    assert _yaml("ansible/roles/nginx/defaults/main.yml")["nginx_app_broker_auth_port"] == DEFAULT
+    nginx = _yaml("ansible/roles/nginx/defaults/main.yml")["nginx_app_broker_auth_port"]
+    assert f"broker_auth_port | default({DEFAULT})" in nginx
     template = (ROOT / "ansible/roles/nginx/templates/fairway.conf.j2").read_text()
     broker_server = template.split("listen {{ nginx_broker_auth_port }} ssl;", 1)[1]
     assert "proxy_pass http://fairway_broker_auth;" in broker_server
