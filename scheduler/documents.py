@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fairway.kernel.contract import hour_key, reading_document
+from fairway.kernel.contract import hour_key, reading_document, stored_reading
 
 HOUR = timedelta(hours=1)
 _fromtimestamp = datetime.fromtimestamp
@@ -48,7 +48,7 @@ class BatchDocuments:
 
     def _document(self, msg: dict[str, Any]) -> dict[str, Any]:
         ts = _fromtimestamp(msg["ts"], UTC)
-        tenant, device, message_id = msg["tenant"], msg["device"], msg["id"]
+        tenant, device = msg["tenant"], msg["device"]
         key = (tenant, device)
         hour = self._hours.get(key)
         if hour is None or not hour[0] <= ts < hour[1]:
@@ -60,14 +60,4 @@ class BatchDocuments:
         else:
             received_dt = _fromtimestamp(received, UTC)
             self._received, self._received_dt = received, received_dt
-        return {
-            "_id": f"{tenant}:{device}:{message_id}",
-            "hk": hour[2],
-            "tenant": tenant,
-            "device": device,
-            "stream": msg["stream"],
-            "msg_id": message_id,
-            "ts": ts,
-            "received": received_dt,
-            "values": msg["values"],
-        }
+        return stored_reading(msg, ts, hour[2], received_dt)  # type: ignore[arg-type]

@@ -427,15 +427,29 @@ def tenant_readings(body: bytes) -> list[dict[str, Any]]:
 def reading_document(msg: dict[str, Any]) -> dict[str, Any]:
     """MongoDB document for one reading of a tenant-queue message (relay output, trusted)."""
     ts = datetime.fromtimestamp(msg["ts"], UTC)
+    return stored_reading(
+        msg,
+        ts,
+        hour_key(msg["tenant"], msg["device"], ts),
+        datetime.fromtimestamp(msg["received"], UTC),
+    )
+
+
+def stored_reading(
+    msg: dict[str, Any], ts: datetime, hk: str, received: datetime
+) -> dict[str, Any]:
+    """The stored document's layout (its key order is kept by BSON), given ``msg``'s
+    converted times and hour key: the one place a writer builds it."""
+    tenant, device, message_id = msg["tenant"], msg["device"], msg["id"]
     return {
-        "_id": reading_id(msg["tenant"], msg["device"], msg["id"]),
-        "hk": hour_key(msg["tenant"], msg["device"], ts),
-        "tenant": msg["tenant"],
-        "device": msg["device"],
+        "_id": reading_id(tenant, device, message_id),
+        "hk": hk,
+        "tenant": tenant,
+        "device": device,
         "stream": msg["stream"],
-        "msg_id": msg["id"],
+        "msg_id": message_id,
         "ts": ts,
-        "received": datetime.fromtimestamp(msg["received"], UTC),
+        "received": received,
         "values": msg["values"],
     }
 
