@@ -1,7 +1,7 @@
 """Token buckets per key (device, tenant), bounded in number.
 
 A token is one reading: a device batch of ten readings costs ten, whether it is
-accepted (:meth:`RateLimiter.take`) or refused whole (:meth:`RefusalBudget.allow`).
+accepted (:meth:`RateLimiter.take`) or refused whole (:meth:`RefusalBudget.spent`).
 """
 
 from __future__ import annotations
@@ -96,10 +96,6 @@ class RefusalBudget:
         if tenant is not None and not self.tenants.allow(tenant, now, readings):
             return TENANT_SPENT
         return None
-
-    def allow(self, device: str | None, tenant: str | None, now: float, readings: int = 1) -> bool:
-        """Whether both budgets allow the refusal (taking it, as :meth:`spent`)."""
-        return self.spent(device, tenant, now, readings) is None
 
 
 DEVICE_SPENT, TENANT_SPENT = "device", "tenant"

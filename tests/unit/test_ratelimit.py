@@ -84,10 +84,10 @@ def test_a_cost_above_what_is_left_overdraws_and_the_rate_holds() -> None:
 
 def test_refusal_budget_charges_readings_to_device_and_tenant() -> None:
     budget = RefusalBudget(1.0, 10.0, 1.0, 12.0, max_keys=10)
-    assert budget.allow("d1", "t", 0.0, readings=10) is True  # device 0 left, tenant 2
-    assert budget.allow("d1", "t", 0.0) is False  # the device's budget is spent
-    assert budget.allow("d2", "t", 0.0, readings=2) is True  # tenant 0 left
-    assert budget.allow("d3", "t", 0.0) is False  # the tenant's budget is spent
+    assert budget.spent("d1", "t", 0.0, readings=10) is None  # device 0 left, tenant 2
+    assert budget.spent("d1", "t", 0.0) is not None  # the device's budget is spent
+    assert budget.spent("d2", "t", 0.0, readings=2) is None  # tenant 0 left
+    assert budget.spent("d3", "t", 0.0) is not None  # the tenant's budget is spent
 
 
 def test_refusal_budget_says_which_budget_is_spent() -> None:
