@@ -37,7 +37,8 @@ lock the test suites take for that port. With ``--private-broker`` the run start
 RabbitMQ node of its own (:func:`common.use_private_broker`, the shared configuration)
 whose auth backend asks the run's web app's broker-auth port, a free one: no lock, and
 the broker's CPU is the run's alone. The web attacks also start a push gateway and
-one Celery worker of their own (``--job-workers`` pool processes, default 1).
+one Celery worker of their own (``--job-workers`` pool processes, default 2 as compose
+runs, declared to the run's processes as ``FAIRWAY_JOBS_CPU_PROCESSES``).
 
 Stored is observed by polling the scheduler's per-tenant stored counter (never the
 database: a count on FerretDB is a scan): the quiet device's readings are stored in the
@@ -693,7 +694,15 @@ def run_all(
     """Every phase on one fresh vhost and database: processes alive at the end, the
     unloaded figures, and each attack's. The web app serves on ``port`` and answers the
     broker's device logins on ``auth_port``."""
-    with common.bench_env("bench-iso", device_rate=DEVICE_RATE) as env, ExitStack() as stack:
+    # The run declares the cpu processes it starts (FAIRWAY_JOBS_CPU_PROCESSES); one process
+    # has no room for a reserve.
+    pool = {"jobs_cpu_processes": args.job_workers}
+    if args.job_workers < 2:
+        pool["jobs_reserved_processes"] = 0
+    with (
+        common.bench_env("bench-iso", device_rate=DEVICE_RATE, **pool) as env,
+        ExitStack() as stack,
+    ):
         env.tenant(QUIET_TENANT)
         env.device(QUIET_TENANT, QUIET_DEVICE)
         env.tenant(HOSTILE_TENANT, max_backlog=HOSTILE_BACKLOG)
@@ -798,7 +807,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--quiet-rate", type=float, default=20.0, help="quiet readings per second")
     p.add_argument("--only", default="", help="comma-separated attacks (default: all)")
-    p.add_argument("--job-workers", type=int, default=1, help="the Celery worker's pool processes")
+    p.add_argument(
+        "--job-workers",
+        type=int,
+        default=2,
+        help="the Celery worker's pool processes (default 2, as compose runs; also the run's"
+        " FAIRWAY_JOBS_CPU_PROCESSES)",
+    )
     p.add_argument(
         "--attacker-as",
         choices=("device", "guest"),

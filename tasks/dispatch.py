@@ -1,5 +1,6 @@
 """Fair dispatch: release each tenant's waiting jobs into the ``cpu`` queue, at most
-``FAIRWAY_JOBS_DISPATCH_PER_TENANT`` of a tenant's at a time.
+``FAIRWAY_JOBS_DISPATCH_PER_TENANT`` of a tenant's at a time, and all tenants' together
+within the ``cpu`` processes (:mod:`fairway.storage.job_pool`).
 
 The records and their states are :mod:`fairway.storage.job_dispatch`; this module
 publishes. :func:`fill` releases a tenant's oldest waiting jobs while it has a free
@@ -7,7 +8,10 @@ dispatch slot; the web app calls it on each submission, and every Celery worker 
 :class:`Dispatcher` thread in its main process that calls it when a job of the tenant
 ends (woken by the worker's request hooks, so no pool process does it) and sweeps every
 ``FAIRWAY_JOBS_DISPATCH_INTERVAL_S``: slots and releases left half-done by a crash, then
-every tenant with waiting jobs. Imports Celery, never Flask.
+every tenant with waiting jobs. When a job ends, the process it held goes to the tenant
+whose turn it is (:func:`fill_turns`), not back to the tenant whose job ended. A job not
+released is counted with its reason in ``fairway_jobs_deferred_total{reason,tenant}``.
+Imports Celery, never Flask.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from celery import Celery
 
 import tasks.job_metrics as job_metrics
 from fairway.kernel.settings import Settings
-from fairway.storage import job_dispatch, job_records
+from fairway.storage import job_dispatch, job_pool, job_records
 from tasks.base import ENDED_HOOKS, EXPORT_TASK, REPORT_TASK, worker_database
 
 log = logging.getLogger("fairway.jobs.dispatch")
@@ -52,27 +56,50 @@ def release(app: Celery, db: Any, job: dict[str, Any]) -> None:
             raise
         # A worker started it: the publish got through after all.
     job_dispatch.mark_published(db, job)
+    job_pool.note_turn(db, job["tenant"])
     job_metrics.RELEASED.labels(job["tenant"]).inc()
     created = job["created"] if job["created"].tzinfo else job["created"].replace(tzinfo=UTC)
     job_metrics.WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
 
 
+def pool(settings: Settings) -> job_pool.Pool:
+    """The ``cpu`` processes and their reserve, from settings."""
+    return job_pool.Pool(settings.jobs_cpu_processes, settings.jobs_reserved_processes)
+
+
 def fill(app: Celery, db: Any, tenant: str, settings: Settings) -> int:
-    """Release ``tenant``'s oldest waiting jobs while it has a free dispatch slot; how
-    many were released. A failed publish stops it (the job waits again) and raises."""
+    """Release ``tenant``'s oldest waiting jobs while it has a free dispatch slot and a
+    process is free for it; how many were released. A job left waiting is counted with
+    its reason. A failed publish stops it (the job waits again) and raises."""
     released = 0
     while True:
-        job = job_dispatch.claim_next(
+        job, why = job_dispatch.claim_or_defer(
             db,
             tenant,
             settings.jobs_dispatch_per_tenant,
             settings.job_ttl_s,
             settings.jobs_dispatch_idle_max,
+            pool(settings),
         )
         if job is None:
+            if why is not None:
+                job_metrics.DEFERRED.labels(why, tenant).inc()
             return released
         release(app, db, job)
         released += 1
+
+
+def fill_turns(
+    app: Celery, db: Any, settings: Settings, waiting: dict[str, tuple[int, datetime]]
+) -> dict[str, int]:
+    """Fill every tenant with ``waiting`` jobs in turn order (:func:`job_pool.turn_order`);
+    how many each had released."""
+    order = job_pool.turn_order(
+        waiting,
+        job_pool.released_by_tenant(db, job_dispatch.DISPATCH),
+        job_pool.last_turns(db),
+    )
+    return {tenant: fill(app, db, tenant, settings) for tenant in order}
 
 
 def sweep(app: Celery, db: Any, settings: Settings) -> dict[str, int]:
@@ -90,8 +117,7 @@ def sweep(app: Celery, db: Any, settings: Settings) -> dict[str, int]:
         done["releases"] += 1
     waiting = job_dispatch.waiting(db)
     now = datetime.now(UTC)
-    for tenant, (_n, _oldest) in sorted(waiting.items(), key=lambda item: item[1][1]):
-        released = fill(app, db, tenant, settings)
+    for tenant, released in fill_turns(app, db, settings, waiting).items():
         n, oldest = waiting[tenant]
         waiting[tenant] = (n - released, oldest)
     _set_gauges(waiting, now)
@@ -158,8 +184,8 @@ class Dispatcher:
                     next_sweep, self._sweep_now = 0.0, False
             try:
                 db = worker_database(self.app)
-                for tenant in sorted(tenants):
-                    fill(self.app, db, tenant, self.settings)
+                if tenants:  # a job ended: its process goes to whoever's turn it is
+                    fill_turns(self.app, db, self.settings, job_dispatch.waiting(db))
                 if time.monotonic() >= next_sweep:
                     sweep(self.app, db, self.settings)
                     next_sweep = time.monotonic() + self.settings.jobs_dispatch_interval_s

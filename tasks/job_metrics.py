@@ -49,6 +49,14 @@ WAIT_SECONDS = Histogram(
     "Time a job waited for its tenant's turn, from submission to release",
     buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
 )
+DEFERRED = Counter(
+    "fairway_jobs_deferred_total",
+    "Times a tenant's waiting job was not released when its turn was tried, by reason "
+    "(tenant_share: the tenant has its share released; pool_full: every cpu process holds "
+    "a released job; pool_reserved: the free processes are kept for tenants with none) "
+    "and tenant",
+    ["reason", "tenant"],
+)
 RECOVERED = Counter(
     "fairway_jobs_dispatch_recovered_total",
     "Dispatch left half-done by a crash and redone by a sweep (slot: a slot taken back; "

@@ -133,18 +133,28 @@ class DemoOptions:
             }
         )
     )
-    cpu_workers: int = 1
+    # The cpu worker's pool processes, declared to every process it starts as
+    # FAIRWAY_JOBS_CPU_PROCESSES (fair dispatch releases jobs to fit them); None: as many
+    # as FAIRWAY_JOBS_CPU_PROCESSES declares (2 by default, one kept for a quiet tenant).
+    cpu_workers: int | None = None
 
 
 class Demo:
     """Every Fairway process and the simulated fleet, started and stopped in order."""
 
     def __init__(self, settings: Settings, options: DemoOptions) -> None:
+        if options.cpu_workers is not None:  # declared as run (the start check applies)
+            settings = Settings.from_env(settings.environ(), jobs_cpu_processes=options.cpu_workers)
         self.settings, self.options = settings, options
         self.children: list[Child] = []
         # A plain flag, not an Event: a signal handler may run while this thread holds
         # the Event's lock (entering or leaving wait), and Event.set would wait for ever.
         self._stop_requested = False
+
+    @property
+    def cpu_processes(self) -> int:
+        """The cpu worker's pool processes: what every process is told it has."""
+        return self.settings.jobs_cpu_processes
 
     @property
     def url(self) -> str:
@@ -207,7 +217,7 @@ class Demo:
         with ThreadPoolExecutor(2) as pool:
             # Celery workers take seconds to start: alongside the others, not after them.
             workers = [
-                pool.submit(self._start_worker, "worker-cpu", (CPU,), self.options.cpu_workers),
+                pool.submit(self._start_worker, "worker-cpu", (CPU,), self.cpu_processes),
                 pool.submit(self._start_worker, "worker-maintenance", (MAINTENANCE,), 1),
             ]
             for role in ("scheduler", "relay", "archiver", "monitor"):

@@ -555,6 +555,14 @@ class Settings:
     # released beyond its share until all tenants' released jobs reach this (set it to
     # the cpu workers' pool processes); 0 or at most the share: never beyond the share.
     jobs_dispatch_idle_max: int = setting(0, JOBS, AT_LEAST_0)
+    # The `cpu` worker processes of the deployment, every worker's pool together (compose:
+    # FAIRWAY_CPU_WORKERS): released jobs of all tenants together hold at most this many,
+    # so a released job never queues behind another tenant's in `cpu`.
+    jobs_cpu_processes: int = setting(2, JOBS, AT_LEAST_1)
+    # Of those, the last free ones go only to a tenant with no job released: a tenant
+    # already running one never takes them, so another tenant's job starts at once (0: no
+    # reserve; one tenant may then hold every process and the others wait a whole job).
+    jobs_reserved_processes: int = setting(1, JOBS, AT_LEAST_0)
     # How often each worker's dispatcher sweeps (releases left waiting by a crash, gauges).
     jobs_dispatch_interval_s: float = setting(5.0, JOBS, POSITIVE)
     report_max_series: int = setting(10_000, JOBS, AT_LEAST_1)  # (metric, bucket) pairs
@@ -729,6 +737,7 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
         problems[variable("quarantine_max_s")] = (
             f"FAIRWAY_QUARANTINE_MAX_S={_shown(top)} is below FAIRWAY_QUARANTINE_S ({base:g})"
         )
+    problems.update({} if problems else _pool_problems(values))
     web, auth = values.get("web_port"), values.get("broker_auth_port")
     if not problems and auth and auth == web:
         problems[variable("broker_auth_port")] = (
@@ -736,6 +745,33 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
             "port, or 0 to answer the broker on the web port"
         )
     return problems
+
+
+def _pool_problems(values: Mapping[str, Any]) -> dict[str, str]:
+    """The job pool's settings against each other: the reserve must leave processes for
+    tenants already running a job, and one tenant's share must fit outside it."""
+    names = ("jobs_cpu_processes", "jobs_reserved_processes", "jobs_dispatch_per_tenant")
+    if not all(isinstance(values.get(n), int) for n in names):
+        return {}  # checked once every value is known (the dataclass's own check)
+    processes, reserved, share = (int(values[n]) for n in names)
+    if reserved >= processes:
+        return {
+            variable("jobs_reserved_processes"): (
+                f"FAIRWAY_JOBS_RESERVED_PROCESSES={reserved} must be below "
+                f"FAIRWAY_JOBS_CPU_PROCESSES ({processes}): no job could run beside another"
+            )
+        }
+    if share > processes - reserved:
+        return {
+            variable("jobs_dispatch_per_tenant"): (
+                f"FAIRWAY_JOBS_DISPATCH_PER_TENANT={share} is more than the "
+                f"{processes - reserved} cpu processes outside the reserve "
+                f"(FAIRWAY_JOBS_CPU_PROCESSES={processes} minus "
+                f"FAIRWAY_JOBS_RESERVED_PROCESSES={reserved}): one tenant would hold "
+                "every process another tenant's job needs; lower it or add processes"
+            )
+        }
+    return {}
 
 
 def _parse_bool(raw: str) -> bool:

@@ -37,6 +37,10 @@ Releasing is safe to die at any step:
 
 A publish that failed: :func:`unclaim` supersedes *n* (or finds the worker started it:
 the message got through after all), puts the record back to waiting and frees the slot.
+
+Besides its tenant's dispatch slot a released job holds a ``cpu`` process slot
+(:mod:`fairway.storage.job_pool`, taken after the dispatch slot and freed with it, on
+every path above), so all tenants' released jobs together fit the worker processes.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from fairway.storage import job_pool
 from fairway.storage.job_records import (
     JOBS,
     RELEASES,
@@ -66,6 +71,7 @@ STARTED, SUPERSEDED = "started", "superseded"  # fates
 # presumed to have lost its process.
 RELEASE_GRACE = timedelta(seconds=60)
 CLAIM_TRIES = 5  # parallel dispatchers racing for the same waiting job
+RELEASE_SCOPES = [DISPATCH, job_pool.POOL]  # the slots a released job holds
 
 
 def _utc(at: datetime) -> datetime:
@@ -128,7 +134,7 @@ def free_stale(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> s
     old = {s["job"] for s in held.values() if _utc(s["created"]) < cutoff} - gone
     if old:
         for d in db[JOBS].find({"_id": {"$in": list(old)}, "dispatch": WAITING}, {"_id": 1}):
-            db[SLOTS].delete_many({"job": d["_id"], "scope": DISPATCH})
+            db[SLOTS].delete_many({"job": d["_id"], "scope": {"$in": RELEASE_SCOPES}})
             gone.add(d["_id"])
     return gone
 
@@ -167,28 +173,55 @@ def slots_for(db: Database, tenant: str, per_tenant: int, idle_max: int) -> int:
 
 
 def claim_next(
-    db: Database, tenant: str, per_tenant: int, ttl_s: float, idle_max: int = 0
+    db: Database,
+    tenant: str,
+    per_tenant: int,
+    ttl_s: float,
+    idle_max: int = 0,
+    pool: job_pool.Pool | None = None,
 ) -> dict[str, Any] | None:
-    """Take a dispatch slot of ``tenant`` for its oldest waiting job and claim the job's
-    next release; the job record with ``release`` and ``slot``, or None (no job
-    waiting, or every slot busy). ``idle_max``: see :func:`slots_for`."""
+    """Take a dispatch slot of ``tenant`` (and a ``cpu`` process slot under ``pool``) for
+    its oldest waiting job and claim the job's next release; the job record with
+    ``release`` and ``slot``, or None (no job waiting, or no slot free: see
+    :func:`claim_or_defer`). ``idle_max``: see :func:`slots_for`."""
+    return claim_or_defer(db, tenant, per_tenant, ttl_s, idle_max, pool)[0]
+
+
+def claim_or_defer(
+    db: Database,
+    tenant: str,
+    per_tenant: int,
+    ttl_s: float,
+    idle_max: int = 0,
+    pool: job_pool.Pool | None = None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`claim_next`, and why a waiting job was not released (``tenant_share``,
+    ``pool_full``, ``pool_reserved``; None when one was, or none waits)."""
+    pool = pool or job_pool.Pool()
     for _ in range(CLAIM_TRIES):
         oldest = list(
             db[JOBS].find({"tenant": tenant, "dispatch": WAITING}).sort("created", 1).limit(1)
         )
         if not oldest:
-            return None
+            return None, None
         job = oldest[0]
         limit = slots_for(db, tenant, per_tenant, idle_max)
         slot = take_slot(db, job["_id"], DISPATCH, tenant, limit, ttl_s, free_stale)
         if slot is None:
-            return None
+            return None, job_pool.TENANT_SHARE
+        mine = db[SLOTS].count_documents({"scope": DISPATCH, "owner": tenant}) - 1
+        process, why = job_pool.take(db, job["_id"], mine, pool, ttl_s, free_stale)
+        if why is not None:
+            db[SLOTS].delete_one({"_id": slot, "job": job["_id"]})
+            return None, why
         n = _claim_number(db, job, RELEASE)
         if n is not None:
-            return _releasing(db, job, n, slot)
-        # Another dispatcher claimed it first (with a slot of its own): give ours back.
-        db[SLOTS].delete_one({"_id": slot, "job": job["_id"]})
-    return None
+            return _releasing(db, job, n, slot), None
+        # Another dispatcher claimed it first (with slots of its own): give ours back.
+        for mine_id in (slot, process):
+            if mine_id is not None:
+                db[SLOTS].delete_one({"_id": mine_id, "job": job["_id"]})
+    return None, None
 
 
 def mark_published(db: Database, job: dict[str, Any]) -> None:
@@ -210,7 +243,7 @@ def unclaim(db: Database, job: dict[str, Any]) -> bool:
     # In this order: dying between the two leaves a waiting job holding a slot, which
     # free_stale takes back, never a released job without one.
     db[JOBS].update_one({"_id": job["_id"]}, {"$set": {"dispatch": WAITING}})
-    db[SLOTS].delete_one({"_id": job["slot"], "job": job["_id"]})
+    db[SLOTS].delete_many({"job": job["_id"], "scope": {"$in": RELEASE_SCOPES}})
     return True
 
 
@@ -258,7 +291,11 @@ def reclaim_slots(db: Database, ttl_s: float) -> int:
     :data:`RELEASE_GRACE` (a job's end frees its slot at once: only a crash leaves one,
     so younger slots are not worth the look-ups); how many jobs it freed."""
     cutoff = datetime.now(UTC) - RELEASE_GRACE
-    held = {d["_id"]: d for d in db[SLOTS].find({"scope": DISPATCH}) if _utc(d["created"]) < cutoff}
+    held = {
+        d["_id"]: d
+        for d in db[SLOTS].find({"scope": {"$in": RELEASE_SCOPES}})
+        if _utc(d["created"]) < cutoff
+    }
     return len(free_stale(db, held, ttl_s)) if held else 0
 
 

@@ -339,3 +339,21 @@ def test_prometheus_scrapes_every_process_and_grafana_reads_it(project: dict[str
     for name in MONITORING:
         assert all(p.get("host_ip") == "127.0.0.1" for p in services[name]["ports"]), name
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_the_cpu_workers_processes_are_declared_to_fair_dispatch(project: dict[str, Any]) -> None:
+    # Fair dispatch bounds released jobs by FAIRWAY_JOBS_CPU_PROCESSES and keeps one of
+    # them for a tenant with none running: it must be what the cpu worker runs.
+    from fairway.kernel.settings import Settings
+
+    cpu = next(
+        s
+        for s in project["services"].values()
+        if " ".join(s.get("command") or []).startswith("celery -A tasks worker -Q cpu")
+    )
+    command = cpu["command"]
+    processes = int(command[command.index("--concurrency") + 1])
+    env = {k: str(v) for k, v in cpu["environment"].items() if k.startswith("FAIRWAY_JOBS_")}
+    assert int(env["FAIRWAY_JOBS_CPU_PROCESSES"]) == processes
+    settings = Settings.from_env(env)  # the pool's settings agree with each other
+    assert settings.jobs_cpu_processes - settings.jobs_reserved_processes >= 1

@@ -597,3 +597,6 @@ def test_make_demo_is_the_whole_product(
             "worker-maintenance",
         )
     }
+    # The cpu worker runs the processes every demo process is told it has (fair dispatch).
+    banner = (logs / "demo-worker-cpu.log").read_text()
+    assert f"concurrency: {pipeline.settings.jobs_cpu_processes} (prefork)" in banner, banner[:2000]

@@ -266,7 +266,7 @@ def _succeeded(pipeline: Pipeline, job_id: str) -> bool:
     return meta is not None and meta["status"] == "SUCCESS"
 
 
-@pytest.mark.settings(jobs_dispatch_per_tenant=2)
+@pytest.mark.settings(jobs_dispatch_per_tenant=2, jobs_cpu_processes=3)
 def test_parallel_dispatchers_release_at_most_the_tenants_share(
     pipeline: Pipeline, app: Flask
 ) -> None:
@@ -297,7 +297,8 @@ def test_parallel_dispatchers_release_at_most_the_tenants_share(
     assert sorted(claims) == sorted(oldest)
 
 
-@pytest.mark.settings(jobs_dispatch_per_tenant=1, jobs_dispatch_idle_max=3)
+# Five processes, one reserved: four outside the reserve, enough for idle_max's three.
+@pytest.mark.settings(jobs_dispatch_per_tenant=1, jobs_dispatch_idle_max=3, jobs_cpu_processes=5)
 def test_a_tenant_alone_uses_idle_capacity_beyond_its_share_until_another_waits(
     pipeline: Pipeline, app: Flask
 ) -> None:
@@ -331,7 +332,10 @@ def test_a_tenant_alone_uses_idle_capacity_beyond_its_share_until_another_waits(
     assert job_dispatch.slots_for(db, "third", 1, 0) == 1
 
 
-@pytest.mark.settings(jobs_dispatch_per_tenant=1, jobs_dispatch_idle_max=2)
+# No reserve: a tenant alone may take every process (and a newcomer then waits a job).
+@pytest.mark.settings(
+    jobs_dispatch_per_tenant=1, jobs_dispatch_idle_max=2, jobs_reserved_processes=0
+)
 def test_a_tenant_alone_runs_on_every_idle_worker_process(pipeline: Pipeline, app: Flask) -> None:
     client = app.test_client()
     mallory = token(pipeline, "mallory")
@@ -346,5 +350,107 @@ def test_a_tenant_alone_runs_on_every_idle_worker_process(pipeline: Pipeline, ap
         # Side by side on the two processes (one after the other: SLOW_S apart or more).
         assert (second - first).total_seconds() < SLOW_S * 0.6, (first, second)
         assert job_records.unfinished(pipeline.db, job_dispatch.DISPATCH, "other") == 0
+    finally:
+        worker.stop(proc)
+
+
+def deferred(reason: str, tenant: str) -> float:
+    """``fairway_jobs_deferred_total{reason,tenant}`` of this process (the web app's)."""
+    labels = {"reason": reason, "tenant": tenant}
+    return REGISTRY.get_sample_value("fairway_jobs_deferred_total", labels) or 0.0
+
+
+# As compose runs it: two processes, a tenant alone may borrow both (idle_max), one kept
+# for a tenant with none released (the default reserve).
+@pytest.mark.settings(jobs_max_per_user=4, jobs_dispatch_idle_max=2, jobs_dispatch_interval_s=0.5)
+def test_a_flooding_tenant_never_holds_the_process_another_tenants_job_needs(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    client = app.test_client()
+    alice, mallory = token(pipeline, "alice"), token(pipeline, "mallory")
+    slow = {**REPORT, "device": SLOW_DEVICE}
+    db = pipeline.db
+    before = deferred("pool_reserved", "other")
+    proc = start_worker(pipeline, "reserve", concurrency=2)
+    try:
+        hostile = [client.post("/api/reports", json=slow, headers=mallory) for _ in range(4)]
+        assert [h.status_code for h in hostile] == [202] * 4
+        ids = [h.get_json()["job"] for h in hostile]
+        # Alone, yet only one released: the second process is the reserve.
+        states = [job_records.get_job(db, i)["dispatch"] for i in ids]  # type: ignore[index]
+        assert states[0] in ("releasing", "started") and states[1:] == ["waiting"] * 3, states
+        assert deferred("pool_reserved", "other") > before
+        wait_for(
+            lambda: (job_records.get_job(db, ids[0]) or {}).get("deliveries") == 1,
+            30,
+            "the first hostile job running",
+            interval=0.1,
+        )
+        quiet = client.post("/api/reports", json=REPORT, headers=alice)
+        assert quiet.status_code == 202
+        assert wait_job(client, quiet.get_json()["url"], alice)["state"] == "SUCCESS"
+        quiet_done = done_at(pipeline, quiet.get_json()["job"])
+        for h in hostile:
+            assert wait_job(client, h.get_json()["url"], mallory)["state"] == "SUCCESS"
+        hostile_done = sorted(done_at(pipeline, i) for i in ids)
+        # The quiet job ran on the reserved process beside the hostile job, not after it
+        # (without the reserve both processes ran hostile jobs and it waited SLOW_S).
+        assert quiet_done < hostile_done[0], (quiet_done, hostile_done)
+        wait_for(
+            lambda: db[job_records.SLOTS].count_documents({}) == 0,
+            10,
+            "every slot freed",
+            interval=0.2,
+        )
+    finally:
+        worker.stop(proc)
+
+
+@pytest.mark.settings(jobs_max_per_user=4, jobs_dispatch_interval_s=0.5)
+def test_a_freed_process_goes_to_the_tenant_waiting_for_one_not_back_to_the_flooder(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    client = app.test_client()
+    alice, mallory = token(pipeline, "alice"), token(pipeline, "mallory")
+    slow = {**REPORT, "device": SLOW_DEVICE}
+    db = pipeline.db
+    before = deferred("pool_full", "acme")
+    proc = start_worker(pipeline, "turns", concurrency=2)
+    try:
+        hostile = [client.post("/api/reports", json=slow, headers=mallory) for _ in range(3)]
+        assert [h.status_code for h in hostile] == [202] * 3
+        ids = [h.get_json()["job"] for h in hostile]
+        # A slow job of tenant third (a newcomer), released by the worker's sweep onto the
+        # reserved process: both processes are then busy.
+        third = str(uuid.uuid4())
+        params = parse_report(dict(slow), pipeline.settings).to_json()
+        job_records.create_job(
+            db, third, "third", "trent", job_records.REPORT, params, job_records.WAITING
+        )
+        for job_id in (ids[0], third):
+            wait_for(
+                lambda j=job_id: (job_records.get_job(db, j) or {}).get("deliveries") == 1,
+                30,
+                f"{job_id} running",
+                interval=0.1,
+            )
+        quiet = client.post("/api/reports", json=REPORT, headers=alice)
+        assert quiet.status_code == 202
+        quiet_id = quiet.get_json()["job"]
+        record = job_records.get_job(db, quiet_id)
+        assert record is not None and record["dispatch"] == "waiting", record
+        assert deferred("pool_full", "acme") > before
+        assert wait_job(client, quiet.get_json()["url"], alice)["state"] == "SUCCESS"
+        for h in hostile:
+            assert wait_job(client, h.get_json()["url"], mallory)["state"] == "SUCCESS"
+        wait_for(lambda: _succeeded(pipeline, third), 60, "third's job done", interval=0.2)
+        released_at = {
+            j: job_records.get_job(db, j)["releasing_at"]  # type: ignore[index]
+            for j in (quiet_id, *ids)
+        }
+        # The first process freed (the flooder's first job ending) went to acme, never
+        # released before, not back to the flooder, though its waiting jobs are older.
+        assert released_at[quiet_id] < released_at[ids[1]], released_at
+        assert scrape_metric(proc.metrics_port, "fairway_jobs_released_total", tenant="acme") == 1
     finally:
         worker.stop(proc)

@@ -211,7 +211,7 @@ def test_session_requests_need_the_csrf_token(pipeline: Pipeline, app: Flask) ->
     assert answer.status_code == 202
 
 
-@pytest.mark.settings(job_queue_max_length=1, jobs_dispatch_per_tenant=2)
+@pytest.mark.settings(job_queue_max_length=1, jobs_dispatch_per_tenant=2, jobs_reserved_processes=0)
 def test_a_full_job_queue_answers_503(pipeline: Pipeline, app: Flask) -> None:
     client, alice = app.test_client(), token(pipeline, "alice")
     assert client.post("/api/reports", json=REPORT, headers=alice).status_code == 202

@@ -1,0 +1,89 @@
+"""The ``cpu`` process rule of fair dispatch (``fairway.storage.job_pool``) and its
+settings: a tenant already running a job never takes the reserved processes, and a
+freed process goes to the tenant whose turn it is, not to the one with the oldest job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fairway.kernel.settings import Settings, SettingsError
+from fairway.storage.job_pool import (
+    POOL_FULL,
+    POOL_RESERVED,
+    Pool,
+    refusal,
+    turn_order,
+)
+
+T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def test_a_tenant_with_nothing_released_takes_any_free_process() -> None:
+    pool = Pool(processes=2, reserved=1)
+    assert refusal(held=0, tenant_released=0, pool=pool) is None
+    assert refusal(held=1, tenant_released=0, pool=pool) is None  # the reserved one
+
+
+def test_a_tenant_running_a_job_leaves_the_reserved_processes_free() -> None:
+    pool = Pool(processes=4, reserved=1)
+    assert refusal(held=2, tenant_released=1, pool=pool) is None
+    assert refusal(held=3, tenant_released=1, pool=pool) == POOL_RESERVED
+    assert refusal(held=3, tenant_released=0, pool=pool) is None  # a newcomer takes it
+
+
+def test_no_process_is_taken_beyond_the_pool() -> None:
+    pool = Pool(processes=2, reserved=1)
+    assert refusal(held=2, tenant_released=0, pool=pool) == POOL_FULL
+    assert refusal(held=2, tenant_released=3, pool=pool) == POOL_FULL
+
+
+def test_without_a_reserve_one_tenant_may_take_every_process() -> None:
+    pool = Pool(processes=2, reserved=0)
+    assert refusal(held=1, tenant_released=1, pool=pool) is None
+    assert refusal(held=2, tenant_released=1, pool=pool) == POOL_FULL
+
+
+def test_no_pool_bound_refuses_nothing() -> None:
+    assert refusal(held=100, tenant_released=100, pool=Pool()) is None
+
+
+def test_a_freed_process_goes_to_the_tenant_with_fewest_released_not_the_oldest_job() -> None:
+    # The flooder's waiting jobs are older than the newcomer's: oldest-first would give it
+    # every freed process.
+    waiting = {"hostile": (4, T0), "quiet": (1, T0 + timedelta(minutes=5))}
+    assert turn_order(waiting, {"hostile": 1}, {"hostile": T0}) == ["quiet", "hostile"]
+
+
+def test_between_equals_the_longest_since_its_last_release_goes_first() -> None:
+    waiting = {"a": (2, T0), "b": (2, T0 + timedelta(seconds=1)), "c": (1, T0)}
+    last = {"a": T0 + timedelta(seconds=30), "b": T0 + timedelta(seconds=10)}
+    # c was never released; then b (released longer ago); a last, its job oldest or not.
+    assert turn_order(waiting, {}, last) == ["c", "b", "a"]
+
+
+def test_the_job_pool_defaults_keep_one_process_for_other_tenants() -> None:
+    s = Settings()
+    assert (s.jobs_cpu_processes, s.jobs_reserved_processes) == (2, 1)
+    assert s.jobs_dispatch_per_tenant <= s.jobs_cpu_processes - s.jobs_reserved_processes
+
+
+def test_a_reserve_of_every_process_is_refused_at_start() -> None:
+    env = {"FAIRWAY_JOBS_CPU_PROCESSES": "2", "FAIRWAY_JOBS_RESERVED_PROCESSES": "2"}
+    with pytest.raises(SettingsError, match="FAIRWAY_JOBS_RESERVED_PROCESSES=2 must be below"):
+        Settings.from_env(env)
+
+
+def test_a_tenant_share_reaching_into_the_reserve_is_refused_at_start() -> None:
+    env = {"FAIRWAY_JOBS_CPU_PROCESSES": "2", "FAIRWAY_JOBS_DISPATCH_PER_TENANT": "2"}
+    with pytest.raises(SettingsError, match="FAIRWAY_JOBS_DISPATCH_PER_TENANT=2 is more than"):
+        Settings.from_env(env)
+    # Without a reserve the share may be the whole pool (the operator's choice).
+    assert Settings.from_env({**env, "FAIRWAY_JOBS_RESERVED_PROCESSES": "0"})
+
+
+def test_one_process_needs_no_reserve() -> None:
+    with pytest.raises(SettingsError, match="FAIRWAY_JOBS_RESERVED_PROCESSES=1 must be below"):
+        Settings(jobs_cpu_processes=1)
+    assert Settings(jobs_cpu_processes=1, jobs_reserved_processes=0)
