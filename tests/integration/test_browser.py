@@ -522,19 +522,17 @@ def test_make_demo_is_the_whole_product(
             "s.add(new Option('sim01-d0099', 'sim01-d0099')); s.value = 'sim01-d0099';"
         )
         browser.find_element(By.CSS_SELECTOR, "#ledger-filter button[type=submit]").click()
-        wait.until(
-            lambda b: any(
-                r.get_attribute("data-replay") == "replayable"
-                for r in b.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
+        # Read in one script: the ledger's rows are replaced when a load lands, so an
+        # element found in one call may be stale in the next (seen once in this step).
+        row_id = wait.until(
+            lambda b: b.execute_script(
+                "const r = [...document.querySelectorAll('#ledger tbody tr')].find("
+                "(r) => r.dataset.replay === 'replayable' && r.cells[2].textContent === "
+                "'sim01-d0099'); return r ? r.id : null;"
             )
         )
-        row = next(
-            r
-            for r in browser.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
-            if r.get_attribute("data-replay") == "replayable"
-        )
-        rejection_id = row.get_attribute("id").removeprefix("rejection-")
-        row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+        rejection_id = row_id.removeprefix("rejection-")
+        browser.find_element(By.CSS_SELECTOR, f"#{row_id} input[type=checkbox]").click()
         browser.find_element(By.ID, "replay").click()
         wait.until(
             lambda b: (
