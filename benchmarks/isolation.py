@@ -50,7 +50,12 @@ kept in ``rejected`` or counted over budget). Targets: each ratio <= 2, zero qui
 errors, every refused attacker message counted. Web attacks (and the unloaded web
 phase) also report ``cpu_seconds`` per process over the phase, from ``/proc``: web,
 gateway, Celery worker (with its pool), broker node, database (FerretDB and its
-PostgreSQL backends, shared with other users of the server) and the attacker.
+PostgreSQL backends, shared with other users of the server) and the attacker. Device
+attacks and the unloaded phase report it too (relay, scheduler, web, broker, database,
+this benchmark's own process; the attacker, a child gone by the end, by its rusage), and
+``cpu_us_per_attacker_message``: each figure over the attacker's messages (logins for
+``login_flood``), the process an attack costs most. ``broker_user_answers`` counts the
+web app's answers to every broker auth check during a device attack.
 """
 
 from __future__ import annotations
