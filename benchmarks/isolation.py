@@ -51,13 +51,20 @@ kept in ``rejected`` or counted over budget). Targets: each ratio <= 2, zero qui
 errors, every refused attacker message counted. Web attacks (and the unloaded web
 phase) also report ``cpu_seconds`` per process over the phase, from ``/proc``: web,
 gateway, Celery worker (with its pool), broker node, database (FerretDB and its
-PostgreSQL backends, shared with other users of the server) and the attacker.
+PostgreSQL backends, shared with other users of the server) and the attacker. Device
+attacks and the unloaded phase report it too (relay, scheduler, web, broker, database,
+this benchmark's own process; the attacker, a child gone by the end, by its rusage), and
+``cpu_us_per_attacker_message``: each figure over the attacker's messages (logins for
+``login_flood``), the process an attack costs most. ``broker_user_answers`` counts the
+web app's answers to every broker auth check during a device attack.
 """
 
 from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -376,9 +383,15 @@ def broker_logins(web: FairwayProcess | None) -> dict[str, float]:
     cache answers repeated logins for its TTL without asking)."""
     if web is None:
         return {}
+    checks = {
+        f"{check}_{decision}": web.metric(BROKER_USER, check=check, decision=decision)
+        for check in ("vhost", "resource", "topic")
+        for decision in ("allow", "deny")
+    }
     return {
         "allow": web.metric(BROKER_USER, check="user", decision="allow"),
         "deny": web.metric(BROKER_USER, check="user", decision="deny"),
+        **checks,
         "quarantined": sum(
             value
             for labels, value in web.metrics(LOGIN_REFUSED_METRIC)
@@ -413,9 +426,12 @@ def run_attack(
         daemon=True,
     )
     child.start()  # before the watch's thread: no thread is running when it forks
+    meter = device_cpu_meter(env, relay, scheduler, web)
+    reaped = children_cpu()
     with BacklogWatch(env, relay, scheduler) as watch:
         quiet = quiet_phase(env, scheduler, seconds, quiet_rate, f"{name}-")
         child.join(30)
+    cpu = meter.used(reaped)
     if child.exitcode is None:
         child.terminate()
         raise RuntimeError(f"{name}: the attacker was still running 30 s after its phase")
@@ -456,6 +472,8 @@ def run_attack(
         "devices_quarantined": int(relay.metric_sum(QUARANTINED) - quarantined),
         "hostile_backlog": watch.figures(),
         "quiet": quiet,
+        "cpu_seconds": cpu,
+        "cpu_us_per_attacker_message": per_unit(cpu, counts[0]),
     }
 
 
@@ -526,6 +544,8 @@ def run_login_attack(
         target=login_attacker, args=(env.settings.amqp_url, seconds, sent), daemon=True
     )
     child.start()
+    meter = device_cpu_meter(env, None, scheduler, web)
+    reaped = children_cpu()
     box: dict[str, Any] = {}
     logins = threading.Thread(
         target=lambda: box.update(quiet_logins(env, devices, seconds)), daemon=True
@@ -534,12 +554,41 @@ def run_login_attack(
     quiet = quiet_phase(env, scheduler, seconds, quiet_rate, "login_flood-")
     logins.join(seconds + 60)
     child.join(60)
+    cpu = meter.used(reaped)
     return {
         "attacker_sent": sent.value,
         "attacker_refused": int(web.metric_sum(refused_metric) - before),
         "quiet": quiet,
         "quiet_login": box,
+        "cpu_seconds": cpu,
+        "cpu_us_per_attacker_message": per_unit(cpu, sent.value),
     }
+
+
+def device_cpu_meter(
+    env: Pipeline,
+    relay: FairwayProcess | None,
+    scheduler: FairwayProcess,
+    web: FairwayProcess | None,
+) -> CpuMeter:
+    """CPU per process over a device-side phase: which one an attacker's message costs.
+    The attacker (a child that is gone by the end) is counted by :func:`children_cpu`."""
+    procs = {"relay": relay, "scheduler": scheduler, "web": web}
+    pids = {role: [proc.pid] for role, proc in procs.items() if proc is not None}
+    pids["benchmark"] = [os.getpid()]  # the quiet publisher and the watches
+    return CpuMeter(env, pids)
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended and been waited for: the
+    difference across an attacker's join is the attacker's CPU."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def per_unit(cpu: dict[str, float], units: int) -> dict[str, float]:
+    """CPU microseconds per attacker message (or login), per process."""
+    return {k: r(v * 1e6 / units, 1) for k, v in cpu.items()} if units else {}
 
 
 def _backlog_handled(env: Pipeline, relay: FairwayProcess) -> bool:
@@ -611,11 +660,15 @@ class CpuMeter:
         now["database"] = self.database.seconds()
         return now
 
-    def used(self) -> dict[str, float]:
-        """CPU seconds each used since the meter started (and closes the database watch)."""
+    def used(self, reaped: float | None = None) -> dict[str, float]:
+        """CPU seconds each used since the meter started (and closes the database watch);
+        with ``reaped`` (:func:`children_cpu` at the start), the ended attacker's too."""
         end = self._now()
         self.database.close()
-        return {k: r(end[k] - self.start[k], 2) for k in end}
+        used = {k: r(end[k] - self.start[k], 2) for k in end}
+        if reaped is not None:
+            used["attacker"] = r(children_cpu() - reaped, 2)
+        return used
 
 
 class WebSide:
@@ -725,7 +778,9 @@ def run_all(
             side = WebSide(env, web, port, gateway)
             side.worker_pid = worker.pid
         say("unloaded")
+        meter = device_cpu_meter(env, relay, scheduler, web)
         unloaded = quiet_phase(env, scheduler, seconds, args.quiet_rate, "base-")
+        unloaded["cpu_seconds"] = meter.used()
         unloaded_login: dict[str, Any] = {}
         if "login_flood" in names:  # device logins reach only the broker's auth port
             unloaded_login = quiet_logins(env, logins[:LOGINS], seconds)
@@ -782,6 +837,8 @@ def run_all(
                 "devices_quarantined",
                 "hostile_backlog",
                 "attacker_sent_readings",
+                "cpu_seconds",
+                "cpu_us_per_attacker_message",
             ):
                 if key in outcome:
                     attacks[name][key] = outcome[key]

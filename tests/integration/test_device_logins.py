@@ -87,6 +87,21 @@ def test_device_passwords_are_keyed_hashes_and_wrong_ones_cost_no_argon2(
     assert refused("bad_password", "acme") == before + 200
 
 
+def test_a_harness_device_is_stored_as_the_cli_stores_one_and_logs_in_without_argon2(
+    pipeline: Pipeline, app: Flask, argon2_calls: list[str]
+) -> None:
+    """The benchmarks' devices (``Pipeline.device``) cost a login what a registered
+    device costs in production: an argon2 hash would charge its first login ~190 ms of
+    the web app's CPU to whatever the benchmark measures."""
+    creds = pipeline.device("acme", "dev-h")
+    stored = pipeline.db["devices"].find_one({"_id": "dev-h"})["password_hash"]
+    assert stored.startswith(registry.KEYED_PREFIX)
+    client = app.test_client()
+    assert login(client, "dev-h", creds["password"]) == "allow"
+    assert login(client, "dev-h", "wrong") == "deny"
+    assert argon2_calls == []
+
+
 def test_unknown_ids_do_the_same_work_as_known_ones(
     pipeline: Pipeline, app: Flask, key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

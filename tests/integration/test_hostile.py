@@ -105,9 +105,8 @@ def _answer(answer: requests.Response, ok: int) -> str:
 
 
 def _register(pipeline: Pipeline, devices: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
-    """Register and bind devices as the web app and the CLI do (keyed password hashes, not
-    the harness's argon2 ones, which cost each first login an argon2 check); credentials
-    by device id."""
+    """Register devices as the web app and the CLI do (keyed password hashes), then bind
+    them all at once; credentials by device id."""
     key = registry.device_hash_key(pipeline.settings.device_hash_key, pipeline.settings.secret_key)
     creds = {d: registry.register_device(pipeline.db, t, d, key) for t, d in devices}
     bind_devices(pipeline.settings, devices)
