@@ -339,6 +339,27 @@ def reading_id(tenant: str, device: str, message_id: str) -> str:
     return f"{tenant}:{device}:{message_id}"
 
 
+def split_reading_id(doc_id: object) -> tuple[str, str, str]:
+    """``(tenant, device, message id)`` back from a stored reading's ``_id``.
+
+    Tenant and device ids hold no ``:`` (:mod:`fairway.kernel.ids`), a message id may
+    (printable ASCII): the first two ``:`` are the separators. Raises ``ValueError``
+    for an ``_id`` that is not :func:`reading_id`'s.
+    """
+    if not isinstance(doc_id, str):
+        raise ValueError(f"a stored reading's _id is a string, not {type(doc_id).__name__}")
+    parts = doc_id.split(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
+        raise ValueError(f"{doc_id[:200]!r} is not '<tenant>:<device>:<message id>'")
+    return parts[0], parts[1], parts[2]
+
+
+def tenant_id_range(tenant: str) -> tuple[str, str]:
+    """``[low, high)`` of the ``_id`` of every reading of ``tenant`` (``:`` sorts just
+    before ``;``, and a tenant id holds neither)."""
+    return f"{tenant}:", f"{tenant};"
+
+
 def hour_key(tenant: str, device: str, ts: datetime) -> str:
     """The stored reading's hour key ``<tenant>:<device>:<YYYYMMDDHH>`` (UTC hour of ``ts``).
 
