@@ -460,15 +460,18 @@ def stored_reading(
     msg: dict[str, Any], ts: datetime, hk: str, received: datetime
 ) -> dict[str, Any]:
     """The stored document's layout (its key order is kept by BSON), given ``msg``'s
-    converted times and hour key: the one place a writer builds it."""
-    tenant, device, message_id = msg["tenant"], msg["device"], msg["id"]
+    converted times and hour key: the one place a writer builds it.
+
+    ``{_id: <tenant>:<device>:<message id>, hk, stream, ts, received, values}``. The
+    tenant, device and message id are stored once, in ``_id`` (every field costs the
+    database CPU per reading): :func:`split_reading_id` gives them back. Documents
+    written before this also carry ``tenant``, ``device`` and ``msg_id`` (the same
+    values), so readers take them from ``_id`` and read both shapes alike.
+    """
     return {
-        "_id": reading_id(tenant, device, message_id),
+        "_id": reading_id(msg["tenant"], msg["device"], msg["id"]),
         "hk": hk,
-        "tenant": tenant,
-        "device": device,
         "stream": msg["stream"],
-        "msg_id": message_id,
         "ts": ts,
         "received": received,
         "values": msg["values"],

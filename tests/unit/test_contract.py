@@ -517,6 +517,8 @@ def test_tenant_message_round_trip() -> None:
         "values": {"temp": 21.5, "ok": True, "n": 3, "s": "x"},
     }
     doc = to_document(msg)
+    # Lean: tenant, device and message id are in _id only (in this key order).
+    assert list(doc) == ["_id", "hk", "stream", "ts", "received", "values"]
     assert doc["_id"] == "acme:dev-1:m-7"
     assert split_reading_id(doc["_id"]) == ("acme", "dev-1", "m-7")
     assert doc["stream"] == "env"
