@@ -53,6 +53,7 @@ from pymongo.database import Database
 from fairway.amqp import management
 from fairway.devtools.simulator import Simulator, device_ids, tenant_ids, weighted_devices
 from fairway.kernel import topology
+from fairway.kernel.contract import split_reading_id
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
 from tasks.celery_app import make_celery
@@ -283,8 +284,8 @@ class ClusterRun:
         }
 
     def _stored_ids(self) -> list[str]:
-        docs = self.pipeline.db[mongo.TELEMETRY].find({}, {"msg_id": 1})
-        return [d["msg_id"] for d in docs]
+        docs = self.pipeline.db[mongo.TELEMETRY].find({}, {"_id": 1})
+        return [split_reading_id(d["_id"])[2] for d in docs]
 
     def progress(self, every: float = 5.0) -> list[int]:
         """Readings stored so far (all tenants), every ``every`` seconds of the run."""
