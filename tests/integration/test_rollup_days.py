@@ -214,7 +214,7 @@ def test_retention_keeps_day_documents_equal_to_what_is_left(db: Database) -> No
     rollup.roll_closed_hours(db, 0, now=AFTER)
     cut = DAYS[1] + 7 * HOUR + timedelta(minutes=20)  # mid-hour of a compacted day
     for device in DEVICES:
-        db[mongo.TELEMETRY].delete_many({"device": device, "ts": {"$lt": cut}})
+        db[mongo.TELEMETRY].delete_many(reading_query("acme", device, ts={"$lt": cut}))
         rollups.delete_day_before(db, "acme", device, DAYS[0], DAYS[1])
         rollups.delete_day_before(db, "acme", device, DAYS[1], cut.replace(minute=0))
         rollups.recompute_hour(db, "acme", device, cut.replace(minute=0))
