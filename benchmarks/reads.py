@@ -93,7 +93,7 @@ from pymongo import DESCENDING, MongoClient
 from pymongo.database import Database
 
 from benchmarks.common import MONGO_BASE, emit, meta, parser, percentile, r, ratio, say
-from fairway.kernel.contract import to_document
+from fairway.kernel.contract import split_reading_id, to_document
 from fairway.storage import device_state, ferretdb, mongo, registry, rollup_days, rollups, telemetry
 from fairway.storage.device_state import DeviceDelta
 from tests import harness
@@ -216,7 +216,8 @@ class Derived:
             else:
                 known.merge(delta)
         for doc in docs:
-            key = (doc["tenant"], doc["device"], telemetry.floor_hour(doc["ts"]))
+            tenant, device, _ = split_reading_id(doc["_id"])
+            key = (tenant, device, telemetry.floor_hour(doc["ts"]))
             self.hours.setdefault(key, []).append(doc)
         newest = telemetry.floor_hour(docs[-1]["ts"])
         self._write_hours(db, [k for k in self.hours if k[2] < newest])

@@ -145,10 +145,7 @@ def insert_readings(db: Any, count: int) -> float:
             {
                 "_id": reading_id(TENANT, device, f"m{i}"),
                 "hk": hour_key(TENANT, device, ts),
-                "tenant": TENANT,
-                "device": device,
                 "stream": "s",
-                "msg_id": f"m{i}",
                 "ts": ts,
                 "received": ts,
                 "values": {"temp": 20 + (i % 97) / 10, "hum": (i * 7919) % 100},

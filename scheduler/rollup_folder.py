@@ -36,6 +36,7 @@ from typing import Any
 
 from pymongo.database import Database
 
+from fairway.kernel.contract import split_reading_id
 from fairway.storage import rollup_writers, rollups
 from fairway.storage.rollup_writers import DeviceHour
 from fairway.storage.rollups import HourFold
@@ -160,7 +161,8 @@ class RollupFolder:
         to_record: dict[datetime, set[tuple[str, str]]] = {}
         with self._lock:
             for doc in duplicates:
-                key = (doc["tenant"], doc["device"], floor_hour(doc["ts"]))
+                tenant, device, _ = split_reading_id(doc["_id"])
+                key = (tenant, device, floor_hour(doc["ts"]))
                 self._hand_over(key, "duplicate")
                 marks.add(key)
             hour = floor_hour(_now())
@@ -174,7 +176,8 @@ class RollupFolder:
                 if ts.tzinfo is not UTC or not hour <= ts < end:
                     hour = floor_hour(ts)
                     end, late, folds = hour + HOUR, hour <= self._closed_upto, None
-                td = (doc["tenant"], doc["device"])
+                tenant, device, _ = split_reading_id(doc["_id"])
+                td = (tenant, device)
                 if late:
                     marks.add((*td, hour))
                     metrics.ROLLUP_HANDED_OVER.labels("late").inc()

@@ -35,7 +35,7 @@ from typing import Protocol
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway.kernel.contract import tenant_readings
+from fairway.kernel.contract import split_reading_id, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import device_state, mongo
 from fairway.storage.device_state import DeviceDelta
@@ -255,7 +255,7 @@ def _observe_lag(docs: list[dict]) -> None:
     # A difference of datetimes: half the cost of a timestamp() per reading.
     now = datetime.fromtimestamp(time.time(), UTC)
     metrics.SCHED_LAG_SECONDS.observe_many(
-        (doc["tenant"], (now - doc["received"]).total_seconds()) for doc in docs
+        (split_reading_id(doc["_id"])[0], (now - doc["received"]).total_seconds()) for doc in docs
     )
 
 

@@ -268,6 +268,10 @@ def read_planned(
     """The planned readings in range with only ``fields``, read device-hour by device-hour
     by ``hk`` (``ts`` comes as epoch milliseconds); ``hour_read(dh, n)`` after each.
 
+    ``device`` among ``fields`` is the device-hour's device, set here: a stored reading
+    keeps it only in its ``_id`` (documents written before also as a field; both are
+    the device of the hour key read).
+
     With ``db_share`` below 1 the stream pauses after every ``READ_BATCH`` readings, so
     reading (and folding) takes at most that share of the wall time.
     """
@@ -276,7 +280,9 @@ def read_planned(
         TELEMETRY,
         codec_options=CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_MS),
     )
+    with_device = "device" in fields
     projection = {"_id": 0, **dict.fromkeys((*fields, "ts"), 1)}
+    projection.pop("device", None)
     start_ms, end_ms = _ms(plan.start), _ms(plan.end)
 
     def readings() -> Iterator[dict[str, Any]]:
@@ -287,6 +293,8 @@ def read_planned(
             for doc in collection.find(key, projection, batch_size=READ_BATCH):
                 if start_ms <= int(doc["ts"]) < end_ms:
                     kept += 1
+                    if with_device:
+                        doc["device"] = device
                     yield doc
             if hour_read is not None:
                 hour_read(dh, kept)

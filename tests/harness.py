@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -38,6 +39,7 @@ from fairway.amqp.connection import blocking_channel
 from fairway.devtools import processes
 from fairway.devtools.processes import free_port, wait_for
 from fairway.kernel import topology
+from fairway.kernel.contract import tenant_id_range
 from fairway.kernel.settings import Settings
 from fairway.provision import bind_devices, provision_tenant
 from fairway.storage import mongo, registry
@@ -714,13 +716,28 @@ class Pipeline:
         return rabbitmq_api.call(self.mgmt_url, "GET", path)
 
     def stored(self, **query: Any) -> int:
-        """Number of telemetry documents matching ``query``."""
-        return self.db[mongo.TELEMETRY].count_documents(query)
+        """Number of telemetry documents matching ``query`` (see :func:`reading_query`)."""
+        return self.db[mongo.TELEMETRY].count_documents(reading_query(**query))
 
     def wait_stored(self, count: int, timeout: float = 60.0, **query: Any) -> None:
         """Wait until exactly ``count`` matching documents are stored (fail if more)."""
         wait_for(lambda: self.stored(**query) >= count, timeout, f"{count} stored {query}")
         assert self.stored(**query) == count
+
+
+def reading_query(
+    tenant: str | None = None, device: str | None = None, **rest: Any
+) -> dict[str, Any]:
+    """A ``telemetry`` filter: ``tenant`` and ``device`` match the parts of ``_id``
+    (a stored reading keeps them only there), the rest the fields as given."""
+    if tenant is not None:
+        low, high = tenant_id_range(tenant)
+        if device is not None:
+            low, high = f"{low}{device}:", f"{low}{device};"
+        rest["_id"] = {"$gte": low, "$lt": high}
+    elif device is not None:
+        rest["_id"] = {"$regex": f"^[^:]+:{re.escape(device)}:"}
+    return rest
 
 
 def reading(ts: float | None = None, **values: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import web.broker_auth as broker_auth
 import web.models as models
 from fairway.amqp import management
 from fairway.domain.presence import presence
+from fairway.kernel.contract import split_reading_id
 from fairway.kernel.ids import RESERVED_ID, is_reserved_id
 from fairway.kernel.times import iso_z
 from fairway.provision import register_device as provision_device
@@ -284,7 +285,7 @@ def history(device_id: str, query: models.HistoryQuery) -> dict[str, Any]:
 
 def _reading_json(doc: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": doc["msg_id"],
+        "id": split_reading_id(doc["_id"])[2],
         "stream": doc["stream"],
         "ts": iso_z(doc["ts"]),
         "received": iso_z(doc.get("received")),

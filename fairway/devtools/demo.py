@@ -35,6 +35,7 @@ import click
 from fairway.devtools import celery_workers, prereqs, processes, simulator
 from fairway.devtools.fleet import FleetPlan
 from fairway.kernel import topology
+from fairway.kernel.contract import tenant_id_range
 from fairway.kernel.settings import Settings
 from fairway.provision import create_user, ensure_devices
 from fairway.storage import accounts, mongo, registry
@@ -83,7 +84,11 @@ def run_demo(settings: Settings, duration: float) -> None:
 
 
 def _counts(db, by_tenant: dict[str, list[str]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    return {t: db[mongo.TELEMETRY].count_documents({"tenant": t}) for t in by_tenant}
+    counts = {}
+    for tenant in by_tenant:
+        low, high = tenant_id_range(tenant)  # the tenant is in _id only
+        counts[tenant] = db[mongo.TELEMETRY].count_documents({"_id": {"$gte": low, "$lt": high}})
+    return counts
 
 
 # -- the whole product ------------------------------------------------------------------

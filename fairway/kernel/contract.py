@@ -339,6 +339,27 @@ def reading_id(tenant: str, device: str, message_id: str) -> str:
     return f"{tenant}:{device}:{message_id}"
 
 
+def split_reading_id(doc_id: object) -> tuple[str, str, str]:
+    """``(tenant, device, message id)`` back from a stored reading's ``_id``.
+
+    Tenant and device ids hold no ``:`` (:mod:`fairway.kernel.ids`), a message id may
+    (printable ASCII): the first two ``:`` are the separators. Raises ``ValueError``
+    for an ``_id`` that is not :func:`reading_id`'s.
+    """
+    if not isinstance(doc_id, str):
+        raise ValueError(f"a stored reading's _id is a string, not {type(doc_id).__name__}")
+    parts = doc_id.split(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
+        raise ValueError(f"{doc_id[:200]!r} is not '<tenant>:<device>:<message id>'")
+    return parts[0], parts[1], parts[2]
+
+
+def tenant_id_range(tenant: str) -> tuple[str, str]:
+    """``[low, high)`` of the ``_id`` of every reading of ``tenant`` (``:`` sorts just
+    before ``;``, and a tenant id holds neither)."""
+    return f"{tenant}:", f"{tenant};"
+
+
 def hour_key(tenant: str, device: str, ts: datetime) -> str:
     """The stored reading's hour key ``<tenant>:<device>:<YYYYMMDDHH>`` (UTC hour of ``ts``).
 
@@ -439,15 +460,18 @@ def stored_reading(
     msg: dict[str, Any], ts: datetime, hk: str, received: datetime
 ) -> dict[str, Any]:
     """The stored document's layout (its key order is kept by BSON), given ``msg``'s
-    converted times and hour key: the one place a writer builds it."""
-    tenant, device, message_id = msg["tenant"], msg["device"], msg["id"]
+    converted times and hour key: the one place a writer builds it.
+
+    ``{_id: <tenant>:<device>:<message id>, hk, stream, ts, received, values}``. The
+    tenant, device and message id are stored once, in ``_id`` (every field costs the
+    database CPU per reading): :func:`split_reading_id` gives them back. Documents
+    written before this also carry ``tenant``, ``device`` and ``msg_id`` (the same
+    values), so readers take them from ``_id`` and read both shapes alike.
+    """
     return {
-        "_id": reading_id(tenant, device, message_id),
+        "_id": reading_id(msg["tenant"], msg["device"], msg["id"]),
         "hk": hk,
-        "tenant": tenant,
-        "device": device,
         "stream": msg["stream"],
-        "msg_id": message_id,
         "ts": ts,
         "received": received,
         "values": msg["values"],

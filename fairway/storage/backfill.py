@@ -34,7 +34,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-from fairway.kernel.contract import hour_key
+from fairway.kernel.contract import hour_key, split_reading_id
 from fairway.storage import device_state, rollups
 from fairway.storage.device_state import MAX_UPDATES_PER_BULK
 from fairway.storage.mongo import MIGRATIONS, TELEMETRY
@@ -42,7 +42,8 @@ from fairway.storage.telemetry import floor_hour
 
 JOURNAL_ID = "backfill-hk"
 BATCH_SIZE = 1000
-_FIELDS = {"tenant": 1, "device": 1, "stream": 1, "msg_id": 1, "ts": 1, "values": 1}
+# Tenant, device and message id come from ``_id`` (returned by every find).
+_FIELDS = {"stream": 1, "ts": 1, "values": 1}
 
 Hour = tuple[str, str, datetime]
 Report = Callable[[dict[str, int]], None]
@@ -73,15 +74,13 @@ def replay_journal(db: Database) -> int:
 
 def key_batch(db: Database, docs: list[dict[str, Any]]) -> int:
     """Steps 1-4 for one batch of readings without ``hk``; the number of device-hours."""
-    for doc in docs:
-        # Stored readings have msg_id; should one lack it, it is the tail of its _id.
-        doc.setdefault("msg_id", doc["_id"].split(":", 2)[-1])
-    hours = sorted({(d["tenant"], d["device"], floor_hour(d["ts"])) for d in docs})
+    keys = [split_reading_id(d["_id"])[:2] for d in docs]  # (tenant, device)
+    hours = sorted({(t, dev, floor_hour(d["ts"])) for (t, dev), d in zip(keys, docs, strict=True)})
     _journal(db, hours)
     device_state.apply(db, device_state.fold(docs))
     ops = [
-        UpdateOne({"_id": d["_id"]}, {"$set": {"hk": hour_key(d["tenant"], d["device"], d["ts"])}})
-        for d in docs
+        UpdateOne({"_id": d["_id"]}, {"$set": {"hk": hour_key(t, dev, d["ts"])}})
+        for (t, dev), d in zip(keys, docs, strict=True)
     ]
     for start in range(0, len(ops), MAX_UPDATES_PER_BULK):
         db[TELEMETRY].bulk_write(ops[start : start + MAX_UPDATES_PER_BULK], ordered=True)

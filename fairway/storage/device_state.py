@@ -24,6 +24,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 
+from fairway.kernel.contract import split_reading_id
 from fairway.storage.mongo import DEVICE_STATE
 
 # FerretDB 1.24 on PostgreSQL hangs on an update command of ~50 statements (each holds a
@@ -54,19 +55,26 @@ def _rank(entry: dict[str, Any]) -> tuple[datetime, str]:
     return entry["ts"], entry["id"]
 
 
-def latest_entry(doc: dict[str, Any]) -> dict[str, Any]:
-    """A reading's ``latest.<stream>`` value; key order matters (BSON compares in order)."""
-    return {"ts": doc["ts"], "id": doc["msg_id"], "values": doc["values"]}
+def latest_entry(doc: dict[str, Any], message_id: str | None = None) -> dict[str, Any]:
+    """A reading's ``latest.<stream>`` value; key order matters (BSON compares in order).
+
+    ``message_id``: the reading's, if the caller has it already (else from ``_id``).
+    """
+    if message_id is None:
+        message_id = split_reading_id(doc["_id"])[2]
+    return {"ts": doc["ts"], "id": message_id, "values": doc["values"]}
 
 
 def fold(docs: Iterable[dict[str, Any]]) -> dict[str, DeviceDelta]:
-    """Per device, the delta of these stored-reading documents."""
+    """Per device, the delta of these stored-reading documents (either shape: tenant,
+    device and message id come from ``_id``)."""
     deltas: dict[str, DeviceDelta] = {}
     for doc in docs:
         ts, stream = doc["ts"], doc["stream"]
-        known = deltas.get(doc["device"])
+        tenant, device, message_id = split_reading_id(doc["_id"])
+        known = deltas.get(device)
         if known is None:
-            deltas[doc["device"]] = DeviceDelta(doc["tenant"], ts, ts, {stream: latest_entry(doc)})
+            deltas[device] = DeviceDelta(tenant, ts, ts, {stream: latest_entry(doc, message_id)})
             continue
         # DeviceDelta.merge of a one-reading delta, without building it (every stored
         # reading passes here before its batch is acked).
@@ -75,8 +83,8 @@ def fold(docs: Iterable[dict[str, Any]]) -> dict[str, DeviceDelta]:
         if ts > known.last_ts:
             known.last_ts = ts
         mine = known.latest.get(stream)
-        if mine is None or (ts, doc["msg_id"]) > _rank(mine):
-            known.latest[stream] = latest_entry(doc)
+        if mine is None or (ts, message_id) > _rank(mine):
+            known.latest[stream] = latest_entry(doc, message_id)
     return deltas
 
 

@@ -82,8 +82,13 @@ EQUALITY_FIELDS: dict[str, tuple[str, ...]] = {
 DUPLICATE_KEY = 11000
 INDEX_NOT_FOUND = 27
 NAMESPACE_NOT_FOUND = 26
-# The one btree index telemetry gets, on MongoDB only (see ensure_indexes).
-TELEMETRY_BTREE = "tenant_device_ts"
+# The one index telemetry gets on MongoDB (see ensure_indexes): every read of it is an
+# ``hk`` equality, some with a ``ts`` range (retention) or order.
+TELEMETRY_BTREE = "hk_ts"
+# Indexes of telemetry made by older versions, dropped where found: ``tenant_device_ts``
+# (readings no longer store ``tenant`` and ``device``; FerretDB used it for no read) and,
+# on MongoDB, ``hk`` (the prefix of ``hk_ts`` serves its equalities).
+OLD_TELEMETRY_BTREE = "tenant_device_ts"
 
 
 # FerretDB 1.24 serves an ``_id`` equality from the table's primary key but answers
@@ -130,16 +135,14 @@ def ensure_indexes(db: Database, postgres_url: str | None = None) -> None:
     ``postgres_url`` (default: ``FAIRWAY_POSTGRES_URL``; empty: none).
     """
     on_ferretdb = ferretdb.is_ferretdb(db)
-    if on_ferretdb:
-        # FerretDB 1.24 serves no read with it (it pushes down only equalities, which its
-        # btree indexes cannot match) and it cost every stored reading ~7 us of server CPU
-        # (docs/benchmarks.md, "Database cost per reading"): dropped where it was made.
-        _drop_index(db, TELEMETRY, TELEMETRY_BTREE)
-    else:
-        db[TELEMETRY].create_index(
-            [("tenant", ASCENDING), ("device", ASCENDING), ("ts", DESCENDING)],
-            name=TELEMETRY_BTREE,
-        )
+    # FerretDB 1.24 served no read with tenant_device_ts (it pushes down only equalities,
+    # which its btree indexes cannot match) and it cost every stored reading ~7 us of
+    # server CPU (docs/benchmarks.md, "Database cost per reading"); on MongoDB it indexed
+    # fields lean readings no longer have.
+    _drop_index(db, TELEMETRY, OLD_TELEMETRY_BTREE)
+    if not on_ferretdb:
+        db[TELEMETRY].create_index([("hk", ASCENDING), ("ts", DESCENDING)], name=TELEMETRY_BTREE)
+        _drop_index(db, TELEMETRY, "hk")  # made before hk_ts; its prefix serves the same
     db[DEVICES].create_index([("tenant", ASCENDING)], name="tenant")
     db[REJECTIONS].create_index([("device", ASCENDING), ("at", DESCENDING)], name="device_at")
     db[REJECTIONS].create_index([("tenant", ASCENDING), ("at", DESCENDING)], name="tenant_at")
@@ -149,7 +152,7 @@ def ensure_indexes(db: Database, postgres_url: str | None = None) -> None:
         # its PostgreSQL backend the GIN indexes below serve them instead.
         for collection, fields in EQUALITY_FIELDS.items():
             for field in fields:
-                if field != "_id":
+                if field != "_id" and not (collection == TELEMETRY and field == "hk"):
                     db[collection].create_index([(field, ASCENDING)], name=field)
     if postgres_url is None:
         # Callers hold only a Database; the URL belongs to the deployment, not to them.

@@ -24,8 +24,9 @@ from pymongo import MongoClient
 from fairway.amqp.connection import blocking_channel
 from fairway.devtools.processes import wait_for
 from fairway.kernel import topology
+from fairway.kernel.contract import split_reading_id
 from fairway.kernel.settings import Settings
-from tests.harness import FairwayProcess, start_process
+from tests.harness import FairwayProcess, reading_query, start_process
 
 # Faster than production so tests need not wait (as in tests/integration).
 FAST = {"tenant_refresh_s": 0.5, "device_cache_ttl_s": 1.0}
@@ -150,12 +151,13 @@ def stored(config: Settings, device: str, count: int, timeout: float = 60) -> li
     client: MongoClient = MongoClient(config.mongo_url)
     try:
         db = client.get_default_database()
+        query = reading_query(device=device)  # the device is in _id only
         wait_for(
-            lambda: db["telemetry"].count_documents({"device": device}) >= count,
+            lambda: db["telemetry"].count_documents(query) >= count,
             timeout,
             f"{count} stored readings of {device}",
         )
-        return list(db["telemetry"].find({"device": device}))
+        return [{**d, "msg_id": split_reading_id(d["_id"])[2]} for d in db["telemetry"].find(query)]
     finally:
         client.close()
 

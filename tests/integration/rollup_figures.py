@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fairway.kernel.contract import split_reading_id
 from fairway.storage import mongo
 
 
@@ -36,7 +37,8 @@ def expected_rollups(
         hour = doc["ts"].replace(minute=0, second=0, microsecond=0)
         if hour >= closed_before or (since is not None and hour < since):
             continue
-        key = f"{doc['tenant']}:{doc['device']}:{doc['stream']}:{hour:%Y%m%d%H}"
+        tenant, device, _ = split_reading_id(doc["_id"])
+        key = f"{tenant}:{device}:{doc['stream']}:{hour:%Y%m%d%H}"
         roll = out.setdefault(key, {"n": 0, "metrics": {}, "minutes": {}})
         roll["n"] += 1
         for metric, value in doc["values"].items():

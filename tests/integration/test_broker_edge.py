@@ -21,8 +21,9 @@ from pika.exceptions import (
 )
 
 from fairway.kernel import topology
+from fairway.kernel.contract import split_reading_id
 from fairway.storage import mongo, registry
-from tests.harness import Pipeline, reading
+from tests.harness import Pipeline, reading, reading_query
 
 REFUSED_AT_LOGIN = (ProbableAuthenticationError, ProbableAccessDeniedError)
 
@@ -124,7 +125,8 @@ def test_an_mqtt_device_publishes_a_batch_whose_bad_reading_alone_is_refused(
         client.disconnect()
     edge.wait_stored(2, device="mqtt-2", stream="env")
     # MQTT carries no message id: a reading without its own id is <stream>@<ts in ms>.
-    ids = {d["msg_id"] for d in edge.db[mongo.TELEMETRY].find({"device": "mqtt-2"})}
+    found = edge.db[mongo.TELEMETRY].find(reading_query(device="mqtt-2"), {"_id": 1})
+    ids = {split_reading_id(d["_id"])[2] for d in found}
     assert ids == {f"env@{round((now - 2) * 1000)}", "r-2"}
     [(headers, _body)] = edge.rejected(1)
     assert headers[topology.REASON_HEADER] == "schema"

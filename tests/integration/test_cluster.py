@@ -62,6 +62,7 @@ from fairway.devtools.simulator import (
     weighted_devices,
 )
 from fairway.kernel import topology
+from fairway.kernel.contract import split_reading_id
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
 from tasks.celery_app import make_celery
@@ -297,8 +298,8 @@ class ClusterRun:
         }
 
     def _stored_ids(self) -> list[str]:
-        docs = self.pipeline.db[mongo.TELEMETRY].find({}, {"msg_id": 1})
-        return [d["msg_id"] for d in docs]
+        docs = self.pipeline.db[mongo.TELEMETRY].find({}, {"_id": 1})
+        return [split_reading_id(d["_id"])[2] for d in docs]
 
     def progress(self, every: float = 5.0) -> list[int]:
         """Readings stored so far (all tenants), every ``every`` seconds of the run."""

@@ -61,4 +61,4 @@ def test_the_short_run_still_shows_readings_landing(pipeline: Pipeline) -> None:
     landed = [line for line in run.stdout.splitlines() if "new readings stored" in line]
     assert [line.split(":")[0] for line in landed] == ["sim01", "sim02", "sim03"]
     assert all(int(line.split()[1]) > 0 for line in landed), run.stdout
-    assert pipeline.db[mongo.TELEMETRY].count_documents({"tenant": "sim01"}) > 0
+    assert pipeline.stored(tenant="sim01") > 0

@@ -16,6 +16,7 @@ import pytest
 
 from fairway.devtools.simulator import Simulator, Summary, weighted_devices
 from fairway.kernel import topology
+from fairway.kernel.contract import split_reading_id
 from fairway.storage import mongo
 from tests.harness import Pipeline, management, reading, wait_for
 
@@ -56,7 +57,8 @@ def test_each_reading_is_stored_and_bad_ones_are_refused_with_their_index(
         ["acme:dev-1:a0", "acme:dev-1:arr#2", f"acme:dev-1:power@{round((now - 1) * 1000)}"]
     )
     doc = acme.db[mongo.TELEMETRY].find_one({"_id": "acme:dev-1:arr#2"})
-    assert (doc["stream"], doc["msg_id"], doc["values"]) == ("env", "arr#2", {"temp": 21.0})
+    assert (doc["stream"], doc["values"]) == ("env", {"temp": 21.0})
+    assert "msg_id" not in doc  # lean: the message id is in _id only
 
     rejected = acme.rejected(3)
     assert len(rejected) == 3
@@ -186,7 +188,7 @@ def test_batches_redelivered_after_a_relay_crash_are_stored_once(pipeline: Pipel
     # from one device, and nothing else (no reading got a second id on redelivery).
     readings: dict[str, set[tuple[str, str]]] = {}
     for _id in _ids(pipeline):
-        _tenant, device, msg_id = _id.split(":")
+        _tenant, device, msg_id = split_reading_id(_id)
         message, _, index = msg_id.partition("#")
         readings.setdefault(message, set()).add((device, index))
     run = publisher.simulator.run_id

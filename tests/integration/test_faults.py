@@ -23,6 +23,7 @@ import pytest
 
 from fairway.devtools.simulator import Simulator, Summary, device_ids, tenant_ids, weighted_devices
 from fairway.kernel import topology
+from fairway.kernel.contract import split_reading_id
 from fairway.storage import mongo
 from tests.harness import Pipeline, management, services, wait_for
 from tests.integration.queue_types import BOTH, CLASSIC, QUORUM
@@ -119,7 +120,8 @@ def _assert_exactly_once(pipeline: Pipeline, publishers: list[Publisher]) -> Non
         assert publisher.summary.confirmed == publisher.summary.sent
         expected |= publisher.expected_ids()
     pipeline.wait_stored(len(expected), timeout=300)
-    stored = {d["msg_id"] for d in pipeline.db[mongo.TELEMETRY].find({}, {"msg_id": 1})}
+    docs = pipeline.db[mongo.TELEMETRY].find({}, {"_id": 1})
+    stored = {split_reading_id(d["_id"])[2] for d in docs}
     assert stored == expected
     assert pipeline.depth(topology.REJECTED) == 0
 

@@ -38,10 +38,7 @@ def test_reading_is_stored_field_by_field(pipeline: Pipeline, queue_type: str) -
     assert doc == {
         "_id": "acme:dev-1:m-1",
         "hk": f"acme:dev-1:{datetime.fromtimestamp(ts, UTC):%Y%m%d%H}",
-        "tenant": "acme",
-        "device": "dev-1",
         "stream": "env",
-        "msg_id": "m-1",
         "ts": datetime.fromtimestamp(ts, UTC),
         "values": {"temp": 21.5, "door_open": False, "state": "ok", "n": 7},
     }

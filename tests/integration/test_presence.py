@@ -32,8 +32,8 @@ def test_online_from_connections_and_readings(pipeline: Pipeline) -> None:
     pipeline.db[mongo.DEVICES].update_one({"_id": "stale"}, {"$set": {"last_seen": hour_ago}})
     deltas = device_state.fold(
         [
-            {"tenant": "acme", "device": "stale", "stream": "env", "ts": now - timedelta(minutes=5),
-             "msg_id": "s1", "values": {"temp": 1}},
+            {"_id": "acme:stale:s1", "stream": "env", "ts": now - timedelta(minutes=5),
+             "values": {"temp": 1}},
         ]
     )  # fmt: skip
     device_state.apply(pipeline.db, deltas)

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from fairway.kernel import topology
-from fairway.kernel.contract import Reading, tenant_message
+from fairway.kernel.contract import Reading, split_reading_id, tenant_message
 from tests.harness import Pipeline, reading, wait_for
 from tests.integration.queue_types import BOTH, CLASSIC
 
@@ -69,7 +69,7 @@ def test_quorum_full_tenant_queue_refuses_publishes_and_loses_nothing(
     assert {h[topology.REASON_HEADER] for h, _ in rejected} == {"tenant_backlog_full"}
     pipeline.start("scheduler")
     pipeline.wait_stored(accepted)
-    ids = {d["msg_id"] for d in pipeline.db["telemetry"].find({}, {"msg_id": 1})}
+    ids = {split_reading_id(d["_id"])[2] for d in pipeline.db["telemetry"].find({}, {"_id": 1})}
     assert len(ids) == accepted and ids <= {f"f{i}" for i in range(sent)}
 
 

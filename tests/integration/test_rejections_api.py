@@ -12,7 +12,7 @@ import pytest
 
 from fairway.devtools.processes import wait_for
 from fairway.storage import accounts, mongo
-from tests.harness import Pipeline
+from tests.harness import Pipeline, reading_query
 from tests.integration.test_web_api import Api
 from web import create_app
 
@@ -178,7 +178,9 @@ def test_replaying_device_batches(pipeline: Pipeline) -> None:
     assert [r["outcome"] for r in answer["results"]] == ["sent"] * 3, answer
     pipeline.wait_stored(3, device="newdev")
     pipeline.wait_stored(3, device="t1")
-    assert sorted(d["_id"] for d in pipeline.db[mongo.TELEMETRY].find({"device": "t1"})) == [
+    assert sorted(
+        d["_id"] for d in pipeline.db[mongo.TELEMETRY].find(reading_query(device="t1"))
+    ) == [
         "tight:t1:b0",
         "tight:t1:b1",
         "tight:t1:b2",

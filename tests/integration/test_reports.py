@@ -22,12 +22,12 @@ import pytest
 from pymongo import monitoring
 
 from fairway.domain.job_params import ExportParams, ReportParams
-from fairway.kernel.contract import hour_key
+from fairway.kernel.contract import hour_key, split_reading_id
 from fairway.kernel.times import iso_z
 from fairway.storage import mongo, rollups
 from tasks import export
 from tasks.report import TooManyReadings, build_report
-from tests.harness import Pipeline
+from tests.harness import Pipeline, reading_query
 from tests.integration.test_tasks import insert_readings
 from tests.unit.test_tasks_report import expected_bucket
 
@@ -123,10 +123,11 @@ def raw(pipeline: Pipeline) -> Any:
     """The stored readings in range, by a plain scan (the test's independent source)."""
 
     def read(start: datetime, end: datetime, device: str | None) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {"tenant": "acme"}
-        if device:
-            query["device"] = device
-        return [d for d in pipeline.db[mongo.TELEMETRY].find(query) if start <= d["ts"] < end]
+        query = reading_query("acme", device)  # tenant and device: in _id only
+        docs = pipeline.db[mongo.TELEMETRY].find(query)
+        return [
+            {**d, "device": split_reading_id(d["_id"])[1]} for d in docs if start <= d["ts"] < end
+        ]
 
     return read
 

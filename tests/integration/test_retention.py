@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from fairway.cli import main as cli
-from fairway.kernel.contract import Reading, tenant_message, to_document
+from fairway.kernel.contract import Reading, split_reading_id, tenant_message, to_document
 from fairway.storage import accounts, backfill, device_state, mongo, registry, rollups
 from fairway.storage.telemetry import HistoryQuery, floor_hour, read_history
 from tasks import retention, rollup
@@ -41,7 +41,18 @@ def stored(tenant: str, device: str, i: int, ts: datetime) -> dict[str, Any]:
     """The document the scheduler's sink writes (with ``hk``)."""
     stream = "env" if i % 3 else "power"
     reading = Reading(device, stream, f"m{i:05d}", ts.timestamp(), {"v": i, "w": i * 0.5})
-    return to_document(tenant_message(tenant, reading, ts.timestamp()))
+    doc = to_document(tenant_message(tenant, reading, ts.timestamp()))
+    if i % 4 == 0:  # as stored before lean documents: old readings stay as they are
+        doc.update(tenant=tenant, device=device, msg_id=reading.message_id)
+    return doc
+
+
+def tenant_of(doc: dict[str, Any]) -> str:
+    return split_reading_id(doc["_id"])[0]
+
+
+def device_of(doc: dict[str, Any]) -> str:
+    return split_reading_id(doc["_id"])[1]
 
 
 def times_around(cutoff: datetime) -> list[datetime]:
@@ -60,7 +71,7 @@ def store(db: Any, docs: list[dict[str, Any]]) -> None:
     """What the pipeline leaves: readings, device state, rollup marks."""
     db[mongo.TELEMETRY].insert_many(docs)
     device_state.apply(db, device_state.fold(docs))
-    rollups.mark_pending(db, {(d["tenant"], d["device"], floor_hour(d["ts"])) for d in docs})
+    rollups.mark_pending(db, {(tenant_of(d), device_of(d), floor_hour(d["ts"])) for d in docs})
 
 
 @pytest.fixture
@@ -95,7 +106,7 @@ def kept(by_device: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
     """The readings a plan keeps: ``ts >= cutoff``, by device, newest first."""
     out = {}
     for device, docs in by_device.items():
-        cutoff = cutoff_of(docs[0]["tenant"])
+        cutoff = cutoff_of(tenant_of(docs[0]))
         keep = [d for d in docs if d["ts"] >= cutoff]
         out[device] = [d["_id"] for d in sorted(keep, key=lambda d: (d["ts"], d["_id"]))][::-1]
     return out
@@ -104,7 +115,7 @@ def kept(by_device: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
 def stored_ids(db: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for doc in db[mongo.TELEMETRY].find():
-        out.setdefault(doc["device"], []).append(doc)
+        out.setdefault(device_of(doc), []).append(doc)
     return {
         device: [d["_id"] for d in sorted(docs, key=lambda d: (d["ts"], d["_id"]))][::-1]
         for device, docs in out.items()
@@ -133,7 +144,7 @@ def assert_exactly_the_plan(db: Any, by_device: dict[str, list[dict[str, Any]]])
     expected = kept(by_device)
     assert stored_ids(db) == {d: ids for d, ids in expected.items() if ids}
     for device, ids in expected.items():
-        tenant = by_device[device][0]["tenant"]
+        tenant = tenant_of(by_device[device][0])
         assert history(db, tenant, device) == ids, device
         state = device_state.get(db, device)
         assert state is not None
@@ -160,7 +171,7 @@ def test_retention_leaves_exactly_the_readings_inside_each_plan(
     assert_exactly_the_plan(db, fleet)
     expect_deleted = {"a": 0, "b": 0}
     for device, ids in kept(fleet).items():
-        expect_deleted[fleet[device][0]["tenant"]] += before[device] - len(ids)
+        expect_deleted[tenant_of(fleet[device][0])] += before[device] - len(ids)
     assert result["readings_deleted"] == expect_deleted
     assert result["hours_left"] == 0 and result["devices_behind"] == 0
     assert calls[0] == (0, result["hours_deleted"]) and calls[-1][0] == result["hours_deleted"]
@@ -174,9 +185,9 @@ def test_retention_leaves_exactly_the_readings_inside_each_plan(
     # An hour later, the next hour goes, exactly.
     later = retention.apply_retention(db, DEFAULT_DAYS, 86400.0, NOW + H, lambda d, t: None, 10**5)
     cut = cutoff_of("a") + H
-    assert all(d["ts"] >= cut for d in db[mongo.TELEMETRY].find({"tenant": "a"}))
+    assert all(d["ts"] >= cut for d in db[mongo.TELEMETRY].find() if tenant_of(d) == "a")
     now_expired = [d for docs in fleet.values() for d in docs if cut - H <= d["ts"] < cut]
-    assert later["readings_deleted"]["a"] == sum(1 for d in now_expired if d["tenant"] == "a")
+    assert later["readings_deleted"]["a"] == sum(1 for d in now_expired if tenant_of(d) == "a")
 
 
 def test_history_api_returns_exactly_the_kept_readings(
@@ -302,10 +313,12 @@ def test_backfill_makes_old_readings_visible_and_rollups_exact(
     everything = old + new
     newest_first = sorted(everything, key=lambda d: (d["ts"], d["_id"]), reverse=True)
     for device in ("d1", "d2"):
-        assert history(db, "a", device) == [d["_id"] for d in newest_first if d["device"] == device]
+        assert history(db, "a", device) == [
+            d["_id"] for d in newest_first if device_of(d) == device
+        ]
         state = device_state.get(db, device)
         assert state is not None
-        mine = [d for d in everything if d["device"] == device]
+        mine = [d for d in everything if device_of(d) == device]
         assert state["first_ts"] == min(d["ts"] for d in mine)
         assert state["last_ts"] == max(d["ts"] for d in mine)
     assert {d["_id"]: d["hk"] for d in db[mongo.TELEMETRY].find()} == {

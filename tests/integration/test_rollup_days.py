@@ -15,12 +15,14 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from fairway.kernel.contract import split_reading_id
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo, rollup_days, rollups
 from fairway.storage.telemetry import HOUR
 from scheduler.rollup_folder import RollupFolder
 from scheduler.sink import MongoSink
 from tasks import rollup
+from tests.harness import reading_query
 
 DAY = timedelta(days=1)
 # Three whole UTC days, well in the past (the sink takes them for late data).
@@ -84,7 +86,8 @@ def expected_days(db: Database) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for doc in db[mongo.TELEMETRY].find():
         day = rollup_days.floor_day(doc["ts"])
-        key = rollup_days.day_id(doc["tenant"], doc["device"], doc["stream"], day)
+        tenant, device, _ = split_reading_id(doc["_id"])
+        key = rollup_days.day_id(tenant, device, doc["stream"], day)
         entry = out.setdefault(key, {"n": 0, "metrics": {}})
         entry["n"] += 1
         for metric, value in doc["values"].items():
@@ -115,7 +118,7 @@ def series_from_raw(
     db: Database, device: str, metric: str, stream: str | None
 ) -> list[tuple[datetime, dict[str, Any]]]:
     merged: dict[datetime, dict[str, Any]] = {}
-    query: dict[str, Any] = {"device": device}
+    query: dict[str, Any] = reading_query(device=device)
     if stream:
         query["stream"] = stream
     for doc in db[mongo.TELEMETRY].find(query):
@@ -211,7 +214,7 @@ def test_retention_keeps_day_documents_equal_to_what_is_left(db: Database) -> No
     rollup.roll_closed_hours(db, 0, now=AFTER)
     cut = DAYS[1] + 7 * HOUR + timedelta(minutes=20)  # mid-hour of a compacted day
     for device in DEVICES:
-        db[mongo.TELEMETRY].delete_many({"device": device, "ts": {"$lt": cut}})
+        db[mongo.TELEMETRY].delete_many(reading_query("acme", device, ts={"$lt": cut}))
         rollups.delete_day_before(db, "acme", device, DAYS[0], DAYS[1])
         rollups.delete_day_before(db, "acme", device, DAYS[1], cut.replace(minute=0))
         rollups.recompute_hour(db, "acme", device, cut.replace(minute=0))

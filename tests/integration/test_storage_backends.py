@@ -21,7 +21,7 @@ import pytest
 from pymongo import DESCENDING, MongoClient
 from pymongo.database import Database
 
-from fairway.kernel.contract import to_document
+from fairway.kernel.contract import split_reading_id, to_document
 from fairway.kernel.settings import Settings
 from fairway.storage import ferretdb, mongo, registry
 from scheduler.rollup_folder import RollupFolder
@@ -141,14 +141,21 @@ def test_find_by_tenant_and_device_sorted_by_ts(db: Database, sink: MongoSink) -
         body(t, d, n) for n in order for t, d in (("acme", "d1"), ("acme", "d2"), ("zeta", "d1"))
     ]
     assert sink.write(bodies).stored == 30
-    found = list(
-        db[mongo.TELEMETRY].find({"tenant": "acme", "device": "d1"}).sort("ts", DESCENDING).limit(4)
-    )
-    assert [d["msg_id"] for d in found] == ["m00009", "m00008", "m00007", "m00006"]
-    assert all(d["tenant"] == "acme" and d["device"] == "d1" for d in found)
+    # Lean readings: a device's are found by its hour key (tenant and device are in _id).
+    acme_d1 = {"hk": hour_key("acme", "d1", 0)}
+    found = list(db[mongo.TELEMETRY].find(acme_d1).sort("ts", DESCENDING).limit(4))
+    assert [split_reading_id(d["_id"])[2] for d in found] == [
+        "m00009",
+        "m00008",
+        "m00007",
+        "m00006",
+    ]
+    assert all(split_reading_id(d["_id"])[:2] == ("acme", "d1") for d in found)
+    assert all("tenant" not in d and "device" not in d and "msg_id" not in d for d in found)
     span = {"$gte": T0 + timedelta(seconds=20), "$lt": T0 + timedelta(seconds=50)}
-    ranged = db[mongo.TELEMETRY].find({"tenant": "zeta", "device": "d1", "ts": span}).sort("ts", 1)
-    assert [d["msg_id"] for d in ranged] == ["m00002", "m00003", "m00004"]
+    zeta_d1 = {"hk": hour_key("zeta", "d1", 0), "ts": span}
+    ranged = db[mongo.TELEMETRY].find(zeta_d1).sort("ts", 1)
+    assert [split_reading_id(d["_id"])[2] for d in ranged] == ["m00002", "m00003", "m00004"]
     assert found[0]["ts"] == T0 + timedelta(seconds=90)  # datetimes round-trip exactly
 
 
@@ -299,7 +306,7 @@ def test_hour_key_queries_use_their_gin_index(pg_db: Database, base_settings: Se
     by_hour = index_scans(pg_db, {"hk": hour_key("acme", "d07", 1200)})
     assert by_hour == {ferretdb.index_name(table, "hk")}
     found = list(pg_db[mongo.TELEMETRY].find({"hk": hour_key("acme", "d07", 1200)}))
-    assert len(found) == 36 and {d["device"] for d in found} == {"d07"}
+    assert len(found) == 36 and {split_reading_id(d["_id"])[1] for d in found} == {"d07"}
 
 
 def mongo_document(tenant: str, device: str, n: int) -> dict[str, Any]:

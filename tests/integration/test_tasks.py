@@ -27,14 +27,14 @@ from fairway.devtools import celery_workers as worker
 from fairway.devtools.processes import free_port, wait_for
 from fairway.domain.job_params import JobFailed
 from fairway.kernel import topology
-from fairway.kernel.contract import hour_key, reading_id
+from fairway.kernel.contract import hour_key, reading_id, split_reading_id
 from fairway.storage import device_state, job_records, rollups
 from fairway.storage.mongo import ROLLUP_PENDING, TELEMETRY, TENANTS
 from fairway.storage.telemetry import floor_hour
 from tasks import export, retention, rollup
 from tasks.base import EXPORT_TASK, REPORT_TASK
 from tasks.celery_app import make_celery
-from tests.harness import Pipeline, scrape_metric
+from tests.harness import Pipeline, reading_query, scrape_metric
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -56,21 +56,27 @@ def insert_readings(
         {
             "_id": reading_id(tenant, device, f"{prefix}{i}"),
             "hk": hour_key(tenant, device, ts),
-            "tenant": tenant,
-            "device": device,
             "stream": stream,
-            "msg_id": f"{prefix}{i}",
             "ts": ts,
             "received": ts,
             "values": v,
         }
         for i, (ts, v) in enumerate(zip(times, values, strict=True))
     ]
+    with_old_fields(docs)
     for i in range(0, len(docs), 5000):
         db[TELEMETRY].insert_many(docs[i : i + 5000], ordered=False)
     rollups.mark_pending(db, {(tenant, device, floor_hour(ts)) for ts in times})
     if docs:
         device_state.apply(db, device_state.fold(docs))
+
+
+def with_old_fields(docs: list[dict[str, Any]]) -> None:
+    """Every third reading as stored before lean documents (with ``tenant``, ``device``
+    and ``msg_id`` besides ``_id``): old documents stay, and every reader takes both."""
+    for doc in docs[::3]:
+        tenant, device, message_id = split_reading_id(doc["_id"])
+        doc.update(tenant=tenant, device=device, msg_id=message_id)
 
 
 def store_readings(
@@ -82,16 +88,14 @@ def store_readings(
         {
             "_id": reading_id(tenant, device, f"m{i}"),
             "hk": hour_key(tenant, device, ts),
-            "tenant": tenant,
-            "device": device,
             "stream": "s",
-            "msg_id": f"m{i}",
             "ts": ts,
             "received": ts,
             "values": v,
         }
         for i, (ts, v) in enumerate(zip(times, values, strict=True))
     ]
+    with_old_fields(docs)
     for i in range(0, len(docs), 5000):
         db[TELEMETRY].insert_many(docs[i : i + 5000], ordered=False)
     device_state.apply(db, device_state.fold(docs))
@@ -377,7 +381,7 @@ def test_beat_runs_retention_per_tenant_plan(pipeline: Pipeline) -> None:
             f.write(b"ts,device\n")
 
     def remaining(tenant: str) -> list[float]:
-        return sorted(d["values"]["v"] for d in db[TELEMETRY].find({"tenant": tenant}))
+        return sorted(d["values"]["v"] for d in db[TELEMETRY].find(reading_query(tenant)))
 
     expected = {"short": [0.5], "default": [0.5, 2], "long": [0.5, 2, 5]}
     with running_worker(pipeline):
@@ -417,5 +421,5 @@ def test_retention_deletes_more_than_one_database_statement_may(pipeline: Pipeli
     db[TENANTS].insert_many([{"_id": "acme"}, {"_id": "other", "retention_days": 3650}])
     result = retention.apply_retention(db, 30, 86400.0, now, lambda done, total: None, 1000)
     assert result["readings_deleted"] == {"acme": n, "other": 0}
-    assert db[TELEMETRY].count_documents({"tenant": "acme"}) == 3
-    assert db[TELEMETRY].count_documents({"tenant": "other"}) == 1
+    assert db[TELEMETRY].count_documents(reading_query("acme")) == 3
+    assert db[TELEMETRY].count_documents(reading_query("other")) == 1

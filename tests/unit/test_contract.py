@@ -13,6 +13,8 @@ from fairway.kernel.contract import (
     hour_key,
     parse_reading,
     reading_id,
+    split_reading_id,
+    tenant_id_range,
     tenant_message,
     to_document,
 )
@@ -451,6 +453,49 @@ def test_reading_id() -> None:
     assert reading_id("acme", "dev-1", "m-7") == "acme:dev-1:m-7"
 
 
+@pytest.mark.parametrize(
+    ("tenant", "device", "message_id"),
+    [
+        ("acme", "dev-1", "m-7"),
+        ("a", "b", "c"),
+        ("t_1", "d-2", "env@1795487400250"),
+        ("acme", "dev-1", "urn:uuid:1234:5678"),  # a message id may hold ':'
+        ("acme", "dev-1", "batch-9#3"),
+        ("acme", "dev-1", ":"),
+        ("acme", "dev-1", "::"),
+        ("0", "0", "~!\"$%&'()*+,-./;<=>?@[]^`{|}"),
+    ],
+)
+def test_split_reading_id_inverts_reading_id(tenant: str, device: str, message_id: str) -> None:
+    assert split_reading_id(reading_id(tenant, device, message_id)) == (tenant, device, message_id)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "acme", "acme:dev-1", "acme:dev-1:", ":dev-1:m", "acme::m", "probe", 7, None]
+)
+def test_split_reading_id_refuses_what_reading_id_never_makes(bad: object) -> None:
+    with pytest.raises(ValueError):
+        split_reading_id(bad)
+
+
+def test_split_reading_id_of_every_contract_message_id() -> None:
+    # Any id the contract accepts (printable ASCII, up to max_message_id) round-trips.
+    for mid in ("x" * SETTINGS.max_message_id, "".join(map(chr, range(0x21, 0x7F)))):
+        r = parse(body(id=mid), user_id="dev-1")
+        doc = to_document(tenant_message("t1", r, NOW))
+        assert split_reading_id(doc["_id"]) == ("t1", "dev-1", mid)
+
+
+def test_tenant_id_range_holds_only_that_tenants_readings() -> None:
+    low, high = tenant_id_range("ab")
+    inside = [reading_id("ab", "d", "m"), reading_id("ab", "zzz", "~~~")]
+    inside.append(reading_id("ab", "0", ":"))
+    outside = [reading_id("a", "d", "m"), reading_id("abc", "d", "m"), reading_id("ab-1", "d", "m")]
+    outside += [reading_id("ab_", "d", "m"), reading_id("b", "d", "m")]
+    assert all(low <= i < high for i in inside)
+    assert not any(low <= o < high for o in outside)
+
+
 def test_tenant_message_round_trip() -> None:
     reading = Reading(
         device="dev-1",
@@ -472,22 +517,11 @@ def test_tenant_message_round_trip() -> None:
         "values": {"temp": 21.5, "ok": True, "n": 3, "s": "x"},
     }
     doc = to_document(msg)
-    assert set(doc) == {
-        "_id",
-        "hk",
-        "tenant",
-        "device",
-        "stream",
-        "msg_id",
-        "ts",
-        "received",
-        "values",
-    }
+    # Lean: tenant, device and message id are in _id only (in this key order).
+    assert list(doc) == ["_id", "hk", "stream", "ts", "received", "values"]
     assert doc["_id"] == "acme:dev-1:m-7"
-    assert doc["tenant"] == "acme"
-    assert doc["device"] == "dev-1"
+    assert split_reading_id(doc["_id"]) == ("acme", "dev-1", "m-7")
     assert doc["stream"] == "env"
-    assert doc["msg_id"] == "m-7"
     assert doc["ts"] == datetime(2026, 11, 24, 2, 30, 0, 250000, tzinfo=UTC)
     assert doc["ts"].tzinfo is not None
     assert doc["ts"].utcoffset().total_seconds() == 0

@@ -14,20 +14,24 @@ from fairway.storage.rollups import HourFold
 T0 = datetime(2026, 12, 6, 5, tzinfo=UTC)
 
 
-def readings(n: int, seed: int) -> list[dict[str, Any]]:
-    """Stored-reading documents with repeated timestamps (ties broken by message id)."""
+def readings(n: int, seed: int, old_shape: bool = False) -> list[dict[str, Any]]:
+    """Stored-reading documents with repeated timestamps (ties broken by message id):
+    lean (tenant, device and message id in ``_id`` only), or as written before that."""
     rnd = random.Random(seed)
-    return [
-        {
-            "tenant": "acme",
-            "device": f"d{rnd.randrange(4)}",
+    docs = []
+    for i in range(n):
+        # unique ids (a ':' in them too): equal (ts, id) with other values has no order
+        device, mid = f"d{rnd.randrange(4)}", f"m:{rnd.randrange(1000):03d}:{i}"
+        doc: dict[str, Any] = {
+            "_id": f"acme:{device}:{mid}",
             "stream": rnd.choice(["env", "power"]),
-            "msg_id": f"m{rnd.randrange(1000):03d}",
             "ts": T0 + timedelta(seconds=rnd.randrange(30)),
             "values": {"t": rnd.choice([1, 2.5, -3, 0.0]), "ok": rnd.random() < 0.5, "s": "x"},
         }
-        for _ in range(n)
-    ]
+        if old_shape:
+            doc.update(tenant="acme", device=device, msg_id=mid)
+        docs.append(doc)
+    return docs
 
 
 def test_fold_equals_merging_one_reading_deltas_in_any_order() -> None:
@@ -35,15 +39,26 @@ def test_fold_equals_merging_one_reading_deltas_in_any_order() -> None:
         docs = readings(200, seed)
         want: dict[str, DeviceDelta] = {}
         for doc in docs:
-            one = DeviceDelta(
-                doc["tenant"], doc["ts"], doc["ts"], {doc["stream"]: latest_entry(doc)}
-            )
-            if doc["device"] in want:
-                want[doc["device"]].merge(one)
+            tenant, device, mid = doc["_id"].split(":", 2)
+            entry = {"ts": doc["ts"], "id": mid, "values": doc["values"]}
+            assert latest_entry(doc) == entry and list(latest_entry(doc)) == ["ts", "id", "values"]
+            one = DeviceDelta(tenant, doc["ts"], doc["ts"], {doc["stream"]: entry})
+            if device in want:
+                want[device].merge(one)
             else:
-                want[doc["device"]] = one
+                want[device] = one
         random.Random(seed).shuffle(docs)
         assert device_state.fold(docs) == want
+
+
+def test_fold_reads_both_document_shapes_alike() -> None:
+    for seed in range(5):
+        lean, old = readings(100, seed), readings(100, seed, old_shape=True)
+        assert "device" not in lean[0] and old[0]["device"] == old[0]["_id"].split(":")[1]
+        assert device_state.fold(lean) == device_state.fold(old)
+        # and mixed: old documents stay as they are next to lean ones
+        mixed = old[:50] + lean[50:]
+        assert device_state.fold(mixed) == device_state.fold(lean)
 
 
 def test_hour_fold_counts_the_figures_it_adds_and_keeps_min_max_sum() -> None:

@@ -37,21 +37,31 @@ def test_mongodb_gets_an_index_for_every_key_field() -> None:
     mongo.ensure_indexes(db, postgres_url="")  # type: ignore[arg-type]
     for collection, fields in mongo.EQUALITY_FIELDS.items():
         for field in fields:
-            if field != "_id":
+            if field != "_id" and collection != mongo.TELEMETRY:
                 assert (collection, field) in db.created
-    assert (mongo.TELEMETRY, "hk") in db.created and (mongo.ROLLUPS, "mk") in db.created
+    assert (mongo.ROLLUPS, "mk") in db.created
+    # telemetry's hk equalities are served by the prefix of hk_ts: no index of its own
+    assert (mongo.TELEMETRY, "hk_ts") in db.created
+    assert (mongo.TELEMETRY, "hk") not in db.created
 
 
 def test_ferretdb_gets_none_of_them() -> None:
     db = StubDatabase({"version": "7.0.42", "ferretdbVersion": "v1.24.2"})
     mongo.ensure_indexes(db, postgres_url="")  # type: ignore[arg-type]
     assert (mongo.TELEMETRY, "hk") not in db.created
-    # No query on FerretDB uses it: not made, and dropped where an older version made it.
+    # No query on FerretDB uses a btree: none made, and the old one dropped where made.
     assert (mongo.TELEMETRY, "tenant_device_ts") not in db.created
+    assert (mongo.TELEMETRY, "hk_ts") not in db.created
     assert (mongo.TELEMETRY, "drop tenant_device_ts") in db.created
+    assert (mongo.TELEMETRY, "drop hk") not in db.created  # not a MongoDB index here
 
 
-def test_mongodb_keeps_the_telemetry_btree() -> None:
+def test_mongodb_trades_the_tenant_device_btree_for_hk_ts() -> None:
+    # Lean readings store tenant and device in _id only; every read is by hk (and ts).
     db = StubDatabase({"version": "7.0.0"})
     mongo.ensure_indexes(db, postgres_url="")  # type: ignore[arg-type]
-    assert (mongo.TELEMETRY, "tenant_device_ts") in db.created
+    created = db.created
+    assert (mongo.TELEMETRY, "tenant_device_ts") not in created
+    assert (mongo.TELEMETRY, "drop tenant_device_ts") in created
+    # hk_ts is made before the old hk index goes, so hk reads always have an index
+    assert created.index((mongo.TELEMETRY, "hk_ts")) < created.index((mongo.TELEMETRY, "drop hk"))
