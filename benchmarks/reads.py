@@ -18,9 +18,15 @@ fresh database, from 1,000 devices of 10 tenants, two streams each:
 (With all 1,000 devices equally dense a month chart could not return 720 points below
 1.44M readings: 100k readings are 50 per stream.) Readings are shaped exactly like
 :func:`fairway.kernel.contract.to_document` output (with their hour key ``hk``) and
-loaded with direct ``insert_many``, in time order. The loader also writes what the
-pipeline would maintain: ``device_state`` (:func:`fairway.storage.device_state.fold`,
-written with its ``apply``) and the rollups of every closed device-hour
+loaded with direct ``insert_many``, in time order. When the baseline is measured they
+are loaded in the shape stored before lean documents (also ``tenant``, ``device`` and
+``msg_id``, :func:`old_shape`): the baseline's queries filter on ``tenant`` and
+``device``, which lean readings lack (they would read nothing). The new paths then read
+those documents too, as in every figure recorded before lean documents; with
+``--layouts new`` the readings are lean. The result says which (``document_shape``).
+The loader also writes what the pipeline would maintain: ``device_state``
+(:func:`fairway.storage.device_state.fold`, written with its ``apply``) and the rollups
+of every closed device-hour
 (:func:`fairway.storage.rollups.fold_readings` and ``hour_documents``, as
 ``compute_hour``: the slim hourly document in ``rollups``, the minute columns in
 ``rollup_minutes``). The last, open hour has no rollup, as in the pipeline: charts fold
@@ -181,14 +187,32 @@ def _fleet(count: int, span_days: float) -> Iterator[tuple[float, bytes]]:
         yield ts, _body(tenant, device, stream, f"f{stream}-{k:09d}", ts, k // len(pairs))
 
 
-def readings(size: int, span_days: float) -> Iterator[dict[str, Any]]:
+def old_shape(doc: dict[str, Any]) -> dict[str, Any]:
+    """A lean stored reading in the shape stored before lean documents (key for key and
+    in order): ``tenant``, ``device`` and ``msg_id`` as fields too, the baseline's filter."""
+    tenant, device, message_id = split_reading_id(doc["_id"])
+    return {
+        "_id": doc["_id"],
+        "hk": doc["hk"],
+        "tenant": tenant,
+        "device": device,
+        "stream": doc["stream"],
+        "msg_id": message_id,
+        "ts": doc["ts"],
+        "received": doc["received"],
+        "values": doc["values"],
+    }
+
+
+def readings(size: int, span_days: float, old: bool = False) -> Iterator[dict[str, Any]]:
     """``size`` readings over ``span_days`` from ``T0``, in time order across all devices:
-    the hot devices' fixed schedule and the fleet's share, whose density grows with size."""
+    the hot devices' fixed schedule and the fleet's share, whose density grows with size.
+    Lean, or in the shape before lean documents if ``old``."""
     fleet = size - hot_count(span_days)
     assert fleet >= 0, f"{size:,} readings: the hot devices alone take {hot_count(span_days):,}"
     merged = heapq.merge(_hot(span_days), _fleet(fleet, span_days), key=lambda p: p[0])
     for _, body in merged:
-        yield to_document(body)
+        yield old_shape(to_document(body)) if old else to_document(body)
 
 
 class Derived:
@@ -247,10 +271,11 @@ class Derived:
         self.seconds += time.perf_counter() - started
 
 
-def load(db: Database, size: int, span_days: float, derived: Derived) -> float:
-    """Insert ``size`` readings and what derives from them into an empty database;
-    readings per second of the telemetry inserts alone (``derived.seconds`` holds the rest)."""
-    source = readings(size, span_days)
+def load(db: Database, size: int, span_days: float, derived: Derived, old: bool = False) -> float:
+    """Insert ``size`` readings (in the old shape if ``old``) and what derives from them
+    into an empty database; readings per second of the telemetry inserts alone
+    (``derived.seconds`` holds the rest)."""
+    source = readings(size, span_days, old)
     spent, n = 0.0, 0
     while n < size:
         batch = [next(source) for _ in range(min(BATCH, size - n))]
@@ -563,6 +588,15 @@ def vacuum(postgres_url: str, schema: str) -> None:
             c.execute(f"VACUUM (ANALYZE) {quote(schema)}.{quote(table)}")
 
 
+def document_shape(db: Database) -> str:
+    """``old`` if a hot device's reading has ``tenant`` and ``device`` fields (the shape
+    before lean documents), else ``lean``."""
+    tenant, device = hot_devices()[0]
+    found = db[mongo.TELEMETRY].find_one({"hk": telemetry.hour_key(tenant, device, T0)})
+    assert found is not None, f"{db.name}: no reading of {device} in its first hour"
+    return "old" if "tenant" in found and "device" in found else "lean"
+
+
 def measure_size(
     db: Database,
     gin_url: str,
@@ -588,7 +622,7 @@ def measure_size(
         derived = Derived()
         say(f"loading {size:,} readings over {opts.span_days:g} days (+ device_state, rollups)")
         cpu0, started = cpu.seconds(), time.perf_counter()
-        rate = load(db, size, opts.span_days, derived)
+        rate = load(db, size, opts.span_days, derived, old="baseline" in layouts)
         wall, derived_s = time.perf_counter() - started, derived.seconds
         cpu1 = cpu.seconds()
         per_1k = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / size * 1e6
@@ -612,9 +646,16 @@ def measure_size(
         )
         mongo.ensure_indexes(db, gin_url)
         say(f"  compaction: {compaction}")
+    shape = document_shape(db)
+    if "baseline" in layouts and shape != "old":
+        raise SystemExit(
+            f"{db.name}: its readings have no tenant and device fields, which the baseline's"
+            " queries filter on (it would read nothing): load it with the baseline layout"
+        )
     say(f"measuring (load average {os.getloadavg()})")
     hot = hot_count(opts.span_days)
     at_size: dict[str, Any] = {
+        "document_shape": shape,
         "hot_readings": hot,
         "fleet_readings_per_stream": round((size - hot) / (len(fleet_devices()) * len(STREAMS))),
         "insert_readings_per_s": round(rate),

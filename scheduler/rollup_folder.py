@@ -36,7 +36,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from fairway.kernel.contract import split_reading_id
+from fairway.kernel.contract import Written
 from fairway.storage import rollup_writers, rollups
 from fairway.storage.rollup_writers import DeviceHour
 from fairway.storage.rollups import HourFold
@@ -147,8 +147,10 @@ class RollupFolder:
             self._thread.start()
 
     # -- the sink's side (writer threads, before the batch is acked) -------------------
-    def record(self, stored: list[dict[str, Any]], duplicates: list[dict[str, Any]]) -> None:
+    def record(self, stored: list[Written], duplicates: list[Written]) -> None:
         """Fold the readings the insert stored; hand over what it cannot vouch for.
+
+        Each document comes with the ``(tenant, device, message id)`` of its ``_id``.
 
         Raises if a record or mark could not be written: the batch is then not acked,
         and its retry finds its readings stored (duplicates), which hands them over.
@@ -160,8 +162,7 @@ class RollupFolder:
         marks: set[DeviceHour] = set()
         to_record: dict[datetime, set[tuple[str, str]]] = {}
         with self._lock:
-            for doc in duplicates:
-                tenant, device, _ = split_reading_id(doc["_id"])
+            for (tenant, device, _), doc in duplicates:
                 key = (tenant, device, floor_hour(doc["ts"]))
                 self._hand_over(key, "duplicate")
                 marks.add(key)
@@ -169,14 +170,13 @@ class RollupFolder:
             # What depends on the hour only, looked up again when the hour changes (the
             # lock is held: _closed_upto and _hours change under it only).
             end, late, folds = hour, False, None
-            for doc in stored:
+            for (tenant, device, _), doc in stored:
                 ts = doc["ts"]
                 # A batch's readings mostly share an hour: floor_hour (~1 us) only when
                 # the UTC hour changes.
                 if ts.tzinfo is not UTC or not hour <= ts < end:
                     hour = floor_hour(ts)
                     end, late, folds = hour + HOUR, hour <= self._closed_upto, None
-                tenant, device, _ = split_reading_id(doc["_id"])
                 td = (tenant, device)
                 if late:
                     marks.add((*td, hour))

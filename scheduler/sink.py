@@ -35,7 +35,7 @@ from typing import Protocol
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway.kernel.contract import split_reading_id, tenant_readings
+from fairway.kernel.contract import Written, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import device_state, mongo
 from fairway.storage.device_state import DeviceDelta
@@ -186,9 +186,10 @@ class MongoSink:
 
     def store(
         self, bodies: list[bytes], writer: str | None
-    ) -> tuple[WriteOutcome, list[dict], list[dict]]:
+    ) -> tuple[WriteOutcome, list[Written], list[Written]]:
         """Insert every reading of the batch, stamped ``w: writer`` unless None; the
-        outcome, and the documents stored and those found stored already."""
+        outcome, and the documents stored and those found stored already, each with the
+        ``(tenant, device, message id)`` of its ``_id``."""
         outcome = WriteOutcome.of(len(bodies))
         docs: list[Doc] = []
         document = BatchDocuments(writer).document
@@ -199,8 +200,8 @@ class MongoSink:
                 outcome.refuse(i)  # not the relay's output: never storable
                 continue
             docs.extend(found)
-        stored: list[dict] = []
-        duplicates: list[dict] = []
+        stored: list[Written] = []
+        duplicates: list[Written] = []
         for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
             docs = self._insert(docs, outcome, stored, duplicates)
             if not docs:
@@ -217,9 +218,17 @@ class MongoSink:
         self.rollups.close()
 
     def _insert(
-        self, docs: list[Doc], outcome: WriteOutcome, stored: list[dict], duplicates: list[dict]
+        self,
+        docs: list[Doc],
+        outcome: WriteOutcome,
+        stored: list[Written],
+        duplicates: list[Written],
     ) -> list[Doc]:
-        """Insert ``docs``; return those that failed for a reason other than a duplicate."""
+        """Insert ``docs``; return those that failed for a reason other than a duplicate.
+
+        Each written document goes with the reading's tenant, device and message id, the
+        parts its ``_id`` was built from (``contract.stored_reading``), taken once here
+        for the rollup folder, the device state and the lag metric."""
         if not docs:
             return []
         try:
@@ -233,29 +242,29 @@ class MongoSink:
                 i, doc, reading = entry
                 code = errors.get(pos)
                 if code is None:
-                    stored.append(doc)
+                    stored.append(((reading["tenant"], reading["device"], reading["id"]), doc))
                     outcome.stored_each[i] += 1
                     outcome.durable.append(reading)
                 elif code == mongo.DUPLICATE_KEY:
-                    duplicates.append(doc)
+                    duplicates.append(((reading["tenant"], reading["device"], reading["id"]), doc))
                     outcome.duplicates[i] += 1
                     outcome.durable.append(reading)
                 else:
                     failed.append(entry)
             return failed
         for i, doc, reading in docs:
-            stored.append(doc)
+            stored.append(((reading["tenant"], reading["device"], reading["id"]), doc))
             outcome.stored_each[i] += 1
             outcome.durable.append(reading)
         return []
 
 
-def _observe_lag(docs: list[dict]) -> None:
+def _observe_lag(written: list[Written]) -> None:
     """Relay receipt to durable write, per tenant."""
     # A difference of datetimes: half the cost of a timestamp() per reading.
     now = datetime.fromtimestamp(time.time(), UTC)
     metrics.SCHED_LAG_SECONDS.observe_many(
-        (split_reading_id(doc["_id"])[0], (now - doc["received"]).total_seconds()) for doc in docs
+        (key[0], (now - doc["received"]).total_seconds()) for key, doc in written
     )
 
 
@@ -286,12 +295,12 @@ class DeviceStateWriter:
             self._thread.start()
             atexit.register(self.close)
 
-    def record(self, docs: list[dict]) -> None:
+    def record(self, written: list[Written]) -> None:
         """Take the deltas of written readings; raise if an immediate write failed."""
         now: dict[str, DeviceDelta] = {}
         overflow = 0
         with self._lock:
-            for device, delta in device_state.fold(docs).items():
+            for device, delta in device_state.fold_written(written).items():
                 pending = self._pending.pop(device, None)
                 if pending is not None:
                     pending.merge(delta)

@@ -339,7 +339,14 @@ def reading_id(tenant: str, device: str, message_id: str) -> str:
     return f"{tenant}:{device}:{message_id}"
 
 
-def split_reading_id(doc_id: object) -> tuple[str, str, str]:
+# ``(tenant, device, message id)``: what a stored reading's ``_id`` holds.
+ReadingKey = tuple[str, str, str]
+# A document the scheduler has just written, with the parts its ``_id`` was built from:
+# its consumers take them from here, not from parsing ``_id`` again (~0.4 us a parse).
+Written = tuple[ReadingKey, dict[str, Any]]
+
+
+def split_reading_id(doc_id: object) -> ReadingKey:
     """``(tenant, device, message id)`` back from a stored reading's ``_id``.
 
     Tenant and device ids hold no ``:`` (:mod:`fairway.kernel.ids`), a message id may

@@ -24,7 +24,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-from fairway.kernel.contract import split_reading_id
+from fairway.kernel.contract import Written, split_reading_id
 from fairway.storage.mongo import DEVICE_STATE
 
 # FerretDB 1.24 on PostgreSQL hangs on an update command of ~50 statements (each holds a
@@ -66,12 +66,17 @@ def latest_entry(doc: dict[str, Any], message_id: str | None = None) -> dict[str
 
 
 def fold(docs: Iterable[dict[str, Any]]) -> dict[str, DeviceDelta]:
-    """Per device, the delta of these stored-reading documents (either shape: tenant,
-    device and message id come from ``_id``)."""
+    """Per device, the delta of these stored-reading documents as read from the database
+    (either shape: tenant, device and message id come from ``_id``)."""
+    return fold_written((split_reading_id(doc["_id"]), doc) for doc in docs)
+
+
+def fold_written(written: Iterable[Written]) -> dict[str, DeviceDelta]:
+    """Per device, the delta of documents a writer has just written, each with the
+    ``(tenant, device, message id)`` its ``_id`` was built from."""
     deltas: dict[str, DeviceDelta] = {}
-    for doc in docs:
+    for (tenant, device, message_id), doc in written:
         ts, stream = doc["ts"], doc["stream"]
-        tenant, device, message_id = split_reading_id(doc["_id"])
         known = deltas.get(device)
         if known is None:
             deltas[device] = DeviceDelta(tenant, ts, ts, {stream: latest_entry(doc, message_id)})

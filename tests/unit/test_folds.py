@@ -59,6 +59,12 @@ def test_fold_reads_both_document_shapes_alike() -> None:
         # and mixed: old documents stay as they are next to lean ones
         mixed = old[:50] + lean[50:]
         assert device_state.fold(mixed) == device_state.fold(lean)
+        # and the writer's fold, given the parts each _id was built from (the old
+        # shape's fields), not parsing _id
+        written = [
+            ((o["tenant"], o["device"], o["msg_id"]), d) for o, d in zip(old, lean, strict=True)
+        ]
+        assert device_state.fold_written(written) == device_state.fold(lean)
 
 
 def test_hour_fold_counts_the_figures_it_adds_and_keeps_min_max_sum() -> None:
