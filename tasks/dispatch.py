@@ -64,7 +64,7 @@ def release(app: Celery, db: Any, job: dict[str, Any]) -> None:
 
 def pool(settings: Settings) -> job_pool.Pool:
     """The ``cpu`` processes and their reserve, from settings."""
-    return job_pool.Pool(settings.jobs_cpu_processes, settings.jobs_reserved_processes)
+    return job_pool.Pool(settings.jobs_cpu_processes, settings.reserved_processes)
 
 
 def fill(app: Celery, db: Any, tenant: str, settings: Settings) -> int:
