@@ -556,8 +556,9 @@ class Settings:
     # are in the `cpu` queue or running at once (docs/architecture.md, "Fair dispatch").
     jobs_dispatch_per_tenant: int = setting(1, JOBS, AT_LEAST_1)
     # Work-conserving: while no other tenant has a job waiting, a tenant may have jobs
-    # released beyond its share until all tenants' released jobs reach this (set it to
-    # the cpu workers' pool processes); 0 or at most the share: never beyond the share.
+    # released beyond its share until all tenants' released jobs reach this, never into
+    # the reserve (the pool stops it at the cpu processes minus `reserved_processes`);
+    # 0 or at most the share: never beyond the share.
     jobs_dispatch_idle_max: int = setting(0, JOBS, AT_LEAST_0)
     # The `cpu` worker processes of the deployment, every worker's pool together (compose:
     # FAIRWAY_CPU_WORKERS): released jobs of all tenants together hold at most this many,
