@@ -206,14 +206,18 @@ def claim_or_defer(
             return None, None
         job = oldest[0]
         limit = slots_for(db, tenant, per_tenant, idle_max)
+        # The pool by its count first: a full pool costs no dispatch slot taken and given back.
+        mine = db[SLOTS].count_documents({"scope": DISPATCH, "owner": tenant})
+        why = job_pool.refused(db, mine, pool, ttl_s, free_stale)
+        if why is not None:  # the tenant's own share, when that is full too
+            return None, job_pool.TENANT_SHARE if mine >= limit else why
         slot = take_slot(db, job["_id"], DISPATCH, tenant, limit, ttl_s, free_stale)
         if slot is None:
             return None, job_pool.TENANT_SHARE
-        mine = db[SLOTS].count_documents({"scope": DISPATCH, "owner": tenant}) - 1
-        process, why = job_pool.take(db, job["_id"], mine, pool, ttl_s, free_stale)
-        if why is not None:
+        process = job_pool.take(db, job["_id"], pool, ttl_s, free_stale)
+        if process is None and pool.processes > 0:  # a parallel dispatcher took the last
             db[SLOTS].delete_one({"_id": slot, "job": job["_id"]})
-            return None, why
+            return None, job_pool.POOL_FULL
         n = _claim_number(db, job, RELEASE)
         if n is not None:
             return _releasing(db, job, n, slot), None

@@ -61,26 +61,30 @@ def refusal(held: int, tenant_released: int, pool: Pool) -> str | None:
     return None
 
 
-def take(
-    db: Database,
-    job_id: str,
-    tenant_released: int,
-    pool: Pool,
-    ttl_s: float,
-    free: Free,
-) -> tuple[str | None, str | None]:
-    """Take a process for ``job_id``: ``(slot id, None)``, ``(None, reason)`` when none
-    may be taken, or ``(None, None)`` without a bound. ``free`` takes back the slots of
-    jobs that ended without freeing them (when every slot is busy)."""
+def refused(db: Database, tenant_released: int, pool: Pool, ttl_s: float, free: Free) -> str | None:
+    """Why no process may be taken for a job of a tenant with ``tenant_released`` jobs
+    released, by the count of processes held; None if one may (or without a bound).
+    Asked before any slot is taken, so a full pool costs no insert; when full by the
+    count, ``free`` first takes back the slots of jobs that ended without freeing them."""
     if pool.processes <= 0:
-        return None, None
+        return None
     held = db[SLOTS].count_documents({"scope": POOL})
     why = refusal(held, tenant_released, pool)
-    if why == POOL_RESERVED:
-        return None, why
-    # Full by the count: the insert below still takes back slots of ended jobs first.
-    slot = take_slot(db, job_id, POOL, OWNER, pool.processes, ttl_s, free)
-    return (slot, None) if slot is not None else (None, POOL_FULL)
+    if why == POOL_FULL:
+        slots = {d["_id"]: d for d in db[SLOTS].find({"scope": POOL})}
+        if slots and free(db, slots, ttl_s):
+            held = db[SLOTS].count_documents({"scope": POOL})
+            why = refusal(held, tenant_released, pool)
+    return why
+
+
+def take(db: Database, job_id: str, pool: Pool, ttl_s: float, free: Free) -> str | None:
+    """Take a process for ``job_id`` once :func:`refused` let it: its slot id, or None
+    (without a bound, or a parallel dispatcher took the last one first: the unique
+    insert bounds the pool where the count did not)."""
+    if pool.processes <= 0:
+        return None
+    return take_slot(db, job_id, POOL, OWNER, pool.processes, ttl_s, free)
 
 
 def note_turn(db: Database, tenant: str, at: datetime | None = None) -> None:

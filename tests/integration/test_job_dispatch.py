@@ -454,3 +454,39 @@ def test_a_freed_process_goes_to_the_tenant_waiting_for_one_not_back_to_the_floo
         assert scrape_metric(proc.metrics_port, "fairway_jobs_released_total", tenant="acme") == 1
     finally:
         worker.stop(proc)
+
+
+# Four processes, two kept for tenants with none running (set), a share of two.
+@pytest.mark.settings(jobs_dispatch_per_tenant=2, jobs_cpu_processes=4, jobs_reserved_processes=2)
+def test_turns_stop_where_no_process_is_left_for_the_next_tenant(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    db, settings = pipeline.db, pipeline.settings
+    pool = dispatch.pool(settings)
+    # other runs two jobs: both processes outside the reserve.
+    for _ in range(3):
+        _waiting_job(pipeline, "other")
+    for _ in range(2):
+        assert job_dispatch.claim_next(db, "other", 2, settings.job_ttl_s, pool=pool)
+    for tenant in ("acme", "third"):  # newcomers, acme's jobs older
+        for _ in range(2):
+            _waiting_job(pipeline, tenant)
+    before = {
+        (why, tenant): deferred(why, tenant)
+        for why in ("tenant_share", "pool_full", "pool_reserved")
+        for tenant in ("acme", "third", "other")
+    }
+    celery = make_celery(settings)
+    try:
+        done = dispatch.fill_turns(celery, db, settings, job_dispatch.waiting(db))
+    finally:
+        celery.close()
+    # acme takes a reserved process, then is refused the other (it runs one now); third,
+    # with none running, still takes the last; then the pool is full and other, whose
+    # turn is last, is not tried at all.
+    assert done == {"acme": 1, "third": 1}, done
+    grew = {key for key, n in before.items() if deferred(*key) > n}
+    assert grew == {("pool_reserved", "acme"), ("pool_full", "third")}, grew
+    assert db[job_records.SLOTS].count_documents({"scope": "pool"}) == 4
+    # Each released job holds one of each; the refused left none behind.
+    assert db[job_records.SLOTS].count_documents({"scope": job_dispatch.DISPATCH}) == 4
