@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
+from pymongo.errors import PyMongoError
 
 import tasks.job_metrics as job_metrics
 from fairway.kernel.settings import Settings
@@ -56,7 +57,13 @@ def release(app: Celery, db: Any, job: dict[str, Any]) -> None:
             raise
         # A worker started it: the publish got through after all.
     job_dispatch.mark_published(db, job)
-    job_pool.note_turn(db, job["tenant"])
+    try:
+        job_pool.note_turn(db, job["tenant"])
+    except PyMongoError as exc:  # the job is released: a lost turn only shifts the order
+        log.warning(
+            "job turn not noted",
+            extra={"job": job["_id"], "tenant": job["tenant"], "error": repr(exc)},
+        )
     job_metrics.RELEASED.labels(job["tenant"]).inc()
     created = job["created"] if job["created"].tzinfo else job["created"].replace(tzinfo=UTC)
     job_metrics.WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))

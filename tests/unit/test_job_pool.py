@@ -4,14 +4,19 @@ freed process goes to the tenant whose turn it is, not to the one with the oldes
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from pymongo.errors import PyMongoError
 
 from fairway.kernel.settings import Settings, SettingsError
+from fairway.storage import job_records
 from fairway.storage.job_pool import (
     POOL_FULL,
     POOL_RESERVED,
+    TURNS,
     Pool,
     refusal,
     turn_order,
@@ -114,3 +119,40 @@ def test_an_unset_reserve_reaches_child_processes_unset() -> None:
     child = Settings.from_env(parent.environ(), jobs_cpu_processes=1)
     assert (child.jobs_reserved_processes, child.reserved_processes) == (None, 0)
     assert Settings.from_env(Settings(jobs_reserved_processes=0).environ()).reserved_processes == 0
+
+
+class _Collection:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def update_one(self, *_: Any, **__: Any) -> None:
+        if self.name == TURNS:
+            raise PyMongoError("the database went away")
+
+
+class _Database:
+    def __getitem__(self, name: str) -> _Collection:
+        return _Collection(name)
+
+
+class _Broker:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send_task(self, _name: str, kwargs: dict[str, Any], task_id: str) -> None:
+        self.sent.append(task_id)
+
+
+def test_a_released_job_whose_turn_is_not_noted_stays_released(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The job is published and marked: the web app must not answer 500 for it.
+    job = {"_id": "job-1", "tenant": "acme", "user": "alice", "params": {}, "release": 1,
+           "kind": job_records.REPORT, "slot": "dispatch/acme/0", "created": T0}  # fmt: skip
+    broker = _Broker()
+    with caplog.at_level(logging.WARNING, logger="fairway.jobs.dispatch"):
+        dispatch.release(broker, _Database(), job)  # type: ignore[arg-type]
+    assert broker.sent == ["job-1"]
+    [record] = [r for r in caplog.records if r.getMessage() == "job turn not noted"]
+    assert (record.job, record.tenant) == ("job-1", "acme")  # type: ignore[attr-defined]
+    assert "went away" in record.error  # type: ignore[attr-defined]
