@@ -65,7 +65,7 @@ def release(app: Celery, db: Any, job: dict[str, Any]) -> None:
             extra={"job": job["_id"], "tenant": job["tenant"], "error": repr(exc)},
         )
     job_metrics.RELEASED.labels(job["tenant"]).inc()
-    created = job["created"] if job["created"].tzinfo else job["created"].replace(tzinfo=UTC)
+    created = job_records.as_utc(job["created"])
     job_metrics.WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
 
 

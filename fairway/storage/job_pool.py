@@ -26,11 +26,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from pymongo.database import Database
 
-from fairway.storage.job_records import SLOTS, Free, take_slot
+from fairway.storage.job_records import SLOTS, Free, as_utc, take_slot
 
 POOL, OWNER = "pool", "cpu"  # the slot scope and its one owner: pool/cpu/<k>
 TURNS = "job_turns"  # per tenant: when its last job was released ({_id: tenant, at})
@@ -94,7 +93,7 @@ def note_turn(db: Database, tenant: str, at: datetime | None = None) -> None:
 
 def last_turns(db: Database) -> dict[str, datetime]:
     """When each tenant last had a job released (one document per tenant ever)."""
-    return {d["_id"]: _utc(d["at"]) for d in db[TURNS].find({}, {"at": 1})}
+    return {d["_id"]: as_utc(d["at"]) for d in db[TURNS].find({}, {"at": 1})}
 
 
 def turn_order(
@@ -119,7 +118,3 @@ def released_by_tenant(db: Database, scope: str) -> dict[str, int]:
     for d in db[SLOTS].find({"scope": scope}, {"owner": 1}):
         out[d["owner"]] = out.get(d["owner"], 0) + 1
     return out
-
-
-def _utc(at: Any) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
