@@ -349,7 +349,11 @@ def _cpu_worker(project: dict[str, Any]) -> tuple[int, dict[str, str]]:
         if " ".join(s.get("command") or []).startswith("celery -A tasks worker -Q cpu")
     )
     command = cpu["command"]
-    env = {k: str(v) for k, v in cpu["environment"].items() if k.startswith("FAIRWAY_JOBS_")}
+    env = {
+        k: "" if v is None else str(v)
+        for k, v in cpu["environment"].items()
+        if k.startswith("FAIRWAY_JOBS_")
+    }
     return int(command[command.index("--concurrency") + 1]), env
 
 
