@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
+from pymongo.errors import PyMongoError
 
 import tasks.job_metrics as job_metrics
 from fairway.kernel.settings import Settings
@@ -56,21 +57,33 @@ def release(app: Celery, db: Any, job: dict[str, Any]) -> None:
             raise
         # A worker started it: the publish got through after all.
     job_dispatch.mark_published(db, job)
-    job_pool.note_turn(db, job["tenant"])
+    try:
+        job_pool.note_turn(db, job["tenant"])
+    except PyMongoError as exc:  # the job is released: a lost turn only shifts the order
+        log.warning(
+            "job turn not noted",
+            extra={"job": job["_id"], "tenant": job["tenant"], "error": repr(exc)},
+        )
     job_metrics.RELEASED.labels(job["tenant"]).inc()
-    created = job["created"] if job["created"].tzinfo else job["created"].replace(tzinfo=UTC)
+    created = job_records.as_utc(job["created"])
     job_metrics.WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
 
 
 def pool(settings: Settings) -> job_pool.Pool:
     """The ``cpu`` processes and their reserve, from settings."""
-    return job_pool.Pool(settings.jobs_cpu_processes, settings.jobs_reserved_processes)
+    return job_pool.Pool(settings.jobs_cpu_processes, settings.reserved_processes)
 
 
 def fill(app: Celery, db: Any, tenant: str, settings: Settings) -> int:
     """Release ``tenant``'s oldest waiting jobs while it has a free dispatch slot and a
     process is free for it; how many were released. A job left waiting is counted with
     its reason. A failed publish stops it (the job waits again) and raises."""
+    return _fill(app, db, tenant, settings)[0]
+
+
+def _fill(app: Celery, db: Any, tenant: str, settings: Settings) -> tuple[int, str | None]:
+    """:func:`fill`, and why its tenant's next waiting job was not released (None: none
+    waits)."""
     released = 0
     while True:
         job, why = job_dispatch.claim_or_defer(
@@ -84,7 +97,7 @@ def fill(app: Celery, db: Any, tenant: str, settings: Settings) -> int:
         if job is None:
             if why is not None:
                 job_metrics.DEFERRED.labels(why, tenant).inc()
-            return released
+            return released, why
         release(app, db, job)
         released += 1
 
@@ -92,14 +105,25 @@ def fill(app: Celery, db: Any, tenant: str, settings: Settings) -> int:
 def fill_turns(
     app: Celery, db: Any, settings: Settings, waiting: dict[str, tuple[int, datetime]]
 ) -> dict[str, int]:
-    """Fill every tenant with ``waiting`` jobs in turn order (:func:`job_pool.turn_order`);
-    how many each had released."""
-    order = job_pool.turn_order(
-        waiting,
-        job_pool.released_by_tenant(db, job_dispatch.DISPATCH),
-        job_pool.last_turns(db),
-    )
-    return {tenant: fill(app, db, tenant, settings) for tenant in order}
+    """Fill the tenants with ``waiting`` jobs in turn order (:func:`job_pool.turn_order`)
+    until no process is left for the next; how many each had released.
+
+    The order puts the fewest released first, so once the pool is full no later tenant
+    gets a process, and once only reserved processes are free (``pool_reserved``) only
+    the tenants with none released, at the front, may take one: the rest are not tried.
+    """
+    released = job_pool.released_by_tenant(db, job_dispatch.DISPATCH)
+    order = job_pool.turn_order(waiting, released, job_pool.last_turns(db))
+    done: dict[str, int] = {}
+    reserved_only = False
+    for tenant in order:
+        if reserved_only and released.get(tenant, 0) > 0:
+            break
+        done[tenant], why = _fill(app, db, tenant, settings)
+        if why == job_pool.POOL_FULL:
+            break
+        reserved_only = reserved_only or why == job_pool.POOL_RESERVED
+    return done
 
 
 def sweep(app: Celery, db: Any, settings: Settings) -> dict[str, int]:

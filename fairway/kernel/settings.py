@@ -269,9 +269,13 @@ SECTIONS = (
 )
 
 
-def setting(default: T, section: str, rule: Rule | None = None) -> T:
-    """Declare a setting: its default, its section and the rule its value must follow."""
-    found: T = field(default=default, metadata={"section": section, "rule": rule})
+def setting(default: T, section: str, rule: Rule | None = None, kind: type | None = None) -> T:
+    """Declare a setting: its default, its section and the rule its value must follow.
+
+    A default of None means "unset, derived from other settings" and needs its ``kind``.
+    """
+    meta = {"section": section, "rule": rule, "kind": kind or type(default)}
+    found: T = field(default=default, metadata=meta)
     return found
 
 
@@ -552,8 +556,9 @@ class Settings:
     # are in the `cpu` queue or running at once (docs/architecture.md, "Fair dispatch").
     jobs_dispatch_per_tenant: int = setting(1, JOBS, AT_LEAST_1)
     # Work-conserving: while no other tenant has a job waiting, a tenant may have jobs
-    # released beyond its share until all tenants' released jobs reach this (set it to
-    # the cpu workers' pool processes); 0 or at most the share: never beyond the share.
+    # released beyond its share until all tenants' released jobs reach this, never into
+    # the reserve (the pool stops it at the cpu processes minus `reserved_processes`);
+    # 0 or at most the share: never beyond the share.
     jobs_dispatch_idle_max: int = setting(0, JOBS, AT_LEAST_0)
     # The `cpu` worker processes of the deployment, every worker's pool together (compose:
     # FAIRWAY_CPU_WORKERS): released jobs of all tenants together hold at most this many,
@@ -562,7 +567,8 @@ class Settings:
     # Of those, the last free ones go only to a tenant with no job released: a tenant
     # already running one never takes them, so another tenant's job starts at once (0: no
     # reserve; one tenant may then hold every process and the others wait a whole job).
-    jobs_reserved_processes: int = setting(1, JOBS, AT_LEAST_0)
+    # Unset: one if a tenant's share leaves one outside it, else none (`reserved_processes`).
+    jobs_reserved_processes: int | None = setting(None, JOBS, AT_LEAST_0, kind=int)
     # How often each worker's dispatcher sweeps (releases left waiting by a crash, gauges).
     jobs_dispatch_interval_s: float = setting(5.0, JOBS, POSITIVE)
     report_max_series: int = setting(10_000, JOBS, AT_LEAST_1)  # (metric, bucket) pairs
@@ -627,6 +633,14 @@ class Settings:
         path = urllib.parse.urlsplit(self.amqp_urls[0]).path.lstrip("/")
         return urllib.parse.unquote(path) or "/"
 
+    @property
+    def reserved_processes(self) -> int:
+        """The reserve in effect: ``jobs_reserved_processes``, or when unset
+        :func:`default_reserve` (one process, or none where a share leaves none over)."""
+        if self.jobs_reserved_processes is not None:
+            return self.jobs_reserved_processes
+        return default_reserve(self.jobs_cpu_processes, self.jobs_dispatch_per_tenant)
+
     def require_secret(self) -> str:
         """The signing key, or a clear error for processes that cannot run without one."""
         if len(self.secret_key) < 16:
@@ -639,7 +653,18 @@ class Settings:
 
     def environ(self) -> dict[str, str]:
         """These settings as ``FAIRWAY_*`` variables, to hand to a child process."""
-        return {variable(f.name): str(getattr(self, f.name)) for f in fields(self)}
+        # An unset setting goes as "", which from_env reads as unset.
+        return {variable(f.name): _environ_value(getattr(self, f.name)) for f in fields(self)}
+
+
+def _environ_value(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def default_reserve(processes: int, per_tenant: int) -> int:
+    """The reserve when ``FAIRWAY_JOBS_RESERVED_PROCESSES`` is unset: one process if a
+    tenant's share leaves one outside it, else none (one process: no reserve, as before)."""
+    return max(0, min(1, processes - per_tenant))
 
 
 # -- reading and checking -------------------------------------------------------------
@@ -678,14 +703,12 @@ def table() -> str:
         lines.append(f"| **{section}** | | |")
         for v in variables():
             if v.section == section:
-                lines.append(f"| `{v.name}` | `{v.default}` | {v.rule} |")
+                default = "unset" if v.default is None else f"`{v.default}`"
+                lines.append(f"| `{v.name}` | {default} | {v.rule} |")
     return "\n".join(lines)
 
 
-_KINDS: dict[str, type] = {
-    f.name: type(f.default)
-    for f in fields(Settings)  # every setting has a default
-}
+_KINDS: dict[str, type] = {f.name: f.metadata["kind"] for f in fields(Settings)}
 
 
 def _kind(attribute: str) -> type:
@@ -719,6 +742,8 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
         if f.name not in values:
             continue
         name, value, kind = variable(f.name), values[f.name], _kind(f.name)
+        if value is None and f.default is None:
+            continue  # unset: derived from the others
         shown = _shown(raw_values.get(f.name, value))
         if not _is_kind(value, kind):
             problems[name] = f"{name}={shown} is not a valid {kind.__name__}"
@@ -748,27 +773,30 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
 
 
 def _pool_problems(values: Mapping[str, Any]) -> dict[str, str]:
-    """The job pool's settings against each other: the reserve must leave processes for
-    tenants already running a job, and one tenant's share must fit outside it."""
+    """A reserve the operator set against the job pool's other settings: it must leave
+    processes for tenants already running a job, and one tenant's share outside it. (An
+    unset reserve is :func:`default_reserve`, which always fits.)"""
     names = ("jobs_cpu_processes", "jobs_reserved_processes", "jobs_dispatch_per_tenant")
     if not all(isinstance(values.get(n), int) for n in names):
-        return {}  # checked once every value is known (the dataclass's own check)
+        return {}  # unset, or checked once every value is known (the dataclass's own check)
     processes, reserved, share = (int(values[n]) for n in names)
     if reserved >= processes:
         return {
             variable("jobs_reserved_processes"): (
                 f"FAIRWAY_JOBS_RESERVED_PROCESSES={reserved} must be below "
-                f"FAIRWAY_JOBS_CPU_PROCESSES ({processes}): no job could run beside another"
+                f"FAIRWAY_JOBS_CPU_PROCESSES ({processes}): no job could run beside another; "
+                "lower it, or leave it unset for one process kept where the share allows"
             )
         }
     if share > processes - reserved:
         return {
-            variable("jobs_dispatch_per_tenant"): (
-                f"FAIRWAY_JOBS_DISPATCH_PER_TENANT={share} is more than the "
-                f"{processes - reserved} cpu processes outside the reserve "
-                f"(FAIRWAY_JOBS_CPU_PROCESSES={processes} minus "
-                f"FAIRWAY_JOBS_RESERVED_PROCESSES={reserved}): one tenant would hold "
-                "every process another tenant's job needs; lower it or add processes"
+            variable("jobs_reserved_processes"): (
+                f"FAIRWAY_JOBS_RESERVED_PROCESSES={reserved} leaves "
+                f"{processes - reserved} of the FAIRWAY_JOBS_CPU_PROCESSES ({processes}) "
+                f"cpu processes outside the reserve, fewer than "
+                f"FAIRWAY_JOBS_DISPATCH_PER_TENANT ({share}): one tenant would hold every "
+                "process another tenant's job needs; lower it (or the share), add processes, "
+                "or leave it unset"
             )
         }
     return {}

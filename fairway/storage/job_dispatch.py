@@ -59,6 +59,7 @@ from fairway.storage.job_records import (
     RELEASING,
     SLOTS,
     WAITING,
+    as_utc,
     ended,
     release,
     take_slot,
@@ -72,10 +73,6 @@ STARTED, SUPERSEDED = "started", "superseded"  # fates
 RELEASE_GRACE = timedelta(seconds=60)
 CLAIM_TRIES = 5  # parallel dispatchers racing for the same waiting job
 RELEASE_SCOPES = [DISPATCH, job_pool.POOL]  # the slots a released job holds
-
-
-def _utc(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _insert(db: Database, marker: dict[str, Any]) -> dict[str, Any] | None:
@@ -101,7 +98,7 @@ def _claim_number(db: Database, job: dict[str, Any], kind: str) -> int | None:
         existing = _claim(db, job, n, kind)
         if existing is None:
             return n
-        if not existing or _utc(existing["at"]) >= cutoff:
+        if not existing or as_utc(existing["at"]) >= cutoff:
             return None  # another process is releasing (or withdrawing) it right now
         n += 1  # a claim its process never followed up (it died): take the next number
     return None
@@ -131,7 +128,7 @@ def free_stale(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> s
     for job_id in gone:
         release(db, job_id)
     cutoff = datetime.now(UTC) - RELEASE_GRACE
-    old = {s["job"] for s in held.values() if _utc(s["created"]) < cutoff} - gone
+    old = {s["job"] for s in held.values() if as_utc(s["created"]) < cutoff} - gone
     if old:
         for d in db[JOBS].find({"_id": {"$in": list(old)}, "dispatch": WAITING}, {"_id": 1}):
             db[SLOTS].delete_many({"job": d["_id"], "scope": {"$in": RELEASE_SCOPES}})
@@ -206,14 +203,18 @@ def claim_or_defer(
             return None, None
         job = oldest[0]
         limit = slots_for(db, tenant, per_tenant, idle_max)
+        # The pool by its count first: a full pool costs no dispatch slot taken and given back.
+        mine = db[SLOTS].count_documents({"scope": DISPATCH, "owner": tenant})
+        why = job_pool.refused(db, mine, pool, ttl_s, free_stale)
+        if why is not None:  # the tenant's own share, when that is full too
+            return None, job_pool.TENANT_SHARE if mine >= limit else why
         slot = take_slot(db, job["_id"], DISPATCH, tenant, limit, ttl_s, free_stale)
         if slot is None:
             return None, job_pool.TENANT_SHARE
-        mine = db[SLOTS].count_documents({"scope": DISPATCH, "owner": tenant}) - 1
-        process, why = job_pool.take(db, job["_id"], mine, pool, ttl_s, free_stale)
-        if why is not None:
+        process = job_pool.take(db, job["_id"], pool, ttl_s, free_stale)
+        if process is None and pool.processes > 0:  # a parallel dispatcher took the last
             db[SLOTS].delete_one({"_id": slot, "job": job["_id"]})
-            return None, why
+            return None, job_pool.POOL_FULL
         n = _claim_number(db, job, RELEASE)
         if n is not None:
             return _releasing(db, job, n, slot), None
@@ -254,7 +255,7 @@ def stale_releases(db: Database, now: datetime | None = None) -> list[dict[str, 
     return [
         s
         for s in db[SLOTS].find({"scope": DISPATCH})
-        if "n" in s and "published_at" not in s and _utc(s["claimed_at"]) < cutoff
+        if "n" in s and "published_at" not in s and as_utc(s["claimed_at"]) < cutoff
     ]
 
 
@@ -294,7 +295,7 @@ def reclaim_slots(db: Database, ttl_s: float) -> int:
     held = {
         d["_id"]: d
         for d in db[SLOTS].find({"scope": {"$in": RELEASE_SCOPES}})
-        if _utc(d["created"]) < cutoff
+        if as_utc(d["created"]) < cutoff
     }
     return len(free_stale(db, held, ttl_s)) if held else 0
 
@@ -305,7 +306,7 @@ def waiting(db: Database) -> dict[str, tuple[int, datetime]]:
     for doc in db[JOBS].find({"dispatch": WAITING}, {"tenant": 1, "created": 1}):
         entry = out[doc["tenant"]]
         entry[0] += 1
-        created = _utc(doc["created"])
+        created = as_utc(doc["created"])
         entry[1] = created if entry[1] is None else min(entry[1], created)
     return {tenant: (n, oldest) for tenant, (n, oldest) in out.items()}
 

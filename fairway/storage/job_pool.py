@@ -26,11 +26,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from pymongo.database import Database
 
-from fairway.storage.job_records import SLOTS, Free, take_slot
+from fairway.storage.job_records import SLOTS, Free, as_utc, take_slot
 
 POOL, OWNER = "pool", "cpu"  # the slot scope and its one owner: pool/cpu/<k>
 TURNS = "job_turns"  # per tenant: when its last job was released ({_id: tenant, at})
@@ -61,26 +60,30 @@ def refusal(held: int, tenant_released: int, pool: Pool) -> str | None:
     return None
 
 
-def take(
-    db: Database,
-    job_id: str,
-    tenant_released: int,
-    pool: Pool,
-    ttl_s: float,
-    free: Free,
-) -> tuple[str | None, str | None]:
-    """Take a process for ``job_id``: ``(slot id, None)``, ``(None, reason)`` when none
-    may be taken, or ``(None, None)`` without a bound. ``free`` takes back the slots of
-    jobs that ended without freeing them (when every slot is busy)."""
+def refused(db: Database, tenant_released: int, pool: Pool, ttl_s: float, free: Free) -> str | None:
+    """Why no process may be taken for a job of a tenant with ``tenant_released`` jobs
+    released, by the count of processes held; None if one may (or without a bound).
+    Asked before any slot is taken, so a full pool costs no insert; when full by the
+    count, ``free`` first takes back the slots of jobs that ended without freeing them."""
     if pool.processes <= 0:
-        return None, None
+        return None
     held = db[SLOTS].count_documents({"scope": POOL})
     why = refusal(held, tenant_released, pool)
-    if why == POOL_RESERVED:
-        return None, why
-    # Full by the count: the insert below still takes back slots of ended jobs first.
-    slot = take_slot(db, job_id, POOL, OWNER, pool.processes, ttl_s, free)
-    return (slot, None) if slot is not None else (None, POOL_FULL)
+    if why == POOL_FULL:
+        slots = {d["_id"]: d for d in db[SLOTS].find({"scope": POOL})}
+        if slots and free(db, slots, ttl_s):
+            held = db[SLOTS].count_documents({"scope": POOL})
+            why = refusal(held, tenant_released, pool)
+    return why
+
+
+def take(db: Database, job_id: str, pool: Pool, ttl_s: float, free: Free) -> str | None:
+    """Take a process for ``job_id`` once :func:`refused` let it: its slot id, or None
+    (without a bound, or a parallel dispatcher took the last one first: the unique
+    insert bounds the pool where the count did not)."""
+    if pool.processes <= 0:
+        return None
+    return take_slot(db, job_id, POOL, OWNER, pool.processes, ttl_s, free)
 
 
 def note_turn(db: Database, tenant: str, at: datetime | None = None) -> None:
@@ -90,7 +93,7 @@ def note_turn(db: Database, tenant: str, at: datetime | None = None) -> None:
 
 def last_turns(db: Database) -> dict[str, datetime]:
     """When each tenant last had a job released (one document per tenant ever)."""
-    return {d["_id"]: _utc(d["at"]) for d in db[TURNS].find({}, {"at": 1})}
+    return {d["_id"]: as_utc(d["at"]) for d in db[TURNS].find({}, {"at": 1})}
 
 
 def turn_order(
@@ -115,7 +118,3 @@ def released_by_tenant(db: Database, scope: str) -> dict[str, int]:
     for d in db[SLOTS].find({"scope": scope}, {"owner": 1}):
         out[d["owner"]] = out.get(d["owner"], 0) + 1
     return out
-
-
-def _utc(at: Any) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)

@@ -127,19 +127,20 @@ def ended(db: Database, held: dict[str, dict[str, Any]], ttl_s: float) -> set[st
         )
     }
     created = {
-        doc["_id"]: _utc(doc["created"])
+        doc["_id"]: as_utc(doc["created"])
         for doc in db[JOBS].find({"_id": {"$in": job_ids}}, {"_id": 1, "created": 1})
     }
     expired = {job for job, at in created.items() if at < now - timedelta(seconds=ttl_s)}
     gone = {
         slot["job"]
         for slot in held.values()
-        if slot["job"] not in created and _utc(slot["created"]) < now - SLOT_GRACE
+        if slot["job"] not in created and as_utc(slot["created"]) < now - SLOT_GRACE
     }
     return ended | expired | gone
 
 
-def _utc(at: datetime) -> datetime:
+def as_utc(at: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (the driver may hand back naive ones)."""
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 

@@ -341,19 +341,51 @@ def test_prometheus_scrapes_every_process_and_grafana_reads_it(project: dict[str
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
-def test_the_cpu_workers_processes_are_declared_to_fair_dispatch(project: dict[str, Any]) -> None:
-    # Fair dispatch bounds released jobs by FAIRWAY_JOBS_CPU_PROCESSES and keeps one of
-    # them for a tenant with none running: it must be what the cpu worker runs.
-    from fairway.kernel.settings import Settings
-
+def _cpu_worker(project: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    """The cpu worker's --concurrency and its FAIRWAY_JOBS_* environment."""
     cpu = next(
         s
         for s in project["services"].values()
         if " ".join(s.get("command") or []).startswith("celery -A tasks worker -Q cpu")
     )
     command = cpu["command"]
-    processes = int(command[command.index("--concurrency") + 1])
-    env = {k: str(v) for k, v in cpu["environment"].items() if k.startswith("FAIRWAY_JOBS_")}
-    assert int(env["FAIRWAY_JOBS_CPU_PROCESSES"]) == processes
-    settings = Settings.from_env(env)  # the pool's settings agree with each other
-    assert settings.jobs_cpu_processes - settings.jobs_reserved_processes >= 1
+    env = {
+        k: "" if v is None else str(v)
+        for k, v in cpu["environment"].items()
+        if k.startswith("FAIRWAY_JOBS_")
+    }
+    return int(command[command.index("--concurrency") + 1]), env
+
+
+def test_the_cpu_workers_processes_are_declared_to_fair_dispatch(project: dict[str, Any]) -> None:
+    # Fair dispatch bounds released jobs by FAIRWAY_JOBS_CPU_PROCESSES and keeps one of
+    # them for a tenant with none running: it must be what the cpu worker runs.
+    from fairway.kernel.settings import Settings
+
+    processes, env = _cpu_worker(project)
+    assert int(env["FAIRWAY_JOBS_CPU_PROCESSES"]) == processes == 2
+    assert env["FAIRWAY_JOBS_RESERVED_PROCESSES"] == ""  # unset: derived
+    assert Settings.from_env(env).reserved_processes == 1
+
+
+# (.env lines, cpu processes, reserve in effect)
+POOLS = {
+    # One process, as before the reserve existed: every process starts, none kept.
+    "one-worker": ({"FAIRWAY_CPU_WORKERS": "1"}, 1, 0),
+    "reserve-set": ({"FAIRWAY_CPU_WORKERS": "3", "FAIRWAY_JOBS_RESERVED_PROCESSES": "2"}, 3, 2),
+}
+
+
+@pytest.mark.parametrize(("lines", "processes", "reserved"), POOLS.values(), ids=POOLS.keys())
+def test_every_process_starts_with_the_cpu_workers_an_operator_sets(
+    compose_check: Path, tmp_path: Path, lines: dict[str, str], processes: int, reserved: int
+) -> None:
+    from fairway.kernel.settings import Settings
+
+    env_file = _filled_env(tmp_path)
+    text = re.sub(r"^FAIRWAY_CPU_WORKERS=.*\n", "", env_file.read_text(), flags=re.M)
+    env_file.write_text(text + "".join(f"{k}={v}\n" for k, v in lines.items()))
+    declared, env = _cpu_worker(_load(compose_check, env_file))
+    assert declared == processes
+    # Settings are built by every process (relay, scheduler, gateway too), not only workers.
+    assert Settings.from_env(env).reserved_processes == reserved

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from fairway.devtools import celery_workers as worker
 from fairway.devtools.processes import free_port, wait_for
 from fairway.domain.job_params import parse_report
-from fairway.storage import accounts, job_dispatch, job_records, registry
+from fairway.storage import accounts, job_dispatch, job_pool, job_records, registry
 from tasks import dispatch
 from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
@@ -196,28 +196,32 @@ def _backdate(pipeline: Pipeline, job_id: str) -> None:
     )
 
 
-@pytest.mark.settings(jobs_dispatch_interval_s=0.5)
+# Three processes: one for each job below that holds a process slot.
+@pytest.mark.settings(jobs_dispatch_interval_s=0.5, jobs_cpu_processes=3)
 def test_a_release_cut_short_by_a_crash_is_redone_exactly_once(
     pipeline: Pipeline, app: Flask
 ) -> None:
     db, settings = pipeline.db, pipeline.settings
+    pool = dispatch.pool(settings)
     celery = make_celery(settings)
     try:
         # acme: claimed, then the dispatcher died before publishing.
         unsent = _waiting_job(pipeline, "acme")
-        claimed = job_dispatch.claim_next(db, "acme", 1, settings.job_ttl_s)
+        claimed = job_dispatch.claim_next(db, "acme", 1, settings.job_ttl_s, pool=pool)
         assert claimed is not None and claimed["_id"] == unsent and claimed["release"] == 1
         # other: claimed and published, then it died before marking it released.
         sent = _waiting_job(pipeline, "other")
-        claimed = job_dispatch.claim_next(db, "other", 1, settings.job_ttl_s)
+        claimed = job_dispatch.claim_next(db, "other", 1, settings.job_ttl_s, pool=pool)
         assert claimed is not None and claimed["_id"] == sent
         dispatch.publish(celery, claimed)
-        # third: a dispatch slot taken, then it died before claiming the job.
+        # third: its dispatch and process slots taken, then it died before claiming the job.
         unclaimed = _waiting_job(pipeline, "third")
         slot = job_records.take_slot(
             db, unclaimed, job_dispatch.DISPATCH, "third", 1, settings.job_ttl_s
         )
         assert slot is not None
+        assert job_pool.take(db, unclaimed, pool, settings.job_ttl_s, job_dispatch.free_stale)
+        assert db[job_records.SLOTS].count_documents({"scope": job_pool.POOL}) == 3
         # fourth: claimed (release 1), then it died before writing the record.
         orphan = _waiting_job(pipeline, "fourth")
         db[job_records.RELEASES].insert_one(
@@ -271,6 +275,7 @@ def test_parallel_dispatchers_release_at_most_the_tenants_share(
     pipeline: Pipeline, app: Flask
 ) -> None:
     db, settings = pipeline.db, pipeline.settings
+    pool = dispatch.pool(settings)
     for _ in range(6):
         _waiting_job(pipeline, "acme")
     claims: list[str] = []
@@ -279,7 +284,7 @@ def test_parallel_dispatchers_release_at_most_the_tenants_share(
 
     def claim() -> None:
         start.wait()
-        job = job_dispatch.claim_next(db, "acme", 2, settings.job_ttl_s)
+        job = job_dispatch.claim_next(db, "acme", 2, settings.job_ttl_s, pool=pool)
         if job is not None:
             with lock:
                 claims.append(job["_id"])
@@ -291,6 +296,8 @@ def test_parallel_dispatchers_release_at_most_the_tenants_share(
         t.join(60)
     assert len(claims) == len(set(claims)) == 2, claims
     assert job_records.unfinished(db, job_dispatch.DISPATCH, "acme") == 2
+    # One process each, none left behind by the dispatchers that lost a race.
+    assert db[job_records.SLOTS].count_documents({"scope": job_pool.POOL}) == 2
     assert db[job_records.JOBS].count_documents(WAITING) == 4
     # The two oldest were claimed (the tenant's jobs go in submission order).
     oldest = [d["_id"] for d in db[job_records.JOBS].find({}).sort("created", 1).limit(2)]
@@ -454,3 +461,39 @@ def test_a_freed_process_goes_to_the_tenant_waiting_for_one_not_back_to_the_floo
         assert scrape_metric(proc.metrics_port, "fairway_jobs_released_total", tenant="acme") == 1
     finally:
         worker.stop(proc)
+
+
+# Four processes, two kept for tenants with none running (set), a share of two.
+@pytest.mark.settings(jobs_dispatch_per_tenant=2, jobs_cpu_processes=4, jobs_reserved_processes=2)
+def test_turns_stop_where_no_process_is_left_for_the_next_tenant(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    db, settings = pipeline.db, pipeline.settings
+    pool = dispatch.pool(settings)
+    # other runs two jobs: both processes outside the reserve.
+    for _ in range(3):
+        _waiting_job(pipeline, "other")
+    for _ in range(2):
+        assert job_dispatch.claim_next(db, "other", 2, settings.job_ttl_s, pool=pool)
+    for tenant in ("acme", "third"):  # newcomers, acme's jobs older
+        for _ in range(2):
+            _waiting_job(pipeline, tenant)
+    before = {
+        (why, tenant): deferred(why, tenant)
+        for why in ("tenant_share", "pool_full", "pool_reserved")
+        for tenant in ("acme", "third", "other")
+    }
+    celery = make_celery(settings)
+    try:
+        done = dispatch.fill_turns(celery, db, settings, job_dispatch.waiting(db))
+    finally:
+        celery.close()
+    # acme takes a reserved process, then is refused the other (it runs one now); third,
+    # with none running, still takes the last; then the pool is full and other, whose
+    # turn is last, is not tried at all.
+    assert done == {"acme": 1, "third": 1}, done
+    grew = {key for key, n in before.items() if deferred(*key) > n}
+    assert grew == {("pool_reserved", "acme"), ("pool_full", "third")}, grew
+    assert db[job_records.SLOTS].count_documents({"scope": job_pool.POOL}) == 4
+    # Each released job holds one of each; the refused left none behind.
+    assert db[job_records.SLOTS].count_documents({"scope": job_dispatch.DISPATCH}) == 4

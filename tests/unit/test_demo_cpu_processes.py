@@ -26,6 +26,9 @@ def test_a_chosen_count_is_declared_to_every_process() -> None:
     assert demo.settings.environ()["FAIRWAY_JOBS_CPU_PROCESSES"] == "4"
 
 
-def test_one_process_with_the_default_reserve_fails_the_start_check() -> None:
+def test_one_process_keeps_no_reserve_unless_one_is_set() -> None:
+    demo = Demo(Settings.from_env({}), DemoOptions(cpu_workers=1))
+    assert (demo.cpu_processes, demo.settings.reserved_processes) == (1, 0)
     with pytest.raises(SettingsError, match="FAIRWAY_JOBS_RESERVED_PROCESSES"):
-        Demo(Settings.from_env({}), DemoOptions(cpu_workers=1))
+        reserve = Settings.from_env({"FAIRWAY_JOBS_RESERVED_PROCESSES": "1"})
+        Demo(reserve, DemoOptions(cpu_workers=1))

@@ -76,8 +76,8 @@ def test_readme_defaults_are_the_real_ones() -> None:
     wrong = []
     for v in variables():
         default = getattr(defaults, v.attribute)
-        # An empty default means "derived" or "none"; the README says which in words.
-        if v.name not in table or default == "":
+        # An empty or None default means "derived" or "none"; the README says which in words.
+        if v.name not in table or default in ("", None):
             continue
         if not _same(_stated(table[v.name]), default):
             wrong.append(f"{v.name}: README says {table[v.name]!r}, the code {default!r}")
