@@ -721,7 +721,10 @@ class Pipeline:
 
     def wait_stored(self, count: int, timeout: float = 60.0, **query: Any) -> None:
         """Wait until exactly ``count`` matching documents are stored (fail if more)."""
-        wait_for(lambda: self.stored(**query) >= count, timeout, f"{count} stored {query}")
+        try:
+            wait_for(lambda: self.stored(**query) >= count, timeout, f"{count} stored {query}")
+        except TimeoutError as timeout_error:  # say how far it got
+            raise TimeoutError(f"{timeout_error}: {self.stored(**query)} stored") from None
         assert self.stored(**query) == count
 
 
