@@ -35,7 +35,7 @@ from typing import Protocol
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from fairway.kernel.contract import Written, tenant_readings
+from fairway.kernel.contract import ReadingKey, Written, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import device_state, mongo
 from fairway.storage.device_state import DeviceDelta
@@ -242,21 +242,26 @@ class MongoSink:
                 i, doc, reading = entry
                 code = errors.get(pos)
                 if code is None:
-                    stored.append(((reading["tenant"], reading["device"], reading["id"]), doc))
+                    stored.append((_key(reading), doc))
                     outcome.stored_each[i] += 1
                     outcome.durable.append(reading)
                 elif code == mongo.DUPLICATE_KEY:
-                    duplicates.append(((reading["tenant"], reading["device"], reading["id"]), doc))
+                    duplicates.append((_key(reading), doc))
                     outcome.duplicates[i] += 1
                     outcome.durable.append(reading)
                 else:
                     failed.append(entry)
             return failed
         for i, doc, reading in docs:
-            stored.append(((reading["tenant"], reading["device"], reading["id"]), doc))
+            stored.append((_key(reading), doc))
             outcome.stored_each[i] += 1
             outcome.durable.append(reading)
         return []
+
+
+def _key(reading: dict) -> ReadingKey:
+    """The ``(tenant, device, message id)`` a reading's ``_id`` is built from."""
+    return reading["tenant"], reading["device"], reading["id"]
 
 
 def _observe_lag(written: list[Written]) -> None:
