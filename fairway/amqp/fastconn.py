@@ -24,11 +24,34 @@ import struct
 from typing import Any
 
 import pika
-from pika import frame, spec
+from pika import data, frame, spec
 
 _FRAME_HEAD = struct.Struct(">BHL")  # frame type, channel, payload size
 _METHOD_ID = struct.Struct(">I")
 _CONTENT_HEAD = struct.Struct(">HHQ")  # class id, weight, body size
+_TAG_BITS = struct.Struct(">QB")  # a delivery's tag and its bit flags (redelivered)
+_FLAGS = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
+_SHORT, _OCTET, _STAMP, _TABLE = "short", "octet", "stamp", "table"
+_P = spec.BasicProperties
+# BasicProperties' fields in wire order (pika's decoder): presence flag, attribute, type.
+_PROPERTY_FIELDS = (
+    (_P.FLAG_CONTENT_TYPE, "content_type", _SHORT),
+    (_P.FLAG_CONTENT_ENCODING, "content_encoding", _SHORT),
+    (_P.FLAG_HEADERS, "headers", _TABLE),
+    (_P.FLAG_DELIVERY_MODE, "delivery_mode", _OCTET),
+    (_P.FLAG_PRIORITY, "priority", _OCTET),
+    (_P.FLAG_CORRELATION_ID, "correlation_id", _SHORT),
+    (_P.FLAG_REPLY_TO, "reply_to", _SHORT),
+    (_P.FLAG_EXPIRATION, "expiration", _SHORT),
+    (_P.FLAG_MESSAGE_ID, "message_id", _SHORT),
+    (_P.FLAG_TIMESTAMP, "timestamp", _STAMP),
+    (_P.FLAG_TYPE, "type", _SHORT),
+    (_P.FLAG_USER_ID, "user_id", _SHORT),
+    (_P.FLAG_APP_ID, "app_id", _SHORT),
+    (_P.FLAG_CLUSTER_ID, "cluster_id", _SHORT),
+)
+_LAYOUTS: dict[int, tuple[tuple[str, str], ...]] = {}  # flag word -> fields present
 _HEAD, _END = spec.FRAME_HEADER_SIZE, spec.FRAME_END_SIZE  # 7 and 1 bytes
 _FRAME_END = spec.FRAME_END  # 0xCE
 _DELIVER = spec.Basic.Deliver.INDEX
@@ -134,10 +157,8 @@ class SelectConnection(pika.SelectConnection):
             or self._callback_waits(number, spec.Basic.Deliver.NAME)
         ):
             return 0
-        method = spec.Basic.Deliver()
-        method.decode(buf, offset + _HEAD + 4)
-        properties = spec.BasicProperties()
-        properties.decode(buf, header + _HEAD + 12)
+        method = _deliver(buf, offset + _HEAD + 4)
+        properties = _properties(buf, header + _HEAD + 12)
         content = buf[body + _HEAD : stop - _END] if body_size else b""
         self.frames_received += 3 if body_size else 2
         self.bytes_received += stop - offset
@@ -145,3 +166,69 @@ class SelectConnection(pika.SelectConnection):
             frame.Method(number, method), frame.Header(number, body_size, properties), content
         )
         return stop - offset
+
+
+def _deliver(buf: bytes, at: int) -> spec.Basic.Deliver:
+    """The ``basic.deliver`` whose arguments start at ``at``, as pika's decoder gives it.
+
+    pika's ``Basic.Deliver.decode`` in one function (a third of the cost): three short
+    strings and the tag. A string that is not UTF-8 goes pika's way (which keeps it as
+    bytes).
+    """
+    start = at
+    n = buf[at]
+    consumer_tag = buf[at + 1 : at + 1 + n]
+    at += 1 + n
+    delivery_tag, bits = _TAG_BITS.unpack_from(buf, at)
+    at += 9
+    n = buf[at]
+    exchange = buf[at + 1 : at + 1 + n]
+    at += 1 + n
+    n = buf[at]
+    routing_key = buf[at + 1 : at + 1 + n]
+    try:
+        return spec.Basic.Deliver(
+            consumer_tag.decode(),
+            delivery_tag,
+            bits & 1 != 0,
+            exchange.decode(),
+            routing_key.decode(),
+        )
+    except UnicodeDecodeError:
+        return spec.Basic.Deliver().decode(buf, start)
+
+
+def _properties(buf: bytes, at: int) -> spec.BasicProperties:
+    """The content header's properties starting at ``at``, as pika's decoder gives them.
+
+    Only the fields present are visited (their list cached per flag word), strings
+    decoded in line. A second flag word, or a string that is not UTF-8 (pika keeps it as
+    bytes), goes pika's way.
+    """
+    start = at
+    flags = _FLAGS.unpack_from(buf, at)[0]
+    if flags & 1:
+        return spec.BasicProperties().decode(buf, start)
+    layout = _LAYOUTS.get(flags)
+    if layout is None:
+        layout = _LAYOUTS[flags] = tuple((n, k) for f, n, k in _PROPERTY_FIELDS if flags & f)
+    properties = spec.BasicProperties()
+    at += 2
+    try:
+        for name, kind in layout:
+            if kind is _SHORT:
+                n = buf[at]
+                setattr(properties, name, buf[at + 1 : at + 1 + n].decode())
+                at += 1 + n
+            elif kind is _OCTET:
+                setattr(properties, name, buf[at])
+                at += 1
+            elif kind is _STAMP:
+                setattr(properties, name, _U64.unpack_from(buf, at)[0])
+                at += 8
+            else:
+                value, at = data.decode_table(buf, at)
+                setattr(properties, name, value)
+    except UnicodeDecodeError:
+        return spec.BasicProperties().decode(buf, start)
+    return properties

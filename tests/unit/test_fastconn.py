@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pika.connection
+import pytest
 from pika import frame, spec
 from pika.callback import CallbackManager
 
@@ -215,7 +216,6 @@ def test_a_callback_that_tears_the_connection_down_stops_the_rest() -> None:
 
 
 def test_a_bad_frame_end_is_refused_as_pika_refuses_it() -> None:
-    import pytest
     from pika.exceptions import InvalidFrameError
 
     data = bytearray(delivery(1, b"abc"))
@@ -224,3 +224,49 @@ def test_a_bad_frame_end_is_refused_as_pika_refuses_it() -> None:
     with pytest.raises(InvalidFrameError):
         feed(fast, [bytes(data)])
     assert seen == []
+
+
+EVERY_PROPERTY = spec.BasicProperties(
+    content_type="application/json",
+    content_encoding="gzip",
+    headers={"x-a": 1, "x-b": "two", "x-c": [15, True], "x-d": {"e": None}},
+    delivery_mode=2,
+    priority=7,
+    correlation_id="42",
+    reply_to="amq.rabbitmq.reply-to",
+    expiration="60000",
+    message_id="m-\u00e9",
+    timestamp=1_700_000_000,
+    type="reading",
+    user_id="acme-d0001",
+    app_id="sim",
+    cluster_id="c",
+)
+
+
+def not_utf8(data: bytes, text: bytes) -> bytes:
+    """``data`` with ``text`` (a short string's bytes) replaced by as many invalid bytes."""
+    assert data.count(text) == 1
+    return data.replace(text, b"\xff" * len(text))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        delivery(1, b"all", EVERY_PROPERTY),
+        delivery(2, b"some", spec.BasicProperties(timestamp=5, priority=0, user_id="")),
+        delivery(3, b"headers only", spec.BasicProperties(headers={"k": b"v"})),
+        not_utf8(delivery(4, b"bad", spec.BasicProperties(message_id="MSGID")), b"MSGID"),
+        not_utf8(delivery(5, b"bad", PROPS, ctag="CTAG"), b"CTAG"),
+        not_utf8(delivery(6, b"bad"), b"d6.env"),
+    ],
+    ids=["every property", "zero and empty", "headers", "bad property", "bad tag", "bad key"],
+)
+def test_methods_and_properties_decode_as_pikas_decoders_give_them(data: bytes) -> None:
+    fast, fast_seen = wired(SelectConnection)
+    slow, slow_seen = wired(pika.SelectConnection)
+    for conn in (fast, slow):  # the consumer whose tag is not UTF-8 (kept as bytes)
+        conn._channels[1]._consumers[b"\xff\xff\xff\xff"] = conn._channels[1]._consumers["c1"]
+    feed(fast, [data])
+    feed(slow, [data])
+    assert len(fast_seen) == 1 and fast_seen == slow_seen
