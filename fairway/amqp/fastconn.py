@@ -82,64 +82,73 @@ class SelectConnection(pika.SelectConnection):
         return bool(by_method and by_method.get(name))
 
     def _on_data_available(self, data_in: bytes) -> None:
-        """Decode every whole frame received so far (pika's loop, without a copy per frame)."""
+        """Decode every whole frame received so far (pika's loop, without a copy per frame).
+
+        As in pika, a frame leaves the buffer before it is processed: if a callback
+        raises, what is left is the frames after it.
+        """
         kept: bytes = self._frame_buffer  # type: ignore[has-type]
         buf = kept + data_in if kept else data_in
         self._frame_buffer = buf
         offset, end = 0, len(buf)
-        while offset < end:
-            used = self._deliver_in_place(buf, offset, end)
-            if not used:
-                used = self._one_frame(buf, offset, end)
-                if not used:
-                    break  # an incomplete frame: wait for more data
-            offset += used
-            if self._frame_buffer is not buf:
-                return  # the connection was torn down by a callback: its buffer was reset
-        self._frame_buffer = buf[offset:] if offset else buf
+        try:
+            while offset < end:
+                delivery = self._whole_delivery(buf, offset, end)
+                if delivery is not None:
+                    used, channel, method, header, body = delivery
+                    offset += used
+                    channel._on_deliver(method, header, body)
+                else:
+                    used, frame_value = self._next_frame(buf, offset, end)
+                    if not frame_value:
+                        break  # an incomplete frame: wait for more data
+                    offset += used
+                    self.bytes_received += used
+                    self._process_frame(frame_value)
+                if self._frame_buffer is not buf:
+                    return  # the connection was torn down by a callback: its buffer was reset
+        finally:
+            if offset and self._frame_buffer is buf:
+                self._frame_buffer = buf[offset:]
 
-    def _one_frame(self, buf: bytes, offset: int, end: int) -> int:
-        """Decode and process the frame at ``offset`` pika's way; bytes used (0: incomplete)."""
+    def _next_frame(self, buf: bytes, offset: int, end: int) -> tuple[int, Any]:
+        """The frame at ``offset`` decoded pika's way, and its bytes (0, None: incomplete)."""
         if end - offset >= _HEAD and buf[offset : offset + 4] != b"AMQP":
             size = _FRAME_HEAD.unpack_from(buf, offset)[2]
             chunk = buf[offset : offset + _HEAD + size + _END]  # this frame only
         else:
             chunk = buf[offset:]  # too short to tell, or a protocol header: pika decides
-        used, frame_value = frame.decode_frame(chunk)
-        if not frame_value:
-            return 0
-        self.bytes_received += used
-        self._process_frame(frame_value)
-        return used
+        return frame.decode_frame(chunk)
 
-    def _deliver_in_place(self, buf: bytes, offset: int, end: int) -> int:
-        """Hand a whole ``basic.deliver`` at ``offset`` to its channel; bytes used (0: not one).
+    def _whole_delivery(self, buf: bytes, offset: int, end: int) -> tuple[Any, ...] | None:
+        """A whole ``basic.deliver`` at ``offset``: its bytes, channel and ``_on_deliver``'s
+        arguments; None if not one (pika's path then takes the frame).
 
         Only a delivery whose method, header and one body frame (or none, for an empty
         body) are all in ``buf``, for an open channel whose assembler holds nothing and
-        with no connection-level callback waiting for it; anything else is pika's.
+        with no connection-level callback waiting for it. The frames are counted as read.
         """
         if end - offset < _HEAD + 4:
-            return 0
+            return None
         kind, number, size = _FRAME_HEAD.unpack_from(buf, offset)
         if kind != spec.FRAME_METHOD or _METHOD_ID.unpack_from(buf, offset + _HEAD)[0] != _DELIVER:
-            return 0
+            return None
         header = offset + _HEAD + size + _END
         if header + _HEAD + 12 > end or buf[header - 1] != _FRAME_END:
-            return 0
+            return None
         kind, header_number, size = _FRAME_HEAD.unpack_from(buf, header)
         if kind != spec.FRAME_HEADER or header_number != number:
-            return 0
+            return None
         body = header + _HEAD + size + _END
         if body > end or buf[body - 1] != _FRAME_END:
-            return 0
+            return None
         class_id, _weight, body_size = _CONTENT_HEAD.unpack_from(buf, header + _HEAD)
         if class_id != _BASIC:
-            return 0
+            return None
         stop = body
         if body_size:
             if body + _HEAD > end:
-                return 0
+                return None
             kind, body_number, size = _FRAME_HEAD.unpack_from(buf, body)
             stop = body + _HEAD + size + _END
             if (
@@ -149,23 +158,26 @@ class SelectConnection(pika.SelectConnection):
                 or stop > end
                 or buf[stop - 1] != _FRAME_END
             ):
-                return 0
+                return None
         channel = self._channels.get(number)
         if (
             channel is None
             or channel._content_assembler._method_frame is not None
             or self._callback_waits(number, spec.Basic.Deliver.NAME)
         ):
-            return 0
+            return None
         method = _deliver(buf, offset + _HEAD + 4)
         properties = _properties(buf, header + _HEAD + 12)
         content = buf[body + _HEAD : stop - _END] if body_size else b""
         self.frames_received += 3 if body_size else 2
         self.bytes_received += stop - offset
-        channel._on_deliver(
-            frame.Method(number, method), frame.Header(number, body_size, properties), content
+        return (
+            stop - offset,
+            channel,
+            frame.Method(number, method),
+            frame.Header(number, body_size, properties),
+            content,
         )
-        return stop - offset
 
 
 def _deliver(buf: bytes, at: int) -> spec.Basic.Deliver:

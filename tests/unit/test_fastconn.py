@@ -215,6 +215,23 @@ def test_a_callback_that_tears_the_connection_down_stops_the_rest() -> None:
         assert seen == [1], cls
 
 
+def test_a_raising_consumer_leaves_what_follows_its_delivery_as_pika_does() -> None:
+    data = delivery(1, b"a") + delivery(2, b"b") + delivery(3, b"c")
+    left = []
+    for cls in (SelectConnection, pika.SelectConnection):
+        conn, _seen = wired(cls)
+
+        def boom(_ch: Any, m: Any, _p: Any, _b: bytes) -> None:
+            if m.delivery_tag == 2:
+                raise RuntimeError("consumer bug")
+
+        conn._channels[1]._consumers["c1"] = boom
+        with pytest.raises(RuntimeError):
+            feed(conn, [data])
+        left.append((conn._frame_buffer, conn.bytes_received))
+    assert left[0] == left[1] == (delivery(3, b"c"), len(data) - len(delivery(3, b"c")))
+
+
 def test_a_bad_frame_end_is_refused_as_pika_refuses_it() -> None:
     from pika.exceptions import InvalidFrameError
 
