@@ -12,10 +12,10 @@
   the connection, the channel and its content assembler before the consumer is called:
   about half of a relay's CPU per single-reading message (py-spy, issue 11). Here a
   ``basic.deliver`` whose header and single body frame are all in the buffer is decoded
-  in place (pika's own method and properties decoders) and handed to the channel's
-  ``_on_deliver``, as the assembler would; every other frame (a delivery split over
-  reads or body frames, confirms, heartbeats, replies) goes pika's way, one frame at a
-  time. The buffer is trimmed once per read.
+  in place (its method and properties as pika's decoders give them, in one function
+  each) and handed to the channel's ``_on_deliver``, as the assembler would; every other
+  frame (a delivery split over reads or body frames, confirms, heartbeats, replies) goes
+  pika's way, one frame at a time. The buffer is trimmed once per read.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ _PROPERTY_FIELDS = (
     (_P.FLAG_APP_ID, "app_id", _SHORT),
     (_P.FLAG_CLUSTER_ID, "cluster_id", _SHORT),
 )
-_LAYOUTS: dict[int, tuple[tuple[str, str], ...]] = {}  # flag word -> fields present
+# Flag word -> the fields present (at most 2**15 words: the last bit says "another word").
+_LAYOUTS: dict[int, tuple[tuple[str, str], ...]] = {}
 _HEAD, _END = spec.FRAME_HEADER_SIZE, spec.FRAME_END_SIZE  # 7 and 1 bytes
 _FRAME_END = spec.FRAME_END  # 0xCE
 _DELIVER = spec.Basic.Deliver.INDEX
