@@ -79,7 +79,6 @@ from fairway.domain.tenant_watch import RegistryTenants, TenantWatch
 from fairway.kernel import topology
 from fairway.kernel.acks import AckWatermark
 from fairway.kernel.contract import (
-    BadReading,
     Message,
     Reading,
     bundle_part,
@@ -514,21 +513,10 @@ class Relay(AmqpService):
                 readings=message.count,
             )
             return
-        if granted < len(readings):
-            limit = f"device {message.device!r} exceeds {self.settings.device_rate:g} readings/s"
-            plan = self._plan_limit(tenant) if over_plan else ""
-            refused = refused + [
-                BadReading(
-                    i,
-                    Rejection(Reason.TENANT_RATE_LIMITED, f"reading {i} of {message.count}: {plan}")
-                    if n < over_plan
-                    else Rejection(Reason.RATE_LIMITED, f"reading {i} of {message.count}: {limit}"),
-                    _element(reading),
-                )
-                for n, (i, reading) in enumerate(readings[granted:])
-            ]
+        over_rate = readings[granted:]
+        if over_rate:
             readings = readings[:granted]
-        delivery.remaining = len(readings) + len(refused)
+        delivery.remaining = len(readings) + len(refused) + len(over_rate)
         batch = message.batch
         add, sender = self.bundler.add, message.device
         for index, reading in readings:
@@ -554,6 +542,50 @@ class Relay(AmqpService):
                 tenant,
                 index=bad.index,
             )
+        if over_rate:
+            self._refuse_over_rate(delivery, routing_key, message, tenant, over_rate, over_plan)
+
+    def _refuse_over_rate(
+        self,
+        delivery: Delivery,
+        routing_key: str,
+        message: Message,
+        tenant: str,
+        over_rate: list[tuple[int, Reading]],
+        over_plan: int,
+    ) -> None:
+        """Refuse a batch's readings beyond the rates, by index: the first ``over_plan``
+        ``tenant_rate_limited``, the rest ``rate_limited``. Within the refusal budgets each
+        is published as :meth:`_refuse` does; beyond, they are counted in one step and
+        settle the delivery together (a flood past a plan refuses most of its readings,
+        and building each refusal only to drop it cost the relay ~15 us a reading)."""
+        device, now = message.device, time.monotonic()
+        for reason, group in (
+            (Reason.TENANT_RATE_LIMITED, over_rate[:over_plan]),
+            (Reason.RATE_LIMITED, over_rate[over_plan:]),
+        ):
+            if not group:
+                continue
+            kept, beyond_device = self.refusals.take(device, tenant, now, len(group))
+            if kept:
+                limit = (
+                    self._plan_limit(tenant)
+                    if reason is Reason.TENANT_RATE_LIMITED
+                    else f"device {device!r} exceeds {self.settings.device_rate:g} readings/s"
+                )
+                for i, reading in group[:kept]:
+                    refusal = Rejection(reason, f"reading {i} of {message.count}: {limit}")
+                    body = orjson.dumps(_element(reading))
+                    self._publish_refusal(
+                        delivery, routing_key, body, refusal, device, tenant, index=i
+                    )
+            dropped = len(group) - kept
+            if dropped:
+                metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant, reason.value).inc(dropped)
+                if beyond_device:
+                    self.quarantiner.refused_over_budget(device, reason, beyond_device)
+                delivery.remaining -= dropped - 1  # settled together: one paced settle
+                self._paced_done(delivery, tenant)
 
     def _plan_limit(self, tenant: str) -> str:
         rate = self.tenant_rates.rate_of(tenant)
@@ -599,6 +631,20 @@ class Relay(AmqpService):
                 self.quarantiner.refused_over_budget(device, refusal.reason, units)
             self._paced_done(delivery, tenant)
             return
+        self._publish_refusal(delivery, routing_key, body, refusal, device, tenant, index=index)
+
+    def _publish_refusal(
+        self,
+        delivery: Delivery,
+        routing_key: str,
+        body: bytes,
+        refusal: Rejection,
+        device: str | None,
+        tenant: str | None,
+        *,
+        index: int | None = None,
+    ) -> None:
+        """Publish one refusal to ``rejected`` (the budgets allowed it) for ``delivery``."""
         headers: dict[str, Any] = {
             topology.REASON_HEADER: refusal.reason.value,
             topology.DETAIL_HEADER: refusal.detail,

@@ -12,7 +12,7 @@ from fairway.kernel import topology
 from fairway.storage.registry import Device, check_plan
 from ingest.ratelimit import TenantRates
 from ingest.relay import Relay
-from tests.unit.test_relay_batches import deliver, good, make_relay, published
+from tests.unit.test_relay_batches import channel, confirm, deliver, good, make_relay, published
 
 
 def test_unlimited_by_default_takes_everything_and_keeps_no_bucket() -> None:
@@ -183,5 +183,46 @@ def test_the_default_plan_comes_from_the_settings() -> None:
     try:
         deliver(relay, 1, [good(i) for i in range(5)], device="dev-3")
         assert len(published(relay, topology.TENANTS)) == 2
+    finally:
+        relay.registry.close()
+
+
+def test_refusals_beyond_the_budgets_are_counted_together_and_settle_the_delivery() -> None:
+    relay = make(
+        rejected_device_rate=0.001,
+        rejected_device_burst=1000,
+        rejected_tenant_rate=0.001,
+        rejected_tenant_burst=3,
+        device_rate=0.001,
+        device_burst=12,
+    )
+    relay.tenant_rates.plan("acme", 0.001, 2.0)
+    over = (
+        REGISTRY.get_sample_value(
+            "fairway_relay_rejected_over_budget_total",
+            {"tenant": "acme", "reason": "tenant_rate_limited"},
+        )
+        or 0.0
+    )
+    try:
+        deliver(relay, 1, [good(i) for i in range(20)], device="dev-1")
+        assert len(published(relay, topology.TENANTS)) == 2
+        kept = published(relay, topology.REJECTED)
+        # The tenant's refusal budget keeps three (by index); the other 15 refused
+        # readings (7 beyond the plan, 8 beyond the device's rate) are counted.
+        assert [
+            (p.headers[topology.INDEX_HEADER], p.headers[topology.REASON_HEADER])
+            for _, _, p in kept
+        ] == [(2, "tenant_rate_limited"), (3, "tenant_rate_limited"), (4, "tenant_rate_limited")]
+        after = REGISTRY.get_sample_value(
+            "fairway_relay_rejected_over_budget_total",
+            {"tenant": "acme", "reason": "tenant_rate_limited"},
+        )
+        assert after - over == 7
+        assert over_plan("acme") >= 10
+        assert channel(relay).acks == []
+        for seq in range(1, 6):
+            confirm(relay, seq)
+        assert channel(relay).acks == [(1, True)]  # acked once, when all five confirmed
     finally:
         relay.registry.close()
