@@ -15,7 +15,10 @@ process (its own interpreter and connection, as a real attacker would be):
 * ``backlog_flood``: eighty devices of tenant ``hostile`` (``--flood-devices``) send valid
   readings in device batches of 50, each at its device rate, into a small tenant backlog
   (``tenant_backlog_full`` once the scheduler falls behind; ``hostile_backlog`` reports
-  the tenant queue's peak against its bounds);
+  the tenant queue's peak against its bounds). With ``--hostile-rate`` the tenant has a
+  plan (``max_rate``) below that offer, so its excess is refused ``tenant_rate_limited``
+  in the relay (``refused_by_reason`` has both; ``hostile_accepted_readings`` what the
+  relay accepted for it);
 * ``login_flood``: a stranger tries AMQP logins with wrong passwords for existing device
   ids from four threads (each asks ``fairway web``'s broker auth endpoints through
   RabbitMQ); the quiet figure here is also the latency and success of quiet devices'
@@ -85,7 +88,7 @@ from fairway.devtools.attacks import LOGIN_REFUSED, with_user
 from fairway.devtools.processes import free_port
 from fairway.kernel import topology
 from fairway.kernel.settings import Settings
-from fairway.storage import accounts
+from fairway.storage import accounts, registry
 from tests.harness import FairwayProcess, Pipeline
 
 NAME = "isolation"
@@ -113,6 +116,7 @@ class Attack:
     devices: tuple[str, ...]
     rate: float  # messages per second the attacker offers (0: as fast as it can)
     readings: int = 1  # readings per message (a device batch when more)
+    also: tuple[str, ...] = ()  # other reasons its excess may be refused with
 
 
 def _reading(n: int) -> bytes:
@@ -143,8 +147,20 @@ ATTACKS: dict[str, Attack] = {
     # eighty devices offer 16,000 readings/s, twice what one scheduler stores here (forty
     # offered 8,000, about what it stores once harness devices log in without argon2,
     # and some runs refused nothing).
-    "backlog_flood": Attack("tenant_backlog_full", _batch, (), 0.0, FLOOD_BATCH),
+    # With --hostile-rate the tenant has a plan (max_rate) below the flood's offer: its
+    # excess is refused tenant_rate_limited in the relay before it reaches the backlog.
+    "backlog_flood": Attack(
+        "tenant_backlog_full", _batch, (), 0.0, FLOOD_BATCH, also=("tenant_rate_limited",)
+    ),
 }
+# Every reason a device attack's refusals are reported by (``refused_by_reason``).
+DEVICE_REASONS = (
+    "too_large",
+    "malformed_json",
+    "rate_limited",
+    "tenant_rate_limited",
+    "tenant_backlog_full",
+)
 
 
 def flood_devices(n: int) -> None:
@@ -369,15 +385,24 @@ def quiet_phase(
     }
 
 
-def refused(relay: FairwayProcess, reason: str) -> float:
-    """The relay's refusals with ``reason``: kept in ``rejected`` and over budget."""
-    kept = relay.metric(REFUSED, reason=reason)
-    over = sum(
-        value
-        for labels, value in relay.metrics(OVER_BUDGET).get(OVER_BUDGET, {}).items()
-        if f'reason="{reason}"' in labels
-    )
-    return kept + over
+def refused(relay: FairwayProcess, *reasons: str) -> float:
+    """The relay's refusals with ``reasons``: kept in ``rejected`` and over budget."""
+    return sum(by_reason(relay, reasons).values())
+
+
+def by_reason(relay: FairwayProcess, reasons: tuple[str, ...]) -> dict[str, float]:
+    """The relay's refusals for each of ``reasons``, kept and over budget."""
+    samples = relay.metrics(REFUSED, OVER_BUDGET)
+    out = {}
+    for reason in reasons:
+        kept = samples.get(REFUSED, {}).get(f'reason="{reason}"', 0.0)
+        over = sum(
+            value
+            for labels, value in samples.get(OVER_BUDGET, {}).items()
+            if f'reason="{reason}"' in labels
+        )
+        out[reason] = kept + over
+    return out
 
 
 def broker_logins(web: FairwayProcess | None) -> dict[str, float]:
@@ -419,7 +444,10 @@ def run_attack(
     hostile devices, with ``passwords``; else as ``guest``). An attacker that ends before
     the phase does fails the run: its figures would be a shorter attack's."""
     attack = ATTACKS[name]
-    before = refused(relay, attack.reason)
+    reasons = (attack.reason, *attack.also)
+    before = refused(relay, *reasons)
+    before_each = by_reason(relay, DEVICE_REASONS)
+    accepted = relay.metric("fairway_relay_accepted_total", tenant=HOSTILE_TENANT)
     quarantined = relay.metric_sum(QUARANTINED)
     asked = broker_logins(web)
     counts = multiprocessing.Array("q", len(COUNTS))
@@ -448,7 +476,7 @@ def run_attack(
     # it, the rest is purged (reported as `attacker_left_queued`), so the next phase
     # starts clean. Then wait until the relay holds nothing.
     common.poll_until(
-        lambda: refused(relay, attack.reason) > before or _backlog_handled(env, relay),
+        lambda: refused(relay, *reasons) > before or _backlog_handled(env, relay),
         120,
         0.2,
         f"{name}: refusals counted",
@@ -468,7 +496,13 @@ def run_attack(
         "attacker_first_login_refused_s": counts[4] / 1000 if counts[4] else None,
         "attacker_last_login_admitted_s": counts[5] / 1000 if counts[5] else None,
         "broker_user_answers": {k: int(v - asked[k]) for k, v in broker_logins(web).items()},
-        "attacker_refused": int(refused(relay, attack.reason) - before),
+        "attacker_refused": int(refused(relay, *reasons) - before),
+        "refused_by_reason": {
+            k: int(v - before_each[k]) for k, v in by_reason(relay, DEVICE_REASONS).items()
+        },
+        "hostile_accepted_readings": int(
+            relay.metric("fairway_relay_accepted_total", tenant=HOSTILE_TENANT) - accepted
+        ),
         "attacker_left_queued": left,
         "attacker_disconnected": counts[1],
         "attacker_logins_refused": counts[2],
@@ -762,6 +796,8 @@ def run_all(
         env.tenant(QUIET_TENANT)
         env.device(QUIET_TENANT, QUIET_DEVICE)
         env.tenant(HOSTILE_TENANT, max_backlog=HOSTILE_BACKLOG)
+        if args.hostile_rate:  # the tenant's plan, as an operator sets it
+            registry.update_tenant(env.db, HOSTILE_TENANT, {"max_rate": args.hostile_rate})
         hostile = sorted({d for a in ATTACKS.values() for d in a.devices} | set(HOSTILE_DEVICES))
         passwords = {d: env.device(HOSTILE_TENANT, d)["password"] for d in hostile}
         logins = [env.device(QUIET_TENANT, f"quiet-login-{i}") for i in range(2 * LOGINS)]
@@ -840,6 +876,8 @@ def run_all(
                 "devices_quarantined",
                 "hostile_backlog",
                 "attacker_sent_readings",
+                "refused_by_reason",
+                "hostile_accepted_readings",
                 "cpu_seconds",
                 "cpu_us_per_attacker_message",
             ):
@@ -894,6 +932,13 @@ def main() -> None:
         default=len(ATTACKS["backlog_flood"].devices),
         help="backlog_flood's devices, each at the device rate",
     )
+    p.add_argument(
+        "--hostile-rate",
+        type=float,
+        default=0.0,
+        help="the hostile tenant's plan: accepted readings per second (max_rate; 0: none,"
+        " the default, as before plans existed)",
+    )
     args = p.parse_args()
     flood_devices(args.flood_devices)
     seconds = max(5.0, args.seconds * args.scale)
@@ -910,6 +955,8 @@ def main() -> None:
         quiet_rate=args.quiet_rate,
         private_broker=args.private_broker,
         job_workers=args.job_workers,
+        hostile_rate=args.hostile_rate,
+        flood_devices=args.flood_devices,
     )
     with ExitStack() as held:
         as_devices = args.attacker_as == "device" and any(n in ATTACKS for n in names)

@@ -64,11 +64,34 @@ def tenant() -> None:
 @click.argument("tenant_id")
 @click.option("--weight", default=1, show_default=True, help="DRR weight (share of writes).")
 @click.option("--max-backlog", default=None, type=int, help="Bound of the tenant queue.")
+@click.option(
+    "--max-rate",
+    default=None,
+    type=float,
+    help="Accepted readings per second in each relay, 0: unlimited [FAIRWAY_TENANT_RATE].",
+)
+@click.option(
+    "--max-burst", default=None, type=float, help="Burst of --max-rate [FAIRWAY_TENANT_BURST]."
+)
 @click.pass_obj
-def tenant_create(settings: Settings, tenant_id: str, weight: int, max_backlog: int | None) -> None:
+def tenant_create(
+    settings: Settings,
+    tenant_id: str,
+    weight: int,
+    max_backlog: int | None,
+    max_rate: float | None,
+    max_burst: float | None,
+) -> None:
     """Create TENANT_ID with its queue ``tenant.<id>``."""
     try:
-        provision_tenant(settings, tenant_id, weight, max_backlog or settings.tenant_max_backlog)
+        provision_tenant(
+            settings,
+            tenant_id,
+            weight,
+            max_backlog or settings.tenant_max_backlog,
+            max_rate,
+            max_burst,
+        )
     except (ValueError, mongo.AlreadyExists) as exc:
         _fail(str(exc))
     _emit({"tenant": tenant_id, "weight": weight, "queue": topology.tenant_queue_name(tenant_id)})
@@ -129,6 +152,41 @@ def tenant_set_weight(settings: Settings, tenant_id: str, weight: int) -> None:
     except ValueError as exc:
         _fail(str(exc))
     _emit({"tenant": tenant_id, "weight": weight})
+
+
+@tenant.command("set-rate")
+@click.argument("tenant_id")
+@click.argument("rate")
+@click.option("--burst", default=None, type=float, help="Its burst, in readings.")
+@click.pass_obj
+def tenant_set_rate(settings: Settings, tenant_id: str, rate: str, burst: float | None) -> None:
+    """Set TENANT_ID's plan: RATE accepted readings per second in each relay (0: unlimited;
+    ``default``: FAIRWAY_TENANT_RATE and FAIRWAY_TENANT_BURST again). Relays apply it within
+    FAIRWAY_TENANT_REFRESH_S; with several relays the tenant gets up to that many times RATE
+    (docs/security.md, "Tenant rate")."""
+    changes: dict[str, float] = {}
+    unset: tuple[str, ...] = ()
+    if rate == "default":
+        if burst is not None:
+            _fail("--burst cannot go with the default rate")
+        unset = ("max_rate", "max_burst")
+    else:
+        try:
+            changes["max_rate"] = float(rate)
+        except ValueError:
+            _fail(f"RATE must be a number or 'default', not {rate!r}")
+        if burst is not None:
+            changes["max_burst"] = burst
+        else:
+            unset = ("max_burst",)
+    try:
+        doc = registry.update_tenant(mongo.connect(settings), tenant_id, changes, unset)
+    except ValueError as exc:
+        _fail(str(exc))
+    if doc is None:
+        _fail(f"unknown tenant {tenant_id!r}")
+    assert doc is not None
+    _emit({"tenant": tenant_id, "max_rate": doc.get("max_rate"), "max_burst": doc.get("max_burst")})
 
 
 @tenant.command("remove")

@@ -21,13 +21,23 @@ from fairway.storage import accounts, mongo, registry
 log = logging.getLogger(__name__)
 
 
-def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlog: int) -> None:
+def provision_tenant(
+    settings: Settings,
+    tenant_id: str,
+    weight: int,
+    max_backlog: int,
+    max_rate: float | None = None,
+    max_burst: float | None = None,
+) -> None:
     """Declare the tenant's queues, then record the tenant (relays and schedulers pick it up).
+
+    ``max_rate``/``max_burst``: the tenant's plan (None: the relay's defaults).
 
     ``ingest.<tenant>`` (its devices' messages, before the relay) and ``tenant.<tenant>``
     (its accepted readings, before the scheduler).
     """
     check_new_id("tenant", tenant_id)
+    registry.check_plan(max_rate, max_burst)
     db = mongo.connect(settings)
     if registry.tenant_document(db, tenant_id) is not None:
         # Before the queues: redeclaring them with another max_backlog is a channel error.
@@ -37,7 +47,7 @@ def provision_tenant(settings: Settings, tenant_id: str, weight: int, max_backlo
         topology.tenant_ingest_queue(tenant_id, settings).declare(channel)
         topology.tenant_queue(tenant_id, max_backlog, settings).declare(channel)
     mongo.ensure_indexes(db)
-    registry.create_tenant(db, tenant_id, weight, max_backlog)
+    registry.create_tenant(db, tenant_id, weight, max_backlog, max_rate, max_burst)
 
 
 def bind_devices(settings: Settings, devices: Iterable[tuple[str, str]]) -> int:

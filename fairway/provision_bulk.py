@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 MAX_WEIGHT = 1000
 MAX_BACKLOG = 1_000_000_000
+# A tenant's plan (ingest/ratelimit.py TenantRates): readings per second (0: unlimited)
+# and burst; absent: FAIRWAY_TENANT_RATE / FAIRWAY_TENANT_BURST.
+MaxRate = Annotated[float, Field(ge=0, le=registry.MAX_TENANT_RATE, allow_inf_nan=False)]
+MaxBurst = Annotated[float, Field(ge=1, le=registry.MAX_TENANT_BURST, allow_inf_nan=False)]
+RATE_HELP = "accepted readings per second in each relay, 0: unlimited (default FAIRWAY_TENANT_RATE)"
+BURST_HELP = "burst of max_rate, in readings (default FAIRWAY_TENANT_BURST)"
 # Ids per registry insert: FerretDB prefers small bulks.
 DB_CHUNK = 200
 # Ids per existence query (``$in``): FerretDB 1.24 does not push ``$in`` down to
@@ -87,6 +93,8 @@ class TenantItem(BaseModel):
     max_backlog: Annotated[int, Field(ge=1, le=MAX_BACKLOG)] | None = Field(
         None, description="default FAIRWAY_TENANT_MAX_BACKLOG"
     )
+    max_rate: MaxRate | None = Field(None, description=RATE_HELP)
+    max_burst: MaxBurst | None = Field(None, description=BURST_HELP)
     devices: list[DeviceId] = Field(
         default_factory=list, description="device ids to register under the tenant"
     )
@@ -259,7 +267,15 @@ class BulkProvisioner:
                 _exists(outcome, f"tenant {item.tenant!r} exists")
                 continue
             backlog = item.max_backlog or self.settings.tenant_max_backlog
-            records.append(registry.tenant_record(item.tenant, item.weight, backlog))
+            records.append(
+                registry.tenant_record(
+                    item.tenant,
+                    item.weight,
+                    backlog,
+                    max_rate=item.max_rate,
+                    max_burst=item.max_burst,
+                )
+            )
         problems = self._declare_all(
             [(r["_id"], self._tenant_queues(r["_id"], r["max_backlog"])) for r in records]
         )

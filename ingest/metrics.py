@@ -16,6 +16,14 @@ RELAY_REJECTED = Counter(
 )
 
 
+RELAY_TENANT_RATE_LIMITED = Counter(
+    "fairway_relay_tenant_rate_limited_total",
+    "Readings refused as tenant_rate_limited (beyond the tenant's accepted-reading rate in"
+    " this relay), by tenant: kept in rejected or not, within the refusal budgets",
+    ["tenant"],
+)
+
+
 RELAY_REJECTED_DROPPED = Counter(
     "fairway_relay_rejected_dropped_total",
     "Refused messages that the full rejected queue did not take (counted, then acked)",

@@ -61,6 +61,13 @@ class RateLimiter:
         bucket[0] -= granted
         return granted
 
+    def give_back(self, key: str, count: int) -> None:
+        """Return ``count`` tokens taken for something refused after all (up to the burst)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            tokens = bucket[0] + count
+            bucket[0] = tokens if tokens < self.burst else self.burst
+
 
 class RefusalBudget:
     """How many refusals of one device, and of one tenant, are kept in ``rejected``.
@@ -97,6 +104,16 @@ class RefusalBudget:
             return TENANT_SPENT
         return None
 
+    def take(
+        self, device: str | None, tenant: str | None, now: float, readings: int
+    ) -> tuple[int, int]:
+        """Refusals of ``readings`` readings at once: how many the budgets keep (the
+        first ones), and how many of the rest are beyond the device's own budget. The
+        same tokens as as many :meth:`spent` calls of one reading each."""
+        granted = self.devices.take(device or "_", now, readings)
+        kept = self.tenants.take(tenant, now, granted) if tenant is not None else granted
+        return kept, readings - granted
+
 
 DEVICE_SPENT, TENANT_SPENT = "device", "tenant"
 
@@ -114,3 +131,72 @@ class Pacer(RateLimiter):
         bucket = self._tokens(key, now)
         bucket[0] -= cost
         return 0.0 if bucket[0] >= 0.0 else -bucket[0] / self.rate
+
+
+class TenantRates:
+    """Each tenant's accepted readings per second: a token bucket at the tenant's plan.
+
+    A tenant's plan is its record's ``max_rate``/``max_burst`` (:meth:`plan`, from the
+    tenant watch), else ``default_rate``/``default_burst``; a rate of 0 is unlimited and
+    costs one dict look-up per delivery. A burst of 0 (unset) is two seconds of the
+    rate, at least ``min_burst`` (a full device batch). Buckets live in an LRU of
+    ``max_keys`` like :class:`RateLimiter`'s; a changed plan starts a full bucket.
+    """
+
+    def __init__(
+        self, default_rate: float, default_burst: float, min_burst: float, max_keys: int
+    ) -> None:
+        self.default_rate, self.default_burst = default_rate, default_burst
+        self.min_burst, self.max_keys = min_burst, max_keys
+        self._plans: dict[str, tuple[float, float]] = {}  # tenant -> (rate, burst) if its own
+        # tenant -> [tokens, last refill, rate, burst], least recently used first.
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def burst_of(self, rate: float, burst: float) -> float:
+        """The burst in effect for ``rate`` when ``burst`` is 0 (unset): two seconds' worth."""
+        return burst if burst > 0 else max(2.0 * rate, self.min_burst)
+
+    def plan(self, tenant: str, rate: float | None, burst: float | None) -> None:
+        """Set ``tenant``'s own plan (None: the defaults); its bucket restarts full if changed."""
+        if rate is None and burst is None:
+            changed = self._plans.pop(tenant, None) is not None
+        else:
+            own = (
+                self.default_rate if rate is None else rate,
+                self.default_burst if burst is None else burst,
+            )
+            changed = self._plans.get(tenant) != own
+            self._plans[tenant] = own
+        if changed:
+            self._buckets.pop(tenant, None)
+
+    def forget(self, tenant: str) -> None:
+        """Drop ``tenant``'s plan and bucket (the tenant was removed)."""
+        self._plans.pop(tenant, None)
+        self._buckets.pop(tenant, None)
+
+    def rate_of(self, tenant: str) -> float:
+        """The rate in effect for ``tenant`` (0: unlimited)."""
+        own = self._plans.get(tenant)
+        return self.default_rate if own is None else own[0]
+
+    def take(self, tenant: str, now: float, want: int) -> int:
+        """Take up to ``want`` tokens (readings) of ``tenant``'s bucket; how many were granted."""
+        bucket = self._buckets.get(tenant)
+        if bucket is None:
+            own = self._plans.get(tenant)
+            rate, burst = (self.default_rate, self.default_burst) if own is None else own
+            if rate <= 0:
+                return want
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.popitem(last=False)
+            burst = self.burst_of(rate, burst)
+            bucket = self._buckets[tenant] = [burst, now, rate, burst]
+        else:
+            self._buckets.move_to_end(tenant)
+            tokens = bucket[0] + (now - bucket[1]) * bucket[2]
+            bucket[0] = tokens if tokens < bucket[3] else bucket[3]
+            bucket[1] = now
+        granted = min(want, int(bucket[0])) if bucket[0] >= 1.0 else 0
+        bucket[0] -= granted
+        return granted

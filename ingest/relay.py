@@ -26,7 +26,8 @@ What happens to every delivery (one reading, or a device batch of several:
   ``mandatory``) as one message of many readings when full (count, bytes) or after
   ``bundle_linger_ms``; readings of one delivery may land in several bundles, and one
   bundle holds readings of many deliveries;
-* each refused reading of a batch (contract, or beyond the device's rate) -> published
+* each refused reading of a batch (contract, or beyond the device's rate or its
+  tenant's, ``tenant_rate_limited``: :class:`ingest.ratelimit.TenantRates`) -> published
   on its own to ``rejected`` with its reason and ``x-fairway-index``;
 * the original is acked once every publish it led to (each bundle holding one of its
   readings, each refusal) is confirmed.
@@ -78,7 +79,6 @@ from fairway.domain.tenant_watch import RegistryTenants, TenantWatch
 from fairway.kernel import topology
 from fairway.kernel.acks import AckWatermark
 from fairway.kernel.contract import (
-    BadReading,
     Message,
     Reading,
     bundle_part,
@@ -93,7 +93,7 @@ from fairway.storage.registry import Device
 from ingest import metrics
 from ingest.bundler import CAUSES, Bundler
 from ingest.quarantine import Quarantiner
-from ingest.ratelimit import DEVICE_SPENT, Pacer, RateLimiter, RefusalBudget
+from ingest.ratelimit import DEVICE_SPENT, Pacer, RateLimiter, RefusalBudget, TenantRates
 from ingest.registry import MISSING, DeviceRegistry
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,12 @@ class Relay(AmqpService):
         self.rate = RateLimiter(
             settings.device_rate, settings.device_burst, settings.device_cache_size
         )
+        self.tenant_rates = TenantRates(
+            settings.tenant_rate,
+            settings.tenant_burst,
+            settings.max_batch_readings,
+            settings.device_cache_size,
+        )
         self.refusals = RefusalBudget(
             settings.rejected_device_rate,
             settings.rejected_device_burst,
@@ -186,6 +192,13 @@ class Relay(AmqpService):
                 "FAIRWAY_DEVICE_BURST is below FAIRWAY_MAX_BATCH_READINGS: a full device batch"
                 " can never be accepted whole (its last readings are refused as rate_limited)",
                 extra={"burst": settings.device_burst, "batch": settings.max_batch_readings},
+            )
+        if 0 < settings.tenant_burst < settings.max_batch_readings:
+            log.warning(
+                "FAIRWAY_TENANT_BURST is below FAIRWAY_MAX_BATCH_READINGS: a full device batch"
+                " can never be accepted whole (its last readings are refused as"
+                " tenant_rate_limited)",
+                extra={"burst": settings.tenant_burst, "batch": settings.max_batch_readings},
             )
         self.db = db
         self._ingest = Consumer(
@@ -228,6 +241,7 @@ class Relay(AmqpService):
         # Children bound once: ``labels()`` costs ~2 us a call (every cause shown at 0).
         self._flushes = {cause: metrics.RELAY_BUNDLE_FLUSHES.labels(cause) for cause in CAUSES}
         self._accepted: dict[str, Any] = {}  # tenant -> its fairway_relay_accepted_total child
+        self._over_plan: dict[str, Any] = {}  # tenant -> its tenant_rate_limited child
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
             lambda: (
@@ -303,12 +317,24 @@ class Relay(AmqpService):
         if changes is not None:
             metrics.RELAY_TENANT_READS.labels("full" if changes.full else "changes").inc()
             tenants = {t.id for t in changes.tenants}
+            # Plans change on the I/O loop, which alone takes tokens.
+            plans = [(t.id, t.max_rate, t.max_burst) for t in changes.tenants]
+            self.call_soon(lambda: self._apply_plans(plans, changes.removed))
         if with_orphans:
             # Devices whose tenant record is gone are still bound to its ingest queue:
             # consume it so their messages are refused (``unknown_tenant``), not stranded.
             found = self.db[mongo.DEVICES].distinct("tenant")
             tenants.update(t for t in found if isinstance(t, str) and is_valid_id(t))
         return tenants, with_orphans
+
+    def _apply_plans(
+        self, plans: list[tuple[str, float | None, float | None]], removed: set[str]
+    ) -> None:
+        """Each listed tenant's accepted-reading rate (its record's, or the default)."""
+        for tenant, rate, burst in plans:
+            self.tenant_rates.plan(tenant, rate, burst)
+        for tenant in removed:
+            self.tenant_rates.forget(tenant)
 
     def _tenants_listed(self, future: Future[tuple[set[str], bool]]) -> None:
         self._looking = False
@@ -454,10 +480,22 @@ class Relay(AmqpService):
         if channel is not self._channel:
             return  # the delivery belonged to a closed channel; the broker redelivers it
         readings, refused = message.readings, message.refused
+        over_plan = 0  # readings the device's rate allowed and its tenant's did not
         try:
             tenant = _check_device(message.device, device)
             granted = self.rate.take(message.device, received, len(readings)) if readings else 0
+            if granted:
+                # The tenant's plan after the device's own rate, so one device's excess
+                # does not spend its tenant-mates' tokens.
+                allowed = self.tenant_rates.take(tenant, received, granted)
+                if allowed < granted:
+                    over_plan = granted - allowed
+                    self.rate.give_back(message.device, over_plan)
+                    self._count_over_plan(tenant, over_plan)
+                    granted = allowed
             if readings and not granted and not message.batch:
+                if over_plan:
+                    raise Rejection(Reason.TENANT_RATE_LIMITED, self._plan_limit(tenant))
                 raise Rejection(
                     Reason.RATE_LIMITED,
                     f"device {message.device!r} exceeds {self.settings.device_rate:g} readings/s",
@@ -475,18 +513,10 @@ class Relay(AmqpService):
                 readings=message.count,
             )
             return
-        if granted < len(readings):
-            limit = f"device {message.device!r} exceeds {self.settings.device_rate:g} readings/s"
-            refused = refused + [
-                BadReading(
-                    i,
-                    Rejection(Reason.RATE_LIMITED, f"reading {i} of {message.count}: {limit}"),
-                    _element(reading),
-                )
-                for i, reading in readings[granted:]
-            ]
+        over_rate = readings[granted:]
+        if over_rate:
             readings = readings[:granted]
-        delivery.remaining = len(readings) + len(refused)
+        delivery.remaining = len(readings) + len(refused) + len(over_rate)
         batch = message.batch
         add, sender = self.bundler.add, message.device
         for index, reading in readings:
@@ -512,6 +542,60 @@ class Relay(AmqpService):
                 tenant,
                 index=bad.index,
             )
+        if over_rate:
+            self._refuse_over_rate(delivery, routing_key, message, tenant, over_rate, over_plan)
+
+    def _refuse_over_rate(
+        self,
+        delivery: Delivery,
+        routing_key: str,
+        message: Message,
+        tenant: str,
+        over_rate: list[tuple[int, Reading]],
+        over_plan: int,
+    ) -> None:
+        """Refuse a batch's readings beyond the rates, by index: the first ``over_plan``
+        ``tenant_rate_limited``, the rest ``rate_limited``. Within the refusal budgets each
+        is published as :meth:`_refuse` does; beyond, they are counted in one step and
+        settle the delivery together (a flood past a plan refuses most of its readings,
+        and building each refusal only to drop it cost the relay ~15 us a reading)."""
+        device, now = message.device, time.monotonic()
+        for reason, group in (
+            (Reason.TENANT_RATE_LIMITED, over_rate[:over_plan]),
+            (Reason.RATE_LIMITED, over_rate[over_plan:]),
+        ):
+            if not group:
+                continue
+            kept, beyond_device = self.refusals.take(device, tenant, now, len(group))
+            if kept:
+                limit = (
+                    self._plan_limit(tenant)
+                    if reason is Reason.TENANT_RATE_LIMITED
+                    else f"device {device!r} exceeds {self.settings.device_rate:g} readings/s"
+                )
+                for i, reading in group[:kept]:
+                    refusal = Rejection(reason, f"reading {i} of {message.count}: {limit}")
+                    body = orjson.dumps(_element(reading))
+                    self._publish_refusal(
+                        delivery, routing_key, body, refusal, device, tenant, index=i
+                    )
+            dropped = len(group) - kept
+            if dropped:
+                metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant, reason.value).inc(dropped)
+                if beyond_device:
+                    self.quarantiner.refused_over_budget(device, reason, beyond_device)
+                delivery.remaining -= dropped - 1  # settled together: one paced settle
+                self._paced_done(delivery, tenant)
+
+    def _plan_limit(self, tenant: str) -> str:
+        rate = self.tenant_rates.rate_of(tenant)
+        return f"tenant {tenant!r} exceeds its {rate:g} readings/s"
+
+    def _count_over_plan(self, tenant: str, readings: int) -> None:
+        counter = self._over_plan.get(tenant)
+        if counter is None:
+            counter = self._over_plan[tenant] = metrics.RELAY_TENANT_RATE_LIMITED.labels(tenant)
+        counter.inc(readings)
 
     def _refuse(
         self,
@@ -547,6 +631,20 @@ class Relay(AmqpService):
                 self.quarantiner.refused_over_budget(device, refusal.reason, units)
             self._paced_done(delivery, tenant)
             return
+        self._publish_refusal(delivery, routing_key, body, refusal, device, tenant, index=index)
+
+    def _publish_refusal(
+        self,
+        delivery: Delivery,
+        routing_key: str,
+        body: bytes,
+        refusal: Rejection,
+        device: str | None,
+        tenant: str | None,
+        *,
+        index: int | None = None,
+    ) -> None:
+        """Publish one refusal to ``rejected`` (the budgets allowed it) for ``delivery``."""
         headers: dict[str, Any] = {
             topology.REASON_HEADER: refusal.reason.value,
             topology.DETAIL_HEADER: refusal.detail,

@@ -56,17 +56,23 @@ def release(app: Celery, db: Any, job: dict[str, Any]) -> None:
         if job_dispatch.unclaim(db, job):
             raise
         # A worker started it: the publish got through after all.
-    job_dispatch.mark_published(db, job)
+    # The job is released from here on: a database error below must not fail the
+    # submission that released it (the web app would answer 500 for a queued job).
+    try:
+        job_dispatch.mark_published(db, job)
+    except PyMongoError as exc:  # a sweep redoes the release unless a worker started it
+        _not_noted("job release not marked published", job, exc)
     try:
         job_pool.note_turn(db, job["tenant"])
-    except PyMongoError as exc:  # the job is released: a lost turn only shifts the order
-        log.warning(
-            "job turn not noted",
-            extra={"job": job["_id"], "tenant": job["tenant"], "error": repr(exc)},
-        )
+    except PyMongoError as exc:  # a lost turn only shifts the order
+        _not_noted("job turn not noted", job, exc)
     job_metrics.RELEASED.labels(job["tenant"]).inc()
     created = job_records.as_utc(job["created"])
     job_metrics.WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
+
+
+def _not_noted(what: str, job: dict[str, Any], exc: PyMongoError) -> None:
+    log.warning(what, extra={"job": job["_id"], "tenant": job["tenant"], "error": repr(exc)})
 
 
 def pool(settings: Settings) -> job_pool.Pool:

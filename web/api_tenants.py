@@ -16,6 +16,7 @@ from web.errors import ApiError, bad_input
 from web.openapi import operation
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
+PLAN = ("max_rate", "max_burst")  # fields a PATCH may set to null: the defaults again
 
 
 def _tenant_json(doc: dict[str, Any]) -> dict[str, Any]:
@@ -24,6 +25,8 @@ def _tenant_json(doc: dict[str, Any]) -> dict[str, Any]:
         "weight": doc["weight"],
         "max_backlog": doc["max_backlog"],
         "retention_days": doc.get("retention_days"),
+        "max_rate": doc.get("max_rate"),
+        "max_burst": doc.get("max_burst"),
     }
 
 
@@ -42,7 +45,7 @@ def list_tenants() -> dict[str, Any]:
     body=models.NewTenant,
     status=201,
     answer=models.Tenant,
-    errors={400: ["reserved_id"], 409: ["exists"]},
+    errors={400: ["reserved_id", "bad_parameter"], 409: ["exists"]},
 )
 def create_tenant(body: models.NewTenant) -> tuple[dict[str, Any], int]:
     """Provision a tenant (queue first, then record)."""
@@ -50,7 +53,7 @@ def create_tenant(body: models.NewTenant) -> tuple[dict[str, Any], int]:
     tenant_id = body.tenant
     backlog = settings.tenant_max_backlog if body.max_backlog is None else body.max_backlog
     try:
-        provision_tenant(settings, tenant_id, body.weight, backlog)
+        provision_tenant(settings, tenant_id, body.weight, backlog, body.max_rate, body.max_burst)
     except ValueError as exc:
         raise bad_input(exc) from None
     except mongo.AlreadyExists as exc:
@@ -89,13 +92,26 @@ def get_tenant(tenant_id: str) -> dict[str, Any]:
 
 @bp.patch("/<tenant_id>")
 @roles_required(accounts.OPERATOR)
-@operation(body=models.TenantChange, answer=models.Tenant, errors={404: ["not_found"]})
+@operation(
+    body=models.TenantChange,
+    answer=models.Tenant,
+    errors={400: ["bad_parameter"], 404: ["not_found"]},
+)
 def update_tenant(tenant_id: str, body: models.TenantChange) -> dict[str, Any]:
-    """Change ``weight`` (DRR share) or ``retention_days`` (readings kept)."""
-    changes: dict[str, int] = body.model_dump(exclude_none=True)
-    if not changes:
-        raise ApiError(400, "bad_parameter", "send weight and/or retention_days")
-    updated = registry.update_tenant(get_db(), tenant_id, changes)
+    """Change ``weight`` (DRR share), ``retention_days`` (readings kept) or the plan,
+    ``max_rate``/``max_burst`` (relays apply it within FAIRWAY_TENANT_REFRESH_S; null:
+    back to FAIRWAY_TENANT_RATE / FAIRWAY_TENANT_BURST)."""
+    changes: dict[str, Any] = body.model_dump(exclude_none=True)
+    sent = body.model_dump(exclude_unset=True)
+    unset = tuple(k for k in PLAN if k in sent and sent[k] is None)
+    if not changes and not unset:
+        raise ApiError(
+            400, "bad_parameter", "send weight, retention_days, max_rate and/or max_burst"
+        )
+    try:
+        updated = registry.update_tenant(get_db(), tenant_id, changes, unset)
+    except ValueError as exc:
+        raise bad_input(exc) from None
     if updated is None:
         raise ApiError(404, "not_found", f"no tenant {tenant_id!r}")
     return _tenant_json(updated)

@@ -31,9 +31,13 @@ from fairway.kernel.ids import ID_PATTERN
 from fairway.kernel.reasons import Rejection as Refused
 from fairway.kernel.settings import Settings
 from fairway.provision_bulk import (
+    BURST_HELP,
     MAX_BACKLOG,
     MAX_WEIGHT,
+    RATE_HELP,
     Batch,
+    MaxBurst,
+    MaxRate,
     TenantItem,
     check_batch_size,
 )
@@ -264,11 +268,15 @@ class NewTenant(Request):
     max_backlog: Annotated[int, Field(ge=1, le=MAX_BACKLOG)] | None = Field(
         None, description="default FAIRWAY_TENANT_MAX_BACKLOG"
     )
+    max_rate: MaxRate | None = Field(None, description=RATE_HELP)
+    max_burst: MaxBurst | None = Field(None, description=BURST_HELP)
 
 
 class TenantChange(Request):
     weight: Annotated[int, Field(ge=1, le=MAX_WEIGHT)] | None = None
     retention_days: Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)] | None = None
+    max_rate: MaxRate | None = Field(None, description=RATE_HELP + "; null: back to the default")
+    max_burst: MaxBurst | None = Field(None, description=BURST_HELP + "; null: back to the default")
 
 
 class Tenant(Answer):
@@ -276,6 +284,8 @@ class Tenant(Answer):
     weight: int
     max_backlog: int
     retention_days: int | None
+    max_rate: float | None = Field(description="null: FAIRWAY_TENANT_RATE")
+    max_burst: float | None = Field(description="null: FAIRWAY_TENANT_BURST")
 
 
 class Tenants(Answer):

@@ -1,26 +1,21 @@
-"""pika's ``SelectConnection`` less two per-frame costs on the receiving side.
+"""pika's ``SelectConnection`` less two per-frame costs on the relay's hot path.
 
-* **The connection-callback check.** For every method frame it receives (each
+* *The connection-callback check.* For every method frame it receives (each
   ``basic.deliver``, each ``basic.ack`` confirm) pika asks its ``CallbackManager``
   whether a connection-level callback waits for it. The check sanitises the channel
   number and the method through ``name_or_value``, which raises and catches a
   ``TypeError`` for each: ~10 % of the relay's CPU in a drain (py-spy, issue 11). Here
   the same question is answered from the callback table directly, and only a frame with
   a callback waiting goes the original way, so what runs is unchanged.
-* **A delivery's three frames.** pika decodes a received buffer one frame at a time,
-  cutting each frame off the front of the buffer (a copy of the rest), and passes each
-  through ``_process_frame``, the channel and its content assembler: about twenty
-  Python calls per frame, three frames (method, header, body) per message, more CPU
-  than the scheduler's own work on a message (py-spy, many_queues, issue 11). Here the
-  buffer is read at an offset, and a ``basic.deliver`` whose header and single body
-  frame are already in the buffer goes straight to the channel's ``_on_deliver``, the
-  method pika's assembler ends in, with the same frame objects. Decoding the message
-  properties (a generic field-by-field walk, its headers table included) cost more than
-  all the rest: a producer sends the same property bytes message after message, so the
-  decoded properties are kept by their bytes (a few hundred kinds at most) and each
-  delivery gets its own copy (its own headers dict too). Anything else (other
-  frames, a delivery split across reads or body frames, a channel mid-message, a
-  callback waiting for the method) takes pika's own path, frame by frame.
+* *A delivery's three frames.* pika decodes each frame into an object, trims its
+  receive buffer by copying the rest of it (per frame), and passes each frame through
+  the connection, the channel and its content assembler before the consumer is called:
+  about half of a relay's CPU per single-reading message (py-spy, issue 11). Here a
+  ``basic.deliver`` whose header and single body frame are all in the buffer is decoded
+  in place (its method and properties as pika's decoders give them, in one function
+  each) and handed to the channel's ``_on_deliver``, as the assembler would; every other
+  frame (a delivery split over reads or body frames, confirms, heartbeats, replies) goes
+  pika's way, one frame at a time. The buffer is trimmed once per read.
 """
 
 from __future__ import annotations
@@ -29,29 +24,44 @@ import struct
 from typing import Any
 
 import pika
-from pika import channel as pika_channel
-from pika import frame, spec
+from pika import data, frame, spec
 
-_HEAD = struct.Struct(">BHL")  # frame type, channel number, payload size
-_HEAD_SIZE = 7  # then the payload, then FRAME_END
-_UINT32 = struct.Struct(">I")
-_UINT64 = struct.Struct(">Q")
-_DELIVER = spec.Basic.Deliver.INDEX
-_UINT64_AT = _UINT64.unpack_from
-_PROPERTIES_KEPT = 256  # kinds of property bytes kept decoded; then they start again
-_decoded_properties: dict[bytes, spec.BasicProperties] = {}
-_PROTOCOL_HEADER = 0x41  # b"A" of b"AMQP": a protocol header, not a frame
-# The pika internals the delivery path relies on (pika 1.x); without them, pika's path.
-_FAST_DELIVERIES = hasattr(pika_channel.Channel, "_on_deliver") and hasattr(
-    pika_channel.ContentFrameAssembler(), "_method_frame"
+_FRAME_HEAD = struct.Struct(">BHL")  # frame type, channel, payload size
+_METHOD_ID = struct.Struct(">I")
+_CONTENT_HEAD = struct.Struct(">HHQ")  # class id, weight, body size
+_TAG_BITS = struct.Struct(">QB")  # a delivery's tag and its bit flags (redelivered)
+_FLAGS = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
+_SHORT, _OCTET, _STAMP, _TABLE = "short", "octet", "stamp", "table"
+_P = spec.BasicProperties
+# BasicProperties' fields in wire order (pika's decoder): presence flag, attribute, type.
+_PROPERTY_FIELDS = (
+    (_P.FLAG_CONTENT_TYPE, "content_type", _SHORT),
+    (_P.FLAG_CONTENT_ENCODING, "content_encoding", _SHORT),
+    (_P.FLAG_HEADERS, "headers", _TABLE),
+    (_P.FLAG_DELIVERY_MODE, "delivery_mode", _OCTET),
+    (_P.FLAG_PRIORITY, "priority", _OCTET),
+    (_P.FLAG_CORRELATION_ID, "correlation_id", _SHORT),
+    (_P.FLAG_REPLY_TO, "reply_to", _SHORT),
+    (_P.FLAG_EXPIRATION, "expiration", _SHORT),
+    (_P.FLAG_MESSAGE_ID, "message_id", _SHORT),
+    (_P.FLAG_TIMESTAMP, "timestamp", _STAMP),
+    (_P.FLAG_TYPE, "type", _SHORT),
+    (_P.FLAG_USER_ID, "user_id", _SHORT),
+    (_P.FLAG_APP_ID, "app_id", _SHORT),
+    (_P.FLAG_CLUSTER_ID, "cluster_id", _SHORT),
 )
+# Flag word -> the fields present (at most 2**15 words: the last bit says "another word").
+_LAYOUTS: dict[int, tuple[tuple[str, str], ...]] = {}
+_HEAD, _END = spec.FRAME_HEADER_SIZE, spec.FRAME_END_SIZE  # 7 and 1 bytes
+_FRAME_END = spec.FRAME_END  # 0xCE
+_DELIVER = spec.Basic.Deliver.INDEX
+_BASIC = spec.BasicProperties.INDEX
 
 
 class SelectConnection(pika.SelectConnection):
     """``pika.SelectConnection`` with a cheap "no callback waits for this frame" path and
-    whole deliveries handed to their channel in one step."""
-
-    _frame_buffer: bytes  # pika's: received bytes not yet a whole frame
+    whole deliveries decoded in place."""
 
     def _process_callbacks(self, frame_value: Any) -> bool:
         if type(frame_value) is frame.Method and not self._callback_waits(
@@ -61,9 +71,11 @@ class SelectConnection(pika.SelectConnection):
         return super()._process_callbacks(frame_value)
 
     def _callback_waits(self, channel_number: int, name: str) -> bool:
-        """Whether a connection-level callback waits for method ``name`` on the channel
-        (True when pika's table is not what this reads: then pika answers)."""
-        # The keys pika's ``name_or_value`` gives: str(channel number), the method's NAME.
+        """Whether a connection-level callback waits for method ``name`` on the channel.
+
+        The keys pika's ``name_or_value`` gives: str(channel number), the method's NAME.
+        True when the table is not the dict expected (pika's own path then decides).
+        """
         table = getattr(self.callbacks, "_stack", None)
         if type(table) is not dict:
             return True
@@ -71,123 +83,165 @@ class SelectConnection(pika.SelectConnection):
         return bool(by_method and by_method.get(name))
 
     def _on_data_available(self, data_in: bytes) -> None:
-        """Process every whole frame received so far; keep the rest for the next read.
+        """Decode every whole frame received so far (pika's loop, without a copy per frame).
 
-        pika's loop, reading at an offset: a closed connection resets ``_frame_buffer``
-        while a frame is processed, and then nothing more of this buffer is.
+        As in pika, a frame leaves the buffer before it is processed: if a callback
+        raises, what is left is the frames after it.
         """
-        buf = self._frame_buffer + data_in if self._frame_buffer else data_in
+        kept: bytes = self._frame_buffer  # type: ignore[has-type]
+        buf = kept + data_in if kept else data_in
         self._frame_buffer = buf
-        offset, size = 0, len(buf)
-        while offset < size and self._frame_buffer is buf:
-            used = self._delivery_at(buf, offset, size) if _FAST_DELIVERIES else 0
-            if used:
-                offset += used
-                continue
-            used, frame_value = frame.decode_frame(_one_frame(buf, offset, size))
-            if not frame_value:
-                break
-            offset += used
-            self.bytes_received += used
-            self._process_frame(frame_value)
-        if self._frame_buffer is buf:
-            self._frame_buffer = buf[offset:]
+        offset, end = 0, len(buf)
+        try:
+            while offset < end:
+                delivery = self._whole_delivery(buf, offset, end)
+                if delivery is not None:
+                    used, channel, method, header, body = delivery
+                    offset += used
+                    channel._on_deliver(method, header, body)
+                else:
+                    used, frame_value = self._next_frame(buf, offset, end)
+                    if not frame_value:
+                        break  # an incomplete frame: wait for more data
+                    offset += used
+                    self.bytes_received += used
+                    self._process_frame(frame_value)
+                if self._frame_buffer is not buf:
+                    return  # the connection was torn down by a callback: its buffer was reset
+        finally:
+            if offset and self._frame_buffer is buf:
+                self._frame_buffer = buf[offset:]
 
-    def _delivery_at(self, buf: bytes, offset: int, size: int) -> int:
-        """Hand the ``basic.deliver`` at ``offset`` to its channel if its header and one
-        body frame follow in ``buf``; return the bytes it took (0: not such a delivery,
-        pika's path takes the frame)."""
-        if size - offset < _HEAD_SIZE + 4:
-            return 0
-        kind, number, length = _HEAD.unpack_from(buf, offset)
-        if kind != spec.FRAME_METHOD or _UINT32.unpack_from(buf, offset + 7)[0] != _DELIVER:
-            return 0
-        header = offset + _HEAD_SIZE + length + 1
-        if size - header < _HEAD_SIZE + 12:
-            return 0
-        kind, header_number, length = _HEAD.unpack_from(buf, header)
-        body = header + _HEAD_SIZE + length + 1
-        if (
-            kind != spec.FRAME_HEADER
-            or header_number != number
-            or length < 14  # class, weight, body size, property flags
-            or size - body < _HEAD_SIZE
-        ):
-            return 0
-        kind, body_number, length = _HEAD.unpack_from(buf, body)
-        end = body + _HEAD_SIZE + length + 1
-        body_size = _UINT64.unpack_from(buf, header + _HEAD_SIZE + 4)[0]
-        if (
-            kind != spec.FRAME_BODY
-            or body_number != number
-            or end > size
-            or length != body_size  # empty, or in several body frames
-            or buf[header - 1] != spec.FRAME_END
-            or buf[body - 1] != spec.FRAME_END
-            or buf[end - 1] != spec.FRAME_END
-        ):
-            return 0
+    def _next_frame(self, buf: bytes, offset: int, end: int) -> tuple[int, Any]:
+        """The frame at ``offset`` decoded pika's way, and its bytes (0, None: incomplete)."""
+        if end - offset >= _HEAD and buf[offset : offset + 4] != b"AMQP":
+            size = _FRAME_HEAD.unpack_from(buf, offset)[2]
+            chunk = buf[offset : offset + _HEAD + size + _END]  # this frame only
+        else:
+            chunk = buf[offset:]  # too short to tell, or a protocol header: pika decides
+        return frame.decode_frame(chunk)
+
+    def _whole_delivery(self, buf: bytes, offset: int, end: int) -> tuple[Any, ...] | None:
+        """A whole ``basic.deliver`` at ``offset``: its bytes, channel and ``_on_deliver``'s
+        arguments; None if not one (pika's path then takes the frame).
+
+        Only a delivery whose method, header and one body frame (or none, for an empty
+        body) are all in ``buf``, for an open channel whose assembler holds nothing and
+        with no connection-level callback waiting for it. The frames are counted as read.
+        """
+        if end - offset < _HEAD + 4:
+            return None
+        kind, number, size = _FRAME_HEAD.unpack_from(buf, offset)
+        if kind != spec.FRAME_METHOD or _METHOD_ID.unpack_from(buf, offset + _HEAD)[0] != _DELIVER:
+            return None
+        header = offset + _HEAD + size + _END
+        if header + _HEAD + 12 > end or buf[header - 1] != _FRAME_END:
+            return None
+        kind, header_number, size = _FRAME_HEAD.unpack_from(buf, header)
+        if kind != spec.FRAME_HEADER or header_number != number:
+            return None
+        body = header + _HEAD + size + _END
+        if body > end or buf[body - 1] != _FRAME_END:
+            return None
+        class_id, _weight, body_size = _CONTENT_HEAD.unpack_from(buf, header + _HEAD)
+        if class_id != _BASIC:
+            return None
+        stop = body
+        if body_size:
+            if body + _HEAD > end:
+                return None
+            kind, body_number, size = _FRAME_HEAD.unpack_from(buf, body)
+            stop = body + _HEAD + size + _END
+            if (
+                kind != spec.FRAME_BODY
+                or body_number != number
+                or size != body_size
+                or stop > end
+                or buf[stop - 1] != _FRAME_END
+            ):
+                return None
         channel = self._channels.get(number)
         if (
             channel is None
-            or getattr(channel._content_assembler, "_method_frame", True) is not None
+            or channel._content_assembler._method_frame is not None
             or self._callback_waits(number, spec.Basic.Deliver.NAME)
         ):
-            return 0
-        method = _deliver(buf, offset + _HEAD_SIZE + 4)
-        properties = _properties(buf[header + _HEAD_SIZE + 12 : body - 1])
-        self.frames_received += 3
-        self.bytes_received += end - offset
-        channel._on_deliver(
+            return None
+        method = _deliver(buf, offset + _HEAD + 4)
+        properties = _properties(buf, header + _HEAD + 12)
+        content = buf[body + _HEAD : stop - _END] if body_size else b""
+        self.frames_received += 3 if body_size else 2
+        self.bytes_received += stop - offset
+        return (
+            stop - offset,
+            channel,
             frame.Method(number, method),
             frame.Header(number, body_size, properties),
-            buf[body + _HEAD_SIZE : end - 1],
+            content,
         )
-        return end - offset
 
 
 def _deliver(buf: bytes, at: int) -> spec.Basic.Deliver:
-    """``basic.deliver``'s arguments at ``at``, read as pika's ``Deliver.decode`` reads them."""
-    consumer_tag, at = _short_string(buf, at)
-    delivery_tag = _UINT64_AT(buf, at)[0]
-    redelivered = bool(buf[at + 8] & 1)
-    exchange, at = _short_string(buf, at + 9)
-    routing_key, _ = _short_string(buf, at)
-    return spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
+    """The ``basic.deliver`` whose arguments start at ``at``, as pika's decoder gives it.
 
-
-def _short_string(buf: bytes, at: int) -> tuple[str | bytes, int]:
-    """An AMQP short string and the offset after it: text, or its bytes when not UTF-8
-    (as pika's ``decode_short_string``)."""
-    end = at + 1 + buf[at]
-    raw = buf[at + 1 : end]
+    pika's ``Basic.Deliver.decode`` in one function (a third of the cost): three short
+    strings and the tag. A string that is not UTF-8 goes pika's way (which keeps it as
+    bytes).
+    """
+    start = at
+    n = buf[at]
+    consumer_tag = buf[at + 1 : at + 1 + n]
+    at += 1 + n
+    delivery_tag, bits = _TAG_BITS.unpack_from(buf, at)
+    at += 9
+    n = buf[at]
+    exchange = buf[at + 1 : at + 1 + n]
+    at += 1 + n
+    n = buf[at]
+    routing_key = buf[at + 1 : at + 1 + n]
     try:
-        return raw.decode("utf8"), end
+        return spec.Basic.Deliver(
+            consumer_tag.decode(),
+            delivery_tag,
+            bits & 1 != 0,
+            exchange.decode(),
+            routing_key.decode(),
+        )
     except UnicodeDecodeError:
-        return raw, end
+        return spec.Basic.Deliver().decode(buf, start)
 
 
-def _properties(raw: bytes) -> spec.BasicProperties:
-    """The message properties encoded as ``raw`` (a content header's property flags and
-    fields): decoded once per kind of bytes, a copy per delivery."""
-    known = _decoded_properties.get(raw)
-    if known is None:
-        if len(_decoded_properties) >= _PROPERTIES_KEPT:
-            _decoded_properties.clear()
-        known = spec.BasicProperties()
-        known.decode(raw)
-        _decoded_properties[raw] = known
-    mine = object.__new__(spec.BasicProperties)
-    mine.__dict__.update(known.__dict__)
-    if known.headers is not None:
-        mine.headers = dict(known.headers)
-    return mine
+def _properties(buf: bytes, at: int) -> spec.BasicProperties:
+    """The content header's properties starting at ``at``, as pika's decoder gives them.
 
-
-def _one_frame(buf: bytes, offset: int, size: int) -> bytes:
-    """The frame at ``offset`` as pika's ``decode_frame`` takes it: cut to its own length
-    when its head says it (no copy of the rest of the buffer per frame)."""
-    if size - offset >= _HEAD_SIZE and buf[offset] != _PROTOCOL_HEADER:
-        end = offset + _HEAD_SIZE + _HEAD.unpack_from(buf, offset)[2] + 1
-        return buf[offset : min(end, size)]
-    return buf[offset:]
+    Only the fields present are visited (their list cached per flag word), strings
+    decoded in line. A second flag word, or a string that is not UTF-8 (pika keeps it as
+    bytes), goes pika's way.
+    """
+    start = at
+    flags = _FLAGS.unpack_from(buf, at)[0]
+    if flags & 1:
+        return spec.BasicProperties().decode(buf, start)
+    layout = _LAYOUTS.get(flags)
+    if layout is None:
+        layout = _LAYOUTS[flags] = tuple((n, k) for f, n, k in _PROPERTY_FIELDS if flags & f)
+    properties = spec.BasicProperties()
+    at += 2
+    try:
+        for name, kind in layout:
+            if kind is _SHORT:
+                n = buf[at]
+                setattr(properties, name, buf[at + 1 : at + 1 + n].decode())
+                at += 1 + n
+            elif kind is _OCTET:
+                setattr(properties, name, buf[at])
+                at += 1
+            elif kind is _STAMP:
+                setattr(properties, name, _U64.unpack_from(buf, at)[0])
+                at += 8
+            else:
+                value, at = data.decode_table(buf, at)
+                setattr(properties, name, value)
+    except UnicodeDecodeError:
+        return spec.BasicProperties().decode(buf, start)
+    return properties

@@ -68,6 +68,7 @@ REPLAYABLE = frozenset(
         Reason.UNKNOWN_TENANT,
         Reason.CLOCK_SKEW,
         Reason.RATE_LIMITED,
+        Reason.TENANT_RATE_LIMITED,
         Reason.TENANT_BACKLOG_FULL,
         Reason.UNROUTABLE,
     }

@@ -26,6 +26,7 @@ class Reason(StrEnum):
     TENANT_BACKLOG_FULL = "tenant_backlog_full"
     UNROUTABLE = "unroutable"
     TOO_MANY_READINGS = "too_many_readings"
+    TENANT_RATE_LIMITED = "tenant_rate_limited"
 
 
 class Rejection(Exception):

@@ -344,6 +344,11 @@ class Settings:
     relay_tenant_prefetch: int = setting(100, RELAY, AT_LEAST_1)  # each `ingest.<tenant>`
     device_rate: float = setting(1000.0, RELAY, POSITIVE)  # readings per second
     device_burst: float = setting(2000.0, RELAY, Bound(low=1))  # a reading takes one token
+    # A tenant's accepted readings per second in each relay, for tenants whose record sets
+    # no max_rate (0: unlimited), and the burst, in readings, for tenants whose record sets
+    # no max_burst (0: two seconds of the tenant's rate, at least max_batch_readings).
+    tenant_rate: float = setting(0.0, RELAY, Bound(low=0, high=10_000_000))
+    tenant_burst: float = setting(0.0, RELAY, Bound(low=0, high=100_000_000))
     device_cache_ttl_s: float = setting(30.0, RELAY, AT_LEAST_0)  # 0: no caching
     device_cache_size: int = setting(100_000, RELAY, AT_LEAST_1)
     # Refusals published to `rejected` per device and per tenant (token buckets); beyond

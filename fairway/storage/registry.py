@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +39,9 @@ _hasher = PasswordHasher()
 KEYED_PREFIX = "hmac-sha256$"
 # Compared against when the device is unknown or disabled: the same work as a real check.
 _UNKNOWN = KEYED_PREFIX + "0" * 64
+# A tenant plan's accepted readings per second (0: unlimited) and burst, at most.
+MAX_TENANT_RATE = 10_000_000
+MAX_TENANT_BURST = 100_000_000
 
 
 def device_hash_key(explicit_key: str, secret_key: str) -> bytes | None:
@@ -87,6 +91,37 @@ class Tenant:
     id: str
     weight: int
     max_backlog: int
+    # The tenant's plan: accepted readings per second in each relay (0: unlimited) and
+    # its burst; None: FAIRWAY_TENANT_RATE / FAIRWAY_TENANT_BURST (ingest/ratelimit.py).
+    max_rate: float | None = None
+    max_burst: float | None = None
+
+
+def tenant_of(doc: dict[str, Any]) -> Tenant:
+    """A stored tenant record as a :class:`Tenant` (records without a plan: None)."""
+    rate, burst = doc.get("max_rate"), doc.get("max_burst")
+    return Tenant(
+        doc["_id"],
+        int(doc["weight"]),
+        int(doc["max_backlog"]),
+        None if rate is None else float(rate),
+        None if burst is None else float(burst),
+    )
+
+
+def check_plan(max_rate: float | None, max_burst: float | None) -> None:
+    """Raise ``ValueError`` unless the rate is 0..MAX_TENANT_RATE and the burst
+    1..MAX_TENANT_BURST (None: the default), both finite numbers."""
+    for name, value, low, high in (
+        ("max_rate", max_rate, 0, MAX_TENANT_RATE),
+        ("max_burst", max_burst, 1, MAX_TENANT_BURST),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number")
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"{name} must be a finite number between {low} and {high:,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +134,29 @@ class Device:
     tenant_known: bool = True
 
 
-def tenant_record(tenant_id: str, weight: int, max_backlog: int, rev: int = 0) -> dict[str, Any]:
+def tenant_record(
+    tenant_id: str,
+    weight: int,
+    max_backlog: int,
+    rev: int = 0,
+    max_rate: float | None = None,
+    max_burst: float | None = None,
+) -> dict[str, Any]:
     """The stored document of a new tenant (one shape for single and bulk provisioning);
-    ``rev`` from :func:`next_tenants_rev`, taken just before the record is written."""
-    return {
+    ``rev`` from :func:`next_tenants_rev`, taken just before the record is written. A plan
+    left None is not stored (the tenant takes the defaults)."""
+    record: dict[str, Any] = {
         "_id": tenant_id,
         "weight": weight,
         "max_backlog": max_backlog,
         "created": datetime.now(UTC),
         "rev": rev,
     }
+    if max_rate is not None:
+        record["max_rate"] = max_rate
+    if max_burst is not None:
+        record["max_burst"] = max_burst
+    return record
 
 
 # -- tenant changes, versioned ---------------------------------------------------------
@@ -137,7 +185,7 @@ def tenants_changed_since(db: Database, rev: int) -> tuple[list[Tenant], set[str
     tenants removed with a revision above ``rev`` (and not created again since)."""
     tenants, revs = [], {}
     for doc in db[TENANTS].find({"rev": {"$gt": rev}}).sort("_id", ASCENDING):
-        tenants.append(Tenant(doc["_id"], int(doc["weight"]), int(doc["max_backlog"])))
+        tenants.append(tenant_of(doc))
         revs[doc["_id"]] = int(doc["rev"])
     removed = {
         doc["_id"]
@@ -186,16 +234,27 @@ def device_record(
     }
 
 
-def create_tenant(db: Database, tenant_id: str, weight: int, max_backlog: int) -> Tenant:
+def create_tenant(
+    db: Database,
+    tenant_id: str,
+    weight: int,
+    max_backlog: int,
+    max_rate: float | None = None,
+    max_burst: float | None = None,
+) -> Tenant:
     """Provision a tenant record; raise :class:`AlreadyExists` if the id is taken."""
     check_new_id("tenant", tenant_id)
     if weight < 1 or max_backlog < 1:
         raise ValueError("weight and max backlog must be at least 1")
+    check_plan(max_rate, max_burst)
+    record = tenant_record(
+        tenant_id, weight, max_backlog, next_tenants_rev(db), max_rate, max_burst
+    )
     try:
-        db[TENANTS].insert_one(tenant_record(tenant_id, weight, max_backlog, next_tenants_rev(db)))
+        db[TENANTS].insert_one(record)
     except DuplicateKeyError:
         raise AlreadyExists(f"tenant {tenant_id!r} exists") from None
-    return Tenant(tenant_id, weight, max_backlog)
+    return Tenant(tenant_id, weight, max_backlog, max_rate, max_burst)
 
 
 def set_tenant_weight(db: Database, tenant_id: str, weight: int) -> bool:
@@ -217,20 +276,23 @@ def tenant_documents(db: Database, tenant_id: str | None = None) -> list[dict[st
     return list(db[TENANTS].find(query).sort("_id", ASCENDING))
 
 
-def update_tenant(db: Database, tenant_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Set ``changes`` on the tenant; its new document, or None if there is no such tenant."""
-    changes = {**changes, "rev": next_tenants_rev(db)}
-    if db[TENANTS].update_one({"_id": tenant_id}, {"$set": changes}).matched_count == 0:
+def update_tenant(
+    db: Database, tenant_id: str, changes: dict[str, Any], unset: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
+    """Set ``changes`` on the tenant and remove the ``unset`` fields (a plan back to the
+    defaults); its new document, or None if there is no such tenant."""
+    check_plan(changes.get("max_rate"), changes.get("max_burst"))
+    update: dict[str, Any] = {"$set": {**changes, "rev": next_tenants_rev(db)}}
+    if unset:
+        update["$unset"] = dict.fromkeys(unset, "")
+    if db[TENANTS].update_one({"_id": tenant_id}, update).matched_count == 0:
         return None
     return tenant_document(db, tenant_id)
 
 
 def list_tenants(db: Database) -> list[Tenant]:
     """Every tenant, sorted by id."""
-    return [
-        Tenant(doc["_id"], int(doc["weight"]), int(doc["max_backlog"]))
-        for doc in db[TENANTS].find().sort("_id", ASCENDING)
-    ]
+    return [tenant_of(doc) for doc in db[TENANTS].find().sort("_id", ASCENDING)]
 
 
 def register_device(

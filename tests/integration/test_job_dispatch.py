@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from prometheus_client import REGISTRY
+from pymongo.errors import AutoReconnect
 
 from fairway.devtools import celery_workers as worker
 from fairway.devtools.processes import free_port, wait_for
@@ -127,6 +128,32 @@ def test_a_quiet_tenants_job_is_not_queued_behind_a_hostile_tenants_quota(
         assert scrape_metric(proc.metrics_port, "fairway_jobs_released_total", tenant="other") == 3
         assert job_records.unfinished(db, job_dispatch.DISPATCH, "other") == 0
         assert job_records.unfinished(db, job_records.TENANT, "other") == 0
+    finally:
+        worker.stop(proc)
+
+
+def test_a_release_published_but_not_marked_is_accepted_and_runs_once(
+    pipeline: Pipeline, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails between the publish and its mark: the job is queued, so the
+    submission answers 202 (it answered 500), and the job runs once."""
+
+    def lost(db: Any, job: dict[str, Any]) -> None:
+        raise AutoReconnect("connection lost after the publish")
+
+    monkeypatch.setattr(job_dispatch, "mark_published", lost)
+    client = app.test_client()
+    alice = token(pipeline, "alice")
+    submitted = client.post("/api/reports", json=REPORT, headers=alice)
+    assert submitted.status_code == 202, submitted.get_json()
+    monkeypatch.undo()
+    job_id = submitted.get_json()["job"]
+    proc = start_worker(pipeline, "unmarked")
+    try:
+        assert wait_job(client, submitted.get_json()["url"], alice)["state"] == "SUCCESS"
+        record = job_records.get_job(pipeline.db, job_id)
+        assert record is not None
+        assert (record["release"], record.get("deliveries")) == (1, 1), record
     finally:
         worker.stop(proc)
 

@@ -14,6 +14,7 @@ from fairway.kernel.contract import (
     parse_reading,
     reading_id,
     split_reading_id,
+    split_routing_key,
     tenant_id_range,
     tenant_message,
     to_document,
@@ -120,6 +121,18 @@ def test_routing_key_64_char_ids_accepted() -> None:
 
 def test_routing_key_checked_before_body() -> None:
     refused(b"not json", Reason.BAD_ROUTING_KEY, "NOPE")
+
+
+def test_a_routing_key_answers_the_same_every_time() -> None:
+    """The split is cached: a key refused (or accepted) once is refused (accepted) again,
+    and a cache overflowing with other keys changes no answer."""
+    for _ in range(2):
+        refused(body(), Reason.BAD_ROUTING_KEY, "Dev-1.env")
+        assert split_routing_key("dev-1.env") == ("dev-1", "env")
+    for i in range(5000):
+        assert split_routing_key(f"d{i}.s") == (f"d{i}", "s")
+    refused(body(), Reason.BAD_ROUTING_KEY, "Dev-1.env")
+    assert split_routing_key("dev-1.env") == ("dev-1", "env")
 
 
 # -- identity_mismatch -----------------------------------------------------------------

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import pika.channel
 import pika.connection
-import pika.exceptions
 import pytest
 from pika import frame, spec
 from pika.callback import CallbackManager
@@ -58,130 +55,235 @@ def test_a_frame_with_a_waiting_callback_runs_it_as_pika_does() -> None:
     assert bool(pika.connection.Connection._process_callbacks(slow, FRAMES[3])) is False
 
 
-# -- whole deliveries handed to their channel (the receive path) ------------------------
-def receiving(cls: type) -> Any:
-    """A connection of ``cls`` with two channels (no socket: only frames go in), and the
-    deliveries its consumers see."""
+# -- whole deliveries decoded in place ---------------------------------------------------
+PROPS = spec.BasicProperties(
+    content_type="application/json",
+    delivery_mode=2,
+    message_id="m-1",
+    user_id="acme-d0001",
+    headers={"x-fairway-reason": "schema", "x-n": 3, "x-nested": {"a": [1, "b"]}},
+)
+
+
+def marshal(*frames: Any) -> bytes:
+    return b"".join(f.marshal() for f in frames)
+
+
+def delivery(
+    tag: int, body: bytes, props: Any = PROPS, channel: int = 1, ctag: str = "c1"
+) -> bytes:
+    """A delivery as the broker sends it: method, header, one body frame (none if empty)."""
+    method = frame.Method(
+        channel, spec.Basic.Deliver(ctag, tag, tag % 2 == 0, "telemetry", f"d{tag}.env")
+    )
+    header = frame.Header(channel, len(body), props)
+    return marshal(method, header, *([frame.Body(channel, body)] if body else []))
+
+
+def split_body(tag: int, body: bytes) -> bytes:
+    """A delivery whose body spans two body frames (pika's path)."""
+    half = len(body) // 2
+    return marshal(
+        frame.Method(1, spec.Basic.Deliver("c1", tag, False, "telemetry", "d.env")),
+        frame.Header(1, len(body), spec.BasicProperties(message_id="split")),
+        frame.Body(1, body[:half]),
+        frame.Body(1, body[half:]),
+    )
+
+
+STREAM = b"".join(
+    [
+        delivery(1, b'{"ts": 1, "values": {"t": 1}}'),
+        marshal(frame.Method(1, spec.Basic.Ack(5, True))),  # a confirm: a callback waits
+        delivery(2, b""),  # an empty body: no body frame
+        delivery(3, b"x" * 300, spec.BasicProperties()),  # no properties at all
+        split_body(4, b"0123456789" * 10),
+        marshal(frame.Heartbeat()),
+        delivery(5, b"\xff\x00 not json", ctag="gone"),  # no such consumer: logged, dropped
+        delivery(6, b"last"),
+    ]
+)
+
+
+def wired(cls: type) -> tuple[Any, list[Any]]:
+    """A connection of ``cls`` with channel 1 open to a consumer ``c1`` (no socket)."""
     conn = object.__new__(cls)
     conn.callbacks = CallbackManager()
-    conn._frame_buffer = b""
+    conn._frame_buffer, conn.frames_received, conn.bytes_received = b"", 0, 0
     conn._heartbeat_checker = None
-    conn.frames_received = conn.bytes_received = 0
-    conn.seen = []
-    conn._channels = {}
-    for number in (1, 2):
-        ch = object.__new__(pika.channel.Channel)
-        ch.channel_number = number
-        ch._content_assembler = pika.channel.ContentFrameAssembler()
-        ch._cancelled = set()
-        ch._consumers_with_noack = set()
-        ch._consumers = {
-            f"ctag{number}": lambda c, m, p, b: conn.seen.append(
-                (c.channel_number, vars(m), vars(p), b)
-            )
-        }
-        conn._channels[number] = ch
-    # A confirm-style callback on channel 2: its basic.ack frames are taken there.
-    conn.callbacks.add(
-        2,
-        spec.Basic.Ack,
-        lambda f: conn.seen.append(("ack", f.method.delivery_tag)),
-        one_shot=False,
-    )
-    return conn
-
-
-def delivery(number: int, tag: int, body: bytes, pieces: int = 1) -> bytes:
-    """A basic.deliver's frames on the wire (the body in ``pieces`` body frames): property
-    bytes repeated (seven kinds) and new every time (a message id), a routing key that
-    is not UTF-8 now and then."""
-    props = spec.BasicProperties(
-        headers={"x-fairway-readings": tag % 7 + 1, "nested": {"a": [1, "b"]}},
-        delivery_mode=2,
-        content_type="application/json",
-        message_id=f"m{tag}" if tag % 5 != 1 else None,
-    )
-    key = b"d.\xff" if tag % 17 == 0 else "t1.d\u00e9"
-    method = spec.Basic.Deliver(f"ctag{number}", tag, tag % 3 == 0, "tenants", key)
-    out = frame.Method(number, method).marshal() + frame.Header(number, len(body), props).marshal()
-    cut = -(-len(body) // pieces) if body else 1
-    for i in range(0, len(body), cut):
-        out += frame.Body(number, body[i : i + cut]).marshal()
-    return out
-
-
-def stream() -> bytes:
-    """Deliveries on two channels, an empty body, a body in three frames, heartbeats and
-    confirms between them."""
-    parts = []
-    for tag in range(1, 400):
-        number = 1 + tag % 2
-        body = b"" if tag % 11 == 0 else bytes(range(tag % 50)) * (tag % 4 + 1)
-        parts.append(delivery(number, tag, body, pieces=3 if tag % 13 == 0 else 1))
-        if tag % 9 == 0:
-            parts.append(frame.Heartbeat().marshal())
-        if tag % 10 == 0:
-            parts.append(frame.Method(2, spec.Basic.Ack(tag, False)).marshal())
-    return b"".join(parts)
-
-
-def test_deliveries_reach_consumers_as_pika_delivers_them_whatever_the_reads() -> None:
-    data = stream()
-    rng = random.Random(11)
-    for cuts in ([len(data)], [1] * 64 + [len(data)], [rng.randint(1, 300) for _ in range(400)]):
-        fast, slow = receiving(SelectConnection), receiving(pika.SelectConnection)
-        offset = 0
-        for n in [*cuts, len(data)]:
-            chunk, offset = data[offset : offset + n], offset + n
-            if chunk:
-                fast._on_data_available(chunk)
-                pika.connection.Connection._on_data_available(slow, chunk)
-        assert fast.seen == slow.seen
-        assert len([s for s in fast.seen if s[0] != "ack"]) == 399
-        assert (fast.frames_received, fast.bytes_received) == (
-            slow.frames_received,
-            slow.bytes_received,
+    seen: list[Any] = []
+    channel = pika.channel.Channel(conn, 1, None)
+    channel._consumers["c1"] = lambda _ch, m, p, b: seen.append(
+        (
+            "deliver",
+            m.consumer_tag,
+            m.delivery_tag,
+            m.redelivered,
+            m.exchange,
+            m.routing_key,
+            dict(vars(p)),
+            b,
         )
-        assert fast._frame_buffer == slow._frame_buffer == b""
+    )
+    conn._channels = {1: channel}
+    conn.callbacks.add(
+        1, spec.Basic.Ack, lambda f: seen.append(("ack", f.method.delivery_tag)), one_shot=False
+    )
+    return conn, seen
 
 
-def test_a_whole_delivery_skips_pikas_frame_by_frame_path() -> None:
-    conn = receiving(SelectConnection)
-    calls = []
-    conn._process_frame = lambda f: calls.append(f)  # pika's path, counted
-    conn._on_data_available(delivery(1, 5, b"{}") + delivery(2, 6, b""))
-    assert [s[1]["delivery_tag"] for s in conn.seen] == [
-        5
-    ]  # the empty body went pika's way (not run here)
-    assert [type(f).__name__ for f in calls] == ["Method", "Header"]
+def feed(conn: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        conn._on_data_available(chunk)
 
 
-def test_a_closed_connection_stops_the_buffer_being_read() -> None:
-    conn = receiving(SelectConnection)
-    ch = conn._channels[1]
+def test_whole_deliveries_reach_the_consumer_as_pikas_path_gives_them() -> None:
+    fast, fast_seen = wired(SelectConnection)
+    slow, slow_seen = wired(pika.SelectConnection)
+    feed(fast, [STREAM])
+    feed(slow, [STREAM])
+    assert fast_seen == slow_seen
+    assert [s[0] for s in fast_seen] == [
+        "deliver",
+        "ack",
+        "deliver",
+        "deliver",
+        "deliver",
+        "deliver",
+    ]
+    assert (
+        fast_seen[0][6]["headers"] == PROPS.headers and fast_seen[0][6]["user_id"] == "acme-d0001"
+    )
+    assert (fast.frames_received, fast.bytes_received) == (slow.frames_received, len(STREAM))
+    assert fast._frame_buffer == slow._frame_buffer == b""
 
-    def close(c: Any, m: Any, p: Any, b: bytes) -> None:
-        conn.seen.append(m.delivery_tag)
-        conn._frame_buffer = b""  # what pika's _init_connection_state does
 
-    ch._consumers["ctag1"] = close
-    conn._on_data_available(delivery(1, 1, b"a") + delivery(1, 3, b"b"))
-    assert conn.seen == [1] and conn._frame_buffer == b""
+def test_any_split_of_the_stream_over_reads_gives_the_same() -> None:
+    slow, expected = wired(pika.SelectConnection)
+    feed(slow, [STREAM])
+    for cut in range(1, len(STREAM), 7):
+        for size in (cut, 64):
+            fast, seen = wired(SelectConnection)
+            feed(
+                fast, [STREAM[:cut]] + [STREAM[i : i + size] for i in range(cut, len(STREAM), size)]
+            )
+            assert seen == expected, (cut, size)
+            assert (fast.frames_received, fast.bytes_received) == (
+                slow.frames_received,
+                len(STREAM),
+            )
+            assert fast._frame_buffer == b""
+
+
+def test_a_whole_delivery_skips_pikas_frame_path() -> None:
+    fast, seen = wired(SelectConnection)
+    processed: list[Any] = []
+    fast._process_frame = processed.append  # pika's per-frame path: only what is not a delivery
+    feed(
+        fast,
+        [
+            delivery(1, b"a")
+            + delivery(2, b"b")
+            + marshal(frame.Method(1, spec.Basic.Ack(5, False)))
+        ],
+    )
+    assert [s[2] for s in seen] == [1, 2]
+    assert [type(f.method) for f in processed] == [spec.Basic.Ack]
+
+
+def test_an_incomplete_frame_waits_for_the_rest() -> None:
+    fast, seen = wired(SelectConnection)
+    data = delivery(1, b"payload")
+    feed(fast, [data[:-3]])
+    assert seen == [] and fast._frame_buffer == data[data.index(b"payload") - 7 :][:-3]
+    feed(fast, [data[-3:]])
+    assert [s[7] for s in seen] == [b"payload"] and fast._frame_buffer == b""
+
+
+def test_a_callback_that_tears_the_connection_down_stops_the_rest() -> None:
+    for cls in (SelectConnection, pika.SelectConnection):
+        conn, seen = wired(cls)
+
+        def torn(
+            _ch: Any, m: Any, _p: Any, _b: bytes, conn: Any = conn, seen: list[Any] = seen
+        ) -> None:
+            seen.append(m.delivery_tag)
+            conn._frame_buffer = b""  # what pika's _init_connection_state does
+
+        conn._channels[1]._consumers["c1"] = torn
+        feed(conn, [delivery(1, b"a") + delivery(2, b"b")])
+        assert seen == [1], cls
+
+
+def test_a_raising_consumer_leaves_what_follows_its_delivery_as_pika_does() -> None:
+    data = delivery(1, b"a") + delivery(2, b"b") + delivery(3, b"c")
+    left = []
+    for cls in (SelectConnection, pika.SelectConnection):
+        conn, _seen = wired(cls)
+
+        def boom(_ch: Any, m: Any, _p: Any, _b: bytes) -> None:
+            if m.delivery_tag == 2:
+                raise RuntimeError("consumer bug")
+
+        conn._channels[1]._consumers["c1"] = boom
+        with pytest.raises(RuntimeError):
+            feed(conn, [data])
+        left.append((conn._frame_buffer, conn.bytes_received))
+    assert left[0] == left[1] == (delivery(3, b"c"), len(data) - len(delivery(3, b"c")))
 
 
 def test_a_bad_frame_end_is_refused_as_pika_refuses_it() -> None:
-    data = bytearray(delivery(1, 1, b"abc"))
-    data[-1] = 0
-    with pytest.raises(pika.exceptions.InvalidFrameError):
-        receiving(SelectConnection)._on_data_available(bytes(data))
+    from pika.exceptions import InvalidFrameError
+
+    data = bytearray(delivery(1, b"abc"))
+    data[-1] = 0  # the body frame's end marker
+    fast, seen = wired(SelectConnection)
+    with pytest.raises(InvalidFrameError):
+        feed(fast, [bytes(data)])
+    assert seen == []
 
 
-def test_each_delivery_gets_its_own_properties() -> None:
-    got = []
-    conn = receiving(SelectConnection)
-    conn._channels[1]._consumers["ctag1"] = lambda c, m, p, b: got.append(p)
-    conn._on_data_available(delivery(1, 1, b"a") + delivery(1, 36, b"b"))  # same properties
-    first, second = got
-    assert first is not second and first.headers is not second.headers
-    first.headers["x-fairway-readings"] = 99
-    assert second.headers["x-fairway-readings"] == 2
+EVERY_PROPERTY = spec.BasicProperties(
+    content_type="application/json",
+    content_encoding="gzip",
+    headers={"x-a": 1, "x-b": "two", "x-c": [15, True], "x-d": {"e": None}},
+    delivery_mode=2,
+    priority=7,
+    correlation_id="42",
+    reply_to="amq.rabbitmq.reply-to",
+    expiration="60000",
+    message_id="m-\u00e9",
+    timestamp=1_700_000_000,
+    type="reading",
+    user_id="acme-d0001",
+    app_id="sim",
+    cluster_id="c",
+)
+
+
+def not_utf8(data: bytes, text: bytes) -> bytes:
+    """``data`` with ``text`` (a short string's bytes) replaced by as many invalid bytes."""
+    assert data.count(text) == 1
+    return data.replace(text, b"\xff" * len(text))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        delivery(1, b"all", EVERY_PROPERTY),
+        delivery(2, b"some", spec.BasicProperties(timestamp=5, priority=0, user_id="")),
+        delivery(3, b"headers only", spec.BasicProperties(headers={"k": b"v"})),
+        not_utf8(delivery(4, b"bad", spec.BasicProperties(message_id="MSGID")), b"MSGID"),
+        not_utf8(delivery(5, b"bad", PROPS, ctag="CTAG"), b"CTAG"),
+        not_utf8(delivery(6, b"bad"), b"d6.env"),
+    ],
+    ids=["every property", "zero and empty", "headers", "bad property", "bad tag", "bad key"],
+)
+def test_methods_and_properties_decode_as_pikas_decoders_give_them(data: bytes) -> None:
+    fast, fast_seen = wired(SelectConnection)
+    slow, slow_seen = wired(pika.SelectConnection)
+    for conn in (fast, slow):  # the consumer whose tag is not UTF-8 (kept as bytes)
+        conn._channels[1]._consumers[b"\xff\xff\xff\xff"] = conn._channels[1]._consumers["c1"]
+    feed(fast, [data])
+    feed(slow, [data])
+    assert len(fast_seen) == 1 and fast_seen == slow_seen

@@ -1,0 +1,228 @@
+"""The tenant plan's accepted-reading rate: its bucket (ingest/ratelimit.py TenantRates)
+and the relay's refusal rule (``tenant_rate_limited``) on a stub channel, no broker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from fairway.kernel import topology
+from fairway.storage.registry import Device, check_plan
+from ingest.ratelimit import TenantRates
+from ingest.relay import Relay
+from tests.unit.test_relay_batches import channel, confirm, deliver, good, make_relay, published
+
+
+def test_unlimited_by_default_takes_everything_and_keeps_no_bucket() -> None:
+    rates = TenantRates(0.0, 0.0, min_burst=100, max_keys=10)
+    assert rates.take("acme", 0.0, 1_000_000) == 1_000_000
+    assert not rates._buckets
+
+
+def test_a_tenant_gets_its_burst_then_its_rate() -> None:
+    rates = TenantRates(0.0, 0.0, min_burst=10, max_keys=10)
+    rates.plan("acme", 100.0, 50.0)
+    assert rates.take("acme", 0.0, 80) == 50  # the burst
+    assert rates.take("acme", 0.0, 1) == 0
+    assert rates.take("acme", 0.1, 80) == 10  # 0.1 s of 100/s
+    assert rates.take("acme", 10.0, 80) == 50  # refilled up to the burst, never beyond
+    assert rates.take("other", 0.0, 10**6) == 10**6  # no plan, default unlimited
+
+
+def test_an_unset_burst_is_two_seconds_of_the_rate_at_least_a_full_batch() -> None:
+    rates = TenantRates(0.0, 0.0, min_burst=100, max_keys=10)
+    rates.plan("fast", 500.0, None)
+    rates.plan("slow", 1.0, None)
+    assert rates.take("fast", 0.0, 10_000) == 1000
+    assert rates.take("slow", 0.0, 10_000) == 100
+
+
+def test_the_default_plan_applies_to_tenants_without_their_own() -> None:
+    rates = TenantRates(10.0, 20.0, min_burst=1, max_keys=10)
+    assert rates.take("acme", 0.0, 100) == 20
+    rates.plan("free", 0.0, None)  # its own rate 0: unlimited despite the default
+    assert rates.take("free", 0.0, 100) == 100
+    rates.plan("burst", None, 5.0)  # only its own burst: the default rate
+    assert rates.take("burst", 0.0, 100) == 5
+    assert rates.rate_of("burst") == 10.0
+
+
+def test_a_changed_plan_restarts_its_bucket_an_unchanged_one_keeps_it() -> None:
+    rates = TenantRates(0.0, 0.0, min_burst=1, max_keys=10)
+    rates.plan("acme", 1.0, 10.0)
+    assert rates.take("acme", 0.0, 10) == 10
+    rates.plan("acme", 1.0, 10.0)  # the same plan read again: still empty
+    assert rates.take("acme", 0.0, 10) == 0
+    rates.plan("acme", 2.0, 10.0)
+    assert rates.take("acme", 0.0, 10) == 10
+    rates.plan("acme", None, None)  # back to the default: unlimited
+    assert rates.take("acme", 0.0, 10**6) == 10**6
+    rates.plan("gone", 1.0, 1.0)
+    rates.take("gone", 0.0, 1)
+    rates.forget("gone")
+    assert rates.take("gone", 0.0, 5) == 5
+
+
+def test_buckets_are_bounded() -> None:
+    rates = TenantRates(1.0, 1.0, min_burst=1, max_keys=3)
+    for i in range(10):
+        rates.take(f"t{i}", 0.0, 1)
+    assert len(rates._buckets) == 3
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"),
+    [
+        (-1, None),
+        (float("inf"), None),
+        (float("nan"), None),
+        (1e9, None),
+        (1, 0),
+        (None, 0.5),
+        (True, None),
+        ("5", None),
+    ],
+)
+def test_a_bad_plan_is_refused(rate: object, burst: object) -> None:
+    with pytest.raises(ValueError):
+        check_plan(rate, burst)  # type: ignore[arg-type]
+
+
+def test_good_plans_pass() -> None:
+    check_plan(None, None)
+    check_plan(0, None)
+    check_plan(250.5, 1000)
+
+
+def over_plan(tenant: str) -> float:
+    value = REGISTRY.get_sample_value("fairway_relay_tenant_rate_limited_total", {"tenant": tenant})
+    return value or 0.0
+
+
+def make(**overrides: object) -> Relay:
+    relay = make_relay(**overrides)
+    known = {
+        "dev-1": Device("dev-1", "acme", enabled=True),
+        "dev-2": Device("dev-2", "acme", enabled=True),
+        "dev-3": Device("dev-3", "zeta", enabled=True),
+    }
+    relay.registry.lookup = lambda device, then: then(known.get(device)) or True  # type: ignore[method-assign]
+    return relay
+
+
+def test_readings_beyond_the_tenant_plan_are_refused_by_index_and_counted() -> None:
+    relay = make()
+    relay.tenant_rates.plan("acme", 0.001, 4.0)
+    before = over_plan("acme")
+    try:
+        deliver(relay, 1, [good(i) for i in range(3)], device="dev-1")
+        deliver(relay, 2, [good(i) for i in range(3)], device="dev-2")  # the same tenant's
+        assert len(published(relay, topology.TENANTS)) == 4
+        refused = published(relay, topology.REJECTED)
+        assert [p.headers[topology.INDEX_HEADER] for _, _, p in refused] == [1, 2]
+        assert {k for k, _, _ in refused} == {"tenant_rate_limited.dev-2"}
+        assert (
+            "tenant 'acme' exceeds its 0.001 readings/s"
+            in refused[0][2].headers[topology.DETAIL_HEADER]
+        )
+        assert refused[0][2].headers[topology.TENANT_HEADER] == "acme"
+        # The bucket is empty: a single reading is refused whole, without an index.
+        deliver(relay, 3, good(9), device="dev-1")
+        _key, _body, props = published(relay, topology.REJECTED)[-1]
+        assert props.headers[topology.REASON_HEADER] == "tenant_rate_limited"
+        assert topology.INDEX_HEADER not in props.headers
+        assert over_plan("acme") - before == 3
+        # Another tenant is not touched.
+        deliver(relay, 4, [good(i) for i in range(50)], device="dev-3")
+        assert len(published(relay, topology.TENANTS)) == 4 + 50
+    finally:
+        relay.registry.close()
+
+
+def test_the_device_rate_applies_first_and_tenant_refusals_give_the_device_its_tokens() -> None:
+    relay = make(device_rate=0.001, device_burst=5)
+    relay.tenant_rates.plan("acme", 0.001, 3.0)
+    try:
+        deliver(relay, 1, [good(i) for i in range(7)])
+        refused = published(relay, topology.REJECTED)
+        reasons = [
+            (p.headers[topology.INDEX_HEADER], p.headers[topology.REASON_HEADER])
+            for _, _, p in refused
+        ]
+        # 0-2 accepted; 3-4 within the device's rate but beyond the tenant's; 5-6 beyond
+        # the device's own.
+        assert reasons == [
+            (3, "tenant_rate_limited"),
+            (4, "tenant_rate_limited"),
+            (5, "rate_limited"),
+            (6, "rate_limited"),
+        ]
+        # Readings refused for the tenant's plan did not spend the device's tokens.
+        assert relay.rate.peek("dev-1", time.time()) >= 2.0 - 0.01
+    finally:
+        relay.registry.close()
+
+
+def test_plans_follow_the_tenant_watch() -> None:
+    relay = make()
+    try:
+        relay._apply_plans([("acme", 0.001, 2.0), ("zeta", None, None)], set())
+        deliver(relay, 1, [good(i) for i in range(5)], device="dev-1")
+        assert len(published(relay, topology.TENANTS)) == 2
+        relay._apply_plans([("acme", None, None)], set())  # back to the default (unlimited)
+        deliver(relay, 2, [good(i) for i in range(5)], device="dev-1")
+        assert len(published(relay, topology.TENANTS)) == 7
+    finally:
+        relay.registry.close()
+
+
+def test_the_default_plan_comes_from_the_settings() -> None:
+    relay = make(tenant_rate=0.001, tenant_burst=2.0)
+    try:
+        deliver(relay, 1, [good(i) for i in range(5)], device="dev-3")
+        assert len(published(relay, topology.TENANTS)) == 2
+    finally:
+        relay.registry.close()
+
+
+def test_refusals_beyond_the_budgets_are_counted_together_and_settle_the_delivery() -> None:
+    relay = make(
+        rejected_device_rate=0.001,
+        rejected_device_burst=1000,
+        rejected_tenant_rate=0.001,
+        rejected_tenant_burst=3,
+        device_rate=0.001,
+        device_burst=12,
+    )
+    relay.tenant_rates.plan("acme", 0.001, 2.0)
+    over = (
+        REGISTRY.get_sample_value(
+            "fairway_relay_rejected_over_budget_total",
+            {"tenant": "acme", "reason": "tenant_rate_limited"},
+        )
+        or 0.0
+    )
+    try:
+        deliver(relay, 1, [good(i) for i in range(20)], device="dev-1")
+        assert len(published(relay, topology.TENANTS)) == 2
+        kept = published(relay, topology.REJECTED)
+        # The tenant's refusal budget keeps three (by index); the other 15 refused
+        # readings (7 beyond the plan, 8 beyond the device's rate) are counted.
+        assert [
+            (p.headers[topology.INDEX_HEADER], p.headers[topology.REASON_HEADER])
+            for _, _, p in kept
+        ] == [(2, "tenant_rate_limited"), (3, "tenant_rate_limited"), (4, "tenant_rate_limited")]
+        after = REGISTRY.get_sample_value(
+            "fairway_relay_rejected_over_budget_total",
+            {"tenant": "acme", "reason": "tenant_rate_limited"},
+        )
+        assert after - over == 7
+        assert over_plan("acme") >= 10
+        assert channel(relay).acks == []
+        for seq in range(1, 6):
+            confirm(relay, seq)
+        assert channel(relay).acks == [(1, True)]  # acked once, when all five confirmed
+    finally:
+        relay.registry.close()
