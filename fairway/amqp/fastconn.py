@@ -13,9 +13,10 @@
   about half of a relay's CPU per single-reading message (py-spy, issue 11). Here a
   ``basic.deliver`` whose header and single body frame are all in the buffer is decoded
   in place (its method and properties as pika's decoders give them, in one function
-  each) and handed to the channel's ``_on_deliver``, as the assembler would; every other
-  frame (a delivery split over reads or body frames, confirms, heartbeats, replies) goes
-  pika's way, one frame at a time. The buffer is trimmed once per read.
+  each; the properties kept by their bytes, a copy per delivery) and handed to the
+  channel's ``_on_deliver``, as the assembler would; every other frame (a delivery
+  split over reads or body frames, confirms, heartbeats, replies) goes pika's way, one
+  frame at a time. The buffer is trimmed once per read.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ _LAYOUTS: dict[int, tuple[tuple[str, str], ...]] = {}
 _HEAD, _END = spec.FRAME_HEADER_SIZE, spec.FRAME_END_SIZE  # 7 and 1 bytes
 _FRAME_END = spec.FRAME_END  # 0xCE
 _DELIVER = spec.Basic.Deliver.INDEX
+_PROPERTIES_KEPT = 256  # kinds of property bytes kept decoded; then the cache starts again
+_decoded: dict[bytes, spec.BasicProperties] = {}
 _BASIC = spec.BasicProperties.INDEX
 
 
@@ -168,7 +171,7 @@ class SelectConnection(pika.SelectConnection):
         ):
             return None
         method = _deliver(buf, offset + _HEAD + 4)
-        properties = _properties(buf, header + _HEAD + 12)
+        properties = _kept_properties(buf[header + _HEAD + 12 : body - _END])
         content = buf[body + _HEAD : stop - _END] if body_size else b""
         self.frames_received += 3 if body_size else 2
         self.bytes_received += stop - offset
@@ -209,6 +212,26 @@ def _deliver(buf: bytes, at: int) -> spec.Basic.Deliver:
         )
     except UnicodeDecodeError:
         return spec.Basic.Deliver().decode(buf, start)
+
+
+def _kept_properties(raw: bytes) -> spec.BasicProperties:
+    """The properties encoded as ``raw`` (a content header's flags and fields), decoded
+    once per kind of bytes, a copy per delivery (its own headers dict too).
+
+    A producer sends the same property bytes message after message (the relay's bundle
+    headers, the MQTT plugin's), and the headers table's decode was the largest part
+    of a delivery's cost in the scheduler (many_queues, issue 11).
+    """
+    known = _decoded.get(raw)
+    if known is None:
+        if len(_decoded) >= _PROPERTIES_KEPT:
+            _decoded.clear()
+        known = _decoded[raw] = _properties(raw, 0)
+    mine = object.__new__(spec.BasicProperties)
+    mine.__dict__.update(known.__dict__)
+    if known.headers is not None:
+        mine.headers = dict(known.headers)
+    return mine
 
 
 def _properties(buf: bytes, at: int) -> spec.BasicProperties:

@@ -9,6 +9,7 @@ import pytest
 from pika import frame, spec
 from pika.callback import CallbackManager
 
+from fairway.amqp import fastconn
 from fairway.amqp.fastconn import SelectConnection
 
 
@@ -287,3 +288,30 @@ def test_methods_and_properties_decode_as_pikas_decoders_give_them(data: bytes) 
     feed(fast, [data])
     feed(slow, [data])
     assert len(fast_seen) == 1 and fast_seen == slow_seen
+
+
+def encoded_properties(**fields: Any) -> bytes:
+    """A content header's property flags and fields, as the broker sends them."""
+    return frame.Header(1, 0, spec.BasicProperties(**fields)).marshal()[_HEAD_BYTES + 12 : -1]
+
+
+_HEAD_BYTES = 7
+
+
+def test_repeated_properties_decode_once_and_each_delivery_gets_its_own() -> None:
+    raw = encoded_properties(
+        content_type="application/json", delivery_mode=2, headers={"x-fairway-readings": 3}
+    )
+    first, second = fastconn._kept_properties(raw), fastconn._kept_properties(raw)
+    assert vars(first) == vars(second) == vars(spec.BasicProperties().decode(raw))
+    assert first is not second and first.headers is not second.headers
+    first.headers["x-fairway-readings"] = 99
+    assert second.headers["x-fairway-readings"] == 3
+    assert fastconn._kept_properties(raw).headers == {"x-fairway-readings": 3}
+
+
+def test_the_kept_properties_are_bounded() -> None:
+    for i in range(fastconn._PROPERTIES_KEPT * 2 + 5):
+        raw = encoded_properties(message_id=f"m{i}")
+        assert fastconn._kept_properties(raw).message_id == f"m{i}"
+        assert len(fastconn._decoded) <= fastconn._PROPERTIES_KEPT
