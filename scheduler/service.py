@@ -412,9 +412,9 @@ class Scheduler(AmqpService):
     def _regular_writers(self) -> int:
         """Regular batches that may be written at once now (the metric, and express's
         test of "every writer busy"): fewer beside active light tenants."""
-        writers = self.settings.writers
-        if self._light_active():
-            return min(writers, self.settings.writers_beside_express or writers)
+        writers, beside = self.settings.writers, self.settings.writers_beside_express
+        if beside and beside < writers and self._light_active():
+            return beside
         return writers
 
     def _dispatch_express(self) -> None:
