@@ -408,7 +408,7 @@ class Settings:
     # and at most writers_beside_express regular batches are written at once (those
     # already in flight finish): the express write shares the database with less of a
     # flood (docs/architecture.md, "Express priority"). 0: no cap / all the writers (the
-    # defaults: measured, a cap of 200 cut the flood's served rate by 15-50 %).
+    # defaults: measured, a cap of 200 cut the flood's served rate by 15-45 %).
     batch_beside_express: int = setting(0, SCHEDULER, Bound(low=0, high=10_000))
     writers_beside_express: int = setting(0, SCHEDULER, AT_LEAST_0)
     express_hold_ms: float = setting(250.0, SCHEDULER, Bound(low=0, high=60_000))
