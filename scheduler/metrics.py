@@ -121,6 +121,10 @@ SCHED_EXPRESS_BATCHES = Counter(
 SCHED_EXPRESS_INFLIGHT = Gauge(
     "fairway_scheduler_express_inflight", "Express batches being written (0 or 1)"
 )
+SCHED_WRITERS_ALLOWED = Gauge(
+    "fairway_scheduler_writers_allowed",
+    "Regular batches that may be written at once now (fewer beside light tenants' express batches)",
+)
 
 
 SCHED_BATCH_SIZE = Histogram(

@@ -152,6 +152,8 @@ class Scheduler(AmqpService):
         self._reshare_at: Any = None  # the pending re-share (timer), if any
         self.inflight = 0
         self.express_busy = False  # the express batch is being written
+        self._light_until = 0.0  # light tenants count as active until then (monotonic)
+        self._light_hold_s = settings.express_hold_ms / 1000.0
         # Tenants whose queue was declared by an earlier version with other bounds (before
         # the byte bound per reading): consumed as they are.
         self.old_arguments: set[str] = set()
@@ -187,6 +189,7 @@ class Scheduler(AmqpService):
         metrics.SCHED_PREFETCH_READINGS.set_function(self._prefetch_readings)
         self.every(BACKLOG_CHECK_S, self._check_backlogged)
         metrics.SCHED_EXPRESS_INFLIGHT.set_function(lambda: int(self.express_busy))
+        metrics.SCHED_WRITERS_ALLOWED.set_function(self._regular_writers)
         self.every(settings.tenant_refresh_s, self._refresh_tenants)
 
     @property
@@ -378,7 +381,10 @@ class Scheduler(AmqpService):
             # deadline ends here): what is buffered goes back with the connection.
             return
         drr, size = self.drr, self.batch_limit.limit
-        while self.inflight < self.settings.writers and len(drr):
+        writers, cap = self._regular_writers(), self.settings.batch_beside_express
+        if cap and cap < size and self._light_active():
+            size = cap  # the express write shares the database with smaller batches
+        while self.inflight < writers and len(drr):
             full = drr.cost >= size
             if not full and not self.stopping:
                 waited = time.monotonic() - (self._oldest or 0.0)
@@ -397,6 +403,20 @@ class Scheduler(AmqpService):
         if express:
             self._dispatch_express()
 
+    def _light_active(self) -> bool:
+        """An express batch is in flight or ended less than ``express_hold_ms`` ago."""
+        return self.express_busy or (
+            self._light_until > 0.0 and time.monotonic() < self._light_until
+        )
+
+    def _regular_writers(self) -> int:
+        """Regular batches that may be written at once now (the metric, and express's
+        test of "every writer busy"): fewer beside active light tenants."""
+        writers, beside = self.settings.writers, self.settings.writers_beside_express
+        if beside and beside < writers and self._light_active():
+            return beside
+        return writers
+
     def _dispatch_express(self) -> None:
         """Every writer busy: write the light tenants' readings in one more batch.
 
@@ -409,7 +429,7 @@ class Scheduler(AmqpService):
         limit = self.settings.express_readings
         if self.stop_event.is_set():
             return  # the writers are shut down (see _dispatch)
-        if not limit or self.express_busy or self.inflight < self.settings.writers:
+        if not limit or self.express_busy or self.inflight < self._regular_writers():
             return
         batch = self.drr.take_light(limit, exclude=self.backlogged)
         if not batch:
@@ -484,6 +504,7 @@ class Scheduler(AmqpService):
     ) -> None:
         if express:
             self.express_busy = False
+            self._light_until = time.monotonic() + self._light_hold_s
         else:
             self.inflight -= 1
         if outcome is not None:

@@ -408,6 +408,15 @@ class Settings:
     # tenants (at most this many readings buffered), so a quiet tenant's readings do not
     # wait for a backlogged tenant's batches; also its size bound. 0: no express batch.
     express_readings: int = setting(50, SCHEDULER, AT_LEAST_0)
+    # While light tenants are active (an express batch in flight or ended less than
+    # express_hold_ms ago), a regular batch holds at most batch_beside_express readings
+    # and at most writers_beside_express regular batches are written at once (those
+    # already in flight finish): the express write shares the database with less of a
+    # flood (docs/architecture.md, "Express priority"). 0: no cap / all the writers (the
+    # defaults: measured, a cap of 200 cut the flood's served rate by 15-45 %).
+    batch_beside_express: int = setting(0, SCHEDULER, Bound(low=0, high=10_000))
+    writers_beside_express: int = setting(0, SCHEDULER, AT_LEAST_0)
+    express_hold_ms: float = setting(250.0, SCHEDULER, Bound(low=0, high=60_000))
     tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
     # Channels the scheduler consumes tenant queues on (tenants spread over them; below
     # RabbitMQ's default channel_max of 2047 per connection).

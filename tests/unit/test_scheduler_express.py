@@ -1,0 +1,132 @@
+"""Express priority (scheduler/service.py): while light tenants are active (an express
+batch in flight or ended less than ``express_hold_ms`` ago), the regular batches are
+held to ``batch_beside_express`` readings and at most ``writers_beside_express`` are
+written at once, so the express write shares the database with less of a flood."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from fairway.kernel.settings import Settings, SettingsError
+from scheduler.service import Delivery, Scheduler
+from scheduler.sink import NullSink
+from scheduler.tenant_channel import TenantConsumer
+from tests.unit.test_scheduler_bundles import bundle
+from tests.unit.test_scheduler_settle import (
+    sample,
+    stopped,  # noqa: F401 - the fixture
+    tenant_channel,
+)
+
+Submitted = list[tuple[int, bool]]  # (readings, express) of each batch handed to a writer
+
+
+def recording(
+    settings: Settings,
+    stopped: list[Scheduler],  # noqa: F811
+) -> tuple[Scheduler, Submitted, list[Any]]:
+    """A scheduler whose writers only record their batches; ``calls[i]()`` writes batch i."""
+    scheduler = Scheduler(settings, NullSink(), list_tenants=list)
+    scheduler.call_soon = lambda callback: callback()  # type: ignore[method-assign]
+    stopped.append(scheduler)
+    submitted: Submitted = []
+    calls: list[Any] = []
+
+    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False, *_: Any) -> None:
+        submitted.append((sum(d.readings for _, d in batch), express))
+        calls.append(lambda: fn(batch, express))
+
+    scheduler._writers.submit = submit  # type: ignore[method-assign,assignment]
+    return scheduler, submitted, calls
+
+
+def deliver(scheduler: Scheduler, consumer: TenantConsumer, tag: int, readings: int) -> None:
+    method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")
+    raw = bundle(consumer.tenant, *range(tag * 100, tag * 100 + readings))
+    scheduler._on_message(consumer, method, raw, readings)  # type: ignore[arg-type]
+
+
+def test_regular_batches_are_held_small_while_light_tenants_are_active(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    settings = Settings(
+        batch_size=50,
+        batch_max=400,
+        writers=1,
+        express_readings=10,
+        batch_beside_express=50,
+        express_hold_ms=60_000,
+        batch_linger_ms=0,
+    )
+    scheduler, submitted, calls = recording(settings, stopped)
+    scheduler.batch_limit.limit = 400  # as if grown by fast full writes
+    flood, _ = tenant_channel("flood")
+    quiet, quiet_channel = tenant_channel("quiet")
+    for tag in range(1, 14):  # the first bundle goes at once, 480 readings wait
+        deliver(scheduler, flood, tag, 40)
+    assert submitted == [(40, False)]
+    deliver(scheduler, quiet, 1, 1)  # the one writer is busy: express
+    assert submitted[-1] == (1, True)
+    calls[0]()  # the regular write ends while the express batch is in flight
+    assert submitted[-1] == (40, False)  # one bundle: two would pass 50
+    calls[1]()  # the express write ends; light tenants still count as active (the hold)
+    assert quiet_channel.acks == [(1, True)]
+    calls[2]()
+    assert submitted[-1] == (40, False)
+    scheduler._light_until = time.monotonic() - 1  # the hold is over
+    calls[3]()
+    assert submitted[-1] == (400, False)  # the grown limit again
+    assert scheduler.batch_limit.limit == 400  # the hold never moved the limit
+
+
+def test_fewer_regular_writers_while_an_express_batch_is_in_flight(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    settings = Settings(
+        batch_size=40,
+        batch_max=40,
+        writers=2,
+        writers_beside_express=1,
+        express_readings=10,
+        express_hold_ms=60_000,
+        batch_linger_ms=0,
+    )
+    scheduler, submitted, calls = recording(settings, stopped)
+    flood, _ = tenant_channel("flood")
+    quiet, _ = tenant_channel("quiet")
+    for tag in range(1, 7):  # two to the two writers, four wait
+        deliver(scheduler, flood, tag, 40)
+    assert submitted == [(40, False), (40, False)]
+    assert sample("fairway_scheduler_writers_allowed") == 2
+    deliver(scheduler, quiet, 1, 1)
+    assert submitted[-1] == (1, True)
+    assert sample("fairway_scheduler_writers_allowed") == 1
+    calls[0]()  # a writer frees while the express batch is in flight: it stays idle
+    assert len(submitted) == 3 and scheduler.inflight == 1
+    deliver(scheduler, quiet, 2, 1)  # one express batch at a time: it waits
+    assert len(submitted) == 3
+    calls[2]()  # the express write ends: the waiting light reading goes next, and no
+    # second regular batch while light tenants are active (the hold)
+    assert submitted[-1] == (1, True) and scheduler.inflight == 1
+    calls[3]()
+    assert len(submitted) == 4 and scheduler.inflight == 1
+    scheduler._light_until = time.monotonic() - 1  # the hold is over
+    deliver(scheduler, flood, 7, 40)
+    assert submitted[-1] == (40, False) and scheduler.inflight == 2
+    assert sample("fairway_scheduler_writers_allowed") == 2
+
+
+def test_the_express_priority_settings_are_bounded() -> None:
+    for bad in (
+        {"FAIRWAY_WRITERS_BESIDE_EXPRESS": "-1"},
+        {"FAIRWAY_BATCH_BESIDE_EXPRESS": "-1"},
+        {"FAIRWAY_EXPRESS_HOLD_MS": "-5"},
+    ):
+        try:
+            Settings.from_env(bad)
+        except SettingsError as exc:
+            assert next(iter(bad)) in str(exc)
+        else:
+            raise AssertionError(f"{bad} accepted")
