@@ -418,6 +418,8 @@ class Relay(AmqpService):
         self, channel: Channel, method: Basic.Deliver, props: BasicProperties, body: bytes
     ) -> None:
         tag, routing_key = method.delivery_tag, method.routing_key
+        if not isinstance(routing_key, str):  # pika hands over a key that is not UTF-8 as bytes
+            routing_key = bytes(routing_key).decode("utf-8", "replace")  # refused below
         queue = self._queues.get(method.consumer_tag or "", "")
         self._acks.track(tag)
         now = time.time()

@@ -37,3 +37,27 @@ def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.Mo
     assert pending.reason is Reason.SCHEMA
     assert pending.delivery.tag == 1
     relay.registry.close()
+
+
+def test_a_routing_key_that_is_not_utf8_is_refused_not_a_poison_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pika gives such a key as bytes; the relay raised on it on every redelivery."""
+    relay = Relay(Settings(), db=None)  # type: ignore[arg-type]
+    published: list[tuple[str, str, Any]] = []
+    monkeypatch.setattr(
+        relay,
+        "_publish",
+        lambda exchange, key, body, pending, headers=None: published.append(
+            (exchange, key, pending)
+        ),
+    )
+    method = SimpleNamespace(delivery_tag=7, routing_key=b"dev-1.\xff\xfe", consumer_tag="c")
+    props = SimpleNamespace(message_id=None, user_id=None)
+    relay._on_message(None, method, props, b"{}")  # type: ignore[arg-type]
+
+    [(exchange, _key, pending)] = published
+    assert exchange == "rejected"
+    assert pending.reason is Reason.BAD_ROUTING_KEY
+    assert pending.delivery.tag == 7
+    relay.registry.close()
