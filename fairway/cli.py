@@ -157,7 +157,9 @@ def tenant_set_weight(settings: Settings, tenant_id: str, weight: int) -> None:
 @tenant.command("set-rate")
 @click.argument("tenant_id")
 @click.argument("rate")
-@click.option("--burst", default=None, type=float, help="Its burst, in readings.")
+@click.option(
+    "--max-burst", "--burst", "burst", default=None, type=float, help="Its burst, in readings."
+)
 @click.pass_obj
 def tenant_set_rate(settings: Settings, tenant_id: str, rate: str, burst: float | None) -> None:
     """Set TENANT_ID's plan: RATE accepted readings per second in each relay (0: unlimited;
@@ -168,7 +170,7 @@ def tenant_set_rate(settings: Settings, tenant_id: str, rate: str, burst: float 
     unset: tuple[str, ...] = ()
     if rate == "default":
         if burst is not None:
-            _fail("--burst cannot go with the default rate")
+            _fail("--max-burst cannot go with the default rate")
         unset = ("max_rate", "max_burst")
     else:
         try:

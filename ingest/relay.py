@@ -333,6 +333,17 @@ class Relay(AmqpService):
         """Each listed tenant's accepted-reading rate (its record's, or the default)."""
         for tenant, rate, burst in plans:
             self.tenant_rates.plan(tenant, rate, burst)
+            if burst is not None and burst < self.settings.max_batch_readings:
+                log.warning(
+                    "a tenant's max_burst is below FAIRWAY_MAX_BATCH_READINGS: a full device"
+                    " batch can never be accepted whole (its last readings are refused as"
+                    " tenant_rate_limited)",
+                    extra={
+                        "tenant": tenant,
+                        "burst": burst,
+                        "batch": self.settings.max_batch_readings,
+                    },
+                )
         for tenant in removed:
             self.tenant_rates.forget(tenant)
 
