@@ -236,10 +236,10 @@ def mark_published(db: Database, job: dict[str, Any]) -> None:
 def unclaim(db: Database, job: dict[str, Any]) -> bool:
     """The publish of the job's claimed release failed: supersede the release, put the
     job back to waiting and free its slot (True); False if a worker has started that
-    release after all (the message got through), which then stands as published."""
+    release after all (the message got through): it stands, and the caller marks it
+    published."""
     n = int(job["release"])
     if _fate(db, job["_id"], n, SUPERSEDED) == STARTED:
-        mark_published(db, job)
         return False
     # In this order: dying between the two leaves a waiting job holding a slot, which
     # free_stale takes back, never a released job without one.
