@@ -126,7 +126,7 @@ class SelectConnection(pika.SelectConnection):
         arguments; None if not one (pika's path then takes the frame).
 
         Only a delivery whose method, header and one body frame (or none, for an empty
-        body) are all in ``buf``, for an open channel whose assembler holds nothing and
+        body) are all in ``buf``, for a known channel whose assembler holds nothing and
         with no connection-level callback waiting for it. The frames are counted as read.
         """
         if end - offset < _HEAD + 4:

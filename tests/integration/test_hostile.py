@@ -62,7 +62,9 @@ QUIET_LOGINS = 5  # quiet devices logging in for the first time during the attac
 QUIET_PAGES = 30  # API calls of the quiet admin during the attack
 ATTACK_S = QUIET_READINGS / QUIET_RATE  # how long the time-bound attackers go on
 JUNK = 30  # oversized bodies (all within the device's refusal burst: kept)
-JUNK_BYTES = 100_000  # over the contract's 64 KiB, under the broker's 128 KiB
+# Over the contract's 64 KiB, within the broker's 128 KiB; the second needs two body
+# frames (frame_max 131,072 less 8), so the consumers' connection takes pika's own path.
+JUNK_SIZES = (100_000, 131_065)
 BAD = 1200  # broken JSON bodies: 100 kept (the burst), the rest over budget, and
 # under the quarantine's 2,000 units, so the device stays connected throughout
 FLOOD_DEVICES = [f"flood-{i}" for i in range(4)]
@@ -422,7 +424,9 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
         sides = {
             s.name: s
             for s in (
-                Side("junk", _device_flood(pipeline, junk, lambda n: b"x" * JUNK_BYTES, JUNK)),
+                Side(
+                    "junk", _device_flood(pipeline, junk, lambda n: b"x" * JUNK_SIZES[n % 2], JUNK)
+                ),
                 Side("bad", _device_flood(pipeline, bad, lambda n: b"{not json", BAD)),
                 Side("backlog", _backlog_flood(pipeline, flooders)),
                 Side("logins", _stranger_logins(amqp_url)),
@@ -503,7 +507,7 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
             reason, device = headers[topology.REASON_HEADER], headers[topology.DEVICE_HEADER]
             assert not device.startswith("quiet") and headers.get(topology.TENANT_HEADER) != QUIET
             if reason == "too_large":
-                assert device == "hostile-junk" and headers[topology.SIZE_HEADER] == JUNK_BYTES
+                assert device == "hostile-junk" and headers[topology.SIZE_HEADER] in JUNK_SIZES
                 assert headers[topology.TENANT_HEADER] == HOSTILE  # from its ingest queue
             elif reason == "malformed_json":
                 assert device == "hostile-bad" and headers[topology.TENANT_HEADER] == HOSTILE
@@ -520,6 +524,10 @@ def test_attackers_at_once_leave_the_quiet_tenant_untouched(
         # Contract refusals are decided before the registry look-up, charged to the tenant
         # whose ingest queue they came from.
         assert junk_sent == JUNK and by_reason["too_large"] == JUNK
+        sizes = Counter(
+            h[topology.SIZE_HEADER] for h, _ in kept if h[topology.REASON_HEADER] == "too_large"
+        )
+        assert sizes == {size: JUNK // 2 for size in JUNK_SIZES}, sizes
         assert bad_sent == BAD
         over_bad = relay.metric(
             "fairway_relay_rejected_over_budget_total", tenant=HOSTILE, reason="malformed_json"
