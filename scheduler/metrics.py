@@ -125,6 +125,11 @@ SCHED_WRITERS_ALLOWED = Gauge(
     "fairway_scheduler_writers_allowed",
     "Regular batches that may be written at once now (fewer beside light tenants' express batches)",
 )
+SCHED_LIGHT_ACTIVE = Gauge(
+    "fairway_scheduler_light_active",
+    "1 while express priority holds regular batches back (FAIRWAY_BATCH_BESIDE_EXPRESS,"
+    " FAIRWAY_WRITERS_BESIDE_EXPRESS), else 0",
+)
 
 
 SCHED_BATCH_SIZE = Histogram(

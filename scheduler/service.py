@@ -154,6 +154,8 @@ class Scheduler(AmqpService):
         self.express_busy = False  # the express batch is being written
         self._light_until = 0.0  # light tenants count as active until then (monotonic)
         self._light_hold_s = settings.express_hold_ms / 1000.0
+        self._holds_back = bool(settings.batch_beside_express or settings.writers_beside_express)
+        self._hold_timer: Any = None  # wakes the writers the hold held back
         # Tenants whose queue was declared by an earlier version with other bounds (before
         # the byte bound per reading): consumed as they are.
         self.old_arguments: set[str] = set()
@@ -190,6 +192,9 @@ class Scheduler(AmqpService):
         self.every(BACKLOG_CHECK_S, self._check_backlogged)
         metrics.SCHED_EXPRESS_INFLIGHT.set_function(lambda: int(self.express_busy))
         metrics.SCHED_WRITERS_ALLOWED.set_function(self._regular_writers)
+        metrics.SCHED_LIGHT_ACTIVE.set_function(
+            lambda: int(self._holds_back and self._light_active())
+        )
         self.every(settings.tenant_refresh_s, self._refresh_tenants)
 
     @property
@@ -384,6 +389,7 @@ class Scheduler(AmqpService):
         writers, cap = self._regular_writers(), self.settings.batch_beside_express
         if cap and cap < size and self._light_active():
             size = cap  # the express write shares the database with smaller batches
+        measured = size == self.batch_limit.limit  # a capped write says nothing of the budget
         while self.inflight < writers and len(drr):
             full = drr.cost >= size
             if not full and not self.stopping:
@@ -399,15 +405,28 @@ class Scheduler(AmqpService):
             self.inflight += 1
             express = True  # every writer may be busy now, and the buffers changed
             metrics.SCHED_BATCH_SIZE.observe(sum(d.readings for _, d in batch))
-            self._writers.submit(self._write, batch, False, full)
+            self._writers.submit(self._write, batch, False, full and measured, measured)
         if express:
             self._dispatch_express()
 
     def _light_active(self) -> bool:
-        """An express batch is in flight or ended less than ``express_hold_ms`` ago."""
+        """An express batch is in flight or ended less than ``express_hold_ms`` ago (never
+        while stopping: a drain uses every writer)."""
+        if self.stopping:
+            return False
         return self.express_busy or (
             self._light_until > 0.0 and time.monotonic() < self._light_until
         )
+
+    def _hold_expired(self) -> None:
+        """The hold may be over: give the writers it held back their batches (else they
+        would wait for the next write to end or delivery to come)."""
+        self._hold_timer = None
+        left = self._light_until - time.monotonic()
+        if left > 0:  # another express batch ended since: wait for its hold
+            self._hold_timer = self.ioloop.call_later(left, self._hold_expired)
+            return
+        self._dispatch()
 
     def _regular_writers(self) -> int:
         """Regular batches that may be written at once now (the metric, and express's
@@ -447,7 +466,11 @@ class Scheduler(AmqpService):
 
     # -- writer threads ----------------------------------------------------------
     def _write(
-        self, batch: list[tuple[str, Delivery]], express: bool = False, full: bool = False
+        self,
+        batch: list[tuple[str, Delivery]],
+        express: bool = False,
+        full: bool = False,
+        measured: bool = True,
     ) -> None:
         bodies = [d.body for _, d in batch]
         took: list[float] = []  # the successful attempt's write time
@@ -477,7 +500,7 @@ class Scheduler(AmqpService):
         except DrainExpired:
             outcome = None  # leave it unacked; the broker requeues it
         telemetry = self._coalesce(outcome)
-        if outcome is not None and not express:
+        if outcome is not None and not express and measured:
             readings = sum(d.readings for _, d in batch)
             self.call_soon(lambda: self.batch_limit.observe(readings, took[-1], full))
         self.call_soon(lambda: self._written(batch, outcome, telemetry, express))
@@ -505,6 +528,8 @@ class Scheduler(AmqpService):
         if express:
             self.express_busy = False
             self._light_until = time.monotonic() + self._light_hold_s
+            if self._holds_back and self._hold_timer is None:
+                self._hold_timer = self.ioloop.call_later(self._light_hold_s, self._hold_expired)
         else:
             self.inflight -= 1
         if outcome is not None:

@@ -777,6 +777,7 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
             f"FAIRWAY_QUARANTINE_MAX_S={_shown(top)} is below FAIRWAY_QUARANTINE_S ({base:g})"
         )
     problems.update({} if problems else _pool_problems(values))
+    problems.update({} if problems else _express_problems(values))
     web, auth = values.get("web_port"), values.get("broker_auth_port")
     if not problems and auth and auth == web:
         problems[variable("broker_auth_port")] = (
@@ -814,6 +815,35 @@ def _pool_problems(values: Mapping[str, Any]) -> dict[str, str]:
             )
         }
     return {}
+
+
+def _express_problems(values: Mapping[str, Any]) -> dict[str, str]:
+    """Express priority settings that could never act: set while express batches are
+    off, a writer limit not below the writers, a cap not below the largest batch."""
+    names = ("express_readings", "writers", "writers_beside_express", "batch_beside_express")
+    if not all(isinstance(values.get(n), int) for n in names):
+        return {}
+    express, writers, beside, cap = (int(values[n]) for n in names)
+    largest = max(int(values.get("batch_size") or 0), int(values.get("batch_max") or 0))
+    problems: dict[str, str] = {}
+    for name, value in (("writers_beside_express", beside), ("batch_beside_express", cap)):
+        if value and not express:
+            problems[variable(name)] = (
+                f"{variable(name)}={value} acts only beside express batches, and "
+                "FAIRWAY_EXPRESS_READINGS=0 turns them off: set one, or unset this"
+            )
+    if not problems and beside and beside >= writers:
+        problems[variable("writers_beside_express")] = (
+            f"FAIRWAY_WRITERS_BESIDE_EXPRESS={beside} is not below FAIRWAY_WRITERS "
+            f"({writers}): it would never hold a writer back; lower it, or 0 for off"
+        )
+    if not problems and cap and largest and cap >= largest:
+        problems[variable("batch_beside_express")] = (
+            f"FAIRWAY_BATCH_BESIDE_EXPRESS={cap} is not below the largest batch "
+            f"(FAIRWAY_BATCH_MAX/FAIRWAY_BATCH_SIZE, {largest}): it would never hold a batch "
+            "back; lower it, or 0 for off"
+        )
+    return problems
 
 
 def _parse_bool(raw: str) -> bool:

@@ -34,9 +34,11 @@ def recording(
     submitted: Submitted = []
     calls: list[Any] = []
 
-    def submit(fn: Any, batch: list[tuple[str, Delivery]], express: bool = False, *_: Any) -> None:
+    def submit(
+        fn: Any, batch: list[tuple[str, Delivery]], express: bool = False, *rest: Any
+    ) -> None:
         submitted.append((sum(d.readings for _, d in batch), express))
-        calls.append(lambda: fn(batch, express))
+        calls.append(lambda: fn(batch, express, *rest))
 
     scheduler._writers.submit = submit  # type: ignore[method-assign,assignment]
     return scheduler, submitted, calls
@@ -53,7 +55,7 @@ def test_regular_batches_are_held_small_while_light_tenants_are_active(
 ) -> None:
     settings = Settings(
         batch_size=50,
-        batch_max=400,
+        batch_max=1000,  # room to grow: a capped write that counted would double it
         writers=1,
         express_readings=10,
         batch_beside_express=50,
@@ -78,7 +80,9 @@ def test_regular_batches_are_held_small_while_light_tenants_are_active(
     scheduler._light_until = time.monotonic() - 1  # the hold is over
     calls[3]()
     assert submitted[-1] == (400, False)  # the grown limit again
-    assert scheduler.batch_limit.limit == 400  # the hold never moved the limit
+    assert scheduler.batch_limit.limit == 400  # the capped writes never moved the limit
+    calls[4]()  # a full write at the limit, fast (the null sink): it grows, as before
+    assert scheduler.batch_limit.limit == 800
 
 
 def test_fewer_regular_writers_while_an_express_batch_is_in_flight(
@@ -118,11 +122,65 @@ def test_fewer_regular_writers_while_an_express_batch_is_in_flight(
     assert sample("fairway_scheduler_writers_allowed") == 2
 
 
+def test_the_writers_held_back_get_batches_when_the_hold_ends(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    """Not only when the next write ends or a delivery comes: a timer wakes them."""
+    settings = Settings(
+        batch_size=40,
+        batch_max=40,
+        writers=2,
+        writers_beside_express=1,
+        express_readings=10,
+        express_hold_ms=60_000,
+        batch_linger_ms=0,
+    )
+    scheduler, submitted, calls = recording(settings, stopped)
+    flood, _ = tenant_channel("flood")
+    quiet, _ = tenant_channel("quiet")
+    for tag in range(1, 7):
+        deliver(scheduler, flood, tag, 40)
+    deliver(scheduler, quiet, 1, 1)
+    calls[0]()  # a writer frees beside the express batch: held back
+    calls[2]()  # the express write ends: the hold starts, its timer is set
+    assert scheduler.inflight == 1 and scheduler._hold_timer is not None
+    assert sample("fairway_scheduler_light_active") == 1
+    scheduler._light_until = time.monotonic() - 1  # the hold is over when the timer fires
+    scheduler._hold_expired()
+    assert scheduler.inflight == 2 and scheduler._hold_timer is None
+    assert submitted[-1] == (40, False)  # the writer held back took the flood's next batch
+    assert sample("fairway_scheduler_light_active") == 0
+
+
+def test_a_drain_uses_every_writer_whatever_the_hold(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    settings = Settings(
+        batch_size=40,
+        batch_max=40,
+        writers=2,
+        writers_beside_express=1,
+        express_readings=10,
+        express_hold_ms=60_000,
+        batch_linger_ms=0,
+    )
+    scheduler, _, _ = recording(settings, stopped)
+    scheduler.express_busy = True
+    assert scheduler._regular_writers() == 1
+    scheduler.stopping = True
+    assert scheduler._regular_writers() == 2
+
+
 def test_the_express_priority_settings_are_bounded() -> None:
     for bad in (
         {"FAIRWAY_WRITERS_BESIDE_EXPRESS": "-1"},
         {"FAIRWAY_BATCH_BESIDE_EXPRESS": "-1"},
         {"FAIRWAY_EXPRESS_HOLD_MS": "-5"},
+        # Settings that could never act are refused, not ignored.
+        {"FAIRWAY_WRITERS_BESIDE_EXPRESS": "2", "FAIRWAY_WRITERS": "2"},
+        {"FAIRWAY_BATCH_BESIDE_EXPRESS": "1000", "FAIRWAY_BATCH_MAX": "1000"},
+        {"FAIRWAY_BATCH_BESIDE_EXPRESS": "200", "FAIRWAY_EXPRESS_READINGS": "0"},
+        {"FAIRWAY_WRITERS_BESIDE_EXPRESS": "1", "FAIRWAY_EXPRESS_READINGS": "0"},
     ):
         try:
             Settings.from_env(bad)
