@@ -134,10 +134,10 @@ def alternate(
     each: list[Build],
     rounds: int,
     run: Callable[[str, str | None, int], dict[str, Any]],
-    line: Callable[[dict[str, Any]], str],
+    detail: Callable[[dict[str, Any]], str],
 ) -> list[dict[str, Any]]:
     """``run(build, pythonpath, round)`` for each build, order flipped every other round,
-    with the load average before and after; ``line(result)`` is said after each."""
+    with the load average before and after; CPU, rate and ``detail(result)`` said after each."""
     results: list[dict[str, Any]] = []
     for i in range(rounds):
         for build, path in each if i % 2 == 0 else each[::-1]:
@@ -145,7 +145,10 @@ def alternate(
             res = run(build, path, i)
             res["load_before"] = r(load, 2)
             res["load_after"] = r(os.getloadavg()[0], 2)
-            say(line(res))
+            say(
+                f"{build}: {res['cpu_us_per_reading']} us/reading,"
+                f" {res['rate']:.0f} readings/s{detail(res)}"
+            )
             results.append(res)
     return results
 

@@ -18,6 +18,7 @@ one round by round: before/after in one run. The broker is not charged here.
 from __future__ import annotations
 
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 from benchmarks import checkouts, common
@@ -80,11 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         rounds = checkouts.alternate(
             each,
             args.rounds,
-            lambda build, path, i: drain(args, build, path, i),
-            lambda res: (
-                f"{res['build']}: {res['cpu_us_per_reading']} us/reading,"
-                f" {res['rate']:.0f} readings/s (load {res['load_before']:.1f})"
-            ),
+            partial(drain, args),
+            lambda res: f" (load {res['load_before']:.1f})",
         )
     per_build = checkouts.medians(rounds, each, "cpu_us_per_reading")
     common.emit(

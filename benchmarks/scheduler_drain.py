@@ -18,6 +18,7 @@ charged here (``end_to_end`` does that).
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     rounds = checkouts.alternate(
         each,
         args.rounds,
-        lambda build, path, i: drain(args, build, path, i),
-        lambda res: (
-            f"{res['build']}: {res['cpu_us_per_reading']} us/reading,"
-            f" {res['rate']:.0f} readings/s, batches of {res['mean_batch_readings']},"
-            f" system {res['system_share']}"
-        ),
+        partial(drain, args),
+        lambda res: f", batches of {res['mean_batch_readings']}, system {res['system_share']}",
     )
     per_build = checkouts.medians(rounds, each, "cpu_us_per_reading")
     common.emit(

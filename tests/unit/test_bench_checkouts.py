@@ -31,9 +31,9 @@ def test_alternate_flips_the_order_every_other_round() -> None:
 
     def run(build: str, path: str | None, i: int) -> dict[str, object]:
         seen.append((build, i))
-        return {"build": build, "v": i}
+        return {"build": build, "v": i, "cpu_us_per_reading": 1.0, "rate": 2.0}
 
-    res = checkouts.alternate(checkouts.builds("../x"), 2, run, lambda r: str(r["v"]))
+    res = checkouts.alternate(checkouts.builds("../x"), 2, run, lambda r: "")
     assert seen == [("before", 0), ("this", 0), ("this", 1), ("before", 1)]
     assert all("load_before" in r and "load_after" in r for r in res)
     assert checkouts.medians(res, checkouts.builds("../x"), "v") == {"before": 0.5, "this": 0.5}
