@@ -17,16 +17,13 @@ charged here (``end_to_end`` does that).
 
 from __future__ import annotations
 
-import os
-import statistics
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
-from benchmarks.common import cpu_s, r, say
+from benchmarks import checkouts, common
+from benchmarks.common import r
 from benchmarks.end_to_end import TENANTS, provision  # the same fleet as end_to_end
 from fairway.kernel import topology
 from fairway.kernel.contract import Reading
@@ -97,73 +94,22 @@ def drain(args: Any, build: str, pythonpath: str | None, round_no: int) -> dict[
         by_tenant = provision(env)
         messages = fill(env, by_tenant, args.readings, args.bundle)
         expected = (args.readings // len(TENANTS)) * len(TENANTS)
-        settings = env.settings
-        # The child imports from its working directory first: the other build's checkout.
-        here = os.getcwd()
-        os.chdir(pythonpath or common.ROOT)
-        try:
-            ctx = common.fairway_process(
-                ["scheduler", "--sink", args.sink], settings, f"{NAME}-{build}"
-            )
-            proc = ctx.__enter__()
-        finally:
-            os.chdir(here)
-        spy = None
-        try:
+        with checkouts.start_build(
+            ["scheduler", "--sink", args.sink], env.settings, f"{NAME}-{build}", pythonpath
+        ) as proc:
             proc.wait_ready(timeout=60)
-            n0 = 0.0
-            while n0 <= 0:
-                time.sleep(0.02)
-                n0 = written(proc)
-            t0, c0, s0, b0 = time.monotonic(), cpu_s(proc.pid), system_s(proc.pid), batches(proc)
-            if args.profile:
-                out = Path(args.profile) / f"{build}-r{round_no}.txt"
-                spy = subprocess.Popen(
-                    [
-                        str(Path(sys.executable).parent / "py-spy"),
-                        "record",
-                        "--gil",
-                        "-r",
-                        "250",
-                        "-p",
-                        str(proc.pid),
-                        "-o",
-                        str(out),
-                        "-f",
-                        "raw",
-                        "--nonblocking",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            prev_t, prev_n, prev_c = t0, n0, c0
-            while True:
-                time.sleep(0.1)
-                now, n, c = time.monotonic(), written(proc), cpu_s(proc.pid)
-                if n >= expected:
-                    frac = (expected - prev_n) / max(n - prev_n, 1e-9)
-                    t1 = prev_t + (now - prev_t) * frac
-                    c1 = prev_c + (c - prev_c) * frac
-                    break
-                if now - t0 > args.timeout:
-                    raise TimeoutError(f"{n} of {expected} after {args.timeout} s")
-                prev_t, prev_n, prev_c = now, n, c
-            s1, b1 = system_s(proc.pid), batches(proc)
-            rss = proc.status().get("VmHWM", 0) / 1024
-        finally:
-            if spy is not None:
-                spy.send_signal(2)
-                spy.wait(30)
-            ctx.__exit__(None, None, None)
-    readings = expected - n0
+            window = checkouts.first_count(proc, written, args.timeout, f"scheduler {build}")
+            s0, b0 = system_s(proc.pid), batches(proc)
+            with checkouts.py_spy(proc.pid, args.profile, f"{build}-r{round_no}.txt"):
+                checkouts.time_drain(proc, written, window, expected, args.timeout)
+                s1, b1 = system_s(proc.pid), batches(proc)
+                rss = proc.status().get("VmHWM", 0) / 1024
     return {
         "build": build,
         "messages": messages,
-        "readings_timed": int(readings),
-        "seconds": r(t1 - t0, 2),
-        "rate": r(readings / (t1 - t0)),
-        "cpu_us_per_reading": r((c1 - c0) * 1e6 / readings, 2),
-        "system_share": r((s1 - s0) / max(c1 - c0, 1e-9), 2),  # up to 0.1 s past the end
+        **window.figures(expected),
+        # up to 0.1 s past the end
+        "system_share": r((s1 - s0) / max(window.c1 - window.c0, 1e-9), 2),
         "batches": int(b1[0] - b0[0]),
         "mean_batch_readings": r((b1[1] - b0[1]) / max(b1[0] - b0[0], 1)),
         "rss_mb": r(rss),
@@ -182,26 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=300.0)
     args = p.parse_args(argv)
     args.readings = args.readings or common.scaled(30_000, args.scale, 1000)
-    builds: list[tuple[str, str | None]] = [("this", None)]
-    if args.pythonpath:
-        builds = [("before", args.pythonpath), ("this", None)]
-    rounds: list[dict[str, Any]] = []
-    for i in range(args.rounds):
-        order = builds if i % 2 == 0 else builds[::-1]
-        for build, path in order:
-            load = os.getloadavg()[0]
-            res = drain(args, build, path, i)
-            res["load_before"] = r(load, 2)
-            res["load_after"] = r(os.getloadavg()[0], 2)
-            say(
-                f"{build}: {res['cpu_us_per_reading']} us/reading, {res['rate']:.0f} readings/s,"
-                f" batches of {res['mean_batch_readings']}, system {res['system_share']}"
-            )
-            rounds.append(res)
-    per_build = {
-        b: statistics.median(x["cpu_us_per_reading"] for x in rounds if x["build"] == b)
-        for b, _ in builds
-    }
+    each = checkouts.builds(args.pythonpath)
+    rounds = checkouts.alternate(
+        each,
+        args.rounds,
+        partial(drain, args),
+        lambda res: f", batches of {res['mean_batch_readings']}, system {res['system_share']}",
+    )
+    per_build = checkouts.medians(rounds, each, "cpu_us_per_reading")
     common.emit(
         common.meta(
             NAME,
