@@ -156,8 +156,9 @@ class TenantRates:
         """The burst in effect for ``rate`` when ``burst`` is 0 (unset): two seconds' worth."""
         return burst if burst > 0 else max(2.0 * rate, self.min_burst)
 
-    def plan(self, tenant: str, rate: float | None, burst: float | None) -> None:
-        """Set ``tenant``'s own plan (None: the defaults); its bucket restarts full if changed."""
+    def plan(self, tenant: str, rate: float | None, burst: float | None) -> bool:
+        """Set ``tenant``'s own plan (None: the defaults); its bucket restarts full if
+        changed. Whether it changed."""
         if rate is None and burst is None:
             changed = self._plans.pop(tenant, None) is not None
         else:
@@ -169,6 +170,7 @@ class TenantRates:
             self._plans[tenant] = own
         if changed:
             self._buckets.pop(tenant, None)
+        return changed
 
     def forget(self, tenant: str) -> None:
         """Drop ``tenant``'s plan and bucket (the tenant was removed)."""

@@ -332,8 +332,13 @@ class Relay(AmqpService):
     ) -> None:
         """Each listed tenant's accepted-reading rate (its record's, or the default)."""
         for tenant, rate, burst in plans:
-            self.tenant_rates.plan(tenant, rate, burst)
-            if burst is not None and burst < self.settings.max_batch_readings:
+            changed = self.tenant_rates.plan(tenant, rate, burst)
+            if (
+                changed  # not again at every full read of the tenants
+                and burst is not None
+                and burst < self.settings.max_batch_readings
+                and self.tenant_rates.rate_of(tenant) > 0  # unlimited: the burst does nothing
+            ):
                 log.warning(
                     "a tenant's max_burst is below FAIRWAY_MAX_BATCH_READINGS: a full device"
                     " batch can never be accepted whole (its last readings are refused as"

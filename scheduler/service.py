@@ -389,7 +389,9 @@ class Scheduler(AmqpService):
         writers, cap = self._regular_writers(), self.settings.batch_beside_express
         if cap and cap < size and self._light_active():
             size = cap  # the express write shares the database with smaller batches
-        measured = size == self.batch_limit.limit  # a capped write says nothing of the budget
+        # A capped batch is never "full" to the budget: it may shrink the limit (written
+        # over budget), never grow it (its speed says nothing of a batch at the limit).
+        measured = size == self.batch_limit.limit
         while self.inflight < writers and len(drr):
             full = drr.cost >= size
             if not full and not self.stopping:
@@ -405,7 +407,7 @@ class Scheduler(AmqpService):
             self.inflight += 1
             express = True  # every writer may be busy now, and the buffers changed
             metrics.SCHED_BATCH_SIZE.observe(sum(d.readings for _, d in batch))
-            self._writers.submit(self._write, batch, False, full and measured, measured)
+            self._writers.submit(self._write, batch, False, full and measured)
         if express:
             self._dispatch_express()
 
@@ -466,11 +468,7 @@ class Scheduler(AmqpService):
 
     # -- writer threads ----------------------------------------------------------
     def _write(
-        self,
-        batch: list[tuple[str, Delivery]],
-        express: bool = False,
-        full: bool = False,
-        measured: bool = True,
+        self, batch: list[tuple[str, Delivery]], express: bool = False, full: bool = False
     ) -> None:
         bodies = [d.body for _, d in batch]
         took: list[float] = []  # the successful attempt's write time
@@ -500,7 +498,7 @@ class Scheduler(AmqpService):
         except DrainExpired:
             outcome = None  # leave it unacked; the broker requeues it
         telemetry = self._coalesce(outcome)
-        if outcome is not None and not express and measured:
+        if outcome is not None and not express:
             readings = sum(d.readings for _, d in batch)
             self.call_soon(lambda: self.batch_limit.observe(readings, took[-1], full))
         self.call_soon(lambda: self._written(batch, outcome, telemetry, express))

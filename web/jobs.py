@@ -130,7 +130,15 @@ def _submit(kind: str, tenant: str, params: dict[str, Any]) -> tuple[dict, int, 
         dispatch.fill(celery, db, tenant, settings)
     except Exception as exc:  # kombu re-raises a nack (queue full) as a connection error
         if not job_dispatch.withdraw(db, job_id):
-            raise  # released before the failure (an older job's publish failed)
+            # Released (or being released) before the failure, which came after it (a
+            # later job's publish, or the database on the next claim): it is queued, and a
+            # sweep finishes a release cut short. Answering 500 would invite a resubmission.
+            log.warning(
+                "job queued; dispatch failed after it", extra={"job": job_id, "error": repr(exc)}
+            )
+            SUBMITTED.labels(kind).inc()
+            url = f"/api/jobs/{job_id}"
+            return {"job": job_id, "url": url}, 202, {"Location": url}
         job_records.release(db, job_id)
         if _caused_by(exc, MessageNacked):
             REFUSED.labels("queue_full", tenant).inc()

@@ -820,11 +820,20 @@ def _pool_problems(values: Mapping[str, Any]) -> dict[str, str]:
 def _express_problems(values: Mapping[str, Any]) -> dict[str, str]:
     """Express priority settings that could never act: set while express batches are
     off, a writer limit not below the writers, a cap not below the largest batch."""
-    names = ("express_readings", "writers", "writers_beside_express", "batch_beside_express")
-    if not all(isinstance(values.get(n), int) for n in names):
-        return {}
-    express, writers, beside, cap = (int(values[n]) for n in names)
-    largest = max(int(values.get("batch_size") or 0), int(values.get("batch_max") or 0))
+    names = (
+        "express_readings",
+        "writers",
+        "writers_beside_express",
+        "batch_beside_express",
+        "batch_size",
+        "batch_max",
+    )
+    budget = values.get("write_budget_ms")
+    if not all(isinstance(values.get(n), int) for n in names) or budget is None:
+        return {}  # checked once every value is known (the dataclass's own check)
+    express, writers, beside, cap, size, top = (int(values[n]) for n in names)
+    # Fixed batches (no write budget, or a maximum not above the size) stay at the size.
+    largest = top if budget and top > size else size
     problems: dict[str, str] = {}
     for name, value in (("writers_beside_express", beside), ("batch_beside_express", cap)):
         if value and not express:

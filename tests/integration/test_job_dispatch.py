@@ -132,20 +132,31 @@ def test_a_quiet_tenants_job_is_not_queued_behind_a_hostile_tenants_quota(
         worker.stop(proc)
 
 
-def test_a_release_published_but_not_marked_is_accepted_and_runs_once(
+def test_a_release_the_database_failed_after_is_accepted_and_runs_once(
     pipeline: Pipeline, app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The database fails between the publish and its mark: the job is queued, so the
-    submission answers 202 (it answered 500), and the job runs once."""
+    """The database fails between the publish and its mark, and on the claim after it:
+    the job is queued, so the submission answers 202 (it answered 500), and it runs once."""
 
     def lost(db: Any, job: dict[str, Any]) -> None:
         raise AutoReconnect("connection lost after the publish")
 
+    claims: list[str] = []
+    claim = job_dispatch.claim_or_defer
+
+    def claim_once(db: Any, tenant: str, *args: Any) -> Any:
+        claims.append(tenant)
+        if len(claims) > 1:
+            raise AutoReconnect("still lost")
+        return claim(db, tenant, *args)
+
     monkeypatch.setattr(job_dispatch, "mark_published", lost)
+    monkeypatch.setattr(job_dispatch, "claim_or_defer", claim_once)
     client = app.test_client()
     alice = token(pipeline, "alice")
     submitted = client.post("/api/reports", json=REPORT, headers=alice)
     assert submitted.status_code == 202, submitted.get_json()
+    assert claims == ["acme", "acme"]  # the second claim failed after the release
     monkeypatch.undo()
     job_id = submitted.get_json()["job"]
     proc = start_worker(pipeline, "unmarked")

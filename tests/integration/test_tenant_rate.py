@@ -89,7 +89,7 @@ def test_a_tenants_readings_beyond_its_plan_are_refused_and_counted_others_untou
 
     # A new plan starts with a full bucket of its own burst.
     reads = relay.metric("fairway_relay_tenant_reads_total", kind="changes")
-    _cli(pipeline, "tenant", "set-rate", "capped", "0.01", "--burst", "5")
+    _cli(pipeline, "tenant", "set-rate", "capped", "0.01", "--max-burst", "5")
     wait_for(
         lambda: relay.metric("fairway_relay_tenant_reads_total", kind="changes") > reads,
         10,

@@ -179,6 +179,8 @@ def test_the_express_priority_settings_are_bounded() -> None:
         # Settings that could never act are refused, not ignored.
         {"FAIRWAY_WRITERS_BESIDE_EXPRESS": "2", "FAIRWAY_WRITERS": "2"},
         {"FAIRWAY_BATCH_BESIDE_EXPRESS": "1000", "FAIRWAY_BATCH_MAX": "1000"},
+        # Fixed batches of FAIRWAY_BATCH_SIZE (200): a cap of 500 never acts.
+        {"FAIRWAY_BATCH_BESIDE_EXPRESS": "500", "FAIRWAY_WRITE_BUDGET_MS": "0"},
         {"FAIRWAY_BATCH_BESIDE_EXPRESS": "200", "FAIRWAY_EXPRESS_READINGS": "0"},
         {"FAIRWAY_WRITERS_BESIDE_EXPRESS": "1", "FAIRWAY_EXPRESS_READINGS": "0"},
     ):
@@ -188,3 +190,46 @@ def test_the_express_priority_settings_are_bounded() -> None:
             assert next(iter(bad)) in str(exc)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_express_priority_settings_that_act_are_accepted() -> None:
+    Settings.from_env({"FAIRWAY_BATCH_BESIDE_EXPRESS": "200"})  # below FAIRWAY_BATCH_MAX
+    Settings.from_env({"FAIRWAY_BATCH_BESIDE_EXPRESS": "100", "FAIRWAY_WRITE_BUDGET_MS": "0"})
+    Settings.from_env({"FAIRWAY_WRITERS_BESIDE_EXPRESS": "1"})  # below FAIRWAY_WRITERS (2)
+
+
+def test_a_capped_write_over_the_budget_still_shrinks_the_limit(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    """Capped writes never grow the limit, but one slower than the budget shrinks it, as
+    any slow write does."""
+    settings = Settings(
+        batch_size=50,
+        batch_max=1000,
+        writers=1,
+        express_readings=10,
+        batch_beside_express=50,
+        express_hold_ms=60_000,
+        batch_linger_ms=0,
+        write_budget_ms=100,
+    )
+    scheduler, submitted, calls = recording(settings, stopped)
+    scheduler.batch_limit.limit = 400
+    slow = scheduler.sink.write
+
+    def over_budget(bodies: Any) -> Any:
+        time.sleep(0.15)
+        return slow(bodies)
+
+    scheduler.sink.write = over_budget  # type: ignore[method-assign]
+    flood, _ = tenant_channel("flood")
+    quiet, _ = tenant_channel("quiet")
+    for tag in range(1, 14):
+        deliver(scheduler, flood, tag, 40)
+    deliver(scheduler, quiet, 1, 1)  # express: light tenants active from here
+    calls[0]()  # the first regular write (before the hold): slow, uncapped
+    limit = scheduler.batch_limit.limit
+    assert limit < 400
+    assert submitted[2] == (40, False)  # capped: one bundle
+    calls[2]()  # a capped write, slow too
+    assert scheduler.batch_limit.limit < limit

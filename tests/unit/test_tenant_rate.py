@@ -227,3 +227,18 @@ def test_refusals_beyond_the_budgets_are_counted_together_and_settle_the_deliver
         assert channel(relay).acks == [(1, True)]  # acked once, when all five confirmed
     finally:
         relay.registry.close()
+
+
+def test_a_plan_burst_below_a_full_batch_is_warned_about_once_and_only_if_it_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    relay = make()
+    try:
+        with caplog.at_level("WARNING", logger="ingest.relay"):
+            relay._apply_plans([("acme", 5.0, 10.0)], set())
+            relay._apply_plans([("acme", 5.0, 10.0)], set())  # a later full read: unchanged
+            relay._apply_plans([("zeta", 0.0, 10.0)], set())  # unlimited: the burst does nothing
+        warned = [r for r in caplog.records if "max_burst" in r.getMessage()]
+        assert [r.__dict__["tenant"] for r in warned] == ["acme"]
+    finally:
+        relay.registry.close()
