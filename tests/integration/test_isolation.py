@@ -14,7 +14,7 @@ import pika.exceptions
 import pytest
 
 from fairway.kernel import topology
-from tests.harness import Pipeline, reading, wait_for
+from tests.harness import FairwayProcess, Pipeline, reading, wait_for
 
 BROKER_MAX_MESSAGE = 131072  # scripts/services.sh, deploy/, Ansible: max_message_size
 
@@ -243,23 +243,7 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
 def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
     pipeline: Pipeline,
 ) -> None:
-    pipeline.tenant("heavy")
-    pipeline.device("heavy", "heavy-1")
-    pipeline.tenant("light")
-    pipeline.device("light", "light-1")
-    backlog = 10_000
-    pipeline.start("relay")
-    with pipeline.channel() as channel:  # a backlog in tenant.heavy before the scheduler
-        for i in range(backlog):
-            body = orjson.dumps({"ts": time.time(), "values": {"x": i}, "id": f"h{i}"})
-            channel.basic_publish(topology.TELEMETRY, "heavy-1.env", body)
-    wait_for(
-        lambda: pipeline.metric("relay", "fairway_relay_accepted_total", tenant="heavy") == backlog,
-        120,
-        "the backlog in tenant.heavy",
-    )
-    scheduler = pipeline.start("scheduler")
-    wait_for(lambda: scheduler.metric("fairway_scheduler_inflight_batches") == 1, 30, "busy")
+    scheduler = _backlog_then_scheduler(pipeline, writers=1)
     for i in range(5):  # apart, each a bundle of its own: five chances to go express
         pipeline.publish([("light-1.env", reading(), {"message_id": f"l{i}"})])
         time.sleep(0.1)
@@ -267,9 +251,73 @@ def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
     # (an _id range, which FerretDB filters in Go) took longer than the backlog's drain.
     stored = "fairway_scheduler_stored_total"
     wait_for(lambda: scheduler.metric(stored, tenant="light") >= 5, 30, "light", interval=0.02)
-    assert scheduler.metric(stored, tenant="heavy") < backlog  # still writing the backlog
+    assert scheduler.metric(stored, tenant="heavy") < BACKLOG  # still writing the backlog
     pipeline.wait_stored(5, timeout=30, tenant="light")
     assert scheduler.metric("fairway_scheduler_express_batches_total") >= 1
-    pipeline.wait_stored(backlog, timeout=180, tenant="heavy")  # each stored once
+    pipeline.wait_stored(BACKLOG, timeout=180, tenant="heavy")  # each stored once
     assert scheduler.metric("fairway_scheduler_express_inflight") == 0
+    assert scheduler.alive()
+
+
+BACKLOG = 10_000  # heavy's readings in its tenant queue before the scheduler starts
+
+
+def _backlog_then_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
+    """Tenants heavy (BACKLOG readings waiting in its tenant queue) and light, a relay,
+    then a scheduler busy on heavy's backlog with all its ``writers``."""
+    pipeline.tenant("heavy")
+    pipeline.device("heavy", "heavy-1")
+    pipeline.tenant("light")
+    pipeline.device("light", "light-1")
+    pipeline.start("relay")
+    with pipeline.channel() as channel:  # a backlog in tenant.heavy before the scheduler
+        for i in range(BACKLOG):
+            body = orjson.dumps({"ts": time.time(), "values": {"x": i}, "id": f"h{i}"})
+            channel.basic_publish(topology.TELEMETRY, "heavy-1.env", body)
+    wait_for(
+        lambda: pipeline.metric("relay", "fairway_relay_accepted_total", tenant="heavy") == BACKLOG,
+        120,
+        "the backlog in tenant.heavy",
+    )
+    scheduler = pipeline.start("scheduler")
+    busy = "fairway_scheduler_inflight_batches"
+    wait_for(lambda: scheduler.metric(busy) == writers, 30, "every writer busy")
+    return scheduler
+
+
+# Express priority on: two writers, one of them held back (and batches of 100 capped at
+# 50) while the light tenant is active, and for half a second after each express write.
+@pytest.mark.settings(
+    writers=2,
+    writers_beside_express=1,
+    batch_beside_express=50,
+    express_hold_ms=500,
+    batch_size=100,
+    batch_max=100,
+    express_readings=20,
+    bundle_max_readings=10,
+    device_rate=1e6,
+    device_burst=1e6,
+)
+def test_express_priority_holds_a_writer_back_while_a_light_tenant_is_active(
+    pipeline: Pipeline,
+) -> None:
+    scheduler = _backlog_then_scheduler(pipeline, writers=2)
+    seen: set[tuple[float, float]] = set()  # (light active, regular writers allowed)
+    for i in range(5):
+        pipeline.publish([("light-1.env", reading(), {"message_id": f"l{i}"})])
+        for _ in range(5):
+            seen.add(
+                (
+                    scheduler.metric("fairway_scheduler_light_active"),
+                    scheduler.metric("fairway_scheduler_writers_allowed"),
+                )
+            )
+            time.sleep(0.02)
+    pipeline.wait_stored(5, timeout=30, tenant="light")
+    assert scheduler.metric("fairway_scheduler_express_batches_total") >= 1
+    assert (1.0, 1.0) in seen, seen  # one regular writer while the light tenant was active
+    wait_for(lambda: scheduler.metric("fairway_scheduler_light_active") == 0, 10, "hold over")
+    assert scheduler.metric("fairway_scheduler_writers_allowed") == 2
+    pipeline.wait_stored(BACKLOG, timeout=180, tenant="heavy")  # each stored once
     assert scheduler.alive()

@@ -12,14 +12,13 @@ from fairway.kernel.settings import Settings
 from ingest import relay as relay_module
 from ingest.relay import Relay
 
+Published = list[tuple[str, str, Any]]  # (exchange, routing key, pending refusal)
 
-def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*_args: Any, **_kwargs: Any) -> None:
-        raise KeyError("a bug")
 
-    monkeypatch.setattr(relay_module, "parse_message", broken)
+def publishing_relay(monkeypatch: pytest.MonkeyPatch) -> tuple[Relay, Published]:
+    """A relay without a broker whose publishes are recorded."""
     relay = Relay(Settings(), db=None)  # type: ignore[arg-type]
-    published: list[tuple[str, str, Any]] = []
+    published: Published = []
     monkeypatch.setattr(
         relay,
         "_publish",
@@ -27,9 +26,23 @@ def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.Mo
             (exchange, key, pending)
         ),
     )
-    method = SimpleNamespace(delivery_tag=1, routing_key="dev-1.env", consumer_tag="c")
+    return relay, published
+
+
+def deliver(relay: Relay, tag: int, routing_key: str | bytes) -> None:
+    """One delivery of ``{}`` under ``routing_key``, as pika hands it to the relay."""
+    method = SimpleNamespace(delivery_tag=tag, routing_key=routing_key, consumer_tag="c")
     props = SimpleNamespace(message_id=None, user_id=None)
     relay._on_message(None, method, props, b"{}")  # type: ignore[arg-type]
+
+
+def test_an_unexpected_validation_error_becomes_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(relay_module, "parse_message", broken)
+    relay, published = publishing_relay(monkeypatch)
+    deliver(relay, 1, "dev-1.env")
 
     [(exchange, key, pending)] = published
     assert exchange == "rejected"
@@ -43,18 +56,8 @@ def test_a_routing_key_that_is_not_utf8_is_refused_not_a_poison_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """pika gives such a key as bytes; the relay raised on it on every redelivery."""
-    relay = Relay(Settings(), db=None)  # type: ignore[arg-type]
-    published: list[tuple[str, str, Any]] = []
-    monkeypatch.setattr(
-        relay,
-        "_publish",
-        lambda exchange, key, body, pending, headers=None: published.append(
-            (exchange, key, pending)
-        ),
-    )
-    method = SimpleNamespace(delivery_tag=7, routing_key=b"dev-1.\xff\xfe", consumer_tag="c")
-    props = SimpleNamespace(message_id=None, user_id=None)
-    relay._on_message(None, method, props, b"{}")  # type: ignore[arg-type]
+    relay, published = publishing_relay(monkeypatch)
+    deliver(relay, 7, b"dev-1.\xff\xfe")
 
     [(exchange, _key, pending)] = published
     assert exchange == "rejected"

@@ -44,6 +44,19 @@ def recording(
     return scheduler, submitted, calls
 
 
+# Two writers, one of them held back while light tenants are active (a minute's hold:
+# the tests end it by hand); full batches of 40 readings, no linger.
+ONE_WRITER_BESIDE_EXPRESS = Settings(
+    batch_size=40,
+    batch_max=40,
+    writers=2,
+    writers_beside_express=1,
+    express_readings=10,
+    express_hold_ms=60_000,
+    batch_linger_ms=0,
+)
+
+
 def deliver(scheduler: Scheduler, consumer: TenantConsumer, tag: int, readings: int) -> None:
     method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")
     raw = bundle(consumer.tenant, *range(tag * 100, tag * 100 + readings))
@@ -88,15 +101,7 @@ def test_regular_batches_are_held_small_while_light_tenants_are_active(
 def test_fewer_regular_writers_while_an_express_batch_is_in_flight(
     stopped: list[Scheduler],  # noqa: F811
 ) -> None:
-    settings = Settings(
-        batch_size=40,
-        batch_max=40,
-        writers=2,
-        writers_beside_express=1,
-        express_readings=10,
-        express_hold_ms=60_000,
-        batch_linger_ms=0,
-    )
+    settings = ONE_WRITER_BESIDE_EXPRESS
     scheduler, submitted, calls = recording(settings, stopped)
     flood, _ = tenant_channel("flood")
     quiet, _ = tenant_channel("quiet")
@@ -126,15 +131,7 @@ def test_the_writers_held_back_get_batches_when_the_hold_ends(
     stopped: list[Scheduler],  # noqa: F811
 ) -> None:
     """Not only when the next write ends or a delivery comes: a timer wakes them."""
-    settings = Settings(
-        batch_size=40,
-        batch_max=40,
-        writers=2,
-        writers_beside_express=1,
-        express_readings=10,
-        express_hold_ms=60_000,
-        batch_linger_ms=0,
-    )
+    settings = ONE_WRITER_BESIDE_EXPRESS
     scheduler, submitted, calls = recording(settings, stopped)
     flood, _ = tenant_channel("flood")
     quiet, _ = tenant_channel("quiet")
@@ -155,15 +152,7 @@ def test_the_writers_held_back_get_batches_when_the_hold_ends(
 def test_a_drain_uses_every_writer_whatever_the_hold(
     stopped: list[Scheduler],  # noqa: F811
 ) -> None:
-    settings = Settings(
-        batch_size=40,
-        batch_max=40,
-        writers=2,
-        writers_beside_express=1,
-        express_readings=10,
-        express_hold_ms=60_000,
-        batch_linger_ms=0,
-    )
+    settings = ONE_WRITER_BESIDE_EXPRESS
     scheduler, _, _ = recording(settings, stopped)
     scheduler.express_busy = True
     assert scheduler._regular_writers() == 1
