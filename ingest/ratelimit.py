@@ -109,7 +109,7 @@ class RefusalBudget:
     ) -> tuple[int, int]:
         """Refusals of ``readings`` readings at once: how many the budgets keep (the
         first ones), and how many of the rest are beyond the device's own budget. The
-        same tokens as as many :meth:`spent` calls of one reading each."""
+        same tokens as that many :meth:`spent` calls of one reading each."""
         granted = self.devices.take(device or "_", now, readings)
         kept = self.tenants.take(tenant, now, granted) if tenant is not None else granted
         return kept, readings - granted
