@@ -20,6 +20,7 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
 from celery.exceptions import Ignore
+from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from kombu import Exchange, Queue
 from pymongo.database import Database
@@ -209,13 +210,14 @@ class JobTask(Task):
         db = self.db
         number = kwargs.get("release")  # fairly dispatched jobs carry their release number
         dispatched = isinstance(number, int)
+        if isinstance(number, int) and not self._may_start(task_id, number):
+            # The job was released again after a dispatcher crash: this message is
+            # the superseded release's; the later one runs it (acked, nothing stored).
+            logger.warning(
+                "superseded job message ignored", extra={"job": task_id, "release": number}
+            )
+            raise Ignore()
         try:
-            if isinstance(number, int) and not job_dispatch.start(db, task_id, number):
-                # The job was released again after a dispatcher crash: this message is
-                # the superseded release's; the later one runs it (acked, nothing stored).
-                extra = {"job": task_id, "release": number}
-                logger.warning("superseded job message ignored", extra=extra)
-                raise Ignore()
             lost = job_records.count_delivery(db, task_id, started=dispatched)
         except AutoReconnect as exc:  # fail open: the task meets the same error and retries
             logger.warning("delivery not counted", extra={"job": task_id, "error": repr(exc)})
@@ -231,6 +233,23 @@ class JobTask(Task):
         logger.error("job failed after lost deliveries", extra={"job": task_id, "lost": lost})
         job_records.mark_failed(db, task_id, job_records.WORKER_LOST, message)
         raise JobFailed(message)
+
+    def _may_start(self, task_id: str, number: int) -> bool:
+        """Whether release ``number`` may run (see :func:`job_dispatch.start`). Unlike
+        the delivery count this does not fail open: a database error here could run a
+        superseded release beside its successor, so the delivery is retried instead
+        (a new message with the same release; after ``max_retries`` the job fails)."""
+        try:
+            return job_dispatch.start(self.db, task_id, number)
+        except AutoReconnect as exc:
+            logger.warning("job start not decided", extra={"job": task_id, "error": repr(exc)})
+            countdown = get_exponential_backoff_interval(
+                factor=self.retry_backoff,
+                retries=self.request.retries,
+                maximum=self.retry_backoff_max,
+                full_jitter=self.retry_jitter,
+            )
+            raise self.retry(exc=exc, countdown=countdown) from exc
 
     def after_return(
         self,

@@ -169,6 +169,43 @@ def test_a_release_the_database_failed_after_is_accepted_and_runs_once(
         worker.stop(proc)
 
 
+def test_a_start_check_the_database_fails_is_retried_not_run(
+    pipeline: Pipeline, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails on a worker's start check of a release the sweep has since
+    superseded: the delivery is retried and then ignored (it ran: beside the later
+    release, the job would have run twice)."""
+    db, settings = pipeline.db, pipeline.settings
+    celery = make_celery(settings)
+    try:
+        job_id = _waiting_job(pipeline, "acme")
+        claimed = job_dispatch.claim_next(
+            db, "acme", 1, settings.job_ttl_s, pool=dispatch.pool(settings)
+        )
+        assert claimed is not None and claimed["release"] == 1
+        slot = db[job_records.SLOTS].find_one({"job": job_id, "scope": job_dispatch.DISPATCH})
+        again = job_dispatch.reclaim(db, slot)  # the sweep: release 1 superseded by 2
+        assert again is not None and again["release"] == 2
+        real_start, calls = job_dispatch.start, []
+
+        def flaky(db: Any, job: str, n: int) -> bool:
+            calls.append(n)
+            if len(calls) == 1:
+                raise AutoReconnect("connection lost on the start check")
+            return real_start(db, job, n)
+
+        monkeypatch.setattr(job_dispatch, "start", flaky)
+        task = celery.tasks[dispatch.TASKS[claimed["kind"]]]
+        kwargs = {"tenant": "acme", "user": "alice", "params": claimed["params"], "release": 1}
+        result = task.apply(kwargs=kwargs, task_id=job_id)  # in this process (eager)
+        assert calls == [1, 1]  # retried, not run on the first answer
+        assert result.state == "IGNORED", (result.state, result.result)
+        record = job_records.get_job(db, job_id)
+        assert record is not None and not record.get("deliveries"), record
+    finally:
+        celery.close()
+
+
 @pytest.mark.settings(jobs_dispatch_interval_s=0.5)
 def test_a_worker_killed_mid_job_releases_the_next_job_exactly_once(
     pipeline: Pipeline, app: Flask
