@@ -16,6 +16,8 @@
   each) and handed to the channel's ``_on_deliver``, as the assembler would; every other
   frame (a delivery split over reads or body frames, confirms, heartbeats, replies) goes
   pika's way, one frame at a time. The buffer is trimmed once per read.
+
+Writes are pika's, sent joined (:mod:`fairway.amqp.joined_writes`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import pika
 from pika import data, frame, spec
+
+from fairway.amqp.joined_writes import join_writes
 
 _FRAME_HEAD = struct.Struct(">BHL")  # frame type, channel, payload size
 _METHOD_ID = struct.Struct(">I")
@@ -62,6 +66,10 @@ _BASIC = spec.BasicProperties.INDEX
 class SelectConnection(pika.SelectConnection):
     """``pika.SelectConnection`` with a cheap "no callback waits for this frame" path and
     whole deliveries decoded in place."""
+
+    def _proto_connection_made(self, transport: Any) -> None:
+        join_writes(transport)
+        super()._proto_connection_made(transport)
 
     def _process_callbacks(self, frame_value: Any) -> bool:
         if type(frame_value) is frame.Method and not self._callback_waits(
