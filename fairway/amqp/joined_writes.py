@@ -1,4 +1,5 @@
-"""One ``send()`` per turn of the I/O loop instead of one per AMQP frame.
+"""One ``send()`` per turn of the I/O loop instead of one per AMQP frame, and reads of
+:data:`READ_BYTES` instead of pika's 4 KB.
 
 pika queues every frame it writes as a chunk of its own and, once the socket is
 writable, sends the chunks one ``send()`` each: a publish is three system calls
@@ -8,6 +9,10 @@ a fifth of the scheduler's CPU in a drain (py-spy ``--native``, issue 11). Here 
 chunks waiting when the socket turns writable are joined (up to
 :data:`MAX_JOINED_BYTES`) and sent together. The bytes, their order and when they are
 sent are pika's; only the number of system calls changes.
+
+pika reads its socket 4 KB at a time: a bundle of a few kilobytes spans two reads, and
+each read is a system call and a pass through the connection's receive path. A
+larger read takes what the kernel already holds in one.
 """
 
 from __future__ import annotations
@@ -20,11 +25,15 @@ from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 # Beyond this the chunks go one by one, as pika sends them: a partial send requeues the
 # rest of a chunk as a copy, and a joined backlog of megabytes would be copied per send.
 MAX_JOINED_BYTES = 256 * 1024
+# pika still stops reading after ~100 KB per readable event (its _MAX_CONSUME_BYTES), so
+# other sockets are not starved.
+READ_BYTES = 64 * 1024
 
 
 def join_writes(transport: Any) -> bool:
-    """Make ``transport`` send its queued chunks joined; False (left as it is) unless it
-    is pika's plaintext transport with the chunk queue expected.
+    """Make ``transport`` send its queued chunks joined and read :data:`READ_BYTES` at a
+    time; False (left as it is) unless it is pika's plaintext transport with the chunk
+    queue expected.
 
     TLS is left alone: a TLS write that must be retried is retried with the same buffer,
     which joining more chunks onto it would change.
@@ -48,4 +57,5 @@ def join_writes(transport: Any) -> bool:
         produce()
 
     transport._produce = produce_joined
+    transport._MAX_RECV_BYTES = READ_BYTES
     return True

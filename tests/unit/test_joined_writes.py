@@ -8,7 +8,7 @@ from typing import Any
 
 from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport, _AsyncSSLTransport
 
-from fairway.amqp.joined_writes import MAX_JOINED_BYTES, join_writes
+from fairway.amqp.joined_writes import MAX_JOINED_BYTES, READ_BYTES, join_writes
 
 
 class Socket:
@@ -128,3 +128,36 @@ def test_the_services_connections_send_joined(monkeypatch: Any) -> None:
     made.write(b"b")
     made._on_socket_writable()
     assert sock.sent == [b"ab"]
+
+
+class Reader(Socket):
+    """A socket holding ``pending`` bytes to read; records each ``recv`` size asked."""
+
+    def __init__(self, pending: bytes) -> None:
+        super().__init__()
+        self.pending, self.asked = pending, []  # type: ignore[var-annotated]
+
+    def recv(self, size: int) -> bytes:
+        self.asked.append(size)
+        if not self.pending:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
+
+
+class Protocol:
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+
+
+def test_a_bundle_is_read_in_one_recv() -> None:
+    bundle = bytes(range(256)) * 24  # 6 KB: two of pika's 4 KB reads
+    sock, protocol = Reader(bundle), Protocol()
+    made = _AsyncPlaintextTransport(sock, protocol, Poller())  # type: ignore[arg-type]
+    assert join_writes(made)
+    made._on_socket_readable()
+    assert protocol.received == [bundle]
+    assert sock.asked == [READ_BYTES, READ_BYTES]  # the second: nothing more (EAGAIN)
