@@ -26,6 +26,7 @@ from pika.channel import Channel
 
 from fairway.amqp.backoff import Reconnect
 from fairway.amqp.connection import Brokers
+from fairway.amqp.fastconn import SelectConnection
 from fairway.kernel import topology
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class SideConnection:
     def _connect(self) -> None:
         if self._closing:
             return
-        self.connection = pika.SelectConnection(
+        self.connection = SelectConnection(  # its writes joined: events come in bursts
             self.brokers.parameters(),
             on_open_callback=self._on_open,
             on_open_error_callback=lambda _c, exc: self._retry(f"connect failed: {exc!r}"),

@@ -111,6 +111,7 @@ def wired(cls: type) -> tuple[Any, list[Any]]:
     conn.callbacks = CallbackManager()
     conn._frame_buffer, conn.frames_received, conn.bytes_received = b"", 0, 0
     conn._heartbeat_checker = None
+    conn._body_max_length = spec.FRAME_MAX_SIZE - spec.FRAME_HEADER_SIZE - spec.FRAME_END_SIZE
     seen: list[Any] = []
     channel = pika.channel.Channel(conn, 1, None)
     channel._consumers["c1"] = lambda _ch, m, p, b: seen.append(
@@ -191,13 +192,20 @@ def test_a_whole_delivery_skips_pikas_frame_path() -> None:
     assert [type(f.method) for f in processed] == [spec.Basic.Ack]
 
 
-def test_an_incomplete_frame_waits_for_the_rest() -> None:
-    fast, seen = wired(SelectConnection)
+def test_a_delivery_cut_by_a_read_waits_whole_for_the_rest() -> None:
+    """Cut in its method, header or body frame: kept until it is all there, then decoded
+    in place (pika's path would take its frames one at a time)."""
     data = delivery(1, b"payload")
-    feed(fast, [data[:-3]])
-    assert seen == [] and fast._frame_buffer == data[data.index(b"payload") - 7 :][:-3]
-    feed(fast, [data[-3:]])
-    assert [s[7] for s in seen] == [b"payload"] and fast._frame_buffer == b""
+    body = data.index(b"payload")
+    for cut in (3, 15, body - 10, body - 5, len(data) - 3):
+        fast, seen = wired(SelectConnection)
+        processed: list[Any] = []
+        fast._process_frame = processed.append
+        feed(fast, [data[:cut]])
+        assert seen == [] and fast._frame_buffer == data[:cut], cut
+        feed(fast, [data[cut:]])
+        assert [s[7] for s in seen] == [b"payload"] and fast._frame_buffer == b"", cut
+        assert processed == [], cut
 
 
 def test_a_callback_that_tears_the_connection_down_stops_the_rest() -> None:
