@@ -120,6 +120,24 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def parse_waldump_stats(text: str) -> dict[str, Any]:
+    """``pg_waldump --stats=record`` output -> records, record bytes, full-page-image bytes
+    and the three largest record types by combined bytes."""
+    rows: dict[str, list[int]] = {}
+    for line in text.splitlines()[2:]:
+        parts = re.sub(r"\([^)]*\)|\[[^]]*\]", " ", line).split()
+        if len(parts) >= 5 and all(p.isdigit() for p in parts[-4:]):
+            rows[" ".join(parts[:-4])] = [int(x) for x in parts[-4:]]
+    total = rows.pop("Total", [0, 0, 0, 0])
+    top = sorted(rows.items(), key=lambda kv: -kv[1][3])[:3]
+    return {
+        "records": total[0],
+        "record_bytes": total[1],
+        "fpi_bytes": total[2],
+        "top": {name: v[3] for name, v in top},
+    }
+
+
 class Cluster:
     """One arm: its PostgreSQL cluster, its FerretDB, CPU and WAL counters of both."""
 
@@ -173,19 +191,7 @@ class Cluster:
             capture_output=True,
             text=True,
         ).stdout
-        rows: dict[str, list[int]] = {}
-        for line in out.splitlines()[2:]:
-            parts = re.sub(r"\([^)]*\)|\[[^]]*\]", " ", line).split()
-            if len(parts) >= 5 and parts[-4].isdigit():
-                rows[" ".join(parts[:-4])] = [int(x) for x in parts[-4:]]
-        total = rows.pop("Total", [0, 0, 0, 0])
-        top = sorted(rows.items(), key=lambda kv: -kv[1][3])[:3]
-        return {
-            "records": total[0],
-            "record_bytes": total[1],
-            "fpi_bytes": total[2],
-            "top": {name: v[3] for name, v in top},
-        }
+        return parse_waldump_stats(out)
 
     def set_gin_options(self, options: dict[str, str]) -> None:
         """``ALTER INDEX ... SET (options)`` on every GIN index of the arm's database."""
