@@ -25,12 +25,15 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 log = logging.getLogger(__name__)
 
 METADATA_TABLE = "_ferretdb_database_metadata"
-# Storage parameters of every GIN index made here. With PostgreSQL's default
-# (``fastupdate = on``) new entries go to a pending list of up to 4 MB that every
-# equality read scans until VACUUM merges it: keyed reads cost twice as much, and more as
-# data is written (benchmarks/reads.py, docs/benchmarks.md). Off, each write updates the
-# index itself.
-GIN_OPTIONS: dict[str, str] = {"fastupdate": "off"}
+# Storage parameters of every GIN index made here: a pending list (``fastupdate``) bounded
+# to PostgreSQL's smallest, 64 kB. Without a pending list (``fastupdate = off``) each insert
+# rewrites its key's whole posting list while it is stored inline (up to ~2 KB: the first
+# hundreds of readings of each device-hour's ``hk``), which cost ~20 us of PostgreSQL CPU
+# per stored reading and 40 % of the WAL (benchmarks/pg_settings.py, docs/benchmarks.md);
+# the pending list merges many new entries per key at once. With PostgreSQL's default
+# limit (4 MB) every equality read scans up to 4 MB of unmerged entries, which doubled
+# the keyed reads' cost (benchmarks/reads.py); 64 kB kept them at the cost without one.
+GIN_OPTIONS: dict[str, str] = {"fastupdate": "on", "gin_pending_list_limit": "64"}
 
 NAMESPACE_EXISTS = 48
 
@@ -152,8 +155,9 @@ def _with_options() -> str:
 
 
 def _set_options(connection: Any, schema: str, name: str) -> None:
-    """Bring an index made earlier to :data:`GIN_OPTIONS`; merge its pending list when
-    ``fastupdate`` is turned off (left alone, the list stays until the next VACUUM)."""
+    """Bring an index made earlier to :data:`GIN_OPTIONS` and merge its pending list (left
+    alone, a list made under other options stays until the next VACUUM: one made with
+    ``fastupdate = on`` and the 4 MB default, or any when ``fastupdate`` is turned off)."""
     row = connection.execute(
         "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s",
@@ -167,8 +171,7 @@ def _set_options(connection: Any, schema: str, name: str) -> None:
     index = f"{quote(schema)}.{quote(name)}"
     log.info("GIN index %s: setting %s", name, GIN_OPTIONS)
     connection.execute(f"ALTER INDEX {index} SET ({_with_options()[6:-1]})")
-    if GIN_OPTIONS.get("fastupdate") == "off":
-        connection.execute("SELECT gin_clean_pending_list(%s::regclass)", (index,))
+    connection.execute("SELECT gin_clean_pending_list(%s::regclass)", (index,))
 
 
 def _drop_unlisted(connection: Any, schema: str, table: str, wanted: set[str]) -> None:
