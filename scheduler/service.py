@@ -154,7 +154,7 @@ class Scheduler(AmqpService):
         self.express_busy = False  # the express batch is being written
         self._light_until = 0.0  # light tenants count as active until then (monotonic)
         self._light_hold_s = settings.express_hold_ms / 1000.0
-        self._holds_back = bool(settings.batch_beside_express or settings.writers_beside_express)
+        self._holds_back = bool(settings.regular_batch_cap or settings.writers_beside_express)
         self._hold_timer: Any = None  # wakes the writers the hold held back
         # Tenants whose queue was declared by an earlier version with other bounds (before
         # the byte bound per reading): consumed as they are.
@@ -386,7 +386,7 @@ class Scheduler(AmqpService):
             # deadline ends here): what is buffered goes back with the connection.
             return
         drr, size = self.drr, self.batch_limit.limit
-        writers, cap = self._regular_writers(), self.settings.batch_beside_express
+        writers, cap = self._regular_writers(), self.settings.regular_batch_cap
         if cap and cap < size and self._light_active():
             size = cap  # the express write shares the database with smaller batches
         # A capped batch is never "full" to the budget: it may shrink the limit (written
