@@ -60,6 +60,13 @@ ONE_WRITER_BESIDE_EXPRESS = Settings(
 )
 
 
+def flooding(scheduler: Scheduler) -> TenantConsumer:
+    """A tenant that filled its prefetch (backlogged): the one a cap holds back."""
+    flood, _ = tenant_channel("flood")
+    scheduler._backlog_started(flood)
+    return flood
+
+
 def deliver(scheduler: Scheduler, consumer: TenantConsumer, tag: int, readings: int) -> None:
     method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")
     raw = bundle(consumer.tenant, *range(tag * 100, tag * 100 + readings))
@@ -80,7 +87,7 @@ def test_regular_batches_are_held_small_while_light_tenants_are_active(
     )
     scheduler, submitted, calls = recording(settings, stopped)
     scheduler.batch_limit.limit = 400  # as if grown by fast full writes
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, quiet_channel = tenant_channel("quiet")
     for tag in range(1, 14):  # the first bundle goes at once, 480 readings wait
         deliver(scheduler, flood, tag, 40)
@@ -106,7 +113,7 @@ def test_fewer_regular_writers_while_an_express_batch_is_in_flight(
 ) -> None:
     settings = ONE_WRITER_BESIDE_EXPRESS
     scheduler, submitted, calls = recording(settings, stopped)
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, _ = tenant_channel("quiet")
     for tag in range(1, 7):  # two to the two writers, four wait
         deliver(scheduler, flood, tag, 40)
@@ -136,7 +143,7 @@ def test_the_writers_held_back_get_batches_when_the_hold_ends(
     """Not only when the next write ends or a delivery comes: a timer wakes them."""
     settings = ONE_WRITER_BESIDE_EXPRESS
     scheduler, submitted, calls = recording(settings, stopped)
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, _ = tenant_channel("quiet")
     for tag in range(1, 7):
         deliver(scheduler, flood, tag, 40)
@@ -244,12 +251,13 @@ def _one_writer(**settings: Any) -> Settings:
 def _regular_batch_beside_express(
     settings: Settings,
     stopped: list[Scheduler],  # noqa: F811
+    backlogged: bool = True,
 ) -> tuple[int, float]:
     """The readings of the regular batch that follows the first express batch, and the
-    light-active gauge then: a flood's 40-reading bundles wait, a quiet reading goes
-    express, the one regular write ends."""
+    light-active gauge then: a flood's 40-reading bundles wait (its tenant backlogged,
+    unless not ``backlogged``), a quiet reading goes express, the one regular write ends."""
     scheduler, submitted, calls = recording(settings, stopped)
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler) if backlogged else tenant_channel("flood")[0]
     quiet, _ = tenant_channel("quiet")
     for tag in range(1, 14):  # the first bundle goes at once, 480 readings wait
         deliver(scheduler, flood, tag, 40)
@@ -305,7 +313,7 @@ def test_a_capped_write_over_the_budget_still_shrinks_the_limit(
         return slow(bodies)
 
     scheduler.sink.write = over_budget  # type: ignore[method-assign]
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, _ = tenant_channel("quiet")
     for tag in range(1, 14):
         deliver(scheduler, flood, tag, 40)
@@ -316,3 +324,14 @@ def test_a_capped_write_over_the_budget_still_shrinks_the_limit(
     assert submitted[2] == (40, False)  # capped: one bundle
     calls[2]()  # a capped write, slow too
     assert scheduler.batch_limit.limit < limit
+
+
+def test_the_cap_leaves_batches_whole_while_no_tenant_is_backlogged(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    """A drain the relay paces: every tenant light, express batches beside regular ones
+    of light tenants too. Nothing to protect them from; a cap would only make each
+    reading's write dearer (end_to_end's drains: batches of ~80-150 against ~200-370)."""
+    for settings in (_one_writer(), _one_writer(batch_beside_express=100)):
+        regular = _regular_batch_beside_express(settings, stopped, backlogged=False)
+        assert regular == (200, 0)
