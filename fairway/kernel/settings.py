@@ -410,6 +410,7 @@ class Settings:
     express_readings: int = setting(50, SCHEDULER, AT_LEAST_0)
     # While light tenants are active (an express batch in flight or ended less than
     # express_hold_ms ago), a regular batch holds at most batch_beside_express readings
+    # (only beside a backlogged tenant: otherwise there is no flood to keep them from)
     # and at most writers_beside_express regular batches are written at once (those
     # already in flight finish): the express write shares the database with less of a
     # flood (docs/architecture.md, "Express priority"). 0: no cap / all the writers.
