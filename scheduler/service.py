@@ -154,7 +154,8 @@ class Scheduler(AmqpService):
         self.express_busy = False  # the express batch is being written
         self._light_until = 0.0  # light tenants count as active until then (monotonic)
         self._light_hold_s = settings.express_hold_ms / 1000.0
-        self._holds_back = bool(settings.regular_batch_cap or settings.writers_beside_express)
+        self._cap = settings.regular_batch_cap  # read on every dispatch: derived once
+        self._holds_back = bool(self._cap or settings.writers_beside_express)
         self._hold_timer: Any = None  # wakes the writers the hold held back
         # Tenants whose queue was declared by an earlier version with other bounds (before
         # the byte bound per reading): consumed as they are.
@@ -384,7 +385,7 @@ class Scheduler(AmqpService):
             # deadline ends here): what is buffered goes back with the connection.
             return
         drr, size = self.drr, self.batch_limit.limit
-        writers, cap = self._regular_writers(), self.settings.regular_batch_cap
+        writers, cap = self._regular_writers(), self._cap
         if cap and cap < size and self._capping():
             size = cap  # the express write shares the database with smaller batches
         # A capped batch is never "full" to the budget: it may shrink the limit (written
@@ -428,7 +429,7 @@ class Scheduler(AmqpService):
         """Either lever holds regular batches back now (the light-active gauge)."""
         if self.settings.writers_beside_express and self._light_active():
             return True
-        return bool(self.settings.regular_batch_cap) and self._capping()
+        return bool(self._cap) and self._capping()
 
     def _hold_expired(self) -> None:
         """The hold may be over: give the writers it held back their batches (else they
