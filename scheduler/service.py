@@ -154,7 +154,8 @@ class Scheduler(AmqpService):
         self.express_busy = False  # the express batch is being written
         self._light_until = 0.0  # light tenants count as active until then (monotonic)
         self._light_hold_s = settings.express_hold_ms / 1000.0
-        self._holds_back = bool(settings.batch_beside_express or settings.writers_beside_express)
+        self._cap = settings.regular_batch_cap  # read on every dispatch: derived once
+        self._holds_back = bool(self._cap or settings.writers_beside_express)
         self._hold_timer: Any = None  # wakes the writers the hold held back
         # Tenants whose queue was declared by an earlier version with other bounds (before
         # the byte bound per reading): consumed as they are.
@@ -192,9 +193,7 @@ class Scheduler(AmqpService):
         self.every(BACKLOG_CHECK_S, self._check_backlogged)
         metrics.SCHED_EXPRESS_INFLIGHT.set_function(lambda: int(self.express_busy))
         metrics.SCHED_WRITERS_ALLOWED.set_function(self._regular_writers)
-        metrics.SCHED_LIGHT_ACTIVE.set_function(
-            lambda: int(self._holds_back and self._light_active())
-        )
+        metrics.SCHED_LIGHT_ACTIVE.set_function(lambda: int(self._holding_back()))
         self.every(settings.tenant_refresh_s, self._refresh_tenants)
 
     @property
@@ -386,8 +385,8 @@ class Scheduler(AmqpService):
             # deadline ends here): what is buffered goes back with the connection.
             return
         drr, size = self.drr, self.batch_limit.limit
-        writers, cap = self._regular_writers(), self.settings.batch_beside_express
-        if cap and cap < size and self._light_active():
+        writers, cap = self._regular_writers(), self._cap
+        if cap and cap < size and self._capping():
             size = cap  # the express write shares the database with smaller batches
         # A capped batch is never "full" to the budget: it may shrink the limit (written
         # over budget), never grow it (its speed says nothing of a batch at the limit).
@@ -419,6 +418,18 @@ class Scheduler(AmqpService):
         return self.express_busy or (
             self._light_until > 0.0 and time.monotonic() < self._light_until
         )
+
+    def _capping(self) -> bool:
+        """Regular batches are capped now: light tenants active beside a backlogged one.
+        (With no tenant backlogged, as in a drain the relay paces, every batch holds light
+        tenants' readings: a cap would only make each reading's write dearer.)"""
+        return bool(self.backlogged) and self._light_active()
+
+    def _holding_back(self) -> bool:
+        """Either lever holds regular batches back now (the light-active gauge)."""
+        if self.settings.writers_beside_express and self._light_active():
+            return True
+        return bool(self._cap) and self._capping()
 
     def _hold_expired(self) -> None:
         """The hold may be over: give the writers it held back their batches (else they

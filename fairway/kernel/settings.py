@@ -410,11 +410,14 @@ class Settings:
     express_readings: int = setting(50, SCHEDULER, AT_LEAST_0)
     # While light tenants are active (an express batch in flight or ended less than
     # express_hold_ms ago), a regular batch holds at most batch_beside_express readings
+    # (only beside a backlogged tenant: otherwise there is no flood to keep them from)
     # and at most writers_beside_express regular batches are written at once (those
     # already in flight finish): the express write shares the database with less of a
-    # flood (docs/architecture.md, "Express priority"). 0: no cap / all the writers (the
-    # defaults: measured, a cap of 200 cut the flood's served rate by 15-45 %).
-    batch_beside_express: int = setting(0, SCHEDULER, Bound(low=0, high=10_000))
+    # flood (docs/architecture.md, "Express priority"). 0: no cap / all the writers.
+    # The cap unset: DEFAULT_BATCH_BESIDE_EXPRESS where it can act, else none
+    # (`regular_batch_cap`); set, it must be able to act (checked at start). The writer
+    # limit is off by default (measured: it halves the flood's served rate).
+    batch_beside_express: int | None = setting(None, SCHEDULER, Bound(low=0, high=10_000), kind=int)
     writers_beside_express: int = setting(0, SCHEDULER, AT_LEAST_0)
     express_hold_ms: float = setting(250.0, SCHEDULER, Bound(low=0, high=60_000))
     tenant_refresh_s: float = setting(5.0, SCHEDULER, POSITIVE)
@@ -655,6 +658,16 @@ class Settings:
             return self.jobs_reserved_processes
         return default_reserve(self.jobs_cpu_processes, self.jobs_dispatch_per_tenant)
 
+    @property
+    def regular_batch_cap(self) -> int:
+        """The cap in effect on a regular batch while light tenants are active:
+        ``batch_beside_express``, or when unset :func:`default_batch_cap` (0: none)."""
+        if self.batch_beside_express is not None:
+            return self.batch_beside_express
+        return default_batch_cap(
+            self.express_readings, self.batch_size, self.batch_max, self.write_budget_ms
+        )
+
     def require_secret(self) -> str:
         """The signing key, or a clear error for processes that cannot run without one."""
         if len(self.secret_key) < 16:
@@ -679,6 +692,29 @@ def default_reserve(processes: int, per_tenant: int) -> int:
     """The reserve when ``FAIRWAY_JOBS_RESERVED_PROCESSES`` is unset: one process if a
     tenant's share leaves one outside it, else none (one process: no reserve, as before)."""
     return max(0, min(1, processes - per_tenant))
+
+
+# Measured under a 100x flood: the quiet tenants' p99 1.55-1.70x unloaded (3.1-3.6x
+# without a cap), the flooding tenant served 36-43 % slower while they write beside it
+# (docs/benchmarks.md, "Express priority").
+DEFAULT_BATCH_BESIDE_EXPRESS = 100
+
+
+def largest_batch(batch_size: int, batch_max: int, write_budget_ms: float) -> int:
+    """The most readings a regular batch may hold: ``batch_max`` while the write budget
+    lets batches grow, else (no budget, or a maximum not above the size) ``batch_size``."""
+    return batch_max if write_budget_ms and batch_max > batch_size else batch_size
+
+
+def default_batch_cap(
+    express_readings: int, batch_size: int, batch_max: int, write_budget_ms: float
+) -> int:
+    """The cap when ``FAIRWAY_BATCH_BESIDE_EXPRESS`` is unset: the default where it can
+    act, else 0 (no express batches, or no batch ever above it: nothing to cap)."""
+    largest = largest_batch(batch_size, batch_max, write_budget_ms)
+    if not express_readings or largest <= DEFAULT_BATCH_BESIDE_EXPRESS:
+        return 0
+    return DEFAULT_BATCH_BESIDE_EXPRESS
 
 
 # -- reading and checking -------------------------------------------------------------
@@ -818,22 +854,17 @@ def _pool_problems(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _express_problems(values: Mapping[str, Any]) -> dict[str, str]:
-    """Express priority settings that could never act: set while express batches are
-    off, a writer limit not below the writers, a cap not below the largest batch."""
-    names = (
-        "express_readings",
-        "writers",
-        "writers_beside_express",
-        "batch_beside_express",
-        "batch_size",
-        "batch_max",
-    )
+    """Express priority settings the operator set that could never act: set while
+    express batches are off, a writer limit not below the writers, a cap not below the
+    largest batch. (An unset cap is :func:`default_batch_cap`, which never acts where it
+    cannot.)"""
+    names = ("express_readings", "writers", "writers_beside_express", "batch_size", "batch_max")
     budget = values.get("write_budget_ms")
     if not all(isinstance(values.get(n), int) for n in names) or budget is None:
         return {}  # checked once every value is known (the dataclass's own check)
-    express, writers, beside, cap, size, top = (int(values[n]) for n in names)
-    # Fixed batches (no write budget, or a maximum not above the size) stay at the size.
-    largest = top if budget and top > size else size
+    express, writers, beside, size, top = (int(values[n]) for n in names)
+    cap = values.get("batch_beside_express") or 0  # unset: the default, nothing to check
+    largest = largest_batch(size, top, budget)
     problems: dict[str, str] = {}
     for name, value in (("writers_beside_express", beside), ("batch_beside_express", cap)):
         if value and not express:

@@ -1,13 +1,16 @@
 """Express priority (scheduler/service.py): while light tenants are active (an express
 batch in flight or ended less than ``express_hold_ms`` ago), the regular batches are
-held to ``batch_beside_express`` readings and at most ``writers_beside_express`` are
-written at once, so the express write shares the database with less of a flood."""
+held to ``batch_beside_express`` readings (unset: 100 where that can act) and at most
+``writers_beside_express`` are written at once, so the express write shares the database
+with less of a flood."""
 
 from __future__ import annotations
 
 import time
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from fairway.kernel.settings import Settings, SettingsError
 from scheduler.service import Delivery, Scheduler
@@ -57,6 +60,13 @@ ONE_WRITER_BESIDE_EXPRESS = Settings(
 )
 
 
+def flooding(scheduler: Scheduler) -> TenantConsumer:
+    """A tenant that filled its prefetch (backlogged): the one a cap holds back."""
+    flood, _ = tenant_channel("flood")
+    scheduler._backlog_started(flood)
+    return flood
+
+
 def deliver(scheduler: Scheduler, consumer: TenantConsumer, tag: int, readings: int) -> None:
     method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")
     raw = bundle(consumer.tenant, *range(tag * 100, tag * 100 + readings))
@@ -77,7 +87,7 @@ def test_regular_batches_are_held_small_while_light_tenants_are_active(
     )
     scheduler, submitted, calls = recording(settings, stopped)
     scheduler.batch_limit.limit = 400  # as if grown by fast full writes
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, quiet_channel = tenant_channel("quiet")
     for tag in range(1, 14):  # the first bundle goes at once, 480 readings wait
         deliver(scheduler, flood, tag, 40)
@@ -103,7 +113,7 @@ def test_fewer_regular_writers_while_an_express_batch_is_in_flight(
 ) -> None:
     settings = ONE_WRITER_BESIDE_EXPRESS
     scheduler, submitted, calls = recording(settings, stopped)
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, _ = tenant_channel("quiet")
     for tag in range(1, 7):  # two to the two writers, four wait
         deliver(scheduler, flood, tag, 40)
@@ -133,7 +143,7 @@ def test_the_writers_held_back_get_batches_when_the_hold_ends(
     """Not only when the next write ends or a delivery comes: a timer wakes them."""
     settings = ONE_WRITER_BESIDE_EXPRESS
     scheduler, submitted, calls = recording(settings, stopped)
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, _ = tenant_channel("quiet")
     for tag in range(1, 7):
         deliver(scheduler, flood, tag, 40)
@@ -187,6 +197,98 @@ def test_express_priority_settings_that_act_are_accepted() -> None:
     Settings.from_env({"FAIRWAY_WRITERS_BESIDE_EXPRESS": "1"})  # below FAIRWAY_WRITERS (2)
 
 
+def test_a_cap_of_100_is_the_default() -> None:
+    assert Settings().batch_beside_express is None  # unset: not the operator's choice
+    assert Settings().regular_batch_cap == 100
+    assert Settings.from_env({}).regular_batch_cap == 100
+    # Fixed batches of 200 (no write budget): still above the cap, so it acts.
+    assert Settings.from_env({"FAIRWAY_WRITE_BUDGET_MS": "0"}).regular_batch_cap == 100
+    # Batches of 50 that grow to 1000: it acts once they pass 100.
+    assert Settings.from_env({"FAIRWAY_BATCH_SIZE": "50"}).regular_batch_cap == 100
+
+
+def test_the_default_cap_starts_and_stays_off_where_it_could_never_act() -> None:
+    """Where no regular batch passes 100 readings, or there are no express batches, the
+    default does nothing and the start check (for a cap the operator set) is silent."""
+    for env in (
+        {"FAIRWAY_BATCH_SIZE": "100", "FAIRWAY_BATCH_MAX": "100"},
+        {"FAIRWAY_BATCH_SIZE": "40", "FAIRWAY_BATCH_MAX": "100"},
+        {"FAIRWAY_BATCH_SIZE": "100", "FAIRWAY_WRITE_BUDGET_MS": "0"},  # fixed at 100
+        {"FAIRWAY_EXPRESS_READINGS": "0"},
+    ):
+        assert Settings.from_env(env).regular_batch_cap == 0, env
+
+
+def test_a_cap_the_operator_set_where_it_could_never_act_is_refused() -> None:
+    """The same configurations, with the default's value set: refused, not ignored."""
+    for env in (
+        {"FAIRWAY_BATCH_SIZE": "100", "FAIRWAY_BATCH_MAX": "100"},
+        {"FAIRWAY_BATCH_SIZE": "100", "FAIRWAY_WRITE_BUDGET_MS": "0"},
+        {"FAIRWAY_EXPRESS_READINGS": "0"},
+    ):
+        with pytest.raises(SettingsError, match="FAIRWAY_BATCH_BESIDE_EXPRESS=100"):
+            Settings.from_env({**env, "FAIRWAY_BATCH_BESIDE_EXPRESS": "100"})
+
+
+def test_zero_turns_the_cap_off_wherever_it_is_set() -> None:
+    assert Settings.from_env({"FAIRWAY_BATCH_BESIDE_EXPRESS": "0"}).regular_batch_cap == 0
+    # 0 is "off", never "could not act": accepted beside express batches turned off.
+    off = {"FAIRWAY_BATCH_BESIDE_EXPRESS": "0", "FAIRWAY_EXPRESS_READINGS": "0"}
+    assert Settings.from_env(off).regular_batch_cap == 0
+    # Handed to a child process (Settings.environ), set and unset both survive.
+    assert Settings.from_env(Settings(batch_beside_express=0).environ()).regular_batch_cap == 0
+    assert Settings.from_env(Settings().environ()).batch_beside_express is None
+
+
+# One writer, full batches of 200 (the default size), a minute's hold, no linger: the
+# express priority settings left at their defaults unless a test sets them.
+def _one_writer(**settings: Any) -> Settings:
+    return Settings(
+        writers=1, express_readings=10, express_hold_ms=60_000, batch_linger_ms=0, **settings
+    )
+
+
+def _regular_batch_beside_express(
+    settings: Settings,
+    stopped: list[Scheduler],  # noqa: F811
+    backlogged: bool = True,
+) -> tuple[int, float]:
+    """The readings of the regular batch that follows the first express batch, and the
+    light-active gauge then: a flood's 40-reading bundles wait (its tenant backlogged,
+    unless not ``backlogged``), a quiet reading goes express, the one regular write ends."""
+    scheduler, submitted, calls = recording(settings, stopped)
+    flood = flooding(scheduler) if backlogged else tenant_channel("flood")[0]
+    quiet, _ = tenant_channel("quiet")
+    for tag in range(1, 14):  # the first bundle goes at once, 480 readings wait
+        deliver(scheduler, flood, tag, 40)
+    deliver(scheduler, quiet, 1, 1)
+    assert submitted[-1] == (1, True)
+    calls[0]()  # the regular write ends while the express batch is in flight
+    readings, express = submitted[-1]
+    assert not express
+    return readings, sample("fairway_scheduler_light_active")
+
+
+def test_the_default_cap_holds_regular_batches_to_100_beside_express(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    assert _regular_batch_beside_express(_one_writer(), stopped) == (80, 1)  # two bundles
+
+
+def test_a_cap_of_0_leaves_regular_batches_whole_beside_express(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    settings = _one_writer(batch_beside_express=0)
+    assert _regular_batch_beside_express(settings, stopped) == (200, 0)  # five bundles
+
+
+def test_the_default_cap_does_nothing_where_batches_never_pass_it(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    settings = _one_writer(batch_size=100, batch_max=100)
+    assert _regular_batch_beside_express(settings, stopped) == (80, 0)  # not held back
+
+
 def test_a_capped_write_over_the_budget_still_shrinks_the_limit(
     stopped: list[Scheduler],  # noqa: F811
 ) -> None:
@@ -211,7 +313,7 @@ def test_a_capped_write_over_the_budget_still_shrinks_the_limit(
         return slow(bodies)
 
     scheduler.sink.write = over_budget  # type: ignore[method-assign]
-    flood, _ = tenant_channel("flood")
+    flood = flooding(scheduler)
     quiet, _ = tenant_channel("quiet")
     for tag in range(1, 14):
         deliver(scheduler, flood, tag, 40)
@@ -222,3 +324,14 @@ def test_a_capped_write_over_the_budget_still_shrinks_the_limit(
     assert submitted[2] == (40, False)  # capped: one bundle
     calls[2]()  # a capped write, slow too
     assert scheduler.batch_limit.limit < limit
+
+
+def test_the_cap_leaves_batches_whole_while_no_tenant_is_backlogged(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    """A drain the relay paces: every tenant light, express batches beside regular ones
+    of light tenants too. Nothing to protect them from; a cap would only make each
+    reading's write dearer (end_to_end's drains: batches of ~80-150 against ~200-370)."""
+    for settings in (_one_writer(), _one_writer(batch_beside_express=100)):
+        regular = _regular_batch_beside_express(settings, stopped, backlogged=False)
+        assert regular == (200, 0)
