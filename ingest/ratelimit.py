@@ -61,6 +61,15 @@ class RateLimiter:
         bucket[0] -= granted
         return granted
 
+    def short(self, key: str, now: float, level: float) -> bool:
+        """Whether ``key``'s bucket holds fewer than ``level`` tokens (at most its burst)
+        at ``now``; nothing taken, and a key without a bucket (full) is never short."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return False
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        return tokens < (level if level < self.burst else self.burst)
+
     def give_back(self, key: str, count: int) -> None:
         """Return ``count`` tokens taken for something refused after all (up to the burst)."""
         bucket = self._buckets.get(key)
@@ -181,6 +190,15 @@ class TenantRates:
         """The rate in effect for ``tenant`` (0: unlimited)."""
         own = self._plans.get(tenant)
         return self.default_rate if own is None else own[0]
+
+    def short(self, tenant: str, now: float, level: float) -> bool:
+        """Whether ``tenant``'s bucket holds fewer than ``level`` tokens (at most its
+        burst) at ``now``; nothing taken. Unlimited, or no bucket yet (full): never."""
+        bucket = self._buckets.get(tenant)
+        if bucket is None:
+            return False
+        tokens = bucket[0] + (now - bucket[1]) * bucket[2]
+        return tokens < (level if level < bucket[3] else bucket[3])
 
     def take(self, tenant: str, now: float, want: int) -> int:
         """Take up to ``want`` tokens (readings) of ``tenant``'s bucket; how many were granted."""

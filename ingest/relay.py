@@ -83,6 +83,7 @@ from fairway.kernel.contract import (
     Reading,
     bundle_part,
     parse_message,
+    split_routing_key,
     tenant_message,
 )
 from fairway.kernel.ids import is_valid_id
@@ -242,6 +243,10 @@ class Relay(AmqpService):
         self._flushes = {cause: metrics.RELAY_BUNDLE_FLUSHES.labels(cause) for cause in CAUSES}
         self._accepted: dict[str, Any] = {}  # tenant -> its fairway_relay_accepted_total child
         self._over_plan: dict[str, Any] = {}  # tenant -> its tenant_rate_limited child
+        self._unread: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
+        # A message is read only when its device and its tenant have the tokens for a
+        # full batch (each bucket's burst if smaller): below, it is refused unread.
+        self._gate_level = float(settings.max_batch_readings)
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
             lambda: (
@@ -439,6 +444,8 @@ class Relay(AmqpService):
         queue = self._queues.get(method.consumer_tag or "", "")
         self._acks.track(tag)
         now = time.time()
+        if self._refused_unread(tag, routing_key, body, props.user_id, queue, now):
+            return
         try:
             message = parse_message(
                 routing_key,
@@ -484,6 +491,58 @@ class Relay(AmqpService):
             )
         else:
             self._admit(channel, delivery, routing_key, body, message, device, now)  # type: ignore[arg-type]
+
+    def _refused_unread(
+        self,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        user_id: str | None,
+        queue: str,
+        now: float,
+    ) -> bool:
+        """Refuse a delivery whole, before its body is read, if its device's bucket or its
+        tenant's plan bucket holds less than a full batch (``rate_limited``,
+        ``tenant_rate_limited``); whether it did.
+
+        Only who sent it is checked first (size, routing key, identity: their refusals
+        come first, from :func:`parse_message`); the body's and the registry's verdicts
+        come after. A message the gate lets through is read and its readings take tokens
+        as before, so the long-run rates are the same; the gate holds back a bucket's last
+        full batch of tokens, which keeps a flood's excess from being parsed only to be
+        refused by index. The refusal counts as one reading (its readings are unknown).
+        """
+        if len(body) > self.settings.max_message_bytes:
+            return False  # too_large first: a junk flood is watched by its bytes
+        try:
+            device = split_routing_key(routing_key)[0]
+        except Rejection:
+            return False  # bad_routing_key
+        if user_id is not None and user_id != device:
+            return False  # identity_mismatch
+        level = self._gate_level
+        if self.rate.short(device, now, level):
+            refusal = Rejection(
+                Reason.RATE_LIMITED,
+                f"device {device!r} exceeds {self.settings.device_rate:g} readings/s",
+            )
+            tenant = _tenant_of(queue)
+        else:
+            tenant = _tenant_of(queue)
+            if tenant is None or not self.tenant_rates.short(tenant, now, level):
+                return False
+            refusal = Rejection(Reason.TENANT_RATE_LIMITED, self._plan_limit(tenant))
+            self._count_over_plan(tenant, 1)
+        self._count_unread(tenant, refusal.reason)
+        self._refuse(Delivery(tag, 1, queue, len(body)), routing_key, body, refusal, device, tenant)
+        return True
+
+    def _count_unread(self, tenant: str | None, reason: Reason) -> None:
+        key = (tenant or "", reason.value)
+        counter = self._unread.get(key)
+        if counter is None:
+            counter = self._unread[key] = metrics.RELAY_REFUSED_UNREAD.labels(*key)
+        counter.inc()
 
     def _admit(
         self,

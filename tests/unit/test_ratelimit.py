@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.ratelimit import RateLimiter, RefusalBudget
+from ingest.ratelimit import RateLimiter, RefusalBudget, TenantRates
 
 
 def test_burst_then_refusal() -> None:
@@ -97,3 +97,25 @@ def test_refusal_budget_says_which_budget_is_spent() -> None:
     assert budget.spent("d2", "t", 0.0) is None  # tenant 0 left
     assert budget.spent("d3", "t", 0.0) == "tenant"
     assert budget.spent("d4", None, 0.0) is None  # no tenant: the device's budget only
+
+
+def test_short_reads_a_bucket_without_taking_or_creating_one() -> None:
+    limiter = RateLimiter(rate=10.0, burst=20.0, max_keys=10)
+    assert not limiter.short("d", 0.0, 5.0)  # no bucket: full
+    assert "d" not in limiter._buckets
+    limiter.take("d", 0.0, 18)
+    assert limiter.short("d", 0.0, 5.0)  # 2 left
+    assert not limiter.short("d", 0.3, 5.0)  # 5 after refilling 0.3 s
+    assert limiter.short("d", 0.3, 50.0) is limiter.short("d", 0.3, 20.0)  # at most the burst
+    assert limiter.take("d", 0.3, 100) == 5  # nothing was taken
+
+
+def test_a_tenant_bucket_is_short_below_the_level_or_its_burst() -> None:
+    rates = TenantRates(0.0, 0.0, 100.0, 10)
+    assert not rates.short("t", 0.0, 100.0)  # unlimited: never
+    rates.plan("t", 10.0, 30.0)
+    assert not rates.short("t", 0.0, 100.0)  # no bucket yet: full
+    rates.take("t", 0.0, 30)
+    assert rates.short("t", 0.0, 100.0)
+    assert rates.short("t", 2.9, 100.0)  # 29 of a burst of 30
+    assert not rates.short("t", 3.0, 100.0)  # full: the level is at most the burst
