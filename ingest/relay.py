@@ -244,8 +244,8 @@ class Relay(AmqpService):
         self._accepted: dict[str, Any] = {}  # tenant -> its fairway_relay_accepted_total child
         self._over_plan: dict[str, Any] = {}  # tenant -> its tenant_rate_limited child
         self._unread: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
-        # A message is read only when its device and its tenant have the tokens for a
-        # full batch (each bucket's burst if smaller): below, it is refused unread.
+        # A bucket that ran dry opens again (its messages are read) at a full batch of
+        # tokens, or its burst if smaller: until then they are refused unread.
         self._gate_level = float(settings.max_batch_readings)
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
@@ -502,15 +502,17 @@ class Relay(AmqpService):
         now: float,
     ) -> bool:
         """Refuse a delivery whole, before its body is read, if its device's bucket or its
-        tenant's plan bucket holds less than a full batch (``rate_limited``,
-        ``tenant_rate_limited``); whether it did.
+        tenant's plan bucket is closed (``rate_limited``, ``tenant_rate_limited``): no
+        whole token left, or dry (it refused readings for want of tokens) and not yet
+        refilled to a full batch (:meth:`~ingest.ratelimit.RateLimiter.closed`). Whether
+        it did.
 
         Only who sent it is checked first (size, routing key, identity: their refusals
         come first, from :func:`parse_message`); the body's and the registry's verdicts
-        come after. A message the gate lets through is read and its readings take tokens
-        as before, so the long-run rates are the same; the gate holds back a bucket's last
-        full batch of tokens, which keeps a flood's excess from being parsed only to be
-        refused by index. The refusal counts as one reading (its readings are unknown).
+        come after. A message let through is read and its readings take tokens as
+        before, so the rates are the same; a flood past a limit is read about once per
+        full batch of tokens instead of at every delivery only to be refused by index.
+        The refusal counts as one reading (its readings are unknown unread).
         """
         if len(body) > self.settings.max_message_bytes:
             return False  # too_large first: a junk flood is watched by its bytes
@@ -521,7 +523,7 @@ class Relay(AmqpService):
         if user_id is not None and user_id != device:
             return False  # identity_mismatch
         level = self._gate_level
-        if self.rate.short(device, now, level):
+        if self.rate.closed(device, now, level):
             refusal = Rejection(
                 Reason.RATE_LIMITED,
                 f"device {device!r} exceeds {self.settings.device_rate:g} readings/s",
@@ -529,7 +531,7 @@ class Relay(AmqpService):
             tenant = _tenant_of(queue)
         else:
             tenant = _tenant_of(queue)
-            if tenant is None or not self.tenant_rates.short(tenant, now, level):
+            if tenant is None or not self.tenant_rates.closed(tenant, now, level):
                 return False
             refusal = Rejection(Reason.TENANT_RATE_LIMITED, self._plan_limit(tenant))
             self._count_over_plan(tenant, 1)

@@ -322,23 +322,29 @@ def test_an_over_plan_message_is_refused_before_its_body_is_read(reads: list[str
         relay.registry.close()
 
 
-def test_below_a_full_batch_of_tokens_a_message_is_refused_whole_unread(
-    reads: list[str],
-) -> None:
+def test_a_dry_plan_is_read_again_only_at_a_full_batch_of_tokens(reads: list[str]) -> None:
     relay = make(max_batch_readings=100)
     relay.tenant_rates.plan("acme", 0.001, 150.0)
     try:
-        from_queue(relay, 1, [good(i) for i in range(60)])
-        assert len(published(relay, topology.TENANTS)) == 60
-        # 90 tokens left, fewer than a full batch: ten readings are refused whole (the
-        # old rule read them and accepted all ten).
-        from_queue(relay, 2, [good(i) for i in range(10)])
-        assert len(reads) == 1
-        assert len(published(relay, topology.TENANTS)) == 60
-        [(_key, _body, props)] = published(relay, topology.REJECTED)
+        from_queue(relay, 1, [good(i) for i in range(100)])
+        from_queue(relay, 2, [good(i) for i in range(60)])  # 50 accepted, 10 by index: dry
+        assert len(published(relay, topology.TENANTS)) == 150
+        assert len(published(relay, topology.REJECTED)) == 10
+        # With 90 tokens, fewer than a full batch, the dry plan's messages are refused
+        # whole and unread (the old rule read the ten and accepted them).
+        relay.tenant_rates._buckets["acme"][0] = 90.0
+        from_queue(relay, 3, [good(i) for i in range(10)])
+        assert len(reads) == 2
+        assert len(published(relay, topology.TENANTS)) == 150
+        _key, _body, props = published(relay, topology.REJECTED)[-1]
         assert props.headers[topology.REASON_HEADER] == "tenant_rate_limited"
-        # The gate took nothing: the tokens are still there once the bucket refills.
-        assert relay.tenant_rates.take("acme", time.time(), 1000) == 90
+        assert topology.INDEX_HEADER not in props.headers
+        # A full batch of tokens opens it: read, and accepted whole.
+        relay.tenant_rates._buckets["acme"][0] = 100.0
+        from_queue(relay, 4, [good(i) for i in range(10)])
+        from_queue(relay, 5, [good(i) for i in range(10)])  # 90 left, open: read
+        assert len(reads) == 4
+        assert len(published(relay, topology.TENANTS)) == 170
     finally:
         relay.registry.close()
 
