@@ -244,6 +244,10 @@ class Relay(AmqpService):
         self._accepted: dict[str, Any] = {}  # tenant -> its fairway_relay_accepted_total child
         self._over_plan: dict[str, Any] = {}  # tenant -> its tenant_rate_limited child
         self._unread: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
+        self._over_budget: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
+        self._paced: dict[str, Any] = {}  # tenant -> its refused_paced child
+        # tenant -> (its plan rate, the refusal of a message over it): reused, not rebuilt.
+        self._plan_refusals: dict[str, tuple[float, Rejection]] = {}
         # A bucket that ran dry opens again (its messages are read) at a full batch of
         # tokens, or its burst if smaller: until then they are refused unread.
         self._gate_level = float(settings.max_batch_readings)
@@ -533,7 +537,7 @@ class Relay(AmqpService):
             tenant = _tenant_of(queue)
             if tenant is None or not self.tenant_rates.closed(tenant, now, level):
                 return False
-            refusal = Rejection(Reason.TENANT_RATE_LIMITED, self._plan_limit(tenant))
+            refusal = self._over_plan_refusal(tenant)
             self._count_over_plan(tenant, 1)
         self._count_unread(tenant, refusal.reason)
         self._refuse(Delivery(tag, 1, queue, len(body)), routing_key, body, refusal, device, tenant)
@@ -660,11 +664,27 @@ class Relay(AmqpService):
                     )
             dropped = len(group) - kept
             if dropped:
-                metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant, reason.value).inc(dropped)
+                self._count_over_budget(tenant, reason, dropped)
                 if beyond_device:
                     self.quarantiner.refused_over_budget(device, reason, beyond_device)
                 delivery.remaining -= dropped - 1  # settled together: one paced settle
                 self._paced_done(delivery, tenant)
+
+    def _count_over_budget(self, tenant: str | None, reason: Reason, count: int) -> None:
+        key = (tenant or "", reason.value)
+        counter = self._over_budget.get(key)
+        if counter is None:
+            counter = self._over_budget[key] = metrics.RELAY_REJECTED_OVER_BUDGET.labels(*key)
+        counter.inc(count)
+
+    def _over_plan_refusal(self, tenant: str) -> Rejection:
+        """The refusal of a message over ``tenant``'s plan (one per plan rate, reused)."""
+        rate = self.tenant_rates.rate_of(tenant)
+        kept = self._plan_refusals.get(tenant)
+        if kept is None or kept[0] != rate:
+            refusal = Rejection(Reason.TENANT_RATE_LIMITED, self._plan_limit(tenant))
+            kept = self._plan_refusals[tenant] = (rate, refusal)
+        return kept[1]
 
     def _plan_limit(self, tenant: str) -> str:
         rate = self.tenant_rates.rate_of(tenant)
@@ -696,7 +716,7 @@ class Relay(AmqpService):
         spent = self.refusals.spent(device, tenant, time.monotonic(), readings)
         if spent is not None:
             # Over the device's or tenant's budget: counted, acked, not kept.
-            metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
+            self._count_over_budget(tenant, refusal.reason, 1)
             if spent == DEVICE_SPENT:
                 # Only the device's own excess counts towards its quarantine: a device
                 # within its budget is never quarantined for what its tenant-mates sent.
@@ -764,7 +784,10 @@ class Relay(AmqpService):
         if wait <= 0.0:
             self._done(delivery)
             return
-        metrics.RELAY_REFUSED_PACED.labels(tenant or "").inc()
+        paced = self._paced.get(tenant or "")
+        if paced is None:
+            paced = self._paced[tenant or ""] = metrics.RELAY_REFUSED_PACED.labels(tenant or "")
+        paced.inc()
         self._held[delivery.tag] = delivery
         self._settle([])  # deliveries settled behind it are acked one by one from now
         self.ioloop.call_later(wait, lambda: self._release_held(delivery))
