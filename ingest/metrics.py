@@ -28,8 +28,8 @@ RELAY_TENANT_RATE_LIMITED = Counter(
 RELAY_REFUSED_UNREAD = Counter(
     "fairway_relay_refused_unread_total",
     "Messages refused whole before their body was read (rate_limited, tenant_rate_limited:"
-    " the device's or the tenant's bucket held less than a full batch), by tenant and"
-    " reason; each also counts as one reading wherever refusals are counted",
+    " the device's or the tenant's bucket was dry and held less than a full batch), by"
+    " tenant and reason; each also counts as one reading wherever refusals are counted",
     ["tenant", "reason"],
 )
 

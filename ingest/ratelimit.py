@@ -67,9 +67,10 @@ class RateLimiter:
 
     def closed(self, key: str, now: float, level: float) -> bool:
         """Whether ``key`` is refused before anything is taken: its bucket holds no
-        whole token at ``now``, or it is dry (:meth:`take` refused some) and has not yet
-        refilled to ``level`` tokens (at most its burst), when it opens again. Nothing
-        is taken; a key without a bucket (full) is never closed."""
+        whole token at ``now``, or it is dry and holds fewer than ``level`` tokens (at
+        most its burst). Dry: :meth:`take` refused some for want of tokens, or a call
+        found none; until the bucket refills to its burst. Nothing is taken; a key
+        without a bucket (full) is never closed."""
         bucket = self._buckets.get(key)
         if bucket is None:
             return False
@@ -236,5 +237,6 @@ def _closed(bucket: list[float], tokens: float, level: float, burst: float, dry:
     if bucket[dry]:
         if tokens < (level if level < burst else burst):
             return True
-        bucket[dry] = 0.0
+        if tokens >= burst:
+            bucket[dry] = 0.0  # refilled whole: the flood is over
     return False

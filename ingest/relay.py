@@ -248,8 +248,8 @@ class Relay(AmqpService):
         self._paced: dict[str, Any] = {}  # tenant -> its refused_paced child
         # tenant -> (its plan rate, the refusal of a message over it): reused, not rebuilt.
         self._plan_refusals: dict[str, tuple[float, Rejection]] = {}
-        # A bucket that ran dry opens again (its messages are read) at a full batch of
-        # tokens, or its burst if smaller: until then they are refused unread.
+        # A bucket that ran dry reads a message only with a full batch of tokens (its
+        # burst if smaller) until it refills to its burst: below, refused unread.
         self._gate_level = float(settings.max_batch_readings)
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
@@ -507,16 +507,16 @@ class Relay(AmqpService):
     ) -> bool:
         """Refuse a delivery whole, before its body is read, if its device's bucket or its
         tenant's plan bucket is closed (``rate_limited``, ``tenant_rate_limited``): no
-        whole token left, or dry (it refused readings for want of tokens) and not yet
-        refilled to a full batch (:meth:`~ingest.ratelimit.RateLimiter.closed`). Whether
-        it did.
+        whole token left, or dry (it refused readings for want of tokens, and has not
+        refilled to its burst since) and below a full batch of tokens
+        (:meth:`~ingest.ratelimit.RateLimiter.closed`). Whether it did.
 
         Only who sent it is checked first (size, routing key, identity: their refusals
         come first, from :func:`parse_message`); the body's and the registry's verdicts
         come after. A message let through is read and its readings take tokens as
-        before, so the rates are the same; a flood past a limit is read about once per
-        full batch of tokens instead of at every delivery only to be refused by index.
-        The refusal counts as one reading (its readings are unknown unread).
+        before, so the long-run rates are the same; a flood past a limit is read once per
+        full batch of refilled tokens instead of at every delivery only to be refused by
+        index. The refusal counts as one reading (its readings are unknown unread).
         """
         if len(body) > self.settings.max_message_bytes:
             return False  # too_large first: a junk flood is watched by its bytes

@@ -108,9 +108,12 @@ def test_a_bucket_is_closed_without_a_token_or_while_dry_below_the_level() -> No
     assert limiter.take("d", 0.0, 5) == 2  # refused 3: dry
     assert limiter.closed("d", 0.0, 5.0)  # no token
     assert limiter.closed("d", 0.3, 5.0)  # 3 tokens, dry, below the level
-    assert not limiter.closed("d", 0.5, 5.0)  # 5: open again
-    assert not limiter.closed("d", 0.45, 5.0)  # and stays open above one token
+    assert not limiter.closed("d", 0.5, 5.0)  # 5: open for this one
     assert limiter.take("d", 0.5, 100) == 5  # the gate took nothing
+    assert limiter.closed("d", 0.9, 5.0)  # 4, still dry: closed below the level
+    assert not limiter.closed("d", 2.5, 5.0)  # refilled to the burst: no longer dry
+    limiter.take("d", 2.5, 18)
+    assert not limiter.closed("d", 2.5, 5.0)  # 2 left, never refused since: open
 
 
 def test_a_dry_bucket_opens_at_its_burst_when_the_level_is_above_it() -> None:
@@ -130,5 +133,7 @@ def test_a_tenant_bucket_closes_like_a_device_bucket() -> None:
     assert rates.take("t", 0.0, 5) == 1  # dry
     assert rates.closed("t", 2.9, 100.0)  # 29 of a burst of 30
     assert not rates.closed("t", 3.0, 100.0)  # full: the level is at most the burst
+    rates.take("t", 3.0, 29)
+    assert not rates.closed("t", 3.0, 100.0)  # full, so no longer dry: one token opens
     rates.plan("t", 10.0, 40.0)  # a changed plan starts full and open
     assert not rates.closed("t", 3.0, 100.0)

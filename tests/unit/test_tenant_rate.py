@@ -339,12 +339,18 @@ def test_a_dry_plan_is_read_again_only_at_a_full_batch_of_tokens(reads: list[str
         _key, _body, props = published(relay, topology.REJECTED)[-1]
         assert props.headers[topology.REASON_HEADER] == "tenant_rate_limited"
         assert topology.INDEX_HEADER not in props.headers
-        # A full batch of tokens opens it: read, and accepted whole.
+        # A full batch of tokens lets one message in: read, and accepted whole.
         relay.tenant_rates._buckets["acme"][0] = 100.0
         from_queue(relay, 4, [good(i) for i in range(10)])
-        from_queue(relay, 5, [good(i) for i in range(10)])  # 90 left, open: read
-        assert len(reads) == 4
-        assert len(published(relay, topology.TENANTS)) == 170
+        from_queue(relay, 5, [good(i) for i in range(10)])  # 90 left, still dry: unread
+        assert len(reads) == 3
+        assert len(published(relay, topology.TENANTS)) == 160
+        # Refilled to its burst, the flood is over: read down to the last token again.
+        relay.tenant_rates._buckets["acme"][0] = 150.0
+        from_queue(relay, 6, [good(i) for i in range(10)])
+        from_queue(relay, 7, [good(i) for i in range(10)])  # 140 left, no longer dry
+        assert len(reads) == 5
+        assert len(published(relay, topology.TENANTS)) == 180
     finally:
         relay.registry.close()
 
