@@ -98,6 +98,7 @@ HOSTILE_DEVICES = [f"hostile-{i}" for i in range(10)]
 STORED = "fairway_scheduler_stored_total"
 REFUSED = "fairway_relay_rejected_total"
 OVER_BUDGET = "fairway_relay_rejected_over_budget_total"
+UNREAD = "fairway_relay_refused_unread_total"
 QUARANTINED = "fairway_devices_quarantined_total"
 DEVICE_RATE = 200.0  # per device: the over-rate attack sends far more
 HOSTILE_BACKLOG = 2_000  # messages in tenant.hostile
@@ -449,6 +450,7 @@ def run_attack(
     before_each = by_reason(relay, DEVICE_REASONS)
     accepted = relay.metric("fairway_relay_accepted_total", tenant=HOSTILE_TENANT)
     quarantined = relay.metric_sum(QUARANTINED)
+    unread = relay.metric_sum(UNREAD)
     asked = broker_logins(web)
     counts = multiprocessing.Array("q", len(COUNTS))
     child = multiprocessing.get_context("fork").Process(
@@ -503,6 +505,9 @@ def run_attack(
         "hostile_accepted_readings": int(
             relay.metric("fairway_relay_accepted_total", tenant=HOSTILE_TENANT) - accepted
         ),
+        # Of them, messages refused whole before their body was read (each counted as
+        # one reading above).
+        "refused_unread_messages": int(relay.metric_sum(UNREAD) - unread),
         "attacker_left_queued": left,
         "attacker_disconnected": counts[1],
         "attacker_logins_refused": counts[2],
@@ -878,6 +883,7 @@ def run_all(
                 "attacker_sent_readings",
                 "refused_by_reason",
                 "hostile_accepted_readings",
+                "refused_unread_messages",
                 "cpu_seconds",
                 "cpu_us_per_attacker_message",
             ):

@@ -19,8 +19,18 @@ RELAY_REJECTED = Counter(
 RELAY_TENANT_RATE_LIMITED = Counter(
     "fairway_relay_tenant_rate_limited_total",
     "Readings refused as tenant_rate_limited (beyond the tenant's accepted-reading rate in"
-    " this relay), by tenant: kept in rejected or not, within the refusal budgets",
+    " this relay), by tenant: kept in rejected or not, within the refusal budgets; a"
+    " message refused before it was read counts as one reading",
     ["tenant"],
+)
+
+
+RELAY_REFUSED_UNREAD = Counter(
+    "fairway_relay_refused_unread_total",
+    "Messages refused whole before their body was read (rate_limited, tenant_rate_limited:"
+    " the device's or the tenant's bucket was dry and held less than a full batch), by"
+    " tenant and reason; each also counts as one reading wherever refusals are counted",
+    ["tenant", "reason"],
 )
 
 

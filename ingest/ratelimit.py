@@ -20,16 +20,17 @@ class RateLimiter:
         self.rate, self.burst, self.max_keys = rate, burst, max_keys
         # An OrderedDict used directly (least recently used first): the relay takes a
         # bucket per delivery, and cachetools' LRUCache costs ~1 us more per look-up.
+        # key -> [tokens, last refill, dry (1.0: it refused for want of tokens)].
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
 
     def _tokens(self, key: str, now: float) -> list[float]:
-        """``key``'s bucket ``[tokens, now]``, refilled up to ``now``."""
+        """``key``'s bucket ``[tokens, now, dry]``, refilled up to ``now``."""
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is None:
             if len(buckets) >= self.max_keys:
                 buckets.popitem(last=False)
-            bucket = buckets[key] = [self.burst, now]
+            bucket = buckets[key] = [self.burst, now, 0.0]
         else:
             buckets.move_to_end(key)
             tokens = bucket[0] + (now - bucket[1]) * self.rate
@@ -55,11 +56,25 @@ class RateLimiter:
         return True
 
     def take(self, key: str, now: float, want: int) -> int:
-        """Take up to ``want`` whole tokens for ``key``; return how many were granted."""
+        """Take up to ``want`` whole tokens for ``key``; return how many were granted
+        (fewer than ``want``: the bucket is dry, :meth:`closed`)."""
         bucket = self._tokens(key, now)
         granted = min(want, int(bucket[0])) if bucket[0] >= 1.0 else 0
         bucket[0] -= granted
+        if granted < want:
+            bucket[2] = 1.0
         return granted
+
+    def closed(self, key: str, now: float, level: float) -> bool:
+        """Whether ``key`` is refused before anything is taken: its bucket holds no
+        whole token at ``now``, or it is dry and holds fewer than ``level`` tokens (at
+        most its burst). Dry: :meth:`take` refused some for want of tokens, or a call
+        found none; until the bucket refills to its burst. Nothing is taken; a key
+        without a bucket (full) is never closed."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return False
+        return _closed(bucket, bucket[0] + (now - bucket[1]) * self.rate, level, self.burst, 2)
 
     def give_back(self, key: str, count: int) -> None:
         """Return ``count`` tokens taken for something refused after all (up to the burst)."""
@@ -149,7 +164,7 @@ class TenantRates:
         self.default_rate, self.default_burst = default_rate, default_burst
         self.min_burst, self.max_keys = min_burst, max_keys
         self._plans: dict[str, tuple[float, float]] = {}  # tenant -> (rate, burst) if its own
-        # tenant -> [tokens, last refill, rate, burst], least recently used first.
+        # tenant -> [tokens, last refill, rate, burst, dry], least recently used first.
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
 
     def burst_of(self, rate: float, burst: float) -> float:
@@ -182,6 +197,14 @@ class TenantRates:
         own = self._plans.get(tenant)
         return self.default_rate if own is None else own[0]
 
+    def closed(self, tenant: str, now: float, level: float) -> bool:
+        """:meth:`RateLimiter.closed` for ``tenant``'s bucket. Unlimited, or no bucket
+        yet (full): never."""
+        bucket = self._buckets.get(tenant)
+        if bucket is None:
+            return False
+        return _closed(bucket, bucket[0] + (now - bucket[1]) * bucket[2], level, bucket[3], 4)
+
     def take(self, tenant: str, now: float, want: int) -> int:
         """Take up to ``want`` tokens (readings) of ``tenant``'s bucket; how many were granted."""
         bucket = self._buckets.get(tenant)
@@ -193,7 +216,7 @@ class TenantRates:
             if len(self._buckets) >= self.max_keys:
                 self._buckets.popitem(last=False)
             burst = self.burst_of(rate, burst)
-            bucket = self._buckets[tenant] = [burst, now, rate, burst]
+            bucket = self._buckets[tenant] = [burst, now, rate, burst, 0.0]
         else:
             self._buckets.move_to_end(tenant)
             tokens = bucket[0] + (now - bucket[1]) * bucket[2]
@@ -201,4 +224,19 @@ class TenantRates:
             bucket[1] = now
         granted = min(want, int(bucket[0])) if bucket[0] >= 1.0 else 0
         bucket[0] -= granted
+        if granted < want:
+            bucket[4] = 1.0  # dry: closed until it refills to a full batch
         return granted
+
+
+def _closed(bucket: list[float], tokens: float, level: float, burst: float, dry: int) -> bool:
+    """The gate of :meth:`RateLimiter.closed`: ``bucket[dry]`` is its dry flag."""
+    if tokens < 1.0:
+        bucket[dry] = 1.0
+        return True
+    if bucket[dry]:
+        if tokens < (level if level < burst else burst):
+            return True
+        if tokens >= burst:
+            bucket[dry] = 0.0  # refilled whole: the flood is over
+    return False

@@ -83,6 +83,7 @@ from fairway.kernel.contract import (
     Reading,
     bundle_part,
     parse_message,
+    split_routing_key,
     tenant_message,
 )
 from fairway.kernel.ids import is_valid_id
@@ -242,6 +243,14 @@ class Relay(AmqpService):
         self._flushes = {cause: metrics.RELAY_BUNDLE_FLUSHES.labels(cause) for cause in CAUSES}
         self._accepted: dict[str, Any] = {}  # tenant -> its fairway_relay_accepted_total child
         self._over_plan: dict[str, Any] = {}  # tenant -> its tenant_rate_limited child
+        self._unread: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
+        self._over_budget: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
+        self._paced: dict[str, Any] = {}  # tenant -> its refused_paced child
+        # tenant -> (its plan rate, the refusal of a message over it): reused, not rebuilt.
+        self._plan_refusals: dict[str, tuple[float, Rejection]] = {}
+        # A bucket that ran dry reads a message only with a full batch of tokens (its
+        # burst if smaller) until it refills to its burst: below, refused unread.
+        self._gate_level = float(settings.max_batch_readings)
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
             lambda: (
@@ -439,6 +448,8 @@ class Relay(AmqpService):
         queue = self._queues.get(method.consumer_tag or "", "")
         self._acks.track(tag)
         now = time.time()
+        if self._refused_unread(tag, routing_key, body, props.user_id, queue, now):
+            return
         try:
             message = parse_message(
                 routing_key,
@@ -484,6 +495,60 @@ class Relay(AmqpService):
             )
         else:
             self._admit(channel, delivery, routing_key, body, message, device, now)  # type: ignore[arg-type]
+
+    def _refused_unread(
+        self,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        user_id: str | None,
+        queue: str,
+        now: float,
+    ) -> bool:
+        """Refuse a delivery whole, before its body is read, if its device's bucket or its
+        tenant's plan bucket is closed (``rate_limited``, ``tenant_rate_limited``): no
+        whole token left, or dry (it refused readings for want of tokens, and has not
+        refilled to its burst since) and below a full batch of tokens
+        (:meth:`~ingest.ratelimit.RateLimiter.closed`). Whether it did.
+
+        Only who sent it is checked first (size, routing key, identity: their refusals
+        come first, from :func:`parse_message`); the body's and the registry's verdicts
+        come after. A message let through is read and its readings take tokens as
+        before, so the long-run rates are the same; a flood past a limit is read once per
+        full batch of refilled tokens instead of at every delivery only to be refused by
+        index. The refusal counts as one reading (its readings are unknown unread).
+        """
+        if len(body) > self.settings.max_message_bytes:
+            return False  # too_large first: a junk flood is watched by its bytes
+        try:
+            device = split_routing_key(routing_key)[0]
+        except Rejection:
+            return False  # bad_routing_key
+        if user_id is not None and user_id != device:
+            return False  # identity_mismatch
+        level = self._gate_level
+        if self.rate.closed(device, now, level):
+            refusal = Rejection(
+                Reason.RATE_LIMITED,
+                f"device {device!r} exceeds {self.settings.device_rate:g} readings/s",
+            )
+            tenant = _tenant_of(queue)
+        else:
+            tenant = _tenant_of(queue)
+            if tenant is None or not self.tenant_rates.closed(tenant, now, level):
+                return False
+            refusal = self._over_plan_refusal(tenant)
+            self._count_over_plan(tenant, 1)
+        self._count_unread(tenant, refusal.reason)
+        self._refuse(Delivery(tag, 1, queue, len(body)), routing_key, body, refusal, device, tenant)
+        return True
+
+    def _count_unread(self, tenant: str | None, reason: Reason) -> None:
+        key = (tenant or "", reason.value)
+        counter = self._unread.get(key)
+        if counter is None:
+            counter = self._unread[key] = metrics.RELAY_REFUSED_UNREAD.labels(*key)
+        counter.inc()
 
     def _admit(
         self,
@@ -599,11 +664,27 @@ class Relay(AmqpService):
                     )
             dropped = len(group) - kept
             if dropped:
-                metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant, reason.value).inc(dropped)
+                self._count_over_budget(tenant, reason, dropped)
                 if beyond_device:
                     self.quarantiner.refused_over_budget(device, reason, beyond_device)
                 delivery.remaining -= dropped - 1  # settled together: one paced settle
                 self._paced_done(delivery, tenant)
+
+    def _count_over_budget(self, tenant: str | None, reason: Reason, count: int) -> None:
+        key = (tenant or "", reason.value)
+        counter = self._over_budget.get(key)
+        if counter is None:
+            counter = self._over_budget[key] = metrics.RELAY_REJECTED_OVER_BUDGET.labels(*key)
+        counter.inc(count)
+
+    def _over_plan_refusal(self, tenant: str) -> Rejection:
+        """The refusal of a message over ``tenant``'s plan (one per plan rate, reused)."""
+        rate = self.tenant_rates.rate_of(tenant)
+        kept = self._plan_refusals.get(tenant)
+        if kept is None or kept[0] != rate:
+            refusal = Rejection(Reason.TENANT_RATE_LIMITED, self._plan_limit(tenant))
+            kept = self._plan_refusals[tenant] = (rate, refusal)
+        return kept[1]
 
     def _plan_limit(self, tenant: str) -> str:
         rate = self.tenant_rates.rate_of(tenant)
@@ -635,7 +716,7 @@ class Relay(AmqpService):
         spent = self.refusals.spent(device, tenant, time.monotonic(), readings)
         if spent is not None:
             # Over the device's or tenant's budget: counted, acked, not kept.
-            metrics.RELAY_REJECTED_OVER_BUDGET.labels(tenant or "", refusal.reason.value).inc()
+            self._count_over_budget(tenant, refusal.reason, 1)
             if spent == DEVICE_SPENT:
                 # Only the device's own excess counts towards its quarantine: a device
                 # within its budget is never quarantined for what its tenant-mates sent.
@@ -703,7 +784,10 @@ class Relay(AmqpService):
         if wait <= 0.0:
             self._done(delivery)
             return
-        metrics.RELAY_REFUSED_PACED.labels(tenant or "").inc()
+        paced = self._paced.get(tenant or "")
+        if paced is None:
+            paced = self._paced[tenant or ""] = metrics.RELAY_REFUSED_PACED.labels(tenant or "")
+        paced.inc()
         self._held[delivery.tag] = delivery
         self._settle([])  # deliveries settled behind it are acked one by one from now
         self.ioloop.call_later(wait, lambda: self._release_held(delivery))

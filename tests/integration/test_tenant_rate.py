@@ -1,6 +1,7 @@
 """A tenant plan's accepted-reading rate (``max_rate``) on a real relay, scheduler,
 broker and database: set by the operator (CLI, API), carried to the relay by the tenant
-watch, its excess refused ``tenant_rate_limited`` and counted, other tenants untouched,
+watch, its excess refused ``tenant_rate_limited`` (by index, then whole and unread while
+the plan's bucket is dry) and counted, other tenants untouched,
 every accepted reading stored once."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tests.harness import Pipeline, reading, wait_for
 from tests.integration.test_web_api import world  # noqa: F401  (a fixture)
 
 REFUSED = "fairway_relay_tenant_rate_limited_total"
+UNREAD = "fairway_relay_refused_unread_total"
 
 
 def _cli(pipeline: Pipeline, *args: str) -> dict[str, Any]:
@@ -71,6 +73,17 @@ def test_a_tenants_readings_beyond_its_plan_are_refused_and_counted_others_untou
     assert _ids(pipeline, "capped") == sorted(expected)
     assert len(_ids(pipeline, "calm")) == 60
 
+    # The plan's bucket ran dry: until it refills to a full batch (here its burst, 20),
+    # the tenant's messages are refused whole before they are read: broken JSON too.
+    pipeline.publish([("cap-1.env", b"{not json", {}), _batch("cap-2", "x", 1)])
+    unread = pipeline.rejected(2)
+    assert [h[topology.REASON_HEADER] for h, _ in unread] == ["tenant_rate_limited"] * 2
+    assert all(topology.INDEX_HEADER not in h for h, _ in unread)  # whole messages
+    assert unread[0][1] == b"{not json"  # as sent
+    assert relay.metric(UNREAD, tenant="capped", reason="tenant_rate_limited") == 2
+    assert relay.metric(REFUSED, tenant="capped") == 12  # each counts as one reading
+    assert relay.metric("fairway_relay_rejected_total", reason="malformed_json") == 0
+
     # The operator lifts the plan: the relay reads the change by revision and accepts all.
     reads = relay.metric("fairway_relay_tenant_reads_total", kind="changes")
     assert _cli(pipeline, "tenant", "set-rate", "capped", "default") == {
@@ -100,7 +113,7 @@ def test_a_tenants_readings_beyond_its_plan_are_refused_and_counted_others_untou
     pipeline.wait_stored(75, tenant="capped")
     more = pipeline.rejected(3)
     assert sorted(h[topology.INDEX_HEADER] for h, _ in more) == [5, 6, 7]
-    assert relay.metric(REFUSED, tenant="capped") == 13
+    assert relay.metric(REFUSED, tenant="capped") == 15
     time.sleep(1.0)  # nothing more arrives
     assert pipeline.stored(tenant="capped") == 75 and pipeline.stored(tenant="calm") == 60
     assert pipeline.stop("relay") == 0

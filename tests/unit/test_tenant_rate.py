@@ -4,12 +4,17 @@ and the relay's refusal rule (``tenant_rate_limited``) on a stub channel, no bro
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
+from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
 from fairway.kernel import topology
+from fairway.kernel.contract import parse_message
 from fairway.storage.registry import Device, check_plan
+from ingest import relay as relay_module
 from ingest.ratelimit import TenantRates
 from ingest.relay import Relay
 from tests.unit.test_relay_batches import channel, confirm, deliver, good, make_relay, published
@@ -240,5 +245,191 @@ def test_a_plan_burst_below_a_full_batch_is_warned_about_once_and_only_if_it_lim
             relay._apply_plans([("zeta", 0.0, 10.0)], set())  # unlimited: the burst does nothing
         warned = [r for r in caplog.records if "max_burst" in r.getMessage()]
         assert [r.__dict__["tenant"] for r in warned] == ["acme"]
+    finally:
+        relay.registry.close()
+
+
+# -- refused before the body is read -------------------------------------------------------
+def from_queue(
+    relay: Relay,
+    tag: int,
+    body: object,
+    device: str = "dev-1",
+    tenant: str = "acme",
+    *,
+    key: str | None = None,
+    user_id: str | None = None,
+) -> None:
+    """Deliver ``body`` as it comes from ``ingest.<tenant>`` (the tenant's own queue)."""
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    relay._queues[f"c-{tenant}"] = topology.INGEST_QUEUE_PREFIX + tenant
+    method = SimpleNamespace(
+        delivery_tag=tag, routing_key=key or f"{device}.env", consumer_tag=f"c-{tenant}"
+    )
+    props = SimpleNamespace(message_id=f"m{tag}", user_id=user_id)
+    relay._on_message(channel(relay), method, props, raw)  # type: ignore[arg-type]
+
+
+def unread(tenant: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "fairway_relay_refused_unread_total", {"tenant": tenant, "reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every routing key the body decoder is called for."""
+    calls: list[str] = []
+
+    def counting(routing_key: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(routing_key)
+        return parse_message(routing_key, *args, **kwargs)
+
+    monkeypatch.setattr(relay_module, "parse_message", counting)
+    return calls
+
+
+def test_an_over_plan_message_is_refused_before_its_body_is_read(reads: list[str]) -> None:
+    relay = make()
+    relay.tenant_rates.plan("acme", 0.001, 4.0)  # the gate: a full batch, at most the burst
+    before, unread_before = over_plan("acme"), unread("acme", "tenant_rate_limited")
+    try:
+        from_queue(relay, 1, [good(i) for i in range(4)])
+        assert len(published(relay, topology.TENANTS)) == 4
+        assert len(reads) == 1
+        # The bucket is empty: an invalid body is refused as over plan, not read.
+        from_queue(relay, 2, b"{not json")
+        assert len(reads) == 1
+        [(key, body, props)] = published(relay, topology.REJECTED)
+        assert key == "tenant_rate_limited.dev-1"
+        assert body == b"{not json"  # the message as sent
+        assert props.headers[topology.REASON_HEADER] == "tenant_rate_limited"
+        assert props.headers[topology.TENANT_HEADER] == "acme"
+        assert props.headers[topology.DEVICE_HEADER] == "dev-1"
+        assert topology.INDEX_HEADER not in props.headers
+        # One message, counted as one reading.
+        assert over_plan("acme") - before == 1
+        assert unread("acme", "tenant_rate_limited") - unread_before == 1
+        for seq in range(1, 6):
+            confirm(relay, seq)
+        assert channel(relay).acks[-1] == (2, True)  # acked once its refusal is confirmed
+        # Another tenant's device is read and accepted.
+        from_queue(relay, 3, [good(i) for i in range(3)], device="dev-3", tenant="zeta")
+        assert len(reads) == 2
+        assert len(published(relay, topology.TENANTS)) == 7
+    finally:
+        relay.registry.close()
+
+
+def test_a_dry_plan_is_read_again_only_at_a_full_batch_of_tokens(reads: list[str]) -> None:
+    relay = make(max_batch_readings=100)
+    relay.tenant_rates.plan("acme", 0.001, 150.0)
+    try:
+        from_queue(relay, 1, [good(i) for i in range(100)])
+        from_queue(relay, 2, [good(i) for i in range(60)])  # 50 accepted, 10 by index: dry
+        assert len(published(relay, topology.TENANTS)) == 150
+        assert len(published(relay, topology.REJECTED)) == 10
+        # With 90 tokens, fewer than a full batch, the dry plan's messages are refused
+        # whole and unread (the old rule read the ten and accepted them).
+        relay.tenant_rates._buckets["acme"][0] = 90.0
+        from_queue(relay, 3, [good(i) for i in range(10)])
+        assert len(reads) == 2
+        assert len(published(relay, topology.TENANTS)) == 150
+        _key, _body, props = published(relay, topology.REJECTED)[-1]
+        assert props.headers[topology.REASON_HEADER] == "tenant_rate_limited"
+        assert topology.INDEX_HEADER not in props.headers
+        # A full batch of tokens lets one message in: read, and accepted whole.
+        relay.tenant_rates._buckets["acme"][0] = 100.0
+        from_queue(relay, 4, [good(i) for i in range(10)])
+        from_queue(relay, 5, [good(i) for i in range(10)])  # 90 left, still dry: unread
+        assert len(reads) == 3
+        assert len(published(relay, topology.TENANTS)) == 160
+        # Refilled to its burst, the flood is over: read down to the last token again.
+        relay.tenant_rates._buckets["acme"][0] = 150.0
+        from_queue(relay, 6, [good(i) for i in range(10)])
+        from_queue(relay, 7, [good(i) for i in range(10)])  # 140 left, no longer dry
+        assert len(reads) == 5
+        assert len(published(relay, topology.TENANTS)) == 180
+    finally:
+        relay.registry.close()
+
+
+def test_who_sent_it_is_checked_before_the_plan(reads: list[str]) -> None:
+    relay = make(max_message_bytes=1000)
+    relay.tenant_rates.plan("acme", 0.001, 2.0)
+    try:
+        from_queue(relay, 1, [good(0), good(1)])
+        from_queue(relay, 2, b"x" * 2000)
+        from_queue(relay, 3, good(2), key="dev-1")  # no stream: a malformed key
+        from_queue(relay, 4, good(3), user_id="dev-2")
+        from_queue(relay, 5, good(4))
+        reasons = [
+            p.headers[topology.REASON_HEADER] for _, _, p in published(relay, topology.REJECTED)
+        ]
+        assert reasons == [
+            "too_large",
+            "bad_routing_key",
+            "identity_mismatch",
+            "tenant_rate_limited",
+        ]
+        assert len(reads) == 4  # all but the last were read (the decoder refused them)
+    finally:
+        relay.registry.close()
+
+
+def test_a_device_without_tokens_is_refused_before_its_body_is_read(reads: list[str]) -> None:
+    relay = make(device_rate=0.001, device_burst=3)
+    unread_before = unread("acme", "rate_limited")
+    try:
+        from_queue(relay, 1, [good(i) for i in range(3)])
+        from_queue(relay, 2, {"ts": "not a time", "values": {}})  # schema, if it were read
+        assert len(reads) == 1
+        [(key, _body, props)] = published(relay, topology.REJECTED)
+        assert key == "rate_limited.dev-1"
+        assert topology.INDEX_HEADER not in props.headers
+        assert unread("acme", "rate_limited") - unread_before == 1
+        # The device's limit comes first, as when the body is read.
+        relay.tenant_rates.plan("acme", 0.001, 1.0)
+        relay.tenant_rates.take("acme", time.time(), 1)
+        from_queue(relay, 3, good(5))
+        assert published(relay, topology.REJECTED)[-1][0] == "rate_limited.dev-1"
+    finally:
+        relay.registry.close()
+
+
+def test_unread_refusals_beyond_the_budgets_are_counted_and_acked(reads: list[str]) -> None:
+    relay = make(rejected_tenant_rate=0.001, rejected_tenant_burst=1)
+    relay.tenant_rates.plan("acme", 0.001, 1.0)
+    over = REGISTRY.get_sample_value(
+        "fairway_relay_rejected_over_budget_total",
+        {"tenant": "acme", "reason": "tenant_rate_limited"},
+    )
+    try:
+        from_queue(relay, 1, good(0))
+        confirm(relay, 1)
+        from_queue(relay, 2, [good(i) for i in range(50)])  # kept in rejected
+        from_queue(relay, 3, [good(i) for i in range(50)])  # beyond the tenant's budget
+        assert len(reads) == 1
+        assert len(published(relay, topology.REJECTED)) == 1
+        after = REGISTRY.get_sample_value(
+            "fairway_relay_rejected_over_budget_total",
+            {"tenant": "acme", "reason": "tenant_rate_limited"},
+        )
+        assert after - (over or 0.0) == 1  # one message: one reading's worth
+        assert channel(relay).acks == [(1, True)]  # 3 waits behind 2, whose refusal is unconfirmed
+        confirm(relay, 2)
+        assert channel(relay).acks[-1] == (3, True)
+    finally:
+        relay.registry.close()
+
+
+def test_an_unlimited_tenant_is_always_read(reads: list[str]) -> None:
+    relay = make()
+    try:
+        for tag in range(1, 4):
+            from_queue(relay, tag, [good(i) for i in range(100)])
+        assert len(reads) == 3
+        assert len(published(relay, topology.TENANTS)) == 300
     finally:
         relay.registry.close()
