@@ -516,9 +516,8 @@ class Relay(AmqpService):
         if tenant is None or not self.tenant_rates.gate_closed(tenant, now):
             return False
         try:
-            device = check_sender(routing_key, len(body), self.settings.max_message_bytes, user_id)[
-                0
-            ]
+            limit = self.settings.max_message_bytes
+            device, _stream = check_sender(routing_key, len(body), limit, user_id)
         except Rejection:
             return False  # refused by parse_message for who sent it, not for the plan
         refusal = self._over_plan_refusal(tenant)
