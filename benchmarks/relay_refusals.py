@@ -10,8 +10,10 @@ work per refused message: what pika's receive path and the broker cost is not in
 pika hands it over; the refusal pace is set out of the way (the broker-side holding it
 causes is not the handler's cost).
 
-``--pythonpath`` runs the same measurement on another checkout (``main``'s), in a child
-process of its own, alternating with this one round by round.
+Target: this build accepts within 5 % of the readings the plain token bucket at the plan
+allows (its burst, then the rate). ``--pythonpath`` runs the same measurement on another
+checkout (``main``'s), in a child process of its own, alternating with this one round by
+round, and adds a target: less CPU per delivery than it.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def measure(plan: float, seconds: float) -> dict[str, Any]:
     cpu = time.process_time() - start
     relay.registry.close()
     accepted = REGISTRY.get_sample_value("fairway_relay_accepted_total", {"tenant": "hostile"})
+    # What the plain token bucket at the plan accepts: its burst, then the rate.
+    allowed = min(total * BATCH, relay.tenant_rates.burst_of(plan, 0.0) + plan * seconds)
     return {
         "deliveries": total,
         "read": reads[0],
@@ -128,6 +132,7 @@ def measure(plan: float, seconds: float) -> dict[str, Any]:
         "cpu_us_per_delivery": round(cpu / total * 1e6, 1),
         "accepted_readings": int(accepted or 0),
         "accepted_per_s": round((accepted or 0) / seconds),
+        "bucket_allows": int(allowed),
     }
 
 
@@ -169,7 +174,16 @@ def main() -> None:
             )
             runs[build].append(json.loads(out.stdout))
     best = {b: min(r["cpu_us_per_delivery"] for r in rs) for b, rs in runs.items()}
-    targets = {}
+    # Every round of this build accepts within 5 % of what the plain token bucket allows
+    # (the gate's extra refusals are bounded by about a second of the plan).
+    shortfall = max(1 - r["accepted_readings"] / r["bucket_allows"] for r in runs["this"])
+    targets: dict[str, Any] = {
+        "accepted_within_5pct_of_the_bucket": {
+            "value": round(shortfall, 4),
+            "target": 0.05,
+            "met": abs(shortfall) <= 0.05,
+        }
+    }
     if "before" in best:
         targets["cpu_per_delivery_lower"] = {
             "value": [best["this"], best["before"]],

@@ -27,9 +27,9 @@ RELAY_TENANT_RATE_LIMITED = Counter(
 
 RELAY_REFUSED_UNREAD = Counter(
     "fairway_relay_refused_unread_total",
-    "Messages refused whole before their body was read (rate_limited, tenant_rate_limited:"
-    " the device's or the tenant's bucket was dry and held less than a full batch), by"
-    " tenant and reason; each also counts as one reading wherever refusals are counted",
+    "Messages refused whole before their body was read (tenant_rate_limited: the tenant's"
+    " plan bucket held no whole token, or was dry and below its opening level), by tenant"
+    " and reason; each also counts as one reading wherever refusals are counted",
     ["tenant", "reason"],
 )
 

@@ -20,17 +20,16 @@ class RateLimiter:
         self.rate, self.burst, self.max_keys = rate, burst, max_keys
         # An OrderedDict used directly (least recently used first): the relay takes a
         # bucket per delivery, and cachetools' LRUCache costs ~1 us more per look-up.
-        # key -> [tokens, last refill, dry (1.0: it refused for want of tokens)].
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
 
     def _tokens(self, key: str, now: float) -> list[float]:
-        """``key``'s bucket ``[tokens, now, dry]``, refilled up to ``now``."""
+        """``key``'s bucket ``[tokens, now]``, refilled up to ``now``."""
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is None:
             if len(buckets) >= self.max_keys:
                 buckets.popitem(last=False)
-            bucket = buckets[key] = [self.burst, now, 0.0]
+            bucket = buckets[key] = [self.burst, now]
         else:
             buckets.move_to_end(key)
             tokens = bucket[0] + (now - bucket[1]) * self.rate
@@ -56,25 +55,11 @@ class RateLimiter:
         return True
 
     def take(self, key: str, now: float, want: int) -> int:
-        """Take up to ``want`` whole tokens for ``key``; return how many were granted
-        (fewer than ``want``: the bucket is dry, :meth:`closed`)."""
+        """Take up to ``want`` whole tokens for ``key``; return how many were granted."""
         bucket = self._tokens(key, now)
         granted = min(want, int(bucket[0])) if bucket[0] >= 1.0 else 0
         bucket[0] -= granted
-        if granted < want:
-            bucket[2] = 1.0
         return granted
-
-    def closed(self, key: str, now: float, level: float) -> bool:
-        """Whether ``key`` is refused before anything is taken: its bucket holds no
-        whole token at ``now``, or it is dry and holds fewer than ``level`` tokens (at
-        most its burst). Dry: :meth:`take` refused some for want of tokens, or a call
-        found none; until the bucket refills to its burst. Nothing is taken; a key
-        without a bucket (full) is never closed."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            return False
-        return _closed(bucket, bucket[0] + (now - bucket[1]) * self.rate, level, self.burst, 2)
 
     def give_back(self, key: str, count: int) -> None:
         """Return ``count`` tokens taken for something refused after all (up to the burst)."""
@@ -156,6 +141,10 @@ class TenantRates:
     costs one dict look-up per delivery. A burst of 0 (unset) is two seconds of the
     rate, at least ``min_burst`` (a full device batch). Buckets live in an LRU of
     ``max_keys`` like :class:`RateLimiter`'s; a changed plan starts a full bucket.
+
+    A bucket that ran dry is closed (:meth:`gate_closed`) below its opening level: a
+    full batch (``min_burst``), at most its burst and at most :data:`OPENING_S` of its
+    rate (at least one token).
     """
 
     def __init__(
@@ -164,12 +153,18 @@ class TenantRates:
         self.default_rate, self.default_burst = default_rate, default_burst
         self.min_burst, self.max_keys = min_burst, max_keys
         self._plans: dict[str, tuple[float, float]] = {}  # tenant -> (rate, burst) if its own
-        # tenant -> [tokens, last refill, rate, burst, dry], least recently used first.
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        self._buckets: OrderedDict[str, _PlanBucket] = OrderedDict()  # least recently used first
 
     def burst_of(self, rate: float, burst: float) -> float:
         """The burst in effect for ``rate`` when ``burst`` is 0 (unset): two seconds' worth."""
         return burst if burst > 0 else max(2.0 * rate, self.min_burst)
+
+    def opening_of(self, rate: float, burst: float) -> float:
+        """The tokens a dry bucket of ``rate``/``burst`` (in effect) needs to be read again:
+        a full batch, at most the burst and at most :data:`OPENING_S` of the rate, so
+        what it refuses that the plain bucket would have accepted is bounded by that
+        much of the plan."""
+        return min(self.min_burst, burst, max(1.0, rate * OPENING_S))
 
     def plan(self, tenant: str, rate: float | None, burst: float | None) -> bool:
         """Set ``tenant``'s own plan (None: the defaults); its bucket restarts full if
@@ -197,16 +192,30 @@ class TenantRates:
         own = self._plans.get(tenant)
         return self.default_rate if own is None else own[0]
 
-    def closed(self, tenant: str, now: float, level: float) -> bool:
-        """:meth:`RateLimiter.closed` for ``tenant``'s bucket. Unlimited, or no bucket
-        yet (full): never."""
+    def gate_closed(self, tenant: str, now: float) -> bool:
+        """Whether ``tenant``'s messages are refused before they are read: its bucket
+        holds no whole token at ``now``, or it is dry and holds fewer tokens than its
+        opening level (:meth:`opening_of`). Nothing is taken, but it marks the bucket
+        dry when it finds no whole token. Dry: :meth:`take` granted fewer than asked,
+        or this found none; until the bucket refills to its burst. Unlimited, or no
+        bucket yet (full): never closed."""
         bucket = self._buckets.get(tenant)
         if bucket is None:
             return False
-        return _closed(bucket, bucket[0] + (now - bucket[1]) * bucket[2], level, bucket[3], 4)
+        tokens = bucket.tokens + (now - bucket.last) * bucket.rate
+        if tokens < 1.0:
+            bucket.dry = True
+            return True
+        if bucket.dry:
+            if tokens < bucket.opening:
+                return True
+            if tokens >= bucket.burst:
+                bucket.dry = False  # refilled whole: the flood is over
+        return False
 
     def take(self, tenant: str, now: float, want: int) -> int:
-        """Take up to ``want`` tokens (readings) of ``tenant``'s bucket; how many were granted."""
+        """Take up to ``want`` tokens (readings) of ``tenant``'s bucket; how many were
+        granted (fewer than ``want``: the bucket is dry, :meth:`gate_closed`)."""
         bucket = self._buckets.get(tenant)
         if bucket is None:
             own = self._plans.get(tenant)
@@ -216,27 +225,33 @@ class TenantRates:
             if len(self._buckets) >= self.max_keys:
                 self._buckets.popitem(last=False)
             burst = self.burst_of(rate, burst)
-            bucket = self._buckets[tenant] = [burst, now, rate, burst, 0.0]
+            bucket = self._buckets[tenant] = _PlanBucket(
+                now, rate, burst, self.opening_of(rate, burst)
+            )
         else:
             self._buckets.move_to_end(tenant)
-            tokens = bucket[0] + (now - bucket[1]) * bucket[2]
-            bucket[0] = tokens if tokens < bucket[3] else bucket[3]
-            bucket[1] = now
-        granted = min(want, int(bucket[0])) if bucket[0] >= 1.0 else 0
-        bucket[0] -= granted
+            tokens = bucket.tokens + (now - bucket.last) * bucket.rate
+            bucket.tokens = tokens if tokens < bucket.burst else bucket.burst
+            bucket.last = now
+        granted = min(want, int(bucket.tokens)) if bucket.tokens >= 1.0 else 0
+        bucket.tokens -= granted
         if granted < want:
-            bucket[4] = 1.0  # dry: closed until it refills to a full batch
+            bucket.dry = True  # closed below its opening level until it refills to its burst
         return granted
 
 
-def _closed(bucket: list[float], tokens: float, level: float, burst: float, dry: int) -> bool:
-    """The gate of :meth:`RateLimiter.closed`: ``bucket[dry]`` is its dry flag."""
-    if tokens < 1.0:
-        bucket[dry] = 1.0
-        return True
-    if bucket[dry]:
-        if tokens < (level if level < burst else burst):
-            return True
-        if tokens >= burst:
-            bucket[dry] = 0.0  # refilled whole: the flood is over
-    return False
+OPENING_S = 1.0
+"""Seconds of a tenant's plan rate a dry bucket needs before its messages are read again
+(at most a full batch and the burst): bounds the readings refused that the plain token
+bucket would have accepted to about this much of the plan after each dry spell."""
+
+
+class _PlanBucket:
+    """One tenant's bucket: its tokens at ``last``, its plan, and whether it ran dry."""
+
+    __slots__ = ("burst", "dry", "last", "opening", "rate", "tokens")
+
+    def __init__(self, now: float, rate: float, burst: float, opening: float) -> None:
+        self.tokens, self.last, self.rate, self.burst = burst, now, rate, burst
+        self.opening = opening
+        self.dry = False

@@ -82,8 +82,8 @@ from fairway.kernel.contract import (
     Message,
     Reading,
     bundle_part,
+    check_sender,
     parse_message,
-    split_routing_key,
     tenant_message,
 )
 from fairway.kernel.ids import is_valid_id
@@ -248,9 +248,6 @@ class Relay(AmqpService):
         self._paced: dict[str, Any] = {}  # tenant -> its refused_paced child
         # tenant -> (its plan rate, the refusal of a message over it): reused, not rebuilt.
         self._plan_refusals: dict[str, tuple[float, Rejection]] = {}
-        # A bucket that ran dry reads a message only with a full batch of tokens (its
-        # burst if smaller) until it refills to its burst: below, refused unread.
-        self._gate_level = float(settings.max_batch_readings)
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
         metrics.RELAY_PREFETCH_BOUND.set_function(
             lambda: (
@@ -505,40 +502,26 @@ class Relay(AmqpService):
         queue: str,
         now: float,
     ) -> bool:
-        """Refuse a delivery whole, before its body is read, if its device's bucket or its
-        tenant's plan bucket is closed (``rate_limited``, ``tenant_rate_limited``): no
-        whole token left, or dry (it refused readings for want of tokens, and has not
-        refilled to its burst since) and below a full batch of tokens
-        (:meth:`~ingest.ratelimit.RateLimiter.closed`). Whether it did.
+        """Refuse a delivery whole as ``tenant_rate_limited``, before its body is read, if
+        its tenant's plan bucket is closed (:meth:`~ingest.ratelimit.TenantRates.gate_closed`:
+        no whole token, or dry and below its opening level). Whether it did.
 
-        Only who sent it is checked first (size, routing key, identity: their refusals
-        come first, from :func:`parse_message`); the body's and the registry's verdicts
-        come after. A message let through is read and its readings take tokens as
-        before, so the long-run rates are the same; a flood past a limit is read once per
-        full batch of refilled tokens instead of at every delivery only to be refused by
-        index. The refusal counts as one reading (its readings are unknown unread).
+        Only who sent it is checked first (:func:`check_sender`, whose refusals then come
+        from :func:`parse_message`); the body's and the registry's verdicts come after.
+        The device's own bucket has no such gate: its messages are read and its excess
+        refused by index, so it counts towards quarantine reading by reading. The
+        refusal counts as one reading (its readings are unknown unread).
         """
-        if len(body) > self.settings.max_message_bytes:
-            return False  # too_large first: a junk flood is watched by its bytes
+        tenant = _tenant_of(queue)
+        if tenant is None or not self.tenant_rates.gate_closed(tenant, now):
+            return False
         try:
-            device = split_routing_key(routing_key)[0]
+            limit = self.settings.max_message_bytes
+            device, _stream = check_sender(routing_key, len(body), limit, user_id)
         except Rejection:
-            return False  # bad_routing_key
-        if user_id is not None and user_id != device:
-            return False  # identity_mismatch
-        level = self._gate_level
-        if self.rate.closed(device, now, level):
-            refusal = Rejection(
-                Reason.RATE_LIMITED,
-                f"device {device!r} exceeds {self.settings.device_rate:g} readings/s",
-            )
-            tenant = _tenant_of(queue)
-        else:
-            tenant = _tenant_of(queue)
-            if tenant is None or not self.tenant_rates.closed(tenant, now, level):
-                return False
-            refusal = self._over_plan_refusal(tenant)
-            self._count_over_plan(tenant, 1)
+            return False  # refused by parse_message for who sent it, not for the plan
+        refusal = self._over_plan_refusal(tenant)
+        self._count_over_plan(tenant, 1)
         self._count_unread(tenant, refusal.reason)
         self._refuse(Delivery(tag, 1, queue, len(body)), routing_key, body, refusal, device, tenant)
         return True

@@ -264,21 +264,28 @@ def parse_message(
     return Message(device, stream, accepted, refused, True)
 
 
-def _decode(
-    routing_key: str, body: bytes, settings: Settings, user_id: str | None
-) -> tuple[str, str, Any]:
-    """Size, routing key, identity, JSON: the checks every message gets, cheapest first."""
-    if len(body) > settings.max_message_bytes:
-        raise Rejection(
-            Reason.TOO_LARGE,
-            f"body is {len(body)} bytes; at most {settings.max_message_bytes}",
-        )
+def check_sender(
+    routing_key: str, size: int, max_bytes: int, user_id: str | None
+) -> tuple[str, str]:
+    """The checks of who sent a message, before its body is read, in their order: size
+    (``too_large``), routing key (``bad_routing_key``), identity (``identity_mismatch``).
+    Its device and stream, or :class:`Rejection`."""
+    if size > max_bytes:
+        raise Rejection(Reason.TOO_LARGE, f"body is {size} bytes; at most {max_bytes}")
     device, stream = split_routing_key(routing_key)
     if user_id is not None and user_id != device:
         raise Rejection(
             Reason.IDENTITY_MISMATCH,
             f"connection user {user_id[:80]!r} may not publish as device {device!r}",
         )
+    return device, stream
+
+
+def _decode(
+    routing_key: str, body: bytes, settings: Settings, user_id: str | None
+) -> tuple[str, str, Any]:
+    """Size, routing key, identity, JSON: the checks every message gets, cheapest first."""
+    device, stream = check_sender(routing_key, len(body), settings.max_message_bytes, user_id)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

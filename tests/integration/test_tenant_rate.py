@@ -73,8 +73,9 @@ def test_a_tenants_readings_beyond_its_plan_are_refused_and_counted_others_untou
     assert _ids(pipeline, "capped") == sorted(expected)
     assert len(_ids(pipeline, "calm")) == 60
 
-    # The plan's bucket ran dry: until it refills to a full batch (here its burst, 20),
-    # the tenant's messages are refused whole before they are read: broken JSON too.
+    # The plan's bucket ran dry: below its opening level (one second of its rate, at
+    # least one token: 100 s away here) the tenant's messages are refused whole before
+    # they are read: broken JSON too.
     pipeline.publish([("cap-1.env", b"{not json", {}), _batch("cap-2", "x", 1)])
     unread = pipeline.rejected(2)
     assert [h[topology.REASON_HEADER] for h, _ in unread] == ["tenant_rate_limited"] * 2

@@ -99,41 +99,39 @@ def test_refusal_budget_says_which_budget_is_spent() -> None:
     assert budget.spent("d4", None, 0.0) is None  # no tenant: the device's budget only
 
 
-def test_a_bucket_is_closed_without_a_token_or_while_dry_below_the_level() -> None:
-    limiter = RateLimiter(rate=10.0, burst=20.0, max_keys=10)
-    assert not limiter.closed("d", 0.0, 5.0)  # no bucket: full
-    assert "d" not in limiter._buckets  # and none is made
-    assert limiter.take("d", 0.0, 18) == 18
-    assert not limiter.closed("d", 0.0, 5.0)  # 2 left and never refused: open
-    assert limiter.take("d", 0.0, 5) == 2  # refused 3: dry
-    assert limiter.closed("d", 0.0, 5.0)  # no token
-    assert limiter.closed("d", 0.3, 5.0)  # 3 tokens, dry, below the level
-    assert not limiter.closed("d", 0.5, 5.0)  # 5: open for this one
-    assert limiter.take("d", 0.5, 100) == 5  # the gate took nothing
-    assert limiter.closed("d", 0.9, 5.0)  # 4, still dry: closed below the level
-    assert not limiter.closed("d", 2.5, 5.0)  # refilled to the burst: no longer dry
-    limiter.take("d", 2.5, 18)
-    assert not limiter.closed("d", 2.5, 5.0)  # 2 left, never refused since: open
-
-
-def test_a_dry_bucket_opens_at_its_burst_when_the_level_is_above_it() -> None:
-    limiter = RateLimiter(rate=10.0, burst=3.0, max_keys=10)
-    limiter.take("d", 0.0, 4)
-    assert limiter.closed("d", 0.25, 100.0)  # 2.5 of a burst of 3
-    assert not limiter.closed("d", 0.3, 100.0)
-
-
-def test_a_tenant_bucket_closes_like_a_device_bucket() -> None:
+def test_a_tenant_bucket_is_closed_without_a_token_or_while_dry_below_its_opening() -> None:
     rates = TenantRates(0.0, 0.0, 100.0, 10)
-    assert not rates.closed("t", 0.0, 100.0)  # unlimited: never
-    rates.plan("t", 10.0, 30.0)
-    assert not rates.closed("t", 0.0, 100.0)  # no bucket yet: full
+    assert not rates.gate_closed("t", 0.0)  # unlimited: never
+    rates.plan("t", 10.0, 30.0)  # opens at 10 tokens: one second of its rate
+    assert not rates.gate_closed("t", 0.0)  # no bucket yet: full
+    assert "t" not in rates._buckets  # and none is made
     assert rates.take("t", 0.0, 29) == 29
-    assert not rates.closed("t", 0.0, 100.0)  # one token, never refused
+    assert not rates.gate_closed("t", 0.0)  # one token, never refused: open
     assert rates.take("t", 0.0, 5) == 1  # dry
-    assert rates.closed("t", 2.9, 100.0)  # 29 of a burst of 30
-    assert not rates.closed("t", 3.0, 100.0)  # full: the level is at most the burst
-    rates.take("t", 3.0, 29)
-    assert not rates.closed("t", 3.0, 100.0)  # full, so no longer dry: one token opens
+    assert rates.gate_closed("t", 0.0)  # no token
+    assert rates.gate_closed("t", 0.9)  # 9, dry, below the opening level
+    assert not rates.gate_closed("t", 1.0)  # 10: open for this one
+    assert rates.take("t", 1.0, 100) == 10  # the gate took nothing
+    assert rates.gate_closed("t", 1.5)  # 5, still dry: closed below the opening level
+    assert not rates.gate_closed("t", 4.5)  # refilled to the burst: no longer dry
+    rates.take("t", 4.5, 29)
+    assert not rates.gate_closed("t", 4.5)  # one token, never refused since: open
     rates.plan("t", 10.0, 40.0)  # a changed plan starts full and open
-    assert not rates.closed("t", 3.0, 100.0)
+    assert not rates.gate_closed("t", 4.5)
+
+
+def test_a_gate_finding_no_token_marks_the_bucket_dry() -> None:
+    rates = TenantRates(0.0, 0.0, 100.0, 10)
+    rates.plan("t", 10.0, 30.0)
+    assert rates.take("t", 0.0, 30) == 30  # all granted: not dry
+    assert rates.gate_closed("t", 0.05)  # half a token: closed, and now dry
+    assert rates.gate_closed("t", 0.5)  # 5 tokens below the opening level of 10
+
+
+def test_the_opening_level_is_a_full_batch_at_most_the_burst_and_one_second_of_the_rate() -> None:
+    rates = TenantRates(0.0, 0.0, 100.0, 10)
+    assert rates.opening_of(1000.0, 2000.0) == 100.0  # a full batch
+    assert rates.opening_of(1000.0, 40.0) == 40.0  # the burst
+    assert rates.opening_of(50.0, 200.0) == 50.0  # one second of the rate
+    assert rates.opening_of(1.0, 100.0) == 1.0  # a small plan: one token
+    assert rates.opening_of(0.01, 100.0) == 1.0  # never below one token

@@ -292,7 +292,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_an_over_plan_message_is_refused_before_its_body_is_read(reads: list[str]) -> None:
     relay = make()
-    relay.tenant_rates.plan("acme", 0.001, 4.0)  # the gate: a full batch, at most the burst
+    relay.tenant_rates.plan("acme", 0.001, 4.0)  # none left after four: closed
     before, unread_before = over_plan("acme"), unread("acme", "tenant_rate_limited")
     try:
         from_queue(relay, 1, [good(i) for i in range(4)])
@@ -322,35 +322,71 @@ def test_an_over_plan_message_is_refused_before_its_body_is_read(reads: list[str
         relay.registry.close()
 
 
-def test_a_dry_plan_is_read_again_only_at_a_full_batch_of_tokens(reads: list[str]) -> None:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The relay's wall clock, moved by hand: ``clock[0]`` (readings' own times stay real)."""
+    now = [time.time()]
+    fake = SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic)
+    monkeypatch.setattr(relay_module, "time", fake)
+    return now
+
+
+def test_a_dry_plan_is_read_again_only_at_its_opening_level(
+    reads: list[str], clock: list[float]
+) -> None:
     relay = make(max_batch_readings=100)
-    relay.tenant_rates.plan("acme", 0.001, 150.0)
+    # The opening level: a full batch (100), at most the burst (150), at most one second
+    # of the rate (50): 50 tokens.
+    relay.tenant_rates.plan("acme", 50.0, 150.0)
     try:
         from_queue(relay, 1, [good(i) for i in range(100)])
         from_queue(relay, 2, [good(i) for i in range(60)])  # 50 accepted, 10 by index: dry
         assert len(published(relay, topology.TENANTS)) == 150
         assert len(published(relay, topology.REJECTED)) == 10
-        # With 90 tokens, fewer than a full batch, the dry plan's messages are refused
-        # whole and unread (the old rule read the ten and accepted them).
-        relay.tenant_rates._buckets["acme"][0] = 90.0
+        # Half a second later, 25 tokens: below the opening level, refused whole and
+        # unread (the plain bucket would have read the ten and accepted them).
+        clock[0] += 0.5
         from_queue(relay, 3, [good(i) for i in range(10)])
         assert len(reads) == 2
         assert len(published(relay, topology.TENANTS)) == 150
         _key, _body, props = published(relay, topology.REJECTED)[-1]
         assert props.headers[topology.REASON_HEADER] == "tenant_rate_limited"
         assert topology.INDEX_HEADER not in props.headers
-        # A full batch of tokens lets one message in: read, and accepted whole.
-        relay.tenant_rates._buckets["acme"][0] = 100.0
+        # A second after running dry, 50: one message is read, and accepted whole.
+        clock[0] += 0.5
         from_queue(relay, 4, [good(i) for i in range(10)])
-        from_queue(relay, 5, [good(i) for i in range(10)])  # 90 left, still dry: unread
+        from_queue(relay, 5, [good(i) for i in range(10)])  # 40 left, still dry: unread
         assert len(reads) == 3
         assert len(published(relay, topology.TENANTS)) == 160
         # Refilled to its burst, the flood is over: read down to the last token again.
-        relay.tenant_rates._buckets["acme"][0] = 150.0
+        clock[0] += 3.0
         from_queue(relay, 6, [good(i) for i in range(10)])
         from_queue(relay, 7, [good(i) for i in range(10)])  # 140 left, no longer dry
         assert len(reads) == 5
         assert len(published(relay, topology.TENANTS)) == 180
+    finally:
+        relay.registry.close()
+
+
+def test_a_small_plan_reads_again_after_about_one_second_of_its_rate(
+    reads: list[str], clock: list[float]
+) -> None:
+    relay = make(max_batch_readings=100)
+    relay.tenant_rates.plan("acme", 1.0, 100.0)  # 1/s: its opening level is one token
+    try:
+        from_queue(relay, 1, [good(i) for i in range(100)])
+        from_queue(relay, 2, [good(i) for i in range(10)])  # none left: unread, dry
+        assert len(published(relay, topology.TENANTS)) == 100
+        clock[0] += 0.5
+        from_queue(relay, 3, good(100))  # half a token: refused unread
+        assert len(reads) == 1
+        # Five seconds after running dry the plain bucket has five readings for it, and
+        # so does the gate (a full batch of 100 would take 100 s to come back).
+        clock[0] += 4.5
+        from_queue(relay, 4, good(101))
+        from_queue(relay, 5, [good(i) for i in range(10)])  # the other four, six by index
+        assert len(reads) == 3
+        assert len(published(relay, topology.TENANTS)) == 105
     finally:
         relay.registry.close()
 
@@ -378,22 +414,30 @@ def test_who_sent_it_is_checked_before_the_plan(reads: list[str]) -> None:
         relay.registry.close()
 
 
-def test_a_device_without_tokens_is_refused_before_its_body_is_read(reads: list[str]) -> None:
-    relay = make(device_rate=0.001, device_burst=3)
+def test_a_device_flooding_past_its_own_rate_is_read_and_counted_for_quarantine(
+    reads: list[str],
+) -> None:
+    relay = make(
+        device_rate=0.001, device_burst=10, rejected_device_rate=0.001, rejected_device_burst=5
+    )
+    units: list[tuple[str | None, str, int]] = []
+    relay.quarantiner.refused_over_budget = (  # type: ignore[method-assign]
+        lambda device, reason, count=1: units.append((device, reason.value, count))
+    )
     unread_before = unread("acme", "rate_limited")
     try:
-        from_queue(relay, 1, [good(i) for i in range(3)])
-        from_queue(relay, 2, {"ts": "not a time", "values": {}})  # schema, if it were read
-        assert len(reads) == 1
-        [(key, _body, props)] = published(relay, topology.REJECTED)
-        assert key == "rate_limited.dev-1"
-        assert topology.INDEX_HEADER not in props.headers
-        assert unread("acme", "rate_limited") - unread_before == 1
-        # The device's limit comes first, as when the body is read.
-        relay.tenant_rates.plan("acme", 0.001, 1.0)
-        relay.tenant_rates.take("acme", time.time(), 1)
-        from_queue(relay, 3, good(5))
-        assert published(relay, topology.REJECTED)[-1][0] == "rate_limited.dev-1"
+        for tag in range(1, 7):
+            from_queue(relay, tag, [good(i) for i in range(10)])
+        # Every batch is read: 10 accepted, 50 refused by index as rate_limited, five
+        # kept by the device's refusal budget and 45 counted towards its quarantine.
+        assert len(reads) == 6
+        assert len(published(relay, topology.TENANTS)) == 10
+        rejected = published(relay, topology.REJECTED)
+        assert [k for k, _, _ in rejected] == ["rate_limited.dev-1"] * 5
+        assert all(topology.INDEX_HEADER in p.headers for _, _, p in rejected)
+        assert sum(n for _, _, n in units) == 45
+        assert {(d, r) for d, r, _ in units} == {("dev-1", "rate_limited")}
+        assert unread("acme", "rate_limited") == unread_before
     finally:
         relay.registry.close()
 
