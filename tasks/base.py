@@ -10,6 +10,7 @@ worker fails ``worker_lost`` instead of being redelivered forever
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from kombu import Exchange, Queue
@@ -148,13 +149,38 @@ class MeteredRequest(Request):
             job_metrics.REDELIVERED.labels(self.task.name).inc()
         super().on_accepted(pid, time_accepted)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Celery's worker subclasses this class for each task (create_request_cls) with
+        # an on_success of its own, which would replace ours: count around that one.
+        super().__init_subclass__(**kwargs)
+        generated = cls.__dict__.get("on_success")
+        if generated is None:
+            return
+
+        def on_success(self: MeteredRequest, failed__retval__runtime: Any, **kwargs: Any) -> None:
+            handler = functools.partial(generated, self)
+            self.returned(failed__retval__runtime, handler, **kwargs)
+
+        cls.on_success = on_success  # type: ignore[method-assign]
+
     def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> None:
         """The pool process returned (a result, or an exception it caught)."""
-        failed, _retval, runtime = failed__retval__runtime
-        job_metrics.FINISHED.labels(self.task.name, "failure" if failed else "success").inc()
-        job_metrics.SECONDS.labels(self.task.name).observe(runtime)
-        super().on_success(failed__retval__runtime, **kwargs)
-        job_ended((self.kwargs or {}).get("tenant"))
+        self.returned(failed__retval__runtime, super().on_success, **kwargs)
+
+    def returned(
+        self, failed__retval__runtime: Any, handler: Callable[..., Any], **kwargs: Any
+    ) -> None:
+        """Count a returned delivery, let ``handler`` (Celery's on_success) ack and
+        report it, and tell the hooks a job ended (a failure tells them in on_failure).
+        A retry is not an end: its next delivery is counted when it returns."""
+        failed, retval, runtime = failed__retval__runtime
+        if not (failed and isinstance(retval.exception, Retry)):
+            job_metrics.FINISHED.labels(self.task.name, "failure" if failed else "success").inc()
+            if runtime is not None:
+                job_metrics.SECONDS.labels(self.task.name).observe(runtime)
+        handler(failed__retval__runtime, **kwargs)
+        if not failed:
+            job_ended((self.kwargs or {}).get("tenant"))
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -184,6 +210,9 @@ class JobTask(Task):
     retry_backoff_max = 60
     retry_jitter = True
     max_retries = 5
+    # Not a child of the delivery it retries: Celery would store the retry's id as a
+    # nested array in the result, which FerretDB refuses (the job then showed FAILURE).
+    retry_kwargs = {"add_to_parent": False}
     kind = "job"
 
     @property
@@ -222,6 +251,7 @@ class JobTask(Task):
         except AutoReconnect as exc:  # fail open: the task meets the same error and retries
             logger.warning("delivery not counted", extra={"job": task_id, "error": repr(exc)})
             return
+        self.request.delivery_counted = True  # its return is counted as its end
         limit = self.settings.jobs_max_attempts
         if lost is None or lost < limit:
             return
@@ -249,7 +279,7 @@ class JobTask(Task):
                 maximum=self.retry_backoff_max,
                 full_jitter=self.retry_jitter,
             )
-            raise self.retry(exc=exc, countdown=countdown) from exc
+            raise self.retry(exc=exc, countdown=countdown, add_to_parent=False) from exc
 
     def after_return(
         self,
@@ -260,14 +290,24 @@ class JobTask(Task):
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        """In the pool process, once the delivery returned (whatever its outcome)."""
-        if kwargs.get("tenant") and kwargs.get("user"):
-            try:
-                job_records.count_end(self.db, task_id)
-            except PyMongoError as exc:
-                logger.warning(
-                    "delivery end not counted", extra={"job": task_id, "error": repr(exc)}
-                )
+        """In the pool process, once the delivery returned a result or failed."""
+        self._count_end(task_id)
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: dict[str, Any], einfo: Any
+    ) -> None:
+        """The delivery returned to be retried (Celery skips ``after_return`` then)."""
+        self._count_end(task_id)
+
+    def _count_end(self, task_id: str) -> None:
+        # Only a delivery counted as it started: an end without a start would hide a
+        # later delivery that takes its worker down.
+        if not getattr(self.request, "delivery_counted", False):
+            return
+        try:
+            job_records.count_end(self.db, task_id)
+        except PyMongoError as exc:
+            logger.warning("delivery end not counted", extra={"job": task_id, "error": repr(exc)})
 
     def _finished(self, task_id: str, kwargs: dict[str, Any], state: str) -> None:
         tenant, user = kwargs.get("tenant"), kwargs.get("user")

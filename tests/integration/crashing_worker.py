@@ -1,6 +1,8 @@
 """A Celery app for tests only: Fairway's own app, whose report task kills its pool
 process (``os._exit(1)``, as the kernel's OOM killer would) for device ``CRASH_DEVICE``,
-and takes ``SLOW_S`` seconds longer for device ``SLOW_DEVICE`` (a long report).
+and takes ``SLOW_S`` seconds longer for device ``SLOW_DEVICE`` (a long report); a job
+whose id starts with ``FLAKY_START`` meets a lost database connection on its first
+start check.
 
 Started by a test with ``celery -A tests.integration.crashing_worker worker``
 (:func:`fairway.devtools.celery_workers.start` with ``app=``); production workers never
@@ -14,12 +16,16 @@ import os
 import time
 from typing import Any
 
+from pymongo.errors import AutoReconnect
+
 import tasks
 import tasks.jobs as jobs
+from fairway.storage import job_dispatch
 
 CRASH_DEVICE = "crash-me"
 SLOW_DEVICE = "slow-one"
 SLOW_S = 3.0
+FLAKY_START = "flaky-start-"
 
 _build_report = jobs.build_report
 
@@ -32,5 +38,19 @@ def _crashing_build_report(db: Any, tenant: str, params: Any, *args: Any, **kwar
     return _build_report(db, tenant, params, *args, **kwargs)
 
 
+_start = job_dispatch.start
+_flaked: set[str] = set()
+
+
+def _flaky_start(db: Any, job_id: str, n: int) -> bool:
+    if job_id.startswith(FLAKY_START) and job_id not in _flaked:
+        _flaked.add(job_id)
+        raise AutoReconnect("connection lost on the start check (test)")
+    return _start(db, job_id, n)
+
+
 jobs.build_report = _crashing_build_report  # type: ignore[assignment]
+job_dispatch.start = _flaky_start
 app = tasks.app
+# A retry waits exactly its backoff (1 s at first), long enough for a test to see it.
+app.tasks[jobs.REPORT_TASK].retry_jitter = False

@@ -23,7 +23,7 @@ from fairway.storage import accounts, job_dispatch, job_pool, job_records, regis
 from tasks import dispatch
 from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
-from tests.integration.crashing_worker import SLOW_DEVICE, SLOW_S
+from tests.integration.crashing_worker import FLAKY_START, SLOW_DEVICE, SLOW_S
 from tests.integration.test_jobs_api import token, wait_job
 from tests.integration.test_tasks import START, insert_readings
 from web import create_app
@@ -204,6 +204,45 @@ def test_a_start_check_the_database_fails_is_retried_not_run(
         assert record is not None and not record.get("deliveries"), record
     finally:
         celery.close()
+
+
+def test_a_retried_start_check_keeps_the_job_queued_in_a_real_worker(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    """In a worker, a start check that meets a database error retries the delivery: the
+    job shows RETRY, never FAILURE (the retry's id as a nested array in the result was
+    refused by FerretDB, and the job showed FAILURE, its slots free to take, until the
+    retry ran), and runs once with one delivery counted and one end."""
+    db, settings = pipeline.db, pipeline.settings
+    job_id = FLAKY_START + str(uuid.uuid4())
+    params = parse_report(dict(REPORT), settings).to_json()
+    job_records.create_job(db, job_id, "acme", "alice", job_records.REPORT, params, "waiting")
+    celery = make_celery(settings)
+    try:
+        claimed = job_dispatch.claim_next(
+            db, "acme", 1, settings.job_ttl_s, pool=dispatch.pool(settings)
+        )
+        assert claimed is not None and claimed["_id"] == job_id
+        dispatch.release(celery, db, claimed)
+    finally:
+        celery.close()
+    seen: list[str] = []
+
+    def succeeded() -> bool:
+        meta = db[job_records.TASKMETA].find_one({"_id": job_id})
+        if meta is not None and (not seen or seen[-1] != meta["status"]):
+            seen.append(meta["status"])
+        return bool(seen) and seen[-1] == "SUCCESS"
+
+    proc = start_worker(pipeline, "flaky")
+    try:
+        wait_for(succeeded, 60, "the retried job done", interval=0.02)
+    finally:
+        worker.stop(proc)
+    assert "FAILURE" not in seen and "RETRY" in seen, seen
+    record = job_records.get_job(db, job_id)
+    assert record is not None
+    assert (record.get("deliveries"), record.get("ends")) == (1, 1), record
 
 
 @pytest.mark.settings(jobs_dispatch_interval_s=0.5)

@@ -320,6 +320,13 @@ def test_report_past_its_soft_time_limit_fails_and_says_so(pipeline: Pipeline) -
         small = send(app, REPORT_TASK, "acme", "alice", params)
         assert wait_done(app, small)[0] == "SUCCESS"
         assert worker_metric(proc, "fairway_jobs_started_total", task=REPORT_TASK) == 2
+        for outcome in ("success", "failure"):  # Celery's own on_success hid these
+            assert (
+                worker_metric(
+                    proc, "fairway_jobs_finished_total", task=REPORT_TASK, outcome=outcome
+                )
+                == 1
+            ), outcome
     assert final == "FAILURE"
     assert isinstance(exc, JobFailed)
     assert "time limit of 1 s" in str(exc)
