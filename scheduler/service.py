@@ -426,10 +426,12 @@ class Scheduler(AmqpService):
         return bool(self.backlogged) and self._light_active()
 
     def _holding_back(self) -> bool:
-        """Either lever holds regular batches back now (the light-active gauge)."""
+        """Either lever holds regular batches back now (the light-active gauge): the cap
+        only while below the write budget's limit, as :meth:`_dispatch` applies it."""
         if self.settings.writers_beside_express and self._light_active():
             return True
-        return bool(self._cap) and self._capping()
+        cap = self._cap
+        return bool(cap) and cap < self.batch_limit.limit and self._capping()
 
     def _hold_expired(self) -> None:
         """The hold may be over: give the writers it held back their batches (else they

@@ -157,7 +157,9 @@ class SelectConnection(pika.SelectConnection):
         # From here a delivery cut short by the end of ``buf`` is waited for rather than
         # decoded a frame at a time: a bundle is often larger than one read, and the
         # frame-at-a-time path costs a scheduler a fifth of its CPU (py-spy, issue 11).
-        # What is waited for is at most one body frame, as pika itself would wait for.
+        # What is kept waiting is at most method + header + one body frame, as pika itself
+        # would keep: the body frame at most frame_max (131,072 bytes as negotiated with
+        # RabbitMQ's default) plus the two small frames (a few hundred bytes here).
         header = offset + _HEAD + size + _END
         if header + _HEAD + 12 > end:
             return _PARTIAL

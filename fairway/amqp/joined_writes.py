@@ -25,8 +25,9 @@ from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 # Beyond this the chunks go one by one, as pika sends them: a partial send requeues the
 # rest of a chunk as a copy, and a joined backlog of megabytes would be copied per send.
 MAX_JOINED_BYTES = 256 * 1024
-# pika still stops reading after ~100 KB per readable event (its _MAX_CONSUME_BYTES), so
-# other sockets are not starved.
+# pika still stops reading once 100 KB are read in one readable event (its
+# _MAX_CONSUME_BYTES, checked before each read), so other sockets are not starved: with
+# 64 KB reads, at most 128 KB per readable event.
 READ_BYTES = 64 * 1024
 
 

@@ -694,9 +694,10 @@ def default_reserve(processes: int, per_tenant: int) -> int:
     return max(0, min(1, processes - per_tenant))
 
 
-# Measured under a 100x flood: the quiet tenants' p99 1.55-1.70x unloaded (3.1-3.6x
-# without a cap), the flooding tenant served 36-43 % slower while they write beside it
-# (docs/benchmarks.md, "Express priority").
+# Measured under a 100x flood (sessions 11-12): the quiet tenants' p99 1.49-1.94x
+# unloaded (2.7-3.6x without a cap), the flooding tenant served 22-43 % slower while they
+# write beside it; no cost measured in end_to_end's drains at scale 1 (docs/benchmarks.md,
+# "Express priority").
 DEFAULT_BATCH_BESIDE_EXPRESS = 100
 
 

@@ -197,7 +197,11 @@ def test_a_delivery_cut_by_a_read_waits_whole_for_the_rest() -> None:
     in place (pika's path would take its frames one at a time)."""
     data = delivery(1, b"payload")
     body = data.index(b"payload")
-    for cut in (3, 15, body - 10, body - 5, len(data) - 3):
+    method_end = len(
+        marshal(frame.Method(1, spec.Basic.Deliver("c1", 1, False, "telemetry", "d1.env")))
+    )
+    # method_end + 5: the method frame is in, the header's first 19 bytes are not.
+    for cut in (3, 15, method_end + 5, body - 10, body - 5, len(data) - 3):
         fast, seen = wired(SelectConnection)
         processed: list[Any] = []
         fast._process_frame = processed.append

@@ -113,11 +113,37 @@ def test_tls_and_unknown_transports_are_left_as_they_are() -> None:
     assert not join_writes(object())
 
 
-def test_the_services_connections_send_joined(monkeypatch: Any) -> None:
-    """The connection every AmqpService and the event publisher use joins its transport."""
-    from fairway.amqp import fastconn, side
+def test_the_event_publishers_connection_is_fastconns(monkeypatch: Any) -> None:
+    """The side connection (the event publisher's) is built as fastconn's class, not
+    pika's: its writes joined, its deliveries decoded in place."""
+    import pika
+    from pika.adapters.select_connection import IOLoop
 
-    assert side.SelectConnection is fastconn.SelectConnection
+    from fairway.amqp import fastconn
+    from fairway.amqp.connection import Brokers
+    from fairway.amqp.side import SideConnection
+    from fairway.kernel.settings import Settings
+
+    built: list[type] = []
+
+    def record(self: Any, *_args: Any, **_kwargs: Any) -> None:
+        built.append(type(self))  # no socket: only which class is built
+
+    monkeypatch.setattr(pika.SelectConnection, "__init__", record)
+    ioloop = IOLoop()
+    try:
+        side = SideConnection(Brokers(Settings(), "t-side"), ioloop)
+        side.start()
+    finally:
+        ioloop.close()
+    assert built == [fastconn.SelectConnection]
+    assert type(side.connection) is fastconn.SelectConnection
+
+
+def test_fastconns_connection_sends_joined(monkeypatch: Any) -> None:
+    """fastconn's connection joins its transport's writes when the stream is handed over."""
+    from fairway.amqp import fastconn
+
     conn = object.__new__(fastconn.SelectConnection)  # no socket: only the hand-over runs
     monkeypatch.setattr(conn, "_on_stream_connected", lambda: None, raising=False)
     sock = Socket()

@@ -289,6 +289,28 @@ def test_the_default_cap_does_nothing_where_batches_never_pass_it(
     assert _regular_batch_beside_express(settings, stopped) == (80, 0)  # not held back
 
 
+def test_the_gauge_reads_0_while_the_limit_is_at_or_below_the_cap(
+    stopped: list[Scheduler],  # noqa: F811
+) -> None:
+    """A write budget that shrank the limit to the cap (or below) leaves nothing to hold
+    back: the light-active gauge says so, as the cap's own use does."""
+    scheduler, submitted, calls = recording(_one_writer(), stopped)
+    flood = flooding(scheduler)
+    quiet, _ = tenant_channel("quiet")
+    for tag in range(1, 14):
+        deliver(scheduler, flood, tag, 40)
+    deliver(scheduler, quiet, 1, 1)  # express: light tenants active beside the flood
+    assert submitted[-1] == (1, True)
+    assert sample("fairway_scheduler_light_active") == 1  # limit 200, cap 100
+    for limit, active in ((100, 0), (60, 0), (101, 1)):
+        scheduler.batch_limit.limit = limit  # as if shrunk by slow writes
+        assert sample("fairway_scheduler_light_active") == active, limit
+    scheduler.batch_limit.limit = 100
+    calls[0]()  # the regular write ends: the next batch is the limit's, not the cap's
+    assert submitted[-1] == (80, False)
+    assert sample("fairway_scheduler_light_active") == 0
+
+
 def test_a_capped_write_over_the_budget_still_shrinks_the_limit(
     stopped: list[Scheduler],  # noqa: F811
 ) -> None:
