@@ -2,7 +2,7 @@
 process (``os._exit(1)``, as the kernel's OOM killer would) for device ``CRASH_DEVICE``,
 and takes ``SLOW_S`` seconds longer for device ``SLOW_DEVICE`` (a long report); a job
 whose id starts with ``FLAKY_START`` meets a lost database connection on its first
-start check.
+start check, and a report of device ``FLAKY_DEVICE`` on its first ``FLAKY_TIMES`` runs.
 
 Started by a test with ``celery -A tests.integration.crashing_worker worker``
 (:func:`fairway.devtools.celery_workers.start` with ``app=``); production workers never
@@ -26,6 +26,8 @@ CRASH_DEVICE = "crash-me"
 SLOW_DEVICE = "slow-one"
 SLOW_S = 3.0
 FLAKY_START = "flaky-start-"
+FLAKY_DEVICE, FLAKY_TIMES = "flaky-one", 3
+_flaky_runs: list[int] = []
 
 _build_report = jobs.build_report
 
@@ -35,6 +37,9 @@ def _crashing_build_report(db: Any, tenant: str, params: Any, *args: Any, **kwar
         os._exit(1)
     if params.device == SLOW_DEVICE:
         time.sleep(SLOW_S)
+    if params.device == FLAKY_DEVICE and len(_flaky_runs) < FLAKY_TIMES:
+        _flaky_runs.append(1)
+        raise AutoReconnect("connection lost while reading (test)")
     return _build_report(db, tenant, params, *args, **kwargs)
 
 

@@ -17,7 +17,7 @@ from fairway.devtools import celery_workers as worker
 from fairway.devtools.processes import free_port, wait_for
 from fairway.storage import accounts, job_records, registry
 from tests.harness import Pipeline
-from tests.integration.crashing_worker import CRASH_DEVICE
+from tests.integration.crashing_worker import CRASH_DEVICE, FLAKY_DEVICE, FLAKY_TIMES
 from tests.integration.test_jobs_api import token, wait_job
 from tests.integration.test_tasks import START, insert_readings, running_worker, worker_metric
 from web import create_app
@@ -35,6 +35,7 @@ def app(pipeline: Pipeline) -> Iterator[Flask]:
         registry.create_tenant(db, tenant, 1, 1000)
         registry.register_device(db, tenant, f"{tenant}-1")
     registry.register_device(db, "acme", CRASH_DEVICE)
+    registry.register_device(db, "acme", FLAKY_DEVICE)
     for user, role, tenant in (
         ("alice", "admin", "acme"),
         ("victor", "viewer", "acme"),
@@ -47,6 +48,7 @@ def app(pipeline: Pipeline) -> Iterator[Flask]:
     values = [{"t": float(i % 7), "h": 50.0 + i % 3, "p": 1000.0 - i % 5} for i in range(360)]
     insert_readings(db, "acme", "acme-1", times, values)
     insert_readings(db, "acme", CRASH_DEVICE, times[:3], [{"t": 1.0}] * 3)
+    insert_readings(db, "acme", FLAKY_DEVICE, times[:3], [{"t": 1.0}] * 3)
     insert_readings(db, "other", "other-1", times[:5], [{"t": 1000.0}] * 5)
     flask_app = create_app({"FAIRWAY_SETTINGS": pipeline.settings, "TESTING": True})
     yield flask_app
@@ -206,6 +208,30 @@ def test_a_report_beyond_its_series_bound_fails_with_a_reason(
 
 
 # -- the delivery limit ------------------------------------------------------------------
+@pytest.mark.settings(jobs_max_attempts=2)
+def test_retries_after_database_errors_are_not_lost_deliveries(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    """A job whose report meets a lost database connection three times is retried and
+    succeeds: each retry ended its delivery (they counted as deliveries that took their
+    worker down, and the job failed worker_lost on the limit of two)."""
+    client, alice = app.test_client(), token(pipeline, "alice")
+    proc = worker.start(
+        pipeline.settings, pipeline.workdir / "flaky.log", app="tests.integration.crashing_worker"
+    )
+    try:
+        job = client.post("/api/reports", json={**REPORT, "device": FLAKY_DEVICE}, headers=alice)
+        assert job.status_code == 202
+        done = wait_job(client, job.get_json()["url"], alice)
+    finally:
+        worker.stop(proc)
+    assert done["state"] == "SUCCESS", done
+    record = job_records.get_job(pipeline.db, job.get_json()["job"])
+    assert record is not None and "failure" not in record, record
+    runs = FLAKY_TIMES + 1
+    assert (record["deliveries"], record["ends"]) == (runs, runs), record
+
+
 @pytest.mark.settings(jobs_max_attempts=2)
 def test_a_job_that_kills_its_worker_fails_after_the_delivery_limit(
     pipeline: Pipeline, app: Flask
