@@ -87,6 +87,7 @@ from fairway.kernel.contract import (
     tenant_message,
 )
 from fairway.kernel.ids import is_valid_id
+from fairway.kernel.metrics import ChildCache
 from fairway.kernel.reasons import Reason, Rejection
 from fairway.kernel.settings import Settings
 from fairway.storage import mongo
@@ -241,11 +242,11 @@ class Relay(AmqpService):
         metrics.RELAY_BUNDLED.set_function(lambda: self.bundler.held)
         # Children bound once: ``labels()`` costs ~2 us a call (every cause shown at 0).
         self._flushes = {cause: metrics.RELAY_BUNDLE_FLUSHES.labels(cause) for cause in CAUSES}
-        self._accepted: dict[str, Any] = {}  # tenant -> its fairway_relay_accepted_total child
-        self._over_plan: dict[str, Any] = {}  # tenant -> its tenant_rate_limited child
-        self._unread: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
-        self._over_budget: dict[tuple[str, str], Any] = {}  # (tenant, reason) -> its child
-        self._paced: dict[str, Any] = {}  # tenant -> its refused_paced child
+        self._accepted = ChildCache(metrics.RELAY_ACCEPTED)  # by tenant
+        self._over_plan = ChildCache(metrics.RELAY_TENANT_RATE_LIMITED)  # by tenant
+        self._unread = ChildCache(metrics.RELAY_REFUSED_UNREAD)  # by tenant, reason
+        self._over_budget = ChildCache(metrics.RELAY_REJECTED_OVER_BUDGET)  # by tenant, reason
+        self._paced = ChildCache(metrics.RELAY_REFUSED_PACED)  # by tenant
         # tenant -> (its plan rate, the refusal of a message over it): reused, not rebuilt.
         self._plan_refusals: dict[str, tuple[float, Rejection]] = {}
         metrics.RELAY_TENANT_QUEUES.set_function(self._consuming_tenants)
@@ -527,11 +528,7 @@ class Relay(AmqpService):
         return True
 
     def _count_unread(self, tenant: str | None, reason: Reason) -> None:
-        key = (tenant or "", reason.value)
-        counter = self._unread.get(key)
-        if counter is None:
-            counter = self._unread[key] = metrics.RELAY_REFUSED_UNREAD.labels(*key)
-        counter.inc()
+        self._unread(tenant or "", reason.value).inc()
 
     def _admit(
         self,
@@ -654,11 +651,7 @@ class Relay(AmqpService):
                 self._paced_done(delivery, tenant)
 
     def _count_over_budget(self, tenant: str | None, reason: Reason, count: int) -> None:
-        key = (tenant or "", reason.value)
-        counter = self._over_budget.get(key)
-        if counter is None:
-            counter = self._over_budget[key] = metrics.RELAY_REJECTED_OVER_BUDGET.labels(*key)
-        counter.inc(count)
+        self._over_budget(tenant or "", reason.value).inc(count)
 
     def _over_plan_refusal(self, tenant: str) -> Rejection:
         """The refusal of a message over ``tenant``'s plan (one per plan rate, reused)."""
@@ -674,10 +667,7 @@ class Relay(AmqpService):
         return f"tenant {tenant!r} exceeds its {rate:g} readings/s"
 
     def _count_over_plan(self, tenant: str, readings: int) -> None:
-        counter = self._over_plan.get(tenant)
-        if counter is None:
-            counter = self._over_plan[tenant] = metrics.RELAY_TENANT_RATE_LIMITED.labels(tenant)
-        counter.inc(readings)
+        self._over_plan(tenant).inc(readings)
 
     def _refuse(
         self,
@@ -767,10 +757,7 @@ class Relay(AmqpService):
         if wait <= 0.0:
             self._done(delivery)
             return
-        paced = self._paced.get(tenant or "")
-        if paced is None:
-            paced = self._paced[tenant or ""] = metrics.RELAY_REFUSED_PACED.labels(tenant or "")
-        paced.inc()
+        self._paced(tenant or "").inc()
         self._held[delivery.tag] = delivery
         self._settle([])  # deliveries settled behind it are acked one by one from now
         self.ioloop.call_later(wait, lambda: self._release_held(delivery))
@@ -923,10 +910,7 @@ class Relay(AmqpService):
         """Settle each reading of a bundle; refuse each on its own if the queue did not take it."""
         tenant = bundle.tenant
         if taken:
-            accepted = self._accepted.get(tenant)
-            if accepted is None:
-                accepted = self._accepted[tenant] = metrics.RELAY_ACCEPTED.labels(tenant)
-            accepted.inc(len(bundle.items))
+            self._accepted(tenant).inc(len(bundle.items))
             for item in bundle.items:  # _done, inlined: once per reading
                 delivery = item.delivery
                 delivery.remaining -= 1
