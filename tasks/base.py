@@ -262,7 +262,7 @@ class JobTask(Task):
         )
         logger.error("job failed after lost deliveries", extra={"job": task_id, "lost": lost})
         job_records.mark_failed(db, task_id, job_records.WORKER_LOST, message)
-        raise JobFailed(message)
+        raise JobFailed(message, job_records.WORKER_LOST)
 
     def _may_start(self, task_id: str, number: int) -> bool:
         """Whether release ``number`` may run (see :func:`job_dispatch.start`). Unlike

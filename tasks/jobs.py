@@ -21,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 import tasks.export as export
 import tasks.retention as retention
 import tasks.rollup as rollup
-from fairway.domain.job_params import ExportParams, JobFailed, ReportParams
+from fairway.domain.job_params import TIME_LIMIT, TOO_LARGE, ExportParams, JobFailed, ReportParams
 from fairway.kernel.settings import Settings
 from tasks.base import EXPORT_TASK, REPORT_TASK, RETENTION_TASK, ROLLUP_TASK, JobTask
 from tasks.report import TooManyReadings, TooManySeries, build_report
@@ -48,10 +48,11 @@ def _explained_failures(kind: str, settings: Settings) -> Iterator[None]:
         raise JobFailed(
             f"the {kind} ran past its time limit of {settings.report_soft_time_limit_s:g} s "
             "(FAIRWAY_REPORT_SOFT_TIME_LIMIT_S) and was stopped; choose a shorter range or "
-            "one device"
+            "one device",
+            TIME_LIMIT,
         ) from None
     except (TooManyReadings, TooManySeries) as exc:
-        raise JobFailed(str(exc)) from None
+        raise JobFailed(str(exc), TOO_LARGE) from None
 
 
 class ReportTask(JobTask):

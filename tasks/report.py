@@ -34,7 +34,14 @@ from typing import Any
 from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo.database import Database
 
-from fairway.domain.job_params import FULL, SUMMARY, JobFailed, ReportParams, summary_step
+from fairway.domain.job_params import (
+    BAD_PARAMETERS,
+    FULL,
+    SUMMARY,
+    JobFailed,
+    ReportParams,
+    summary_step,
+)
 from fairway.kernel.contract import hour_key
 from fairway.kernel.times import iso_z
 from fairway.storage import ranges
@@ -470,7 +477,8 @@ def build_summary(
     if step is None:  # parse_report refuses it (400); a task message could still carry it
         raise JobFailed(
             "a summary needs a bucket of whole hours (or minutes) and a range on whole hours "
-            "(or minutes); ask for 'detail': 'full'"
+            "(or minutes); ask for 'detail': 'full'",
+            BAD_PARAMETERS,
         )
     builder = SummaryBuilder(params)
     start, end = _utc(params.start), _utc(params.end)

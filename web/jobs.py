@@ -21,11 +21,19 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import Celery
 from flask import Blueprint, Response, current_app, stream_with_context
 from prometheus_client import Counter
+from pymongo.errors import AutoReconnect
 
 import tasks.dispatch as dispatch
 import tasks.export as export
 import web.models as models
-from fairway.domain.job_params import JobFailed, parse_export, parse_report
+from fairway.domain.job_params import (
+    DATABASE_UNAVAILABLE,
+    OTHER_FAILURE,
+    TIME_LIMIT,
+    JobFailed,
+    parse_export,
+    parse_report,
+)
 from fairway.kernel.settings import Settings
 from fairway.kernel.times import iso_z
 from fairway.storage import job_dispatch, job_records
@@ -223,7 +231,26 @@ def failure_message(exc: Any) -> str:
     if isinstance(exc, TimeLimitExceeded):
         limit = _settings().report_time_limit_s
         return f"the job ran past its hard time limit of {limit:g} s and was stopped"
+    if isinstance(exc, AutoReconnect):
+        return (
+            "the database could not be reached, also on the job's retries; "
+            "try again later or ask an operator"
+        )
     return f"the job failed ({type(exc).__name__}); try again or ask an operator"
+
+
+def failure_reason(exc: Any, job: dict[str, Any]) -> str:
+    """The stable code of a failed job (``job_params.JOB_FAILURE_REASONS``)."""
+    refused = job.get("failure")
+    if isinstance(refused, dict) and refused.get("reason"):
+        return str(refused["reason"])  # the worker refused it (job_records.mark_failed)
+    if isinstance(exc, JobFailed):
+        return exc.reason
+    if isinstance(exc, TimeLimitExceeded):
+        return TIME_LIMIT
+    if isinstance(exc, AutoReconnect):  # retried max_retries times, then failed
+        return DATABASE_UNAVAILABLE
+    return OTHER_FAILURE
 
 
 def _params_json(params: dict[str, Any]) -> dict[str, Any]:
@@ -264,9 +291,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
         out["result"] = info
     elif state == "FAILURE":
         out["error"] = failure_message(info)
-        failure = job.get("failure")
-        if isinstance(failure, dict):  # the worker refused it (job_records.mark_failed)
-            out["reason"] = failure.get("reason")
+        out["reason"] = failure_reason(info, job)
     return out
 
 

@@ -640,8 +640,11 @@ class Job(JobSummary):
     )
     progress: Progress | None
     result: dict[str, Any] | None
-    error: str | None
-    reason: str | None
+    error: str | None = Field(description="when FAILURE: why, in words")
+    reason: str | None = Field(
+        description="when FAILURE: why, as a stable code: time_limit, job_too_large,"
+        " bad_parameters, worker_lost, database_unavailable or job_failed"
+    )
 
 
 class Description(Answer):

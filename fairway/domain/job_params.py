@@ -15,6 +15,7 @@ from fairway.kernel.contract import parse_ts
 from fairway.kernel.ids import is_valid_id
 from fairway.kernel.reasons import Rejection
 from fairway.kernel.settings import Settings
+from fairway.storage.job_records import WORKER_LOST  # its worker process died under it too often
 
 DEFAULT_Z = 3.0
 MIN_Z, MAX_Z = 1.0, 10.0
@@ -147,4 +148,41 @@ def parse_export(body: dict[str, Any]) -> ExportParams:
 
 
 class JobFailed(Exception):
-    """A job ended without a result; the message says why and what to change."""
+    """A job ended without a result; the message says why and what to change, the
+    reason is a stable code (see :data:`JOB_FAILURE_REASONS`).
+
+    Both travel as the exception's arguments: Celery's result backend stores an
+    exception as its class and ``args`` (JSON), so an attribute would be lost.
+    """
+
+    def __init__(self, message: str, reason: str = "job_failed") -> None:
+        super().__init__(message, reason)
+
+    @property
+    def message(self) -> str:
+        """What the user reads."""
+        return str(self.args[0])
+
+    @property
+    def reason(self) -> str:
+        """The stable code (a failure stored before codes existed reads ``job_failed``)."""
+        return str(self.args[1]) if len(self.args) > 1 else "job_failed"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# Why a job failed, as ``reason`` in ``GET /api/jobs/<id>`` (its ``error`` says it in words).
+TIME_LIMIT = "time_limit"  # it ran past its soft or hard time limit
+TOO_LARGE = "job_too_large"  # too many readings or series for one job
+BAD_PARAMETERS = "bad_parameters"  # a task message the API would have refused
+DATABASE_UNAVAILABLE = "database_unavailable"  # the database stayed unreachable
+OTHER_FAILURE = "job_failed"  # anything else (a defect: the log has the traceback)
+JOB_FAILURE_REASONS = (
+    TIME_LIMIT,
+    TOO_LARGE,
+    BAD_PARAMETERS,
+    WORKER_LOST,
+    DATABASE_UNAVAILABLE,
+    OTHER_FAILURE,
+)

@@ -197,6 +197,7 @@ def test_a_report_beyond_its_series_bound_fails_with_a_reason(
         assert failed["state"] == "FAILURE", failed
         assert "more than 10 (metric, bucket) pairs" in failed["error"]
         assert "FAIRWAY_REPORT_MAX_SERIES" in failed["error"]
+        assert failed["reason"] == "job_too_large"
         # The worker carries on: one metric in six buckets fits.
         ok = client.post(
             "/api/reports", json={**REPORT, "device": CRASH_DEVICE}, headers=alice

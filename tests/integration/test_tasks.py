@@ -330,6 +330,7 @@ def test_report_past_its_soft_time_limit_fails_and_says_so(pipeline: Pipeline) -
     assert final == "FAILURE"
     assert isinstance(exc, JobFailed)
     assert "time limit of 1 s" in str(exc)
+    assert exc.reason == "time_limit"  # the code survives Celery's result backend
     assert [(key, b["state"]) for key, b in got] == [("job.acme.alice", "FAILURE")]
 
 

@@ -62,3 +62,9 @@ def test_the_soft_time_limit_becomes_a_job_failure(where: Callable[[], None]) ->
 def test_a_real_bson_error_stays_what_it_is() -> None:
     with pytest.raises(InvalidBSON, match="bad eoo"), _explained_failures("report", _settings()):
         raise InvalidBSON("bad eoo")
+
+
+def test_the_failure_carries_its_reason() -> None:
+    with pytest.raises(JobFailed) as failed, _explained_failures("report", _settings()):
+        _in_our_code()
+    assert failed.value.reason == "time_limit"
