@@ -20,6 +20,7 @@ from celery import Celery, signals
 
 import tasks.dispatch as dispatch
 import tasks.jobs  # noqa: F401  (registers the shared tasks)
+import tasks.result_backend as result_backend
 from fairway.amqp.connection import kombu_ssl, kombu_url
 from fairway.kernel import log, metrics
 from fairway.kernel.settings import Settings
@@ -47,7 +48,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_heartbeat=30,
         # Every publish waits for the broker's confirm: a nack (queue full) raises.
         broker_transport_options={"confirm_publish": True},
-        result_backend=settings.mongo_url,
+        # A pool process rides out a lost database connection (tasks.result_backend).
+        result_backend=result_backend.backend_url(settings.mongo_url),
+        **result_backend.backend_settings(),
         result_expires=settings.job_ttl_s,
         accept_content=["json"],
         result_accept_content=["json"],
@@ -99,6 +102,11 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     settings = getattr(getattr(sender, "app", None), "fairway_settings", None)
     if settings is not None and settings.metrics_port:
         metrics.serve(settings.metrics_port)
+
+
+@signals.worker_process_init.connect(weak=False, dispatch_uid="fairway.jobs.store_retries")
+def _retry_stores(**_: Any) -> None:
+    result_backend.retry_in_this_process()
 
 
 @signals.worker_ready.connect(weak=False, dispatch_uid="fairway.jobs.dispatch")

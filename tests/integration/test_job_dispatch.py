@@ -23,7 +23,7 @@ from fairway.storage import accounts, job_dispatch, job_pool, job_records, regis
 from tasks import dispatch
 from tasks.celery_app import make_celery
 from tests.harness import Pipeline, scrape_metric
-from tests.integration.crashing_worker import FLAKY_START, SLOW_DEVICE, SLOW_S
+from tests.integration.crashing_worker import FLAKY_START, FLAKY_STATE, SLOW_DEVICE, SLOW_S
 from tests.integration.test_jobs_api import token, wait_job
 from tests.integration.test_tasks import START, insert_readings
 from web import create_app
@@ -240,6 +240,45 @@ def test_a_retried_start_check_keeps_the_job_queued_in_a_real_worker(
     finally:
         worker.stop(proc)
     assert "FAILURE" not in seen and "RETRY" in seen, seen
+    record = job_records.get_job(db, job_id)
+    assert record is not None
+    assert (record.get("deliveries"), record.get("ends")) == (1, 1), record
+
+
+def test_a_lost_database_connection_storing_started_waits_for_the_database(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    """Celery stores STARTED before a job runs. Stock, a lost connection there ended
+    the delivery as an internal error, acked: the job was lost in a database outage
+    (here it showed FAILURE, its failure being stored). The pool process retries the
+    store (tasks.result_backend) and the job runs once."""
+    db, settings = pipeline.db, pipeline.settings
+    job_id = FLAKY_STATE + str(uuid.uuid4())
+    params = parse_report(dict(REPORT), settings).to_json()
+    job_records.create_job(db, job_id, "acme", "alice", job_records.REPORT, params, "waiting")
+    celery = make_celery(settings)
+    try:
+        claimed = job_dispatch.claim_next(
+            db, "acme", 1, settings.job_ttl_s, pool=dispatch.pool(settings)
+        )
+        assert claimed is not None and claimed["_id"] == job_id
+        dispatch.release(celery, db, claimed)
+    finally:
+        celery.close()
+    seen: list[str] = []
+
+    def ended() -> bool:
+        meta = db[job_records.TASKMETA].find_one({"_id": job_id})
+        if meta is not None and (not seen or seen[-1] != meta["status"]):
+            seen.append(meta["status"])
+        return bool(seen) and seen[-1] in job_records.ENDED
+
+    proc = start_worker(pipeline, "flaky-state")
+    try:
+        wait_for(ended, 60, "the job ended", interval=0.02)
+    finally:
+        worker.stop(proc)
+    assert seen[-1] == "SUCCESS" and "FAILURE" not in seen, seen
     record = job_records.get_job(db, job_id)
     assert record is not None
     assert (record.get("deliveries"), record.get("ends")) == (1, 1), record

@@ -1,0 +1,42 @@
+"""The result backend retries a lost database connection in pool processes only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
+
+import tasks.result_backend as result_backend
+from fairway.kernel.settings import Settings
+from tasks.celery_app import make_celery
+
+
+@pytest.fixture
+def backend() -> Iterator[result_backend.RetryingMongoBackend]:
+    app = make_celery(Settings(mongo_url="mongodb://127.0.0.1:1/fairway"))
+    try:
+        assert isinstance(app.backend, result_backend.RetryingMongoBackend)
+        assert app.backend.always_retry and app.backend.max_retries == result_backend.MAX_RETRIES
+        yield app.backend
+    finally:
+        result_backend._retrying = False
+        app.close()
+
+
+def test_the_main_process_does_not_retry(backend: result_backend.RetryingMongoBackend) -> None:
+    assert not backend.exception_safe_to_retry(AutoReconnect("lost"))
+
+
+def test_a_pool_process_retries_a_lost_connection_only(
+    backend: result_backend.RetryingMongoBackend,
+) -> None:
+    result_backend.retry_in_this_process()
+    assert backend.exception_safe_to_retry(AutoReconnect("lost"))
+    assert backend.exception_safe_to_retry(ServerSelectionTimeoutError("no server"))
+    assert not backend.exception_safe_to_retry(OperationFailure("refused"))
+
+
+def test_the_url_keeps_the_database_url() -> None:
+    url = result_backend.backend_url("mongodb://db:27017/fairway")
+    assert url == "tasks.result_backend:RetryingMongoBackend+mongodb://db:27017/fairway"
