@@ -243,10 +243,16 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
 def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
     pipeline: Pipeline,
 ) -> None:
-    scheduler = _backlog_then_scheduler(pipeline, writers=1)
-    for i in range(5):  # apart, each a bundle of its own: five chances to go express
-        pipeline.publish([("light-1.env", reading(), {"message_id": f"l{i}"})])
-        time.sleep(0.03)  # apart, yet all within a drain that is now ~0.5 s
+    # The light device's channel is open before the drain starts: five connections opened
+    # within it (pipeline.publish) took longer than the drain on a busy broker once.
+    _backlog(pipeline)
+    with pipeline.channel() as channel:
+        channel.confirm_delivery()
+        scheduler = _busy_scheduler(pipeline, writers=1)
+        for i in range(5):  # apart, each a bundle of its own: five chances to go express
+            props = pika.BasicProperties(delivery_mode=2, message_id=f"l{i}")
+            channel.basic_publish(topology.TELEMETRY, "light-1.env", orjson.dumps(reading()), props)
+            time.sleep(0.03)  # apart, yet all within a drain of ~0.5 s (1.4-3 s loaded)
     # The scheduler's own counters, read in milliseconds: a count of telemetry by tenant
     # (an _id range, which FerretDB filters in Go) took longer than the backlog's drain.
     stored = "fairway_scheduler_stored_total"
@@ -265,6 +271,12 @@ BACKLOG = 10_000  # heavy's readings in its tenant queue before the scheduler st
 def _backlog_then_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
     """Tenants heavy (BACKLOG readings waiting in its tenant queue) and light, a relay,
     then a scheduler busy on heavy's backlog with all its ``writers``."""
+    _backlog(pipeline)
+    return _busy_scheduler(pipeline, writers)
+
+
+def _backlog(pipeline: Pipeline) -> None:
+    """Tenants heavy (BACKLOG readings waiting in its tenant queue) and light, a relay."""
     pipeline.tenant("heavy")
     pipeline.device("heavy", "heavy-1")
     pipeline.tenant("light")
@@ -279,6 +291,10 @@ def _backlog_then_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
         120,
         "the backlog in tenant.heavy",
     )
+
+
+def _busy_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
+    """A scheduler busy on heavy's backlog with all its ``writers``."""
     scheduler = pipeline.start("scheduler")
     busy = "fairway_scheduler_inflight_batches"
     wait_for(lambda: scheduler.metric(busy) == writers, 30, "every writer busy")
