@@ -12,6 +12,7 @@ import orjson
 import pika
 import pika.exceptions
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from fairway.kernel import topology
 from tests.harness import FairwayProcess, Pipeline, reading, wait_for
@@ -243,10 +244,13 @@ def test_refusals_over_budget_are_acked_at_the_pace_and_others_are_not_held_up(
 def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
     pipeline: Pipeline,
 ) -> None:
-    scheduler = _backlog_then_scheduler(pipeline, writers=1)
-    for i in range(5):  # apart, each a bundle of its own: five chances to go express
-        pipeline.publish([("light-1.env", reading(), {"message_id": f"l{i}"})])
-        time.sleep(0.03)  # apart, yet all within a drain that is now ~0.5 s
+    _backlog(pipeline)
+    with pipeline.channel() as channel:
+        channel.confirm_delivery()
+        scheduler = _busy_scheduler(pipeline, writers=1)
+        for i in range(5):  # apart, each a bundle of its own: five chances to go express
+            _publish_light(channel, i)
+            time.sleep(0.03)  # apart, yet all within a drain of ~0.5 s (1.4-3 s loaded)
     # The scheduler's own counters, read in milliseconds: a count of telemetry by tenant
     # (an _id range, which FerretDB filters in Go) took longer than the backlog's drain.
     stored = "fairway_scheduler_stored_total"
@@ -262,9 +266,8 @@ def test_a_light_tenant_is_written_in_express_batches_past_a_backlog(
 BACKLOG = 10_000  # heavy's readings in its tenant queue before the scheduler starts
 
 
-def _backlog_then_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
-    """Tenants heavy (BACKLOG readings waiting in its tenant queue) and light, a relay,
-    then a scheduler busy on heavy's backlog with all its ``writers``."""
+def _backlog(pipeline: Pipeline) -> None:
+    """Tenants heavy (BACKLOG readings waiting in its tenant queue) and light, a relay."""
     pipeline.tenant("heavy")
     pipeline.device("heavy", "heavy-1")
     pipeline.tenant("light")
@@ -279,6 +282,17 @@ def _backlog_then_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
         120,
         "the backlog in tenant.heavy",
     )
+
+
+def _publish_light(channel: BlockingChannel, i: int) -> None:
+    """Reading ``l{i}`` of the light tenant's device, on a channel opened beforehand (a
+    connection opened within the backlog's drain once took longer than the drain)."""
+    props = pika.BasicProperties(delivery_mode=2, message_id=f"l{i}")
+    channel.basic_publish(topology.TELEMETRY, "light-1.env", orjson.dumps(reading()), props)
+
+
+def _busy_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
+    """A scheduler busy on heavy's backlog with all its ``writers``."""
     scheduler = pipeline.start("scheduler")
     busy = "fairway_scheduler_inflight_batches"
     wait_for(lambda: scheduler.metric(busy) == writers, 30, "every writer busy")
@@ -302,18 +316,21 @@ def _backlog_then_scheduler(pipeline: Pipeline, writers: int) -> FairwayProcess:
 def test_express_priority_holds_a_writer_back_while_a_light_tenant_is_active(
     pipeline: Pipeline,
 ) -> None:
-    scheduler = _backlog_then_scheduler(pipeline, writers=2)
+    _backlog(pipeline)
     seen: set[tuple[float, float]] = set()  # (light active, regular writers allowed)
-    for i in range(5):
-        pipeline.publish([("light-1.env", reading(), {"message_id": f"l{i}"})])
-        for _ in range(5):
-            seen.add(
-                (
-                    scheduler.metric("fairway_scheduler_light_active"),
-                    scheduler.metric("fairway_scheduler_writers_allowed"),
+    with pipeline.channel() as channel:  # opened before the drain, as in the test above
+        channel.confirm_delivery()
+        scheduler = _busy_scheduler(pipeline, writers=2)
+        for i in range(5):
+            _publish_light(channel, i)
+            for _ in range(5):
+                seen.add(
+                    (
+                        scheduler.metric("fairway_scheduler_light_active"),
+                        scheduler.metric("fairway_scheduler_writers_allowed"),
+                    )
                 )
-            )
-            time.sleep(0.02)
+                time.sleep(0.02)
     pipeline.wait_stored(5, timeout=30, tenant="light")
     assert scheduler.metric("fairway_scheduler_express_batches_total") >= 1
     assert (1.0, 1.0) in seen, seen  # one regular writer while the light tenant was active

@@ -17,6 +17,7 @@ from tests.unit.test_scheduler_settle import (
     sample,
     stopped,  # noqa: F401 - the fixture
     tenant_channel,
+    write_time,  # noqa: F401 - the fixture
 )
 
 
@@ -76,6 +77,7 @@ def test_the_settings_are_bounded() -> None:
 
 def test_the_scheduler_grows_its_batches_on_fast_full_writes_and_shows_the_limit(
     stopped: list[Scheduler],  # noqa: F811
+    write_time: list[float],  # noqa: F811
 ) -> None:
     batches: list[int] = []
 
@@ -94,7 +96,7 @@ def test_the_scheduler_grows_its_batches_on_fast_full_writes_and_shows_the_limit
     for tag in range(1, 41):  # bundles of 10 readings, 400 in all
         method = SimpleNamespace(delivery_tag=tag, consumer_tag="c1")
         scheduler._on_message(acme, method, bundle("acme", *range(tag * 10, tag * 10 + 10)), 10)  # type: ignore[arg-type]
-    # The null sink writes at once: every full batch doubles the next one, up to 400.
+    # Each write takes 1 ms (write_time): every full batch doubles the next one, up to 400.
     assert batches == [10, 20]  # 100 then 200 readings; the last 100 linger (limit 400)
     assert scheduler.batch_limit.limit == 400
     assert sample("fairway_scheduler_batch_limit") == 400
@@ -102,6 +104,7 @@ def test_the_scheduler_grows_its_batches_on_fast_full_writes_and_shows_the_limit
 
 def test_an_express_batch_never_moves_the_limit(
     stopped: list[Scheduler],  # noqa: F811
+    write_time: list[float],  # noqa: F811
 ) -> None:
     settings = Settings(batch_size=100, writers=1, batch_linger_ms=60_000)
     scheduler = Scheduler(settings, NullSink(), list_tenants=list)

@@ -8,12 +8,14 @@ delivering it. Stub channel, no broker; the I/O loop's timers are captured.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 
 from ingest import metrics
+from ingest import relay as relay_module
 from ingest.relay import Relay
 from tests.unit.test_relay_batches import channel, confirm, make_relay
 
@@ -27,9 +29,15 @@ def junk(relay: Relay, tag: int, queue_tag: str = "c") -> None:
 
 
 @pytest.fixture
-def paced() -> tuple[Relay, Timers]:
+def paced(monkeypatch: pytest.MonkeyPatch) -> tuple[Relay, Timers]:
     # One refusal kept in `rejected`, then everything over budget; the pace: 2 a second.
     relay = make_relay(rejected_device_rate=0.001, rejected_device_burst=1, relay_refused_pace=2.0)
+    # The relay's clock stands still: the pace's waits are exact, not 0.5 s less the time
+    # a loaded machine took between two deliveries (refilled meanwhile: 0.499, once).
+    now = time.monotonic()
+    monkeypatch.setattr(
+        relay_module, "time", SimpleNamespace(time=time.time, monotonic=lambda: now)
+    )
     timers: Timers = []
     relay.ioloop.call_later = lambda delay, fn: timers.append((delay, fn))  # type: ignore[method-assign,assignment,return-value]
     relay._queues = {"c": "ingest.evil", "d": "ingest.other"}

@@ -148,7 +148,10 @@ def test_the_batch_is_whole_bundles_taken_by_readings(
             batches.append(bodies)
             return super().write(bodies)
 
-    scheduler = Scheduler(Settings(batch_size=100, writers=1), Recording(), list_tenants=list)
+    # A linger of a minute: partial batches wait for the stop however slowly the loop
+    # below runs (with the default 20 ms, a loaded machine sent them between deliveries).
+    settings = Settings(batch_size=100, writers=1, batch_linger_ms=60_000)
+    scheduler = Scheduler(settings, Recording(), list_tenants=list)
     scheduler.call_soon = lambda callback: callback()  # type: ignore[method-assign]
     stopped.append(scheduler)
     scheduler._writers.submit = lambda fn, *a: fn(*a)  # type: ignore[method-assign]

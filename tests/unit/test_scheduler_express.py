@@ -21,6 +21,7 @@ from tests.unit.test_scheduler_settle import (
     sample,
     stopped,  # noqa: F401 - the fixture
     tenant_channel,
+    write_time,  # noqa: F401 - the fixture
 )
 
 Submitted = list[tuple[int, bool]]  # (readings, express) of each batch handed to a writer
@@ -75,6 +76,7 @@ def deliver(scheduler: Scheduler, consumer: TenantConsumer, tag: int, readings: 
 
 def test_regular_batches_are_held_small_while_light_tenants_are_active(
     stopped: list[Scheduler],  # noqa: F811
+    write_time: list[float],  # noqa: F811
 ) -> None:
     settings = Settings(
         batch_size=50,
@@ -104,7 +106,7 @@ def test_regular_batches_are_held_small_while_light_tenants_are_active(
     calls[3]()
     assert submitted[-1] == (400, False)  # the grown limit again
     assert scheduler.batch_limit.limit == 400  # the capped writes never moved the limit
-    calls[4]()  # a full write at the limit, fast (the null sink): it grows, as before
+    calls[4]()  # a full write at the limit, fast (1 ms, write_time): it grows, as before
     assert scheduler.batch_limit.limit == 800
 
 
@@ -291,6 +293,7 @@ def test_the_default_cap_does_nothing_where_batches_never_pass_it(
 
 def test_the_gauge_reads_0_while_the_limit_is_at_or_below_the_cap(
     stopped: list[Scheduler],  # noqa: F811
+    write_time: list[float],  # noqa: F811
 ) -> None:
     """A write budget that shrank the limit to the cap (or below) leaves nothing to hold
     back: the light-active gauge says so, as the cap's own use does."""

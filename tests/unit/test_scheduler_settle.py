@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pymongo.errors import AutoReconnect, BulkWriteError
 
+import scheduler.service as scheduler_service
 from fairway.domain.tenant_watch import TenantChanges
 from fairway.kernel.contract import Reading, reading_id, tenant_message
 from fairway.kernel.settings import Settings
@@ -124,6 +125,23 @@ def stopped() -> Any:
     yield made
     for scheduler in made:
         scheduler.after_drain()
+
+
+@pytest.fixture
+def write_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every write takes ``write_time[0]`` seconds (1 ms unless set) by the scheduler's
+    clock, which the write budget reads: a test of the budget must not depend on how
+    fast the null sink ran (on a loaded machine a preemption or a garbage collection
+    within a write made it "slow" and moved the limit)."""
+    seconds, now = [0.001], [0.0]
+
+    def perf_counter() -> float:  # called as a write starts and as it ends
+        now[0] += seconds[0]
+        return now[0]
+
+    fake = SimpleNamespace(perf_counter=perf_counter, monotonic=time.monotonic)
+    monkeypatch.setattr(scheduler_service, "time", fake)
+    return seconds
 
 
 def test_a_written_batch_is_acked_once_per_tenant_channel(stopped: list[Scheduler]) -> None:

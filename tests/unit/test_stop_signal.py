@@ -49,11 +49,11 @@ def test_sigterm_starts_the_drain_on_the_loop(service: AmqpService) -> None:
 def test_sigterm_inside_pikas_wake_lock_does_not_deadlock(service: AmqpService) -> None:
     service.install_signal_handlers()
     lock = service.ioloop._poller._waking_mutex
-    rescued = threading.Event()
+    rescued, handled = threading.Event(), threading.Event()
 
     def rescue() -> None:  # the old handler would wait on the lock: free it, record it
-        time.sleep(2.0)
-        if lock.locked():
+        # A deadline, not a fixed sleep: a loaded machine may be slow to get back here.
+        if not handled.wait(30.0):
             rescued.set()
             lock.release()
 
@@ -61,6 +61,7 @@ def test_sigterm_inside_pikas_wake_lock_does_not_deadlock(service: AmqpService) 
     threading.Thread(target=rescue, daemon=True).start()
     os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode
     time.sleep(0.05)
+    handled.set()  # only reached once the handler has returned
     if lock.locked():
         lock.release()
     assert not rescued.is_set(), "the signal handler waited on pika's wake-up lock"
