@@ -67,7 +67,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from pika.channel import Channel
@@ -96,13 +96,20 @@ from ingest import metrics
 from ingest.bundler import CAUSES, Bundler
 from ingest.quarantine import Quarantiner
 from ingest.ratelimit import DEVICE_SPENT, Pacer, RateLimiter, RefusalBudget, TenantRates
-from ingest.registry import MISSING, DeviceRegistry
+from ingest.registry import MISSING, DeviceRegistry, _Missing
 
 log = logging.getLogger(__name__)
 
 # A refused delivery costs the refusal pace one unit, plus one per KiB of its body: what
 # the relay spends on it grows with its size (receiving a 120 KB body is most of it).
 PACE_BYTES = 1024
+
+
+class _Parked:
+    """A delivery waits unread for its device's registry answer (:meth:`Relay._released`)."""
+
+
+PARKED: Final = _Parked()
 
 
 @dataclass(slots=True)
@@ -448,13 +455,92 @@ class Relay(AmqpService):
         now = time.time()
         if self._refused_unread(tag, routing_key, body, props.user_id, queue, now):
             return
+        known = self._known_or_parked(channel, tag, routing_key, body, props, queue, now)
+        if not isinstance(known, _Parked):
+            self._read(
+                channel, tag, routing_key, body, props.message_id, props.user_id, queue, now, known
+            )
+
+    def _known_or_parked(
+        self,
+        channel: Channel,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        props: BasicProperties,
+        queue: str,
+        now: float,
+    ) -> Device | _Missing | _Parked | None:
+        """What a delivery from a limited tenant's queue needs before it is read: its
+        device's cached registry answer or, when the cache has none, :data:`PARKED`: it
+        waits unread for the answer, then meets the plan's gate (:meth:`_released`) as a
+        cached device's delivery does on arrival. (Read before the answer, it would take
+        its tokens only then, so a flood's first look-up would be read whole.)
+        :data:`MISSING` for the rest (the shared queue, an unlimited tenant, a delivery
+        refused for who sent it): read first, then looked up, as before.
+        """
+        tenant = _tenant_of(queue)
+        if tenant is None or self.tenant_rates.rate_of(tenant) <= 0:
+            return MISSING
+        try:
+            sender, _stream = check_sender(
+                routing_key, len(body), self.settings.max_message_bytes, props.user_id
+            )
+        except Rejection:
+            return MISSING  # parse_message refuses it for who sent it
+        known = self.registry.cached(sender)
+        if known is MISSING:
+            message_id, user_id = props.message_id, props.user_id
+            self.registry.wait(
+                sender,
+                lambda found: self._released(
+                    channel, tag, routing_key, body, message_id, user_id, queue, now, found
+                ),
+            )
+            return PARKED
+        return known
+
+    def _released(
+        self,
+        channel: Channel,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        message_id: str | None,
+        user_id: str | None,
+        queue: str,
+        received: float,
+        device: Device | None,
+    ) -> None:
+        """A delivery parked unread is released with its registry answer: the plan's gate
+        at its arrival time (the tokens taken meanwhile count), then read and admitted."""
+        if channel is not self._channel:
+            return  # the delivery belonged to a closed channel; the broker redelivers it
+        if self._refused_unread(tag, routing_key, body, user_id, queue, received):
+            return
+        self._read(channel, tag, routing_key, body, message_id, user_id, queue, received, device)
+
+    def _read(
+        self,
+        channel: Channel,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        message_id: str | None,
+        user_id: str | None,
+        queue: str,
+        now: float,
+        known: Device | _Missing | None,
+    ) -> None:
+        """Read the body (the contract), then admit it with its device: ``known``, or the
+        registry's answer (parked until the database answers if not cached)."""
         try:
             message = parse_message(
                 routing_key,
                 body,
                 self.settings,
-                message_id=props.message_id,
-                user_id=props.user_id,
+                message_id=message_id,
+                user_id=user_id,
                 now=now,
             )
         except Rejection as refusal:
@@ -483,7 +569,7 @@ class Relay(AmqpService):
         if message.batch:
             metrics.RELAY_BATCH_READINGS.observe(message.count)
         delivery = Delivery(tag, 1, queue, len(body))
-        device = self.registry.cached(message.device)
+        device = self.registry.cached(message.device) if known is MISSING else known
         if device is MISSING:  # parked until the database answers (no closure when cached)
             self.registry.lookup(
                 message.device,

@@ -120,6 +120,35 @@ def test_a_tenants_readings_beyond_its_plan_are_refused_and_counted_others_untou
     assert pipeline.stop("relay") == 0
 
 
+def test_a_backlog_that_arrives_before_its_devices_look_up_meets_the_plan_unread(
+    pipeline: Pipeline,
+) -> None:
+    # Queued before the relay runs: its whole first window (the tenant prefetch, 100)
+    # arrives while the device's registry look-up is under way. Before released
+    # deliveries met the plan's gate, all 61 were read: none counted unread, and the
+    # batch's five readings were refused one by one.
+    _cli(pipeline, "tenant", "create", "capped", "--max-rate", "0.01", "--max-burst", "20")
+    pipeline.device("capped", "cap-1")
+    pipeline.publish(
+        [("cap-1.env", reading(n=i), {"message_id": f"m{i}"}) for i in range(60)]
+        + [("cap-1.env", [reading(n=i) for i in range(5)], {"message_id": "b"})]
+    )
+    relay = pipeline.start("relay")
+    pipeline.start("scheduler")
+    pipeline.wait_stored(20, tenant="capped")
+    rejected = pipeline.rejected(41)
+    assert len(rejected) == 41
+    # The first 20 read and accepted; the rest refused whole, before they were read, as
+    # they would have been had the device been cached: one reading each.
+    assert {h[topology.REASON_HEADER] for h, _ in rejected} == {"tenant_rate_limited"}
+    assert all(topology.INDEX_HEADER not in h for h, _ in rejected)
+    assert relay.metric(UNREAD, tenant="capped", reason="tenant_rate_limited") == 41
+    assert relay.metric(REFUSED, tenant="capped") == 41
+    assert relay.metric("fairway_relay_parked") == 0
+    assert _ids(pipeline, "capped") == sorted(f"capped:cap-1:m{i}" for i in range(20))
+    assert pipeline.stop("relay") == 0
+
+
 def test_the_operator_api_sets_and_clears_a_plan_and_refuses_bad_values(
     world: dict[str, Any],  # noqa: F811
 ) -> None:

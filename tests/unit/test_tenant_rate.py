@@ -4,6 +4,7 @@ and the relay's refusal rule (``tenant_rate_limited``) on a stub channel, no bro
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +19,7 @@ from ingest import relay as relay_module
 from ingest.ratelimit import TenantRates
 from ingest.relay import Relay
 from tests.unit.test_relay_batches import channel, confirm, deliver, good, make_relay, published
+from tests.unit.test_relay_confirms import StubChannel
 
 
 def test_unlimited_by_default_takes_everything_and_keeps_no_bucket() -> None:
@@ -114,6 +116,8 @@ def make(**overrides: object) -> Relay:
         "dev-3": Device("dev-3", "zeta", enabled=True),
     }
     relay.registry.lookup = lambda device, then: then(known.get(device)) or True  # type: ignore[method-assign]
+    # A limited tenant's deliveries wait unread for the answer (always at once here).
+    relay.registry.wait = lambda device, then: then(known.get(device))  # type: ignore[method-assign]
     return relay
 
 
@@ -475,5 +479,124 @@ def test_an_unlimited_tenant_is_always_read(reads: list[str]) -> None:
             from_queue(relay, tag, [good(i) for i in range(100)])
         assert len(reads) == 3
         assert len(published(relay, topology.TENANTS)) == 300
+    finally:
+        relay.registry.close()
+
+
+# -- parked on a registry look-up ----------------------------------------------------------
+def parking(relay: Relay) -> Any:
+    """Make ``relay``'s registry park every look-up until the returned ``answer`` is called
+    (the real registry: its cache, its waiting list; only the database query is held)."""
+    del relay.registry.lookup, relay.registry.wait  # make()'s synchronous stubs: the real ones
+    relay.registry._query = lambda: None  # type: ignore[method-assign]
+
+    def answer(found: dict[str, Device | None]) -> None:
+        done: Future[dict[str, Device | None]] = Future()
+        done.set_result(found)
+        relay.registry._answered(list(relay.registry._waiting), done)
+
+    return answer
+
+
+def test_deliveries_parked_on_a_look_up_meet_the_plans_gate_when_the_database_answers(
+    reads: list[str],
+) -> None:
+    relay = make()
+    answer = parking(relay)
+    relay.tenant_rates.plan("acme", 0.001, 4.0)  # room for two batches of two
+    before, unread_before = over_plan("acme"), unread("acme", "tenant_rate_limited")
+    try:
+        for tag in range(1, 7):  # a flood's first deliveries, before the database answers
+            from_queue(relay, tag, [good(0), good(1)])
+        assert relay.registry.parked == 6
+        assert reads == []  # nothing is read while it waits
+        answer({"dev-1": Device("dev-1", "acme", enabled=True)})
+        assert relay.registry.parked == 0
+        # Released in order: the first two read and accepted, then the plan is spent and
+        # the other four are refused whole and unread, as if the device had been cached.
+        assert len(reads) == 2
+        assert len(published(relay, topology.TENANTS)) == 4
+        refused = published(relay, topology.REJECTED)
+        assert [p.headers[topology.REASON_HEADER] for _, _, p in refused] == [
+            "tenant_rate_limited"
+        ] * 4
+        assert all(topology.INDEX_HEADER not in p.headers for _, _, p in refused)
+        # The same accounting: one reading each, charged once.
+        assert over_plan("acme") - before == 4
+        assert unread("acme", "tenant_rate_limited") - unread_before == 4
+        for seq in range(1, 9):
+            confirm(relay, seq)
+        assert channel(relay).acks[-1] == (6, True)
+        # Cached now: the next one meets the gate on arrival, as before.
+        from_queue(relay, 7, good(9))
+        assert len(reads) == 2 and relay.registry.parked == 0
+        assert unread("acme", "tenant_rate_limited") - unread_before == 5
+    finally:
+        relay.registry.close()
+
+
+def test_a_parked_delivery_keeps_the_order_of_reasons(reads: list[str]) -> None:
+    relay = make(max_message_bytes=1000)
+    answer = parking(relay)
+    relay.tenant_rates.plan("acme", 0.001, 2.0)
+    try:
+        from_queue(relay, 1, b"x" * 2000)  # who sent it: refused at once, never parked
+        from_queue(relay, 2, good(0), user_id="dev-2")
+        assert relay.registry.parked == 0
+        from_queue(relay, 3, b"{not json")  # within the plan: read once known, malformed
+        from_queue(relay, 4, [good(0), good(1)])  # accepted
+        from_queue(relay, 5, b"{not json")  # over the plan: refused unread
+        from_queue(relay, 6, good(3), device="ghost")  # over the plan before the registry
+        assert relay.registry.parked == 4
+        answer({"dev-1": Device("dev-1", "acme", enabled=True), "ghost": None})
+        reasons = [
+            p.headers[topology.REASON_HEADER] for _, _, p in published(relay, topology.REJECTED)
+        ]
+        assert reasons == [
+            "too_large",
+            "identity_mismatch",
+            "malformed_json",
+            "tenant_rate_limited",
+            "tenant_rate_limited",
+        ]
+        assert len(published(relay, topology.TENANTS)) == 2
+        assert len(reads) == 4  # 1-4; 5 and 6 were not read
+    finally:
+        relay.registry.close()
+
+
+def test_unlimited_tenants_and_the_shared_queue_are_read_before_they_park(
+    reads: list[str],
+) -> None:
+    relay = make()
+    answer = parking(relay)
+    try:
+        from_queue(relay, 1, [good(0)])  # acme has no plan: read, then parked
+        deliver(relay, 2, b"{not json", device="stray")  # the shared ingest: refused at once
+        deliver(relay, 3, good(1), device="stray")  # read, then parked
+        assert len(reads) == 3 and relay.registry.parked == 2
+        assert [k for k, _, _ in published(relay, topology.REJECTED)] == ["malformed_json.stray"]
+        answer({"dev-1": Device("dev-1", "acme", enabled=True), "stray": None})
+        assert len(reads) == 3
+        assert len(published(relay, topology.TENANTS)) == 1
+        assert published(relay, topology.REJECTED)[-1][0] == "unknown_device.stray"
+    finally:
+        relay.registry.close()
+
+
+def test_a_delivery_released_after_its_channel_closed_is_left_to_the_broker(
+    reads: list[str],
+) -> None:
+    relay = make()
+    answer = parking(relay)
+    relay.tenant_rates.plan("acme", 0.001, 4.0)
+    before = over_plan("acme")
+    try:
+        from_queue(relay, 1, [good(0), good(1)])
+        relay._ingest.channel = StubChannel()  # type: ignore[assignment]  # reconnected
+        answer({"dev-1": Device("dev-1", "acme", enabled=True)})
+        assert reads == [] and not channel(relay).published
+        assert over_plan("acme") == before
+        assert relay.tenant_rates.take("acme", time.time(), 4) == 4  # no token taken
     finally:
         relay.registry.close()
