@@ -6,7 +6,8 @@ publish, the scheduler's largest cost per write batch (one event per device of e
 batch; py-spy, issue 11). Here what does not change between messages (the method's id,
 ticket, exchange and flags; the encoded properties) is encoded once, and each message's
 method, header and body frames are packed with ``struct``. The messages of one call go
-to the connection's transport together, in writes of at most :data:`WRITE_BYTES`. The
+to the connection's transport together, a write cut after the message that reaches
+:data:`WRITE_BYTES` (a message's frames are never split between writes). The
 bytes are pika's for the same arguments (tests/unit/test_fastpublish.py compares them,
 a body over several frames included).
 
