@@ -7,7 +7,8 @@ writable, sends the chunks one ``send()`` each: a publish is three system calls
 and acks on every channel it touched, all in one turn of the loop: ~150 system calls,
 a fifth of the scheduler's CPU in a drain (py-spy ``--native``, issue 11). Here the
 chunks waiting when the socket turns writable are joined (up to
-:data:`MAX_JOINED_BYTES`) and sent together. The bytes, their order and when they are
+:data:`MAX_JOINED_BYTES`; a first chunk of :data:`JOIN_BELOW` or more goes alone, the rest
+behind it joined) and sent together. The bytes, their order and when they are
 sent are pika's; only the number of system calls changes.
 
 pika reads its socket 4 KB at a time: a bundle of a few kilobytes spans two reads, and
@@ -25,6 +26,10 @@ from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 # Beyond this the chunks go one by one, as pika sends them: a partial send requeues the
 # rest of a chunk as a copy, and a joined backlog of megabytes would be copied per send.
 MAX_JOINED_BYTES = 256 * 1024
+# A first chunk this large is sent as it is (the chunks behind it joined): joining small
+# frames onto it would copy it (a large leftover of a partial send, or a burst of events
+# written at once) to save one system call in many kilobytes.
+JOIN_BELOW = 64 * 1024
 # pika still stops reading once 100 KB are read in one readable event (its
 # _MAX_CONSUME_BYTES, checked before each read), so other sockets are not starved: with
 # 64 KB reads, at most 128 KB per readable event.
@@ -46,17 +51,28 @@ def join_writes(transport: Any) -> bool:
 
     def produce_joined() -> None:
         if len(buffers) > 1:
-            count = size = 0
-            for chunk in buffers:
-                if count and size + len(chunk) > MAX_JOINED_BYTES:
-                    break
-                count += 1
-                size += len(chunk)
-            if count > 1:
-                joined = b"".join([buffers.popleft() for _ in range(count)])
-                buffers.appendleft(joined)
+            if len(buffers[0]) < JOIN_BELOW:
+                _join_front(buffers)
+            else:  # sent as it is; what waits behind it joined
+                head = buffers.popleft()
+                _join_front(buffers)
+                buffers.appendleft(head)
         produce()
 
     transport._produce = produce_joined
     transport._MAX_RECV_BYTES = READ_BYTES
     return True
+
+
+def _join_front(buffers: deque[bytes]) -> None:
+    """Join the chunks at the front of ``buffers`` into one, up to :data:`MAX_JOINED_BYTES`
+    (a first chunk past it stays alone)."""
+    count = size = 0
+    for chunk in buffers:
+        if count and size + len(chunk) > MAX_JOINED_BYTES:
+            break
+        count += 1
+        size += len(chunk)
+    if count > 1:
+        joined = b"".join([buffers.popleft() for _ in range(count)])
+        buffers.appendleft(joined)

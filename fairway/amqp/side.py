@@ -10,7 +10,9 @@
   consuming connection would see its acks stall. Events are transient and published
   without confirms: a live notification is best-effort, the reading itself is durable.
   While the publisher is down or blocked, events are dropped and counted, never queued
-  without bound.
+  without bound. An event's frames are packed at once and the events of one call are
+  written together (:mod:`fairway.amqp.fastpublish`), not through pika's
+  ``basic_publish``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pika.channel import Channel
 from fairway.amqp.backoff import Reconnect
 from fairway.amqp.connection import Brokers
 from fairway.amqp.fastconn import SelectConnection
+from fairway.amqp.fastpublish import FixedPublish
 from fairway.kernel import topology
 
 log = logging.getLogger(__name__)
@@ -150,22 +153,20 @@ class SideConnection:
 class EventPublisher(SideConnection):
     """Publishes JSON events to ``events``, best-effort, on its own connection."""
 
+    # Every event has the same exchange and properties: their encoding is done once.
+    _frames = FixedPublish(topology.EVENTS, EVENT_PROPERTIES)
+
     def publish(self, routing_key: str, event: dict[str, Any]) -> bool:
         """Publish one event now; False (nothing sent) while down or blocked."""
-        if not self.ready:
-            return False
-        assert self.channel is not None
-        self.channel.basic_publish(
-            topology.EVENTS, routing_key, orjson.dumps(event), EVENT_PROPERTIES
-        )
-        return True
+        return self.publish_all([(routing_key, event)])[0] == 1
 
     def publish_all(self, events: Iterable[tuple[str, dict[str, Any]]]) -> tuple[int, int]:
-        """Publish each ``(routing key, event)``; return (published, dropped)."""
-        published = dropped = 0
-        for routing_key, event in events:
-            if self.publish(routing_key, event):
-                published += 1
-            else:
-                dropped += 1
-        return published, dropped
+        """Publish each ``(routing key, event)`` now, in one write; return (published,
+        dropped). All are dropped while down or blocked, and an event whose routing key
+        AMQP cannot carry (over 255 bytes)."""
+        if not self.ready:
+            return 0, sum(1 for _ in events)
+        assert self.channel is not None
+        return self._frames.write(
+            self.channel, [(routing_key, orjson.dumps(event)) for routing_key, event in events]
+        )

@@ -90,3 +90,50 @@ def test_no_events_when_disabled(pipeline: Pipeline) -> None:
         time.sleep(1)  # an event would follow the ack within milliseconds
         assert fetch() == []
     assert pipeline.metric("scheduler", "fairway_scheduler_events_total") == 0
+
+
+def test_events_packed_by_the_publisher_arrive_whole_on_a_real_broker(pipeline: Pipeline) -> None:
+    """The event publisher's own frames (fairway.amqp.fastpublish), not pika's: a
+    burst of events over several writes, and an event over one body frame (frame_max
+    less 8 bytes; the broker's message size limit, 128 KB, is frame_max), each arrives
+    with its key, body and properties."""
+    from pika.adapters.select_connection import IOLoop
+
+    from fairway.amqp.connection import Brokers
+    from fairway.amqp.fastpublish import WRITE_BYTES
+    from fairway.amqp.side import EventPublisher
+
+    events = [(f"telemetry.acme.d-{i}", {"device": f"d-{i}", "n": i}) for i in range(1_500)]
+    ioloop = IOLoop()
+    publisher = EventPublisher(Brokers(pipeline.settings, "t-packed-events"), ioloop)
+    outcome: list[tuple[int, int]] = []
+
+    def publish_when_ready(deadline: float = time.monotonic() + 20) -> None:
+        if publisher.ready:
+            assert publisher.connection is not None
+            body_max = publisher.connection._body_max_length  # type: ignore[attr-defined]
+            big = {"device": "big", "blob": ""}
+            big["blob"] = "x" * (body_max + 4 - len(orjson.dumps(big)))  # two body frames
+            events.insert(700, ("telemetry.acme.big", big))
+            assert sum(len(orjson.dumps(e)) for _, e in events) > 2 * WRITE_BYTES
+            outcome.append(publisher.publish_all(events))
+            ioloop.call_later(0.5, ioloop.stop)  # let the loop write them out
+        elif time.monotonic() > deadline:
+            ioloop.stop()
+        else:
+            ioloop.call_later(0.05, publish_when_ready)
+
+    with listen(pipeline, "telemetry.acme.*") as fetch:
+        ioloop.add_callback_threadsafe(publisher.start)
+        ioloop.add_callback_threadsafe(publish_when_ready)
+        ioloop.start()
+        assert outcome == [(len(events), 0)]
+        wait_for(lambda: len(fetch()) >= len(events), 30, f"{len(events)} events")
+        got = fetch()
+    publisher.close()
+    ioloop.call_later(0.5, ioloop.stop)
+    ioloop.start()
+    ioloop.close()
+    assert [(key, body) for key, _, body in got] == events  # one channel: in order
+    for _, props, _ in got:
+        assert props.content_type == "application/json" and props.delivery_mode == 1

@@ -223,3 +223,22 @@ def test_stopping_while_disconnected_releases_at_once(svc: Service) -> None:
     svc.stop()  # never connected: nothing received, nothing to drain
     loop(svc).advance(0.0)
     assert loop(svc).stopped and svc.released == 1 and svc.stop_event.is_set()
+
+
+def test_the_connection_is_fastconns(svc: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every service connects with fastconn's class, not pika's: its deliveries decoded in
+    place and its writes joined (fairway.amqp.fastconn, issue 11)."""
+    import pika
+
+    from fairway.amqp import fastconn
+
+    built: list[type] = []
+
+    def record(self: Any, *_args: Any, **_kwargs: Any) -> None:
+        built.append(type(self))  # no socket: only which class is built
+
+    monkeypatch.setattr(service_module, "declare_topology", lambda *_a, **_k: None)
+    monkeypatch.setattr(pika.SelectConnection, "__init__", record)
+    svc._connect()
+    assert built == [fastconn.SelectConnection]
+    assert type(svc.connection) is fastconn.SelectConnection

@@ -8,7 +8,7 @@ from typing import Any
 
 from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport, _AsyncSSLTransport
 
-from fairway.amqp.joined_writes import MAX_JOINED_BYTES, READ_BYTES, join_writes
+from fairway.amqp.joined_writes import JOIN_BELOW, MAX_JOINED_BYTES, READ_BYTES, join_writes
 
 
 class Socket:
@@ -99,11 +99,38 @@ def test_a_send_that_would_block_loses_nothing() -> None:
 def test_chunks_beyond_the_bound_are_not_joined() -> None:
     sock = Socket()
     made, poller = transport(sock)
-    big = MAX_JOINED_BYTES // 2 + 1
-    for part in (b"x" * big, b"y" * big, b"z" * 10):
-        made.write(part)
+    part = MAX_JOINED_BYTES // 4 - 1_000  # under JOIN_BELOW: joined, four at most
+    for i in range(6):
+        made.write(bytes([i]) * part)
     poller.writer()
-    assert [len(s) for s in sock.sent] == [big, big, 10]  # the first two would pass it
+    assert [len(s) for s in sock.sent] == [4 * part, part, part]  # a fifth would pass it
+
+
+def test_a_large_first_chunk_is_sent_as_it_is_and_what_follows_joined() -> None:
+    sock = Socket()
+    made, poller = transport(sock)
+    large = b"L" * JOIN_BELOW
+    made.write(large)
+    for frame in FRAMES:
+        made.write(frame)
+    poller.writer()
+    assert sock.sent == [large, b"".join(FRAMES)]  # the large one not copied into a join
+
+
+def test_a_large_leftover_of_a_partial_send_is_not_joined_again() -> None:
+    sock = Socket(accept=10_000)
+    made, poller = transport(sock)
+    part = JOIN_BELOW - 1
+    for i in range(3):
+        made.write(bytes([i]) * part)
+    poller.writer()  # joined, 10,000 bytes taken, the rest requeued
+    made.write(b"a" * 10)
+    made.write(b"b" * 10)
+    poller.writer()
+    assert [len(s) for s in sock.sent] == [10_000, 3 * part - 10_000, 20]
+    assert (
+        b"".join(sock.sent) == b"".join(bytes([i]) * part for i in range(3)) + b"a" * 10 + b"b" * 10
+    )
 
 
 def test_tls_and_unknown_transports_are_left_as_they_are() -> None:
