@@ -32,9 +32,10 @@ class RateLimiter:
             bucket = buckets[key] = [self.burst, now]
         else:
             buckets.move_to_end(key)
-            tokens = bucket[0] + (now - bucket[1]) * self.rate
-            bucket[0] = tokens if tokens < self.burst else self.burst
-            bucket[1] = now
+            if now > bucket[1]:  # never back in time: an earlier arrival takes what is left
+                tokens = bucket[0] + (now - bucket[1]) * self.rate
+                bucket[0] = tokens if tokens < self.burst else self.burst
+                bucket[1] = now
         return bucket
 
     def peek(self, key: str, now: float) -> float:
@@ -202,7 +203,10 @@ class TenantRates:
         bucket = self._buckets.get(tenant)
         if bucket is None:
             return False
-        tokens = bucket.tokens + (now - bucket.last) * bucket.rate
+        # Never back in time: a delivery released from a registry look-up is gated at
+        # its arrival, which may precede what later arrivals already took.
+        elapsed = now - bucket.last
+        tokens = bucket.tokens + elapsed * bucket.rate if elapsed > 0.0 else bucket.tokens
         if tokens < 1.0:
             bucket.dry = True
             return True
@@ -230,9 +234,10 @@ class TenantRates:
             )
         else:
             self._buckets.move_to_end(tenant)
-            tokens = bucket.tokens + (now - bucket.last) * bucket.rate
-            bucket.tokens = tokens if tokens < bucket.burst else bucket.burst
-            bucket.last = now
+            if now > bucket.last:  # never back in time (see gate_closed)
+                tokens = bucket.tokens + (now - bucket.last) * bucket.rate
+                bucket.tokens = tokens if tokens < bucket.burst else bucket.burst
+                bucket.last = now
         granted = min(want, int(bucket.tokens)) if bucket.tokens >= 1.0 else 0
         bucket.tokens -= granted
         if granted < want:

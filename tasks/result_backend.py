@@ -7,8 +7,8 @@ the jobs that started during it (their ``FAILURE`` could not be stored either).
 
 Here a pool process retries every store on :class:`~pymongo.errors.AutoReconnect`
 (which covers server selection timeouts) with Celery's own backoff
-(``result_backend_always_retry``), bounded by :data:`MAX_RETRIES`: the job waits for the
-database instead of being lost. The worker's main process does not retry: it stores
+(``result_backend_always_retry``), bounded by :data:`MAX_RETRIES` and, before that, by
+the job's time limits: the job waits for the database instead of being lost. The worker's main process does not retry: it stores
 only what its pool could not (a hard time limit, a lost pool process) and must not stall
 its event loop, which also serves the broker's heartbeats and the fair dispatcher.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from celery.backends.mongodb import MongoBackend
 from pymongo.errors import AutoReconnect
 
-MAX_RETRIES = 12  # with pymongo's 30 s server selection, about 7 minutes of outage
+MAX_RETRIES = 12  # each up to 30 s (server selection): beyond the jobs' time limits
 BASE_SLEEP_MS = 200
 MAX_SLEEP_MS = 5_000
 BACKEND = f"{__name__}:RetryingMongoBackend"

@@ -19,6 +19,7 @@ from typing import Any
 from amqp.exceptions import MessageNacked
 from billiard.exceptions import TimeLimitExceeded
 from celery import Celery
+from celery.exceptions import BackendGetMetaError, BackendStoreError, SoftTimeLimitExceeded
 from flask import Blueprint, Response, current_app, stream_with_context
 from prometheus_client import Counter
 from pymongo.errors import AutoReconnect
@@ -224,6 +225,11 @@ def visible_job(job_id: str) -> dict[str, Any]:
     return visible_or_404(job, "job", job_id)
 
 
+# The job's own reads (AutoReconnect after the task's retries) or its state stores
+# (Celery's BackendStoreError after the result backend's retries, tasks.result_backend).
+DATABASE_ERRORS = (AutoReconnect, BackendStoreError, BackendGetMetaError)
+
+
 def failure_message(exc: Any) -> str:
     """Why a job failed, for the user."""
     if isinstance(exc, JobFailed):
@@ -231,11 +237,14 @@ def failure_message(exc: Any) -> str:
     if isinstance(exc, TimeLimitExceeded):
         limit = _settings().report_time_limit_s
         return f"the job ran past its hard time limit of {limit:g} s and was stopped"
-    if isinstance(exc, AutoReconnect):
+    if isinstance(exc, DATABASE_ERRORS):
         return (
             "the database could not be reached, also on the job's retries; "
             "try again later or ask an operator"
         )
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = _settings().report_soft_time_limit_s
+        return f"the job ran past its time limit of {limit:g} s and was stopped"
     return f"the job failed ({type(exc).__name__}); try again or ask an operator"
 
 
@@ -246,9 +255,9 @@ def failure_reason(exc: Any, job: dict[str, Any]) -> str:
         return str(refused["reason"])  # the worker refused it (job_records.mark_failed)
     if isinstance(exc, JobFailed):
         return exc.reason
-    if isinstance(exc, TimeLimitExceeded):
+    if isinstance(exc, TimeLimitExceeded | SoftTimeLimitExceeded):
         return TIME_LIMIT
-    if isinstance(exc, AutoReconnect):  # retried max_retries times, then failed
+    if isinstance(exc, DATABASE_ERRORS):  # retried, then failed
         return DATABASE_UNAVAILABLE
     return OTHER_FAILURE
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from billiard.exceptions import TimeLimitExceeded
 from celery import Celery
+from celery.exceptions import BackendStoreError, SoftTimeLimitExceeded
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from fairway.domain.job_params import JOB_FAILURE_REASONS, JobFailed
@@ -27,8 +28,15 @@ def test_a_job_failed_keeps_message_and_reason_through_the_backend() -> None:
 
 
 def test_a_failure_stored_before_reasons_reads_job_failed() -> None:
-    old = JobFailed.__new__(JobFailed)
-    old.args = ("the old message",)
+    backend = Celery("t", backend="cache+memory://").backend
+    old = backend.exception_to_python(
+        {
+            "exc_type": "JobFailed",
+            "exc_module": "fairway.domain.job_params",
+            "exc_message": ["the old message"],
+        }
+    )
+    assert isinstance(old, JobFailed)
     assert str(old) == "the old message" and old.reason == "job_failed"
 
 
@@ -40,6 +48,12 @@ def test_a_failure_stored_before_reasons_reads_job_failed() -> None:
         (TimeLimitExceeded(10.0), {}, "time_limit"),
         (AutoReconnect("connection refused"), {}, "database_unavailable"),
         (ServerSelectionTimeoutError("no servers"), {}, "database_unavailable"),
+        (
+            BackendStoreError("failed to store", state="STARTED", task_id="j"),
+            {},
+            "database_unavailable",
+        ),
+        (SoftTimeLimitExceeded(), {}, "time_limit"),
         (ValueError("a defect"), {}, "job_failed"),
     ],
 )

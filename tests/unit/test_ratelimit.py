@@ -21,6 +21,15 @@ def test_refill_over_time() -> None:
     assert [rl.allow("d", 100.0) for _ in range(6)] == [True] * 4 + [False] * 2
 
 
+def test_an_earlier_time_takes_what_is_left_and_never_drains_the_bucket() -> None:
+    """A reading released from a registry look-up is charged at its arrival, which may
+    precede the bucket's last refill: no refill backwards (it went negative)."""
+    rl = RateLimiter(rate=10.0, burst=3.0, max_keys=10)
+    assert rl.take("d", 1005.0, 1) == 1
+    assert rl.take("d", 1000.0, 5) == 2  # what is left at 1005 s
+    assert rl.peek("d", 1005.0) == 0.0 and rl.take("d", 1005.1, 1) == 1
+
+
 def test_refusals_do_not_consume_tokens() -> None:
     rl = RateLimiter(rate=1.0, burst=1.0, max_keys=10)
     assert rl.allow("d", 0.0) is True

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from celery import Celery
+from celery.app.backends import by_url
 from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
 
 import tasks.result_backend as result_backend
@@ -40,3 +42,16 @@ def test_a_pool_process_retries_a_lost_connection_only(
 def test_the_url_keeps_the_database_url() -> None:
     url = result_backend.backend_url("mongodb://db:27017/fairway")
     assert url == "tasks.result_backend:RetryingMongoBackend+mongodb://db:27017/fairway"
+
+
+@pytest.mark.parametrize(
+    "mongo_url",
+    [
+        "mongodb://db:27017/fairway",
+        "mongodb://a:27017,b:27017/fairway?replicaSet=rs0&tls=true",
+        "mongodb+srv://cluster.example.com/fairway",
+    ],
+)
+def test_celery_reads_this_backend_and_the_same_database_url(mongo_url: str) -> None:
+    cls, url = by_url(result_backend.backend_url(mongo_url), Celery("t").loader)
+    assert cls is result_backend.RetryingMongoBackend and url == mongo_url

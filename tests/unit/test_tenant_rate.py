@@ -38,6 +38,20 @@ def test_a_tenant_gets_its_burst_then_its_rate() -> None:
     assert rates.take("other", 0.0, 10**6) == 10**6  # no plan, default unlimited
 
 
+def test_an_earlier_arrival_never_takes_back_what_later_ones_refilled() -> None:
+    """A delivery released from a registry look-up is gated and charged at its arrival,
+    which may precede what later arrivals of the same tenant already took: the bucket
+    never looks back in time (it went negative, refusing a tenant far below its plan)."""
+    rates = TenantRates(0.0, 0.0, min_burst=1, max_keys=10)
+    rates.plan("acme", 10.0, 20.0)
+    assert rates.take("acme", 1000.0, 1) == 1  # a parked device's reading arrives at 1000 s
+    assert rates.take("acme", 1005.0, 1) == 1  # a cached device's reading at 1005 s
+    assert not rates.gate_closed("acme", 1000.0)  # released: 2 readings in 5 s at 10/s
+    assert rates.take("acme", 1000.0, 1) == 1
+    assert rates.take("acme", 1000.0, 18) == 18  # what is left, not a refill for 1000 s
+    assert rates.take("acme", 1000.0, 1) == 0
+
+
 def test_an_unset_burst_is_two_seconds_of_the_rate_at_least_a_full_batch() -> None:
     rates = TenantRates(0.0, 0.0, min_burst=100, max_keys=10)
     rates.plan("fast", 500.0, None)
