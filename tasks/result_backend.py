@@ -8,9 +8,10 @@ the jobs that started during it (their ``FAILURE`` could not be stored either).
 Here a pool process retries every store on :class:`~pymongo.errors.AutoReconnect`
 (which covers server selection timeouts) with Celery's own backoff
 (``result_backend_always_retry``), bounded by :data:`MAX_RETRIES` and, before that, by
-the job's time limits: the job waits for the database instead of being lost. The worker's main process does not retry: it stores
-only what its pool could not (a hard time limit, a lost pool process) and must not stall
-its event loop, which also serves the broker's heartbeats and the fair dispatcher.
+the job's time limits: the job waits for the database instead of being lost. The
+worker's main process does not retry: it stores only what its pool could not (a hard
+time limit, a lost pool process) and must not stall its event loop, which also serves
+the broker's heartbeats and the fair dispatcher.
 """
 
 from __future__ import annotations
