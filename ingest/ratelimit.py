@@ -58,8 +58,13 @@ class RateLimiter:
     def take(self, key: str, now: float, want: int) -> int:
         """Take up to ``want`` whole tokens for ``key``; return how many were granted."""
         bucket = self._tokens(key, now)
-        granted = min(want, int(bucket[0])) if bucket[0] >= 1.0 else 0
-        bucket[0] -= granted
+        tokens = bucket[0]
+        # min(want, int(tokens)) without the two calls: ``want`` is whole, so
+        # ``want <= tokens`` means ``want <= int(tokens)`` (the usual case, every delivery).
+        if tokens < 1.0:
+            return 0
+        granted = want if want <= tokens else int(tokens)
+        bucket[0] = tokens - granted
         return granted
 
     def give_back(self, key: str, count: int) -> None:

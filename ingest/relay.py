@@ -67,6 +67,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -1051,11 +1052,13 @@ def _device_of(routing_key: str) -> str | None:
     return device if is_valid_id(device) else None
 
 
+@lru_cache(maxsize=4096)
 def _tenant_of(queue: str) -> str | None:
     """The tenant whose ``ingest.<tenant>`` a delivery came from (None: shared ``ingest``).
 
     Only that tenant's device bindings route into its queue, so a message refused before
-    the registry look-up (too large, broken JSON) is still charged to its tenant."""
+    the registry look-up (too large, broken JSON) is still charged to its tenant. Cached:
+    asked for every delivery, of a few queue names (the answer holds no state)."""
     if queue.startswith(topology.INGEST_QUEUE_PREFIX):
         return queue[len(topology.INGEST_QUEUE_PREFIX) :]
     return None

@@ -10,6 +10,7 @@ import pytest
 
 from fairway.kernel.contract import (
     Reading,
+    check_values,
     hour_key,
     parse_reading,
     reading_id,
@@ -567,3 +568,27 @@ def test_hour_key_is_the_utc_hour_of_ts_edges_included() -> None:
     assert (
         to_document(tenant_message("acme", reading, edge.timestamp()))["hk"] == "acme:d:2026112403"
     )
+
+
+def test_message_ids_are_checked_as_the_printable_ascii_pattern_says() -> None:
+    # The string-method check stands for ``[\x21-\x7e]+``: same answer for every character
+    # alone, leading and trailing, and for the empty id.
+    import re
+
+    from fairway.kernel.contract import _printable_ascii
+
+    pattern = re.compile(r"[\x21-\x7e]+")
+    for code in range(0x3000):
+        for text in (chr(code), "a" + chr(code), chr(code) + "b"):
+            assert _printable_ascii(text) == (pattern.fullmatch(text) is not None), repr(text)
+    assert not _printable_ascii("")
+
+
+def test_a_value_name_refused_once_is_refused_again() -> None:
+    # The answer per name is cached: a bad name must stay refused, a good one accepted.
+    settings = Settings()
+    for _ in range(2):
+        with pytest.raises(Rejection) as info:
+            check_values({"ok": 1.0, "bad.name": 2.0}, settings)
+        assert info.value.reason is Reason.SCHEMA
+        assert check_values({"ok": 1.0, "n": 2, "on": True, "s": "x"}, settings)["n"] == 2
