@@ -66,10 +66,11 @@ def join_writes(transport: Any) -> bool:
 
 def _join_front(buffers: deque[bytes]) -> None:
     """Join the chunks at the front of ``buffers`` into one, up to :data:`MAX_JOINED_BYTES`
-    (a first chunk past it stays alone)."""
+    and up to the first chunk of :data:`JOIN_BELOW` or more behind the first (a large
+    chunk is never copied into a join: it goes in a send of its own)."""
     count = size = 0
     for chunk in buffers:
-        if count and size + len(chunk) > MAX_JOINED_BYTES:
+        if count and (len(chunk) >= JOIN_BELOW or size + len(chunk) > MAX_JOINED_BYTES):
             break
         count += 1
         size += len(chunk)

@@ -9,8 +9,9 @@
   then stops reading its socket, acks included; a consumer that published on its
   consuming connection would see its acks stall. Events are transient and published
   without confirms: a live notification is best-effort, the reading itself is durable.
-  While the publisher is down or blocked, events are dropped and counted, never queued
-  without bound. An event's frames are packed at once and the events of one call are
+  While the publisher is down or blocked, or its socket has :data:`MAX_BUFFERED_BYTES`
+  waiting unsent (a stalled peer, no resource alarm), events are dropped and counted,
+  never queued without bound. An event's frames are packed at once and the events of one call are
   written together (:mod:`fairway.amqp.fastpublish`), not through pika's
   ``basic_publish``.
 """
@@ -47,6 +48,8 @@ def event_properties() -> pika.BasicProperties:
 # One instance for every event (pika only reads it): the scheduler publishes up to one
 # event per device of every batch, so with readings spread over many devices, about one
 # per reading (issue 17).
+# Encoded once, at import, by EventPublisher's FixedPublish: a property that should vary
+# per event (a timestamp) needs a publish path of its own, not a change to this object.
 EVENT_PROPERTIES = event_properties()
 
 
@@ -150,6 +153,17 @@ class SideConnection:
         self._retry(f"connection closed: {why!r}")
 
 
+# Unsent bytes in the publisher's socket buffer beyond which events are dropped: about
+# 3,000 events, seconds of a scheduler's events, so only a stalled connection reaches it.
+MAX_BUFFERED_BYTES = 1024 * 1024
+
+
+def _buffered(channel: Channel) -> int:
+    """Bytes written to ``channel``'s connection and not yet sent (pika's transport)."""
+    transport = getattr(channel.connection, "_transport", None)
+    return transport.get_write_buffer_size() if transport is not None else 0
+
+
 class EventPublisher(SideConnection):
     """Publishes JSON events to ``events``, best-effort, on its own connection."""
 
@@ -162,9 +176,10 @@ class EventPublisher(SideConnection):
 
     def publish_all(self, events: Iterable[tuple[str, dict[str, Any]]]) -> tuple[int, int]:
         """Publish each ``(routing key, event)`` now, in one write; return (published,
-        dropped). All are dropped while down or blocked, and an event whose routing key
-        AMQP cannot carry (over 255 bytes)."""
-        if not self.ready:
+        dropped). All are dropped while down or blocked or while the socket holds
+        :data:`MAX_BUFFERED_BYTES` unsent, and an event whose routing key AMQP cannot
+        carry (over 255 bytes; ids keep keys under 140, so none today)."""
+        if not self.ready or _buffered(self.channel) >= MAX_BUFFERED_BYTES:
             return 0, sum(1 for _ in events)
         assert self.channel is not None
         return self._frames.write(

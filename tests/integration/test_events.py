@@ -95,7 +95,7 @@ def test_no_events_when_disabled(pipeline: Pipeline) -> None:
 def test_events_packed_by_the_publisher_arrive_whole_on_a_real_broker(pipeline: Pipeline) -> None:
     """The event publisher's own frames (fairway.amqp.fastpublish), not pika's: a
     burst of events over several writes, and an event over one body frame (frame_max
-    less 8 bytes; the broker's message size limit, 128 KB, is frame_max), each arrives
+    less 8 bytes, under the 128 KB max_message_size services.sh gives the broker), each arrives
     with its key, body and properties."""
     from pika.adapters.select_connection import IOLoop
 

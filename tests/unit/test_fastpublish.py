@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -167,3 +168,14 @@ def test_the_event_publisher_drops_and_counts_while_down_closed_or_blocked() -> 
     assert blocked.publish_all(events) == (0, 2)
     assert blocked.channel.connection.emitted == []
     assert closed.connection.emitted == []
+
+
+def test_the_event_publisher_drops_while_its_socket_holds_a_megabyte_unsent() -> None:
+    events = [("telemetry.acme.d-1", {"v": 1}), ("telemetry.acme.d-2", {"v": 2})]
+    channel = open_channel()
+    unsent = [side.MAX_BUFFERED_BYTES]
+    channel.connection._transport = SimpleNamespace(get_write_buffer_size=lambda: unsent[0])
+    assert publisher(channel).publish_all(events) == (0, 2)
+    assert channel.connection.emitted == []
+    unsent[0] = side.MAX_BUFFERED_BYTES - 1
+    assert publisher(channel).publish_all(events) == (2, 0)

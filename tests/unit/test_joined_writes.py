@@ -117,6 +117,18 @@ def test_a_large_first_chunk_is_sent_as_it_is_and_what_follows_joined() -> None:
     assert sock.sent == [large, b"".join(FRAMES)]  # the large one not copied into a join
 
 
+def test_a_large_chunk_behind_small_ones_is_not_copied_into_a_join() -> None:
+    sock = Socket()
+    made, poller = transport(sock)
+    large = [bytes([i]) * (JOIN_BELOW + 64) for i in range(3)]
+    made.write(b"ack-frame")
+    for chunk in large:
+        made.write(chunk)
+    made.write(b"heartbeat")
+    poller.writer()
+    assert sock.sent == [b"ack-frame", *large, b"heartbeat"]  # each large one sent alone
+
+
 def test_a_large_leftover_of_a_partial_send_is_not_joined_again() -> None:
     sock = Socket(accept=10_000)
     made, poller = transport(sock)
