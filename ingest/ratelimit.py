@@ -56,7 +56,8 @@ class RateLimiter:
         return True
 
     def take(self, key: str, now: float, want: int) -> int:
-        """Take up to ``want`` whole tokens for ``key``; return how many were granted."""
+        """Take up to ``want`` whole tokens for ``key``; return how many were granted.
+        ``want`` must be an int (a count of readings): the shortcut below relies on it."""
         bucket = self._tokens(key, now)
         tokens = bucket[0]
         # min(want, int(tokens)) without the two calls: ``want`` is whole, so

@@ -47,7 +47,8 @@ from fairway.kernel.settings import Settings
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 # No '.' (FerretDB refuses it in field names) and no '$' (operators): only names both
 # MongoDB and FerretDB store as plain fields.
-_VALUE_KEY = re.compile(r"[A-Za-z0-9_:-]{1,64}")
+MAX_VALUE_KEY_CHARS = 64
+_VALUE_KEY = re.compile(rf"[A-Za-z0-9_:-]{{1,{MAX_VALUE_KEY_CHARS}}}")
 _INT64 = 2**63
 _TOP_LEVEL = frozenset({"ts", "values", "id"})
 # ``<device>.<stream>``, both ids: one match instead of a split and two (ids hold no '.').
@@ -123,10 +124,18 @@ def _routing_key_parts(routing_key: str) -> tuple[str, str] | None:
     return None if match is None else match.group(1, 2)  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=4096)
 def _value_key_ok(key: str) -> bool:
-    """Whether ``key`` may name a value. Cached like the routing key's answer: a device
-    sends the same few names, and the match was a third of checking ``values``."""
+    """Whether ``key`` may name a value. A name longer than any allowed one is refused
+    before the cache, so the cache holds short names only (a refused 64 KB name per
+    entry would have made it hundreds of megabytes)."""
+    return len(key) <= MAX_VALUE_KEY_CHARS and _short_value_key_ok(key)
+
+
+@lru_cache(maxsize=4096)
+def _short_value_key_ok(key: str) -> bool:
+    """``_value_key_ok`` for a name of at most :data:`MAX_VALUE_KEY_CHARS`, cached like the
+    routing key's answer: a device sends the same few names, and the match was a third of
+    checking ``values``."""
     return _VALUE_KEY.fullmatch(key) is not None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -578,7 +579,7 @@ def test_message_ids_are_checked_as_the_printable_ascii_pattern_says() -> None:
     from fairway.kernel.contract import _printable_ascii
 
     pattern = re.compile(r"[\x21-\x7e]+")
-    for code in range(0x3000):
+    for code in range(sys.maxunicode + 1):
         for text in (chr(code), "a" + chr(code), chr(code) + "b"):
             assert _printable_ascii(text) == (pattern.fullmatch(text) is not None), repr(text)
     assert not _printable_ascii("")
@@ -586,9 +587,25 @@ def test_message_ids_are_checked_as_the_printable_ascii_pattern_says() -> None:
 
 def test_a_value_name_refused_once_is_refused_again() -> None:
     # The answer per name is cached: a bad name must stay refused, a good one accepted.
+    from fairway.kernel.contract import _short_value_key_ok
+
+    _short_value_key_ok.cache_clear()
     settings = Settings()
     for _ in range(2):
         with pytest.raises(Rejection) as info:
             check_values({"ok": 1.0, "bad.name": 2.0}, settings)
         assert info.value.reason is Reason.SCHEMA
+        assert info.value.detail == "value name 'bad.name' is not allowed"
         assert check_values({"ok": 1.0, "n": 2, "on": True, "s": "x"}, settings)["n"] == 2
+
+
+def test_a_name_too_long_to_be_allowed_is_refused_without_entering_the_cache() -> None:
+    from fairway.kernel.contract import _short_value_key_ok
+
+    _short_value_key_ok.cache_clear()
+    for i in range(3):
+        with pytest.raises(Rejection):
+            check_values({"n" * (65 + i): 1.0}, Settings())
+    assert _short_value_key_ok.cache_info().currsize == 0
+    assert check_values({"n" * 64: 1.0}, Settings())
+    assert _short_value_key_ok.cache_info().currsize == 1
