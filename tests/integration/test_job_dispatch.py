@@ -206,54 +206,10 @@ def test_a_start_check_the_database_fails_is_retried_not_run(
         celery.close()
 
 
-def test_a_retried_start_check_keeps_the_job_queued_in_a_real_worker(
-    pipeline: Pipeline, app: Flask
-) -> None:
-    """In a worker, a start check that meets a database error retries the delivery: the
-    job shows RETRY, never FAILURE (the retry's id as a nested array in the result was
-    refused by FerretDB, and the job showed FAILURE, its slots free to take, until the
-    retry ran), and runs once with one delivery counted and one end."""
+def _states_of_a_released_job(pipeline: Pipeline, job_id: str, worker_name: str) -> list[str]:
+    """Record and release a report job ``job_id`` as the dispatcher does, run it on a
+    crashing_worker until it ends, and return the states Celery stored on the way."""
     db, settings = pipeline.db, pipeline.settings
-    job_id = FLAKY_START + str(uuid.uuid4())
-    params = parse_report(dict(REPORT), settings).to_json()
-    job_records.create_job(db, job_id, "acme", "alice", job_records.REPORT, params, "waiting")
-    celery = make_celery(settings)
-    try:
-        claimed = job_dispatch.claim_next(
-            db, "acme", 1, settings.job_ttl_s, pool=dispatch.pool(settings)
-        )
-        assert claimed is not None and claimed["_id"] == job_id
-        dispatch.release(celery, db, claimed)
-    finally:
-        celery.close()
-    seen: list[str] = []
-
-    def succeeded() -> bool:
-        meta = db[job_records.TASKMETA].find_one({"_id": job_id})
-        if meta is not None and (not seen or seen[-1] != meta["status"]):
-            seen.append(meta["status"])
-        return bool(seen) and seen[-1] == "SUCCESS"
-
-    proc = start_worker(pipeline, "flaky")
-    try:
-        wait_for(succeeded, 60, "the retried job done", interval=0.02)
-    finally:
-        worker.stop(proc)
-    assert "FAILURE" not in seen and "RETRY" in seen, seen
-    record = job_records.get_job(db, job_id)
-    assert record is not None
-    assert (record.get("deliveries"), record.get("ends")) == (1, 1), record
-
-
-def test_a_lost_database_connection_storing_started_waits_for_the_database(
-    pipeline: Pipeline, app: Flask
-) -> None:
-    """Celery stores STARTED before a job runs. Stock, a lost connection there ended
-    the delivery as an internal error, acked: the job was lost in a database outage
-    (here it showed FAILURE, its failure being stored). The pool process retries the
-    store (tasks.result_backend) and the job runs once."""
-    db, settings = pipeline.db, pipeline.settings
-    job_id = FLAKY_STATE + str(uuid.uuid4())
     params = parse_report(dict(REPORT), settings).to_json()
     job_records.create_job(db, job_id, "acme", "alice", job_records.REPORT, params, "waiting")
     celery = make_celery(settings)
@@ -273,13 +229,40 @@ def test_a_lost_database_connection_storing_started_waits_for_the_database(
             seen.append(meta["status"])
         return bool(seen) and seen[-1] in job_records.ENDED
 
-    proc = start_worker(pipeline, "flaky-state")
+    proc = start_worker(pipeline, worker_name)
     try:
         wait_for(ended, 60, "the job ended", interval=0.02)
     finally:
         worker.stop(proc)
+    return seen
+
+
+def test_a_retried_start_check_keeps_the_job_queued_in_a_real_worker(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    """In a worker, a start check that meets a database error retries the delivery: the
+    job shows RETRY, never FAILURE (the retry's id as a nested array in the result was
+    refused by FerretDB, and the job showed FAILURE, its slots free to take, until the
+    retry ran), and runs once with one delivery counted and one end."""
+    job_id = FLAKY_START + str(uuid.uuid4())
+    seen = _states_of_a_released_job(pipeline, job_id, "flaky")
+    assert seen[-1] == "SUCCESS" and "FAILURE" not in seen and "RETRY" in seen, seen
+    record = job_records.get_job(pipeline.db, job_id)
+    assert record is not None
+    assert (record.get("deliveries"), record.get("ends")) == (1, 1), record
+
+
+def test_a_lost_database_connection_storing_started_waits_for_the_database(
+    pipeline: Pipeline, app: Flask
+) -> None:
+    """Celery stores STARTED before a job runs. Stock, a lost connection there ended
+    the delivery as an internal error, acked: the job was lost in a database outage
+    (here it showed FAILURE, its failure being stored). The pool process retries the
+    store (tasks.result_backend) and the job runs once."""
+    job_id = FLAKY_STATE + str(uuid.uuid4())
+    seen = _states_of_a_released_job(pipeline, job_id, "flaky-state")
     assert seen[-1] == "SUCCESS" and "FAILURE" not in seen, seen
-    record = job_records.get_job(db, job_id)
+    record = job_records.get_job(pipeline.db, job_id)
     assert record is not None
     assert (record.get("deliveries"), record.get("ends")) == (1, 1), record
 
