@@ -51,7 +51,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from benchmarks.common import emit, meta, parser, r, say, scaled
+from benchmarks.common import emit, meta, parser, r, require_postgres_url, say, scaled
 from benchmarks.write_cost import PrivateServer, private_server
 from fairway.kernel.contract import hour_key, reading_id
 from fairway.storage import ferretdb, mongo
@@ -366,9 +366,7 @@ def main() -> None:
     args = p.parse_args()
     count = scaled(args.readings, args.scale, minimum=BATCH_READINGS)
     count -= count % BATCH_READINGS
-    postgres_url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
-    if not postgres_url:
-        raise SystemExit("FAIRWAY_POSTGRES_URL is needed (the private FerretDBs' PostgreSQL)")
+    postgres_url = require_postgres_url("the private FerretDBs' PostgreSQL")
     run_meta = meta(
         NAME,
         args.scale,

@@ -72,6 +72,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def require_postgres_url(needed_for: str) -> str:
+    """``FAIRWAY_POSTGRES_URL``, which private FerretDBs run on; exits saying what needs it."""
+    url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
+    if not url:
+        raise SystemExit(f"FAIRWAY_POSTGRES_URL is needed ({needed_for})")
+    return url
+
+
 def scaled(value: float, scale: float, minimum: int = 1) -> int:
     """``value * scale`` as an int, at least ``minimum``."""
     return max(minimum, round(value * scale))

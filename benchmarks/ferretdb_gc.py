@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 from pymongo import MongoClient
 
-from benchmarks.common import emit, meta, parser, r, say, scaled
+from benchmarks.common import emit, meta, parser, r, require_postgres_url, say, scaled
 from benchmarks.write_cost import PrivateServer, private_server
 from fairway.kernel.contract import BATCH_KEY
 from fairway.storage import mongo
@@ -130,9 +130,7 @@ def main() -> None:
     args = p.parse_args()
     count = scaled(args.readings, args.scale, minimum=BATCH_READINGS)
     count -= count % (len(TENANTS) * PER_BUNDLE)
-    postgres_url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
-    if not postgres_url:
-        raise SystemExit("FAIRWAY_POSTGRES_URL is needed (the private FerretDBs' PostgreSQL)")
+    postgres_url = require_postgres_url("the private FerretDBs' PostgreSQL")
     run_meta = meta(
         NAME,
         args.scale,

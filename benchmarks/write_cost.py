@@ -70,7 +70,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from benchmarks import common
-from benchmarks.common import emit, meta, parser, r, say, scaled
+from benchmarks.common import emit, meta, parser, r, require_postgres_url, say, scaled
 from fairway.kernel.contract import to_document
 from fairway.kernel.settings import Settings
 from fairway.storage import ferretdb, mongo, rollup_days, rollups
@@ -360,9 +360,7 @@ def main() -> None:
     args = p.parse_args()
     ferretdb.GIN_OPTIONS["fastupdate"] = args.gin_fastupdate
     count = scaled(args.readings, args.scale, minimum=BATCH)
-    postgres_url = os.environ.get("FAIRWAY_POSTGRES_URL", "")
-    if not postgres_url:
-        raise SystemExit("FAIRWAY_POSTGRES_URL is needed (the private FerretDB's PostgreSQL)")
+    postgres_url = require_postgres_url("the private FerretDB's PostgreSQL")
     run_meta = meta(
         NAME,
         args.scale,
