@@ -429,6 +429,10 @@ class Settings:
     db_backoff_max_s: float = setting(5.0, SCHEDULER, POSITIVE)  # also monitor, archiver
     # device_state (latest values) is written at most this often per device; 0: every batch
     device_state_flush_s: float = setting(2.0, SCHEDULER, AT_LEAST_0)
+    # Readings of one device batch (ids "<batch id>#<index>") are stored as one document
+    # per batch and hour (fairway.kernel.batch_document); off: one document per reading.
+    # Readers read both layouts either way.
+    batch_documents: bool = setting(True, SCHEDULER)
     # The scheduler folds rollups in memory and writes an hour's parts this long after the
     # hour ends (readings arriving later are recomputed by the rollup task); at most an
     # hour, so parts exist before charts stop folding the hour from raw readings.
