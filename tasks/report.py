@@ -3,7 +3,10 @@
 A job's range is planned without a scan (:mod:`fairway.storage.ranges`: pending marks,
 rollups by tenant-day or device-day, device state for the recent hours), then each
 planned device-hour's readings are read by ``hk`` equality with a projection, filtered
-to the range and folded in Python, the same way on FerretDB and MongoDB. Memory is
+to the range and folded in Python, the same way on FerretDB and MongoDB. Both layouts of
+``telemetry`` are read (:mod:`fairway.kernel.batch_document`): a device batch's
+document is expanded into its readings, each kept or not by its own ``ts`` (the
+document's ``ts`` is only its latest reading's). Memory is
 bounded: each (metric, bucket) keeps its numeric values in a compact ``array('d')``
 (8 bytes a value, needed for the exact p50/p95 and the outlier count) plus the
 ``OUTLIERS_LISTED`` largest and smallest readings with their device and time (for the
@@ -42,6 +45,7 @@ from fairway.domain.job_params import (
     ReportParams,
     summary_step,
 )
+from fairway.kernel.batch_document import each_reading, with_batch_fields
 from fairway.kernel.contract import hour_key
 from fairway.kernel.times import iso_z
 from fairway.storage import ranges
@@ -290,6 +294,8 @@ def read_planned(
     with_device = "device" in fields
     projection = {"_id": 0, **dict.fromkeys((*fields, "ts"), 1)}
     projection.pop("device", None)
+    # A batch document's readings come with its values whatever ``fields`` says.
+    projection = with_batch_fields(projection)
     start_ms, end_ms = _ms(plan.start), _ms(plan.end)
 
     def readings() -> Iterator[dict[str, Any]]:
@@ -297,7 +303,8 @@ def read_planned(
             hour, device = dh
             kept = 0
             key = {"hk": hour_key(plan.tenant, device, hour)}
-            for doc in collection.find(key, projection, batch_size=READ_BATCH):
+            stored = collection.find(key, projection, batch_size=READ_BATCH)
+            for doc in each_reading(stored):  # a batch element's ts is a DatetimeMS too
                 if start_ms <= int(doc["ts"]) < end_ms:
                     kept += 1
                     if with_device:

@@ -34,6 +34,18 @@ result says how many device-hours were left for later (``hours_left``). In stead
 a run needs about two device-hours per device (the hour that became whole and the new
 cutoff's hour), so ``max_hours`` must exceed twice the devices with readings.
 
+Device batches stored as one document per batch and hour
+(:mod:`fairway.kernel.batch_document`) are deleted whole: such a document's ``ts`` is its
+latest reading's, so the cutoff hour's ``ts < cutoff`` deletes it only once *every* one
+of its readings is before the cutoff. A batch straddling the cutoff is kept whole until
+a later run (its older readings outlive the plan by less than the batch's span, never
+the other way round); whole hours before the cutoff's go entirely, as before. Its
+readings before the cutoff then lie below ``first_ts`` but in ``first_ts``'s hour, which
+is all history, ranges and the next run read by (``floor_hour(first_ts)``). The counts
+in the result (``readings_deleted``) are of stored *documents*: a batch document counts
+once, whatever its readings (counting readings would need reading each document before
+deleting it).
+
 Readings stored before ``hk`` existed have no hour key, so this never finds them: run
 ``fairway migrate backfill-hk`` once (:mod:`fairway.storage.backfill`), which gives
 them ``hk`` and folds them into ``device_state``; retention then removes them in time.
@@ -71,7 +83,9 @@ def _too_many_matches(exc: OperationFailure) -> bool:
 
 
 def delete_hour(db: Database, hk: str, before: datetime | None = None) -> int:
-    """Delete the readings of hour key ``hk`` (only those with ``ts < before`` if given)."""
+    """Delete the documents of hour key ``hk`` (only those with ``ts < before`` if given);
+    the number of documents deleted. A batch document's ``ts`` is its latest reading's:
+    with ``before`` it goes only once all its readings are before it."""
     query: dict[str, Any] = {"hk": hk}
     if before is not None:
         query["ts"] = {"$lt": before}
@@ -189,7 +203,8 @@ def _advance(db: Database, device: Device, first_ts: datetime | None) -> bool:
 
 def expire_device(db: Database, device: Device, step: Callable[[], None]) -> int:
     """Delete up to ``device.hours`` of the device's expired hours, oldest first; the
-    number of readings deleted. ``step()`` is called after each hour."""
+    number of stored documents deleted (a batch document counts once). ``step()`` is
+    called after each hour."""
     tenant, cutoff = device.tenant, device.cutoff
     cut_hour = floor_hour(cutoff)
     hour, left, deleted = floor_hour(device.first_ts), device.hours, 0
@@ -243,7 +258,8 @@ def expired_devices(
 def expire_readings(
     db: Database, default_days: int, now: datetime, max_hours: int, progress: Progress
 ) -> dict[str, Any]:
-    """Delete readings past each tenant's plan, at most ``max_hours`` device-hours."""
+    """Delete readings past each tenant's plan, at most ``max_hours`` device-hours;
+    ``readings_deleted`` counts stored documents (a batch document once)."""
     devices, per_tenant = expired_devices(db, default_days, now)
     needs = [hours_to_walk(d.first_ts, d.cutoff) for d in devices]
     oldest_first = sorted(range(len(devices)), key=lambda i: devices[i].first_ts)

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pymongo.database import Database
 
 from fairway.devtools import celery_workers, prereqs, processes, simulator
 from fairway.devtools.fleet import FleetPlan
 from fairway.kernel import topology
+from fairway.kernel.batch_document import READINGS, each_reading, with_batch_fields
 from fairway.kernel.contract import tenant_id_range
 from fairway.kernel.settings import Settings
 from fairway.provision import create_user, ensure_devices
@@ -78,16 +80,34 @@ def run_demo(settings: Settings, duration: float) -> None:
     after = _counts(db, by_tenant)
     for tenant, count in after.items():
         click.echo(f"{tenant}: {count - before[tenant]} new readings stored ({count} in all)")
-    latest = db[mongo.TELEMETRY].find({}, {"_id": 1, "ts": 1, "values": 1}).sort("ts", -1).limit(3)
-    for doc in latest:
+    for doc in latest_readings(db, 3):
         click.echo(f"  {doc['_id']}  {doc['ts']:%H:%M:%S.%f}  {doc['values']}")
 
 
-def _counts(db, by_tenant: dict[str, list[str]]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def latest_readings(db: Database, n: int) -> list[dict[str, Any]]:
+    """The ``n`` latest readings, newest first, in either layout of ``telemetry``: a batch
+    document's ``ts`` is its latest reading's, so the ``n`` latest documents hold them."""
+    projection = with_batch_fields({"_id": 1, "ts": 1, "values": 1})
+    docs = db[mongo.TELEMETRY].find({}, projection).sort("ts", -1).limit(n)
+    return sorted(each_reading(docs), key=lambda d: (d["ts"], d["_id"]), reverse=True)[:n]
+
+
+def _counts(db: Database, by_tenant: dict[str, list[str]]) -> dict[str, int]:
+    """Readings stored per tenant (a batch document counts its readings).
+
+    One ``_id`` range read of each tenant's documents projected to ``r.ts``; measured on
+    FerretDB 1.24 no slower than the ``count_documents`` it replaced (10,000 readings one
+    document each: 0.85-1.0 s either way; as 1,000 batch documents: 0.65-0.75 s, against
+    1.0 s counting them stored alone), and FerretDB implements neither ``$size`` nor
+    ``$cond`` to count them server-side in one pass.
+    """
     counts = {}
     for tenant in by_tenant:
         low, high = tenant_id_range(tenant)  # the tenant is in _id only
-        counts[tenant] = db[mongo.TELEMETRY].count_documents({"_id": {"$gte": low, "$lt": high}})
+        docs = db[mongo.TELEMETRY].find(
+            {"_id": {"$gte": low, "$lt": high}}, {"_id": 0, f"{READINGS}.ts": 1}, batch_size=10_000
+        )
+        counts[tenant] = sum(len(d[READINGS]) if READINGS in d else 1 for d in docs)
     return counts
 
 

@@ -27,6 +27,15 @@ in ``rejected`` with its reason like any message.
   checked reading by reading again; a reading of a batch refused on its own is
   replayed alone (one reading object), also when the tenant queue refused it, whose
   archived body is the relay's tenant message.
+* **Where its readings are.** The mark lists the ids of the readings the replay stores
+  (``readings``) and, for those whose message id is a device batch's element
+  (:func:`fairway.kernel.batch_document.batch_element`), the batch document each would
+  be stored in (``batches``: ``{id, ix}``, one per batch and hour). :func:`status` looks
+  in those batch documents first (one ``_id`` read each, their ``ix`` must hold the
+  index), then by ``_id`` for the readings not found there: so a replayed batch stored
+  in its batch document costs one or two reads, and readings stored one document each
+  (the setting off, or written before) are found too. Marks made before ``batches``
+  existed are looked up by reading id only.
 * **What can be replayed.** Refusals whose cause can be fixed outside the message: an
   unknown, disabled or tenant-less device (registered or enabled since), a rate limit or
   a full tenant queue (passed), a clock (a reading from the future whose time has come).
@@ -48,11 +57,19 @@ from pika.exceptions import NackError, UnroutableError
 from pymongo.database import Database
 
 from fairway.kernel import topology
+from fairway.kernel.batch_document import (
+    batch_document_id,
+    batch_element,
+    batch_of_document_id,
+    indexes_of,
+)
 from fairway.kernel.contract import (
     BATCH_KEY,
+    hour_key,
     message_id_of,
     parse_ts,
     reading_id,
+    split_reading_id,
     split_routing_key,
 )
 from fairway.kernel.reasons import Reason, Rejection
@@ -133,20 +150,77 @@ def expected_readings(db: Database, doc: dict[str, Any], settings: Settings) -> 
     """The ``_id`` of each reading the replay stores if accepted (None: not computable
     now, e.g. the device is still unknown): a reading's own ``id``, else ``<stream>@<ts
     in ms>``, as the relay derives them for a message without an AMQP ``message_id``."""
+    found = _expected(db, doc, settings)
+    return None if found is None else [rid for rid, _ in found]
+
+
+def _expected(
+    db: Database, doc: dict[str, Any], settings: Settings
+) -> list[tuple[str, float]] | None:
+    """:func:`expected_readings`, each with its device time (epoch seconds)."""
     try:
         device, stream = split_routing_key(doc["routing_key"])
         body = orjson.loads(device_body(doc))
         if isinstance(body, dict) and BATCH_KEY in body:
             body = body[BATCH_KEY]
         elements = body if isinstance(body, list) else [body]
-        ids = [
-            message_id_of(None, e.get("id"), stream, parse_ts(e.get("ts")), settings)
-            for e in elements[: settings.max_batch_readings]
-        ]
+        found = []
+        for e in elements[: settings.max_batch_readings]:
+            ts = parse_ts(e.get("ts"))
+            found.append((message_id_of(None, e.get("id"), stream, ts, settings), ts))
     except (Rejection, orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
         return None
-    found = registry.find_devices(db, [device]).get(device)
-    return [reading_id(found.tenant, device, i) for i in ids] if found else None
+    registered = registry.find_devices(db, [device]).get(device)
+    if registered is None:
+        return None
+    return [(reading_id(registered.tenant, device, mid), ts) for mid, ts in found]
+
+
+def batch_places(
+    tenant: str, device: str, readings: list[tuple[str, float]]
+) -> list[dict[str, Any]]:
+    """``{id, ix}`` of each batch document that would hold some of ``readings`` (message
+    id, device time): those whose message id is a batch element, by batch and hour."""
+    places: dict[str, list[int]] = {}
+    for message_id, ts in readings:
+        element = batch_element(message_id)
+        if element is None:
+            continue
+        hk = hour_key(tenant, device, datetime.fromtimestamp(ts, UTC))
+        places.setdefault(batch_document_id(tenant, device, element[0], hk), []).append(element[1])
+    return [{"id": doc_id, "ix": sorted(ix)} for doc_id, ix in places.items()]
+
+
+def mark_places(found: list[tuple[str, float]] | None) -> dict[str, Any]:
+    """The mark's ``readings`` and ``batches`` for the expected readings ``found``."""
+    if found is None:
+        return {"readings": None, "batches": []}
+    by_device: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for rid, ts in found:
+        tenant, device, message_id = split_reading_id(rid)
+        by_device.setdefault((tenant, device), []).append((message_id, ts))
+    batches = [p for (t, d), r in by_device.items() for p in batch_places(t, d, r)]
+    return {"readings": [rid for rid, _ in found], "batches": batches}
+
+
+def stored_readings(db: Database, readings: list[str], batches: list[dict[str, Any]]) -> int:
+    """How many of ``readings`` are stored: in the batch documents ``batches`` (whose
+    ``ix`` holds their index) or as documents of their own. One ``_id`` read per batch
+    document, then one per reading not found in them."""
+    collection = db[mongo.TELEMETRY]
+    wanted = set(readings)
+    found: set[str] = set()
+    ids = [place["id"] for place in batches]
+    for stored in mongo.find_by_ids(collection, ids, {"ix": 1, "r.ts": 1}, keyed_max=None):
+        base = batch_of_document_id(stored["_id"])
+        found.update(f"{base}#{i}" for i in indexes_of(stored))
+    found &= wanted
+    rest = [rid for rid in readings if rid not in found]
+    if rest:
+        found.update(
+            d["_id"] for d in mongo.find_by_ids(collection, rest, {"_id": 1}, keyed_max=None)
+        )
+    return len(found)
 
 
 def replay(
@@ -171,7 +245,7 @@ def replay(
             f"the device was registered just now; relays may still have it cached as unknown "
             f"(FAIRWAY_DEVICE_CACHE_TTL_S): replay in {wait:.0f} s",
         )
-    mark = {"at": now, "by": by, "readings": expected_readings(db, doc, settings)}
+    mark = {"at": now, "by": by, **mark_places(_expected(db, doc, settings))}
     if archive.claim_replay(db, rid, mark) is None:
         return Outcome(rid, "refused", "already_replayed", "replayed already")
     try:
@@ -237,8 +311,7 @@ def status(
     out: dict[str, Any] = {"at": iso_z(mark.get("at")), "by": mark.get("by"), "state": "pending"}
     readings = mark.get("readings") or []
     if readings:
-        found = mongo.find_by_ids(db[mongo.TELEMETRY], readings, {"_id": 1}, keyed_max=None)
-        stored = len(found)
+        stored = stored_readings(db, readings, mark.get("batches") or [])
         if stored:
             return {**out, "state": "stored", "readings": readings, "stored": stored}
     device = doc["device"]

@@ -20,6 +20,9 @@ anywhere: the next run first re-marks the journal's hours (whose readings may al
 have their key but not yet their mark), then scans again and finds what is left. A run
 ends with a pass that finds nothing, so a second run changes nothing (one scan).
 
+Device-batch documents (:mod:`fairway.kernel.batch_document`) are always written with
+``hk``, so this never finds one: it reads only documents of one reading each.
+
 Cost: one ``_id`` update per reading (on PostgreSQL and MongoDB an indexed equality;
 on FerretDB's SQLite backend a scan per reading, so migrate there only small data).
 """

@@ -24,6 +24,10 @@ smaller), so the two ways a part is written never undo each other:
 Exact whatever the redeliveries: readings are stored once (``_id``), a writer folds only
 the readings its insert actually stored, and any doubt (a duplicate, a late reading, a
 lost process) hands the hour to the recomputation.
+
+Raw readings are read in both layouts of ``telemetry`` (:mod:`fairway.kernel.batch_document`):
+a device batch's document is expanded into its readings, each with the document's ``w``
+and ``stream``, before it is folded or filtered.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from fairway.kernel.batch_document import each_reading, with_batch_fields
 from fairway.kernel.contract import hour_key
 from fairway.storage import mongo, rollup_days
 from fairway.storage.device_state import MAX_UPDATES_PER_BULK
@@ -180,14 +185,19 @@ def compute_hour(db: Database, tenant: str, device: str, hour: datetime) -> int:
     return len(_store_hour(db, tenant, device, hour))
 
 
+# What a fold reads of a stored reading (both layouts: with_batch_fields).
+_FOLD_FIELDS = {"stream": 1, "ts": 1, "values": 1}
+_WRITER_FIELDS = {**_FOLD_FIELDS, "w": 1}
+
+
 def _fold_by_writer(
     db: Database, tenant: str, device: str, hour: datetime
 ) -> dict[str, dict[str, HourFold]]:
-    readings = db[mongo.TELEMETRY].find(
-        {"hk": hour_key(tenant, device, hour)}, {"stream": 1, "ts": 1, "values": 1, "w": 1}
+    stored = db[mongo.TELEMETRY].find(
+        {"hk": hour_key(tenant, device, hour)}, with_batch_fields(_WRITER_FIELDS)
     )
     by_writer: dict[str, list[dict[str, Any]]] = {}
-    for doc in readings:
+    for doc in each_reading(stored):  # a batch document's readings carry its w
         by_writer.setdefault(doc.get("w", ""), []).append(doc)
     return {w: fold_readings(docs) for w, docs in by_writer.items()}
 
@@ -333,7 +343,7 @@ def fold_stored_hour(
     query: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
     if stream:
         query["stream"] = stream
-    readings = db[mongo.TELEMETRY].find(query, {"stream": 1, "ts": 1, "values": 1})
+    readings = each_reading(db[mongo.TELEMETRY].find(query, with_batch_fields(_FOLD_FIELDS)))
     return fold_readings(readings if keep is None else filter(keep, readings))
 
 

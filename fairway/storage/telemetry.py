@@ -8,6 +8,13 @@ the device's last hour from ``device_state``) and stops when the page is full, a
 carries a cursor that continues below the last hour probed. So a request costs at
 most ``max_probes`` equality reads plus the readings of the hours it returns from,
 whatever is stored.
+
+Both layouts of ``telemetry`` are read (:mod:`fairway.kernel.batch_document`): an hour's
+documents are expanded into readings before they are filtered and sorted, so a reading
+stored in a device batch's document pages, filters and carries a cursor (its ``_id``
+``<tenant>:<device>:<batch id>#<index>``) exactly as one stored alone. A batch document
+matches the ``stream`` filter as a whole (``stream`` is shared); ``from``/``to`` and the
+cursor apply to each of its readings.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 from pymongo.database import Database
 
+from fairway.kernel.batch_document import each_reading, with_batch_fields
 from fairway.kernel.contract import hour_key
 from fairway.kernel.times import iso_z
 from fairway.storage import device_state, mongo
@@ -134,7 +142,7 @@ def read_history(
         filt: dict[str, Any] = {"hk": hk}
         if query.stream is not None:
             filt["stream"] = query.stream
-        return list(collection.find(filt, {"tenant": 0, "hk": 0}))
+        return list(each_reading(collection.find(filt, {"tenant": 0, "hk": 0})))
 
     return page_history(query, fetch_hour, state.get("first_ts"), state.get("last_ts"), max_probes)
 
@@ -148,14 +156,16 @@ def raw_series(
     end: datetime,
     stream: str | None = None,
 ) -> list[tuple[datetime, float]]:
-    """``(ts, value)`` of one numeric metric, oldest first, read hour by hour by ``hk``."""
+    """``(ts, value)`` of one numeric metric, oldest first, read hour by hour by ``hk``
+    (batch documents expanded: each reading is kept by its own ``ts``)."""
     points: list[tuple[datetime, float]] = []
+    projection = with_batch_fields({"ts": 1, "values": 1})
     hour = floor_hour(start)
     while hour <= end:
         filt: dict[str, Any] = {"hk": hour_key(tenant, device, hour)}
         if stream is not None:
             filt["stream"] = stream
-        for doc in db[mongo.TELEMETRY].find(filt, {"ts": 1, "values": 1}):
+        for doc in each_reading(db[mongo.TELEMETRY].find(filt, projection)):
             value = doc["values"].get(metric)
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             if numeric and start <= doc["ts"] <= end:

@@ -3,9 +3,11 @@ the raw readings, in one shape, for tests to compare."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from fairway.kernel.batch_document import each_reading
 from fairway.kernel.contract import split_reading_id
 from fairway.storage import mongo
 
@@ -31,9 +33,17 @@ def expected_rollups(
     db: Any, closed_before: datetime, since: datetime | None = None
 ) -> dict[str, dict[str, Any]]:
     """An independent computation from the raw readings of every hour before
-    ``closed_before`` (and from ``since``), keyed ``tenant:device:stream:YYYYMMDDHH``."""
+    ``closed_before`` (and from ``since``), keyed ``tenant:device:stream:YYYYMMDDHH``
+    (batch documents read as their readings)."""
+    return rollups_of(each_reading(db[mongo.TELEMETRY].find()), closed_before, since)
+
+
+def rollups_of(
+    readings: Iterable[dict[str, Any]], closed_before: datetime, since: datetime | None = None
+) -> dict[str, dict[str, Any]]:
+    """:func:`expected_rollups` of reading documents (``_id``, ``stream``, ``ts``, ``values``)."""
     out: dict[str, dict[str, Any]] = {}
-    for doc in db[mongo.TELEMETRY].find():
+    for doc in readings:
         hour = doc["ts"].replace(minute=0, second=0, microsecond=0)
         if hour >= closed_before or (since is not None and hour < since):
             continue
