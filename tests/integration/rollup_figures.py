@@ -8,6 +8,7 @@ from typing import Any
 
 from fairway.kernel.contract import split_reading_id
 from fairway.storage import mongo
+from tests.harness import stored_readings
 
 
 def _add(acc: dict[str, Any], metric: str, value: float) -> None:
@@ -33,7 +34,7 @@ def expected_rollups(
     """An independent computation from the raw readings of every hour before
     ``closed_before`` (and from ``since``), keyed ``tenant:device:stream:YYYYMMDDHH``."""
     out: dict[str, dict[str, Any]] = {}
-    for doc in db[mongo.TELEMETRY].find():
+    for doc in stored_readings(db):  # device batches' readings too
         hour = doc["ts"].replace(minute=0, second=0, microsecond=0)
         if hour >= closed_before or (since is not None and hour < since):
             continue
