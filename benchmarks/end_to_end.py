@@ -674,6 +674,8 @@ def batch_documents_ratios(
             ratio(on["cpu_us_per_reading"]["total"], o["cpu_us_per_reading"]["total"])
             for on, o in zip(rounds[name], rounds[off], strict=True)
         ]
+        each = [v for v in found[name]["rounds"] if v is not None]
+        found[name]["rounds_median"] = r(statistics.median(each), 3) if each else None
     return found
 
 

@@ -53,7 +53,7 @@ def test_on_off_ratios_per_process_and_per_round() -> None:
         "batch10_batch_documents_off": {"total": 90.0, "database": 40.0},
     }
     assert end_to_end.batch_documents_ratios(rounds, cpu_us) == {
-        "batch10": {"total": 0.722, "database": 0.5, "rounds": [0.75, 0.7]}
+        "batch10": {"total": 0.722, "database": 0.5, "rounds": [0.75, 0.7], "rounds_median": 0.725}
     }
 
 
