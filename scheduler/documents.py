@@ -10,9 +10,11 @@ converts an unchanged receipt time once. The documents are equal to
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fairway.kernel.batch_document import batch_document, batch_document_id, batch_element
 from fairway.kernel.contract import hour_key, reading_document, stored_reading
 
 HOUR = timedelta(hours=1)
@@ -47,6 +49,15 @@ class BatchDocuments:
         return doc
 
     def _document(self, msg: dict[str, Any]) -> dict[str, Any]:
+        ts, hk, received_dt = self.times(msg)
+        return stored_reading(msg, ts, hk, received_dt)
+
+    def times(self, msg: dict[str, Any]) -> tuple[datetime, str, datetime]:
+        """``msg``'s ``ts`` as a datetime, its hour key and its receipt time as a datetime.
+
+        Raises ``TypeError`` for an unhashable tenant or device, and what ``fromtimestamp``
+        raises for a time it cannot convert.
+        """
         ts = _fromtimestamp(msg["ts"], UTC)
         tenant, device = msg["tenant"], msg["device"]
         key = (tenant, device)
@@ -60,4 +71,87 @@ class BatchDocuments:
         else:
             received_dt = _fromtimestamp(received, UTC)
             self._received, self._received_dt = received, received_dt
-        return stored_reading(msg, ts, hour[2], received_dt)  # type: ignore[arg-type]
+        return ts, hour[2], received_dt  # type: ignore[return-value]
+
+
+# (message index, reading as decoded, its ts as a datetime)
+Member = tuple[int, dict[str, Any], datetime]
+# (batch index, member, batch document id, hour key, receipt time)
+Placed = tuple[int, Member, str, str, datetime]
+
+
+@dataclass(slots=True)
+class BatchGroup:
+    """The readings of one device batch and hour in a write batch: one batch document.
+
+    Readings come from one or more messages of the write batch (a batch split across
+    bundles, or delivered twice); a second reading of an index already held is a copy,
+    settled as a duplicate when the document is.
+    """
+
+    doc_id: str
+    hk: str
+    stream: str
+    received: datetime
+    members: dict[int, Member] = field(default_factory=dict)  # by batch index
+    copies: list[tuple[int, Member]] = field(default_factory=list)  # (batch index, member)
+
+    def add(self, index: int, member: Member) -> None:
+        """Hold ``member`` as the batch's reading ``index`` (a copy if one is held)."""
+        if index in self.members:
+            self.copies.append((index, member))
+        else:
+            self.members[index] = member
+
+    def document(self, writer: str | None) -> dict[str, Any]:
+        """The batch document of the held readings (stamped ``w`` unless None)."""
+        elements = [
+            (index, ts, reading["values"])
+            for index, (_, reading, ts) in sorted(self.members.items())
+        ]
+        doc = batch_document(self.doc_id, self.hk, self.stream, self.received, elements)
+        if writer is not None:
+            doc["w"] = writer
+        return doc
+
+    def view(self, member: Member) -> dict[str, Any]:
+        """What the sink's consumers (rollups, device state, lag) read of a stored reading:
+        its reading document's fields they use."""
+        reading, ts = member[1], member[2]
+        return {
+            "stream": self.stream,
+            "ts": ts,
+            "received": self.received,
+            "values": reading["values"],
+        }
+
+
+class BatchGroups:
+    """The batch documents of one write batch, by batch id and hour."""
+
+    __slots__ = ("_documents", "groups")
+
+    def __init__(self, documents: BatchDocuments) -> None:
+        self._documents = documents
+        self.groups: dict[tuple[str, str], BatchGroup] = {}
+
+    def place(self, message: int, reading: dict[str, Any]) -> Placed | None:
+        """Where ``reading`` of message ``message`` goes if in a batch document (to
+        :meth:`add` once its whole message is known good); None for a reading stored as
+        a document of its own."""
+        element = batch_element(reading["id"])
+        if element is None:
+            return None
+        ts, hk, received = self._documents.times(reading)
+        doc_id = batch_document_id(reading["tenant"], reading["device"], element[0], hk)
+        return element[1], (message, reading, ts), doc_id, hk, received
+
+    def add(self, placed: Placed) -> None:
+        """Hold a reading :meth:`place` placed."""
+        index, member, doc_id, hk, received = placed
+        stream = member[1]["stream"]
+        key = (doc_id, stream)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = BatchGroup(doc_id, hk, stream, received)
+        group.add(index, member)

@@ -30,6 +30,15 @@ SCHED_DUPLICATES = TenantCounter(
 REGISTRY.register(SCHED_DUPLICATES)
 
 
+# stored: written the first time; found_stored: its _id was stored already (a redelivery
+# or a batch split across messages), settled by one read of the stored document.
+SCHED_BATCH_DOCUMENTS = Counter(
+    "fairway_scheduler_batch_documents_total",
+    "Batch documents (one per device batch and hour) inserted, by outcome",
+    ["outcome"],
+)
+
+
 SCHED_DEAD_LETTERED = Counter(
     "fairway_scheduler_dead_lettered_total",
     "Messages the database refused for good, dead-lettered to rejected",

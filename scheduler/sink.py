@@ -8,6 +8,15 @@ backoff. Retrying is safe because writes are idempotent (``_id`` from tenant, de
 and message id). A message is refused (dead-lettered whole) when it is not the relay's
 output or when one of its readings is refused for good; its other readings stay stored.
 
+Readings of a device batch (ids ``<batch id>#<index>``, ``kernel.batch_document``) are
+stored as one document per batch and hour (``FAIRWAY_BATCH_DOCUMENTS``, default on),
+``_id`` from the batch id and hour, so a redelivered batch is again a duplicate key.
+Such a document is never changed once stored: when its ``_id`` is found stored already
+(a redelivery, perhaps accepting more of the batch; a batch split across messages; a
+reading replayed alone), one read of the stored document tells which readings it holds
+(duplicates) and the others are stored as documents of their own. So each reading id is
+stored in one place, whatever the order of the paths.
+
 Each stored reading names the sink's rollup writer (``w``); the sink folds what it
 stored into rollups in memory (:mod:`scheduler.rollup_folder`) before the batch is acked.
 
@@ -28,6 +37,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -35,13 +45,14 @@ from typing import Protocol
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
+from fairway.kernel import batch_document
 from fairway.kernel.contract import ReadingKey, Written, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import device_state, mongo
 from fairway.storage.device_state import DeviceDelta
 from fairway.storage.telemetry import floor_hour
 from scheduler import metrics
-from scheduler.documents import BatchDocuments
+from scheduler.documents import BatchDocuments, BatchGroup, BatchGroups, Member, Placed
 from scheduler.rollup_folder import RollupFolder
 
 log = logging.getLogger(__name__)
@@ -164,6 +175,7 @@ class MongoSink:
                 lease_s=settings.rollup_writer_lease_s,
                 max_cells=settings.rollup_max_cells,
             ),
+            settings.batch_documents,
         )
 
     def __init__(
@@ -171,8 +183,10 @@ class MongoSink:
         db: Database,
         device_state_flush_s: float = 2.0,
         rollups: RollupFolder | None = None,
+        batch_documents: bool = True,
     ) -> None:
         self._collection = db[mongo.TELEMETRY]
+        self._batch_documents = batch_documents
         self._state = DeviceStateWriter(db, device_state_flush_s)
         self.rollups = rollups or RollupFolder(db)
 
@@ -188,27 +202,45 @@ class MongoSink:
         self, bodies: list[bytes], writer: str | None
     ) -> tuple[WriteOutcome, list[Written], list[Written]]:
         """Insert every reading of the batch, stamped ``w: writer`` unless None; the
-        outcome, and the documents stored and those found stored already, each with the
-        ``(tenant, device, message id)`` of its ``_id``."""
+        outcome, and the readings stored and those found stored already, each with the
+        ``(tenant, device, message id)`` of its reading id."""
         outcome = WriteOutcome.of(len(bodies))
         docs: list[Doc] = []
-        document = BatchDocuments(writer).document
+        documents = BatchDocuments(writer)
+        document = documents.document
+        groups = BatchGroups(documents) if self._batch_documents else None
         for i, body in enumerate(bodies):
             try:
-                found = [(i, document(reading), reading) for reading in tenant_readings(body)]
+                found: list[Doc] = []
+                placed: list[Placed] = []
+                for reading in tenant_readings(body):
+                    at = None if groups is None else groups.place(i, reading)
+                    if at is None:
+                        found.append((i, document(reading), reading))
+                    else:
+                        placed.append(at)
             except UNDECODABLE:
                 outcome.refuse(i)  # not the relay's output: never storable
                 continue
             docs.extend(found)
+            if groups is not None:
+                for at in placed:
+                    groups.add(at)
+        batches = [] if groups is None else list(groups.groups.values())
         stored: list[Written] = []
         duplicates: list[Written] = []
         for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
-            docs = self._insert(docs, outcome, stored, duplicates)
-            if not docs:
+            docs, batches = self._insert(docs, batches, writer, outcome, stored, duplicates)
+            if not docs and not batches:
                 break
             if attempt == MAX_DOCUMENT_ATTEMPTS:
                 for i, _doc, _reading in docs:
                     outcome.refuse(i)
+                for group in batches:
+                    for i, _reading, _ts in group.members.values():
+                        outcome.refuse(i)
+                    for _index, (i, _reading, _ts) in group.copies:
+                        outcome.refuse(i)
         outcome.stored = len(stored)
         return outcome, stored, duplicates
 
@@ -220,43 +252,119 @@ class MongoSink:
     def _insert(
         self,
         docs: list[Doc],
+        batches: list[BatchGroup],
+        writer: str | None,
         outcome: WriteOutcome,
         stored: list[Written],
         duplicates: list[Written],
-    ) -> list[Doc]:
-        """Insert ``docs``; return those that failed for a reason other than a duplicate.
+    ) -> tuple[list[Doc], list[BatchGroup]]:
+        """Insert ``docs`` and the documents of ``batches``; return those that failed for
+        a reason other than a duplicate.
 
-        Each written document goes with the reading's tenant, device and message id, the
-        parts its ``_id`` was built from (``contract.stored_reading``), taken once here
-        for the rollup folder, the device state and the lag metric."""
-        if not docs:
-            return []
+        Each reading written goes with its tenant, device and message id, taken once here
+        for the rollup folder, the device state and the lag metric. A batch document
+        found stored already is settled by :meth:`_settle_stored_batches`."""
+        if not docs and not batches:
+            return [], []
+        batch_docs = [group.document(writer) for group in batches]
         try:
-            self._collection.insert_many([d for _, d, _ in docs], ordered=False)
+            self._collection.insert_many([d for _, d, _ in docs] + batch_docs, ordered=False)
         except BulkWriteError as exc:
             if exc.details.get("writeConcernErrors"):
                 raise
             errors = {e["index"]: e["code"] for e in exc.details.get("writeErrors", ())}
-            failed = []
-            for pos, entry in enumerate(docs):
-                i, doc, reading = entry
-                code = errors.get(pos)
-                if code is None:
-                    stored.append((_key(reading), doc))
-                    outcome.stored_each[i] += 1
-                    outcome.durable.append(reading)
-                elif code == mongo.DUPLICATE_KEY:
-                    duplicates.append((_key(reading), doc))
-                    outcome.duplicates[i] += 1
-                    outcome.durable.append(reading)
+        else:
+            errors = {}
+        failed: list[Doc] = []
+        for pos, entry in enumerate(docs):
+            code = errors.get(pos)
+            if code is None:
+                _settle(entry, outcome, stored, duplicate=False)
+            elif code == mongo.DUPLICATE_KEY:
+                _settle(entry, outcome, duplicates, duplicate=True)
+            else:
+                failed.append(entry)
+        failed_batches: list[BatchGroup] = []
+        found_stored: list[BatchGroup] = []
+        for pos, group in enumerate(batches, len(docs)):
+            code = errors.get(pos)
+            if code is None:
+                metrics.SCHED_BATCH_DOCUMENTS.labels("stored").inc()
+                _settle_batch(group, group.members.values(), outcome, stored, duplicate=False)
+                copies = [member for _, member in group.copies]
+                _settle_batch(group, copies, outcome, duplicates, duplicate=True)
+            elif code == mongo.DUPLICATE_KEY:
+                found_stored.append(group)
+            else:
+                failed_batches.append(group)
+        if found_stored:
+            missing = self._settle_stored_batches(found_stored, writer, outcome, duplicates)
+            failed.extend(self._insert(missing, [], writer, outcome, stored, duplicates)[0])
+        return failed, failed_batches
+
+    def _settle_stored_batches(
+        self,
+        groups: list[BatchGroup],
+        writer: str | None,
+        outcome: WriteOutcome,
+        duplicates: list[Written],
+    ) -> list[Doc]:
+        """Settle batch documents whose ``_id`` is stored already (a redelivery, or a batch
+        split across messages): the readings the stored document holds are duplicates;
+        the others (a redelivery that accepted more of the batch, the rest of a split
+        batch) are returned as documents of their own to insert.
+
+        One ``_id`` equality read per document: only on these paths, never for a batch
+        stored the first time. A stored batch document is never changed, so a reading is
+        in at most one place: the batch document, or (later) its own document."""
+        found = mongo.find_by_ids(
+            self._collection,
+            [group.doc_id for group in groups],
+            {batch_document.INDEXES: 1, batch_document.READINGS: 1},
+            keyed_max=None,
+        )
+        held = {doc["_id"]: set(batch_document.indexes_of(doc)) for doc in found}
+        document = BatchDocuments(writer).document
+        missing: list[Doc] = []
+        for group in groups:
+            indexes = held.get(group.doc_id, set())
+            # A copy of a missing reading goes with it: one of the two is stored, the
+            # other found a duplicate, as two copies of a reading document are.
+            for index, member in (*group.members.items(), *group.copies):
+                if index in indexes:
+                    _settle_batch(group, (member,), outcome, duplicates, duplicate=True)
                 else:
-                    failed.append(entry)
-            return failed
-        for i, doc, reading in docs:
-            stored.append((_key(reading), doc))
-            outcome.stored_each[i] += 1
-            outcome.durable.append(reading)
-        return []
+                    missing.append((member[0], document(member[1]), member[1]))
+        metrics.SCHED_BATCH_DOCUMENTS.labels("found_stored").inc(len(groups))
+        return missing
+
+
+def _settle(entry: Doc, outcome: WriteOutcome, into: list[Written], *, duplicate: bool) -> None:
+    """A reading document is durable: newly stored, or a ``duplicate`` of a stored one."""
+    i, doc, reading = entry
+    into.append((_key(reading), doc))
+    if duplicate:
+        outcome.duplicates[i] += 1
+    else:
+        outcome.stored_each[i] += 1
+    outcome.durable.append(reading)
+
+
+def _settle_batch(
+    group: BatchGroup,
+    members: Iterable[Member],
+    outcome: WriteOutcome,
+    into: list[Written],
+    *,
+    duplicate: bool,
+) -> None:
+    """Readings of a batch document are durable: newly stored, or ``duplicate``s."""
+    counts = outcome.duplicates if duplicate else outcome.stored_each
+    for member in members:
+        i, reading = member[0], member[1]
+        into.append((_key(reading), group.view(member)))
+        counts[i] += 1
+        outcome.durable.append(reading)
 
 
 def _key(reading: dict) -> ReadingKey:
