@@ -34,9 +34,10 @@ from typing import Any
 import pika
 
 from fairway.devtools.processes import wait_for
-from fairway.kernel import topology
+from fairway.kernel import batch_document, topology
 from fairway.kernel.contract import Reading, bundle_body, bundle_head, bundle_part
 from fairway.kernel.settings import Settings
+from fairway.storage import mongo
 from tests import harness
 from tests.harness import LocalNode, Pipeline, running
 
@@ -312,6 +313,26 @@ def python_module(module: str, args: list[str], label: str) -> subprocess.Popen[
         stdout=subprocess.PIPE,
         stderr=log,
     )
+
+
+def stored_tally(db: Any, exclude: Iterable[str] = ()) -> dict[str, int]:
+    """Documents, readings and duplicate readings in ``telemetry``, in both layouts (a
+    device batch's readings are one document per batch and hour): one full scan, to run
+    after the timing, never during it. Readings whose ids are in ``exclude`` (a warm-up's)
+    are left out, and so are documents holding only such readings."""
+    left_out = set(exclude)
+    fields = {"_id": 1, **dict.fromkeys(batch_document.BATCH_FIELDS, 1)}
+    seen: set[str] = set()
+    documents = readings = duplicates = 0
+    for doc in db[mongo.TELEMETRY].find({}, fields):
+        counted = [d["_id"] for d in batch_document.readings(doc) if d["_id"] not in left_out]
+        documents += bool(counted)
+        readings += len(counted)
+        for reading_id in counted:
+            if reading_id in seen:
+                duplicates += 1
+            seen.add(reading_id)
+    return {"documents": documents, "readings": readings, "duplicate_readings": duplicates}
 
 
 def poll_until(

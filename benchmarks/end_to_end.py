@@ -31,7 +31,17 @@ One run, two measurements on fresh databases:
   with whatever else runs on the machine, so their idle CPU rate is measured for a few
   seconds before each drain and reported as ``background_us_per_reading`` (what that
   rate would add over the drain); the figures are not corrected for it. The database
-  is counted once, at the end (``count_documents``), never while timing.
+  is read once, at the end, never while timing: its readings (``readings_in_db``), in
+  either layout (``common.stored_tally``: a device batch's readings are one document
+  per batch and hour with ``FAIRWAY_BATCH_DOCUMENTS`` on), and any reading stored twice
+  (``duplicate_readings_in_db``, across layouts too); ``stored_once`` says whether every
+  reading sent is stored exactly once. ``documents_in_db`` is documents.
+* ``--batch-documents on|off|both``: ``FAIRWAY_BATCH_DOCUMENTS`` in the drains'
+  scheduler's environment (default ``on``, the setting's default). ``both`` drains
+  ``batch10`` with them off (``batch10_batch_documents_off``), then on (``batch10``),
+  next to each other in every round; ``batch_documents["on/off"]`` and ``ratios`` give
+  the CPU per reading of on over off per process, and ``targets`` hold both arms'
+  ``<= 80 us``. Single readings are stored one document each either way: drained once.
 
 * ``broker_one_hop``: the broker's own ceiling, RabbitMQ PerfTest
   (:mod:`benchmarks.perftest`, installed by ``scripts/perftest.sh``) on a vhost of its
@@ -85,6 +95,7 @@ from fairway.kernel.contract import (
     bundle_body,
     bundle_head,
     bundle_part,
+    reading_id,
     tenant_message,
     to_document,
 )
@@ -103,6 +114,12 @@ BACKGROUND_S = 3.0
 TENANTS = simulator.tenant_ids(10)
 DEVICES_PER_TENANT = 5
 ONE_HOP_CONFIRM_WINDOW = 5000  # the simulator's default window of unconfirmed messages
+WARM_ID = "warm"  # message id of each device's warm-up reading
+# --batch-documents: FAIRWAY_BATCH_DOCUMENTS of the drains' scheduler (a device batch's
+# readings stored as one document per batch and hour, or one each); both: the scenarios
+# of device batches drained with each, side by side.
+BATCH_DOCUMENTS_MODES = ("on", "off", "both")
+OFF = "batch_documents_off"  # the key suffix of a drain with batch documents off, in both
 
 
 def provision(env: Pipeline) -> dict[str, list[str]]:
@@ -209,7 +226,7 @@ def pipeline(args: Any) -> dict[str, Any]:
             stored_total = sched.metric_sum(STORED)
             relay_rss = relay.status().get("VmHWM", 0) / 1024
             sched_rss = sched.status().get("VmHWM", 0) / 1024
-        documents = env.db[mongo.TELEMETRY].count_documents({})
+        tally = common.stored_tally(env.db)  # after the timing, once
         with env.channel() as ch:
             rejected = ch.queue_declare(topology.REJECTED, passive=True).method.message_count
     window = [(t, n) for t, n in samples if t - t0 >= args.warmup]
@@ -237,7 +254,9 @@ def pipeline(args: Any) -> dict[str, Any]:
         "drain_seconds": r(drain_s, 2),
         "drain_rate": r((stored_total - stored_at_end) / drain_s) if drain_s > 0.5 else None,
         "stored_total": int(stored_total),
-        "documents_in_db": documents,
+        "documents_in_db": tally["documents"],
+        "readings_in_db": tally["readings"],
+        "duplicate_readings_in_db": tally["duplicate_readings"],
         "rejected": rejected,
         "rss_mb": {"relay": r(relay_rss), "scheduler": r(sched_rss)},
     }
@@ -333,7 +352,7 @@ def warm_up(env: Pipeline, by_tenant: dict[str, list[str]], sched: Any) -> int:
         (
             topology.TENANTS,
             tenant,
-            tenant_message(tenant, Reading(device, "env", "warm", now, {"temp": 1.0}), now),
+            tenant_message(tenant, Reading(device, "env", WARM_ID, now, {"temp": 1.0}), now),
         )
         for tenant, devices in by_tenant.items()
         for device in devices
@@ -397,11 +416,16 @@ def batch_figures(before: dict, after: dict) -> dict[str, float]:
 
 
 @contextmanager
-def scheduler_process(env: Pipeline, layout: str, label: str) -> Iterator[FairwayProcess]:
+def scheduler_process(
+    env: Pipeline, layout: str, label: str, batch_documents: bool = True
+) -> Iterator[FairwayProcess]:
     """The scheduler writing ``layout``: ``maintained`` (``fairway scheduler``, the sink as
-    built) or ``plain`` (:mod:`benchmarks.processes.plain_scheduler`: telemetry inserts only)."""
+    built, with ``FAIRWAY_BATCH_DOCUMENTS`` as ``batch_documents`` says) or ``plain``
+    (:mod:`benchmarks.processes.plain_scheduler`: telemetry inserts only, one document
+    per reading)."""
     if layout == "maintained":
-        with common.fairway_process(["scheduler", "--sink", "mongo"], env.settings, label) as s:
+        settings = Settings.from_env(env.settings.environ(), batch_documents=batch_documents)
+        with common.fairway_process(["scheduler", "--sink", "mongo"], settings, label) as s:
             yield s
         return
     port = free_port()
@@ -423,15 +447,19 @@ def scheduler_process(env: Pipeline, layout: str, label: str) -> Iterator[Fairwa
         sched.stop()
 
 
-def drain(args: Any, name: str, batch: int, layout: str = "maintained") -> dict[str, Any]:
+def drain(
+    args: Any, name: str, batch: int, layout: str = "maintained", batch_documents: bool = True
+) -> dict[str, Any]:
     """One scenario: pre-fill ``--drain-readings`` readings, then time and meter the drain."""
-    with common.bench_env(f"bench-e2e-{name}-{layout}") as env:
+    arm = layout if batch_documents else f"{layout}-{OFF}"
+    with common.bench_env(f"bench-e2e-{name}-{arm}") as env:
         by_tenant = {t: simulator.device_ids(t, DEVICES_PER_TENANT) for t in TENANTS}
         for tenant, devices in by_tenant.items():
             env.tenant(tenant)
             for device in devices:
                 env.device(tenant, device)
-        with scheduler_process(env, layout, f"{NAME}-{name}-{layout}-scheduler") as sched:
+        label = f"{NAME}-{name}-{arm}-scheduler"
+        with scheduler_process(env, layout, label, batch_documents) as sched:
             sched.wait_ready()
             warm = warm_up(env, by_tenant, sched)
             brokers = broker_pids()
@@ -461,7 +489,14 @@ def drain(args: Any, name: str, batch: int, layout: str = "maintained") -> dict[
                 batches = batch_figures(
                     batches0, sched.metrics(BATCH_SUM, BATCH_COUNT, BATCH_LIMIT)
                 )
-        documents = env.db[mongo.TELEMETRY].count_documents({}) - warm
+        warm_ids = {
+            reading_id(tenant, device, WARM_ID)
+            for tenant, devices in by_tenant.items()
+            for device in devices
+        }
+        tally = common.stored_tally(env.db, warm_ids)  # after the timing, once
+        if tally["readings"] != total or tally["duplicate_readings"]:
+            say(f"{name} ({arm}): {tally} stored, {total:,} readings sent")
         with env.channel() as ch:
             rejected = ch.queue_declare(topology.REJECTED, passive=True).method.message_count
     per = {k: (end[k] - start[k]) * 1e6 / total for k in start}
@@ -470,6 +505,7 @@ def drain(args: Any, name: str, batch: int, layout: str = "maintained") -> dict[
     return {
         "readings_per_message": batch,
         "layout": layout,
+        "batch_documents": batch_documents,
         "readings": total,
         "drain_seconds": r(seconds, 2),
         "drain_rate": r(total / seconds),
@@ -484,27 +520,52 @@ def drain(args: Any, name: str, batch: int, layout: str = "maintained") -> dict[
         "broker_fill_us_per_reading": r(fill_broker * 1e6 / total),
         "stored_total": stored,
         "duplicates_total": duplicates,
-        "documents_in_db": documents,
+        "documents_in_db": tally["documents"],
+        "readings_in_db": tally["readings"],
+        "duplicate_readings_in_db": tally["duplicate_readings"],
+        # Every reading sent is stored, once (counted in readings: a device batch's are
+        # one document per batch and hour with batch documents on).
+        "stored_once": tally["readings"] == total and tally["duplicate_readings"] == 0,
         "rejected": rejected,
         "batches": batches,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def drain_key(name: str, layout: str) -> str:
-    """A drain's key in the results: the scenario's name for the sink as built."""
-    return name if layout == "maintained" else f"{name}_{layout}"
+def drain_key(name: str, layout: str, batch_documents: bool = True) -> str:
+    """A drain's key in the results: the scenario's name for the sink as built; with
+    ``--batch-documents both``, the arm with them off gets ``_batch_documents_off``."""
+    key = name if layout == "maintained" else f"{name}_{layout}"
+    return key if batch_documents else f"{key}_{OFF}"
+
+
+def drain_arms(args: Any) -> list[tuple[str, str, bool]]:
+    """(scenario, layout, batch documents) of each drain of a round. ``--batch-documents``
+    applies to the sink as built (``plain`` stores one document per reading); with
+    ``both``, a scenario of device batches is drained with them off, then on."""
+    arms = []
+    for name, per_message in DRAIN_SCENARIOS.items():
+        for layout in args.layouts:
+            if layout == "maintained" and args.batch_documents == "both" and per_message > 1:
+                arms += [(name, layout, False), (name, layout, True)]
+            else:
+                arms.append((name, layout, layout == "plain" or args.batch_documents != "off"))
+    return arms
 
 
 def run_drains(args: Any) -> dict[str, Any]:
-    """Every drain scenario in every layout ``--drain-rounds`` times (order alternating,
-    so each plain drain sits next to its maintained one); medians."""
-    order = [(name, layout) for name in DRAIN_SCENARIOS for layout in args.layouts]
-    rounds: dict[str, list[dict[str, Any]]] = {drain_key(*pair): [] for pair in order}
+    """Every drain scenario in every layout (and batch documents arm) ``--drain-rounds``
+    times (order alternating, so each plain drain sits next to its maintained one, each
+    arm with batch documents off next to the one with them on); medians."""
+    order = drain_arms(args)
+    both = args.batch_documents == "both"
+    keys = {arm: drain_key(arm[0], arm[1], arm[2] or not both) for arm in order}
+    rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in keys.values()}
     for i in range(args.drain_rounds):
-        for name, layout in order if i % 2 == 0 else order[::-1]:
-            result = drain(args, name, DRAIN_SCENARIOS[name], layout)
-            key = drain_key(name, layout)
+        for arm in order if i % 2 == 0 else order[::-1]:
+            name, layout, batch_documents = arm
+            result = drain(args, name, DRAIN_SCENARIOS[name], layout, batch_documents)
+            key = keys[arm]
             rounds[key].append(result)
             cpu = result["cpu_us_per_reading"]
             say(
@@ -532,10 +593,12 @@ def run_drains(args: Any) -> dict[str, Any]:
         for name, results in rounds.items()
     }
     write_cost = write_cost_ratios(rounds, cpu_us)
+    on_off = batch_documents_ratios(rounds, cpu_us)
     if "single" not in cpu_us or "batch10" not in cpu_us:
         return {"drain": rounds, "cpu_us_per_reading": cpu_us, "write_cost": write_cost}
     single, batch10 = cpu_us["single"], cpu_us["batch10"]
     return {
+        "batch_documents": {"mode": args.batch_documents, "on/off": on_off},
         "write_cost": write_cost,
         "drain": rounds,
         "cpu_us_per_reading": cpu_us,
@@ -546,12 +609,25 @@ def run_drains(args: Any) -> dict[str, Any]:
         },
         "drain_rate": rates,
         "ratios": {
-            f"cpu_per_reading batch10/single ({key})": ratio(batch10[key], single[key])
-            for key in single
+            **{
+                f"cpu_per_reading batch10/single ({key})": ratio(batch10[key], single[key])
+                for key in single
+            },
+            **{
+                f"cpu_per_reading {name} batch_documents on/off ({key})": value
+                for name, found in on_off.items()
+                for key, value in found.items()
+                if key != "rounds"
+            },
         },
         "drain_targets": {
             "single total <= 150 us": {"value": single["total"], "met": single["total"] <= 150},
             "batch10 total <= 80 us": {"value": batch10["total"], "met": batch10["total"] <= 80},
+            **{
+                f"{key} total <= 80 us": {"value": found["total"], "met": found["total"] <= 80}
+                for key, found in cpu_us.items()
+                if key.startswith("batch10_") and key.endswith(OFF)
+            },
             **{
                 f"write_cost {name} maintained/plain <= 1.2": {
                     "value": found["total"],
@@ -579,6 +655,27 @@ def write_cost_ratios(
             ratio(m["cpu_us_per_reading"]["total"], p["cpu_us_per_reading"]["total"])
             for m, p in zip(rounds[name], rounds[plain], strict=True)
         ]
+    return found
+
+
+def batch_documents_ratios(
+    rounds: dict[str, list[dict[str, Any]]], cpu_us: dict[str, dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """``--batch-documents both``: CPU per reading with batch documents on / off, per
+    scenario drained both ways (ratio of the medians per process, and each round's total
+    ratio: the two arms of a round drained one after the other)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in rounds:
+        off = f"{name}_{OFF}"
+        if off not in cpu_us:
+            continue
+        found[name] = {key: ratio(cpu_us[name][key], v) for key, v in cpu_us[off].items()}
+        found[name]["rounds"] = [
+            ratio(on["cpu_us_per_reading"]["total"], o["cpu_us_per_reading"]["total"])
+            for on, o in zip(rounds[name], rounds[off], strict=True)
+        ]
+        each = [v for v in found[name]["rounds"] if v is not None]
+        found[name]["rounds_median"] = r(statistics.median(each), 3) if each else None
     return found
 
 
@@ -750,6 +847,15 @@ def main(argv: list[str] | None = None) -> None:
         help="what the drains' sink writes: maintained (the sink as built), plain (telemetry"
         " only, benchmarks.processes.plain_scheduler) or both (plain,maintained: issue 12's"
         " write cost, alternating)",
+    )
+    p.add_argument(
+        "--batch-documents",
+        choices=BATCH_DOCUMENTS_MODES,
+        default="on",
+        help="FAIRWAY_BATCH_DOCUMENTS of the drains' scheduler (maintained layout): on (the"
+        " default: a device batch's readings as one document per batch and hour), off (one"
+        " document per reading), or both (batch10 drained with each, side by side, and"
+        " their ratio)",
     )
     p.add_argument(
         "--only-drain", action="store_true", help="skip the ceilings and the sustained run"

@@ -271,8 +271,10 @@ def run_one(
         extra = plain(db, readings) if which == "plain" else maintained(db, readings, server)
         wall = time.perf_counter() - started
         server_s, client_s = server.since(server0), time.process_time() - client0
-        stored = db[mongo.TELEMETRY].count_documents({})  # after the timing, once
+        tally = common.stored_tally(db)  # after the timing, once; readings, either layout
+        stored = tally["readings"]
         assert stored == count, f"{which}: {stored} of {count} readings stored"
+        assert not tally["duplicate_readings"], f"{which}: {tally}"
         found: dict[str, Any] = {
             "readings": count,
             "wall_s": r(wall, 2),

@@ -38,7 +38,7 @@ from fairway.amqp import management as rabbitmq_api
 from fairway.amqp.connection import blocking_channel
 from fairway.devtools import processes
 from fairway.devtools.processes import free_port, wait_for
-from fairway.kernel import topology
+from fairway.kernel import batch_document, topology
 from fairway.kernel.contract import tenant_id_range
 from fairway.kernel.settings import Settings
 from fairway.provision import bind_devices, provision_tenant
@@ -716,8 +716,9 @@ class Pipeline:
         return rabbitmq_api.call(self.mgmt_url, "GET", path)
 
     def stored(self, **query: Any) -> int:
-        """Number of telemetry documents matching ``query`` (see :func:`reading_query`)."""
-        return self.db[mongo.TELEMETRY].count_documents(reading_query(**query))
+        """Number of stored readings matching ``query`` (see :func:`reading_query`), in
+        either layout (:func:`reading_count`)."""
+        return reading_count(self.db, reading_query(**query))
 
     def wait_stored(self, count: int, timeout: float = 60.0, **query: Any) -> None:
         """Wait until exactly ``count`` matching documents are stored (fail if more)."""
@@ -741,6 +742,97 @@ def reading_query(
     elif device is not None:
         rest["_id"] = {"$regex": f"^[^:]+:{re.escape(device)}:"}
     return rest
+
+
+# -- stored readings, in both layouts ------------------------------------------------------
+# Filter keys a batch document shares with each of its readings: matched by the database.
+# ``_id`` too, but only as a range or pattern (tenant and device prefixes, as
+# reading_query writes them): a batch document's ``_id`` has its readings' prefix.
+_SHARED_KEYS = frozenset(("hk", "stream", "received", "w"))
+_COMPARE = {
+    "$eq": lambda a, b: a == b,
+    "$ne": lambda a, b: a != b,
+    "$gt": lambda a, b: a is not None and a > b,
+    "$gte": lambda a, b: a is not None and a >= b,
+    "$lt": lambda a, b: a is not None and a < b,
+    "$lte": lambda a, b: a is not None and a <= b,
+    "$in": lambda a, b: a in b,
+    "$nin": lambda a, b: a not in b,
+    "$exists": lambda a, b: (a is not None) == bool(b),
+    "$regex": lambda a, b: isinstance(a, str) and re.search(b, a) is not None,
+}
+
+
+def _field(doc: dict[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _matches(doc: dict[str, Any], condition: dict[str, Any]) -> bool:
+    """Whether reading document ``doc`` matches ``condition`` (equality, or the
+    comparison operators of :data:`_COMPARE`, per field)."""
+    for path, want in condition.items():
+        value = _field(doc, path)
+        if isinstance(want, dict) and want and all(k.startswith("$") for k in want):
+            if not all(_COMPARE[op](value, arg) for op, arg in want.items()):
+                return False
+        elif value != want:
+            return False
+    return True
+
+
+def _split_filter(where: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``where`` as (the part the database can match on stored documents of both
+    layouts, the part matched on each reading: ``ts``, ``values``, an ``_id`` equality)."""
+    stored: dict[str, Any] = {}
+    reading: dict[str, Any] = {}
+    for key, want in where.items():
+        prefix = key == "_id" and isinstance(want, dict) and set(want) <= {"$gte", "$lt", "$regex"}
+        (stored if prefix or key in _SHARED_KEYS else reading)[key] = want
+    return stored, reading
+
+
+def stored_readings(
+    db: Database, where: dict[str, Any] | None = None, projection: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The readings stored in ``telemetry`` matching ``where``, one document each whether
+    stored on its own or in a device batch's document (``batch_document.each_reading``).
+
+    ``where`` is a ``telemetry`` filter on reading fields (:func:`reading_query`'s, ``hk``,
+    ``stream``, ``ts``, ``values.<name>``, an ``_id`` of one reading; equality or
+    comparison operators): what a batch document shares with its readings is matched by
+    the database, the rest on each reading. ``projection`` is an inclusion of reading
+    fields (what it leaves out, a ``where`` on each reading cannot see)."""
+    stored, per_reading = _split_filter(where or {})
+    fields = projection
+    if projection is not None and any(projection.values()):  # an inclusion, even of _id only
+        fields = {**projection, **dict.fromkeys(batch_document.BATCH_FIELDS, 1)}
+    found = batch_document.each_reading(db[mongo.TELEMETRY].find(stored, fields))
+    return [doc for doc in found if _matches(doc, per_reading)]
+
+
+def reading_count(db: Database, where: dict[str, Any] | None = None) -> int:
+    """How many readings :func:`stored_readings` finds for ``where`` (duplicates too)."""
+    stored, per_reading = _split_filter(where or {})
+    if per_reading:
+        return len(stored_readings(db, where))
+    return sum(
+        len(doc[batch_document.READINGS]) if batch_document.READINGS in doc else 1
+        for doc in db[mongo.TELEMETRY].find(stored, {batch_document.READINGS: 1})
+    )
+
+
+def duplicate_readings(db: Database, where: dict[str, Any] | None = None) -> dict[str, int]:
+    """Reading ids stored more than once (in any layout: a reading in a batch document
+    and in a document of its own is stored twice), with how many times."""
+    counts: dict[str, int] = {}
+    for doc in stored_readings(db, where, {"_id": 1}):
+        counts[doc["_id"]] = counts.get(doc["_id"], 0) + 1
+    return {reading_id: n for reading_id, n in counts.items() if n > 1}
 
 
 def reading(ts: float | None = None, **values: Any) -> dict[str, Any]:

@@ -17,12 +17,12 @@ import pytest
 from fairway.devtools.simulator import Simulator, Summary, weighted_devices
 from fairway.kernel import topology
 from fairway.kernel.contract import split_reading_id
-from fairway.storage import mongo
-from tests.harness import Pipeline, management, reading, wait_for
+from tests.harness import Pipeline, management, reading, stored_readings, wait_for
 
 
 def _ids(pipeline: Pipeline, **query: Any) -> list[str]:
-    return sorted(d["_id"] for d in pipeline.db[mongo.TELEMETRY].find(query, {"_id": 1}))
+    """Ids of the stored readings matching ``query``, a duplicate as often as stored."""
+    return sorted(d["_id"] for d in stored_readings(pipeline.db, query, {"_id": 1}))
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_each_reading_is_stored_and_bad_ones_are_refused_with_their_index(
     assert _ids(acme) == sorted(
         ["acme:dev-1:a0", "acme:dev-1:arr#2", f"acme:dev-1:power@{round((now - 1) * 1000)}"]
     )
-    doc = acme.db[mongo.TELEMETRY].find_one({"_id": "acme:dev-1:arr#2"})
+    [doc] = stored_readings(acme.db, {"_id": "acme:dev-1:arr#2"})
     assert (doc["stream"], doc["values"]) == ("env", {"temp": 21.0})
     assert "msg_id" not in doc  # lean: the message id is in _id only
 

@@ -24,8 +24,14 @@ import pytest
 from fairway.devtools.simulator import Simulator, Summary, device_ids, tenant_ids, weighted_devices
 from fairway.kernel import topology
 from fairway.kernel.contract import split_reading_id
-from fairway.storage import mongo
-from tests.harness import Pipeline, management, services, wait_for
+from tests.harness import (
+    Pipeline,
+    duplicate_readings,
+    management,
+    services,
+    stored_readings,
+    wait_for,
+)
 from tests.integration.queue_types import BOTH, CLASSIC, QUORUM
 
 pytestmark = pytest.mark.faults
@@ -119,9 +125,12 @@ def _assert_exactly_once(pipeline: Pipeline, publishers: list[Publisher]) -> Non
         assert publisher.summary.nacked == 0
         assert publisher.summary.confirmed == publisher.summary.sent
         expected |= publisher.expected_ids()
+    # Readings, not documents: a device batch's are one document per batch and hour.
     pipeline.wait_stored(len(expected), timeout=300)
-    docs = pipeline.db[mongo.TELEMETRY].find({}, {"_id": 1})
-    stored = {split_reading_id(d["_id"])[2] for d in docs}
+    # Once each across both layouts: a reading in a batch document and in one of its own
+    # is a duplicate.
+    assert duplicate_readings(pipeline.db) == {}
+    stored = {split_reading_id(d["_id"])[2] for d in stored_readings(pipeline.db, None, {"_id": 1})}
     assert stored == expected
     assert pipeline.depth(topology.REJECTED) == 0
 

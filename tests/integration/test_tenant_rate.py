@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from fairway.cli import main as cli
 from fairway.kernel import topology
 from fairway.storage import mongo
-from tests.harness import Pipeline, reading, wait_for
+from tests.harness import Pipeline, reading, stored_readings, wait_for
 from tests.integration.test_web_api import world  # noqa: F401  (a fixture)
 
 REFUSED = "fairway_relay_tenant_rate_limited_total"
@@ -36,7 +36,7 @@ def _batch(device: str, mid: str, count: int) -> tuple[str, list[dict[str, Any]]
 def _ids(pipeline: Pipeline, tenant: str) -> list[str]:
     low = f"{tenant}:"
     query = {"_id": {"$gte": low, "$lt": f"{tenant};"}}
-    return sorted(d["_id"] for d in pipeline.db[mongo.TELEMETRY].find(query, {"_id": 1}))
+    return sorted(d["_id"] for d in stored_readings(pipeline.db, query, {"_id": 1}))
 
 
 def test_a_tenants_readings_beyond_its_plan_are_refused_and_counted_others_untouched(
