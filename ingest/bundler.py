@@ -1,12 +1,21 @@
 """Bundle assembly: a tenant's accepted readings, gathered into one message for its queue.
 
 The relay adds each accepted reading (already serialised, :func:`fairway.kernel.contract.
-bundle_part`) to its tenant's open bundle; a bundle is flushed (handed to ``publish``)
+bundle_part`) to its tenant's open bundle: a single reading with :meth:`Bundler.add`, a
+device batch's accepted readings together with :meth:`Bundler.add_batch`, which keeps
+them in one bundle (the scheduler's sink stores a batch's readings as one document, and
+a batch split across bundles would reach it in pieces). A bundle is flushed (handed to
+``publish``)
 
-* ``count``: when it holds ``max_readings`` readings;
-* ``bytes``: when its body has reached ``max_bytes``, or before a reading that would
-  take it past them (so a body exceeds ``max_bytes`` only when one reading alone does:
-  readings are never split);
+* ``count``: when it holds ``max_readings`` readings, or before a batch that would take
+  it past them (a batch alone of more readings is one bundle, flushed at once: a batch
+  holds at most ``max_batch_readings``);
+* ``bytes``: when its body has reached ``max_bytes``, or before a reading or a batch
+  that would take it past them (so a body exceeds ``max_bytes`` only when one reading,
+  or one batch, alone does: readings are never split, batches only past ``max_body``);
+  also each bundle of a batch split because its readings alone would make a body over
+  ``max_body`` (the broker's ``max_message_size``): rare, only for batches whose
+  readings grow several-fold once serialised (:meth:`Bundler.add_batch`);
 * ``linger``: ``linger_s`` after its first reading (0: on the I/O loop's next turn);
 * ``drain``: when the process stops (:meth:`Bundler.flush_all`).
 
@@ -57,8 +66,11 @@ class Bundler(Generic[T]):
         linger_s: float,
         publish: Publish[T],
         call_later: CallLater,
+        max_body: int = 131_072,
     ) -> None:
         self.max_readings, self.max_bytes, self.linger_s = max_readings, max_bytes, linger_s
+        # No body is ever larger, but a single reading's alone (settings bound those).
+        self.max_body = max(max_body, max_bytes)
         self._publish = publish
         self._call_later = call_later
         self._open: dict[str, OpenBundle[T]] = {}
@@ -85,6 +97,61 @@ class Bundler(Generic[T]):
             self._flush(bundle, "count")
         elif size >= self.max_bytes:
             self._flush(bundle, "bytes")
+
+    def add_batch(self, tenant: str, parts: list[bytes], items: list[T]) -> int:
+        """Add a device batch's accepted readings (``parts``, one ``items`` each, in
+        order) to ``tenant``'s bundles, all in one; how many bundles they went into (1
+        but for a batch split past ``max_body``).
+
+        The open bundle is flushed first if the batch would take it past ``max_readings``
+        (``count``) or ``max_bytes`` (``bytes``); the batch then starts a bundle of its
+        own, flushed at once if the batch alone reaches either. Only a batch whose body
+        alone would exceed ``max_body`` is split, into bundles of at most that.
+        """
+        count = len(parts)
+        if not count:
+            return 0
+        size = sum(map(len, parts)) + count - 1  # the parts joined by commas
+        bundle = self._open.get(tenant)
+        if bundle is not None:
+            if len(bundle.parts) + count > self.max_readings:
+                self._flush(bundle, "count")
+                bundle = None
+            elif bundle.size + size + 1 > self.max_bytes:
+                self._flush(bundle, "bytes")
+                bundle = None
+            else:
+                bundle.size += size + 1
+        if bundle is None:
+            bundle = self._start(tenant)
+            if bundle.size + size > self.max_body:
+                return self._split(bundle, parts, items)
+            bundle.size += size
+        bundle.parts.extend(parts)
+        bundle.items.extend(items)
+        self.held += count
+        if len(bundle.parts) >= self.max_readings:
+            self._flush(bundle, "count")
+        elif bundle.size >= self.max_bytes:
+            self._flush(bundle, "bytes")
+        return 1
+
+    def _split(self, bundle: OpenBundle[T], parts: list[bytes], items: list[T]) -> int:
+        """Put a batch too large for one body into ``bundle`` and as many more as it
+        takes, each at most ``max_body`` (a single part larger goes alone), each flushed
+        at once; how many."""
+        bundles = 1
+        for part, item in zip(parts, items, strict=True):
+            if bundle.parts and bundle.grown(part) > self.max_body:
+                self._flush(bundle, "bytes")
+                bundle = self._start(bundle.tenant)
+                bundles += 1
+            bundle.size = bundle.grown(part)
+            bundle.parts.append(part)
+            bundle.items.append(item)
+            self.held += 1
+        self._flush(bundle, "bytes")
+        return bundles
 
     def flush_all(self, cause: str = "drain") -> None:
         """Flush every open bundle now."""

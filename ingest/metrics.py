@@ -164,6 +164,14 @@ RELAY_BUNDLE_FLUSHES = Counter(
 )
 
 
+RELAY_BATCHES_SPLIT = Counter(
+    "fairway_relay_batches_split_total",
+    "Device batches whose accepted readings went into several bundles: one bundle would"
+    " have exceeded FAIRWAY_BROKER_MAX_MESSAGE_BYTES (the sink stores the rest on their own)",
+    ["tenant"],
+)
+
+
 RELAY_BUNDLED = Gauge(
     "fairway_relay_bundled_readings",
     "Accepted readings waiting in open bundles (not yet published)",

@@ -24,8 +24,11 @@ What happens to every delivery (one reading, or a device batch of several:
 * each accepted reading -> added to its tenant's open *bundle*
   (:mod:`ingest.bundler`), published to ``tenants`` (routing key = tenant id,
   ``mandatory``) as one message of many readings when full (count, bytes) or after
-  ``bundle_linger_ms``; readings of one delivery may land in several bundles, and one
-  bundle holds readings of many deliveries;
+  ``bundle_linger_ms``; one bundle holds readings of many deliveries, and a device
+  batch's accepted readings (whatever the rates and the contract left of it) are added
+  together and stay in one bundle (:meth:`ingest.bundler.Bundler.add_batch`: the
+  scheduler's sink stores them as one document), split only if they alone would exceed
+  ``broker_max_message_bytes`` (``fairway_relay_batches_split_total``);
 * each refused reading of a batch (contract, or beyond the device's rate or its
   tenant's, ``tenant_rate_limited``: :class:`ingest.ratelimit.TenantRates`) -> published
   on its own to ``rejected`` with its reason and ``x-fairway-index``;
@@ -237,6 +240,7 @@ class Relay(AmqpService):
             settings.bundle_linger_ms / 1000.0,
             self._publish_bundle,
             self.ioloop.call_later,
+            settings.broker_max_message_bytes,
         )
         self._returned: set[int] = set()
         self._seq = 0
@@ -668,20 +672,24 @@ class Relay(AmqpService):
             readings = readings[:granted]
         delivery.remaining = len(readings) + len(refused) + len(over_rate)
         batch = message.batch
-        add, sender = self.bundler.add, message.device
-        for index, reading in readings:
-            # If the tenant queue refuses its bundle, `rejected` keeps a single reading's
-            # original body, a batch's reading as a tenant message (built only then).
-            item = Item(
-                delivery,
-                routing_key,
-                sender,
-                reading,
-                received,
-                None if batch else body,
-                index if batch else None,
-            )
-            add(tenant, bundle_part(reading, received), item)
+        if batch and len(readings) > 1:
+            self._bundle_batch(delivery, routing_key, message, tenant, readings, received)
+        else:
+            add, sender = self.bundler.add, message.device
+            for index, reading in readings:  # at most one (a single, or a batch's only one)
+                # If the tenant queue refuses its bundle, `rejected` keeps a single
+                # reading's original body, a batch's reading as a tenant message (built
+                # only then).
+                item = Item(
+                    delivery,
+                    routing_key,
+                    sender,
+                    reading,
+                    received,
+                    None if batch else body,
+                    index if batch else None,
+                )
+                add(tenant, bundle_part(reading, received), item)
         for bad in refused:
             self._refuse(
                 delivery,
@@ -694,6 +702,33 @@ class Relay(AmqpService):
             )
         if over_rate:
             self._refuse_over_rate(delivery, routing_key, message, tenant, over_rate, over_plan)
+
+    def _bundle_batch(
+        self,
+        delivery: Delivery,
+        routing_key: str,
+        message: Message,
+        tenant: str,
+        readings: list[tuple[int, Reading]],
+        received: float,
+    ) -> None:
+        """Add a device batch's accepted readings to its tenant's bundles together: one
+        bundle, so the scheduler's sink gets them in one message (one stored document)."""
+        sender = message.device
+        parts: list[bytes] = []
+        items: list[Item] = []
+        for index, reading in readings:
+            # Refused by its tenant queue, a batch's reading goes to `rejected` as a
+            # tenant message with its index (built only then).
+            items.append(Item(delivery, routing_key, sender, reading, received, None, index))
+            parts.append(bundle_part(reading, received))
+        if self.bundler.add_batch(tenant, parts, items) > 1:
+            metrics.RELAY_BATCHES_SPLIT.labels(tenant).inc()
+            log.warning(
+                "a device batch's readings exceed FAIRWAY_BROKER_MAX_MESSAGE_BYTES in one"
+                " bundle: split across bundles",
+                extra={"tenant": tenant, "device": sender, "readings": len(parts)},
+            )
 
     def _refuse_over_rate(
         self,

@@ -313,6 +313,11 @@ class Settings:
     # relay): a device of one tenant can fill only its tenant's.
     tenant_ingest_max_length: int = setting(250_000, BROKER, AT_LEAST_1)
     tenant_ingest_max_bytes: int = setting(128 << 20, BROKER, AT_LEAST_1)
+    # RabbitMQ's max_message_size (scripts/services.sh, deploy/, the Ansible role: 128 KiB):
+    # the broker closes the channel of a publisher that exceeds it. The relay never
+    # publishes a bundle larger: a device batch is one bundle unless its readings alone
+    # would exceed this (then split). Checked at start against the largest single reading.
+    broker_max_message_bytes: int = setting(131_072, BROKER, Bound(low=4096, high=536_870_912))
     # Bulk provisioning (`POST /api/tenants/bulk`, `fairway tenant create-many`): most
     # tenants, and most devices, in one batch; the CLI splits a longer file into batches.
     provision_batch_max: int = setting(1000, BROKER, Bound(low=1, high=100_000))
@@ -817,6 +822,7 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
         problems[variable("quarantine_max_s")] = (
             f"FAIRWAY_QUARANTINE_MAX_S={_shown(top)} is below FAIRWAY_QUARANTINE_S ({base:g})"
         )
+    problems.update({} if problems else _message_size_problems(values))
     problems.update({} if problems else _pool_problems(values))
     problems.update({} if problems else _express_problems(values))
     web, auth = values.get("web_port"), values.get("broker_auth_port")
@@ -826,6 +832,51 @@ def _problems(values: Mapping[str, Any], raw_values: Mapping[str, str]) -> dict[
             "port, or 0 to answer the broker on the web port"
         )
     return problems
+
+
+# What the relay adds to a single reading's body in its bundle (ingest/bundler.py): the
+# bundle's head and tail (tenant id), the part's device, stream, id and receipt time
+# fields, the ts as a float (tests/unit/test_bundler.py builds the worst case).
+BUNDLE_FIXED_GROWTH = 512
+# A JSON number grows at most this much re-serialised (``1e15`` -> ``1000000000000000.0``).
+NUMBER_GROWTH = 14
+
+
+def largest_single_bundle(max_message_bytes: int, max_values: int, max_message_id: int) -> int:
+    """The largest bundle body one single-reading message can make: its body, each value
+    re-serialised longer, its id from the AMQP property (each character escaped, at
+    worst), the bundle's own fields."""
+    return max_message_bytes + NUMBER_GROWTH * max_values + 2 * max_message_id + BUNDLE_FIXED_GROWTH
+
+
+def _message_size_problems(values: Mapping[str, Any]) -> dict[str, str]:
+    """Bundle bounds the broker's message size would refuse: the relay's channel would be
+    closed by every such bundle, and its deliveries redelivered to do it again."""
+    names = (
+        "broker_max_message_bytes",
+        "bundle_max_bytes",
+        "max_message_bytes",
+        "max_values",
+        "max_message_id",
+    )
+    if not all(isinstance(values.get(n), int) for n in names):
+        return {}  # checked once every value is known (the dataclass's own check)
+    broker, bundle, message, count, ids = (int(values[n]) for n in names)
+    name = variable("broker_max_message_bytes")
+    if bundle > broker:
+        return {
+            name: f"{name}={broker} is below FAIRWAY_BUNDLE_MAX_BYTES ({bundle}): the broker "
+            "would refuse the relay's bundles; raise it (and the broker's max_message_size)"
+        }
+    single = largest_single_bundle(message, count, ids)
+    if single > broker:
+        return {
+            name: f"{name}={broker} is below the largest bundle of one reading ({single} bytes:"
+            f" FAIRWAY_MAX_MESSAGE_BYTES {message}, FAIRWAY_MAX_VALUES {count},"
+            f" FAIRWAY_MAX_MESSAGE_ID {ids}): the broker would refuse it; raise it (and the"
+            " broker's max_message_size) or lower those"
+        }
+    return {}
 
 
 def _pool_problems(values: Mapping[str, Any]) -> dict[str, str]:

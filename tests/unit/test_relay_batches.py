@@ -1,8 +1,9 @@
 """The relay's partial-batch rule (ingest/relay.py) on a stub channel, no broker.
 
-A device batch is split: each accepted reading goes to its tenant's bundle (here
-bundles of one reading, so each is a publish of its own), each refused reading on its
-own to ``rejected`` with its reason and index. The original is acked only once every
+A device batch is split by verdict: its accepted readings go to its tenant's bundles
+together, in one bundle (here bundles of one reading: a single reading is a publish of
+its own, a batch's accepted readings one publish however many), each refused reading on
+its own to ``rejected`` with its reason and index. The original is acked only once every
 one of those publishes is confirmed. Rate limits and refusal budgets count readings.
 """
 
@@ -69,14 +70,14 @@ def published(relay: Relay, exchange: str) -> list[tuple[str, bytes, Any]]:
     return [(k, b, p) for e, k, b, p in channel(relay).published if e == exchange]
 
 
-def test_a_batch_is_published_one_reading_per_message_and_acked_after_the_last_confirm(
+def test_a_batch_is_published_as_one_bundle_and_acked_after_the_last_confirm(
     relay: Relay,
 ) -> None:
     batch = [good(0), good(1), {"ts": time.time(), "values": {"bad": [1]}}, good(3)]
     deliver(relay, 1, batch)
-    to_tenants = published(relay, topology.TENANTS)
-    assert [k for k, _, _ in to_tenants] == ["acme", "acme", "acme"]
-    bodies = [orjson.loads(b)["readings"][0] for _, b, _ in to_tenants]
+    [(key, bundle, props)] = published(relay, topology.TENANTS)
+    assert key == "acme" and props.headers[topology.READINGS_HEADER] == 3
+    bodies = orjson.loads(bundle)["readings"]
     assert [b["values"] for b in bodies] == [{"n": 0}, {"n": 1}, {"n": 3}]
     assert [b["id"] for b in bodies] == ["b1#0", "b1#1", "b1#3"]  # message id # index
     [(key, body, props)] = published(relay, topology.REJECTED)
@@ -86,10 +87,9 @@ def test_a_batch_is_published_one_reading_per_message_and_acked_after_the_last_c
     assert props.headers[topology.TENANT_HEADER] == "acme"  # decided after the registry
     assert orjson.loads(body) == batch[2]  # the reading as sent
 
-    for seq in (1, 2, 4):
-        confirm(relay, seq)
-    assert channel(relay).acks == []  # one publish (seq 3) still unconfirmed
-    confirm(relay, 3)
+    confirm(relay, 1)
+    assert channel(relay).acks == []  # the refusal (seq 2) still unconfirmed
+    confirm(relay, 2)
     assert channel(relay).acks == [(1, True)]
     assert not relay._pending
 
@@ -107,7 +107,8 @@ def test_the_device_rate_counts_readings_and_refuses_the_excess_by_index() -> No
     relay = make_relay(device_rate=0.001, device_burst=3)
     try:
         deliver(relay, 1, [good(i) for i in range(5)])
-        assert len(published(relay, topology.TENANTS)) == 3
+        [(_key, bundle, _props)] = published(relay, topology.TENANTS)  # the 3 granted
+        assert [r["id"] for r in orjson.loads(bundle)["readings"]] == ["b1#0", "b1#1", "b1#2"]
         refused = published(relay, topology.REJECTED)
         assert [p.headers[topology.INDEX_HEADER] for _, _, p in refused] == [3, 4]
         assert {k for k, _, _ in refused} == {"rate_limited.dev-1"}
@@ -163,12 +164,15 @@ def test_a_batch_all_over_budget_is_acked_without_publishing() -> None:
 
 def test_a_batch_reading_its_tenant_queue_refuses_keeps_its_index(relay: Relay) -> None:
     deliver(relay, 1, [good(0), good(1)])
-    confirm(relay, 1)
-    confirm(relay, 2, ack=False)  # the tenant queue is full for the second reading
-    _key, body, props = published(relay, topology.REJECTED)[-1]
-    assert props.headers[topology.REASON_HEADER] == "tenant_backlog_full"
-    assert props.headers[topology.INDEX_HEADER] == 1
-    assert orjson.loads(body)["values"] == {"n": 1}
+    confirm(relay, 1, ack=False)  # the tenant queue is full for the batch's bundle
+    refused = published(relay, topology.REJECTED)
+    assert [p.headers[topology.REASON_HEADER] for _, _, p in refused] == [
+        "tenant_backlog_full",
+        "tenant_backlog_full",
+    ]
+    assert [p.headers[topology.INDEX_HEADER] for _, _, p in refused] == [0, 1]
+    assert [orjson.loads(b)["values"] for _, b, _ in refused] == [{"n": 0}, {"n": 1}]
+    confirm(relay, 2)
     assert channel(relay).acks == []
     confirm(relay, 3)
     assert channel(relay).acks == [(1, True)]

@@ -53,19 +53,49 @@ def test_readings_of_many_deliveries_travel_in_one_bundle(relay: Relay) -> None:
     assert channel(relay).acks == [(4, True)]  # one confirm settles four deliveries
 
 
-def test_a_delivery_split_over_two_bundles_waits_for_both(relay: Relay) -> None:
+def test_a_batch_that_does_not_fit_closes_the_open_bundle_and_travels_whole(
+    relay: Relay,
+) -> None:
+    before = sample("fairway_relay_bundle_flushes_total", cause="count")
     deliver(relay, 1, good(0))
-    deliver(relay, 2, [good(1), good(2), good(3), good(4), good(5)])  # 3 in the first bundle
-    first, _ = bundles(relay)[0]
-    assert [r["values"]["n"] for r in first] == [0, 1, 2, 3]
-    relay.bundler.flush_all("linger")  # what the linger timer does 5 ms later
-    second, _ = bundles(relay)[1]
-    assert [r["values"]["n"] for r in second] == [4, 5]
+    deliver(relay, 2, [good(1), good(2), good(3), good(4), good(5)])  # 5: more than 4
+    [(first, _), (second, props)] = bundles(relay)
+    assert [r["values"]["n"] for r in first] == [0]  # flushed before the batch
+    assert [r["values"]["n"] for r in second] == [1, 2, 3, 4, 5]  # one bundle, at once
+    assert props.headers[topology.READINGS_HEADER] == 5
+    assert sample("fairway_relay_bundle_flushes_total", cause="count") == before + 2
     confirm(relay, 1)
-    assert channel(relay).acks == [(1, True)]  # delivery 2 also has readings in bundle 2
+    assert channel(relay).acks == [(1, True)]
     confirm(relay, 2)
     assert channel(relay).acks == [(1, True), (2, True)]
     assert not relay._pending
+
+
+def test_a_batch_that_fits_joins_the_open_bundle(relay: Relay) -> None:
+    deliver(relay, 1, good(0))
+    deliver(relay, 2, [good(1), good(2), good(3)])
+    [(readings, _)] = bundles(relay)
+    assert [r["values"]["n"] for r in readings] == [0, 1, 2, 3]
+
+
+def test_the_granted_part_of_a_rate_limited_batch_is_one_bundle() -> None:
+    relay = make_relay(bundle_max_readings=4, device_rate=0.001, device_burst=5)
+    try:
+        deliver(relay, 1, good(0))
+        deliver(relay, 2, good(1))
+        deliver(relay, 3, [good(i) for i in range(2, 7)])  # 3 granted: 2 + 3 > 4
+        [(first, _)] = bundles(relay)
+        assert [r["values"]["n"] for r in first] == [0, 1]
+        relay.bundler.flush_all("linger")  # what the linger timer does 5 ms later
+        second, _ = bundles(relay)[1]
+        assert [r["id"] for r in second] == ["b3#0", "b3#1", "b3#2"]
+        refused = published(relay, topology.REJECTED)
+        assert [p.headers[topology.INDEX_HEADER] for _, _, p in refused] == [3, 4]
+        for seq in range(1, 5):
+            confirm(relay, seq)
+        assert channel(relay).acks == [(2, True), (3, True)]
+    finally:
+        relay.registry.close()
 
 
 def test_the_linger_timer_publishes_a_bundle_that_does_not_fill() -> None:

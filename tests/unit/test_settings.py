@@ -333,3 +333,19 @@ def test_cli_refuses_bad_settings_with_exit_code_2() -> None:
         "  FAIRWAY_BATCH_SIZE='abc' is not a valid int\n"
         "  FAIRWAY_WRITERS='0' must be >= 1\n"
     )
+
+
+def test_a_broker_message_limit_below_the_bundles_is_refused() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"FAIRWAY_BROKER_MAX_MESSAGE_BYTES": "32768"})
+    assert str(info.value).startswith(
+        "FAIRWAY_BROKER_MAX_MESSAGE_BYTES=32768 is below FAIRWAY_BUNDLE_MAX_BYTES (65536)"
+    )
+    # The largest single reading's bundle: 65,536 + 14 x 64 + 2 x 128 + 512 = 67,200 bytes.
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"FAIRWAY_BROKER_MAX_MESSAGE_BYTES": "67199"})
+    assert "below the largest bundle of one reading (67200 bytes" in str(info.value)
+    assert Settings.from_env({"FAIRWAY_BROKER_MAX_MESSAGE_BYTES": "67200"})
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"FAIRWAY_MAX_MESSAGE_BYTES": "131072"})  # the broker's, default
+    assert list(info.value.problems) == ["FAIRWAY_BROKER_MAX_MESSAGE_BYTES"]
