@@ -26,6 +26,7 @@ class PlainSink(MongoSink):
 
     def __init__(self, db: Database) -> None:
         self._collection = db[mongo.TELEMETRY]
+        self._batch_documents = False  # one document per reading, as then
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert every reading of the batch, as :meth:`MongoSink.write` without maintenance."""
