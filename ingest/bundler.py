@@ -7,15 +7,16 @@ them in one bundle (the scheduler's sink stores a batch's readings as one docume
 a batch split across bundles would reach it in pieces). A bundle is flushed (handed to
 ``publish``)
 
-* ``count``: when it holds ``max_readings`` readings, or before a batch that would take
-  it past them (a batch alone of more readings is one bundle, flushed at once: a batch
-  holds at most ``max_batch_readings``);
-* ``bytes``: when its body has reached ``max_bytes``, or before a reading or a batch
-  that would take it past them (so a body exceeds ``max_bytes`` only when one reading,
-  or one batch, alone does: readings are never split, batches only past ``max_body``);
+* ``count``: when it holds ``max_readings`` readings (a batch alone of more readings is
+  one bundle, flushed at once: a batch holds at most ``max_batch_readings``);
+* ``bytes``: when its body has reached ``max_bytes``, or before a reading that would
+  take it past them (so a body exceeds ``max_bytes`` only when one reading, or one
+  batch, alone does: readings are never split, batches only past ``max_body``);
   also each bundle of a batch split because its readings alone would make a body over
   ``max_body`` (the broker's ``max_message_size``): rare, only for batches whose
   readings grow several-fold once serialised (:meth:`Bundler.add_batch`);
+* ``batch``: before a device batch that would take it past ``max_readings`` or
+  ``max_bytes`` (the bundle is not full; the batch starts the next one);
 * ``linger``: ``linger_s`` after its first reading (0: on the I/O loop's next turn);
 * ``drain``: when the process stops (:meth:`Bundler.flush_all`).
 
@@ -34,7 +35,7 @@ from fairway.kernel.contract import BUNDLE_TAIL, bundle_body, bundle_head
 
 T = TypeVar("T")
 
-CAUSES = ("count", "bytes", "linger", "drain")
+CAUSES = ("count", "bytes", "batch", "linger", "drain")
 
 
 @dataclass(slots=True)
@@ -103,8 +104,8 @@ class Bundler(Generic[T]):
         order) to ``tenant``'s bundles, all in one; how many bundles they went into (1
         but for a batch split past ``max_body``).
 
-        The open bundle is flushed first if the batch would take it past ``max_readings``
-        (``count``) or ``max_bytes`` (``bytes``); the batch then starts a bundle of its
+        The open bundle is flushed first (``batch``) if the batch would take it past
+        ``max_readings`` or ``max_bytes``; the batch then starts a bundle of its
         own, flushed at once if the batch alone reaches either. Only a batch whose body
         alone would exceed ``max_body`` is split, into bundles of at most that.
         """
@@ -114,11 +115,11 @@ class Bundler(Generic[T]):
         size = sum(map(len, parts)) + count - 1  # the parts joined by commas
         bundle = self._open.get(tenant)
         if bundle is not None:
-            if len(bundle.parts) + count > self.max_readings:
-                self._flush(bundle, "count")
-                bundle = None
-            elif bundle.size + size + 1 > self.max_bytes:
-                self._flush(bundle, "bytes")
+            if (
+                len(bundle.parts) + count > self.max_readings
+                or bundle.size + size + 1 > self.max_bytes
+            ):
+                self._flush(bundle, "batch")  # not full: a batch does not fit beside it
                 bundle = None
             else:
                 bundle.size += size + 1

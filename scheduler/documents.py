@@ -76,8 +76,8 @@ class BatchDocuments:
 
 # (message index, reading as decoded, its ts as a datetime)
 Member = tuple[int, dict[str, Any], datetime]
-# (batch index, member, batch document id, hour key, receipt time)
-Placed = tuple[int, Member, str, str, datetime]
+# (batch index, member, (batch document id, stream), hour key, receipt time)
+Placed = tuple[int, Member, tuple[str, Any], str, datetime]
 
 
 @dataclass(slots=True)
@@ -114,6 +114,27 @@ class BatchGroup:
             doc["w"] = writer
         return doc
 
+    def split(self) -> list[BatchGroup]:
+        """One group per reading held (its copies with it), for a document the database
+        refused: the first stored takes the ``_id``, the others then go the way of a
+        document stored already, and a bad reading fails alone."""
+        alone = {
+            index: BatchGroup(self.doc_id, self.hk, self.stream, self.received, {index: member})
+            for index, member in self.members.items()
+        }
+        for index, member in self.copies:
+            alone[index].copies.append((index, member))
+        return list(alone.values())
+
+    def only(self, indexes: frozenset[int]) -> BatchGroup | None:
+        """This group with only the readings (and copies) of ``indexes``; None if none."""
+        members = {i: m for i, m in self.members.items() if i in indexes}
+        if not members:
+            return None
+        kept = BatchGroup(self.doc_id, self.hk, self.stream, self.received, members)
+        kept.copies = [(i, m) for i, m in self.copies if i in indexes]
+        return kept
+
     def view(self, member: Member) -> dict[str, Any]:
         """What the sink's consumers (rollups, device state, lag) read of a stored reading:
         its reading document's fields they use."""
@@ -138,20 +159,26 @@ class BatchGroups:
     def place(self, message: int, reading: dict[str, Any]) -> Placed | None:
         """Where ``reading`` of message ``message`` goes if in a batch document (to
         :meth:`add` once its whole message is known good); None for a reading stored as
-        a document of its own."""
-        element = batch_element(reading["id"])
+        a document of its own.
+
+        Raises what a reading that is not the relay's output raises (``KeyError``,
+        ``TypeError``, ...), before anything of its message is held."""
+        message_id = reading["id"]
+        element = batch_element(message_id) if "#" in message_id else None
         if element is None:
             return None
         ts, hk, received = self._documents.times(reading)
         doc_id = batch_document_id(reading["tenant"], reading["device"], element[0], hk)
-        return element[1], (message, reading, ts), doc_id, hk, received
+        if "values" not in reading:  # refused here, not when its document is built
+            raise KeyError("values")
+        key = (doc_id, reading["stream"])
+        hash(key)  # an unhashable stream is refused here, not when the message is held
+        return element[1], (message, reading, ts), key, hk, received
 
     def add(self, placed: Placed) -> None:
         """Hold a reading :meth:`place` placed."""
-        index, member, doc_id, hk, received = placed
-        stream = member[1]["stream"]
-        key = (doc_id, stream)
+        index, member, key, hk, received = placed
         group = self.groups.get(key)
         if group is None:
-            group = self.groups[key] = BatchGroup(doc_id, hk, stream, received)
+            group = self.groups[key] = BatchGroup(key[0], hk, key[1], received)
         group.add(index, member)

@@ -31,7 +31,9 @@ REGISTRY.register(SCHED_DUPLICATES)
 
 
 # stored: written the first time; found_stored: its _id was stored already (a redelivery
-# or a batch split across messages), settled by one read of the stored document.
+# or a batch split across messages), settled by one read of the stored document;
+# known_stored: the same, for a document this process stored or read before: the readings
+# it does not hold are stored as documents of their own without a failed insert and a read.
 SCHED_BATCH_DOCUMENTS = Counter(
     "fairway_scheduler_batch_documents_total",
     "Batch documents (one per device batch and hour) inserted, by outcome",

@@ -63,6 +63,11 @@ MAX_DOCUMENT_ATTEMPTS = 3
 # Devices with a pending device_state delta; beyond this a device's delta is written
 # at once (before the ack), so memory stays bounded whatever the fleet size.
 MAX_PENDING_DEVICES = 10_000
+# Batch documents this process stored or read, with the indexes each holds (least
+# recently used dropped): a batch document is never changed, so a reading of a known one
+# is settled without a failed insert and a read (a device whose own ids look like
+# "<name>#<n>" would otherwise pay three round trips per reading).
+MAX_KNOWN_BATCHES = 10_000
 # Devices whose written hour range this process remembers (least recently used dropped:
 # a forgotten device is just written at once again on its next batch).
 MAX_KNOWN_DEVICES = 100_000
@@ -187,6 +192,7 @@ class MongoSink:
     ) -> None:
         self._collection = db[mongo.TELEMETRY]
         self._batch_documents = batch_documents
+        self._known_batches: OrderedDict[str, frozenset[int]] = OrderedDict()
         self._state = DeviceStateWriter(db, device_state_flush_s)
         self.rollups = rollups or RollupFolder(db)
 
@@ -266,6 +272,9 @@ class MongoSink:
         found stored already is settled by :meth:`_settle_stored_batches`."""
         if not docs and not batches:
             return [], []
+        if batches and self._known_batches:
+            batches, alone = self._outside_known(batches, writer)
+            docs = docs + alone
         batch_docs = [group.document(writer) for group in batches]
         try:
             self._collection.insert_many([d for _, d, _ in docs] + batch_docs, ordered=False)
@@ -286,17 +295,22 @@ class MongoSink:
                 failed.append(entry)
         failed_batches: list[BatchGroup] = []
         found_stored: list[BatchGroup] = []
+        batches_stored = 0
         for pos, group in enumerate(batches, len(docs)):
             code = errors.get(pos)
             if code is None:
-                metrics.SCHED_BATCH_DOCUMENTS.labels("stored").inc()
+                batches_stored += 1
                 _settle_batch(group, group.members.values(), outcome, stored, duplicate=False)
                 copies = [member for _, member in group.copies]
                 _settle_batch(group, copies, outcome, duplicates, duplicate=True)
+                self._know(group.doc_id, group.members)
             elif code == mongo.DUPLICATE_KEY:
                 found_stored.append(group)
+            elif len(group.members) > 1:
+                failed_batches.extend(group.split())  # so a bad reading fails alone
             else:
                 failed_batches.append(group)
+        _BATCHES_STORED.inc(batches_stored)
         if found_stored:
             missing = self._settle_stored_batches(found_stored, writer, outcome, duplicates)
             failed.extend(self._insert(missing, [], writer, outcome, stored, duplicates)[0])
@@ -314,20 +328,32 @@ class MongoSink:
         the others (a redelivery that accepted more of the batch, the rest of a split
         batch) are returned as documents of their own to insert.
 
-        One ``_id`` equality read per document: only on these paths, never for a batch
-        stored the first time. A stored batch document is never changed, so a reading is
-        in at most one place: the batch document, or (later) its own document."""
-        found = mongo.find_by_ids(
-            self._collection,
-            [group.doc_id for group in groups],
-            {batch_document.INDEXES: 1, batch_document.READINGS: 1},
-            keyed_max=None,
-        )
-        held = {doc["_id"]: set(batch_document.indexes_of(doc)) for doc in found}
+        One ``_id`` equality read per document this process does not know (stored or
+        read by it before): only on these paths, never for a batch stored the first time.
+        A stored batch document is never changed, so a reading is in at most one place:
+        the batch document, or (later) its own document. A document not found (deleted
+        by retention since) holds nothing."""
+        held: dict[str, frozenset[int]] = {}
+        for group in groups:
+            known = self._known_batches.get(group.doc_id)
+            if known is not None:
+                held[group.doc_id] = known
+        unknown = list(dict.fromkeys(g.doc_id for g in groups if g.doc_id not in held))
+        if unknown:
+            found = mongo.find_by_ids(
+                self._collection,
+                unknown,
+                {batch_document.INDEXES: 1, batch_document.READINGS: 1},
+                keyed_max=None,
+            )
+            for doc in found:
+                held[doc["_id"]] = frozenset(batch_document.indexes_of(doc))
+                self._know(doc["_id"], held[doc["_id"]])
+            _BATCHES_FOUND.inc(len(unknown))
         document = BatchDocuments(writer).document
         missing: list[Doc] = []
         for group in groups:
-            indexes = held.get(group.doc_id, set())
+            indexes = held.get(group.doc_id, frozenset())
             # A copy of a missing reading goes with it: one of the two is stored, the
             # other found a duplicate, as two copies of a reading document are.
             for index, member in (*group.members.items(), *group.copies):
@@ -335,8 +361,45 @@ class MongoSink:
                     _settle_batch(group, (member,), outcome, duplicates, duplicate=True)
                 else:
                     missing.append((member[0], document(member[1]), member[1]))
-        metrics.SCHED_BATCH_DOCUMENTS.labels("found_stored").inc(len(groups))
         return missing
+
+    def _outside_known(
+        self, batches: list[BatchGroup], writer: str | None
+    ) -> tuple[list[BatchGroup], list[Doc]]:
+        """``batches`` less the readings that a batch document this process knows stored
+        does not hold: those go as documents of their own at once (what the found-stored
+        path would do after a failed insert and a read). Readings it holds still go the
+        insert's way, so only the database says they are duplicates (a document deleted
+        since, with its tenant, must not turn a reading into a duplicate)."""
+        remaining: list[BatchGroup] = []
+        alone: list[Doc] = []
+        document = BatchDocuments(writer).document
+        for group in batches:
+            held = self._known_batches.get(group.doc_id)
+            if held is None:
+                remaining.append(group)
+                continue
+            self._known_batches.move_to_end(group.doc_id)
+            _BATCHES_KNOWN.inc()
+            kept = group.only(held)
+            if kept is not None:
+                remaining.append(kept)
+            for index, member in (*group.members.items(), *group.copies):
+                if index not in held:
+                    alone.append((member[0], document(member[1]), member[1]))
+        return remaining, alone
+
+    def _know(self, doc_id: str, indexes: Iterable[int]) -> None:
+        """Remember that batch document ``doc_id`` is stored, holding ``indexes``."""
+        self._known_batches[doc_id] = frozenset(indexes)
+        self._known_batches.move_to_end(doc_id)
+        if len(self._known_batches) > MAX_KNOWN_BATCHES:
+            self._known_batches.popitem(last=False)
+
+
+_BATCHES_STORED = metrics.SCHED_BATCH_DOCUMENTS.labels("stored")
+_BATCHES_FOUND = metrics.SCHED_BATCH_DOCUMENTS.labels("found_stored")
+_BATCHES_KNOWN = metrics.SCHED_BATCH_DOCUMENTS.labels("known_stored")
 
 
 def _settle(entry: Doc, outcome: WriteOutcome, into: list[Written], *, duplicate: bool) -> None:

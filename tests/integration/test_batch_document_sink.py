@@ -188,3 +188,50 @@ def test_what_the_sink_hands_on_is_one_entry_per_reading(db: Database, sink: Mon
     assert [view["ts"] for _, view in written] == [T0 + timedelta(minutes=i) for i in range(3)]
     assert {view["stream"] for _, view in written} == {"env"}
     assert not duplicates and len(outcome.durable) == 3
+
+
+def test_a_reading_the_database_refuses_fails_alone(db: Database, sink: MongoSink) -> None:
+    bad = dict(part(1), values={"bad.name": 1.0})  # FerretDB refuses a "." in a field name
+    outcome = sink.write([bundle(part(0), bad, part(2)), bundle(part(3))])
+    assert outcome.refused == [0]  # the bad reading's message, dead-lettered whole
+    assert outcome.stored_each == [2, 1]
+    assert stored(db) == ids([0, 2, 3])  # its neighbours, in this message or not, stored
+
+
+@pytest.mark.parametrize("missing", ["stream", "values", "device"])
+def test_a_bundle_reading_without_a_field_is_refused_not_retried(
+    db: Database, sink: MongoSink, missing: str
+) -> None:
+    broken = part(1)
+    del broken[missing]
+    outcome = sink.write([bundle(part(0), broken), bundle(part(2))])
+    assert outcome.refused == [0] and outcome.stored_each == [0, 1]
+    unhashable = dict(part(3), stream=["env"])
+    assert sink.write([bundle(unhashable)]).refused == [0]
+
+
+def test_readings_of_a_batch_document_known_stored_skip_the_failed_insert(
+    db: Database, sink: MongoSink
+) -> None:
+    # A device whose own ids look like "seq#<n>": after the first, each reading is one
+    # insert of its own document (no failed batch insert, no read).
+    sink.write([bundle(part(0, batch="seq"))])
+    found = metric("found_stored")
+    known = metric("known_stored")
+    for n in range(1, 6):
+        assert sink.write([bundle(part(n, batch="seq"))]).stored_each == [1]
+    assert metric("found_stored") == found
+    assert metric("known_stored") == known + 5
+    # a redelivery of what the document holds is still the database's duplicate
+    again = sink.write([bundle(part(0, batch="seq"), part(3, batch="seq"))])
+    assert again.duplicates == [2]
+    assert stored(db) == ids(range(6), batch="seq")
+
+
+def metric(outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "fairway_scheduler_batch_documents_total", {"outcome": outcome}
+    )
+    return value or 0.0

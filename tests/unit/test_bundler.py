@@ -213,7 +213,7 @@ def test_the_open_bundle_leaves_before_a_batch_past_its_count() -> None:
     bundler.add("acme", part(0), 0)
     bundler.add("acme", part(1), 1)
     bundler.add_batch("acme", *batch(2, 4))  # 2 + 4 > 5
-    assert [(items, cause) for _, _, items, cause in flushed] == [([0, 1], "count")]
+    assert [(items, cause) for _, _, items, cause in flushed] == [([0, 1], "batch")]
     assert bundler._open["acme"].items == [2, 3, 4, 5]
     bundler.add("acme", part(6), 6)  # now full: leaves by count
     assert [(items, cause) for _, _, items, cause in flushed][-1] == ([2, 3, 4, 5, 6], "count")
@@ -225,7 +225,7 @@ def test_the_open_bundle_leaves_before_a_batch_past_its_bytes() -> None:
     bundler.add("acme", part(0, pad=300), 0)
     bundler.add("acme", part(1, pad=300), 1)
     bundler.add_batch("acme", *batch(2, 3, pad=300))  # 5 parts would pass the bytes
-    assert [(items, cause) for _, _, items, cause in flushed] == [([0, 1], "bytes")]
+    assert [(items, cause) for _, _, items, cause in flushed] == [([0, 1], "batch")]
     assert bundler._open["acme"].items == [2, 3, 4]
     assert bundler._open["acme"].size == len(bundle_body(bundle_head("acme"), batch(2, 3, 300)[0]))
 
@@ -243,7 +243,7 @@ def test_a_batch_alone_past_the_bytes_is_one_bundle_flushed_at_once() -> None:
     bundler.add("acme", part(0), 0)
     bundler.add_batch("acme", *batch(1, 6, pad=300))  # ~2.6 KB: more than 1 KiB
     assert [(items, cause) for _, _, items, cause in flushed] == [
-        ([0], "bytes"),
+        ([0], "batch"),
         ([1, 2, 3, 4, 5, 6], "bytes"),
     ]
     assert len(flushed[1][1]) > 1024
