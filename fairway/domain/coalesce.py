@@ -33,32 +33,25 @@ def coalesce_readings(readings: Iterable[dict[str, Any]]) -> list[tuple[str, dic
     reading (greatest device time; the later one in the batch on a tie), how many
     readings it stands for, and per numeric metric the min and max over all of them.
     """
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    order: list[tuple[str, str]] = []
+    # Per (tenant, device): [latest reading, its ts, count, min, max]; the events are
+    # built at the end (a list slot costs less than an event's dict key per reading).
+    states: dict[tuple[str, str], list[Any]] = {}
     for msg in readings:
         key = (msg["tenant"], msg["device"])
-        values, ts = msg["values"], msg["ts"]
-        event = latest.get(key)
-        if event is None:
-            event = latest[key] = {
-                "kind": "telemetry",
-                "tenant": key[0],
-                "device": key[1],
-                "stream": msg["stream"],
-                "_ts": ts,
-                "values": values,
-                "count": 0,
-                "min": {},
-                "max": {},
-            }
-            order.append(key)
-        elif ts >= event["_ts"]:
-            event["stream"], event["_ts"], event["values"] = msg["stream"], ts, values
-        event["count"] += 1
-        low, high = event["min"], event["max"]
-        for metric, value in values.items():
+        ts = msg["ts"]
+        state = states.get(key)
+        if state is None:
+            low: dict[str, Any] = {}
+            high: dict[str, Any] = {}
+            states[key] = [msg, ts, 1, low, high]
+        else:
+            if ts >= state[1]:
+                state[0], state[1] = msg, ts
+            state[2] += 1
+            low, high = state[3], state[4]
+        for metric, value in msg["values"].items():
             kind = type(value)  # exact float or int first: most values, no call
-            if kind is not float and kind is not int and not is_number(value):
+            if kind is not float and kind is not int and (kind is bool or not is_number(value)):
                 continue
             known = low.get(metric)  # never None once set: only numbers are kept
             if known is None or value < known:
@@ -66,10 +59,20 @@ def coalesce_readings(readings: Iterable[dict[str, Any]]) -> list[tuple[str, dic
             known = high.get(metric)
             if known is None or value > known:
                 high[metric] = value
-    out = []
-    for key in order:
-        event = latest[key]
-        ts = event.pop("_ts")
-        event["ts"] = iso_ms(ts)
-        out.append((telemetry_key(*key), event))
-    return out
+    return [
+        (
+            telemetry_key(tenant, device),
+            {
+                "kind": "telemetry",
+                "tenant": tenant,
+                "device": device,
+                "stream": latest["stream"],
+                "values": latest["values"],
+                "count": count,
+                "min": low,
+                "max": high,
+                "ts": iso_ms(ts),
+            },
+        )
+        for (tenant, device), (latest, ts, count, low, high) in states.items()
+    ]

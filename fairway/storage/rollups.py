@@ -76,33 +76,6 @@ def rollup_id(tenant: str, device: str, stream: str, hour: datetime, writer: str
     return f"{rid}/{writer}" if writer else rid
 
 
-def _add(acc: dict[str, Stats], values: dict[str, Any]) -> int:
-    """Fold ``values`` into ``acc``; the number of metrics new to it."""
-    added = 0
-    for metric, value in values.items():
-        kind = type(value)
-        if (
-            kind is not float
-            and kind is not int
-            and (isinstance(value, bool) or not isinstance(value, int | float))
-        ):
-            continue  # strings and booleans have no min/max/sum
-        m = acc.get(metric)
-        if m is None:
-            acc[metric] = {"n": 1, "min": value, "max": value, "sum": value}
-            added += 1
-        else:
-            # Comparisons, not min()/max() calls: the same result (the old value is kept
-            # unless the new one is strictly beyond it), at half the cost on this hot path.
-            m["n"] += 1
-            if value < m["min"]:
-                m["min"] = value
-            if value > m["max"]:
-                m["max"] = value
-            m["sum"] += value
-    return added
-
-
 @dataclass(slots=True)
 class HourFold:
     """One stream's readings of one device-hour, folded per hour and per minute."""
@@ -113,12 +86,51 @@ class HourFold:
 
     def add(self, minute: int, values: dict[str, Any]) -> int:
         """Fold in one reading of minute ``minute``; the number of figures (metrics of
-        the hour or of a minute) it added."""
+        the hour or of a minute) it added.
+
+        The hour's figures and the minute's in one pass over ``values`` (every reading
+        the scheduler stores passes here: a pass per accumulator repeated the type tests
+        and the loop).
+        """
         self.n += 1
         per_minute = self.minutes.get(minute)
         if per_minute is None:
             per_minute = self.minutes[minute] = {}
-        return _add(self.metrics, values) + _add(per_minute, values)
+        hour = self.metrics
+        added = 0
+        for metric, value in values.items():
+            kind = type(value)
+            if (
+                kind is not float
+                and kind is not int
+                and (kind is bool or not isinstance(value, int | float))
+            ):
+                continue  # strings and booleans have no min/max/sum
+            # Comparisons, not min()/max() calls: the same result (the old value is kept
+            # unless the new one is strictly beyond it), at half the cost on this hot path.
+            m = hour.get(metric)
+            if m is None:
+                hour[metric] = {"n": 1, "min": value, "max": value, "sum": value}
+                added += 1
+            else:
+                m["n"] += 1
+                if value < m["min"]:
+                    m["min"] = value
+                if value > m["max"]:
+                    m["max"] = value
+                m["sum"] += value
+            m = per_minute.get(metric)
+            if m is None:
+                per_minute[metric] = {"n": 1, "min": value, "max": value, "sum": value}
+                added += 1
+            else:
+                m["n"] += 1
+                if value < m["min"]:
+                    m["min"] = value
+                if value > m["max"]:
+                    m["max"] = value
+                m["sum"] += value
+        return added
 
     def minute_columns(self) -> dict[str, dict[str, list[float]]]:
         """Per metric, the minutes that hold it and their figures, as columns."""

@@ -46,6 +46,18 @@ def test_one_event_per_device_with_latest_values_and_min_max() -> None:
         "min": {"temp": -3.5, "amps": 2},
         "max": {"temp": 25.0, "amps": 2},
     }
+    # The key order is on the wire (orjson keeps it): as the events were always built.
+    assert list(events["telemetry.acme.d1"]) == [
+        "kind",
+        "tenant",
+        "device",
+        "stream",
+        "values",
+        "count",
+        "min",
+        "max",
+        "ts",
+    ]
     assert events["telemetry.acme.d2"]["count"] == 1
     assert events["telemetry.acme.d2"]["min"] == {"temp": 5.0}
 
