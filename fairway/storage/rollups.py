@@ -108,28 +108,18 @@ class HourFold:
                 continue  # strings and booleans have no min/max/sum
             # Comparisons, not min()/max() calls: the same result (the old value is kept
             # unless the new one is strictly beyond it), at half the cost on this hot path.
-            m = hour.get(metric)
-            if m is None:
-                hour[metric] = {"n": 1, "min": value, "max": value, "sum": value}
-                added += 1
-            else:
-                m["n"] += 1
-                if value < m["min"]:
-                    m["min"] = value
-                if value > m["max"]:
-                    m["max"] = value
-                m["sum"] += value
-            m = per_minute.get(metric)
-            if m is None:
-                per_minute[metric] = {"n": 1, "min": value, "max": value, "sum": value}
-                added += 1
-            else:
-                m["n"] += 1
-                if value < m["min"]:
-                    m["min"] = value
-                if value > m["max"]:
-                    m["max"] = value
-                m["sum"] += value
+            for figures in (hour, per_minute):
+                m = figures.get(metric)
+                if m is None:
+                    figures[metric] = {"n": 1, "min": value, "max": value, "sum": value}
+                    added += 1
+                else:
+                    m["n"] += 1
+                    if value < m["min"]:
+                        m["min"] = value
+                    if value > m["max"]:
+                        m["max"] = value
+                    m["sum"] += value
         return added
 
     def minute_columns(self) -> dict[str, dict[str, list[float]]]:
