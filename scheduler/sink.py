@@ -193,6 +193,7 @@ class MongoSink:
         self._collection = db[mongo.TELEMETRY]
         self._batch_documents = batch_documents
         self._known_batches: OrderedDict[str, frozenset[int]] = OrderedDict()
+        self._known_lock = threading.Lock()
         self._state = DeviceStateWriter(db, device_state_flush_s)
         self.rollups = rollups or RollupFolder(db)
 
@@ -328,28 +329,25 @@ class MongoSink:
         the others (a redelivery that accepted more of the batch, the rest of a split
         batch) are returned as documents of their own to insert.
 
-        One ``_id`` equality read per document this process does not know (stored or
-        read by it before): only on these paths, never for a batch stored the first time.
-        A stored batch document is never changed, so a reading is in at most one place:
-        the batch document, or (later) its own document. A document not found (deleted
-        by retention since) holds nothing."""
+        One ``_id`` equality read per document: only on these paths, never for a batch
+        stored the first time. The database is asked even when this process remembers
+        the document: another process may have stored it since it was deleted (with its
+        tenant), holding other readings, and a reading is acked as a duplicate only if
+        the document read holds it. A stored batch document is never changed, so a
+        reading is in at most one place: the batch document, or (later) its own
+        document. A document not found (deleted by retention since) holds nothing."""
+        ids = list(dict.fromkeys(group.doc_id for group in groups))
+        found = mongo.find_by_ids(
+            self._collection,
+            ids,
+            {batch_document.INDEXES: 1, batch_document.READINGS: 1},
+            keyed_max=None,
+        )
         held: dict[str, frozenset[int]] = {}
-        for group in groups:
-            known = self._known_batches.get(group.doc_id)
-            if known is not None:
-                held[group.doc_id] = known
-        unknown = list(dict.fromkeys(g.doc_id for g in groups if g.doc_id not in held))
-        if unknown:
-            found = mongo.find_by_ids(
-                self._collection,
-                unknown,
-                {batch_document.INDEXES: 1, batch_document.READINGS: 1},
-                keyed_max=None,
-            )
-            for doc in found:
-                held[doc["_id"]] = frozenset(batch_document.indexes_of(doc))
-                self._know(doc["_id"], held[doc["_id"]])
-            _BATCHES_FOUND.inc(len(unknown))
+        for doc in found:
+            held[doc["_id"]] = frozenset(batch_document.indexes_of(doc))
+            self._know(doc["_id"], held[doc["_id"]])
+        _BATCHES_FOUND.inc(len(ids))
         document = BatchDocuments(writer).document
         missing: list[Doc] = []
         for group in groups:
@@ -375,11 +373,10 @@ class MongoSink:
         alone: list[Doc] = []
         document = BatchDocuments(writer).document
         for group in batches:
-            held = self._known_batches.get(group.doc_id)
+            held = self._remembered(group.doc_id)
             if held is None:
                 remaining.append(group)
                 continue
-            self._known_batches.move_to_end(group.doc_id)
             _BATCHES_KNOWN.inc()
             kept = group.only(held)
             if kept is not None:
@@ -389,12 +386,22 @@ class MongoSink:
                     alone.append((member[0], document(member[1]), member[1]))
         return remaining, alone
 
+    def _remembered(self, doc_id: str) -> frozenset[int] | None:
+        """The indexes batch document ``doc_id`` holds, if this process remembers it."""
+        with self._known_lock:  # writer threads share the table
+            held = self._known_batches.get(doc_id)
+            if held is not None:
+                self._known_batches.move_to_end(doc_id)
+            return held
+
     def _know(self, doc_id: str, indexes: Iterable[int]) -> None:
         """Remember that batch document ``doc_id`` is stored, holding ``indexes``."""
-        self._known_batches[doc_id] = frozenset(indexes)
-        self._known_batches.move_to_end(doc_id)
-        if len(self._known_batches) > MAX_KNOWN_BATCHES:
-            self._known_batches.popitem(last=False)
+        held = frozenset(indexes)
+        with self._known_lock:
+            self._known_batches[doc_id] = held
+            self._known_batches.move_to_end(doc_id)
+            if len(self._known_batches) > MAX_KNOWN_BATCHES:
+                self._known_batches.popitem(last=False)
 
 
 _BATCHES_STORED = metrics.SCHED_BATCH_DOCUMENTS.labels("stored")

@@ -745,9 +745,8 @@ def reading_query(
 
 
 # -- stored readings, in both layouts ------------------------------------------------------
-# Filter keys a batch document shares with each of its readings: matched by the database.
-# ``_id`` too, but only as a range or pattern (tenant and device prefixes, as
-# reading_query writes them): a batch document's ``_id`` has its readings' prefix.
+# Filter keys a batch document shares with each of its readings: matched by the database
+# (and ``_id`` as a tenant or device prefix: ``_is_id_prefix``).
 _SHARED_KEYS = frozenset(("hk", "stream", "received", "w"))
 _COMPARE = {
     "$eq": lambda a, b: a == b,
@@ -791,9 +790,32 @@ def _split_filter(where: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     stored: dict[str, Any] = {}
     reading: dict[str, Any] = {}
     for key, want in where.items():
-        prefix = key == "_id" and isinstance(want, dict) and set(want) <= {"$gte", "$lt", "$regex"}
-        (stored if prefix or key in _SHARED_KEYS else reading)[key] = want
+        if key.startswith("$"):
+            # $or/$and would be taken for a field and match nothing: a check that cannot fail
+            raise ValueError(f"stored_readings takes no top-level {key}")
+        # An _id condition goes to the database only as a tenant or device prefix
+        # (reading_query's forms), which a batch document's _id shares with its readings'
+        # ids; any other (one id, a range or pattern inside a batch) is matched on each
+        # reading, since "<batch id>§<hour>" is none of its readings' ids.
+        shared = key in _SHARED_KEYS or (key == "_id" and _is_id_prefix(want))
+        (stored if shared else reading)[key] = want
     return stored, reading
+
+
+def _is_id_prefix(want: object) -> bool:
+    """True for an ``_id`` condition of :func:`reading_query`: a tenant or device prefix."""
+    if not isinstance(want, dict):
+        return False
+    if set(want) == {"$gte", "$lt"}:
+        low, high = want["$gte"], want["$lt"]
+        return (
+            isinstance(low, str)
+            and isinstance(high, str)
+            and low[-1:] == ":"
+            and (high == low[:-1] + ";")
+        )
+    pattern = want.get("$regex") if set(want) == {"$regex"} else None
+    return isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith(":")
 
 
 def stored_readings(
@@ -810,7 +832,10 @@ def stored_readings(
     stored, per_reading = _split_filter(where or {})
     fields = projection
     if projection is not None and any(projection.values()):  # an inclusion, even of _id only
-        fields = {**projection, **dict.fromkeys(batch_document.BATCH_FIELDS, 1)}
+        # with what the per-reading filter reads: left out, a reading stored alone would
+        # fail every comparison while a batch's reading (its r holds ts and values) passed
+        read = {key.split(".")[0] for key in per_reading}
+        fields = {**projection, **dict.fromkeys((*batch_document.BATCH_FIELDS, *read), 1)}
     found = batch_document.each_reading(db[mongo.TELEMETRY].find(stored, fields))
     return [doc for doc in found if _matches(doc, per_reading)]
 

@@ -235,3 +235,21 @@ def metric(outcome: str) -> float:
         "fairway_scheduler_batch_documents_total", {"outcome": outcome}
     )
     return value or 0.0
+
+
+def test_a_remembered_document_stored_again_by_another_process_is_read_not_trusted(
+    db: Database, sink: MongoSink
+) -> None:
+    # This process stored b1 {0..4}; the document is deleted (its tenant deleted and
+    # made again) and another process stores b1 {0..2}: readings 3 and 4, remembered
+    # as held, are in no document and must be stored, not acked as duplicates.
+    sink.write([bundle(*(part(i) for i in range(5)))])
+    db[mongo.TELEMETRY].delete_many({})
+    other = _sink(db)
+    try:
+        other.write([bundle(*(part(i) for i in range(3)))])
+    finally:
+        other.close()
+    outcome = sink.write([bundle(*(part(i) for i in range(3, 10)))])
+    assert outcome.stored_each == [7] and outcome.duplicates == [0]
+    assert stored(db) == ids(range(10))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from fairway.kernel import batch_document as bd
 from fairway.kernel.contract import hour_key
 from fairway.storage import mongo
@@ -68,6 +70,13 @@ def test_readings_are_counted_and_read_in_both_layouts(pipeline: Pipeline) -> No
     assert sorted(d["values"]["v"] for d in late) == [8, 9]
     assert reading_count(db, {"values.v": {"$gt": 50}}) == 1
     assert duplicate_readings(db) == {}
+    # An _id range or pattern inside a batch is matched on each reading's id.
+    assert reading_count(db, {"_id": {"$gte": "acme:d1:b1#5", "$lt": "acme:d1:b1#8"}}) == 3
+    assert reading_count(db, {"_id": {"$regex": "#3$"}}) == 2  # b1#3, b2#3
+    # A per-reading filter on a field the projection leaves out still reads it.
+    assert len(stored_readings(db, {"ts": T0}, {"_id": 1})) == 4  # s1, b1#0, b2#0, b9#0
+    with pytest.raises(ValueError, match=r"\$or"):
+        stored_readings(db, {"$or": [{"stream": "env"}]})
 
 
 def test_a_reading_stored_in_both_layouts_is_a_duplicate(pipeline: Pipeline) -> None:
