@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from fairway.devtools.processes import wait_for
+from fairway.kernel import topology
 from fairway.storage import accounts, mongo
-from tests.harness import Pipeline, reading_query
+from tests.harness import Pipeline, reading_query, stored_readings
 from tests.integration.test_web_api import Api
 from web import create_app
 
@@ -145,9 +146,9 @@ def test_ledger_counts_and_replay(pipeline: Pipeline) -> None:
     assert pipeline.stored(device="d1") == 0
 
 
-# Bundles of one reading, so the full queue takes the batch's first reading and refuses
-# the others one by one (a bundle of the three would be refused whole).
-@pytest.mark.settings(device_cache_ttl_s=1.0, bundle_max_readings=1)
+# A device batch travels in one bundle: the full queue (one reading before it) refuses
+# the bundle, and each of the batch's readings is refused on its own, with its index.
+@pytest.mark.settings(device_cache_ttl_s=1.0)
 def test_replaying_device_batches(pipeline: Pipeline) -> None:
     """A batch refused whole is replayed whole; readings refused one by one (by a full
     tenant queue, archived as the relay's tenant message) are replayed as readings."""
@@ -160,14 +161,19 @@ def test_replaying_device_batches(pipeline: Pipeline) -> None:
     for role in ("relay", "archiver"):  # no scheduler yet: tenant.tight stays full
         pipeline.start(role)
     now = time.time()
+    pipeline.publish([("t1.env", {"ts": now, "id": "s0", "values": {"v": 9}}, {})])
+    tight = f"{topology.TENANT_QUEUE_PREFIX}tight"
+    wait_for(lambda: pipeline.depth(tight) == 1, 30, "the tight queue full")
     batch = [{"ts": now - i, "id": f"b{i}", "values": {"v": i}} for i in range(3)]
     pipeline.publish([("newdev.env", batch, {}), ("t1.env", {"readings": batch}, {})])
-    wait_for(lambda: pipeline.db[mongo.REJECTIONS].count_documents({}) == 3, 30, "3 archived")
+    wait_for(lambda: pipeline.db[mongo.REJECTIONS].count_documents({}) == 4, 30, "4 archived")
     ledger = api("GET", "/api/rejections?limit=10").json["rejections"]
     whole = next(r for r in ledger if r["device"] == "newdev")
     assert (whole["reason"], whole["index"], whole["replayable"]) == ("unknown_device", None, True)
     full = sorted((r for r in ledger if r["device"] == "t1"), key=lambda r: r["index"])
-    assert [(r["reason"], r["index"]) for r in full] == [("tenant_backlog_full", i) for i in (1, 2)]
+    assert [(r["reason"], r["index"]) for r in full] == [
+        ("tenant_backlog_full", i) for i in range(3)
+    ]
 
     pipeline.device("acme", "newdev")
     pipeline.start("scheduler")
@@ -175,15 +181,14 @@ def test_replaying_device_batches(pipeline: Pipeline) -> None:
     time.sleep(1.5)  # the relays' registry cache forgets that newdev was unknown
     ids = [whole["id"], *(r["id"] for r in full)]
     answer = api("POST", "/api/rejections/replay", {"ids": ids}).json
-    assert [r["outcome"] for r in answer["results"]] == ["sent"] * 3, answer
+    assert [r["outcome"] for r in answer["results"]] == ["sent"] * 4, answer
     pipeline.wait_stored(3, device="newdev")
-    pipeline.wait_stored(3, device="t1")
-    assert sorted(
-        d["_id"] for d in pipeline.db[mongo.TELEMETRY].find(reading_query(device="t1"))
-    ) == [
+    pipeline.wait_stored(4, device="t1")
+    assert sorted(d["_id"] for d in stored_readings(pipeline.db, reading_query(device="t1"))) == [
         "tight:t1:b0",
         "tight:t1:b1",
         "tight:t1:b2",
+        "tight:t1:s0",
     ]
     state = wait_for(
         lambda: (
