@@ -12,19 +12,28 @@ the job's time limits: the job waits for the database instead of being lost. The
 worker's main process does not retry: it stores only what its pool could not (a hard
 time limit, a lost pool process) and must not stall its event loop, which also serves
 the broker's heartbeats and the fair dispatcher.
+
+A state stored once a job has ended (``SUCCESS``, ``FAILURE``, ``REVOKED``) is never
+replaced by a running one (``STARTED``, ``PROGRESS``, ``RETRY``): on a hard time limit
+the main process stores ``FAILURE`` while the pool process, killed only after, may
+still have a progress store in flight, and the job would show ``PROGRESS`` forever.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from bson.errors import InvalidDocument
+from celery import states
 from celery.backends.mongodb import MongoBackend
-from pymongo.errors import AutoReconnect
+from kombu.exceptions import EncodeError
+from pymongo.errors import AutoReconnect, DuplicateKeyError
 
 MAX_RETRIES = 12  # each up to 30 s (server selection): beyond the jobs' time limits
 BASE_SLEEP_MS = 200
 MAX_SLEEP_MS = 5_000
 BACKEND = f"{__name__}:RetryingMongoBackend"
+ENDED = sorted(states.READY_STATES)
 
 _retrying = False  # set in pool processes (worker_process_init)
 
@@ -56,3 +65,34 @@ class RetryingMongoBackend(MongoBackend):
     def exception_safe_to_retry(self, exc: Exception) -> bool:
         """A lost connection, in a pool process: storing a state again is idempotent."""
         return _retrying and isinstance(exc, AutoReconnect)
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Store as Celery does; a running state only while the job has not ended (the
+        check is the write's filter, so it holds whichever store the server runs last)."""
+        if state in states.READY_STATES:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        meta = self._get_result_meta(
+            result=self.encode(result),
+            state=state,
+            traceback=traceback,
+            request=request,
+            format_date=False,
+        )
+        meta["_id"] = task_id
+        try:
+            self.collection.replace_one(
+                {"_id": task_id, "status": {"$nin": ENDED}}, meta, upsert=True
+            )
+        except DuplicateKeyError:
+            pass  # the job has ended (or its first store raced in): a progress lost is harmless
+        except InvalidDocument as exc:
+            raise EncodeError(exc) from exc
+        return result

@@ -115,12 +115,17 @@ def state(app: Celery, job_id: str) -> tuple[str, Any]:
 
 def wait_done(app: Celery, job_id: str, timeout: float = 120.0) -> tuple[str, Any]:
     """Wait for SUCCESS or FAILURE."""
-    return wait_for(
-        lambda: (s := state(app, job_id))[0] in ("SUCCESS", "FAILURE") and s,
-        timeout,
-        f"job {job_id} to finish",
-        interval=0.3,
-    )
+    seen: list[tuple[str, Any]] = []
+
+    def done() -> tuple[str, Any] | None:
+        s = state(app, job_id)
+        seen.append(s)
+        return s if s[0] in ("SUCCESS", "FAILURE") else None
+
+    try:
+        return wait_for(done, timeout, f"job {job_id} to finish", interval=0.3)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last state {seen[-1] if seen else None!r}") from None
 
 
 @contextmanager
