@@ -244,6 +244,16 @@ def test_retention_deletes_a_batch_document_only_when_all_its_readings_expired(
     assert retention.delete_hour(db, hour_key(T, D, H0), before=H0 + H) == len(left)
 
 
+def test_a_retention_run_counts_documents_a_batch_document_once(db: Database) -> None:
+    db[mongo.TENANTS].insert_one({"_id": T, "retention_days": 1})
+    now = H0 + 2 * H + timedelta(days=1)  # the cutoff past every reading: all go
+    result = retention.expire_readings(db, 30, now, 100, lambda done, total: None)
+    assert db[mongo.TELEMETRY].count_documents({}) == 0
+    # A document per reading alone, one per batch and hour: not the readings they held.
+    assert result["documents_deleted"] == {T: len(ALONE) + 4}
+    assert len(ALONE) + 4 < len(TRUTH)
+
+
 class Finds(monitoring.CommandListener):
     """The ``find`` commands sent to ``telemetry``."""
 

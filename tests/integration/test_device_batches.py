@@ -151,6 +151,14 @@ def _redelivered(pipeline: Pipeline, queue: str) -> int:
     return int(management("GET", path).get("message_stats", {}).get("redeliver", 0))
 
 
+# The device rate is counted at the relay's receipt: a relay restart slowed by load (3-6 s
+# seen beside two CPU burners) leaves each device a backlog the new relay drains faster
+# than FAIRWAY_DEVICE_RATE, and past the burst (2,000 readings: 2.5 s of this test's 800
+# readings/s per device) the rest was refused as rate_limited and never stored (seen with
+# a 4 s restart: ~500 readings in rejected, ~4,500 more dropped past the refusal budget;
+# wait_stored could only time out). The rate limit is not what this test is about: a
+# burst of every reading sent keeps it out of the way.
+@pytest.mark.settings(device_burst=READINGS)
 def test_batches_redelivered_after_a_relay_crash_are_stored_once(pipeline: Pipeline) -> None:
     pipeline.tenant("acme")
     devices = [f"acme-d{i}" for i in range(5)]
@@ -196,7 +204,8 @@ def test_batches_redelivered_after_a_relay_crash_are_stored_once(pipeline: Pipel
     for found in readings.values():
         assert {index for _, index in found} == {str(i) for i in range(10)}
         assert len({device for device, _ in found}) == 1
-    assert _redelivered(pipeline, ingest) > 0, "the broker redelivered nothing"
+    # The broker's statistics lag its queues by up to 5 s (collect_statistics_interval).
+    wait_for(lambda: _redelivered(pipeline, ingest) > 0, 15, "the broker to count a redelivery")
     # Whether a kill also fell between a bundle's confirm and its originals' ack (so the
     # scheduler saw duplicates) is luck with bundles; test_faults' bundle kill test covers
     # that path. Stored exactly once is what holds either way (checked above).

@@ -172,7 +172,7 @@ def test_retention_leaves_exactly_the_readings_inside_each_plan(
     expect_deleted = {"a": 0, "b": 0}
     for device, ids in kept(fleet).items():
         expect_deleted[tenant_of(fleet[device][0])] += before[device] - len(ids)
-    assert result["readings_deleted"] == expect_deleted
+    assert result["documents_deleted"] == expect_deleted
     assert result["hours_left"] == 0 and result["devices_behind"] == 0
     assert calls[0] == (0, result["hours_deleted"]) and calls[-1][0] == result["hours_deleted"]
     # b-new has nothing expired: its first_ts did not move, no hour of it was visited.
@@ -180,14 +180,14 @@ def test_retention_leaves_exactly_the_readings_inside_each_plan(
     # A second run deletes nothing more and changes nothing.
     snapshot = stored_ids(db), actual_rollups(db)
     again = run(db)
-    assert again["readings_deleted"] == {"a": 0, "b": 0}
+    assert again["documents_deleted"] == {"a": 0, "b": 0}
     assert (stored_ids(db), actual_rollups(db)) == snapshot
     # An hour later, the next hour goes, exactly.
     later = retention.apply_retention(db, DEFAULT_DAYS, 86400.0, NOW + H, lambda d, t: None, 10**5)
     cut = cutoff_of("a") + H
     assert all(d["ts"] >= cut for d in db[mongo.TELEMETRY].find() if tenant_of(d) == "a")
     now_expired = [d for docs in fleet.values() for d in docs if cut - H <= d["ts"] < cut]
-    assert later["readings_deleted"]["a"] == sum(1 for d in now_expired if tenant_of(d) == "a")
+    assert later["documents_deleted"]["a"] == sum(1 for d in now_expired if tenant_of(d) == "a")
 
 
 def test_history_api_returns_exactly_the_kept_readings(

@@ -433,6 +433,6 @@ def test_retention_deletes_more_than_one_database_statement_may(pipeline: Pipeli
     store_readings(db, "other", "old2", [START], [{"v": 1}])
     db[TENANTS].insert_many([{"_id": "acme"}, {"_id": "other", "retention_days": 3650}])
     result = retention.apply_retention(db, 30, 86400.0, now, lambda done, total: None, 1000)
-    assert result["readings_deleted"] == {"acme": n, "other": 0}
+    assert result["documents_deleted"] == {"acme": n, "other": 0}
     assert db[TELEMETRY].count_documents(reading_query("acme")) == 3
     assert db[TELEMETRY].count_documents(reading_query("other")) == 1
