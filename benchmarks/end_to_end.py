@@ -39,7 +39,9 @@ One run, two measurements on fresh databases:
   ``cores_busy``: the same CPU seconds over the drain's wall seconds, per process and
   in ``total`` (2.0 on this machine's 2 cores is saturation: well under it, the
   pipeline waited rather than computed); ``machine_cores`` is the whole machine's busy
-  and idle cores over the drain (``/proc/stat``), whoever used them.
+  and idle cores over the drain (``/proc/stat``), whoever used them;
+  ``runqueue_wait_cores`` the time the processes' threads were runnable but had no core
+  (``schedstat``), in cores: CPU-starved, as opposed to waiting on each other.
   ``--scenarios single`` (with ``--only-drain``) drains only the single-reading one.
 * ``--batch-documents on|off|both``: ``FAIRWAY_BATCH_DOCUMENTS`` in the drains'
   scheduler's environment (default ``on``, the setting's default). ``both`` drains
@@ -86,7 +88,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +346,16 @@ class Meter:
             "database": self.database.seconds(),
         }
 
+    def waits(self) -> dict[str, float]:
+        """Run-queue wait seconds so far per process charged (the database: FerretDB and
+        the PostgreSQL processes seen so far)."""
+        database = [self.database.ferretdb] if self.database.ferretdb else []
+        return {
+            **{k: runqueue_wait_s([pid]) for k, pid in self.pids.items() if pid},
+            "broker": runqueue_wait_s(self.brokers),
+            "database": runqueue_wait_s(database + list(self.database.seen)),
+        }
+
     def read(self) -> dict[str, float]:
         """Every process charged: relay, scheduler, broker, database."""
         return {**{k: cpu_s(pid) for k, pid in self.pids.items() if pid}, **self.shared()}
@@ -367,6 +379,25 @@ def proc_stat_seconds(text: str) -> tuple[float, float]:
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
     return busy / CLOCK_TICKS, idle / CLOCK_TICKS
+
+
+def schedstat_wait_s(text: str) -> float:
+    """Seconds a thread spent runnable but waiting for a core, from its
+    ``/proc/<pid>/task/<tid>/schedstat`` (on-CPU ns, run-queue wait ns, slices)."""
+    fields = text.split()
+    return int(fields[1]) / 1e9 if len(fields) >= 2 else 0.0
+
+
+def runqueue_wait_s(pids: list[int]) -> float:
+    """Run-queue wait seconds so far of every thread of ``pids`` (threads gone: not
+    counted; 0 for a process gone)."""
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with suppress(OSError):
+                    total += schedstat_wait_s((task / "schedstat").read_text())
+    return total
 
 
 def machine_seconds() -> tuple[float, float]:
@@ -509,13 +540,13 @@ def drain(
                 relay.wait_ready(timeout=60)
                 meter.pids["relay"] = relay.pid
                 start, t0 = meter.read(), time.monotonic()
-                machine0 = machine_seconds()
+                machine0, waits0 = machine_seconds(), meter.waits()
                 batches0 = sched.metrics(BATCH_SUM, BATCH_COUNT)
                 common.poll_until(
                     lambda: written(sched) >= warm + total, args.drain_timeout, 0.1, "drain"
                 )
                 end, seconds = meter.read(), time.monotonic() - t0
-                machine1 = machine_seconds()
+                machine1, waits1 = machine_seconds(), meter.waits()
                 meter.database.close()
                 stored = int(sched.metric_sum(STORED)) - warm
                 duplicates = int(sched.metric_sum(DUPLICATES))
@@ -557,6 +588,10 @@ def drain(
             "busy": r((machine1[0] - machine0[0]) / seconds, 3),
             "idle": r((machine1[1] - machine0[1]) / seconds, 3),
         },
+        # Cores' worth of time the processes' threads were runnable but waiting for a
+        # core (``/proc/<pid>/task/*/schedstat``): high, the drain was short of CPU; low
+        # with cores_busy low, it waited on something else (confirms, lingers, I/O).
+        "runqueue_wait_cores": cores_busy(waits0, waits1, seconds),
         "load_generator": generator,
         "broker_fill_us_per_reading": r(fill_broker * 1e6 / total),
         "stored_total": stored,
@@ -643,6 +678,10 @@ def run_drains(args: Any) -> dict[str, Any]:
                 for key in results[0]["cores_busy"]
             },
             "machine": r(statistics.median(rd["machine_cores"]["busy"] for rd in results), 3),
+            "runqueue_wait": {
+                key: r(statistics.median(rd["runqueue_wait_cores"][key] for rd in results), 3)
+                for key in results[0]["runqueue_wait_cores"]
+            },
         }
         for name, results in rounds.items()
     }

@@ -41,3 +41,12 @@ def test_proc_stat_counts_idle_and_iowait_as_idle_and_the_rest_as_busy() -> None
 def test_scenarios_pick_the_drains() -> None:
     args = SimpleNamespace(batch_documents="on", layouts=["maintained"], scenarios=["single"])
     assert end_to_end.drain_arms(args) == [("single", "maintained", True)]
+
+
+def test_schedstat_wait_is_the_second_field_in_seconds() -> None:
+    assert end_to_end.schedstat_wait_s("237681555 53504766 570\n") == pytest.approx(0.0535, 1e-3)
+    assert end_to_end.schedstat_wait_s("") == 0.0
+
+
+def test_runqueue_wait_of_a_process_gone_is_zero() -> None:
+    assert end_to_end.runqueue_wait_s([2**22 + 12345]) == 0.0
