@@ -36,6 +36,13 @@ One run, two measurements on fresh databases:
   per batch and hour with ``FAIRWAY_BATCH_DOCUMENTS`` on), and any reading stored twice
   (``duplicate_readings_in_db``, across layouts too); ``stored_once`` says whether every
   reading sent is stored exactly once. ``documents_in_db`` is documents.
+  ``cores_busy``: the same CPU seconds over the drain's wall seconds, per process and
+  in ``total`` (2.0 on this machine's 2 cores is saturation: well under it, the
+  pipeline waited rather than computed); ``machine_cores`` is the whole machine's busy
+  and idle cores over the drain (``/proc/stat``), whoever used them;
+  ``runqueue_wait_cores`` the time the processes' threads were runnable but had no core
+  (``schedstat``), in cores: CPU-starved, as opposed to waiting on each other.
+  ``--scenarios single`` (with ``--only-drain``) drains only the single-reading one.
 * ``--batch-documents on|off|both``: ``FAIRWAY_BATCH_DOCUMENTS`` in the drains'
   scheduler's environment (default ``on``, the setting's default). ``both`` drains
   ``batch10`` with them off (``batch10_batch_documents_off``), then on (``batch10``),
@@ -81,11 +88,12 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from benchmarks import common, perftest
-from benchmarks.common import cpu_s, r, ratio, say
+from benchmarks.common import CLOCK_TICKS, cpu_s, r, ratio, say
 from fairway.amqp import management
 from fairway.devtools import simulator
 from fairway.devtools.processes import free_port
@@ -338,9 +346,63 @@ class Meter:
             "database": self.database.seconds(),
         }
 
+    def waits(self) -> dict[str, float]:
+        """Run-queue wait seconds so far per process charged (the database: FerretDB and
+        the PostgreSQL processes seen so far)."""
+        database = [self.database.ferretdb] if self.database.ferretdb else []
+        return {
+            **{k: runqueue_wait_s([pid]) for k, pid in self.pids.items() if pid},
+            "broker": runqueue_wait_s(self.brokers),
+            "database": runqueue_wait_s(database + list(self.database.seen)),
+        }
+
     def read(self) -> dict[str, float]:
         """Every process charged: relay, scheduler, broker, database."""
         return {**{k: cpu_s(pid) for k, pid in self.pids.items() if pid}, **self.shared()}
+
+
+def cores_busy(start: dict[str, float], end: dict[str, float], seconds: float) -> dict[str, float]:
+    """CPU seconds each process spent over a drain of ``seconds`` wall seconds, as cores
+    kept busy (1.0: one core all the time), and ``total``, their sum: how close the
+    drain came to the machine's cores (a total well under them while nothing else runs
+    means the pipeline waited, not computed)."""
+    if seconds <= 0:
+        return {"total": 0.0, **{k: 0.0 for k in start}}
+    per = {k: (end[k] - start[k]) / seconds for k in start}
+    return {"total": r(sum(per.values()), 3), **{k: r(v, 3) for k, v in per.items()}}
+
+
+def proc_stat_seconds(text: str) -> tuple[float, float]:
+    """(busy, idle) CPU seconds of all cores so far from ``/proc/stat``'s first line:
+    idle is idle + iowait, busy the rest (guest time is already in user)."""
+    fields = [int(v) for v in text.splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / CLOCK_TICKS, idle / CLOCK_TICKS
+
+
+def schedstat_wait_s(text: str) -> float:
+    """Seconds a thread spent runnable but waiting for a core, from its
+    ``/proc/<pid>/task/<tid>/schedstat`` (on-CPU ns, run-queue wait ns, slices)."""
+    fields = text.split()
+    return int(fields[1]) / 1e9 if len(fields) >= 2 else 0.0
+
+
+def runqueue_wait_s(pids: list[int]) -> float:
+    """Run-queue wait seconds so far of every thread of ``pids`` (threads gone: not
+    counted; 0 for a process gone)."""
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with suppress(OSError):
+                    total += schedstat_wait_s((task / "schedstat").read_text())
+    return total
+
+
+def machine_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far (``/proc/stat``)."""
+    return proc_stat_seconds(Path("/proc/stat").read_text())
 
 
 def warm_up(env: Pipeline, by_tenant: dict[str, list[str]], sched: Any) -> int:
@@ -478,11 +540,13 @@ def drain(
                 relay.wait_ready(timeout=60)
                 meter.pids["relay"] = relay.pid
                 start, t0 = meter.read(), time.monotonic()
+                machine0, waits0 = machine_seconds(), meter.waits()
                 batches0 = sched.metrics(BATCH_SUM, BATCH_COUNT)
                 common.poll_until(
                     lambda: written(sched) >= warm + total, args.drain_timeout, 0.1, "drain"
                 )
                 end, seconds = meter.read(), time.monotonic() - t0
+                machine1, waits1 = machine_seconds(), meter.waits()
                 meter.database.close()
                 stored = int(sched.metric_sum(STORED)) - warm
                 duplicates = int(sched.metric_sum(DUPLICATES))
@@ -516,6 +580,18 @@ def drain(
             "total": r(sum(net.values())),
             **{k: r(v) for k, v in net.items()},
         },
+        # Cores the measured processes kept busy over the drain, and the whole machine's
+        # (everything on it: this process's polling, other people's work): busy + idle
+        # is the machine's cores.
+        "cores_busy": cores_busy(start, end, seconds),
+        "machine_cores": {
+            "busy": r((machine1[0] - machine0[0]) / seconds, 3),
+            "idle": r((machine1[1] - machine0[1]) / seconds, 3),
+        },
+        # Cores' worth of time the processes' threads were runnable but waiting for a
+        # core (``/proc/<pid>/task/*/schedstat``): high, the drain was short of CPU; low
+        # with cores_busy low, it waited on something else (confirms, lingers, I/O).
+        "runqueue_wait_cores": cores_busy(waits0, waits1, seconds),
         "load_generator": generator,
         "broker_fill_us_per_reading": r(fill_broker * 1e6 / total),
         "stored_total": stored,
@@ -544,7 +620,10 @@ def drain_arms(args: Any) -> list[tuple[str, str, bool]]:
     applies to the sink as built (``plain`` stores one document per reading); with
     ``both``, a scenario of device batches is drained with them off, then on."""
     arms = []
+    wanted = getattr(args, "scenarios", None) or list(DRAIN_SCENARIOS)
     for name, per_message in DRAIN_SCENARIOS.items():
+        if name not in wanted:
+            continue
         for layout in args.layouts:
             if layout == "maintained" and args.batch_documents == "both" and per_message > 1:
                 arms += [(name, layout, False), (name, layout, True)]
@@ -592,10 +671,30 @@ def run_drains(args: Any) -> dict[str, Any]:
         name: r(statistics.median(rd["drain_rate"] for rd in results))
         for name, results in rounds.items()
     }
+    busy = {
+        name: {
+            **{
+                key: r(statistics.median(rd["cores_busy"][key] for rd in results), 3)
+                for key in results[0]["cores_busy"]
+            },
+            "machine": r(statistics.median(rd["machine_cores"]["busy"] for rd in results), 3),
+            "runqueue_wait": {
+                key: r(statistics.median(rd["runqueue_wait_cores"][key] for rd in results), 3)
+                for key in results[0]["runqueue_wait_cores"]
+            },
+        }
+        for name, results in rounds.items()
+    }
     write_cost = write_cost_ratios(rounds, cpu_us)
     on_off = batch_documents_ratios(rounds, cpu_us)
     if "single" not in cpu_us or "batch10" not in cpu_us:
-        return {"drain": rounds, "cpu_us_per_reading": cpu_us, "write_cost": write_cost}
+        return {
+            "drain": rounds,
+            "cpu_us_per_reading": cpu_us,
+            "drain_rate": rates,
+            "cores_busy": busy,
+            "write_cost": write_cost,
+        }
     single, batch10 = cpu_us["single"], cpu_us["batch10"]
     return {
         "batch_documents": {"mode": args.batch_documents, "on/off": on_off},
@@ -608,6 +707,7 @@ def run_drains(args: Any) -> dict[str, Any]:
             for name, results in rounds.items()
         },
         "drain_rate": rates,
+        "cores_busy": busy,
         "ratios": {
             **{
                 f"cpu_per_reading batch10/single ({key})": ratio(batch10[key], single[key])
@@ -861,6 +961,13 @@ def main(argv: list[str] | None = None) -> None:
         "--only-drain", action="store_true", help="skip the ceilings and the sustained run"
     )
     p.add_argument(
+        "--scenarios",
+        type=lambda v: v.split(","),
+        default=list(DRAIN_SCENARIOS),
+        help="the drains' scenarios, with --only-drain: single, batch10 or both (the"
+        " default, single,batch10); the targets need both",
+    )
+    p.add_argument(
         "--private",
         action="store_true",
         help="a FerretDB of the run's own on its own PostgreSQL database (FAIRWAY_POSTGRES_URL's"
@@ -875,6 +982,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if "maintained" not in args.layouts or not set(args.layouts) <= {"plain", "maintained"}:
         p.error("--layouts: maintained, or plain,maintained")
+    if not args.scenarios or not set(args.scenarios) <= set(DRAIN_SCENARIOS):
+        p.error(f"--scenarios: some of {','.join(DRAIN_SCENARIOS)}")
+    if set(args.scenarios) != set(DRAIN_SCENARIOS) and not args.only_drain:
+        p.error("--scenarios: one scenario only with --only-drain")
     with ExitStack() as stack:
         if args.private_broker:
             common.use_private_broker(stack)
