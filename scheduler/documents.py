@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fairway.kernel.batch_document import batch_document, batch_document_id, batch_element
-from fairway.kernel.contract import hour_key, reading_document, stored_reading
+from fairway.kernel.contract import WrittenBatch, hour_key, reading_document, stored_reading
 
 HOUR = timedelta(hours=1)
 _fromtimestamp = datetime.fromtimestamp
@@ -134,6 +134,16 @@ class BatchGroup:
         kept = BatchGroup(self.doc_id, self.hk, self.stream, self.received, members)
         kept.copies = [(i, m) for i, m in self.copies if i in indexes]
         return kept
+
+    def written(self) -> WrittenBatch:
+        """What the sink's consumers (rollups, device state, lag) read of the held
+        readings once the document is stored: the parts they share, then each member.
+
+        The readings of one group share tenant, device, stream and UTC hour (all are in
+        its ``_id``, and tenant and device ids hold no ``:``)."""
+        members = list(self.members.values())
+        first = members[0][1]
+        return first["tenant"], first["device"], self.stream, self.received, members
 
     def view(self, member: Member) -> dict[str, Any]:
         """What the sink's consumers (rollups, device state, lag) read of a stored reading:

@@ -182,12 +182,17 @@ def test_a_bad_reading_refuses_its_message_whole(db: Database, sink: MongoSink) 
     assert stored(db) == ids([2])
 
 
-def test_what_the_sink_hands_on_is_one_entry_per_reading(db: Database, sink: MongoSink) -> None:
-    outcome, written, duplicates = sink.store([bundle(*(part(i) for i in range(3)))], "w1")
-    assert [key for key, _ in written] == [("t1", "d1", f"b1#{i}") for i in range(3)]
-    assert [view["ts"] for _, view in written] == [T0 + timedelta(minutes=i) for i in range(3)]
-    assert {view["stream"] for _, view in written} == {"env"}
-    assert not duplicates and len(outcome.durable) == 3
+def test_what_the_sink_hands_on_is_one_entry_per_batch_document(
+    db: Database, sink: MongoSink
+) -> None:
+    outcome, written, duplicates, batches = sink.store([bundle(*(part(i) for i in range(3)))], "w1")
+    assert not written and not duplicates and len(outcome.durable) == 3
+    assert outcome.stored == 3 and outcome.stored_each == [3]
+    [(tenant, device, stream, received, members)] = batches
+    assert (tenant, device, stream) == ("t1", "d1", "env")
+    assert received == T0 + timedelta(hours=1)
+    assert [reading["id"] for _, reading, _ in members] == [f"b1#{i}" for i in range(3)]
+    assert [ts for _, _, ts in members] == [T0 + timedelta(minutes=i) for i in range(3)]
 
 
 def test_a_reading_the_database_refuses_fails_alone(db: Database, sink: MongoSink) -> None:
