@@ -292,14 +292,21 @@ class MongoSink:
         else:
             errors = {}
         failed: list[Doc] = []
-        for pos, entry in enumerate(docs):
-            code = errors.get(pos)
-            if code is None:
-                _settle(entry, outcome, stored, duplicate=False)
-            elif code == mongo.DUPLICATE_KEY:
-                _settle(entry, outcome, duplicates, duplicate=True)
-            else:
-                failed.append(entry)
+        if not errors:  # the usual case: every document stored (_settle, inlined)
+            stored_each, durable = outcome.stored_each, outcome.durable
+            for i, doc, reading in docs:
+                stored.append(((reading["tenant"], reading["device"], reading["id"]), doc))
+                stored_each[i] += 1
+                durable.append(reading)
+        else:
+            for pos, entry in enumerate(docs):
+                code = errors.get(pos)
+                if code is None:
+                    _settle(entry, outcome, stored, duplicate=False)
+                elif code == mongo.DUPLICATE_KEY:
+                    _settle(entry, outcome, duplicates, duplicate=True)
+                else:
+                    failed.append(entry)
         failed_batches: list[BatchGroup] = []
         found_stored: list[BatchGroup] = []
         batches_stored = 0

@@ -88,8 +88,13 @@ def fold_written(written: Iterable[Written]) -> dict[str, DeviceDelta]:
         if ts > known.last_ts:
             known.last_ts = ts
         mine = known.latest.get(stream)
-        if mine is None or (ts, message_id) > _rank(mine):
-            known.latest[stream] = latest_entry(doc, message_id)
+        # (ts, message_id) > _rank(mine), without building the two tuples
+        if (
+            mine is None
+            or ts > (mine_ts := mine["ts"])
+            or (ts == mine_ts and message_id > mine["id"])
+        ):
+            known.latest[stream] = {"ts": ts, "id": message_id, "values": doc["values"]}
     return deltas
 
 
