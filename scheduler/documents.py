@@ -72,8 +72,9 @@ class BatchDocuments:
         return ts, hour[2], received_dt  # type: ignore[return-value]
 
 
-# Every index part of a reading id that ``batch_element`` takes, up to the settings' bound
-# on a batch (1,000 readings): looked up, not checked character by character.
+# Index parts "0" to "999" (the settings bound a device batch to 1,000 readings): looked
+# up, not checked character by character; ``batch_element`` takes up to four digits, and
+# any other index still goes through it.
 _INDEXES = {str(i): i for i in range(1000)}
 # (message index, reading as decoded, its ts as a datetime)
 Member = tuple[int, dict[str, Any], datetime]
