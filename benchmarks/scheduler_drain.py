@@ -4,10 +4,13 @@ Cheaper than ``end_to_end --only-drain`` when only the scheduler changes: no rel
 simulator. 10 tenants x 5 devices (as ``end_to_end``); each tenant queue is filled,
 before the scheduler starts, with relay-format bundles of ``--bundle`` readings
 (``end_to_end``'s single-reading drain sees ~37 per bundle, its 10-reading batches 50),
-the devices of a tenant in turn. Then ``python -m fairway scheduler`` (MongoDB sink, or
-``--sink null``) drains them; its CPU (user + system, ``/proc``) is counted from its
-first stored reading to the last (interpolated between 0.1 s polls of its counter),
-per reading stored after the first poll. With ``--profile DIR`` py-spy records the
+the devices of a tenant in turn; with ``--batch N`` (``end_to_end``'s ``batch10``: 10)
+the readings come as device batches of ``N`` (ids ``<batch id>#<index>``, one device,
+one receipt time, whole batches in a bundle), stored as batch documents. Then
+``python -m fairway scheduler`` (MongoDB sink, or ``--sink null``) drains them; its CPU
+(user + system, ``/proc``) is counted from its first stored reading to the last
+(interpolated between 0.1 s polls of its counter), per reading stored after the first
+poll. With ``--profile DIR`` py-spy records the
 scheduler (GIL holder, 250 Hz) over the same window: collapsed stacks, one file per round.
 
 ``--pythonpath`` runs the scheduler from another checkout (``main``'s), alternating with
@@ -36,25 +39,31 @@ BATCH_COUNT = "fairway_scheduler_batch_size_count"
 BATCH_SUM = "fairway_scheduler_batch_size_sum"
 
 
-def fill(env: Pipeline, by_tenant: dict[str, list[str]], readings: int, bundle: int) -> int:
-    """``readings`` readings in bundles of ``bundle``, spread over the tenants; messages."""
+def fill(
+    env: Pipeline, by_tenant: dict[str, list[str]], readings: int, bundle: int, batch: int = 1
+) -> int:
+    """``readings`` readings in bundles of ``bundle``, spread over the tenants; messages.
+    ``batch`` > 1: device batches of ``batch`` readings (``bundle`` a multiple of it)."""
     now = time.time()
     per_tenant = readings // len(by_tenant)
+
+    def one(devices: list[str], n: int) -> Reading:
+        if batch > 1:  # a device batch's reading: its device and id from the batch's number
+            device, message_id = (
+                devices[(n // batch) % len(devices)],
+                f"b{n // batch:07d}#{n % batch}",
+            )
+        else:
+            device, message_id = devices[n % len(devices)], f"m{n:08d}"
+        return Reading(
+            device, "env", message_id, now + n * 1e-4, {"temp": 20.0 + n % 50 / 10, "ok": True}
+        )
 
     def items() -> Any:
         n = 0
         for start in range(0, per_tenant, bundle):
             for tenant, devices in by_tenant.items():
-                part = [
-                    Reading(
-                        devices[(start + k) % len(devices)],
-                        "env",
-                        f"m{start + k:08d}",
-                        now + (start + k) * 1e-4,
-                        {"temp": 20.0 + (start + k) % 50 / 10, "ok": True},
-                    )
-                    for k in range(min(bundle, per_tenant - start))
-                ]
+                part = [one(devices, start + k) for k in range(min(bundle, per_tenant - start))]
                 n += 1
                 yield (
                     topology.TENANTS,
@@ -92,7 +101,7 @@ def drain(args: Any, build: str, pythonpath: str | None, round_no: int) -> dict[
     """One drain of a fresh backlog by one scheduler build."""
     with common.bench_env(f"bench-sd-{build}") as env:
         by_tenant = provision(env)
-        messages = fill(env, by_tenant, args.readings, args.bundle)
+        messages = fill(env, by_tenant, args.readings, args.bundle, args.batch)
         expected = (args.readings // len(TENANTS)) * len(TENANTS)
         with checkouts.start_build(
             ["scheduler", "--sink", args.sink], env.settings, f"{NAME}-{build}", pythonpath
@@ -121,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--readings", type=int, default=None, help="per drain (30,000 x scale)")
     p.add_argument("--bundle", type=int, default=37, help="readings per bundle")
+    p.add_argument("--batch", type=int, default=1, help="readings per device batch (1: none)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sink", default="mongo", choices=["mongo", "null"])
     p.add_argument("--pythonpath", default=None, help="the before build's checkout (run there)")
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             NAME,
             args.scale,
             bundle=args.bundle,
+            batch=args.batch,
             sink=args.sink,
             rounds=rounds,
             cpu_us_per_reading=per_build,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fairway.kernel.batch_document import batch_document, batch_document_id, batch_element
-from fairway.kernel.contract import hour_key, reading_document, stored_reading
+from fairway.kernel.contract import WrittenBatch, hour_key, reading_document, stored_reading
 
 HOUR = timedelta(hours=1)
 _fromtimestamp = datetime.fromtimestamp
@@ -41,16 +41,14 @@ class BatchDocuments:
         Raises what ``reading_document`` raises for a reading it cannot convert.
         """
         try:
-            doc = self._document(msg)
+            ts, hk, received_dt = self.times(msg)
         except TypeError:
             doc = reading_document(msg)  # an unhashable tenant or device: no cache
+        else:
+            doc = stored_reading(msg, ts, hk, received_dt)
         if self._writer is not None:
             doc["w"] = self._writer
         return doc
-
-    def _document(self, msg: dict[str, Any]) -> dict[str, Any]:
-        ts, hk, received_dt = self.times(msg)
-        return stored_reading(msg, ts, hk, received_dt)
 
     def times(self, msg: dict[str, Any]) -> tuple[datetime, str, datetime]:
         """``msg``'s ``ts`` as a datetime, its hour key and its receipt time as a datetime.
@@ -74,6 +72,10 @@ class BatchDocuments:
         return ts, hour[2], received_dt  # type: ignore[return-value]
 
 
+# Index parts "0" to "999" (the settings bound a device batch to 1,000 readings): looked
+# up, not checked character by character; ``batch_element`` takes up to four digits, and
+# any other index still goes through it.
+_INDEXES = {str(i): i for i in range(1000)}
 # (message index, reading as decoded, its ts as a datetime)
 Member = tuple[int, dict[str, Any], datetime]
 # (batch index, member, (batch document id, stream), hour key, receipt time)
@@ -135,6 +137,16 @@ class BatchGroup:
         kept.copies = [(i, m) for i, m in self.copies if i in indexes]
         return kept
 
+    def written(self) -> WrittenBatch:
+        """What the sink's consumers (rollups, device state, lag) read of the held
+        readings once the document is stored: the parts they share, then each member.
+
+        The readings of one group share tenant, device, stream and UTC hour (all are in
+        its ``_id``, and tenant and device ids hold no ``:``)."""
+        members = list(self.members.values())
+        first = members[0][1]
+        return first["tenant"], first["device"], self.stream, self.received, members
+
     def view(self, member: Member) -> dict[str, Any]:
         """What the sink's consumers (rollups, device state, lag) read of a stored reading:
         its reading document's fields they use."""
@@ -150,11 +162,14 @@ class BatchGroup:
 class BatchGroups:
     """The batch documents of one write batch, by batch id and hour."""
 
-    __slots__ = ("_documents", "groups")
+    __slots__ = ("_documents", "_last", "groups")
 
     def __init__(self, documents: BatchDocuments) -> None:
         self._documents = documents
         self.groups: dict[tuple[str, str], BatchGroup] = {}
+        # The last reading's group key, with what it was made of: a device batch's
+        # readings come one after another, so the key is made once per batch and hour.
+        self._last: tuple[Any, ...] = ()
 
     def place(self, message: int, reading: dict[str, Any]) -> Placed | None:
         """Where ``reading`` of message ``message`` goes if in a batch document (to
@@ -164,16 +179,35 @@ class BatchGroups:
         Raises what a reading that is not the relay's output raises (``KeyError``,
         ``TypeError``, ...), before anything of its message is held."""
         message_id = reading["id"]
-        element = batch_element(message_id) if "#" in message_id else None
-        if element is None:
+        if "#" not in message_id:
             return None
+        batch_id, _, tail = message_id.rpartition("#")
+        index = _INDEXES.get(tail)
+        if index is None or not batch_id:
+            element = batch_element(message_id)
+            if element is None:
+                return None
+            batch_id, index = element
         ts, hk, received = self._documents.times(reading)
-        doc_id = batch_document_id(reading["tenant"], reading["device"], element[0], hk)
+        tenant, device, stream = reading["tenant"], reading["device"], reading["stream"]
+        last = self._last
+        if (
+            last
+            and last[0] == batch_id
+            and last[1] is hk  # the same object: tenant, device and hour unchanged
+            and last[2] is tenant
+            and last[3] == device
+            and type(device) is str
+            and last[4] == stream
+        ):
+            key = last[5]
+        else:
+            key = (batch_document_id(tenant, device, batch_id, hk), stream)
+            hash(key)  # an unhashable stream is refused here, not when the message is held
+            self._last = (batch_id, hk, tenant, device, stream, key)
         if "values" not in reading:  # refused here, not when its document is built
             raise KeyError("values")
-        key = (doc_id, reading["stream"])
-        hash(key)  # an unhashable stream is refused here, not when the message is held
-        return element[1], (message, reading, ts), key, hk, received
+        return index, (message, reading, ts), key, hk, received
 
     def add(self, placed: Placed) -> None:
         """Hold a reading :meth:`place` placed."""

@@ -30,13 +30,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
 
-from fairway.kernel.contract import Written
+from fairway.kernel.contract import Written, WrittenBatch
 from fairway.storage import rollup_writers, rollups
 from fairway.storage.rollup_writers import DeviceHour
 from fairway.storage.rollups import HourFold
@@ -147,10 +148,17 @@ class RollupFolder:
             self._thread.start()
 
     # -- the sink's side (writer threads, before the batch is acked) -------------------
-    def record(self, stored: list[Written], duplicates: list[Written]) -> None:
+    def record(
+        self,
+        stored: list[Written],
+        duplicates: list[Written],
+        batches: Iterable[WrittenBatch] = (),
+    ) -> None:
         """Fold the readings the insert stored; hand over what it cannot vouch for.
 
-        Each document comes with the ``(tenant, device, message id)`` of its ``_id``.
+        Each document comes with the ``(tenant, device, message id)`` of its ``_id``;
+        ``batches``: the batch documents stored, whose readings share tenant, device,
+        stream and hour (looked up once per document, then each reading folded).
 
         Raises if a record or mark could not be written: the batch is then not acked,
         and its retry finds its readings stored (duplicates), which hands them over.
@@ -198,6 +206,37 @@ class RollupFolder:
                 # Counted as they are added (not recounted per batch: an hour's minutes
                 # make that a loop over up to 60 x metrics figures per device and batch).
                 added = fold.add(ts.minute, doc["values"])
+                if added:
+                    entry.cells += added
+                    self._cells += added
+                if not entry.recorded:
+                    to_record.setdefault(hour, set()).add(td)
+            for tenant, device, stream, _received, members in batches:
+                ts = members[0][2]  # the document's hour is every reading's
+                if ts.tzinfo is not UTC or not hour <= ts < end:
+                    hour = floor_hour(ts)
+                    end, late, folds = hour + HOUR, hour <= self._closed_upto, None
+                td = (tenant, device)
+                if late:
+                    marks.add((*td, hour))
+                    metrics.ROLLUP_HANDED_OVER.labels("late").inc(len(members))
+                    continue
+                if folds is None:
+                    folds = self._hours.get(hour)
+                    if folds is None:
+                        folds = self._hours[hour] = {}
+                entry = folds.get(td)
+                if entry is None:
+                    if td in folds:  # handed over (_HANDED_OVER)
+                        marks.add((*td, hour))
+                        continue
+                    entry = folds[td] = _DeviceHourFold()
+                fold = entry.streams.get(stream)
+                if fold is None:
+                    fold = entry.streams[stream] = HourFold()
+                add, added = fold.add, 0
+                for _, reading, ts in members:
+                    added += add(ts.minute, reading["values"])
                 if added:
                     entry.cells += added
                     self._cells += added

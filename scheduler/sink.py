@@ -46,7 +46,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from fairway.kernel import batch_document
-from fairway.kernel.contract import ReadingKey, Written, tenant_readings
+from fairway.kernel.contract import ReadingKey, Written, WrittenBatch, tenant_readings
 from fairway.kernel.settings import Settings
 from fairway.storage import device_state, mongo
 from fairway.storage.device_state import DeviceDelta
@@ -199,18 +199,20 @@ class MongoSink:
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert every reading of the batch; classify duplicates and readings refused for good."""
-        outcome, stored, duplicates = self.store(bodies, self.rollups.writer)
-        self.rollups.record(stored, duplicates)  # raises: not acked, the batch is retried
-        self._state.record(stored + duplicates)
-        _observe_lag(stored)
+        outcome, stored, duplicates, batches = self.store(bodies, self.rollups.writer)
+        # raises: not acked, the batch is retried
+        self.rollups.record(stored, duplicates, batches)
+        self._state.record(stored + duplicates, batches)
+        _observe_lag(stored, batches)
         return outcome
 
     def store(
         self, bodies: list[bytes], writer: str | None
-    ) -> tuple[WriteOutcome, list[Written], list[Written]]:
+    ) -> tuple[WriteOutcome, list[Written], list[Written], list[WrittenBatch]]:
         """Insert every reading of the batch, stamped ``w: writer`` unless None; the
-        outcome, and the readings stored and those found stored already, each with the
-        ``(tenant, device, message id)`` of its reading id."""
+        outcome, the readings stored and those found stored already, each with the
+        ``(tenant, device, message id)`` of its reading id, and the batch documents
+        stored (their readings are in neither list: stored, as one entry each)."""
         outcome = WriteOutcome.of(len(bodies))
         docs: list[Doc] = []
         documents = BatchDocuments(writer)
@@ -236,8 +238,11 @@ class MongoSink:
         batches = [] if groups is None else list(groups.groups.values())
         stored: list[Written] = []
         duplicates: list[Written] = []
+        stored_batches: list[WrittenBatch] = []
         for attempt in range(1, MAX_DOCUMENT_ATTEMPTS + 1):
-            docs, batches = self._insert(docs, batches, writer, outcome, stored, duplicates)
+            docs, batches = self._insert(
+                docs, batches, writer, outcome, stored, duplicates, stored_batches
+            )
             if not docs and not batches:
                 break
             if attempt == MAX_DOCUMENT_ATTEMPTS:
@@ -248,8 +253,8 @@ class MongoSink:
                         outcome.refuse(i)
                     for _index, (i, _reading, _ts) in group.copies:
                         outcome.refuse(i)
-        outcome.stored = len(stored)
-        return outcome, stored, duplicates
+        outcome.stored = len(stored) + sum(len(b[4]) for b in stored_batches)
+        return outcome, stored, duplicates, stored_batches
 
     def close(self) -> None:
         """Stop the device-state and rollup threads after a last write of each."""
@@ -264,6 +269,7 @@ class MongoSink:
         outcome: WriteOutcome,
         stored: list[Written],
         duplicates: list[Written],
+        stored_batches: list[WrittenBatch],
     ) -> tuple[list[Doc], list[BatchGroup]]:
         """Insert ``docs`` and the documents of ``batches``; return those that failed for
         a reason other than a duplicate.
@@ -286,14 +292,21 @@ class MongoSink:
         else:
             errors = {}
         failed: list[Doc] = []
-        for pos, entry in enumerate(docs):
-            code = errors.get(pos)
-            if code is None:
-                _settle(entry, outcome, stored, duplicate=False)
-            elif code == mongo.DUPLICATE_KEY:
-                _settle(entry, outcome, duplicates, duplicate=True)
-            else:
-                failed.append(entry)
+        if not errors:  # the usual case: every document stored (_settle, inlined)
+            stored_each, durable = outcome.stored_each, outcome.durable
+            for i, doc, reading in docs:
+                stored.append(((reading["tenant"], reading["device"], reading["id"]), doc))
+                stored_each[i] += 1
+                durable.append(reading)
+        else:
+            for pos, entry in enumerate(docs):
+                code = errors.get(pos)
+                if code is None:
+                    _settle(entry, outcome, stored, duplicate=False)
+                elif code == mongo.DUPLICATE_KEY:
+                    _settle(entry, outcome, duplicates, duplicate=True)
+                else:
+                    failed.append(entry)
         failed_batches: list[BatchGroup] = []
         found_stored: list[BatchGroup] = []
         batches_stored = 0
@@ -301,7 +314,7 @@ class MongoSink:
             code = errors.get(pos)
             if code is None:
                 batches_stored += 1
-                _settle_batch(group, group.members.values(), outcome, stored, duplicate=False)
+                stored_batches.append(_settle_stored(group, outcome))
                 copies = [member for _, member in group.copies]
                 _settle_batch(group, copies, outcome, duplicates, duplicate=True)
                 self._know(group.doc_id, group.members)
@@ -314,7 +327,9 @@ class MongoSink:
         _BATCHES_STORED.inc(batches_stored)
         if found_stored:
             missing = self._settle_stored_batches(found_stored, writer, outcome, duplicates)
-            failed.extend(self._insert(missing, [], writer, outcome, stored, duplicates)[0])
+            failed.extend(
+                self._insert(missing, [], writer, outcome, stored, duplicates, stored_batches)[0]
+            )
         return failed, failed_batches
 
     def _settle_stored_batches(
@@ -420,6 +435,16 @@ def _settle(entry: Doc, outcome: WriteOutcome, into: list[Written], *, duplicate
     outcome.durable.append(reading)
 
 
+def _settle_stored(group: BatchGroup, outcome: WriteOutcome) -> WrittenBatch:
+    """The readings of a batch document just stored are durable; what its consumers read."""
+    written = group.written()
+    counts, durable = outcome.stored_each, outcome.durable
+    for i, reading, _ts in written[4]:
+        counts[i] += 1
+        durable.append(reading)
+    return written
+
+
 def _settle_batch(
     group: BatchGroup,
     members: Iterable[Member],
@@ -442,13 +467,18 @@ def _key(reading: dict) -> ReadingKey:
     return reading["tenant"], reading["device"], reading["id"]
 
 
-def _observe_lag(written: list[Written]) -> None:
-    """Relay receipt to durable write, per tenant."""
+def _observe_lag(written: list[Written], batches: Iterable[WrittenBatch] = ()) -> None:
+    """Relay receipt to durable write, per tenant (a batch document's readings share
+    their receipt time: one observation counted once per reading)."""
     # A difference of datetimes: half the cost of a timestamp() per reading.
     now = datetime.fromtimestamp(time.time(), UTC)
-    metrics.SCHED_LAG_SECONDS.observe_many(
-        (key[0], (now - doc["received"]).total_seconds()) for key, doc in written
-    )
+    lag = metrics.SCHED_LAG_SECONDS
+    lag.observe_many((key[0], (now - doc["received"]).total_seconds()) for key, doc in written)
+    if batches:
+        lag.observe_counts(
+            (tenant, (now - received).total_seconds(), len(members))
+            for tenant, _device, _stream, received, members in batches
+        )
 
 
 class DeviceStateWriter:
@@ -478,12 +508,16 @@ class DeviceStateWriter:
             self._thread.start()
             atexit.register(self.close)
 
-    def record(self, written: list[Written]) -> None:
-        """Take the deltas of written readings; raise if an immediate write failed."""
+    def record(self, written: list[Written], batches: Iterable[WrittenBatch] = ()) -> None:
+        """Take the deltas of written readings and batch documents; raise if an
+        immediate write failed."""
         now: dict[str, DeviceDelta] = {}
         overflow = 0
+        deltas = device_state.fold_written(written)
+        if batches:
+            device_state.fold_batches(batches, deltas)
         with self._lock:
-            for device, delta in device_state.fold_written(written).items():
+            for device, delta in deltas.items():
                 pending = self._pending.pop(device, None)
                 if pending is not None:
                     pending.merge(delta)

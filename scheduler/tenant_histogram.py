@@ -47,6 +47,21 @@ class TenantHistogram(Collector):
                 row[bisect_left(bounds, value)] += 1  # le: value <= bound
                 row[width] += value
 
+    def observe_counts(self, observations: Iterable[tuple[str, float, int]]) -> None:
+        """Count each (tenant, value, count): ``value`` observed ``count`` times (the
+        same as ``count`` observations of it), under one lock for the whole batch."""
+        bounds, width = self._bounds, len(self._les)
+        with self._lock:
+            for tenant, value, count in observations:
+                row = self._rows.get(tenant)
+                if row is None:
+                    row = self._rows[tenant] = [0] * width + [0.0, time.time()]
+                row[bisect_left(bounds, value)] += count
+                total = row[width]
+                for _ in range(count):  # added one by one: the sum observe_many would give
+                    total += value
+                row[width] = total
+
     def remove(self, tenant: str) -> None:
         """Forget a tenant's series."""
         with self._lock:

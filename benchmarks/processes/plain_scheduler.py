@@ -30,8 +30,8 @@ class PlainSink(MongoSink):
 
     def write(self, bodies: list[bytes]) -> WriteOutcome:
         """Insert every reading of the batch, as :meth:`MongoSink.write` without maintenance."""
-        outcome, stored, _duplicates = self.store(bodies, writer=None)
-        _observe_lag(stored)  # the lag metric is older than issue 12
+        outcome, stored, _duplicates, batches = self.store(bodies, writer=None)
+        _observe_lag(stored, batches)  # the lag metric is older than issue 12
         return outcome
 
     def close(self) -> None:

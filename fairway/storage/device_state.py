@@ -24,7 +24,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-from fairway.kernel.contract import Written, split_reading_id
+from fairway.kernel.contract import Written, WrittenBatch, split_reading_id
 from fairway.storage.mongo import DEVICE_STATE
 
 # FerretDB 1.24 on PostgreSQL hangs on an update command of ~50 statements (each holds a
@@ -88,9 +88,37 @@ def fold_written(written: Iterable[Written]) -> dict[str, DeviceDelta]:
         if ts > known.last_ts:
             known.last_ts = ts
         mine = known.latest.get(stream)
-        if mine is None or (ts, message_id) > _rank(mine):
-            known.latest[stream] = latest_entry(doc, message_id)
+        # (ts, message_id) > _rank(mine), without building the two tuples
+        if (
+            mine is None
+            or ts > (mine_ts := mine["ts"])
+            or (ts == mine_ts and message_id > mine["id"])
+        ):
+            known.latest[stream] = {"ts": ts, "id": message_id, "values": doc["values"]}
     return deltas
+
+
+def fold_batches(batches: Iterable[WrittenBatch], deltas: dict[str, DeviceDelta]) -> None:
+    """Fold into ``deltas`` the batch documents a writer has just written: what
+    :func:`fold_written` makes of their readings, with each document's tenant, device
+    and stream taken once."""
+    for tenant, device, stream, _received, members in batches:
+        times = [ts for _, _, ts in members]
+        first, last = min(times), max(times)
+        # The latest reading: the newest ts, then the greatest message id (_rank's order).
+        top = max((m for m in members if m[2] == last), key=lambda m: m[1]["id"])[1]
+        entry = {"ts": last, "id": top["id"], "values": top["values"]}  # latest_entry's
+        known = deltas.get(device)
+        if known is None:
+            deltas[device] = DeviceDelta(tenant, first, last, {stream: entry})
+            continue
+        if first < known.first_ts:
+            known.first_ts = first
+        if last > known.last_ts:
+            known.last_ts = last
+        mine = known.latest.get(stream)
+        if mine is None or _rank(entry) > _rank(mine):
+            known.latest[stream] = entry
 
 
 def update_of(device: str, delta: DeviceDelta) -> UpdateOne:

@@ -17,7 +17,8 @@ from pymongo.database import Database
 
 from fairway.kernel import batch_document
 from fairway.kernel.settings import Settings
-from fairway.storage import mongo
+from fairway.storage import device_state, mongo
+from scheduler import metrics
 from scheduler.rollup_folder import RollupFolder
 from scheduler.sink import MongoSink
 
@@ -182,12 +183,46 @@ def test_a_bad_reading_refuses_its_message_whole(db: Database, sink: MongoSink) 
     assert stored(db) == ids([2])
 
 
-def test_what_the_sink_hands_on_is_one_entry_per_reading(db: Database, sink: MongoSink) -> None:
-    outcome, written, duplicates = sink.store([bundle(*(part(i) for i in range(3)))], "w1")
-    assert [key for key, _ in written] == [("t1", "d1", f"b1#{i}") for i in range(3)]
-    assert [view["ts"] for _, view in written] == [T0 + timedelta(minutes=i) for i in range(3)]
-    assert {view["stream"] for _, view in written} == {"env"}
-    assert not duplicates and len(outcome.durable) == 3
+def test_what_the_sink_hands_on_is_one_entry_per_batch_document(
+    db: Database, sink: MongoSink
+) -> None:
+    outcome, written, duplicates, batches = sink.store([bundle(*(part(i) for i in range(3)))], "w1")
+    assert not written and not duplicates and len(outcome.durable) == 3
+    assert outcome.stored == 3 and outcome.stored_each == [3]
+    [(tenant, device, stream, received, members)] = batches
+    assert (tenant, device, stream) == ("t1", "d1", "env")
+    assert received == T0 + timedelta(hours=1)
+    assert [reading["id"] for _, reading, _ in members] == [f"b1#{i}" for i in range(3)]
+    assert [ts for _, _, ts in members] == [T0 + timedelta(minutes=i) for i in range(3)]
+
+
+def test_a_stored_batch_document_reaches_the_rollups_device_state_and_lag(
+    db: Database, sink: MongoSink
+) -> None:
+    # The batch reaches its consumers only as a WrittenBatch entry (no per-reading view):
+    # one dropped on the way, and its readings are missing from that consumer.
+    tenant = f"t-{uuid.uuid4().hex[:8]}"  # its own row in the process-wide lag histogram
+    sink.rollups._closed_upto = T0 - timedelta(hours=20)  # T0's hour still open: folded
+    outcome = sink.write([bundle(*(part(i) for i in range(10)), tenant=tenant)])
+    assert outcome.stored == 10 and db[mongo.TELEMETRY].count_documents({}) == 1
+
+    hour = T0.replace(minute=0)
+    assert list(sink.rollups._hours) == [hour]
+    entry = sink.rollups._hours[hour][(tenant, "d1")]
+    assert entry is not None and list(entry.streams) == ["env"]
+    fold = entry.streams["env"]
+    assert fold.n == 10 and fold.metrics["temp"]["n"] == 10
+    assert fold.metrics["temp"]["sum"] == sum(20.0 + i for i in range(10))
+
+    row = metrics.SCHED_LAG_SECONDS._rows[tenant]
+    assert sum(row[:-2]) == 10  # bucket counts (then the sum and the created time)
+
+    state = device_state.get(db, "d1")
+    assert state is not None and state["tenant"] == tenant
+    assert state["first_ts"] == T0 and state["last_ts"] == T0 + timedelta(minutes=9)
+    assert state["latest"] == {
+        "env": {"ts": T0 + timedelta(minutes=9), "id": "b1#9", "values": {"temp": 29.0}}
+    }
 
 
 def test_a_reading_the_database_refuses_fails_alone(db: Database, sink: MongoSink) -> None:

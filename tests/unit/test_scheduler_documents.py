@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from fairway.kernel.batch_document import batch_document_id, batch_element
 from fairway.kernel.contract import reading_document
-from scheduler.documents import BatchDocuments
+from scheduler.documents import BatchDocuments, BatchGroups
 
 HOUR_S = 3600.0
 
@@ -98,3 +99,57 @@ def test_a_missing_field_raises_key_error() -> None:
     del msg["stream"]
     with pytest.raises(KeyError):
         BatchDocuments(None).document(msg)
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        "b#0",
+        "b#7",
+        "b#999",
+        "b#1000",
+        "b#9999",
+        "b#10000",
+        "b#05",
+        "b#00",
+        "#3",
+        "b#",
+        "b#-1",
+        "b#+1",
+        "b# 1",
+        "b#1 ",
+        "b#\u0661",
+        "b#1#2",
+        "b#1#x",
+        "a:b#12",
+        "plain",
+    ],
+)
+def test_a_batch_reading_is_placed_as_batch_element_says(message_id: str) -> None:
+    placed = BatchGroups(BatchDocuments("w")).place(0, reading(id=message_id))
+    element = batch_element(message_id)
+    if element is None:
+        assert placed is None
+    else:
+        assert placed is not None and placed[0] == element[1]
+        assert placed[2][0] == batch_document_id("acme", "d1", element[0], placed[3])
+
+
+def test_the_group_key_made_once_per_batch_is_the_key_made_per_reading() -> None:
+    rnd = random.Random(11)
+    readings = [
+        reading(
+            tenant=rnd.choice(["acme", "globex"]),
+            device=rnd.choice(["d1", "d2"]),
+            stream=rnd.choice(["env", "power"]),
+            id=f"b{rnd.randrange(3)}#{rnd.randrange(12)}",
+            ts=1_700_000_000.25 + rnd.choice([0, 1, HOUR_S, 2 * HOUR_S]),
+        )
+        for _ in range(400)
+    ]
+    groups = BatchGroups(BatchDocuments("w"))
+    for msg in readings:
+        placed = groups.place(0, msg)
+        alone = BatchGroups(BatchDocuments("w")).place(0, dict(msg))
+        assert placed is not None and alone is not None
+        assert placed[2] == alone[2] and placed[0] == alone[0] and placed[3] == alone[3]

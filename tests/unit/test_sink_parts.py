@@ -46,9 +46,10 @@ def test_the_three_consumers_get_the_parts_of_each_documents_id(
     seen: dict[str, Any] = {}
     record, fold_written = sink.rollups.record, device_state.fold_written
 
-    def rollups(stored: list[Written], duplicates: list[Written]) -> None:
+    def rollups(stored: list[Written], duplicates: list[Written], batches: Any = ()) -> None:
         seen["rollups"], seen["rollup_duplicates"] = list(stored), list(duplicates)
-        record(stored, duplicates)
+        assert not batches  # no reading here is a device batch's
+        record(stored, duplicates, batches)
 
     def state(written: Iterable[Written]) -> dict[str, device_state.DeviceDelta]:
         seen["state"] = list(written)
