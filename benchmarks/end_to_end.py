@@ -298,6 +298,7 @@ class DatabaseCpu:
         status = env.db.client.admin.command("serverStatus")
         self.ferretdb = int(status["pid"]) if status.get("process") == "ferretdb" else None
         self.seen: dict[int, float] = {}  # last CPU seen per backend: exited ones keep it
+        self.live: list[int] = []  # the backends at the last reading
         # One connection for the whole drain: PostgreSQL's connection slots are shared.
         self._watch: Any = None
         if env.settings.postgres_url:
@@ -319,7 +320,8 @@ class DatabaseCpu:
 
     def seconds(self) -> float:
         """CPU seconds so far (0 without a FerretDB or PostgreSQL on this machine)."""
-        for pid in self._backends():
+        self.live = self._backends()
+        for pid in self.live:
             cpu = cpu_s(pid)
             if cpu:
                 self.seen[pid] = cpu
@@ -338,6 +340,8 @@ class Meter:
         self.pids = {"relay": relay, "scheduler": scheduler}
         self.brokers = broker_pids()
         self.database = DatabaseCpu(env)
+        # One per stage: each keeps its threads' last waits once they have gone.
+        self._waits = {k: RunqueueWaits() for k in ("relay", "scheduler", "broker", "database")}
 
     def shared(self) -> dict[str, float]:
         """The shared servers only: broker and database."""
@@ -348,12 +352,14 @@ class Meter:
 
     def waits(self) -> dict[str, float]:
         """Run-queue wait seconds so far per process charged (the database: FerretDB and
-        the PostgreSQL processes seen so far)."""
+        the PostgreSQL processes at the last CPU reading; threads and backends gone since
+        an earlier call keep their last value)."""
         database = [self.database.ferretdb] if self.database.ferretdb else []
+        waits = self._waits
         return {
-            **{k: runqueue_wait_s([pid]) for k, pid in self.pids.items() if pid},
-            "broker": runqueue_wait_s(self.brokers),
-            "database": runqueue_wait_s(database + list(self.database.seen)),
+            **{k: waits[k].seconds([pid]) for k, pid in self.pids.items() if pid},
+            "broker": waits["broker"].seconds(self.brokers),
+            "database": waits["database"].seconds(database + self.database.live),
         }
 
     def read(self) -> dict[str, float]:
@@ -388,16 +394,40 @@ def schedstat_wait_s(text: str) -> float:
     return int(fields[1]) / 1e9 if len(fields) >= 2 else 0.0
 
 
-def runqueue_wait_s(pids: list[int]) -> float:
-    """Run-queue wait seconds so far of every thread of ``pids`` (threads gone: not
-    counted; 0 for a process gone)."""
-    total = 0.0
-    for pid in pids:
+def task_start_ticks(stat: str) -> int:
+    """A thread's start time in clock ticks after boot: field 22 of its
+    ``/proc/<pid>/task/<tid>/stat`` (counted after the command's closing parenthesis, the
+    command itself may hold spaces and parentheses)."""
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+class RunqueueWaits:
+    """Run-queue wait seconds so far of the threads of a group of processes (one stage:
+    the relay, the broker, the database). Each thread's last
+    value is kept once the thread or its process has gone, as ``DatabaseCpu`` keeps a
+    backend's CPU: a thread that exits between two readings must not take its whole
+    lifetime's wait off their difference. Threads are told apart by (pid, tid, start
+    time), so a reused pid or tid counts as a new thread."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self.proc = proc
+        self.seen: dict[tuple[int, int, int], float] = {}
+
+    def _read(self, pid: int) -> None:
         with suppress(OSError):
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with suppress(OSError):
-                    total += schedstat_wait_s((task / "schedstat").read_text())
-    return total
+            for task in (self.proc / str(pid) / "task").iterdir():
+                with suppress(OSError, ValueError, IndexError):
+                    start = task_start_ticks((task / "stat").read_text())
+                    wait = schedstat_wait_s((task / "schedstat").read_text())
+                    self.seen[(pid, int(task.name), start)] = wait
+
+    def seconds(self, pids: list[int]) -> float:
+        """Wait seconds so far of every thread seen in this or an earlier call: the
+        threads of ``pids`` now, and the last value of those gone (a process that has
+        left the group, a PostgreSQL backend that exited, keeps its threads' waits)."""
+        for pid in set(pids):
+            self._read(pid)
+        return sum(self.seen.values())
 
 
 def machine_seconds() -> tuple[float, float]:
