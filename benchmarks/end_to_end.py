@@ -37,11 +37,16 @@ One run, two measurements on fresh databases:
   (``duplicate_readings_in_db``, across layouts too); ``stored_once`` says whether every
   reading sent is stored exactly once. ``documents_in_db`` is documents.
   ``cores_busy``: the same CPU seconds over the drain's wall seconds, per process and
-  in ``total`` (2.0 on this machine's 2 cores is saturation: well under it, the
-  pipeline waited rather than computed); ``machine_cores`` is the whole machine's busy
-  and idle cores over the drain (``/proc/stat``), whoever used them;
-  ``runqueue_wait_cores`` the time the processes' threads were runnable but had no core
-  (``schedstat``), in cores: CPU-starved, as opposed to waiting on each other.
+  in ``total`` (2.0 on this machine's 2 cores is saturation); ``machine_cores`` is the
+  whole machine's busy, idle and stolen (``steal``: given by the hypervisor to other
+  guests, not in busy) cores over the drain (``/proc/stat``), whoever used them: machine
+  busy less ``cores_busy.total`` is what everything else took (this process's polling,
+  other people's work), and a total well under 2 says the pipeline waited only if the
+  machine had cores idle; ``runqueue_wait_cores`` the time the processes' threads were
+  runnable but had no core (``schedstat``; threads gone keep their last value), in
+  cores: CPU-starved, as opposed to waiting on each other. The top-level
+  ``cores_busy``, ``machine_cores`` and ``runqueue_wait_cores`` hold each scenario's
+  medians in the same shape as one drain's.
   ``--scenarios single`` (with ``--only-drain``) drains only the single-reading one.
 * ``--batch-documents on|off|both``: ``FAIRWAY_BATCH_DOCUMENTS`` in the drains'
   scheduler's environment (default ``on``, the setting's default). ``both`` drains
@@ -378,13 +383,26 @@ def cores_busy(start: dict[str, float], end: dict[str, float], seconds: float) -
     return {"total": r(sum(per.values()), 3), **{k: r(v, 3) for k, v in per.items()}}
 
 
-def proc_stat_seconds(text: str) -> tuple[float, float]:
-    """(busy, idle) CPU seconds of all cores so far from ``/proc/stat``'s first line:
-    idle is idle + iowait, busy the rest (guest time is already in user)."""
-    fields = [int(v) for v in text.splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / CLOCK_TICKS, idle / CLOCK_TICKS
+def proc_stat_seconds(text: str) -> dict[str, float]:
+    """CPU seconds of all cores so far from ``/proc/stat``'s first line: ``idle`` is
+    idle + iowait; ``steal`` the time the hypervisor gave this machine's cores to other
+    guests (no one here used it, so it is not busy); ``busy`` user, nice, system, irq
+    and softirq (guest time is already in user)."""
+    fields = [int(v) for v in text.splitlines()[0].split()[1:]] + [0] * 8
+    idle = fields[3] + fields[4]
+    steal = fields[7]  # user nice system idle iowait irq softirq steal
+    busy = sum(fields[:7]) - idle
+    return {k: v / CLOCK_TICKS for k, v in (("busy", busy), ("idle", idle), ("steal", steal))}
+
+
+def machine_cores(
+    start: dict[str, float], end: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """The machine's busy, idle and stolen cores over ``seconds`` wall seconds from two
+    ``proc_stat_seconds`` readings (all 0 over no time)."""
+    if seconds <= 0:
+        return {k: 0.0 for k in start}
+    return {k: r((end[k] - start[k]) / seconds, 3) for k in start}
 
 
 def schedstat_wait_s(text: str) -> float:
@@ -430,8 +448,8 @@ class RunqueueWaits:
         return sum(self.seen.values())
 
 
-def machine_seconds() -> tuple[float, float]:
-    """(busy, idle) CPU seconds of the whole machine so far (``/proc/stat``)."""
+def machine_seconds() -> dict[str, float]:
+    """Busy, idle and stolen CPU seconds of the whole machine so far (``/proc/stat``)."""
     return proc_stat_seconds(Path("/proc/stat").read_text())
 
 
@@ -612,12 +630,9 @@ def drain(
         },
         # Cores the measured processes kept busy over the drain, and the whole machine's
         # (everything on it: this process's polling, other people's work): busy + idle
-        # is the machine's cores.
+        # + steal is the machine's cores.
         "cores_busy": cores_busy(start, end, seconds),
-        "machine_cores": {
-            "busy": r((machine1[0] - machine0[0]) / seconds, 3),
-            "idle": r((machine1[1] - machine0[1]) / seconds, 3),
-        },
+        "machine_cores": machine_cores(machine0, machine1, seconds),
         # Cores' worth of time the processes' threads were runnable but waiting for a
         # core (``/proc/<pid>/task/*/schedstat``): high, the drain was short of CPU; low
         # with cores_busy low, it waited on something else (confirms, lingers, I/O).
@@ -636,6 +651,14 @@ def drain(
         "batches": batches,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def median_cores(results: list[dict[str, Any]], field: str) -> dict[str, float]:
+    """The median over a scenario's drains of each key of one of their cores figures
+    (``cores_busy``, ``machine_cores``, ``runqueue_wait_cores``); a key some drain lacks
+    (a figure added since, in results read back) is left out."""
+    keys = [key for key in results[0][field] if all(key in rd[field] for rd in results)]
+    return {key: r(statistics.median(rd[field][key] for rd in results), 3) for key in keys}
 
 
 def drain_key(name: str, layout: str, batch_documents: bool = True) -> str:
@@ -701,19 +724,10 @@ def run_drains(args: Any) -> dict[str, Any]:
         name: r(statistics.median(rd["drain_rate"] for rd in results))
         for name, results in rounds.items()
     }
-    busy = {
-        name: {
-            **{
-                key: r(statistics.median(rd["cores_busy"][key] for rd in results), 3)
-                for key in results[0]["cores_busy"]
-            },
-            "machine": r(statistics.median(rd["machine_cores"]["busy"] for rd in results), 3),
-            "runqueue_wait": {
-                key: r(statistics.median(rd["runqueue_wait_cores"][key] for rd in results), 3)
-                for key in results[0]["runqueue_wait_cores"]
-            },
-        }
-        for name, results in rounds.items()
+    # Each scenario's medians under the same keys and in the same shape as one drain's.
+    cores = {
+        field: {name: median_cores(results, field) for name, results in rounds.items()}
+        for field in ("cores_busy", "machine_cores", "runqueue_wait_cores")
     }
     write_cost = write_cost_ratios(rounds, cpu_us)
     on_off = batch_documents_ratios(rounds, cpu_us)
@@ -722,7 +736,7 @@ def run_drains(args: Any) -> dict[str, Any]:
             "drain": rounds,
             "cpu_us_per_reading": cpu_us,
             "drain_rate": rates,
-            "cores_busy": busy,
+            **cores,
             "write_cost": write_cost,
         }
     single, batch10 = cpu_us["single"], cpu_us["batch10"]
@@ -737,7 +751,7 @@ def run_drains(args: Any) -> dict[str, Any]:
             for name, results in rounds.items()
         },
         "drain_rate": rates,
-        "cores_busy": busy,
+        **cores,
         "ratios": {
             **{
                 f"cpu_per_reading batch10/single ({key})": ratio(batch10[key], single[key])

@@ -31,12 +31,33 @@ def test_cores_busy_of_no_time_is_zero() -> None:
     }
 
 
-def test_proc_stat_counts_idle_and_iowait_as_idle_and_the_rest_as_busy() -> None:
+def test_proc_stat_counts_idle_and_iowait_as_idle_steal_apart_and_the_rest_as_busy() -> None:
     # user nice system idle iowait irq softirq steal guest guest_nice
-    text = "cpu  100 5 50 400 20 3 2 0 7 0\ncpu0 50 2 25 200 10 1 1 0 0 0\n"
-    busy, idle = end_to_end.proc_stat_seconds(text)
-    assert busy == pytest.approx(160 / CLOCK_TICKS)
-    assert idle == pytest.approx(420 / CLOCK_TICKS)
+    text = "cpu  100 5 50 400 20 3 2 9 7 0\ncpu0 50 2 25 200 10 1 1 0 0 0\n"
+    seconds = end_to_end.proc_stat_seconds(text)
+    assert seconds == pytest.approx(
+        {"busy": 160 / CLOCK_TICKS, "idle": 420 / CLOCK_TICKS, "steal": 9 / CLOCK_TICKS}
+    )
+
+
+def test_proc_stat_of_an_old_kernel_without_steal_has_none() -> None:
+    assert end_to_end.proc_stat_seconds("cpu  100 5 50 400\n")["steal"] == 0.0
+
+
+def test_machine_cores_are_seconds_over_wall_seconds_and_zero_over_no_time() -> None:
+    start = {"busy": 10.0, "idle": 4.0, "steal": 1.0}
+    end = {"busy": 13.5, "idle": 4.4, "steal": 1.1}
+    assert end_to_end.machine_cores(start, end, 2.0) == {"busy": 1.75, "idle": 0.2, "steal": 0.05}
+    assert end_to_end.machine_cores(start, end, 0.0) == {"busy": 0.0, "idle": 0.0, "steal": 0.0}
+
+
+def test_scenario_medians_keep_one_drains_shape() -> None:
+    drains = [
+        {"machine_cores": {"busy": 1.9, "idle": 0.1}},
+        {"machine_cores": {"busy": 1.7, "idle": 0.3, "steal": 0.0}},
+        {"machine_cores": {"busy": 2.0, "idle": 0.0, "steal": 0.0}},
+    ]
+    assert end_to_end.median_cores(drains, "machine_cores") == {"busy": 1.9, "idle": 0.1}
 
 
 def test_scenarios_pick_the_drains() -> None:
