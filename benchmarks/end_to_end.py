@@ -37,11 +37,16 @@ One run, two measurements on fresh databases:
   (``duplicate_readings_in_db``, across layouts too); ``stored_once`` says whether every
   reading sent is stored exactly once. ``documents_in_db`` is documents.
   ``cores_busy``: the same CPU seconds over the drain's wall seconds, per process and
-  in ``total`` (2.0 on this machine's 2 cores is saturation: well under it, the
-  pipeline waited rather than computed); ``machine_cores`` is the whole machine's busy
-  and idle cores over the drain (``/proc/stat``), whoever used them;
-  ``runqueue_wait_cores`` the time the processes' threads were runnable but had no core
-  (``schedstat``), in cores: CPU-starved, as opposed to waiting on each other.
+  in ``total`` (2.0 on this machine's 2 cores is saturation); ``machine_cores`` is the
+  whole machine's busy, idle and stolen (``steal``: given by the hypervisor to other
+  guests, not in busy) cores over the drain (``/proc/stat``), whoever used them: machine
+  busy less ``cores_busy.total`` is what everything else took (this process's polling,
+  other people's work), and a total well under 2 says the pipeline waited only if the
+  machine had cores idle; ``runqueue_wait_cores`` the time the processes' threads were
+  runnable but had no core (``schedstat``; threads gone keep their last value), in
+  cores: CPU-starved, as opposed to waiting on each other. The top-level
+  ``cores_busy``, ``machine_cores`` and ``runqueue_wait_cores`` hold each scenario's
+  medians in the same shape as one drain's.
   ``--scenarios single`` (with ``--only-drain``) drains only the single-reading one.
 * ``--batch-documents on|off|both``: ``FAIRWAY_BATCH_DOCUMENTS`` in the drains'
   scheduler's environment (default ``on``, the setting's default). ``both`` drains
@@ -298,6 +303,7 @@ class DatabaseCpu:
         status = env.db.client.admin.command("serverStatus")
         self.ferretdb = int(status["pid"]) if status.get("process") == "ferretdb" else None
         self.seen: dict[int, float] = {}  # last CPU seen per backend: exited ones keep it
+        self.live: list[int] = []  # the backends at the last reading
         # One connection for the whole drain: PostgreSQL's connection slots are shared.
         self._watch: Any = None
         if env.settings.postgres_url:
@@ -319,7 +325,8 @@ class DatabaseCpu:
 
     def seconds(self) -> float:
         """CPU seconds so far (0 without a FerretDB or PostgreSQL on this machine)."""
-        for pid in self._backends():
+        self.live = self._backends()
+        for pid in self.live:
             cpu = cpu_s(pid)
             if cpu:
                 self.seen[pid] = cpu
@@ -338,6 +345,8 @@ class Meter:
         self.pids = {"relay": relay, "scheduler": scheduler}
         self.brokers = broker_pids()
         self.database = DatabaseCpu(env)
+        # One per stage: each keeps its threads' last waits once they have gone.
+        self._waits = {k: RunqueueWaits() for k in ("relay", "scheduler", "broker", "database")}
 
     def shared(self) -> dict[str, float]:
         """The shared servers only: broker and database."""
@@ -348,12 +357,14 @@ class Meter:
 
     def waits(self) -> dict[str, float]:
         """Run-queue wait seconds so far per process charged (the database: FerretDB and
-        the PostgreSQL processes seen so far)."""
+        the PostgreSQL processes at the last CPU reading; threads and backends gone since
+        an earlier call keep their last value)."""
         database = [self.database.ferretdb] if self.database.ferretdb else []
+        waits = self._waits
         return {
-            **{k: runqueue_wait_s([pid]) for k, pid in self.pids.items() if pid},
-            "broker": runqueue_wait_s(self.brokers),
-            "database": runqueue_wait_s(database + list(self.database.seen)),
+            **{k: waits[k].seconds([pid]) for k, pid in self.pids.items() if pid},
+            "broker": waits["broker"].seconds(self.brokers),
+            "database": waits["database"].seconds(database + self.database.live),
         }
 
     def read(self) -> dict[str, float]:
@@ -372,13 +383,26 @@ def cores_busy(start: dict[str, float], end: dict[str, float], seconds: float) -
     return {"total": r(sum(per.values()), 3), **{k: r(v, 3) for k, v in per.items()}}
 
 
-def proc_stat_seconds(text: str) -> tuple[float, float]:
-    """(busy, idle) CPU seconds of all cores so far from ``/proc/stat``'s first line:
-    idle is idle + iowait, busy the rest (guest time is already in user)."""
-    fields = [int(v) for v in text.splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / CLOCK_TICKS, idle / CLOCK_TICKS
+def proc_stat_seconds(text: str) -> dict[str, float]:
+    """CPU seconds of all cores so far from ``/proc/stat``'s first line: ``idle`` is
+    idle + iowait; ``steal`` the time the hypervisor gave this machine's cores to other
+    guests (no one here used it, so it is not busy); ``busy`` user, nice, system, irq
+    and softirq (guest time is already in user)."""
+    fields = [int(v) for v in text.splitlines()[0].split()[1:]] + [0] * 8
+    idle = fields[3] + fields[4]
+    steal = fields[7]  # user nice system idle iowait irq softirq steal
+    busy = sum(fields[:7]) - idle
+    return {k: v / CLOCK_TICKS for k, v in (("busy", busy), ("idle", idle), ("steal", steal))}
+
+
+def machine_cores(
+    start: dict[str, float], end: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """The machine's busy, idle and stolen cores over ``seconds`` wall seconds from two
+    ``proc_stat_seconds`` readings (all 0 over no time)."""
+    if seconds <= 0:
+        return {k: 0.0 for k in start}
+    return {k: r((end[k] - start[k]) / seconds, 3) for k in start}
 
 
 def schedstat_wait_s(text: str) -> float:
@@ -388,20 +412,44 @@ def schedstat_wait_s(text: str) -> float:
     return int(fields[1]) / 1e9 if len(fields) >= 2 else 0.0
 
 
-def runqueue_wait_s(pids: list[int]) -> float:
-    """Run-queue wait seconds so far of every thread of ``pids`` (threads gone: not
-    counted; 0 for a process gone)."""
-    total = 0.0
-    for pid in pids:
+def task_start_ticks(stat: str) -> int:
+    """A thread's start time in clock ticks after boot: field 22 of its
+    ``/proc/<pid>/task/<tid>/stat`` (counted after the command's closing parenthesis, the
+    command itself may hold spaces and parentheses)."""
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+class RunqueueWaits:
+    """Run-queue wait seconds so far of the threads of a group of processes (one stage:
+    the relay, the broker, the database). Each thread's last
+    value is kept once the thread or its process has gone, as ``DatabaseCpu`` keeps a
+    backend's CPU: a thread that exits between two readings must not take its whole
+    lifetime's wait off their difference. Threads are told apart by (pid, tid, start
+    time), so a reused pid or tid counts as a new thread."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self.proc = proc
+        self.seen: dict[tuple[int, int, int], float] = {}
+
+    def _read(self, pid: int) -> None:
         with suppress(OSError):
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with suppress(OSError):
-                    total += schedstat_wait_s((task / "schedstat").read_text())
-    return total
+            for task in (self.proc / str(pid) / "task").iterdir():
+                with suppress(OSError, ValueError, IndexError):
+                    start = task_start_ticks((task / "stat").read_text())
+                    wait = schedstat_wait_s((task / "schedstat").read_text())
+                    self.seen[(pid, int(task.name), start)] = wait
+
+    def seconds(self, pids: list[int]) -> float:
+        """Wait seconds so far of every thread seen in this or an earlier call: the
+        threads of ``pids`` now, and the last value of those gone (a process that has
+        left the group, a PostgreSQL backend that exited, keeps its threads' waits)."""
+        for pid in set(pids):
+            self._read(pid)
+        return sum(self.seen.values())
 
 
-def machine_seconds() -> tuple[float, float]:
-    """(busy, idle) CPU seconds of the whole machine so far (``/proc/stat``)."""
+def machine_seconds() -> dict[str, float]:
+    """Busy, idle and stolen CPU seconds of the whole machine so far (``/proc/stat``)."""
     return proc_stat_seconds(Path("/proc/stat").read_text())
 
 
@@ -582,12 +630,9 @@ def drain(
         },
         # Cores the measured processes kept busy over the drain, and the whole machine's
         # (everything on it: this process's polling, other people's work): busy + idle
-        # is the machine's cores.
+        # + steal is the machine's cores.
         "cores_busy": cores_busy(start, end, seconds),
-        "machine_cores": {
-            "busy": r((machine1[0] - machine0[0]) / seconds, 3),
-            "idle": r((machine1[1] - machine0[1]) / seconds, 3),
-        },
+        "machine_cores": machine_cores(machine0, machine1, seconds),
         # Cores' worth of time the processes' threads were runnable but waiting for a
         # core (``/proc/<pid>/task/*/schedstat``): high, the drain was short of CPU; low
         # with cores_busy low, it waited on something else (confirms, lingers, I/O).
@@ -606,6 +651,14 @@ def drain(
         "batches": batches,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def median_cores(results: list[dict[str, Any]], field: str) -> dict[str, float]:
+    """The median over a scenario's drains of each key of one of their cores figures
+    (``cores_busy``, ``machine_cores``, ``runqueue_wait_cores``); a key some drain lacks
+    (a figure added since, in results read back) is left out."""
+    keys = [key for key in results[0][field] if all(key in rd[field] for rd in results)]
+    return {key: r(statistics.median(rd[field][key] for rd in results), 3) for key in keys}
 
 
 def drain_key(name: str, layout: str, batch_documents: bool = True) -> str:
@@ -671,19 +724,10 @@ def run_drains(args: Any) -> dict[str, Any]:
         name: r(statistics.median(rd["drain_rate"] for rd in results))
         for name, results in rounds.items()
     }
-    busy = {
-        name: {
-            **{
-                key: r(statistics.median(rd["cores_busy"][key] for rd in results), 3)
-                for key in results[0]["cores_busy"]
-            },
-            "machine": r(statistics.median(rd["machine_cores"]["busy"] for rd in results), 3),
-            "runqueue_wait": {
-                key: r(statistics.median(rd["runqueue_wait_cores"][key] for rd in results), 3)
-                for key in results[0]["runqueue_wait_cores"]
-            },
-        }
-        for name, results in rounds.items()
+    # Each scenario's medians under the same keys and in the same shape as one drain's.
+    cores = {
+        field: {name: median_cores(results, field) for name, results in rounds.items()}
+        for field in ("cores_busy", "machine_cores", "runqueue_wait_cores")
     }
     write_cost = write_cost_ratios(rounds, cpu_us)
     on_off = batch_documents_ratios(rounds, cpu_us)
@@ -692,7 +736,7 @@ def run_drains(args: Any) -> dict[str, Any]:
             "drain": rounds,
             "cpu_us_per_reading": cpu_us,
             "drain_rate": rates,
-            "cores_busy": busy,
+            **cores,
             "write_cost": write_cost,
         }
     single, batch10 = cpu_us["single"], cpu_us["batch10"]
@@ -707,7 +751,7 @@ def run_drains(args: Any) -> dict[str, Any]:
             for name, results in rounds.items()
         },
         "drain_rate": rates,
-        "cores_busy": busy,
+        **cores,
         "ratios": {
             **{
                 f"cpu_per_reading batch10/single ({key})": ratio(batch10[key], single[key])
