@@ -147,9 +147,11 @@ def _printable_ascii(text: str) -> bool:
 
 def parse_ts(raw: object) -> float:
     """Device timestamp as epoch seconds, from a number or an RFC 3339 string."""
-    if isinstance(raw, bool):
+    if type(raw) is float:  # what orjson gives for epoch seconds: one identity test
+        ts = raw
+    elif isinstance(raw, bool):
         raise Rejection(Reason.SCHEMA, "'ts' must be epoch seconds or an RFC 3339 string")
-    if isinstance(raw, int | float):
+    elif isinstance(raw, int | float):
         ts = float(raw)
     elif isinstance(raw, str) and len(raw) <= 64:
         if _RFC3339.fullmatch(raw) is None:
@@ -212,6 +214,12 @@ def message_id_of(
     property_id: str | None, body_id: object, stream: str, ts: float, settings: Settings
 ) -> str:
     """The message id: AMQP property, else body ``id``, else derived from stream and ts."""
+    if (
+        type(property_id) is str
+        and len(property_id) <= settings.max_message_id
+        and _printable_ascii(property_id)
+    ):
+        return property_id  # the usual case (devices set the property), without the loop
     for candidate in (property_id, body_id):
         if candidate is None:
             continue
