@@ -62,7 +62,7 @@ _LAYOUTS: dict[int, tuple[tuple[str, str], ...]] = {}
 _HEAD, _END = spec.FRAME_HEADER_SIZE, spec.FRAME_END_SIZE  # 7 and 1 bytes
 _FRAME_END = spec.FRAME_END  # 0xCE
 _FRAME_METHOD, _FRAME_HEADER, _FRAME_BODY = spec.FRAME_METHOD, spec.FRAME_HEADER, spec.FRAME_BODY
-_DELIVER = spec.Basic.Deliver.INDEX
+_DELIVER, _DELIVER_NAME = spec.Basic.Deliver.INDEX, spec.Basic.Deliver.NAME
 _BASIC = spec.BasicProperties.INDEX
 _PARTIAL = object()  # a delivery whose frames are not all received yet
 
@@ -153,7 +153,7 @@ class SelectConnection(pika.SelectConnection):
         if (
             channel is None
             or channel._content_assembler._method_frame is not None
-            or self._callback_waits(number, spec.Basic.Deliver.NAME)
+            or self._callback_waits(number, _DELIVER_NAME)
         ):
             return None
         # From here a delivery cut short by the end of ``buf`` is waited for rather than

@@ -124,18 +124,13 @@ def _routing_key_parts(routing_key: str) -> tuple[str, str] | None:
     return None if match is None else match.group(1, 2)  # type: ignore[return-value]
 
 
-def _value_key_ok(key: str) -> bool:
-    """Whether ``key`` may name a value. A name longer than any allowed one is refused
-    before the cache, so the cache holds short names only (a refused 64 KB name per
-    entry would have made it hundreds of megabytes)."""
-    return len(key) <= MAX_VALUE_KEY_CHARS and _short_value_key_ok(key)
-
-
 @lru_cache(maxsize=4096)
 def _short_value_key_ok(key: str) -> bool:
-    """``_value_key_ok`` for a name of at most :data:`MAX_VALUE_KEY_CHARS`, cached like the
-    routing key's answer: a device sends the same few names, and the match was a third of
-    checking ``values``."""
+    """Whether a name of at most :data:`MAX_VALUE_KEY_CHARS` may name a value, cached like
+    the routing key's answer: a device sends the same few names, and the match was a third
+    of checking ``values``. A longer name is refused before the cache (:func:`check_values`),
+    so the cache holds short names only (a refused 64 KB name per entry would have made it
+    hundreds of megabytes)."""
     return _VALUE_KEY.fullmatch(key) is not None
 
 
@@ -178,7 +173,7 @@ def check_values(raw: object, settings: Settings) -> dict[str, Any]:
             Reason.SCHEMA, f"'values' has {len(raw)} keys; at most {settings.max_values}"
         )
     for key, value in raw.items():
-        if not _value_key_ok(key):
+        if len(key) > MAX_VALUE_KEY_CHARS or not _short_value_key_ok(key):
             raise Rejection(Reason.SCHEMA, f"value name {key[:80]!r} is not allowed")
         kind = type(value)
         # Exact types first (what orjson gives): one identity test for the usual float.
