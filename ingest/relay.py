@@ -458,13 +458,21 @@ class Relay(AmqpService):
         queue = self._queues.get(method.consumer_tag or "", "")
         self._acks.track(tag)
         now = time.time()
-        if self._refused_unread(tag, routing_key, body, props.user_id, queue, now):
-            return
-        known = self._known_or_parked(channel, tag, routing_key, body, props, queue, now)
-        if not isinstance(known, _Parked):
-            self._read(
-                channel, tag, routing_key, body, props.message_id, props.user_id, queue, now, known
-            )
+        tenant = _tenant_of(queue)
+        known: Device | _Missing | None = MISSING
+        # Only a limited tenant's queue has a plan's gate and waits for its device's
+        # answer before the body is read. An unlimited tenant's (the default) has no
+        # bucket to close (TenantRates keeps none at rate 0): two calls saved per delivery.
+        if tenant is not None and self.tenant_rates.rate_of(tenant) > 0:
+            if self._refused_unread(tag, routing_key, body, props.user_id, queue, now):
+                return
+            found = self._known_or_parked(channel, tag, routing_key, body, props, queue, now)
+            if isinstance(found, _Parked):
+                return
+            known = found
+        self._read(
+            channel, tag, routing_key, body, props.message_id, props.user_id, queue, now, known
+        )
 
     def _known_or_parked(
         self,
@@ -481,12 +489,10 @@ class Relay(AmqpService):
         waits unread for the answer, then meets the plan's gate (:meth:`_released`) as a
         cached device's delivery does on arrival. (Read before the answer, it would take
         its tokens only then, so a flood's first look-up would be read whole.)
-        :data:`MISSING` for the rest (the shared queue, an unlimited tenant, a delivery
-        refused for who sent it): read first, then looked up, as before.
+        :data:`MISSING` for a delivery refused for who sent it: read first, then looked
+        up, as every delivery of the shared queue and of an unlimited tenant is
+        (:meth:`_on_message` asks only for a limited tenant's).
         """
-        tenant = _tenant_of(queue)
-        if tenant is None or self.tenant_rates.rate_of(tenant) <= 0:
-            return MISSING
         try:
             sender, _stream = check_sender(
                 routing_key, len(body), self.settings.max_message_bytes, props.user_id

@@ -13,10 +13,11 @@
   about half of a relay's CPU per single-reading message (py-spy, issue 11). Here a
   ``basic.deliver`` whose header and single body frame are all in the buffer is decoded
   in place (its method and properties as pika's decoders give them, in one function
-  each) and handed to the channel's ``_on_deliver``, as the assembler would; one that a
-  read cut short stays in the buffer until the rest arrives (a bundle is often larger
-  than one read). Every other frame (a body over several frames, confirms, heartbeats,
-  replies) goes pika's way, one frame at a time. The buffer is trimmed once per read.
+  each) and handed to its consumer as the channel's ``_on_deliver`` would (without the
+  frame objects it takes); one that a read cut short stays in the buffer until the rest
+  arrives (a bundle is often larger than one read). Every other frame (a body over
+  several frames, confirms, heartbeats, replies) goes pika's way, one frame at a time.
+  The buffer is trimmed once per read.
 
 Writes are pika's, sent joined (:mod:`fairway.amqp.joined_writes`).
 """
@@ -32,8 +33,8 @@ from pika import data, frame, spec
 from fairway.amqp.joined_writes import join_writes
 
 _FRAME_HEAD = struct.Struct(">BHL")  # frame type, channel, payload size
-_METHOD_ID = struct.Struct(">I")
-_CONTENT_HEAD = struct.Struct(">HHQ")  # class id, weight, body size
+_METHOD_HEAD = struct.Struct(">BHLI")  # a method frame's head, then its class and method id
+_HEADER_HEAD = struct.Struct(">BHLHHQ")  # a header frame's head, then class id, weight, body size
 _TAG_BITS = struct.Struct(">QB")  # a delivery's tag and its bit flags (redelivered)
 _FLAGS = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
@@ -60,7 +61,8 @@ _PROPERTY_FIELDS = (
 _LAYOUTS: dict[int, tuple[tuple[str, str], ...]] = {}
 _HEAD, _END = spec.FRAME_HEADER_SIZE, spec.FRAME_END_SIZE  # 7 and 1 bytes
 _FRAME_END = spec.FRAME_END  # 0xCE
-_DELIVER = spec.Basic.Deliver.INDEX
+_FRAME_METHOD, _FRAME_HEADER, _FRAME_BODY = spec.FRAME_METHOD, spec.FRAME_HEADER, spec.FRAME_BODY
+_DELIVER, _DELIVER_NAME = spec.Basic.Deliver.INDEX, spec.Basic.Deliver.NAME
 _BASIC = spec.BasicProperties.INDEX
 _PARTIAL = object()  # a delivery whose frames are not all received yet
 
@@ -108,9 +110,9 @@ class SelectConnection(pika.SelectConnection):
                 if delivery is _PARTIAL:
                     break  # the rest of a delivery is on its way: wait for it
                 if delivery is not None:
-                    used, channel, method, header, body = delivery
+                    used, channel, method, properties, body = delivery
                     offset += used
-                    channel._on_deliver(method, header, body)
+                    _deliver_to(channel, method, properties, body)
                 else:
                     used, frame_value = self._next_frame(buf, offset, end)
                     if not frame_value:
@@ -134,8 +136,8 @@ class SelectConnection(pika.SelectConnection):
         return frame.decode_frame(chunk)
 
     def _whole_delivery(self, buf: bytes, offset: int, end: int) -> Any:
-        """A whole ``basic.deliver`` at ``offset``: its bytes, channel and ``_on_deliver``'s
-        arguments; :data:`_PARTIAL` if ``buf`` ends before such a delivery does; None if
+        """A whole ``basic.deliver`` at ``offset``: its bytes, channel, method, properties
+        and body; :data:`_PARTIAL` if ``buf`` ends before such a delivery does; None if
         not one (pika's path then takes the frame).
 
         Only a delivery whose method, header and one body frame (or none, for an empty
@@ -144,14 +146,14 @@ class SelectConnection(pika.SelectConnection):
         """
         if end - offset < _HEAD + 4:
             return None
-        kind, number, size = _FRAME_HEAD.unpack_from(buf, offset)
-        if kind != spec.FRAME_METHOD or _METHOD_ID.unpack_from(buf, offset + _HEAD)[0] != _DELIVER:
+        kind, number, size, method_id = _METHOD_HEAD.unpack_from(buf, offset)
+        if kind != _FRAME_METHOD or method_id != _DELIVER:
             return None
         channel = self._channels.get(number)
         if (
             channel is None
             or channel._content_assembler._method_frame is not None
-            or self._callback_waits(number, spec.Basic.Deliver.NAME)
+            or self._callback_waits(number, _DELIVER_NAME)
         ):
             return None
         # From here a delivery cut short by the end of ``buf`` is waited for rather than
@@ -165,15 +167,16 @@ class SelectConnection(pika.SelectConnection):
             return _PARTIAL
         if buf[header - 1] != _FRAME_END:
             return None
-        kind, header_number, size = _FRAME_HEAD.unpack_from(buf, header)
-        if kind != spec.FRAME_HEADER or header_number != number:
+        kind, header_number, size, class_id, _weight, body_size = _HEADER_HEAD.unpack_from(
+            buf, header
+        )
+        if kind != _FRAME_HEADER or header_number != number:
             return None
         body = header + _HEAD + size + _END
         if body > end:
             return _PARTIAL
         if buf[body - 1] != _FRAME_END:
             return None
-        class_id, _weight, body_size = _CONTENT_HEAD.unpack_from(buf, header + _HEAD)
         if class_id != _BASIC:
             return None
         stop = body
@@ -184,7 +187,7 @@ class SelectConnection(pika.SelectConnection):
                 return _PARTIAL
             kind, body_number, size = _FRAME_HEAD.unpack_from(buf, body)
             stop = body + _HEAD + size + _END
-            if kind != spec.FRAME_BODY or body_number != number or size != body_size:
+            if kind != _FRAME_BODY or body_number != number or size != body_size:
                 return None
             if stop > end:
                 return _PARTIAL
@@ -195,13 +198,28 @@ class SelectConnection(pika.SelectConnection):
         content = buf[body + _HEAD : stop - _END] if body_size else b""
         self.frames_received += 3 if body_size else 2
         self.bytes_received += stop - offset
-        return (
-            stop - offset,
-            channel,
-            frame.Method(number, method),
-            frame.Header(number, body_size, properties),
-            content,
-        )
+        return stop - offset, channel, method, properties, content
+
+
+def _deliver_to(
+    channel: Any, method: spec.Basic.Deliver, properties: spec.BasicProperties, body: bytes
+) -> None:
+    """Hand a whole delivery to its consumer as the channel's ``_on_deliver`` would.
+
+    A consumer that is registered and not being cancelled is called directly (the
+    frame objects ``_on_deliver`` takes are built for nothing else); any other consumer
+    tag goes to ``_on_deliver`` itself (it rejects a cancelled consumer's delivery and
+    logs an unknown one).
+    """
+    tag = method.consumer_tag
+    consumer = channel._consumers.get(tag)
+    if consumer is not None and tag not in channel._cancelled:
+        consumer(channel, method, properties, body)
+        return
+    number = channel.channel_number
+    channel._on_deliver(
+        frame.Method(number, method), frame.Header(number, len(body), properties), body
+    )
 
 
 def _deliver(buf: bytes, at: int) -> spec.Basic.Deliver:

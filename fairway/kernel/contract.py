@@ -124,18 +124,13 @@ def _routing_key_parts(routing_key: str) -> tuple[str, str] | None:
     return None if match is None else match.group(1, 2)  # type: ignore[return-value]
 
 
-def _value_key_ok(key: str) -> bool:
-    """Whether ``key`` may name a value. A name longer than any allowed one is refused
-    before the cache, so the cache holds short names only (a refused 64 KB name per
-    entry would have made it hundreds of megabytes)."""
-    return len(key) <= MAX_VALUE_KEY_CHARS and _short_value_key_ok(key)
-
-
 @lru_cache(maxsize=4096)
 def _short_value_key_ok(key: str) -> bool:
-    """``_value_key_ok`` for a name of at most :data:`MAX_VALUE_KEY_CHARS`, cached like the
-    routing key's answer: a device sends the same few names, and the match was a third of
-    checking ``values``."""
+    """Whether a name of at most :data:`MAX_VALUE_KEY_CHARS` may name a value, cached like
+    the routing key's answer: a device sends the same few names, and the match was a third
+    of checking ``values``. A longer name is refused before the cache (:func:`check_values`),
+    so the cache holds short names only (a refused 64 KB name per entry would have made it
+    hundreds of megabytes)."""
     return _VALUE_KEY.fullmatch(key) is not None
 
 
@@ -147,9 +142,11 @@ def _printable_ascii(text: str) -> bool:
 
 def parse_ts(raw: object) -> float:
     """Device timestamp as epoch seconds, from a number or an RFC 3339 string."""
-    if isinstance(raw, bool):
+    if type(raw) is float:  # what orjson gives for epoch seconds: one identity test
+        ts = raw
+    elif isinstance(raw, bool):
         raise Rejection(Reason.SCHEMA, "'ts' must be epoch seconds or an RFC 3339 string")
-    if isinstance(raw, int | float):
+    elif isinstance(raw, int | float):
         ts = float(raw)
     elif isinstance(raw, str) and len(raw) <= 64:
         if _RFC3339.fullmatch(raw) is None:
@@ -176,7 +173,7 @@ def check_values(raw: object, settings: Settings) -> dict[str, Any]:
             Reason.SCHEMA, f"'values' has {len(raw)} keys; at most {settings.max_values}"
         )
     for key, value in raw.items():
-        if not _value_key_ok(key):
+        if len(key) > MAX_VALUE_KEY_CHARS or not _short_value_key_ok(key):
             raise Rejection(Reason.SCHEMA, f"value name {key[:80]!r} is not allowed")
         kind = type(value)
         # Exact types first (what orjson gives): one identity test for the usual float.
@@ -212,6 +209,12 @@ def message_id_of(
     property_id: str | None, body_id: object, stream: str, ts: float, settings: Settings
 ) -> str:
     """The message id: AMQP property, else body ``id``, else derived from stream and ts."""
+    if (
+        type(property_id) is str
+        and len(property_id) <= settings.max_message_id
+        and _printable_ascii(property_id)
+    ):
+        return property_id  # the usual case (devices set the property), without the loop
     for candidate in (property_id, body_id):
         if candidate is None:
             continue

@@ -192,6 +192,22 @@ def test_a_whole_delivery_skips_pikas_frame_path() -> None:
     assert [type(f.method) for f in processed] == [spec.Basic.Ack]
 
 
+def test_a_cancelled_consumers_delivery_is_rejected_as_pika_rejects_it() -> None:
+    """Handed to the consumer directly only when pika's ``_on_deliver`` would call it: a
+    consumer being cancelled gets nothing, its delivery rejected, in both."""
+    rejected: dict[type, list[int]] = {}
+    for cls in (SelectConnection, pika.SelectConnection):
+        conn, seen = wired(cls)
+        channel = conn._channels[1]
+        channel._set_state(channel.OPEN)
+        channel._cancelled.add("c1")
+        rejected[cls] = []
+        channel.basic_reject = rejected[cls].append
+        feed(conn, [delivery(1, b"a") + delivery(2, b"b")])
+        assert seen == [], cls
+    assert rejected[SelectConnection] == rejected[pika.SelectConnection] == [1, 2]
+
+
 def test_a_delivery_cut_by_a_read_waits_whole_for_the_rest() -> None:
     """Cut in its method, header or body frame: kept until it is all there, then decoded
     in place (pika's path would take its frames one at a time)."""

@@ -86,6 +86,23 @@ def test_a_changed_plan_restarts_its_bucket_an_unchanged_one_keeps_it() -> None:
     assert rates.take("gone", 0.0, 5) == 5
 
 
+def test_an_unlimited_plan_keeps_no_bucket_so_its_gate_is_never_closed() -> None:
+    """The relay skips the gate for a tenant at rate 0 (ingest/relay.py _on_message): a
+    bucket exists only while a tenant's plan limits it."""
+    rates = TenantRates(0.0, 0.0, min_burst=1, max_keys=10)
+    rates.plan("acme", 1.0, 5.0)
+    assert rates.take("acme", 0.0, 10) == 5
+    assert rates.gate_closed("acme", 0.0)  # dry
+    for rate, burst in ((0.0, 5.0), (None, None)):  # its own rate 0, then the default's 0
+        rates.plan("acme", 1.0, 5.0)
+        rates.take("acme", 0.0, 10)
+        rates.plan("acme", rate, burst)
+        assert rates.rate_of("acme") == 0
+        assert "acme" not in rates._buckets and not rates.gate_closed("acme", 0.0)
+        assert rates.take("acme", 0.0, 10**6) == 10**6
+        assert "acme" not in rates._buckets
+
+
 def test_buckets_are_bounded() -> None:
     rates = TenantRates(1.0, 1.0, min_burst=1, max_keys=3)
     for i in range(10):
