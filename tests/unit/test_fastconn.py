@@ -315,3 +315,24 @@ def test_methods_and_properties_decode_as_pikas_decoders_give_them(data: bytes) 
     feed(fast, [data])
     feed(slow, [data])
     assert len(fast_seen) == 1 and fast_seen == slow_seen
+
+
+# sha256 of pika 1.4.4's ``Channel._on_deliver`` source, whose behaviour for a live
+# consumer ``fastconn._deliver_to`` repeats without calling it.
+ON_DELIVER_SHA256 = "7d70f97a641d8e0d"
+
+
+def test_pikas_on_deliver_is_the_one_deliver_to_repeats() -> None:
+    """A pika release that changes ``_on_deliver`` (its checks or the call) fails here,
+    so ``_deliver_to``'s direct call is re-read against it instead of silently
+    skipping what was added."""
+    import hashlib
+    import inspect
+
+    from pika.channel import Channel
+
+    source = inspect.getsource(Channel._on_deliver)
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == ON_DELIVER_SHA256, (
+        "pika's Channel._on_deliver changed: check fairway.amqp.fastconn._deliver_to "
+        "against it, then update ON_DELIVER_SHA256"
+    )
