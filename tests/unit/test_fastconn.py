@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from typing import Any
 
 import pika.connection
 import pytest
 from pika import frame, spec
 from pika.callback import CallbackManager
+from pika.channel import Channel
 
 from fairway.amqp.fastconn import SelectConnection
 
@@ -326,11 +329,6 @@ def test_pikas_on_deliver_is_the_one_deliver_to_repeats() -> None:
     """A pika release that changes ``_on_deliver`` (its checks or the call) fails here,
     so ``_deliver_to``'s direct call is re-read against it instead of silently
     skipping what was added."""
-    import hashlib
-    import inspect
-
-    from pika.channel import Channel
-
     source = inspect.getsource(Channel._on_deliver)
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == ON_DELIVER_SHA256, (
         "pika's Channel._on_deliver changed: check fairway.amqp.fastconn._deliver_to "
