@@ -13,6 +13,11 @@ CPU is this thread's (``time.thread_time``), per reading, the min and median of
 
 ``--pythonpath`` runs the same in a child from another checkout (``main``'s), alternating
 with this one: before/after in one run. The child imports that checkout first.
+
+Prints one JSON object; its ``targets``: this build's median within the relay's fifth of
+issue 11's CPU budget per reading (150 us for single readings, 80 us for device batches:
+30 and 16 us; the relay was ~22 % and ~19 % of end_to_end's drains in session 15), and
+with ``--pythonpath`` this build / the other <= 1.0 (no regression).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+NAME = "relay_path"
 
 
 def _build() -> tuple[Any, Any, list[tuple[str, str]]]:
@@ -143,8 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(" ".join(f"{x:.3f}" for x in measure(args)))
         return
+    from benchmarks import common
+
     builds = [("before", args.pythonpath), ("this", None)] if args.pythonpath else [("this", None)]
     results: dict[str, list[float]] = {name: [] for name, _ in builds}
+    result = common.meta(NAME, 1.0, messages=args.messages, batch=args.batch)
     for i in range(args.rounds):
         for name, path in builds if i % 2 == 0 else builds[::-1]:
             checkout = str(path or ROOT)
@@ -158,9 +167,26 @@ def main(argv: list[str] | None = None) -> None:
             ).stdout.split()
             runs = [float(x) for x in out]
             results[name].append(min(runs))
-            print(f"{name}: min {min(runs):.2f} median {statistics.median(runs):.2f} us/reading")
-    for name, mins in results.items():
-        print(f"{name}: median of the rounds' minima {statistics.median(mins):.2f} us/reading")
+            common.say(
+                f"{name}: min {min(runs):.2f} median {statistics.median(runs):.2f} us/reading"
+            )
+    medians = {name: round(statistics.median(mins), 2) for name, mins in results.items()}
+    ceiling = (150.0 if args.batch == 1 else 80.0) / 5
+    result["us_per_reading"] = {"rounds_minima": results, "median": medians}
+    result["targets"] = {
+        f"relay path <= {ceiling:g} us per reading": {
+            "value": medians["this"],
+            "met": medians["this"] <= ceiling,
+        }
+    }
+    if "before" in medians:
+        change = common.ratio(medians["this"], medians["before"])
+        result["ratios"] = {"this/before": change}
+        result["targets"]["this/before <= 1.0"] = {
+            "value": change,
+            "met": change is not None and change <= 1.0,
+        }
+    common.emit(result)
 
 
 if __name__ == "__main__":
