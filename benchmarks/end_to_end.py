@@ -1109,16 +1109,23 @@ def run(args: Any) -> None:
     # managed to publish (its rate is capped by --rate), so its target is that the
     # pipeline kept up with it and stored every confirmed reading once; the rate and
     # its share of the database's ceiling stay in `pipeline` and `ratios`.
+    # `kept_up` looks at `ingest` only, and `drained` allows --drain-timeout to catch up:
+    # the stored rate must also be the confirmed one (a scheduler or database behind
+    # leaves its backlog in the tenant queues).
     batch_share = result["ratios"]["drain batch10/insert_many_1_thread"]
+    stored_share = ratio(pipe["stored_rate"], pipe["simulator"]["confirmed_rate"])
     kept_up = (
         pipe["kept_up"]
         and pipe["drained"]
+        and stored_share is not None
+        and stored_share >= 0.95
         and pipe["readings_in_db"] == pipe["simulator"]["confirmed"]
         and pipe["duplicate_readings_in_db"] == 0
     )
     result["targets"] = {
-        "sustained: kept up, every confirmed reading stored once": {
-            "value": ratio(pipe["stored_rate"], pipe["simulator"]["confirmed_rate"]),
+        "sustained: kept up (stored >= 0.95 of the confirmed rate), every confirmed "
+        "reading stored once": {
+            "value": stored_share,
             "met": bool(kept_up),
         },
         **drain_targets,
