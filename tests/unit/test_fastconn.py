@@ -320,8 +320,8 @@ def test_methods_and_properties_decode_as_pikas_decoders_give_them(data: bytes) 
     assert len(fast_seen) == 1 and fast_seen == slow_seen
 
 
-# The first 16 hex digits of the sha256 of pika 1.4.4's ``Channel._on_deliver`` source, whose behaviour for a live
-# consumer ``fastconn._deliver_to`` repeats without calling it.
+# The first 16 hex digits of the sha256 of pika 1.4.4's ``Channel._on_deliver`` source,
+# whose behaviour for a live consumer ``fastconn._deliver_to`` repeats without calling it.
 ON_DELIVER_DIGEST = "7d70f97a641d8e0d"
 
 
